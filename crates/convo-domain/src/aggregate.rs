@@ -1,0 +1,160 @@
+//! What every aggregate shares: recorded events with their sequence, the
+//! outcome of a decision, and the bounded memory of recent command ids that
+//! makes commands idempotent.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{CommandId, ContactId, UserId};
+use crate::time::Timestamp;
+
+/// How many command ids an aggregate remembers for idempotency. An older
+/// repeat is decided again (the broker's de-duplication window is the second
+/// guard); a conversation rarely sees this many commands.
+pub const COMMAND_IDS_REMEMBERED_MAX: usize = 128;
+
+/// Who caused an event.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Actor {
+    /// A platform user (agent, supervisor, admin), with the address they acted from.
+    User {
+        id: UserId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ip: Option<IpAddr>,
+    },
+    /// The contact (customer) of a conversation.
+    Contact(ContactId),
+    /// A rule of the engine (`sla`, `contact_inactivity`, `routing`…) or an
+    /// integration acting as the system.
+    System(String),
+}
+
+impl Actor {
+    pub fn system(rule: &str) -> Self {
+        Actor::System(rule.to_owned())
+    }
+
+    pub fn user_id(&self) -> Option<&UserId> {
+        match self {
+            Actor::User { id, .. } => Some(id),
+            _ => None,
+        }
+    }
+}
+
+/// One event as recorded in its stream: its place, time, cause and actor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recorded<E> {
+    /// Position in the aggregate's own stream, from 1, one per event.
+    pub seq: u64,
+    pub at: Timestamp,
+    pub command: CommandId,
+    pub actor: Actor,
+    pub event: E,
+}
+
+/// The outcome of a command that broke no rule.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision<E> {
+    /// New events to append, in order (possibly none: nothing to do).
+    Commit(Vec<Recorded<E>>),
+    /// The command id was already applied: these were its events; nothing new.
+    Duplicate { first_seq: u64, last_seq: u64 },
+}
+
+impl<E> Decision<E> {
+    pub fn events(&self) -> &[Recorded<E>] {
+        match self {
+            Decision::Commit(events) => events,
+            Decision::Duplicate { .. } => &[],
+        }
+    }
+
+    pub fn into_events(self) -> Vec<Recorded<E>> {
+        match self {
+            Decision::Commit(events) => events,
+            Decision::Duplicate { .. } => Vec::new(),
+        }
+    }
+}
+
+/// Recent command ids and the events each produced, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecentCommands {
+    entries: VecDeque<(CommandId, u64, u64)>,
+}
+
+impl RecentCommands {
+    pub fn find(&self, id: &CommandId) -> Option<(u64, u64)> {
+        self.entries.iter().rev().find(|(c, _, _)| c == id).map(|&(_, first, last)| (first, last))
+    }
+
+    /// Notes that event `seq` was caused by command `id` (called by `evolve`).
+    pub fn note(&mut self, id: &CommandId, seq: u64) {
+        if let Some(last) = self.entries.back_mut()
+            && &last.0 == id
+        {
+            last.2 = seq;
+            return;
+        }
+        if self.entries.len() == COMMAND_IDS_REMEMBERED_MAX {
+            self.entries.pop_front();
+        }
+        self.entries.push_back((id.clone(), seq, seq));
+    }
+}
+
+/// Builds the records of one decision: consecutive sequences from the
+/// aggregate's current one, the command's time and id.
+#[derive(Debug)]
+pub(crate) struct Emitter<E> {
+    next_seq: u64,
+    at: Timestamp,
+    command: CommandId,
+    actor: Actor,
+    pub(crate) out: Vec<Recorded<E>>,
+}
+
+impl<E> Emitter<E> {
+    pub(crate) fn new(seq: u64, at: Timestamp, command: &CommandId, actor: &Actor) -> Self {
+        Self { next_seq: seq + 1, at, command: command.clone(), actor: actor.clone(), out: Vec::new() }
+    }
+
+    pub(crate) fn emit(&mut self, event: E) -> &Recorded<E> {
+        let actor = self.actor.clone();
+        self.emit_as(actor, event)
+    }
+
+    pub(crate) fn emit_as(&mut self, actor: Actor, event: E) -> &Recorded<E> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.out.push(Recorded { seq, at: self.at, command: self.command.clone(), actor, event });
+        self.out.last().expect("just pushed")
+    }
+
+    pub(crate) fn finish(self) -> Decision<E> {
+        Decision::Commit(self.out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_commands_forget_the_oldest() {
+        let mut recent = RecentCommands::default();
+        let id = |n: usize| CommandId::new(&format!("c{n}")).unwrap();
+        recent.note(&id(0), 1);
+        recent.note(&id(0), 2);
+        assert_eq!(recent.find(&id(0)), Some((1, 2)));
+        for n in 1..=COMMAND_IDS_REMEMBERED_MAX {
+            recent.note(&id(n), 2 + n as u64);
+        }
+        assert_eq!(recent.find(&id(0)), None);
+        assert!(recent.find(&id(1)).is_some());
+    }
+}

@@ -1,0 +1,331 @@
+//! Commands: what users, contacts, integrations and the engine's own rules ask
+//! of the domain. Each carries its own id (for idempotency) and its actor; its
+//! time is passed beside it to `decide`.
+//!
+//! The JSON view of a command is an object with a `type` and the command's
+//! fields (`{"type":"close","conversation":"c1","typification":"sale"}`);
+//! [`Command::from_json`] parses it and names the offending field on error.
+
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::Actor;
+use crate::config::{AccountSettings, CampaignSpec, ChannelSpec, ClientSpec, EntityRef, ProjectSpec, UserSpec};
+use crate::ids::{AccountId, CampaignId, ChannelId, CommandId, ContactId, ConversationId, TypificationId, UserId};
+use crate::schedule::ScheduleSpec;
+
+/// At most this many attachments on one message.
+pub const ATTACHMENTS_PER_MESSAGE_MAX: usize = 10;
+
+/// A command with its id, tenant and actor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandEnvelope {
+    pub id: CommandId,
+    pub account: AccountId,
+    pub actor: Actor,
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachmentKind {
+    Image,
+    Video,
+    Audio,
+    Document,
+    Location,
+    Other,
+}
+
+/// A file or media item sent with a message (stored elsewhere; referenced by URL).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attachment {
+    pub kind: AttachmentKind,
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// A contact's inbound message; the first one opens the conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiveMessage {
+    pub conversation: ConversationId,
+    pub contact: ContactId,
+    pub channel: ChannelId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact_name: Option<String>,
+    #[serde(default)]
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
+}
+
+/// An agent (or the API as a user) starts a conversation with a contact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartOutbound {
+    pub conversation: ConversationId,
+    pub contact: ContactId,
+    pub channel: ChannelId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact_name: Option<String>,
+    pub text: String,
+}
+
+/// An agent's (or supervisor's) message; `/shortcode` expands to a canned response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendMessage {
+    pub conversation: ConversationId,
+    #[serde(default)]
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
+}
+
+/// A conversational bot's message (not a human: it ends no SLA wait).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendBotMessage {
+    pub conversation: ConversationId,
+    pub bot: String,
+    pub text: String,
+}
+
+/// Give a queued conversation to an agent (routing or a supervisor).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Assign {
+    pub conversation: ConversationId,
+    pub agent: UserId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferTarget {
+    Agent(UserId),
+    Campaign(CampaignId),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transfer {
+    pub conversation: ConversationId,
+    pub to: TransferTarget,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetField {
+    pub conversation: ConversationId,
+    pub field: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelChange {
+    pub conversation: ConversationId,
+    pub label: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Close {
+    pub conversation: ConversationId,
+    pub typification: TypificationId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnswerSurvey {
+    pub conversation: ConversationId,
+    /// 1 (bad) to 5 (excellent).
+    pub rating: u8,
+    /// Was the problem solved?
+    pub solved: bool,
+}
+
+/// Fire whatever timers of the conversation are due at the command's time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tick {
+    pub conversation: ConversationId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetAgentState {
+    pub agent: UserId,
+    /// One of the account's `agent_states`.
+    pub state: String,
+}
+
+/// Every command of the domain. Variants are only ever appended (the order is
+/// part of the compact encoding).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    // configuration (the account's catalog)
+    ConfigureAccount(AccountSettings),
+    DefineClient(ClientSpec),
+    UpdateClient(ClientSpec),
+    DefineProject(ProjectSpec),
+    UpdateProject(ProjectSpec),
+    DefineSchedule(ScheduleSpec),
+    UpdateSchedule(ScheduleSpec),
+    DefineChannel(ChannelSpec),
+    UpdateChannel(ChannelSpec),
+    DefineUser(UserSpec),
+    UpdateUser(UserSpec),
+    DefineCampaign(CampaignSpec),
+    UpdateCampaign(CampaignSpec),
+    Activate(EntityRef),
+    Inactivate(EntityRef),
+    // agent presence
+    SetAgentState(SetAgentState),
+    // conversations
+    ReceiveMessage(ReceiveMessage),
+    StartOutbound(StartOutbound),
+    SendMessage(SendMessage),
+    SendBotMessage(SendBotMessage),
+    Assign(Assign),
+    Transfer(Transfer),
+    SetField(SetField),
+    AddLabel(LabelChange),
+    RemoveLabel(LabelChange),
+    Close(Close),
+    AnswerSurvey(AnswerSurvey),
+    Tick(Tick),
+}
+
+/// Which aggregate decides a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    Catalog,
+    Agent(&'a UserId),
+    Conversation(&'a ConversationId),
+}
+
+/// A command's JSON that could not be parsed: where and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("field `{path}`: {message}")]
+pub struct CommandParseError {
+    /// The offending field, as a path (`type`, `week.mon[0]`, `to`…).
+    pub path: String,
+    pub message: String,
+}
+
+impl Command {
+    /// The command's `type` in its JSON view.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::ConfigureAccount(_) => "configure_account",
+            Self::DefineClient(_) => "define_client",
+            Self::UpdateClient(_) => "update_client",
+            Self::DefineProject(_) => "define_project",
+            Self::UpdateProject(_) => "update_project",
+            Self::DefineSchedule(_) => "define_schedule",
+            Self::UpdateSchedule(_) => "update_schedule",
+            Self::DefineChannel(_) => "define_channel",
+            Self::UpdateChannel(_) => "update_channel",
+            Self::DefineUser(_) => "define_user",
+            Self::UpdateUser(_) => "update_user",
+            Self::DefineCampaign(_) => "define_campaign",
+            Self::UpdateCampaign(_) => "update_campaign",
+            Self::Activate(_) => "activate",
+            Self::Inactivate(_) => "inactivate",
+            Self::SetAgentState(_) => "set_agent_state",
+            Self::ReceiveMessage(_) => "receive_message",
+            Self::StartOutbound(_) => "start_outbound",
+            Self::SendMessage(_) => "send_message",
+            Self::SendBotMessage(_) => "send_bot_message",
+            Self::Assign(_) => "assign",
+            Self::Transfer(_) => "transfer",
+            Self::SetField(_) => "set_field",
+            Self::AddLabel(_) => "add_label",
+            Self::RemoveLabel(_) => "remove_label",
+            Self::Close(_) => "close",
+            Self::AnswerSurvey(_) => "answer_survey",
+            Self::Tick(_) => "tick",
+        }
+    }
+
+    pub fn target(&self) -> Target<'_> {
+        match self {
+            Self::SetAgentState(c) => Target::Agent(&c.agent),
+            Self::ReceiveMessage(c) => Target::Conversation(&c.conversation),
+            Self::StartOutbound(c) => Target::Conversation(&c.conversation),
+            Self::SendMessage(c) => Target::Conversation(&c.conversation),
+            Self::SendBotMessage(c) => Target::Conversation(&c.conversation),
+            Self::Assign(c) => Target::Conversation(&c.conversation),
+            Self::Transfer(c) => Target::Conversation(&c.conversation),
+            Self::SetField(c) => Target::Conversation(&c.conversation),
+            Self::AddLabel(c) | Self::RemoveLabel(c) => Target::Conversation(&c.conversation),
+            Self::Close(c) => Target::Conversation(&c.conversation),
+            Self::AnswerSurvey(c) => Target::Conversation(&c.conversation),
+            Self::Tick(c) => Target::Conversation(&c.conversation),
+            _ => Target::Catalog,
+        }
+    }
+
+    /// Parses the JSON view: an object with `type` and the command's fields.
+    pub fn from_json(value: serde_json::Value) -> Result<Self, CommandParseError> {
+        let error = |path: &str, message: String| CommandParseError { path: path.into(), message };
+        let serde_json::Value::Object(mut fields) = value else {
+            return Err(error("", "a command is a JSON object with a \"type\"".into()));
+        };
+        let kind = match fields.remove("type") {
+            Some(serde_json::Value::String(kind)) => kind,
+            Some(_) => return Err(error("type", "must be a string".into())),
+            None => return Err(error("type", "missing; every command names its type".into())),
+        };
+        // The externally tagged form `{kind: fields}` is what serde derives.
+        let tagged = serde_json::Value::Object([(kind.clone(), serde_json::Value::Object(fields))].into_iter().collect());
+        serde_path_to_error::deserialize::<_, Command>(tagged).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            if path == "." || path == kind {
+                let at = if inner.starts_with("unknown variant") { "type" } else { "" };
+                return error(at, inner);
+            }
+            // Drop the variant segment: `close.typification` -> `typification`.
+            let field = path.split_once('.').map_or(path.as_str(), |(_, rest)| rest);
+            error(field, inner)
+        })
+    }
+
+    /// The JSON view: `{"type": …, fields…}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        crate::json_view(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_view_round_trips_and_names_fields() {
+        let v = serde_json::json!({"type":"close","conversation":"c1","typification":"sale"});
+        let c = Command::from_json(v.clone()).unwrap();
+        assert_eq!(c.type_name(), "close");
+        assert_eq!(c.to_json(), v);
+
+        let e = Command::from_json(serde_json::json!({"type":"close","conversation":"c1"})).unwrap_err();
+        assert!(e.message.contains("typification"), "{e}");
+        let e = Command::from_json(serde_json::json!({"type":"answer_survey","conversation":"c1","rating":"five","solved":true})).unwrap_err();
+        assert_eq!(e.path, "rating");
+        let e = Command::from_json(serde_json::json!({"type":"closee","conversation":"c1"})).unwrap_err();
+        assert_eq!(e.path, "type");
+        let e = Command::from_json(serde_json::json!({"conversation":"c1"})).unwrap_err();
+        assert_eq!(e.path, "type");
+        let e = Command::from_json(serde_json::json!({"type":"tick","conversation":"c 1"})).unwrap_err();
+        assert_eq!(e.path, "conversation");
+        let e = Command::from_json(serde_json::json!({"type":"tick","conversation":"c1","extra":1})).unwrap_err();
+        assert!(e.message.contains("extra"), "{e}");
+        let e = Command::from_json(serde_json::json!({"type":"transfer","conversation":"c1","to":{"team":"x"}})).unwrap_err();
+        assert_eq!(e.path, "to");
+    }
+}

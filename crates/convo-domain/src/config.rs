@@ -1,0 +1,911 @@
+//! The configuration model (SPEC §3) and its aggregate, the [`Catalog`].
+//!
+//! Configuration is event-sourced like everything else: one catalog stream per
+//! account records every define / update / activate / inactivate, so the audit
+//! log can say who changed an SLA and when. Specs are validated into the
+//! catalog; a refusal names the offending field (`sla_low_secs`,
+//! `dynamic_fields[2].name`…).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::{Actor, Decision, Emitter, RecentCommands, Recorded};
+use crate::command::{Command, CommandEnvelope};
+use crate::ids::{AccountId, CampaignId, ChannelId, ClientId, ProjectId, ScheduleId, TypificationId, UserId, check_id};
+use crate::rejection::Rejection;
+use crate::schedule::{ScheduleSpec, Zone};
+use crate::template;
+use crate::time::Timestamp;
+
+/// The longest name, code, e-mail or short text, in bytes.
+pub const NAME_BYTES_MAX: usize = 200;
+/// At most this many inactivity warnings before the closure.
+pub const INACTIVITY_ATTEMPTS_MAX: u32 = 100;
+/// The longest SLA or inactivity period, in seconds (30 days).
+pub const PERIOD_SECS_MAX: u32 = 30 * 24 * 3600;
+/// The most past conversations kept in a contact's history.
+pub const HISTORY_CONVERSATIONS_MAX: u32 = 1000;
+/// The most conversations one user may attend at once.
+pub const CONCURRENT_CONVERSATIONS_MAX: u32 = 1000;
+/// The longest `auto_resolve_after_days`.
+pub const AUTO_RESOLVE_DAYS_MAX: u32 = 365;
+/// Limits on list lengths in a spec.
+pub const CHANNELS_PER_CAMPAIGN_MAX: usize = 64;
+pub const AGENTS_PER_CAMPAIGN_MAX: usize = 5000;
+pub const TYPIFICATIONS_MAX: usize = 500;
+pub const DYNAMIC_FIELDS_MAX: usize = 64;
+pub const LABELS_MAX: usize = 500;
+pub const CANNED_RESPONSES_MAX: usize = 1000;
+pub const AGENT_STATES_MAX: usize = 32;
+pub const REGEX_RULES_MAX: usize = 100;
+pub const ALLOWED_NETWORKS_MAX: usize = 100;
+
+/// The agent state in which routing offers work.
+pub const STATE_AVAILABLE: &str = "available";
+/// The agent state of someone not at work.
+pub const STATE_OFFLINE: &str = "offline";
+
+// ---------------------------------------------------------------- specs
+
+/// A company served by the account; owns the SLA and inactivity policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSpec {
+    pub id: ClientId,
+    pub name: String,
+    /// Unique per account.
+    pub code: String,
+    pub sla_optimal_secs: u32,
+    /// Must be ≥ `sla_optimal_secs`.
+    pub sla_low_secs: u32,
+    #[serde(default = "default_history")]
+    pub max_history_conversations: u32,
+    /// The silence after which contact inactivity warns (and agents are alerted).
+    pub max_inactivity_secs: u32,
+    /// Warnings before the inactivity closure (0: close at the first period).
+    #[serde(default)]
+    pub inactivity_attempts: u32,
+}
+
+fn default_history() -> u32 {
+    10
+}
+
+/// Groups campaigns of a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectSpec {
+    pub id: ProjectId,
+    pub client: ClientId,
+    pub name: String,
+}
+
+/// What happens to a conversation opened while the schedule is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutOfHoursAction {
+    Close,
+    Enqueue,
+}
+
+/// An automated message: a switch and a template.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoMessage {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default)]
+    pub text: String,
+}
+
+impl AutoMessage {
+    /// The template when the switch is on.
+    pub fn active(&self) -> Option<&str> {
+        self.enabled.then_some(self.text.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutOfHours {
+    pub action: OutOfHoursAction,
+    #[serde(default)]
+    pub message: AutoMessage,
+}
+
+/// A campaign's permissions (all off unless configured).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Permissions {
+    /// Agents may send attachments.
+    #[serde(default)]
+    pub allow_external_resources: bool,
+    /// Agents may close without having replied.
+    #[serde(default)]
+    pub allow_close_without_reply: bool,
+    /// Agents may transfer to another agent.
+    #[serde(default)]
+    pub allow_agent_transfer: bool,
+    /// Agents may use emoji.
+    #[serde(default)]
+    pub allow_emoji: bool,
+    /// Agent-facing read models show the contact's number unmasked.
+    #[serde(default)]
+    pub show_contact_number: bool,
+    /// Agents see past conversations of the contact inside the conversation.
+    #[serde(default)]
+    pub history_in_conversation: bool,
+    #[serde(default)]
+    pub history_hours: u32,
+}
+
+/// A typed custom field at conversation level.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DynamicField {
+    /// The field's key (id rules).
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub mandatory: bool,
+    /// The value an integration (CRM, API) maps this field to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integration_value: Option<String>,
+}
+
+/// Where agents attend conversations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignSpec {
+    pub id: CampaignId,
+    pub client: ClientId,
+    pub project: ProjectId,
+    pub name: String,
+    /// Inbound channels; a channel belongs to at most one campaign.
+    #[serde(default)]
+    pub channels: Vec<ChannelId>,
+    pub schedule: ScheduleId,
+    pub out_of_hours: OutOfHours,
+    pub inactivity_typification: TypificationId,
+    pub transfer_typification: TypificationId,
+    /// The only typifications an agent may close with.
+    pub closing_typifications: Vec<TypificationId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore_comment_typification: Option<TypificationId>,
+    #[serde(default)]
+    pub permissions: Permissions,
+    #[serde(default)]
+    pub dynamic_fields: Vec<DynamicField>,
+    /// Agents and supervisors assigned to the campaign.
+    #[serde(default)]
+    pub agents: Vec<UserId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelKind {
+    Whatsapp,
+    Messenger,
+    Instagram,
+    Telegram,
+    Webchat,
+    Sms,
+    Email,
+    Api,
+    Line,
+    Mercadolibre,
+}
+
+/// A channel's automated messages (SPEC §6); the out-of-hours one is the campaign's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelMessages {
+    #[serde(default)]
+    pub welcome: AutoMessage,
+    #[serde(default)]
+    pub inactivity_alert: AutoMessage,
+    #[serde(default)]
+    pub transfer_notice: AutoMessage,
+    #[serde(default)]
+    pub closing: AutoMessage,
+    /// Sent after an agent or supervisor closes; asks for a 1–5 rating and
+    /// whether the problem was solved.
+    #[serde(default)]
+    pub survey: AutoMessage,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSpec {
+    pub id: ChannelId,
+    pub kind: ChannelKind,
+    /// The endpoint at the provider (a phone number, a page id…).
+    pub external_id: String,
+    #[serde(default)]
+    pub messages: ChannelMessages,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Agent,
+    Supervisor,
+    Admin,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserSpec {
+    pub id: UserId,
+    pub name: String,
+    pub email: String,
+    pub role: Role,
+    #[serde(default = "default_concurrent")]
+    pub max_concurrent_conversations: u32,
+}
+
+fn default_concurrent() -> u32 {
+    5
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Typification {
+    pub id: TypificationId,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CannedResponse {
+    /// Invoked as `/shortcode` in an agent message.
+    pub shortcode: String,
+    pub text: String,
+}
+
+/// A named pattern for field validation and redaction of sensitive data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegexRule {
+    pub name: String,
+    pub pattern: String,
+    #[serde(default)]
+    pub redact: bool,
+}
+
+/// Account-wide settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountSettings {
+    pub name: String,
+    #[serde(default = "default_language")]
+    pub language: String,
+    #[serde(default)]
+    pub notification_email: String,
+    #[serde(default)]
+    pub time_zone: Zone,
+    /// Close a conversation with no human message for this many days (0: never).
+    #[serde(default)]
+    pub auto_resolve_after_days: u32,
+    /// Presence states; must include `available` and `offline`.
+    #[serde(default = "default_states")]
+    pub agent_states: Vec<String>,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    #[serde(default)]
+    pub canned_responses: Vec<CannedResponse>,
+    #[serde(default)]
+    pub typifications: Vec<Typification>,
+    #[serde(default)]
+    pub regex_rules: Vec<RegexRule>,
+    /// CIDR blocks users may act from; empty means anywhere.
+    #[serde(default)]
+    pub allowed_networks: Vec<String>,
+}
+
+fn default_language() -> String {
+    "es".into()
+}
+
+fn default_states() -> Vec<String> {
+    ["available", "break", "lunch", "training", "offline"].map(String::from).to_vec()
+}
+
+impl Default for AccountSettings {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            language: default_language(),
+            notification_email: String::new(),
+            time_zone: Zone::default(),
+            auto_resolve_after_days: 0,
+            agent_states: default_states(),
+            labels: Vec::new(),
+            canned_responses: Vec::new(),
+            typifications: Vec::new(),
+            regex_rules: Vec::new(),
+            allowed_networks: Vec::new(),
+        }
+    }
+}
+
+/// An entity that can be activated or inactivated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntityRef {
+    Client(ClientId),
+    Project(ProjectId),
+    Campaign(CampaignId),
+    Channel(ChannelId),
+    User(UserId),
+}
+
+impl std::fmt::Display for EntityRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EntityRef::Client(id) => write!(f, "client {id}"),
+            EntityRef::Project(id) => write!(f, "project {id}"),
+            EntityRef::Campaign(id) => write!(f, "campaign {id}"),
+            EntityRef::Channel(id) => write!(f, "channel {id}"),
+            EntityRef::User(id) => write!(f, "user {id}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- events
+
+/// What happened to an account's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfigEvent {
+    AccountConfigured(AccountSettings),
+    ClientDefined(ClientSpec),
+    ClientUpdated(ClientSpec),
+    ProjectDefined(ProjectSpec),
+    ProjectUpdated(ProjectSpec),
+    ScheduleDefined(ScheduleSpec),
+    ScheduleUpdated(ScheduleSpec),
+    ChannelDefined(ChannelSpec),
+    ChannelUpdated(ChannelSpec),
+    UserDefined(UserSpec),
+    UserUpdated(UserSpec),
+    CampaignDefined(CampaignSpec),
+    CampaignUpdated(CampaignSpec),
+    Activated(EntityRef),
+    Inactivated(EntityRef),
+}
+
+impl ConfigEvent {
+    /// The entity the event is about, as `kind/id` (`account` for settings).
+    pub fn entity(&self) -> String {
+        match self {
+            Self::AccountConfigured(_) => "account".into(),
+            Self::ClientDefined(s) | Self::ClientUpdated(s) => format!("client/{}", s.id),
+            Self::ProjectDefined(s) | Self::ProjectUpdated(s) => format!("project/{}", s.id),
+            Self::ScheduleDefined(s) | Self::ScheduleUpdated(s) => format!("schedule/{}", s.id),
+            Self::ChannelDefined(s) | Self::ChannelUpdated(s) => format!("channel/{}", s.id),
+            Self::UserDefined(s) | Self::UserUpdated(s) => format!("user/{}", s.id),
+            Self::CampaignDefined(s) | Self::CampaignUpdated(s) => format!("campaign/{}", s.id),
+            Self::Activated(e) | Self::Inactivated(e) => entity_path(e),
+        }
+    }
+}
+
+fn entity_path(e: &EntityRef) -> String {
+    match e {
+        EntityRef::Client(id) => format!("client/{id}"),
+        EntityRef::Project(id) => format!("project/{id}"),
+        EntityRef::Campaign(id) => format!("campaign/{id}"),
+        EntityRef::Channel(id) => format!("channel/{id}"),
+        EntityRef::User(id) => format!("user/{id}"),
+    }
+}
+
+// ---------------------------------------------------------------- catalog
+
+/// A configured entity and whether it is active.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry<T> {
+    pub spec: T,
+    pub active: bool,
+}
+
+/// How many conversations are active in a campaign; answered by whoever keeps
+/// the live view (the simulator's or the engine's), since conversations are
+/// other aggregates.
+pub trait Occupancy {
+    fn active_conversations(&self, campaign: &CampaignId) -> u32;
+}
+
+/// An account's configuration: the state of its catalog stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Catalog {
+    pub account: AccountId,
+    pub seq: u64,
+    pub settings: AccountSettings,
+    pub clients: BTreeMap<ClientId, Entry<ClientSpec>>,
+    pub projects: BTreeMap<ProjectId, Entry<ProjectSpec>>,
+    pub schedules: BTreeMap<ScheduleId, ScheduleSpec>,
+    pub channels: BTreeMap<ChannelId, Entry<ChannelSpec>>,
+    pub users: BTreeMap<UserId, Entry<UserSpec>>,
+    pub campaigns: BTreeMap<CampaignId, Entry<CampaignSpec>>,
+    /// Derived: which campaign each channel is attached to.
+    pub channel_campaign: BTreeMap<ChannelId, CampaignId>,
+    recent: RecentCommands,
+}
+
+fn check_name(field: &str, text: &str) -> Result<(), Rejection> {
+    if text.trim().is_empty() {
+        return Err(Rejection::invalid(field, "must not be empty"));
+    }
+    if text.len() > NAME_BYTES_MAX {
+        return Err(Rejection::invalid(field, format!("at most {NAME_BYTES_MAX} bytes")));
+    }
+    Ok(())
+}
+
+fn check_template(field: &str, message: &AutoMessage) -> Result<(), Rejection> {
+    if message.enabled && message.text.trim().is_empty() {
+        return Err(Rejection::invalid(format!("{field}.text"), "an enabled message needs text"));
+    }
+    template::check(&message.text).map_err(|reason| Rejection::invalid(format!("{field}.text"), reason))
+}
+
+fn check_max<T>(field: &str, list: &[T], max: usize) -> Result<(), Rejection> {
+    if list.len() > max { Err(Rejection::invalid(field, format!("at most {max} entries"))) } else { Ok(()) }
+}
+
+fn check_unique<'a>(field: &str, items: impl Iterator<Item = &'a str>) -> Result<(), Rejection> {
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, item) in items.enumerate() {
+        if !seen.insert(item) {
+            return Err(Rejection::invalid(format!("{field}[{i}]"), format!("{item:?} appears twice")));
+        }
+    }
+    Ok(())
+}
+
+/// A parsed CIDR block (`10.0.0.0/8`, `2001:db8::/32`, or a single address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    base: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let base: IpAddr = addr.parse().map_err(|_| format!("{text:?} is not an address or CIDR block"))?;
+        let width = if base.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= width).ok_or_else(|| format!("{text:?} has a bad prefix length"))?,
+            None => width,
+        };
+        Ok(Self { base, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        fn masked(bits: u128, prefix: u8, width: u8) -> u128 {
+            if prefix == 0 { 0 } else { bits >> (width - prefix) }
+        }
+        match (self.base, ip) {
+            (IpAddr::V4(b), IpAddr::V4(i)) => {
+                masked(u32::from(b).into(), self.prefix, 32) == masked(u32::from(i).into(), self.prefix, 32)
+            }
+            (IpAddr::V6(b), IpAddr::V6(i)) => masked(u128::from(b), self.prefix, 128) == masked(u128::from(i), self.prefix, 128),
+            _ => false,
+        }
+    }
+}
+
+impl Catalog {
+    pub fn new(account: AccountId) -> Self {
+        Self {
+            account,
+            seq: 0,
+            settings: AccountSettings::default(),
+            clients: BTreeMap::new(),
+            projects: BTreeMap::new(),
+            schedules: BTreeMap::new(),
+            channels: BTreeMap::new(),
+            users: BTreeMap::new(),
+            campaigns: BTreeMap::new(),
+            channel_campaign: BTreeMap::new(),
+            recent: RecentCommands::default(),
+        }
+    }
+
+    // ----- lookups used by every aggregate
+
+    pub fn client(&self, id: &ClientId) -> Result<&ClientSpec, Rejection> {
+        active(self.clients.get(id), || format!("client {id}"))
+    }
+
+    pub fn project(&self, id: &ProjectId) -> Result<&ProjectSpec, Rejection> {
+        active(self.projects.get(id), || format!("project {id}"))
+    }
+
+    pub fn campaign(&self, id: &CampaignId) -> Result<&CampaignSpec, Rejection> {
+        active(self.campaigns.get(id), || format!("campaign {id}"))
+    }
+
+    pub fn channel(&self, id: &ChannelId) -> Result<&ChannelSpec, Rejection> {
+        active(self.channels.get(id), || format!("channel {id}"))
+    }
+
+    pub fn user(&self, id: &UserId) -> Result<&UserSpec, Rejection> {
+        active(self.users.get(id), || format!("user {id}"))
+    }
+
+    pub fn schedule(&self, id: &ScheduleId) -> Result<&ScheduleSpec, Rejection> {
+        self.schedules.get(id).ok_or_else(|| Rejection::Unknown { entity: format!("schedule {id}") })
+    }
+
+    /// The user's name, or the id when the user is unknown.
+    pub fn user_name(&self, id: &UserId) -> String {
+        self.users.get(id).map(|u| u.spec.name.clone()).unwrap_or_else(|| id.to_string())
+    }
+
+    /// Checks the actor is allowed to act from where it acts: a user must be
+    /// active and, when the account restricts networks, inside one of them.
+    pub fn check_actor(&self, actor: &Actor) -> Result<Option<&UserSpec>, Rejection> {
+        let Actor::User { id, ip } = actor else { return Ok(None) };
+        let user = self.user(id)?;
+        if !self.settings.allowed_networks.is_empty() {
+            let inside = ip.is_some_and(|ip| {
+                self.settings.allowed_networks.iter().filter_map(|n| Cidr::parse(n).ok()).any(|n| n.contains(ip))
+            });
+            if !inside {
+                let ip = ip.map(|ip| ip.to_string()).unwrap_or_else(|| "an unknown address".into());
+                return Err(Rejection::NetworkNotAllowed { user: id.clone(), ip });
+            }
+        }
+        Ok(Some(user))
+    }
+
+    fn typification_known(&self, id: &TypificationId) -> bool {
+        self.settings.typifications.iter().any(|t| &t.id == id)
+    }
+
+    // ----- decide
+
+    /// Decides a configuration command. `occupancy` answers how many
+    /// conversations are active per campaign (for the inactivation rule).
+    pub fn decide(&self, envelope: &CommandEnvelope, now: Timestamp, occupancy: &dyn Occupancy) -> Result<Decision<ConfigEvent>, Rejection> {
+        if let Some((first_seq, last_seq)) = self.recent.find(&envelope.id) {
+            return Ok(Decision::Duplicate { first_seq, last_seq });
+        }
+        match self.check_actor(&envelope.actor)? {
+            None if matches!(envelope.actor, Actor::System(_)) => {}
+            Some(user) if user.role == Role::Admin => {}
+            _ => return Err(Rejection::Forbidden { action: "changing configuration", needed: "an admin user or the system" }),
+        }
+        let mut out = Emitter::new(self.seq, now, &envelope.id, &envelope.actor);
+        let event = match &envelope.command {
+            Command::ConfigureAccount(s) => {
+                self.check_settings(s)?;
+                ConfigEvent::AccountConfigured(s.clone())
+            }
+            Command::DefineClient(s) | Command::UpdateClient(s) => {
+                let define = matches!(envelope.command, Command::DefineClient(_));
+                self.expect_defined(self.clients.contains_key(&s.id), define, || format!("client {}", s.id))?;
+                self.check_client(s)?;
+                if define { ConfigEvent::ClientDefined(s.clone()) } else { ConfigEvent::ClientUpdated(s.clone()) }
+            }
+            Command::DefineProject(s) | Command::UpdateProject(s) => {
+                let define = matches!(envelope.command, Command::DefineProject(_));
+                self.expect_defined(self.projects.contains_key(&s.id), define, || format!("project {}", s.id))?;
+                check_name("name", &s.name)?;
+                self.client(&s.client).map_err(|_| Rejection::invalid("client", format!("no active client {}", s.client)))?;
+                if define { ConfigEvent::ProjectDefined(s.clone()) } else { ConfigEvent::ProjectUpdated(s.clone()) }
+            }
+            Command::DefineSchedule(s) | Command::UpdateSchedule(s) => {
+                let define = matches!(envelope.command, Command::DefineSchedule(_));
+                self.expect_defined(self.schedules.contains_key(&s.id), define, || format!("schedule {}", s.id))?;
+                check_name("name", &s.name)?;
+                s.check().map_err(|(field, reason)| Rejection::invalid(field, reason))?;
+                if define { ConfigEvent::ScheduleDefined(s.clone()) } else { ConfigEvent::ScheduleUpdated(s.clone()) }
+            }
+            Command::DefineChannel(s) | Command::UpdateChannel(s) => {
+                let define = matches!(envelope.command, Command::DefineChannel(_));
+                self.expect_defined(self.channels.contains_key(&s.id), define, || format!("channel {}", s.id))?;
+                check_name("external_id", &s.external_id)?;
+                let m = &s.messages;
+                check_template("messages.welcome", &m.welcome)?;
+                check_template("messages.inactivity_alert", &m.inactivity_alert)?;
+                check_template("messages.transfer_notice", &m.transfer_notice)?;
+                check_template("messages.closing", &m.closing)?;
+                check_template("messages.survey", &m.survey)?;
+                if define { ConfigEvent::ChannelDefined(s.clone()) } else { ConfigEvent::ChannelUpdated(s.clone()) }
+            }
+            Command::DefineUser(s) | Command::UpdateUser(s) => {
+                let define = matches!(envelope.command, Command::DefineUser(_));
+                self.expect_defined(self.users.contains_key(&s.id), define, || format!("user {}", s.id))?;
+                check_name("name", &s.name)?;
+                check_name("email", &s.email)?;
+                if !s.email.contains('@') {
+                    return Err(Rejection::invalid("email", "not an e-mail address"));
+                }
+                if s.max_concurrent_conversations == 0 || s.max_concurrent_conversations > CONCURRENT_CONVERSATIONS_MAX {
+                    return Err(Rejection::invalid("max_concurrent_conversations", format!("must be 1 to {CONCURRENT_CONVERSATIONS_MAX}")));
+                }
+                if define { ConfigEvent::UserDefined(s.clone()) } else { ConfigEvent::UserUpdated(s.clone()) }
+            }
+            Command::DefineCampaign(s) | Command::UpdateCampaign(s) => {
+                let define = matches!(envelope.command, Command::DefineCampaign(_));
+                self.expect_defined(self.campaigns.contains_key(&s.id), define, || format!("campaign {}", s.id))?;
+                self.check_campaign(s)?;
+                if define { ConfigEvent::CampaignDefined(s.clone()) } else { ConfigEvent::CampaignUpdated(s.clone()) }
+            }
+            Command::Activate(e) | Command::Inactivate(e) => {
+                let activate = matches!(envelope.command, Command::Activate(_));
+                let Some(is_active) = self.is_active(e) else {
+                    return Err(Rejection::Unknown { entity: e.to_string() });
+                };
+                if is_active == activate {
+                    return Ok(out.finish()); // already so: nothing to record
+                }
+                if let (false, EntityRef::Campaign(id)) = (activate, e) {
+                    let spec = &self.campaigns[id].spec;
+                    if !spec.agents.is_empty() {
+                        return Err(Rejection::CampaignHasAssignedAgents { campaign: id.clone(), count: spec.agents.len() });
+                    }
+                    let count = occupancy.active_conversations(id);
+                    if count > 0 {
+                        return Err(Rejection::CampaignHasActiveConversations { campaign: id.clone(), count });
+                    }
+                }
+                if activate { ConfigEvent::Activated(e.clone()) } else { ConfigEvent::Inactivated(e.clone()) }
+            }
+            other => return Err(Rejection::WrongAggregate { command: other.type_name(), aggregate: "the configuration catalog" }),
+        };
+        out.emit(event);
+        Ok(out.finish())
+    }
+
+    fn expect_defined(&self, exists: bool, define: bool, entity: impl Fn() -> String) -> Result<(), Rejection> {
+        match (exists, define) {
+            (true, true) => Err(Rejection::AlreadyDefined { entity: entity() }),
+            (false, false) => Err(Rejection::Unknown { entity: entity() }),
+            _ => Ok(()),
+        }
+    }
+
+    fn is_active(&self, e: &EntityRef) -> Option<bool> {
+        match e {
+            EntityRef::Client(id) => self.clients.get(id).map(|x| x.active),
+            EntityRef::Project(id) => self.projects.get(id).map(|x| x.active),
+            EntityRef::Campaign(id) => self.campaigns.get(id).map(|x| x.active),
+            EntityRef::Channel(id) => self.channels.get(id).map(|x| x.active),
+            EntityRef::User(id) => self.users.get(id).map(|x| x.active),
+        }
+    }
+
+    fn check_client(&self, s: &ClientSpec) -> Result<(), Rejection> {
+        check_name("name", &s.name)?;
+        check_name("code", &s.code)?;
+        if let Some(other) = self.clients.values().find(|c| c.spec.code == s.code && c.spec.id != s.id) {
+            return Err(Rejection::invalid("code", format!("{:?} is already the code of client {}", s.code, other.spec.id)));
+        }
+        let period = |field: &str, v: u32| {
+            if v == 0 || v > PERIOD_SECS_MAX {
+                Err(Rejection::invalid(field, format!("must be 1 to {PERIOD_SECS_MAX} seconds")))
+            } else {
+                Ok(())
+            }
+        };
+        period("sla_optimal_secs", s.sla_optimal_secs)?;
+        period("sla_low_secs", s.sla_low_secs)?;
+        if s.sla_low_secs < s.sla_optimal_secs {
+            return Err(Rejection::invalid(
+                "sla_low_secs",
+                format!("{} is below sla_optimal_secs ({}); the low threshold comes after the optimal one", s.sla_low_secs, s.sla_optimal_secs),
+            ));
+        }
+        period("max_inactivity_secs", s.max_inactivity_secs)?;
+        if s.inactivity_attempts > INACTIVITY_ATTEMPTS_MAX {
+            return Err(Rejection::invalid("inactivity_attempts", format!("at most {INACTIVITY_ATTEMPTS_MAX}")));
+        }
+        if s.max_history_conversations > HISTORY_CONVERSATIONS_MAX {
+            return Err(Rejection::invalid("max_history_conversations", format!("at most {HISTORY_CONVERSATIONS_MAX}")));
+        }
+        Ok(())
+    }
+
+    fn check_settings(&self, s: &AccountSettings) -> Result<(), Rejection> {
+        check_name("name", &s.name)?;
+        if s.auto_resolve_after_days > AUTO_RESOLVE_DAYS_MAX {
+            return Err(Rejection::invalid("auto_resolve_after_days", format!("at most {AUTO_RESOLVE_DAYS_MAX}")));
+        }
+        check_max("agent_states", &s.agent_states, AGENT_STATES_MAX)?;
+        for (i, state) in s.agent_states.iter().enumerate() {
+            check_id(state).map_err(|e| Rejection::invalid(format!("agent_states[{i}]"), e.to_string()))?;
+        }
+        check_unique("agent_states", s.agent_states.iter().map(String::as_str))?;
+        for needed in [STATE_AVAILABLE, STATE_OFFLINE] {
+            if !s.agent_states.iter().any(|x| x == needed) {
+                return Err(Rejection::invalid("agent_states", format!("must include {needed:?}")));
+            }
+        }
+        check_max("labels", &s.labels, LABELS_MAX)?;
+        for (i, label) in s.labels.iter().enumerate() {
+            check_name(&format!("labels[{i}]"), label)?;
+        }
+        check_unique("labels", s.labels.iter().map(String::as_str))?;
+        check_max("canned_responses", &s.canned_responses, CANNED_RESPONSES_MAX)?;
+        for (i, c) in s.canned_responses.iter().enumerate() {
+            check_id(&c.shortcode).map_err(|e| Rejection::invalid(format!("canned_responses[{i}].shortcode"), e.to_string()))?;
+            template::check(&c.text).map_err(|r| Rejection::invalid(format!("canned_responses[{i}].text"), r))?;
+        }
+        check_unique("canned_responses", s.canned_responses.iter().map(|c| c.shortcode.as_str()))?;
+        check_max("typifications", &s.typifications, TYPIFICATIONS_MAX)?;
+        for (i, t) in s.typifications.iter().enumerate() {
+            check_name(&format!("typifications[{i}].name"), &t.name)?;
+        }
+        check_unique("typifications", s.typifications.iter().map(|t| t.id.as_str()))?;
+        for campaign in self.campaigns.values() {
+            for used in campaign_typifications(&campaign.spec) {
+                if !s.typifications.iter().any(|t| &t.id == used) {
+                    return Err(Rejection::invalid("typifications", format!("{used} is used by campaign {}", campaign.spec.id)));
+                }
+            }
+        }
+        check_max("regex_rules", &s.regex_rules, REGEX_RULES_MAX)?;
+        for (i, r) in s.regex_rules.iter().enumerate() {
+            check_name(&format!("regex_rules[{i}].name"), &r.name)?;
+            check_name(&format!("regex_rules[{i}].pattern"), &r.pattern)?;
+        }
+        check_max("allowed_networks", &s.allowed_networks, ALLOWED_NETWORKS_MAX)?;
+        for (i, n) in s.allowed_networks.iter().enumerate() {
+            Cidr::parse(n).map_err(|r| Rejection::invalid(format!("allowed_networks[{i}]"), r))?;
+        }
+        Ok(())
+    }
+
+    fn check_campaign(&self, s: &CampaignSpec) -> Result<(), Rejection> {
+        check_name("name", &s.name)?;
+        self.client(&s.client).map_err(|_| Rejection::invalid("client", format!("no active client {}", s.client)))?;
+        let project = self.projects.get(&s.project).ok_or_else(|| Rejection::invalid("project", format!("no project {}", s.project)))?;
+        if project.spec.client != s.client {
+            return Err(Rejection::invalid("project", format!("project {} belongs to client {}, not {}", s.project, project.spec.client, s.client)));
+        }
+        if !self.schedules.contains_key(&s.schedule) {
+            return Err(Rejection::invalid("schedule", format!("no schedule {}", s.schedule)));
+        }
+        check_max("channels", &s.channels, CHANNELS_PER_CAMPAIGN_MAX)?;
+        check_unique("channels", s.channels.iter().map(|c| c.as_str()))?;
+        for (i, channel) in s.channels.iter().enumerate() {
+            if !self.channels.contains_key(channel) {
+                return Err(Rejection::invalid(format!("channels[{i}]"), format!("no channel {channel}")));
+            }
+            if let Some(owner) = self.channel_campaign.get(channel).filter(|owner| **owner != s.id) {
+                return Err(Rejection::invalid(format!("channels[{i}]"), format!("channel {channel} already belongs to campaign {owner}")));
+            }
+        }
+        check_template("out_of_hours.message", &s.out_of_hours.message)?;
+        if s.closing_typifications.is_empty() {
+            return Err(Rejection::invalid("closing_typifications", "a campaign needs at least one closing typification"));
+        }
+        check_max("closing_typifications", &s.closing_typifications, TYPIFICATIONS_MAX)?;
+        let single = [
+            ("inactivity_typification", Some(&s.inactivity_typification)),
+            ("transfer_typification", Some(&s.transfer_typification)),
+            ("ignore_comment_typification", s.ignore_comment_typification.as_ref()),
+        ];
+        for (field, id) in single {
+            if let Some(id) = id.filter(|id| !self.typification_known(id)) {
+                return Err(Rejection::invalid(field, format!("{id} is not one of the account's typifications")));
+            }
+        }
+        for (i, id) in s.closing_typifications.iter().enumerate() {
+            if !self.typification_known(id) {
+                return Err(Rejection::invalid(format!("closing_typifications[{i}]"), format!("{id} is not one of the account's typifications")));
+            }
+        }
+        if s.permissions.history_hours > 24 * 365 {
+            return Err(Rejection::invalid("permissions.history_hours", "at most a year"));
+        }
+        check_max("dynamic_fields", &s.dynamic_fields, DYNAMIC_FIELDS_MAX)?;
+        for (i, f) in s.dynamic_fields.iter().enumerate() {
+            check_id(&f.name).map_err(|e| Rejection::invalid(format!("dynamic_fields[{i}].name"), e.to_string()))?;
+        }
+        check_unique("dynamic_fields", s.dynamic_fields.iter().map(|f| f.name.as_str()))?;
+        check_max("agents", &s.agents, AGENTS_PER_CAMPAIGN_MAX)?;
+        check_unique("agents", s.agents.iter().map(|a| a.as_str()))?;
+        for (i, agent) in s.agents.iter().enumerate() {
+            match self.users.get(agent) {
+                None => return Err(Rejection::invalid(format!("agents[{i}]"), format!("no user {agent}"))),
+                Some(u) if u.spec.role == Role::Admin => {
+                    return Err(Rejection::invalid(format!("agents[{i}]"), format!("{agent} is an admin; campaigns take agents and supervisors")));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    // ----- evolve
+
+    /// Applies one recorded event. Asserts it is the next in sequence.
+    pub fn evolve(&mut self, record: &Recorded<ConfigEvent>) {
+        assert_eq!(record.seq, self.seq + 1, "catalog of {}: event out of sequence", self.account);
+        self.seq = record.seq;
+        self.recent.note(&record.command, record.seq);
+        match &record.event {
+            ConfigEvent::AccountConfigured(s) => self.settings = s.clone(),
+            ConfigEvent::ClientDefined(s) | ConfigEvent::ClientUpdated(s) => upsert(&mut self.clients, s.id.clone(), s),
+            ConfigEvent::ProjectDefined(s) | ConfigEvent::ProjectUpdated(s) => upsert(&mut self.projects, s.id.clone(), s),
+            ConfigEvent::ScheduleDefined(s) | ConfigEvent::ScheduleUpdated(s) => {
+                self.schedules.insert(s.id.clone(), s.clone());
+            }
+            ConfigEvent::ChannelDefined(s) | ConfigEvent::ChannelUpdated(s) => upsert(&mut self.channels, s.id.clone(), s),
+            ConfigEvent::UserDefined(s) | ConfigEvent::UserUpdated(s) => upsert(&mut self.users, s.id.clone(), s),
+            ConfigEvent::CampaignDefined(s) | ConfigEvent::CampaignUpdated(s) => {
+                self.channel_campaign.retain(|_, owner| owner != &s.id);
+                for channel in &s.channels {
+                    self.channel_campaign.insert(channel.clone(), s.id.clone());
+                }
+                upsert(&mut self.campaigns, s.id.clone(), s);
+            }
+            ConfigEvent::Activated(e) => self.set_active(e, true),
+            ConfigEvent::Inactivated(e) => self.set_active(e, false),
+        }
+    }
+
+    fn set_active(&mut self, e: &EntityRef, active: bool) {
+        let slot = match e {
+            EntityRef::Client(id) => self.clients.get_mut(id).map(|x| &mut x.active),
+            EntityRef::Project(id) => self.projects.get_mut(id).map(|x| &mut x.active),
+            EntityRef::Campaign(id) => self.campaigns.get_mut(id).map(|x| &mut x.active),
+            EntityRef::Channel(id) => self.channels.get_mut(id).map(|x| &mut x.active),
+            EntityRef::User(id) => self.users.get_mut(id).map(|x| &mut x.active),
+        };
+        if let Some(slot) = slot {
+            *slot = active;
+        }
+    }
+}
+
+fn campaign_typifications(s: &CampaignSpec) -> impl Iterator<Item = &TypificationId> {
+    [&s.inactivity_typification, &s.transfer_typification]
+        .into_iter()
+        .chain(s.ignore_comment_typification.iter())
+        .chain(s.closing_typifications.iter())
+}
+
+fn active<'a, T>(entry: Option<&'a Entry<T>>, name: impl Fn() -> String) -> Result<&'a T, Rejection> {
+    match entry {
+        None => Err(Rejection::Unknown { entity: name() }),
+        Some(e) if !e.active => Err(Rejection::Inactive { entity: name() }),
+        Some(e) => Ok(&e.spec),
+    }
+}
+
+/// Defines keep an entity active; updates keep its status.
+fn upsert<K: Ord, T: Clone>(map: &mut BTreeMap<K, Entry<T>>, id: K, spec: &T) {
+    map.entry(id)
+        .and_modify(|e| e.spec = spec.clone())
+        .or_insert_with(|| Entry { spec: spec.clone(), active: true });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_blocks() {
+        let n = Cidr::parse("10.1.0.0/16").unwrap();
+        assert!(n.contains("10.1.200.3".parse().unwrap()));
+        assert!(!n.contains("10.2.0.1".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(Cidr::parse("2001:db8::/32").unwrap().contains("2001:db8::1".parse().unwrap()));
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("192.168.1.7").unwrap().contains("192.168.1.7".parse().unwrap()));
+    }
+}

@@ -1,0 +1,1111 @@
+//! The conversation aggregate: one per conversation, single writer.
+//!
+//! `decide` checks a command against the state and the account's catalog and
+//! returns the events it causes (or the rule it breaks); `evolve` applies one
+//! event. The SLA, inactivity and auto-resolve rules of SPEC §5 live here, as
+//! deadlines: [`Conversation::next_deadline`] says when the next one is due and
+//! a `tick` command at or after that instant fires everything due.
+//!
+//! Thresholds (SLA, inactivity, auto-resolve) are captured in a [`Policy`] when
+//! the conversation opens or moves to another campaign, so the aggregate can
+//! answer `next_deadline()` from its own events. Typifications, permissions and
+//! automated messages are read from the catalog when a command is decided.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::{Actor, Decision, Emitter, RecentCommands, Recorded};
+use crate::command::{ATTACHMENTS_PER_MESSAGE_MAX, Attachment, Command, CommandEnvelope, TransferTarget};
+use crate::config::{CampaignSpec, Catalog, ChannelSpec, ClientSpec, NAME_BYTES_MAX, Role, STATE_AVAILABLE, UserSpec};
+use crate::ids::{CampaignId, ChannelId, ClientId, ContactId, ConversationId, ProjectId, TypificationId, UserId};
+use crate::live::Floor;
+use crate::rejection::Rejection;
+use crate::template::{self, TEXT_BYTES_MAX, Values};
+use crate::time::{MS_PER_SEC, Timestamp};
+
+/// The longest value of a dynamic field, in bytes.
+pub const FIELD_VALUE_BYTES_MAX: usize = 1024;
+/// At most this many labels on one conversation.
+pub const LABELS_PER_CONVERSATION_MAX: usize = 32;
+/// At most this many timers fire in one tick (a tick long overdue fires them
+/// in order; the conversation closes long before this).
+pub const TIMER_FIRINGS_PER_TICK_MAX: usize = 256;
+
+const SECS_PER_DAY: u64 = 86_400;
+
+/// The thresholds a conversation runs on, taken from its client (and the
+/// account's auto-resolve setting) when it opened or changed campaign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    pub sla_optimal_secs: u32,
+    pub sla_low_secs: u32,
+    pub inactivity_secs: u32,
+    pub inactivity_attempts: u32,
+    /// 0: never auto-resolve.
+    pub auto_resolve_after_days: u32,
+}
+
+impl Policy {
+    pub fn of(client: &ClientSpec, catalog: &Catalog) -> Self {
+        Self {
+            sla_optimal_secs: client.sla_optimal_secs,
+            sla_low_secs: client.sla_low_secs,
+            inactivity_secs: client.max_inactivity_secs,
+            inactivity_attempts: client.inactivity_attempts,
+            auto_resolve_after_days: catalog.settings.auto_resolve_after_days,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+/// Which automated message a system message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    Welcome,
+    OutOfHours,
+    InactivityAlert,
+    TransferNotice,
+    Closing,
+    Survey,
+}
+
+impl Trigger {
+    fn rule(self) -> &'static str {
+        match self {
+            Trigger::Welcome => "welcome_message",
+            Trigger::OutOfHours => "out_of_hours_message",
+            Trigger::InactivityAlert => "inactivity_alert_message",
+            Trigger::TransferNotice => "transfer_notice_message",
+            Trigger::Closing => "closing_message",
+            Trigger::Survey => "survey_message",
+        }
+    }
+}
+
+/// Who wrote a message sent to the contact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Author {
+    /// A human: the assigned agent or a supervisor.
+    Agent(UserId),
+    /// A conversational bot (not human: it ends no SLA wait).
+    Bot(String),
+    /// An automated message (never starts, ends or restarts anything).
+    System(Trigger),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Threshold {
+    Optimal,
+    Low,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlaClass {
+    Optimal,
+    Low,
+    Breached,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseReason {
+    /// Closed by the assigned agent or a supervisor.
+    Resolved,
+    /// Closed by an integration acting as the system.
+    System,
+    /// The contact stayed silent through every warning.
+    Inactivity,
+    /// No human message for `auto_resolve_after_days`.
+    AutoResolve,
+    /// Opened while the campaign was closed, and the campaign closes such conversations.
+    OutOfHours,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Opened {
+    pub contact: ContactId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact_name: Option<String>,
+    pub channel: ChannelId,
+    pub campaign: CampaignId,
+    pub client: ClientId,
+    pub project: ProjectId,
+    pub direction: Direction,
+    /// Opened while the campaign's schedule was closed.
+    pub out_of_hours: bool,
+    /// When the SLA clock of the first wait starts (the next opening, out of hours).
+    pub sla_clock_starts_at: Timestamp,
+    pub policy: Policy,
+}
+
+/// A move to another campaign, with the thresholds of its client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CampaignChange {
+    pub campaign: CampaignId,
+    pub client: ClientId,
+    pub project: ProjectId,
+    pub policy: Policy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Destination {
+    Agent(UserId),
+    Campaign(CampaignChange),
+}
+
+/// What happened in a conversation. Variants and fields are only appended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConversationEvent {
+    ConversationOpened(Opened),
+    MessageReceived {
+        text: String,
+        attachments: Vec<Attachment>,
+    },
+    MessageSent {
+        author: Author,
+        text: String,
+        attachments: Vec<Attachment>,
+        /// The canned response used, when the agent typed `/shortcode`.
+        shortcode: Option<String>,
+    },
+    ConversationQueued {
+        campaign: CampaignId,
+        /// Queue order: oldest wait first.
+        waiting_since: Timestamp,
+    },
+    AgentAssigned {
+        agent: UserId,
+        /// The segment this assignment starts (1 for the first agent).
+        segment: u32,
+    },
+    ConversationTransferred {
+        from_agent: Option<UserId>,
+        /// The segment the transfer ends (0 when no agent had it).
+        segment: u32,
+        typification: TypificationId,
+        to: Destination,
+    },
+    SlaThresholdCrossed {
+        threshold: Threshold,
+        wait_started_at: Timestamp,
+    },
+    ResponseRecorded {
+        agent: UserId,
+        wait_started_at: Timestamp,
+        /// Whole seconds, rounded up (so `optimal` means ≤ `sla_optimal_secs`).
+        response_secs: u64,
+        class: SlaClass,
+        /// The conversation's first response.
+        first: bool,
+    },
+    InactivityWarningSent {
+        attempt: u32,
+        silent_since: Timestamp,
+    },
+    AgentInactivityAlerted {
+        agent: UserId,
+        wait_started_at: Timestamp,
+    },
+    DynamicFieldSet {
+        field: String,
+        value: String,
+    },
+    LabelAdded {
+        label: String,
+    },
+    LabelRemoved {
+        label: String,
+    },
+    ConversationClosed {
+        reason: CloseReason,
+        typification: Option<TypificationId>,
+        /// The agent who had it, if any.
+        agent: Option<UserId>,
+        segment: u32,
+    },
+    SurveyAnswered {
+        rating: u8,
+        solved: bool,
+    },
+}
+
+impl ConversationEvent {
+    /// The event's `type` in its JSON view.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::ConversationOpened(_) => "conversation_opened",
+            Self::MessageReceived { .. } => "message_received",
+            Self::MessageSent { .. } => "message_sent",
+            Self::ConversationQueued { .. } => "conversation_queued",
+            Self::AgentAssigned { .. } => "agent_assigned",
+            Self::ConversationTransferred { .. } => "conversation_transferred",
+            Self::SlaThresholdCrossed { .. } => "sla_threshold_crossed",
+            Self::ResponseRecorded { .. } => "response_recorded",
+            Self::InactivityWarningSent { .. } => "inactivity_warning_sent",
+            Self::AgentInactivityAlerted { .. } => "agent_inactivity_alerted",
+            Self::DynamicFieldSet { .. } => "dynamic_field_set",
+            Self::LabelAdded { .. } => "label_added",
+            Self::LabelRemoved { .. } => "label_removed",
+            Self::ConversationClosed { .. } => "conversation_closed",
+            Self::SurveyAnswered { .. } => "survey_answered",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Status {
+    /// Nothing recorded yet.
+    #[default]
+    New,
+    Queued,
+    Assigned,
+    Closed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facts {
+    pub contact: ContactId,
+    pub contact_name: Option<String>,
+    pub channel: ChannelId,
+    pub campaign: CampaignId,
+    pub client: ClientId,
+    pub project: ProjectId,
+    pub policy: Policy,
+    pub opened_at: Timestamp,
+    pub sla_clock_starts_at: Timestamp,
+}
+
+/// An open SLA wait: the contact wrote and no human agent has answered yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wait {
+    pub started_at: Timestamp,
+    pub optimal_crossed: bool,
+    pub low_crossed: bool,
+    pub agent_alerted: bool,
+}
+
+/// The conversation waits on the contact since `since`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Silence {
+    pub since: Timestamp,
+    pub warnings: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Survey {
+    #[default]
+    NotSent,
+    Sent,
+    Answered,
+}
+
+/// A deadline of the conversation, in the order simultaneous ones fire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Timer {
+    SlaOptimal,
+    SlaLow,
+    AgentInactivity,
+    ContactInactivity,
+    AutoResolve,
+}
+
+/// The state of one conversation, rebuilt from its events alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conversation {
+    pub id: ConversationId,
+    pub seq: u64,
+    pub status: Status,
+    pub facts: Option<Facts>,
+    pub assignee: Option<UserId>,
+    pub assigned_at: Timestamp,
+    /// The current (or last) segment; 0 before the first assignment.
+    pub segment: u32,
+    pub wait: Option<Wait>,
+    pub responses: u32,
+    pub silence: Option<Silence>,
+    /// The latest message by a human (contact or agent).
+    pub last_human_at: Timestamp,
+    /// Users who wrote at least once (for reply-before-close).
+    pub writers: Vec<UserId>,
+    pub fields: BTreeMap<String, String>,
+    pub labels: BTreeSet<String>,
+    pub survey: Survey,
+    pub messages: u32,
+    recent: RecentCommands,
+}
+
+/// What a command may read besides the conversation: the account's
+/// configuration and the live floor (agent presence and load).
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    pub catalog: &'a Catalog,
+    pub floor: &'a Floor,
+}
+
+/// The actor of a command as the rules see it.
+enum Who<'a> {
+    Contact,
+    /// An agent; `assigned` when it is this conversation's agent.
+    Agent(&'a UserSpec, bool),
+    /// A supervisor of the campaign, or an admin.
+    Supervisor(&'a UserSpec),
+    System,
+}
+
+fn rule(name: &str) -> Actor {
+    Actor::system(name)
+}
+
+fn check_text(text: &str, attachments: &[Attachment]) -> Result<(), Rejection> {
+    if text.trim().is_empty() && attachments.is_empty() {
+        return Err(Rejection::EmptyMessage);
+    }
+    if text.len() > TEXT_BYTES_MAX {
+        return Err(Rejection::invalid("text", format!("at most {TEXT_BYTES_MAX} bytes, found {}", text.len())));
+    }
+    if attachments.len() > ATTACHMENTS_PER_MESSAGE_MAX {
+        return Err(Rejection::invalid("attachments", format!("at most {ATTACHMENTS_PER_MESSAGE_MAX}")));
+    }
+    for (i, a) in attachments.iter().enumerate() {
+        if a.url.is_empty() || a.url.len() > TEXT_BYTES_MAX {
+            return Err(Rejection::invalid(format!("attachments[{i}].url"), "must be 1 to 4096 bytes"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the text holds an emoji (pictographs and flags, symbols, dingbats).
+fn has_emoji(text: &str) -> bool {
+    text.chars().any(|c| {
+        matches!(u32::from(c), 0x1F000..=0x1FAFF | 0x2600..=0x27BF | 0x2B50..=0x2B55 | 0xFE0F)
+    })
+}
+
+impl Conversation {
+    pub fn new(id: ConversationId) -> Self {
+        Self {
+            id,
+            seq: 0,
+            status: Status::New,
+            facts: None,
+            assignee: None,
+            assigned_at: Timestamp::default(),
+            segment: 0,
+            wait: None,
+            responses: 0,
+            silence: None,
+            last_human_at: Timestamp::default(),
+            writers: Vec::new(),
+            fields: BTreeMap::new(),
+            labels: BTreeSet::new(),
+            survey: Survey::NotSent,
+            messages: 0,
+            recent: RecentCommands::default(),
+        }
+    }
+
+    /// Rebuilds a conversation from its events.
+    pub fn replay<'a>(id: ConversationId, events: impl IntoIterator<Item = &'a Recorded<ConversationEvent>>) -> Self {
+        let mut state = Self::new(id);
+        for event in events {
+            state.evolve(event);
+        }
+        state
+    }
+
+    pub fn is_open(&self) -> bool {
+        matches!(self.status, Status::Queued | Status::Assigned)
+    }
+
+    // ------------------------------------------------------------ deadlines
+
+    /// The earliest deadline and what it is, if any.
+    pub fn due_timer(&self) -> Option<(Timestamp, Timer)> {
+        if !self.is_open() {
+            return None;
+        }
+        let policy = self.facts.as_ref()?.policy;
+        let mut best: Option<(Timestamp, Timer)> = None;
+        let mut offer = |at: Timestamp, timer: Timer| {
+            if best.is_none_or(|b| (at, timer) < b) {
+                best = Some((at, timer));
+            }
+        };
+        if let Some(wait) = &self.wait {
+            if !wait.optimal_crossed {
+                offer(wait.started_at.plus_secs(policy.sla_optimal_secs.into()), Timer::SlaOptimal);
+            }
+            if !wait.low_crossed {
+                offer(wait.started_at.plus_secs(policy.sla_low_secs.into()), Timer::SlaLow);
+            }
+            if self.assignee.is_some() && !wait.agent_alerted {
+                let from = wait.started_at.max(self.assigned_at);
+                offer(from.plus_secs(policy.inactivity_secs.into()), Timer::AgentInactivity);
+            }
+        } else if let Some(silence) = &self.silence {
+            let periods = u64::from(silence.warnings) + 1;
+            offer(silence.since.plus_secs(periods * u64::from(policy.inactivity_secs)), Timer::ContactInactivity);
+        }
+        if policy.auto_resolve_after_days > 0 {
+            offer(self.last_human_at.plus_secs(u64::from(policy.auto_resolve_after_days) * SECS_PER_DAY), Timer::AutoResolve);
+        }
+        best
+    }
+
+    /// When the next timer is due: send a `tick` at (or after) this instant.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        self.due_timer().map(|(at, _)| at)
+    }
+
+    // ------------------------------------------------------------ decide
+
+    /// Decides a command at `now`. A rejection names the broken rule and
+    /// produces nothing; a repeated command id returns its original events' range.
+    pub fn decide(&self, ctx: Context<'_>, envelope: &CommandEnvelope, now: Timestamp) -> Result<Decision<ConversationEvent>, Rejection> {
+        if let Some((first_seq, last_seq)) = self.recent.find(&envelope.id) {
+            return Ok(Decision::Duplicate { first_seq, last_seq });
+        }
+        let mut out = Emitter::new(self.seq, now, &envelope.id, &envelope.actor);
+        match &envelope.command {
+            Command::ReceiveMessage(c) => {
+                if self.status == Status::New {
+                    self.open_inbound(ctx, envelope, c, now, &mut out)?;
+                } else {
+                    let facts = self.require_open()?;
+                    match &envelope.actor {
+                        Actor::Contact(id) if id == &c.contact => {}
+                        Actor::System(_) => {}
+                        _ => return Err(Rejection::Forbidden { action: "receive_message", needed: "the contact itself or the system" }),
+                    }
+                    if facts.contact != c.contact || facts.channel != c.channel {
+                        return Err(Rejection::NotThisConversation {
+                            conversation: self.id.clone(),
+                            expected: facts.contact.to_string(),
+                            channel: facts.channel.clone(),
+                        });
+                    }
+                    check_text(&c.text, &c.attachments)?;
+                    out.emit(ConversationEvent::MessageReceived { text: c.text.clone(), attachments: c.attachments.clone() });
+                }
+            }
+            Command::StartOutbound(c) => self.open_outbound(ctx, envelope, c, now, &mut out)?,
+            Command::SendMessage(c) => {
+                let facts = self.require_open()?;
+                let campaign = ctx.catalog.campaign(&facts.campaign)?;
+                let user = match self.who(ctx, &envelope.actor)? {
+                    Who::Agent(user, true) | Who::Supervisor(user) => user,
+                    Who::Agent(..) => return Err(self.not_assigned()),
+                    _ => return Err(Rejection::Forbidden { action: "send_message", needed: "a user: the assigned agent or a supervisor" }),
+                };
+                check_text(&c.text, &c.attachments)?;
+                if !c.attachments.is_empty() && !campaign.permissions.allow_external_resources {
+                    return Err(Rejection::AttachmentsNotAllowed(campaign.id.clone()));
+                }
+                if !campaign.permissions.allow_emoji && has_emoji(&c.text) {
+                    return Err(Rejection::EmojiNotAllowed(campaign.id.clone()));
+                }
+                let (text, shortcode) = self.expand_shortcode(ctx, &c.text, user)?;
+                out.emit(ConversationEvent::MessageSent {
+                    author: Author::Agent(user.id.clone()),
+                    text,
+                    attachments: c.attachments.clone(),
+                    shortcode,
+                });
+                if let Some(wait) = &self.wait {
+                    let ms = now.millis_since(wait.started_at);
+                    let policy = facts.policy;
+                    let class = if ms <= u64::from(policy.sla_optimal_secs) * MS_PER_SEC as u64 {
+                        SlaClass::Optimal
+                    } else if ms <= u64::from(policy.sla_low_secs) * MS_PER_SEC as u64 {
+                        SlaClass::Low
+                    } else {
+                        SlaClass::Breached
+                    };
+                    out.emit(ConversationEvent::ResponseRecorded {
+                        agent: user.id.clone(),
+                        wait_started_at: wait.started_at,
+                        response_secs: ms.div_ceil(MS_PER_SEC as u64),
+                        class,
+                        first: self.responses == 0,
+                    });
+                }
+            }
+            Command::SendBotMessage(c) => {
+                self.require_open()?;
+                if !matches!(envelope.actor, Actor::System(_)) {
+                    return Err(Rejection::Forbidden { action: "send_bot_message", needed: "the system (a bot integration)" });
+                }
+                if c.bot.trim().is_empty() || c.bot.len() > NAME_BYTES_MAX {
+                    return Err(Rejection::invalid("bot", format!("must be 1 to {NAME_BYTES_MAX} bytes")));
+                }
+                check_text(&c.text, &[])?;
+                out.emit(ConversationEvent::MessageSent {
+                    author: Author::Bot(c.bot.clone()),
+                    text: c.text.clone(),
+                    attachments: Vec::new(),
+                    shortcode: None,
+                });
+            }
+            Command::Assign(c) => {
+                let facts = self.require_open()?;
+                let by_routing = match self.who(ctx, &envelope.actor)? {
+                    Who::System => true,
+                    Who::Supervisor(_) => false,
+                    _ => return Err(Rejection::Forbidden { action: "assign", needed: "a supervisor or the routing rule" }),
+                };
+                if let Some(current) = &self.assignee {
+                    return Err(Rejection::AlreadyAssigned(current.clone()));
+                }
+                let campaign = ctx.catalog.campaign(&facts.campaign)?;
+                self.check_can_take(ctx, campaign, &c.agent, by_routing)?;
+                out.emit(ConversationEvent::AgentAssigned { agent: c.agent.clone(), segment: self.segment + 1 });
+            }
+            Command::Transfer(c) => self.transfer(ctx, envelope, &c.to, now, &mut out)?,
+            Command::SetField(c) => {
+                let facts = self.require_open()?;
+                self.require_attendant(ctx, &envelope.actor, "set_field")?;
+                let campaign = ctx.catalog.campaign(&facts.campaign)?;
+                if !campaign.dynamic_fields.iter().any(|f| f.name == c.field) {
+                    return Err(Rejection::UnknownField { field: c.field.clone(), campaign: campaign.id.clone() });
+                }
+                if c.value.len() > FIELD_VALUE_BYTES_MAX {
+                    return Err(Rejection::invalid("value", format!("at most {FIELD_VALUE_BYTES_MAX} bytes")));
+                }
+                if self.fields.get(&c.field) != Some(&c.value) {
+                    out.emit(ConversationEvent::DynamicFieldSet { field: c.field.clone(), value: c.value.clone() });
+                }
+            }
+            Command::AddLabel(c) | Command::RemoveLabel(c) => {
+                self.require_open()?;
+                self.require_attendant(ctx, &envelope.actor, "labels")?;
+                if !ctx.catalog.settings.labels.contains(&c.label) {
+                    return Err(Rejection::UnknownLabel(c.label.clone()));
+                }
+                let present = self.labels.contains(&c.label);
+                if matches!(envelope.command, Command::AddLabel(_)) {
+                    if !present {
+                        if self.labels.len() >= LABELS_PER_CONVERSATION_MAX {
+                            return Err(Rejection::invalid("label", format!("at most {LABELS_PER_CONVERSATION_MAX} labels on a conversation")));
+                        }
+                        out.emit(ConversationEvent::LabelAdded { label: c.label.clone() });
+                    }
+                } else if present {
+                    out.emit(ConversationEvent::LabelRemoved { label: c.label.clone() });
+                }
+            }
+            Command::Close(c) => {
+                let facts = self.require_open()?;
+                let closer = match self.who(ctx, &envelope.actor)? {
+                    Who::Agent(user, true) | Who::Supervisor(user) => Some(user),
+                    Who::System => None,
+                    Who::Agent(..) => return Err(self.not_assigned()),
+                    Who::Contact => return Err(Rejection::Forbidden { action: "close", needed: "the assigned agent, a supervisor or the system" }),
+                };
+                let campaign = ctx.catalog.campaign(&facts.campaign)?;
+                if !campaign.closing_typifications.contains(&c.typification) {
+                    return Err(Rejection::TypificationNotAllowed { typification: c.typification.clone(), campaign: campaign.id.clone() });
+                }
+                if let Some(missing) = campaign
+                    .dynamic_fields
+                    .iter()
+                    .find(|f| f.mandatory && self.fields.get(&f.name).is_none_or(|v| v.trim().is_empty()))
+                {
+                    return Err(Rejection::MandatoryFieldMissing(missing.name.clone()));
+                }
+                if let Some(user) = closer
+                    && !campaign.permissions.allow_close_without_reply
+                    && !self.writers.contains(&user.id)
+                {
+                    return Err(Rejection::ReplyRequired(user.id.clone()));
+                }
+                let reason = if closer.is_some() { CloseReason::Resolved } else { CloseReason::System };
+                self.emit_close(ctx, &mut out, reason, Some(c.typification.clone()), closer.is_some());
+            }
+            Command::AnswerSurvey(c) => {
+                if self.status == Status::New {
+                    return Err(Rejection::UnknownConversation(self.id.clone()));
+                }
+                let facts = self.facts.as_ref().ok_or_else(|| Rejection::UnknownConversation(self.id.clone()))?;
+                match &envelope.actor {
+                    Actor::Contact(id) if id == &facts.contact => {}
+                    Actor::System(_) => {}
+                    _ => return Err(Rejection::Forbidden { action: "answer_survey", needed: "the conversation's contact or the system" }),
+                }
+                match self.survey {
+                    Survey::NotSent => return Err(Rejection::SurveyNotSent),
+                    Survey::Answered => return Err(Rejection::SurveyAlreadyAnswered),
+                    Survey::Sent => {}
+                }
+                if !(1..=5).contains(&c.rating) {
+                    return Err(Rejection::invalid("rating", format!("must be 1 to 5, found {}", c.rating)));
+                }
+                out.emit(ConversationEvent::SurveyAnswered { rating: c.rating, solved: c.solved });
+            }
+            Command::Tick(_) => {
+                if self.status == Status::New {
+                    return Err(Rejection::UnknownConversation(self.id.clone()));
+                }
+                self.fire_due(ctx, now, &mut out);
+            }
+            other => return Err(Rejection::WrongAggregate { command: other.type_name(), aggregate: "a conversation" }),
+        }
+        Ok(out.finish())
+    }
+
+    fn require_open(&self) -> Result<&Facts, Rejection> {
+        match (self.status, &self.facts) {
+            (Status::Closed, _) => Err(Rejection::ConversationClosed(self.id.clone())),
+            (Status::Queued | Status::Assigned, Some(facts)) => Ok(facts),
+            _ => Err(Rejection::UnknownConversation(self.id.clone())),
+        }
+    }
+
+    fn not_assigned(&self) -> Rejection {
+        match &self.assignee {
+            Some(assigned) => Rejection::NotTheAssignedAgent { assigned: assigned.clone() },
+            None => Rejection::NotAssigned,
+        }
+    }
+
+    fn who<'a>(&self, ctx: Context<'a>, actor: &'a Actor) -> Result<Who<'a>, Rejection> {
+        match actor {
+            Actor::Contact(_) => Ok(Who::Contact),
+            Actor::System(_) => Ok(Who::System),
+            Actor::User { .. } => {
+                let user = ctx.catalog.check_actor(actor)?.expect("a user actor yields a user");
+                match user.role {
+                    Role::Admin => Ok(Who::Supervisor(user)),
+                    Role::Agent => Ok(Who::Agent(user, self.assignee.as_ref() == Some(&user.id))),
+                    Role::Supervisor => {
+                        let campaign = self.facts.as_ref().map(|f| &f.campaign);
+                        let member = campaign
+                            .and_then(|c| ctx.catalog.campaigns.get(c))
+                            .is_some_and(|c| c.spec.agents.contains(&user.id));
+                        if member || campaign.is_none() {
+                            Ok(Who::Supervisor(user))
+                        } else {
+                            Err(Rejection::NotInCampaign { agent: user.id.clone(), campaign: campaign.expect("checked").clone() })
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Field and label changes: the assigned agent, a supervisor or the system.
+    fn require_attendant(&self, ctx: Context<'_>, actor: &Actor, action: &'static str) -> Result<(), Rejection> {
+        match self.who(ctx, actor)? {
+            Who::Agent(_, true) | Who::Supervisor(_) | Who::System => Ok(()),
+            Who::Agent(..) => Err(self.not_assigned()),
+            Who::Contact => Err(Rejection::Forbidden { action, needed: "the assigned agent, a supervisor or the system" }),
+        }
+    }
+
+    /// Whether `agent` may take this conversation in `campaign` now.
+    fn check_can_take(&self, ctx: Context<'_>, campaign: &CampaignSpec, agent: &UserId, must_be_available: bool) -> Result<(), Rejection> {
+        let user = ctx.catalog.user(agent)?;
+        if user.role == Role::Admin || !campaign.agents.contains(agent) {
+            return Err(Rejection::NotInCampaign { agent: agent.clone(), campaign: campaign.id.clone() });
+        }
+        let live = ctx.floor.agent(agent);
+        if must_be_available && live.state != STATE_AVAILABLE {
+            return Err(Rejection::AgentUnavailable { agent: agent.clone(), state: live.state.to_string() });
+        }
+        if live.load >= user.max_concurrent_conversations {
+            return Err(Rejection::AgentAtCapacity { agent: agent.clone(), max: user.max_concurrent_conversations });
+        }
+        Ok(())
+    }
+
+    fn expand_shortcode(&self, ctx: Context<'_>, text: &str, agent: &UserSpec) -> Result<(String, Option<String>), Rejection> {
+        let trimmed = text.trim();
+        let Some(code) = trimmed.strip_prefix('/').filter(|c| !c.is_empty() && !c.contains(char::is_whitespace)) else {
+            return Ok((text.to_owned(), None));
+        };
+        let canned = ctx
+            .catalog
+            .settings
+            .canned_responses
+            .iter()
+            .find(|c| c.shortcode == code)
+            .ok_or_else(|| Rejection::UnknownShortcode(code.to_owned()))?;
+        let filled = self.fill(ctx, &canned.text, Some(&agent.name));
+        Ok((filled, Some(code.to_owned())))
+    }
+
+    /// Fills a template with this conversation's placeholders.
+    fn fill(&self, ctx: Context<'_>, text: &str, agent_name: Option<&str>) -> String {
+        let Some(facts) = &self.facts else { return text.to_owned() };
+        let catalog = ctx.catalog;
+        let assignee_name = self.assignee.as_ref().map(|a| catalog.user_name(a));
+        let values = Values {
+            company: catalog.clients.get(&facts.client).map_or("", |c| c.spec.name.as_str()),
+            team: catalog.projects.get(&facts.project).map_or("", |p| p.spec.name.as_str()),
+            campaign: catalog.campaigns.get(&facts.campaign).map_or("", |c| c.spec.name.as_str()),
+            contact_name: facts.contact_name.as_deref().unwrap_or(""),
+            agent_name: agent_name.or(assignee_name.as_deref()).unwrap_or(""),
+        };
+        template::fill(text, &values)
+    }
+
+    fn channel<'a>(&self, ctx: Context<'a>) -> Option<&'a ChannelSpec> {
+        self.facts.as_ref().and_then(|f| ctx.catalog.channels.get(&f.channel)).map(|c| &c.spec)
+    }
+
+    fn campaign<'a>(&self, ctx: Context<'a>) -> Option<&'a CampaignSpec> {
+        self.facts.as_ref().and_then(|f| ctx.catalog.campaigns.get(&f.campaign)).map(|c| &c.spec)
+    }
+
+    /// Emits an automated message when its switch is on.
+    fn auto_message(&self, ctx: Context<'_>, out: &mut Emitter<ConversationEvent>, trigger: Trigger, template: Option<&str>, agent_name: Option<&str>) {
+        if let Some(template) = template {
+            let text = self.fill(ctx, template, agent_name);
+            out.emit_as(rule(trigger.rule()), ConversationEvent::MessageSent { author: Author::System(trigger), text, attachments: Vec::new(), shortcode: None });
+        }
+    }
+
+    fn open_inbound(
+        &self,
+        ctx: Context<'_>,
+        envelope: &CommandEnvelope,
+        c: &crate::command::ReceiveMessage,
+        now: Timestamp,
+        out: &mut Emitter<ConversationEvent>,
+    ) -> Result<(), Rejection> {
+        match &envelope.actor {
+            Actor::Contact(id) if id == &c.contact => {}
+            Actor::System(_) => {}
+            _ => return Err(Rejection::Forbidden { action: "receive_message", needed: "the contact itself or the system" }),
+        }
+        let catalog = ctx.catalog;
+        let channel = catalog.channel(&c.channel)?;
+        let campaign_id = catalog.channel_campaign.get(&c.channel).ok_or_else(|| Rejection::ChannelWithoutCampaign(c.channel.clone()))?;
+        let campaign = catalog.campaign(campaign_id)?;
+        let client = catalog.client(&campaign.client)?;
+        catalog.project(&campaign.project)?;
+        let schedule = catalog.schedule(&campaign.schedule)?;
+        check_text(&c.text, &c.attachments)?;
+        if let Some(name) = &c.contact_name
+            && name.len() > NAME_BYTES_MAX
+        {
+            return Err(Rejection::invalid("contact_name", format!("at most {NAME_BYTES_MAX} bytes")));
+        }
+        let in_hours = schedule.is_open(now);
+        let sla_clock_starts_at = if in_hours { now } else { schedule.next_opening(now).unwrap_or(now) };
+        let opened = Opened {
+            contact: c.contact.clone(),
+            contact_name: c.contact_name.clone(),
+            channel: channel.id.clone(),
+            campaign: campaign.id.clone(),
+            client: client.id.clone(),
+            project: campaign.project.clone(),
+            direction: Direction::Inbound,
+            out_of_hours: !in_hours,
+            sla_clock_starts_at,
+            policy: Policy::of(client, catalog),
+        };
+        // Later events are shaped by the opened state (placeholders).
+        let mut scratch = self.clone();
+        scratch.evolve(out.emit(ConversationEvent::ConversationOpened(opened)));
+        out.emit(ConversationEvent::MessageReceived { text: c.text.clone(), attachments: c.attachments.clone() });
+        if in_hours {
+            scratch.auto_message(ctx, out, Trigger::Welcome, channel.messages.welcome.active(), None);
+            out.emit(ConversationEvent::ConversationQueued { campaign: campaign.id.clone(), waiting_since: now });
+        } else {
+            scratch.auto_message(ctx, out, Trigger::OutOfHours, campaign.out_of_hours.message.active(), None);
+            match campaign.out_of_hours.action {
+                crate::config::OutOfHoursAction::Close => {
+                    out.emit_as(
+                        rule("out_of_hours"),
+                        ConversationEvent::ConversationClosed { reason: CloseReason::OutOfHours, typification: None, agent: None, segment: 0 },
+                    );
+                }
+                crate::config::OutOfHoursAction::Enqueue => {
+                    out.emit(ConversationEvent::ConversationQueued { campaign: campaign.id.clone(), waiting_since: sla_clock_starts_at });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn open_outbound(
+        &self,
+        ctx: Context<'_>,
+        envelope: &CommandEnvelope,
+        c: &crate::command::StartOutbound,
+        now: Timestamp,
+        out: &mut Emitter<ConversationEvent>,
+    ) -> Result<(), Rejection> {
+        if self.status != Status::New {
+            return Err(Rejection::ConversationExists(self.id.clone()));
+        }
+        let catalog = ctx.catalog;
+        let Some(user) = catalog.check_actor(&envelope.actor)? else {
+            return Err(Rejection::Forbidden { action: "start_outbound", needed: "an agent or supervisor of the campaign" });
+        };
+        let channel = catalog.channel(&c.channel)?;
+        let campaign_id = catalog.channel_campaign.get(&c.channel).ok_or_else(|| Rejection::ChannelWithoutCampaign(c.channel.clone()))?;
+        let campaign = catalog.campaign(campaign_id)?;
+        let client = catalog.client(&campaign.client)?;
+        catalog.project(&campaign.project)?;
+        self.check_can_take(ctx, campaign, &user.id, false)?;
+        check_text(&c.text, &[])?;
+        if !campaign.permissions.allow_emoji && has_emoji(&c.text) {
+            return Err(Rejection::EmojiNotAllowed(campaign.id.clone()));
+        }
+        let opened = Opened {
+            contact: c.contact.clone(),
+            contact_name: c.contact_name.clone(),
+            channel: channel.id.clone(),
+            campaign: campaign.id.clone(),
+            client: client.id.clone(),
+            project: campaign.project.clone(),
+            direction: Direction::Outbound,
+            out_of_hours: false,
+            sla_clock_starts_at: now,
+            policy: Policy::of(client, catalog),
+        };
+        out.emit(ConversationEvent::ConversationOpened(opened));
+        out.emit(ConversationEvent::AgentAssigned { agent: user.id.clone(), segment: 1 });
+        out.emit(ConversationEvent::MessageSent { author: Author::Agent(user.id.clone()), text: c.text.clone(), attachments: Vec::new(), shortcode: None });
+        Ok(())
+    }
+
+    fn transfer(&self, ctx: Context<'_>, envelope: &CommandEnvelope, to: &TransferTarget, now: Timestamp, out: &mut Emitter<ConversationEvent>) -> Result<(), Rejection> {
+        let facts = self.require_open()?;
+        let catalog = ctx.catalog;
+        let by_agent = match self.who(ctx, &envelope.actor)? {
+            Who::Agent(_, true) => true,
+            Who::Supervisor(_) | Who::System => false,
+            Who::Agent(..) => return Err(self.not_assigned()),
+            Who::Contact => return Err(Rejection::Forbidden { action: "transfer", needed: "the assigned agent or a supervisor" }),
+        };
+        let campaign = catalog.campaign(&facts.campaign)?;
+        let ended = |to: Destination| ConversationEvent::ConversationTransferred {
+            from_agent: self.assignee.clone(),
+            segment: if self.assignee.is_some() { self.segment } else { 0 },
+            typification: campaign.transfer_typification.clone(),
+            to,
+        };
+        let notice = self.channel(ctx).and_then(|c| c.messages.transfer_notice.active());
+        match to {
+            TransferTarget::Agent(agent) => {
+                if by_agent && !campaign.permissions.allow_agent_transfer {
+                    return Err(Rejection::AgentTransferNotAllowed(campaign.id.clone()));
+                }
+                if self.assignee.as_ref() == Some(agent) {
+                    return Err(Rejection::TransferToSelf(format!("agent {agent}")));
+                }
+                self.check_can_take(ctx, campaign, agent, true)?;
+                out.emit(ended(Destination::Agent(agent.clone())));
+                let name = catalog.user_name(agent);
+                self.auto_message(ctx, out, Trigger::TransferNotice, notice, Some(&name));
+                out.emit(ConversationEvent::AgentAssigned { agent: agent.clone(), segment: self.segment + 1 });
+            }
+            TransferTarget::Campaign(target) => {
+                if target == &facts.campaign {
+                    return Err(Rejection::TransferToSelf(format!("campaign {target}")));
+                }
+                let next = catalog.campaign(target)?;
+                let client = catalog.client(&next.client)?;
+                catalog.project(&next.project)?;
+                let change = CampaignChange { campaign: next.id.clone(), client: client.id.clone(), project: next.project.clone(), policy: Policy::of(client, catalog) };
+                out.emit(ended(Destination::Campaign(change)));
+                self.auto_message(ctx, out, Trigger::TransferNotice, notice, Some(""));
+                let waiting_since = self.wait.map_or(now, |w| w.started_at);
+                out.emit(ConversationEvent::ConversationQueued { campaign: next.id.clone(), waiting_since });
+            }
+        }
+        Ok(())
+    }
+
+    /// Emits the closing messages and the closure.
+    fn emit_close(&self, ctx: Context<'_>, out: &mut Emitter<ConversationEvent>, reason: CloseReason, typification: Option<TypificationId>, survey: bool) {
+        if let Some(channel) = self.channel(ctx) {
+            self.auto_message(ctx, out, Trigger::Closing, channel.messages.closing.active(), None);
+            if survey {
+                self.auto_message(ctx, out, Trigger::Survey, channel.messages.survey.active(), None);
+            }
+        }
+        let actor = match reason {
+            CloseReason::Inactivity => Some(rule("contact_inactivity")),
+            CloseReason::AutoResolve => Some(rule("auto_resolve")),
+            _ => None,
+        };
+        let closed = ConversationEvent::ConversationClosed { reason, typification, agent: self.assignee.clone(), segment: self.segment };
+        match actor {
+            Some(actor) => out.emit_as(actor, closed),
+            None => out.emit(closed),
+        };
+    }
+
+    /// Fires every timer due at or before `now`, in deadline order.
+    fn fire_due(&self, ctx: Context<'_>, now: Timestamp, out: &mut Emitter<ConversationEvent>) {
+        let mut state = self.clone();
+        for _ in 0..TIMER_FIRINGS_PER_TICK_MAX {
+            let Some((at, timer)) = state.due_timer() else { break };
+            if at > now {
+                break;
+            }
+            let before = out.out.len();
+            state.fire(ctx, timer, out);
+            for record in &out.out[before..] {
+                state.evolve(record);
+            }
+        }
+    }
+
+    fn fire(&self, ctx: Context<'_>, timer: Timer, out: &mut Emitter<ConversationEvent>) {
+        let Some(facts) = &self.facts else { return };
+        let wait_started_at = self.wait.map(|w| w.started_at).unwrap_or_default();
+        let inactivity_typification = || self.campaign(ctx).map(|c| c.inactivity_typification.clone());
+        match timer {
+            Timer::SlaOptimal | Timer::SlaLow => {
+                let threshold = if timer == Timer::SlaOptimal { Threshold::Optimal } else { Threshold::Low };
+                out.emit_as(rule("sla"), ConversationEvent::SlaThresholdCrossed { threshold, wait_started_at });
+            }
+            Timer::AgentInactivity => {
+                let agent = self.assignee.clone().expect("the agent timer runs only while assigned");
+                out.emit_as(rule("agent_inactivity"), ConversationEvent::AgentInactivityAlerted { agent, wait_started_at });
+            }
+            Timer::ContactInactivity => {
+                let silence = self.silence.expect("the contact timer runs only during a silence");
+                if silence.warnings < facts.policy.inactivity_attempts {
+                    let alert = self.channel(ctx).and_then(|c| c.messages.inactivity_alert.active());
+                    self.auto_message(ctx, out, Trigger::InactivityAlert, alert, None);
+                    out.emit_as(
+                        rule("contact_inactivity"),
+                        ConversationEvent::InactivityWarningSent { attempt: silence.warnings + 1, silent_since: silence.since },
+                    );
+                } else {
+                    self.emit_close(ctx, out, CloseReason::Inactivity, inactivity_typification(), false);
+                }
+            }
+            Timer::AutoResolve => self.emit_close(ctx, out, CloseReason::AutoResolve, inactivity_typification(), false),
+        }
+    }
+
+    // ------------------------------------------------------------ evolve
+
+    /// Applies one event. Asserts it is the next in sequence (the positive
+    /// space) and that an opened conversation is never opened again.
+    pub fn evolve(&mut self, record: &Recorded<ConversationEvent>) {
+        assert_eq!(record.seq, self.seq + 1, "conversation {}: event {} out of sequence", self.id, record.seq);
+        self.seq = record.seq;
+        self.recent.note(&record.command, record.seq);
+        let at = record.at;
+        match &record.event {
+            ConversationEvent::ConversationOpened(o) => {
+                assert_eq!(self.status, Status::New, "conversation {} opened twice", self.id);
+                self.status = Status::Queued;
+                self.last_human_at = at;
+                self.facts = Some(Facts {
+                    contact: o.contact.clone(),
+                    contact_name: o.contact_name.clone(),
+                    channel: o.channel.clone(),
+                    campaign: o.campaign.clone(),
+                    client: o.client.clone(),
+                    project: o.project.clone(),
+                    policy: o.policy,
+                    opened_at: at,
+                    sla_clock_starts_at: o.sla_clock_starts_at,
+                });
+            }
+            ConversationEvent::MessageReceived { .. } => {
+                self.messages += 1;
+                self.last_human_at = at;
+                self.silence = None;
+                if self.wait.is_none() {
+                    let clock = self.facts.as_ref().map_or(at, |f| f.sla_clock_starts_at);
+                    self.wait = Some(Wait { started_at: at.max(clock), optimal_crossed: false, low_crossed: false, agent_alerted: false });
+                }
+            }
+            ConversationEvent::MessageSent { author, .. } => {
+                self.messages += 1;
+                match author {
+                    Author::Agent(user) => {
+                        self.last_human_at = at;
+                        self.silence = Some(Silence { since: at, warnings: 0 });
+                        if !self.writers.contains(user) {
+                            self.writers.push(user.clone());
+                        }
+                    }
+                    Author::Bot(_) => {
+                        if self.wait.is_none() {
+                            self.silence = Some(Silence { since: at, warnings: 0 });
+                        }
+                    }
+                    Author::System(Trigger::Survey) => self.survey = Survey::Sent,
+                    Author::System(_) => {}
+                }
+            }
+            ConversationEvent::ConversationQueued { .. } => self.status = Status::Queued,
+            ConversationEvent::AgentAssigned { agent, segment } => {
+                self.status = Status::Assigned;
+                self.assignee = Some(agent.clone());
+                self.assigned_at = at;
+                self.segment = *segment;
+            }
+            ConversationEvent::ConversationTransferred { to, .. } => {
+                self.assignee = None;
+                self.status = Status::Queued;
+                if let (Destination::Campaign(change), Some(facts)) = (to, self.facts.as_mut()) {
+                    facts.campaign = change.campaign.clone();
+                    facts.client = change.client.clone();
+                    facts.project = change.project.clone();
+                    facts.policy = change.policy;
+                }
+            }
+            ConversationEvent::SlaThresholdCrossed { threshold, .. } => {
+                if let Some(wait) = self.wait.as_mut() {
+                    match threshold {
+                        Threshold::Optimal => wait.optimal_crossed = true,
+                        Threshold::Low => wait.low_crossed = true,
+                    }
+                }
+            }
+            ConversationEvent::ResponseRecorded { .. } => {
+                self.responses += 1;
+                self.wait = None;
+            }
+            ConversationEvent::InactivityWarningSent { attempt, .. } => {
+                if let Some(silence) = self.silence.as_mut() {
+                    silence.warnings = *attempt;
+                }
+            }
+            ConversationEvent::AgentInactivityAlerted { .. } => {
+                if let Some(wait) = self.wait.as_mut() {
+                    wait.agent_alerted = true;
+                }
+            }
+            ConversationEvent::DynamicFieldSet { field, value } => {
+                self.fields.insert(field.clone(), value.clone());
+            }
+            ConversationEvent::LabelAdded { label } => {
+                self.labels.insert(label.clone());
+            }
+            ConversationEvent::LabelRemoved { label } => {
+                self.labels.remove(label);
+            }
+            ConversationEvent::ConversationClosed { .. } => {
+                self.status = Status::Closed;
+                self.wait = None;
+                self.silence = None;
+            }
+            ConversationEvent::SurveyAnswered { .. } => self.survey = Survey::Answered,
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Identifiers as newtypes, so an agent id can never be passed where a
+//! campaign id is expected.
+//!
+//! Every id is text chosen by the caller (the domain never generates one): a
+//! UUID, a CRM key or a readable name such as `sales-mx`. Ids travel inside NATS
+//! subjects (`convo.<account>.conv.<id>.<kind>`), so they are limited to
+//! `[A-Za-z0-9_-]` and [`ID_BYTES_MAX`] bytes; anything else is refused when the
+//! id is parsed, with the reason.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The longest id accepted, in bytes (a UUID is 36).
+pub const ID_BYTES_MAX: usize = 64;
+
+/// Why a piece of text is not a valid id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("an id cannot be empty")]
+    Empty,
+    #[error("an id is at most {ID_BYTES_MAX} bytes, this one has {0}")]
+    TooLong(usize),
+    #[error("an id may hold only letters, digits, '-' and '_'; found {0:?}")]
+    BadChar(char),
+}
+
+/// Checks the id rules shared by every id kind.
+pub fn check_id(text: &str) -> Result<(), IdError> {
+    if text.is_empty() {
+        return Err(IdError::Empty);
+    }
+    if text.len() > ID_BYTES_MAX {
+        return Err(IdError::TooLong(text.len()));
+    }
+    match text.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')) {
+        Some(c) => Err(IdError::BadChar(c)),
+        None => Ok(()),
+    }
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        ///
+        /// Cheap to clone (shared text).
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(Arc<str>);
+
+        impl $name {
+            /// Parses and validates an id.
+            pub fn new(text: &str) -> Result<Self, IdError> {
+                check_id(text)?;
+                Ok(Self(Arc::from(text)))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:?})", stringify!($name), &*self.0)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, IdError> {
+                Self::new(s)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                Self::new(&text).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A tenant of the platform: the hard isolation boundary.
+    AccountId
+);
+id_type!(
+    /// A company served by an account; owns the SLA and inactivity policy.
+    ClientId
+);
+id_type!(
+    /// Groups the campaigns of a client.
+    ProjectId
+);
+id_type!(
+    /// Where agents attend conversations.
+    CampaignId
+);
+id_type!(
+    /// A concrete inbound endpoint: a WhatsApp number, a web widget…
+    ChannelId
+);
+id_type!(
+    /// One conversation, from its first message to its closure.
+    ConversationId
+);
+id_type!(
+    /// The person writing in (a phone number, a page-scoped id…).
+    ContactId
+);
+id_type!(
+    /// A user of the platform: agent, supervisor or admin.
+    UserId
+);
+id_type!(
+    /// The caller-chosen id of a command; repeating it repeats nothing.
+    CommandId
+);
+id_type!(
+    /// A weekly schedule with holidays.
+    ScheduleId
+);
+id_type!(
+    /// A closing disposition code.
+    TypificationId
+);
+
+/// The id of one event, derived from where it stands in its stream, so the
+/// same history always carries the same ids (the domain generates nothing).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct EventId(pub uuid::Uuid);
+
+impl EventId {
+    /// Namespace of convo's event ids (UUID v5 over `account/stream/seq`).
+    const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6c0a_7f1e_4d2b_4c8e_9a51_0d3f_2b7e_c401);
+
+    pub fn derive(account: &AccountId, stream: &str, seq: u64) -> Self {
+        let name = format!("{account}/{stream}/{seq}");
+        Self(uuid::Uuid::new_v5(&Self::NAMESPACE, name.as_bytes()))
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_validated() {
+        assert!(CampaignId::new("sales-mx_2").is_ok());
+        assert!(CampaignId::new("3f0e2a9c-8d57-4b1e-a3c4-6f2d9e0b1a77").is_ok());
+        assert_eq!(CampaignId::new(""), Err(IdError::Empty));
+        assert_eq!(CampaignId::new("a.b"), Err(IdError::BadChar('.')));
+        assert_eq!(CampaignId::new("a*"), Err(IdError::BadChar('*')));
+        assert_eq!(CampaignId::new(&"x".repeat(65)), Err(IdError::TooLong(65)));
+    }
+
+    #[test]
+    fn event_ids_are_stable() {
+        let account = AccountId::new("acme").unwrap();
+        let a = EventId::derive(&account, "conv/c1", 1);
+        assert_eq!(a, EventId::derive(&account, "conv/c1", 1));
+        assert_ne!(a, EventId::derive(&account, "conv/c1", 2));
+    }
+}

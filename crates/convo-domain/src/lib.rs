@@ -1,0 +1,64 @@
+//! # convo-domain
+//!
+//! The pure domain of convo, an event-sourced conversation engine for contact
+//! centers: identifiers, the configuration model, commands and events, and the
+//! three aggregates —
+//!
+//! - [`Catalog`]: an account's configuration (clients, campaigns, channels…);
+//! - [`AgentPresence`]: one agent's presence state;
+//! - [`Conversation`]: one conversation, enforcing SLA, inactivity,
+//!   out-of-hours, transfer and closing rules.
+//!
+//! Each aggregate has `decide(&state, …, &command, now) -> Result<Decision, Rejection>`
+//! and `evolve(&mut state, &event)`. Nothing here performs I/O, reads a clock,
+//! generates an id or draws a random number: time and ids arrive with commands,
+//! so the same inputs always give the same events (a test checks the crate's
+//! source for the usual ways of breaking this).
+
+pub mod agent;
+pub mod aggregate;
+pub mod command;
+pub mod config;
+pub mod conversation;
+pub mod ids;
+pub mod live;
+pub mod rejection;
+pub mod schedule;
+pub mod template;
+pub mod time;
+
+pub use agent::{AgentEvent, AgentPresence};
+pub use aggregate::{Actor, Decision, Recorded};
+pub use command::{Command, CommandEnvelope, CommandParseError, Target};
+pub use config::{Catalog, ConfigEvent, Occupancy};
+pub use conversation::{Context, Conversation, ConversationEvent};
+pub use ids::*;
+pub use live::Floor;
+pub use rejection::Rejection;
+pub use time::Timestamp;
+
+/// The JSON view of a domain enum: `{"type": variant, fields…}`.
+///
+/// Enums derive serde's externally tagged form (`{"variant": {fields}}`), which
+/// the compact binary encoding needs; people and integrators read this flatter
+/// form instead. A newtype variant holding a non-object is kept as `value`.
+pub fn json_view<T: serde::Serialize>(value: &T) -> serde_json::Value {
+    use serde_json::{Map, Value};
+    match serde_json::to_value(value) {
+        Ok(Value::Object(map)) if map.len() == 1 => {
+            let (kind, inner) = map.into_iter().next().expect("one entry");
+            let mut out = Map::new();
+            out.insert("type".into(), Value::String(kind));
+            match inner {
+                Value::Object(fields) => out.extend(fields),
+                other => {
+                    out.insert("value".into(), other);
+                }
+            }
+            Value::Object(out)
+        }
+        Ok(Value::String(kind)) => Value::Object([("type".to_string(), Value::String(kind))].into_iter().collect()),
+        Ok(other) => other,
+        Err(e) => Value::String(format!("unserializable: {e}")),
+    }
+}

@@ -1,0 +1,107 @@
+//! Instants and durations as the domain sees them.
+//!
+//! The domain never reads a clock: every instant arrives with a command. An
+//! instant is whole milliseconds since the Unix epoch in UTC; its JSON view is
+//! RFC 3339 and its compact (postcard) view is the integer.
+
+use std::fmt;
+
+use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// An instant, in milliseconds since 1970-01-01T00:00:00Z.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp(i64);
+
+/// Milliseconds in one second.
+pub const MS_PER_SEC: i64 = 1_000;
+
+impl Timestamp {
+    pub const fn from_millis(ms: i64) -> Self {
+        Self(ms)
+    }
+
+    pub const fn millis(self) -> i64 {
+        self.0
+    }
+
+    /// This instant plus whole seconds (saturating).
+    pub const fn plus_secs(self, secs: u64) -> Self {
+        let add = if secs > (i64::MAX / MS_PER_SEC) as u64 { i64::MAX } else { secs as i64 * MS_PER_SEC };
+        Self(self.0.saturating_add(add))
+    }
+
+    /// Whole seconds from `earlier` to `self`, 0 if `earlier` is later.
+    pub fn secs_since(self, earlier: Timestamp) -> u64 {
+        (self.0.saturating_sub(earlier.0).max(0) / MS_PER_SEC) as u64
+    }
+
+    /// Milliseconds from `earlier` to `self`, 0 if `earlier` is later.
+    pub fn millis_since(self, earlier: Timestamp) -> u64 {
+        self.0.saturating_sub(earlier.0).max(0) as u64
+    }
+
+    pub fn to_datetime(self) -> DateTime<Utc> {
+        Utc.timestamp_millis_opt(self.0).single().unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
+
+    pub fn from_datetime<Tz: TimeZone>(at: &DateTime<Tz>) -> Self {
+        Self(at.timestamp_millis())
+    }
+
+    /// Parses RFC 3339 (`2026-03-02T09:00:00Z`, `2026-03-02T04:00:00-05:00`).
+    pub fn parse_rfc3339(text: &str) -> Result<Self, chrono::ParseError> {
+        DateTime::parse_from_rfc3339(text).map(|at| Self::from_datetime(&at))
+    }
+
+    /// RFC 3339 in UTC, with milliseconds only when there are any.
+    pub fn to_rfc3339(self) -> String {
+        let format = if self.0 % MS_PER_SEC == 0 { SecondsFormat::Secs } else { SecondsFormat::Millis };
+        self.to_datetime().to_rfc3339_opts(format, true)
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_rfc3339())
+    }
+}
+
+impl fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Timestamp({})", self.to_rfc3339())
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() { s.serialize_str(&self.to_rfc3339()) } else { s.serialize_i64(self.0) }
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+            Self::parse_rfc3339(&text)
+                .map_err(|e| serde::de::Error::custom(format!("not an RFC 3339 instant ({e}): {text:?}")))
+        } else {
+            i64::deserialize(d).map(Self)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_round_trips_in_utc() {
+        let t = Timestamp::parse_rfc3339("2026-03-02T04:00:00-05:00").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-03-02T09:00:00Z");
+        let t = Timestamp::parse_rfc3339("2026-03-02T09:00:00.250Z").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-03-02T09:00:00.250Z");
+        assert_eq!(t.plus_secs(60).secs_since(t), 60);
+        assert_eq!(t.secs_since(t.plus_secs(5)), 0);
+    }
+}
