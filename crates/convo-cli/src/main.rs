@@ -1,1 +1,178 @@
-fn main() {}
+//! `convo`: the command line of the convo engine.
+//!
+//! Today it runs the deterministic simulator (`convo simulate`); the engine's
+//! commands (`serve`, `send`, `tail`, `replay-traffic`) arrive with it.
+
+use std::io::{BufWriter, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use convo_domain::Timestamp;
+use convo_sim::model::{Model, Rules};
+use convo_sim::summary::Summary;
+use convo_sim::workload::{self, RandomDay};
+use convo_sim::{Scripted, Step, output, scenario};
+
+#[derive(Parser, Debug)]
+#[command(name = "convo", version, about = "An event-sourced conversation engine for omnichannel contact centers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run a scenario (or a seeded random day) through the domain on a virtual clock.
+    #[command(after_help = "\
+Examples:
+  convo simulate replay-fixtures/sla-worked-examples/input.jsonl
+  convo simulate day.jsonl --summary --no-events
+  convo simulate day.jsonl --until 2026-03-02T12:00:00Z
+  convo simulate --random --seed 1 --conversations 10000 --no-events --summary
+  convo simulate --random --seed 7 --conversations 200 --write-scenario day.jsonl
+
+Output: one JSON object per line (an event, a rejected command, or a repeated
+command), in the order they happened. The same input gives the same bytes.
+The scenario format is documented in replay-fixtures/README.md.")]
+    Simulate(SimulateArgs),
+}
+
+#[derive(Args, Debug)]
+struct SimulateArgs {
+    /// The scenario file (JSON lines; `-` reads standard input).
+    #[arg(required_unless_present = "random", conflicts_with = "random")]
+    scenario: Option<PathBuf>,
+    /// Stop at this instant (RFC 3339): later timers and inputs are not run.
+    #[arg(long, value_parser = parse_instant)]
+    until: Option<Timestamp>,
+    /// Print a readable summary after the events.
+    #[arg(long)]
+    summary: bool,
+    /// Do not print the events (useful with --summary).
+    #[arg(long)]
+    no_events: bool,
+    /// Generate a seeded random day of traffic and check it against an independent model.
+    #[arg(long)]
+    random: bool,
+    /// The seed of the random day.
+    #[arg(long, requires = "random", default_value_t = 1)]
+    seed: u64,
+    /// How many conversations the random day holds.
+    #[arg(long, requires = "random", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=workload::CONVERSATIONS_MAX as i64))]
+    conversations: u32,
+    /// Also write the random day's inputs as a scenario file.
+    #[arg(long, requires = "random")]
+    write_scenario: Option<PathBuf>,
+}
+
+fn parse_instant(text: &str) -> Result<Timestamp, String> {
+    Timestamp::parse_rfc3339(text).map_err(|e| format!("{text:?} is not an RFC 3339 instant: {e}"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Simulate(args) => simulate(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("convo: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn simulate(args: SimulateArgs) -> Result<ExitCode> {
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut summary = Summary::default();
+    let mut write_error: Option<std::io::Error> = None;
+    let mut emit = |step: Step<'_>, summary: &mut Summary| {
+        summary.observe(step.records);
+        if args.no_events || write_error.is_some() {
+            return;
+        }
+        for record in step.records {
+            if let Err(e) = writeln!(out, "{}", output::to_line(record)) {
+                write_error = Some(e);
+                return;
+            }
+        }
+    };
+
+    let mut code = ExitCode::SUCCESS;
+    if args.random {
+        let mut day = RandomDay::new(args.seed, args.conversations);
+        let rules = Rules {
+            optimal_secs: workload::SLA_OPTIMAL_SECS,
+            low_secs: workload::SLA_LOW_SECS,
+            inactivity_secs: workload::INACTIVITY_SECS,
+            attempts: workload::INACTIVITY_ATTEMPTS,
+            auto_resolve_days: workload::AUTO_RESOLVE_DAYS,
+        };
+        let mut model = Model::new(rules);
+        let mut scenario_out = match &args.write_scenario {
+            Some(path) => Some(BufWriter::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?)),
+            None => None,
+        };
+        let mut scenario_error = None;
+        convo_sim::run(&mut day, args.until, |step| {
+            model.observe(step.input, step.records);
+            if let (Some(file), Some(input)) = (scenario_out.as_mut(), step.input)
+                && let Err(e) = writeln!(file, "{}", scenario::to_line(input))
+            {
+                scenario_error.get_or_insert(e);
+            }
+            emit(step, &mut summary);
+        });
+        if let Some(e) = scenario_error {
+            bail!("writing the scenario: {e}");
+        }
+        if let Some(mut file) = scenario_out {
+            file.flush().context("writing the scenario")?;
+        }
+        match model.check() {
+            Ok(agreement) => eprintln!("seed {}: {} conversations; the model agrees: {agreement}", args.seed, args.conversations),
+            Err(disagreement) => {
+                eprintln!("seed {}: the run DISAGREES with the model of the SLA and inactivity rules:\n{disagreement}", args.seed);
+                eprintln!("reproduce with: convo simulate --random --seed {} --conversations {}", args.seed, args.conversations);
+                code = ExitCode::from(1);
+            }
+        }
+    } else {
+        let path = args.scenario.as_ref().expect("clap requires a scenario");
+        let text = read_scenario(path)?;
+        let inputs = scenario::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let stats = convo_sim::run(&mut Scripted::new(inputs), args.until, |step| emit(step, &mut summary));
+        if stats.inputs_after_until > 0 {
+            eprintln!("convo: {} input(s) after --until were not run", stats.inputs_after_until);
+        }
+    }
+    if let Some(e) = write_error {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            return Ok(code);
+        }
+        bail!("writing the events: {e}");
+    }
+    if args.summary {
+        if !args.no_events {
+            writeln!(out)?;
+        }
+        write!(out, "{summary}")?;
+    }
+    out.flush()?;
+    Ok(code)
+}
+
+fn read_scenario(path: &PathBuf) -> Result<String> {
+    let mut text = String::new();
+    if path.as_os_str() == "-" {
+        std::io::stdin().read_to_string(&mut text).context("reading the scenario from standard input")?;
+    } else {
+        text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    }
+    Ok(text)
+}

@@ -1,0 +1,442 @@
+//! A seeded random day of contact-center traffic.
+//!
+//! The workload is a [`Driver`] that reacts to what the engine did, the way
+//! people would: contacts arrive over the day (busier in office hours), agents
+//! answer after a delay once routing gives them the conversation, contacts
+//! reply, go quiet, or vanish; agents take breaks, sometimes transfer, and
+//! close with a typification. Everything it draws comes from one seed through
+//! a small generator of its own (SplitMix64), so a seed names one run forever,
+//! whatever crate versions come and go.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::net::{IpAddr, Ipv4Addr};
+
+use convo_domain::command::{Close, ReceiveMessage, SendMessage, SetAgentState, Transfer, TransferTarget};
+use convo_domain::config::{
+    AccountSettings, AutoMessage, CampaignSpec, ChannelKind, ChannelMessages, ChannelSpec, ClientSpec, OutOfHours, OutOfHoursAction,
+    Permissions, ProjectSpec, Role, Typification, UserSpec,
+};
+use convo_domain::schedule::{HoursRange, ScheduleSpec, Week, Zone};
+use convo_domain::{
+    AccountId, Actor, CampaignId, ChannelId, Command, CommandEnvelope, CommandId, ContactId, ConversationEvent, ConversationId,
+    Timestamp, TypificationId, UserId,
+};
+
+use crate::scenario::{DEFAULT_ACCOUNT, Input};
+use crate::world::Record;
+use crate::Driver;
+
+/// The most conversations one random day may hold.
+pub const CONVERSATIONS_MAX: u32 = 2_000_000;
+
+/// The policy the random day runs on (the model checks against it).
+pub const SLA_OPTIMAL_SECS: u32 = 60;
+pub const SLA_LOW_SECS: u32 = 180;
+pub const INACTIVITY_SECS: u32 = 300;
+pub const INACTIVITY_ATTEMPTS: u32 = 1;
+pub const AUTO_RESOLVE_DAYS: u32 = 1;
+
+const DAY_START: &str = "2026-03-02T00:00:00Z";
+const CAMPAIGNS: [&str; 2] = ["sales", "support"];
+const CHANNELS: [&str; 2] = ["wa-sales", "web-support"];
+const CLOSING: [&str; 3] = ["sale", "info", "complaint"];
+const NAMES: [&str; 12] = ["Ana", "Luis", "María", "Jorge", "Sofía", "Diego", "Valentina", "Andrés", "Camila", "Mateo", "Lucía", "Pablo"];
+/// Relative arrivals per hour of the day (UTC).
+const HOUR_WEIGHTS: [u32; 24] = [1, 1, 1, 1, 1, 2, 4, 7, 9, 10, 10, 9, 8, 9, 10, 10, 9, 8, 7, 5, 4, 3, 2, 1];
+
+/// SplitMix64: tiny, fast, and fixed forever (unlike a library's stream).
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo + 1)
+    }
+
+    /// True with probability `percent`/100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.next_u64() % 100 < percent
+    }
+
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[(self.next_u64() % items.len() as u64) as usize]
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Action {
+    Presence(usize, &'static str),
+    Arrive(usize),
+    ContactWrites(usize),
+    AgentReplies(usize, usize),
+    AgentCloses(usize, usize),
+}
+
+#[derive(Debug, Clone)]
+struct Conv {
+    id: ConversationId,
+    contact: ContactId,
+    channel: usize,
+    name: &'static str,
+    exchanges_left: u8,
+    awaiting_agent: bool,
+    reply_pending: bool,
+    assignee: Option<usize>,
+    closed: bool,
+    transferred: bool,
+}
+
+/// The random day: its configuration, its people and their behaviour.
+#[derive(Debug)]
+pub struct RandomDay {
+    rng: Rng,
+    account: AccountId,
+    start: Timestamp,
+    agents: Vec<UserId>,
+    agent_index: BTreeMap<UserId, usize>,
+    convs: Vec<Conv>,
+    conv_index: BTreeMap<ConversationId, usize>,
+    queue: BinaryHeap<Reverse<(Timestamp, u64, Action)>>,
+    order: u64,
+    setup: std::vec::IntoIter<Input>,
+    taken: u64,
+}
+
+fn id<T: std::str::FromStr>(text: &str) -> T
+where
+    T::Err: std::fmt::Debug,
+{
+    text.parse().expect("a valid id")
+}
+
+impl RandomDay {
+    pub fn new(seed: u64, conversations: u32) -> Self {
+        let conversations = conversations.min(CONVERSATIONS_MAX) as usize;
+        let mut rng = Rng::new(seed);
+        let start = Timestamp::parse_rfc3339(DAY_START).expect("valid");
+        let agent_count = (conversations / 200).max(4);
+        let agents: Vec<UserId> = (0..agent_count).map(|i| id(&format!("agent-{i:04}"))).collect();
+        let mut day = Self {
+            rng: rng.clone(),
+            account: id(DEFAULT_ACCOUNT),
+            start,
+            agent_index: agents.iter().cloned().enumerate().map(|(i, a)| (a, i)).collect(),
+            agents,
+            convs: Vec::with_capacity(conversations),
+            conv_index: BTreeMap::new(),
+            queue: BinaryHeap::new(),
+            order: 0,
+            setup: Vec::new().into_iter(),
+            taken: 0,
+        };
+        // Arrivals over the day.
+        let total: u32 = HOUR_WEIGHTS.iter().sum();
+        for n in 0..conversations {
+            let mut draw = rng.range(0, u64::from(total) - 1) as u32;
+            let hour = HOUR_WEIGHTS.iter().position(|w| {
+                if draw < *w {
+                    true
+                } else {
+                    draw -= w;
+                    false
+                }
+            });
+            let at = start.plus_secs(hour.unwrap_or(0) as u64 * 3600 + rng.range(0, 3599));
+            let conv = Conv {
+                id: id(&format!("r{n:07}")),
+                contact: id(&format!("p{:010}", 5_550_000_000u64 + n as u64)),
+                channel: rng.range(0, 1) as usize,
+                name: *rng.pick(&NAMES),
+                exchanges_left: rng.range(0, 3) as u8,
+                awaiting_agent: false,
+                reply_pending: false,
+                assignee: None,
+                closed: false,
+                transferred: false,
+            };
+            day.conv_index.insert(conv.id.clone(), n);
+            day.convs.push(conv);
+            day.schedule(at, Action::Arrive(n));
+        }
+        // Everyone logs in at the start; each takes a lunch and a short break.
+        for a in 0..agent_count {
+            day.schedule(start, Action::Presence(a, "available"));
+            let lunch = start.plus_secs(rng.range(11 * 3600, 15 * 3600));
+            day.schedule(lunch, Action::Presence(a, "lunch"));
+            day.schedule(lunch.plus_secs(1800), Action::Presence(a, "available"));
+            let pause = start.plus_secs(rng.range(8 * 3600, 19 * 3600));
+            if pause.plus_secs(900) < lunch || pause > lunch.plus_secs(1800) {
+                day.schedule(pause, Action::Presence(a, "break"));
+                day.schedule(pause.plus_secs(900), Action::Presence(a, "available"));
+            }
+        }
+        day.rng = rng;
+        day.setup = day.configuration().into_iter();
+        day
+    }
+
+    fn schedule(&mut self, at: Timestamp, action: Action) {
+        self.order += 1;
+        self.queue.push(Reverse((at, self.order, action)));
+    }
+
+    fn input(&self, at: Timestamp, id: String, actor: Actor, command: Command) -> Input {
+        Input { at, envelope: CommandEnvelope { id: CommandId::new(&id).expect("valid"), account: self.account.clone(), actor, command }, line: None }
+    }
+
+    fn agent_actor(&self, agent: usize) -> Actor {
+        let ip = IpAddr::V4(Ipv4Addr::new(10, 20, (agent / 250) as u8, (agent % 250 + 1) as u8));
+        Actor::User { id: self.agents[agent].clone(), ip: Some(ip) }
+    }
+
+    /// The configuration lines that open the day.
+    fn configuration(&self) -> Vec<Input> {
+        let at = self.start;
+        let sys = Actor::system("setup");
+        let all_day = vec![HoursRange::parse("00:00-24:00").expect("valid")];
+        let on = |text: &str| AutoMessage { enabled: true, text: text.into() };
+        let mut commands = vec![
+            Command::ConfigureAccount(AccountSettings {
+                name: "Random day".into(),
+                auto_resolve_after_days: AUTO_RESOLVE_DAYS,
+                labels: vec!["vip".into()],
+                typifications: ["sale", "info", "complaint", "inactivity", "transferred"]
+                    .iter()
+                    .map(|t| Typification { id: id(t), name: t.to_string() })
+                    .collect(),
+                allowed_networks: vec!["10.20.0.0/16".into()],
+                ..AccountSettings::default()
+            }),
+            Command::DefineClient(ClientSpec {
+                id: id("acme"),
+                name: "Acme".into(),
+                code: "1001".into(),
+                sla_optimal_secs: SLA_OPTIMAL_SECS,
+                sla_low_secs: SLA_LOW_SECS,
+                max_history_conversations: 10,
+                max_inactivity_secs: INACTIVITY_SECS,
+                inactivity_attempts: INACTIVITY_ATTEMPTS,
+            }),
+            Command::DefineProject(ProjectSpec { id: id("care"), client: id("acme"), name: "Customer care".into() }),
+            Command::DefineSchedule(ScheduleSpec {
+                id: id("always"),
+                name: "24/7".into(),
+                time_zone: Zone::default(),
+                week: Week {
+                    mon: all_day.clone(),
+                    tue: all_day.clone(),
+                    wed: all_day.clone(),
+                    thu: all_day.clone(),
+                    fri: all_day.clone(),
+                    sat: all_day.clone(),
+                    sun: all_day,
+                },
+                holidays: Vec::new(),
+            }),
+        ];
+        for (i, channel) in CHANNELS.iter().enumerate() {
+            commands.push(Command::DefineChannel(ChannelSpec {
+                id: id(channel),
+                kind: if i == 0 { ChannelKind::Whatsapp } else { ChannelKind::Webchat },
+                external_id: if i == 0 { "+5215550000000".into() } else { "widget-1".into() },
+                messages: ChannelMessages {
+                    welcome: on("Hola {contact_name}, gracias por escribir a {company}."),
+                    inactivity_alert: on("¿Sigues ahí, {contact_name}?"),
+                    transfer_notice: on("Te comunicamos con otro equipo."),
+                    closing: on("Gracias por contactar a {company}."),
+                    survey: AutoMessage::default(),
+                },
+            }));
+        }
+        for (i, agent) in self.agents.iter().enumerate() {
+            commands.push(Command::DefineUser(UserSpec {
+                id: agent.clone(),
+                name: format!("Agent {i}"),
+                email: format!("{agent}@acme.example"),
+                role: Role::Agent,
+                max_concurrent_conversations: 3,
+            }));
+        }
+        let half = self.agents.len() / 2;
+        for (i, campaign) in CAMPAIGNS.iter().enumerate() {
+            let agents = if i == 0 { &self.agents[..half] } else { &self.agents[half..] };
+            commands.push(Command::DefineCampaign(CampaignSpec {
+                id: id(campaign),
+                client: id("acme"),
+                project: id("care"),
+                name: campaign.to_string(),
+                channels: vec![id(CHANNELS[i])],
+                schedule: id("always"),
+                out_of_hours: OutOfHours { action: OutOfHoursAction::Enqueue, message: AutoMessage::default() },
+                inactivity_typification: id("inactivity"),
+                transfer_typification: id("transferred"),
+                closing_typifications: CLOSING.iter().map(|t| id(t)).collect(),
+                ignore_comment_typification: None,
+                permissions: Permissions { allow_emoji: true, ..Permissions::default() },
+                dynamic_fields: Vec::new(),
+                agents: agents.to_vec(),
+            }));
+        }
+        commands.into_iter().enumerate().map(|(n, command)| self.input(at, format!("setup-{n}"), sys.clone(), command)).collect()
+    }
+
+    /// Whether a scheduled action still makes sense (people don't write into
+    /// closed conversations, and a transferred agent doesn't answer).
+    fn still_valid(&self, action: &Action) -> bool {
+        match action {
+            Action::Presence(..) | Action::Arrive(_) => true,
+            Action::ContactWrites(c) => !self.convs[*c].closed,
+            Action::AgentReplies(c, a) | Action::AgentCloses(c, a) => {
+                let conv = &self.convs[*c];
+                !conv.closed && conv.assignee == Some(*a)
+            }
+        }
+    }
+
+    fn reply_delay(&mut self) -> u64 {
+        match self.rng.range(0, 99) {
+            0..=59 => self.rng.range(3, 55),
+            60..=84 => self.rng.range(65, 175),
+            _ => self.rng.range(185, 600),
+        }
+    }
+
+    fn contact_writes(&mut self, c: usize, at: Timestamp) {
+        let conv = &mut self.convs[c];
+        conv.awaiting_agent = true;
+        if let (Some(agent), false) = (conv.assignee, conv.reply_pending) {
+            conv.reply_pending = true;
+            let delay = self.reply_delay();
+            self.schedule(at.plus_secs(delay), Action::AgentReplies(c, agent));
+        }
+        if self.rng.chance(15) {
+            let delay = self.rng.range(5, 40);
+            self.schedule(at.plus_secs(delay), Action::ContactWrites(c));
+        }
+    }
+
+    fn text(&mut self, words: &[&str]) -> String {
+        (*self.rng.pick(words)).to_owned()
+    }
+
+    fn act(&mut self, at: Timestamp, action: Action) -> Input {
+        self.taken += 1;
+        let n = self.taken;
+        match action {
+            Action::Presence(a, state) => {
+                let command = Command::SetAgentState(SetAgentState { agent: self.agents[a].clone(), state: state.into() });
+                self.input(at, format!("w{n}"), self.agent_actor(a), command)
+            }
+            Action::Arrive(c) | Action::ContactWrites(c) => {
+                self.contact_writes(c, at);
+                let text = self.text(&["Hola", "Necesito ayuda con mi pedido", "¿Tienen envío gratis?", "Sigo esperando", "Gracias", "Mi factura está mal"]);
+                let conv = &self.convs[c];
+                let command = Command::ReceiveMessage(ReceiveMessage {
+                    conversation: conv.id.clone(),
+                    contact: conv.contact.clone(),
+                    channel: id::<ChannelId>(CHANNELS[conv.channel]),
+                    contact_name: matches!(action, Action::Arrive(_)).then(|| conv.name.to_owned()),
+                    text,
+                    attachments: Vec::new(),
+                });
+                self.input(at, format!("w{n}"), Actor::Contact(conv.contact.clone()), command)
+            }
+            Action::AgentReplies(c, a) => {
+                self.convs[c].reply_pending = false;
+                if !self.convs[c].transferred && self.rng.chance(4) {
+                    self.convs[c].transferred = true;
+                    let other = CAMPAIGNS[1 - self.convs[c].channel];
+                    let command = Command::Transfer(Transfer { conversation: self.convs[c].id.clone(), to: TransferTarget::Campaign(id::<CampaignId>(other)) });
+                    return self.input(at, format!("w{n}"), self.agent_actor(a), command);
+                }
+                self.convs[c].awaiting_agent = false;
+                if self.convs[c].exchanges_left > 0 {
+                    self.convs[c].exchanges_left -= 1;
+                    match self.rng.range(0, 99) {
+                        0..=64 => {
+                            let delay = self.rng.range(5, 150);
+                            self.schedule(at.plus_secs(delay), Action::ContactWrites(c));
+                        }
+                        65..=84 => {
+                            let delay = self.rng.range(310, 590);
+                            self.schedule(at.plus_secs(delay), Action::ContactWrites(c));
+                        }
+                        _ => {} // the contact vanishes: inactivity will close it
+                    }
+                } else {
+                    let delay = self.rng.range(5, 90);
+                    self.schedule(at.plus_secs(delay), Action::AgentCloses(c, a));
+                }
+                let text = self.text(&["Con gusto te ayudo", "Ya lo reviso", "Listo, quedó resuelto", "¿Me compartes tu número de pedido?"]);
+                let command = Command::SendMessage(SendMessage { conversation: self.convs[c].id.clone(), text, attachments: Vec::new() });
+                self.input(at, format!("w{n}"), self.agent_actor(a), command)
+            }
+            Action::AgentCloses(c, a) => {
+                let typification = id::<TypificationId>(*self.rng.pick(&CLOSING));
+                let command = Command::Close(Close { conversation: self.convs[c].id.clone(), typification });
+                self.input(at, format!("w{n}"), self.agent_actor(a), command)
+            }
+        }
+    }
+}
+
+impl Driver for RandomDay {
+    fn next_at(&mut self) -> Option<Timestamp> {
+        if self.setup.len() > 0 {
+            return Some(self.start);
+        }
+        while let Some(Reverse((at, _, action))) = self.queue.peek() {
+            if self.still_valid(action) {
+                return Some(*at);
+            }
+            self.queue.pop();
+        }
+        None
+    }
+
+    fn take(&mut self) -> Option<Input> {
+        if let Some(input) = self.setup.next() {
+            return Some(input);
+        }
+        let Reverse((at, _, action)) = self.queue.pop()?;
+        Some(self.act(at, action))
+    }
+
+    fn observe(&mut self, records: &[Record]) {
+        for record in records {
+            let Record::Conversation { conversation, record, .. } = record else { continue };
+            let Some(&c) = self.conv_index.get(conversation) else { continue };
+            match &record.event {
+                ConversationEvent::AgentAssigned { agent, .. } => {
+                    let a = self.agent_index[agent];
+                    self.convs[c].assignee = Some(a);
+                    if self.convs[c].awaiting_agent && !self.convs[c].reply_pending {
+                        self.convs[c].reply_pending = true;
+                        let delay = self.reply_delay();
+                        self.schedule(record.at.plus_secs(delay), Action::AgentReplies(c, a));
+                    }
+                }
+                ConversationEvent::ConversationTransferred { .. } => {
+                    self.convs[c].assignee = None;
+                    self.convs[c].reply_pending = false;
+                }
+                ConversationEvent::ConversationClosed { .. } => self.convs[c].closed = true,
+                _ => {}
+            }
+        }
+    }
+}
