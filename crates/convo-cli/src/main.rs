@@ -115,7 +115,9 @@ fn simulate(args: SimulateArgs) -> Result<ExitCode> {
         };
         let mut model = Model::new(rules);
         let mut scenario_out = match &args.write_scenario {
-            Some(path) => Some(BufWriter::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?)),
+            Some(path) => Some(BufWriter::new(
+                std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+            )),
             None => None,
         };
         let mut scenario_error = None;
@@ -135,10 +137,18 @@ fn simulate(args: SimulateArgs) -> Result<ExitCode> {
             file.flush().context("writing the scenario")?;
         }
         match model.check() {
-            Ok(agreement) => eprintln!("seed {}: {} conversations; the model agrees: {agreement}", args.seed, args.conversations),
+            Ok(agreement) => {
+                eprintln!("seed {}: {} conversations; the model agrees: {agreement}", args.seed, args.conversations)
+            }
             Err(disagreement) => {
-                eprintln!("seed {}: the run DISAGREES with the model of the SLA and inactivity rules:\n{disagreement}", args.seed);
-                eprintln!("reproduce with: convo simulate --random --seed {} --conversations {}", args.seed, args.conversations);
+                eprintln!(
+                    "seed {}: the run DISAGREES with the model of the SLA and inactivity rules:\n{disagreement}",
+                    args.seed
+                );
+                eprintln!(
+                    "reproduce with: convo simulate --random --seed {} --conversations {}",
+                    args.seed, args.conversations
+                );
                 code = ExitCode::from(1);
             }
         }

@@ -39,18 +39,29 @@ impl AgentPresence {
         Self { agent, seq: 0, state: None, since: Timestamp::default(), recent: RecentCommands::default() }
     }
 
-    pub fn decide(&self, catalog: &Catalog, envelope: &CommandEnvelope, now: Timestamp) -> Result<Decision<AgentEvent>, Rejection> {
+    pub fn decide(
+        &self,
+        catalog: &Catalog,
+        envelope: &CommandEnvelope,
+        now: Timestamp,
+    ) -> Result<Decision<AgentEvent>, Rejection> {
         if let Some((first_seq, last_seq)) = self.recent.find(&envelope.id) {
             return Ok(Decision::Duplicate { first_seq, last_seq });
         }
         let Command::SetAgentState(c) = &envelope.command else {
-            return Err(Rejection::WrongAggregate { command: envelope.command.type_name(), aggregate: "an agent's presence" });
+            return Err(Rejection::WrongAggregate {
+                command: envelope.command.type_name(),
+                aggregate: "an agent's presence",
+            });
         };
         if let Some(actor) = catalog.check_actor(&envelope.actor)?
             && actor.id != c.agent
             && actor.role == Role::Agent
         {
-            return Err(Rejection::Forbidden { action: "changing another user's state", needed: "that user, a supervisor or an admin" });
+            return Err(Rejection::Forbidden {
+                action: "changing another user's state",
+                needed: "that user, a supervisor or an admin",
+            });
         }
         if matches!(envelope.actor, Actor::Contact(_)) {
             return Err(Rejection::Forbidden { action: "set_agent_state", needed: "a user or the system" });

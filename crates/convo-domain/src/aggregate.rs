@@ -22,7 +22,7 @@ pub enum Actor {
     /// A platform user (agent, supervisor, admin), with the address they acted from.
     User {
         id: UserId,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(default)]
         ip: Option<IpAddr>,
     },
     /// The contact (customer) of a conversation.

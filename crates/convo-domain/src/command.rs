@@ -42,7 +42,7 @@ pub enum AttachmentKind {
 pub struct Attachment {
     pub kind: AttachmentKind,
     pub url: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub name: Option<String>,
 }
 
@@ -279,10 +279,13 @@ impl Command {
         let kind = match fields.remove("type") {
             Some(serde_json::Value::String(kind)) => kind,
             Some(_) => return Err(error("type", "must be a string".into())),
-            None => return Err(error("type", "missing; every command names its type".into())),
+            None => {
+                return Err(error("type", "missing; every command names its type".into()));
+            }
         };
         // The externally tagged form `{kind: fields}` is what serde derives.
-        let tagged = serde_json::Value::Object([(kind.clone(), serde_json::Value::Object(fields))].into_iter().collect());
+        let tagged =
+            serde_json::Value::Object([(kind.clone(), serde_json::Value::Object(fields))].into_iter().collect());
         serde_path_to_error::deserialize::<_, Command>(tagged).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner().to_string();
@@ -315,7 +318,10 @@ mod tests {
 
         let e = Command::from_json(serde_json::json!({"type":"close","conversation":"c1"})).unwrap_err();
         assert!(e.message.contains("typification"), "{e}");
-        let e = Command::from_json(serde_json::json!({"type":"answer_survey","conversation":"c1","rating":"five","solved":true})).unwrap_err();
+        let e = Command::from_json(
+            serde_json::json!({"type":"answer_survey","conversation":"c1","rating":"five","solved":true}),
+        )
+        .unwrap_err();
         assert_eq!(e.path, "rating");
         let e = Command::from_json(serde_json::json!({"type":"closee","conversation":"c1"})).unwrap_err();
         assert_eq!(e.path, "type");
@@ -325,7 +331,8 @@ mod tests {
         assert_eq!(e.path, "conversation");
         let e = Command::from_json(serde_json::json!({"type":"tick","conversation":"c1","extra":1})).unwrap_err();
         assert!(e.message.contains("extra"), "{e}");
-        let e = Command::from_json(serde_json::json!({"type":"transfer","conversation":"c1","to":{"team":"x"}})).unwrap_err();
+        let e = Command::from_json(serde_json::json!({"type":"transfer","conversation":"c1","to":{"team":"x"}}))
+            .unwrap_err();
         assert_eq!(e.path, "to");
     }
 }

@@ -152,7 +152,7 @@ pub struct DynamicField {
     #[serde(default)]
     pub mandatory: bool,
     /// The value an integration (CRM, API) maps this field to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub integration_value: Option<String>,
 }
 
@@ -173,7 +173,7 @@ pub struct CampaignSpec {
     pub transfer_typification: TypificationId,
     /// The only typifications an agent may close with.
     pub closing_typifications: Vec<TypificationId>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub ignore_comment_typification: Option<TypificationId>,
     #[serde(default)]
     pub permissions: Permissions,
@@ -484,7 +484,11 @@ impl Cidr {
         let base: IpAddr = addr.parse().map_err(|_| format!("{text:?} is not an address or CIDR block"))?;
         let width = if base.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
-            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= width).ok_or_else(|| format!("{text:?} has a bad prefix length"))?,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= width)
+                .ok_or_else(|| format!("{text:?} has a bad prefix length"))?,
             None => width,
         };
         Ok(Self { base, prefix })
@@ -498,7 +502,9 @@ impl Cidr {
             (IpAddr::V4(b), IpAddr::V4(i)) => {
                 masked(u32::from(b).into(), self.prefix, 32) == masked(u32::from(i).into(), self.prefix, 32)
             }
-            (IpAddr::V6(b), IpAddr::V6(i)) => masked(u128::from(b), self.prefix, 128) == masked(u128::from(i), self.prefix, 128),
+            (IpAddr::V6(b), IpAddr::V6(i)) => {
+                masked(u128::from(b), self.prefix, 128) == masked(u128::from(i), self.prefix, 128)
+            }
             _ => false,
         }
     }
@@ -555,7 +561,9 @@ impl Catalog {
     /// Checks the actor is allowed to act from where it acts: a user must be
     /// active and, when the account restricts networks, inside one of them.
     pub fn check_actor(&self, actor: &Actor) -> Result<Option<&UserSpec>, Rejection> {
-        let Actor::User { id, ip } = actor else { return Ok(None) };
+        let Actor::User { id, ip } = actor else {
+            return Ok(None);
+        };
         let user = self.user(id)?;
         if !self.settings.allowed_networks.is_empty() {
             let inside = ip.is_some_and(|ip| {
@@ -577,14 +585,24 @@ impl Catalog {
 
     /// Decides a configuration command. `occupancy` answers how many
     /// conversations are active per campaign (for the inactivation rule).
-    pub fn decide(&self, envelope: &CommandEnvelope, now: Timestamp, occupancy: &dyn Occupancy) -> Result<Decision<ConfigEvent>, Rejection> {
+    pub fn decide(
+        &self,
+        envelope: &CommandEnvelope,
+        now: Timestamp,
+        occupancy: &dyn Occupancy,
+    ) -> Result<Decision<ConfigEvent>, Rejection> {
         if let Some((first_seq, last_seq)) = self.recent.find(&envelope.id) {
             return Ok(Decision::Duplicate { first_seq, last_seq });
         }
         match self.check_actor(&envelope.actor)? {
             None if matches!(envelope.actor, Actor::System(_)) => {}
             Some(user) if user.role == Role::Admin => {}
-            _ => return Err(Rejection::Forbidden { action: "changing configuration", needed: "an admin user or the system" }),
+            _ => {
+                return Err(Rejection::Forbidden {
+                    action: "changing configuration",
+                    needed: "an admin user or the system",
+                });
+            }
         }
         let mut out = Emitter::new(self.seq, now, &envelope.id, &envelope.actor);
         let event = match &envelope.command {
@@ -602,7 +620,8 @@ impl Catalog {
                 let define = matches!(envelope.command, Command::DefineProject(_));
                 self.expect_defined(self.projects.contains_key(&s.id), define, || format!("project {}", s.id))?;
                 check_name("name", &s.name)?;
-                self.client(&s.client).map_err(|_| Rejection::invalid("client", format!("no active client {}", s.client)))?;
+                self.client(&s.client)
+                    .map_err(|_| Rejection::invalid("client", format!("no active client {}", s.client)))?;
                 if define { ConfigEvent::ProjectDefined(s.clone()) } else { ConfigEvent::ProjectUpdated(s.clone()) }
             }
             Command::DefineSchedule(s) | Command::UpdateSchedule(s) => {
@@ -632,8 +651,12 @@ impl Catalog {
                 if !s.email.contains('@') {
                     return Err(Rejection::invalid("email", "not an e-mail address"));
                 }
-                if s.max_concurrent_conversations == 0 || s.max_concurrent_conversations > CONCURRENT_CONVERSATIONS_MAX {
-                    return Err(Rejection::invalid("max_concurrent_conversations", format!("must be 1 to {CONCURRENT_CONVERSATIONS_MAX}")));
+                if s.max_concurrent_conversations == 0 || s.max_concurrent_conversations > CONCURRENT_CONVERSATIONS_MAX
+                {
+                    return Err(Rejection::invalid(
+                        "max_concurrent_conversations",
+                        format!("must be 1 to {CONCURRENT_CONVERSATIONS_MAX}"),
+                    ));
                 }
                 if define { ConfigEvent::UserDefined(s.clone()) } else { ConfigEvent::UserUpdated(s.clone()) }
             }
@@ -654,7 +677,10 @@ impl Catalog {
                 if let (false, EntityRef::Campaign(id)) = (activate, e) {
                     let spec = &self.campaigns[id].spec;
                     if !spec.agents.is_empty() {
-                        return Err(Rejection::CampaignHasAssignedAgents { campaign: id.clone(), count: spec.agents.len() });
+                        return Err(Rejection::CampaignHasAssignedAgents {
+                            campaign: id.clone(),
+                            count: spec.agents.len(),
+                        });
                     }
                     let count = occupancy.active_conversations(id);
                     if count > 0 {
@@ -663,7 +689,12 @@ impl Catalog {
                 }
                 if activate { ConfigEvent::Activated(e.clone()) } else { ConfigEvent::Inactivated(e.clone()) }
             }
-            other => return Err(Rejection::WrongAggregate { command: other.type_name(), aggregate: "the configuration catalog" }),
+            other => {
+                return Err(Rejection::WrongAggregate {
+                    command: other.type_name(),
+                    aggregate: "the configuration catalog",
+                });
+            }
         };
         out.emit(event);
         Ok(out.finish())
@@ -691,7 +722,10 @@ impl Catalog {
         check_name("name", &s.name)?;
         check_name("code", &s.code)?;
         if let Some(other) = self.clients.values().find(|c| c.spec.code == s.code && c.spec.id != s.id) {
-            return Err(Rejection::invalid("code", format!("{:?} is already the code of client {}", s.code, other.spec.id)));
+            return Err(Rejection::invalid(
+                "code",
+                format!("{:?} is already the code of client {}", s.code, other.spec.id),
+            ));
         }
         let period = |field: &str, v: u32| {
             if v == 0 || v > PERIOD_SECS_MAX {
@@ -705,7 +739,10 @@ impl Catalog {
         if s.sla_low_secs < s.sla_optimal_secs {
             return Err(Rejection::invalid(
                 "sla_low_secs",
-                format!("{} is below sla_optimal_secs ({}); the low threshold comes after the optimal one", s.sla_low_secs, s.sla_optimal_secs),
+                format!(
+                    "{} is below sla_optimal_secs ({}); the low threshold comes after the optimal one",
+                    s.sla_low_secs, s.sla_optimal_secs
+                ),
             ));
         }
         period("max_inactivity_secs", s.max_inactivity_secs)?;
@@ -713,7 +750,10 @@ impl Catalog {
             return Err(Rejection::invalid("inactivity_attempts", format!("at most {INACTIVITY_ATTEMPTS_MAX}")));
         }
         if s.max_history_conversations > HISTORY_CONVERSATIONS_MAX {
-            return Err(Rejection::invalid("max_history_conversations", format!("at most {HISTORY_CONVERSATIONS_MAX}")));
+            return Err(Rejection::invalid(
+                "max_history_conversations",
+                format!("at most {HISTORY_CONVERSATIONS_MAX}"),
+            ));
         }
         Ok(())
     }
@@ -740,7 +780,8 @@ impl Catalog {
         check_unique("labels", s.labels.iter().map(String::as_str))?;
         check_max("canned_responses", &s.canned_responses, CANNED_RESPONSES_MAX)?;
         for (i, c) in s.canned_responses.iter().enumerate() {
-            check_id(&c.shortcode).map_err(|e| Rejection::invalid(format!("canned_responses[{i}].shortcode"), e.to_string()))?;
+            check_id(&c.shortcode)
+                .map_err(|e| Rejection::invalid(format!("canned_responses[{i}].shortcode"), e.to_string()))?;
             template::check(&c.text).map_err(|r| Rejection::invalid(format!("canned_responses[{i}].text"), r))?;
         }
         check_unique("canned_responses", s.canned_responses.iter().map(|c| c.shortcode.as_str()))?;
@@ -752,7 +793,10 @@ impl Catalog {
         for campaign in self.campaigns.values() {
             for used in campaign_typifications(&campaign.spec) {
                 if !s.typifications.iter().any(|t| &t.id == used) {
-                    return Err(Rejection::invalid("typifications", format!("{used} is used by campaign {}", campaign.spec.id)));
+                    return Err(Rejection::invalid(
+                        "typifications",
+                        format!("{used} is used by campaign {}", campaign.spec.id),
+                    ));
                 }
             }
         }
@@ -771,9 +815,15 @@ impl Catalog {
     fn check_campaign(&self, s: &CampaignSpec) -> Result<(), Rejection> {
         check_name("name", &s.name)?;
         self.client(&s.client).map_err(|_| Rejection::invalid("client", format!("no active client {}", s.client)))?;
-        let project = self.projects.get(&s.project).ok_or_else(|| Rejection::invalid("project", format!("no project {}", s.project)))?;
+        let project = self
+            .projects
+            .get(&s.project)
+            .ok_or_else(|| Rejection::invalid("project", format!("no project {}", s.project)))?;
         if project.spec.client != s.client {
-            return Err(Rejection::invalid("project", format!("project {} belongs to client {}, not {}", s.project, project.spec.client, s.client)));
+            return Err(Rejection::invalid(
+                "project",
+                format!("project {} belongs to client {}, not {}", s.project, project.spec.client, s.client),
+            ));
         }
         if !self.schedules.contains_key(&s.schedule) {
             return Err(Rejection::invalid("schedule", format!("no schedule {}", s.schedule)));
@@ -785,12 +835,18 @@ impl Catalog {
                 return Err(Rejection::invalid(format!("channels[{i}]"), format!("no channel {channel}")));
             }
             if let Some(owner) = self.channel_campaign.get(channel).filter(|owner| **owner != s.id) {
-                return Err(Rejection::invalid(format!("channels[{i}]"), format!("channel {channel} already belongs to campaign {owner}")));
+                return Err(Rejection::invalid(
+                    format!("channels[{i}]"),
+                    format!("channel {channel} already belongs to campaign {owner}"),
+                ));
             }
         }
         check_template("out_of_hours.message", &s.out_of_hours.message)?;
         if s.closing_typifications.is_empty() {
-            return Err(Rejection::invalid("closing_typifications", "a campaign needs at least one closing typification"));
+            return Err(Rejection::invalid(
+                "closing_typifications",
+                "a campaign needs at least one closing typification",
+            ));
         }
         check_max("closing_typifications", &s.closing_typifications, TYPIFICATIONS_MAX)?;
         let single = [
@@ -805,7 +861,10 @@ impl Catalog {
         }
         for (i, id) in s.closing_typifications.iter().enumerate() {
             if !self.typification_known(id) {
-                return Err(Rejection::invalid(format!("closing_typifications[{i}]"), format!("{id} is not one of the account's typifications")));
+                return Err(Rejection::invalid(
+                    format!("closing_typifications[{i}]"),
+                    format!("{id} is not one of the account's typifications"),
+                ));
             }
         }
         if s.permissions.history_hours > 24 * 365 {
@@ -820,9 +879,14 @@ impl Catalog {
         check_unique("agents", s.agents.iter().map(|a| a.as_str()))?;
         for (i, agent) in s.agents.iter().enumerate() {
             match self.users.get(agent) {
-                None => return Err(Rejection::invalid(format!("agents[{i}]"), format!("no user {agent}"))),
+                None => {
+                    return Err(Rejection::invalid(format!("agents[{i}]"), format!("no user {agent}")));
+                }
                 Some(u) if u.spec.role == Role::Admin => {
-                    return Err(Rejection::invalid(format!("agents[{i}]"), format!("{agent} is an admin; campaigns take agents and supervisors")));
+                    return Err(Rejection::invalid(
+                        format!("agents[{i}]"),
+                        format!("{agent} is an admin; campaigns take agents and supervisors"),
+                    ));
                 }
                 Some(_) => {}
             }
@@ -840,11 +904,15 @@ impl Catalog {
         match &record.event {
             ConfigEvent::AccountConfigured(s) => self.settings = s.clone(),
             ConfigEvent::ClientDefined(s) | ConfigEvent::ClientUpdated(s) => upsert(&mut self.clients, s.id.clone(), s),
-            ConfigEvent::ProjectDefined(s) | ConfigEvent::ProjectUpdated(s) => upsert(&mut self.projects, s.id.clone(), s),
+            ConfigEvent::ProjectDefined(s) | ConfigEvent::ProjectUpdated(s) => {
+                upsert(&mut self.projects, s.id.clone(), s)
+            }
             ConfigEvent::ScheduleDefined(s) | ConfigEvent::ScheduleUpdated(s) => {
                 self.schedules.insert(s.id.clone(), s.clone());
             }
-            ConfigEvent::ChannelDefined(s) | ConfigEvent::ChannelUpdated(s) => upsert(&mut self.channels, s.id.clone(), s),
+            ConfigEvent::ChannelDefined(s) | ConfigEvent::ChannelUpdated(s) => {
+                upsert(&mut self.channels, s.id.clone(), s)
+            }
             ConfigEvent::UserDefined(s) | ConfigEvent::UserUpdated(s) => upsert(&mut self.users, s.id.clone(), s),
             ConfigEvent::CampaignDefined(s) | ConfigEvent::CampaignUpdated(s) => {
                 self.channel_campaign.retain(|_, owner| owner != &s.id);
@@ -879,7 +947,7 @@ fn campaign_typifications(s: &CampaignSpec) -> impl Iterator<Item = &Typificatio
         .chain(s.closing_typifications.iter())
 }
 
-fn active<'a, T>(entry: Option<&'a Entry<T>>, name: impl Fn() -> String) -> Result<&'a T, Rejection> {
+fn active<T>(entry: Option<&Entry<T>>, name: impl Fn() -> String) -> Result<&T, Rejection> {
     match entry {
         None => Err(Rejection::Unknown { entity: name() }),
         Some(e) if !e.active => Err(Rejection::Inactive { entity: name() }),
@@ -889,9 +957,7 @@ fn active<'a, T>(entry: Option<&'a Entry<T>>, name: impl Fn() -> String) -> Resu
 
 /// Defines keep an entity active; updates keep its status.
 fn upsert<K: Ord, T: Clone>(map: &mut BTreeMap<K, Entry<T>>, id: K, spec: &T) {
-    map.entry(id)
-        .and_modify(|e| e.spec = spec.clone())
-        .or_insert_with(|| Entry { spec: spec.clone(), active: true });
+    map.entry(id).and_modify(|e| e.spec = spec.clone()).or_insert_with(|| Entry { spec: spec.clone(), active: true });
 }
 
 #[cfg(test)]

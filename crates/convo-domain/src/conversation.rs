@@ -135,7 +135,7 @@ pub enum CloseReason {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Opened {
     pub contact: ContactId,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub contact_name: Option<String>,
     pub channel: ChannelId,
     pub campaign: CampaignId,
@@ -389,9 +389,7 @@ fn check_text(text: &str, attachments: &[Attachment]) -> Result<(), Rejection> {
 
 /// Whether the text holds an emoji (pictographs and flags, symbols, dingbats).
 fn has_emoji(text: &str) -> bool {
-    text.chars().any(|c| {
-        matches!(u32::from(c), 0x1F000..=0x1FAFF | 0x2600..=0x27BF | 0x2B50..=0x2B55 | 0xFE0F)
-    })
+    text.chars().any(|c| matches!(u32::from(c), 0x1F000..=0x1FAFF | 0x2600..=0x27BF | 0x2B50..=0x2B55 | 0xFE0F))
 }
 
 impl Conversation {
@@ -460,7 +458,10 @@ impl Conversation {
             offer(silence.since.plus_secs(periods * u64::from(policy.inactivity_secs)), Timer::ContactInactivity);
         }
         if policy.auto_resolve_after_days > 0 {
-            offer(self.last_human_at.plus_secs(u64::from(policy.auto_resolve_after_days) * SECS_PER_DAY), Timer::AutoResolve);
+            offer(
+                self.last_human_at.plus_secs(u64::from(policy.auto_resolve_after_days) * SECS_PER_DAY),
+                Timer::AutoResolve,
+            );
         }
         best
     }
@@ -474,7 +475,12 @@ impl Conversation {
 
     /// Decides a command at `now`. A rejection names the broken rule and
     /// produces nothing; a repeated command id returns its original events' range.
-    pub fn decide(&self, ctx: Context<'_>, envelope: &CommandEnvelope, now: Timestamp) -> Result<Decision<ConversationEvent>, Rejection> {
+    pub fn decide(
+        &self,
+        ctx: Context<'_>,
+        envelope: &CommandEnvelope,
+        now: Timestamp,
+    ) -> Result<Decision<ConversationEvent>, Rejection> {
         if let Some((first_seq, last_seq)) = self.recent.find(&envelope.id) {
             return Ok(Decision::Duplicate { first_seq, last_seq });
         }
@@ -488,7 +494,12 @@ impl Conversation {
                     match &envelope.actor {
                         Actor::Contact(id) if id == &c.contact => {}
                         Actor::System(_) => {}
-                        _ => return Err(Rejection::Forbidden { action: "receive_message", needed: "the contact itself or the system" }),
+                        _ => {
+                            return Err(Rejection::Forbidden {
+                                action: "receive_message",
+                                needed: "the contact itself or the system",
+                            });
+                        }
                     }
                     if facts.contact != c.contact || facts.channel != c.channel {
                         return Err(Rejection::NotThisConversation {
@@ -498,7 +509,10 @@ impl Conversation {
                         });
                     }
                     check_text(&c.text, &c.attachments)?;
-                    out.emit(ConversationEvent::MessageReceived { text: c.text.clone(), attachments: c.attachments.clone() });
+                    out.emit(ConversationEvent::MessageReceived {
+                        text: c.text.clone(),
+                        attachments: c.attachments.clone(),
+                    });
                 }
             }
             Command::StartOutbound(c) => self.open_outbound(ctx, envelope, c, now, &mut out)?,
@@ -508,7 +522,12 @@ impl Conversation {
                 let user = match self.who(ctx, &envelope.actor)? {
                     Who::Agent(user, true) | Who::Supervisor(user) => user,
                     Who::Agent(..) => return Err(self.not_assigned()),
-                    _ => return Err(Rejection::Forbidden { action: "send_message", needed: "a user: the assigned agent or a supervisor" }),
+                    _ => {
+                        return Err(Rejection::Forbidden {
+                            action: "send_message",
+                            needed: "a user: the assigned agent or a supervisor",
+                        });
+                    }
                 };
                 check_text(&c.text, &c.attachments)?;
                 if !c.attachments.is_empty() && !campaign.permissions.allow_external_resources {
@@ -546,7 +565,10 @@ impl Conversation {
             Command::SendBotMessage(c) => {
                 self.require_open()?;
                 if !matches!(envelope.actor, Actor::System(_)) {
-                    return Err(Rejection::Forbidden { action: "send_bot_message", needed: "the system (a bot integration)" });
+                    return Err(Rejection::Forbidden {
+                        action: "send_bot_message",
+                        needed: "the system (a bot integration)",
+                    });
                 }
                 if c.bot.trim().is_empty() || c.bot.len() > NAME_BYTES_MAX {
                     return Err(Rejection::invalid("bot", format!("must be 1 to {NAME_BYTES_MAX} bytes")));
@@ -564,7 +586,12 @@ impl Conversation {
                 let by_routing = match self.who(ctx, &envelope.actor)? {
                     Who::System => true,
                     Who::Supervisor(_) => false,
-                    _ => return Err(Rejection::Forbidden { action: "assign", needed: "a supervisor or the routing rule" }),
+                    _ => {
+                        return Err(Rejection::Forbidden {
+                            action: "assign",
+                            needed: "a supervisor or the routing rule",
+                        });
+                    }
                 };
                 if let Some(current) = &self.assignee {
                     return Err(Rejection::AlreadyAssigned(current.clone()));
@@ -598,7 +625,10 @@ impl Conversation {
                 if matches!(envelope.command, Command::AddLabel(_)) {
                     if !present {
                         if self.labels.len() >= LABELS_PER_CONVERSATION_MAX {
-                            return Err(Rejection::invalid("label", format!("at most {LABELS_PER_CONVERSATION_MAX} labels on a conversation")));
+                            return Err(Rejection::invalid(
+                                "label",
+                                format!("at most {LABELS_PER_CONVERSATION_MAX} labels on a conversation"),
+                            ));
                         }
                         out.emit(ConversationEvent::LabelAdded { label: c.label.clone() });
                     }
@@ -612,11 +642,19 @@ impl Conversation {
                     Who::Agent(user, true) | Who::Supervisor(user) => Some(user),
                     Who::System => None,
                     Who::Agent(..) => return Err(self.not_assigned()),
-                    Who::Contact => return Err(Rejection::Forbidden { action: "close", needed: "the assigned agent, a supervisor or the system" }),
+                    Who::Contact => {
+                        return Err(Rejection::Forbidden {
+                            action: "close",
+                            needed: "the assigned agent, a supervisor or the system",
+                        });
+                    }
                 };
                 let campaign = ctx.catalog.campaign(&facts.campaign)?;
                 if !campaign.closing_typifications.contains(&c.typification) {
-                    return Err(Rejection::TypificationNotAllowed { typification: c.typification.clone(), campaign: campaign.id.clone() });
+                    return Err(Rejection::TypificationNotAllowed {
+                        typification: c.typification.clone(),
+                        campaign: campaign.id.clone(),
+                    });
                 }
                 if let Some(missing) = campaign
                     .dynamic_fields
@@ -642,7 +680,12 @@ impl Conversation {
                 match &envelope.actor {
                     Actor::Contact(id) if id == &facts.contact => {}
                     Actor::System(_) => {}
-                    _ => return Err(Rejection::Forbidden { action: "answer_survey", needed: "the conversation's contact or the system" }),
+                    _ => {
+                        return Err(Rejection::Forbidden {
+                            action: "answer_survey",
+                            needed: "the conversation's contact or the system",
+                        });
+                    }
                 }
                 match self.survey {
                     Survey::NotSent => return Err(Rejection::SurveyNotSent),
@@ -660,7 +703,9 @@ impl Conversation {
                 }
                 self.fire_due(ctx, now, &mut out);
             }
-            other => return Err(Rejection::WrongAggregate { command: other.type_name(), aggregate: "a conversation" }),
+            other => {
+                return Err(Rejection::WrongAggregate { command: other.type_name(), aggregate: "a conversation" });
+            }
         }
         Ok(out.finish())
     }
@@ -689,17 +734,19 @@ impl Conversation {
                 match user.role {
                     Role::Admin => Ok(Who::Supervisor(user)),
                     Role::Agent => Ok(Who::Agent(user, self.assignee.as_ref() == Some(&user.id))),
-                    Role::Supervisor => {
-                        let campaign = self.facts.as_ref().map(|f| &f.campaign);
-                        let member = campaign
-                            .and_then(|c| ctx.catalog.campaigns.get(c))
-                            .is_some_and(|c| c.spec.agents.contains(&user.id));
-                        if member || campaign.is_none() {
-                            Ok(Who::Supervisor(user))
-                        } else {
-                            Err(Rejection::NotInCampaign { agent: user.id.clone(), campaign: campaign.expect("checked").clone() })
+                    Role::Supervisor => match self.facts.as_ref().map(|f| &f.campaign) {
+                        // Before the conversation exists, membership is checked by the command.
+                        None => Ok(Who::Supervisor(user)),
+                        Some(campaign) => {
+                            let member =
+                                ctx.catalog.campaigns.get(campaign).is_some_and(|c| c.spec.agents.contains(&user.id));
+                            if member {
+                                Ok(Who::Supervisor(user))
+                            } else {
+                                Err(Rejection::NotInCampaign { agent: user.id.clone(), campaign: campaign.clone() })
+                            }
                         }
-                    }
+                    },
                 }
             }
         }
@@ -710,12 +757,20 @@ impl Conversation {
         match self.who(ctx, actor)? {
             Who::Agent(_, true) | Who::Supervisor(_) | Who::System => Ok(()),
             Who::Agent(..) => Err(self.not_assigned()),
-            Who::Contact => Err(Rejection::Forbidden { action, needed: "the assigned agent, a supervisor or the system" }),
+            Who::Contact => {
+                Err(Rejection::Forbidden { action, needed: "the assigned agent, a supervisor or the system" })
+            }
         }
     }
 
     /// Whether `agent` may take this conversation in `campaign` now.
-    fn check_can_take(&self, ctx: Context<'_>, campaign: &CampaignSpec, agent: &UserId, must_be_available: bool) -> Result<(), Rejection> {
+    fn check_can_take(
+        &self,
+        ctx: Context<'_>,
+        campaign: &CampaignSpec,
+        agent: &UserId,
+        must_be_available: bool,
+    ) -> Result<(), Rejection> {
         let user = ctx.catalog.user(agent)?;
         if user.role == Role::Admin || !campaign.agents.contains(agent) {
             return Err(Rejection::NotInCampaign { agent: agent.clone(), campaign: campaign.id.clone() });
@@ -730,7 +785,12 @@ impl Conversation {
         Ok(())
     }
 
-    fn expand_shortcode(&self, ctx: Context<'_>, text: &str, agent: &UserSpec) -> Result<(String, Option<String>), Rejection> {
+    fn expand_shortcode(
+        &self,
+        ctx: Context<'_>,
+        text: &str,
+        agent: &UserSpec,
+    ) -> Result<(String, Option<String>), Rejection> {
         let trimmed = text.trim();
         let Some(code) = trimmed.strip_prefix('/').filter(|c| !c.is_empty() && !c.contains(char::is_whitespace)) else {
             return Ok((text.to_owned(), None));
@@ -748,7 +808,9 @@ impl Conversation {
 
     /// Fills a template with this conversation's placeholders.
     fn fill(&self, ctx: Context<'_>, text: &str, agent_name: Option<&str>) -> String {
-        let Some(facts) = &self.facts else { return text.to_owned() };
+        let Some(facts) = &self.facts else {
+            return text.to_owned();
+        };
         let catalog = ctx.catalog;
         let assignee_name = self.assignee.as_ref().map(|a| catalog.user_name(a));
         let values = Values {
@@ -770,10 +832,25 @@ impl Conversation {
     }
 
     /// Emits an automated message when its switch is on.
-    fn auto_message(&self, ctx: Context<'_>, out: &mut Emitter<ConversationEvent>, trigger: Trigger, template: Option<&str>, agent_name: Option<&str>) {
+    fn auto_message(
+        &self,
+        ctx: Context<'_>,
+        out: &mut Emitter<ConversationEvent>,
+        trigger: Trigger,
+        template: Option<&str>,
+        agent_name: Option<&str>,
+    ) {
         if let Some(template) = template {
             let text = self.fill(ctx, template, agent_name);
-            out.emit_as(rule(trigger.rule()), ConversationEvent::MessageSent { author: Author::System(trigger), text, attachments: Vec::new(), shortcode: None });
+            out.emit_as(
+                rule(trigger.rule()),
+                ConversationEvent::MessageSent {
+                    author: Author::System(trigger),
+                    text,
+                    attachments: Vec::new(),
+                    shortcode: None,
+                },
+            );
         }
     }
 
@@ -788,11 +865,19 @@ impl Conversation {
         match &envelope.actor {
             Actor::Contact(id) if id == &c.contact => {}
             Actor::System(_) => {}
-            _ => return Err(Rejection::Forbidden { action: "receive_message", needed: "the contact itself or the system" }),
+            _ => {
+                return Err(Rejection::Forbidden {
+                    action: "receive_message",
+                    needed: "the contact itself or the system",
+                });
+            }
         }
         let catalog = ctx.catalog;
         let channel = catalog.channel(&c.channel)?;
-        let campaign_id = catalog.channel_campaign.get(&c.channel).ok_or_else(|| Rejection::ChannelWithoutCampaign(c.channel.clone()))?;
+        let campaign_id = catalog
+            .channel_campaign
+            .get(&c.channel)
+            .ok_or_else(|| Rejection::ChannelWithoutCampaign(c.channel.clone()))?;
         let campaign = catalog.campaign(campaign_id)?;
         let client = catalog.client(&campaign.client)?;
         catalog.project(&campaign.project)?;
@@ -830,11 +915,19 @@ impl Conversation {
                 crate::config::OutOfHoursAction::Close => {
                     out.emit_as(
                         rule("out_of_hours"),
-                        ConversationEvent::ConversationClosed { reason: CloseReason::OutOfHours, typification: None, agent: None, segment: 0 },
+                        ConversationEvent::ConversationClosed {
+                            reason: CloseReason::OutOfHours,
+                            typification: None,
+                            agent: None,
+                            segment: 0,
+                        },
                     );
                 }
                 crate::config::OutOfHoursAction::Enqueue => {
-                    out.emit(ConversationEvent::ConversationQueued { campaign: campaign.id.clone(), waiting_since: sla_clock_starts_at });
+                    out.emit(ConversationEvent::ConversationQueued {
+                        campaign: campaign.id.clone(),
+                        waiting_since: sla_clock_starts_at,
+                    });
                 }
             }
         }
@@ -854,10 +947,16 @@ impl Conversation {
         }
         let catalog = ctx.catalog;
         let Some(user) = catalog.check_actor(&envelope.actor)? else {
-            return Err(Rejection::Forbidden { action: "start_outbound", needed: "an agent or supervisor of the campaign" });
+            return Err(Rejection::Forbidden {
+                action: "start_outbound",
+                needed: "an agent or supervisor of the campaign",
+            });
         };
         let channel = catalog.channel(&c.channel)?;
-        let campaign_id = catalog.channel_campaign.get(&c.channel).ok_or_else(|| Rejection::ChannelWithoutCampaign(c.channel.clone()))?;
+        let campaign_id = catalog
+            .channel_campaign
+            .get(&c.channel)
+            .ok_or_else(|| Rejection::ChannelWithoutCampaign(c.channel.clone()))?;
         let campaign = catalog.campaign(campaign_id)?;
         let client = catalog.client(&campaign.client)?;
         catalog.project(&campaign.project)?;
@@ -880,18 +979,32 @@ impl Conversation {
         };
         out.emit(ConversationEvent::ConversationOpened(opened));
         out.emit(ConversationEvent::AgentAssigned { agent: user.id.clone(), segment: 1 });
-        out.emit(ConversationEvent::MessageSent { author: Author::Agent(user.id.clone()), text: c.text.clone(), attachments: Vec::new(), shortcode: None });
+        out.emit(ConversationEvent::MessageSent {
+            author: Author::Agent(user.id.clone()),
+            text: c.text.clone(),
+            attachments: Vec::new(),
+            shortcode: None,
+        });
         Ok(())
     }
 
-    fn transfer(&self, ctx: Context<'_>, envelope: &CommandEnvelope, to: &TransferTarget, now: Timestamp, out: &mut Emitter<ConversationEvent>) -> Result<(), Rejection> {
+    fn transfer(
+        &self,
+        ctx: Context<'_>,
+        envelope: &CommandEnvelope,
+        to: &TransferTarget,
+        now: Timestamp,
+        out: &mut Emitter<ConversationEvent>,
+    ) -> Result<(), Rejection> {
         let facts = self.require_open()?;
         let catalog = ctx.catalog;
         let by_agent = match self.who(ctx, &envelope.actor)? {
             Who::Agent(_, true) => true,
             Who::Supervisor(_) | Who::System => false,
             Who::Agent(..) => return Err(self.not_assigned()),
-            Who::Contact => return Err(Rejection::Forbidden { action: "transfer", needed: "the assigned agent or a supervisor" }),
+            Who::Contact => {
+                return Err(Rejection::Forbidden { action: "transfer", needed: "the assigned agent or a supervisor" });
+            }
         };
         let campaign = catalog.campaign(&facts.campaign)?;
         let ended = |to: Destination| ConversationEvent::ConversationTransferred {
@@ -922,7 +1035,12 @@ impl Conversation {
                 let next = catalog.campaign(target)?;
                 let client = catalog.client(&next.client)?;
                 catalog.project(&next.project)?;
-                let change = CampaignChange { campaign: next.id.clone(), client: client.id.clone(), project: next.project.clone(), policy: Policy::of(client, catalog) };
+                let change = CampaignChange {
+                    campaign: next.id.clone(),
+                    client: client.id.clone(),
+                    project: next.project.clone(),
+                    policy: Policy::of(client, catalog),
+                };
                 out.emit(ended(Destination::Campaign(change)));
                 self.auto_message(ctx, out, Trigger::TransferNotice, notice, Some(""));
                 let waiting_since = self.wait.map_or(now, |w| w.started_at);
@@ -933,7 +1051,14 @@ impl Conversation {
     }
 
     /// Emits the closing messages and the closure.
-    fn emit_close(&self, ctx: Context<'_>, out: &mut Emitter<ConversationEvent>, reason: CloseReason, typification: Option<TypificationId>, survey: bool) {
+    fn emit_close(
+        &self,
+        ctx: Context<'_>,
+        out: &mut Emitter<ConversationEvent>,
+        reason: CloseReason,
+        typification: Option<TypificationId>,
+        survey: bool,
+    ) {
         if let Some(channel) = self.channel(ctx) {
             self.auto_message(ctx, out, Trigger::Closing, channel.messages.closing.active(), None);
             if survey {
@@ -945,7 +1070,12 @@ impl Conversation {
             CloseReason::AutoResolve => Some(rule("auto_resolve")),
             _ => None,
         };
-        let closed = ConversationEvent::ConversationClosed { reason, typification, agent: self.assignee.clone(), segment: self.segment };
+        let closed = ConversationEvent::ConversationClosed {
+            reason,
+            typification,
+            agent: self.assignee.clone(),
+            segment: self.segment,
+        };
         match actor {
             Some(actor) => out.emit_as(actor, closed),
             None => out.emit(closed),
@@ -956,7 +1086,9 @@ impl Conversation {
     fn fire_due(&self, ctx: Context<'_>, now: Timestamp, out: &mut Emitter<ConversationEvent>) {
         let mut state = self.clone();
         for _ in 0..TIMER_FIRINGS_PER_TICK_MAX {
-            let Some((at, timer)) = state.due_timer() else { break };
+            let Some((at, timer)) = state.due_timer() else {
+                break;
+            };
             if at > now {
                 break;
             }
@@ -979,7 +1111,10 @@ impl Conversation {
             }
             Timer::AgentInactivity => {
                 let agent = self.assignee.clone().expect("the agent timer runs only while assigned");
-                out.emit_as(rule("agent_inactivity"), ConversationEvent::AgentInactivityAlerted { agent, wait_started_at });
+                out.emit_as(
+                    rule("agent_inactivity"),
+                    ConversationEvent::AgentInactivityAlerted { agent, wait_started_at },
+                );
             }
             Timer::ContactInactivity => {
                 let silence = self.silence.expect("the contact timer runs only during a silence");
@@ -988,7 +1123,10 @@ impl Conversation {
                     self.auto_message(ctx, out, Trigger::InactivityAlert, alert, None);
                     out.emit_as(
                         rule("contact_inactivity"),
-                        ConversationEvent::InactivityWarningSent { attempt: silence.warnings + 1, silent_since: silence.since },
+                        ConversationEvent::InactivityWarningSent {
+                            attempt: silence.warnings + 1,
+                            silent_since: silence.since,
+                        },
                     );
                 } else {
                     self.emit_close(ctx, out, CloseReason::Inactivity, inactivity_typification(), false);
@@ -1030,7 +1168,12 @@ impl Conversation {
                 self.silence = None;
                 if self.wait.is_none() {
                     let clock = self.facts.as_ref().map_or(at, |f| f.sla_clock_starts_at);
-                    self.wait = Some(Wait { started_at: at.max(clock), optimal_crossed: false, low_crossed: false, agent_alerted: false });
+                    self.wait = Some(Wait {
+                        started_at: at.max(clock),
+                        optimal_crossed: false,
+                        low_crossed: false,
+                        agent_alerted: false,
+                    });
                 }
             }
             ConversationEvent::MessageSent { author, .. } => {

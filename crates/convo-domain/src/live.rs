@@ -104,7 +104,10 @@ impl Floor {
     pub fn apply_conversation(&mut self, id: &ConversationId, record: &Recorded<ConversationEvent>) {
         match &record.event {
             ConversationEvent::ConversationOpened(o) => {
-                self.conversations.insert(id.clone(), ConversationLive { campaign: o.campaign.clone(), assignee: None, queued: None });
+                self.conversations.insert(
+                    id.clone(),
+                    ConversationLive { campaign: o.campaign.clone(), assignee: None, queued: None },
+                );
                 *self.active.entry(o.campaign.clone()).or_default() += 1;
             }
             ConversationEvent::ConversationQueued { campaign, waiting_since } => {
@@ -217,9 +220,20 @@ mod tests {
     fn routing_prefers_least_loaded_then_longest_idle() {
         let ids: Vec<UserId> = ["a", "b", "c", "d"].iter().map(|x| UserId::new(x).unwrap()).collect();
         let t = Timestamp::from_millis;
-        let c = |i: usize, state, load, idle| Candidate { agent: &ids[i], state, load, max_concurrent: 2, idle_since: t(idle) };
+        let c = |i: usize, state, load, idle| Candidate {
+            agent: &ids[i],
+            state,
+            load,
+            max_concurrent: 2,
+            idle_since: t(idle),
+        };
         // d is on a break, c is full: a and b have one each; b idles longer.
-        let pick = choose_agent([c(0, "available", 1, 50), c(1, "available", 1, 10), c(2, "available", 2, 0), c(3, "break", 0, 0)]);
+        let pick = choose_agent([
+            c(0, "available", 1, 50),
+            c(1, "available", 1, 10),
+            c(2, "available", 2, 0),
+            c(3, "break", 0, 0),
+        ]);
         assert_eq!(pick, Some(&ids[1]));
         // Fewer conversations beats idle time.
         assert_eq!(choose_agent([c(0, "available", 0, 99), c(1, "available", 1, 0)]), Some(&ids[0]));

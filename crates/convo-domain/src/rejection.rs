@@ -43,11 +43,11 @@ pub enum Rejection {
     AlreadyAssigned(UserId),
     #[error("conversation is not assigned to any agent")]
     NotAssigned,
-    #[error("only the assigned agent ({assigned}) may write in this conversation")]
+    #[error("only the assigned agent ({assigned}) or a supervisor may do this in the conversation")]
     NotTheAssignedAgent { assigned: UserId },
     #[error("user {agent} is not an agent of campaign {campaign}")]
     NotInCampaign { agent: UserId, campaign: CampaignId },
-    #[error("agent {agent} is {state}, not available")]
+    #[error("agent {agent} is in state `{state}`, not available")]
     AgentUnavailable { agent: UserId, state: String },
     #[error("agent {agent} already attends {max} conversation(s), the maximum")]
     AgentAtCapacity { agent: UserId, max: u32 },

@@ -99,9 +99,9 @@ impl Serialize for Zone {
 impl<'de> Deserialize<'de> for Zone {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        text.parse::<Tz>()
-            .map(Zone)
-            .map_err(|_| serde::de::Error::custom(format!("{text:?} is not an IANA time zone (e.g. \"America/Bogota\")")))
+        text.parse::<Tz>().map(Zone).map_err(|_| {
+            serde::de::Error::custom(format!("{text:?} is not an IANA time zone (e.g. \"America/Bogota\")"))
+        })
     }
 }
 

@@ -31,14 +31,19 @@ pub fn check(text: &str) -> Result<(), String> {
         let close = after.find('}').ok_or_else(|| "a '{' is never closed".to_string())?;
         let name = &after[..close];
         if !PLACEHOLDERS.contains(&name) {
-            return Err(format!("unknown placeholder {{{name}}}; known: {}", PLACEHOLDERS.map(|p| format!("{{{p}}}")).join(", ")));
+            return Err(format!(
+                "unknown placeholder {{{name}}}; known: {}",
+                PLACEHOLDERS.map(|p| format!("{{{p}}}")).join(", ")
+            ));
         }
         rest = &after[close + 1..];
     }
     Ok(())
 }
 
-/// Fills the placeholders of a checked template.
+/// Fills the placeholders of a checked template. An empty value takes the
+/// spaces before it along, and a comma left dangling before punctuation, so
+/// "¿Sigues ahí, {contact_name}?" reads "¿Sigues ahí?" for a nameless contact.
 pub fn fill(text: &str, values: &Values<'_>) -> String {
     let mut out = String::with_capacity(text.len() + 32);
     let mut rest = text;
@@ -49,20 +54,33 @@ pub fn fill(text: &str, values: &Values<'_>) -> String {
             out.push_str(&rest[open..]);
             return out;
         };
-        match &after[..close] {
-            "company" => out.push_str(values.company),
-            "team" => out.push_str(values.team),
-            "contact_name" => out.push_str(values.contact_name),
-            "agent_name" => out.push_str(values.agent_name),
-            "campaign" => out.push_str(values.campaign),
+        let value = match &after[..close] {
+            "company" => values.company,
+            "team" => values.team,
+            "contact_name" => values.contact_name,
+            "agent_name" => values.agent_name,
+            "campaign" => values.campaign,
             // Unreachable for checked templates; keep the text as written.
             other => {
                 out.push('{');
                 out.push_str(other);
                 out.push('}');
+                rest = &after[close + 1..];
+                continue;
             }
-        }
+        };
         rest = &after[close + 1..];
+        if value.is_empty() {
+            let kept = out.trim_end_matches(' ').len();
+            out.truncate(kept);
+            if out.ends_with(',') && rest.chars().next().is_none_or(|c| c.is_ascii_punctuation()) {
+                out.pop();
+            } else if rest.starts_with(',') && (out.is_empty() || out.ends_with(['¿', '¡', '\n'])) {
+                rest = rest[1..].trim_start_matches(' ');
+            }
+        } else {
+            out.push_str(value);
+        }
     }
     out.push_str(rest);
     out
@@ -78,6 +96,14 @@ mod tests {
         assert!(check("Hola {contac_name}").unwrap_err().contains("{contac_name}"));
         assert!(check("Hola {contact_name").is_err());
         let v = Values { company: "Acme", contact_name: "Ana", ..Values::default() };
-        assert_eq!(fill("Hola {contact_name}, gracias por escribir a {company}.", &v), "Hola Ana, gracias por escribir a Acme.");
+        assert_eq!(
+            fill("Hola {contact_name}, gracias por escribir a {company}.", &v),
+            "Hola Ana, gracias por escribir a Acme."
+        );
+        let nameless = Values { company: "Acme", ..Values::default() };
+        assert_eq!(fill("¿Sigues ahí, {contact_name}?", &nameless), "¿Sigues ahí?");
+        assert_eq!(fill("Hola {contact_name}, bienvenido a {company}.", &nameless), "Hola, bienvenido a Acme.");
+        assert_eq!(fill("{contact_name}, ¿cómo te fue?", &nameless), "¿cómo te fue?");
+        assert_eq!(fill("¡Hola {contact_name}!", &nameless), "¡Hola!");
     }
 }

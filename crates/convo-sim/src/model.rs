@@ -76,15 +76,22 @@ impl Model {
     /// Lets the silence between stimuli play out up to (not including) `until`.
     fn advance(&mut self, id: &ConversationId, until: Timestamp) {
         let rules = self.rules;
-        let Some(c) = self.convs.get_mut(id) else { return };
+        let Some(c) = self.convs.get_mut(id) else {
+            return;
+        };
         if c.closed {
             return;
         }
-        let auto = if rules.auto_resolve_days > 0 { c.last_human.plus_secs(u64::from(rules.auto_resolve_days) * 86_400) } else { NEVER };
+        let auto = if rules.auto_resolve_days > 0 {
+            c.last_human.plus_secs(u64::from(rules.auto_resolve_days) * 86_400)
+        } else {
+            NEVER
+        };
         let before_auto = |t: Timestamp, rank: u8| (t, rank) < (auto, RANK_AUTO);
         let mut facts = Vec::new();
         if let Some(w) = c.wait.as_mut() {
-            let crossings = [(rules.optimal_secs, &mut w.optimal, "crossed:optimal"), (rules.low_secs, &mut w.low, "crossed:low")];
+            let crossings =
+                [(rules.optimal_secs, &mut w.optimal, "crossed:optimal"), (rules.low_secs, &mut w.low, "crossed:low")];
             for (secs, done, name) in crossings {
                 let t = w.start.plus_secs(u64::from(secs));
                 if !*done && t < until && before_auto(t, RANK_SLA) {
@@ -130,7 +137,9 @@ impl Model {
         }
         for record in records {
             match record {
-                Record::Rejected { command, code, reason, .. } => self.rejected.push(format!("{command}: {code}: {reason}")),
+                Record::Rejected { command, code, reason, .. } => {
+                    self.rejected.push(format!("{command}: {code}: {reason}"))
+                }
                 Record::Conversation { conversation, record, .. } => {
                     if let ConversationEvent::AgentAssigned { .. } = record.event {
                         self.advance(conversation, record.at);
@@ -174,7 +183,13 @@ impl Model {
                 c.last_human = at;
                 if let Some(w) = c.wait.take() {
                     let ms = at.millis_since(w.start);
-                    let class = if ms <= optimal_ms { "optimal" } else if ms <= low_ms { "low" } else { "breached" };
+                    let class = if ms <= optimal_ms {
+                        "optimal"
+                    } else if ms <= low_ms {
+                        "low"
+                    } else {
+                        "breached"
+                    };
                     self.predicted.push((format!("response:{class}"), id.clone(), at));
                 }
                 c.silence = Some((at, 0));
@@ -186,7 +201,7 @@ impl Model {
     }
 
     /// Compares the prediction with the record after the run.
-    pub fn check(mut self) -> Result<Agreement, Disagreement> {
+    pub fn check(mut self) -> Result<Agreement, Box<Disagreement>> {
         let ids: Vec<ConversationId> = self.convs.keys().cloned().collect();
         for id in &ids {
             self.advance(id, NEVER);
@@ -205,23 +220,33 @@ impl Model {
         if self.predicted == self.recorded && self.rejected.is_empty() {
             return Ok(Agreement { counts: recorded });
         }
-        let first = self.predicted.iter().zip(&self.recorded).find(|(a, b)| a != b).map(|(a, b)| (Some(a.clone()), Some(b.clone())));
+        let first = self
+            .predicted
+            .iter()
+            .zip(&self.recorded)
+            .find(|(a, b)| a != b)
+            .map(|(a, b)| (Some(a.clone()), Some(b.clone())));
         let first = first.unwrap_or_else(|| {
             let n = self.predicted.len().min(self.recorded.len());
             (self.predicted.get(n).cloned(), self.recorded.get(n).cloned())
         });
-        Err(Disagreement { predicted, recorded, first, rejected: self.rejected })
+        Err(Box::new(Disagreement { predicted, recorded, first, rejected: self.rejected }))
     }
 }
 
 fn fact_of(event: &ConversationEvent) -> Option<String> {
     Some(match event {
-        ConversationEvent::ResponseRecorded { class, .. } => format!("response:{}", class_name(*class)),
+        ConversationEvent::ResponseRecorded { class, .. } => {
+            format!("response:{}", class_name(*class))
+        }
         ConversationEvent::SlaThresholdCrossed { threshold: Threshold::Optimal, .. } => "crossed:optimal".into(),
         ConversationEvent::SlaThresholdCrossed { threshold: Threshold::Low, .. } => "crossed:low".into(),
         ConversationEvent::InactivityWarningSent { .. } => "warning".into(),
         ConversationEvent::AgentInactivityAlerted { .. } => "agent_alert".into(),
-        ConversationEvent::ConversationClosed { reason: reason @ (CloseReason::Inactivity | CloseReason::AutoResolve), .. } => {
+        ConversationEvent::ConversationClosed {
+            reason: reason @ (CloseReason::Inactivity | CloseReason::AutoResolve),
+            ..
+        } => {
             format!("closed:{}", reason_name(*reason))
         }
         _ => return None,
@@ -259,7 +284,8 @@ impl fmt::Display for Disagreement {
             let mark = if p == r { "" } else { "   <- differs" };
             writeln!(f, "  {key:<22} model {p:>8}  engine {r:>8}{mark}")?;
         }
-        let show = |fact: &Option<Fact>| fact.as_ref().map_or("nothing".to_string(), |(w, c, t)| format!("{w} in {c} at {t}"));
+        let show =
+            |fact: &Option<Fact>| fact.as_ref().map_or("nothing".to_string(), |(w, c, t)| format!("{w} in {c} at {t}"));
         writeln!(f, "  first difference: model has {}, engine has {}", show(&self.first.0), show(&self.first.1))?;
         for r in self.rejected.iter().take(5) {
             writeln!(f, "  unexpected rejection: {r}")?;

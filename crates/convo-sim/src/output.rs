@@ -35,8 +35,12 @@ pub fn to_value(record: &Record) -> Value {
         Record::Conversation { account, conversation, record } => {
             event(head(record.at, account), ("conversation", conversation.to_string()), record)
         }
-        Record::Config { account, record } => event(head(record.at, account), ("entity", record.event.entity()), record),
-        Record::Agent { account, agent, record } => event(head(record.at, account), ("agent", agent.to_string()), record),
+        Record::Config { account, record } => {
+            event(head(record.at, account), ("entity", record.event.entity()), record)
+        }
+        Record::Agent { account, agent, record } => {
+            event(head(record.at, account), ("agent", agent.to_string()), record)
+        }
         Record::Rejected { at, account, command, kind, code, reason, line } => {
             let mut map = head(*at, account);
             map.insert("command".into(), Value::String(command.to_string()));

@@ -65,7 +65,11 @@ pub fn parse(text: &str) -> Result<Vec<Input>, ScenarioError> {
         if let Some((before, before_line)) = previous
             && input.at < before
         {
-            return Err(err(line, "at", format!("{} is earlier than line {before_line} ({before}); lines must be in time order", input.at)));
+            return Err(err(
+                line,
+                "at",
+                format!("{} is earlier than line {before_line} ({before}); lines must be in time order", input.at),
+            ));
         }
         previous = Some((input.at, line));
         if inputs.len() == INPUTS_MAX {
@@ -93,10 +97,11 @@ pub fn parse_line(text: &str, line: usize) -> Result<Input, ScenarioError> {
         return Err(err(line, key, format!("unknown key; a line has {}", KEYS.join(", "))));
     }
     let at = match map.remove("at") {
-        Some(serde_json::Value::String(s)) => {
-            Timestamp::parse_rfc3339(&s).map_err(|e| err(line, "at", format!("{s:?} is not an RFC 3339 instant: {e}")))?
+        Some(serde_json::Value::String(s)) => Timestamp::parse_rfc3339(&s)
+            .map_err(|e| err(line, "at", format!("{s:?} is not an RFC 3339 instant: {e}")))?,
+        Some(_) => {
+            return Err(err(line, "at", "must be an RFC 3339 string such as \"2026-03-02T09:00:00Z\""));
         }
-        Some(_) => return Err(err(line, "at", "must be an RFC 3339 string such as \"2026-03-02T09:00:00Z\"")),
         None => return Err(err(line, "at", "missing; every line says when it happens")),
     };
     let account = match map.remove("account") {
@@ -118,7 +123,9 @@ pub fn parse_line(text: &str, line: usize) -> Result<Input, ScenarioError> {
     };
     let command = match map.remove("command") {
         Some(v) => Command::from_json(v).map_err(|e| err(line, &field_path("command", &e.path), e.message))?,
-        None => return Err(err(line, "command", "missing; every line carries a command")),
+        None => {
+            return Err(err(line, "command", "missing; every line carries a command"));
+        }
     };
     let actor = actor.unwrap_or_else(|| default_actor(&command));
     Ok(Input { at, envelope: CommandEnvelope { id, account, actor, command }, line: Some(line) })
@@ -165,17 +172,32 @@ mod tests {
             (r#"{"at":"2026-03-02T09:00:00Z"}"#, "command"),
             (r#"{"at":"2026-03-02T09:00:00Z","comand":{}}"#, "comand"),
             (r#"{"at":"2026-03-02T09:00:00Z","command":{"type":"tick"}}"#, "command"),
-            (r#"{"at":"2026-03-02T09:00:00Z","command":{"type":"answer_survey","conversation":"c1","rating":"5","solved":true}}"#, "command.rating"),
-            (r#"{"at":"2026-03-02T09:00:00Z","actor":{"user":{"id":"u1","ip":"nowhere"}},"command":{"type":"tick","conversation":"c1"}}"#, "actor.user.ip"),
-            (r#"{"at":"2026-03-02T09:00:00Z","command":{"type":"define_schedule","id":"s","name":"s","time_zone":"Mars/Base","week":{}}}"#, "command.time_zone"),
-            (r#"{"at":"2026-03-02T09:00:00Z","command":{"type":"define_schedule","id":"s","name":"s","time_zone":"UTC","week":{"mon":["9-17"]}}}"#, "command.week.mon[0]"),
+            (
+                r#"{"at":"2026-03-02T09:00:00Z","command":{"type":"answer_survey","conversation":"c1","rating":"5","solved":true}}"#,
+                "command.rating",
+            ),
+            (
+                r#"{"at":"2026-03-02T09:00:00Z","actor":{"user":{"id":"u1","ip":"nowhere"}},"command":{"type":"tick","conversation":"c1"}}"#,
+                "actor.user.ip",
+            ),
+            (
+                r#"{"at":"2026-03-02T09:00:00Z","command":{"type":"define_schedule","id":"s","name":"s","time_zone":"Mars/Base","week":{}}}"#,
+                "command.time_zone",
+            ),
+            (
+                r#"{"at":"2026-03-02T09:00:00Z","command":{"type":"define_schedule","id":"s","name":"s","time_zone":"UTC","week":{"mon":["9-17"]}}}"#,
+                "command.week.mon[0]",
+            ),
         ];
         for (text, field) in cases {
             let text = format!("{good}\n\n# a comment\n{text}\n{good}");
             let e = parse(&text).unwrap_err();
             assert_eq!((e.line, e.field.as_str()), (4, field), "{e}");
         }
-        let e = parse(&format!("{good}\n{{\"at\":\"2026-03-02T08:00:00Z\",\"command\":{{\"type\":\"tick\",\"conversation\":\"c1\"}}}}")).unwrap_err();
+        let e = parse(&format!(
+            "{good}\n{{\"at\":\"2026-03-02T08:00:00Z\",\"command\":{{\"type\":\"tick\",\"conversation\":\"c1\"}}}}"
+        ))
+        .unwrap_err();
         assert_eq!((e.line, e.field.as_str()), (2, "at"), "{e}");
         let e = parse("{not json").unwrap_err();
         assert_eq!(e.line, 1);

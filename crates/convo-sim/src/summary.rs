@@ -119,7 +119,13 @@ fn times(values: &[u64]) -> String {
     sorted.sort_unstable();
     let rank = |p: usize| sorted[((sorted.len() * p).div_ceil(100)).clamp(1, sorted.len()) - 1];
     let mean = sorted.iter().sum::<u64>() as f64 / sorted.len() as f64;
-    format!("{} | mean {mean:.0} s | p50 {} s | p90 {} s | max {} s", sorted.len(), rank(50), rank(90), sorted[sorted.len() - 1])
+    format!(
+        "{} | mean {mean:.0} s | p50 {} s | p90 {} s | max {} s",
+        sorted.len(),
+        rank(50),
+        rank(90),
+        sorted[sorted.len() - 1]
+    )
 }
 
 fn tally<K: fmt::Display>(map: &BTreeMap<K, u64>) -> String {
@@ -137,7 +143,11 @@ impl fmt::Display for Summary {
         if let (Some(a), Some(b)) = (self.first_at, self.last_at) {
             writeln!(f, "period               {a} .. {b}")?;
         }
-        writeln!(f, "events               {} (rejected commands {}, repeated commands {})", self.events, self.rejected, self.duplicates)?;
+        writeln!(
+            f,
+            "events               {} (rejected commands {}, repeated commands {})",
+            self.events, self.rejected, self.duplicates
+        )?;
         writeln!(
             f,
             "conversations        opened {} (outbound {}, out of hours {}) | closed {} | still open {}",
@@ -159,7 +169,11 @@ impl fmt::Display for Summary {
         )?;
         writeln!(f, "first response       {}", times(&self.first_response_secs))?;
         writeln!(f, "all responses        {}", times(&self.response_secs))?;
-        writeln!(f, "SLA thresholds       optimal crossed {} | low crossed (breach) {}", self.crossings_optimal, self.crossings_low)?;
+        writeln!(
+            f,
+            "SLA thresholds       optimal crossed {} | low crossed (breach) {}",
+            self.crossings_optimal, self.crossings_low
+        )?;
         writeln!(f, "inactivity           contact warnings {} | agent alerts {}", self.warnings, self.agent_alerts)?;
         writeln!(f, "transfers            {}", self.transfers)?;
         writeln!(f, "closures by reason   {}", tally(&self.closures_by_reason))?;

@@ -14,18 +14,18 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use convo_domain::command::{Close, ReceiveMessage, SendMessage, SetAgentState, Transfer, TransferTarget};
 use convo_domain::config::{
-    AccountSettings, AutoMessage, CampaignSpec, ChannelKind, ChannelMessages, ChannelSpec, ClientSpec, OutOfHours, OutOfHoursAction,
-    Permissions, ProjectSpec, Role, Typification, UserSpec,
+    AccountSettings, AutoMessage, CampaignSpec, ChannelKind, ChannelMessages, ChannelSpec, ClientSpec, OutOfHours,
+    OutOfHoursAction, Permissions, ProjectSpec, Role, Typification, UserSpec,
 };
 use convo_domain::schedule::{HoursRange, ScheduleSpec, Week, Zone};
 use convo_domain::{
-    AccountId, Actor, CampaignId, ChannelId, Command, CommandEnvelope, CommandId, ContactId, ConversationEvent, ConversationId,
-    Timestamp, TypificationId, UserId,
+    AccountId, Actor, CampaignId, ChannelId, Command, CommandEnvelope, CommandId, ContactId, ConversationEvent,
+    ConversationId, Timestamp, TypificationId, UserId,
 };
 
+use crate::Driver;
 use crate::scenario::{DEFAULT_ACCOUNT, Input};
 use crate::world::Record;
-use crate::Driver;
 
 /// The most conversations one random day may hold.
 pub const CONVERSATIONS_MAX: u32 = 2_000_000;
@@ -41,7 +41,8 @@ const DAY_START: &str = "2026-03-02T00:00:00Z";
 const CAMPAIGNS: [&str; 2] = ["sales", "support"];
 const CHANNELS: [&str; 2] = ["wa-sales", "web-support"];
 const CLOSING: [&str; 3] = ["sale", "info", "complaint"];
-const NAMES: [&str; 12] = ["Ana", "Luis", "María", "Jorge", "Sofía", "Diego", "Valentina", "Andrés", "Camila", "Mateo", "Lucía", "Pablo"];
+const NAMES: [&str; 12] =
+    ["Ana", "Luis", "María", "Jorge", "Sofía", "Diego", "Valentina", "Andrés", "Camila", "Mateo", "Lucía", "Pablo"];
 /// Relative arrivals per hour of the day (UTC).
 const HOUR_WEIGHTS: [u32; 24] = [1, 1, 1, 1, 1, 2, 4, 7, 9, 10, 10, 9, 8, 9, 10, 10, 9, 8, 7, 5, 4, 3, 2, 1];
 
@@ -72,8 +73,8 @@ impl Rng {
         self.next_u64() % 100 < percent
     }
 
-    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[(self.next_u64() % items.len() as u64) as usize]
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[(self.next_u64() % items.len() as u64) as usize]
     }
 }
 
@@ -160,7 +161,7 @@ impl RandomDay {
                 id: id(&format!("r{n:07}")),
                 contact: id(&format!("p{:010}", 5_550_000_000u64 + n as u64)),
                 channel: rng.range(0, 1) as usize,
-                name: *rng.pick(&NAMES),
+                name: rng.pick(&NAMES),
                 exchanges_left: rng.range(0, 3) as u8,
                 awaiting_agent: false,
                 reply_pending: false,
@@ -195,7 +196,16 @@ impl RandomDay {
     }
 
     fn input(&self, at: Timestamp, id: String, actor: Actor, command: Command) -> Input {
-        Input { at, envelope: CommandEnvelope { id: CommandId::new(&id).expect("valid"), account: self.account.clone(), actor, command }, line: None }
+        Input {
+            at,
+            envelope: CommandEnvelope {
+                id: CommandId::new(&id).expect("valid"),
+                account: self.account.clone(),
+                actor,
+                command,
+            },
+            line: None,
+        }
     }
 
     fn agent_actor(&self, agent: usize) -> Actor {
@@ -291,7 +301,11 @@ impl RandomDay {
                 agents: agents.to_vec(),
             }));
         }
-        commands.into_iter().enumerate().map(|(n, command)| self.input(at, format!("setup-{n}"), sys.clone(), command)).collect()
+        commands
+            .into_iter()
+            .enumerate()
+            .map(|(n, command)| self.input(at, format!("setup-{n}"), sys.clone(), command))
+            .collect()
     }
 
     /// Whether a scheduled action still makes sense (people don't write into
@@ -330,7 +344,7 @@ impl RandomDay {
     }
 
     fn text(&mut self, words: &[&str]) -> String {
-        (*self.rng.pick(words)).to_owned()
+        self.rng.pick(words).to_owned()
     }
 
     fn act(&mut self, at: Timestamp, action: Action) -> Input {
@@ -338,12 +352,20 @@ impl RandomDay {
         let n = self.taken;
         match action {
             Action::Presence(a, state) => {
-                let command = Command::SetAgentState(SetAgentState { agent: self.agents[a].clone(), state: state.into() });
+                let command =
+                    Command::SetAgentState(SetAgentState { agent: self.agents[a].clone(), state: state.into() });
                 self.input(at, format!("w{n}"), self.agent_actor(a), command)
             }
             Action::Arrive(c) | Action::ContactWrites(c) => {
                 self.contact_writes(c, at);
-                let text = self.text(&["Hola", "Necesito ayuda con mi pedido", "¿Tienen envío gratis?", "Sigo esperando", "Gracias", "Mi factura está mal"]);
+                let text = self.text(&[
+                    "Hola",
+                    "Necesito ayuda con mi pedido",
+                    "¿Tienen envío gratis?",
+                    "Sigo esperando",
+                    "Gracias",
+                    "Mi factura está mal",
+                ]);
                 let conv = &self.convs[c];
                 let command = Command::ReceiveMessage(ReceiveMessage {
                     conversation: conv.id.clone(),
@@ -360,7 +382,10 @@ impl RandomDay {
                 if !self.convs[c].transferred && self.rng.chance(4) {
                     self.convs[c].transferred = true;
                     let other = CAMPAIGNS[1 - self.convs[c].channel];
-                    let command = Command::Transfer(Transfer { conversation: self.convs[c].id.clone(), to: TransferTarget::Campaign(id::<CampaignId>(other)) });
+                    let command = Command::Transfer(Transfer {
+                        conversation: self.convs[c].id.clone(),
+                        to: TransferTarget::Campaign(id::<CampaignId>(other)),
+                    });
                     return self.input(at, format!("w{n}"), self.agent_actor(a), command);
                 }
                 self.convs[c].awaiting_agent = false;
@@ -381,12 +406,21 @@ impl RandomDay {
                     let delay = self.rng.range(5, 90);
                     self.schedule(at.plus_secs(delay), Action::AgentCloses(c, a));
                 }
-                let text = self.text(&["Con gusto te ayudo", "Ya lo reviso", "Listo, quedó resuelto", "¿Me compartes tu número de pedido?"]);
-                let command = Command::SendMessage(SendMessage { conversation: self.convs[c].id.clone(), text, attachments: Vec::new() });
+                let text = self.text(&[
+                    "Con gusto te ayudo",
+                    "Ya lo reviso",
+                    "Listo, quedó resuelto",
+                    "¿Me compartes tu número de pedido?",
+                ]);
+                let command = Command::SendMessage(SendMessage {
+                    conversation: self.convs[c].id.clone(),
+                    text,
+                    attachments: Vec::new(),
+                });
                 self.input(at, format!("w{n}"), self.agent_actor(a), command)
             }
             Action::AgentCloses(c, a) => {
-                let typification = id::<TypificationId>(*self.rng.pick(&CLOSING));
+                let typification = id::<TypificationId>(self.rng.pick(&CLOSING));
                 let command = Command::Close(Close { conversation: self.convs[c].id.clone(), typification });
                 self.input(at, format!("w{n}"), self.agent_actor(a), command)
             }
@@ -418,8 +452,12 @@ impl Driver for RandomDay {
 
     fn observe(&mut self, records: &[Record]) {
         for record in records {
-            let Record::Conversation { conversation, record, .. } = record else { continue };
-            let Some(&c) = self.conv_index.get(conversation) else { continue };
+            let Record::Conversation { conversation, record, .. } = record else {
+                continue;
+            };
+            let Some(&c) = self.conv_index.get(conversation) else {
+                continue;
+            };
             match &record.event {
                 ConversationEvent::AgentAssigned { agent, .. } => {
                     let a = self.agent_index[agent];

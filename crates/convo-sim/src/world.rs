@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BinaryHeap};
 
 use convo_domain::command::{Assign, Tick};
 use convo_domain::{
-    AccountId, Actor, AgentEvent, AgentPresence, Catalog, Command, CommandEnvelope, CommandId, ConfigEvent, Context, Conversation,
-    ConversationEvent, ConversationId, Decision, Floor, Recorded, Target, Timestamp, UserId,
+    AccountId, Actor, AgentEvent, AgentPresence, Catalog, Command, CommandEnvelope, CommandId, ConfigEvent, Context,
+    Conversation, ConversationEvent, ConversationId, Decision, Floor, Recorded, Target, Timestamp, UserId,
 };
 
 /// At most this many routing assignments after one step (each one fills an
@@ -18,13 +18,39 @@ pub const ASSIGNMENTS_PER_STEP_MAX: usize = 10_000;
 /// One line of the simulator's output.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
-    Config { account: AccountId, record: Recorded<ConfigEvent> },
-    Agent { account: AccountId, agent: UserId, record: Recorded<AgentEvent> },
-    Conversation { account: AccountId, conversation: ConversationId, record: Recorded<ConversationEvent> },
+    Config {
+        account: AccountId,
+        record: Recorded<ConfigEvent>,
+    },
+    Agent {
+        account: AccountId,
+        agent: UserId,
+        record: Recorded<AgentEvent>,
+    },
+    Conversation {
+        account: AccountId,
+        conversation: ConversationId,
+        record: Recorded<ConversationEvent>,
+    },
     /// A command refused by a rule; nothing was recorded.
-    Rejected { at: Timestamp, account: AccountId, command: CommandId, kind: &'static str, code: &'static str, reason: String, line: Option<usize> },
+    Rejected {
+        at: Timestamp,
+        account: AccountId,
+        command: CommandId,
+        kind: &'static str,
+        code: &'static str,
+        reason: String,
+        line: Option<usize>,
+    },
     /// A repeated command id: nothing new; these were its events.
-    Duplicate { at: Timestamp, account: AccountId, command: CommandId, first_seq: u64, last_seq: u64, line: Option<usize> },
+    Duplicate {
+        at: Timestamp,
+        account: AccountId,
+        command: CommandId,
+        first_seq: u64,
+        last_seq: u64,
+        line: Option<usize>,
+    },
 }
 
 impl Record {
@@ -107,14 +133,19 @@ impl World {
                 })
             }
             Target::Conversation(id) => {
-                let conversation = account.conversations.entry(id.clone()).or_insert_with(|| Conversation::new(id.clone()));
+                let conversation =
+                    account.conversations.entry(id.clone()).or_insert_with(|| Conversation::new(id.clone()));
                 let ctx = Context { catalog: &account.catalog, floor: &account.floor };
                 let result = conversation.decide(ctx, envelope, now).map(|decision| {
                     let duplicate = duplicate_of(&decision);
                     for record in decision.into_events() {
                         conversation.evolve(&record);
                         account.floor.apply_conversation(id, &record);
-                        out.push(Record::Conversation { account: account_id.clone(), conversation: id.clone(), record });
+                        out.push(Record::Conversation {
+                            account: account_id.clone(),
+                            conversation: id.clone(),
+                            record,
+                        });
                     }
                     duplicate
                 });
@@ -152,7 +183,8 @@ impl World {
     /// The earliest pending timer, skipping stale entries.
     pub fn next_timer(&mut self) -> Option<Timestamp> {
         while let Some(Reverse((at, account, id))) = self.timers.peek() {
-            let live = self.accounts.get(account).and_then(|a| a.conversations.get(id)).and_then(Conversation::next_deadline);
+            let live =
+                self.accounts.get(account).and_then(|a| a.conversations.get(id)).and_then(Conversation::next_deadline);
             if live == Some(*at) {
                 return Some(*at);
             }
@@ -183,7 +215,9 @@ impl World {
         for account in accounts {
             for _ in 0..ASSIGNMENTS_PER_STEP_MAX {
                 let a = &self.accounts[&account];
-                let Some((conversation, agent)) = a.floor.next_assignment(&a.catalog) else { break };
+                let Some((conversation, agent)) = a.floor.next_assignment(&a.catalog) else {
+                    break;
+                };
                 let seq = a.conversations.get(&conversation).map_or(0, |c| c.seq);
                 let envelope = CommandEnvelope {
                     id: CommandId::new(&format!("route-{}", seq + 1)).expect("valid"),
