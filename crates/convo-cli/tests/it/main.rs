@@ -1,0 +1,66 @@
+//! The `convo` binary as a user runs it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn convo(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_convo")).args(args).output().expect("convo runs")
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../replay-fixtures")
+}
+
+#[test]
+fn simulate_reproduces_every_fixture_byte_for_byte() {
+    let mut count = 0;
+    for entry in std::fs::read_dir(fixtures()).expect("fixtures") {
+        let dir = entry.expect("entry").path();
+        if !dir.join("input.jsonl").is_file() {
+            continue;
+        }
+        let out = convo(&["simulate", dir.join("input.jsonl").to_str().unwrap()]);
+        assert!(out.status.success(), "{}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+        let expected = std::fs::read(dir.join("expected.jsonl")).expect("expected output");
+        assert!(out.stdout == expected, "{}: convo simulate differs from expected.jsonl", dir.display());
+        count += 1;
+    }
+    assert!(count >= 15);
+}
+
+#[test]
+fn a_malformed_line_names_the_line_and_the_field_and_runs_nothing() {
+    let dir = tempdir();
+    let path = dir.join("bad.jsonl");
+    let good = r#"{"at":"2026-03-02T09:00:00Z","command":{"type":"configure_account","name":"Acme"}}"#;
+    let bad = r#"{"at":"2026-03-02T09:01:00Z","command":{"type":"define_client","id":"acme","name":"Acme","code":"1","sla_optimal_secs":60,"sla_low_secs":"ninety","max_inactivity_secs":300}}"#;
+    std::fs::write(&path, format!("{good}\n# the client\n{bad}\n{good}\n")).unwrap();
+    let out = convo(&["simulate", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 3: field `command.sla_low_secs`"), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing runs when the scenario is malformed");
+}
+
+#[test]
+fn random_mode_reports_the_model_verdict_with_the_seed() {
+    let out = convo(&["simulate", "--random", "--seed", "5", "--conversations", "400", "--no-events", "--summary"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("seed 5") && stderr.contains("the model agrees"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("SLA responses") && stdout.contains("closures by reason"), "{stdout}");
+}
+
+#[test]
+fn help_shows_examples() {
+    let out = convo(&["simulate", "--help"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Examples:") && text.contains("--random"), "{text}");
+}
+
+fn tempdir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("convo-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

@@ -1,0 +1,6 @@
+//! convo-sim's integration tests: every replay fixture through one `check`,
+//! the SPEC's worked examples asserted by meaning, and seeded random days
+//! against the independent model.
+
+mod fixtures;
+mod random;
