@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use convo_domain::Timestamp;
-use convo_sim::model::{Model, Rules};
+use convo_sim::model::Model;
 use convo_sim::summary::Summary;
 use convo_sim::workload::{self, RandomDay};
 use convo_sim::{Scripted, Step, output, scenario};
@@ -106,14 +106,7 @@ fn simulate(args: SimulateArgs) -> Result<ExitCode> {
     let mut code = ExitCode::SUCCESS;
     if args.random {
         let mut day = RandomDay::new(args.seed, args.conversations);
-        let rules = Rules {
-            optimal_secs: workload::SLA_OPTIMAL_SECS,
-            low_secs: workload::SLA_LOW_SECS,
-            inactivity_secs: workload::INACTIVITY_SECS,
-            attempts: workload::INACTIVITY_ATTEMPTS,
-            auto_resolve_days: workload::AUTO_RESOLVE_DAYS,
-        };
-        let mut model = Model::new(rules);
+        let mut model = Model::new(workload::model_rules());
         let mut scenario_out = match &args.write_scenario {
             Some(path) => Some(BufWriter::new(
                 std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,

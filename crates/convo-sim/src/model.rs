@@ -18,13 +18,38 @@ use crate::summary::{class_name, reason_name};
 use crate::world::Record;
 
 /// The thresholds the model applies (all conversations share them).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Rules {
     pub optimal_secs: u32,
     pub low_secs: u32,
     pub inactivity_secs: u32,
     pub attempts: u32,
     pub auto_resolve_days: u32,
+    /// Channels whose campaign opens only daily between these UTC seconds of
+    /// the day (`from`, `to`); a conversation opened outside waits, for SLA
+    /// purposes, from the next opening. Other channels are always open.
+    pub daily_hours: BTreeMap<ConversationChannel, (u32, u32)>,
+}
+
+/// A channel id as text (the model keeps to plain values).
+pub type ConversationChannel = String;
+
+impl Rules {
+    /// When the SLA clock of a conversation opened at `at` on `channel` starts.
+    fn clock_start(&self, channel: &str, at: Timestamp) -> Timestamp {
+        let Some(&(from, to)) = self.daily_hours.get(channel) else { return at };
+        let day_ms = 86_400_000;
+        let ms_of_day = at.millis().rem_euclid(day_ms);
+        let midnight = at.millis() - ms_of_day;
+        let (from_ms, to_ms) = (i64::from(from) * 1000, i64::from(to) * 1000);
+        if ms_of_day < from_ms {
+            Timestamp::from_millis(midnight + from_ms)
+        } else if ms_of_day >= to_ms {
+            Timestamp::from_millis(midnight + day_ms + from_ms)
+        } else {
+            at
+        }
+    }
 }
 
 /// One predicted (or recorded) outcome: what, where, when.
@@ -40,6 +65,8 @@ struct Wait {
 
 #[derive(Debug, Clone, Default)]
 struct Conv {
+    /// Where the SLA clock starts (later than the opening out of hours).
+    clock: Timestamp,
     closed: bool,
     wait: Option<Wait>,
     silence: Option<(Timestamp, u32)>,
@@ -75,7 +102,7 @@ impl Model {
 
     /// Lets the silence between stimuli play out up to (not including) `until`.
     fn advance(&mut self, id: &ConversationId, until: Timestamp) {
-        let rules = self.rules;
+        let rules = &self.rules;
         let Some(c) = self.convs.get_mut(id) else {
             return;
         };
@@ -166,10 +193,13 @@ impl Model {
             _ => return,
         };
         self.advance(id, at);
-        let rules = self.rules;
-        let optimal_ms = self.secs(rules.optimal_secs) * 1000;
-        let low_ms = self.secs(rules.low_secs) * 1000;
-        let c = self.convs.entry(id.clone()).or_default();
+        let optimal_ms = self.secs(self.rules.optimal_secs) * 1000;
+        let low_ms = self.secs(self.rules.low_secs) * 1000;
+        let clock = match &input.envelope.command {
+            Command::ReceiveMessage(m) => self.rules.clock_start(m.channel.as_str(), at),
+            _ => at,
+        };
+        let c = self.convs.entry(id.clone()).or_insert_with(|| Conv { clock, ..Conv::default() });
         if c.closed {
             return; // the engine refuses it; the rejection is reported separately
         }
@@ -177,7 +207,7 @@ impl Model {
             Command::ReceiveMessage(_) => {
                 c.last_human = at;
                 c.silence = None;
-                c.wait.get_or_insert(Wait { start: at, optimal: false, low: false, alerted: false });
+                c.wait.get_or_insert(Wait { start: at.max(c.clock), optimal: false, low: false, alerted: false });
             }
             Command::SendMessage(_) => {
                 c.last_human = at;

@@ -12,11 +12,14 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::net::{IpAddr, Ipv4Addr};
 
-use convo_domain::command::{Close, ReceiveMessage, SendMessage, SetAgentState, Transfer, TransferTarget};
+use convo_domain::command::{
+    AnswerSurvey, Close, ReceiveMessage, SendMessage, SetAgentState, Transfer, TransferTarget,
+};
 use convo_domain::config::{
     AccountSettings, AutoMessage, CampaignSpec, ChannelKind, ChannelMessages, ChannelSpec, ClientSpec, OutOfHours,
     OutOfHoursAction, Permissions, ProjectSpec, Role, Typification, UserSpec,
 };
+use convo_domain::conversation::{Author, Trigger};
 use convo_domain::schedule::{HoursRange, ScheduleSpec, Week, Zone};
 use convo_domain::{
     AccountId, Actor, CampaignId, ChannelId, Command, CommandEnvelope, CommandId, ContactId, ConversationEvent,
@@ -37,14 +40,37 @@ pub const INACTIVITY_SECS: u32 = 300;
 pub const INACTIVITY_ATTEMPTS: u32 = 1;
 pub const AUTO_RESOLVE_DAYS: u32 = 1;
 
+/// The support campaign's daily opening hours (UTC): 08:00 to 20:00.
+pub const SUPPORT_OPENS_SECS: u32 = 8 * 3600;
+pub const SUPPORT_CLOSES_SECS: u32 = 20 * 3600;
+/// The support campaign's inbound channel (the one with office hours).
+pub const SUPPORT_CHANNEL: &str = "web-support";
+
 const DAY_START: &str = "2026-03-02T00:00:00Z";
 const CAMPAIGNS: [&str; 2] = ["sales", "support"];
-const CHANNELS: [&str; 2] = ["wa-sales", "web-support"];
+const CHANNELS: [&str; 2] = ["wa-sales", SUPPORT_CHANNEL];
 const CLOSING: [&str; 3] = ["sale", "info", "complaint"];
 const NAMES: [&str; 12] =
     ["Ana", "Luis", "María", "Jorge", "Sofía", "Diego", "Valentina", "Andrés", "Camila", "Mateo", "Lucía", "Pablo"];
 /// Relative arrivals per hour of the day (UTC).
 const HOUR_WEIGHTS: [u32; 24] = [1, 1, 1, 1, 1, 2, 4, 7, 9, 10, 10, 9, 8, 9, 10, 10, 9, 8, 7, 5, 4, 3, 2, 1];
+
+/// The rules the random day runs on, as the independent model states them.
+pub fn model_rules() -> crate::model::Rules {
+    crate::model::Rules {
+        optimal_secs: SLA_OPTIMAL_SECS,
+        low_secs: SLA_LOW_SECS,
+        inactivity_secs: INACTIVITY_SECS,
+        attempts: INACTIVITY_ATTEMPTS,
+        auto_resolve_days: AUTO_RESOLVE_DAYS,
+        daily_hours: [(SUPPORT_CHANNEL.to_owned(), (SUPPORT_OPENS_SECS, SUPPORT_CLOSES_SECS))].into_iter().collect(),
+    }
+}
+
+/// How many of the agents work sales (around the clock); the rest work support.
+fn sales_agents(total: usize) -> usize {
+    (total * 2 / 5).max(2)
+}
 
 /// SplitMix64: tiny, fast, and fixed forever (unlike a library's stream).
 #[derive(Debug, Clone)]
@@ -85,6 +111,7 @@ enum Action {
     ContactWrites(usize),
     AgentReplies(usize, usize),
     AgentCloses(usize, usize),
+    AnswerSurvey(usize),
 }
 
 #[derive(Debug, Clone)]
@@ -173,9 +200,25 @@ impl RandomDay {
             day.convs.push(conv);
             day.schedule(at, Action::Arrive(n));
         }
-        // Everyone logs in at the start; each takes a lunch and a short break.
+        // Sales works around the clock; support agents work its opening hours.
+        // Each agent takes a lunch and a short break.
+        // Support also works the next day, for what arrived out of hours.
+        let sales = sales_agents(agent_count);
         for a in 0..agent_count {
-            day.schedule(start, Action::Presence(a, "available"));
+            if a < sales {
+                day.schedule(start, Action::Presence(a, "available"));
+            } else {
+                for shift in [0, 86_400] {
+                    day.schedule(
+                        start.plus_secs(shift + u64::from(SUPPORT_OPENS_SECS)),
+                        Action::Presence(a, "available"),
+                    );
+                    day.schedule(
+                        start.plus_secs(shift + u64::from(SUPPORT_CLOSES_SECS)),
+                        Action::Presence(a, "offline"),
+                    );
+                }
+            }
             let lunch = start.plus_secs(rng.range(11 * 3600, 15 * 3600));
             day.schedule(lunch, Action::Presence(a, "lunch"));
             day.schedule(lunch.plus_secs(1800), Action::Presence(a, "available"));
@@ -257,6 +300,24 @@ impl RandomDay {
                 },
                 holidays: Vec::new(),
             }),
+            Command::DefineSchedule(ScheduleSpec {
+                id: id("office"),
+                name: "08:00-20:00 UTC".into(),
+                time_zone: Zone::default(),
+                week: {
+                    let open = vec![HoursRange::parse("08:00-20:00").expect("valid")];
+                    Week {
+                        mon: open.clone(),
+                        tue: open.clone(),
+                        wed: open.clone(),
+                        thu: open.clone(),
+                        fri: open.clone(),
+                        sat: open.clone(),
+                        sun: open,
+                    }
+                },
+                holidays: Vec::new(),
+            }),
         ];
         for (i, channel) in CHANNELS.iter().enumerate() {
             commands.push(Command::DefineChannel(ChannelSpec {
@@ -268,7 +329,11 @@ impl RandomDay {
                     inactivity_alert: on("¿Sigues ahí, {contact_name}?"),
                     transfer_notice: on("Te comunicamos con otro equipo."),
                     closing: on("Gracias por contactar a {company}."),
-                    survey: AutoMessage::default(),
+                    survey: if i == 0 {
+                        on("{contact_name}, ¿cómo te atendió {agent_name}? Califica de 1 a 5.")
+                    } else {
+                        AutoMessage::default()
+                    },
                 },
             }));
         }
@@ -281,17 +346,20 @@ impl RandomDay {
                 max_concurrent_conversations: 3,
             }));
         }
-        let half = self.agents.len() / 2;
+        let sales = sales_agents(self.agents.len());
         for (i, campaign) in CAMPAIGNS.iter().enumerate() {
-            let agents = if i == 0 { &self.agents[..half] } else { &self.agents[half..] };
+            let agents = if i == 0 { &self.agents[..sales] } else { &self.agents[sales..] };
             commands.push(Command::DefineCampaign(CampaignSpec {
                 id: id(campaign),
                 client: id("acme"),
                 project: id("care"),
                 name: campaign.to_string(),
                 channels: vec![id(CHANNELS[i])],
-                schedule: id("always"),
-                out_of_hours: OutOfHours { action: OutOfHoursAction::Enqueue, message: AutoMessage::default() },
+                schedule: id(if i == 0 { "always" } else { "office" }),
+                out_of_hours: OutOfHours {
+                    action: OutOfHoursAction::Enqueue,
+                    message: on("Nuestro horario es de 8:00 a 20:00; te respondemos al abrir."),
+                },
                 inactivity_typification: id("inactivity"),
                 transfer_typification: id("transferred"),
                 closing_typifications: CLOSING.iter().map(|t| id(t)).collect(),
@@ -312,7 +380,7 @@ impl RandomDay {
     /// closed conversations, and a transferred agent doesn't answer).
     fn still_valid(&self, action: &Action) -> bool {
         match action {
-            Action::Presence(..) | Action::Arrive(_) => true,
+            Action::Presence(..) | Action::Arrive(_) | Action::AnswerSurvey(_) => true,
             Action::ContactWrites(c) => !self.convs[*c].closed,
             Action::AgentReplies(c, a) | Action::AgentCloses(c, a) => {
                 let conv = &self.convs[*c];
@@ -424,6 +492,13 @@ impl RandomDay {
                 let command = Command::Close(Close { conversation: self.convs[c].id.clone(), typification });
                 self.input(at, format!("w{n}"), self.agent_actor(a), command)
             }
+            Action::AnswerSurvey(c) => {
+                let rating = [5, 5, 4, 4, 3, 2, 1, 5, 4, 3][self.rng.range(0, 9) as usize];
+                let solved = self.rng.chance(80);
+                let conv = &self.convs[c];
+                let command = Command::AnswerSurvey(AnswerSurvey { conversation: conv.id.clone(), rating, solved });
+                self.input(at, format!("w{n}"), Actor::Contact(conv.contact.clone()), command)
+            }
         }
     }
 }
@@ -473,6 +548,12 @@ impl Driver for RandomDay {
                     self.convs[c].reply_pending = false;
                 }
                 ConversationEvent::ConversationClosed { .. } => self.convs[c].closed = true,
+                ConversationEvent::MessageSent { author: Author::System(Trigger::Survey), .. } => {
+                    if self.rng.chance(60) {
+                        let delay = self.rng.range(30, 900);
+                        self.schedule(record.at.plus_secs(delay), Action::AnswerSurvey(c));
+                    }
+                }
                 _ => {}
             }
         }
