@@ -548,11 +548,12 @@ impl Driver for RandomDay {
                     self.convs[c].reply_pending = false;
                 }
                 ConversationEvent::ConversationClosed { .. } => self.convs[c].closed = true,
-                ConversationEvent::MessageSent { author: Author::System(Trigger::Survey), .. } => {
-                    if self.rng.chance(60) {
-                        let delay = self.rng.range(30, 900);
-                        self.schedule(record.at.plus_secs(delay), Action::AnswerSurvey(c));
-                    }
+                // Most contacts who get the survey answer it a few minutes later.
+                ConversationEvent::MessageSent { author: Author::System(Trigger::Survey), .. }
+                    if self.rng.chance(60) =>
+                {
+                    let delay = self.rng.range(30, 900);
+                    self.schedule(record.at.plus_secs(delay), Action::AnswerSurvey(c));
                 }
                 _ => {}
             }
