@@ -13,8 +13,9 @@ default:
 # Run the engine's simulator on the bundled day of traffic and print what happened.
 demo: build
     @echo "== convo demo: a day of traffic (240 conversations) through the domain on a virtual clock =="
-    @echo "== events (JSON lines) =="
+    @echo "== events (JSON lines; one per event, refusal or repeated command) =="
     {{convo}} simulate replay-fixtures/day-of-traffic/input.jsonl --summary | tail -n 40
+    @echo "(above: the last events of the day, then the summary)"
     @echo
     @echo "(the full event stream: {{convo}} simulate replay-fixtures/day-of-traffic/input.jsonl)"
     @echo "== a seeded random day of 10000 conversations, checked against the independent model =="

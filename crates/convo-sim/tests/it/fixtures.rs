@@ -113,3 +113,63 @@ fn inactivity_with_two_attempts_warns_twice_then_closes_at_three_periods() {
 fn events_of(dir: &str, kind: &str) -> Vec<String> {
     of_type(&events(dir), kind).iter().map(|e| e["at"].as_str().unwrap().to_owned()).collect()
 }
+
+/// The scenario format's documentation shows every command, and every example
+/// in it is a valid scenario line.
+#[test]
+fn the_scenario_readme_shows_a_valid_example_of_every_command() {
+    let readme = std::fs::read_to_string(fixtures_dir().join("README.md")).expect("replay-fixtures/README.md");
+    // Scenario lines are the ```json blocks; output samples use plain fences.
+    let mut in_json = false;
+    let examples: Vec<&str> = readme
+        .lines()
+        .filter(|l| {
+            if l.starts_with("```") {
+                in_json = *l == "```json";
+                return false;
+            }
+            in_json
+        })
+        .collect();
+    assert!(examples.len() >= 28, "found {} examples", examples.len());
+    let mut seen = std::collections::BTreeSet::new();
+    for (n, line) in examples.iter().enumerate() {
+        let input =
+            scenario::parse_line(line, n + 1).unwrap_or_else(|e| panic!("README example {}: {e}\n{line}", n + 1));
+        seen.insert(input.envelope.command.type_name());
+    }
+    for kind in ALL_COMMANDS {
+        assert!(seen.contains(kind), "replay-fixtures/README.md has no example of `{kind}`");
+    }
+}
+
+const ALL_COMMANDS: [&str; 28] = [
+    "configure_account",
+    "define_client",
+    "update_client",
+    "define_project",
+    "update_project",
+    "define_schedule",
+    "update_schedule",
+    "define_channel",
+    "update_channel",
+    "define_user",
+    "update_user",
+    "define_campaign",
+    "update_campaign",
+    "activate",
+    "inactivate",
+    "set_agent_state",
+    "receive_message",
+    "start_outbound",
+    "send_message",
+    "send_bot_message",
+    "assign",
+    "transfer",
+    "set_field",
+    "add_label",
+    "remove_label",
+    "close",
+    "answer_survey",
+    "tick",
+];
