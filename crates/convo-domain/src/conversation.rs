@@ -369,6 +369,58 @@ fn rule(name: &str) -> Actor {
     Actor::system(name)
 }
 
+/// Contact commands come from that contact, or from the system (a gateway).
+fn require_contact(actor: &Actor, contact: &ContactId, action: &'static str) -> Result<(), Rejection> {
+    match actor {
+        Actor::Contact(id) if id == contact => Ok(()),
+        Actor::System(_) => Ok(()),
+        _ => Err(Rejection::Forbidden { action, needed: "the conversation's contact or the system" }),
+    }
+}
+
+/// Where a conversation comes in: the channel, the active campaign that owns
+/// it, and that campaign's client (whose policy the conversation runs on).
+struct Entrance<'a> {
+    channel: &'a ChannelSpec,
+    campaign: &'a CampaignSpec,
+    client: &'a ClientSpec,
+}
+
+impl<'a> Entrance<'a> {
+    fn of(catalog: &'a Catalog, channel: &ChannelId) -> Result<Self, Rejection> {
+        let spec = catalog.channel(channel)?;
+        let campaign =
+            catalog.channel_campaign.get(channel).ok_or_else(|| Rejection::ChannelWithoutCampaign(channel.clone()))?;
+        let campaign = catalog.campaign(campaign)?;
+        let client = catalog.client(&campaign.client)?;
+        catalog.project(&campaign.project)?;
+        Ok(Self { channel: spec, campaign, client })
+    }
+
+    fn opened(
+        &self,
+        catalog: &Catalog,
+        contact: &ContactId,
+        contact_name: &Option<String>,
+        direction: Direction,
+        sla_clock_starts_at: Timestamp,
+        out_of_hours: bool,
+    ) -> Opened {
+        Opened {
+            contact: contact.clone(),
+            contact_name: contact_name.clone(),
+            channel: self.channel.id.clone(),
+            campaign: self.campaign.id.clone(),
+            client: self.client.id.clone(),
+            project: self.campaign.project.clone(),
+            direction,
+            out_of_hours,
+            sla_clock_starts_at,
+            policy: Policy::of(self.client, catalog),
+        }
+    }
+}
+
 fn check_text(text: &str, attachments: &[Attachment]) -> Result<(), Rejection> {
     if text.trim().is_empty() && attachments.is_empty() {
         return Err(Rejection::EmptyMessage);
@@ -491,16 +543,7 @@ impl Conversation {
                     self.open_inbound(ctx, envelope, c, now, &mut out)?;
                 } else {
                     let facts = self.require_open()?;
-                    match &envelope.actor {
-                        Actor::Contact(id) if id == &c.contact => {}
-                        Actor::System(_) => {}
-                        _ => {
-                            return Err(Rejection::Forbidden {
-                                action: "receive_message",
-                                needed: "the contact itself or the system",
-                            });
-                        }
-                    }
+                    require_contact(&envelope.actor, &c.contact, "receive_message")?;
                     if facts.contact != c.contact || facts.channel != c.channel {
                         return Err(Rejection::NotThisConversation {
                             conversation: self.id.clone(),
@@ -677,16 +720,7 @@ impl Conversation {
                     return Err(Rejection::UnknownConversation(self.id.clone()));
                 }
                 let facts = self.facts.as_ref().ok_or_else(|| Rejection::UnknownConversation(self.id.clone()))?;
-                match &envelope.actor {
-                    Actor::Contact(id) if id == &facts.contact => {}
-                    Actor::System(_) => {}
-                    _ => {
-                        return Err(Rejection::Forbidden {
-                            action: "answer_survey",
-                            needed: "the conversation's contact or the system",
-                        });
-                    }
-                }
+                require_contact(&envelope.actor, &facts.contact, "answer_survey")?;
                 match self.survey {
                     Survey::NotSent => return Err(Rejection::SurveyNotSent),
                     Survey::Answered => return Err(Rejection::SurveyAlreadyAnswered),
@@ -862,25 +896,10 @@ impl Conversation {
         now: Timestamp,
         out: &mut Emitter<ConversationEvent>,
     ) -> Result<(), Rejection> {
-        match &envelope.actor {
-            Actor::Contact(id) if id == &c.contact => {}
-            Actor::System(_) => {}
-            _ => {
-                return Err(Rejection::Forbidden {
-                    action: "receive_message",
-                    needed: "the contact itself or the system",
-                });
-            }
-        }
+        require_contact(&envelope.actor, &c.contact, "receive_message")?;
         let catalog = ctx.catalog;
-        let channel = catalog.channel(&c.channel)?;
-        let campaign_id = catalog
-            .channel_campaign
-            .get(&c.channel)
-            .ok_or_else(|| Rejection::ChannelWithoutCampaign(c.channel.clone()))?;
-        let campaign = catalog.campaign(campaign_id)?;
-        let client = catalog.client(&campaign.client)?;
-        catalog.project(&campaign.project)?;
+        let entrance = Entrance::of(catalog, &c.channel)?;
+        let (channel, campaign) = (entrance.channel, entrance.campaign);
         let schedule = catalog.schedule(&campaign.schedule)?;
         check_text(&c.text, &c.attachments)?;
         if let Some(name) = &c.contact_name
@@ -890,18 +909,8 @@ impl Conversation {
         }
         let in_hours = schedule.is_open(now);
         let sla_clock_starts_at = if in_hours { now } else { schedule.next_opening(now).unwrap_or(now) };
-        let opened = Opened {
-            contact: c.contact.clone(),
-            contact_name: c.contact_name.clone(),
-            channel: channel.id.clone(),
-            campaign: campaign.id.clone(),
-            client: client.id.clone(),
-            project: campaign.project.clone(),
-            direction: Direction::Inbound,
-            out_of_hours: !in_hours,
-            sla_clock_starts_at,
-            policy: Policy::of(client, catalog),
-        };
+        let opened =
+            entrance.opened(catalog, &c.contact, &c.contact_name, Direction::Inbound, sla_clock_starts_at, !in_hours);
         // Later events are shaped by the opened state (placeholders).
         let mut scratch = self.clone();
         scratch.evolve(out.emit(ConversationEvent::ConversationOpened(opened)));
@@ -952,31 +961,14 @@ impl Conversation {
                 needed: "an agent or supervisor of the campaign",
             });
         };
-        let channel = catalog.channel(&c.channel)?;
-        let campaign_id = catalog
-            .channel_campaign
-            .get(&c.channel)
-            .ok_or_else(|| Rejection::ChannelWithoutCampaign(c.channel.clone()))?;
-        let campaign = catalog.campaign(campaign_id)?;
-        let client = catalog.client(&campaign.client)?;
-        catalog.project(&campaign.project)?;
+        let entrance = Entrance::of(catalog, &c.channel)?;
+        let campaign = entrance.campaign;
         self.check_can_take(ctx, campaign, &user.id, false)?;
         check_text(&c.text, &[])?;
         if !campaign.permissions.allow_emoji && has_emoji(&c.text) {
             return Err(Rejection::EmojiNotAllowed(campaign.id.clone()));
         }
-        let opened = Opened {
-            contact: c.contact.clone(),
-            contact_name: c.contact_name.clone(),
-            channel: channel.id.clone(),
-            campaign: campaign.id.clone(),
-            client: client.id.clone(),
-            project: campaign.project.clone(),
-            direction: Direction::Outbound,
-            out_of_hours: false,
-            sla_clock_starts_at: now,
-            policy: Policy::of(client, catalog),
-        };
+        let opened = entrance.opened(catalog, &c.contact, &c.contact_name, Direction::Outbound, now, false);
         out.emit(ConversationEvent::ConversationOpened(opened));
         out.emit(ConversationEvent::AgentAssigned { agent: user.id.clone(), segment: 1 });
         out.emit(ConversationEvent::MessageSent {
