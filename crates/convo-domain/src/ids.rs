@@ -40,6 +40,26 @@ pub fn check_id(text: &str) -> Result<(), IdError> {
     }
 }
 
+/// Deserializes a newtype over text, validating it with a parser.
+pub(crate) struct TextVisitor<T, E>(pub(crate) fn(&str) -> Result<T, E>, pub(crate) &'static str);
+
+impl<'de, T, E: fmt::Display> serde::de::Visitor<'de> for TextVisitor<T, E> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a {} (text)", self.1)
+    }
+
+    fn visit_str<Er: serde::de::Error>(self, v: &str) -> Result<T, Er> {
+        (self.0)(v).map_err(Er::custom)
+    }
+
+    fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        (self.0)(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
@@ -79,16 +99,17 @@ macro_rules! id_type {
             }
         }
 
+        /// A newtype over text: the same bytes as a string in JSON and
+        /// postcard, and a named type for schema tracing.
         impl Serialize for $name {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(&self.0)
+                s.serialize_newtype_struct(stringify!($name), &*self.0)
             }
         }
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-                Self::new(&text).map_err(serde::de::Error::custom)
+                d.deserialize_newtype_struct(stringify!($name), TextVisitor(Self::new, stringify!($name)))
             }
         }
     };

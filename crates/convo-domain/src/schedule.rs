@@ -12,7 +12,7 @@ use chrono::{Datelike, Days, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, T
 use chrono_tz::Tz;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::ids::ScheduleId;
+use crate::ids::{ScheduleId, TextVisitor};
 use crate::time::Timestamp;
 
 /// At most this many opening ranges in one day.
@@ -75,14 +75,13 @@ impl fmt::Display for HoursRange {
 
 impl Serialize for HoursRange {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        s.serialize_newtype_struct("HoursRange", &self.to_string())
     }
 }
 
 impl<'de> Deserialize<'de> for HoursRange {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        Self::parse(&text).map_err(serde::de::Error::custom)
+        d.deserialize_newtype_struct("HoursRange", TextVisitor(Self::parse, "HoursRange"))
     }
 }
 
@@ -90,18 +89,45 @@ impl<'de> Deserialize<'de> for HoursRange {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Zone(pub Tz);
 
+impl Zone {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        text.parse::<Tz>().map(Zone).map_err(|_| format!("{text:?} is not an IANA time zone (e.g. \"America/Bogota\")"))
+    }
+}
+
 impl Serialize for Zone {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.0.name())
+        s.serialize_newtype_struct("Zone", self.0.name())
     }
 }
 
 impl<'de> Deserialize<'de> for Zone {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        text.parse::<Tz>().map(Zone).map_err(|_| {
-            serde::de::Error::custom(format!("{text:?} is not an IANA time zone (e.g. \"America/Bogota\")"))
-        })
+        d.deserialize_newtype_struct("Zone", TextVisitor(Self::parse, "Zone"))
+    }
+}
+
+/// A calendar date in a schedule's zone (`2026-03-23`), for holidays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LocalDate(pub NaiveDate);
+
+impl LocalDate {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        NaiveDate::parse_from_str(text, "%Y-%m-%d")
+            .map(LocalDate)
+            .map_err(|_| format!("{text:?} is not a date YYYY-MM-DD"))
+    }
+}
+
+impl Serialize for LocalDate {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_newtype_struct("LocalDate", &self.0.format("%Y-%m-%d").to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for LocalDate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_newtype_struct("LocalDate", TextVisitor(Self::parse, "LocalDate"))
     }
 }
 
@@ -166,7 +192,7 @@ pub struct ScheduleSpec {
     pub time_zone: Zone,
     pub week: Week,
     #[serde(default)]
-    pub holidays: Vec<NaiveDate>,
+    pub holidays: Vec<LocalDate>,
 }
 
 impl ScheduleSpec {
@@ -197,7 +223,7 @@ impl ScheduleSpec {
     }
 
     fn is_holiday(&self, date: NaiveDate) -> bool {
-        self.holidays.contains(&date)
+        self.holidays.contains(&LocalDate(date))
     }
 
     /// Whether the schedule is open at `at` (local time, holidays closed).
@@ -266,7 +292,7 @@ mod tests {
             name: "s".into(),
             time_zone: Zone(zone.parse().unwrap()),
             week,
-            holidays: holidays.iter().map(|d| d.parse().unwrap()).collect(),
+            holidays: holidays.iter().map(|d| LocalDate::parse(d).unwrap()).collect(),
         }
     }
 

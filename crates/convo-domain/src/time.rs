@@ -75,7 +75,11 @@ impl fmt::Debug for Timestamp {
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() { s.serialize_str(&self.to_rfc3339()) } else { s.serialize_i64(self.0) }
+        if s.is_human_readable() {
+            s.serialize_str(&self.to_rfc3339())
+        } else {
+            s.serialize_newtype_struct("Timestamp", &self.0)
+        }
     }
 }
 
@@ -86,7 +90,20 @@ impl<'de> Deserialize<'de> for Timestamp {
             Self::parse_rfc3339(&text)
                 .map_err(|e| serde::de::Error::custom(format!("not an RFC 3339 instant ({e}): {text:?}")))
         } else {
-            i64::deserialize(d).map(Self)
+            struct Millis;
+            impl<'de> serde::de::Visitor<'de> for Millis {
+                type Value = Timestamp;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("milliseconds since the Unix epoch")
+                }
+                fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Timestamp, E> {
+                    Ok(Timestamp(v))
+                }
+                fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Timestamp, D::Error> {
+                    i64::deserialize(d).map(Timestamp)
+                }
+            }
+            d.deserialize_newtype_struct("Timestamp", Millis)
         }
     }
 }
