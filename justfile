@@ -38,6 +38,10 @@ random-check seed="1" conversations="10000": build
 update-fixtures:
     UPDATE_FIXTURES=1 cargo test -p convo-sim --test it every_fixture
 
+# Regenerate schemas/ from the code (review the diff: a changed shape needs a new version).
+schemas:
+    UPDATE_SCHEMAS=1 cargo test -p convo-wire --test it schemas_match_the_code
+
 # Benchmarks (not part of `just test`).
 bench:
     cargo bench -p convo-benches

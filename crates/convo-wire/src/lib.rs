@@ -1,0 +1,437 @@
+//! # convo-wire
+//!
+//! What crosses the wire. One decision of an aggregate is one **commit**: all
+//! the events that one command produced, appended together as one message, so
+//! a command's effect is all-or-nothing. This crate defines the commit, its
+//! subject and headers (what routing and integrators need without decoding),
+//! its compact encoding (postcard) with versions and an upcaster hook, the
+//! per-event envelope, the JSON view people and integrators read, and the
+//! generated description of every event in `schemas/`.
+//!
+//! postcard is positional: fields and variants are never reordered or
+//! removed. A change of shape is a new [`SCHEMA_VERSION`] with an upcaster in
+//! [`decode`]; the drift check (`tests/it`) fails when the code's shape no
+//! longer matches the committed `schemas/`.
+
+pub mod schema;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use convo_domain::{
+    AccountId, Actor, AgentEvent, CommandId, ConfigEvent, ConversationEvent, ConversationId, EventId, Recorded,
+    Timestamp, UserId,
+};
+
+/// The version of the commit encoding written today.
+pub const SCHEMA_VERSION: u16 = 1;
+/// The largest encoded commit, in bytes (a NATS message is 1 MiB by default).
+pub const COMMIT_BYTES_MAX: usize = 512 * 1024;
+/// The most events one commit may hold.
+pub const EVENTS_PER_COMMIT_MAX: usize = 1024;
+/// The subject prefix when none is configured.
+pub const DEFAULT_PREFIX: &str = "convo";
+
+/// Header names carried by every commit message.
+pub mod headers {
+    /// The commit's headline kind (`opened`, `message`, `closed`…).
+    pub const KIND: &str = "Convo-Kind";
+    /// The event types in the commit, comma-separated, in order.
+    pub const EVENTS: &str = "Convo-Events";
+    /// The encoding version of the payload.
+    pub const SCHEMA: &str = "Convo-Schema";
+    pub const COMMAND: &str = "Convo-Command";
+    pub const CORRELATION: &str = "Convo-Correlation";
+    pub const ACCOUNT: &str = "Convo-Account";
+}
+
+/// Any event of the domain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    Config(ConfigEvent),
+    Agent(AgentEvent),
+    Conversation(ConversationEvent),
+}
+
+impl Event {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Event::Config(e) => config_type_name(e),
+            Event::Agent(e) => e.type_name(),
+            Event::Conversation(e) => e.type_name(),
+        }
+    }
+}
+
+fn config_type_name(event: &ConfigEvent) -> &'static str {
+    match event {
+        ConfigEvent::AccountConfigured(_) => "account_configured",
+        ConfigEvent::ClientDefined(_) => "client_defined",
+        ConfigEvent::ClientUpdated(_) => "client_updated",
+        ConfigEvent::ProjectDefined(_) => "project_defined",
+        ConfigEvent::ProjectUpdated(_) => "project_updated",
+        ConfigEvent::ScheduleDefined(_) => "schedule_defined",
+        ConfigEvent::ScheduleUpdated(_) => "schedule_updated",
+        ConfigEvent::ChannelDefined(_) => "channel_defined",
+        ConfigEvent::ChannelUpdated(_) => "channel_updated",
+        ConfigEvent::UserDefined(_) => "user_defined",
+        ConfigEvent::UserUpdated(_) => "user_updated",
+        ConfigEvent::CampaignDefined(_) => "campaign_defined",
+        ConfigEvent::CampaignUpdated(_) => "campaign_updated",
+        ConfigEvent::Activated(_) => "activated",
+        ConfigEvent::Inactivated(_) => "inactivated",
+    }
+}
+
+/// The aggregate stream a commit belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamRef {
+    /// The account's configuration catalog.
+    Catalog,
+    Agent(UserId),
+    Conversation(ConversationId),
+}
+
+impl StreamRef {
+    /// The stream's path inside its account (`conv/c1`, `agent/ana`, `config`),
+    /// from which event ids are derived.
+    pub fn path(&self) -> String {
+        match self {
+            StreamRef::Catalog => "config".into(),
+            StreamRef::Agent(id) => format!("agent/{id}"),
+            StreamRef::Conversation(id) => format!("conv/{id}"),
+        }
+    }
+
+    /// The wildcard subject of all the stream's commits (for the append
+    /// expectation and for loading).
+    pub fn filter_subject(&self, prefix: &str, account: &AccountId) -> String {
+        match self {
+            StreamRef::Catalog => format!("{prefix}.{account}.config.*"),
+            StreamRef::Agent(id) => format!("{prefix}.{account}.agent.{id}.*"),
+            StreamRef::Conversation(id) => format!("{prefix}.{account}.conv.{id}.*"),
+        }
+    }
+}
+
+/// One event inside a commit, with its place in the stream and who caused it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommitEvent {
+    pub seq: u64,
+    pub actor: Actor,
+    pub event: Event,
+}
+
+/// Every event one decision produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Commit {
+    pub account: AccountId,
+    pub stream: StreamRef,
+    pub command: CommandId,
+    /// The command that started the chain this one belongs to (itself, for a
+    /// command from outside).
+    pub correlation: CommandId,
+    pub at: Timestamp,
+    pub events: Vec<CommitEvent>,
+}
+
+/// One event with everything an integrator needs to place it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Envelope<'a> {
+    pub event_id: EventId,
+    pub command_id: &'a CommandId,
+    pub correlation_id: &'a CommandId,
+    pub account: &'a AccountId,
+    pub stream: &'a StreamRef,
+    pub seq: u64,
+    pub occurred_at: Timestamp,
+    pub schema_version: u16,
+    pub actor: &'a Actor,
+}
+
+/// Why a payload could not be decoded or encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("schema version {found} is unknown to this build (it reads up to {SCHEMA_VERSION}); upgrade convo")]
+    UnknownVersion { found: u16 },
+    #[error("the payload is not a valid version {version} commit: {reason}")]
+    Malformed { version: u16, reason: String },
+    #[error("the commit is {bytes} bytes, over the {max}-byte limit")]
+    TooLarge { bytes: usize, max: usize },
+    #[error("a commit holds 1 to {EVENTS_PER_COMMIT_MAX} events, this one {0}")]
+    EventCount(usize),
+    #[error("missing or unreadable header {0}")]
+    Header(&'static str),
+}
+
+impl Commit {
+    /// The commit of a decision's records (consecutive, one command, one instant).
+    pub fn new<E: Into<Event>>(
+        account: &AccountId,
+        stream: StreamRef,
+        correlation: Option<&CommandId>,
+        records: Vec<Recorded<E>>,
+    ) -> Result<Self, WireError> {
+        let first = records.first().ok_or(WireError::EventCount(0))?;
+        if records.len() > EVENTS_PER_COMMIT_MAX {
+            return Err(WireError::EventCount(records.len()));
+        }
+        let (command, at) = (first.command.clone(), first.at);
+        Ok(Self {
+            account: account.clone(),
+            stream,
+            correlation: correlation.unwrap_or(&command).clone(),
+            command,
+            at,
+            events: records
+                .into_iter()
+                .map(|r| CommitEvent { seq: r.seq, actor: r.actor, event: r.event.into() })
+                .collect(),
+        })
+    }
+
+    pub fn first_seq(&self) -> u64 {
+        self.events.first().map_or(0, |e| e.seq)
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.events.last().map_or(0, |e| e.seq)
+    }
+
+    /// The headline of the commit, the last token of its subject.
+    pub fn kind(&self) -> &'static str {
+        match &self.stream {
+            StreamRef::Catalog => match self.events.first().map(|e| &e.event) {
+                Some(Event::Config(e)) => config_kind(e),
+                _ => "config",
+            },
+            StreamRef::Agent(_) => "state",
+            StreamRef::Conversation(_) => {
+                let kinds: Vec<&str> = self
+                    .events
+                    .iter()
+                    .filter_map(|e| match &e.event {
+                        Event::Conversation(c) => Some(conversation_kind(c)),
+                        _ => None,
+                    })
+                    .collect();
+                CONVERSATION_KINDS.iter().find(|k| kinds.contains(k)).copied().unwrap_or("timer")
+            }
+        }
+    }
+
+    /// The subject the commit is published on.
+    pub fn subject(&self, prefix: &str) -> String {
+        let account = &self.account;
+        match &self.stream {
+            StreamRef::Catalog => format!("{prefix}.{account}.config.{}", self.kind()),
+            StreamRef::Agent(id) => format!("{prefix}.{account}.agent.{id}.state"),
+            StreamRef::Conversation(id) => format!("{prefix}.{account}.conv.{id}.{}", self.kind()),
+        }
+    }
+
+    /// The headers of the commit message (besides the broker's own).
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut events: Vec<&str> = self.events.iter().map(|e| e.event.type_name()).collect();
+        events.dedup();
+        vec![
+            (headers::KIND, self.kind().to_owned()),
+            (headers::EVENTS, events.join(",")),
+            (headers::SCHEMA, SCHEMA_VERSION.to_string()),
+            (headers::COMMAND, self.command.to_string()),
+            (headers::CORRELATION, self.correlation.to_string()),
+            (headers::ACCOUNT, self.account.to_string()),
+        ]
+    }
+
+    /// The compact payload (postcard, version [`SCHEMA_VERSION`]).
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        let bytes = postcard::to_allocvec(self)
+            .map_err(|e| WireError::Malformed { version: SCHEMA_VERSION, reason: e.to_string() })?;
+        if bytes.len() > COMMIT_BYTES_MAX {
+            return Err(WireError::TooLarge { bytes: bytes.len(), max: COMMIT_BYTES_MAX });
+        }
+        Ok(bytes)
+    }
+
+    /// Each event with its envelope.
+    pub fn envelopes(&self) -> impl Iterator<Item = (Envelope<'_>, &Event)> {
+        let path = self.stream.path();
+        self.events.iter().map(move |e| {
+            let envelope = Envelope {
+                event_id: EventId::derive(&self.account, &path, e.seq),
+                command_id: &self.command,
+                correlation_id: &self.correlation,
+                account: &self.account,
+                stream: &self.stream,
+                seq: e.seq,
+                occurred_at: self.at,
+                schema_version: SCHEMA_VERSION,
+                actor: &e.actor,
+            };
+            (envelope, &e.event)
+        })
+    }
+
+    /// The conversation events, as the aggregate replays them.
+    pub fn conversation_records(&self) -> Vec<Recorded<ConversationEvent>> {
+        self.records(|e| match e {
+            Event::Conversation(c) => Some(c.clone()),
+            _ => None,
+        })
+    }
+
+    pub fn agent_records(&self) -> Vec<Recorded<AgentEvent>> {
+        self.records(|e| match e {
+            Event::Agent(a) => Some(a.clone()),
+            _ => None,
+        })
+    }
+
+    pub fn config_records(&self) -> Vec<Recorded<ConfigEvent>> {
+        self.records(|e| match e {
+            Event::Config(c) => Some(c.clone()),
+            _ => None,
+        })
+    }
+
+    fn records<E>(&self, pick: impl Fn(&Event) -> Option<E>) -> Vec<Recorded<E>> {
+        self.events
+            .iter()
+            .filter_map(|e| {
+                pick(&e.event).map(|event| Recorded {
+                    seq: e.seq,
+                    at: self.at,
+                    command: self.command.clone(),
+                    actor: e.actor.clone(),
+                    event,
+                })
+            })
+            .collect()
+    }
+
+    /// The JSON view: one object per event, as `convo simulate` and `convo tail` print it.
+    pub fn json_lines(&self) -> Vec<Value> {
+        self.events
+            .iter()
+            .map(|e| {
+                let (key, name) = match (&self.stream, &e.event) {
+                    (StreamRef::Conversation(id), _) => ("conversation", id.to_string()),
+                    (StreamRef::Agent(id), _) => ("agent", id.to_string()),
+                    (StreamRef::Catalog, Event::Config(c)) => ("entity", c.entity()),
+                    (StreamRef::Catalog, _) => ("entity", "config".into()),
+                };
+                let view = match &e.event {
+                    Event::Config(c) => convo_domain::json_view(c),
+                    Event::Agent(a) => convo_domain::json_view(a),
+                    Event::Conversation(c) => convo_domain::json_view(c),
+                };
+                event_json(self.at, &self.account, (key, name), e.seq, &self.command, &e.actor, view)
+            })
+            .collect()
+    }
+}
+
+/// One event's JSON line: time, account, stream, sequence, command, actor,
+/// then `type` and the fields. Keys keep this order, so equal runs print
+/// equal bytes.
+pub fn event_json(
+    at: Timestamp,
+    account: &AccountId,
+    stream: (&str, String),
+    seq: u64,
+    command: &CommandId,
+    actor: &Actor,
+    view: Value,
+) -> Value {
+    let mut map = Map::new();
+    map.insert("at".into(), Value::String(at.to_rfc3339()));
+    map.insert("account".into(), Value::String(account.to_string()));
+    map.insert(stream.0.into(), Value::String(stream.1));
+    map.insert("seq".into(), Value::from(seq));
+    map.insert("command".into(), Value::String(command.to_string()));
+    map.insert("actor".into(), serde_json::to_value(actor).expect("actors serialize"));
+    if let Value::Object(fields) = view {
+        map.extend(fields);
+    }
+    Value::Object(map)
+}
+
+/// Decodes a commit payload of the given schema version. This is the upcaster
+/// hook: an older version is decoded with its own shape and converted to the
+/// current [`Commit`]; an unknown (newer) version is refused, never guessed.
+pub fn decode(version: u16, bytes: &[u8]) -> Result<Commit, WireError> {
+    if bytes.len() > COMMIT_BYTES_MAX {
+        return Err(WireError::TooLarge { bytes: bytes.len(), max: COMMIT_BYTES_MAX });
+    }
+    let commit: Commit = match version {
+        1 => postcard::from_bytes(bytes).map_err(|e| WireError::Malformed { version, reason: e.to_string() })?,
+        // 2 => upcast_v1_to_v2(postcard::from_bytes::<v1::Commit>(bytes)?), when a version 2 exists.
+        found => return Err(WireError::UnknownVersion { found }),
+    };
+    if commit.events.is_empty() || commit.events.len() > EVENTS_PER_COMMIT_MAX {
+        return Err(WireError::EventCount(commit.events.len()));
+    }
+    Ok(commit)
+}
+
+/// Reads the schema version from a header value.
+pub fn parse_version(header: Option<&str>) -> Result<u16, WireError> {
+    header.and_then(|v| v.trim().parse().ok()).ok_or(WireError::Header(headers::SCHEMA))
+}
+
+fn config_kind(event: &ConfigEvent) -> &'static str {
+    match event {
+        ConfigEvent::AccountConfigured(_) => "account",
+        ConfigEvent::ClientDefined(_) | ConfigEvent::ClientUpdated(_) => "client",
+        ConfigEvent::ProjectDefined(_) | ConfigEvent::ProjectUpdated(_) => "project",
+        ConfigEvent::ScheduleDefined(_) | ConfigEvent::ScheduleUpdated(_) => "schedule",
+        ConfigEvent::ChannelDefined(_) | ConfigEvent::ChannelUpdated(_) => "channel",
+        ConfigEvent::UserDefined(_) | ConfigEvent::UserUpdated(_) => "user",
+        ConfigEvent::CampaignDefined(_) | ConfigEvent::CampaignUpdated(_) => "campaign",
+        ConfigEvent::Activated(_) | ConfigEvent::Inactivated(_) => "status",
+    }
+}
+
+fn conversation_kind(event: &ConversationEvent) -> &'static str {
+    match event {
+        ConversationEvent::ConversationOpened(_) => "opened",
+        ConversationEvent::ConversationClosed { .. } => "closed",
+        ConversationEvent::ConversationTransferred { .. } => "transferred",
+        ConversationEvent::AgentAssigned { .. } | ConversationEvent::ConversationQueued { .. } => "assigned",
+        ConversationEvent::MessageReceived { .. }
+        | ConversationEvent::MessageSent { .. }
+        | ConversationEvent::ResponseRecorded { .. } => "message",
+        ConversationEvent::SurveyAnswered { .. } => "survey",
+        ConversationEvent::DynamicFieldSet { .. } => "field",
+        ConversationEvent::LabelAdded { .. } | ConversationEvent::LabelRemoved { .. } => "label",
+        ConversationEvent::SlaThresholdCrossed { .. }
+        | ConversationEvent::InactivityWarningSent { .. }
+        | ConversationEvent::AgentInactivityAlerted { .. } => "timer",
+    }
+}
+
+/// Every commit kind a conversation subject can end with, in headline order
+/// (a commit holding an opening and a closure is `opened`).
+pub const CONVERSATION_KINDS: [&str; 9] =
+    ["opened", "closed", "transferred", "assigned", "message", "survey", "field", "label", "timer"];
+
+impl From<ConversationEvent> for Event {
+    fn from(e: ConversationEvent) -> Self {
+        Event::Conversation(e)
+    }
+}
+
+impl From<ConfigEvent> for Event {
+    fn from(e: ConfigEvent) -> Self {
+        Event::Config(e)
+    }
+}
+
+impl From<AgentEvent> for Event {
+    fn from(e: AgentEvent) -> Self {
+        Event::Agent(e)
+    }
+}
