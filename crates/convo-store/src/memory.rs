@@ -1,0 +1,111 @@
+//! The same contract in memory: the simulator's store, and a reference the
+//! JetStream store is tested against. Commits are kept encoded, so the wire
+//! format is exercised here too.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use tokio::sync::watch;
+
+use convo_domain::AccountId;
+use convo_wire::{Commit, SCHEMA_VERSION, StreamRef};
+
+use crate::{CommitStream, EventStore, StoreError, StoredCommit, decode_stored};
+
+/// The most commits a memory store holds.
+pub const MEMORY_COMMITS_MAX: usize = 10_000_000;
+
+#[derive(Debug, Default)]
+struct Log {
+    entries: Vec<(String, Vec<u8>)>,
+    /// The log sequence of each aggregate's last commit.
+    last: HashMap<(AccountId, StreamRef), u64>,
+}
+
+#[derive(Debug)]
+pub struct MemoryStore {
+    prefix: String,
+    log: Arc<Mutex<Log>>,
+    appended: watch::Sender<u64>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new(convo_wire::DEFAULT_PREFIX)
+    }
+}
+
+impl MemoryStore {
+    pub fn new(prefix: &str) -> Self {
+        Self { prefix: prefix.to_owned(), log: Arc::default(), appended: watch::channel(0).0 }
+    }
+}
+
+/// The commit at log sequence `seq`, decoded.
+fn entry(log: &Mutex<Log>, seq: u64) -> Option<Result<StoredCommit, StoreError>> {
+    let log = log.lock().expect("not poisoned");
+    let (subject, bytes) = log.entries.get(seq.checked_sub(1)? as usize)?;
+    Some(decode_stored(seq, subject.clone(), Some(&SCHEMA_VERSION.to_string()), bytes))
+}
+
+impl EventStore for MemoryStore {
+    async fn append(&self, commit: &Commit, expected: u64) -> Result<u64, StoreError> {
+        let bytes = commit.encode().map_err(|e| StoreError::Refused(e.to_string()))?;
+        let seq = {
+            let mut log = self.log.lock().expect("not poisoned");
+            let key = (commit.account.clone(), commit.stream.clone());
+            let actual = log.last.get(&key).copied().unwrap_or(0);
+            if actual != expected {
+                return Err(StoreError::Conflict {
+                    stream: commit.stream.filter_subject(&self.prefix, &commit.account),
+                    expected,
+                });
+            }
+            if log.entries.len() >= MEMORY_COMMITS_MAX {
+                return Err(StoreError::Refused(format!(
+                    "the memory store holds at most {MEMORY_COMMITS_MAX} commits"
+                )));
+            }
+            log.entries.push((commit.subject(&self.prefix), bytes));
+            let seq = log.entries.len() as u64;
+            log.last.insert(key, seq);
+            seq
+        };
+        self.appended.send_replace(seq);
+        Ok(seq)
+    }
+
+    async fn load(&self, account: &AccountId, stream: &StreamRef) -> Result<Vec<StoredCommit>, StoreError> {
+        let len = self.log.lock().expect("not poisoned").entries.len() as u64;
+        let mut out = Vec::new();
+        for seq in 1..=len {
+            let stored = entry(&self.log, seq).expect("in range")?;
+            if &stored.commit.account == account && &stored.commit.stream == stream {
+                out.push(stored);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn subscribe(&self, from_seq: u64) -> Result<CommitStream, StoreError> {
+        let receiver = self.appended.subscribe();
+        let log = Arc::clone(&self.log);
+        let start = from_seq.max(1);
+        Ok(futures::stream::unfold((start, receiver, log), |(next, mut receiver, log)| async move {
+            loop {
+                if let Some(item) = entry(&log, next) {
+                    return Some((item, (next + 1, receiver, log)));
+                }
+                if receiver.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+        .boxed())
+    }
+
+    async fn last_seq(&self) -> Result<u64, StoreError> {
+        Ok(self.log.lock().expect("not poisoned").entries.len() as u64)
+    }
+}

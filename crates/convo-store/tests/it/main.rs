@@ -1,0 +1,156 @@
+//! convo-store's tests: one contract, checked against the memory store and
+//! against JetStream on a real nats-server started for the test.
+
+use std::time::Duration;
+
+use convo_domain::conversation::CloseReason;
+use convo_domain::{AccountId, Actor, CommandId, ConversationEvent, ConversationId, Recorded, Timestamp};
+use convo_store::launcher::{LaunchOptions, NatsServer};
+use convo_store::{EventStore, JetStreamStore, MemoryStore, StoreConfig, StoreError};
+use convo_wire::{Commit, StreamRef};
+use futures::StreamExt;
+
+fn account() -> AccountId {
+    AccountId::new("acme").unwrap()
+}
+
+fn stream(id: &str) -> StreamRef {
+    StreamRef::Conversation(ConversationId::new(id).unwrap())
+}
+
+/// A commit of `n` events for `conversation`, starting after `seq`.
+fn commit(conversation: &str, seq: u64, n: u64, command: &str) -> Commit {
+    let records = (1..=n)
+        .map(|i| Recorded {
+            seq: seq + i,
+            at: Timestamp::from_millis(1_000 * (seq + i) as i64),
+            command: CommandId::new(command).unwrap(),
+            actor: Actor::system("test"),
+            event: ConversationEvent::LabelAdded { label: format!("l{}", seq + i) },
+        })
+        .collect();
+    Commit::new(&account(), stream(conversation), None, records).unwrap()
+}
+
+fn closing(conversation: &str, seq: u64) -> Commit {
+    let record = Recorded {
+        seq: seq + 1,
+        at: Timestamp::from_millis(99_000),
+        command: CommandId::new("close-1").unwrap(),
+        actor: Actor::system("test"),
+        event: ConversationEvent::ConversationClosed {
+            reason: CloseReason::System,
+            typification: None,
+            agent: None,
+            segment: 0,
+        },
+    };
+    Commit::new(&account(), stream(conversation), None, vec![record]).unwrap()
+}
+
+/// The contract every store keeps.
+async fn contract(store: &impl EventStore) {
+    assert_eq!(store.last_seq().await.unwrap(), 0);
+    // A new aggregate is appended with expectation 0.
+    let s1 = store.append(&commit("c1", 0, 3, "a"), 0).await.unwrap();
+    // Another aggregate interleaves freely.
+    let s2 = store.append(&commit("c2", 0, 1, "b"), 0).await.unwrap();
+    assert!(s2 > s1);
+    // A stale expectation is a conflict and writes nothing.
+    let stale = store.append(&commit("c1", 3, 1, "c"), 0).await;
+    assert!(matches!(stale, Err(StoreError::Conflict { .. })), "{stale:?}");
+    let s3 = store.append(&commit("c1", 3, 2, "d"), s1).await.unwrap();
+    // Two writers deciding from the same state: exactly one wins.
+    let (e, f) = (commit("c1", 5, 1, "e"), commit("c1", 5, 1, "f"));
+    let (x, y) = tokio::join!(store.append(&e, s3), store.append(&f, s3));
+    assert_eq!([&x, &y].iter().filter(|r| r.is_ok()).count(), 1, "{x:?} {y:?}");
+    assert!([&x, &y].iter().any(|r| matches!(r, Err(StoreError::Conflict { .. }))));
+    // The expectation covers all of the aggregate's subjects: a closure (another
+    // subject) decided from a stale state is a conflict too.
+    assert!(matches!(store.append(&closing("c1", 5), s3).await, Err(StoreError::Conflict { .. })));
+    // Loading returns the aggregate's commits in order, nothing else.
+    let loaded = store.load(&account(), &stream("c1")).await.unwrap();
+    let seqs: Vec<(u64, u64)> = loaded.iter().map(|s| (s.commit.first_seq(), s.commit.last_seq())).collect();
+    assert_eq!(seqs, [(1, 3), (4, 5), (6, 6)]);
+    assert!(loaded.windows(2).all(|w| w[0].stream_seq < w[1].stream_seq));
+    assert_eq!(loaded[0].commit, commit("c1", 0, 3, "a"));
+    assert!(store.load(&account(), &stream("nobody")).await.unwrap().is_empty());
+    // Following the log from a sequence sees what is there and what comes next.
+    let last = store.last_seq().await.unwrap();
+    let mut follow = store.subscribe(2).await.unwrap();
+    let first = follow.next().await.unwrap().unwrap();
+    assert_eq!(first.stream_seq, 2);
+    for _ in 3..=last {
+        follow.next().await.unwrap().unwrap();
+    }
+    let appended = store.append(&commit("c2", 1, 1, "g"), s2).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), follow.next())
+        .await
+        .expect("a new commit arrives")
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.stream_seq, appended);
+    assert_eq!(store.last_seq().await.unwrap(), appended);
+}
+
+#[tokio::test]
+async fn the_memory_store_keeps_the_contract() {
+    contract(&MemoryStore::default()).await;
+}
+
+struct Broker {
+    server: NatsServer,
+    _dir: tempfile::TempDir,
+}
+
+fn broker() -> Broker {
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::start(&LaunchOptions { data_dir: dir.path().to_path_buf(), sync_always: false })
+        .unwrap_or_else(|e| panic!("{e}"));
+    Broker { server, _dir: dir }
+}
+
+#[tokio::test]
+async fn jetstream_keeps_the_contract_on_a_real_server() {
+    let broker = broker();
+    let store = JetStreamStore::connect(&broker.server.url(), StoreConfig::default()).await.unwrap();
+    convo_store::check_server_version(&store.server_version()).expect("the bundled server is recent");
+    contract(&store).await;
+}
+
+#[tokio::test]
+async fn integrators_subscribe_with_plain_wildcards() {
+    let broker = broker();
+    let store = JetStreamStore::connect(&broker.server.url(), StoreConfig::default()).await.unwrap();
+    let client = async_nats::connect(broker.server.url()).await.unwrap();
+    let mut closures = client.subscribe("convo.*.conv.*.closed").await.unwrap();
+    client.flush().await.unwrap();
+    let seq = store.append(&commit("c9", 0, 2, "a"), 0).await.unwrap();
+    store.append(&closing("c9", 2), seq).await.unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(10), closures.next()).await.unwrap().unwrap();
+    assert_eq!(message.subject.as_str(), "convo.acme.conv.c9.closed");
+    let headers = message.headers.unwrap();
+    assert_eq!(headers.get(convo_wire::headers::KIND).unwrap().as_str(), "closed");
+    assert_eq!(headers.get(convo_wire::headers::EVENTS).unwrap().as_str(), "conversation_closed");
+    let commit = convo_wire::decode(1, &message.payload).unwrap();
+    assert_eq!(commit.last_seq(), 3);
+}
+
+#[tokio::test]
+async fn a_commit_over_the_size_limit_is_refused_and_nothing_is_written() {
+    let broker = broker();
+    let store = JetStreamStore::connect(&broker.server.url(), StoreConfig::default()).await.unwrap();
+    let records = vec![Recorded {
+        seq: 1,
+        at: Timestamp::from_millis(0),
+        command: CommandId::new("big").unwrap(),
+        actor: Actor::system("test"),
+        event: ConversationEvent::DynamicFieldSet {
+            field: "f".into(),
+            value: "x".repeat(convo_wire::COMMIT_BYTES_MAX),
+        },
+    }];
+    let big = Commit::new(&account(), stream("c1"), None, records).unwrap();
+    assert!(matches!(store.append(&big, 0).await, Err(StoreError::Refused(_))));
+    assert_eq!(store.last_seq().await.unwrap(), 0);
+}
