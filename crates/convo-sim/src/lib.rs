@@ -17,7 +17,11 @@ pub mod output;
 pub mod scenario;
 pub mod summary;
 pub mod workload;
-pub mod world;
+
+/// The engine's deterministic core, which the simulator drives directly.
+pub mod world {
+    pub use convo_engine::core::*;
+}
 
 use convo_domain::Timestamp;
 
@@ -80,6 +84,7 @@ pub struct Step<'a> {
 /// Runs a driver to the end, handing each step to `sink`, in order.
 pub fn run(driver: &mut dyn Driver, until: Option<Timestamp>, mut sink: impl FnMut(Step<'_>)) -> RunStats {
     let mut world = World::new();
+    let mut log_seq = 0;
     let mut stats = RunStats::default();
     let mut step = Vec::new();
     let within = |at: Timestamp| until.is_none_or(|u| at <= u);
@@ -94,14 +99,14 @@ pub fn run(driver: &mut dyn Driver, until: Option<Timestamp>, mut sink: impl FnM
         };
         let (now, input) = if timer_first {
             stats.ticks += 1;
-            (world.fire_next_timer(&mut step).expect("a timer is due"), None)
+            (world.fire_next_timer(&mut log_seq, &mut step).expect("a timer is due"), None)
         } else {
             let input = driver.take().expect("an input is due");
             stats.inputs += 1;
-            world.apply(&input.envelope, input.at, input.line, &mut step);
+            world.apply(&input.envelope, input.at, input.line, &mut log_seq, &mut step);
             (input.at, Some(input))
         };
-        world.route(now, &mut step);
+        world.route(now, &mut log_seq, &mut step);
         driver.observe(&step);
         sink(Step { input: input.as_ref(), records: &step });
         step.clear();

@@ -15,32 +15,22 @@ fn head(at: convo_domain::Timestamp, account: &convo_domain::AccountId) -> Map<S
 }
 
 fn event<E: serde::Serialize>(
-    mut map: Map<String, Value>,
+    account: &convo_domain::AccountId,
     stream: (&str, String),
     record: &convo_domain::Recorded<E>,
 ) -> Value {
-    map.insert(stream.0.into(), Value::String(stream.1));
-    map.insert("seq".into(), Value::from(record.seq));
-    map.insert("command".into(), Value::String(record.command.to_string()));
-    map.insert("actor".into(), serde_json::to_value(&record.actor).expect("actors serialize"));
-    if let Value::Object(fields) = convo_domain::json_view(&record.event) {
-        map.extend(fields);
-    }
-    Value::Object(map)
+    let view = convo_domain::json_view(&record.event);
+    convo_wire::event_json(record.at, account, stream, record.seq, &record.command, &record.actor, view)
 }
 
 /// The JSON object of one record.
 pub fn to_value(record: &Record) -> Value {
     match record {
         Record::Conversation { account, conversation, record } => {
-            event(head(record.at, account), ("conversation", conversation.to_string()), record)
+            event(account, ("conversation", conversation.to_string()), record)
         }
-        Record::Config { account, record } => {
-            event(head(record.at, account), ("entity", record.event.entity()), record)
-        }
-        Record::Agent { account, agent, record } => {
-            event(head(record.at, account), ("agent", agent.to_string()), record)
-        }
+        Record::Config { account, record } => event(account, ("entity", record.event.entity()), record),
+        Record::Agent { account, agent, record } => event(account, ("agent", agent.to_string()), record),
         Record::Rejected { at, account, command, kind, code, reason, line } => {
             let mut map = head(*at, account);
             map.insert("command".into(), Value::String(command.to_string()));
