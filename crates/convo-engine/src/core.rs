@@ -265,19 +265,10 @@ impl World {
         }
     }
 
-    /// Forgets an aggregate (to reload it from the log after a conflict).
-    pub fn forget(&mut self, account: &AccountId, stream: &StreamRef) {
-        if let Some(a) = self.accounts.get_mut(account) {
-            a.last_commit.remove(stream);
-            match stream {
-                StreamRef::Catalog => a.catalog = Catalog::new(account.clone()),
-                StreamRef::Agent(id) => {
-                    a.agents.remove(id);
-                }
-                StreamRef::Conversation(id) => {
-                    a.conversations.remove(id);
-                }
-            }
+    /// Puts a conversation's next deadline back in the timer queue.
+    pub fn rearm(&mut self, account: &AccountId, id: &ConversationId) {
+        if let Some(deadline) = self.conversation(account, id).and_then(Conversation::next_deadline) {
+            self.timers.push(Reverse((deadline, account.clone(), id.clone())));
         }
     }
 

@@ -12,6 +12,7 @@
 //! else appended meanwhile, the append fails with [`StoreError::Conflict`] and
 //! nothing is written: reload, decide again.
 
+pub mod bus;
 pub mod jetstream;
 pub mod launcher;
 pub mod memory;

@@ -1,0 +1,134 @@
+//! Command intake: JSON commands as NATS requests on
+//! `<prefix>.<account>.cmd.<type>`, each answered with the outcome.
+//!
+//! A request is `{"id": …, "actor": …, "command": {"type": …, …}}` (the
+//! account comes from the subject, so a tenant cannot write into another).
+//! The reply is one JSON object whose `outcome` is `committed` (with the log
+//! sequence and the events), `nothing`, `duplicate`, `rejected` (a broken
+//! rule: `code` and `reason`) or `error` (a request that is not a command:
+//! `code` `too_large`, `malformed_json`, `invalid` with the `field`,
+//! `unknown_command`; or `unavailable`). A bad request never stops the engine.
+
+use serde_json::{Value, json};
+
+use convo_domain::{AccountId, Actor, Command, CommandEnvelope, CommandId};
+
+use crate::runtime::Outcome;
+
+/// The largest command request accepted, in bytes.
+pub const COMMAND_BYTES_MAX: usize = 64 * 1024;
+
+/// Why a request is not a command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IntakeError {
+    #[error("the request is {bytes} bytes; at most {COMMAND_BYTES_MAX}")]
+    TooLarge { bytes: usize },
+    #[error("not JSON: {0}")]
+    MalformedJson(String),
+    #[error("field `{field}`: {message}")]
+    Invalid { field: String, message: String },
+    #[error("unknown command type `{0}`")]
+    UnknownCommand(String),
+}
+
+impl IntakeError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            IntakeError::TooLarge { .. } => "too_large",
+            IntakeError::MalformedJson(_) => "malformed_json",
+            IntakeError::Invalid { .. } => "invalid",
+            IntakeError::UnknownCommand(_) => "unknown_command",
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut reply = json!({"outcome": "error", "code": self.code(), "message": self.to_string()});
+        if let IntakeError::Invalid { field, .. } = self {
+            reply["field"] = Value::String(field.clone());
+        }
+        reply
+    }
+}
+
+const KEYS: [&str; 3] = ["id", "actor", "command"];
+
+/// Parses a request into a command of `account`.
+pub fn parse_request(account: &str, payload: &[u8]) -> Result<CommandEnvelope, IntakeError> {
+    if payload.len() > COMMAND_BYTES_MAX {
+        return Err(IntakeError::TooLarge { bytes: payload.len() });
+    }
+    let invalid = |field: &str, message: String| IntakeError::Invalid { field: field.into(), message };
+    let account = AccountId::new(account).map_err(|e| invalid("account (subject)", e.to_string()))?;
+    let value: Value = serde_json::from_slice(payload).map_err(|e| IntakeError::MalformedJson(e.to_string()))?;
+    let Value::Object(mut map) = value else {
+        return Err(invalid("", "a request is a JSON object with id, actor and command".into()));
+    };
+    if let Some(key) = map.keys().find(|k| !KEYS.contains(&k.as_str())) {
+        return Err(invalid(key, format!("unknown key; a request has {}", KEYS.join(", "))));
+    }
+    let id = match map.remove("id") {
+        Some(Value::String(s)) => CommandId::new(&s).map_err(|e| invalid("id", e.to_string()))?,
+        _ => return Err(invalid("id", "every command carries its id (a string), so a retry is recognised".into())),
+    };
+    let actor: Actor = match map.remove("actor") {
+        Some(v) => serde_json::from_value(v).map_err(|e| invalid("actor", e.to_string()))?,
+        None => return Err(invalid("actor", "say who acts: {\"user\":{…}}, {\"contact\":…} or {\"system\":…}".into())),
+    };
+    let command = map.remove("command").ok_or_else(|| invalid("command", "missing".into()))?;
+    let command = Command::from_json(command).map_err(|e| {
+        if e.path == "type" && e.message.starts_with("unknown variant") {
+            let name = e.message.split('`').nth(1).unwrap_or("?").to_owned();
+            IntakeError::UnknownCommand(name)
+        } else {
+            invalid(format!("command.{}", e.path).trim_end_matches('.'), e.message)
+        }
+    })?;
+    Ok(CommandEnvelope { id, account, actor, command })
+}
+
+/// The reply to a command that was executed.
+pub fn reply(outcome: &Outcome) -> Value {
+    match outcome {
+        Outcome::Committed { log_seq, commit } => {
+            json!({"outcome": "committed", "log_seq": log_seq, "events": commit.json_lines()})
+        }
+        Outcome::Nothing => json!({"outcome": "nothing"}),
+        Outcome::Duplicate { first_seq, last_seq } => {
+            json!({"outcome": "duplicate", "first_seq": first_seq, "last_seq": last_seq})
+        }
+        Outcome::Refused(crate::Refusal::Rejected(r)) => {
+            json!({"outcome": "rejected", "code": r.code(), "reason": r.to_string()})
+        }
+        Outcome::Refused(other) => json!({"outcome": "rejected", "code": "unrecordable", "reason": other.to_string()}),
+    }
+}
+
+/// The reply when the engine could not execute the command (the store is down).
+pub fn unavailable(message: &str) -> Value {
+    json!({"outcome": "error", "code": "unavailable", "message": message})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_parsed_or_refused_with_a_code() {
+        let ok = br#"{"id":"m1","actor":{"contact":"p1"},"command":{"type":"receive_message","conversation":"c1","contact":"p1","channel":"wa","text":"hola"}}"#;
+        assert_eq!(parse_request("acme", ok).unwrap().command.type_name(), "receive_message");
+        assert_eq!(parse_request("acme", b"{not json").unwrap_err().code(), "malformed_json");
+        assert_eq!(
+            parse_request("acme", br#"{"id":"m1","actor":{"system":"x"},"command":{"type":"launch_rocket"}}"#)
+                .unwrap_err(),
+            IntakeError::UnknownCommand("launch_rocket".into())
+        );
+        let e = parse_request(
+            "acme",
+            br#"{"id":"m1","actor":{"system":"x"},"command":{"type":"tick","conversation":"a b"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!((e.code(), e.to_json()["field"].as_str()), ("invalid", Some("command.conversation")));
+        assert_eq!(parse_request("acme", br#"{"actor":{"system":"x"},"command":{}}"#).unwrap_err().code(), "invalid");
+        assert_eq!(parse_request("acme", &vec![b' '; COMMAND_BYTES_MAX + 1]).unwrap_err().code(), "too_large");
+    }
+}

@@ -1,0 +1,193 @@
+//! The engine on an event store: the deterministic [`World`] with every
+//! decision made durable before it is applied.
+//!
+//! [`Engine::execute`] decides a command, appends the commit with the
+//! aggregate's expected last sequence, and applies it once acknowledged. When
+//! another writer got there first (a conflict), the engine reads the commits
+//! it had not seen, applies them, and decides again, at most
+//! [`CONFLICT_RETRIES_MAX`] times. After a restart, [`Engine::recover`] reads
+//! the whole log back, which also rebuilds the timer queue of every open
+//! conversation. Commands are executed one after another (appends are not yet
+//! pipelined across conversations).
+
+use futures::StreamExt;
+
+use convo_domain::{AccountId, CommandEnvelope, Timestamp};
+use convo_store::{EventStore, StoreError};
+use convo_wire::{Commit, StreamRef};
+
+use crate::core::{ASSIGNMENTS_PER_STEP_MAX, Decided, Refusal, World};
+
+/// How many times a command is decided again after losing a race to append.
+pub const CONFLICT_RETRIES_MAX: u32 = 5;
+
+/// What came of one command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Appended at `log_seq`.
+    Committed { log_seq: u64, commit: Commit },
+    /// Valid, but nothing to record.
+    Nothing,
+    /// A repeated command id: its original events.
+    Duplicate { first_seq: u64, last_seq: u64 },
+    /// A broken rule (nothing recorded).
+    Refused(Refusal),
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("still conflicting after {CONFLICT_RETRIES_MAX} retries on {0}")]
+    Contention(String),
+}
+
+/// The engine over a store `S`.
+#[derive(Debug)]
+pub struct Engine<S> {
+    world: World,
+    store: S,
+    /// The newest log sequence applied.
+    applied: u64,
+}
+
+impl<S: EventStore> Engine<S> {
+    /// Starts from the log: every commit is applied in order.
+    pub async fn recover(store: S) -> Result<Self, EngineError> {
+        let mut engine = Self { world: World::new(), store, applied: 0 };
+        engine.catch_up().await?;
+        Ok(engine)
+    }
+
+    pub fn world(&self) -> &World {
+        &self.world
+    }
+
+    pub fn world_mut(&mut self) -> &mut World {
+        &mut self.world
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The newest log sequence applied.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// Applies every commit of the log this engine has not seen yet.
+    pub async fn catch_up(&mut self) -> Result<u64, EngineError> {
+        let last = self.store.last_seq().await?;
+        if last <= self.applied {
+            return Ok(0);
+        }
+        let mut follow = self.store.subscribe(self.applied + 1).await?;
+        let mut count = 0;
+        while self.applied < last {
+            let Some(stored) = follow.next().await else { break };
+            let stored = stored?;
+            if stored.stream_seq > self.applied {
+                self.world.apply_commit(&stored.commit, stored.stream_seq);
+                self.applied = stored.stream_seq;
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
+    /// Applies the commits of one aggregate that came after what this engine knows.
+    async fn refresh(&mut self, account: &AccountId, stream: &StreamRef) -> Result<(), EngineError> {
+        let known = self.world.expected(account, stream);
+        for stored in self.store.load(account, stream).await? {
+            if stored.stream_seq > known {
+                self.world.apply_commit(&stored.commit, stored.stream_seq);
+                self.applied = self.applied.max(stored.stream_seq);
+            }
+        }
+        Ok(())
+    }
+
+    /// Decides, appends and applies one command at `now`.
+    pub async fn execute(&mut self, envelope: &CommandEnvelope, now: Timestamp) -> Result<Outcome, EngineError> {
+        for _ in 0..=CONFLICT_RETRIES_MAX {
+            let commit = match self.world.decide(envelope, now) {
+                Ok(Decided::Commit(commit)) => commit,
+                Ok(Decided::Nothing) => return Ok(Outcome::Nothing),
+                Ok(Decided::Duplicate { first_seq, last_seq }) => {
+                    return Ok(Outcome::Duplicate { first_seq, last_seq });
+                }
+                Err(refusal) => return Ok(Outcome::Refused(refusal)),
+            };
+            let expected = self.world.expected(&commit.account, &commit.stream);
+            match self.store.append(&commit, expected).await {
+                Ok(log_seq) => {
+                    self.world.apply_commit(&commit, log_seq);
+                    self.applied = self.applied.max(log_seq);
+                    return Ok(Outcome::Committed { log_seq, commit });
+                }
+                Err(StoreError::Conflict { .. }) => self.refresh(&commit.account, &commit.stream).await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(EngineError::Contention(format!("{} {}", envelope.account, envelope.command.type_name())))
+    }
+
+    /// Fires every timer due at or before `now`, each at its own deadline
+    /// (virtual time) or at `now` (wall clock, `at_deadline` false).
+    pub async fn fire_due(&mut self, now: Timestamp, at_deadline: bool) -> Result<Vec<Outcome>, EngineError> {
+        let mut out = Vec::new();
+        while let Some(deadline) = self.world.next_timer().filter(|d| *d <= now) {
+            let Some((tick, _)) = self.world.next_tick() else { break };
+            let at = if at_deadline { deadline } else { now };
+            match self.execute(&tick, at).await {
+                Ok(outcome) => out.push(outcome),
+                Err(e) => {
+                    // The timer is still due: put it back before reporting.
+                    if let convo_domain::Command::Tick(t) = &tick.command {
+                        self.world.rearm(&tick.account, &t.conversation);
+                    }
+                    return Err(e);
+                }
+            }
+            out.extend(self.route(at).await?);
+        }
+        Ok(out)
+    }
+
+    /// Lets routing assign queued conversations to available agents.
+    pub async fn route(&mut self, now: Timestamp) -> Result<Vec<Outcome>, EngineError> {
+        let mut out = Vec::new();
+        for _ in 0..ASSIGNMENTS_PER_STEP_MAX {
+            let Some(assign) = self.world.next_assignment() else { break };
+            let outcome = self.execute(&assign, now).await?;
+            let committed = matches!(outcome, Outcome::Committed { .. });
+            out.push(outcome);
+            if !committed {
+                break; // the floor and the aggregate disagree: stop rather than loop
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs timed inputs in virtual time, exactly as the simulator orders
+    /// them: due timers first (an input wins a tie), then the input, then
+    /// routing; after the last input, timers until nothing is due.
+    pub async fn replay(
+        &mut self,
+        inputs: impl IntoIterator<Item = (CommandEnvelope, Timestamp)>,
+    ) -> Result<Vec<Outcome>, EngineError> {
+        let mut out = Vec::new();
+        for (envelope, at) in inputs {
+            while let Some(deadline) = self.world.next_timer().filter(|d| *d < at) {
+                out.extend(self.fire_due(deadline, true).await?);
+            }
+            out.push(self.execute(&envelope, at).await?);
+            out.extend(self.route(at).await?);
+        }
+        while let Some(deadline) = self.world.next_timer() {
+            out.extend(self.fire_due(deadline, true).await?);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,215 @@
+//! The engine against a real nats-server started for each test.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use convo_domain::conversation::Status;
+use convo_domain::{AccountId, CommandEnvelope, ConversationId, Timestamp};
+use convo_engine::clock::ManualClock;
+use convo_engine::{Engine, Outcome};
+use convo_sim::{Record, Scripted, scenario};
+use convo_store::launcher::{LaunchOptions, NatsServer};
+use convo_store::{EventStore, JetStreamStore, StoreConfig};
+use futures::StreamExt;
+
+struct Broker {
+    server: NatsServer,
+    _dir: tempfile::TempDir,
+}
+
+fn broker() -> Broker {
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::start(&LaunchOptions { data_dir: dir.path().to_path_buf(), sync_always: false })
+        .unwrap_or_else(|e| panic!("{e}"));
+    Broker { server, _dir: dir }
+}
+
+async fn store(broker: &Broker, name: &str) -> JetStreamStore {
+    let config = StoreConfig { prefix: format!("t{name}"), stream: format!("T{name}"), ..StoreConfig::default() };
+    JetStreamStore::connect(&broker.server.url(), config).await.unwrap()
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../replay-fixtures")
+}
+
+fn inputs(name: &str) -> Vec<(CommandEnvelope, Timestamp)> {
+    let text = std::fs::read_to_string(fixtures().join(name).join("input.jsonl")).unwrap();
+    scenario::parse(&text).unwrap().into_iter().map(|i| (i.envelope, i.at)).collect()
+}
+
+/// The simulator's event lines for a fixture.
+fn simulated(name: &str) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(fixtures().join(name).join("input.jsonl")).unwrap();
+    let mut out = Vec::new();
+    convo_sim::run(&mut Scripted::new(scenario::parse(&text).unwrap()), None, |step| {
+        for r in step.records {
+            if matches!(r, Record::Config { .. } | Record::Agent { .. } | Record::Conversation { .. }) {
+                out.push(convo_sim::output::to_value(r));
+            }
+        }
+    });
+    out
+}
+
+/// Every event in the log, read back from JetStream, as JSON lines.
+async fn logged(store: &JetStreamStore) -> Vec<serde_json::Value> {
+    let last = store.last_seq().await.unwrap();
+    let mut follow = store.subscribe(1).await.unwrap();
+    let mut out = Vec::new();
+    let mut seen = 0;
+    while seen < last {
+        let stored = tokio::time::timeout(Duration::from_secs(10), follow.next()).await.unwrap().unwrap().unwrap();
+        seen = stored.stream_seq;
+        out.extend(stored.commit.json_lines());
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_fixture_gives_the_same_events_through_the_engine_and_nats_as_through_the_simulator() {
+    let broker = broker();
+    let mut names: Vec<String> = std::fs::read_dir(fixtures())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("input.jsonl").is_file())
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert!(names.len() >= 15);
+    for (n, name) in names.iter().enumerate() {
+        let store = store(&broker, &n.to_string()).await;
+        let mut engine = Engine::recover(store).await.unwrap();
+        engine.replay(inputs(name)).await.unwrap();
+        let through_nats = logged(engine.store()).await;
+        let expected = simulated(name);
+        assert_eq!(through_nats.len(), expected.len(), "{name}: event count");
+        for (a, b) in through_nats.iter().zip(&expected) {
+            assert_eq!(a, b, "{name}: first difference");
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_engines_on_one_conversation_leave_no_fork() {
+    let broker = broker();
+    let fixture = inputs("sla-worked-example");
+    // Engine A configures the account and opens the conversation.
+    let split = fixture.iter().position(|(e, _)| e.command.type_name() == "receive_message").unwrap();
+    let mut a = Engine::recover(store(&broker, "fork").await).await.unwrap();
+    a.replay(fixture[..=split].to_vec()).await.unwrap();
+    // Engine B starts from the same log, then A moves on without B knowing.
+    let mut b = Engine::recover(store(&broker, "fork").await).await.unwrap();
+    let (reply, at) = fixture[split + 1].clone();
+    assert!(matches!(a.execute(&reply, at).await.unwrap(), Outcome::Committed { .. }));
+    // B decides the next command from its stale state: it loses the race,
+    // reads what it missed, decides again and commits after A's commit.
+    let (next, at2) = fixture[split + 2].clone();
+    let Outcome::Committed { commit, .. } = b.execute(&next, at2).await.unwrap() else {
+        panic!("B commits after catching up")
+    };
+    let account = AccountId::new("default").unwrap();
+    let conversation = ConversationId::new("c1").unwrap();
+    let loaded = b.store().load(&account, &convo_wire::StreamRef::Conversation(conversation.clone())).await.unwrap();
+    let mut expected_seq = 1;
+    for stored in &loaded {
+        for event in &stored.commit.events {
+            assert_eq!(event.seq, expected_seq, "one history, no fork");
+            expected_seq += 1;
+        }
+    }
+    assert_eq!(commit.last_seq(), expected_seq - 1);
+    // And the same command again is a duplicate, on either engine once caught up.
+    assert!(matches!(b.execute(&next, at2).await.unwrap(), Outcome::Duplicate { .. }));
+    a.catch_up().await.unwrap();
+    assert!(matches!(a.execute(&next, at2).await.unwrap(), Outcome::Duplicate { .. }));
+}
+
+#[tokio::test]
+async fn after_a_restart_the_state_and_pending_timers_come_back_from_the_log() {
+    let broker = broker();
+    let fixture = inputs("inactivity-two-attempts");
+    let mut first = Engine::recover(store(&broker, "restart").await).await.unwrap();
+    // Everything up to the agent's message; the warnings are still pending.
+    for (envelope, at) in &fixture {
+        first.execute(envelope, *at).await.unwrap();
+        first.route(*at).await.unwrap();
+    }
+    let account = AccountId::new("default").unwrap();
+    let c1 = ConversationId::new("c1").unwrap();
+    let before = first.world().conversation(&account, &c1).cloned().unwrap();
+    let deadline = before.next_deadline().expect("a warning is pending");
+    drop(first);
+    let mut second = Engine::recover(store(&broker, "restart").await).await.unwrap();
+    assert_eq!(second.world().conversation(&account, &c1), Some(&before));
+    assert_eq!(second.world_mut().next_timer(), Some(deadline), "the timer queue is rebuilt");
+    // The closure (3 × 300 s after the agent's message) still happens.
+    let later = deadline.plus_secs(3_600);
+    second.fire_due(later, true).await.unwrap();
+    assert_eq!(second.world().conversation(&account, &c1).unwrap().status, Status::Closed);
+}
+
+async fn request(url: &str, subject: &str, body: &[u8]) -> serde_json::Value {
+    let reply = convo_store::bus::request(url, subject, body.to_vec()).await.unwrap();
+    serde_json::from_slice(&reply).unwrap()
+}
+
+#[tokio::test]
+async fn intake_answers_bad_requests_with_typed_errors_and_keeps_serving() {
+    let broker = broker();
+    let url = broker.server.url();
+    let store = store(&broker, "intake").await;
+    let client = store.client().clone();
+    let mut engine = Engine::recover(store).await.unwrap();
+    // Configure the account through the engine directly.
+    let setup: Vec<_> = inputs("sla-worked-example")
+        .into_iter()
+        .filter(|(e, _)| {
+            e.command.type_name() != "receive_message"
+                && e.command.type_name() != "send_message"
+                && e.command.type_name() != "close"
+        })
+        .collect();
+    engine.replay(setup).await.unwrap();
+    let mut bus = convo_store::bus::CommandBus::subscribe(client, "tintake").await.unwrap();
+    let clock = ManualClock::at(Timestamp::parse_rfc3339("2026-03-02T14:00:00Z").unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let stats = convo_engine::serve::serve(&mut engine, &mut bus, &clock, async {
+            let _ = stopped.await;
+        })
+        .await;
+        (stats, engine)
+    });
+    let subject = "tintake.default.cmd.receive_message";
+    let open = br#"{"id":"m-1","actor":{"contact":"573001112233"},"command":{"type":"receive_message","conversation":"c1","contact":"573001112233","channel":"wa","text":"Hola"}}"#;
+    let cases: Vec<(Vec<u8>, &str, &str)> = vec![
+        (b"{not json".to_vec(), "error", "malformed_json"),
+        (br#"{"id":"x","actor":{"system":"crm"},"command":{"type":"launch_rocket"}}"#.to_vec(), "error", "unknown_command"),
+        (br#"{"id":"x","actor":{"system":"crm"},"command":{"type":"close","conversation":"ghost","typification":"venta"}}"#.to_vec(), "rejected", "unknown_conversation"),
+        (vec![b' '; convo_engine::intake::COMMAND_BYTES_MAX + 1], "error", "too_large"),
+        (br#"{"id":"x","actor":{"system":"crm"},"command":{"type":"tick","conversation":"no way"}}"#.to_vec(), "error", "invalid"),
+    ];
+    for (body, outcome, code) in &cases {
+        let reply = request(&url, subject, body).await;
+        assert_eq!((reply["outcome"].as_str(), reply["code"].as_str()), (Some(*outcome), Some(*code)), "{reply}");
+    }
+    // Still serving: a valid command commits, and its repeat is one commit.
+    let reply = request(&url, subject, open).await;
+    assert_eq!(reply["outcome"], "committed", "{reply}");
+    assert_eq!(reply["events"][0]["type"], "conversation_opened");
+    let again = request(&url, subject, open).await;
+    assert_eq!(again["outcome"], "duplicate", "{again}");
+    stop.send(()).unwrap();
+    let (stats, engine) = server.await.unwrap();
+    assert_eq!(stats.requests, cases.len() as u64 + 2);
+    let opened = engine
+        .store()
+        .load(
+            &AccountId::new("default").unwrap(),
+            &convo_wire::StreamRef::Conversation(ConversationId::new("c1").unwrap()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(opened.len(), 2, "the opening commit and routing's assignment, once");
+}
