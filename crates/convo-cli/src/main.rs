@@ -1,7 +1,9 @@
 //! `convo`: the command line of the convo engine.
 //!
-//! Today it runs the deterministic simulator (`convo simulate`); the engine's
-//! commands (`serve`, `send`, `tail`, `replay-traffic`) arrive with it.
+//! `simulate` runs the deterministic simulator; `serve`, `send`, `tail` and
+//! `replay-traffic` run and talk to the engine on NATS JetStream.
+
+mod engine_cmds;
 
 use std::io::{BufWriter, Read, Write};
 use std::path::PathBuf;
@@ -37,6 +39,14 @@ Output: one JSON object per line (an event, a rejected command, or a repeated
 command), in the order they happened. The same input gives the same bytes.
 The scenario format is documented in replay-fixtures/README.md.")]
     Simulate(SimulateArgs),
+    /// Run the engine: the embedded default (a local nats-server it starts) or --nats-url.
+    Serve(engine_cmds::ServeArgs),
+    /// Send one JSON command to the engine and print the outcome.
+    Send(engine_cmds::SendArgs),
+    /// Follow the events as JSON lines, filtered by account, conversation or kind.
+    Tail(engine_cmds::TailArgs),
+    /// Push a scenario through the real engine and NATS, in virtual time.
+    ReplayTraffic(engine_cmds::ReplayArgs),
 }
 
 #[derive(Args, Debug)]
@@ -75,6 +85,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Simulate(args) => simulate(args),
+        other => runtime().and_then(|rt| {
+            rt.block_on(async {
+                match other {
+                    Cmd::Serve(args) => engine_cmds::serve(args).await.map(|()| ExitCode::SUCCESS),
+                    Cmd::Send(args) => engine_cmds::send(args).await,
+                    Cmd::Tail(args) => engine_cmds::tail(args).await.map(|()| ExitCode::SUCCESS),
+                    Cmd::ReplayTraffic(args) => engine_cmds::replay_traffic(args).await.map(|()| ExitCode::SUCCESS),
+                    Cmd::Simulate(_) => unreachable!("handled above"),
+                }
+            })
+        }),
     };
     match result {
         Ok(code) => code,
@@ -83,6 +104,10 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
 fn simulate(args: SimulateArgs) -> Result<ExitCode> {

@@ -61,13 +61,15 @@ impl NatsServer {
         if let Some(path) = std::env::var_os("CONVO_NATS_SERVER").map(PathBuf::from).filter(|p| p.is_file()) {
             return Ok(path);
         }
-        let mut dir = std::env::current_dir().ok();
-        while let Some(d) = dir {
-            let candidate = d.join(".tools/nats/bin/nats-server");
-            if candidate.is_file() {
-                return Ok(candidate);
+        let starts = [
+            std::env::current_dir().ok(),
+            std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)),
+        ];
+        for start in starts.into_iter().flatten() {
+            if let Some(found) = start.ancestors().map(|d| d.join(".tools/nats/bin/nats-server")).find(|p| p.is_file())
+            {
+                return Ok(found);
             }
-            dir = d.parent().map(Path::to_path_buf);
         }
         std::env::var_os("PATH")
             .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("nats-server")).find(|p| p.is_file()))

@@ -1,5 +1,7 @@
 //! The `convo` binary as a user runs it.
 
+mod crash;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

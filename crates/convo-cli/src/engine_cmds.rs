@@ -1,0 +1,312 @@
+//! The engine's commands: `serve`, `send`, `tail`, `replay-traffic`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+use futures::StreamExt;
+
+use convo_engine::Engine;
+use convo_engine::clock::WallClock;
+use convo_sim::summary::Summary;
+use convo_sim::{Record, scenario};
+use convo_store::launcher::{LaunchOptions, NatsServer};
+use convo_store::{EventStore, JetStreamStore, StoreConfig};
+
+/// Where `serve` leaves the URL of its embedded server, for `send` and `tail`.
+const URL_FILE: &str = "nats.url";
+
+#[derive(Args, Debug)]
+pub struct Connection {
+    /// The NATS server or cluster to use (default: the one `convo serve` started under --data-dir).
+    #[arg(long, env = "CONVO_NATS_URL")]
+    nats_url: Option<String>,
+    /// The data directory of the embedded default.
+    #[arg(long, default_value = ".data")]
+    data_dir: PathBuf,
+    /// The first token of every subject.
+    #[arg(long, default_value = convo_wire::DEFAULT_PREFIX)]
+    prefix: String,
+}
+
+impl Connection {
+    fn url(&self) -> Result<String> {
+        if let Some(url) = &self.nats_url {
+            return Ok(url.clone());
+        }
+        let file = self.data_dir.join(URL_FILE);
+        let url = std::fs::read_to_string(&file).with_context(|| {
+            format!(
+                "no --nats-url, and no running `convo serve` under {} ({} is missing)",
+                self.data_dir.display(),
+                file.display()
+            )
+        })?;
+        Ok(url.trim().to_owned())
+    }
+
+    fn store_config(&self) -> StoreConfig {
+        StoreConfig { prefix: self.prefix.clone(), ..StoreConfig::default() }
+    }
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Examples:
+  convo serve                              # embedded default: starts nats-server, data under .data/
+  convo serve --nats-url nats://10.0.0.5:4222
+  convo serve --sync-always                # fsync every append (durable, slower)
+
+Commands arrive as NATS requests on <prefix>.<account>.cmd.<type> (see `convo send`);
+events are published on <prefix>.<account>.conv.<id>.<kind> (see `convo tail`).")]
+pub struct ServeArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// With the embedded server: `sync_interval: always` (fsync every append).
+    #[arg(long)]
+    sync_always: bool,
+}
+
+pub async fn serve(args: ServeArgs) -> Result<()> {
+    let c = &args.connection;
+    let mut embedded = None;
+    let url = match &c.nats_url {
+        Some(url) => url.clone(),
+        None => {
+            let dir = c.data_dir.join("nats");
+            let server = NatsServer::start(&LaunchOptions { data_dir: dir.clone(), sync_always: args.sync_always })?;
+            let url = server.url();
+            eprintln!(
+                "convo: started {} on {url}; JetStream data in {}",
+                server.binary.display(),
+                dir.join("jetstream").display()
+            );
+            std::fs::write(c.data_dir.join(URL_FILE), &url)?;
+            embedded = Some(server);
+            url
+        }
+    };
+    let store = JetStreamStore::connect(&url, c.store_config()).await?;
+    eprintln!("convo: connected to nats-server {} at {url}", store.server_version());
+    let client = store.client().clone();
+    let mut engine = Engine::recover(store).await?;
+    eprintln!(
+        "convo: recovered {} commits; {} conversations open; serving commands on {}.<account>.cmd.>",
+        engine.applied(),
+        engine.world().open_conversations(),
+        c.prefix
+    );
+    let mut bus = convo_store::bus::CommandBus::subscribe(client, &c.prefix).await?;
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("convo: stopping after the command in hand");
+    };
+    let stats = convo_engine::serve::serve(&mut engine, &mut bus, &WallClock, shutdown).await;
+    eprintln!("convo: served {} requests ({} store errors)", stats.requests, stats.store_errors);
+    if embedded.is_some() {
+        let _ = std::fs::remove_file(c.data_dir.join(URL_FILE));
+    }
+    drop(embedded);
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = r#"Examples:
+  convo send --account acme '{"id":"m-1","actor":{"contact":"573001112233"},"command":{"type":"receive_message","conversation":"c1","contact":"573001112233","channel":"wa","text":"Hola"}}'
+  echo '{"id":"c-9","actor":{"user":{"id":"ana","ip":"10.0.0.11"}},"command":{"type":"close","conversation":"c1","typification":"venta"}}' | convo send --account acme -
+
+Prints the engine's reply: outcome committed (with the events), nothing,
+duplicate, rejected (the broken rule) or error. Exit code 0, 1 when rejected,
+2 on an error."#)]
+pub struct SendArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// The account (tenant) the command belongs to.
+    #[arg(long)]
+    account: String,
+    /// The request: {"id", "actor", "command"} as JSON (`-` reads standard input).
+    request: String,
+}
+
+pub async fn send(args: SendArgs) -> Result<std::process::ExitCode> {
+    let body = if args.request == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+        text
+    } else {
+        args.request.clone()
+    };
+    let kind = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["command"]["type"].as_str().map(str::to_owned))
+        .filter(|t| t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or_else(|| "unknown".into());
+    let subject = format!("{}.{}.cmd.{kind}", args.connection.prefix, args.account);
+    let reply = convo_store::bus::request(&args.connection.url()?, &subject, body.into_bytes()).await?;
+    let value: serde_json::Value = serde_json::from_slice(&reply).context("the engine's reply is not JSON")?;
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    Ok(match value["outcome"].as_str() {
+        Some("committed" | "nothing" | "duplicate") => std::process::ExitCode::SUCCESS,
+        Some("rejected") => std::process::ExitCode::from(1),
+        _ => std::process::ExitCode::from(2),
+    })
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Examples:
+  convo tail                                   # every event from now on... and from the start
+  convo tail --account acme --kind closed      # closures of one account
+  convo tail --conversation c1 --no-follow     # one conversation's history, then stop
+
+One JSON object per event, as `convo simulate` prints them.")]
+pub struct TailArgs {
+    #[command(flatten)]
+    connection: Connection,
+    #[arg(long)]
+    account: Option<String>,
+    #[arg(long)]
+    conversation: Option<String>,
+    /// A commit kind: opened, message, assigned, transferred, closed, timer, field, label, survey, state…
+    #[arg(long)]
+    kind: Option<String>,
+    /// Start at this log sequence (1: the beginning).
+    #[arg(long, default_value_t = 1)]
+    from: u64,
+    /// Stop at the current end of the log instead of following it.
+    #[arg(long)]
+    no_follow: bool,
+}
+
+pub async fn tail(args: TailArgs) -> Result<()> {
+    let store = JetStreamStore::connect(&args.connection.url()?, args.connection.store_config()).await?;
+    let last = store.last_seq().await?;
+    if args.no_follow && last < args.from {
+        return Ok(());
+    }
+    let mut follow = store.subscribe(args.from).await?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    while let Some(stored) = follow.next().await {
+        let stored = match stored {
+            Ok(s) => s,
+            Err(convo_store::StoreError::Decode { seq, error }) => {
+                eprintln!("convo: skipping message {seq}: {error}");
+                continue;
+            }
+            Err(e) => bail!(e),
+        };
+        let c = &stored.commit;
+        let wanted = args.account.as_deref().is_none_or(|a| c.account.as_str() == a)
+            && args.kind.as_deref().is_none_or(|k| c.kind() == k)
+            && args
+                .conversation
+                .as_deref()
+                .is_none_or(|id| matches!(&c.stream, convo_wire::StreamRef::Conversation(x) if x.as_str() == id));
+        if wanted {
+            for line in c.json_lines() {
+                writeln!(out, "{line}")?;
+            }
+            if !args.no_follow {
+                out.flush()?;
+            }
+        }
+        if args.no_follow && stored.stream_seq >= last {
+            break;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Examples:
+  convo replay-traffic replay-fixtures/day-of-traffic/input.jsonl --summary
+  convo replay-traffic scenario.jsonl --nats-url nats://127.0.0.1:4222 --prefix replay1
+
+Runs the scenario through the real engine and NATS, firing timers in virtual
+time, and prints the events as read back from the stream: the same events as
+`convo simulate` (which also prints refusals). Without --nats-url it starts a
+fresh embedded server in a temporary directory (or under --keep-data-dir).")]
+pub struct ReplayArgs {
+    /// The scenario file.
+    scenario: PathBuf,
+    #[arg(long, env = "CONVO_NATS_URL")]
+    nats_url: Option<String>,
+    /// The subject prefix (use a fresh one per replay on a shared server).
+    #[arg(long, default_value = "replay")]
+    prefix: String,
+    /// Keep the embedded server's data here instead of a temporary directory.
+    #[arg(long)]
+    keep_data_dir: Option<PathBuf>,
+    /// Print a readable summary after the events.
+    #[arg(long)]
+    summary: bool,
+    /// Do not print the events.
+    #[arg(long)]
+    no_events: bool,
+}
+
+pub async fn replay_traffic(args: ReplayArgs) -> Result<()> {
+    let text =
+        std::fs::read_to_string(&args.scenario).with_context(|| format!("reading {}", args.scenario.display()))?;
+    let inputs = scenario::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.scenario.display()))?;
+    let temp;
+    let mut embedded = None;
+    let url = match &args.nats_url {
+        Some(url) => url.clone(),
+        None => {
+            let dir: &Path = match &args.keep_data_dir {
+                Some(dir) => dir,
+                None => {
+                    temp = tempfile::tempdir()?;
+                    temp.path()
+                }
+            };
+            let server = NatsServer::start(&LaunchOptions { data_dir: dir.to_path_buf(), sync_always: false })?;
+            eprintln!("convo: replaying through {} on {}", server.binary.display(), server.url());
+            let url = server.url();
+            embedded = Some(server);
+            url
+        }
+    };
+    let stream = format!("{}_STREAM", args.prefix.to_uppercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
+    let config = StoreConfig { prefix: args.prefix.clone(), stream, ..StoreConfig::default() };
+    let store = JetStreamStore::connect(&url, config).await?;
+    if store.last_seq().await? > 0 {
+        bail!("the stream under prefix {:?} already holds commits; replay into a fresh prefix", args.prefix);
+    }
+    let mut engine = Engine::recover(store).await?;
+    let started = std::time::Instant::now();
+    engine.replay(inputs.into_iter().map(|i| (i.envelope, i.at))).await?;
+    let elapsed = started.elapsed();
+    let last = engine.store().last_seq().await?;
+    let mut follow = engine.store().subscribe(1).await?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut summary = Summary::default();
+    let mut seen = 0;
+    while seen < last {
+        let Some(stored) = follow.next().await else { break };
+        let stored = stored?;
+        seen = stored.stream_seq;
+        summary.observe(&Record::of_commit(&stored.commit));
+        if !args.no_events {
+            for line in stored.commit.json_lines() {
+                writeln!(out, "{line}")?;
+            }
+        }
+    }
+    if args.summary {
+        if !args.no_events {
+            writeln!(out)?;
+        }
+        write!(out, "{summary}")?;
+        writeln!(out, "through NATS          {last} commits appended and read back in {:.1} s", elapsed.as_secs_f64())?;
+    }
+    out.flush()?;
+    drop(embedded);
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! `convo serve` killed with SIGKILL in the middle of a stream of commands,
+//! then restarted: every acknowledged command is in the log exactly once, and
+//! a pending inactivity closure still fires.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use convo_store::launcher::{LaunchOptions, NatsServer};
+use convo_store::{EventStore, JetStreamStore, StoreConfig};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+const PREFIX: &str = "crash";
+
+/// A `convo serve` process, killed (SIGKILL) and reaped when dropped, so a
+/// failing test leaves no engine behind.
+struct Served(Child);
+
+impl Served {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn serve(url: &str) -> Served {
+    let child = Command::new(env!("CARGO_BIN_EXE_convo"))
+        .args(["serve", "--nats-url", url, "--prefix", PREFIX])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("convo serve starts");
+    Served(child)
+}
+
+async fn send(url: &str, id: &str, actor: Value, command: Value) -> Option<Value> {
+    let body = json!({"id": id, "actor": actor, "command": command}).to_string();
+    let subject = format!("{PREFIX}.acme.cmd.{}", command["type"].as_str().unwrap());
+    let client = async_nats::connect(url).await.ok()?;
+    let reply = tokio::time::timeout(Duration::from_secs(3), client.request(subject, body.into())).await.ok()?.ok()?;
+    serde_json::from_slice(&reply.payload).ok()
+}
+
+/// Sends until the engine answers (it may still be starting).
+async fn send_retrying(url: &str, id: &str, actor: Value, command: Value) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(reply) = send(url, id, actor.clone(), command.clone()).await {
+            return reply;
+        }
+        assert!(Instant::now() < deadline, "the engine never answered {id}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn setup() -> Vec<Value> {
+    vec![
+        json!({"type":"configure_account","name":"Acme","typifications":[{"id":"venta","name":"Venta"},{"id":"inactividad","name":"I"},{"id":"transferencia","name":"T"}]}),
+        json!({"type":"define_client","id":"acme","name":"Acme","code":"1","sla_optimal_secs":60,"sla_low_secs":180,"max_inactivity_secs":2,"inactivity_attempts":0}),
+        json!({"type":"define_project","id":"p","client":"acme","name":"P"}),
+        json!({"type":"define_schedule","id":"always","name":"24/7","time_zone":"UTC","week":{"mon":["00:00-24:00"],"tue":["00:00-24:00"],"wed":["00:00-24:00"],"thu":["00:00-24:00"],"fri":["00:00-24:00"],"sat":["00:00-24:00"],"sun":["00:00-24:00"]}}),
+        json!({"type":"define_channel","id":"wa","kind":"whatsapp","external_id":"1"}),
+        json!({"type":"define_user","id":"ana","name":"Ana","email":"a@x.co","role":"agent","max_concurrent_conversations":500}),
+        json!({"type":"define_campaign","id":"ventas","client":"acme","project":"p","name":"Ventas","channels":["wa"],"schedule":"always","out_of_hours":{"action":"enqueue"},
+            "inactivity_typification":"inactividad","transfer_typification":"transferencia","closing_typifications":["venta"],"agents":["ana"]}),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_engine_loses_no_acknowledged_command_and_its_timers_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&LaunchOptions { data_dir: dir.path().to_path_buf(), sync_always: false }).unwrap();
+    let url = nats.url();
+    let mut engine = serve(&url);
+    let system = json!({"system": "setup"});
+    for (n, command) in setup().into_iter().enumerate() {
+        let reply = send_retrying(&url, &format!("setup-{n}"), system.clone(), command).await;
+        assert_eq!(reply["outcome"], "committed", "{reply}");
+    }
+    let ana = json!({"user": {"id": "ana"}});
+    send_retrying(&url, "ana-on", ana.clone(), json!({"type":"set_agent_state","agent":"ana","state":"available"}))
+        .await;
+    // A conversation whose inactivity closure (2 s after Ana's reply) is pending.
+    let contact = json!({"contact": "p0"});
+    send_retrying(
+        &url,
+        "pending-open",
+        contact,
+        json!({"type":"receive_message","conversation":"pending","contact":"p0","channel":"wa","text":"hola"}),
+    )
+    .await;
+    let reply = send_retrying(
+        &url,
+        "pending-reply",
+        ana,
+        json!({"type":"send_message","conversation":"pending","text":"¿en qué te ayudo?"}),
+    )
+    .await;
+    assert_eq!(reply["outcome"], "committed", "{reply}");
+
+    // A stream of commands; the engine is killed in the middle of it.
+    let mut acknowledged = Vec::new();
+    for n in 0..60 {
+        if n == 25 {
+            engine.kill(); // SIGKILL: no chance to finish anything
+        }
+        let id = format!("open-{n}");
+        let contact = format!("q{n}");
+        let command = json!({"type":"receive_message","conversation": format!("k{n}"),"contact": contact,"channel":"wa","text":"hola"});
+        if let Some(reply) = send(&url, &id, json!({"contact": contact}), command).await
+            && reply["outcome"] == "committed"
+        {
+            acknowledged.push(id);
+        }
+    }
+    assert!(acknowledged.len() >= 20, "the engine answered before it was killed");
+    // Restart; resend everything (the acknowledged ones must come back as duplicates).
+    let mut engine = serve(&url);
+    for n in 0..60 {
+        let id = format!("open-{n}");
+        let contact = format!("q{n}");
+        let command = json!({"type":"receive_message","conversation": format!("k{n}"),"contact": contact,"channel":"wa","text":"hola"});
+        let reply = send_retrying(&url, &id, json!({"contact": contact}), command).await;
+        let expected = if acknowledged.contains(&id) { "duplicate" } else { "committed" };
+        assert_eq!(reply["outcome"], expected, "{id}: {reply}");
+    }
+
+    // Every command's events are in the log exactly once.
+    let store =
+        JetStreamStore::connect(&url, StoreConfig { prefix: PREFIX.into(), ..StoreConfig::default() }).await.unwrap();
+    let mut commits_per_command: BTreeMap<String, usize> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let closed = loop {
+        commits_per_command.clear();
+        let last = store.last_seq().await.unwrap();
+        let mut follow = store.subscribe(1).await.unwrap();
+        let mut closed = false;
+        let mut seen = 0;
+        while seen < last {
+            let stored = follow.next().await.unwrap().unwrap();
+            seen = stored.stream_seq;
+            let c = &stored.commit;
+            if c.command.as_str().starts_with("open-") {
+                *commits_per_command.entry(c.command.to_string()).or_default() += 1;
+            }
+            closed |= c.kind() == "closed"
+                && matches!(&c.stream, convo_wire::StreamRef::Conversation(id) if id.as_str() == "pending");
+        }
+        if closed || Instant::now() > deadline {
+            break closed;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    engine.kill();
+    assert_eq!(commits_per_command.len(), 60);
+    assert!(commits_per_command.values().all(|n| *n == 1), "{commits_per_command:?}");
+    assert!(closed, "the pending inactivity closure fired after the restart");
+}
