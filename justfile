@@ -10,16 +10,30 @@ convo := justfile_directory() / "target/release/convo"
 default:
     @just --list
 
-# Run the engine's simulator on the bundled day of traffic and print what happened.
-demo: build
-    @echo "== convo demo: a day of traffic (240 conversations) through the domain on a virtual clock =="
-    @echo "== events (JSON lines; one per event, refusal or repeated command) =="
-    {{convo}} simulate replay-fixtures/day-of-traffic/input.jsonl --summary | tail -n 40
-    @echo "(above: the last events of the day, then the summary)"
-    @echo
-    @echo "(the full event stream: {{convo}} simulate replay-fixtures/day-of-traffic/input.jsonl)"
-    @echo "== a seeded random day of 10000 conversations, checked against the independent model =="
-    {{convo}} simulate --random --seed 1 --conversations 10000 --no-events --summary
+# The bundled day of traffic through the real engine and a local nats-server, then what a user wants to see.
+demo: build nats
+    #!/usr/bin/env bash
+    set -euo pipefail
+    convo={{convo}}
+    rm -rf .data/demo
+    echo "== convo demo: a day of traffic (240 conversations) through the engine and NATS JetStream, in virtual time =="
+    $convo replay-traffic replay-fixtures/day-of-traffic/input.jsonl --prefix demo --data-dir .data/demo --no-events --summary
+    echo
+    echo "== convo tail: one conversation's events, read back from the stream as JSON lines =="
+    $convo serve --data-dir .data/demo --prefix demo 2> .data/demo/serve.log &
+    serve=$!
+    trap 'kill -INT $serve 2>/dev/null || true; wait $serve 2>/dev/null || true' EXIT
+    for _ in $(seq 50); do [ -s .data/demo/nats.url ] && break; sleep 0.1; done
+    $convo tail --data-dir .data/demo --prefix demo --conversation r0000042 --no-follow
+    echo
+    echo "== a seeded random day of 10000 conversations, checked against an independent model of the rules =="
+    $convo simulate --random --seed 1 --conversations 10000 --no-events --summary
+    echo
+    echo "Next: 'just serve' runs the engine; then 'convo send --account acme ...' and 'convo tail' (see README.md)."
+
+# Run the engine on the embedded default (a local nats-server; data under .data/).
+serve: build nats
+    {{convo}} serve --data-dir .data
 
 # Install a current nats-server (>= 2.11) into .tools/nats unless one is there already.
 nats:

@@ -1,7 +1,7 @@
 //! The engine's commands: `serve`, `send`, `tail`, `replay-traffic`.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
@@ -47,7 +47,7 @@ impl Connection {
     }
 
     fn store_config(&self) -> StoreConfig {
-        StoreConfig { prefix: self.prefix.clone(), ..StoreConfig::default() }
+        StoreConfig::for_prefix(&self.prefix)
     }
 }
 
@@ -66,6 +66,9 @@ pub struct ServeArgs {
     /// With the embedded server: `sync_interval: always` (fsync every append).
     #[arg(long)]
     sync_always: bool,
+    /// The largest command request accepted, in bytes (larger ones get a `too_large` error).
+    #[arg(long, default_value_t = convo_engine::intake::COMMAND_BYTES_MAX)]
+    command_bytes_max: usize,
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
@@ -102,7 +105,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         let _ = tokio::signal::ctrl_c().await;
         eprintln!("convo: stopping after the command in hand");
     };
-    let stats = convo_engine::serve::serve(&mut engine, &mut bus, &WallClock, shutdown).await;
+    let config = convo_engine::serve::ServeConfig { command_bytes_max: args.command_bytes_max };
+    let stats = convo_engine::serve::serve(&mut engine, &mut bus, &WallClock, config, shutdown).await;
     eprintln!("convo: served {} requests ({} store errors)", stats.requests, stats.store_errors);
     if embedded.is_some() {
         let _ = std::fs::remove_file(c.data_dir.join(URL_FILE));
@@ -229,7 +233,9 @@ Examples:
 Runs the scenario through the real engine and NATS, firing timers in virtual
 time, and prints the events as read back from the stream: the same events as
 `convo simulate` (which also prints refusals). Without --nats-url it starts a
-fresh embedded server in a temporary directory (or under --keep-data-dir).")]
+fresh embedded server in a temporary directory, or under --data-dir (laid out
+as `convo serve` lays it out, so `convo serve --data-dir D --prefix P` and
+`convo tail` can open the result).")]
 pub struct ReplayArgs {
     /// The scenario file.
     scenario: PathBuf,
@@ -238,9 +244,9 @@ pub struct ReplayArgs {
     /// The subject prefix (use a fresh one per replay on a shared server).
     #[arg(long, default_value = "replay")]
     prefix: String,
-    /// Keep the embedded server's data here instead of a temporary directory.
+    /// Keep the embedded server's data here (as `convo serve --data-dir`) instead of a temporary directory.
     #[arg(long)]
-    keep_data_dir: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
     /// Print a readable summary after the events.
     #[arg(long)]
     summary: bool,
@@ -258,23 +264,21 @@ pub async fn replay_traffic(args: ReplayArgs) -> Result<()> {
     let url = match &args.nats_url {
         Some(url) => url.clone(),
         None => {
-            let dir: &Path = match &args.keep_data_dir {
-                Some(dir) => dir,
+            let dir: PathBuf = match &args.data_dir {
+                Some(dir) => dir.join("nats"),
                 None => {
                     temp = tempfile::tempdir()?;
-                    temp.path()
+                    temp.path().to_path_buf()
                 }
             };
-            let server = NatsServer::start(&LaunchOptions { data_dir: dir.to_path_buf(), sync_always: false })?;
+            let server = NatsServer::start(&LaunchOptions { data_dir: dir, sync_always: false })?;
             eprintln!("convo: replaying through {} on {}", server.binary.display(), server.url());
             let url = server.url();
             embedded = Some(server);
             url
         }
     };
-    let stream = format!("{}_STREAM", args.prefix.to_uppercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
-    let config = StoreConfig { prefix: args.prefix.clone(), stream, ..StoreConfig::default() };
-    let store = JetStreamStore::connect(&url, config).await?;
+    let store = JetStreamStore::connect(&url, StoreConfig::for_prefix(&args.prefix)).await?;
     if store.last_seq().await? > 0 {
         bail!("the stream under prefix {:?} already holds commits; replay into a fresh prefix", args.prefix);
     }

@@ -15,14 +15,15 @@ use convo_domain::{AccountId, Actor, Command, CommandEnvelope, CommandId};
 
 use crate::runtime::Outcome;
 
-/// The largest command request accepted, in bytes.
+/// The default of the largest command request accepted, in bytes
+/// (`convo serve --command-bytes-max`).
 pub const COMMAND_BYTES_MAX: usize = 64 * 1024;
 
 /// Why a request is not a command.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IntakeError {
-    #[error("the request is {bytes} bytes; at most {COMMAND_BYTES_MAX}")]
-    TooLarge { bytes: usize },
+    #[error("the request is {bytes} bytes; at most {max}")]
+    TooLarge { bytes: usize, max: usize },
     #[error("not JSON: {0}")]
     MalformedJson(String),
     #[error("field `{field}`: {message}")]
@@ -52,10 +53,10 @@ impl IntakeError {
 
 const KEYS: [&str; 3] = ["id", "actor", "command"];
 
-/// Parses a request into a command of `account`.
-pub fn parse_request(account: &str, payload: &[u8]) -> Result<CommandEnvelope, IntakeError> {
-    if payload.len() > COMMAND_BYTES_MAX {
-        return Err(IntakeError::TooLarge { bytes: payload.len() });
+/// Parses a request of at most `bytes_max` bytes into a command of `account`.
+pub fn parse_request(account: &str, payload: &[u8], bytes_max: usize) -> Result<CommandEnvelope, IntakeError> {
+    if payload.len() > bytes_max {
+        return Err(IntakeError::TooLarge { bytes: payload.len(), max: bytes_max });
     }
     let invalid = |field: &str, message: String| IntakeError::Invalid { field: field.into(), message };
     let account = AccountId::new(account).map_err(|e| invalid("account (subject)", e.to_string()))?;
@@ -115,20 +116,31 @@ mod tests {
     #[test]
     fn requests_are_parsed_or_refused_with_a_code() {
         let ok = br#"{"id":"m1","actor":{"contact":"p1"},"command":{"type":"receive_message","conversation":"c1","contact":"p1","channel":"wa","text":"hola"}}"#;
-        assert_eq!(parse_request("acme", ok).unwrap().command.type_name(), "receive_message");
-        assert_eq!(parse_request("acme", b"{not json").unwrap_err().code(), "malformed_json");
+        assert_eq!(parse_request("acme", ok, COMMAND_BYTES_MAX).unwrap().command.type_name(), "receive_message");
+        assert_eq!(parse_request("acme", b"{not json", COMMAND_BYTES_MAX).unwrap_err().code(), "malformed_json");
         assert_eq!(
-            parse_request("acme", br#"{"id":"m1","actor":{"system":"x"},"command":{"type":"launch_rocket"}}"#)
-                .unwrap_err(),
+            parse_request(
+                "acme",
+                br#"{"id":"m1","actor":{"system":"x"},"command":{"type":"launch_rocket"}}"#,
+                COMMAND_BYTES_MAX
+            )
+            .unwrap_err(),
             IntakeError::UnknownCommand("launch_rocket".into())
         );
         let e = parse_request(
             "acme",
             br#"{"id":"m1","actor":{"system":"x"},"command":{"type":"tick","conversation":"a b"}}"#,
+            COMMAND_BYTES_MAX,
         )
         .unwrap_err();
         assert_eq!((e.code(), e.to_json()["field"].as_str()), ("invalid", Some("command.conversation")));
-        assert_eq!(parse_request("acme", br#"{"actor":{"system":"x"},"command":{}}"#).unwrap_err().code(), "invalid");
-        assert_eq!(parse_request("acme", &vec![b' '; COMMAND_BYTES_MAX + 1]).unwrap_err().code(), "too_large");
+        assert_eq!(
+            parse_request("acme", br#"{"actor":{"system":"x"},"command":{}}"#, COMMAND_BYTES_MAX).unwrap_err().code(),
+            "invalid"
+        );
+        assert_eq!(
+            parse_request("acme", &vec![b' '; COMMAND_BYTES_MAX + 1], COMMAND_BYTES_MAX).unwrap_err().code(),
+            "too_large"
+        );
     }
 }

@@ -25,11 +25,25 @@ pub struct ServeStats {
     pub store_errors: u64,
 }
 
+/// The service's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeConfig {
+    /// The largest command request accepted, in bytes.
+    pub command_bytes_max: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self { command_bytes_max: crate::intake::COMMAND_BYTES_MAX }
+    }
+}
+
 /// Serves until `shutdown` completes or the bus closes.
 pub async fn serve<S: EventStore>(
     engine: &mut Engine<S>,
     bus: &mut CommandBus,
     clock: &dyn Clock,
+    config: ServeConfig,
     shutdown: impl Future<Output = ()>,
 ) -> ServeStats {
     let mut stats = ServeStats::default();
@@ -48,7 +62,7 @@ pub async fn serve<S: EventStore>(
             request = bus.next() => {
                 let Some(request) = request else { break };
                 stats.requests += 1;
-                if let Err(e) = handle(engine, bus, &request, clock).await {
+                if let Err(e) = handle(engine, bus, &request, clock, config).await {
                     stats.store_errors += 1;
                     eprintln!("convo: {e}");
                 }
@@ -72,13 +86,14 @@ async fn handle<S: EventStore>(
     bus: &CommandBus,
     request: &Request,
     clock: &dyn Clock,
+    config: ServeConfig,
 ) -> Result<(), String> {
     let now = clock.now();
     // Whatever fell due before this instant happens first; an input wins a tie.
     let earlier = Timestamp::from_millis(now.millis() - 1);
     let body = match engine.fire_due(earlier, false).await {
         Err(e) => unavailable(&e.to_string()),
-        Ok(_) => match parse_request(&request.account, &request.payload) {
+        Ok(_) => match parse_request(&request.account, &request.payload, config.command_bytes_max) {
             Err(e) => e.to_json(),
             Ok(envelope) => match engine.execute(&envelope, now).await {
                 Ok(outcome) => {

@@ -56,6 +56,15 @@ pub struct StoreConfig {
     pub append_retries_max: u32,
 }
 
+impl StoreConfig {
+    /// The settings for a subject prefix: the stream is named after it
+    /// (`convo` → `CONVO`), so every tool that names the prefix finds the same stream.
+    pub fn for_prefix(prefix: &str) -> Self {
+        let stream = prefix.to_ascii_uppercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+        Self { prefix: prefix.to_owned(), stream, ..Self::default() }
+    }
+}
+
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {

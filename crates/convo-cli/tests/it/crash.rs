@@ -133,8 +133,7 @@ async fn a_killed_engine_loses_no_acknowledged_command_and_its_timers_survive() 
     }
 
     // Every command's events are in the log exactly once.
-    let store =
-        JetStreamStore::connect(&url, StoreConfig { prefix: PREFIX.into(), ..StoreConfig::default() }).await.unwrap();
+    let store = JetStreamStore::connect(&url, StoreConfig::for_prefix(PREFIX)).await.unwrap();
     let mut commits_per_command: BTreeMap<String, usize> = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     let closed = loop {

@@ -173,9 +173,10 @@ async fn intake_answers_bad_requests_with_typed_errors_and_keeps_serving() {
     engine.replay(setup).await.unwrap();
     let mut bus = convo_store::bus::CommandBus::subscribe(client, "tintake").await.unwrap();
     let clock = ManualClock::at(Timestamp::parse_rfc3339("2026-03-02T14:00:00Z").unwrap());
+    let config = convo_engine::serve::ServeConfig { command_bytes_max: 4096 };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        let stats = convo_engine::serve::serve(&mut engine, &mut bus, &clock, async {
+        let stats = convo_engine::serve::serve(&mut engine, &mut bus, &clock, config, async {
             let _ = stopped.await;
         })
         .await;
@@ -187,7 +188,7 @@ async fn intake_answers_bad_requests_with_typed_errors_and_keeps_serving() {
         (b"{not json".to_vec(), "error", "malformed_json"),
         (br#"{"id":"x","actor":{"system":"crm"},"command":{"type":"launch_rocket"}}"#.to_vec(), "error", "unknown_command"),
         (br#"{"id":"x","actor":{"system":"crm"},"command":{"type":"close","conversation":"ghost","typification":"venta"}}"#.to_vec(), "rejected", "unknown_conversation"),
-        (vec![b' '; convo_engine::intake::COMMAND_BYTES_MAX + 1], "error", "too_large"),
+        (vec![b' '; 4097], "error", "too_large"),
         (br#"{"id":"x","actor":{"system":"crm"},"command":{"type":"tick","conversation":"no way"}}"#.to_vec(), "error", "invalid"),
     ];
     for (body, outcome, code) in &cases {
