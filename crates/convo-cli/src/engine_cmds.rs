@@ -107,7 +107,11 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     };
     let config = convo_engine::serve::ServeConfig { command_bytes_max: args.command_bytes_max };
     let stats = convo_engine::serve::serve(&mut engine, &mut bus, &WallClock, config, shutdown).await;
-    eprintln!("convo: served {} requests ({} store errors)", stats.requests, stats.store_errors);
+    let p = stats.pipeline;
+    eprintln!(
+        "convo: served {} requests; {} commits; {} refused as overloaded; up to {} appends in flight",
+        stats.requests, p.committed, p.overloaded, p.in_flight_max
+    );
     if embedded.is_some() {
         let _ = std::fs::remove_file(c.data_dir.join(URL_FILE));
     }

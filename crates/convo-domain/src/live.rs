@@ -124,7 +124,9 @@ impl Floor {
                 }
                 let a = self.agents.entry(agent.clone()).or_insert_with(|| OFFLINE.clone());
                 a.load += 1;
-                a.last_assigned_at = Some(record.at);
+                // Never backwards: an old conversation read back from the log
+                // does not make its agent look idle longer.
+                a.last_assigned_at = Some(a.last_assigned_at.map_or(record.at, |t| t.max(record.at)));
             }
             ConversationEvent::ConversationTransferred { to, .. } => {
                 self.release(id);

@@ -10,7 +10,7 @@
 //! [`World::expected`]; on a conflict it reloads the aggregate and decides again.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 
 use convo_domain::command::{Assign, Tick};
 use convo_domain::{
@@ -142,6 +142,12 @@ pub struct World {
     accounts: BTreeMap<AccountId, Account>,
     /// (deadline, account, conversation); stale entries are skipped when popped.
     timers: BinaryHeap<Reverse<(Timestamp, AccountId, ConversationId)>>,
+    /// Closed conversations in memory, by the time of their last commit.
+    closed: BTreeSet<(Timestamp, AccountId, ConversationId)>,
+    closed_at: HashMap<(AccountId, ConversationId), Timestamp>,
+    /// Conversations evicted from memory: their history must be read back
+    /// from the log before a command is decided for them.
+    evicted: HashSet<(AccountId, ConversationId)>,
 }
 
 fn stream_of(command: &Command) -> StreamRef {
@@ -261,8 +267,49 @@ impl World {
                 if let Some(deadline) = conversation.next_deadline() {
                     self.timers.push(Reverse((deadline, commit.account.clone(), id.clone())));
                 }
+                let key = (commit.account.clone(), id.clone());
+                self.evicted.remove(&key);
+                if conversation.status == convo_domain::conversation::Status::Closed {
+                    if let Some(before) = self.closed_at.insert(key.clone(), commit.at) {
+                        self.closed.remove(&(before, key.0.clone(), key.1.clone()));
+                    }
+                    self.closed.insert((commit.at, key.0, key.1));
+                }
             }
         }
+    }
+
+    /// Evicts conversations closed with no commit since `before`; returns how many.
+    /// Their history stays in the log and is read back if a command comes for them.
+    pub fn evict_closed(&mut self, before: Timestamp) -> usize {
+        let mut count = 0;
+        while let Some((at, account, id)) = self.closed.first().cloned() {
+            if at >= before {
+                break;
+            }
+            self.closed.pop_first();
+            self.closed_at.remove(&(account.clone(), id.clone()));
+            if let Some(a) = self.accounts.get_mut(&account) {
+                a.conversations.remove(&id);
+                a.last_commit.remove(&StreamRef::Conversation(id.clone()));
+            }
+            self.evicted.insert((account, id));
+            count += 1;
+        }
+        count
+    }
+
+    /// Whether an aggregate was evicted (and must be read back before deciding).
+    pub fn is_evicted(&self, account: &AccountId, stream: &StreamRef) -> bool {
+        match stream {
+            StreamRef::Conversation(id) => self.evicted.contains(&(account.clone(), id.clone())),
+            _ => false,
+        }
+    }
+
+    /// How many conversations are held in memory.
+    pub fn loaded_conversations(&self) -> usize {
+        self.accounts.values().map(|a| a.conversations.len()).sum()
     }
 
     /// Puts a conversation's next deadline back in the timer queue.

@@ -9,6 +9,7 @@
 pub mod clock;
 pub mod core;
 pub mod intake;
+pub mod pipeline;
 pub mod runtime;
 pub mod serve;
 

@@ -1,29 +1,25 @@
 //! The service loop: take command requests, fire timers when they fall due
-//! on the clock, let routing assign, until asked to stop. Stopping finishes
-//! the command in hand, answers it, and unsubscribes.
+//! on the clock, let routing assign, until asked to stop. Appends of
+//! different aggregates are pipelined (see [`crate::pipeline`]). Stopping
+//! takes no new request, finishes every command already taken, answers them,
+//! and returns.
 
 use std::future::Future;
 use std::time::Duration;
 
 use convo_domain::Timestamp;
 use convo_store::EventStore;
-use convo_store::bus::{CommandBus, Request};
+use convo_store::bus::CommandBus;
 
 use crate::clock::Clock;
-use crate::intake::{parse_request, reply, unavailable};
-use crate::runtime::{Engine, EngineError};
+use crate::pipeline::{APPENDS_IN_FLIGHT_MAX, Done, Pipeline, PipelineStats};
+use crate::runtime::Engine;
 
 /// The longest the loop sleeps when no timer is due (it also wakes for requests).
 pub const IDLE_WAKE_MS: u64 = 1_000;
-/// After a store error in timers or routing, wait this long before retrying.
-pub const STORE_RETRY_MS: u64 = 500;
-
-/// What a service run did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ServeStats {
-    pub requests: u64,
-    pub store_errors: u64,
-}
+/// A conversation closed this long ago with nothing since leaves memory
+/// (late survey answers and repeated commands read it back from the log).
+pub const EVICT_CLOSED_AFTER_SECS: u64 = 15 * 60;
 
 /// The service's settings.
 #[derive(Debug, Clone, Copy)]
@@ -38,75 +34,72 @@ impl Default for ServeConfig {
     }
 }
 
+/// What a service run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServeStats {
+    pub requests: u64,
+    pub evicted: u64,
+    pub pipeline: PipelineStats,
+}
+
+enum Wake {
+    Stop,
+    Appended(Box<Done>),
+    Request(Option<convo_store::bus::Request>),
+    Clock,
+}
+
 /// Serves until `shutdown` completes or the bus closes.
-pub async fn serve<S: EventStore>(
+pub async fn serve<S: EventStore + Clone + 'static>(
     engine: &mut Engine<S>,
     bus: &mut CommandBus,
     clock: &dyn Clock,
     config: ServeConfig,
     shutdown: impl Future<Output = ()>,
 ) -> ServeStats {
-    let mut stats = ServeStats::default();
+    let mut pipeline = Pipeline::new(engine.store().clone());
+    let responder = bus.responder();
+    let mut requests = 0;
+    let mut evicted = 0;
+    let mut stopping = false;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        if let Err(e) = background(engine, clock.now()).await {
-            stats.store_errors += 1;
-            eprintln!("convo: timers or routing failed, retrying: {e}");
-            tokio::time::sleep(Duration::from_millis(STORE_RETRY_MS)).await;
+        let world = engine.world_mut();
+        if !stopping {
+            let now = clock.now();
+            pipeline.fire_due(world, &responder, now).await;
+            pipeline.route(world, &responder, now).await;
+            let idle_since = Timestamp::from_millis(now.millis() - EVICT_CLOSED_AFTER_SECS as i64 * 1000);
+            evicted += world.evict_closed(idle_since) as u64;
         }
-        let wait =
-            engine.world_mut().next_timer().map_or(IDLE_WAKE_MS, |d| d.millis_since(clock.now()).min(IDLE_WAKE_MS));
-        tokio::select! {
+        if stopping && pipeline.is_idle() {
+            break;
+        }
+        let wait = world.next_timer().map_or(IDLE_WAKE_MS, |d| d.millis_since(clock.now()).min(IDLE_WAKE_MS));
+        let room = pipeline.in_flight() < APPENDS_IN_FLIGHT_MAX;
+        let wake = tokio::select! {
             biased;
-            _ = &mut shutdown => break,
-            request = bus.next() => {
-                let Some(request) = request else { break };
-                stats.requests += 1;
-                if let Err(e) = handle(engine, bus, &request, clock, config).await {
-                    stats.store_errors += 1;
-                    eprintln!("convo: {e}");
-                }
+            _ = &mut shutdown, if !stopping => Wake::Stop,
+            done = pipeline.next_done() => Wake::Appended(Box::new(done)),
+            request = bus.next(), if !stopping && room => Wake::Request(request),
+            _ = tokio::time::sleep(Duration::from_millis(wait.max(1))), if !stopping => Wake::Clock,
+        };
+        let world = engine.world_mut();
+        match wake {
+            Wake::Stop | Wake::Request(None) => {
+                stopping = true;
+                bus.close().await;
             }
-            _ = tokio::time::sleep(Duration::from_millis(wait.max(1))) => {}
+            Wake::Appended(done) => pipeline.apply_done(world, &responder, *done).await,
+            Wake::Request(Some(request)) => {
+                requests += 1;
+                let now = clock.now();
+                // Whatever fell due before this instant happens first; an input wins a tie.
+                pipeline.fire_due(world, &responder, Timestamp::from_millis(now.millis() - 1)).await;
+                pipeline.take_request(world, &responder, request, now, config.command_bytes_max).await;
+            }
+            Wake::Clock => {}
         }
     }
-    bus.close().await;
-    stats
-}
-
-/// Timers due now, then routing.
-async fn background<S: EventStore>(engine: &mut Engine<S>, now: Timestamp) -> Result<(), EngineError> {
-    engine.fire_due(now, false).await?;
-    engine.route(now).await?;
-    Ok(())
-}
-
-async fn handle<S: EventStore>(
-    engine: &mut Engine<S>,
-    bus: &CommandBus,
-    request: &Request,
-    clock: &dyn Clock,
-    config: ServeConfig,
-) -> Result<(), String> {
-    let now = clock.now();
-    // Whatever fell due before this instant happens first; an input wins a tie.
-    let earlier = Timestamp::from_millis(now.millis() - 1);
-    let body = match engine.fire_due(earlier, false).await {
-        Err(e) => unavailable(&e.to_string()),
-        Ok(_) => match parse_request(&request.account, &request.payload, config.command_bytes_max) {
-            Err(e) => e.to_json(),
-            Ok(envelope) => match engine.execute(&envelope, now).await {
-                Ok(outcome) => {
-                    let body = reply(&outcome);
-                    if let Err(e) = engine.route(now).await {
-                        eprintln!("convo: routing after {}: {e}", envelope.id);
-                    }
-                    body
-                }
-                Err(e) => unavailable(&e.to_string()),
-            },
-        },
-    };
-    let bytes = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
-    bus.respond(request, bytes).await.map_err(|e| e.to_string())
+    ServeStats { requests, evicted, pipeline: pipeline.stats }
 }

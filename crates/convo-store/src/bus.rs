@@ -52,6 +52,29 @@ impl CommandBus {
 
     /// Answers a request (a request without a reply subject gets none).
     pub async fn respond(&self, request: &Request, body: Vec<u8>) -> Result<(), StoreError> {
+        self.responder().respond(request, body).await
+    }
+
+    /// A handle that answers requests while this bus keeps receiving.
+    pub fn responder(&self) -> Responder {
+        Responder { client: self.client.clone() }
+    }
+
+    /// Stops taking requests; those already received can still be answered.
+    pub async fn close(&mut self) {
+        let _ = self.subscriber.unsubscribe().await;
+    }
+}
+
+/// Answers requests taken from a [`CommandBus`].
+#[derive(Debug, Clone)]
+pub struct Responder {
+    client: async_nats::Client,
+}
+
+impl Responder {
+    /// Answers a request (a request without a reply subject gets none).
+    pub async fn respond(&self, request: &Request, body: Vec<u8>) -> Result<(), StoreError> {
         if let Some(reply) = &request.reply {
             self.client
                 .publish(reply.clone(), body.into())
@@ -60,11 +83,6 @@ impl CommandBus {
             self.client.flush().await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
         }
         Ok(())
-    }
-
-    /// Stops taking requests; those already received can still be answered.
-    pub async fn close(&mut self) {
-        let _ = self.subscriber.unsubscribe().await;
     }
 }
 

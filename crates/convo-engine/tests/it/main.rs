@@ -214,3 +214,120 @@ async fn intake_answers_bad_requests_with_typed_errors_and_keeps_serving() {
         .unwrap();
     assert_eq!(opened.len(), 2, "the opening commit and routing's assignment, once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_are_pipelined_across_conversations_and_serial_within_one() {
+    let broker = broker();
+    let url = broker.server.url();
+    let store = store(&broker, "pipe").await;
+    let client = store.client().clone();
+    let mut engine = Engine::recover(store).await.unwrap();
+    let setup: Vec<_> = inputs("sla-worked-example")
+        .into_iter()
+        .filter(|(e, _)| !matches!(e.command.type_name(), "receive_message" | "send_message" | "close"))
+        .collect();
+    engine.replay(setup).await.unwrap();
+    let mut bus = convo_store::bus::CommandBus::subscribe(client, "tpipe").await.unwrap();
+    let clock = ManualClock::at(Timestamp::parse_rfc3339("2026-03-02T14:00:00Z").unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let config = convo_engine::serve::ServeConfig::default();
+        let stats = convo_engine::serve::serve(&mut engine, &mut bus, &clock, config, async {
+            let _ = stopped.await;
+        })
+        .await;
+        (stats, engine)
+    });
+    let open = |n: usize, conversation: &str, contact: &str| {
+        format!(
+            r#"{{"id":"m-{n}","actor":{{"contact":"{contact}"}},"command":{{"type":"receive_message","conversation":"{conversation}","contact":"{contact}","channel":"wa","text":"hola {n}"}}}}"#
+        )
+    };
+    // The shared conversation exists first; then 40 clients at once.
+    let first = request(&url, "tpipe.default.cmd.receive_message", open(0, "shared", "p-shared").as_bytes()).await;
+    assert_eq!(first["outcome"], "committed", "{first}");
+    // One connection, 40 requests in a burst: they queue at the engine
+    // faster than appends are acknowledged.
+    let nats = async_nats::connect(&url).await.unwrap();
+    let burst = (1..=40).map(|n| {
+        let body = if n <= 30 { open(n, &format!("k{n}"), &format!("p{n}")) } else { open(n, "shared", "p-shared") };
+        nats.request("tpipe.default.cmd.receive_message", body.into())
+    });
+    for reply in futures::future::join_all(burst).await {
+        let reply: serde_json::Value = serde_json::from_slice(&reply.unwrap().payload).unwrap();
+        assert_eq!(reply["outcome"], "committed", "{reply}");
+    }
+    stop.send(()).unwrap();
+    let (stats, engine) = server.await.unwrap();
+    assert!(stats.pipeline.in_flight_max > 1, "appends overlapped: {stats:?}");
+    let shared = engine
+        .store()
+        .load(
+            &AccountId::new("default").unwrap(),
+            &convo_wire::StreamRef::Conversation(ConversationId::new("shared").unwrap()),
+        )
+        .await
+        .unwrap();
+    let seqs: Vec<u64> = shared.iter().flat_map(|s| s.commit.events.iter().map(|e| e.seq)).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "one conversation, one history");
+    let received = shared
+        .iter()
+        .flat_map(|s| s.commit.events.iter())
+        .filter(|e| e.event.type_name() == "message_received")
+        .count();
+    assert_eq!(received, 11);
+}
+
+#[tokio::test]
+async fn closed_conversations_leave_memory_and_come_back_from_the_log_when_needed() {
+    let broker = broker();
+    let url = broker.server.url();
+    let store = store(&broker, "evict").await;
+    let client = store.client().clone();
+    let mut engine = Engine::recover(store).await.unwrap();
+    let setup: Vec<_> = inputs("sla-worked-example")
+        .into_iter()
+        .filter(|(e, _)| !matches!(e.command.type_name(), "receive_message" | "send_message" | "close"))
+        .collect();
+    engine.replay(setup).await.unwrap();
+    let mut bus = convo_store::bus::CommandBus::subscribe(client, "tevict").await.unwrap();
+    let clock = ManualClock::at(Timestamp::parse_rfc3339("2026-03-02T14:00:00Z").unwrap());
+    let moved = clock.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let config = convo_engine::serve::ServeConfig::default();
+        let stats = convo_engine::serve::serve(&mut engine, &mut bus, &clock, config, async {
+            let _ = stopped.await;
+        })
+        .await;
+        (stats, engine)
+    });
+    let subject = "tevict.default.cmd.any";
+    let ana = r#"{"user":{"id":"ana","ip":"10.0.0.11"}}"#;
+    let open = br#"{"id":"m-1","actor":{"contact":"573001112233"},"command":{"type":"receive_message","conversation":"c1","contact":"573001112233","channel":"wa","text":"Hola"}}"#;
+    let answer = format!(
+        r#"{{"id":"a-1","actor":{ana},"command":{{"type":"send_message","conversation":"c1","text":"Hola"}}}}"#
+    );
+    let close = format!(
+        r#"{{"id":"close-1","actor":{ana},"command":{{"type":"close","conversation":"c1","typification":"venta"}}}}"#
+    );
+    for body in [open.to_vec(), answer.into_bytes(), close.clone().into_bytes()] {
+        let reply = request(&url, subject, &body).await;
+        assert_eq!(reply["outcome"], "committed", "{reply}");
+    }
+    // Past the eviction window; any request wakes the loop, which evicts first.
+    moved.advance_secs(convo_engine::serve::EVICT_CLOSED_AFTER_SECS + 60);
+    request(&url, subject, b"wake up").await;
+    let again = request(&url, subject, close.as_bytes()).await;
+    assert_eq!(again["outcome"], "duplicate", "a repeated command is still recognised: {again}");
+    let late = br#"{"id":"m-2","actor":{"contact":"573001112233"},"command":{"type":"receive_message","conversation":"c1","contact":"573001112233","channel":"wa","text":"Hola?"}}"#;
+    let refused = request(&url, subject, late).await;
+    assert_eq!(
+        (refused["outcome"].as_str(), refused["code"].as_str()),
+        (Some("rejected"), Some("conversation_closed")),
+        "{refused}"
+    );
+    stop.send(()).unwrap();
+    let (stats, _) = server.await.unwrap();
+    assert!(stats.evicted >= 1, "{stats:?}");
+}
