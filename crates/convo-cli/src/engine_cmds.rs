@@ -69,6 +69,9 @@ pub struct ServeArgs {
     /// The largest command request accepted, in bytes (larger ones get a `too_large` error).
     #[arg(long, default_value_t = convo_engine::intake::COMMAND_BYTES_MAX)]
     command_bytes_max: usize,
+    /// Partitions sharing the accounts, each with its own engine task (accounts hash onto them).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=convo_engine::serve::PARTITIONS_MAX as i64))]
+    partitions: u16,
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
@@ -93,24 +96,27 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let store = JetStreamStore::connect(&url, c.store_config()).await?;
     eprintln!("convo: connected to nats-server {} at {url}", store.server_version());
     let client = store.client().clone();
-    let mut engine = Engine::recover(store).await?;
-    eprintln!(
-        "convo: recovered {} commits; {} conversations open; serving commands on {}.<account>.cmd.>",
-        engine.applied(),
-        engine.world().open_conversations(),
-        c.prefix
-    );
+    let last = store.last_seq().await?;
     let mut bus = convo_store::bus::CommandBus::subscribe(client, &c.prefix).await?;
+    eprintln!(
+        "convo: recovering {last} commits into {} partition(s); serving commands on {}.<account>.cmd.>",
+        args.partitions, c.prefix
+    );
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
-        eprintln!("convo: stopping after the command in hand");
+        eprintln!("convo: stopping after the commands in hand");
     };
-    let config = convo_engine::serve::ServeConfig { command_bytes_max: args.command_bytes_max };
-    let stats = convo_engine::serve::serve(&mut engine, &mut bus, &WallClock, config, shutdown).await;
-    let p = stats.pipeline;
+    let config = convo_engine::serve::ServeConfig {
+        command_bytes_max: args.command_bytes_max,
+        partitions: usize::from(args.partitions),
+    };
+    let stats = convo_engine::serve::serve(store, &mut bus, std::sync::Arc::new(WallClock), config, shutdown).await?;
+    let (requests, committed, overloaded) = stats
+        .iter()
+        .fold((0, 0, 0), |(r, c, o), s| (r + s.requests, c + s.pipeline.committed, o + s.pipeline.overloaded));
+    let in_flight = stats.iter().map(|s| s.pipeline.in_flight_max).max().unwrap_or(0);
     eprintln!(
-        "convo: served {} requests; {} commits; {} refused as overloaded; up to {} appends in flight",
-        stats.requests, p.committed, p.overloaded, p.in_flight_max
+        "convo: served {requests} requests; {committed} commits; {overloaded} refused as overloaded; up to {in_flight} appends in flight per partition"
     );
     if embedded.is_some() {
         let _ = std::fs::remove_file(c.data_dir.join(URL_FILE));

@@ -49,12 +49,44 @@ pub struct Engine<S> {
     store: S,
     /// The newest log sequence applied.
     applied: u64,
+    /// Which accounts this engine owns (all, unless partitioned).
+    owns: Partition,
+}
+
+/// A share of the accounts: those whose id hashes to `index` of `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partition {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Partition {
+    pub const ALL: Partition = Partition { index: 0, count: 1 };
+
+    /// The partition of an account: FNV-1a of its id, so every instance and
+    /// every run agree.
+    pub fn of(account: &AccountId, count: usize) -> usize {
+        let hash = account
+            .as_str()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        (hash % count.max(1) as u64) as usize
+    }
+
+    pub fn owns(&self, account: &AccountId) -> bool {
+        self.count <= 1 || Self::of(account, self.count) == self.index
+    }
 }
 
 impl<S: EventStore> Engine<S> {
     /// Starts from the log: every commit is applied in order.
     pub async fn recover(store: S) -> Result<Self, EngineError> {
-        let mut engine = Self { world: World::new(), store, applied: 0 };
+        Self::recover_partition(store, Partition::ALL).await
+    }
+
+    /// Starts from the log, keeping only the accounts of one partition.
+    pub async fn recover_partition(store: S, owns: Partition) -> Result<Self, EngineError> {
+        let mut engine = Self { world: World::new(), store, applied: 0, owns };
         engine.catch_up().await?;
         Ok(engine)
     }
@@ -88,9 +120,11 @@ impl<S: EventStore> Engine<S> {
             let Some(stored) = follow.next().await else { break };
             let stored = stored?;
             if stored.stream_seq > self.applied {
-                self.world.apply_commit(&stored.commit, stored.stream_seq);
+                if self.owns.owns(&stored.commit.account) {
+                    self.world.apply_commit(&stored.commit, stored.stream_seq);
+                    count += 1;
+                }
                 self.applied = stored.stream_seq;
-                count += 1;
             }
         }
         Ok(count)
@@ -189,5 +223,26 @@ impl<S: EventStore> Engine<S> {
             out.extend(self.fire_due(deadline, true).await?);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accounts_hash_onto_partitions_stably_and_spread() {
+        let account = |s: &str| AccountId::new(s).unwrap();
+        // Fixed forever: instances and runs must agree on an account's partition.
+        assert_eq!(Partition::of(&account("acme"), 4), Partition::of(&account("acme"), 4));
+        assert_eq!(Partition::of(&account("acme"), 1), 0);
+        let mut used = [0usize; 4];
+        for n in 0..400 {
+            used[Partition::of(&account(&format!("tenant-{n}")), 4)] += 1;
+        }
+        assert!(used.iter().all(|u| *u > 50), "{used:?}");
+        assert!(Partition::ALL.owns(&account("anyone")));
+        let p = Partition { index: Partition::of(&account("acme"), 3), count: 3 };
+        assert!(p.owns(&account("acme")));
     }
 }

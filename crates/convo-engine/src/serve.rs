@@ -5,15 +5,23 @@
 //! and returns.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
-use convo_domain::Timestamp;
+use tokio::sync::mpsc;
+
+use convo_domain::{AccountId, Timestamp};
 use convo_store::EventStore;
-use convo_store::bus::CommandBus;
+use convo_store::bus::{CommandBus, Request, Responder};
 
 use crate::clock::Clock;
 use crate::pipeline::{APPENDS_IN_FLIGHT_MAX, Done, Pipeline, PipelineStats};
-use crate::runtime::Engine;
+use crate::runtime::{Engine, EngineError, Partition};
+
+/// Requests waiting for one partition; beyond, a request is refused as `overloaded`.
+pub const PARTITION_QUEUE_MAX: usize = 1024;
+/// The most partitions one instance runs.
+pub const PARTITIONS_MAX: usize = 256;
 
 /// The longest the loop sleeps when no timer is due (it also wakes for requests).
 pub const IDLE_WAKE_MS: u64 = 1_000;
@@ -26,11 +34,13 @@ pub const EVICT_CLOSED_AFTER_SECS: u64 = 15 * 60;
 pub struct ServeConfig {
     /// The largest command request accepted, in bytes.
     pub command_bytes_max: usize,
+    /// How many partitions share the accounts (each a task with its own engine).
+    pub partitions: usize,
 }
 
 impl Default for ServeConfig {
     fn default() -> Self {
-        Self { command_bytes_max: crate::intake::COMMAND_BYTES_MAX }
+        Self { command_bytes_max: crate::intake::COMMAND_BYTES_MAX, partitions: 1 }
     }
 }
 
@@ -43,26 +53,85 @@ pub struct ServeStats {
 }
 
 enum Wake {
-    Stop,
     Appended(Box<Done>),
-    Request(Option<convo_store::bus::Request>),
+    Request(Option<Request>),
     Clock,
 }
 
-/// Serves until `shutdown` completes or the bus closes.
+/// Serves until `shutdown` completes or the bus closes: recovers one engine
+/// per partition from the log, hands each request to the partition of its
+/// account, and returns each partition's stats once all have drained.
 pub async fn serve<S: EventStore + Clone + 'static>(
-    engine: &mut Engine<S>,
+    store: S,
     bus: &mut CommandBus,
-    clock: &dyn Clock,
+    clock: Arc<dyn Clock>,
     config: ServeConfig,
     shutdown: impl Future<Output = ()>,
+) -> Result<Vec<ServeStats>, EngineError> {
+    let count = config.partitions.clamp(1, PARTITIONS_MAX);
+    let responder = bus.responder();
+    let mut queues = Vec::with_capacity(count);
+    let mut tasks = Vec::with_capacity(count);
+    for index in 0..count {
+        let engine = Engine::recover_partition(store.clone(), Partition { index, count }).await?;
+        let (tx, rx) = mpsc::channel(PARTITION_QUEUE_MAX);
+        queues.push(tx);
+        let (responder, clock) = (responder.clone(), clock.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut engine = engine;
+            run_partition(&mut engine, rx, &responder, clock.as_ref(), config).await
+        }));
+    }
+    dispatch(bus, &responder, &queues, shutdown).await;
+    drop(queues); // the partitions drain what they hold, then stop
+    let mut stats = Vec::with_capacity(count);
+    for task in tasks {
+        stats.push(task.await.unwrap_or_default());
+    }
+    Ok(stats)
+}
+
+/// Takes requests off the bus and queues each for its account's partition.
+async fn dispatch(
+    bus: &mut CommandBus,
+    responder: &Responder,
+    queues: &[mpsc::Sender<Request>],
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let request = tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            request = bus.next() => request,
+        };
+        let Some(request) = request else { break };
+        let index = AccountId::new(&request.account).map_or(0, |a| Partition::of(&a, queues.len()));
+        if let Err(mpsc::error::TrySendError::Full(request) | mpsc::error::TrySendError::Closed(request)) =
+            queues[index].try_send(request)
+        {
+            let body = serde_json::json!({"outcome": "error", "code": "overloaded",
+                "message": format!("{PARTITION_QUEUE_MAX} requests already wait for this partition; retry later")});
+            let _ = responder.respond(&request, serde_json::to_vec(&body).unwrap_or_default()).await;
+        }
+    }
+    bus.close().await;
+}
+
+/// One partition's loop: its requests, its timers, its routing, until its
+/// queue closes and everything taken is done.
+pub async fn run_partition<S: EventStore + Clone + 'static>(
+    engine: &mut Engine<S>,
+    mut requests: mpsc::Receiver<Request>,
+    responder: &Responder,
+    clock: &dyn Clock,
+    config: ServeConfig,
 ) -> ServeStats {
     let mut pipeline = Pipeline::new(engine.store().clone());
-    let responder = bus.responder();
-    let mut requests = 0;
+    let responder = responder.clone();
+    let mut requests_taken = 0;
     let mut evicted = 0;
     let mut stopping = false;
-    let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let world = engine.world_mut();
         if !stopping {
@@ -79,20 +148,16 @@ pub async fn serve<S: EventStore + Clone + 'static>(
         let room = pipeline.in_flight() < APPENDS_IN_FLIGHT_MAX;
         let wake = tokio::select! {
             biased;
-            _ = &mut shutdown, if !stopping => Wake::Stop,
             done = pipeline.next_done() => Wake::Appended(Box::new(done)),
-            request = bus.next(), if !stopping && room => Wake::Request(request),
+            request = requests.recv(), if !stopping && room => Wake::Request(request),
             _ = tokio::time::sleep(Duration::from_millis(wait.max(1))), if !stopping => Wake::Clock,
         };
         let world = engine.world_mut();
         match wake {
-            Wake::Stop | Wake::Request(None) => {
-                stopping = true;
-                bus.close().await;
-            }
+            Wake::Request(None) => stopping = true,
             Wake::Appended(done) => pipeline.apply_done(world, &responder, *done).await,
             Wake::Request(Some(request)) => {
-                requests += 1;
+                requests_taken += 1;
                 let now = clock.now();
                 // Whatever fell due before this instant happens first; an input wins a tie.
                 pipeline.fire_due(world, &responder, Timestamp::from_millis(now.millis() - 1)).await;
@@ -101,5 +166,5 @@ pub async fn serve<S: EventStore + Clone + 'static>(
             Wake::Clock => {}
         }
     }
-    ServeStats { requests, evicted, pipeline: pipeline.stats }
+    ServeStats { requests: requests_taken, evicted, pipeline: pipeline.stats }
 }

@@ -149,6 +149,19 @@ async fn after_a_restart_the_state_and_pending_timers_come_back_from_the_log() {
     assert_eq!(second.world().conversation(&account, &c1).unwrap().status, Status::Closed);
 }
 
+/// The stats of all partitions together (maxima for in-flight).
+fn total(stats: &[convo_engine::serve::ServeStats]) -> convo_engine::serve::ServeStats {
+    let mut t = convo_engine::serve::ServeStats::default();
+    for s in stats {
+        t.requests += s.requests;
+        t.evicted += s.evicted;
+        t.pipeline.committed += s.pipeline.committed;
+        t.pipeline.overloaded += s.pipeline.overloaded;
+        t.pipeline.in_flight_max = t.pipeline.in_flight_max.max(s.pipeline.in_flight_max);
+    }
+    t
+}
+
 async fn request(url: &str, subject: &str, body: &[u8]) -> serde_json::Value {
     let reply = convo_store::bus::request(url, subject, body.to_vec()).await.unwrap();
     serde_json::from_slice(&reply).unwrap()
@@ -173,14 +186,16 @@ async fn intake_answers_bad_requests_with_typed_errors_and_keeps_serving() {
     engine.replay(setup).await.unwrap();
     let mut bus = convo_store::bus::CommandBus::subscribe(client, "tintake").await.unwrap();
     let clock = ManualClock::at(Timestamp::parse_rfc3339("2026-03-02T14:00:00Z").unwrap());
-    let config = convo_engine::serve::ServeConfig { command_bytes_max: 4096 };
+    let config = convo_engine::serve::ServeConfig { command_bytes_max: 4096, ..Default::default() };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = engine.store().clone();
     let server = tokio::spawn(async move {
-        let stats = convo_engine::serve::serve(&mut engine, &mut bus, &clock, config, async {
+        let stats = convo_engine::serve::serve(served, &mut bus, std::sync::Arc::new(clock), config, async {
             let _ = stopped.await;
         })
-        .await;
-        (stats, engine)
+        .await
+        .unwrap();
+        (total(&stats), engine)
     });
     let subject = "tintake.default.cmd.receive_message";
     let open = br#"{"id":"m-1","actor":{"contact":"573001112233"},"command":{"type":"receive_message","conversation":"c1","contact":"573001112233","channel":"wa","text":"Hola"}}"#;
@@ -230,13 +245,15 @@ async fn appends_are_pipelined_across_conversations_and_serial_within_one() {
     let mut bus = convo_store::bus::CommandBus::subscribe(client, "tpipe").await.unwrap();
     let clock = ManualClock::at(Timestamp::parse_rfc3339("2026-03-02T14:00:00Z").unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = engine.store().clone();
     let server = tokio::spawn(async move {
-        let config = convo_engine::serve::ServeConfig::default();
-        let stats = convo_engine::serve::serve(&mut engine, &mut bus, &clock, config, async {
+        let config = convo_engine::serve::ServeConfig { partitions: 3, ..Default::default() };
+        let stats = convo_engine::serve::serve(served, &mut bus, std::sync::Arc::new(clock), config, async {
             let _ = stopped.await;
         })
-        .await;
-        (stats, engine)
+        .await
+        .unwrap();
+        (total(&stats), engine)
     });
     let open = |n: usize, conversation: &str, contact: &str| {
         format!(
@@ -294,13 +311,15 @@ async fn closed_conversations_leave_memory_and_come_back_from_the_log_when_neede
     let clock = ManualClock::at(Timestamp::parse_rfc3339("2026-03-02T14:00:00Z").unwrap());
     let moved = clock.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = engine.store().clone();
     let server = tokio::spawn(async move {
-        let config = convo_engine::serve::ServeConfig::default();
-        let stats = convo_engine::serve::serve(&mut engine, &mut bus, &clock, config, async {
+        let config = convo_engine::serve::ServeConfig { partitions: 3, ..Default::default() };
+        let stats = convo_engine::serve::serve(served, &mut bus, std::sync::Arc::new(clock), config, async {
             let _ = stopped.await;
         })
-        .await;
-        (stats, engine)
+        .await
+        .unwrap();
+        (total(&stats), engine)
     });
     let subject = "tevict.default.cmd.any";
     let ana = r#"{"user":{"id":"ana","ip":"10.0.0.11"}}"#;
