@@ -279,14 +279,18 @@ impl World {
         }
     }
 
-    /// Evicts conversations closed with no commit since `before`; returns how many.
+    /// Evicts conversations closed with no commit since `before`, and then the
+    /// oldest closed ones while more than `loaded_max` conversations are in
+    /// memory (open ones stay: their timers live here). Returns how many left.
     /// Their history stays in the log and is read back if a command comes for them.
-    pub fn evict_closed(&mut self, before: Timestamp) -> usize {
+    pub fn evict_closed(&mut self, before: Timestamp, loaded_max: usize) -> usize {
         let mut count = 0;
+        let mut loaded = self.loaded_conversations();
         while let Some((at, account, id)) = self.closed.first().cloned() {
-            if at >= before {
+            if at >= before && loaded <= loaded_max {
                 break;
             }
+            loaded = loaded.saturating_sub(1);
             self.closed.pop_first();
             self.closed_at.remove(&(account.clone(), id.clone()));
             if let Some(a) = self.accounts.get_mut(&account) {
@@ -435,5 +439,53 @@ impl World {
                 break; // the floor and the aggregate disagree: stop rather than loop
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs a fixture's commands through the world, committing at once.
+    fn world_after(fixture: &str) -> World {
+        let text = std::fs::read_to_string(format!(
+            "{}/../../replay-fixtures/{fixture}/input.jsonl",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let mut world = World::new();
+        let (mut seq, mut out) = (0, Vec::new());
+        for (n, line) in text.lines().enumerate().filter(|(_, l)| l.starts_with('{')) {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let default_id = format!("line-{}", n + 1);
+            let envelope = CommandEnvelope {
+                id: CommandId::new(v["id"].as_str().unwrap_or(&default_id)).unwrap(),
+                account: AccountId::new("default").unwrap(),
+                actor: v.get("actor").map_or(Actor::system("scenario"), |a| serde_json::from_value(a.clone()).unwrap()),
+                command: Command::from_json(v["command"].clone()).unwrap(),
+            };
+            let at = Timestamp::parse_rfc3339(v["at"].as_str().unwrap()).unwrap();
+            world.apply(&envelope, at, None, &mut seq, &mut out);
+            world.route(at, &mut seq, &mut out);
+        }
+        world
+    }
+
+    #[test]
+    fn eviction_takes_closed_conversations_only_by_age_then_by_count() {
+        let mut world = world_after("routing-fifo-capacity");
+        assert_eq!(world.loaded_conversations(), 3);
+        // Nothing closed before the epoch; the memory bound is not reached.
+        assert_eq!(world.evict_closed(Timestamp::from_millis(0), 10), 0);
+        // A bound of 1 evicts the two oldest closed conversations.
+        assert_eq!(world.evict_closed(Timestamp::from_millis(0), 1), 2);
+        assert_eq!(world.loaded_conversations(), 1);
+        let account = AccountId::new("default").unwrap();
+        let evicted = (1..=3)
+            .filter(|n| {
+                world.is_evicted(&account, &StreamRef::Conversation(ConversationId::new(&format!("c{n}")).unwrap()))
+            })
+            .count();
+        assert_eq!(evicted, 2);
     }
 }

@@ -28,6 +28,9 @@ pub const IDLE_WAKE_MS: u64 = 1_000;
 /// A conversation closed this long ago with nothing since leaves memory
 /// (late survey answers and repeated commands read it back from the log).
 pub const EVICT_CLOSED_AFTER_SECS: u64 = 15 * 60;
+/// Above this many conversations in memory (per partition), closed ones are
+/// evicted early, oldest first.
+pub const LOADED_CONVERSATIONS_MAX: usize = 1_000_000;
 
 /// The service's settings.
 #[derive(Debug, Clone, Copy)]
@@ -139,7 +142,7 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
             pipeline.fire_due(world, &responder, now).await;
             pipeline.route(world, &responder, now).await;
             let idle_since = Timestamp::from_millis(now.millis() - EVICT_CLOSED_AFTER_SECS as i64 * 1000);
-            evicted += world.evict_closed(idle_since) as u64;
+            evicted += world.evict_closed(idle_since, LOADED_CONVERSATIONS_MAX) as u64;
         }
         if stopping && pipeline.is_idle() {
             break;
