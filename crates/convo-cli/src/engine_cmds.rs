@@ -28,6 +28,12 @@ pub struct Connection {
     /// The first token of every subject.
     #[arg(long, default_value = convo_wire::DEFAULT_PREFIX)]
     prefix: String,
+    /// Replicas of the stream when convo creates it (3 in a production cluster).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    replicas: u8,
+    /// Where the stream keeps commits when convo creates it: file (durable) or memory.
+    #[arg(long, default_value = "file", value_parser = ["file", "memory"])]
+    storage: String,
 }
 
 impl Connection {
@@ -47,7 +53,8 @@ impl Connection {
     }
 
     fn store_config(&self) -> StoreConfig {
-        StoreConfig::for_prefix(&self.prefix)
+        let storage = if self.storage == "memory" { convo_store::Storage::Memory } else { convo_store::Storage::File };
+        StoreConfig { replicas: usize::from(self.replicas), storage, ..StoreConfig::for_prefix(&self.prefix) }
     }
 }
 

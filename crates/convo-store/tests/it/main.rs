@@ -104,8 +104,12 @@ struct Broker {
 }
 
 fn broker() -> Broker {
+    broker_with(false)
+}
+
+fn broker_with(sync_always: bool) -> Broker {
     let dir = tempfile::tempdir().unwrap();
-    let server = NatsServer::start(&LaunchOptions { data_dir: dir.path().to_path_buf(), sync_always: false })
+    let server = NatsServer::start(&LaunchOptions { data_dir: dir.path().to_path_buf(), sync_always })
         .unwrap_or_else(|e| panic!("{e}"));
     Broker { server, _dir: dir }
 }
@@ -115,6 +119,16 @@ async fn jetstream_keeps_the_contract_on_a_real_server() {
     let broker = broker();
     let store = JetStreamStore::connect(&broker.server.url(), StoreConfig::default()).await.unwrap();
     convo_store::check_server_version(&store.server_version()).expect("the bundled server is recent");
+    contract(&store).await;
+}
+
+/// The durable setting (fsync on every append) keeps the same contract.
+#[tokio::test]
+async fn jetstream_with_sync_always_keeps_the_contract() {
+    let broker = broker_with(true);
+    let config = std::fs::read_to_string(broker.server.data_dir.join("nats-server.conf")).unwrap();
+    assert!(config.contains("sync_interval: always"), "{config}");
+    let store = JetStreamStore::connect(&broker.server.url(), StoreConfig::default()).await.unwrap();
     contract(&store).await;
 }
 
