@@ -167,37 +167,71 @@ async fn request(url: &str, subject: &str, body: &[u8]) -> serde_json::Value {
     serde_json::from_slice(&reply).unwrap()
 }
 
+/// The configuration lines of a fixture (everything but conversation commands).
+fn configuration(name: &str) -> Vec<(CommandEnvelope, Timestamp)> {
+    inputs(name)
+        .into_iter()
+        .filter(|(e, _)| !matches!(e.command.type_name(), "receive_message" | "send_message" | "close"))
+        .collect()
+}
+
+/// `convo serve`'s loop, in this process, on a manual clock, for an account
+/// configured like the SLA fixture; subjects under `t<name>`.
+struct Service {
+    url: String,
+    subject_prefix: String,
+    store: JetStreamStore,
+    clock: ManualClock,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<convo_engine::serve::ServeStats>>,
+    _broker: Broker,
+}
+
+impl Service {
+    async fn start(name: &str, config: convo_engine::serve::ServeConfig) -> Self {
+        let broker = broker();
+        let url = broker.server.url();
+        let store = store(&broker, name).await;
+        let mut engine = Engine::recover(store.clone()).await.unwrap();
+        engine.replay(configuration("sla-worked-example")).await.unwrap();
+        let subject_prefix = format!("t{name}");
+        let mut bus = convo_store::bus::CommandBus::subscribe(store.client().clone(), &subject_prefix).await.unwrap();
+        let clock = ManualClock::at(Timestamp::parse_rfc3339("2026-03-02T14:00:00Z").unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (served, served_clock) = (store.clone(), clock.clone());
+        let task = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            let stats =
+                convo_engine::serve::serve(served, &mut bus, std::sync::Arc::new(served_clock), config, shutdown);
+            total(&stats.await.unwrap())
+        });
+        Self { url, subject_prefix, store, clock, stop: Some(stop), task: Some(task), _broker: broker }
+    }
+
+    fn subject(&self, kind: &str) -> String {
+        format!("{}.default.cmd.{kind}", self.subject_prefix)
+    }
+
+    async fn request(&self, body: &[u8]) -> serde_json::Value {
+        request(&self.url, &self.subject("any"), body).await
+    }
+
+    /// Stops the loop (it finishes what it holds) and returns its stats.
+    async fn stop(&mut self) -> convo_engine::serve::ServeStats {
+        self.stop.take().expect("running").send(()).unwrap();
+        self.task.take().expect("running").await.unwrap()
+    }
+}
+
 #[tokio::test]
 async fn intake_answers_bad_requests_with_typed_errors_and_keeps_serving() {
-    let broker = broker();
-    let url = broker.server.url();
-    let store = store(&broker, "intake").await;
-    let client = store.client().clone();
-    let mut engine = Engine::recover(store).await.unwrap();
-    // Configure the account through the engine directly.
-    let setup: Vec<_> = inputs("sla-worked-example")
-        .into_iter()
-        .filter(|(e, _)| {
-            e.command.type_name() != "receive_message"
-                && e.command.type_name() != "send_message"
-                && e.command.type_name() != "close"
-        })
-        .collect();
-    engine.replay(setup).await.unwrap();
-    let mut bus = convo_store::bus::CommandBus::subscribe(client, "tintake").await.unwrap();
-    let clock = ManualClock::at(Timestamp::parse_rfc3339("2026-03-02T14:00:00Z").unwrap());
-    let config = convo_engine::serve::ServeConfig { command_bytes_max: 4096, ..Default::default() };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = engine.store().clone();
-    let server = tokio::spawn(async move {
-        let stats = convo_engine::serve::serve(served, &mut bus, std::sync::Arc::new(clock), config, async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-        (total(&stats), engine)
-    });
-    let subject = "tintake.default.cmd.receive_message";
+    let mut service =
+        Service::start("intake", convo_engine::serve::ServeConfig { command_bytes_max: 4096, ..Default::default() })
+            .await;
+    let (url, subject) = (service.url.clone(), service.subject("receive_message"));
+    let subject = subject.as_str();
     let open = br#"{"id":"m-1","actor":{"contact":"573001112233"},"command":{"type":"receive_message","conversation":"c1","contact":"573001112233","channel":"wa","text":"Hola"}}"#;
     let cases: Vec<(Vec<u8>, &str, &str)> = vec![
         (b"{not json".to_vec(), "error", "malformed_json"),
@@ -216,11 +250,10 @@ async fn intake_answers_bad_requests_with_typed_errors_and_keeps_serving() {
     assert_eq!(reply["events"][0]["type"], "conversation_opened");
     let again = request(&url, subject, open).await;
     assert_eq!(again["outcome"], "duplicate", "{again}");
-    stop.send(()).unwrap();
-    let (stats, engine) = server.await.unwrap();
+    let stats = service.stop().await;
     assert_eq!(stats.requests, cases.len() as u64 + 2);
-    let opened = engine
-        .store()
+    let opened = service
+        .store
         .load(
             &AccountId::new("default").unwrap(),
             &convo_wire::StreamRef::Conversation(ConversationId::new("c1").unwrap()),
@@ -232,53 +265,33 @@ async fn intake_answers_bad_requests_with_typed_errors_and_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_are_pipelined_across_conversations_and_serial_within_one() {
-    let broker = broker();
-    let url = broker.server.url();
-    let store = store(&broker, "pipe").await;
-    let client = store.client().clone();
-    let mut engine = Engine::recover(store).await.unwrap();
-    let setup: Vec<_> = inputs("sla-worked-example")
-        .into_iter()
-        .filter(|(e, _)| !matches!(e.command.type_name(), "receive_message" | "send_message" | "close"))
-        .collect();
-    engine.replay(setup).await.unwrap();
-    let mut bus = convo_store::bus::CommandBus::subscribe(client, "tpipe").await.unwrap();
-    let clock = ManualClock::at(Timestamp::parse_rfc3339("2026-03-02T14:00:00Z").unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = engine.store().clone();
-    let server = tokio::spawn(async move {
-        let config = convo_engine::serve::ServeConfig { partitions: 3, ..Default::default() };
-        let stats = convo_engine::serve::serve(served, &mut bus, std::sync::Arc::new(clock), config, async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-        (total(&stats), engine)
-    });
+    let mut service =
+        Service::start("pipe", convo_engine::serve::ServeConfig { partitions: 3, ..Default::default() }).await;
+    let url = service.url.clone();
+    let subject = service.subject("receive_message");
     let open = |n: usize, conversation: &str, contact: &str| {
         format!(
             r#"{{"id":"m-{n}","actor":{{"contact":"{contact}"}},"command":{{"type":"receive_message","conversation":"{conversation}","contact":"{contact}","channel":"wa","text":"hola {n}"}}}}"#
         )
     };
     // The shared conversation exists first; then 40 clients at once.
-    let first = request(&url, "tpipe.default.cmd.receive_message", open(0, "shared", "p-shared").as_bytes()).await;
+    let first = request(&url, &subject, open(0, "shared", "p-shared").as_bytes()).await;
     assert_eq!(first["outcome"], "committed", "{first}");
     // One connection, 40 requests in a burst: they queue at the engine
     // faster than appends are acknowledged.
     let nats = async_nats::connect(&url).await.unwrap();
     let burst = (1..=40).map(|n| {
         let body = if n <= 30 { open(n, &format!("k{n}"), &format!("p{n}")) } else { open(n, "shared", "p-shared") };
-        nats.request("tpipe.default.cmd.receive_message", body.into())
+        nats.request(subject.clone(), body.into())
     });
     for reply in futures::future::join_all(burst).await {
         let reply: serde_json::Value = serde_json::from_slice(&reply.unwrap().payload).unwrap();
         assert_eq!(reply["outcome"], "committed", "{reply}");
     }
-    stop.send(()).unwrap();
-    let (stats, engine) = server.await.unwrap();
+    let stats = service.stop().await;
     assert!(stats.pipeline.in_flight_max > 1, "appends overlapped: {stats:?}");
-    let shared = engine
-        .store()
+    let shared = service
+        .store
         .load(
             &AccountId::new("default").unwrap(),
             &convo_wire::StreamRef::Conversation(ConversationId::new("shared").unwrap()),
@@ -297,31 +310,7 @@ async fn appends_are_pipelined_across_conversations_and_serial_within_one() {
 
 #[tokio::test]
 async fn closed_conversations_leave_memory_and_come_back_from_the_log_when_needed() {
-    let broker = broker();
-    let url = broker.server.url();
-    let store = store(&broker, "evict").await;
-    let client = store.client().clone();
-    let mut engine = Engine::recover(store).await.unwrap();
-    let setup: Vec<_> = inputs("sla-worked-example")
-        .into_iter()
-        .filter(|(e, _)| !matches!(e.command.type_name(), "receive_message" | "send_message" | "close"))
-        .collect();
-    engine.replay(setup).await.unwrap();
-    let mut bus = convo_store::bus::CommandBus::subscribe(client, "tevict").await.unwrap();
-    let clock = ManualClock::at(Timestamp::parse_rfc3339("2026-03-02T14:00:00Z").unwrap());
-    let moved = clock.clone();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = engine.store().clone();
-    let server = tokio::spawn(async move {
-        let config = convo_engine::serve::ServeConfig { partitions: 3, ..Default::default() };
-        let stats = convo_engine::serve::serve(served, &mut bus, std::sync::Arc::new(clock), config, async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-        (total(&stats), engine)
-    });
-    let subject = "tevict.default.cmd.any";
+    let mut service = Service::start("evict", convo_engine::serve::ServeConfig::default()).await;
     let ana = r#"{"user":{"id":"ana","ip":"10.0.0.11"}}"#;
     let open = br#"{"id":"m-1","actor":{"contact":"573001112233"},"command":{"type":"receive_message","conversation":"c1","contact":"573001112233","channel":"wa","text":"Hola"}}"#;
     let answer = format!(
@@ -331,22 +320,21 @@ async fn closed_conversations_leave_memory_and_come_back_from_the_log_when_neede
         r#"{{"id":"close-1","actor":{ana},"command":{{"type":"close","conversation":"c1","typification":"venta"}}}}"#
     );
     for body in [open.to_vec(), answer.into_bytes(), close.clone().into_bytes()] {
-        let reply = request(&url, subject, &body).await;
+        let reply = service.request(&body).await;
         assert_eq!(reply["outcome"], "committed", "{reply}");
     }
     // Past the eviction window; any request wakes the loop, which evicts first.
-    moved.advance_secs(convo_engine::serve::EVICT_CLOSED_AFTER_SECS + 60);
-    request(&url, subject, b"wake up").await;
-    let again = request(&url, subject, close.as_bytes()).await;
+    service.clock.advance_secs(convo_engine::serve::EVICT_CLOSED_AFTER_SECS + 60);
+    service.request(b"wake up").await;
+    let again = service.request(close.as_bytes()).await;
     assert_eq!(again["outcome"], "duplicate", "a repeated command is still recognised: {again}");
     let late = br#"{"id":"m-2","actor":{"contact":"573001112233"},"command":{"type":"receive_message","conversation":"c1","contact":"573001112233","channel":"wa","text":"Hola?"}}"#;
-    let refused = request(&url, subject, late).await;
+    let refused = service.request(late).await;
     assert_eq!(
         (refused["outcome"].as_str(), refused["code"].as_str()),
         (Some("rejected"), Some("conversation_closed")),
         "{refused}"
     );
-    stop.send(()).unwrap();
-    let (stats, _) = server.await.unwrap();
+    let stats = service.stop().await;
     assert!(stats.evicted >= 1, "{stats:?}");
 }
