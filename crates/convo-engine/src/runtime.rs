@@ -118,7 +118,17 @@ impl<S: EventStore> Engine<S> {
         let mut count = 0;
         while self.applied < last {
             let Some(stored) = follow.next().await else { break };
-            let stored = stored?;
+            let stored = match stored {
+                Ok(stored) => stored,
+                // Not a commit (a foreign or corrupt message): it cannot be
+                // applied, and refusing to start over it would stop everything.
+                Err(StoreError::Decode { seq, error }) => {
+                    eprintln!("convo: skipping stored message {seq}, which is not a readable commit: {error}");
+                    self.applied = self.applied.max(seq);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             if stored.stream_seq > self.applied {
                 if self.owns.owns(&stored.commit.account) {
                     self.world.apply_commit(&stored.commit, stored.stream_seq);

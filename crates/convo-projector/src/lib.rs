@@ -1,0 +1,282 @@
+//! # convo-projector
+//!
+//! Runs a read-model projection from its checkpoint. Commits are read from
+//! the stream and folded into staged changes; every batch of up to
+//! [`BATCH_COMMITS_MAX`] commits is written to the projection's sled tree
+//! together with the new checkpoint, atomically, then flushed: a crash loses
+//! at most the batch in hand, never applies a commit twice, and what is
+//! acknowledged (the checkpoint) is durable.
+//!
+//! A commit that cannot be decoded or applied goes to the dead letters (with
+//! the reason and its sequence) and the projection goes on. A rebuild folds
+//! the whole stream into a fresh tree and swaps it in when caught up, while
+//! queries keep reading the old one.
+
+use std::collections::BTreeMap;
+
+use futures::StreamExt;
+
+use convo_store::{EventStore, StoreError, StoredCommit};
+
+/// Commits folded into one atomic write.
+pub const BATCH_COMMITS_MAX: usize = 1_000;
+
+const CHECKPOINT_KEY: &[u8] = b"\x00checkpoint";
+const DEAD_PREFIX: &[u8] = b"\x00dead/";
+
+/// A read model: how one commit changes it.
+pub trait Projection {
+    /// The projection's name (its trees are named after it).
+    fn name(&self) -> &'static str;
+
+    /// Folds a commit into `staged` (reads see earlier staged changes).
+    fn apply(&mut self, staged: &mut Staged<'_>, stored: &StoredCommit) -> Result<(), String>;
+}
+
+/// A key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// Changes to a tree not written yet: this commit's over this batch's, read
+/// through to the tree.
+#[derive(Debug)]
+pub struct Staged<'t> {
+    tree: &'t sled::Tree,
+    batch: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    commit: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl<'t> Staged<'t> {
+    fn new(tree: &'t sled::Tree) -> Self {
+        Self { tree, batch: BTreeMap::new(), commit: BTreeMap::new() }
+    }
+
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        match self.commit.get(key).or_else(|| self.batch.get(key)) {
+            Some(value) => Ok(value.clone()),
+            None => self.tree.get(key).map(|v| v.map(|v| v.to_vec())).map_err(|e| e.to_string()),
+        }
+    }
+
+    pub fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.commit.insert(key, Some(value));
+    }
+
+    pub fn remove(&mut self, key: Vec<u8>) {
+        self.commit.insert(key, None);
+    }
+
+    /// Every live key under `prefix`, with staged changes applied.
+    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Entry>, String> {
+        let mut out: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for item in self.tree.scan_prefix(prefix) {
+            let (k, v) = item.map_err(|e| e.to_string())?;
+            out.insert(k.to_vec(), v.to_vec());
+        }
+        for layer in [&self.batch, &self.commit] {
+            for (k, v) in layer.range(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix)) {
+                match v {
+                    Some(v) => out.insert(k.clone(), v.clone()),
+                    None => out.remove(k),
+                };
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    /// The commit went well: its changes join the batch.
+    fn keep(&mut self) {
+        let commit = std::mem::take(&mut self.commit);
+        self.batch.extend(commit);
+    }
+
+    /// The commit failed: nothing of it stays.
+    fn discard(&mut self) {
+        self.commit.clear();
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectorError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the read-model database failed: {0}")]
+    Db(#[from] sled::Error),
+}
+
+/// What one run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunStats {
+    pub commits: u64,
+    pub batches: u64,
+    pub dead_letters: u64,
+    pub checkpoint: u64,
+}
+
+/// A projection's trees in one sled database.
+#[derive(Debug, Clone)]
+pub struct Projector {
+    db: sled::Db,
+    name: &'static str,
+}
+
+/// One dead letter: a commit the projection could not take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub seq: u64,
+    pub reason: String,
+}
+
+impl Projector {
+    pub fn open(db: sled::Db, name: &'static str) -> Self {
+        Self { db, name }
+    }
+
+    fn active_key(&self) -> Vec<u8> {
+        format!("active/{}", self.name).into_bytes()
+    }
+
+    /// The tree queries read (the live one).
+    pub fn tree(&self) -> Result<sled::Tree, ProjectorError> {
+        let active = self
+            .db
+            .get(self.active_key())?
+            .map(|v| v.to_vec())
+            .unwrap_or_else(|| format!("{}#1", self.name).into_bytes());
+        Ok(self.db.open_tree(active)?)
+    }
+
+    /// The last stream sequence the live tree holds.
+    pub fn checkpoint(&self) -> Result<u64, ProjectorError> {
+        checkpoint_of(&self.tree()?)
+    }
+
+    /// How far the projection is behind the stream.
+    pub async fn lag(&self, store: &impl EventStore) -> Result<u64, ProjectorError> {
+        Ok(store.last_seq().await?.saturating_sub(self.checkpoint()?))
+    }
+
+    /// Folds the stream into the live tree from its checkpoint up to the
+    /// stream's current end, in batches of [`BATCH_COMMITS_MAX`]. `on_progress` hears (checkpoint, last).
+    pub async fn catch_up(
+        &self,
+        store: &impl EventStore,
+        projection: &mut (dyn Projection + Send),
+        on_progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<RunStats, ProjectorError> {
+        fold(store, &self.tree()?, projection, BATCH_COMMITS_MAX, None, on_progress).await
+    }
+
+    /// Folds the whole stream into a fresh tree, then makes it the live one.
+    /// Until the swap, queries read the old tree.
+    pub async fn rebuild(
+        &self,
+        store: &impl EventStore,
+        projection: &mut (dyn Projection + Send),
+        on_progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<RunStats, ProjectorError> {
+        let old = self.tree()?;
+        let old_name = old.name().to_vec();
+        let generation =
+            String::from_utf8_lossy(&old_name).rsplit('#').next().and_then(|g| g.parse::<u64>().ok()).unwrap_or(1);
+        let fresh_name = format!("{}#{}", self.name, generation + 1);
+        self.db.drop_tree(fresh_name.as_bytes())?;
+        let fresh = self.db.open_tree(fresh_name.as_bytes())?;
+        let stats = fold(store, &fresh, projection, BATCH_COMMITS_MAX, None, on_progress).await?;
+        self.db.insert(self.active_key(), fresh_name.as_bytes())?;
+        self.db.flush_async().await?;
+        self.db.drop_tree(old_name)?;
+        Ok(stats)
+    }
+
+    /// The dead letters of the live tree, in stream order.
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, ProjectorError> {
+        let mut out = Vec::new();
+        for item in self.tree()?.scan_prefix(DEAD_PREFIX) {
+            let (k, v) = item?;
+            let seq = std::str::from_utf8(&k[DEAD_PREFIX.len()..]).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+            out.push(DeadLetter { seq, reason: String::from_utf8_lossy(&v).into_owned() });
+        }
+        Ok(out)
+    }
+}
+
+/// The last stream sequence a tree holds.
+pub fn checkpoint_of(tree: &sled::Tree) -> Result<u64, ProjectorError> {
+    Ok(tree.get(CHECKPOINT_KEY)?.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map_or(0, u64::from_be_bytes))
+}
+
+/// Folds commits after the tree's checkpoint up to the stream's end (or
+/// `until`), a batch of at most `batch_max` at a time.
+pub async fn fold(
+    store: &impl EventStore,
+    tree: &sled::Tree,
+    projection: &mut (dyn Projection + Send),
+    batch_max: usize,
+    until: Option<u64>,
+    on_progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> Result<RunStats, ProjectorError> {
+    let mut stats = RunStats { checkpoint: checkpoint_of(tree)?, ..RunStats::default() };
+    let end = store.last_seq().await?;
+    let last = until.map_or(end, |u| u.min(end));
+    if stats.checkpoint >= last {
+        return Ok(stats);
+    }
+    let mut follow = store.subscribe(stats.checkpoint + 1).await?;
+    let mut staged = Staged::new(tree);
+    let mut in_batch = 0;
+    while stats.checkpoint < last {
+        let Some(item) = follow.next().await else { break };
+        let (seq, outcome) = match item {
+            Ok(stored) => (stored.stream_seq, projection.apply(&mut staged, &stored)),
+            Err(StoreError::Decode { seq, error }) => (seq, Err(format!("cannot decode: {error}"))),
+            Err(e) => return Err(e.into()),
+        };
+        match outcome {
+            Ok(()) => {
+                staged.keep();
+                stats.commits += 1;
+            }
+            Err(reason) => {
+                staged.discard();
+                let mut key = DEAD_PREFIX.to_vec();
+                key.extend_from_slice(format!("{seq:020}").as_bytes());
+                staged.insert(key, reason.into_bytes());
+                staged.keep();
+                stats.dead_letters += 1;
+            }
+        }
+        stats.checkpoint = seq;
+        in_batch += 1;
+        if in_batch >= batch_max || stats.checkpoint >= last {
+            write(tree, &mut staged, stats.checkpoint).await?;
+            stats.batches += 1;
+            in_batch = 0;
+            on_progress(stats.checkpoint, last);
+        }
+    }
+    if in_batch > 0 {
+        write(tree, &mut staged, stats.checkpoint).await?;
+        stats.batches += 1;
+    }
+    Ok(stats)
+}
+
+/// Writes the staged changes and the checkpoint in one atomic batch, durably.
+async fn write(tree: &sled::Tree, staged: &mut Staged<'_>, checkpoint: u64) -> Result<(), ProjectorError> {
+    let mut batch = sled::Batch::default();
+    for (k, v) in std::mem::take(&mut staged.batch) {
+        match v {
+            Some(v) => batch.insert(k, v),
+            None => batch.remove(k),
+        }
+    }
+    batch.insert(CHECKPOINT_KEY, &checkpoint.to_be_bytes());
+    tree.apply_batch(batch)?;
+    tree.flush_async().await?;
+    Ok(())
+}
+
+/// A helper for projections: the JSON view of a value as bytes.
+pub fn json_bytes(value: &serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(value).expect("JSON values serialize")
+}
