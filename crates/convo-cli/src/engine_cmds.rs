@@ -37,7 +37,11 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn url(&self) -> Result<String> {
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
+    pub fn url(&self) -> Result<String> {
         if let Some(url) = &self.nats_url {
             return Ok(url.clone());
         }
@@ -52,7 +56,7 @@ impl Connection {
         Ok(url.trim().to_owned())
     }
 
-    fn store_config(&self) -> StoreConfig {
+    pub fn store_config(&self) -> StoreConfig {
         let storage = if self.storage == "memory" { convo_store::Storage::Memory } else { convo_store::Storage::File };
         StoreConfig { replicas: usize::from(self.replicas), storage, ..StoreConfig::for_prefix(&self.prefix) }
     }

@@ -3,6 +3,7 @@
 //! `simulate` runs the deterministic simulator; `serve`, `send`, `tail` and
 //! `replay-traffic` run and talk to the engine on NATS JetStream.
 
+mod audit_cmds;
 mod engine_cmds;
 
 use std::io::{BufWriter, Read, Write};
@@ -47,6 +48,8 @@ The scenario format is documented in replay-fixtures/README.md.")]
     Tail(engine_cmds::TailArgs),
     /// Push a scenario through the real engine and NATS, in virtual time.
     ReplayTraffic(engine_cmds::ReplayArgs),
+    /// The audit log: catch up, rebuild, verify, export, replay a conversation.
+    Audit(audit_cmds::AuditArgs),
 }
 
 #[derive(Args, Debug)]
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
                     Cmd::Send(args) => engine_cmds::send(args).await,
                     Cmd::Tail(args) => engine_cmds::tail(args).await.map(|()| ExitCode::SUCCESS),
                     Cmd::ReplayTraffic(args) => engine_cmds::replay_traffic(args).await.map(|()| ExitCode::SUCCESS),
+                    Cmd::Audit(args) => audit_cmds::audit(args).await,
                     Cmd::Simulate(_) => unreachable!("handled above"),
                 }
             })
