@@ -5,6 +5,7 @@
 
 mod audit_cmds;
 mod engine_cmds;
+mod report_cmds;
 
 use std::io::{BufWriter, Read, Write};
 use std::path::PathBuf;
@@ -50,6 +51,8 @@ The scenario format is documented in replay-fixtures/README.md.")]
     ReplayTraffic(engine_cmds::ReplayArgs),
     /// The audit log: catch up, rebuild, verify, export, replay a conversation.
     Audit(audit_cmds::AuditArgs),
+    /// Reports: volumes, SLA, times, closures, CSAT, by account/client/campaign/agent/channel.
+    Report(report_cmds::ReportArgs),
 }
 
 #[derive(Args, Debug)]
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
                     Cmd::Tail(args) => engine_cmds::tail(args).await.map(|()| ExitCode::SUCCESS),
                     Cmd::ReplayTraffic(args) => engine_cmds::replay_traffic(args).await.map(|()| ExitCode::SUCCESS),
                     Cmd::Audit(args) => audit_cmds::audit(args).await,
+                    Cmd::Report(args) => report_cmds::report(args).await.map(|()| ExitCode::SUCCESS),
                     Cmd::Simulate(_) => unreachable!("handled above"),
                 }
             })
