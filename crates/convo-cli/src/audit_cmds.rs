@@ -122,8 +122,11 @@ pub async fn audit(args: AuditArgs) -> Result<std::process::ExitCode> {
         AuditCmd::CatchUp => {
             let stats = projector.catch_up(&store, &mut AuditLog, &mut |_, _| {}).await?;
             eprintln!(
-                "convo: audit log at stream sequence {} ({} commits folded, {} dead letters)",
-                stats.checkpoint, stats.commits, stats.dead_letters
+                "convo: audit log at stream sequence {} ({} commits folded, {} dead letters in this run, lag {})",
+                stats.checkpoint,
+                stats.commits,
+                stats.dead_letters,
+                projector.lag(&store).await?
             );
         }
         AuditCmd::Rebuild => {
@@ -137,6 +140,12 @@ pub async fn audit(args: AuditArgs) -> Result<std::process::ExitCode> {
         }
         AuditCmd::Verify => {
             let verdict = convo_audit::verify(&store, &projector.tree()?).await?;
+            let lag = projector.lag(&store).await?;
+            if lag > 0 {
+                eprintln!(
+                    "convo: the audit log is {lag} commits behind the stream (`convo audit catch-up` folds them); verifying what it holds"
+                );
+            }
             match verdict.first_divergence {
                 None => println!(
                     "the audit log is intact: {} entries up to stream sequence {} match the stream",

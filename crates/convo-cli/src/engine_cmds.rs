@@ -20,19 +20,19 @@ const URL_FILE: &str = "nats.url";
 #[derive(Args, Debug)]
 pub struct Connection {
     /// The NATS server or cluster to use (default: the one `convo serve` started under --data-dir).
-    #[arg(long, env = "CONVO_NATS_URL")]
+    #[arg(long, env = "CONVO_NATS_URL", global = true)]
     nats_url: Option<String>,
     /// The data directory of the embedded default.
-    #[arg(long, default_value = ".data")]
+    #[arg(long, default_value = ".data", global = true)]
     data_dir: PathBuf,
     /// The first token of every subject.
-    #[arg(long, default_value = convo_wire::DEFAULT_PREFIX)]
+    #[arg(long, default_value = convo_wire::DEFAULT_PREFIX, global = true)]
     prefix: String,
     /// Replicas of the stream when convo creates it (3 in a production cluster).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5), global = true)]
     replicas: u8,
     /// Where the stream keeps commits when convo creates it: file (durable) or memory.
-    #[arg(long, default_value = "file", value_parser = ["file", "memory"])]
+    #[arg(long, default_value = "file", value_parser = ["file", "memory"], global = true)]
     storage: String,
 }
 

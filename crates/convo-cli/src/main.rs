@@ -4,6 +4,7 @@
 //! `replay-traffic` run and talk to the engine on NATS JetStream.
 
 mod audit_cmds;
+mod contact_cmds;
 mod engine_cmds;
 mod report_cmds;
 
@@ -53,6 +54,8 @@ The scenario format is documented in replay-fixtures/README.md.")]
     Audit(audit_cmds::AuditArgs),
     /// Reports: volumes, SLA, times, closures, CSAT, by account/client/campaign/agent/channel.
     Report(report_cmds::ReportArgs),
+    /// A contact's history of closed conversations.
+    Contact(contact_cmds::ContactArgs),
 }
 
 #[derive(Args, Debug)]
@@ -100,6 +103,7 @@ fn main() -> ExitCode {
                     Cmd::ReplayTraffic(args) => engine_cmds::replay_traffic(args).await.map(|()| ExitCode::SUCCESS),
                     Cmd::Audit(args) => audit_cmds::audit(args).await,
                     Cmd::Report(args) => report_cmds::report(args).await.map(|()| ExitCode::SUCCESS),
+                    Cmd::Contact(args) => contact_cmds::contact(args).await.map(|()| ExitCode::SUCCESS),
                     Cmd::Simulate(_) => unreachable!("handled above"),
                 }
             })

@@ -1,0 +1,77 @@
+//! `convo contact <id> history`: a contact's past conversations.
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+
+use convo_contact_history::ContactHistory;
+use convo_projector::Projector;
+use convo_store::JetStreamStore;
+
+use crate::engine_cmds::Connection;
+
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Examples:
+  convo contact 573001112233 history
+  convo contact 573001112233 history --account acme --format json
+
+Shows the last closed conversations of the contact (as many as the client's
+max_history_conversations), newest first; the number is masked unless the
+campaign shows contact numbers.")]
+pub struct ContactArgs {
+    /// The contact's id (a phone number, a page-scoped id…).
+    contact: String,
+    #[command(subcommand)]
+    command: ContactCmd,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Subcommand, Debug)]
+enum ContactCmd {
+    /// The contact's last closed conversations, newest first.
+    History {
+        #[arg(long, default_value = "default")]
+        account: String,
+        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+        format: String,
+    },
+}
+
+pub async fn contact(args: ContactArgs) -> Result<()> {
+    let ContactCmd::History { account, format } = args.command;
+    let store = JetStreamStore::connect(&args.connection.url()?, args.connection.store_config()).await?;
+    let db = sled::open(args.connection.data_dir().join("projections"))?;
+    let projector = Projector::open(db, convo_contact_history::NAME);
+    projector.catch_up(&store, &mut ContactHistory, &mut |_, _| {}).await?;
+    let history = convo_contact_history::history(&projector.tree()?, &account, &args.contact)?;
+    if history.is_empty() {
+        eprintln!("convo: no closed conversations of {} in account {account}", args.contact);
+    }
+    for entry in &history {
+        if format == "json" {
+            println!("{entry}");
+        } else {
+            let s = |k: &str| entry[k].as_str().unwrap_or("-").to_owned();
+            let agents: Vec<String> = entry["agents"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str().map(str::to_owned))
+                .collect();
+            println!(
+                "{}  {:<14} {:<10} {:<8} agents: {:<16} closed {} ({}), {} messages, fields {}",
+                s("closed_at"),
+                s("conversation"),
+                s("campaign"),
+                s("channel"),
+                agents.join(","),
+                s("typification"),
+                s("reason"),
+                entry["messages"],
+                entry["fields"]
+            );
+        }
+    }
+    Ok(())
+}
