@@ -294,3 +294,30 @@ pub fn row_json(dimension: &str, row: &Row) -> Value {
     out["closures_by_reason"] = json!(reasons);
     out
 }
+
+/// Every report row of every account, dimension and period, as JSON lines
+/// (the export a rebuild is compared with).
+pub fn export_all(tree: &sled::Tree) -> Result<Vec<Value>, sled::Error> {
+    let mut accounts = std::collections::BTreeSet::new();
+    for item in tree.scan_prefix(b"c/") {
+        let (k, _) = item?;
+        if let Some(account) = String::from_utf8_lossy(&k).split('/').nth(1) {
+            accounts.insert(account.to_owned());
+        }
+    }
+    let mut out = Vec::new();
+    for account in accounts {
+        for dimension in DIMENSIONS {
+            for period in ["hour", "day"] {
+                for row in rows(tree, &account, dimension, period, None, None)? {
+                    let mut line = json!({"account": account, "dimension": dimension, "period": period});
+                    if let (Value::Object(target), Value::Object(fields)) = (&mut line, row_json(dimension, &row)) {
+                        target.extend(fields);
+                    }
+                    out.push(line);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
