@@ -26,6 +26,12 @@ demo: build nats
     for _ in $(seq 50); do [ -s .data/demo/nats.url ] && break; sleep 0.1; done
     $convo tail --data-dir .data/demo --prefix demo --conversation r0000042 --no-follow
     echo
+    echo "== read models folded from the stream into sled: SLA by campaign, the audit chain, a contact's history =="
+    $convo report sla --by campaign --data-dir .data/demo --prefix demo
+    $convo audit catch-up --data-dir .data/demo --prefix demo
+    $convo audit verify --data-dir .data/demo --prefix demo
+    $convo contact p5550000042 history --data-dir .data/demo --prefix demo
+    echo
     echo "== a seeded random day of 10000 conversations, checked against an independent model of the rules =="
     $convo simulate --random --seed 1 --conversations 10000 --no-events --summary
     echo

@@ -116,8 +116,7 @@ fn bar(len: u64, what: &str) -> ProgressBar {
 
 pub async fn audit(args: AuditArgs) -> Result<std::process::ExitCode> {
     let store = JetStreamStore::connect(&args.connection.url()?, args.connection.store_config()).await?;
-    let db = sled::open(args.connection.data_dir().join("projections"))?;
-    let projector = Projector::open(db, convo_audit::NAME);
+    let projector = Projector::open_at(&args.connection.data_dir().join("projections"), convo_audit::NAME)?;
     match args.command {
         AuditCmd::CatchUp => {
             let stats = projector.catch_up(&store, &mut AuditLog, &mut |_, _| {}).await?;

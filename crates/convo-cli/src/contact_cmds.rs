@@ -41,8 +41,7 @@ enum ContactCmd {
 pub async fn contact(args: ContactArgs) -> Result<()> {
     let ContactCmd::History { account, format } = args.command;
     let store = JetStreamStore::connect(&args.connection.url()?, args.connection.store_config()).await?;
-    let db = sled::open(args.connection.data_dir().join("projections"))?;
-    let projector = Projector::open(db, convo_contact_history::NAME);
+    let projector = Projector::open_at(&args.connection.data_dir().join("projections"), convo_contact_history::NAME)?;
     projector.catch_up(&store, &mut ContactHistory, &mut |_, _| {}).await?;
     let history = convo_contact_history::history(&projector.tree()?, &account, &args.contact)?;
     if history.is_empty() {

@@ -79,8 +79,7 @@ fn cell(v: &Value) -> String {
 
 pub async fn report(args: ReportArgs) -> Result<()> {
     let store = JetStreamStore::connect(&args.connection.url()?, args.connection.store_config()).await?;
-    let db = sled::open(args.connection.data_dir().join("projections"))?;
-    let projector = Projector::open(db, convo_reports::NAME);
+    let projector = Projector::open_at(&args.connection.data_dir().join("projections"), convo_reports::NAME)?;
     projector.catch_up(&store, &mut Reports, &mut |_, _| {}).await?;
     let rows = convo_reports::rows(
         &projector.tree()?,

@@ -33,6 +33,9 @@ pub trait Projection {
     fn apply(&mut self, staged: &mut Staged<'_>, stored: &StoredCommit) -> Result<(), String>;
 }
 
+/// A read model's tree (sled stays behind this crate and the projections).
+pub use sled::Tree;
+
 /// A key and its value.
 pub type Entry = (Vec<u8>, Vec<u8>);
 
@@ -131,6 +134,11 @@ impl Projector {
         Self { db, name }
     }
 
+    /// Opens (or creates) the read-model database at `path`.
+    pub fn open_at(path: &std::path::Path, name: &'static str) -> Result<Self, ProjectorError> {
+        Ok(Self::open(sled::open(path)?, name))
+    }
+
     fn active_key(&self) -> Vec<u8> {
         format!("active/{}", self.name).into_bytes()
     }
@@ -198,6 +206,11 @@ impl Projector {
         }
         Ok(out)
     }
+}
+
+/// A tree in a temporary database, gone when dropped (for checks and tests).
+pub fn scratch_tree(name: &str) -> Result<sled::Tree, ProjectorError> {
+    Ok(sled::Config::new().temporary(true).open()?.open_tree(name)?)
 }
 
 /// The last stream sequence a tree holds.

@@ -240,8 +240,7 @@ pub async fn verify(
     live: &sled::Tree,
 ) -> Result<Verification, convo_projector::ProjectorError> {
     let checkpoint = convo_projector::checkpoint_of(live)?;
-    let scratch = sled::Config::new().temporary(true).open()?;
-    let expected = scratch.open_tree("audit")?;
+    let expected = convo_projector::scratch_tree("audit")?;
     convo_projector::fold(
         store,
         &expected,

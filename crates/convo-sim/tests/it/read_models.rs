@@ -15,9 +15,8 @@ fn lines(values: Vec<serde_json::Value>) -> String {
     values.iter().map(|v| format!("{v}\n")).collect()
 }
 
-async fn fold(store: &MemoryStore, projection: &mut (dyn Projection + Send)) -> sled::Tree {
-    let db = sled::Config::new().temporary(true).open().unwrap();
-    let tree = db.open_tree(projection.name()).unwrap();
+async fn fold(store: &MemoryStore, projection: &mut (dyn Projection + Send)) -> convo_projector::Tree {
+    let tree = convo_projector::scratch_tree(projection.name()).unwrap();
     convo_projector::fold(store, &tree, projection, convo_projector::BATCH_COMMITS_MAX, None, &mut |_, _| {})
         .await
         .unwrap();
