@@ -71,9 +71,13 @@ update-fixtures:
 schemas:
     UPDATE_SCHEMAS=1 cargo test -p convo-wire --test it schemas_match_the_code
 
-# Benchmarks (not part of `just test`).
-bench:
-    cargo bench -p convo-benches
+# Benchmarks (not part of `just test`): every figure beside its raw ceiling, in one run (see BENCHMARKS.md).
+bench: nats
+    cargo run --release -p convo-benches --bin convo-bench
+
+# The criterion micro-benchmark of decide+evolve (statistics, not part of `just bench`'s table).
+bench-domain:
+    cargo bench -p convo-benches --bench domain
 
 # Build the release binary.
 build:

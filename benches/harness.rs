@@ -1,0 +1,512 @@
+//! `convo-bench`: where convo stands against the broker and the disk,
+//! measured in one run on one machine (`just bench`). Every figure is printed
+//! beside its raw ceiling, measured the same way in the same run:
+//!
+//! - engine write path (commands through the real NATS intake) vs raw
+//!   pipelined JetStream appends with the same headers and payload size;
+//! - the same two with `sync_interval: always`;
+//! - projection rebuilds over at least a million events vs a raw ordered read
+//!   of the stream and raw sled batch inserts of the same volume;
+//! - decide+evolve per core (the pure domain);
+//! - resident memory per open conversation at 100k and 1M.
+//!
+//! `CONVO_BENCH_QUICK=1` runs tiny sizes (a smoke run, not figures).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use serde_json::{Value, json};
+
+use convo_domain::{Command, CommandEnvelope, Timestamp};
+use convo_engine::Engine;
+use convo_engine::clock::WallClock;
+use convo_projector::Projection;
+use convo_store::launcher::{LaunchOptions, NatsServer};
+use convo_store::{EventStore, JetStreamStore, MemoryStore, StoreConfig};
+
+/// One line of the results table.
+struct Figure {
+    measure: String,
+    value: f64,
+    unit: &'static str,
+    ceiling: Option<(String, f64)>,
+}
+
+fn quick() -> bool {
+    std::env::var_os("CONVO_BENCH_QUICK").is_some()
+}
+
+fn start_server(dir: &std::path::Path, sync_always: bool) -> Result<NatsServer> {
+    Ok(NatsServer::start(&LaunchOptions { data_dir: dir.to_path_buf(), sync_always })?)
+}
+
+fn percentile(sorted: &[Duration], p: usize) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = (sorted.len() * p).div_ceil(100).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+// ---------------------------------------------------------------- write path
+
+fn setup_commands() -> Vec<Value> {
+    let all_day: Value = json!(["00:00-24:00"]);
+    vec![
+        json!({"type":"configure_account","name":"Bench","typifications":[{"id":"venta","name":"V"},{"id":"inactividad","name":"I"},{"id":"transferencia","name":"T"}]}),
+        json!({"type":"define_client","id":"acme","name":"Acme","code":"1","sla_optimal_secs":1,"sla_low_secs":2,"max_inactivity_secs":3600,"inactivity_attempts":1}),
+        json!({"type":"define_project","id":"p","client":"acme","name":"P"}),
+        json!({"type":"define_schedule","id":"always","name":"24/7","time_zone":"UTC","week":{"mon":all_day,"tue":all_day,"wed":all_day,"thu":all_day,"fri":all_day,"sat":all_day,"sun":all_day}}),
+        json!({"type":"define_channel","id":"wa","kind":"whatsapp","external_id":"1","messages":{"welcome":{"enabled":true,"text":"Hola {contact_name}"},"closing":{"enabled":true,"text":"Gracias"}}}),
+        json!({"type":"define_channel","id":"web","kind":"webchat","external_id":"2"}),
+        json!({"type":"define_user","id":"a1","name":"A1","email":"a1@x.co","role":"agent","max_concurrent_conversations":1000}),
+        json!({"type":"define_user","id":"a2","name":"A2","email":"a2@x.co","role":"agent","max_concurrent_conversations":1000}),
+        json!({"type":"define_user","id":"sup","name":"Sup","email":"s@x.co","role":"supervisor"}),
+        json!({"type":"define_campaign","id":"c1","client":"acme","project":"p","name":"C1","channels":["wa"],"schedule":"always","out_of_hours":{"action":"enqueue"},
+            "inactivity_typification":"inactividad","transfer_typification":"transferencia","closing_typifications":["venta"],"permissions":{"allow_close_without_reply":true},"agents":["a1","sup"]}),
+        json!({"type":"define_campaign","id":"c2","client":"acme","project":"p","name":"C2","channels":["web"],"schedule":"always","out_of_hours":{"action":"enqueue"},
+            "inactivity_typification":"inactividad","transfer_typification":"transferencia","closing_typifications":["venta"],"permissions":{"allow_close_without_reply":true},"agents":["a2","sup"]}),
+    ]
+}
+
+/// One conversation's commands, in order (agents stay offline: a supervisor assigns).
+fn script(n: usize) -> Vec<Value> {
+    let (c, p) = (format!("k{n}"), format!("p{n}"));
+    let sup = json!({"user":{"id":"sup"}});
+    let a1 = json!({"user":{"id":"a1"}});
+    let a2 = json!({"user":{"id":"a2"}});
+    let contact = json!({"contact": p});
+    let cmd = |id: &str, actor: &Value, command: Value| json!({"id": format!("{id}-{n}"), "actor": actor, "command": command});
+    vec![
+        cmd(
+            "open",
+            &contact,
+            json!({"type":"receive_message","conversation":c,"contact":p,"channel":"wa","text":"Hola, necesito ayuda con mi pedido","contact_name":"Ana"}),
+        ),
+        cmd("assign1", &sup, json!({"type":"assign","conversation":c,"agent":"a1"})),
+        cmd(
+            "reply1",
+            &a1,
+            json!({"type":"send_message","conversation":c,"text":"Con gusto, ¿me das tu número de pedido?"}),
+        ),
+        cmd(
+            "again",
+            &contact,
+            json!({"type":"receive_message","conversation":c,"contact":p,"channel":"wa","text":"Es el A-1001"}),
+        ),
+        cmd("reply2", &a1, json!({"type":"send_message","conversation":c,"text":"Gracias, te paso con soporte"})),
+        cmd("transfer", &a1, json!({"type":"transfer","conversation":c,"to":{"campaign":"c2"}})),
+        cmd("assign2", &sup, json!({"type":"assign","conversation":c,"agent":"a2"})),
+        cmd("reply3", &a2, json!({"type":"send_message","conversation":c,"text":"Listo, quedó resuelto"})),
+        cmd("close", &a2, json!({"type":"close","conversation":c,"typification":"venta"})),
+    ]
+}
+
+struct WriteRun {
+    commands: usize,
+    events: usize,
+    refused: usize,
+    secs: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    commit_bytes: usize,
+}
+
+async fn engine_write(url: &str, prefix: &str, conversations: usize, in_flight: usize) -> Result<WriteRun> {
+    let store = JetStreamStore::connect(url, StoreConfig::for_prefix(prefix)).await?;
+    let mut engine = Engine::recover(store.clone()).await?;
+    let now = Timestamp::parse_rfc3339("2026-03-02T12:00:00Z")?;
+    let setup = setup_commands().into_iter().enumerate().map(|(n, c)| {
+        let envelope = CommandEnvelope {
+            id: format!("setup-{n}").parse().expect("valid"),
+            account: "bench".parse().expect("valid"),
+            actor: convo_domain::Actor::system("bench"),
+            command: Command::from_json(c).expect("valid setup"),
+        };
+        (envelope, now)
+    });
+    engine.replay(setup.collect::<Vec<_>>()).await?;
+    drop(engine);
+    let mut bus = convo_store::bus::CommandBus::subscribe(store.client().clone(), prefix).await?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = convo_engine::serve::ServeConfig { partitions: 1, ..Default::default() };
+    let served = store.clone();
+    let service = tokio::spawn(async move {
+        convo_engine::serve::serve(served, &mut bus, Arc::new(WallClock), config, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    let client = async_nats::connect(url).await?;
+    let subject = format!("{prefix}.bench.cmd.any");
+    let started = Instant::now();
+    let mut latencies = Vec::new();
+    let (mut events, mut refused, mut commands) = (0, 0, 0);
+    let mut running = FuturesUnordered::new();
+    let mut next = 0;
+    let run_one = |n: usize| {
+        let (client, subject) = (client.clone(), subject.clone());
+        async move {
+            let mut out = Vec::new();
+            for body in script(n) {
+                let t = Instant::now();
+                let reply = client.request(subject.clone(), body.to_string().into()).await;
+                let value: Value =
+                    reply.ok().and_then(|r| serde_json::from_slice(&r.payload).ok()).unwrap_or(Value::Null);
+                out.push((t.elapsed(), value));
+            }
+            out
+        }
+    };
+    while next < conversations.min(in_flight) {
+        running.push(run_one(next));
+        next += 1;
+    }
+    while let Some(results) = running.next().await {
+        for (latency, reply) in results {
+            commands += 1;
+            latencies.push(latency);
+            match reply["outcome"].as_str() {
+                Some("committed") => events += reply["events"].as_array().map_or(0, Vec::len),
+                _ => refused += 1,
+            }
+        }
+        if next < conversations {
+            running.push(run_one(next));
+            next += 1;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let _ = stop.send(());
+    service.await?.context("the service failed")?;
+    latencies.sort();
+    let info = store.last_seq().await?;
+    let commit_bytes = stream_bytes(url, prefix).await? / info.max(1) as usize;
+    Ok(WriteRun {
+        commands,
+        events,
+        refused,
+        secs,
+        p50_ms: percentile(&latencies, 50),
+        p99_ms: percentile(&latencies, 99),
+        commit_bytes,
+    })
+}
+
+async fn stream_bytes(url: &str, prefix: &str) -> Result<usize> {
+    let js = async_nats::jetstream::new(async_nats::connect(url).await?);
+    let stream = js.get_stream(StoreConfig::for_prefix(prefix).stream).await?;
+    Ok(stream.get_info().await?.state.bytes as usize)
+}
+
+/// The ceiling: raw pipelined appends, one in flight per subject, the same
+/// headers and payload size as the engine's commits.
+async fn raw_appends(
+    url: &str,
+    name: &str,
+    subjects: usize,
+    per_subject: usize,
+    payload: usize,
+) -> Result<(usize, f64)> {
+    let js = async_nats::jetstream::new(async_nats::connect(url).await?);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: name.to_uppercase(),
+        subjects: vec![format!("{name}.>")],
+        ..Default::default()
+    })
+    .await?;
+    let body = Bytes::from(vec![7u8; payload]);
+    let started = Instant::now();
+    let mut chains = FuturesUnordered::new();
+    for s in 0..subjects {
+        let (js, body, name) = (js.clone(), body.clone(), name.to_owned());
+        chains.push(async move {
+            let mut last = 0u64;
+            for i in 0..per_subject {
+                let mut h = async_nats::HeaderMap::new();
+                for (k, v) in [
+                    ("Convo-Kind", "message"),
+                    ("Convo-Events", "message_sent,response_recorded"),
+                    ("Convo-Schema", "1"),
+                ] {
+                    h.insert(k, v);
+                }
+                h.insert("Convo-Command", format!("cmd-{s}-{i}").as_str());
+                h.insert("Convo-Correlation", format!("cmd-{s}-{i}").as_str());
+                h.insert("Convo-Account", "bench");
+                h.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, last.to_string().as_str());
+                h.insert("Nats-Expected-Last-Subject-Sequence-Subject", format!("{name}.bench.conv.k{s}.*").as_str());
+                h.insert(async_nats::header::NATS_MESSAGE_ID, format!("bench/k{s}/{i}").as_str());
+                let ack =
+                    js.publish_with_headers(format!("{name}.bench.conv.k{s}.message"), h, body.clone()).await?.await?;
+                last = ack.sequence;
+            }
+            anyhow::Ok(per_subject)
+        });
+    }
+    let mut total = 0;
+    while let Some(done) = chains.next().await {
+        total += done?;
+    }
+    Ok((total, started.elapsed().as_secs_f64()))
+}
+
+// ---------------------------------------------------------------- rebuild
+
+/// A stream of at least `events` events: random days, appended as commits.
+async fn fill(url: &str, prefix: &str, events_min: usize) -> Result<(usize, usize)> {
+    let mut inputs = Vec::new();
+    let conversations = (events_min / 17 + 1) as u32;
+    let mut day = convo_sim::workload::RandomDay::new(7, conversations);
+    convo_sim::run(&mut day, None, |step| {
+        if let Some(input) = step.input {
+            inputs.push((input.envelope.clone(), input.at));
+        }
+    });
+    let mut memory = Engine::recover(MemoryStore::new(prefix)).await?;
+    memory.replay(inputs).await?;
+    let js = async_nats::jetstream::new(async_nats::connect(url).await?);
+    let store = JetStreamStore::connect(url, StoreConfig::for_prefix(prefix)).await?;
+    drop(store); // creates the stream
+    let last = memory.store().last_seq().await?;
+    let mut follow = memory.store().subscribe(1).await?;
+    let mut acks = FuturesUnordered::new();
+    let (mut commits, mut events) = (0, 0);
+    while commits < last as usize {
+        let Some(stored) = follow.next().await else { break };
+        let stored = stored?;
+        let commit = stored.commit;
+        events += commit.events.len();
+        commits += 1;
+        let mut h = async_nats::HeaderMap::new();
+        for (k, v) in commit.headers() {
+            h.insert(k, v.as_str());
+        }
+        acks.push(std::future::IntoFuture::into_future(
+            js.publish_with_headers(commit.subject(prefix), h, commit.encode()?.into()).await?,
+        ));
+        if acks.len() >= 4096 {
+            acks.next().await.transpose()?;
+        }
+    }
+    while acks.next().await.transpose()?.is_some() {}
+    Ok((commits, events))
+}
+
+async fn raw_read(url: &str, prefix: &str, commits: usize) -> Result<f64> {
+    let js = async_nats::jetstream::new(async_nats::connect(url).await?);
+    let stream = js.get_stream(StoreConfig::for_prefix(prefix).stream).await?;
+    let consumer = stream.create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default()).await?;
+    let started = Instant::now();
+    let mut messages = consumer.messages().await?;
+    let mut seen = 0;
+    while seen < commits {
+        let Some(m) = messages.next().await else { break };
+        std::hint::black_box(m?.payload.len());
+        seen += 1;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+async fn rebuild(store: &JetStreamStore, projection: &mut (dyn Projection + Send)) -> Result<(f64, u64)> {
+    let dir = tempfile::tempdir()?;
+    let projector = convo_projector::Projector::open_at(dir.path(), projection.name())?;
+    let started = Instant::now();
+    let stats = projector.rebuild(store, projection, &mut |_, _| {}).await?;
+    Ok((started.elapsed().as_secs_f64(), stats.commits))
+}
+
+fn raw_sled(events: usize, entry_bytes: usize) -> Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let db = sled::open(dir.path())?;
+    let tree = db.open_tree("raw")?;
+    let value = vec![b'x'; entry_bytes];
+    let started = Instant::now();
+    let mut batch = sled::Batch::default();
+    for n in 0..events {
+        batch.insert(format!("e/bench/{n:020}").as_bytes(), value.as_slice());
+        if n % 1700 == 1699 {
+            tree.apply_batch(std::mem::take(&mut batch))?;
+            tree.flush()?;
+        }
+    }
+    tree.apply_batch(batch)?;
+    tree.flush()?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+// ---------------------------------------------------------------- memory
+
+fn rss_bytes() -> usize {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<usize>().ok()))
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// Resident bytes per open conversation held by the engine's core (with its timers).
+fn memory(open: usize) -> f64 {
+    let mut world = convo_engine::World::new();
+    let now = Timestamp::parse_rfc3339("2026-03-02T12:00:00Z").expect("valid");
+    let (mut seq, mut out) = (0, Vec::new());
+    for (n, c) in setup_commands().into_iter().enumerate() {
+        let envelope = CommandEnvelope {
+            id: format!("setup-{n}").parse().expect("valid"),
+            account: "bench".parse().expect("valid"),
+            actor: convo_domain::Actor::system("bench"),
+            command: Command::from_json(c).expect("valid"),
+        };
+        world.apply(&envelope, now, None, &mut seq, &mut out);
+    }
+    let before = rss_bytes();
+    for n in 0..open {
+        let body = &script(n)[0];
+        let envelope = CommandEnvelope {
+            id: body["id"].as_str().expect("id").parse().expect("valid"),
+            account: "bench".parse().expect("valid"),
+            actor: serde_json::from_value(body["actor"].clone()).expect("actor"),
+            command: Command::from_json(body["command"].clone()).expect("valid"),
+        };
+        out.clear();
+        world.apply(&envelope, now, None, &mut seq, &mut out);
+    }
+    let after = rss_bytes();
+    assert_eq!(world.open_conversations(), open);
+    std::hint::black_box(&world);
+    (after.saturating_sub(before)) as f64 / open as f64
+}
+
+// ---------------------------------------------------------------- main
+
+fn print(figures: &[Figure]) {
+    println!("\n{:<44} {:>14} {:<12} {:<34} {:>14} {:>7}", "measure", "figure", "unit", "ceiling", "ceiling", "ratio");
+    for f in figures {
+        let (name, value, ratio) = match &f.ceiling {
+            Some((name, c)) => (name.clone(), format!("{c:.0}"), format!("{:.0}%", f.value / c * 100.0)),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        println!("{:<44} {:>14.1} {:<12} {:<34} {:>14} {:>7}", f.measure, f.value, f.unit, name, value, ratio);
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let q = quick();
+    let (conversations, rebuild_events, mem_small, mem_large) =
+        if q { (200, 20_000, 10_000, 20_000) } else { (4_000, 1_000_000, 100_000, 1_000_000) };
+    let mut figures = Vec::new();
+    let dir = tempfile::tempdir()?;
+    eprintln!(
+        "convo-bench: {} run on {} cores",
+        if q { "quick (smoke)" } else { "full" },
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+
+    for (sync, tag) in [(false, "default sync"), (true, "sync_interval: always")] {
+        let server = start_server(&dir.path().join(if sync { "sync" } else { "default" }), sync)?;
+        let n = if sync { conversations / 4 } else { conversations };
+        eprintln!("convo-bench: engine write path, {n} conversations × 9 commands ({tag})");
+        let run = engine_write(&server.url(), "w", n, 256).await?;
+        eprintln!(
+            "  {} commands, {} events, {} refused, {:.1} s; commit ≈ {} bytes",
+            run.commands, run.events, run.refused, run.secs, run.commit_bytes
+        );
+        let (raw, raw_secs) =
+            raw_appends(&server.url(), "raw", 256, (run.commands / 256).max(1), run.commit_bytes).await?;
+        let ceiling = raw as f64 / raw_secs;
+        let label = |what: &str| format!("{what} ({tag})");
+        figures.push(Figure {
+            measure: label("engine: committed commands/s"),
+            value: run.commands as f64 / run.secs,
+            unit: "cmd/s",
+            ceiling: Some(("raw appends/s (256 chains)".into(), ceiling)),
+        });
+        figures.push(Figure {
+            measure: label("engine: events/s"),
+            value: run.events as f64 / run.secs,
+            unit: "events/s",
+            ceiling: None,
+        });
+        figures.push(Figure {
+            measure: label("engine: p50 command latency"),
+            value: run.p50_ms,
+            unit: "ms",
+            ceiling: None,
+        });
+        figures.push(Figure {
+            measure: label("engine: p99 command latency"),
+            value: run.p99_ms,
+            unit: "ms",
+            ceiling: None,
+        });
+    }
+
+    let server = start_server(&dir.path().join("rebuild"), false)?;
+    eprintln!("convo-bench: filling a stream with ≥ {rebuild_events} events");
+    let (commits, events) = fill(&server.url(), "r", rebuild_events).await?;
+    eprintln!("  {commits} commits, {events} events");
+    let read_secs = raw_read(&server.url(), "r", commits).await?;
+    let read_rate = events as f64 / read_secs;
+    let store = JetStreamStore::connect(&server.url(), StoreConfig::for_prefix("r")).await?;
+    let audit_entry = 520;
+    let sled_rate = events as f64 / raw_sled(events, audit_entry)?;
+    let projections: Vec<(&str, Box<dyn Projection + Send>)> = vec![
+        ("audit", Box::new(convo_audit::AuditLog)),
+        ("reports", Box::new(convo_reports::Reports)),
+        ("contact history", Box::new(convo_contact_history::ContactHistory)),
+    ];
+    for (name, mut projection) in projections {
+        eprintln!("convo-bench: rebuilding {name}");
+        let (secs, _) = rebuild(&store, projection.as_mut()).await?;
+        let rate = events as f64 / secs;
+        figures.push(Figure {
+            measure: format!("rebuild {name}: events/s"),
+            value: rate,
+            unit: "events/s",
+            ceiling: Some(("raw ordered read, events/s".into(), read_rate)),
+        });
+        if name == "audit" {
+            figures.push(Figure {
+                measure: "rebuild audit vs raw sled batches".into(),
+                value: rate,
+                unit: "events/s",
+                ceiling: Some(("raw sled batch inserts/s".into(), sled_rate)),
+            });
+        }
+    }
+
+    eprintln!("convo-bench: decide+evolve");
+    let catalog = convo_benches::catalog();
+    let floor = convo_domain::Floor::default();
+    let steps = convo_benches::domain_mix(1_000);
+    let rounds = if q { 3 } else { 60 };
+    let started = Instant::now();
+    for _ in 0..rounds {
+        let mut states = convo_benches::states(1_000);
+        std::hint::black_box(convo_benches::run_mix(&catalog, &floor, &mut states, &steps));
+    }
+    let per_sec = (steps.len() * rounds) as f64 / started.elapsed().as_secs_f64();
+    figures.push(Figure {
+        measure: "decide+evolve (one core)".into(),
+        value: per_sec,
+        unit: "cmd/s",
+        ceiling: Some(("goal".into(), 2_000_000.0)),
+    });
+
+    for open in [mem_small, mem_large] {
+        eprintln!("convo-bench: memory with {open} open conversations");
+        let per = tokio::task::spawn_blocking(move || memory(open)).await?;
+        figures.push(Figure {
+            measure: format!("memory per open conversation ({open})"),
+            value: per,
+            unit: "bytes",
+            ceiling: Some(("goal".into(), 1024.0)),
+        });
+    }
+    print(&figures);
+    Ok(())
+}
