@@ -10,7 +10,9 @@
 //! - decide+evolve per core (the pure domain);
 //! - resident memory per open conversation at 100k and 1M.
 //!
-//! `CONVO_BENCH_QUICK=1` runs tiny sizes (a smoke run, not figures).
+//! `CONVO_BENCH_QUICK=1` runs tiny sizes (a smoke run, not figures);
+//! `CONVO_BENCH_ONLY=engine|rebuild|domain|memory` runs one part (for
+//! profiling it); `CONVO_BENCH_REBUILD_EVENTS=N` sets the rebuild volume.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +40,11 @@ struct Figure {
 
 fn quick() -> bool {
     std::env::var_os("CONVO_BENCH_QUICK").is_some()
+}
+
+/// Whether this run measures `part`.
+fn runs(part: &str) -> bool {
+    std::env::var("CONVO_BENCH_ONLY").map_or(true, |only| only == part)
 }
 
 fn start_server(dir: &std::path::Path, sync_always: bool) -> Result<NatsServer> {
@@ -211,7 +218,7 @@ async fn raw_appends(
     subjects: usize,
     per_subject: usize,
     payload: usize,
-) -> Result<(usize, f64)> {
+) -> Result<(usize, f64, Vec<Duration>)> {
     let js = async_nats::jetstream::new(async_nats::connect(url).await?);
     js.create_stream(async_nats::jetstream::stream::Config {
         name: name.to_uppercase(),
@@ -226,7 +233,9 @@ async fn raw_appends(
         let (js, body, name) = (js.clone(), body.clone(), name.to_owned());
         chains.push(async move {
             let mut last = 0u64;
+            let mut latencies = Vec::with_capacity(per_subject);
             for i in 0..per_subject {
+                let t = Instant::now();
                 let mut h = async_nats::HeaderMap::new();
                 for (k, v) in [
                     ("Convo-Kind", "message"),
@@ -244,15 +253,17 @@ async fn raw_appends(
                 let ack =
                     js.publish_with_headers(format!("{name}.bench.conv.k{s}.message"), h, body.clone()).await?.await?;
                 last = ack.sequence;
+                latencies.push(t.elapsed());
             }
-            anyhow::Ok(per_subject)
+            anyhow::Ok(latencies)
         });
     }
-    let mut total = 0;
+    let mut all = Vec::new();
     while let Some(done) = chains.next().await {
-        total += done?;
+        all.extend(done?);
     }
-    Ok((total, started.elapsed().as_secs_f64()))
+    all.sort();
+    Ok((all.len(), started.elapsed().as_secs_f64(), all))
 }
 
 // ---------------------------------------------------------------- rebuild
@@ -339,6 +350,19 @@ fn raw_sled(events: usize, entry_bytes: usize) -> Result<f64> {
     Ok(started.elapsed().as_secs_f64())
 }
 
+/// A projection that does nothing: what decoding, batching and checkpoints cost.
+struct Nothing;
+
+impl Projection for Nothing {
+    fn name(&self) -> &'static str {
+        "nothing"
+    }
+
+    fn apply(&mut self, _: &mut convo_projector::Staged<'_>, _: &convo_store::StoredCommit) -> Result<(), String> {
+        Ok(())
+    }
+}
+
 // ---------------------------------------------------------------- memory
 
 fn rss_bytes() -> usize {
@@ -386,7 +410,11 @@ fn print(figures: &[Figure]) {
     println!("\n{:<44} {:>14} {:<12} {:<34} {:>14} {:>7}", "measure", "figure", "unit", "ceiling", "ceiling", "ratio");
     for f in figures {
         let (name, value, ratio) = match &f.ceiling {
-            Some((name, c)) => (name.clone(), format!("{c:.0}"), format!("{:.0}%", f.value / c * 100.0)),
+            Some((name, c)) => (
+                name.clone(),
+                if *c < 100.0 { format!("{c:.1}") } else { format!("{c:.0}") },
+                format!("{:.0}%", f.value / c * 100.0),
+            ),
             None => ("-".into(), "-".into(), "-".into()),
         };
         println!("{:<44} {:>14.1} {:<12} {:<34} {:>14} {:>7}", f.measure, f.value, f.unit, name, value, ratio);
@@ -396,8 +424,11 @@ fn print(figures: &[Figure]) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let q = quick();
-    let (conversations, rebuild_events, mem_small, mem_large) =
+    let (conversations, mut rebuild_events, mem_small, mem_large) =
         if q { (200, 20_000, 10_000, 20_000) } else { (4_000, 1_000_000, 100_000, 1_000_000) };
+    if let Some(n) = std::env::var("CONVO_BENCH_REBUILD_EVENTS").ok().and_then(|n| n.parse().ok()) {
+        rebuild_events = n;
+    }
     let mut figures = Vec::new();
     let dir = tempfile::tempdir()?;
     eprintln!(
@@ -406,7 +437,8 @@ async fn main() -> Result<()> {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
 
-    for (sync, tag) in [(false, "default sync"), (true, "sync_interval: always")] {
+    for (sync, tag) in [(false, "default sync"), (true, "sync_interval: always")].into_iter().filter(|_| runs("engine"))
+    {
         let server = start_server(&dir.path().join(if sync { "sync" } else { "default" }), sync)?;
         let n = if sync { conversations / 4 } else { conversations };
         eprintln!("convo-bench: engine write path, {n} conversations × 9 commands ({tag})");
@@ -415,89 +447,105 @@ async fn main() -> Result<()> {
             "  {} commands, {} events, {} refused, {:.1} s; commit ≈ {} bytes",
             run.commands, run.events, run.refused, run.secs, run.commit_bytes
         );
-        let (raw, raw_secs) =
+        let (raw, raw_secs, raw_latencies) =
             raw_appends(&server.url(), "raw", 256, (run.commands / 256).max(1), run.commit_bytes).await?;
         let ceiling = raw as f64 / raw_secs;
+        let events_per_commit = run.events as f64 / run.commands.max(1) as f64;
         let label = |what: &str| format!("{what} ({tag})");
-        figures.push(Figure {
-            measure: label("engine: committed commands/s"),
-            value: run.commands as f64 / run.secs,
-            unit: "cmd/s",
-            ceiling: Some(("raw appends/s (256 chains)".into(), ceiling)),
-        });
-        figures.push(Figure {
-            measure: label("engine: events/s"),
-            value: run.events as f64 / run.secs,
-            unit: "events/s",
-            ceiling: None,
-        });
-        figures.push(Figure {
-            measure: label("engine: p50 command latency"),
-            value: run.p50_ms,
-            unit: "ms",
-            ceiling: None,
-        });
-        figures.push(Figure {
-            measure: label("engine: p99 command latency"),
-            value: run.p99_ms,
-            unit: "ms",
-            ceiling: None,
-        });
+        let figure = |measure: &str, value: f64, unit: &'static str, ceiling_name: &str, ceiling: f64| Figure {
+            measure: label(measure),
+            value,
+            unit,
+            ceiling: Some((ceiling_name.to_owned(), ceiling)),
+        };
+        figures.push(figure(
+            "engine: committed commands/s",
+            run.commands as f64 / run.secs,
+            "cmd/s",
+            "raw appends/s (256 chains)",
+            ceiling,
+        ));
+        figures.push(figure(
+            "engine: events/s",
+            run.events as f64 / run.secs,
+            "events/s",
+            "raw appends/s × events/commit",
+            ceiling * events_per_commit,
+        ));
+        figures.push(figure(
+            "engine: p50 command latency",
+            run.p50_ms,
+            "ms",
+            "raw append p50 ms",
+            percentile(&raw_latencies, 50),
+        ));
+        figures.push(figure(
+            "engine: p99 command latency",
+            run.p99_ms,
+            "ms",
+            "raw append p99 ms",
+            percentile(&raw_latencies, 99),
+        ));
     }
 
-    let server = start_server(&dir.path().join("rebuild"), false)?;
-    eprintln!("convo-bench: filling a stream with ≥ {rebuild_events} events");
-    let (commits, events) = fill(&server.url(), "r", rebuild_events).await?;
-    eprintln!("  {commits} commits, {events} events");
-    let read_secs = raw_read(&server.url(), "r", commits).await?;
-    let read_rate = events as f64 / read_secs;
-    let store = JetStreamStore::connect(&server.url(), StoreConfig::for_prefix("r")).await?;
-    let audit_entry = 520;
-    let sled_rate = events as f64 / raw_sled(events, audit_entry)?;
-    let projections: Vec<(&str, Box<dyn Projection + Send>)> = vec![
-        ("audit", Box::new(convo_audit::AuditLog)),
-        ("reports", Box::new(convo_reports::Reports)),
-        ("contact history", Box::new(convo_contact_history::ContactHistory)),
-    ];
-    for (name, mut projection) in projections {
-        eprintln!("convo-bench: rebuilding {name}");
-        let (secs, _) = rebuild(&store, projection.as_mut()).await?;
-        let rate = events as f64 / secs;
-        figures.push(Figure {
-            measure: format!("rebuild {name}: events/s"),
-            value: rate,
-            unit: "events/s",
-            ceiling: Some(("raw ordered read, events/s".into(), read_rate)),
-        });
-        if name == "audit" {
+    if runs("rebuild") {
+        let server = start_server(&dir.path().join("rebuild"), false)?;
+        eprintln!("convo-bench: filling a stream with ≥ {rebuild_events} events");
+        let (commits, events) = fill(&server.url(), "r", rebuild_events).await?;
+        eprintln!("  {commits} commits, {events} events");
+        let read_secs = raw_read(&server.url(), "r", commits).await?;
+        let read_rate = events as f64 / read_secs;
+        let store = JetStreamStore::connect(&server.url(), StoreConfig::for_prefix("r")).await?;
+        let audit_entry = 520;
+        let sled_rate = events as f64 / raw_sled(events, audit_entry)?;
+        let projections: Vec<(&str, Box<dyn Projection + Send>)> = vec![
+            ("nothing (projector alone)", Box::new(Nothing)),
+            ("audit", Box::new(convo_audit::AuditLog)),
+            ("reports", Box::new(convo_reports::Reports)),
+            ("contact history", Box::new(convo_contact_history::ContactHistory)),
+        ];
+        for (name, mut projection) in projections {
+            eprintln!("convo-bench: rebuilding {name}");
+            let (secs, _) = rebuild(&store, projection.as_mut()).await?;
+            let rate = events as f64 / secs;
             figures.push(Figure {
-                measure: "rebuild audit vs raw sled batches".into(),
+                measure: format!("rebuild {name}: events/s"),
                 value: rate,
                 unit: "events/s",
-                ceiling: Some(("raw sled batch inserts/s".into(), sled_rate)),
+                ceiling: Some(("raw ordered read, events/s".into(), read_rate)),
             });
+            if name == "audit" {
+                figures.push(Figure {
+                    measure: "rebuild audit vs raw sled batches".into(),
+                    value: rate,
+                    unit: "events/s",
+                    ceiling: Some(("raw sled batch inserts/s".into(), sled_rate)),
+                });
+            }
         }
     }
 
-    eprintln!("convo-bench: decide+evolve");
-    let catalog = convo_benches::catalog();
-    let floor = convo_domain::Floor::default();
-    let steps = convo_benches::domain_mix(1_000);
-    let rounds = if q { 3 } else { 60 };
-    let started = Instant::now();
-    for _ in 0..rounds {
-        let mut states = convo_benches::states(1_000);
-        std::hint::black_box(convo_benches::run_mix(&catalog, &floor, &mut states, &steps));
+    if runs("domain") {
+        eprintln!("convo-bench: decide+evolve");
+        let catalog = convo_benches::catalog();
+        let floor = convo_domain::Floor::default();
+        let steps = convo_benches::domain_mix(1_000);
+        let rounds = if q { 3 } else { 60 };
+        let started = Instant::now();
+        for _ in 0..rounds {
+            let mut states = convo_benches::states(1_000);
+            std::hint::black_box(convo_benches::run_mix(&catalog, &floor, &mut states, &steps));
+        }
+        let per_sec = (steps.len() * rounds) as f64 / started.elapsed().as_secs_f64();
+        figures.push(Figure {
+            measure: "decide+evolve (one core)".into(),
+            value: per_sec,
+            unit: "cmd/s",
+            ceiling: Some(("goal".into(), 2_000_000.0)),
+        });
     }
-    let per_sec = (steps.len() * rounds) as f64 / started.elapsed().as_secs_f64();
-    figures.push(Figure {
-        measure: "decide+evolve (one core)".into(),
-        value: per_sec,
-        unit: "cmd/s",
-        ceiling: Some(("goal".into(), 2_000_000.0)),
-    });
 
-    for open in [mem_small, mem_large] {
+    for open in [mem_small, mem_large].into_iter().filter(|_| runs("memory")) {
         eprintln!("convo-bench: memory with {open} open conversations");
         let per = tokio::task::spawn_blocking(move || memory(open)).await?;
         figures.push(Figure {
