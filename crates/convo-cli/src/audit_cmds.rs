@@ -95,14 +95,9 @@ struct ExportArgs {
 
 #[derive(Args, Debug)]
 struct ReplayArgs {
-    #[arg(long)]
-    conversation: String,
-    #[arg(long)]
-    account: Option<String>,
-    #[arg(long)]
-    from: Option<String>,
-    #[arg(long)]
-    to: Option<String>,
+    /// Which entries (`--conversation` is required; `--from`/`--to` bound the window).
+    #[command(flatten)]
+    filter: FilterArgs,
 }
 
 fn bar(len: u64, what: &str) -> ProgressBar {
@@ -186,17 +181,13 @@ pub async fn audit(args: AuditArgs) -> Result<std::process::ExitCode> {
             }
         }
         AuditCmd::Replay(replay) => {
-            projector.catch_up(&store, &mut AuditLog, &mut |_, _| {}).await?;
-            let filter = Filter {
-                account: replay.account,
-                from: replay.from,
-                to: replay.to,
-                conversation: Some(replay.conversation.clone()),
-                ..Filter::default()
+            let Some(conversation) = replay.filter.conversation.clone() else {
+                bail!("replay needs --conversation (the conversation whose timeline to print)");
             };
-            let entries = convo_audit::entries(&projector.tree()?, &filter)?;
+            projector.catch_up(&store, &mut AuditLog, &mut |_, _| {}).await?;
+            let entries = convo_audit::entries(&projector.tree()?, &replay.filter.filter())?;
             if entries.is_empty() {
-                bail!("no audit entries for conversation {} in that window", replay.conversation);
+                bail!("no audit entries for conversation {conversation} in that window");
             }
             for entry in &entries {
                 println!("{}", convo_audit::timeline_line(entry));
