@@ -80,6 +80,20 @@ fn setup_commands() -> Vec<Value> {
     ]
 }
 
+/// The setup as commands of the bench account.
+fn setup_envelopes() -> Vec<CommandEnvelope> {
+    setup_commands()
+        .into_iter()
+        .enumerate()
+        .map(|(n, c)| CommandEnvelope {
+            id: format!("setup-{n}").parse().expect("valid"),
+            account: "bench".parse().expect("valid"),
+            actor: convo_domain::Actor::system("bench"),
+            command: Command::from_json(c).expect("valid setup"),
+        })
+        .collect()
+}
+
 /// One conversation's commands, in order (agents stay offline: a supervisor assigns).
 fn script(n: usize) -> Vec<Value> {
     let (c, p) = (format!("k{n}"), format!("p{n}"));
@@ -127,16 +141,8 @@ async fn engine_write(url: &str, prefix: &str, conversations: usize, in_flight: 
     let store = JetStreamStore::connect(url, StoreConfig::for_prefix(prefix)).await?;
     let mut engine = Engine::recover(store.clone()).await?;
     let now = Timestamp::parse_rfc3339("2026-03-02T12:00:00Z")?;
-    let setup = setup_commands().into_iter().enumerate().map(|(n, c)| {
-        let envelope = CommandEnvelope {
-            id: format!("setup-{n}").parse().expect("valid"),
-            account: "bench".parse().expect("valid"),
-            actor: convo_domain::Actor::system("bench"),
-            command: Command::from_json(c).expect("valid setup"),
-        };
-        (envelope, now)
-    });
-    engine.replay(setup.collect::<Vec<_>>()).await?;
+    let setup: Vec<_> = setup_envelopes().into_iter().map(|e| (e, now)).collect();
+    engine.replay(setup).await?;
     drop(engine);
     let mut bus = convo_store::bus::CommandBus::subscribe(store.client().clone(), prefix).await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -377,13 +383,7 @@ fn memory(open: usize) -> f64 {
     let mut world = convo_engine::World::new();
     let now = Timestamp::parse_rfc3339("2026-03-02T12:00:00Z").expect("valid");
     let (mut seq, mut out) = (0, Vec::new());
-    for (n, c) in setup_commands().into_iter().enumerate() {
-        let envelope = CommandEnvelope {
-            id: format!("setup-{n}").parse().expect("valid"),
-            account: "bench".parse().expect("valid"),
-            actor: convo_domain::Actor::system("bench"),
-            command: Command::from_json(c).expect("valid"),
-        };
+    for envelope in setup_envelopes() {
         world.apply(&envelope, now, None, &mut seq, &mut out);
     }
     let before = rss_bytes();

@@ -8,8 +8,6 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use convo_audit::{AuditLog, Filter};
-use convo_projector::Projector;
-use convo_store::JetStreamStore;
 
 use crate::engine_cmds::Connection;
 
@@ -110,8 +108,7 @@ fn bar(len: u64, what: &str) -> ProgressBar {
 }
 
 pub async fn audit(args: AuditArgs) -> Result<std::process::ExitCode> {
-    let store = JetStreamStore::connect(&args.connection.url()?, args.connection.store_config()).await?;
-    let projector = Projector::open_at(&args.connection.data_dir().join("projections"), convo_audit::NAME)?;
+    let (store, projector) = args.connection.read_model(convo_audit::NAME).await?;
     match args.command {
         AuditCmd::CatchUp => {
             let stats = projector.catch_up(&store, &mut AuditLog, &mut |_, _| {}).await?;

@@ -4,8 +4,6 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use convo_contact_history::ContactHistory;
-use convo_projector::Projector;
-use convo_store::JetStreamStore;
 
 use crate::engine_cmds::Connection;
 
@@ -40,8 +38,7 @@ enum ContactCmd {
 
 pub async fn contact(args: ContactArgs) -> Result<()> {
     let ContactCmd::History { account, format } = args.command;
-    let store = JetStreamStore::connect(&args.connection.url()?, args.connection.store_config()).await?;
-    let projector = Projector::open_at(&args.connection.data_dir().join("projections"), convo_contact_history::NAME)?;
+    let (store, projector) = args.connection.read_model(convo_contact_history::NAME).await?;
     projector.catch_up(&store, &mut ContactHistory, &mut |_, _| {}).await?;
     let history = convo_contact_history::history(&projector.tree()?, &account, &args.contact)?;
     if history.is_empty() {

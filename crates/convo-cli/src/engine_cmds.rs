@@ -37,10 +37,6 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn data_dir(&self) -> &std::path::Path {
-        &self.data_dir
-    }
-
     pub fn url(&self) -> Result<String> {
         if let Some(url) = &self.nats_url {
             return Ok(url.clone());
@@ -54,6 +50,13 @@ impl Connection {
             )
         })?;
         Ok(url.trim().to_owned())
+    }
+
+    /// The stream and a read model's database under `<data-dir>/projections`.
+    pub async fn read_model(&self, name: &'static str) -> Result<(JetStreamStore, convo_projector::Projector)> {
+        let store = JetStreamStore::connect(&self.url()?, self.store_config()).await?;
+        let projector = convo_projector::Projector::open_at(&self.data_dir.join("projections"), name)?;
+        Ok((store, projector))
     }
 
     pub fn store_config(&self) -> StoreConfig {

@@ -4,9 +4,7 @@ use anyhow::Result;
 use clap::Args;
 use serde_json::Value;
 
-use convo_projector::Projector;
 use convo_reports::Reports;
-use convo_store::JetStreamStore;
 
 use crate::engine_cmds::Connection;
 
@@ -78,8 +76,7 @@ fn cell(v: &Value) -> String {
 }
 
 pub async fn report(args: ReportArgs) -> Result<()> {
-    let store = JetStreamStore::connect(&args.connection.url()?, args.connection.store_config()).await?;
-    let projector = Projector::open_at(&args.connection.data_dir().join("projections"), convo_reports::NAME)?;
+    let (store, projector) = args.connection.read_model(convo_reports::NAME).await?;
     projector.catch_up(&store, &mut Reports, &mut |_, _| {}).await?;
     let rows = convo_reports::rows(
         &projector.tree()?,

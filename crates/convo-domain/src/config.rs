@@ -434,6 +434,8 @@ pub struct Catalog {
     pub campaigns: BTreeMap<CampaignId, Entry<CampaignSpec>>,
     /// Derived: which campaign each channel is attached to.
     pub channel_campaign: BTreeMap<ChannelId, CampaignId>,
+    /// Derived: the allowed networks, parsed once when the settings change.
+    networks: Vec<Cidr>,
     recent: RecentCommands,
 }
 
@@ -523,6 +525,7 @@ impl Catalog {
             users: BTreeMap::new(),
             campaigns: BTreeMap::new(),
             channel_campaign: BTreeMap::new(),
+            networks: Vec::new(),
             recent: RecentCommands::default(),
         }
     }
@@ -565,10 +568,8 @@ impl Catalog {
             return Ok(None);
         };
         let user = self.user(id)?;
-        if !self.settings.allowed_networks.is_empty() {
-            let inside = ip.is_some_and(|ip| {
-                self.settings.allowed_networks.iter().filter_map(|n| Cidr::parse(n).ok()).any(|n| n.contains(ip))
-            });
+        if !self.networks.is_empty() {
+            let inside = ip.is_some_and(|ip| self.networks.iter().any(|n| n.contains(ip)));
             if !inside {
                 let ip = ip.map(|ip| ip.to_string()).unwrap_or_else(|| "an unknown address".into());
                 return Err(Rejection::NetworkNotAllowed { user: id.clone(), ip });
@@ -902,7 +903,10 @@ impl Catalog {
         self.seq = record.seq;
         self.recent.note(&record.command, record.seq);
         match &record.event {
-            ConfigEvent::AccountConfigured(s) => self.settings = s.clone(),
+            ConfigEvent::AccountConfigured(s) => {
+                self.networks = s.allowed_networks.iter().filter_map(|n| Cidr::parse(n).ok()).collect();
+                self.settings = s.clone();
+            }
             ConfigEvent::ClientDefined(s) | ConfigEvent::ClientUpdated(s) => upsert(&mut self.clients, s.id.clone(), s),
             ConfigEvent::ProjectDefined(s) | ConfigEvent::ProjectUpdated(s) => {
                 upsert(&mut self.projects, s.id.clone(), s)

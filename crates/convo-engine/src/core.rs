@@ -150,7 +150,8 @@ pub struct World {
     evicted: HashSet<(AccountId, ConversationId)>,
 }
 
-fn stream_of(command: &Command) -> StreamRef {
+/// The aggregate stream a command goes to.
+pub fn stream_of(command: &Command) -> StreamRef {
     match command.target() {
         Target::Catalog => StreamRef::Catalog,
         Target::Agent(id) => StreamRef::Agent(id.clone()),

@@ -104,6 +104,11 @@ pub fn reply(outcome: &Outcome) -> Value {
     }
 }
 
+/// The reply when the engine has no room for the command now.
+pub fn overloaded(why: &str) -> Value {
+    json!({"outcome": "error", "code": "overloaded", "message": format!("{why}; retry later")})
+}
+
 /// The reply when the engine could not execute the command (the store is down).
 pub fn unavailable(message: &str) -> Value {
     json!({"outcome": "error", "code": "unavailable", "message": message})

@@ -15,16 +15,15 @@ use std::pin::Pin;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use serde_json::json;
 
-use convo_domain::{AccountId, Command, CommandEnvelope, Target, Timestamp};
+use convo_domain::{AccountId, Command, CommandEnvelope, Timestamp};
 use convo_store::bus::{Request, Responder};
 use convo_store::{EventStore, StoreError};
 use convo_wire::{Commit, StreamRef};
 
-use crate::core::{Decided, World};
-use crate::intake::{parse_request, reply, unavailable};
-use crate::runtime::{CONFLICT_RETRIES_MAX, Outcome};
+use crate::core::{Decided, World, stream_of};
+use crate::intake::{overloaded, parse_request, reply, unavailable};
+use crate::runtime::{CONFLICT_RETRIES_MAX, Outcome, refresh};
 
 /// Commands waiting behind one aggregate's in-flight append.
 pub const MAILBOX_COMMANDS_MAX: usize = 64;
@@ -86,12 +85,7 @@ pub struct Pipeline<S> {
 }
 
 fn key_of(envelope: &CommandEnvelope) -> Key {
-    let stream = match envelope.command.target() {
-        Target::Catalog => StreamRef::Catalog,
-        Target::Agent(id) => StreamRef::Agent(id.clone()),
-        Target::Conversation(id) => StreamRef::Conversation(id.clone()),
-    };
-    (envelope.account.clone(), stream)
+    (envelope.account.clone(), stream_of(&envelope.command))
 }
 
 impl<S> std::fmt::Debug for Pipeline<S> {
@@ -124,11 +118,6 @@ impl<S: EventStore + Clone + 'static> Pipeline<S> {
         self.appends.is_empty() && self.busy.is_empty()
     }
 
-    /// Whether the aggregate a command goes to has an append in flight.
-    pub fn is_busy(&self, envelope: &CommandEnvelope) -> bool {
-        self.busy.contains_key(&key_of(envelope))
-    }
-
     /// Takes a command: decides it now, or queues it behind its aggregate's append.
     pub async fn submit(&mut self, world: &mut World, bus: &Responder, work: Work) {
         let key = key_of(&work.envelope);
@@ -137,8 +126,7 @@ impl<S: EventStore + Clone + 'static> Pipeline<S> {
                 queue.push_back(work);
             } else {
                 self.stats.overloaded += 1;
-                let body = json!({"outcome": "error", "code": "overloaded",
-                    "message": format!("{MAILBOX_COMMANDS_MAX} commands already wait for this aggregate; retry later")});
+                let body = overloaded(&format!("{MAILBOX_COMMANDS_MAX} commands already wait for this aggregate"));
                 self.finish(bus, &work.origin, &body).await;
                 if let (Origin::Timer, Command::Tick(t)) = (&work.origin, &work.envelope.command) {
                     world.rearm(&work.envelope.account, &t.conversation);
@@ -147,7 +135,7 @@ impl<S: EventStore + Clone + 'static> Pipeline<S> {
             return;
         }
         if world.is_evicted(&key.0, &key.1)
-            && let Err(e) = refresh(&self.store, world, &key).await
+            && let Err(e) = refresh(&self.store, world, &key.0, &key.1).await.map(|_| ())
         {
             return self.finish(bus, &work.origin, &unavailable(&e.to_string())).await;
         }
@@ -195,7 +183,7 @@ impl<S: EventStore + Clone + 'static> Pipeline<S> {
             Err(StoreError::Conflict { .. }) if work.attempts < CONFLICT_RETRIES_MAX => {
                 // Another writer got there first: learn what it wrote, decide again first.
                 work.attempts += 1;
-                match refresh(&self.store, world, &key).await {
+                match refresh(&self.store, world, &key.0, &key.1).await.map(|_| ()) {
                     Ok(()) => self.decide(world, bus, key.clone(), work).await,
                     Err(e) => self.finish(bus, &work.origin, &unavailable(&e.to_string())).await,
                 }
@@ -254,17 +242,6 @@ impl<S: EventStore + Clone + 'static> Pipeline<S> {
             Ok(envelope) => self.submit(world, bus, Work::new(envelope, now, Origin::Request(request))).await,
         }
     }
-}
-
-/// Applies the commits of one aggregate that came after what the world knows.
-async fn refresh<S: EventStore>(store: &S, world: &mut World, key: &Key) -> Result<(), StoreError> {
-    let known = world.expected(&key.0, &key.1);
-    for stored in store.load(&key.0, &key.1).await? {
-        if stored.stream_seq > known {
-            world.apply_commit(&stored.commit, stored.stream_seq);
-        }
-    }
-    Ok(())
 }
 
 async fn answer(bus: &Responder, origin: &Origin, body: &serde_json::Value) {

@@ -42,6 +42,26 @@ pub enum EngineError {
     Contention(String),
 }
 
+/// Applies to `world` the commits of one aggregate it has not seen (after a
+/// lost race, or to read an evicted conversation back); returns the newest
+/// log sequence applied (0 if none).
+pub async fn refresh<S: EventStore>(
+    store: &S,
+    world: &mut World,
+    account: &AccountId,
+    stream: &StreamRef,
+) -> Result<u64, StoreError> {
+    let known = world.expected(account, stream);
+    let mut newest = 0;
+    for stored in store.load(account, stream).await? {
+        if stored.stream_seq > known {
+            world.apply_commit(&stored.commit, stored.stream_seq);
+            newest = stored.stream_seq;
+        }
+    }
+    Ok(newest)
+}
+
 /// The engine over a store `S`.
 #[derive(Debug)]
 pub struct Engine<S> {
@@ -91,6 +111,30 @@ impl<S: EventStore> Engine<S> {
         Ok(engine)
     }
 
+    /// One engine per partition of `count`, recovered in a single read of the log.
+    pub async fn recover_partitions(store: S, count: usize) -> Result<Vec<Self>, EngineError>
+    where
+        S: Clone,
+    {
+        let count = count.max(1);
+        let mut engines: Vec<Self> = (0..count)
+            .map(|index| Self {
+                world: World::new(),
+                store: store.clone(),
+                applied: 0,
+                owns: Partition { index, count },
+            })
+            .collect();
+        let applied = read_log(&store, 0, |commit, seq| {
+            engines[Partition::of(&commit.account, count)].world.apply_commit(commit, seq);
+        })
+        .await?;
+        for engine in &mut engines {
+            engine.applied = applied;
+        }
+        Ok(engines)
+    }
+
     pub fn world(&self) -> &World {
         &self.world
     }
@@ -108,47 +152,24 @@ impl<S: EventStore> Engine<S> {
         self.applied
     }
 
-    /// Applies every commit of the log this engine has not seen yet.
+    /// Applies every commit of the log this engine has not seen yet; returns how many.
     pub async fn catch_up(&mut self) -> Result<u64, EngineError> {
-        let last = self.store.last_seq().await?;
-        if last <= self.applied {
-            return Ok(0);
-        }
-        let mut follow = self.store.subscribe(self.applied + 1).await?;
+        let (owns, world) = (self.owns, &mut self.world);
         let mut count = 0;
-        while self.applied < last {
-            let Some(stored) = follow.next().await else { break };
-            let stored = match stored {
-                Ok(stored) => stored,
-                // Not a commit (a foreign or corrupt message): it cannot be
-                // applied, and refusing to start over it would stop everything.
-                Err(StoreError::Decode { seq, error }) => {
-                    eprintln!("convo: skipping stored message {seq}, which is not a readable commit: {error}");
-                    self.applied = self.applied.max(seq);
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            if stored.stream_seq > self.applied {
-                if self.owns.owns(&stored.commit.account) {
-                    self.world.apply_commit(&stored.commit, stored.stream_seq);
-                    count += 1;
-                }
-                self.applied = stored.stream_seq;
+        self.applied = read_log(&self.store, self.applied, |commit, seq| {
+            if owns.owns(&commit.account) {
+                world.apply_commit(commit, seq);
+                count += 1;
             }
-        }
+        })
+        .await?;
         Ok(count)
     }
 
     /// Applies the commits of one aggregate that came after what this engine knows.
     async fn refresh(&mut self, account: &AccountId, stream: &StreamRef) -> Result<(), EngineError> {
-        let known = self.world.expected(account, stream);
-        for stored in self.store.load(account, stream).await? {
-            if stored.stream_seq > known {
-                self.world.apply_commit(&stored.commit, stored.stream_seq);
-                self.applied = self.applied.max(stored.stream_seq);
-            }
-        }
+        let newest = refresh(&self.store, &mut self.world, account, stream).await?;
+        self.applied = self.applied.max(newest);
         Ok(())
     }
 
@@ -234,6 +255,38 @@ impl<S: EventStore> Engine<S> {
         }
         Ok(out)
     }
+}
+
+/// Hands every readable commit after `after` up to the log's current end to
+/// `apply`, in order; returns the newest log sequence read. A stored message
+/// that is not a commit (foreign or corrupt) cannot be applied, and refusing
+/// to start over it would stop everything: it is reported and stepped over.
+async fn read_log<S: EventStore>(
+    store: &S,
+    after: u64,
+    mut apply: impl FnMut(&Commit, u64),
+) -> Result<u64, EngineError> {
+    let last = store.last_seq().await?;
+    if last <= after {
+        return Ok(after);
+    }
+    let mut follow = store.subscribe(after + 1).await?;
+    let mut read = after;
+    while read < last {
+        let Some(stored) = follow.next().await else { break };
+        match stored {
+            Ok(stored) => {
+                read = stored.stream_seq;
+                apply(&stored.commit, stored.stream_seq);
+            }
+            Err(StoreError::Decode { seq, error }) => {
+                eprintln!("convo: skipping stored message {seq}, which is not a readable commit: {error}");
+                read = read.max(seq);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(read)
 }
 
 #[cfg(test)]

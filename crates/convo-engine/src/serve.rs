@@ -75,8 +75,7 @@ pub async fn serve<S: EventStore + Clone + 'static>(
     let responder = bus.responder();
     let mut queues = Vec::with_capacity(count);
     let mut tasks = Vec::with_capacity(count);
-    for index in 0..count {
-        let engine = Engine::recover_partition(store.clone(), Partition { index, count }).await?;
+    for engine in Engine::recover_partitions(store, count).await? {
         let (tx, rx) = mpsc::channel(PARTITION_QUEUE_MAX);
         queues.push(tx);
         let (responder, clock) = (responder.clone(), clock.clone());
@@ -113,8 +112,8 @@ async fn dispatch(
         if let Err(mpsc::error::TrySendError::Full(request) | mpsc::error::TrySendError::Closed(request)) =
             queues[index].try_send(request)
         {
-            let body = serde_json::json!({"outcome": "error", "code": "overloaded",
-                "message": format!("{PARTITION_QUEUE_MAX} requests already wait for this partition; retry later")});
+            let body =
+                crate::intake::overloaded(&format!("{PARTITION_QUEUE_MAX} requests already wait for this partition"));
             let _ = responder.respond(&request, serde_json::to_vec(&body).unwrap_or_default()).await;
         }
     }
