@@ -380,11 +380,12 @@ fn rss_bytes() -> usize {
 
 /// Resident bytes per open conversation held by the engine's core (with its timers).
 fn memory(open: usize) -> f64 {
-    let mut world = convo_engine::World::new();
+    let mut machine = convo_engine::Machine::new(convo_engine::MachineConfig::stepwise());
     let now = Timestamp::parse_rfc3339("2026-03-02T12:00:00Z").expect("valid");
     let (mut seq, mut out) = (0, Vec::new());
     for envelope in setup_envelopes() {
-        world.apply(&envelope, now, None, &mut seq, &mut out);
+        machine.handle_request(0, envelope, now);
+        convo_sim::commit_at_once(&mut machine, &mut seq, None, &mut out);
     }
     let before = rss_bytes();
     for n in 0..open {
@@ -396,11 +397,12 @@ fn memory(open: usize) -> f64 {
             command: Command::from_json(body["command"].clone()).expect("valid"),
         };
         out.clear();
-        world.apply(&envelope, now, None, &mut seq, &mut out);
+        machine.handle_request(0, envelope, now);
+        convo_sim::commit_at_once(&mut machine, &mut seq, None, &mut out);
     }
     let after = rss_bytes();
-    assert_eq!(world.open_conversations(), open);
-    std::hint::black_box(&world);
+    assert_eq!(machine.world().open_conversations(), open);
+    std::hint::black_box(&machine);
     (after.saturating_sub(before)) as f64 / open as f64
 }
 

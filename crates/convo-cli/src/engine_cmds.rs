@@ -123,14 +123,18 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let config = convo_engine::serve::ServeConfig {
         command_bytes_max: args.command_bytes_max,
         partitions: usize::from(args.partitions),
+        ..Default::default()
     };
     let stats = convo_engine::serve::serve(store, &mut bus, std::sync::Arc::new(WallClock), config, shutdown).await?;
-    let (requests, committed, overloaded) = stats
-        .iter()
-        .fold((0, 0, 0), |(r, c, o), s| (r + s.requests, c + s.pipeline.committed, o + s.pipeline.overloaded));
-    let in_flight = stats.iter().map(|s| s.pipeline.in_flight_max).max().unwrap_or(0);
+    let sum = |f: fn(&convo_engine::serve::ServeStats) -> u64| stats.iter().map(f).sum::<u64>();
+    let in_flight = stats.iter().map(|s| s.io_in_flight_max).max().unwrap_or(0);
     eprintln!(
-        "convo: served {requests} requests; {committed} commits; {overloaded} refused as overloaded; up to {in_flight} appends in flight per partition"
+        "convo: served {} requests; {} commits; {} refused as overloaded; {} conflicts; {} messages of the log skipped; up to {in_flight} appends in flight per partition",
+        sum(|s| s.requests),
+        sum(|s| s.committed),
+        sum(|s| s.overloaded),
+        sum(|s| s.conflicts),
+        sum(|s| s.skipped),
     );
     if embedded.is_some() {
         let _ = std::fs::remove_file(c.data_dir.join(URL_FILE));
@@ -209,18 +213,14 @@ pub struct TailArgs {
 
 pub async fn tail(args: TailArgs) -> Result<()> {
     let store = JetStreamStore::connect(&args.connection.url()?, args.connection.store_config()).await?;
-    let last = store.last_seq().await?;
-    if args.no_follow && last < args.from {
-        return Ok(());
-    }
-    let mut follow = store.subscribe(args.from).await?;
+    let mut follow = if args.no_follow { store.read(args.from).await? } else { store.subscribe(args.from).await? };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     while let Some(stored) = follow.next().await {
         let stored = match stored {
             Ok(s) => s,
-            Err(convo_store::StoreError::Decode { seq, error }) => {
-                eprintln!("convo: skipping message {seq}: {error}");
+            Err(convo_store::StoreError::Decode { seq, subject, error }) => {
+                eprintln!("convo: skipping message {seq} on {subject}: {error} (see `convo doctor`)");
                 continue;
             }
             Err(e) => bail!(e),
@@ -239,9 +239,6 @@ pub async fn tail(args: TailArgs) -> Result<()> {
             if !args.no_follow {
                 out.flush()?;
             }
-        }
-        if args.no_follow && stored.stream_seq >= last {
-            break;
         }
     }
     out.flush()?;
@@ -311,15 +308,12 @@ pub async fn replay_traffic(args: ReplayArgs) -> Result<()> {
     engine.replay(inputs.into_iter().map(|i| (i.envelope, i.at))).await?;
     let elapsed = started.elapsed();
     let last = engine.store().last_seq().await?;
-    let mut follow = engine.store().subscribe(1).await?;
+    let mut follow = engine.store().read(1).await?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut summary = Summary::default();
-    let mut seen = 0;
-    while seen < last {
-        let Some(stored) = follow.next().await else { break };
+    while let Some(stored) = follow.next().await {
         let stored = stored?;
-        seen = stored.stream_seq;
         summary.observe(&Record::of_commit(&stored.commit));
         if !args.no_events {
             for line in stored.commit.json_lines() {

@@ -286,17 +286,25 @@ impl Command {
         // The externally tagged form `{kind: fields}` is what serde derives.
         let tagged =
             serde_json::Value::Object([(kind.clone(), serde_json::Value::Object(fields))].into_iter().collect());
-        serde_path_to_error::deserialize::<_, Command>(tagged).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner().to_string();
-            if path == "." || path == kind {
-                let at = if inner.starts_with("unknown variant") { "type" } else { "" };
-                return error(at, inner);
-            }
-            // Drop the variant segment: `close.typification` -> `typification`.
-            let field = path.split_once('.').map_or(path.as_str(), |(_, rest)| rest);
-            error(field, inner)
-        })
+        serde_path_to_error::deserialize::<_, Command>(tagged)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner().to_string();
+                if path == "." || path == kind {
+                    let at = if inner.starts_with("unknown variant") { "type" } else { "" };
+                    return error(at, inner);
+                }
+                // Drop the variant segment: `close.typification` -> `typification`.
+                let field = path.split_once('.').map_or(path.as_str(), |(_, rest)| rest);
+                error(field, inner)
+            })
+            .map_err(|mut e| {
+                // serde reports a missing field on the struct that lacks it: name the field itself.
+                if let Some(name) = e.message.strip_prefix("missing field `").and_then(|m| m.split('`').next()) {
+                    e.path = if e.path.is_empty() { name.to_owned() } else { format!("{}.{name}", e.path) };
+                }
+                e
+            })
     }
 
     /// The JSON view: `{"type": …, fields…}`.
@@ -335,4 +343,77 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.path, "to");
     }
+}
+
+/// The longest name a system actor may carry (`{"system": …}`), in bytes.
+pub const SYSTEM_ACTOR_BYTES_MAX: usize = 64;
+
+/// Command ids starting with this belong to the engine's own commands
+/// (timers, routing, later automations); no client may use one, so a client
+/// can never make the engine's command look like a repeat, or the reverse.
+pub const ENGINE_ID_PREFIX: &str = "_";
+
+/// The id of a command the engine makes itself: `_<kind>-<n>`.
+pub fn engine_command_id(kind: &str, n: u64) -> CommandId {
+    CommandId::new(&format!("{ENGINE_ID_PREFIX}{kind}-{n}")).expect("engine ids are valid ids")
+}
+
+/// A part of a request (or of a scenario line) that is not valid: the field's
+/// path from the request's root (`id`, `actor.system`, `command.schedule`…) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("field `{field}`: {message}")]
+pub struct RequestError {
+    pub field: String,
+    pub message: String,
+}
+
+fn request_error(field: impl Into<String>, message: impl Into<String>) -> RequestError {
+    RequestError { field: field.into(), message: message.into() }
+}
+
+/// The one parser of a request's parts, shared by NATS intake and scenario
+/// files: a client's command id (not in the engine's namespace).
+pub fn parse_client_id(value: serde_json::Value) -> Result<CommandId, RequestError> {
+    let serde_json::Value::String(text) = value else {
+        return Err(request_error("id", "must be a string"));
+    };
+    if text.starts_with(ENGINE_ID_PREFIX) {
+        return Err(request_error(
+            "id",
+            format!(
+                "ids starting with {ENGINE_ID_PREFIX:?} are reserved for the engine's own commands (timers, routing)"
+            ),
+        ));
+    }
+    CommandId::new(&text).map_err(|e| request_error("id", e.to_string()))
+}
+
+/// Who acts, with every string bounded.
+pub fn parse_actor(value: serde_json::Value) -> Result<Actor, RequestError> {
+    let actor: Actor = serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path.is_empty() || path == "." { "actor".to_owned() } else { format!("actor.{path}") };
+        request_error(field, e.into_inner().to_string())
+    })?;
+    if let Actor::System(name) = &actor {
+        if name.trim().is_empty() || name.len() > SYSTEM_ACTOR_BYTES_MAX {
+            return Err(request_error(
+                "actor.system",
+                format!("a system actor's name is 1 to {SYSTEM_ACTOR_BYTES_MAX} bytes, this one {}", name.len()),
+            ));
+        }
+        if name.chars().any(char::is_control) {
+            return Err(request_error("actor.system", "a system actor's name holds no control characters"));
+        }
+    }
+    Ok(actor)
+}
+
+/// The command, with the offending field's full path in an error
+/// (`command.schedule`, `command.type`).
+pub fn parse_command(value: serde_json::Value) -> Result<Command, RequestError> {
+    Command::from_json(value).map_err(|e| {
+        let field = if e.path.is_empty() { "command".to_owned() } else { format!("command.{}", e.path) };
+        request_error(field, e.message)
+    })
 }

@@ -12,16 +12,27 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 
-use convo_domain::command::{Assign, Tick};
+use convo_domain::command::{Assign, Tick, engine_command_id};
+use convo_domain::conversation::Status;
 use convo_domain::{
     AccountId, Actor, AgentEvent, AgentPresence, Catalog, Command, CommandEnvelope, CommandId, ConfigEvent, Context,
     Conversation, ConversationEvent, ConversationId, Decision, Floor, Recorded, Rejection, Target, Timestamp, UserId,
 };
+use convo_store::{LogItem, StoreError};
 use convo_wire::{Commit, StreamRef, WireError};
 
 /// At most this many routing assignments after one step (each one fills an
 /// agent slot, so this only bounds a pathological configuration).
 pub const ASSIGNMENTS_PER_STEP_MAX: usize = 10_000;
+
+/// A message of the log that could not be applied: skipped, counted, and
+/// listed for the operator (`convo doctor`), never a reason to stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub seq: u64,
+    pub subject: String,
+    pub reason: String,
+}
 
 /// What a command comes to.
 #[derive(Debug, Clone, PartialEq)]
@@ -142,6 +153,8 @@ pub struct World {
     accounts: BTreeMap<AccountId, Account>,
     /// (deadline, account, conversation); stale entries are skipped when popped.
     timers: BinaryHeap<Reverse<(Timestamp, AccountId, ConversationId)>>,
+    /// The deadline each conversation has in `timers`, so one is never queued twice.
+    armed: HashMap<(AccountId, ConversationId), Timestamp>,
     /// Closed conversations in memory, by the time of their last commit.
     closed: BTreeSet<(Timestamp, AccountId, ConversationId)>,
     closed_at: HashMap<(AccountId, ConversationId), Timestamp>,
@@ -156,6 +169,18 @@ pub fn stream_of(command: &Command) -> StreamRef {
         Target::Catalog => StreamRef::Catalog,
         Target::Agent(id) => StreamRef::Agent(id.clone()),
         Target::Conversation(id) => StreamRef::Conversation(id.clone()),
+    }
+}
+
+fn arm(
+    timers: &mut BinaryHeap<Reverse<(Timestamp, AccountId, ConversationId)>>,
+    armed: &mut HashMap<(AccountId, ConversationId), Timestamp>,
+    key: &(AccountId, ConversationId),
+    deadline: Timestamp,
+) {
+    if armed.get(key) != Some(&deadline) {
+        armed.insert(key.clone(), deadline);
+        timers.push(Reverse((deadline, key.0.clone(), key.1.clone())));
     }
 }
 
@@ -240,6 +265,127 @@ impl World {
         }
     }
 
+    /// The sequence of an aggregate's last event in memory (0: none).
+    fn aggregate_seq(&self, account: &AccountId, stream: &StreamRef) -> u64 {
+        let Some(a) = self.accounts.get(account) else { return 0 };
+        match stream {
+            StreamRef::Catalog => a.catalog.seq,
+            StreamRef::Agent(id) => a.agents.get(id).map_or(0, |p| p.seq),
+            StreamRef::Conversation(id) => a.conversations.get(id).map_or(0, |c| c.seq),
+        }
+    }
+
+    /// Whether a commit read from the log can be applied: its events are of
+    /// its aggregate's kind, consecutive from the aggregate's next sequence,
+    /// and a conversation is opened once, first. A commit that is not (a
+    /// republished copy, a forgery, a reordering) is refused with the reason,
+    /// never half-applied.
+    pub fn check_logged(&self, commit: &Commit) -> Result<(), String> {
+        let known = self.aggregate_seq(&commit.account, &commit.stream);
+        for (offset, e) in commit.events.iter().enumerate() {
+            let own_kind = matches!(
+                (&commit.stream, &e.event),
+                (StreamRef::Catalog, convo_wire::Event::Config(_))
+                    | (StreamRef::Agent(_), convo_wire::Event::Agent(_))
+                    | (StreamRef::Conversation(_), convo_wire::Event::Conversation(_))
+            );
+            if !own_kind {
+                return Err(format!(
+                    "event {} ({}) does not belong to {}",
+                    e.seq,
+                    e.event.type_name(),
+                    commit.stream.path()
+                ));
+            }
+            if e.seq != known + 1 + offset as u64 {
+                return Err(format!(
+                    "out of sequence: {} is at event {known}, so the next is {}, but this commit holds event {}",
+                    commit.stream.path(),
+                    known + 1,
+                    e.seq
+                ));
+            }
+        }
+        if let StreamRef::Conversation(id) = &commit.stream {
+            let new = self.conversation(&commit.account, id).is_none_or(|c| c.status == Status::New);
+            for e in &commit.events {
+                let opens =
+                    matches!(e.event, convo_wire::Event::Conversation(ConversationEvent::ConversationOpened(_)));
+                if opens && !new {
+                    return Err(format!("conversation {id} is already open"));
+                }
+                if !opens && new && e.seq == known + 1 {
+                    return Err(format!("conversation {id} has not been opened; its first event must open it"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Notes that the log holds a message at `log_seq` on one of an
+    /// aggregate's subjects, applied or not: the broker counts it in the
+    /// aggregate's last sequence, so the next append must expect it.
+    pub fn note_position(&mut self, account: &AccountId, stream: &StreamRef, log_seq: u64) {
+        let a = self.accounts.entry(account.clone()).or_insert_with(|| Account::new(account));
+        let last = a.last_commit.entry(stream.clone()).or_insert(0);
+        *last = (*last).max(log_seq);
+    }
+
+    /// Applies a commit read from the log if it can be applied (see
+    /// [`World::check_logged`]); either way its position is noted.
+    pub fn apply_logged(&mut self, commit: &Commit, log_seq: u64) -> Result<(), String> {
+        self.note_position(&commit.account, &commit.stream, log_seq);
+        self.check_logged(commit)?;
+        self.apply_commit(commit, log_seq);
+        Ok(())
+    }
+
+    /// Applies a message of the log that is not a readable commit: nothing
+    /// but its position, on the aggregate its subject names.
+    pub fn note_unreadable(&mut self, subject: &str, log_seq: u64) {
+        if let Some((account, stream)) = convo_wire::parse_subject(subject) {
+            self.note_position(&account, &stream, log_seq);
+        }
+    }
+
+    /// Brings one aggregate up to date from its messages in the log (after a
+    /// lost race, or to read an evicted conversation back): applies what it
+    /// had not seen, and takes the aggregate's position from the log itself,
+    /// so a deleted newest message does not leave a stale expectation.
+    /// Returns what could not be applied.
+    pub fn reload(&mut self, account: &AccountId, stream: &StreamRef, items: Vec<LogItem>) -> Vec<Skipped> {
+        let evicted = match stream {
+            StreamRef::Conversation(id) => self.evicted.remove(&(account.clone(), id.clone())),
+            _ => false,
+        };
+        let known = if evicted { 0 } else { self.expected(account, stream) };
+        let mut last = 0;
+        let mut skipped = Vec::new();
+        for item in items {
+            match item {
+                Ok(stored) => {
+                    last = last.max(stored.stream_seq);
+                    if stored.stream_seq <= known {
+                        continue;
+                    }
+                    if let Err(reason) = self.apply_logged(&stored.commit, stored.stream_seq) {
+                        skipped.push(Skipped { seq: stored.stream_seq, subject: stored.subject, reason });
+                    }
+                }
+                Err(StoreError::Decode { seq, subject, error }) => {
+                    last = last.max(seq);
+                    if seq > known {
+                        skipped.push(Skipped { seq, subject, reason: error.to_string() });
+                    }
+                }
+                Err(other) => skipped.push(Skipped { seq: 0, subject: String::new(), reason: other.to_string() }),
+            }
+        }
+        let a = self.accounts.entry(account.clone()).or_insert_with(|| Account::new(account));
+        a.last_commit.insert(stream.clone(), last);
+        skipped
+    }
+
     /// Applies a durable commit found at `log_seq`: evolves its aggregate and
     /// the floor, and re-arms the conversation's timer.
     pub fn apply_commit(&mut self, commit: &Commit, log_seq: u64) {
@@ -265,12 +411,13 @@ impl World {
                     conversation.evolve(&record);
                     account.floor.apply_conversation(id, &record);
                 }
-                if let Some(deadline) = conversation.next_deadline() {
-                    self.timers.push(Reverse((deadline, commit.account.clone(), id.clone())));
-                }
+                let deadline = conversation.next_deadline();
                 let key = (commit.account.clone(), id.clone());
+                if let Some(deadline) = deadline {
+                    arm(&mut self.timers, &mut self.armed, &key, deadline);
+                }
                 self.evicted.remove(&key);
-                if conversation.status == convo_domain::conversation::Status::Closed {
+                if conversation.status == Status::Closed {
                     if let Some(before) = self.closed_at.insert(key.clone(), commit.at) {
                         self.closed.remove(&(before, key.0.clone(), key.1.clone()));
                     }
@@ -282,17 +429,28 @@ impl World {
 
     /// Evicts conversations closed with no commit since `before`, and then the
     /// oldest closed ones while more than `loaded_max` conversations are in
-    /// memory (open ones stay: their timers live here). Returns how many left.
-    /// Their history stays in the log and is read back if a command comes for them.
-    pub fn evict_closed(&mut self, before: Timestamp, loaded_max: usize) -> usize {
+    /// memory (open ones stay: their timers live here; so do those `busy`
+    /// says have a command under way). Returns how many left. Their history
+    /// stays in the log and is read back if a command comes for them.
+    pub fn evict_closed(
+        &mut self,
+        before: Timestamp,
+        loaded_max: usize,
+        busy: impl Fn(&AccountId, &ConversationId) -> bool,
+    ) -> usize {
         let mut count = 0;
+        let mut kept = Vec::new();
         let mut loaded = self.loaded_conversations();
         while let Some((at, account, id)) = self.closed.first().cloned() {
             if at >= before && loaded <= loaded_max {
                 break;
             }
-            loaded = loaded.saturating_sub(1);
             self.closed.pop_first();
+            if busy(&account, &id) {
+                kept.push((at, account, id));
+                continue;
+            }
+            loaded = loaded.saturating_sub(1);
             self.closed_at.remove(&(account.clone(), id.clone()));
             if let Some(a) = self.accounts.get_mut(&account) {
                 a.conversations.remove(&id);
@@ -301,6 +459,7 @@ impl World {
             self.evicted.insert((account, id));
             count += 1;
         }
+        self.closed.extend(kept);
         count
     }
 
@@ -317,68 +476,11 @@ impl World {
         self.accounts.values().map(|a| a.conversations.len()).sum()
     }
 
-    /// Puts a conversation's next deadline back in the timer queue.
+    /// Puts a conversation's next deadline back in the timer queue (after its
+    /// tick could not be decided or made durable); a no-op when it is there.
     pub fn rearm(&mut self, account: &AccountId, id: &ConversationId) {
         if let Some(deadline) = self.conversation(account, id).and_then(Conversation::next_deadline) {
-            self.timers.push(Reverse((deadline, account.clone(), id.clone())));
-        }
-    }
-
-    /// Decides and applies at once (the simulator's commit), appending what
-    /// happened to `out`. `log_seq` numbers the commits.
-    pub fn apply(
-        &mut self,
-        envelope: &CommandEnvelope,
-        now: Timestamp,
-        line: Option<usize>,
-        log_seq: &mut u64,
-        out: &mut Vec<Record>,
-    ) {
-        let outcome = self.decide(envelope, now);
-        self.record_outcome(envelope, now, line, outcome, log_seq, out);
-    }
-
-    /// Applies a decision's outcome and describes it in `out`.
-    pub fn record_outcome(
-        &mut self,
-        envelope: &CommandEnvelope,
-        now: Timestamp,
-        line: Option<usize>,
-        outcome: Result<Decided, Refusal>,
-        log_seq: &mut u64,
-        out: &mut Vec<Record>,
-    ) {
-        let account = envelope.account.clone();
-        match outcome {
-            Ok(Decided::Commit(commit)) => {
-                *log_seq += 1;
-                self.apply_commit(&commit, *log_seq);
-                out.extend(Record::of_commit(&commit));
-            }
-            Ok(Decided::Nothing) => {}
-            Ok(Decided::Duplicate { first_seq, last_seq }) => out.push(Record::Duplicate {
-                at: now,
-                account,
-                command: envelope.id.clone(),
-                first_seq,
-                last_seq,
-                line,
-            }),
-            Err(refusal) => {
-                let (code, reason) = match &refusal {
-                    Refusal::Rejected(r) => (r.code(), r.to_string()),
-                    Refusal::Wire(_) => ("unrecordable", refusal.to_string()),
-                };
-                out.push(Record::Rejected {
-                    at: now,
-                    account,
-                    command: envelope.id.clone(),
-                    kind: envelope.command.type_name(),
-                    code,
-                    reason,
-                    line,
-                });
-            }
+            arm(&mut self.timers, &mut self.armed, &(account.clone(), id.clone()), deadline);
         }
     }
 
@@ -387,21 +489,27 @@ impl World {
         while let Some(Reverse((at, account, id))) = self.timers.peek() {
             let live =
                 self.accounts.get(account).and_then(|a| a.conversations.get(id)).and_then(Conversation::next_deadline);
-            if live == Some(*at) {
+            let key = (account.clone(), id.clone());
+            if live == Some(*at) && self.armed.get(&key) == Some(at) {
                 return Some(*at);
+            }
+            if self.armed.get(&key) == Some(at) {
+                self.armed.remove(&key);
             }
             self.timers.pop();
         }
         None
     }
 
-    /// The `tick` for the earliest pending timer, at its deadline.
-    pub fn next_tick(&mut self) -> Option<(CommandEnvelope, Timestamp)> {
-        let at = self.next_timer()?;
+    /// Takes the earliest pending timer if it is due at or before `bound`:
+    /// its `tick` (with an engine-made id no client can send) and its deadline.
+    pub fn pop_due_tick(&mut self, bound: Timestamp) -> Option<(CommandEnvelope, Timestamp)> {
+        let at = self.next_timer().filter(|at| *at <= bound)?;
         let Reverse((_, account, id)) = self.timers.pop()?;
+        self.armed.remove(&(account.clone(), id.clone()));
         let seq = self.accounts[&account].conversations[&id].seq;
         let envelope = CommandEnvelope {
-            id: CommandId::new(&format!("tick-{}", seq + 1)).expect("valid"),
+            id: engine_command_id("tick", seq + 1),
             account,
             actor: Actor::system("timer"),
             command: Command::Tick(Tick { conversation: id }),
@@ -415,31 +523,12 @@ impl World {
             let (conversation, agent) = a.floor.next_assignment(&a.catalog)?;
             let seq = a.conversations.get(&conversation).map_or(0, |c| c.seq);
             Some(CommandEnvelope {
-                id: CommandId::new(&format!("route-{}", seq + 1)).expect("valid"),
+                id: engine_command_id("route", seq + 1),
                 account: account.clone(),
                 actor: Actor::system("routing"),
                 command: Command::Assign(Assign { conversation, agent }),
             })
         })
-    }
-
-    /// Fires the earliest pending timer (simulator).
-    pub fn fire_next_timer(&mut self, log_seq: &mut u64, out: &mut Vec<Record>) -> Option<Timestamp> {
-        let (envelope, at) = self.next_tick()?;
-        self.apply(&envelope, at, None, log_seq, out);
-        Some(at)
-    }
-
-    /// Lets routing assign queued conversations to available agents at `now` (simulator).
-    pub fn route(&mut self, now: Timestamp, log_seq: &mut u64, out: &mut Vec<Record>) {
-        for _ in 0..ASSIGNMENTS_PER_STEP_MAX {
-            let Some(envelope) = self.next_assignment() else { break };
-            let before = out.len();
-            self.apply(&envelope, now, None, log_seq, out);
-            if !matches!(out.get(before), Some(Record::Conversation { .. })) {
-                break; // the floor and the aggregate disagree: stop rather than loop
-            }
-        }
     }
 }
 
@@ -454,8 +543,8 @@ mod tests {
             env!("CARGO_MANIFEST_DIR")
         ))
         .unwrap();
-        let mut world = World::new();
-        let (mut seq, mut out) = (0, Vec::new());
+        let mut machine = crate::Machine::new(crate::MachineConfig::stepwise());
+        let mut seq = 0;
         for (n, line) in text.lines().enumerate().filter(|(_, l)| l.starts_with('{')) {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
             let default_id = format!("line-{}", n + 1);
@@ -466,10 +555,15 @@ mod tests {
                 command: Command::from_json(v["command"].clone()).unwrap(),
             };
             let at = Timestamp::parse_rfc3339(v["at"].as_str().unwrap()).unwrap();
-            world.apply(&envelope, at, None, &mut seq, &mut out);
-            world.route(at, &mut seq, &mut out);
+            machine.handle_request(0, envelope, at);
+            while let Some(output) = machine.poll() {
+                if let crate::machine::Output::Append { io, commit, .. } = output {
+                    seq += 1;
+                    machine.handle_appended(io, commit, Ok(seq));
+                }
+            }
         }
-        world
+        std::mem::take(machine.world_mut())
     }
 
     #[test]
@@ -477,9 +571,12 @@ mod tests {
         let mut world = world_after("routing-fifo-capacity");
         assert_eq!(world.loaded_conversations(), 3);
         // Nothing closed before the epoch; the memory bound is not reached.
-        assert_eq!(world.evict_closed(Timestamp::from_millis(0), 10), 0);
+        assert_eq!(world.evict_closed(Timestamp::from_millis(0), 10, |_, _| false), 0);
+        // A conversation with a command under way stays, whatever its age.
+        let mut busy = world_after("routing-fifo-capacity");
+        assert_eq!(busy.evict_closed(Timestamp::from_millis(i64::MAX), 0, |_, _| true), 0);
         // A bound of 1 evicts the two oldest closed conversations.
-        assert_eq!(world.evict_closed(Timestamp::from_millis(0), 1), 2);
+        assert_eq!(world.evict_closed(Timestamp::from_millis(0), 1, |_, _| false), 2);
         assert_eq!(world.loaded_conversations(), 1);
         let account = AccountId::new("default").unwrap();
         let evicted = (1..=3)

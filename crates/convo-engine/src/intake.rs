@@ -11,9 +11,10 @@
 
 use serde_json::{Value, json};
 
-use convo_domain::{AccountId, Actor, Command, CommandEnvelope, CommandId};
+use convo_domain::command::{RequestError, parse_actor, parse_client_id, parse_command};
+use convo_domain::{AccountId, CommandEnvelope};
 
-use crate::runtime::Outcome;
+use crate::machine::{Failure, Outcome};
 
 /// The default of the largest command request accepted, in bytes
 /// (`convo serve --command-bytes-max`).
@@ -51,6 +52,12 @@ impl IntakeError {
     }
 }
 
+impl From<RequestError> for IntakeError {
+    fn from(e: RequestError) -> Self {
+        IntakeError::Invalid { field: e.field, message: e.message }
+    }
+}
+
 const KEYS: [&str; 3] = ["id", "actor", "command"];
 
 /// Parses a request of at most `bytes_max` bytes into a command of `account`.
@@ -68,20 +75,19 @@ pub fn parse_request(account: &str, payload: &[u8], bytes_max: usize) -> Result<
         return Err(invalid(key, format!("unknown key; a request has {}", KEYS.join(", "))));
     }
     let id = match map.remove("id") {
-        Some(Value::String(s)) => CommandId::new(&s).map_err(|e| invalid("id", e.to_string()))?,
-        _ => return Err(invalid("id", "every command carries its id (a string), so a retry is recognised".into())),
+        Some(v) => parse_client_id(v)?,
+        None => return Err(invalid("id", "every command carries its id (a string), so a retry is recognised".into())),
     };
-    let actor: Actor = match map.remove("actor") {
-        Some(v) => serde_json::from_value(v).map_err(|e| invalid("actor", e.to_string()))?,
+    let actor = match map.remove("actor") {
+        Some(v) => parse_actor(v)?,
         None => return Err(invalid("actor", "say who acts: {\"user\":{…}}, {\"contact\":…} or {\"system\":…}".into())),
     };
     let command = map.remove("command").ok_or_else(|| invalid("command", "missing".into()))?;
-    let command = Command::from_json(command).map_err(|e| {
-        if e.path == "type" && e.message.starts_with("unknown variant") {
-            let name = e.message.split('`').nth(1).unwrap_or("?").to_owned();
-            IntakeError::UnknownCommand(name)
+    let command = parse_command(command).map_err(|e| {
+        if e.field == "command.type" && e.message.starts_with("unknown variant") {
+            IntakeError::UnknownCommand(e.message.split('`').nth(1).unwrap_or("?").to_owned())
         } else {
-            invalid(format!("command.{}", e.path).trim_end_matches('.'), e.message)
+            e.into()
         }
     })?;
     Ok(CommandEnvelope { id, account, actor, command })
@@ -101,6 +107,15 @@ pub fn reply(outcome: &Outcome) -> Value {
             json!({"outcome": "rejected", "code": r.code(), "reason": r.to_string()})
         }
         Outcome::Refused(other) => json!({"outcome": "rejected", "code": "unrecordable", "reason": other.to_string()}),
+    }
+}
+
+/// The reply to a command the machine answered, executed or not.
+pub fn result_reply(result: &Result<Outcome, Failure>) -> Value {
+    match result {
+        Ok(outcome) => reply(outcome),
+        Err(Failure::Overloaded(why)) => overloaded(why),
+        Err(failure) => unavailable(&failure.to_string()),
     }
 }
 
@@ -146,6 +161,28 @@ mod tests {
         assert_eq!(
             parse_request("acme", &vec![b' '; COMMAND_BYTES_MAX + 1], COMMAND_BYTES_MAX).unwrap_err().code(),
             "too_large"
+        );
+        let field = |body: &str| match parse_request("acme", body.as_bytes(), COMMAND_BYTES_MAX) {
+            Err(IntakeError::Invalid { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        // The engine's namespace is closed to clients.
+        assert_eq!(
+            field(r#"{"id":"_tick-5","actor":{"system":"x"},"command":{"type":"tick","conversation":"c1"}}"#),
+            "id"
+        );
+        // A system actor's name is bounded.
+        let long = "n".repeat(65);
+        assert_eq!(
+            field(&format!(
+                r#"{{"id":"a","actor":{{"system":"{long}"}},"command":{{"type":"tick","conversation":"c1"}}}}"#
+            )),
+            "actor.system"
+        );
+        // A missing field is named with its full path.
+        assert_eq!(
+            field(r#"{"id":"a","actor":{"system":"x"},"command":{"type":"define_schedule","id":"s1"}}"#),
+            "command.name"
         );
     }
 }

@@ -1,17 +1,20 @@
 //! # convo-engine
 //!
-//! The engine. [`core`] is its deterministic heart, shared with the
-//! simulator: aggregates, floor, timers and routing, with a command decided
-//! first and applied once durable. [`runtime`] runs it on an event store
-//! (JetStream in production), and [`intake`] takes commands as NATS
-//! request/reply.
+//! The engine. [`core`] is its deterministic heart: aggregates, floor,
+//! timers and routing, with a command decided first and applied once
+//! durable. [`machine`] is one partition as a sans-IO state machine around
+//! it (ordering, mailboxes, retries, limits), which every driver runs:
+//! [`serve`] (NATS, wall clock, pipelined), [`runtime`] (one step at a time,
+//! virtual time), the simulator and the fault simulator in `convo-sim`.
+//! [`intake`] parses command requests and shapes their replies.
 
 pub mod clock;
 pub mod core;
 pub mod intake;
-pub mod pipeline;
+pub mod machine;
 pub mod runtime;
 pub mod serve;
 
-pub use core::{Decided, Record, Refusal, World};
-pub use runtime::{Engine, EngineError, Outcome};
+pub use core::{Decided, Record, Refusal, Skipped, World};
+pub use machine::{Failure, Machine, MachineConfig, Outcome};
+pub use runtime::{Engine, EngineError};

@@ -1,76 +1,26 @@
-//! The engine on an event store: the deterministic [`World`] with every
-//! decision made durable before it is applied.
+//! The partition machine on an event store, one step at a time: the driver
+//! of `convo replay-traffic` (virtual time) and of tests.
 //!
-//! [`Engine::execute`] decides a command, appends the commit with the
-//! aggregate's expected last sequence, and applies it once acknowledged. When
-//! another writer got there first (a conflict), the engine reads the commits
-//! it had not seen, applies them, and decides again, at most
-//! [`CONFLICT_RETRIES_MAX`] times. After a restart, [`Engine::recover`] reads
-//! the whole log back, which also rebuilds the timer queue of every open
-//! conversation. Commands are executed one after another (appends are not yet
-//! pipelined across conversations).
+//! [`Engine::recover`] reads the log into a [`Machine`]; [`Engine::execute`]
+//! hands it one command and performs its appends and loads until the
+//! command is answered; [`Engine::replay`] runs timed inputs in virtual time
+//! in exactly the simulator's order (due timers first, an input winning a
+//! tie, routing after each step). The service's pipelined driver is
+//! [`crate::serve`].
 
 use futures::StreamExt;
 
 use convo_domain::{AccountId, CommandEnvelope, Timestamp};
 use convo_store::{EventStore, StoreError};
-use convo_wire::{Commit, StreamRef};
 
-use crate::core::{ASSIGNMENTS_PER_STEP_MAX, Decided, Refusal, World};
-
-/// How many times a command is decided again after losing a race to append.
-pub const CONFLICT_RETRIES_MAX: u32 = 5;
-
-/// What came of one command.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// Appended at `log_seq`.
-    Committed { log_seq: u64, commit: Commit },
-    /// Valid, but nothing to record.
-    Nothing,
-    /// A repeated command id: its original events.
-    Duplicate { first_seq: u64, last_seq: u64 },
-    /// A broken rule (nothing recorded).
-    Refused(Refusal),
-}
+use crate::machine::{Failure, Machine, MachineConfig, Origin, Outcome, Output, recover_items};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EngineError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("still conflicting after {CONFLICT_RETRIES_MAX} retries on {0}")]
-    Contention(String),
-}
-
-/// Applies to `world` the commits of one aggregate it has not seen (after a
-/// lost race, or to read an evicted conversation back); returns the newest
-/// log sequence applied (0 if none).
-pub async fn refresh<S: EventStore>(
-    store: &S,
-    world: &mut World,
-    account: &AccountId,
-    stream: &StreamRef,
-) -> Result<u64, StoreError> {
-    let known = world.expected(account, stream);
-    let mut newest = 0;
-    for stored in store.load(account, stream).await? {
-        if stored.stream_seq > known {
-            world.apply_commit(&stored.commit, stored.stream_seq);
-            newest = stored.stream_seq;
-        }
-    }
-    Ok(newest)
-}
-
-/// The engine over a store `S`.
-#[derive(Debug)]
-pub struct Engine<S> {
-    world: World,
-    store: S,
-    /// The newest log sequence applied.
-    applied: u64,
-    /// Which accounts this engine owns (all, unless partitioned).
-    owns: Partition,
+    #[error(transparent)]
+    Failed(#[from] Failure),
 }
 
 /// A share of the accounts: those whose id hashes to `index` of `count`.
@@ -98,195 +48,128 @@ impl Partition {
     }
 }
 
-impl<S: EventStore> Engine<S> {
-    /// Starts from the log: every commit is applied in order.
-    pub async fn recover(store: S) -> Result<Self, EngineError> {
-        Self::recover_partition(store, Partition::ALL).await
-    }
-
-    /// Starts from the log, keeping only the accounts of one partition.
-    pub async fn recover_partition(store: S, owns: Partition) -> Result<Self, EngineError> {
-        let mut engine = Self { world: World::new(), store, applied: 0, owns };
-        engine.catch_up().await?;
-        Ok(engine)
-    }
-
-    /// One engine per partition of `count`, recovered in a single read of the log.
-    pub async fn recover_partitions(store: S, count: usize) -> Result<Vec<Self>, EngineError>
-    where
-        S: Clone,
-    {
-        let count = count.max(1);
-        let mut engines: Vec<Self> = (0..count)
-            .map(|index| Self {
-                world: World::new(),
-                store: store.clone(),
-                applied: 0,
-                owns: Partition { index, count },
-            })
-            .collect();
-        let applied = read_log(&store, 0, |commit, seq| {
-            engines[Partition::of(&commit.account, count)].world.apply_commit(commit, seq);
-        })
-        .await?;
-        for engine in &mut engines {
-            engine.applied = applied;
+/// Reads the whole log into one machine per partition; returns them and the
+/// newest sequence read.
+pub async fn recover_machines<S: EventStore>(
+    store: &S,
+    count: usize,
+    config: MachineConfig,
+) -> Result<(Vec<Machine>, u64), StoreError> {
+    let mut machines: Vec<Machine> = (0..count.max(1)).map(|_| Machine::new(config)).collect();
+    let mut log = store.read(1).await?;
+    let mut newest = 0;
+    while let Some(item) = log.next().await {
+        if let Err(e @ (StoreError::Unavailable(_) | StoreError::Refused(_))) = &item {
+            return Err(e.clone());
         }
-        Ok(engines)
+        newest = newest.max(recover_items(&mut machines, [item]));
+    }
+    Ok((machines, newest))
+}
+
+/// The engine over a store `S`, stepped one command at a time.
+#[derive(Debug)]
+pub struct Engine<S> {
+    machine: Machine,
+    store: S,
+}
+
+impl<S: EventStore> Engine<S> {
+    /// Starts from the log, in virtual time (ticks at their deadlines).
+    pub async fn recover(store: S) -> Result<Self, EngineError> {
+        Self::recover_with(store, MachineConfig::stepwise()).await
     }
 
-    pub fn world(&self) -> &World {
-        &self.world
+    pub async fn recover_with(store: S, config: MachineConfig) -> Result<Self, EngineError> {
+        let (mut machines, _) = recover_machines(&store, 1, config).await?;
+        Ok(Self { machine: machines.remove(0), store })
     }
 
-    pub fn world_mut(&mut self) -> &mut World {
-        &mut self.world
+    pub fn machine(&self) -> &Machine {
+        &self.machine
+    }
+
+    pub fn world(&self) -> &crate::World {
+        self.machine.world()
     }
 
     pub fn store(&self) -> &S {
         &self.store
     }
 
-    /// The newest log sequence applied.
-    pub fn applied(&self) -> u64 {
-        self.applied
+    /// The earliest pending timer.
+    pub fn next_timer(&mut self) -> Option<Timestamp> {
+        self.machine.poll_timeout()
     }
 
-    /// Applies every commit of the log this engine has not seen yet; returns how many.
-    pub async fn catch_up(&mut self) -> Result<u64, EngineError> {
-        let (owns, world) = (self.owns, &mut self.world);
-        let mut count = 0;
-        self.applied = read_log(&self.store, self.applied, |commit, seq| {
-            if owns.owns(&commit.account) {
-                world.apply_commit(commit, seq);
-                count += 1;
+    /// Performs the machine's outputs until it is idle; returns the replies.
+    async fn drive(&mut self) -> Vec<(Origin, Result<Outcome, Failure>)> {
+        let mut replies = Vec::new();
+        while let Some(output) = self.machine.poll() {
+            match output {
+                Output::Append { io, commit, expected } => {
+                    let result = self.store.append(&commit, expected).await;
+                    self.machine.handle_appended(io, commit, result);
+                }
+                Output::Load { io, account, stream } => {
+                    let result = self.store.load(&account, &stream).await;
+                    self.machine.handle_loaded(io, result);
+                }
+                Output::Reply { origin, result, .. } => replies.push((origin, result)),
             }
-        })
-        .await?;
-        Ok(count)
+        }
+        replies
     }
 
-    /// Applies the commits of one aggregate that came after what this engine knows.
-    async fn refresh(&mut self, account: &AccountId, stream: &StreamRef) -> Result<(), EngineError> {
-        let newest = refresh(&self.store, &mut self.world, account, stream).await?;
-        self.applied = self.applied.max(newest);
-        Ok(())
-    }
-
-    /// Decides, appends and applies one command at `now`.
+    /// Decides, appends and applies one command at `now` (and whatever
+    /// routing does after it); returns the command's own outcome.
     pub async fn execute(&mut self, envelope: &CommandEnvelope, now: Timestamp) -> Result<Outcome, EngineError> {
-        for _ in 0..=CONFLICT_RETRIES_MAX {
-            let commit = match self.world.decide(envelope, now) {
-                Ok(Decided::Commit(commit)) => commit,
-                Ok(Decided::Nothing) => return Ok(Outcome::Nothing),
-                Ok(Decided::Duplicate { first_seq, last_seq }) => {
-                    return Ok(Outcome::Duplicate { first_seq, last_seq });
-                }
-                Err(refusal) => return Ok(Outcome::Refused(refusal)),
-            };
-            let expected = self.world.expected(&commit.account, &commit.stream);
-            match self.store.append(&commit, expected).await {
-                Ok(log_seq) => {
-                    self.world.apply_commit(&commit, log_seq);
-                    self.applied = self.applied.max(log_seq);
-                    return Ok(Outcome::Committed { log_seq, commit });
-                }
-                Err(StoreError::Conflict { .. }) => self.refresh(&commit.account, &commit.stream).await?,
-                Err(e) => return Err(e.into()),
+        self.machine.handle_request(0, envelope.clone(), now);
+        let mut own = None;
+        for (origin, result) in self.drive().await {
+            if origin == Origin::Request(0) {
+                own = Some(result);
             }
         }
-        Err(EngineError::Contention(format!("{} {}", envelope.account, envelope.command.type_name())))
+        Ok(own.expect("the machine answers every request")?)
     }
 
-    /// Fires every timer due at or before `now`, each at its own deadline
-    /// (virtual time) or at `now` (wall clock, `at_deadline` false).
-    pub async fn fire_due(&mut self, now: Timestamp, at_deadline: bool) -> Result<Vec<Outcome>, EngineError> {
-        let mut out = Vec::new();
-        while let Some(deadline) = self.world.next_timer().filter(|d| *d <= now) {
-            let Some((tick, _)) = self.world.next_tick() else { break };
-            let at = if at_deadline { deadline } else { now };
-            match self.execute(&tick, at).await {
-                Ok(outcome) => out.push(outcome),
-                Err(e) => {
-                    // The timer is still due: put it back before reporting.
-                    if let convo_domain::Command::Tick(t) = &tick.command {
-                        self.world.rearm(&tick.account, &t.conversation);
-                    }
-                    return Err(e);
-                }
-            }
-            out.extend(self.route(at).await?);
-        }
-        Ok(out)
-    }
-
-    /// Lets routing assign queued conversations to available agents.
-    pub async fn route(&mut self, now: Timestamp) -> Result<Vec<Outcome>, EngineError> {
-        let mut out = Vec::new();
-        for _ in 0..ASSIGNMENTS_PER_STEP_MAX {
-            let Some(assign) = self.world.next_assignment() else { break };
-            let outcome = self.execute(&assign, now).await?;
-            let committed = matches!(outcome, Outcome::Committed { .. });
-            out.push(outcome);
-            if !committed {
-                break; // the floor and the aggregate disagree: stop rather than loop
-            }
-        }
-        Ok(out)
+    /// Fires every timer due at or before `now` (and routing after each);
+    /// returns their outcomes.
+    pub async fn fire_due(&mut self, now: Timestamp) -> Vec<Result<Outcome, Failure>> {
+        self.machine.handle_timeout(now);
+        self.drive().await.into_iter().map(|(_, r)| r).collect()
     }
 
     /// Runs timed inputs in virtual time, exactly as the simulator orders
     /// them: due timers first (an input wins a tie), then the input, then
-    /// routing; after the last input, timers until nothing is due.
+    /// routing; after the last input, timers until nothing is due. Stops at
+    /// the first failure (a store that is down).
     pub async fn replay(
         &mut self,
         inputs: impl IntoIterator<Item = (CommandEnvelope, Timestamp)>,
     ) -> Result<Vec<Outcome>, EngineError> {
         let mut out = Vec::new();
-        for (envelope, at) in inputs {
-            while let Some(deadline) = self.world.next_timer().filter(|d| *d < at) {
-                out.extend(self.fire_due(deadline, true).await?);
+        let mut keep = |replies: Vec<(Origin, Result<Outcome, Failure>)>| -> Result<(), EngineError> {
+            for (_, result) in replies {
+                out.push(result?);
             }
-            out.push(self.execute(&envelope, at).await?);
-            out.extend(self.route(at).await?);
+            Ok(())
+        };
+        for (envelope, at) in inputs {
+            while let Some(deadline) = self.machine.poll_timeout().filter(|d| *d < at) {
+                self.machine.handle_timeout(deadline);
+                keep(self.drive().await)?;
+            }
+            self.machine.handle_request(0, envelope, at);
+            keep(self.drive().await)?;
         }
-        while let Some(deadline) = self.world.next_timer() {
-            out.extend(self.fire_due(deadline, true).await?);
+        while let Some(deadline) = self.machine.poll_timeout() {
+            self.machine.handle_timeout(deadline);
+            keep(self.drive().await)?;
         }
         Ok(out)
     }
-}
-
-/// Hands every readable commit after `after` up to the log's current end to
-/// `apply`, in order; returns the newest log sequence read. A stored message
-/// that is not a commit (foreign or corrupt) cannot be applied, and refusing
-/// to start over it would stop everything: it is reported and stepped over.
-async fn read_log<S: EventStore>(
-    store: &S,
-    after: u64,
-    mut apply: impl FnMut(&Commit, u64),
-) -> Result<u64, EngineError> {
-    let last = store.last_seq().await?;
-    if last <= after {
-        return Ok(after);
-    }
-    let mut follow = store.subscribe(after + 1).await?;
-    let mut read = after;
-    while read < last {
-        let Some(stored) = follow.next().await else { break };
-        match stored {
-            Ok(stored) => {
-                read = stored.stream_seq;
-                apply(&stored.commit, stored.stream_seq);
-            }
-            Err(StoreError::Decode { seq, error }) => {
-                eprintln!("convo: skipping stored message {seq}, which is not a readable commit: {error}");
-                read = read.max(seq);
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(read)
 }
 
 #[cfg(test)]

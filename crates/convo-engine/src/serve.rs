@@ -1,67 +1,64 @@
-//! The service loop: take command requests, fire timers when they fall due
-//! on the clock, let routing assign, until asked to stop. Appends of
-//! different aggregates are pipelined (see [`crate::pipeline`]). Stopping
-//! takes no new request, finishes every command already taken, answers them,
-//! and returns.
+//! The service: the partition machine driven by the wall clock, NATS
+//! requests and a pipelined event store. A dispatcher hands each request to
+//! its account's partition; each partition is one task that turns its
+//! [`Machine`]'s outputs into appends, loads and replies, with many appends
+//! in flight at once (the machine bounds them). Stopping takes no new
+//! request, finishes every command already taken, answers them, and returns.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 
 use convo_domain::{AccountId, Timestamp};
-use convo_store::EventStore;
 use convo_store::bus::{CommandBus, Request, Responder};
+use convo_store::{EventStore, LogItem, StoreError};
+use convo_wire::Commit;
 
 use crate::clock::Clock;
-use crate::pipeline::{APPENDS_IN_FLIGHT_MAX, Done, Pipeline, PipelineStats};
-use crate::runtime::{Engine, EngineError, Partition};
+use crate::intake::{parse_request, result_reply};
+use crate::machine::{IoId, Machine, MachineConfig, MachineStats, Origin, Output};
+use crate::runtime::{EngineError, Partition, recover_machines};
 
 /// Requests waiting for one partition; beyond, a request is refused as `overloaded`.
 pub const PARTITION_QUEUE_MAX: usize = 1024;
 /// The most partitions one instance runs.
 pub const PARTITIONS_MAX: usize = 256;
-
 /// The longest the loop sleeps when no timer is due (it also wakes for requests).
 pub const IDLE_WAKE_MS: u64 = 1_000;
 /// A conversation closed this long ago with nothing since leaves memory
 /// (late survey answers and repeated commands read it back from the log).
 pub const EVICT_CLOSED_AFTER_SECS: u64 = 15 * 60;
-/// Above this many conversations in memory (per partition), closed ones are
-/// evicted early, oldest first.
-pub const LOADED_CONVERSATIONS_MAX: usize = 1_000_000;
 
 /// The service's settings.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeConfig {
     /// The largest command request accepted, in bytes.
     pub command_bytes_max: usize,
-    /// How many partitions share the accounts (each a task with its own engine).
+    /// How many partitions share the accounts (each a task with its own machine).
     pub partitions: usize,
+    /// The partition machine's limits.
+    pub machine: MachineConfig,
 }
 
 impl Default for ServeConfig {
     fn default() -> Self {
-        Self { command_bytes_max: crate::intake::COMMAND_BYTES_MAX, partitions: 1 }
+        let machine = MachineConfig {
+            evict_closed_after_ms: Some(EVICT_CLOSED_AFTER_SECS as i64 * 1000),
+            ..MachineConfig::serve()
+        };
+        Self { command_bytes_max: crate::intake::COMMAND_BYTES_MAX, partitions: 1, machine }
     }
 }
 
-/// What a service run did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ServeStats {
-    pub requests: u64,
-    pub evicted: u64,
-    pub pipeline: PipelineStats,
-}
+/// What one partition did.
+pub type ServeStats = MachineStats;
 
-enum Wake {
-    Appended(Box<Done>),
-    Request(Option<Request>),
-    Clock,
-}
-
-/// Serves until `shutdown` completes or the bus closes: recovers one engine
+/// Serves until `shutdown` completes or the bus closes: recovers one machine
 /// per partition from the log, hands each request to the partition of its
 /// account, and returns each partition's stats once all have drained.
 pub async fn serve<S: EventStore + Clone + 'static>(
@@ -73,15 +70,15 @@ pub async fn serve<S: EventStore + Clone + 'static>(
 ) -> Result<Vec<ServeStats>, EngineError> {
     let count = config.partitions.clamp(1, PARTITIONS_MAX);
     let responder = bus.responder();
+    let (machines, _) = recover_machines(&store, count, config.machine).await?;
     let mut queues = Vec::with_capacity(count);
     let mut tasks = Vec::with_capacity(count);
-    for engine in Engine::recover_partitions(store, count).await? {
+    for machine in machines {
         let (tx, rx) = mpsc::channel(PARTITION_QUEUE_MAX);
         queues.push(tx);
-        let (responder, clock) = (responder.clone(), clock.clone());
+        let (responder, clock, store) = (responder.clone(), clock.clone(), store.clone());
         tasks.push(tokio::spawn(async move {
-            let mut engine = engine;
-            run_partition(&mut engine, rx, &responder, clock.as_ref(), config).await
+            run_partition(machine, store, rx, &responder, clock.as_ref(), config.command_bytes_max).await
         }));
     }
     dispatch(bus, &responder, &queues, shutdown).await;
@@ -120,53 +117,106 @@ async fn dispatch(
     bus.close().await;
 }
 
+/// What the store answered.
+enum IoDone {
+    Appended(IoId, Commit, Result<u64, StoreError>),
+    Loaded(IoId, Result<Vec<LogItem>, StoreError>),
+}
+
+type Pending = Pin<Box<dyn Future<Output = IoDone> + Send>>;
+
+enum Wake {
+    Io(IoDone),
+    Request(Option<Request>),
+    Clock,
+}
+
 /// One partition's loop: its requests, its timers, its routing, until its
 /// queue closes and everything taken is done.
 pub async fn run_partition<S: EventStore + Clone + 'static>(
-    engine: &mut Engine<S>,
+    mut machine: Machine,
+    store: S,
     mut requests: mpsc::Receiver<Request>,
     responder: &Responder,
     clock: &dyn Clock,
-    config: ServeConfig,
+    command_bytes_max: usize,
 ) -> ServeStats {
-    let mut pipeline = Pipeline::new(engine.store().clone());
-    let responder = responder.clone();
-    let mut requests_taken = 0;
-    let mut evicted = 0;
+    let mut io: FuturesUnordered<Pending> = FuturesUnordered::new();
+    // Requests taken and not answered yet (bounded by the machine's limits).
+    let mut waiting: std::collections::HashMap<u64, Request> = std::collections::HashMap::new();
+    let mut next_token = 0u64;
+    let mut invalid = 0u64;
     let mut stopping = false;
+    let mut last_timeout = Timestamp::from_millis(i64::MIN);
     loop {
-        let world = engine.world_mut();
-        if !stopping {
-            let now = clock.now();
-            pipeline.fire_due(world, &responder, now).await;
-            pipeline.route(world, &responder, now).await;
-            let idle_since = Timestamp::from_millis(now.millis() - EVICT_CLOSED_AFTER_SECS as i64 * 1000);
-            evicted += world.evict_closed(idle_since, LOADED_CONVERSATIONS_MAX) as u64;
+        let now = clock.now();
+        let due = machine.poll_timeout().is_some_and(|d| d <= now);
+        if !stopping && (due || now.millis_since(last_timeout) >= IDLE_WAKE_MS) {
+            machine.handle_timeout(now);
+            last_timeout = now;
         }
-        if stopping && pipeline.is_idle() {
+        while let Some(output) = machine.poll() {
+            match output {
+                Output::Append { io: id, commit, expected } => {
+                    let store = store.clone();
+                    io.push(Box::pin(async move {
+                        let result = store.append(&commit, expected).await;
+                        IoDone::Appended(id, commit, result)
+                    }));
+                }
+                Output::Load { io: id, account, stream } => {
+                    let store = store.clone();
+                    io.push(Box::pin(async move { IoDone::Loaded(id, store.load(&account, &stream).await) }));
+                }
+                Output::Reply { origin: Origin::Request(token), result, .. } => {
+                    if let Some(request) = waiting.remove(&token) {
+                        answer(responder, &request, &result_reply(&result)).await;
+                    }
+                }
+                Output::Reply { origin, envelope, result: Err(failure), .. } => {
+                    eprintln!("convo: {origin:?} {} for {}: {failure}", envelope.id, envelope.account);
+                }
+                Output::Reply { .. } => {}
+            }
+        }
+        if stopping && io.is_empty() && machine.is_idle() {
             break;
         }
-        let wait = world.next_timer().map_or(IDLE_WAKE_MS, |d| d.millis_since(clock.now()).min(IDLE_WAKE_MS));
-        let room = pipeline.in_flight() < APPENDS_IN_FLIGHT_MAX;
+        let wait = machine.poll_timeout().map_or(IDLE_WAKE_MS, |d| d.millis_since(clock.now()).min(IDLE_WAKE_MS));
+        let room = machine.wants_requests();
         let wake = tokio::select! {
             biased;
-            done = pipeline.next_done() => Wake::Appended(Box::new(done)),
+            Some(done) = io.next(), if !io.is_empty() => Wake::Io(done),
             request = requests.recv(), if !stopping && room => Wake::Request(request),
             _ = tokio::time::sleep(Duration::from_millis(wait.max(1))), if !stopping => Wake::Clock,
         };
-        let world = engine.world_mut();
         match wake {
+            Wake::Io(IoDone::Appended(id, commit, result)) => machine.handle_appended(id, commit, result),
+            Wake::Io(IoDone::Loaded(id, result)) => machine.handle_loaded(id, result),
             Wake::Request(None) => stopping = true,
-            Wake::Appended(done) => pipeline.apply_done(world, &responder, *done).await,
             Wake::Request(Some(request)) => {
-                requests_taken += 1;
-                let now = clock.now();
-                // Whatever fell due before this instant happens first; an input wins a tie.
-                pipeline.fire_due(world, &responder, Timestamp::from_millis(now.millis() - 1)).await;
-                pipeline.take_request(world, &responder, request, now, config.command_bytes_max).await;
+                match parse_request(&request.account, &request.payload, command_bytes_max) {
+                    Err(e) => {
+                        invalid += 1;
+                        answer(responder, &request, &e.to_json()).await;
+                    }
+                    Ok(envelope) => {
+                        next_token += 1;
+                        waiting.insert(next_token, request);
+                        machine.handle_request(next_token, envelope, clock.now());
+                    }
+                }
             }
             Wake::Clock => {}
         }
     }
-    ServeStats { requests: requests_taken, evicted, pipeline: pipeline.stats }
+    // Every request taken counts, those refused before the machine saw them too.
+    ServeStats { requests: machine.stats().requests + invalid, ..machine.stats() }
+}
+
+async fn answer(responder: &Responder, request: &Request, body: &serde_json::Value) {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    if let Err(e) = responder.respond(request, bytes).await {
+        eprintln!("convo: cannot answer {}: {e}", request.subject);
+    }
 }

@@ -234,16 +234,21 @@ pub async fn fold(
     if stats.checkpoint >= last {
         return Ok(stats);
     }
-    let mut follow = store.subscribe(stats.checkpoint + 1).await?;
+    // A read that ends at the log's current end: deleted messages, the last
+    // one included, are never waited for.
+    let mut follow = store.read(stats.checkpoint + 1).await?;
     let mut staged = Staged::new(tree);
     let mut in_batch = 0;
     while stats.checkpoint < last {
         let Some(item) = follow.next().await else { break };
         let (seq, outcome) = match item {
             Ok(stored) => (stored.stream_seq, projection.apply(&mut staged, &stored)),
-            Err(StoreError::Decode { seq, error }) => (seq, Err(format!("cannot decode: {error}"))),
+            Err(StoreError::Decode { seq, subject, error }) => (seq, Err(format!("cannot apply {subject}: {error}"))),
             Err(e) => return Err(e.into()),
         };
+        if seq > last {
+            break; // appended after this fold began: the next one takes it
+        }
         match outcome {
             Ok(()) => {
                 staged.keep();
@@ -266,6 +271,11 @@ pub async fn fold(
             in_batch = 0;
             on_progress(stats.checkpoint, last);
         }
+    }
+    if stats.checkpoint < last && until.is_none() {
+        // The newest messages were deleted: the fold has covered the log.
+        stats.checkpoint = last;
+        in_batch += 1;
     }
     if in_batch > 0 {
         write(tree, &mut staged, stats.checkpoint).await?;

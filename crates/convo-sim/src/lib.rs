@@ -4,7 +4,9 @@
 //! through the real domain code on a virtual clock: between inputs, every due
 //! timer fires in time order (an input and a deadline at the same instant: the
 //! input first), routing assigns queued conversations, and after the last input
-//! timers keep firing until nothing is due (or until `until`). The output is
+//! timers keep firing until nothing is due (or until `until`). The engine's
+//! partition machine ([`convo_engine::machine`]) decides every step, so the
+//! simulator and the engine share one ordering rule. The output is
 //! JSON lines, one event (or rejection) per line; the same input gives the same
 //! bytes.
 //!
@@ -23,7 +25,9 @@ pub mod world {
     pub use convo_engine::core::*;
 }
 
-use convo_domain::Timestamp;
+use convo_domain::{CommandEnvelope, Timestamp};
+use convo_engine::Refusal;
+use convo_engine::machine::{Failure, Machine, MachineConfig, Origin, Outcome, Output};
 
 pub use scenario::{Input, ScenarioError};
 pub use world::{Record, World};
@@ -81,32 +85,35 @@ pub struct Step<'a> {
     pub records: &'a [Record],
 }
 
-/// Runs a driver to the end, handing each step to `sink`, in order.
+/// Runs a driver to the end, handing each step to `sink`, in order. The
+/// engine's partition machine decides, in virtual time, one step at a time,
+/// and every append is committed at once.
 pub fn run(driver: &mut dyn Driver, until: Option<Timestamp>, mut sink: impl FnMut(Step<'_>)) -> RunStats {
-    let mut world = World::new();
+    let mut machine = Machine::new(MachineConfig::stepwise());
     let mut log_seq = 0;
     let mut stats = RunStats::default();
     let mut step = Vec::new();
     let within = |at: Timestamp| until.is_none_or(|u| at <= u);
     loop {
         let input_at = driver.next_at().filter(|at| within(*at));
-        let timer_at = world.next_timer().filter(|at| within(*at));
-        let timer_first = match (input_at, timer_at) {
+        let timer_at = machine.poll_timeout().filter(|at| within(*at));
+        let input = match (input_at, timer_at) {
             (None, None) => break,
-            (Some(i), Some(t)) => t < i, // same instant: the input first
-            (None, Some(_)) => true,
-            (Some(_), None) => false,
+            (Some(i), Some(t)) if t < i => None, // same instant: the input first
+            (None, Some(_)) => None,
+            _ => Some(driver.take().expect("an input is due")),
         };
-        let (now, input) = if timer_first {
-            stats.ticks += 1;
-            (world.fire_next_timer(&mut log_seq, &mut step).expect("a timer is due"), None)
-        } else {
-            let input = driver.take().expect("an input is due");
-            stats.inputs += 1;
-            world.apply(&input.envelope, input.at, input.line, &mut log_seq, &mut step);
-            (input.at, Some(input))
-        };
-        world.route(now, &mut log_seq, &mut step);
+        match &input {
+            None => {
+                stats.ticks += 1;
+                machine.handle_timeout(timer_at.expect("a timer is due"));
+            }
+            Some(input) => {
+                stats.inputs += 1;
+                machine.handle_request(0, input.envelope.clone(), input.at);
+            }
+        }
+        commit_at_once(&mut machine, &mut log_seq, input.as_ref().and_then(|i| i.line), &mut step);
         driver.observe(&step);
         sink(Step { input: input.as_ref(), records: &step });
         step.clear();
@@ -116,4 +123,46 @@ pub fn run(driver: &mut dyn Driver, until: Option<Timestamp>, mut sink: impl FnM
         stats.inputs_after_until += 1;
     }
     stats
+}
+
+/// Performs a machine's outputs with a log that commits every append at
+/// once, describing what happened in `out` (`line` names the input's line).
+pub fn commit_at_once(machine: &mut Machine, log_seq: &mut u64, line: Option<usize>, out: &mut Vec<Record>) {
+    while let Some(output) = machine.poll() {
+        match output {
+            Output::Append { io, commit, .. } => {
+                *log_seq += 1;
+                out.extend(Record::of_commit(&commit));
+                machine.handle_appended(io, commit, Ok(*log_seq));
+            }
+            // Nothing is evicted in virtual time, and the log never conflicts.
+            Output::Load { io, .. } => machine.handle_loaded(io, Ok(Vec::new())),
+            Output::Reply { origin, envelope, now, result } => {
+                let line = if origin == Origin::Request(0) { line } else { None };
+                out.extend(reply_record(&envelope, now, line, result));
+            }
+        }
+    }
+}
+
+/// The line of the simulator's output that a reply makes, if any.
+pub fn reply_record(
+    envelope: &CommandEnvelope,
+    at: Timestamp,
+    line: Option<usize>,
+    result: Result<Outcome, Failure>,
+) -> Option<Record> {
+    let account = envelope.account.clone();
+    let command = envelope.id.clone();
+    let (code, reason) = match result {
+        Ok(Outcome::Committed { .. } | Outcome::Nothing) => return None,
+        Ok(Outcome::Duplicate { first_seq, last_seq }) => {
+            return Some(Record::Duplicate { at, account, command, first_seq, last_seq, line });
+        }
+        Ok(Outcome::Refused(Refusal::Rejected(r))) => (r.code(), r.to_string()),
+        Ok(Outcome::Refused(other)) => ("unrecordable", other.to_string()),
+        Err(Failure::Overloaded(why)) => ("overloaded", why),
+        Err(other) => ("unavailable", other.to_string()),
+    };
+    Some(Record::Rejected { at, account, command, kind: envelope.command.type_name(), code, reason, line })
 }

@@ -8,6 +8,7 @@
 
 use std::fmt;
 
+use convo_domain::command::{RequestError, parse_actor, parse_client_id, parse_command};
 use convo_domain::{AccountId, Actor, Command, CommandEnvelope, CommandId, ContactId, Timestamp};
 
 /// The longest scenario line accepted, in bytes.
@@ -109,30 +110,20 @@ pub fn parse_line(text: &str, line: usize) -> Result<Input, ScenarioError> {
         Some(_) => return Err(err(line, "account", "must be a string")),
         None => AccountId::new(DEFAULT_ACCOUNT).expect("valid"),
     };
+    let at_field = |e: RequestError| err(line, &e.field, e.message);
     let id = match map.remove("id") {
-        Some(serde_json::Value::String(s)) => CommandId::new(&s).map_err(|e| err(line, "id", e.to_string()))?,
-        Some(_) => return Err(err(line, "id", "must be a string")),
+        Some(v) => parse_client_id(v).map_err(at_field)?,
         None => CommandId::new(&format!("line-{line}")).expect("valid"),
     };
-    let actor = match map.remove("actor") {
-        Some(v) => Some(
-            serde_path_to_error::deserialize::<_, Actor>(v)
-                .map_err(|e| err(line, &field_path("actor", &e.path().to_string()), e.into_inner().to_string()))?,
-        ),
-        None => None,
-    };
+    let actor = map.remove("actor").map(parse_actor).transpose().map_err(at_field)?;
     let command = match map.remove("command") {
-        Some(v) => Command::from_json(v).map_err(|e| err(line, &field_path("command", &e.path), e.message))?,
+        Some(v) => parse_command(v).map_err(at_field)?,
         None => {
             return Err(err(line, "command", "missing; every line carries a command"));
         }
     };
     let actor = actor.unwrap_or_else(|| default_actor(&command));
     Ok(Input { at, envelope: CommandEnvelope { id, account, actor, command }, line: Some(line) })
-}
-
-fn field_path(prefix: &str, inner: &str) -> String {
-    if inner.is_empty() || inner == "." { prefix.to_owned() } else { format!("{prefix}.{inner}") }
 }
 
 /// Inbound messages come from their contact; anything else from the system.
@@ -171,7 +162,8 @@ mod tests {
             (r#"{"command":{"type":"tick","conversation":"c1"}}"#, "at"),
             (r#"{"at":"2026-03-02T09:00:00Z"}"#, "command"),
             (r#"{"at":"2026-03-02T09:00:00Z","comand":{}}"#, "comand"),
-            (r#"{"at":"2026-03-02T09:00:00Z","command":{"type":"tick"}}"#, "command"),
+            (r#"{"at":"2026-03-02T09:00:00Z","command":{"type":"tick"}}"#, "command.conversation"),
+            (r#"{"at":"2026-03-02T09:00:00Z","id":"_tick-2","command":{"type":"tick","conversation":"c1"}}"#, "id"),
             (
                 r#"{"at":"2026-03-02T09:00:00Z","command":{"type":"answer_survey","conversation":"c1","rating":"5","solved":true}}"#,
                 "command.rating",

@@ -17,7 +17,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::OrderedConfig;
 use async_nats::jetstream::context::PublishErrorKind;
-use async_nats::jetstream::stream::{Config, StorageType};
+use async_nats::jetstream::stream::{Config, DirectGetErrorKind, StorageType};
 use async_nats::jetstream::{self};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -26,7 +26,7 @@ use convo_domain::AccountId;
 use convo_wire::{Commit, StreamRef, headers};
 
 use crate::{
-    APPEND_RETRIES_MAX, COMMITS_PER_LOAD_MAX, CommitStream, EventStore, StoreError, StoredCommit, check_server_version,
+    APPEND_RETRIES_MAX, COMMITS_PER_LOAD_MAX, CommitStream, EventStore, LogItem, StoreError, check_server_version,
     decode_stored,
 };
 
@@ -139,18 +139,60 @@ impl JetStreamStore {
         self.client.server_info().version
     }
 
-    async fn read(&self, config: OrderedConfig) -> Result<(u64, jetstream::consumer::pull::Ordered), StoreError> {
+    /// An ordered consumer of the whole log from `from_seq`, and how many
+    /// messages it had pending when created. It is ephemeral: the server drops
+    /// it 30 s after its reader is gone. Only whole-log reads (recovery, tail,
+    /// projectors) use one; loads of one aggregate use direct gets.
+    async fn ordered(&self, from_seq: u64) -> Result<(u64, jetstream::consumer::pull::Ordered), StoreError> {
+        let deliver_policy = if from_seq <= 1 {
+            DeliverPolicy::All
+        } else {
+            DeliverPolicy::ByStartSequence { start_sequence: from_seq }
+        };
+        let config = OrderedConfig { deliver_policy, ..Default::default() };
         let consumer = self.stream.create_consumer(config).await.map_err(unavailable)?;
         let pending = consumer.cached_info().num_pending;
         let messages = consumer.messages().await.map_err(unavailable)?;
         Ok((pending, messages))
     }
+
+    /// Removes one message from the stream (what `convo doctor --purge` does
+    /// with a message recovery cannot apply). Returns whether it was there.
+    pub async fn delete_message(&self, seq: u64) -> Result<bool, StoreError> {
+        match self.stream.delete_message(seq).await {
+            Ok(deleted) => Ok(deleted),
+            Err(e) if e.to_string().contains("no message found") => Ok(false),
+            Err(e) => Err(StoreError::Refused(e.to_string())),
+        }
+    }
+
+    /// How many consumers the stream has (tests check that reads leave none behind).
+    pub async fn consumer_count(&self) -> Result<usize, StoreError> {
+        Ok(self.stream.clone().info().await.map_err(unavailable)?.state.consumer_count)
+    }
+
+    /// Publishes raw bytes on a subject of the stream, bypassing every check:
+    /// for tests and tools that must put what a hostile or faulty client could
+    /// into the log. Returns the stream sequence.
+    pub async fn publish_raw(
+        &self,
+        subject: &str,
+        headers: &[(&str, &str)],
+        payload: Vec<u8>,
+    ) -> Result<u64, StoreError> {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(*name, *value);
+        }
+        let ack = self.js.publish_with_headers(subject.to_owned(), map, payload.into()).await.map_err(unavailable)?;
+        Ok(ack.await.map_err(unavailable)?.sequence)
+    }
 }
 
-fn decode_message(message: &jetstream::Message) -> Result<StoredCommit, StoreError> {
+fn decode_message(prefix: &str, message: &jetstream::Message) -> LogItem {
     let info = message.info().map_err(unavailable)?;
     let version = message.headers.as_ref().and_then(|h| h.get(headers::SCHEMA)).map(|v| v.as_str());
-    decode_stored(info.stream_sequence, message.subject.to_string(), version, &message.payload)
+    decode_stored(prefix, info.stream_sequence, message.subject.to_string(), version, &message.payload)
 }
 
 impl EventStore for JetStreamStore {
@@ -192,38 +234,66 @@ impl EventStore for JetStreamStore {
         )))
     }
 
-    async fn load(&self, account: &AccountId, stream: &StreamRef) -> Result<Vec<StoredCommit>, StoreError> {
-        let filter = stream.filter_subject(&self.config.prefix, account);
-        let (pending, mut messages) = self
-            .read(OrderedConfig {
-                filter_subject: filter.clone(),
-                deliver_policy: DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await?;
-        if pending as usize > COMMITS_PER_LOAD_MAX {
-            return Err(StoreError::TooManyCommits { stream: filter });
-        }
-        let mut out = Vec::with_capacity(pending as usize);
-        while out.len() < pending as usize {
-            let next = tokio::time::timeout(Duration::from_millis(READ_TIMEOUT_MS), messages.next())
-                .await
-                .map_err(|_| StoreError::Unavailable(format!("reading {filter} timed out")))?;
-            let Some(message) = next else { break };
-            let message = message.map_err(unavailable)?;
-            out.push(decode_message(&message)?);
+    /// One aggregate's messages by direct gets ("the next message on this
+    /// filter after sequence n"), so a load (after every conflict, or to read
+    /// an evicted conversation back) creates no consumer on the server.
+    async fn load(&self, account: &AccountId, stream: &StreamRef) -> Result<Vec<LogItem>, StoreError> {
+        let prefix = &self.config.prefix;
+        let filter = stream.filter_subject(prefix, account);
+        let mut out = Vec::new();
+        let mut next = 1;
+        loop {
+            let get = self.stream.direct_get_next_for_subject(filter.clone(), Some(next));
+            let message = match tokio::time::timeout(Duration::from_millis(READ_TIMEOUT_MS), get).await {
+                Err(_) => return Err(StoreError::Unavailable(format!("reading {filter} timed out"))),
+                Ok(Err(e)) if e.kind() == DirectGetErrorKind::NotFound => break,
+                Ok(Err(e)) => return Err(unavailable(format!("reading {filter}: {e}"))),
+                Ok(Ok(message)) => message,
+            };
+            if out.len() == COMMITS_PER_LOAD_MAX {
+                return Err(StoreError::TooManyCommits { stream: filter });
+            }
+            let version = message.headers.get(headers::SCHEMA).map(|v| v.as_str());
+            next = message.sequence + 1;
+            out.push(decode_stored(prefix, message.sequence, message.subject.to_string(), version, &message.payload));
         }
         Ok(out)
     }
 
     async fn subscribe(&self, from_seq: u64) -> Result<CommitStream, StoreError> {
-        let deliver_policy = if from_seq <= 1 {
-            DeliverPolicy::All
-        } else {
-            DeliverPolicy::ByStartSequence { start_sequence: from_seq }
-        };
-        let (_, messages) = self.read(OrderedConfig { deliver_policy, ..Default::default() }).await?;
-        Ok(Box::pin(messages.map(|m| m.map_err(unavailable).and_then(|m| decode_message(&m)))))
+        let (_, messages) = self.ordered(from_seq).await?;
+        let prefix = self.config.prefix.clone();
+        Ok(Box::pin(messages.map(move |m| m.map_err(unavailable).and_then(|m| decode_message(&prefix, &m)))))
+    }
+
+    /// Ends after the message the server reports nothing pending behind (or at
+    /// once when nothing is pending), so deleted sequences are never awaited.
+    async fn read(&self, from_seq: u64) -> Result<CommitStream, StoreError> {
+        let (pending, messages) = self.ordered(from_seq).await?;
+        let prefix = self.config.prefix.clone();
+        let timeout = Duration::from_millis(READ_TIMEOUT_MS);
+        let state = (messages, pending == 0);
+        Ok(Box::pin(futures::stream::unfold(state, move |(mut messages, done)| {
+            let prefix = prefix.clone();
+            async move {
+                if done {
+                    return None;
+                }
+                let item = match tokio::time::timeout(timeout, messages.next()).await {
+                    Err(_) => {
+                        return Some((
+                            Err(StoreError::Unavailable("reading the log timed out".into())),
+                            (messages, true),
+                        ));
+                    }
+                    Ok(None) => return None,
+                    Ok(Some(Err(e))) => return Some((Err(unavailable(e)), (messages, true))),
+                    Ok(Some(Ok(message))) => message,
+                };
+                let last = item.info().map(|i| i.pending == 0).unwrap_or(true);
+                Some((decode_message(&prefix, &item), (messages, last)))
+            }
+        })))
     }
 
     async fn last_seq(&self) -> Result<u64, StoreError> {

@@ -53,9 +53,10 @@ pub enum StoreError {
     /// The broker refused the append for another reason (too large, no stream…).
     #[error("the event store refused the append: {0}")]
     Refused(String),
-    /// A stored message could not be decoded.
-    #[error("stored message {seq} cannot be read: {error}")]
-    Decode { seq: u64, error: WireError },
+    /// A stored message is not a readable commit of its subject (undecodable,
+    /// from an unknown version, or a commit stored on another aggregate's subject).
+    #[error("stored message {seq} on {subject} cannot be applied: {error}")]
+    Decode { seq: u64, subject: String, error: WireError },
     /// The server is too old for conversation-wide optimistic concurrency.
     #[error(
         "nats-server {found} is too old: convo needs 2.11 or newer (for Nats-Expected-Last-Subject-Sequence-Subject); \
@@ -66,8 +67,12 @@ pub enum StoreError {
     TooManyCommits { stream: String },
 }
 
+/// One message of the log as read: a commit, or (`StoreError::Decode`) why
+/// it is not one. Readers step over the latter, and say so.
+pub type LogItem = Result<StoredCommit, StoreError>;
+
 /// A stream of stored commits in log order.
-pub type CommitStream = Pin<Box<dyn futures::Stream<Item = Result<StoredCommit, StoreError>> + Send>>;
+pub type CommitStream = Pin<Box<dyn futures::Stream<Item = LogItem> + Send>>;
 
 /// The contract both stores keep.
 pub trait EventStore: Send + Sync {
@@ -75,15 +80,22 @@ pub trait EventStore: Send + Sync {
     /// aggregate has none). Returns the commit's sequence in the log.
     fn append(&self, commit: &Commit, expected: u64) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
-    /// Every commit of one aggregate, in order.
+    /// Every message on one aggregate's subjects, in order (at most
+    /// [`COMMITS_PER_LOAD_MAX`]); messages that are not readable commits come
+    /// as `Err(StoreError::Decode)` items, so the caller still learns their sequence.
     fn load(
         &self,
         account: &AccountId,
         stream: &StreamRef,
-    ) -> impl Future<Output = Result<Vec<StoredCommit>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<LogItem>, StoreError>> + Send;
 
     /// The whole log from `from_seq` (1: the beginning), following new appends.
     fn subscribe(&self, from_seq: u64) -> impl Future<Output = Result<CommitStream, StoreError>> + Send;
+
+    /// The log from `from_seq` up to its end as of this call, then the stream
+    /// ends: deleted messages anywhere, the last one included, cannot make a
+    /// reader wait for a sequence that no longer exists.
+    fn read(&self, from_seq: u64) -> impl Future<Output = Result<CommitStream, StoreError>> + Send;
 
     /// The sequence of the newest commit in the log (0 when empty).
     fn last_seq(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
@@ -100,15 +112,24 @@ pub fn check_server_version(version: &str) -> Result<(), StoreError> {
     }
 }
 
-/// Decodes a stored payload with the version named in its header.
-pub fn decode_stored(
-    seq: u64,
-    subject: String,
-    version: Option<&str>,
-    payload: &[u8],
-) -> Result<StoredCommit, StoreError> {
-    let version = convo_wire::parse_version(version).map_err(|error| StoreError::Decode { seq, error })?;
-    let commit = convo_wire::decode(version, payload).map_err(|error| StoreError::Decode { seq, error })?;
+/// Decodes a stored payload with the version named in its header, and
+/// checks that the commit is stored on its own subject under `prefix` (a copy
+/// republished on another account's or aggregate's subject is refused, not
+/// credited to the subject it was found on).
+pub fn decode_stored(prefix: &str, seq: u64, subject: String, version: Option<&str>, payload: &[u8]) -> LogItem {
+    let commit = convo_wire::parse_version(version).and_then(|version| convo_wire::decode(version, payload));
+    let commit = match commit {
+        Ok(commit) => commit,
+        Err(error) => return Err(StoreError::Decode { seq, subject, error }),
+    };
+    let expected = commit.subject(prefix);
+    if expected != subject {
+        return Err(StoreError::Decode {
+            seq,
+            subject: subject.clone(),
+            error: WireError::Misplaced { subject, expected },
+        });
+    }
     Ok(StoredCommit { stream_seq: seq, subject, commit })
 }
 

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use convo_domain::AccountId;
 use convo_wire::{Commit, SCHEMA_VERSION, StreamRef};
 
-use crate::{CommitStream, EventStore, StoreError, StoredCommit, decode_stored};
+use crate::{CommitStream, EventStore, LogItem, StoreError, decode_stored};
 
 /// The most commits a memory store holds.
 pub const MEMORY_COMMITS_MAX: usize = 10_000_000;
@@ -43,10 +43,10 @@ impl MemoryStore {
 }
 
 /// The commit at log sequence `seq`, decoded.
-fn entry(log: &Mutex<Log>, seq: u64) -> Option<Result<StoredCommit, StoreError>> {
+fn entry(prefix: &str, log: &Mutex<Log>, seq: u64) -> Option<LogItem> {
     let log = log.lock().expect("not poisoned");
     let (subject, bytes) = log.entries.get(seq.checked_sub(1)? as usize)?;
-    Some(decode_stored(seq, subject.clone(), Some(&SCHEMA_VERSION.to_string()), bytes))
+    Some(decode_stored(prefix, seq, subject.clone(), Some(&SCHEMA_VERSION.to_string()), bytes))
 }
 
 impl EventStore for MemoryStore {
@@ -76,13 +76,20 @@ impl EventStore for MemoryStore {
         Ok(seq)
     }
 
-    async fn load(&self, account: &AccountId, stream: &StreamRef) -> Result<Vec<StoredCommit>, StoreError> {
+    async fn load(&self, account: &AccountId, stream: &StreamRef) -> Result<Vec<LogItem>, StoreError> {
         let len = self.log.lock().expect("not poisoned").entries.len() as u64;
         let mut out = Vec::new();
         for seq in 1..=len {
-            let stored = entry(&self.log, seq).expect("in range")?;
-            if &stored.commit.account == account && &stored.commit.stream == stream {
-                out.push(stored);
+            let item = entry(&self.prefix, &self.log, seq).expect("in range");
+            let mine = match &item {
+                Ok(stored) => &stored.commit.account == account && &stored.commit.stream == stream,
+                Err(StoreError::Decode { subject, .. }) => {
+                    convo_wire::parse_subject(subject).is_some_and(|(a, s)| &a == account && &s == stream)
+                }
+                Err(_) => false,
+            };
+            if mine {
+                out.push(item);
             }
         }
         Ok(out)
@@ -90,19 +97,29 @@ impl EventStore for MemoryStore {
 
     async fn subscribe(&self, from_seq: u64) -> Result<CommitStream, StoreError> {
         let receiver = self.appended.subscribe();
-        let log = Arc::clone(&self.log);
+        let (log, prefix) = (Arc::clone(&self.log), self.prefix.clone());
         let start = from_seq.max(1);
-        Ok(futures::stream::unfold((start, receiver, log), |(next, mut receiver, log)| async move {
-            loop {
-                if let Some(item) = entry(&log, next) {
-                    return Some((item, (next + 1, receiver, log)));
-                }
-                if receiver.changed().await.is_err() {
-                    return None;
+        Ok(futures::stream::unfold((start, receiver, log), move |(next, mut receiver, log)| {
+            let prefix = prefix.clone();
+            async move {
+                loop {
+                    if let Some(item) = entry(&prefix, &log, next) {
+                        return Some((item, (next + 1, receiver, log)));
+                    }
+                    if receiver.changed().await.is_err() {
+                        return None;
+                    }
                 }
             }
         })
         .boxed())
+    }
+
+    async fn read(&self, from_seq: u64) -> Result<CommitStream, StoreError> {
+        let end = self.last_seq().await?;
+        let items: Vec<LogItem> =
+            (from_seq.max(1)..=end).filter_map(|seq| entry(&self.prefix, &self.log, seq)).collect();
+        Ok(futures::stream::iter(items).boxed())
     }
 
     async fn last_seq(&self) -> Result<u64, StoreError> {

@@ -116,6 +116,23 @@ impl StreamRef {
     }
 }
 
+/// The account and aggregate a commit subject names
+/// (`<prefix>.<account>.conv.<id>.<kind>`, `….agent.<id>.state`,
+/// `….config.<entity>`), whatever the payload says; `None` for a subject of
+/// another shape. The broker's per-aggregate sequence follows the subject, so
+/// even a message that cannot be applied moves its aggregate's expectation.
+pub fn parse_subject(subject: &str) -> Option<(AccountId, StreamRef)> {
+    let tokens: Vec<&str> = subject.split('.').collect();
+    let account = AccountId::new(tokens.get(1)?).ok()?;
+    let stream = match (tokens.get(2).copied()?, tokens.len()) {
+        ("conv", 5) => StreamRef::Conversation(ConversationId::new(tokens[3]).ok()?),
+        ("agent", 5) => StreamRef::Agent(UserId::new(tokens[3]).ok()?),
+        ("config", 4) => StreamRef::Catalog,
+        _ => return None,
+    };
+    Some((account, stream))
+}
+
 /// One event inside a commit, with its place in the stream and who caused it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommitEvent {
@@ -164,6 +181,11 @@ pub enum WireError {
     EventCount(usize),
     #[error("missing or unreadable header {0}")]
     Header(&'static str),
+    /// A readable commit stored on a subject that is not its own (a copy
+    /// republished elsewhere, or a forgery): applying it would credit it to the
+    /// wrong account or aggregate.
+    #[error("stored on {subject}, but the commit belongs on {expected}")]
+    Misplaced { subject: String, expected: String },
 }
 
 impl Commit {

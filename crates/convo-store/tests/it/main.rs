@@ -69,7 +69,7 @@ async fn contract(store: &impl EventStore) {
     // subject) decided from a stale state is a conflict too.
     assert!(matches!(store.append(&closing("c1", 5), s3).await, Err(StoreError::Conflict { .. })));
     // Loading returns the aggregate's commits in order, nothing else.
-    let loaded = store.load(&account(), &stream("c1")).await.unwrap();
+    let loaded: Vec<_> = store.load(&account(), &stream("c1")).await.unwrap().into_iter().map(Result::unwrap).collect();
     let seqs: Vec<(u64, u64)> = loaded.iter().map(|s| (s.commit.first_seq(), s.commit.last_seq())).collect();
     assert_eq!(seqs, [(1, 3), (4, 5), (6, 6)]);
     assert!(loaded.windows(2).all(|w| w[0].stream_seq < w[1].stream_seq));
@@ -91,6 +91,10 @@ async fn contract(store: &impl EventStore) {
         .unwrap();
     assert_eq!(next.stream_seq, appended);
     assert_eq!(store.last_seq().await.unwrap(), appended);
+    // A read stops at the log's end as of its start.
+    let read: Vec<u64> = store.read(2).await.unwrap().map(|i| i.unwrap().stream_seq).collect().await;
+    assert_eq!(read, (2..=appended).collect::<Vec<_>>());
+    assert_eq!(store.read(appended + 1).await.unwrap().count().await, 0);
 }
 
 #[tokio::test]

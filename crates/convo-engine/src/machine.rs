@@ -1,0 +1,608 @@
+//! One partition of the engine as a sans-IO state machine.
+//!
+//! The machine owns a [`World`] (the partition's aggregates, floor and timer
+//! queue) and everything between a command and its durable commit: the
+//! ordering rule (inputs before due timers), one command in flight per
+//! aggregate with a bounded mailbox behind it, the retry-on-conflict loop,
+//! routing one assignment at a time, timer re-arming, eviction of closed idle
+//! conversations, and every limit. It performs no I/O, owns no task and reads
+//! no clock (the shape of quinn-proto's `Connection`):
+//!
+//! - inputs: [`Machine::handle_request`], [`Machine::handle_timeout`] (the
+//!   clock), [`Machine::handle_appended`] and [`Machine::handle_loaded`] (what
+//!   the store answered), [`Machine::recover`] (the log at start);
+//! - outputs: [`Machine::poll`] yields appends to make, aggregates to load and
+//!   replies to send; [`Machine::poll_timeout`] says when to wake it next.
+//!
+//! Drivers turn outputs into I/O: `serve` (JetStream, wall clock,
+//! pipelined), `Engine::replay` (JetStream, virtual time, one step at a time),
+//! the simulator (commits at once), and the fault simulator (an in-memory
+//! store that delays, reorders, fails and crashes, seeded).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use convo_domain::{AccountId, Command, CommandEnvelope, Timestamp};
+use convo_store::{LogItem, StoreError, StoredCommit};
+use convo_wire::{Commit, StreamRef};
+
+use crate::core::{Decided, Refusal, Skipped, World, stream_of};
+
+/// Appends and loads outstanding at once (per partition).
+pub const IO_IN_FLIGHT_MAX: usize = 256;
+/// Commands waiting behind one aggregate's command in flight.
+pub const MAILBOX_COMMANDS_MAX: usize = 64;
+/// Open conversations one partition holds; a command opening one more is
+/// answered `overloaded`.
+pub const OPEN_CONVERSATIONS_MAX: usize = 1_000_000;
+/// Conversations (open and closed) kept in memory before closed ones are
+/// evicted early, oldest first.
+pub const LOADED_CONVERSATIONS_MAX: usize = 1_000_000;
+/// How many times a command is decided again after losing a race to append.
+pub const CONFLICT_RETRIES_MAX: u32 = 5;
+/// How many skipped messages the machine lists (all are counted).
+pub const SKIPPED_LISTED_MAX: usize = 1_000;
+
+/// An aggregate: the unit of one-command-at-a-time.
+pub type Key = (AccountId, StreamRef);
+
+/// Who hears of a command's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// A client's request, named by the driver's token.
+    Request(u64),
+    /// A tick the machine made for a due timer.
+    Timer,
+    /// An assignment routing proposed.
+    Routing,
+}
+
+/// Names one append or load the machine asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IoId(pub u64);
+
+/// What came of one command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Appended at `log_seq`.
+    Committed { log_seq: u64, commit: Commit },
+    /// Valid, but nothing to record.
+    Nothing,
+    /// A repeated command id: its original events.
+    Duplicate { first_seq: u64, last_seq: u64 },
+    /// A broken rule (nothing recorded).
+    Refused(Refusal),
+}
+
+/// Why a command was not executed (nothing was recorded for it by this
+/// attempt; the same command id may be sent again).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    /// A limit is reached: retry later.
+    #[error("{0}; retry later")]
+    Overloaded(String),
+    /// The store did not answer or refused the append.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Other writers kept winning the race for this aggregate.
+    #[error("still conflicting after {CONFLICT_RETRIES_MAX} retries on {0}")]
+    Contention(String),
+}
+
+/// What the driver must do next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Append `commit` if its aggregate's last commit is at `expected`; hand
+    /// the commit back with the result to [`Machine::handle_appended`].
+    Append { io: IoId, commit: Commit, expected: u64 },
+    /// Read every message of one aggregate; answer with [`Machine::handle_loaded`].
+    Load { io: IoId, account: AccountId, stream: StreamRef },
+    /// Tell `origin` what came of its command.
+    Reply { origin: Origin, envelope: Box<CommandEnvelope>, now: Timestamp, result: Result<Outcome, Failure> },
+}
+
+/// The machine's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct MachineConfig {
+    pub io_in_flight_max: usize,
+    pub mailbox_commands_max: usize,
+    pub open_conversations_max: usize,
+    pub loaded_conversations_max: usize,
+    /// Closed conversations idle this long leave memory (`None`: only when
+    /// over `loaded_conversations_max`).
+    pub evict_closed_after_ms: Option<i64>,
+    /// Stamp a tick with its deadline (virtual time) rather than with the
+    /// clock that found it due (wall clock).
+    pub tick_at_deadline: bool,
+}
+
+impl MachineConfig {
+    /// The service's settings: pipelined, ticks at the wall clock.
+    pub fn serve() -> Self {
+        Self {
+            io_in_flight_max: IO_IN_FLIGHT_MAX,
+            mailbox_commands_max: MAILBOX_COMMANDS_MAX,
+            open_conversations_max: OPEN_CONVERSATIONS_MAX,
+            loaded_conversations_max: LOADED_CONVERSATIONS_MAX,
+            evict_closed_after_ms: Some(15 * 60 * 1000),
+            tick_at_deadline: false,
+        }
+    }
+
+    /// Virtual time, one command at a time: the exact order of the simulator,
+    /// so `simulate` and `replay-traffic` give the same bytes.
+    pub fn stepwise() -> Self {
+        Self { io_in_flight_max: 1, evict_closed_after_ms: None, tick_at_deadline: true, ..Self::serve() }
+    }
+}
+
+/// What the machine has done so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MachineStats {
+    pub requests: u64,
+    pub committed: u64,
+    pub overloaded: u64,
+    pub conflicts: u64,
+    pub evicted: u64,
+    /// Messages of the log that could not be applied (see [`Machine::skipped`]).
+    pub skipped: u64,
+    /// The most appends and loads that were outstanding at once.
+    pub io_in_flight_max: usize,
+}
+
+#[derive(Debug)]
+struct Work {
+    envelope: CommandEnvelope,
+    now: Timestamp,
+    origin: Origin,
+    attempts: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    /// Nothing under way; the mailbox's head waits for room.
+    Waiting,
+    Appending,
+    Loading,
+}
+
+/// An aggregate with work under way or waiting.
+#[derive(Debug)]
+struct Slot {
+    state: SlotState,
+    mailbox: VecDeque<Work>,
+}
+
+#[derive(Debug)]
+enum Io {
+    Append { key: Key, work: Box<Work> },
+    Load { key: Key },
+}
+
+/// One partition of the engine (see the module's documentation).
+#[derive(Debug)]
+pub struct Machine {
+    world: World,
+    config: MachineConfig,
+    slots: HashMap<Key, Slot>,
+    /// Aggregates whose mailbox head can start when there is room, in order.
+    runnable: VecDeque<Key>,
+    io: HashMap<IoId, Io>,
+    next_io: u64,
+    outputs: VecDeque<Output>,
+    /// A routing assignment is under way.
+    routing: bool,
+    /// Routing proposed something it could not do: wait for the next step.
+    routing_stuck: bool,
+    /// Timers due at or before this instant may fire.
+    horizon: Option<Timestamp>,
+    /// The latest instant the machine was given.
+    now: Timestamp,
+    /// Conversations whose due timer found them busy: re-armed when free.
+    tick_wanted: HashSet<Key>,
+    skipped: Vec<Skipped>,
+    stats: MachineStats,
+}
+
+impl Machine {
+    pub fn new(config: MachineConfig) -> Self {
+        Self::with_world(World::new(), config)
+    }
+
+    /// A machine over a world already recovered.
+    pub fn with_world(world: World, config: MachineConfig) -> Self {
+        Self {
+            world,
+            config,
+            slots: HashMap::new(),
+            runnable: VecDeque::new(),
+            io: HashMap::new(),
+            next_io: 0,
+            outputs: VecDeque::new(),
+            routing: false,
+            routing_stuck: false,
+            horizon: None,
+            now: Timestamp::from_millis(i64::MIN),
+            tick_wanted: HashSet::new(),
+            skipped: Vec::new(),
+            stats: MachineStats::default(),
+        }
+    }
+
+    // ------------------------------------------------------------ getters
+
+    pub fn world(&self) -> &World {
+        &self.world
+    }
+
+    /// The world, for tests and tools that inspect or take it.
+    pub fn world_mut(&mut self) -> &mut World {
+        &mut self.world
+    }
+
+    pub fn config(&self) -> &MachineConfig {
+        &self.config
+    }
+
+    pub fn stats(&self) -> MachineStats {
+        self.stats
+    }
+
+    /// The first [`SKIPPED_LISTED_MAX`] messages of the log that could not be applied.
+    pub fn skipped(&self) -> &[Skipped] {
+        &self.skipped
+    }
+
+    /// Appends and loads outstanding.
+    pub fn io_in_flight(&self) -> usize {
+        self.io.len()
+    }
+
+    /// Whether the machine has room for another request now (the driver
+    /// leaves requests in its own bounded queue otherwise).
+    pub fn wants_requests(&self) -> bool {
+        self.io.len() < self.config.io_in_flight_max && self.runnable.len() < self.config.io_in_flight_max
+    }
+
+    /// Nothing under way, nothing waiting, nothing to send.
+    pub fn is_idle(&self) -> bool {
+        self.io.is_empty() && self.slots.is_empty() && self.outputs.is_empty()
+    }
+
+    /// When the machine next wants [`Machine::handle_timeout`]: the earliest
+    /// timer (it may be in the past).
+    pub fn poll_timeout(&mut self) -> Option<Timestamp> {
+        self.world.next_timer()
+    }
+
+    /// The next thing the driver must do.
+    pub fn poll(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    // ------------------------------------------------------------ inputs
+
+    /// Applies one message of the log at start (recovery): a commit, or a
+    /// message that is not one. What cannot be applied is skipped and listed.
+    pub fn recover(&mut self, item: LogItem) {
+        match item {
+            Ok(stored) => {
+                if let Err(reason) = self.world.apply_logged(&stored.commit, stored.stream_seq) {
+                    self.skip(Skipped { seq: stored.stream_seq, subject: stored.subject, reason });
+                }
+            }
+            Err(StoreError::Decode { seq, subject, error }) => {
+                self.world.note_unreadable(&subject, seq);
+                self.skip(Skipped { seq, subject, reason: error.to_string() });
+            }
+            Err(other) => self.skip(Skipped { seq: 0, subject: String::new(), reason: other.to_string() }),
+        }
+    }
+
+    fn skip(&mut self, skipped: Skipped) {
+        eprintln!("convo: skipped message {} on {}: {}", skipped.seq, skipped.subject, skipped.reason);
+        self.stats.skipped += 1;
+        if self.skipped.len() < SKIPPED_LISTED_MAX {
+            self.skipped.push(skipped);
+        }
+    }
+
+    /// A client's command, stamped `now` by the driver.
+    pub fn handle_request(&mut self, token: u64, envelope: CommandEnvelope, now: Timestamp) {
+        self.stats.requests += 1;
+        self.now = self.now.max(now);
+        self.routing_stuck = false;
+        self.enqueue(Work { envelope, now, origin: Origin::Request(token), attempts: 0 });
+        self.pump();
+    }
+
+    /// The clock reads `now`: timers due by then may fire, and closed idle
+    /// conversations may leave memory.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        self.now = self.now.max(now);
+        self.horizon = Some(self.horizon.map_or(now, |h| h.max(now)));
+        self.routing_stuck = false;
+        if let Some(after) = self.config.evict_closed_after_ms {
+            let before = Timestamp::from_millis(now.millis().saturating_sub(after));
+            let slots = &self.slots;
+            let busy = |a: &AccountId, c: &convo_domain::ConversationId| {
+                slots.contains_key(&(a.clone(), StreamRef::Conversation(c.clone())))
+            };
+            self.stats.evicted += self.world.evict_closed(before, self.config.loaded_conversations_max, busy) as u64;
+        }
+        self.pump();
+    }
+
+    /// The store's answer to an [`Output::Append`], with the commit handed back.
+    pub fn handle_appended(&mut self, io: IoId, commit: Commit, result: Result<u64, StoreError>) {
+        let Some(Io::Append { key, work }) = self.io.remove(&io) else {
+            eprintln!("convo: an answer to an append that is not outstanding ({io:?}) was ignored");
+            return;
+        };
+        let mut work = *work;
+        match result {
+            Ok(log_seq) => {
+                if let Err(reason) = self.world.apply_logged(&commit, log_seq) {
+                    // Our own decision no longer fits what the log holds: never apply half of it.
+                    self.skip(Skipped { seq: log_seq, subject: String::new(), reason });
+                }
+                self.stats.committed += 1;
+                self.reply(work, Ok(Outcome::Committed { log_seq, commit }));
+                self.release(&key);
+            }
+            Err(StoreError::Conflict { .. }) if work.attempts < CONFLICT_RETRIES_MAX => {
+                // Another writer got there first: learn what it wrote, then decide again.
+                self.stats.conflicts += 1;
+                work.attempts += 1;
+                self.load(key, work);
+            }
+            Err(StoreError::Conflict { stream, .. }) => {
+                self.reply(work, Err(Failure::Contention(stream)));
+                self.release(&key);
+            }
+            Err(e) => {
+                if work.origin == Origin::Timer {
+                    self.tick_wanted.insert(key.clone());
+                }
+                self.reply(work, Err(Failure::Unavailable(e.to_string())));
+                self.release(&key);
+            }
+        }
+        self.pump();
+    }
+
+    /// The store's answer to an [`Output::Load`].
+    pub fn handle_loaded(&mut self, io: IoId, result: Result<Vec<LogItem>, StoreError>) {
+        let Some(Io::Load { key }) = self.io.remove(&io) else {
+            eprintln!("convo: an answer to a load that is not outstanding ({io:?}) was ignored");
+            return;
+        };
+        let work = self.slots.get_mut(&key).and_then(|s| s.mailbox.pop_front());
+        match result {
+            Ok(items) => {
+                for skipped in self.world.reload(&key.0, &key.1, items) {
+                    self.skip(skipped);
+                }
+                if let Some(slot) = self.slots.get_mut(&key) {
+                    slot.state = SlotState::Waiting;
+                }
+                if let Some(work) = work {
+                    self.start(key, work);
+                }
+            }
+            Err(e) => {
+                if let Some(work) = work {
+                    if work.origin == Origin::Timer {
+                        self.tick_wanted.insert(key.clone());
+                    }
+                    self.reply(work, Err(Failure::Unavailable(e.to_string())));
+                }
+                self.release(&key);
+            }
+        }
+        self.pump();
+    }
+
+    // ------------------------------------------------------------ the loop
+
+    /// Puts work in its aggregate's mailbox (or refuses it when full).
+    fn enqueue(&mut self, work: Work) {
+        let key = key_of(&work.envelope);
+        let max = self.config.mailbox_commands_max;
+        let slot = self
+            .slots
+            .entry(key.clone())
+            .or_insert_with(|| Slot { state: SlotState::Waiting, mailbox: VecDeque::new() });
+        if slot.mailbox.len() >= max {
+            self.stats.overloaded += 1;
+            if work.origin == Origin::Timer {
+                self.tick_wanted.insert(key);
+            }
+            self.reply(work, Err(Failure::Overloaded(format!("{max} commands already wait for this aggregate"))));
+            return;
+        }
+        slot.mailbox.push_back(work);
+        if slot.state == SlotState::Waiting && slot.mailbox.len() == 1 {
+            self.runnable.push_back(key);
+        }
+    }
+
+    /// Starts whatever may start, in the order the rules give, while there is room:
+    /// 1. timers due before the oldest waiting input (inputs before deadlines);
+    /// 2. that input;
+    /// 3. routing's next assignment (one at a time);
+    /// 4. timers due by the clock.
+    fn pump(&mut self) {
+        while self.io.len() < self.config.io_in_flight_max {
+            if let Some(head_at) = self.runnable.front().map(|key| self.head_at(key)) {
+                if self.fire_timer(Timestamp::from_millis(head_at.millis() - 1)) {
+                    continue;
+                }
+                let key = self.runnable.pop_front().expect("a head");
+                let slot = self.slots.get_mut(&key).expect("a runnable aggregate has a slot");
+                let work = slot.mailbox.pop_front().expect("a runnable aggregate has work");
+                if work.origin == Origin::Timer {
+                    self.routing_stuck = false;
+                }
+                self.start(key, work);
+                continue;
+            }
+            if !self.routing
+                && !self.routing_stuck
+                && let Some(assign) = self.world.next_assignment()
+            {
+                self.routing = true;
+                let now = self.now;
+                self.enqueue(Work { envelope: assign, now, origin: Origin::Routing, attempts: 0 });
+                continue;
+            }
+            let horizon = self.horizon;
+            if !horizon.is_some_and(|h| self.fire_timer(h)) {
+                break;
+            }
+        }
+        self.stats.io_in_flight_max = self.stats.io_in_flight_max.max(self.io.len());
+    }
+
+    fn head_at(&self, key: &Key) -> Timestamp {
+        self.slots[key].mailbox.front().map_or(self.now, |w| w.now)
+    }
+
+    /// Fires the earliest timer due by `bound`, if any: its tick starts at
+    /// once when its conversation is free; a busy conversation's timer is
+    /// re-armed when the conversation is free again. True when a tick started.
+    fn fire_timer(&mut self, bound: Timestamp) -> bool {
+        while let Some((tick, deadline)) = self.world.pop_due_tick(bound) {
+            let key = key_of(&tick);
+            if self.slots.contains_key(&key) {
+                self.tick_wanted.insert(key);
+                continue;
+            }
+            let now = if self.config.tick_at_deadline { deadline } else { bound.max(deadline) };
+            self.routing_stuck = false;
+            self.slots.insert(key.clone(), Slot { state: SlotState::Waiting, mailbox: VecDeque::new() });
+            self.start(key, Work { envelope: tick, now, origin: Origin::Timer, attempts: 0 });
+            return true;
+        }
+        false
+    }
+
+    /// Decides one command of a free aggregate: an append, a load first, or
+    /// an answer at once.
+    fn start(&mut self, key: Key, work: Work) {
+        if self.world.is_evicted(&key.0, &key.1) {
+            return self.load(key, work);
+        }
+        if let (StreamRef::Conversation(id), Command::ReceiveMessage(_) | Command::StartOutbound(_)) =
+            (&key.1, &work.envelope.command)
+            && self.world.conversation(&key.0, id).is_none()
+            && self.world.open_conversations() >= self.config.open_conversations_max
+        {
+            self.stats.overloaded += 1;
+            let max = self.config.open_conversations_max;
+            self.reply(
+                work,
+                Err(Failure::Overloaded(format!("this partition already holds {max} open conversations"))),
+            );
+            return self.release(&key);
+        }
+        match self.world.decide(&work.envelope, work.now) {
+            Ok(Decided::Commit(commit)) => {
+                let expected = self.world.expected(&commit.account, &commit.stream);
+                let io = self.next_io();
+                self.set_state(&key, SlotState::Appending);
+                self.io.insert(io, Io::Append { key, work: Box::new(work) });
+                self.outputs.push_back(Output::Append { io, commit, expected });
+            }
+            Ok(Decided::Nothing) => {
+                self.reply(work, Ok(Outcome::Nothing));
+                self.release(&key);
+            }
+            Ok(Decided::Duplicate { first_seq, last_seq }) => {
+                self.reply(work, Ok(Outcome::Duplicate { first_seq, last_seq }));
+                self.release(&key);
+            }
+            Err(refusal) => {
+                self.reply(work, Ok(Outcome::Refused(refusal)));
+                self.release(&key);
+            }
+        }
+    }
+
+    /// Reads an aggregate back before `work` is decided (again).
+    fn load(&mut self, key: Key, work: Work) {
+        let io = self.next_io();
+        self.set_state(&key, SlotState::Loading);
+        if let Some(slot) = self.slots.get_mut(&key) {
+            slot.mailbox.push_front(work);
+        }
+        self.io.insert(io, Io::Load { key: key.clone() });
+        self.outputs.push_back(Output::Load { io, account: key.0, stream: key.1 });
+    }
+
+    fn set_state(&mut self, key: &Key, state: SlotState) {
+        let slot = self
+            .slots
+            .entry(key.clone())
+            .or_insert_with(|| Slot { state: SlotState::Waiting, mailbox: VecDeque::new() });
+        slot.state = state;
+    }
+
+    /// An aggregate's command is finished: the next in its mailbox may start.
+    fn release(&mut self, key: &Key) {
+        if self.tick_wanted.remove(key)
+            && let StreamRef::Conversation(id) = &key.1
+        {
+            self.world.rearm(&key.0, id);
+        }
+        let Some(slot) = self.slots.get_mut(key) else { return };
+        slot.state = SlotState::Waiting;
+        if slot.mailbox.is_empty() {
+            self.slots.remove(key);
+        } else {
+            self.runnable.push_back(key.clone());
+        }
+    }
+
+    fn reply(&mut self, work: Work, result: Result<Outcome, Failure>) {
+        if work.origin == Origin::Routing {
+            self.routing = false;
+            if !matches!(result, Ok(Outcome::Committed { .. })) {
+                // The floor and the aggregate disagree: stop rather than loop.
+                self.routing_stuck = true;
+            }
+        }
+        self.outputs.push_back(Output::Reply {
+            origin: work.origin,
+            envelope: Box::new(work.envelope),
+            now: work.now,
+            result,
+        });
+    }
+
+    fn next_io(&mut self) -> IoId {
+        self.next_io += 1;
+        IoId(self.next_io)
+    }
+}
+
+fn key_of(envelope: &CommandEnvelope) -> Key {
+    (envelope.account.clone(), stream_of(&envelope.command))
+}
+
+/// Feeds a whole log read to a machine (recovery); returns the newest
+/// sequence seen.
+pub fn recover_items(machines: &mut [Machine], items: impl IntoIterator<Item = LogItem>) -> u64 {
+    let count = machines.len();
+    let mut newest = 0;
+    for item in items {
+        let (seq, account) = match &item {
+            Ok(StoredCommit { stream_seq, commit, .. }) => (*stream_seq, Some(commit.account.clone())),
+            Err(StoreError::Decode { seq, subject, .. }) => (*seq, convo_wire::parse_subject(subject).map(|(a, _)| a)),
+            Err(_) => (0, None),
+        };
+        newest = newest.max(seq);
+        let index = account.map_or(0, |a| crate::runtime::Partition::of(&a, count));
+        machines[index].recover(item);
+    }
+    newest
+}
