@@ -56,12 +56,17 @@ test: nats
     cargo clippy --workspace --all-targets -- -D warnings
     cargo test --workspace
     @just random-check
+    @just vopr 20 500
 
 # A larger seeded random day against the model, in release mode (same seed, same bytes).
 random-check seed="1" conversations="10000": build
     {{convo}} simulate --random --seed {{seed}} --conversations {{conversations}} > {{tools}}/random-a.jsonl
     {{convo}} simulate --random --seed {{seed}} --conversations {{conversations}} 2>/dev/null | cmp - {{tools}}/random-a.jsonl
     @echo "seed {{seed}}: same bytes twice"
+
+# The fault simulator over many seeds (a line per seed; a failure names its seed): `just vopr 200`.
+vopr seeds="200" conversations="1000": build
+    {{convo}} simulate --random --faults --seed 1 --seeds {{seeds}} --conversations {{conversations}}
 
 # Rewrite every fixture's expected.jsonl from the current code (review the diff!).
 update-fixtures:

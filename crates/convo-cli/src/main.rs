@@ -82,8 +82,21 @@ struct SimulateArgs {
     #[arg(long, requires = "random", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=workload::CONVERSATIONS_MAX as i64))]
     conversations: u32,
     /// Also write the random day's inputs as a scenario file.
-    #[arg(long, requires = "random")]
+    #[arg(long, requires = "random", conflicts_with = "faults")]
     write_scenario: Option<PathBuf>,
+    /// Drive the engine's partition machine, pipelined, over a store that
+    /// delays, reorders and fails appends, loses acknowledgements, lets a
+    /// phantom second writer win races, goes down and crash-restarts; then
+    /// audit the log. One line per seed; the seed reproduces a failure.
+    #[arg(long, requires = "random")]
+    faults: bool,
+    /// With --faults: run this many seeds, from --seed on.
+    #[arg(long, requires = "faults", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    seeds: u32,
+    /// With --faults: deliberately break the store (appends ignore their
+    /// expected sequence), to see the auditor catch it.
+    #[arg(long, requires = "faults")]
+    break_expectation: bool,
 }
 
 fn parse_instant(text: &str) -> Result<Timestamp, String> {
@@ -123,6 +136,9 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn simulate(args: SimulateArgs) -> Result<ExitCode> {
+    if args.faults {
+        return Ok(simulate_faults(&args));
+    }
     let stdout = std::io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
     let mut summary = Summary::default();
@@ -205,6 +221,36 @@ fn simulate(args: SimulateArgs) -> Result<ExitCode> {
     }
     out.flush()?;
     Ok(code)
+}
+
+/// `convo simulate --random --faults`: one audited run per seed, a line each.
+fn simulate_faults(args: &SimulateArgs) -> ExitCode {
+    let mut failed = 0u32;
+    for seed in args.seed..args.seed.saturating_add(u64::from(args.seeds)) {
+        let options = convo_sim::faults::FaultOptions {
+            seed,
+            conversations: args.conversations,
+            break_expectation: args.break_expectation,
+        };
+        let started = std::time::Instant::now();
+        match convo_sim::faults::run(options) {
+            Ok(report) => println!(
+                "seed {seed}: ok in {:.1} s; {}; the model agrees: {}",
+                started.elapsed().as_secs_f64(),
+                report.stats,
+                report.agreement
+            ),
+            Err(failure) => {
+                failed += 1;
+                println!("FAILED {failure}");
+            }
+        }
+    }
+    if failed > 0 {
+        eprintln!("convo: {failed} of {} seeds failed", args.seeds);
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
 }
 
 fn read_scenario(path: &PathBuf) -> Result<String> {

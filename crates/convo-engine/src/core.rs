@@ -463,6 +463,73 @@ impl World {
         count
     }
 
+    /// How this world (live, after a run) differs from `recovered` (rebuilt
+    /// from the log alone), if it does: every account's catalog, agents,
+    /// floor and aggregate positions, and every conversation — except that a
+    /// conversation evicted from the live world must be closed in the log.
+    pub fn difference_from(&self, recovered: &World) -> Option<String> {
+        if let Some(id) = self.accounts.keys().find(|id| !recovered.accounts.contains_key(*id)) {
+            return Some(format!("account {id} is in memory but not in the log"));
+        }
+        for (id, log) in &recovered.accounts {
+            let Some(live) = self.accounts.get(id) else {
+                return Some(format!("account {id} is in the log but not in memory"));
+            };
+            if live.catalog != log.catalog {
+                return Some(format!("account {id}: the catalog differs"));
+            }
+            if live.agents != log.agents {
+                return Some(format!("account {id}: agent presence differs"));
+            }
+            if live.floor != log.floor {
+                return Some(format!(
+                    "account {id}: the floor differs:\n  live {:?}\n  log  {:?}",
+                    live.floor, log.floor
+                ));
+            }
+            for (stream, seq) in &live.last_commit {
+                if log.last_commit.get(stream) != Some(seq) {
+                    return Some(format!(
+                        "account {id}: {} is at log position {seq} in memory, {:?} in the log",
+                        stream.path(),
+                        log.last_commit.get(stream)
+                    ));
+                }
+            }
+            for (cid, conversation) in &log.conversations {
+                match live.conversations.get(cid) {
+                    Some(c) if c == conversation => {}
+                    Some(c) => {
+                        return Some(format!(
+                            "conversation {id}/{cid} differs:\n  live {c:?}\n  log  {conversation:?}"
+                        ));
+                    }
+                    None if self.evicted.contains(&(id.clone(), cid.clone()))
+                        && conversation.status == Status::Closed => {}
+                    None => return Some(format!("conversation {id}/{cid} is in the log but not in memory")),
+                }
+            }
+            if let Some(cid) = live.conversations.keys().find(|c| !log.conversations.contains_key(*c)) {
+                return Some(format!("conversation {id}/{cid} is in memory but not in the log"));
+            }
+        }
+        None
+    }
+
+    /// Every open conversation whose next deadline is at or before `at`: a
+    /// timer that should have fired.
+    pub fn overdue(&self, at: Timestamp) -> Vec<(AccountId, ConversationId, Timestamp)> {
+        let mut out = Vec::new();
+        for (id, a) in &self.accounts {
+            for (cid, c) in &a.conversations {
+                if let Some(deadline) = c.next_deadline().filter(|d| *d <= at) {
+                    out.push((id.clone(), cid.clone(), deadline));
+                }
+            }
+        }
+        out
+    }
+
     /// Whether an aggregate was evicted (and must be read back before deciding).
     pub fn is_evicted(&self, account: &AccountId, stream: &StreamRef) -> bool {
         match stream {

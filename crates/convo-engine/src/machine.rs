@@ -195,10 +195,15 @@ pub struct Machine {
     routing_stuck: bool,
     /// Timers due at or before this instant may fire.
     horizon: Option<Timestamp>,
-    /// The latest instant the machine was given.
+    /// The latest instant the machine was given (routing's assignments are
+    /// stamped with it; none before the first input or clock reading).
     now: Timestamp,
     /// Conversations whose due timer found them busy: re-armed when free.
     tick_wanted: HashSet<Key>,
+    /// Aggregates whose last append has an unknown outcome (timed out, ack
+    /// lost): read back from the log before their next decision, so no
+    /// command is decided from a state the log may have moved past.
+    in_doubt: HashSet<Key>,
     skipped: Vec<Skipped>,
     stats: MachineStats,
 }
@@ -223,6 +228,7 @@ impl Machine {
             horizon: None,
             now: Timestamp::from_millis(i64::MIN),
             tick_wanted: HashSet::new(),
+            in_doubt: HashSet::new(),
             skipped: Vec::new(),
             stats: MachineStats::default(),
         }
@@ -299,7 +305,6 @@ impl Machine {
     }
 
     fn skip(&mut self, skipped: Skipped) {
-        eprintln!("convo: skipped message {} on {}: {}", skipped.seq, skipped.subject, skipped.reason);
         self.stats.skipped += 1;
         if self.skipped.len() < SKIPPED_LISTED_MAX {
             self.skipped.push(skipped);
@@ -335,7 +340,7 @@ impl Machine {
     /// The store's answer to an [`Output::Append`], with the commit handed back.
     pub fn handle_appended(&mut self, io: IoId, commit: Commit, result: Result<u64, StoreError>) {
         let Some(Io::Append { key, work }) = self.io.remove(&io) else {
-            eprintln!("convo: an answer to an append that is not outstanding ({io:?}) was ignored");
+            debug_assert!(false, "an answer to an append that is not outstanding ({io:?})");
             return;
         };
         let mut work = *work;
@@ -356,6 +361,7 @@ impl Machine {
                 self.load(key, work);
             }
             Err(StoreError::Conflict { stream, .. }) => {
+                self.in_doubt.insert(key.clone());
                 self.reply(work, Err(Failure::Contention(stream)));
                 self.release(&key);
             }
@@ -363,6 +369,7 @@ impl Machine {
                 if work.origin == Origin::Timer {
                     self.tick_wanted.insert(key.clone());
                 }
+                self.in_doubt.insert(key.clone());
                 self.reply(work, Err(Failure::Unavailable(e.to_string())));
                 self.release(&key);
             }
@@ -373,23 +380,24 @@ impl Machine {
     /// The store's answer to an [`Output::Load`].
     pub fn handle_loaded(&mut self, io: IoId, result: Result<Vec<LogItem>, StoreError>) {
         let Some(Io::Load { key }) = self.io.remove(&io) else {
-            eprintln!("convo: an answer to a load that is not outstanding ({io:?}) was ignored");
+            debug_assert!(false, "an answer to a load that is not outstanding ({io:?})");
             return;
         };
-        let work = self.slots.get_mut(&key).and_then(|s| s.mailbox.pop_front());
         match result {
             Ok(items) => {
+                self.in_doubt.remove(&key);
                 for skipped in self.world.reload(&key.0, &key.1, items) {
                     self.skip(skipped);
                 }
-                if let Some(slot) = self.slots.get_mut(&key) {
-                    slot.state = SlotState::Waiting;
-                }
-                if let Some(work) = work {
-                    self.start(key, work);
-                }
+                // The command that waited for the load is next for its aggregate,
+                // after any timer the load showed due before it.
+                self.make_ready(&key, true);
             }
             Err(e) => {
+                // Whatever made the load necessary (a lost race, an unknown
+                // outcome, an eviction) still holds: the next command loads again.
+                self.in_doubt.insert(key.clone());
+                let work = self.slots.get_mut(&key).and_then(|s| s.mailbox.pop_front());
                 if let Some(work) = work {
                     if work.origin == Origin::Timer {
                         self.tick_wanted.insert(key.clone());
@@ -448,6 +456,7 @@ impl Machine {
             }
             if !self.routing
                 && !self.routing_stuck
+                && self.now > Timestamp::from_millis(i64::MIN)
                 && let Some(assign) = self.world.next_assignment()
             {
                 self.routing = true;
@@ -473,11 +482,16 @@ impl Machine {
     fn fire_timer(&mut self, bound: Timestamp) -> bool {
         while let Some((tick, deadline)) = self.world.pop_due_tick(bound) {
             let key = key_of(&tick);
-            if self.slots.contains_key(&key) {
+            let now = if self.config.tick_at_deadline { deadline } else { bound.max(deadline) };
+            if let Some(slot) = self.slots.get_mut(&key) {
+                if slot.state == SlotState::Waiting && slot.mailbox.front().is_some_and(|w| w.now > deadline) {
+                    // Commands after the deadline wait for their turn: the tick goes first.
+                    slot.mailbox.push_front(Work { envelope: tick, now, origin: Origin::Timer, attempts: 0 });
+                    return true;
+                }
                 self.tick_wanted.insert(key);
                 continue;
             }
-            let now = if self.config.tick_at_deadline { deadline } else { bound.max(deadline) };
             self.routing_stuck = false;
             self.slots.insert(key.clone(), Slot { state: SlotState::Waiting, mailbox: VecDeque::new() });
             self.start(key, Work { envelope: tick, now, origin: Origin::Timer, attempts: 0 });
@@ -489,7 +503,7 @@ impl Machine {
     /// Decides one command of a free aggregate: an append, a load first, or
     /// an answer at once.
     fn start(&mut self, key: Key, work: Work) {
-        if self.world.is_evicted(&key.0, &key.1) {
+        if self.world.is_evicted(&key.0, &key.1) || self.in_doubt.contains(&key) {
             return self.load(key, work);
         }
         if let (StreamRef::Conversation(id), Command::ReceiveMessage(_) | Command::StartOutbound(_)) =
@@ -549,6 +563,13 @@ impl Machine {
 
     /// An aggregate's command is finished: the next in its mailbox may start.
     fn release(&mut self, key: &Key) {
+        self.make_ready(key, false);
+    }
+
+    /// Nothing is under way for an aggregate any more: its timer comes back
+    /// if it fell due meanwhile, and its mailbox's head waits for room (at
+    /// the front of the line when it already waited for a load).
+    fn make_ready(&mut self, key: &Key, first: bool) {
         if self.tick_wanted.remove(key)
             && let StreamRef::Conversation(id) = &key.1
         {
@@ -558,6 +579,8 @@ impl Machine {
         slot.state = SlotState::Waiting;
         if slot.mailbox.is_empty() {
             self.slots.remove(key);
+        } else if first {
+            self.runnable.push_front(key.clone());
         } else {
             self.runnable.push_back(key.clone());
         }

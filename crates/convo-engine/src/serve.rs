@@ -148,7 +148,16 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
     let mut invalid = 0u64;
     let mut stopping = false;
     let mut last_timeout = Timestamp::from_millis(i64::MIN);
+    let mut reported = 0;
     loop {
+        // Messages of the log that cannot be applied are skipped and said once each.
+        for skipped in &machine.skipped()[reported..] {
+            eprintln!(
+                "convo: skipped message {} on {}: {} (`convo doctor` lists them and says how to purge them)",
+                skipped.seq, skipped.subject, skipped.reason
+            );
+        }
+        reported = machine.skipped().len();
         let now = clock.now();
         let due = machine.poll_timeout().is_some_and(|d| d <= now);
         if !stopping && (due || now.millis_since(last_timeout) >= IDLE_WAKE_MS) {

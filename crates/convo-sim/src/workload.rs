@@ -503,6 +503,27 @@ impl RandomDay {
     }
 }
 
+impl RandomDay {
+    /// The conversation the next input is for (`Some(None)`: configuration
+    /// or an agent's presence; `None`: no input left). A client that waits
+    /// for its previous command on a conversation asks this before taking.
+    pub fn next_conversation(&mut self) -> Option<Option<ConversationId>> {
+        self.next_at()?;
+        if self.setup.len() > 0 {
+            return Some(None);
+        }
+        let Reverse((_, _, action)) = self.queue.peek()?;
+        Some(match action {
+            Action::Presence(..) => None,
+            Action::Arrive(c)
+            | Action::ContactWrites(c)
+            | Action::AgentReplies(c, _)
+            | Action::AgentCloses(c, _)
+            | Action::AnswerSurvey(c) => Some(self.convs[*c].id.clone()),
+        })
+    }
+}
+
 impl Driver for RandomDay {
     fn next_at(&mut self) -> Option<Timestamp> {
         if self.setup.len() > 0 {

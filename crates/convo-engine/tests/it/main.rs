@@ -341,3 +341,41 @@ async fn closed_conversations_leave_memory_and_come_back_from_the_log_when_neede
     let stats = service.stop().await;
     assert!(stats.evicted >= 1, "{stats:?}");
 }
+
+#[tokio::test]
+async fn a_client_id_like_the_engines_own_cannot_suppress_a_timer() {
+    let mut service = Service::start("ids", convo_engine::serve::ServeConfig::default()).await;
+    let message = |id: &str, text: &str| {
+        format!(
+            r#"{{"id":"{id}","actor":{{"contact":"573001112233"}},"command":{{"type":"receive_message","conversation":"c1","contact":"573001112233","channel":"wa","text":"{text}"}}}}"#
+        )
+    };
+    assert_eq!(service.request(message("m-1", "Hola").as_bytes()).await["outcome"], "committed");
+    // The engine's namespace is closed to clients...
+    let forged = service.request(message("_tick-6", "x").as_bytes()).await;
+    assert_eq!((forged["code"].as_str(), forged["field"].as_str()), (Some("invalid"), Some("id")), "{forged}");
+    // ...and ids that look like the engine's old ones are just ids.
+    for n in 2..=12 {
+        let reply = service.request(message(&format!("tick-{n}"), "¿hola?").as_bytes()).await;
+        assert_eq!(reply["outcome"], "committed", "{reply}");
+    }
+    // Past the SLA thresholds, the timer fires and its crossings are recorded.
+    service.clock.advance_secs(600);
+    let stream = convo_wire::StreamRef::Conversation(ConversationId::new("c1").unwrap());
+    let account = AccountId::new("default").unwrap();
+    let mut crossed = 0;
+    for _ in 0..100 {
+        let history = service.store.load(&account, &stream).await.unwrap();
+        crossed = history
+            .iter()
+            .flat_map(|s| s.as_ref().unwrap().commit.events.iter())
+            .filter(|e| e.event.type_name() == "sla_threshold_crossed")
+            .count();
+        if crossed == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(crossed, 2, "both SLA thresholds were crossed and recorded");
+    service.stop().await;
+}

@@ -1,7 +1,9 @@
 //! convo-sim's integration tests: every replay fixture through one `check`
 //! (events, then read models), the SPEC's worked examples asserted by meaning,
-//! and seeded random days against the independent model.
+//! seeded random days against the independent model, and seeded fault
+//! simulation of the engine's partition machine.
 
+mod faults;
 mod fixtures;
 mod random;
 mod read_models;
