@@ -5,6 +5,7 @@
 
 mod audit_cmds;
 mod contact_cmds;
+mod doctor_cmds;
 mod engine_cmds;
 mod report_cmds;
 
@@ -56,6 +57,8 @@ The scenario format is documented in replay-fixtures/README.md.")]
     Report(report_cmds::ReportArgs),
     /// A contact's history of closed conversations.
     Contact(contact_cmds::ContactArgs),
+    /// List the messages of the log that recovery cannot apply, and purge them.
+    Doctor(doctor_cmds::DoctorArgs),
 }
 
 #[derive(Args, Debug)]
@@ -117,6 +120,7 @@ fn main() -> ExitCode {
                     Cmd::Audit(args) => audit_cmds::audit(args).await,
                     Cmd::Report(args) => report_cmds::report(args).await.map(|()| ExitCode::SUCCESS),
                     Cmd::Contact(args) => contact_cmds::contact(args).await.map(|()| ExitCode::SUCCESS),
+                    Cmd::Doctor(args) => doctor_cmds::doctor(args).await,
                     Cmd::Simulate(_) => unreachable!("handled above"),
                 }
             })

@@ -15,10 +15,10 @@ const PREFIX: &str = "crash";
 
 /// A `convo serve` process, killed (SIGKILL) and reaped when dropped, so a
 /// failing test leaves no engine behind.
-struct Served(Child);
+pub(crate) struct Served(Child);
 
 impl Served {
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -31,8 +31,13 @@ impl Drop for Served {
 }
 
 fn serve(url: &str) -> Served {
+    serve_prefix(url, PREFIX)
+}
+
+/// `convo serve` on an existing server, under a subject prefix.
+pub(crate) fn serve_prefix(url: &str, prefix: &str) -> Served {
     let child = Command::new(env!("CARGO_BIN_EXE_convo"))
-        .args(["serve", "--nats-url", url, "--prefix", PREFIX])
+        .args(["serve", "--nats-url", url, "--prefix", prefix])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

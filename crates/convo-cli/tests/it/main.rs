@@ -1,5 +1,6 @@
 //! The `convo` binary as a user runs it.
 
+mod bad_stream;
 mod crash;
 
 use std::path::{Path, PathBuf};
