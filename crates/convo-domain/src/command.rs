@@ -409,9 +409,31 @@ pub fn parse_actor(value: serde_json::Value) -> Result<Actor, RequestError> {
     Ok(actor)
 }
 
+/// The longest string any field of a request may hold, in bytes (the
+/// longest legitimate one is a message text or an attachment URL; each
+/// field's own rule may be stricter).
+pub const REQUEST_STRING_BYTES_MAX: usize = crate::template::TEXT_BYTES_MAX;
+
+/// Finds a string longer than [`REQUEST_STRING_BYTES_MAX`] anywhere in a
+/// value; returns its path.
+fn overlong(value: &serde_json::Value, path: &str) -> Option<(String, usize)> {
+    match value {
+        serde_json::Value::String(s) if s.len() > REQUEST_STRING_BYTES_MAX => Some((path.to_owned(), s.len())),
+        serde_json::Value::Array(items) => {
+            items.iter().enumerate().find_map(|(i, v)| overlong(v, &format!("{path}[{i}]")))
+        }
+        serde_json::Value::Object(map) => map.iter().find_map(|(k, v)| overlong(v, &format!("{path}.{k}"))),
+        _ => None,
+    }
+}
+
 /// The command, with the offending field's full path in an error
-/// (`command.schedule`, `command.type`).
+/// (`command.schedule`, `command.type`); no string in it may be longer than
+/// [`REQUEST_STRING_BYTES_MAX`].
 pub fn parse_command(value: serde_json::Value) -> Result<Command, RequestError> {
+    if let Some((field, bytes)) = overlong(&value, "command") {
+        return Err(request_error(field, format!("at most {REQUEST_STRING_BYTES_MAX} bytes, this one {bytes}")));
+    }
     Command::from_json(value).map_err(|e| {
         let field = if e.path.is_empty() { "command".to_owned() } else { format!("command.{}", e.path) };
         request_error(field, e.message)

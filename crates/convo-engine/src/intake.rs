@@ -179,6 +179,14 @@ mod tests {
             )),
             "actor.system"
         );
+        // No string in a command is unbounded.
+        let label = "l".repeat(5000);
+        assert_eq!(
+            field(&format!(
+                r#"{{"id":"a","actor":{{"system":"x"}},"command":{{"type":"add_label","conversation":"c1","label":"{label}"}}}}"#
+            )),
+            "command.label"
+        );
         // A missing field is named with its full path.
         assert_eq!(
             field(r#"{"id":"a","actor":{"system":"x"},"command":{"type":"define_schedule","id":"s1"}}"#),

@@ -629,3 +629,137 @@ pub fn recover_items(machines: &mut [Machine], items: impl IntoIterator<Item = L
     }
     newest
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use convo_domain::{Actor, CommandId};
+
+    /// A fixture's inputs, parsed as the scenario format does (without it:
+    /// the simulator depends on this crate).
+    fn fixture(name: &str) -> Vec<(CommandEnvelope, Timestamp)> {
+        let path = format!("{}/../../replay-fixtures/{name}/input.jsonl", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(path).unwrap();
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| l.starts_with('{'))
+            .map(|(n, line)| {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                let id = v["id"].as_str().map_or(format!("line-{}", n + 1), str::to_owned);
+                let envelope = CommandEnvelope {
+                    id: CommandId::new(&id).unwrap(),
+                    account: AccountId::new("default").unwrap(),
+                    actor: v
+                        .get("actor")
+                        .map_or(Actor::system("scenario"), |a| serde_json::from_value(a.clone()).unwrap()),
+                    command: Command::from_json(v["command"].clone()).unwrap(),
+                };
+                (envelope, Timestamp::parse_rfc3339(v["at"].as_str().unwrap()).unwrap())
+            })
+            .collect()
+    }
+
+    fn open(n: usize) -> CommandEnvelope {
+        let json = serde_json::json!({"type": "receive_message", "conversation": format!("k{n}"),
+            "contact": format!("57300{n:07}"), "channel": "wa", "text": "Hola"});
+        CommandEnvelope {
+            id: CommandId::new(&format!("open-{n}")).unwrap(),
+            account: AccountId::new("default").unwrap(),
+            actor: Actor::Contact(convo_domain::ContactId::new(&format!("57300{n:07}")).unwrap()),
+            command: Command::from_json(json).unwrap(),
+        }
+    }
+
+    /// A log that acknowledges every append at once, in order.
+    #[derive(Default)]
+    struct Instant {
+        seq: u64,
+        replies: Vec<(Origin, Result<Outcome, Failure>)>,
+    }
+
+    impl Instant {
+        fn settle(&mut self, machine: &mut Machine) {
+            while let Some(output) = machine.poll() {
+                match output {
+                    Output::Append { io, commit, .. } => {
+                        self.seq += 1;
+                        machine.handle_appended(io, commit, Ok(self.seq));
+                    }
+                    Output::Load { io, .. } => machine.handle_loaded(io, Ok(Vec::new())),
+                    Output::Reply { origin, result, .. } => self.replies.push((origin, result)),
+                }
+            }
+        }
+    }
+
+    /// The SLA fixture's account, configured, at the instant of its first conversation.
+    fn configured(config: MachineConfig) -> (Machine, Instant, Timestamp) {
+        let mut machine = Machine::new(config);
+        let mut log = Instant::default();
+        let inputs = fixture("sla-worked-example");
+        let mut at = Timestamp::from_millis(0);
+        for (envelope, t) in
+            inputs.into_iter().filter(|(e, _)| !matches!(e.command.target(), convo_domain::Target::Conversation(_)))
+        {
+            machine.handle_request(0, envelope, t);
+            log.settle(&mut machine);
+            at = t;
+        }
+        (machine, log, at)
+    }
+
+    #[test]
+    fn timers_falling_due_in_bulk_never_exceed_the_appends_in_flight() {
+        let config = MachineConfig { io_in_flight_max: 64, ..MachineConfig::stepwise() };
+        let (mut machine, mut log, at) = configured(config);
+        let count = 3_000;
+        for n in 0..count {
+            machine.handle_request(0, open(n), at);
+            log.settle(&mut machine);
+        }
+        // An hour later every conversation's SLA timer is due at once; the
+        // store answers nothing until the machine has said all it will.
+        machine.handle_timeout(at.plus_secs(3_600));
+        let mut ticks = 0;
+        loop {
+            let mut pending = Vec::new();
+            while let Some(output) = machine.poll() {
+                if let Output::Append { io, commit, .. } = output {
+                    pending.push((io, commit));
+                }
+            }
+            assert!(machine.io_in_flight() <= 64, "{} in flight", machine.io_in_flight());
+            if pending.is_empty() {
+                break;
+            }
+            for (io, commit) in pending.into_iter().rev() {
+                ticks += usize::from(commit.command.as_str().starts_with("_tick-"));
+                log.seq += 1;
+                machine.handle_appended(io, commit, Ok(log.seq));
+            }
+        }
+        assert_eq!(machine.stats().io_in_flight_max, 64, "the limit was reached, never passed");
+        assert!(ticks >= count, "every conversation's timer fired: {ticks}");
+        assert_eq!(machine.world().overdue(at.plus_secs(3_600)), vec![]);
+    }
+
+    #[test]
+    fn a_partition_full_of_open_conversations_answers_overloaded() {
+        let config = MachineConfig { open_conversations_max: 2, ..MachineConfig::stepwise() };
+        let (mut machine, mut log, at) = configured(config);
+        log.replies.clear();
+        for n in 0..3 {
+            machine.handle_request(n as u64 + 1, open(n), at);
+            log.settle(&mut machine);
+        }
+        let answers: Vec<_> = log.replies.iter().filter(|(o, _)| matches!(o, Origin::Request(_))).collect();
+        assert!(matches!(answers[0].1, Ok(Outcome::Committed { .. })));
+        assert!(matches!(answers[1].1, Ok(Outcome::Committed { .. })));
+        assert!(matches!(&answers[2].1, Err(Failure::Overloaded(why)) if why.contains("2 open conversations")));
+        // A command for a conversation already open is still taken.
+        let again = CommandEnvelope { id: CommandId::new("open-0-again").unwrap(), ..open(0) };
+        machine.handle_request(9, again, at.plus_secs(1));
+        log.settle(&mut machine);
+        assert!(matches!(log.replies.last().unwrap().1, Ok(Outcome::Committed { .. })));
+    }
+}

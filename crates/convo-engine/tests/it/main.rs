@@ -379,3 +379,32 @@ async fn a_client_id_like_the_engines_own_cannot_suppress_a_timer() {
     assert_eq!(crossed, 2, "both SLA thresholds were crossed and recorded");
     service.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_conflicting_commands_leave_no_consumers_behind() {
+    let broker = broker();
+    let mut a = Engine::recover(store(&broker, "contend").await).await.unwrap();
+    a.replay(configuration("sla-worked-example")).await.unwrap();
+    let mut b = Engine::recover(store(&broker, "contend").await).await.unwrap();
+    let at = Timestamp::parse_rfc3339("2026-03-02T14:00:00Z").unwrap();
+    let message = |k: usize, i: usize| {
+        let body = serde_json::json!({"id": format!("m-{k}-{i}"), "actor": {"contact": format!("57300{k:07}")},
+            "command": {"type": "receive_message", "conversation": format!("k{k}"), "contact": format!("57300{k:07}"),
+            "channel": "wa", "text": format!("mensaje {i}")}});
+        convo_engine::intake::parse_request("default", body.to_string().as_bytes(), 4096).unwrap()
+    };
+    // Two engines on one stream take turns on each conversation: every
+    // command meets the other's newer commit, reloads, and decides again.
+    let (conversations, turns) = (250, 20);
+    for k in 0..conversations {
+        for i in 0..turns {
+            let engine = if i % 2 == 0 { &mut a } else { &mut b };
+            let outcome = engine.execute(&message(k, i), at.plus_secs(i as u64)).await.unwrap();
+            assert!(matches!(outcome, Outcome::Committed { .. }), "{outcome:?}");
+        }
+    }
+    let conflicts = a.machine().stats().conflicts + b.machine().stats().conflicts;
+    assert!(conflicts >= (conversations * (turns - 1)) as u64, "{conflicts} conflicts");
+    let consumers = a.store().consumer_count().await.unwrap();
+    assert!(consumers <= 2, "{consumers} consumers left on the server after {conflicts} conflicts");
+}
