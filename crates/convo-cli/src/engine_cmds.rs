@@ -90,17 +90,21 @@ pub struct ServeArgs {
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
     let c = &args.connection;
+    let launch = LaunchOptions { data_dir: c.data_dir.join("nats"), sync_always: args.sync_always };
     let mut embedded = None;
     let url = match &c.nats_url {
         Some(url) => url.clone(),
         None => {
-            let dir = c.data_dir.join("nats");
-            let server = NatsServer::start(&LaunchOptions { data_dir: dir.clone(), sync_always: args.sync_always })?;
+            let server = NatsServer::start(&launch)?;
+            for note in &server.notes {
+                eprintln!("convo: {note}");
+            }
             let url = server.url();
             eprintln!(
-                "convo: started {} on {url}; JetStream data in {}",
+                "convo: started {} (pid {}) on {url}; JetStream data in {}",
                 server.binary.display(),
-                dir.join("jetstream").display()
+                server.pid(),
+                launch.data_dir.join("jetstream").display()
             );
             std::fs::write(c.data_dir.join(URL_FILE), &url)?;
             embedded = Some(server);
@@ -109,6 +113,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     };
     let store = JetStreamStore::connect(&url, c.store_config()).await?;
     eprintln!("convo: connected to nats-server {} at {url}", store.server_version());
+    // One engine per stream until partitions are shared: a second one refuses here.
+    let lease = acquire_lease(&store).await?;
     let client = store.client().clone();
     let last = store.last_seq().await?;
     let mut bus = convo_store::bus::CommandBus::subscribe(client, &c.prefix).await?;
@@ -116,9 +122,14 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         "convo: recovering {last} commits into {} partition(s); serving commands on {}.<account>.cmd.>",
         args.partitions, c.prefix
     );
+    let (reason_tx, mut reason_rx) = tokio::sync::watch::channel(None::<String>);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let supervisor = tokio::spawn(supervise(lease, embedded, launch, reason_tx, stop_rx));
     let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-        eprintln!("convo: stopping after the commands in hand");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => eprintln!("convo: stopping after the commands in hand"),
+            _ = reason_rx.wait_for(Option::is_some) => {}
+        }
     };
     let config = convo_engine::serve::ServeConfig {
         command_bytes_max: args.command_bytes_max,
@@ -136,11 +147,123 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         sum(|s| s.conflicts),
         sum(|s| s.skipped),
     );
+    let _ = stop_tx.send(());
+    let (lease, embedded) = supervisor.await?;
+    let failure = reason_rx.borrow().clone();
     if embedded.is_some() {
         let _ = std::fs::remove_file(c.data_dir.join(URL_FILE));
     }
+    match (failure, lease) {
+        (Some(reason), _) => bail!(reason),
+        (None, Some(lease)) => {
+            if let Err(e) = lease.release().await {
+                eprintln!("convo: could not give the lease up ({e}); it expires by itself");
+            }
+        }
+        (None, None) => {}
+    }
     drop(embedded);
     Ok(())
+}
+
+/// Takes the engine's lease on the stream. A lease left by an engine that
+/// died expires within its TTL, so that long is waited for; a live holder
+/// keeps renewing it, and this start is refused with who holds it.
+async fn acquire_lease(store: &JetStreamStore) -> Result<convo_store::lease::Lease> {
+    use convo_store::lease::{LEASE_TTL_MS, LeaseError};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(LEASE_TTL_MS + 1_000);
+    let mut said = false;
+    loop {
+        match store.acquire_lease(&holder()).await {
+            Ok(lease) => return Ok(lease),
+            Err(LeaseError::Held { holder, .. }) if std::time::Instant::now() < deadline => {
+                if !said {
+                    eprintln!(
+                        "convo: the stream's lease is held ({holder}); waiting up to {} s in case that engine is gone",
+                        LEASE_TTL_MS / 1000 + 1
+                    );
+                    said = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Who holds the lease, as another engine will be told.
+fn holder() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "this machine".into());
+    let since = convo_engine::clock::Clock::now(&WallClock).to_rfc3339();
+    format!("convo serve, pid {} on {}, since {since}", std::process::id(), host.trim())
+}
+
+/// How many times in a row the embedded nats-server is restarted before
+/// `convo serve` gives up and exits.
+const EMBEDDED_RESTARTS_MAX: u32 = 3;
+/// How often the supervisor looks at the embedded server and the lease.
+const SUPERVISE_EVERY_MS: u64 = 250;
+
+/// Watches the embedded nats-server (restarting it on its port when it
+/// dies) and renews the lease, until told to stop; a reason to stop serving
+/// goes out on `reason`. Hands the lease (if still held) and the server back.
+async fn supervise(
+    mut lease: convo_store::lease::Lease,
+    mut embedded: Option<NatsServer>,
+    launch: LaunchOptions,
+    reason: tokio::sync::watch::Sender<Option<String>>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> (Option<convo_store::lease::Lease>, Option<NatsServer>) {
+    use convo_store::lease::{LEASE_RENEW_MS, LeaseError};
+    let mut every = tokio::time::interval(std::time::Duration::from_millis(SUPERVISE_EVERY_MS));
+    let mut renewed = std::time::Instant::now();
+    let mut restarts = 0;
+    let fail = |why: String| {
+        eprintln!("convo: {why}");
+        let _ = reason.send(Some(why));
+    };
+    loop {
+        tokio::select! {
+            _ = &mut stop => return (Some(lease), embedded),
+            _ = every.tick() => {}
+        }
+        if reason.borrow().is_some() {
+            continue; // already stopping; wait to be told
+        }
+        if let Some(server) = embedded.as_mut()
+            && let Some(status) = server.exited()
+        {
+            if restarts == EMBEDDED_RESTARTS_MAX {
+                fail(format!(
+                    "the embedded nats-server exited ({status}) {restarts} times; giving up (see {})",
+                    launch.data_dir.join("nats-server.log").display()
+                ));
+                continue;
+            }
+            restarts += 1;
+            eprintln!("convo: the embedded nats-server exited ({status}); restarting it on port {}", server.port);
+            if let Err(e) = server.restart(&launch) {
+                fail(format!("the embedded nats-server exited ({status}) and could not be restarted: {e}"));
+                continue;
+            }
+        }
+        if renewed.elapsed() >= std::time::Duration::from_millis(LEASE_RENEW_MS) {
+            match lease.renew().await {
+                Ok(()) => {
+                    renewed = std::time::Instant::now();
+                    restarts = 0;
+                }
+                Err(e @ LeaseError::Lost { .. }) => {
+                    fail(e.to_string());
+                    return (None, embedded);
+                }
+                Err(e) => eprintln!("convo: could not renew the lease ({e}); retrying"),
+            }
+        }
+        if lease.valid_for().is_zero() {
+            fail("the lease could not be renewed in time (NATS unreachable); stopping before another engine may take over".into());
+        }
+    }
 }
 
 #[derive(Args, Debug)]

@@ -156,6 +156,11 @@ impl JetStreamStore {
         Ok((pending, messages))
     }
 
+    /// Takes the engine's lease on this stream (see [`crate::lease`]).
+    pub async fn acquire_lease(&self, holder: &str) -> Result<crate::lease::Lease, crate::lease::LeaseError> {
+        crate::lease::Lease::acquire(&self.js, &self.config.stream, holder).await
+    }
+
     /// Removes one message from the stream (what `convo doctor --purge` does
     /// with a message recovery cannot apply). Returns whether it was there.
     pub async fn delete_message(&self, seq: u64) -> Result<bool, StoreError> {

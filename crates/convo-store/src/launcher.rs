@@ -2,6 +2,16 @@
 //! embedded default of `convo serve`, and the broker of every test that talks
 //! to NATS. The server is stopped when the handle is dropped.
 //!
+//! Supervision: the data directory is locked while a server runs on it (a
+//! second one would write the same store and diverge), so a second start
+//! refuses with a clear message; the server is started under
+//! `setpriv --pdeathsig KILL` where available, so it dies with the process
+//! that started it even on `kill -9`; a server left over from an earlier
+//! crash (its pid file names a live `nats-server` on this directory) is
+//! stopped before a new one starts; [`NatsServer::exited`] and
+//! [`NatsServer::restart`] let the owner notice a dead server and start it
+//! again on the same port.
+//!
 //! The binary is found, in order: `$CONVO_NATS_SERVER`;
 //! `.tools/nats/bin/nats-server` in the current directory or one of its
 //! parents (where `just nats` installs a current one with
@@ -30,7 +40,19 @@ pub enum LaunchError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("nats-server did not start within {START_TIMEOUT_MS} ms (see {log})")]
     NotReady { log: PathBuf },
+    #[error(
+        "{dir} is in use by another convo process ({holder}); stop it first, or use another --data-dir \
+         (two servers on one JetStream store would write diverging logs)"
+    )]
+    Locked { dir: PathBuf, holder: String },
 }
+
+/// The file whose lock marks a data directory as in use.
+pub const LOCK_FILE: &str = "convo.lock";
+/// The pid file the server writes (a leftover is found through it).
+pub const PID_FILE: &str = "nats-server.pid";
+/// How long a leftover server is given to stop after SIGTERM.
+pub const LEFTOVER_STOP_MS: u64 = 5_000;
 
 /// How to start the server.
 #[derive(Debug, Clone)]
@@ -48,6 +70,10 @@ pub struct NatsServer {
     pub port: u16,
     pub data_dir: PathBuf,
     pub binary: PathBuf,
+    /// Held open while the server runs: the lock on the data directory.
+    _lock: std::fs::File,
+    /// Messages about what the start found (a leftover stopped…), for the owner to log.
+    pub notes: Vec<String>,
 }
 
 impl NatsServer {
@@ -79,56 +105,45 @@ impl NatsServer {
     /// Starts a server and waits until it accepts connections.
     pub fn start(options: &LaunchOptions) -> Result<Self, LaunchError> {
         let binary = Self::find_binary()?;
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| LaunchError::Io { path, source }
-        };
         let store = options.data_dir.join("jetstream");
         std::fs::create_dir_all(&store).map_err(io(&store))?;
+        let lock = lock_dir(&options.data_dir)?;
+        let mut notes = Vec::new();
+        if let Some(pid) = stop_leftover(&options.data_dir) {
+            notes.push(format!(
+                "stopped nats-server {pid}, left over from an earlier run on {}",
+                options.data_dir.display()
+            ));
+        }
         let mut last = None;
         for _ in 0..START_ATTEMPTS_MAX {
             let port = free_port().map_err(io(&options.data_dir))?;
-            let config = options.data_dir.join("nats-server.conf");
-            let sync = if options.sync_always { "\n  sync_interval: always" } else { "" };
-            let text = format!(
-                "# written by convo\nlisten: 127.0.0.1:{port}\nhttp: 0\nmax_payload: 1MB\njetstream {{\n  store_dir: {store:?}{sync}\n}}\n"
-            );
-            std::fs::write(&config, text).map_err(io(&config))?;
-            let log = options.data_dir.join("nats-server.log");
-            let log_file = std::fs::File::create(&log).map_err(io(&log))?;
-            let err_file = log_file.try_clone().map_err(io(&log))?;
-            let child = Command::new(&binary)
-                .arg("-c")
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(log_file)
-                .stderr(err_file)
-                .spawn()
-                .map_err(io(&binary))?;
-            let mut server = Self { child, port, data_dir: options.data_dir.clone(), binary: binary.clone() };
-            if server.wait_ready() {
-                return Ok(server);
+            match spawn(&binary, options, port) {
+                Ok(child) => {
+                    return Ok(Self { child, port, data_dir: options.data_dir.clone(), binary, _lock: lock, notes });
+                }
+                Err(e) => last = Some(e),
             }
-            let _ = server.child.kill();
-            let _ = server.child.wait();
-            last = Some(LaunchError::NotReady { log });
         }
         Err(last.unwrap_or(LaunchError::NotFound))
     }
 
-    fn wait_ready(&mut self) -> bool {
-        let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return false; // exited (port taken, bad config)
-            }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+    /// Whether the server has exited (and how), without waiting.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Starts the server again on the same port and store (after it died):
+    /// clients reconnect to the same URL by themselves.
+    pub fn restart(&mut self, options: &LaunchOptions) -> Result<(), LaunchError> {
+        self.stop();
+        self.child = spawn(&self.binary, options, self.port)?;
+        Ok(())
     }
 
     /// Stops the server now (dropping does the same).
@@ -142,6 +157,119 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LaunchError {
+    let path = path.to_path_buf();
+    move |source| LaunchError::Io { path, source }
+}
+
+/// Writes the config and starts one server on `port`, waiting until it
+/// accepts connections.
+fn spawn(binary: &Path, options: &LaunchOptions, port: u16) -> Result<Child, LaunchError> {
+    let store = options.data_dir.join("jetstream");
+    let config = options.data_dir.join("nats-server.conf");
+    let pid_file = options.data_dir.join(PID_FILE);
+    let sync = if options.sync_always { "\n  sync_interval: always" } else { "" };
+    let text = format!(
+        "# written by convo\nlisten: 127.0.0.1:{port}\nhttp: 0\nmax_payload: 1MB\npid_file: {pid_file:?}\njetstream {{\n  store_dir: {store:?}{sync}\n}}\n"
+    );
+    std::fs::write(&config, text).map_err(io(&config))?;
+    let log = options.data_dir.join("nats-server.log");
+    let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).map_err(io(&log))?;
+    let err_file = log_file.try_clone().map_err(io(&log))?;
+    // Dies with this process, even on SIGKILL, where util-linux's setpriv is there.
+    let mut command = match setpriv() {
+        Some(setpriv) => {
+            let mut c = Command::new(setpriv);
+            c.args(["--pdeathsig", "KILL", "--"]).arg(binary);
+            c
+        }
+        None => Command::new(binary),
+    };
+    let mut child = command
+        .arg("-c")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(log_file)
+        .stderr(err_file)
+        .spawn()
+        .map_err(io(binary))?;
+    if wait_ready(&mut child, port) {
+        return Ok(child);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(LaunchError::NotReady { log })
+}
+
+fn setpriv() -> Option<PathBuf> {
+    ["/usr/bin/setpriv", "/bin/setpriv"].into_iter().map(PathBuf::from).find(|p| p.is_file())
+}
+
+fn wait_ready(child: &mut Child, port: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false; // exited (port taken, bad config)
+        }
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Locks the data directory for this process (released when the file is
+/// closed, whatever way the process ends); says who holds it otherwise.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, LaunchError> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(io(&path))?;
+    match file.try_lock() {
+        Ok(()) => {
+            let me = format!("pid {} since {:?}", std::process::id(), std::time::SystemTime::now());
+            let _ = file.set_len(0);
+            let _ = std::io::Write::write_all(&mut &file, me.as_bytes());
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            Err(LaunchError::Locked { dir: dir.to_path_buf(), holder: holder.trim().to_owned() })
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(LaunchError::Io { path, source: e }),
+    }
+}
+
+/// Stops a `nats-server` left running on this directory by an earlier run
+/// (its pid file names a live process whose command line is a nats-server
+/// with this directory's config); returns its pid.
+fn stop_leftover(dir: &Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(dir.join(PID_FILE)).ok()?.trim().parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    let config = dir.join("nats-server.conf");
+    if !cmdline.contains("nats-server") || !cmdline.contains(config.to_string_lossy().as_ref()) {
+        return None;
+    }
+    let signal = |sig: &str| Command::new("kill").args([sig, &pid.to_string()]).stderr(Stdio::null()).status();
+    let _ = signal("-TERM");
+    let deadline = Instant::now() + Duration::from_millis(LEFTOVER_STOP_MS);
+    while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if Path::new(&format!("/proc/{pid}")).exists() {
+        let _ = signal("-KILL");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Some(pid)
 }
 
 fn free_port() -> std::io::Result<u16> {

@@ -15,6 +15,7 @@
 pub mod bus;
 pub mod jetstream;
 pub mod launcher;
+pub mod lease;
 pub mod memory;
 
 use std::future::Future;

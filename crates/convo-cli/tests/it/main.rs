@@ -2,6 +2,7 @@
 
 mod bad_stream;
 mod crash;
+mod supervise;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
