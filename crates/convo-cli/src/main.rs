@@ -33,7 +33,7 @@ enum Cmd {
     /// Run a scenario (or a seeded random day) through the domain on a virtual clock.
     #[command(after_help = "\
 Examples:
-  convo simulate replay-fixtures/sla-worked-examples/input.jsonl
+  convo simulate replay-fixtures/sla-worked-example/input.jsonl
   convo simulate day.jsonl --summary --no-events
   convo simulate day.jsonl --until 2026-03-02T12:00:00Z
   convo simulate --random --seed 1 --conversations 10000 --no-events --summary

@@ -6,13 +6,15 @@
 //! it (ordering, mailboxes, retries, limits), which every driver runs:
 //! [`serve`] (NATS, wall clock, pipelined), [`runtime`] (one step at a time,
 //! virtual time), the simulator and the fault simulator in `convo-sim`.
-//! [`intake`] parses command requests and shapes their replies.
+//! [`intake`] parses command requests and shapes their replies; [`scenario`]
+//! reads the timed-command files that `replay-traffic` and `simulate` run.
 
 pub mod clock;
 pub mod core;
 pub mod intake;
 pub mod machine;
 pub mod runtime;
+pub mod scenario;
 pub mod serve;
 
 pub use core::{Decided, Record, Refusal, Skipped, World};

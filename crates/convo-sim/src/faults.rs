@@ -14,11 +14,16 @@
 //! - the independent model of the rules agrees with the log;
 //! - appends in flight never exceeded the machine's limit.
 //!
-//! Time: inputs are fed in the order the workload schedules them, each
-//! stamped with the later of its own instant and the latest instant fed (a
-//! retry after a failure goes out later, as a client's would), so every
-//! aggregate sees time move forward. The model is fed what the log holds,
-//! at the instants it was recorded.
+//! Time: inputs are fed in the order the workload schedules them, each at its
+//! own instant, or just after the latest instant fed when the clock has passed
+//! it (a retry after a failure, a command held behind its conversation's
+//! previous one), as the wall clock would stamp it; so every aggregate sees
+//! time move forward. A client sends a conversation's next command once the
+//! previous is answered, and configuration or presence alone. The model is
+//! fed what the log holds, at the instants it was recorded.
+//!
+//! `CONVO_FAULTS_TRACE=<conversation>` prints, step by step, what happens to
+//! one conversation (appends delivered, loads, replies, crashes).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;

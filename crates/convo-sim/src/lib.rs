@@ -17,9 +17,11 @@
 pub mod faults;
 pub mod model;
 pub mod output;
-pub mod scenario;
 pub mod summary;
 pub mod workload;
+
+/// The scenario file format lives with the engine, whose `replay-traffic` reads it too.
+pub use convo_engine::scenario;
 
 /// The engine's deterministic core, which the simulator drives directly.
 pub mod world {

@@ -171,8 +171,12 @@ fn spawn(binary: &Path, options: &LaunchOptions, port: u16) -> Result<Child, Lau
     let config = options.data_dir.join("nats-server.conf");
     let pid_file = options.data_dir.join(PID_FILE);
     let sync = if options.sync_always { "\n  sync_interval: always" } else { "" };
+    // A name no other server has: readiness is checked against it, so a
+    // server another process started on the same port is never taken for ours.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let name = format!("convo-{}-{port}-{nanos}", std::process::id());
     let text = format!(
-        "# written by convo\nlisten: 127.0.0.1:{port}\nhttp: 0\nmax_payload: 1MB\npid_file: {pid_file:?}\njetstream {{\n  store_dir: {store:?}{sync}\n}}\n"
+        "# written by convo\nserver_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 0\nmax_payload: 1MB\npid_file: {pid_file:?}\njetstream {{\n  store_dir: {store:?}{sync}\n}}\n"
     );
     std::fs::write(&config, text).map_err(io(&config))?;
     let log = options.data_dir.join("nats-server.log");
@@ -195,7 +199,7 @@ fn spawn(binary: &Path, options: &LaunchOptions, port: u16) -> Result<Child, Lau
         .stderr(err_file)
         .spawn()
         .map_err(io(binary))?;
-    if wait_ready(&mut child, port) {
+    if wait_ready(&mut child, port, &name) {
         return Ok(child);
     }
     let _ = child.kill();
@@ -207,15 +211,23 @@ fn setpriv() -> Option<PathBuf> {
     ["/usr/bin/setpriv", "/bin/setpriv"].into_iter().map(PathBuf::from).find(|p| p.is_file())
 }
 
-fn wait_ready(child: &mut Child, port: u16) -> bool {
+/// Waits until the server accepts connections and introduces itself by
+/// `name` (its INFO line), or exits, or the start times out.
+fn wait_ready(child: &mut Child, port: u16, name: &str) -> bool {
     let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let expected = format!("\"server_name\":\"{name}\"");
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
             return false; // exited (port taken, bad config)
         }
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-            return true;
+        if let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+            let mut info = [0u8; 4096];
+            let read = std::io::Read::read(&mut stream, &mut info).unwrap_or(0);
+            if String::from_utf8_lossy(&info[..read]).contains(&expected) {
+                return true;
+            }
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -3,7 +3,9 @@
 //! seeded random days against the independent model, and seeded fault
 //! simulation of the engine's partition machine.
 
+mod engine;
 mod faults;
 mod fixtures;
 mod random;
 mod read_models;
+mod wire;

@@ -18,7 +18,7 @@ struct Setup {
 
 fn inputs(name: &str) -> Vec<(convo_domain::CommandEnvelope, Timestamp)> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../replay-fixtures").join(name).join("input.jsonl");
-    convo_sim::scenario::parse(&std::fs::read_to_string(path).unwrap())
+    convo_engine::scenario::parse(&std::fs::read_to_string(path).unwrap())
         .unwrap()
         .into_iter()
         .map(|i| (i.envelope, i.at))

@@ -10,7 +10,7 @@ use convo_store::{JetStreamStore, StoreConfig};
 
 fn setup_lines() -> Vec<(CommandEnvelope, Timestamp)> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../replay-fixtures/sla-worked-example/input.jsonl");
-    convo_sim::scenario::parse(&std::fs::read_to_string(path).unwrap())
+    convo_engine::scenario::parse(&std::fs::read_to_string(path).unwrap())
         .unwrap()
         .into_iter()
         .filter(|i| !matches!(i.envelope.command.type_name(), "receive_message" | "send_message" | "close"))
@@ -20,7 +20,7 @@ fn setup_lines() -> Vec<(CommandEnvelope, Timestamp)> {
 }
 
 fn line(text: &str) -> (CommandEnvelope, Timestamp) {
-    let input = convo_sim::scenario::parse_line(text, 1).unwrap();
+    let input = convo_engine::scenario::parse_line(text, 1).unwrap();
     (input.envelope, input.at)
 }
 

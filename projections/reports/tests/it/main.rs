@@ -21,7 +21,7 @@ async fn stream_of(fixture: &str) -> Setup {
     let store = JetStreamStore::connect(&server.url(), StoreConfig::for_prefix("rep")).await.unwrap();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../replay-fixtures").join(fixture).join("input.jsonl");
     let inputs: Vec<(convo_domain::CommandEnvelope, Timestamp)> =
-        convo_sim::scenario::parse(&std::fs::read_to_string(path).unwrap())
+        convo_engine::scenario::parse(&std::fs::read_to_string(path).unwrap())
             .unwrap()
             .into_iter()
             .map(|i| (i.envelope, i.at))

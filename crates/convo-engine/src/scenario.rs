@@ -1,5 +1,5 @@
-//! Scenario files: the public input format of `convo simulate` (and, later,
-//! of `convo replay-traffic`). JSON lines, one timed command per line; the
+//! Scenario files: the public input format of `convo simulate` and
+//! `convo replay-traffic`. JSON lines, one timed command per line; the
 //! format is documented in `replay-fixtures/README.md`.
 //!
 //! Parsing is strict: an unknown key, a bad value or a line earlier than the
