@@ -612,6 +612,31 @@ fn key_of(envelope: &CommandEnvelope) -> Key {
     (envelope.account.clone(), stream_of(&envelope.command))
 }
 
+/// A share of the accounts: those whose id hashes to `index` of `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partition {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Partition {
+    pub const ALL: Partition = Partition { index: 0, count: 1 };
+
+    /// The partition of an account: FNV-1a of its id, so every instance and
+    /// every run agree.
+    pub fn of(account: &AccountId, count: usize) -> usize {
+        let hash = account
+            .as_str()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        (hash % count.max(1) as u64) as usize
+    }
+
+    pub fn owns(&self, account: &AccountId) -> bool {
+        self.count <= 1 || Self::of(account, self.count) == self.index
+    }
+}
+
 /// Feeds a whole log read to a machine (recovery); returns the newest
 /// sequence seen.
 pub fn recover_items(machines: &mut [Machine], items: impl IntoIterator<Item = LogItem>) -> u64 {
@@ -624,7 +649,7 @@ pub fn recover_items(machines: &mut [Machine], items: impl IntoIterator<Item = L
             Err(_) => (0, None),
         };
         newest = newest.max(seq);
-        let index = account.map_or(0, |a| crate::runtime::Partition::of(&a, count));
+        let index = account.map_or(0, |a| Partition::of(&a, count));
         machines[index].recover(item);
     }
     newest
@@ -761,5 +786,21 @@ mod tests {
         machine.handle_request(9, again, at.plus_secs(1));
         log.settle(&mut machine);
         assert!(matches!(log.replies.last().unwrap().1, Ok(Outcome::Committed { .. })));
+    }
+
+    #[test]
+    fn accounts_hash_onto_partitions_stably_and_spread() {
+        let account = |s: &str| AccountId::new(s).unwrap();
+        // Fixed forever: instances and runs must agree on an account's partition.
+        assert_eq!(Partition::of(&account("acme"), 4), Partition::of(&account("acme"), 4));
+        assert_eq!(Partition::of(&account("acme"), 1), 0);
+        let mut used = [0usize; 4];
+        for n in 0..400 {
+            used[Partition::of(&account(&format!("tenant-{n}")), 4)] += 1;
+        }
+        assert!(used.iter().all(|u| *u > 50), "{used:?}");
+        assert!(Partition::ALL.owns(&account("anyone")));
+        let p = Partition { index: Partition::of(&account("acme"), 3), count: 3 };
+        assert!(p.owns(&account("acme")));
     }
 }

@@ -10,9 +10,10 @@
 
 use futures::StreamExt;
 
-use convo_domain::{AccountId, CommandEnvelope, Timestamp};
+use convo_domain::{CommandEnvelope, Timestamp};
 use convo_store::{EventStore, StoreError};
 
+pub use crate::machine::Partition;
 use crate::machine::{Failure, Machine, MachineConfig, Origin, Outcome, Output, recover_items};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -21,31 +22,6 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Failed(#[from] Failure),
-}
-
-/// A share of the accounts: those whose id hashes to `index` of `count`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Partition {
-    pub index: usize,
-    pub count: usize,
-}
-
-impl Partition {
-    pub const ALL: Partition = Partition { index: 0, count: 1 };
-
-    /// The partition of an account: FNV-1a of its id, so every instance and
-    /// every run agree.
-    pub fn of(account: &AccountId, count: usize) -> usize {
-        let hash = account
-            .as_str()
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
-        (hash % count.max(1) as u64) as usize
-    }
-
-    pub fn owns(&self, account: &AccountId) -> bool {
-        self.count <= 1 || Self::of(account, self.count) == self.index
-    }
 }
 
 /// Reads the whole log into one machine per partition; returns them and the
@@ -169,26 +145,5 @@ impl<S: EventStore> Engine<S> {
             keep(self.drive().await)?;
         }
         Ok(out)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn accounts_hash_onto_partitions_stably_and_spread() {
-        let account = |s: &str| AccountId::new(s).unwrap();
-        // Fixed forever: instances and runs must agree on an account's partition.
-        assert_eq!(Partition::of(&account("acme"), 4), Partition::of(&account("acme"), 4));
-        assert_eq!(Partition::of(&account("acme"), 1), 0);
-        let mut used = [0usize; 4];
-        for n in 0..400 {
-            used[Partition::of(&account(&format!("tenant-{n}")), 4)] += 1;
-        }
-        assert!(used.iter().all(|u| *u > 50), "{used:?}");
-        assert!(Partition::ALL.owns(&account("anyone")));
-        let p = Partition { index: Partition::of(&account("acme"), 3), count: 3 };
-        assert!(p.owns(&account("acme")));
     }
 }
