@@ -32,7 +32,7 @@ use crate::{
 
 /// How long one read of a stored message may take before the store is
 /// declared unavailable.
-pub const READ_TIMEOUT_MS: u64 = 10_000;
+pub const READ_TIMEOUT_MS: u64 = 60_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Storage {
