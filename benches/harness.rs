@@ -155,7 +155,7 @@ async fn engine_write(url: &str, prefix: &str, conversations: usize, in_flight: 
         .await
     });
     let client = async_nats::connect(url).await?;
-    let subject = format!("{prefix}.bench.cmd.any");
+    let subject = format!("{prefix}.bench.cmd");
     let started = Instant::now();
     let mut latencies = Vec::new();
     let (mut events, mut refused, mut commands) = (0, 0, 0);
@@ -167,7 +167,8 @@ async fn engine_write(url: &str, prefix: &str, conversations: usize, in_flight: 
             let mut out = Vec::new();
             for body in script(n) {
                 let t = Instant::now();
-                let reply = client.request(subject.clone(), body.to_string().into()).await;
+                let kind = body["command"]["type"].as_str().unwrap_or("any");
+                let reply = client.request(format!("{subject}.{kind}"), body.to_string().into()).await;
                 let value: Value =
                     reply.ok().and_then(|r| serde_json::from_slice(&r.payload).ok()).unwrap_or(Value::Null);
                 out.push((t.elapsed(), value));

@@ -7,7 +7,8 @@
 //! sequence and the events), `nothing`, `duplicate`, `rejected` (a broken
 //! rule: `code` and `reason`) or `error` (a request that is not a command:
 //! `code` `too_large`, `malformed_json`, `invalid` with the `field`,
-//! `unknown_command`; or `unavailable`). A bad request never stops the engine.
+//! `unknown_command`, `subject_mismatch` (the body's command type is not the
+//! one its subject names); or `overloaded`, `unavailable`). A bad request never stops the engine.
 
 use serde_json::{Value, json};
 
@@ -31,6 +32,11 @@ pub enum IntakeError {
     Invalid { field: String, message: String },
     #[error("unknown command type `{0}`")]
     UnknownCommand(String),
+    #[error(
+        "the subject names command type `{subject}` but the body is a `{body}`; send each command on \
+         <prefix>.<account>.cmd.<its type>, so that subject permissions can govern command types"
+    )]
+    SubjectMismatch { subject: String, body: String },
 }
 
 impl IntakeError {
@@ -40,6 +46,7 @@ impl IntakeError {
             IntakeError::MalformedJson(_) => "malformed_json",
             IntakeError::Invalid { .. } => "invalid",
             IntakeError::UnknownCommand(_) => "unknown_command",
+            IntakeError::SubjectMismatch { .. } => "subject_mismatch",
         }
     }
 
@@ -60,8 +67,15 @@ impl From<RequestError> for IntakeError {
 
 const KEYS: [&str; 3] = ["id", "actor", "command"];
 
-/// Parses a request of at most `bytes_max` bytes into a command of `account`.
-pub fn parse_request(account: &str, payload: &[u8], bytes_max: usize) -> Result<CommandEnvelope, IntakeError> {
+/// Parses a request of at most `bytes_max` bytes, received on a subject
+/// naming `account` and command type `kind`, into a command of that account;
+/// a body of another type is refused.
+pub fn parse_request(
+    account: &str,
+    kind: &str,
+    payload: &[u8],
+    bytes_max: usize,
+) -> Result<CommandEnvelope, IntakeError> {
     if payload.len() > bytes_max {
         return Err(IntakeError::TooLarge { bytes: payload.len(), max: bytes_max });
     }
@@ -90,6 +104,9 @@ pub fn parse_request(account: &str, payload: &[u8], bytes_max: usize) -> Result<
             e.into()
         }
     })?;
+    if command.type_name() != kind {
+        return Err(IntakeError::SubjectMismatch { subject: kind.to_owned(), body: command.type_name().to_owned() });
+    }
     Ok(CommandEnvelope { id, account, actor, command })
 }
 
@@ -136,11 +153,18 @@ mod tests {
     #[test]
     fn requests_are_parsed_or_refused_with_a_code() {
         let ok = br#"{"id":"m1","actor":{"contact":"p1"},"command":{"type":"receive_message","conversation":"c1","contact":"p1","channel":"wa","text":"hola"}}"#;
-        assert_eq!(parse_request("acme", ok, COMMAND_BYTES_MAX).unwrap().command.type_name(), "receive_message");
-        assert_eq!(parse_request("acme", b"{not json", COMMAND_BYTES_MAX).unwrap_err().code(), "malformed_json");
+        assert_eq!(
+            parse_request("acme", "receive_message", ok, COMMAND_BYTES_MAX).unwrap().command.type_name(),
+            "receive_message"
+        );
+        assert_eq!(
+            parse_request("acme", "receive_message", b"{not json", COMMAND_BYTES_MAX).unwrap_err().code(),
+            "malformed_json"
+        );
         assert_eq!(
             parse_request(
                 "acme",
+                "launch_rocket",
                 br#"{"id":"m1","actor":{"system":"x"},"command":{"type":"launch_rocket"}}"#,
                 COMMAND_BYTES_MAX
             )
@@ -149,23 +173,46 @@ mod tests {
         );
         let e = parse_request(
             "acme",
+            "tick",
             br#"{"id":"m1","actor":{"system":"x"},"command":{"type":"tick","conversation":"a b"}}"#,
             COMMAND_BYTES_MAX,
         )
         .unwrap_err();
         assert_eq!((e.code(), e.to_json()["field"].as_str()), ("invalid", Some("command.conversation")));
         assert_eq!(
-            parse_request("acme", br#"{"actor":{"system":"x"},"command":{}}"#, COMMAND_BYTES_MAX).unwrap_err().code(),
+            parse_request("acme", "tick", br#"{"actor":{"system":"x"},"command":{}}"#, COMMAND_BYTES_MAX)
+                .unwrap_err()
+                .code(),
             "invalid"
         );
         assert_eq!(
-            parse_request("acme", &vec![b' '; COMMAND_BYTES_MAX + 1], COMMAND_BYTES_MAX).unwrap_err().code(),
+            parse_request("acme", "tick", &vec![b' '; COMMAND_BYTES_MAX + 1], COMMAND_BYTES_MAX).unwrap_err().code(),
             "too_large"
         );
-        let field = |body: &str| match parse_request("acme", body.as_bytes(), COMMAND_BYTES_MAX) {
+        let kind = |body: &str| {
+            serde_json::from_str::<Value>(body).ok().and_then(|v| v["command"]["type"].as_str().map(str::to_owned))
+        };
+        let field = |body: &str| match parse_request(
+            "acme",
+            &kind(body).unwrap_or_default(),
+            body.as_bytes(),
+            COMMAND_BYTES_MAX,
+        ) {
             Err(IntakeError::Invalid { field, .. }) => field,
             other => panic!("{other:?}"),
         };
+        // The subject's command type binds the body's.
+        assert_eq!(
+            parse_request(
+                "acme",
+                "receive_message",
+                br#"{"id":"x","actor":{"system":"x"},"command":{"type":"configure_account","name":"A"}}"#,
+                COMMAND_BYTES_MAX
+            )
+            .unwrap_err()
+            .code(),
+            "subject_mismatch"
+        );
         // The engine's namespace is closed to clients.
         assert_eq!(
             field(r#"{"id":"_tick-5","actor":{"system":"x"},"command":{"type":"tick","conversation":"c1"}}"#),

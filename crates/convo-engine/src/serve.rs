@@ -204,7 +204,7 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
             Wake::Io(IoDone::Loaded(id, result)) => machine.handle_loaded(id, result),
             Wake::Request(None) => stopping = true,
             Wake::Request(Some(request)) => {
-                match parse_request(&request.account, &request.payload, command_bytes_max) {
+                match parse_request(&request.account, &request.kind, &request.payload, command_bytes_max) {
                     Err(e) => {
                         invalid += 1;
                         answer(responder, &request, &e.to_json()).await;

@@ -20,6 +20,8 @@ pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
 pub struct Request {
     /// The account named by the subject (`<prefix>.<account>.cmd.…`).
     pub account: String,
+    /// The command type the subject names (`<prefix>.<account>.cmd.<type>`).
+    pub kind: String,
     pub subject: String,
     pub payload: Bytes,
     reply: Option<async_nats::Subject>,
@@ -47,7 +49,8 @@ impl CommandBus {
         let message = self.subscriber.next().await?;
         let subject = message.subject.to_string();
         let account = subject.split('.').nth(1).unwrap_or("").to_owned();
-        Some(Request { account, subject, payload: message.payload, reply: message.reply })
+        let kind = subject.splitn(4, '.').nth(3).unwrap_or("").to_owned();
+        Some(Request { account, kind, subject, payload: message.payload, reply: message.reply })
     }
 
     /// Answers a request (a request without a reply subject gets none).

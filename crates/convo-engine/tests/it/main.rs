@@ -162,8 +162,13 @@ impl Service {
         format!("{}.default.cmd.{kind}", self.subject_prefix)
     }
 
+    /// Sends a request on the subject of its command type (`any` when the body has none).
     async fn request(&self, body: &[u8]) -> serde_json::Value {
-        request(&self.url, &self.subject("any"), body).await
+        let kind = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["command"]["type"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "any".into());
+        request(&self.url, &self.subject(&kind), body).await
     }
 
     /// Stops the loop (it finishes what it holds) and returns its stats.
@@ -188,8 +193,12 @@ async fn intake_answers_bad_requests_with_typed_errors_and_keeps_serving() {
         (vec![b' '; 4097], "error", "too_large"),
         (br#"{"id":"x","actor":{"system":"crm"},"command":{"type":"tick","conversation":"no way"}}"#.to_vec(), "error", "invalid"),
     ];
+    // A body whose command type is not the one its subject names is refused.
+    let mismatch = br#"{"id":"y","actor":{"system":"crm"},"command":{"type":"configure_account","name":"Mallory"}}"#;
+    let reply = request(&url, subject, mismatch).await;
+    assert_eq!(reply["code"], "subject_mismatch", "{reply}");
     for (body, outcome, code) in &cases {
-        let reply = request(&url, subject, body).await;
+        let reply = service.request(body).await;
         assert_eq!((reply["outcome"].as_str(), reply["code"].as_str()), (Some(*outcome), Some(*code)), "{reply}");
     }
     // Still serving: a valid command commits, and its repeat is one commit.
@@ -199,7 +208,7 @@ async fn intake_answers_bad_requests_with_typed_errors_and_keeps_serving() {
     let again = request(&url, subject, open).await;
     assert_eq!(again["outcome"], "duplicate", "{again}");
     let stats = service.stop().await;
-    assert_eq!(stats.requests, cases.len() as u64 + 2);
+    assert_eq!(stats.requests, cases.len() as u64 + 3);
     let opened = service
         .store
         .load(
@@ -339,7 +348,7 @@ async fn five_thousand_conflicting_commands_leave_no_consumers_behind() {
         let body = serde_json::json!({"id": format!("m-{k}-{i}"), "actor": {"contact": format!("57300{k:07}")},
             "command": {"type": "receive_message", "conversation": format!("k{k}"), "contact": format!("57300{k:07}"),
             "channel": "wa", "text": format!("mensaje {i}")}});
-        convo_engine::intake::parse_request("default", body.to_string().as_bytes(), 4096).unwrap()
+        convo_engine::intake::parse_request("default", "receive_message", body.to_string().as_bytes(), 4096).unwrap()
     };
     // Two engines on one stream take turns on each conversation: every
     // command meets the other's newer commit, reloads, and decides again.
