@@ -137,16 +137,26 @@ pub async fn audit(args: AuditArgs) -> Result<std::process::ExitCode> {
                     "convo: the audit log is {lag} commits behind the stream (`convo audit catch-up` folds them); verifying what it holds"
                 );
             }
-            match verdict.first_divergence {
-                None => println!(
-                    "the audit log is intact: {} entries up to stream sequence {} match the stream",
-                    verdict.entries, verdict.checkpoint
-                ),
-                Some(d) => {
-                    println!("the audit log DIFFERS from the stream after {} matching entries: {d}", verdict.entries);
-                    return Ok(std::process::ExitCode::from(1));
-                }
+            if let Some(d) = &verdict.first_divergence {
+                println!("the audit log DIFFERS from the stream after {} matching entries: {d}", verdict.entries);
+                return Ok(std::process::ExitCode::from(1));
             }
+            if !verdict.not_in_record.is_empty() {
+                println!(
+                    "the stream holds {} message(s) up to sequence {} that are not part of the record \
+                     (the audit log leaves them out; `convo doctor` lists them too):",
+                    verdict.not_in_record.len(),
+                    verdict.checkpoint
+                );
+                for dead in verdict.not_in_record.iter().take(20) {
+                    println!("  message {}: {}", dead.seq, dead.reason);
+                }
+                return Ok(std::process::ExitCode::from(1));
+            }
+            println!(
+                "the audit log is intact: {} entries up to stream sequence {} match the stream",
+                verdict.entries, verdict.checkpoint
+            );
         }
         AuditCmd::Export(export) => {
             projector.catch_up(&store, &mut AuditLog, &mut |_, _| {}).await?;

@@ -7,8 +7,10 @@
 //! at most the batch in hand, never applies a commit twice, and what is
 //! acknowledged (the checkpoint) is durable.
 //!
-//! A commit that cannot be decoded or applied goes to the dead letters (with
-//! the reason and its sequence) and the projection goes on. A rebuild folds
+//! A commit that cannot be decoded or applied, or that does not follow its
+//! aggregate's last folded event (a republished copy, a forgery), goes to the
+//! dead letters (with the reason and its sequence) and the projection goes
+//! on: every read model holds what the engine applies, nothing else. A rebuild folds
 //! the whole stream into a fresh tree and swaps it in when caught up, while
 //! queries keep reading the old one.
 
@@ -23,6 +25,30 @@ pub const BATCH_COMMITS_MAX: usize = 1_000;
 
 const CHECKPOINT_KEY: &[u8] = b"\x00checkpoint";
 const DEAD_PREFIX: &[u8] = b"\x00dead/";
+/// Per aggregate, the sequence of the last event folded.
+const SEQ_PREFIX: &[u8] = b"\x00seq/";
+
+/// Whether a commit follows its aggregate's last folded event (as the engine
+/// applies it): a republished copy, a forgery at a used sequence or a commit
+/// after a gap is not part of the record, and goes to the dead letters.
+fn follows_its_aggregate(staged: &mut Staged<'_>, stored: &StoredCommit) -> Result<(), String> {
+    let commit = &stored.commit;
+    let mut key = SEQ_PREFIX.to_vec();
+    key.extend_from_slice(format!("{}/{}", commit.account, commit.stream.path()).as_bytes());
+    let last = staged.get(&key)?.and_then(|v| v.try_into().ok()).map_or(0, u64::from_be_bytes);
+    for (offset, event) in commit.events.iter().enumerate() {
+        if event.seq != last + 1 + offset as u64 {
+            return Err(format!(
+                "out of sequence: {} is at event {last}, and this commit holds event {} \
+                 (a copy or a forgery: the engine does not apply it)",
+                commit.stream.path(),
+                event.seq
+            ));
+        }
+    }
+    staged.insert(key, commit.last_seq().to_be_bytes().to_vec());
+    Ok(())
+}
 
 /// A read model: how one commit changes it.
 pub trait Projection {
@@ -198,13 +224,7 @@ impl Projector {
 
     /// The dead letters of the live tree, in stream order.
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, ProjectorError> {
-        let mut out = Vec::new();
-        for item in self.tree()?.scan_prefix(DEAD_PREFIX) {
-            let (k, v) = item?;
-            let seq = std::str::from_utf8(&k[DEAD_PREFIX.len()..]).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
-            out.push(DeadLetter { seq, reason: String::from_utf8_lossy(&v).into_owned() });
-        }
-        Ok(out)
+        dead_letters_of(&self.tree()?)
     }
 }
 
@@ -242,7 +262,11 @@ pub async fn fold(
     while stats.checkpoint < last {
         let Some(item) = follow.next().await else { break };
         let (seq, outcome) = match item {
-            Ok(stored) => (stored.stream_seq, projection.apply(&mut staged, &stored)),
+            Ok(stored) => {
+                let outcome =
+                    follows_its_aggregate(&mut staged, &stored).and_then(|()| projection.apply(&mut staged, &stored));
+                (stored.stream_seq, outcome)
+            }
             Err(StoreError::Decode { seq, subject, error }) => (seq, Err(format!("cannot apply {subject}: {error}"))),
             Err(e) => return Err(e.into()),
         };
@@ -297,6 +321,17 @@ async fn write(tree: &sled::Tree, staged: &mut Staged<'_>, checkpoint: u64) -> R
     tree.apply_batch(batch)?;
     tree.flush_async().await?;
     Ok(())
+}
+
+/// The dead letters of a tree, in stream order.
+pub fn dead_letters_of(tree: &sled::Tree) -> Result<Vec<DeadLetter>, ProjectorError> {
+    let mut out = Vec::new();
+    for item in tree.scan_prefix(DEAD_PREFIX) {
+        let (k, v) = item?;
+        let seq = std::str::from_utf8(&k[DEAD_PREFIX.len()..]).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+        out.push(DeadLetter { seq, reason: String::from_utf8_lossy(&v).into_owned() });
+    }
+    Ok(out)
 }
 
 /// A helper for projections: the JSON view of a value as bytes.

@@ -231,6 +231,10 @@ pub struct Verification {
     pub entries: u64,
     pub checkpoint: u64,
     pub first_divergence: Option<Divergence>,
+    /// Messages of the stream that are not part of the record (copies,
+    /// forgeries, commits on another's subject, unreadable): refolding the
+    /// stream puts them aside, so a rebuild cannot make them look intact.
+    pub not_in_record: Vec<convo_projector::DeadLetter>,
 }
 
 /// Recomputes the log from the stream (up to the live checkpoint) in a
@@ -292,6 +296,7 @@ pub async fn verify(
                 }
             },
         };
-        return Ok(Verification { entries, checkpoint, first_divergence: divergence });
+        let not_in_record = convo_projector::dead_letters_of(&expected)?;
+        return Ok(Verification { entries, checkpoint, first_divergence: divergence, not_in_record });
     }
 }

@@ -9,6 +9,7 @@ use convo_engine::Engine;
 use convo_projector::{Projection, Projector, Staged};
 use convo_store::launcher::{LaunchOptions, NatsServer};
 use convo_store::{JetStreamStore, StoreConfig, StoredCommit};
+use futures::StreamExt;
 
 struct Setup {
     store: JetStreamStore,
@@ -148,6 +149,43 @@ async fn deleting_or_altering_an_entry_is_detected() {
     let found = convo_audit::verify(&setup.store, &tree).await.unwrap().first_divergence;
     assert_eq!(found, Some(Divergence::Missing { account: "default".into(), n: 7 }));
     assert!(found.unwrap().to_string().contains("entry 7 is missing"));
+}
+
+#[tokio::test]
+async fn a_forged_copy_of_a_closure_is_named_by_verify_even_after_a_rebuild() {
+    let setup = stream_of("transfer-rules").await;
+    // An altered copy of a closure, attributed to another agent, republished
+    // on its own subject as any NATS client could.
+    let mut log = convo_store::EventStore::read(&setup.store, 1).await.unwrap();
+    let mut closed = None;
+    while let Some(item) = log.next().await {
+        let stored = item.unwrap();
+        if stored.commit.kind() == "closed" {
+            closed = Some(stored);
+            break;
+        }
+    }
+    let closed = closed.expect("a closure");
+    let mut forged = closed.commit.clone();
+    for event in &mut forged.events {
+        event.actor = convo_domain::Actor::User { id: convo_domain::UserId::new("mallory").unwrap(), ip: None };
+    }
+    let headers: Vec<(&str, String)> = forged.headers();
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let seq = setup.store.publish_raw(&forged.subject("audit"), &headers, forged.encode().unwrap()).await.unwrap();
+    // Folded, and even rebuilt from the tampered stream, the log leaves it
+    // out, and verify names it.
+    let (db, _d) = fresh_db();
+    let projector = Projector::open(db, convo_audit::NAME);
+    projector.catch_up(&setup.store, &mut AuditLog, &mut |_, _| {}).await.unwrap();
+    projector.rebuild(&setup.store, &mut AuditLog, &mut |_, _| {}).await.unwrap();
+    let verdict = convo_audit::verify(&setup.store, &projector.tree().unwrap()).await.unwrap();
+    assert_eq!(verdict.first_divergence, None, "the log holds what the engine applied");
+    assert_eq!(verdict.not_in_record.len(), 1, "{:?}", verdict.not_in_record);
+    assert_eq!(verdict.not_in_record[0].seq, seq);
+    assert!(verdict.not_in_record[0].reason.contains("out of sequence"), "{}", verdict.not_in_record[0].reason);
+    let entries = export(&projector.tree().unwrap());
+    assert!(!entries.contains("mallory"), "the forgery is not in the log");
 }
 
 #[tokio::test]
