@@ -32,6 +32,26 @@ pub enum Actor {
     System(String),
 }
 
+/// The system actors the engine itself acts as: its timers, routing and
+/// rules, and the automated messages they send. No client may claim one of
+/// these names (a close "by contact_inactivity" must be the engine's own).
+pub const ENGINE_ACTORS: [&str; 14] = [
+    "timer",
+    "routing",
+    "sla",
+    "agent_inactivity",
+    "contact_inactivity",
+    "auto_resolve",
+    "out_of_hours",
+    "welcome_message",
+    "out_of_hours_message",
+    "inactivity_alert_message",
+    "transfer_notice_message",
+    "closing_message",
+    "survey_message",
+    "automation",
+];
+
 impl Actor {
     pub fn system(rule: &str) -> Self {
         Actor::System(rule.to_owned())

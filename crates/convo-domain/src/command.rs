@@ -405,6 +405,12 @@ pub fn parse_actor(value: serde_json::Value) -> Result<Actor, RequestError> {
         if name.chars().any(char::is_control) {
             return Err(request_error("actor.system", "a system actor's name holds no control characters"));
         }
+        if crate::aggregate::ENGINE_ACTORS.contains(&name.as_str()) {
+            return Err(request_error(
+                "actor.system",
+                format!("`{name}` is one of the engine's own rules; a client acts under a name of its own"),
+            ));
+        }
     }
     Ok(actor)
 }

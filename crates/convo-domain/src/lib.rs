@@ -28,7 +28,7 @@ pub mod template;
 pub mod time;
 
 pub use agent::{AgentEvent, AgentPresence};
-pub use aggregate::{Actor, Decision, Recorded};
+pub use aggregate::{Actor, Decision, ENGINE_ACTORS, Recorded};
 pub use command::{Command, CommandEnvelope, CommandParseError, Target};
 pub use config::{Catalog, ConfigEvent, Occupancy};
 pub use conversation::{Context, Conversation, ConversationEvent};

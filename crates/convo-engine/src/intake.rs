@@ -234,6 +234,13 @@ mod tests {
             )),
             "command.label"
         );
+        // Nobody but the engine acts as one of its rules.
+        assert_eq!(
+            field(
+                r#"{"id":"a","actor":{"system":"contact_inactivity"},"command":{"type":"tick","conversation":"c1"}}"#
+            ),
+            "actor.system"
+        );
         // A missing field is named with its full path.
         assert_eq!(
             field(r#"{"id":"a","actor":{"system":"x"},"command":{"type":"define_schedule","id":"s1"}}"#),

@@ -66,3 +66,36 @@ fn a_recorded_random_day_replays_as_a_scenario_to_the_same_bytes() {
     });
     assert_eq!(live, replayed);
 }
+
+/// Every system actor the engine acts as, on every fixture and a random day,
+/// is one no client may claim.
+#[test]
+fn the_engines_own_actors_are_reserved() {
+    // System actors in the records that no input claimed are the engine's own.
+    let (mut seen, mut claimed) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
+    let mut note = |step: convo_sim::Step<'_>| {
+        if let Some(convo_domain::Actor::System(name)) = step.input.map(|i| &i.envelope.actor) {
+            claimed.insert(name.clone());
+        }
+        for r in step.records {
+            if let convo_sim::Record::Conversation { record, .. } = r
+                && let convo_domain::Actor::System(name) = &record.actor
+            {
+                seen.insert(name.clone());
+            }
+        }
+    };
+    let mut day = RandomDay::new(5, 800);
+    convo_sim::run(&mut day, None, &mut note);
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../replay-fixtures");
+    for entry in std::fs::read_dir(fixtures).unwrap() {
+        let Ok(text) = std::fs::read_to_string(entry.unwrap().path().join("input.jsonl")) else { continue };
+        let inputs = convo_sim::scenario::parse(&text).unwrap();
+        convo_sim::run(&mut convo_sim::Scripted::new(inputs), None, &mut note);
+    }
+    let engines: Vec<&String> = seen.iter().filter(|n| !claimed.contains(*n)).collect();
+    assert!(engines.len() >= 8, "{engines:?}");
+    for name in engines {
+        assert!(convo_domain::ENGINE_ACTORS.contains(&name.as_str()), "{name} is not reserved");
+    }
+}
