@@ -37,6 +37,9 @@ pub const OPEN_CONVERSATIONS_MAX: usize = 1_000_000;
 /// Conversations (open and closed) kept in memory before closed ones are
 /// evicted early, oldest first.
 pub const LOADED_CONVERSATIONS_MAX: usize = 1_000_000;
+/// A conversation closed this long ago with nothing since leaves memory in
+/// `serve` (late survey answers and repeated commands read it back).
+pub const EVICT_CLOSED_AFTER_SECS: u64 = 15 * 60;
 /// How many times a command is decided again after losing a race to append.
 pub const CONFLICT_RETRIES_MAX: u32 = 5;
 /// How many skipped messages the machine lists (all are counted).
@@ -123,7 +126,7 @@ impl MachineConfig {
             mailbox_commands_max: MAILBOX_COMMANDS_MAX,
             open_conversations_max: OPEN_CONVERSATIONS_MAX,
             loaded_conversations_max: LOADED_CONVERSATIONS_MAX,
-            evict_closed_after_ms: Some(15 * 60 * 1000),
+            evict_closed_after_ms: Some(EVICT_CLOSED_AFTER_SECS as i64 * 1000),
             tick_at_deadline: false,
         }
     }

@@ -30,9 +30,7 @@ pub const PARTITION_QUEUE_MAX: usize = 1024;
 pub const PARTITIONS_MAX: usize = 256;
 /// The longest the loop sleeps when no timer is due (it also wakes for requests).
 pub const IDLE_WAKE_MS: u64 = 1_000;
-/// A conversation closed this long ago with nothing since leaves memory
-/// (late survey answers and repeated commands read it back from the log).
-pub const EVICT_CLOSED_AFTER_SECS: u64 = 15 * 60;
+pub use crate::machine::EVICT_CLOSED_AFTER_SECS;
 
 /// The service's settings.
 #[derive(Debug, Clone, Copy)]
