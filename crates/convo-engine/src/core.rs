@@ -282,7 +282,7 @@ impl World {
     /// never half-applied.
     pub fn check_logged(&self, commit: &Commit) -> Result<(), String> {
         let known = self.aggregate_seq(&commit.account, &commit.stream);
-        for (offset, e) in commit.events.iter().enumerate() {
+        for e in &commit.events {
             let own_kind = matches!(
                 (&commit.stream, &e.event),
                 (StreamRef::Catalog, convo_wire::Event::Config(_))
@@ -297,15 +297,8 @@ impl World {
                     commit.stream.path()
                 ));
             }
-            if e.seq != known + 1 + offset as u64 {
-                return Err(format!(
-                    "out of sequence: {} is at event {known}, so the next is {}, but this commit holds event {}",
-                    commit.stream.path(),
-                    known + 1,
-                    e.seq
-                ));
-            }
         }
+        commit.follows(known)?;
         if let StreamRef::Conversation(id) = &commit.stream {
             let new = self.conversation(&commit.account, id).is_none_or(|c| c.status == Status::New);
             for e in &commit.events {
@@ -340,11 +333,23 @@ impl World {
         Ok(())
     }
 
-    /// Applies a message of the log that is not a readable commit: nothing
-    /// but its position, on the aggregate its subject names.
-    pub fn note_unreadable(&mut self, subject: &str, log_seq: u64) {
-        if let Some((account, stream)) = convo_wire::parse_subject(subject) {
-            self.note_position(&account, &stream, log_seq);
+    /// Applies one message of the log as recovery and reloads read it: a
+    /// commit that can be applied is; anything else is noted at its position
+    /// (on the aggregate its subject names) and returned as skipped.
+    pub fn apply_item(&mut self, item: LogItem) -> Result<(), Skipped> {
+        match item {
+            Ok(stored) => self.apply_logged(&stored.commit, stored.stream_seq).map_err(|reason| Skipped {
+                seq: stored.stream_seq,
+                subject: stored.subject,
+                reason,
+            }),
+            Err(StoreError::Decode { seq, subject, error }) => {
+                if let Some((account, stream)) = convo_wire::parse_subject(&subject) {
+                    self.note_position(&account, &stream, seq);
+                }
+                Err(Skipped { seq, subject, reason: error.to_string() })
+            }
+            Err(other) => Err(Skipped { seq: 0, subject: String::new(), reason: other.to_string() }),
         }
     }
 
@@ -362,23 +367,14 @@ impl World {
         let mut last = 0;
         let mut skipped = Vec::new();
         for item in items {
-            match item {
-                Ok(stored) => {
-                    last = last.max(stored.stream_seq);
-                    if stored.stream_seq <= known {
-                        continue;
-                    }
-                    if let Err(reason) = self.apply_logged(&stored.commit, stored.stream_seq) {
-                        skipped.push(Skipped { seq: stored.stream_seq, subject: stored.subject, reason });
-                    }
-                }
-                Err(StoreError::Decode { seq, subject, error }) => {
-                    last = last.max(seq);
-                    if seq > known {
-                        skipped.push(Skipped { seq, subject, reason: error.to_string() });
-                    }
-                }
-                Err(other) => skipped.push(Skipped { seq: 0, subject: String::new(), reason: other.to_string() }),
+            let seq = match &item {
+                Ok(stored) => stored.stream_seq,
+                Err(StoreError::Decode { seq, .. }) => *seq,
+                Err(_) => 0,
+            };
+            last = last.max(seq);
+            if seq > known || seq == 0 {
+                skipped.extend(self.apply_item(item).err());
             }
         }
         let a = self.accounts.entry(account.clone()).or_insert_with(|| Account::new(account));

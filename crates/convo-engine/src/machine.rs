@@ -293,17 +293,8 @@ impl Machine {
     /// Applies one message of the log at start (recovery): a commit, or a
     /// message that is not one. What cannot be applied is skipped and listed.
     pub fn recover(&mut self, item: LogItem) {
-        match item {
-            Ok(stored) => {
-                if let Err(reason) = self.world.apply_logged(&stored.commit, stored.stream_seq) {
-                    self.skip(Skipped { seq: stored.stream_seq, subject: stored.subject, reason });
-                }
-            }
-            Err(StoreError::Decode { seq, subject, error }) => {
-                self.world.note_unreadable(&subject, seq);
-                self.skip(Skipped { seq, subject, reason: error.to_string() });
-            }
-            Err(other) => self.skip(Skipped { seq: 0, subject: String::new(), reason: other.to_string() }),
+        if let Err(skipped) = self.world.apply_item(item) {
+            self.skip(skipped);
         }
     }
 
@@ -640,22 +631,17 @@ impl Partition {
     }
 }
 
-/// Feeds a whole log read to a machine (recovery); returns the newest
-/// sequence seen.
-pub fn recover_items(machines: &mut [Machine], items: impl IntoIterator<Item = LogItem>) -> u64 {
-    let count = machines.len();
-    let mut newest = 0;
-    for item in items {
-        let (seq, account) = match &item {
-            Ok(StoredCommit { stream_seq, commit, .. }) => (*stream_seq, Some(commit.account.clone())),
-            Err(StoreError::Decode { seq, subject, .. }) => (*seq, convo_wire::parse_subject(subject).map(|(a, _)| a)),
-            Err(_) => (0, None),
-        };
-        newest = newest.max(seq);
-        let index = account.map_or(0, |a| Partition::of(&a, count));
-        machines[index].recover(item);
-    }
-    newest
+/// Hands one message of the log read at start to the machine of its
+/// account's partition (recovery); returns its sequence.
+pub fn recover_into(machines: &mut [Machine], item: LogItem) -> u64 {
+    let (seq, account) = match &item {
+        Ok(StoredCommit { stream_seq, commit, .. }) => (*stream_seq, Some(commit.account.clone())),
+        Err(StoreError::Decode { seq, subject, .. }) => (*seq, convo_wire::parse_subject(subject).map(|(a, _)| a)),
+        Err(_) => (0, None),
+    };
+    let index = account.map_or(0, |a| Partition::of(&a, machines.len()));
+    machines[index].recover(item);
+    seq
 }
 
 #[cfg(test)]

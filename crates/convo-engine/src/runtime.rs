@@ -14,7 +14,7 @@ use convo_domain::{CommandEnvelope, Timestamp};
 use convo_store::{EventStore, StoreError};
 
 pub use crate::machine::Partition;
-use crate::machine::{Failure, Machine, MachineConfig, Origin, Outcome, Output, recover_items};
+use crate::machine::{Failure, Machine, MachineConfig, Origin, Outcome, Output, recover_into};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EngineError {
@@ -38,7 +38,7 @@ pub async fn recover_machines<S: EventStore>(
         if let Err(e @ (StoreError::Unavailable(_) | StoreError::Refused(_))) = &item {
             return Err(e.clone());
         }
-        newest = newest.max(recover_items(&mut machines, [item]));
+        newest = newest.max(recover_into(&mut machines, item));
     }
     Ok((machines, newest))
 }

@@ -36,16 +36,7 @@ fn follows_its_aggregate(staged: &mut Staged<'_>, stored: &StoredCommit) -> Resu
     let mut key = SEQ_PREFIX.to_vec();
     key.extend_from_slice(format!("{}/{}", commit.account, commit.stream.path()).as_bytes());
     let last = staged.get(&key)?.and_then(|v| v.try_into().ok()).map_or(0, u64::from_be_bytes);
-    for (offset, event) in commit.events.iter().enumerate() {
-        if event.seq != last + 1 + offset as u64 {
-            return Err(format!(
-                "out of sequence: {} is at event {last}, and this commit holds event {} \
-                 (a copy or a forgery: the engine does not apply it)",
-                commit.stream.path(),
-                event.seq
-            ));
-        }
-    }
+    commit.follows(last).map_err(|why| format!("{why} (a copy or a forgery: the engine does not apply it)"))?;
     staged.insert(key, commit.last_seq().to_be_bytes().to_vec());
     Ok(())
 }

@@ -222,6 +222,24 @@ impl Commit {
         self.events.last().map_or(0, |e| e.seq)
     }
 
+    /// Whether this commit follows an aggregate whose last event is `last`:
+    /// its events are `last + 1`, `last + 2`… A republished copy, a forgery
+    /// at a used sequence or a commit after a gap does not, and the reason
+    /// says so. The engine and every read model apply only commits that do.
+    pub fn follows(&self, last: u64) -> Result<(), String> {
+        for (offset, event) in self.events.iter().enumerate() {
+            if event.seq != last + 1 + offset as u64 {
+                return Err(format!(
+                    "out of sequence: {} is at event {last}, so the next is {}, but this commit holds event {}",
+                    self.stream.path(),
+                    last + 1,
+                    event.seq
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The headline of the commit, the last token of its subject.
     pub fn kind(&self) -> &'static str {
         match &self.stream {
