@@ -265,42 +265,23 @@ impl Sim {
                     let due = self.step + self.rng.range(0, DELAY_STEPS_MAX);
                     self.network.push((due, Op::Load { io, key: (account, stream) }));
                 }
-                Output::Reply { origin: Origin::Request(token), result, envelope, now } => {
-                    if let Some(trace) = &self.trace
-                        && key_of(&envelope).1.path().ends_with(trace.as_str())
-                    {
-                        eprintln!(
-                            "step {}: reply {} at {} {:?}",
-                            self.step,
-                            envelope.id,
-                            now,
-                            result.as_ref().map(|o| match o {
-                                Outcome::Committed { log_seq, .. } => format!("committed {log_seq}"),
-                                other => format!("{other:?}"),
-                            })
-                        );
-                    }
-                    self.answer(token as usize, result)
-                }
-                Output::Reply { origin, envelope, result: Ok(Outcome::Refused(refusal)), .. } => {
-                    // The engine's own commands are never refused by a rule, whatever the faults.
-                    if origin == Origin::Timer {
-                        return Err(self.fail(format!("the tick {} was refused: {refusal}", envelope.id)));
-                    }
-                }
                 Output::Reply { origin, envelope, result, now } => {
                     if let Some(trace) = &self.trace
                         && key_of(&envelope).1.path().ends_with(trace.as_str())
                     {
-                        eprintln!(
-                            "step {}: {origin:?} {} at {now}: {:?}",
-                            self.step,
-                            envelope.id,
-                            result.as_ref().map(|o| match o {
-                                Outcome::Committed { log_seq, .. } => format!("committed {log_seq}"),
-                                other => format!("{other:?}"),
-                            })
-                        );
+                        let shown = result.as_ref().map(|o| match o {
+                            Outcome::Committed { log_seq, .. } => format!("committed {log_seq}"),
+                            other => format!("{other:?}"),
+                        });
+                        eprintln!("step {}: {origin:?} {} at {now}: {shown:?}", self.step, envelope.id);
+                    }
+                    match (origin, result) {
+                        (Origin::Request(token), result) => self.answer(token as usize, result),
+                        // The engine's own ticks are never refused by a rule, whatever the faults.
+                        (Origin::Timer, Ok(Outcome::Refused(refusal))) => {
+                            return Err(self.fail(format!("the tick {} was refused: {refusal}", envelope.id)));
+                        }
+                        _ => {}
                     }
                 }
             }
