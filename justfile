@@ -23,7 +23,7 @@ demo: build nats
     $convo serve --data-dir .data/demo --prefix demo 2> .data/demo/serve.log &
     serve=$!
     trap 'kill -INT $serve 2>/dev/null || true; wait $serve 2>/dev/null || true' EXIT
-    for _ in $(seq 50); do [ -s .data/demo/nats.url ] && break; sleep 0.1; done
+    for _ in $(seq 100); do [ -s .data/demo/nats.url ] && [ -s .data/demo/http.url ] && break; sleep 0.1; done
     $convo tail --data-dir .data/demo --prefix demo --conversation r0000042 --no-follow
     echo
     echo "== read models folded from the stream into sled: SLA by campaign, the audit chain, a contact's history =="
@@ -31,6 +31,19 @@ demo: build nats
     $convo audit catch-up --data-dir .data/demo --prefix demo
     $convo audit verify --data-dir .data/demo --prefix demo
     $convo contact p5550000042 history --data-dir .data/demo --prefix demo
+    echo
+    echo "== the HTTP gateway: every request carries a credential; who acts comes from it =="
+    http=$(cat .data/demo/http.url); operator=$(cat .data/demo/operator.key)
+    post() { curl -s -w ' -> HTTP %{http_code}\n' -H "Authorization: Bearer $1" -H 'Content-Type: application/json' -X POST "$http/v1/accounts/$2/commands/$3" -d "$4"; }
+    printf 'no credential: '; curl -s -o /dev/null -w 'HTTP %{http_code}\n' -X POST "$http/v1/accounts/acme/commands/configure_account" -d '{}'
+    printf 'the operator creates account acme: '; post "$operator" acme configure_account '{"id":"acme-1","command":{"type":"configure_account","name":"Acme","typifications":[{"id":"venta","name":"Venta"}]}}' | cut -c1-60
+    printf 'and its admin: '; post "$operator" acme define_user '{"id":"acme-2","command":{"type":"define_user","id":"sara","name":"Sara","email":"sara@acme.co","role":"admin"}}' | cut -c1-60
+    key=$(curl -s -H "Authorization: Bearer $operator" -X POST "$http/v1/accounts/acme/commands/issue_api_key" -d '{"id":"acme-3","command":{"type":"issue_api_key","key":"sara-laptop","holder":{"user":"sara"}}}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["credential"])')
+    echo "an API key for sara, shown once: ${key:0:40}…"
+    printf 'sara, on another account: '; post "$key" default configure_account '{"id":"x-1","command":{"type":"configure_account","name":"Mine now"}}'
+    printf 'sara defines a channel: '; post "$key" acme define_channel '{"id":"acme-4","command":{"type":"define_channel","id":"wa","kind":"whatsapp","external_id":"+573000000000"}}' | cut -c1-60
+    echo "acme's audit log, read by sara (actor and address from her credential and connection):"
+    curl -s -H "Authorization: Bearer $key" "$http/v1/accounts/acme/audit" | python3 -c 'import json,sys; [print("  ", e["time"], e["actor"], e["ip"], e["action"], e["target"]) for e in json.load(sys.stdin)["entries"]]'
     echo
     echo "== a seeded random day of 10000 conversations, checked against an independent model of the rules =="
     $convo simulate --random --seed 1 --conversations 10000 --no-events --summary

@@ -80,10 +80,29 @@ fn setup_commands() -> Vec<Value> {
     ]
 }
 
+/// The bench's API keys: one per user, and the channel gateway's for contacts' messages.
+const KEYS: [(&str, &str); 4] = [("a1", "user"), ("a2", "user"), ("sup", "user"), ("gw", "integration")];
+
+fn key_secret(key: &str) -> String {
+    convo_engine::access::hex(&convo_engine::access::sha256(&format!("bench-secret-{key}")))
+}
+
+/// The bearer credential a scripted actor sends with.
+fn credential(actor: &Value) -> String {
+    let key = actor["user"]["id"].as_str().unwrap_or("gw");
+    convo_engine::access::key_token(&"bench".parse().expect("valid"), &key.parse().expect("valid"), &key_secret(key))
+}
+
 /// The setup as commands of the bench account.
 fn setup_envelopes() -> Vec<CommandEnvelope> {
+    let keys = KEYS.iter().map(|(key, holder)| {
+        let secret_sha256 = convo_engine::access::hex(&convo_engine::access::sha256(&key_secret(key)));
+        let scopes = if *holder == "integration" { json!({"commands": ["receive_message"]}) } else { json!({}) };
+        json!({"type": "issue_api_key", "key": key, "holder": {*holder: key}, "scopes": scopes, "secret_sha256": secret_sha256})
+    });
     setup_commands()
         .into_iter()
+        .chain(keys)
         .enumerate()
         .map(|(n, c)| CommandEnvelope {
             id: format!("setup-{n}").parse().expect("valid"),
@@ -149,12 +168,13 @@ async fn engine_write(url: &str, prefix: &str, conversations: usize, in_flight: 
     let config = convo_engine::serve::ServeConfig { partitions: 1, ..Default::default() };
     let served = store.clone();
     let service = tokio::spawn(async move {
-        convo_engine::serve::serve(served, &mut bus, Arc::new(WallClock), config, async {
+        let (_local, local) = tokio::sync::mpsc::channel(1);
+        convo_engine::serve::serve(served, &mut bus, local, Arc::new(WallClock), config, async {
             let _ = stopped.await;
         })
         .await
     });
-    let client = async_nats::connect(url).await?;
+    let client = convo_store::connect(url).await?;
     let subject = format!("{prefix}.bench.cmd");
     let started = Instant::now();
     let mut latencies = Vec::new();
@@ -168,7 +188,12 @@ async fn engine_write(url: &str, prefix: &str, conversations: usize, in_flight: 
             for body in script(n) {
                 let t = Instant::now();
                 let kind = body["command"]["type"].as_str().unwrap_or("any");
-                let reply = client.request(format!("{subject}.{kind}"), body.to_string().into()).await;
+                let mut headers = async_nats::HeaderMap::new();
+                headers
+                    .insert(convo_store::bus::AUTHORIZATION, format!("Bearer {}", credential(&body["actor"])).as_str());
+                let request = json!({"id": body["id"], "command": body["command"]});
+                let reply =
+                    client.request_with_headers(format!("{subject}.{kind}"), headers, request.to_string().into()).await;
                 let value: Value =
                     reply.ok().and_then(|r| serde_json::from_slice(&r.payload).ok()).unwrap_or(Value::Null);
                 out.push((t.elapsed(), value));
@@ -212,7 +237,7 @@ async fn engine_write(url: &str, prefix: &str, conversations: usize, in_flight: 
 }
 
 async fn stream_bytes(url: &str, prefix: &str) -> Result<usize> {
-    let js = async_nats::jetstream::new(async_nats::connect(url).await?);
+    let js = async_nats::jetstream::new(convo_store::connect(url).await?);
     let stream = js.get_stream(StoreConfig::for_prefix(prefix).stream).await?;
     Ok(stream.get_info().await?.state.bytes as usize)
 }
@@ -226,7 +251,7 @@ async fn raw_appends(
     per_subject: usize,
     payload: usize,
 ) -> Result<(usize, f64, Vec<Duration>)> {
-    let js = async_nats::jetstream::new(async_nats::connect(url).await?);
+    let js = async_nats::jetstream::new(convo_store::connect(url).await?);
     js.create_stream(async_nats::jetstream::stream::Config {
         name: name.to_uppercase(),
         subjects: vec![format!("{name}.>")],
@@ -287,7 +312,7 @@ async fn fill(url: &str, prefix: &str, events_min: usize) -> Result<(usize, usiz
     });
     let mut memory = Engine::recover(MemoryStore::new(prefix)).await?;
     memory.replay(inputs).await?;
-    let js = async_nats::jetstream::new(async_nats::connect(url).await?);
+    let js = async_nats::jetstream::new(convo_store::connect(url).await?);
     let store = JetStreamStore::connect(url, StoreConfig::for_prefix(prefix)).await?;
     drop(store); // creates the stream
     let last = memory.store().last_seq().await?;
@@ -316,7 +341,7 @@ async fn fill(url: &str, prefix: &str, events_min: usize) -> Result<(usize, usiz
 }
 
 async fn raw_read(url: &str, prefix: &str, commits: usize) -> Result<f64> {
-    let js = async_nats::jetstream::new(async_nats::connect(url).await?);
+    let js = async_nats::jetstream::new(convo_store::connect(url).await?);
     let stream = js.get_stream(StoreConfig::for_prefix(prefix).stream).await?;
     let consumer = stream.create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default()).await?;
     let started = Instant::now();

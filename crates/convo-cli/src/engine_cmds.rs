@@ -14,8 +14,33 @@ use convo_sim::{Record, scenario};
 use convo_store::launcher::{LaunchOptions, NatsServer};
 use convo_store::{EventStore, JetStreamStore, StoreConfig};
 
-/// Where `serve` leaves the URL of its embedded server, for `send` and `tail`.
+/// Where `serve` leaves the URL of its embedded server, with the engine's
+/// NATS credentials, for `send` and `tail` (mode 0600).
 const URL_FILE: &str = "nats.url";
+/// Where `serve` leaves the HTTP gateway's URL.
+pub const HTTP_URL_FILE: &str = "http.url";
+/// The platform operator's credential, made at the first start (mode 0600).
+pub const OPERATOR_KEY_FILE: &str = "operator.key";
+
+/// The operator's credential under `dir`, made (and said where) when there is none yet.
+fn operator_credential(dir: &std::path::Path) -> Result<String> {
+    let path = dir.join(OPERATOR_KEY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(token) => Ok(token.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let secret = convo_engine::access::new_secret().map_err(anyhow::Error::msg)?;
+            let token = convo_engine::access::operator_token(&secret);
+            std::fs::create_dir_all(dir)?;
+            convo_store::launcher::write_private(&path, format!("{token}\n").as_bytes())?;
+            eprintln!(
+                "convo: made the platform operator's credential: {} (mode 0600; the only credential that creates accounts)",
+                path.display()
+            );
+            Ok(token)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
 
 #[derive(Args, Debug)]
 pub struct Connection {
@@ -86,6 +111,24 @@ pub struct ServeArgs {
     /// Partitions sharing the accounts, each with its own engine task (accounts hash onto them).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=convo_engine::serve::PARTITIONS_MAX as i64))]
     partitions: u16,
+    /// Where the HTTP gateway listens (the port is written to <data-dir>/http.url).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    http: std::net::SocketAddr,
+    /// Do not run the HTTP gateway.
+    #[arg(long)]
+    no_http: bool,
+    /// A proxy whose `Forwarded`/`X-Forwarded-For` the gateway believes (repeatable).
+    #[arg(long)]
+    trusted_proxy: Vec<std::net::IpAddr>,
+    /// Accept HS256 JWTs from an identity provider, signed with the key in this file.
+    #[arg(long, requires_all = ["jwt_issuer", "jwt_audience"])]
+    jwt_key_file: Option<PathBuf>,
+    /// The `iss` a JWT must carry.
+    #[arg(long)]
+    jwt_issuer: Option<String>,
+    /// The `aud` a JWT must carry.
+    #[arg(long)]
+    jwt_audience: Option<String>,
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
@@ -101,18 +144,20 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             }
             let url = server.url();
             eprintln!(
-                "convo: started {} (pid {}) on {url}; JetStream data in {}",
+                "convo: started {} (pid {}) on {} (no anonymous access; the engine's NATS credentials are in {}, mode 0600); JetStream data in {}",
                 server.binary.display(),
                 server.pid(),
+                server.public_url(),
+                c.data_dir.join(URL_FILE).display(),
                 launch.data_dir.join("jetstream").display()
             );
-            std::fs::write(c.data_dir.join(URL_FILE), &url)?;
+            convo_store::launcher::write_private(&c.data_dir.join(URL_FILE), url.as_bytes())?;
             embedded = Some(server);
             url
         }
     };
     let store = JetStreamStore::connect(&url, c.store_config()).await?;
-    eprintln!("convo: connected to nats-server {} at {url}", store.server_version());
+    eprintln!("convo: connected to nats-server {} at {}", store.server_version(), convo_store::strip_userinfo(&url));
     // One engine per stream until partitions are shared: a second one refuses here.
     let lease = acquire_lease(&store).await?;
     let client = store.client().clone();
@@ -131,12 +176,60 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             _ = reason_rx.wait_for(Option::is_some) => {}
         }
     };
+    let operator = operator_credential(&c.data_dir)?;
+    let jwt = match &args.jwt_key_file {
+        Some(file) => Some(convo_engine::access::JwtConfig {
+            key: std::fs::read(file).with_context(|| format!("cannot read the JWT key {}", file.display()))?,
+            issuer: args.jwt_issuer.clone().unwrap_or_default(),
+            audience: args.jwt_audience.clone().unwrap_or_default(),
+        }),
+        None => None,
+    };
+    let access = convo_engine::access::AccessConfig {
+        operator_sha256: Some(convo_engine::access::sha256(
+            operator.strip_prefix(&format!("{}.", convo_engine::access::OPERATOR_PREFIX)).unwrap_or(&operator),
+        )),
+        jwt,
+    };
     let config = convo_engine::serve::ServeConfig {
+        access: std::sync::Arc::new(access),
         command_bytes_max: args.command_bytes_max,
         partitions: usize::from(args.partitions),
         ..Default::default()
     };
-    let stats = convo_engine::serve::serve(store, &mut bus, std::sync::Arc::new(WallClock), config, shutdown).await?;
+    let (local_tx, local_rx) = tokio::sync::mpsc::channel(convo_engine::serve::PARTITION_QUEUE_MAX);
+    let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let gateway = if args.no_http {
+        drop(local_tx);
+        None
+    } else {
+        let listener = tokio::net::TcpListener::bind(args.http)
+            .await
+            .with_context(|| format!("cannot listen on {} for HTTP", args.http))?;
+        let url = format!("http://{}", listener.local_addr()?);
+        std::fs::write(c.data_dir.join(HTTP_URL_FILE), &url)?;
+        eprintln!("convo: HTTP gateway on {url} (written to {})", c.data_dir.join(HTTP_URL_FILE).display());
+        let router = convo_gateway::router(
+            local_tx,
+            store.clone(),
+            convo_gateway::GatewayConfig {
+                trusted_proxies: args.trusted_proxy.clone(),
+                projections: c.data_dir.join("projections"),
+            },
+        );
+        Some(tokio::spawn(convo_gateway::serve(listener, router, async {
+            let _ = http_stop_rx.await;
+        })))
+    };
+    let engine_store = store.clone();
+    let stats =
+        convo_engine::serve::serve(engine_store, &mut bus, local_rx, std::sync::Arc::new(WallClock), config, shutdown)
+            .await?;
+    let _ = http_stop_tx.send(());
+    if let Some(gateway) = gateway {
+        let _ = gateway.await;
+        let _ = std::fs::remove_file(c.data_dir.join(HTTP_URL_FILE));
+    }
     let sum = |f: fn(&convo_engine::serve::ServeStats) -> u64| stats.iter().map(f).sum::<u64>();
     let in_flight = stats.iter().map(|s| s.io_in_flight_max).max().unwrap_or(0);
     eprintln!(
@@ -268,8 +361,12 @@ async fn supervise(
 
 #[derive(Args, Debug)]
 #[command(after_help = r#"Examples:
-  convo send --account acme '{"id":"m-1","actor":{"contact":"573001112233"},"command":{"type":"receive_message","conversation":"c1","contact":"573001112233","channel":"wa","text":"Hola"}}'
-  echo '{"id":"c-9","actor":{"user":{"id":"ana","ip":"10.0.0.11"}},"command":{"type":"close","conversation":"c1","typification":"venta"}}' | convo send --account acme -
+  convo send --operator --account acme '{"id":"a-1","command":{"type":"configure_account","name":"Acme"}}'
+  export CONVO_CREDENTIAL=convo-key.acme.wa-gateway.…   # an API key the account issued
+  convo send --account acme '{"id":"m-1","command":{"type":"receive_message","conversation":"c1","contact":"573001112233","channel":"wa","text":"Hola"}}'
+  echo '{"id":"c-9","command":{"type":"close","conversation":"c1","typification":"venta"}}' | convo send --account acme -
+
+Who acts comes from the credential, never from the body.
 
 Prints the engine's reply: outcome committed (with the events), nothing,
 duplicate, rejected (the broken rule) or error. Exit code 0, 1 when rejected,
@@ -280,7 +377,13 @@ pub struct SendArgs {
     /// The account (tenant) the command belongs to.
     #[arg(long)]
     account: String,
-    /// The request: {"id", "actor", "command"} as JSON (`-` reads standard input).
+    /// The bearer credential: an API key or a JWT.
+    #[arg(long, env = "CONVO_CREDENTIAL", hide_env_values = true)]
+    credential: Option<String>,
+    /// Act as the platform operator (the credential in <data-dir>/operator.key).
+    #[arg(long, conflicts_with = "credential")]
+    operator: bool,
+    /// The request: {"id", "command"} as JSON (`-` reads standard input).
     request: String,
 }
 
@@ -298,7 +401,19 @@ pub async fn send(args: SendArgs) -> Result<std::process::ExitCode> {
         .filter(|t| t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
         .unwrap_or_else(|| "unknown".into());
     let subject = format!("{}.{}.cmd.{kind}", args.connection.prefix, args.account);
-    let reply = convo_store::bus::request(&args.connection.url()?, &subject, body.into_bytes()).await?;
+    let credential = if args.operator {
+        let path = args.connection.data_dir.join(OPERATOR_KEY_FILE);
+        Some(
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?
+                .trim()
+                .to_owned(),
+        )
+    } else {
+        args.credential.clone()
+    };
+    let url = args.connection.url()?;
+    let reply = convo_store::bus::request(&url, &subject, credential.as_deref(), body.into_bytes()).await?;
     let value: serde_json::Value = serde_json::from_slice(&reply).context("the engine's reply is not JSON")?;
     println!("{}", serde_json::to_string_pretty(&value)?);
     Ok(match value["outcome"].as_str() {

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{CommandId, ContactId, UserId};
+use crate::ids::{CommandId, ContactId, IntegrationId, UserId};
 use crate::time::Timestamp;
 
 /// How many command ids an aggregate remembers for idempotency. An older
@@ -27,15 +27,28 @@ pub enum Actor {
     },
     /// The contact (customer) of a conversation.
     Contact(ContactId),
-    /// A rule of the engine (`sla`, `contact_inactivity`, `routing`…) or an
-    /// integration acting as the system.
+    /// A rule of the engine (`sla`, `contact_inactivity`, `routing`…), or a
+    /// trusted offline input (a replayed scenario). Never a network client.
     System(String),
+    /// An API client of the account, authenticated by its key; what it may do
+    /// is bounded by its scopes at the front door.
+    Integration {
+        id: IntegrationId,
+        #[serde(default)]
+        ip: Option<IpAddr>,
+    },
+    /// The platform operator: creates accounts and acts across them.
+    Operator {
+        #[serde(default)]
+        ip: Option<IpAddr>,
+    },
 }
 
 /// The system actors the engine itself acts as: its timers, routing and
 /// rules, and the automated messages they send. No client may claim one of
 /// these names (a close "by contact_inactivity" must be the engine's own).
-pub const ENGINE_ACTORS: [&str; 14] = [
+pub const ENGINE_ACTORS: [&str; 15] = [
+    "access",
     "timer",
     "routing",
     "sla",
@@ -55,6 +68,20 @@ pub const ENGINE_ACTORS: [&str; 14] = [
 impl Actor {
     pub fn system(rule: &str) -> Self {
         Actor::System(rule.to_owned())
+    }
+
+    /// The address the actor acted from, as the server saw it.
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            Actor::User { ip, .. } | Actor::Integration { ip, .. } | Actor::Operator { ip } => *ip,
+            Actor::Contact(_) | Actor::System(_) => None,
+        }
+    }
+
+    /// Whether the actor is trusted like the engine's own rules (the system,
+    /// the platform operator, an integration within its scopes).
+    pub fn is_trusted(&self) -> bool {
+        matches!(self, Actor::System(_) | Actor::Integration { .. } | Actor::Operator { .. })
     }
 
     pub fn user_id(&self) -> Option<&UserId> {

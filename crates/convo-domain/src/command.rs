@@ -9,7 +9,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::Actor;
-use crate::config::{AccountSettings, CampaignSpec, ChannelSpec, ClientSpec, EntityRef, ProjectSpec, UserSpec};
+use crate::config::{
+    AccountSettings, ApiKeySpec, CampaignSpec, ChannelSpec, ClientSpec, DeniedAttempt, EntityRef, KeyRef, ProjectSpec,
+    UserSpec,
+};
 use crate::ids::{AccountId, CampaignId, ChannelId, CommandId, ContactId, ConversationId, TypificationId, UserId};
 use crate::schedule::ScheduleSpec;
 
@@ -198,6 +201,11 @@ pub enum Command {
     Close(Close),
     AnswerSurvey(AnswerSurvey),
     Tick(Tick),
+    // access (appended: the order is part of the encoding)
+    IssueApiKey(ApiKeySpec),
+    RevokeApiKey(KeyRef),
+    /// Only the engine records these (refused at the door for everyone else).
+    RecordDenied(DeniedAttempt),
 }
 
 /// Which aggregate decides a command.
@@ -218,6 +226,41 @@ pub struct CommandParseError {
 }
 
 impl Command {
+    /// Every command type, as named in the JSON view and in command subjects.
+    pub const TYPE_NAMES: [&'static str; 31] = [
+        "configure_account",
+        "define_client",
+        "update_client",
+        "define_project",
+        "update_project",
+        "define_schedule",
+        "update_schedule",
+        "define_channel",
+        "update_channel",
+        "define_user",
+        "update_user",
+        "define_campaign",
+        "update_campaign",
+        "activate",
+        "inactivate",
+        "set_agent_state",
+        "receive_message",
+        "start_outbound",
+        "send_message",
+        "send_bot_message",
+        "assign",
+        "transfer",
+        "set_field",
+        "add_label",
+        "remove_label",
+        "close",
+        "answer_survey",
+        "tick",
+        "issue_api_key",
+        "revoke_api_key",
+        "record_denied",
+    ];
+
     /// The command's `type` in its JSON view.
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -249,6 +292,9 @@ impl Command {
             Self::Close(_) => "close",
             Self::AnswerSurvey(_) => "answer_survey",
             Self::Tick(_) => "tick",
+            Self::IssueApiKey(_) => "issue_api_key",
+            Self::RevokeApiKey(_) => "revoke_api_key",
+            Self::RecordDenied(_) => "record_denied",
         }
     }
 

@@ -13,7 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Actor, Decision, Emitter, RecentCommands, Recorded};
 use crate::command::{Command, CommandEnvelope};
-use crate::ids::{AccountId, CampaignId, ChannelId, ClientId, ProjectId, ScheduleId, TypificationId, UserId, check_id};
+use crate::ids::{
+    AccountId, CampaignId, ChannelId, ClientId, IntegrationId, KeyId, ProjectId, ScheduleId, TypificationId, UserId,
+    check_id,
+};
 use crate::rejection::Rejection;
 use crate::schedule::{ScheduleSpec, Zone};
 use crate::template;
@@ -41,6 +44,14 @@ pub const CANNED_RESPONSES_MAX: usize = 1000;
 pub const AGENT_STATES_MAX: usize = 32;
 pub const REGEX_RULES_MAX: usize = 100;
 pub const ALLOWED_NETWORKS_MAX: usize = 100;
+/// The most API keys an account may have issued (revoked ones count: a key id is never reused).
+pub const API_KEYS_MAX: usize = 10_000;
+/// The most entries in one of an integration's scope lists.
+pub const SCOPES_MAX: usize = 64;
+/// The system actor under which the front door records denied attempts.
+pub const DENIED_ACTOR: &str = "access";
+/// The read models and feeds an integration's `reads` scope may name.
+pub const READ_SCOPES: [&str; 4] = ["audit", "reports", "contact_history", "events"];
 
 /// The agent state in which routing offers work.
 pub const STATE_AVAILABLE: &str = "available";
@@ -355,6 +366,77 @@ impl std::fmt::Display for EntityRef {
     }
 }
 
+/// Who an API key speaks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyHolder {
+    /// A user of the account: the key acts with the user's role.
+    User(UserId),
+    /// An integration: the key acts within its scopes.
+    Integration(IntegrationId),
+}
+
+/// What an integration may do: the command types it may send, and the read
+/// models and feeds (`audit`, `reports`, `contact_history`, `events`) it may read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scopes {
+    #[serde(default)]
+    pub commands: Vec<String>,
+    #[serde(default)]
+    pub reads: Vec<String>,
+}
+
+/// An API key of the account. The secret itself is never part of it: the
+/// engine generates the secret, answers it once, and records only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySpec {
+    pub key: KeyId,
+    pub holder: KeyHolder,
+    /// For an integration's key; a user's key acts with the user's role.
+    #[serde(default)]
+    pub scopes: Scopes,
+    /// Filled by the engine when it generates the secret (64 hex digits); a
+    /// client never sends it.
+    #[serde(default)]
+    pub secret_sha256: String,
+}
+
+/// A key to revoke.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRef {
+    pub key: KeyId,
+}
+
+/// A request the front door refused, as the audit log keeps it. Recorded by
+/// the engine only (a sample of them: `unrecorded_before` counts the refusals
+/// of the account not recorded since the previous sample).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeniedAttempt {
+    /// Who tried: `user:ana`, `integration:crm`, `operator`, or `anonymous`.
+    pub principal: String,
+    /// The address the request came from, when the transport knows it.
+    #[serde(default)]
+    pub ip: Option<String>,
+    /// The command type or read asked for.
+    pub action: String,
+    /// The rule that refused it (`credential`, `tenant`, `scope`, `role`, `network`…).
+    pub rule: String,
+    pub message: String,
+    #[serde(default)]
+    pub unrecorded_before: u64,
+}
+
+/// An issued key and whether it still works.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub spec: ApiKeySpec,
+    pub revoked: bool,
+}
+
 // ---------------------------------------------------------------- events
 
 /// What happened to an account's configuration.
@@ -376,6 +458,9 @@ pub enum ConfigEvent {
     CampaignUpdated(CampaignSpec),
     Activated(EntityRef),
     Inactivated(EntityRef),
+    ApiKeyIssued(ApiKeySpec),
+    ApiKeyRevoked(KeyRef),
+    AccessDenied(DeniedAttempt),
 }
 
 impl ConfigEvent {
@@ -390,6 +475,9 @@ impl ConfigEvent {
             Self::UserDefined(s) | Self::UserUpdated(s) => format!("user/{}", s.id),
             Self::CampaignDefined(s) | Self::CampaignUpdated(s) => format!("campaign/{}", s.id),
             Self::Activated(e) | Self::Inactivated(e) => entity_path(e),
+            Self::ApiKeyIssued(s) => format!("api_key/{}", s.key),
+            Self::ApiKeyRevoked(k) => format!("api_key/{}", k.key),
+            Self::AccessDenied(_) => "access".into(),
         }
     }
 }
@@ -434,6 +522,8 @@ pub struct Catalog {
     pub campaigns: BTreeMap<CampaignId, Entry<CampaignSpec>>,
     /// Derived: which campaign each channel is attached to.
     pub channel_campaign: BTreeMap<ChannelId, CampaignId>,
+    /// The account's API keys, revoked ones included.
+    pub keys: BTreeMap<KeyId, ApiKey>,
     /// Derived: the allowed networks, parsed once when the settings change.
     networks: Vec<Cidr>,
     recent: RecentCommands,
@@ -525,6 +615,7 @@ impl Catalog {
             users: BTreeMap::new(),
             campaigns: BTreeMap::new(),
             channel_campaign: BTreeMap::new(),
+            keys: BTreeMap::new(),
             networks: Vec::new(),
             recent: RecentCommands::default(),
         }
@@ -595,8 +686,22 @@ impl Catalog {
         if let Some((first_seq, last_seq)) = self.recent.find(&envelope.id) {
             return Ok(Decision::Duplicate { first_seq, last_seq });
         }
+        if let Command::RecordDenied(d) = &envelope.command {
+            if envelope.actor != Actor::system(DENIED_ACTOR) {
+                return Err(Rejection::Forbidden { action: "record_denied", needed: "the engine's front door" });
+            }
+            if self.seq == 0 {
+                return Err(Rejection::Unknown { entity: format!("account {}", self.account) });
+            }
+            let mut out = Emitter::new(self.seq, now, &envelope.id, &envelope.actor);
+            out.emit(ConfigEvent::AccessDenied(d.clone()));
+            return Ok(out.finish());
+        }
+        if self.seq == 0 && !matches!(envelope.actor, Actor::Operator { .. } | Actor::System(_)) {
+            return Err(Rejection::Forbidden { action: "creating an account", needed: "the platform operator" });
+        }
         match self.check_actor(&envelope.actor)? {
-            None if matches!(envelope.actor, Actor::System(_)) => {}
+            None if envelope.actor.is_trusted() => {}
             Some(user) if user.role == Role::Admin => {}
             _ => {
                 return Err(Rejection::Forbidden {
@@ -604,6 +709,10 @@ impl Catalog {
                     needed: "an admin user or the system",
                 });
             }
+        }
+        let keys = matches!(envelope.command, Command::IssueApiKey(_) | Command::RevokeApiKey(_));
+        if keys && matches!(envelope.actor, Actor::Integration { .. }) {
+            return Err(Rejection::Forbidden { action: "issuing or revoking API keys", needed: "an admin user" });
         }
         let mut out = Emitter::new(self.seq, now, &envelope.id, &envelope.actor);
         let event = match &envelope.command {
@@ -690,6 +799,15 @@ impl Catalog {
                 }
                 if activate { ConfigEvent::Activated(e.clone()) } else { ConfigEvent::Inactivated(e.clone()) }
             }
+            Command::IssueApiKey(s) => {
+                self.check_key(s)?;
+                ConfigEvent::ApiKeyIssued(s.clone())
+            }
+            Command::RevokeApiKey(k) => match self.keys.get(&k.key) {
+                None => return Err(Rejection::Unknown { entity: format!("API key {}", k.key) }),
+                Some(key) if key.revoked => return Ok(out.finish()), // already revoked: nothing to record
+                Some(_) => ConfigEvent::ApiKeyRevoked(k.clone()),
+            },
             other => {
                 return Err(Rejection::WrongAggregate {
                     command: other.type_name(),
@@ -895,6 +1013,64 @@ impl Catalog {
         Ok(())
     }
 
+    fn check_key(&self, s: &ApiKeySpec) -> Result<(), Rejection> {
+        if self.keys.contains_key(&s.key) {
+            return Err(Rejection::AlreadyDefined { entity: format!("API key {}", s.key) });
+        }
+        if self.keys.len() >= API_KEYS_MAX {
+            return Err(Rejection::invalid("key", format!("an account issues at most {API_KEYS_MAX} keys")));
+        }
+        if s.secret_sha256.len() != 64 || !s.secret_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Rejection::invalid(
+                "secret_sha256",
+                "the engine fills it (64 hex digits) when it issues the key",
+            ));
+        }
+        match &s.holder {
+            KeyHolder::User(id) => {
+                self.user(id).map_err(|_| Rejection::invalid("holder.user", format!("no active user {id}")))?;
+                if s.scopes != Scopes::default() {
+                    return Err(Rejection::invalid(
+                        "scopes",
+                        "a user's key acts with the user's role; scopes are for integrations",
+                    ));
+                }
+            }
+            KeyHolder::Integration(_) => {
+                check_max("scopes.commands", &s.scopes.commands, SCOPES_MAX)?;
+                check_max("scopes.reads", &s.scopes.reads, SCOPES_MAX)?;
+                for (i, c) in s.scopes.commands.iter().enumerate() {
+                    if !Command::TYPE_NAMES.contains(&c.as_str()) {
+                        return Err(Rejection::invalid(
+                            format!("scopes.commands[{i}]"),
+                            format!("no command type `{c}`"),
+                        ));
+                    }
+                    if matches!(c.as_str(), "issue_api_key" | "revoke_api_key" | "record_denied") {
+                        return Err(Rejection::invalid(
+                            format!("scopes.commands[{i}]"),
+                            "keys are issued by admins only: an integration cannot widen its own access",
+                        ));
+                    }
+                }
+                for (i, r) in s.scopes.reads.iter().enumerate() {
+                    if !READ_SCOPES.contains(&r.as_str()) {
+                        return Err(Rejection::invalid(
+                            format!("scopes.reads[{i}]"),
+                            format!("`{r}` is not one of {}", READ_SCOPES.join(", ")),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The key with this id, unless it was revoked (or never issued).
+    pub fn live_key(&self, id: &KeyId) -> Option<&ApiKeySpec> {
+        self.keys.get(id).filter(|k| !k.revoked).map(|k| &k.spec)
+    }
+
     // ----- evolve
 
     /// Applies one recorded event. Asserts it is the next in sequence.
@@ -927,6 +1103,15 @@ impl Catalog {
             }
             ConfigEvent::Activated(e) => self.set_active(e, true),
             ConfigEvent::Inactivated(e) => self.set_active(e, false),
+            ConfigEvent::ApiKeyIssued(s) => {
+                self.keys.insert(s.key.clone(), ApiKey { spec: s.clone(), revoked: false });
+            }
+            ConfigEvent::ApiKeyRevoked(k) => {
+                if let Some(key) = self.keys.get_mut(&k.key) {
+                    key.revoked = true;
+                }
+            }
+            ConfigEvent::AccessDenied(_) => {}
         }
     }
 

@@ -373,7 +373,7 @@ fn rule(name: &str) -> Actor {
 fn require_contact(actor: &Actor, contact: &ContactId, action: &'static str) -> Result<(), Rejection> {
     match actor {
         Actor::Contact(id) if id == contact => Ok(()),
-        Actor::System(_) => Ok(()),
+        trusted if trusted.is_trusted() => Ok(()),
         _ => Err(Rejection::Forbidden { action, needed: "the conversation's contact or the system" }),
     }
 }
@@ -607,7 +607,7 @@ impl Conversation {
             }
             Command::SendBotMessage(c) => {
                 self.require_open()?;
-                if !matches!(envelope.actor, Actor::System(_)) {
+                if !envelope.actor.is_trusted() {
                     return Err(Rejection::Forbidden {
                         action: "send_bot_message",
                         needed: "the system (a bot integration)",
@@ -762,7 +762,7 @@ impl Conversation {
     fn who<'a>(&self, ctx: Context<'a>, actor: &'a Actor) -> Result<Who<'a>, Rejection> {
         match actor {
             Actor::Contact(_) => Ok(Who::Contact),
-            Actor::System(_) => Ok(Who::System),
+            Actor::System(_) | Actor::Integration { .. } | Actor::Operator { .. } => Ok(Who::System),
             Actor::User { .. } => {
                 let user = ctx.catalog.check_actor(actor)?.expect("a user actor yields a user");
                 match user.role {

@@ -159,6 +159,14 @@ id_type!(
     /// A closing disposition code.
     TypificationId
 );
+id_type!(
+    /// An API key of an account (the public half of a credential; the secret is never stored).
+    KeyId
+);
+id_type!(
+    /// An API client of an account (a CRM, a channel gateway…), acting with scopes.
+    IntegrationId
+);
 
 /// The id of one event, derived from where it stands in its stream, so the
 /// same history always carries the same ids (the domain generates nothing).

@@ -1,8 +1,10 @@
 //! Command intake: JSON commands as NATS requests on
 //! `<prefix>.<account>.cmd.<type>`, each answered with the outcome.
 //!
-//! A request is `{"id": …, "actor": …, "command": {"type": …, …}}` (the
-//! account comes from the subject, so a tenant cannot write into another).
+//! A request is `{"id": …, "command": {"type": …, …}}` with a bearer
+//! credential beside it (the `Authorization` header): the account comes from
+//! the subject, the actor from the credential and the connection
+//! ([`crate::access`]); a body that names an actor is refused.
 //! The reply is one JSON object whose `outcome` is `committed` (with the log
 //! sequence and the events), `nothing`, `duplicate`, `rejected` (a broken
 //! rule: `code` and `reason`) or `error` (a request that is not a command:
@@ -12,8 +14,11 @@
 
 use serde_json::{Value, json};
 
-use convo_domain::command::{RequestError, parse_actor, parse_client_id, parse_command};
-use convo_domain::{AccountId, CommandEnvelope};
+use convo_domain::command::{RequestError, parse_client_id, parse_command};
+use convo_domain::{AccountId, Actor, Catalog, Command, CommandEnvelope};
+use convo_store::bus::Request;
+
+use crate::access::{self, AccessConfig, Denied, Principal, ReadScope};
 
 use crate::machine::{Failure, Outcome};
 
@@ -65,16 +70,17 @@ impl From<RequestError> for IntakeError {
     }
 }
 
-const KEYS: [&str; 3] = ["id", "actor", "command"];
+const KEYS: [&str; 2] = ["id", "command"];
 
 /// Parses a request of at most `bytes_max` bytes, received on a subject
-/// naming `account` and command type `kind`, into a command of that account;
-/// a body of another type is refused.
+/// naming `account` and command type `kind`, into a command of that account
+/// by `actor` (whom the credential names); a body of another type is refused.
 pub fn parse_request(
     account: &str,
     kind: &str,
     payload: &[u8],
     bytes_max: usize,
+    actor: Actor,
 ) -> Result<CommandEnvelope, IntakeError> {
     if payload.len() > bytes_max {
         return Err(IntakeError::TooLarge { bytes: payload.len(), max: bytes_max });
@@ -85,16 +91,18 @@ pub fn parse_request(
     let Value::Object(mut map) = value else {
         return Err(invalid("", "a request is a JSON object with id, actor and command".into()));
     };
+    if map.contains_key("actor") {
+        return Err(invalid(
+            "actor",
+            "who acts comes from the credential and the connection, never from the body; remove `actor`".into(),
+        ));
+    }
     if let Some(key) = map.keys().find(|k| !KEYS.contains(&k.as_str())) {
         return Err(invalid(key, format!("unknown key; a request has {}", KEYS.join(", "))));
     }
     let id = match map.remove("id") {
         Some(v) => parse_client_id(v)?,
         None => return Err(invalid("id", "every command carries its id (a string), so a retry is recognised".into())),
-    };
-    let actor = match map.remove("actor") {
-        Some(v) => parse_actor(v)?,
-        None => return Err(invalid("actor", "say who acts: {\"user\":{…}}, {\"contact\":…} or {\"system\":…}".into())),
     };
     let command = map.remove("command").ok_or_else(|| invalid("command", "missing".into()))?;
     let command = parse_command(command).map_err(|e| {
@@ -108,6 +116,91 @@ pub fn parse_request(
         return Err(IntakeError::SubjectMismatch { subject: kind.to_owned(), body: command.type_name().to_owned() });
     }
     Ok(CommandEnvelope { id, account, actor, command })
+}
+
+/// A request that passed the door.
+#[derive(Debug)]
+pub enum Admitted {
+    /// A command to execute; `credential` is the token of a key being issued
+    /// (answered once, with the commit, and never stored).
+    Command { envelope: Box<CommandEnvelope>, credential: Option<String> },
+    /// A read the principal may make, over this part of the account.
+    Read { principal: Principal, scope: ReadScope },
+}
+
+/// A request refused at the door: its reply, and the denial (with who tried)
+/// when it was one, for the audit log.
+#[derive(Debug)]
+pub struct Refused {
+    pub reply: Value,
+    pub denied: Option<Box<(Denied, String)>>,
+}
+
+impl From<IntakeError> for Refused {
+    fn from(e: IntakeError) -> Self {
+        Refused { reply: e.to_json(), denied: None }
+    }
+}
+
+/// The command types no client may send, whatever its credential.
+pub const ENGINE_ONLY_COMMANDS: [&str; 1] = ["record_denied"];
+
+/// Takes a request through the door: its size, its credential (checked
+/// against `catalog`, the account's, `None` when there is no such account),
+/// what the principal may do, then the body.
+pub fn admit(
+    access: &AccessConfig,
+    catalog: Option<&Catalog>,
+    request: &Request,
+    bytes_max: usize,
+    now_secs: i64,
+) -> Result<Admitted, Refused> {
+    if request.payload.len() > bytes_max {
+        return Err(IntakeError::TooLarge { bytes: request.payload.len(), max: bytes_max }.into());
+    }
+    let account = AccountId::new(&request.account)
+        .map_err(|e| IntakeError::Invalid { field: "account".into(), message: e.to_string() })?;
+    let who = |principal: Option<&Principal>| principal.map_or_else(|| "anonymous".to_owned(), Principal::name);
+    let principal = access::authenticate(access, request.credential.as_deref(), &account, catalog, now_secs)
+        .map_err(|d| Refused { reply: d.to_json(), denied: Some(Box::new((d, who(None)))) })?;
+    let deny = |d: Denied| Refused { reply: d.to_json(), denied: Some(Box::new((d, who(Some(&principal))))) };
+    if request.read {
+        let scope = access::authorize_read(&principal, &account, catalog, &request.kind, request.ip).map_err(deny)?;
+        return Ok(Admitted::Read { principal, scope });
+    }
+    if ENGINE_ONLY_COMMANDS.contains(&request.kind.as_str()) {
+        return Err(deny(Denied::Forbidden {
+            rule: "engine_only",
+            message: format!("`{}` is the engine's own command; timers fire by themselves", request.kind),
+        }));
+    }
+    // The body first (a malformed one says so whoever sent it), then what the principal may send.
+    let mut envelope =
+        parse_request(&request.account, &request.kind, &request.payload, bytes_max, principal.actor(request.ip))?;
+    envelope.actor = access::authorize_command(&principal, &account, &request.kind, request.ip).map_err(deny)?;
+    let mut credential = None;
+    if let Command::IssueApiKey(spec) = &mut envelope.command {
+        if !spec.secret_sha256.is_empty() {
+            return Err(IntakeError::Invalid {
+                field: "command.secret_sha256".into(),
+                message: "the engine generates the secret and fills this; leave it out".into(),
+            }
+            .into());
+        }
+        let secret = access::new_secret().map_err(|e| Refused { reply: unavailable(&e), denied: None })?;
+        spec.secret_sha256 = access::hex(&access::sha256(&secret));
+        credential = Some(access::key_token(&envelope.account, &spec.key, &secret));
+    }
+    Ok(Admitted::Command { envelope: Box::new(envelope), credential })
+}
+
+/// The reply to a read the principal may make.
+pub fn authorized(principal: &Principal, scope: &ReadScope) -> Value {
+    let scope = match scope {
+        ReadScope::Account => json!("account"),
+        ReadScope::Campaigns(list) => json!({"campaigns": list}),
+    };
+    json!({"outcome": "authorized", "principal": principal.name(), "scope": scope})
 }
 
 /// The reply to a command that was executed.
@@ -150,9 +243,13 @@ pub fn unavailable(message: &str) -> Value {
 mod tests {
     use super::*;
 
+    fn parse_request(account: &str, kind: &str, payload: &[u8], max: usize) -> Result<CommandEnvelope, IntakeError> {
+        super::parse_request(account, kind, payload, max, Actor::system("test"))
+    }
+
     #[test]
     fn requests_are_parsed_or_refused_with_a_code() {
-        let ok = br#"{"id":"m1","actor":{"contact":"p1"},"command":{"type":"receive_message","conversation":"c1","contact":"p1","channel":"wa","text":"hola"}}"#;
+        let ok = br#"{"id":"m1","command":{"type":"receive_message","conversation":"c1","contact":"p1","channel":"wa","text":"hola"}}"#;
         assert_eq!(
             parse_request("acme", "receive_message", ok, COMMAND_BYTES_MAX).unwrap().command.type_name(),
             "receive_message"
@@ -165,7 +262,7 @@ mod tests {
             parse_request(
                 "acme",
                 "launch_rocket",
-                br#"{"id":"m1","actor":{"system":"x"},"command":{"type":"launch_rocket"}}"#,
+                br#"{"id":"m1","command":{"type":"launch_rocket"}}"#,
                 COMMAND_BYTES_MAX
             )
             .unwrap_err(),
@@ -174,15 +271,13 @@ mod tests {
         let e = parse_request(
             "acme",
             "tick",
-            br#"{"id":"m1","actor":{"system":"x"},"command":{"type":"tick","conversation":"a b"}}"#,
+            br#"{"id":"m1","command":{"type":"tick","conversation":"a b"}}"#,
             COMMAND_BYTES_MAX,
         )
         .unwrap_err();
         assert_eq!((e.code(), e.to_json()["field"].as_str()), ("invalid", Some("command.conversation")));
         assert_eq!(
-            parse_request("acme", "tick", br#"{"actor":{"system":"x"},"command":{}}"#, COMMAND_BYTES_MAX)
-                .unwrap_err()
-                .code(),
+            parse_request("acme", "tick", br#"{"command":{}}"#, COMMAND_BYTES_MAX).unwrap_err().code(),
             "invalid"
         );
         assert_eq!(
@@ -206,7 +301,7 @@ mod tests {
             parse_request(
                 "acme",
                 "receive_message",
-                br#"{"id":"x","actor":{"system":"x"},"command":{"type":"configure_account","name":"A"}}"#,
+                br#"{"id":"x","command":{"type":"configure_account","name":"A"}}"#,
                 COMMAND_BYTES_MAX
             )
             .unwrap_err()
@@ -214,37 +309,21 @@ mod tests {
             "subject_mismatch"
         );
         // The engine's namespace is closed to clients.
-        assert_eq!(
-            field(r#"{"id":"_tick-5","actor":{"system":"x"},"command":{"type":"tick","conversation":"c1"}}"#),
-            "id"
-        );
-        // A system actor's name is bounded.
-        let long = "n".repeat(65);
-        assert_eq!(
-            field(&format!(
-                r#"{{"id":"a","actor":{{"system":"{long}"}},"command":{{"type":"tick","conversation":"c1"}}}}"#
-            )),
-            "actor.system"
-        );
+        assert_eq!(field(r#"{"id":"_tick-5","command":{"type":"tick","conversation":"c1"}}"#), "id");
         // No string in a command is unbounded.
         let label = "l".repeat(5000);
         assert_eq!(
-            field(&format!(
-                r#"{{"id":"a","actor":{{"system":"x"}},"command":{{"type":"add_label","conversation":"c1","label":"{label}"}}}}"#
-            )),
+            field(&format!(r#"{{"id":"a","command":{{"type":"add_label","conversation":"c1","label":"{label}"}}}}"#)),
             "command.label"
         );
-        // Nobody but the engine acts as one of its rules.
+        // Who acts comes from the credential: a body naming an actor is refused.
         assert_eq!(
             field(
                 r#"{"id":"a","actor":{"system":"contact_inactivity"},"command":{"type":"tick","conversation":"c1"}}"#
             ),
-            "actor.system"
+            "actor"
         );
         // A missing field is named with its full path.
-        assert_eq!(
-            field(r#"{"id":"a","actor":{"system":"x"},"command":{"type":"define_schedule","id":"s1"}}"#),
-            "command.name"
-        );
+        assert_eq!(field(r#"{"id":"a","command":{"type":"define_schedule","id":"s1"}}"#), "command.name");
     }
 }

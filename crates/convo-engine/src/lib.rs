@@ -9,6 +9,7 @@
 //! [`intake`] parses command requests and shapes their replies; [`scenario`]
 //! reads the timed-command files that `replay-traffic` and `simulate` run.
 
+pub mod access;
 pub mod clock;
 pub mod core;
 pub mod intake;

@@ -14,14 +14,19 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 
-use convo_domain::{AccountId, Timestamp};
+use std::collections::HashMap;
+
+use convo_domain::command::engine_command_id;
+use convo_domain::config::{DENIED_ACTOR, DeniedAttempt};
+use convo_domain::{AccountId, Actor, Command, CommandEnvelope, Timestamp};
 use convo_store::bus::{CommandBus, Request, Responder};
 use convo_store::{EventStore, LogItem, StoreError};
 use convo_wire::Commit;
 
+use crate::access::AccessConfig;
 use crate::clock::Clock;
-use crate::intake::{parse_request, result_reply};
-use crate::machine::{IoId, Machine, MachineConfig, MachineStats, Origin, Output};
+use crate::intake::{Admitted, admit, authorized, result_reply};
+use crate::machine::{IoId, Machine, MachineConfig, MachineStats, Origin, Outcome, Output};
 use crate::runtime::{EngineError, Partition, recover_machines};
 
 /// Requests waiting for one partition; beyond, a request is refused as `overloaded`.
@@ -32,9 +37,17 @@ pub const PARTITIONS_MAX: usize = 256;
 pub const IDLE_WAKE_MS: u64 = 1_000;
 pub use crate::machine::EVICT_CLOSED_AFTER_SECS;
 
+/// How many refused requests of one account are recorded, one by one, per window.
+pub const DENIED_SAMPLES_PER_WINDOW: u32 = 20;
+/// The window of [`DENIED_SAMPLES_PER_WINDOW`]; refusals beyond it are counted
+/// and the count recorded with the next sample (or when the window ends).
+pub const DENIED_WINDOW_MS: u64 = 60_000;
+
 /// The service's settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ServeConfig {
+    /// Who may do what: the operator's credential, the identity provider.
+    pub access: Arc<AccessConfig>,
     /// The largest command request accepted, in bytes.
     pub command_bytes_max: usize,
     /// How many partitions share the accounts (each a task with its own machine).
@@ -49,7 +62,12 @@ impl Default for ServeConfig {
             evict_closed_after_ms: Some(EVICT_CLOSED_AFTER_SECS as i64 * 1000),
             ..MachineConfig::serve()
         };
-        Self { command_bytes_max: crate::intake::COMMAND_BYTES_MAX, partitions: 1, machine }
+        Self {
+            access: Arc::new(AccessConfig::default()),
+            command_bytes_max: crate::intake::COMMAND_BYTES_MAX,
+            partitions: 1,
+            machine,
+        }
     }
 }
 
@@ -62,6 +80,7 @@ pub type ServeStats = MachineStats;
 pub async fn serve<S: EventStore + Clone + 'static>(
     store: S,
     bus: &mut CommandBus,
+    local: mpsc::Receiver<Request>,
     clock: Arc<dyn Clock>,
     config: ServeConfig,
     shutdown: impl Future<Output = ()>,
@@ -74,12 +93,12 @@ pub async fn serve<S: EventStore + Clone + 'static>(
     for machine in machines {
         let (tx, rx) = mpsc::channel(PARTITION_QUEUE_MAX);
         queues.push(tx);
-        let (responder, clock, store) = (responder.clone(), clock.clone(), store.clone());
+        let (responder, clock, store, config) = (responder.clone(), clock.clone(), store.clone(), config.clone());
         tasks.push(tokio::spawn(async move {
-            run_partition(machine, store, rx, &responder, clock.as_ref(), config.command_bytes_max).await
+            run_partition(machine, store, rx, &responder, clock.as_ref(), &config).await
         }));
     }
-    dispatch(bus, &responder, &queues, shutdown).await;
+    dispatch(bus, local, &responder, &queues, shutdown).await;
     drop(queues); // the partitions drain what they hold, then stop
     let mut stats = Vec::with_capacity(count);
     for task in tasks {
@@ -88,19 +107,29 @@ pub async fn serve<S: EventStore + Clone + 'static>(
     Ok(stats)
 }
 
-/// Takes requests off the bus and queues each for its account's partition.
+/// Takes requests off the bus and the in-process front doors (`local`: the
+/// HTTP gateway) and queues each for its account's partition.
 async fn dispatch(
     bus: &mut CommandBus,
+    mut local: mpsc::Receiver<Request>,
     responder: &Responder,
     queues: &[mpsc::Sender<Request>],
     shutdown: impl Future<Output = ()>,
 ) {
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut local_open = true;
     loop {
         let request = tokio::select! {
             biased;
             _ = &mut shutdown => break,
             request = bus.next() => request,
+            request = local.recv(), if local_open => match request {
+                Some(request) => Some(request),
+                None => {
+                    local_open = false;
+                    continue;
+                }
+            },
         };
         let Some(request) = request else { break };
         let index = AccountId::new(&request.account).map_or(0, |a| Partition::of(&a, queues.len()));
@@ -137,11 +166,13 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
     mut requests: mpsc::Receiver<Request>,
     responder: &Responder,
     clock: &dyn Clock,
-    command_bytes_max: usize,
+    config: &ServeConfig,
 ) -> ServeStats {
     let mut io: FuturesUnordered<Pending> = FuturesUnordered::new();
-    // Requests taken and not answered yet (bounded by the machine's limits).
-    let mut waiting: std::collections::HashMap<u64, Request> = std::collections::HashMap::new();
+    // Requests taken and not answered yet (bounded by the machine's limits),
+    // with the credential of a key being issued.
+    let mut waiting: HashMap<u64, (Request, Option<String>)> = HashMap::new();
+    let mut denied = DeniedLog::default();
     let mut next_token = 0u64;
     let mut invalid = 0u64;
     let mut stopping = false;
@@ -161,6 +192,9 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
         if !stopping && (due || now.millis_since(last_timeout) >= IDLE_WAKE_MS) {
             machine.handle_timeout(now);
             last_timeout = now;
+            for envelope in denied.flush(now) {
+                machine.handle_request(0, envelope, now);
+            }
         }
         while let Some(output) = machine.poll() {
             match output {
@@ -176,8 +210,12 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
                     io.push(Box::pin(async move { IoDone::Loaded(id, store.load(&account, &stream).await) }));
                 }
                 Output::Reply { origin: Origin::Request(token), result, .. } => {
-                    if let Some(request) = waiting.remove(&token) {
-                        answer(responder, &request, &result_reply(&result)).await;
+                    if let Some((request, credential)) = waiting.remove(&token) {
+                        let mut reply = result_reply(&result);
+                        if let (Some(credential), Ok(Outcome::Committed { .. })) = (credential, &result) {
+                            reply["credential"] = credential.into(); // shown this once, never stored
+                        }
+                        answer(responder, &request, &reply).await;
                     }
                 }
                 Output::Reply { origin, envelope, result: Err(failure), .. } => {
@@ -202,15 +240,37 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
             Wake::Io(IoDone::Loaded(id, result)) => machine.handle_loaded(id, result),
             Wake::Request(None) => stopping = true,
             Wake::Request(Some(request)) => {
-                match parse_request(&request.account, &request.kind, &request.payload, command_bytes_max) {
-                    Err(e) => {
+                let now = clock.now();
+                let account = AccountId::new(&request.account).ok();
+                let catalog = account.as_ref().and_then(|a| machine.world().catalog(a)).filter(|c| c.seq > 0);
+                let admitted = admit(&config.access, catalog, &request, config.command_bytes_max, now.millis() / 1000);
+                match admitted {
+                    Err(refused) => {
                         invalid += 1;
-                        answer(responder, &request, &e.to_json()).await;
+                        if let (Some(account), Some(refusal)) = (account.filter(|_| catalog.is_some()), refused.denied)
+                        {
+                            let (why, who) = *refusal;
+                            let attempt = DeniedAttempt {
+                                principal: who,
+                                ip: request.ip.map(|ip| ip.to_string()),
+                                action: bounded(&request.kind, 64),
+                                rule: why.rule().to_owned(),
+                                message: bounded(&why.to_string(), 500),
+                                unrecorded_before: 0,
+                            };
+                            if let Some(envelope) = denied.note(account, attempt, now) {
+                                machine.handle_request(0, envelope, now);
+                            }
+                        }
+                        answer(responder, &request, &refused.reply).await;
                     }
-                    Ok(envelope) => {
+                    Ok(Admitted::Read { principal, scope }) => {
+                        answer(responder, &request, &authorized(&principal, &scope)).await;
+                    }
+                    Ok(Admitted::Command { envelope, credential }) => {
                         next_token += 1;
-                        waiting.insert(next_token, request);
-                        machine.handle_request(next_token, envelope, clock.now());
+                        waiting.insert(next_token, (request, credential));
+                        machine.handle_request(next_token, *envelope, now);
                     }
                 }
             }
@@ -219,6 +279,83 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
     }
     // Every request taken counts, those refused before the machine saw them too.
     ServeStats { requests: machine.stats().requests + invalid, ..machine.stats() }
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn bounded(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+/// Which refusals get recorded: per account, the first
+/// [`DENIED_SAMPLES_PER_WINDOW`] of each window one by one; the rest counted,
+/// and the count recorded with the next sample or when the window ends. So a
+/// flood of refused requests grows the log by a bounded amount per minute.
+#[derive(Debug, Default)]
+struct DeniedLog {
+    windows: HashMap<AccountId, DeniedWindow>,
+    recorded: u64,
+}
+
+#[derive(Debug)]
+struct DeniedWindow {
+    started: Timestamp,
+    recorded: u32,
+    unrecorded: u64,
+    last: DeniedAttempt,
+}
+
+impl DeniedLog {
+    /// Notes one refusal; returns the command that records it when it is sampled.
+    fn note(&mut self, account: AccountId, attempt: DeniedAttempt, now: Timestamp) -> Option<CommandEnvelope> {
+        let window = self.windows.entry(account.clone()).or_insert_with(|| DeniedWindow {
+            started: now,
+            recorded: 0,
+            unrecorded: 0,
+            last: attempt.clone(),
+        });
+        if now.millis_since(window.started) >= DENIED_WINDOW_MS {
+            window.started = now;
+            window.recorded = 0;
+        }
+        if window.recorded >= DENIED_SAMPLES_PER_WINDOW {
+            window.unrecorded += 1;
+            window.last = attempt;
+            return None;
+        }
+        window.recorded += 1;
+        let attempt = DeniedAttempt { unrecorded_before: std::mem::take(&mut window.unrecorded), ..attempt };
+        Some(self.record(account, attempt, now))
+    }
+
+    /// Records the count of each ended window that left refusals unrecorded.
+    fn flush(&mut self, now: Timestamp) -> Vec<CommandEnvelope> {
+        let ended: Vec<AccountId> = self
+            .windows
+            .iter()
+            .filter(|(_, w)| now.millis_since(w.started) >= DENIED_WINDOW_MS)
+            .map(|(a, _)| a.clone())
+            .collect();
+        let mut out = Vec::new();
+        for account in ended {
+            let Some(window) = self.windows.remove(&account) else { continue };
+            if window.unrecorded > 0 {
+                let attempt = DeniedAttempt { unrecorded_before: window.unrecorded, ..window.last };
+                out.push(self.record(account, attempt, now));
+            }
+        }
+        out
+    }
+
+    fn record(&mut self, account: AccountId, attempt: DeniedAttempt, now: Timestamp) -> CommandEnvelope {
+        self.recorded += 1;
+        // Unique across restarts: the wall clock's millisecond and a count.
+        let id = engine_command_id("denied", (now.millis().max(0) as u64) * 1000 + self.recorded % 1000);
+        CommandEnvelope { id, account, actor: Actor::system(DENIED_ACTOR), command: Command::RecordDenied(attempt) }
+    }
 }
 
 async fn answer(responder: &Responder, request: &Request, body: &serde_json::Value) {

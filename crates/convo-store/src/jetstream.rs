@@ -94,7 +94,7 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 impl JetStreamStore {
     /// Connects, refuses servers older than 2.11, and creates the stream if needed.
     pub async fn connect(url: &str, config: StoreConfig) -> Result<Self, StoreError> {
-        let client = async_nats::ConnectOptions::new().name("convo").connect(url).await.map_err(unavailable)?;
+        let client = crate::connect(url).await?;
         Self::with_client(client, config).await
     }
 

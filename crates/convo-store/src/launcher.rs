@@ -63,11 +63,25 @@ pub struct LaunchOptions {
     pub sync_always: bool,
 }
 
+/// The NATS user the engine (and the operator's tools on this machine)
+/// connect as: the only one that may write the stream or manage JetStream.
+pub const ENGINE_USER: &str = "convo-engine";
+
 /// A running local server; dropping it stops the server.
-#[derive(Debug)]
+///
+/// The server authenticates every connection: [`ENGINE_USER`], whose random
+/// password is part of [`NatsServer::url`] (so keep that URL as secret as the
+/// operator's credential), and the users added with [`NatsServer::set_users`]
+/// (the engine derives one per API key, limited to its account's subjects).
+/// There is no anonymous access: an unauthenticated client cannot publish,
+/// subscribe or call the JetStream API.
 pub struct NatsServer {
     child: Child,
     pub port: u16,
+    name: String,
+    password: String,
+    users: String,
+    sync_always: bool,
     pub data_dir: PathBuf,
     pub binary: PathBuf,
     /// Held open while the server runs: the lock on the data directory.
@@ -77,9 +91,36 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
-    /// The client URL (`nats://127.0.0.1:<port>`).
+    /// The engine's client URL, with its credentials (`nats://convo-engine:…@127.0.0.1:<port>`).
     pub fn url(&self) -> String {
+        format!("nats://{ENGINE_USER}:{}@127.0.0.1:{}", self.password, self.port)
+    }
+
+    /// The URL without credentials (what other NATS users connect to).
+    pub fn public_url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Replaces the server's other users (a config fragment: entries of its
+    /// `users` list) and has the server reload its config: a removed user's
+    /// connections are closed by the server.
+    pub fn set_users(&mut self, users: String) -> Result<(), LaunchError> {
+        self.users = users;
+        let config =
+            write_config(&self.data_dir, self.port, &self.name, &self.password, &self.users, self.sync_always)?;
+        let status = Command::new(&self.binary)
+            .args(["--signal", &format!("reload={}", self.child.id())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(io(&config))?;
+        if !status.success() {
+            return Err(LaunchError::Io {
+                path: config,
+                source: std::io::Error::other("nats-server did not take the reload signal"),
+            });
+        }
+        Ok(())
     }
 
     /// Finds the `nats-server` binary.
@@ -116,11 +157,29 @@ impl NatsServer {
             ));
         }
         let mut last = None;
+        let password = random_hex().map_err(io(&options.data_dir))?;
         for _ in 0..START_ATTEMPTS_MAX {
             let port = free_port().map_err(io(&options.data_dir))?;
-            match spawn(&binary, options, port) {
+            // A name no other server has: readiness is checked against it, so a
+            // server another process started on the same port is never taken for ours.
+            let nanos =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+            let name = format!("convo-{}-{port}-{nanos}", std::process::id());
+            let config = write_config(&options.data_dir, port, &name, &password, "", options.sync_always)?;
+            match spawn(&binary, &config, &options.data_dir, port, &name) {
                 Ok(child) => {
-                    return Ok(Self { child, port, data_dir: options.data_dir.clone(), binary, _lock: lock, notes });
+                    return Ok(Self {
+                        child,
+                        port,
+                        name,
+                        password,
+                        users: String::new(),
+                        sync_always: options.sync_always,
+                        data_dir: options.data_dir.clone(),
+                        binary,
+                        _lock: lock,
+                        notes,
+                    });
                 }
                 Err(e) => last = Some(e),
             }
@@ -142,7 +201,9 @@ impl NatsServer {
     /// clients reconnect to the same URL by themselves.
     pub fn restart(&mut self, options: &LaunchOptions) -> Result<(), LaunchError> {
         self.stop();
-        self.child = spawn(&self.binary, options, self.port)?;
+        let config =
+            write_config(&options.data_dir, self.port, &self.name, &self.password, &self.users, options.sync_always)?;
+        self.child = spawn(&self.binary, &config, &options.data_dir, self.port, &self.name)?;
         Ok(())
     }
 
@@ -150,6 +211,13 @@ impl NatsServer {
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl std::fmt::Debug for NatsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password.
+        f.debug_struct("NatsServer").field("port", &self.port).field("data_dir", &self.data_dir).finish()
     }
 }
 
@@ -164,22 +232,49 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LaunchError {
     move |source| LaunchError::Io { path, source }
 }
 
-/// Writes the config and starts one server on `port`, waiting until it
-/// accepts connections.
-fn spawn(binary: &Path, options: &LaunchOptions, port: u16) -> Result<Child, LaunchError> {
-    let store = options.data_dir.join("jetstream");
-    let config = options.data_dir.join("nats-server.conf");
-    let pid_file = options.data_dir.join(PID_FILE);
-    let sync = if options.sync_always { "\n  sync_interval: always" } else { "" };
-    // A name no other server has: readiness is checked against it, so a
-    // server another process started on the same port is never taken for ours.
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-    let name = format!("convo-{}-{port}-{nanos}", std::process::id());
+/// 32 random bytes from the operating system, in hex.
+fn random_hex() -> std::io::Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes).map_err(std::io::Error::other)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes the server's config (mode 0600: it holds the engine's password).
+fn write_config(
+    dir: &Path,
+    port: u16,
+    name: &str,
+    password: &str,
+    users: &str,
+    sync_always: bool,
+) -> Result<PathBuf, LaunchError> {
+    let store = dir.join("jetstream");
+    let config = dir.join("nats-server.conf");
+    let pid_file = dir.join(PID_FILE);
+    let sync = if sync_always { "\n  sync_interval: always" } else { "" };
     let text = format!(
-        "# written by convo\nserver_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 0\nmax_payload: 1MB\npid_file: {pid_file:?}\njetstream {{\n  store_dir: {store:?}{sync}\n}}\n"
+        "# written by convo\nserver_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 0\nmax_payload: 1MB\npid_file: {pid_file:?}\njetstream {{\n  store_dir: {store:?}{sync}\n}}\n\
+         # Every connection authenticates; there is no anonymous user.\n\
+         authorization {{\n  users: [\n    {{ user: {ENGINE_USER:?}, password: {password:?} }}\n{users}  ]\n}}\n"
     );
-    std::fs::write(&config, text).map_err(io(&config))?;
-    let log = options.data_dir.join("nats-server.log");
+    write_private(&config, text.as_bytes())?;
+    Ok(config)
+}
+
+/// Writes a file only its owner may read.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), LaunchError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file =
+        std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(path).map_err(io(path))?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(io(path))?;
+    file.write_all(bytes).map_err(io(path))?;
+    Ok(())
+}
+
+/// Starts one server on `port` with `config`, waiting until it accepts connections.
+fn spawn(binary: &Path, config: &Path, dir: &Path, port: u16, name: &str) -> Result<Child, LaunchError> {
+    let log = dir.join("nats-server.log");
     let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).map_err(io(&log))?;
     let err_file = log_file.try_clone().map_err(io(&log))?;
     // Dies with this process, even on SIGKILL, where util-linux's setpriv is there.
@@ -193,13 +288,13 @@ fn spawn(binary: &Path, options: &LaunchOptions, port: u16) -> Result<Child, Lau
     };
     let mut child = command
         .arg("-c")
-        .arg(&config)
+        .arg(config)
         .stdin(Stdio::null())
         .stdout(log_file)
         .stderr(err_file)
         .spawn()
         .map_err(io(binary))?;
-    if wait_ready(&mut child, port, &name) {
+    if wait_ready(&mut child, port, name) {
         return Ok(child);
     }
     let _ = child.kill();

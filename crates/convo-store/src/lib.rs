@@ -25,6 +25,37 @@ use convo_domain::AccountId;
 use convo_wire::{Commit, StreamRef, WireError};
 
 pub use jetstream::{JetStreamStore, Storage, StoreConfig};
+
+/// Connects to NATS at `url`; credentials in the URL
+/// (`nats://user:password@host:port`, as [`launcher::NatsServer::url`] gives
+/// them) are sent as the user and password.
+pub async fn connect(url: &str) -> Result<async_nats::Client, StoreError> {
+    connect_options(url)
+        .name("convo")
+        .connect(strip_userinfo(url))
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
+}
+
+/// The options for `url`, with its credentials.
+pub fn connect_options(url: &str) -> async_nats::ConnectOptions {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    match rest.split_once('@').and_then(|(userinfo, _)| userinfo.split_once(':')) {
+        Some((user, password)) => async_nats::ConnectOptions::with_user_and_password(user.into(), password.into()),
+        None => async_nats::ConnectOptions::new(),
+    }
+}
+
+/// `url` without its credentials (what may be shown or logged).
+pub fn strip_userinfo(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((_, host)) => format!("{scheme}://{host}"),
+            None => url.to_owned(),
+        },
+        None => url.split_once('@').map_or(url, |(_, host)| host).to_owned(),
+    }
+}
 pub use memory::MemoryStore;
 
 /// The oldest nats-server with `Nats-Expected-Last-Subject-Sequence-Subject`.

@@ -81,6 +81,9 @@ fn config_type_name(event: &ConfigEvent) -> &'static str {
         ConfigEvent::CampaignUpdated(_) => "campaign_updated",
         ConfigEvent::Activated(_) => "activated",
         ConfigEvent::Inactivated(_) => "inactivated",
+        ConfigEvent::ApiKeyIssued(_) => "api_key_issued",
+        ConfigEvent::ApiKeyRevoked(_) => "api_key_revoked",
+        ConfigEvent::AccessDenied(_) => "access_denied",
     }
 }
 
@@ -432,6 +435,8 @@ fn config_kind(event: &ConfigEvent) -> &'static str {
         ConfigEvent::UserDefined(_) | ConfigEvent::UserUpdated(_) => "user",
         ConfigEvent::CampaignDefined(_) | ConfigEvent::CampaignUpdated(_) => "campaign",
         ConfigEvent::Activated(_) | ConfigEvent::Inactivated(_) => "status",
+        ConfigEvent::ApiKeyIssued(_) | ConfigEvent::ApiKeyRevoked(_) => "api_key",
+        ConfigEvent::AccessDenied(_) => "denied",
     }
 }
 

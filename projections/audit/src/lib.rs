@@ -40,6 +40,10 @@ fn actor_parts(actor: &Actor) -> (String, Value) {
         Actor::User { id, ip } => (format!("user:{id}"), ip.map_or(Value::Null, |ip| Value::String(ip.to_string()))),
         Actor::Contact(id) => (format!("contact:{id}"), Value::Null),
         Actor::System(rule) => (format!("system:{rule}"), Value::Null),
+        Actor::Integration { id, ip } => {
+            (format!("integration:{id}"), ip.map_or(Value::Null, |ip| Value::String(ip.to_string())))
+        }
+        Actor::Operator { ip } => ("operator".to_owned(), ip.map_or(Value::Null, |ip| Value::String(ip.to_string()))),
     }
 }
 

@@ -40,14 +40,19 @@ fn convo(url: &str, args: &[&str]) -> Output {
 }
 
 async fn request(url: &str, id: &str, conversation: &str) -> Option<Value> {
-    let body = json!({"id": id, "actor": {"contact": "573009998877"}, "command": {"type": "receive_message",
+    let body = json!({"id": id, "command": {"type": "receive_message",
         "conversation": conversation, "contact": "573009998877", "channel": "wa", "text": "Hola"}});
-    let client = async_nats::connect(url).await.ok()?;
+    let client = convo_store::connect(url).await.ok()?;
     let subject = format!("{PREFIX}.default.cmd.receive_message");
-    let reply = tokio::time::timeout(Duration::from_secs(3), client.request(subject, body.to_string().into()))
-        .await
-        .ok()?
-        .ok()?;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(convo_store::bus::AUTHORIZATION, format!("Bearer {}", crate::crash::OPERATOR).as_str());
+    let reply = tokio::time::timeout(
+        Duration::from_secs(3),
+        client.request_with_headers(subject, headers, body.to_string().into()),
+    )
+    .await
+    .ok()?
+    .ok()?;
     serde_json::from_slice(&reply.payload).ok()
 }
 

@@ -13,9 +13,12 @@ use serde_json::{Value, json};
 
 const PREFIX: &str = "crash";
 
+/// The platform operator's credential the tests' engines start with.
+pub(crate) const OPERATOR: &str = "convo-operator.0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+
 /// A `convo serve` process, killed (SIGKILL) and reaped when dropped, so a
 /// failing test leaves no engine behind.
-pub(crate) struct Served(Child);
+pub(crate) struct Served(Child, #[allow(dead_code)] tempfile::TempDir);
 
 impl Served {
     pub(crate) fn kill(&mut self) {
@@ -36,20 +39,31 @@ fn serve(url: &str) -> Served {
 
 /// `convo serve` on an existing server, under a subject prefix.
 pub(crate) fn serve_prefix(url: &str, prefix: &str) -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("operator.key"), OPERATOR).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_convo"))
-        .args(["serve", "--nats-url", url, "--prefix", prefix])
+        .args(["serve", "--nats-url", url, "--prefix", prefix, "--no-http", "--data-dir"])
+        .arg(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("convo serve starts");
-    Served(child)
+    Served(child, dir)
 }
 
-async fn send(url: &str, id: &str, actor: Value, command: Value) -> Option<Value> {
-    let body = json!({"id": id, "actor": actor, "command": command}).to_string();
+/// Sends a command with `who`'s credential (`{"credential": …}`; the operator's otherwise).
+async fn send(url: &str, id: &str, who: Value, command: Value) -> Option<Value> {
+    let body = json!({"id": id, "command": command}).to_string();
     let subject = format!("{PREFIX}.acme.cmd.{}", command["type"].as_str().unwrap());
-    let client = async_nats::connect(url).await.ok()?;
-    let reply = tokio::time::timeout(Duration::from_secs(3), client.request(subject, body.into())).await.ok()?.ok()?;
+    let client = convo_store::connect(url).await.ok()?;
+    let mut headers = async_nats::HeaderMap::new();
+    let credential = who["credential"].as_str().unwrap_or(OPERATOR);
+    headers.insert(convo_store::bus::AUTHORIZATION, format!("Bearer {credential}").as_str());
+    let reply =
+        tokio::time::timeout(Duration::from_secs(3), client.request_with_headers(subject, headers, body.into()))
+            .await
+            .ok()?
+            .ok()?;
     serde_json::from_slice(&reply.payload).ok()
 }
 
@@ -89,7 +103,15 @@ async fn a_killed_engine_loses_no_acknowledged_command_and_its_timers_survive() 
         let reply = send_retrying(&url, &format!("setup-{n}"), system.clone(), command).await;
         assert_eq!(reply["outcome"], "committed", "{reply}");
     }
-    let ana = json!({"user": {"id": "ana"}});
+    let issued = send_retrying(
+        &url,
+        "key-ana",
+        system.clone(),
+        json!({"type":"issue_api_key","key":"ana","holder":{"user":"ana"}}),
+    )
+    .await;
+    assert_eq!(issued["outcome"], "committed", "{issued}");
+    let ana = json!({"credential": issued["credential"]});
     send_retrying(&url, "ana-on", ana.clone(), json!({"type":"set_agent_state","agent":"ana","state":"available"}))
         .await;
     // A conversation whose inactivity closure (2 s after Ana's reply) is pending.

@@ -54,10 +54,20 @@ fn server_pid(dir: &Path) -> u32 {
 
 /// A command through `convo send`: the engine answers it (committed or rejected).
 fn answered(dir: &Path) -> bool {
-    let body = r#"{"id":"ping-1","actor":{"system":"test"},"command":{"type":"configure_account","name":"Acme"}}"#;
-    let out = convo(&["send", "--data-dir", dir.to_str().unwrap(), "--prefix", PREFIX, "--account", "acme", body])
-        .output()
-        .unwrap();
+    let body = r#"{"id":"ping-1","command":{"type":"configure_account","name":"Acme"}}"#;
+    let out = convo(&[
+        "send",
+        "--operator",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--prefix",
+        PREFIX,
+        "--account",
+        "acme",
+        body,
+    ])
+    .output()
+    .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     text.contains("\"committed\"") || text.contains("\"duplicate\"")
 }

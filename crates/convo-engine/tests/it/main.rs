@@ -110,8 +110,62 @@ fn total(stats: &[convo_engine::serve::ServeStats]) -> convo_engine::serve::Serv
     t
 }
 
+/// The secret of a test key (derived from its id, so tests need no state).
+fn test_secret(key: &str) -> String {
+    convo_engine::access::hex(&convo_engine::access::sha256(&format!("test-secret-{key}")))
+}
+
+/// Keys for the `default` account: one per user of the configuration, and
+/// `gw`, an integration that may send every command (contacts' messages come through it).
+fn test_keys(configuration: &[(CommandEnvelope, Timestamp)]) -> Vec<(CommandEnvelope, Timestamp)> {
+    let at = configuration.last().map(|(_, at)| *at).unwrap();
+    let users = configuration.iter().filter_map(|(e, _)| match &e.command {
+        convo_domain::Command::DefineUser(u) => Some((u.id.to_string(), "user")),
+        _ => None,
+    });
+    let all: Vec<&str> = convo_domain::Command::TYPE_NAMES
+        .into_iter()
+        .filter(|t| !matches!(*t, "issue_api_key" | "revoke_api_key" | "record_denied"))
+        .collect();
+    users
+        .chain([("gw".to_owned(), "integration")])
+        .map(|(key, holder)| {
+            let scopes = if holder == "integration" { serde_json::json!({"commands": all}) } else { serde_json::json!({}) };
+            let hash = convo_engine::access::hex(&convo_engine::access::sha256(&test_secret(&key)));
+            let command = serde_json::json!({"type": "issue_api_key", "key": key, "holder": {holder: key}, "scopes": scopes, "secret_sha256": hash});
+            let envelope = CommandEnvelope {
+                id: format!("key-{key}").parse().unwrap(),
+                account: "default".parse().unwrap(),
+                actor: convo_domain::Actor::system("test"),
+                command: convo_domain::Command::from_json(command).unwrap(),
+            };
+            (envelope, at)
+        })
+        .collect()
+}
+
+/// Sends a request as its `actor` would now: the actor leaves the body and
+/// becomes a credential (a user's key, or the `gw` integration's for
+/// contacts and systems).
 async fn request(url: &str, subject: &str, body: &[u8]) -> serde_json::Value {
-    let reply = convo_store::bus::request(url, subject, body.to_vec()).await.unwrap();
+    let (body, credential) = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(mut map)) => {
+            let actor = map.remove("actor").unwrap_or_default();
+            let key = actor["user"]["id"].as_str().unwrap_or("gw").to_owned();
+            let token =
+                convo_engine::access::key_token(&"default".parse().unwrap(), &key.parse().unwrap(), &test_secret(&key));
+            (serde_json::to_vec(&map).unwrap(), Some(token))
+        }
+        _ => (
+            body.to_vec(),
+            Some(convo_engine::access::key_token(
+                &"default".parse().unwrap(),
+                &"gw".parse().unwrap(),
+                &test_secret("gw"),
+            )),
+        ),
+    };
+    let reply = convo_store::bus::request(url, subject, credential.as_deref(), body).await.unwrap();
     serde_json::from_slice(&reply).unwrap()
 }
 
@@ -141,7 +195,18 @@ impl Service {
         let url = broker.server.url();
         let store = store(&broker, name).await;
         let mut engine = Engine::recover(store.clone()).await.unwrap();
-        engine.replay(configuration("sla-worked-example")).await.unwrap();
+        let setup = configuration("sla-worked-example");
+        let keys = test_keys(&setup);
+        // Over NATS the broker does not pass the client's address on, so
+        // users act here on an account that does not restrict networks.
+        let (mut open, at) = setup.iter().find(|(e, _)| e.command.type_name() == "configure_account").cloned().unwrap();
+        if let convo_domain::Command::ConfigureAccount(settings) = &mut open.command {
+            settings.allowed_networks.clear();
+        }
+        open.id = "open-networks".parse().unwrap();
+        engine.replay(setup).await.unwrap();
+        engine.replay(keys).await.unwrap();
+        engine.replay(vec![(open, at)]).await.unwrap();
         let subject_prefix = format!("t{name}");
         let mut bus = convo_store::bus::CommandBus::subscribe(store.client().clone(), &subject_prefix).await.unwrap();
         let clock = ManualClock::at(Timestamp::parse_rfc3339("2026-03-02T14:00:00Z").unwrap());
@@ -151,8 +216,15 @@ impl Service {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            let stats =
-                convo_engine::serve::serve(served, &mut bus, std::sync::Arc::new(served_clock), config, shutdown);
+            let (_local, local) = tokio::sync::mpsc::channel(1);
+            let stats = convo_engine::serve::serve(
+                served,
+                &mut bus,
+                local,
+                std::sync::Arc::new(served_clock),
+                config,
+                shutdown,
+            );
             total(&stats.await.unwrap())
         });
         Self { url, subject_prefix, store, clock, stop: Some(stop), task: Some(task), _broker: broker }
@@ -236,10 +308,17 @@ async fn appends_are_pipelined_across_conversations_and_serial_within_one() {
     assert_eq!(first["outcome"], "committed", "{first}");
     // One connection, 40 requests in a burst: they queue at the engine
     // faster than appends are acknowledged.
-    let nats = async_nats::connect(&url).await.unwrap();
+    let nats = convo_store::connect(&url).await.unwrap();
     let burst = (1..=40).map(|n| {
         let body = if n <= 30 { open(n, &format!("k{n}"), &format!("p{n}")) } else { open(n, "shared", "p-shared") };
-        nats.request(subject.clone(), body.into())
+        let body = body
+            .replace(r#""actor":{"contact":"p-shared"},"#, "")
+            .replace(&format!(r#""actor":{{"contact":"p{n}"}},"#), "");
+        let mut headers = async_nats::HeaderMap::new();
+        let gw =
+            convo_engine::access::key_token(&"default".parse().unwrap(), &"gw".parse().unwrap(), &test_secret("gw"));
+        headers.insert(convo_store::bus::AUTHORIZATION, format!("Bearer {gw}").as_str());
+        nats.request_with_headers(subject.clone(), headers, body.into())
     });
     for reply in futures::future::join_all(burst).await {
         let reply: serde_json::Value = serde_json::from_slice(&reply.unwrap().payload).unwrap();
@@ -271,7 +350,7 @@ async fn appends_are_pipelined_across_conversations_and_serial_within_one() {
 #[tokio::test]
 async fn closed_conversations_leave_memory_and_come_back_from_the_log_when_needed() {
     let mut service = Service::start("evict", convo_engine::serve::ServeConfig::default()).await;
-    let ana = r#"{"user":{"id":"ana","ip":"10.0.0.11"}}"#;
+    let ana = r#"{"user":{"id":"ana"}}"#;
     let open = br#"{"id":"m-1","actor":{"contact":"573001112233"},"command":{"type":"receive_message","conversation":"c1","contact":"573001112233","channel":"wa","text":"Hola"}}"#;
     let answer = format!(
         r#"{{"id":"a-1","actor":{ana},"command":{{"type":"send_message","conversation":"c1","text":"Hola"}}}}"#
@@ -345,10 +424,12 @@ async fn five_thousand_conflicting_commands_leave_no_consumers_behind() {
     let mut b = Engine::recover(store(&broker, "contend").await).await.unwrap();
     let at = Timestamp::parse_rfc3339("2026-03-02T14:00:00Z").unwrap();
     let message = |k: usize, i: usize| {
-        let body = serde_json::json!({"id": format!("m-{k}-{i}"), "actor": {"contact": format!("57300{k:07}")},
+        let body = serde_json::json!({"id": format!("m-{k}-{i}"),
             "command": {"type": "receive_message", "conversation": format!("k{k}"), "contact": format!("57300{k:07}"),
             "channel": "wa", "text": format!("mensaje {i}")}});
-        convo_engine::intake::parse_request("default", "receive_message", body.to_string().as_bytes(), 4096).unwrap()
+        let contact = convo_domain::Actor::Contact(format!("57300{k:07}").parse().unwrap());
+        convo_engine::intake::parse_request("default", "receive_message", body.to_string().as_bytes(), 4096, contact)
+            .unwrap()
     };
     // Two engines on one stream take turns on each conversation: every
     // command meets the other's newer commit, reloads, and decides again.

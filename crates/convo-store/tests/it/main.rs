@@ -140,7 +140,7 @@ async fn jetstream_with_sync_always_keeps_the_contract() {
 async fn integrators_subscribe_with_plain_wildcards() {
     let broker = broker();
     let store = JetStreamStore::connect(&broker.server.url(), StoreConfig::default()).await.unwrap();
-    let client = async_nats::connect(broker.server.url()).await.unwrap();
+    let client = convo_store::connect(&broker.server.url()).await.unwrap();
     let mut closures = client.subscribe("convo.*.conv.*.closed").await.unwrap();
     client.flush().await.unwrap();
     let seq = store.append(&commit("c9", 0, 2, "a"), 0).await.unwrap();

@@ -192,7 +192,7 @@ async fn a_forged_copy_of_a_closure_is_named_by_verify_even_after_a_rebuild() {
 async fn a_poison_message_goes_to_the_dead_letters_and_the_projection_goes_on() {
     let setup = stream_of("sla-worked-example").await;
     // Something that is not a commit lands on a conversation subject.
-    let client = async_nats::connect(setup.server.url()).await.unwrap();
+    let client = convo_store::connect(&setup.server.url()).await.unwrap();
     let js = async_nats::jetstream::new(client);
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(convo_wire::headers::SCHEMA, "1");

@@ -1,0 +1,427 @@
+//! The front door's rules (SPEC §9): who a bearer credential is, and what
+//! that principal may ask of an account. Both transports (HTTP, NATS) hand
+//! their requests here with the credential and the address the connection
+//! came from; the actor of every command is derived from them, never from the
+//! body.
+//!
+//! Credentials:
+//! - an **API key** of an account, `convo-key.<account>.<key>.<secret>`:
+//!   the account and key id are public, the secret is 256 random bits; the
+//!   account's catalog keeps only the secret's SHA-256 (compared in constant
+//!   time). A user's key acts with the user's role; an integration's within
+//!   its scopes.
+//! - the **platform operator's** credential, `convo-operator.<secret>`, made
+//!   at the first start and kept in the data directory (mode 0600); the engine
+//!   knows only its hash. The only principal that creates accounts.
+//! - optionally a **JWT** (HS256) from an external identity provider, checked
+//!   against a configured key, issuer and audience; its claims name the
+//!   account, the user (`sub`) and the role, which must be the user's role in
+//!   the account.
+//!
+//! A refusal is [`Denied`]: `unauthenticated` (HTTP 401) when the credential
+//! is missing or not valid, `forbidden` (403) with the rule when a valid
+//! principal may not do what it asked.
+
+use std::net::IpAddr;
+
+use base64::Engine as _;
+use hmac::Mac;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use convo_domain::config::{KeyHolder, Role, Scopes};
+use convo_domain::{AccountId, Actor, Catalog, IntegrationId, KeyId, UserId};
+
+/// The prefix of an account's API key.
+pub const KEY_PREFIX: &str = "convo-key";
+/// The prefix of the platform operator's credential.
+pub const OPERATOR_PREFIX: &str = "convo-operator";
+/// The longest credential accepted, in bytes (a JWT with a few claims is well under).
+pub const CREDENTIAL_BYTES_MAX: usize = 4096;
+/// How many bytes of randomness a secret holds.
+pub const SECRET_BYTES: usize = 32;
+
+/// Why a request may not go on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    /// No credential, or one that is not valid (HTTP 401).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A valid principal that may not do this (HTTP 403); `rule` names why.
+    #[error("{message}")]
+    Forbidden { rule: &'static str, message: String },
+}
+
+impl Denied {
+    fn forbidden(rule: &'static str, message: impl Into<String>) -> Self {
+        Denied::Forbidden { rule, message: message.into() }
+    }
+
+    /// The reply's `code`: `unauthenticated` or `forbidden`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Denied::Unauthenticated(_) => "unauthenticated",
+            Denied::Forbidden { .. } => "forbidden",
+        }
+    }
+
+    /// The rule a refusal names (`credential` when there is none to name).
+    pub fn rule(&self) -> &'static str {
+        match self {
+            Denied::Unauthenticated(_) => "credential",
+            Denied::Forbidden { rule, .. } => rule,
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({"outcome": "error", "code": self.code(), "rule": self.rule(), "message": self.to_string()})
+    }
+}
+
+/// A bearer credential, parsed but not yet checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    Key { account: AccountId, key: KeyId, secret: String },
+    Operator { secret: String },
+    Jwt(String),
+}
+
+impl Credential {
+    /// Parses an `Authorization` header value (`Bearer <token>`) or a bare token.
+    pub fn parse(header: &str) -> Result<Self, Denied> {
+        let bad = |why: &str| Denied::Unauthenticated(format!("the credential is not valid: {why}"));
+        if header.len() > CREDENTIAL_BYTES_MAX {
+            return Err(bad(&format!("longer than {CREDENTIAL_BYTES_MAX} bytes")));
+        }
+        let token = header.trim();
+        let token = token.strip_prefix("Bearer ").or_else(|| token.strip_prefix("bearer ")).unwrap_or(token).trim();
+        if let Some(rest) = token.strip_prefix(&format!("{KEY_PREFIX}.")) {
+            let parts: Vec<&str> = rest.split('.').collect();
+            let [account, key, secret] = parts[..] else {
+                return Err(bad("an API key is convo-key.<account>.<key>.<secret>"));
+            };
+            let account = AccountId::new(account).map_err(|e| bad(&e.to_string()))?;
+            let key = KeyId::new(key).map_err(|e| bad(&e.to_string()))?;
+            return Ok(Credential::Key { account, key, secret: secret.to_owned() });
+        }
+        if let Some(secret) = token.strip_prefix(&format!("{OPERATOR_PREFIX}.")) {
+            return Ok(Credential::Operator { secret: secret.to_owned() });
+        }
+        if token.starts_with("eyJ") && token.split('.').count() == 3 {
+            return Ok(Credential::Jwt(token.to_owned()));
+        }
+        Err(bad("expected an API key (convo-key.…), the operator's credential (convo-operator.…) or a JWT"))
+    }
+}
+
+/// Who is acting, once the credential checked out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    Operator,
+    User { account: AccountId, id: UserId, role: Role },
+    Integration { account: AccountId, id: IntegrationId, scopes: Scopes },
+}
+
+impl Principal {
+    /// The actor of the principal's commands, acting from `ip`.
+    pub fn actor(&self, ip: Option<IpAddr>) -> Actor {
+        match self {
+            Principal::Operator => Actor::Operator { ip },
+            Principal::User { id, .. } => Actor::User { id: id.clone(), ip },
+            Principal::Integration { id, .. } => Actor::Integration { id: id.clone(), ip },
+        }
+    }
+
+    /// How the principal is named in a denied attempt.
+    pub fn name(&self) -> String {
+        match self {
+            Principal::Operator => "operator".into(),
+            Principal::User { id, .. } => format!("user:{id}"),
+            Principal::Integration { id, .. } => format!("integration:{id}"),
+        }
+    }
+}
+
+/// An external identity provider's tokens (HS256).
+#[derive(Clone)]
+pub struct JwtConfig {
+    pub key: Vec<u8>,
+    pub issuer: String,
+    pub audience: String,
+}
+
+impl std::fmt::Debug for JwtConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtConfig").field("issuer", &self.issuer).field("audience", &self.audience).finish()
+    }
+}
+
+/// What the front door knows besides the catalogs.
+#[derive(Debug, Clone, Default)]
+pub struct AccessConfig {
+    /// SHA-256 of the platform operator's secret (none: no operator credential works).
+    pub operator_sha256: Option<[u8; 32]>,
+    pub jwt: Option<JwtConfig>,
+}
+
+/// SHA-256 of a secret.
+pub fn sha256(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A fresh secret: [`SECRET_BYTES`] from the operating system, in hex.
+pub fn new_secret() -> Result<String, String> {
+    let mut bytes = [0u8; SECRET_BYTES];
+    getrandom::getrandom(&mut bytes).map_err(|e| format!("no randomness from the operating system: {e}"))?;
+    Ok(hex(&bytes))
+}
+
+/// The token of an account's API key.
+pub fn key_token(account: &AccountId, key: &KeyId, secret: &str) -> String {
+    format!("{KEY_PREFIX}.{account}.{key}.{secret}")
+}
+
+/// The token of the platform operator.
+pub fn operator_token(secret: &str) -> String {
+    format!("{OPERATOR_PREFIX}.{secret}")
+}
+
+fn same_hash(secret: &str, expected_hex: &str) -> bool {
+    hex(&sha256(secret)).as_bytes().ct_eq(expected_hex.as_bytes()).into()
+}
+
+/// Checks a credential presented for `account` (whose catalog is `catalog`,
+/// `None` when the account does not exist yet), at wall-clock `now_secs`.
+pub fn authenticate(
+    config: &AccessConfig,
+    credential: Option<&str>,
+    account: &AccountId,
+    catalog: Option<&Catalog>,
+    now_secs: i64,
+) -> Result<Principal, Denied> {
+    let Some(credential) = credential else {
+        return Err(Denied::Unauthenticated(
+            "no credential: send `Authorization: Bearer <key>` (an API key, the operator's credential or a JWT)".into(),
+        ));
+    };
+    match Credential::parse(credential)? {
+        Credential::Operator { secret } => {
+            let known = config.operator_sha256.is_some_and(|h| bool::from(sha256(&secret).ct_eq(&h)));
+            if known { Ok(Principal::Operator) } else { Err(Denied::Unauthenticated("unknown credential".into())) }
+        }
+        Credential::Key { account: owner, key, secret } => {
+            if &owner != account {
+                // Checked first, so a key never says anything about another account.
+                return Err(Denied::forbidden(
+                    "tenant",
+                    format!("this credential belongs to account {owner}; it acts on that account only"),
+                ));
+            }
+            let Some(issued) = catalog.and_then(|c| c.keys.get(&key)) else {
+                return Err(Denied::Unauthenticated("unknown credential".into()));
+            };
+            if !same_hash(&secret, &issued.spec.secret_sha256) {
+                return Err(Denied::Unauthenticated("unknown credential".into()));
+            }
+            if issued.revoked {
+                return Err(Denied::Unauthenticated(format!("API key {key} was revoked")));
+            }
+            let catalog = catalog.expect("a key was found in it");
+            match &issued.spec.holder {
+                KeyHolder::User(id) => {
+                    let user = catalog
+                        .user(id)
+                        .map_err(|_| Denied::Unauthenticated(format!("user {id} is no longer active")))?;
+                    Ok(Principal::User { account: owner, id: id.clone(), role: user.role })
+                }
+                KeyHolder::Integration(id) => {
+                    Ok(Principal::Integration { account: owner, id: id.clone(), scopes: issued.spec.scopes.clone() })
+                }
+            }
+        }
+        Credential::Jwt(token) => {
+            let Some(jwt) = &config.jwt else {
+                return Err(Denied::Unauthenticated(
+                    "JWTs are not accepted here (no identity provider is configured)".into(),
+                ));
+            };
+            let claims = verify_jwt(jwt, &token, now_secs)?;
+            let claim = |name: &str| claims.get(name).and_then(Value::as_str).unwrap_or_default().to_owned();
+            let owner = AccountId::new(&claim("account"))
+                .map_err(|_| Denied::Unauthenticated("the token names no valid `account`".into()))?;
+            if &owner != account {
+                return Err(Denied::forbidden(
+                    "tenant",
+                    format!("this token is for account {owner}; it acts on that account only"),
+                ));
+            }
+            let id = UserId::new(&claim("sub"))
+                .map_err(|_| Denied::Unauthenticated("the token names no valid user (`sub`)".into()))?;
+            let role: Role = serde_json::from_value(Value::String(claim("role")))
+                .map_err(|_| Denied::Unauthenticated("the token's `role` is not agent, supervisor or admin".into()))?;
+            let user = catalog
+                .and_then(|c| c.user(&id).ok())
+                .ok_or_else(|| Denied::Unauthenticated(format!("no active user {id} in account {owner}")))?;
+            if user.role != role {
+                return Err(Denied::forbidden(
+                    "role",
+                    format!("the token says {id} is {role:?}, the account says {:?}", user.role),
+                ));
+            }
+            Ok(Principal::User { account: owner, id, role })
+        }
+    }
+}
+
+/// Checks an HS256 JWT's signature, issuer, audience and expiry; returns its claims.
+pub fn verify_jwt(config: &JwtConfig, token: &str, now_secs: i64) -> Result<serde_json::Map<String, Value>, Denied> {
+    let bad = |why: &str| Denied::Unauthenticated(format!("the token is not valid: {why}"));
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut parts = token.split('.');
+    let (Some(header), Some(body), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad("a JWT has three parts"));
+    };
+    let header: Value = b64
+        .decode(header)
+        .ok()
+        .and_then(|h| serde_json::from_slice(&h).ok())
+        .ok_or_else(|| bad("unreadable header"))?;
+    if header.get("alg").and_then(Value::as_str) != Some("HS256") {
+        return Err(bad("only HS256 is accepted"));
+    }
+    let signature = b64.decode(signature).map_err(|_| bad("unreadable signature"))?;
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&config.key).map_err(|_| bad("no key"))?;
+    mac.update(&token.as_bytes()[..header_and_body_len(token)]);
+    mac.verify_slice(&signature).map_err(|_| bad("the signature does not match"))?;
+    let claims: serde_json::Map<String, Value> =
+        b64.decode(body).ok().and_then(|b| serde_json::from_slice(&b).ok()).ok_or_else(|| bad("unreadable claims"))?;
+    if claims.get("iss").and_then(Value::as_str) != Some(config.issuer.as_str()) {
+        return Err(bad("wrong issuer"));
+    }
+    let audience_ok = match claims.get("aud") {
+        Some(Value::String(a)) => a == &config.audience,
+        Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(config.audience.as_str())),
+        _ => false,
+    };
+    if !audience_ok {
+        return Err(bad("wrong audience"));
+    }
+    match claims.get("exp").and_then(Value::as_i64) {
+        Some(exp) if exp > now_secs => {}
+        Some(_) => return Err(Denied::Unauthenticated("the token has expired".into())),
+        None => return Err(bad("no expiry (`exp`)")),
+    }
+    if claims.get("nbf").and_then(Value::as_i64).is_some_and(|nbf| nbf > now_secs) {
+        return Err(bad("not valid yet (`nbf`)"));
+    }
+    Ok(claims)
+}
+
+fn header_and_body_len(token: &str) -> usize {
+    token.rfind('.').unwrap_or(token.len())
+}
+
+/// Signs claims as an HS256 JWT (what an identity provider does; tests and
+/// `convo token` use it).
+pub fn sign_jwt(key: &[u8], claims: &Value) -> String {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let head = b64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let body = b64.encode(serde_json::to_vec(claims).unwrap_or_default());
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(format!("{head}.{body}").as_bytes());
+    format!("{head}.{body}.{}", b64.encode(mac.finalize().into_bytes()))
+}
+
+/// What a principal may send: the command type must be within an
+/// integration's scopes, and nobody but the operator acts on an account that
+/// is not theirs. Returns the actor the command is recorded under.
+pub fn authorize_command(
+    principal: &Principal,
+    account: &AccountId,
+    kind: &str,
+    ip: Option<IpAddr>,
+) -> Result<Actor, Denied> {
+    match principal {
+        Principal::Operator => {}
+        Principal::User { account: own, .. } | Principal::Integration { account: own, .. } if own != account => {
+            return Err(Denied::forbidden("tenant", format!("this credential acts on account {own} only")));
+        }
+        Principal::User { .. } => {}
+        Principal::Integration { id, scopes, .. } => {
+            if !scopes.commands.iter().any(|c| c == kind) {
+                return Err(Denied::forbidden(
+                    "scope",
+                    format!("integration {id} may not send `{kind}` (its scopes: {})", scopes.commands.join(", ")),
+                ));
+            }
+        }
+    }
+    Ok(principal.actor(ip))
+}
+
+/// Which part of a read model a principal may read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadScope {
+    /// The whole account.
+    Account,
+    /// Only these campaigns (a supervisor's).
+    Campaigns(Vec<convo_domain::CampaignId>),
+}
+
+/// What a principal may read of `account`'s read model `what` (one of
+/// `READ_SCOPES`): admins and the operator everything; supervisors the
+/// reports and contact history of the campaigns they supervise; agents
+/// neither (their inbox is theirs); an integration what its scopes name.
+pub fn authorize_read(
+    principal: &Principal,
+    account: &AccountId,
+    catalog: Option<&Catalog>,
+    what: &str,
+    ip: Option<IpAddr>,
+) -> Result<ReadScope, Denied> {
+    match principal {
+        Principal::Operator => Ok(ReadScope::Account),
+        Principal::User { account: own, .. } | Principal::Integration { account: own, .. } if own != account => {
+            Err(Denied::forbidden("tenant", format!("this credential reads account {own} only")))
+        }
+        Principal::Integration { id, scopes, .. } => {
+            if scopes.reads.iter().any(|r| r == what) {
+                Ok(ReadScope::Account)
+            } else {
+                Err(Denied::forbidden("scope", format!("integration {id} may not read `{what}`")))
+            }
+        }
+        Principal::User { id, role, .. } => {
+            let catalog = catalog.ok_or_else(|| Denied::Unauthenticated("unknown account".into()))?;
+            if let Err(e) = catalog.check_actor(&principal.actor(ip)) {
+                return Err(Denied::forbidden("network", e.to_string()));
+            }
+            match (role, what) {
+                (Role::Admin, _) => Ok(ReadScope::Account),
+                (Role::Supervisor, "reports" | "contact_history") => Ok(ReadScope::Campaigns(
+                    catalog
+                        .campaigns
+                        .values()
+                        .filter(|c| c.spec.agents.contains(id))
+                        .map(|c| c.spec.id.clone())
+                        .collect(),
+                )),
+                (Role::Supervisor, _) => Err(Denied::forbidden(
+                    "role",
+                    format!("a supervisor reads the reports and contact history of their campaigns, not `{what}`"),
+                )),
+                (Role::Agent, _) => Err(Denied::forbidden(
+                    "role",
+                    format!("an agent reads their own inbox, not the account's `{what}`"),
+                )),
+            }
+        }
+    }
+}

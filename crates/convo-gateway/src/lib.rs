@@ -1,0 +1,375 @@
+//! # convo-gateway
+//!
+//! The HTTP front door (axum). Commands and reads arrive here with a bearer
+//! credential; the gateway hands each to the engine (in this process) with
+//! the client's address as the connection saw it, and answers with the
+//! engine's reply and its HTTP status. It decides nothing itself: who the
+//! credential is and what it may do is the engine's call
+//! (`convo_engine::access`), made with the account's catalog.
+//!
+//! - `POST /v1/accounts/{account}/commands/{type}` — body `{"id", "command"}`,
+//!   the same JSON as on NATS; the reply is the same JSON.
+//! - `GET /v1/accounts/{account}/audit` — the audit log (admins, the operator,
+//!   integrations with the `audit` read scope).
+//! - `GET /v1/accounts/{account}/reports/{kind}` — report rows (admins, the
+//!   operator, `reports` integrations; a supervisor sees the campaigns they
+//!   supervise).
+//! - `GET /v1/health` — no credential: is the gateway up.
+//! - `GET /v1/openapi.json` — the OpenAPI 3.1 document ([`openapi`]).
+//!
+//! Statuses: 200 done (committed, nothing to do, duplicate), 400 invalid,
+//! 401 no valid credential, 403 forbidden (with the rule), 404 unknown,
+//! 409 rejected by a rule, 413 too large, 429 overloaded, 503 unavailable.
+//!
+//! The client's address is the TCP peer; `Forwarded`/`X-Forwarded-For` is
+//! believed only from a configured trusted proxy.
+
+pub mod openapi;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::{Mutex, mpsc};
+
+use convo_store::JetStreamStore;
+use convo_store::bus::Request;
+
+/// The largest request body the gateway reads, in bytes (the engine's own
+/// limit may be lower: it answers `too_large`).
+pub const BODY_BYTES_MAX: usize = 1024 * 1024;
+/// How long a request waits for the engine's answer.
+pub const ENGINE_TIMEOUT_MS: u64 = 10_000;
+/// The most audit entries one read returns (`limit` may ask for fewer).
+pub const AUDIT_ENTRIES_MAX: usize = 10_000;
+
+/// How the gateway reaches the engine and the read models.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Peers whose `Forwarded`/`X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// The read models' database (`<data-dir>/projections`).
+    pub projections: PathBuf,
+}
+
+struct Shared {
+    engine: mpsc::Sender<Request>,
+    store: JetStreamStore,
+    config: GatewayConfig,
+    /// One read at a time opens the read models' database.
+    reads: Mutex<()>,
+}
+
+/// The gateway's routes, handing requests to `engine`.
+pub fn router(engine: mpsc::Sender<Request>, store: JetStreamStore, config: GatewayConfig) -> Router {
+    let shared = Arc::new(Shared { engine, store, config, reads: Mutex::new(()) });
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/openapi.json", get(|| async { axum::Json(openapi::document()) }))
+        .route("/v1/accounts/{account}/commands/{kind}", post(command))
+        .route("/v1/accounts/{account}/audit", get(audit))
+        .route("/v1/accounts/{account}/reports/{kind}", get(report))
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .with_state(shared)
+}
+
+/// Serves `router` on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn health() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok"}))
+}
+
+/// The HTTP status of an engine reply.
+pub fn status_of(reply: &Value) -> StatusCode {
+    let code = reply["code"].as_str().unwrap_or("");
+    match (reply["outcome"].as_str().unwrap_or(""), code) {
+        ("committed" | "nothing" | "duplicate" | "authorized", _) => StatusCode::OK,
+        (_, "unauthenticated") => StatusCode::UNAUTHORIZED,
+        (_, "forbidden" | "network_not_allowed" | "not_the_assigned_agent" | "not_in_campaign") => {
+            StatusCode::FORBIDDEN
+        }
+        (_, "too_large") => StatusCode::PAYLOAD_TOO_LARGE,
+        (_, "invalid" | "malformed_json" | "subject_mismatch") => StatusCode::BAD_REQUEST,
+        (_, "overloaded") => StatusCode::TOO_MANY_REQUESTS,
+        (_, "unavailable") => StatusCode::SERVICE_UNAVAILABLE,
+        (_, "unknown_command" | "unknown" | "unknown_conversation") => StatusCode::NOT_FOUND,
+        ("error", _) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::CONFLICT,
+    }
+}
+
+fn reply(status: StatusCode, body: Value) -> Response {
+    let mut response = (status, axum::Json(body)).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    reply(status, json!({"outcome": "error", "code": code, "message": message}))
+}
+
+/// The client's address: the peer, or what a trusted proxy says it forwarded.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let forwarded = headers.get("forwarded").and_then(|v| v.to_str().ok()).and_then(|v| {
+        v.split([',', ';']).find_map(|part| {
+            let (k, value) = part.trim().split_once('=')?;
+            if !k.eq_ignore_ascii_case("for") {
+                return None;
+            }
+            let value = value.trim_matches('"');
+            let host = value.strip_prefix('[').and_then(|v| v.split(']').next()).unwrap_or(value);
+            host.parse::<IpAddr>().ok().or_else(|| host.rsplit_once(':').and_then(|(h, _)| h.parse().ok()))
+        })
+    });
+    // The nearest hop the proxy added is the last one of X-Forwarded-For.
+    let x_forwarded = || {
+        headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|v| v.trim().parse::<IpAddr>().ok())
+    };
+    forwarded.or_else(x_forwarded).unwrap_or(peer)
+}
+
+fn credential(headers: &HeaderMap) -> Option<String> {
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+/// Hands one request to the engine and waits for its JSON answer.
+async fn ask(
+    shared: &Shared,
+    account: String,
+    kind: String,
+    read: bool,
+    body: Bytes,
+    headers: &HeaderMap,
+    peer: IpAddr,
+) -> Result<Value, Response> {
+    let ip = client_ip(peer, headers, &shared.config.trusted_proxies);
+    let (request, answer) = Request::local(account, kind, read, body, credential(headers), Some(ip));
+    let unavailable = |why: &str| error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why);
+    match shared.engine.try_send(request) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            return Err(error(StatusCode::TOO_MANY_REQUESTS, "overloaded", "the engine's queue is full; retry later"));
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => return Err(unavailable("the engine is stopping")),
+    }
+    let bytes = tokio::time::timeout(std::time::Duration::from_millis(ENGINE_TIMEOUT_MS), answer)
+        .await
+        .map_err(|_| unavailable(&format!("no answer from the engine within {ENGINE_TIMEOUT_MS} ms")))?
+        .map_err(|_| unavailable("the engine dropped the request"))?;
+    serde_json::from_slice(&bytes).map_err(|_| unavailable("the engine's answer is not JSON"))
+}
+
+async fn command(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((account, kind)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match ask(&shared, account, kind, false, body, &headers, peer.ip()).await {
+        Ok(answer) => reply(status_of(&answer), answer),
+        Err(response) => response,
+    }
+}
+
+/// Asks the engine whether the caller may read `what`; the scope it may read.
+async fn authorize(
+    shared: &Shared,
+    account: &str,
+    what: &str,
+    headers: &HeaderMap,
+    peer: IpAddr,
+) -> Result<Value, Response> {
+    let answer = ask(shared, account.to_owned(), what.to_owned(), true, Bytes::new(), headers, peer).await?;
+    if answer["outcome"] == "authorized" { Ok(answer["scope"].clone()) } else { Err(reply(status_of(&answer), answer)) }
+}
+
+/// Opens a read model, brings it up to the stream's end, and hands its tree to `read`.
+async fn with_read_model<T>(
+    shared: &Shared,
+    name: &'static str,
+    projection: &mut (dyn convo_projector::Projection + Send),
+    read: impl FnOnce(&sled::Tree) -> Result<T, String>,
+) -> Result<T, Response> {
+    let _one = shared.reads.lock().await;
+    let busy = |e: &dyn std::fmt::Display| {
+        error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &format!("the {name} read model cannot be read now: {e}"))
+    };
+    let projector = convo_projector::Projector::open_at(&shared.config.projections, name).map_err(|e| busy(&e))?;
+    projector.catch_up(&shared.store, projection, &mut |_, _| {}).await.map_err(|e| busy(&e))?;
+    let tree = projector.tree().map_err(|e| busy(&e))?;
+    read(&tree).map_err(|e| busy(&e))
+}
+
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    from: Option<String>,
+    to: Option<String>,
+    actor: Option<String>,
+    action: Option<String>,
+    conversation: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn audit(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(account): Path<String>,
+    Query(q): Query<AuditQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(response) = authorize(&shared, &account, "audit", &headers, peer.ip()).await {
+        return response;
+    }
+    let filter = convo_audit::Filter {
+        account: Some(account.clone()),
+        from: q.from,
+        to: q.to,
+        actor: q.actor,
+        action: q.action,
+        conversation: q.conversation,
+        ip: None,
+    };
+    let limit = q.limit.unwrap_or(AUDIT_ENTRIES_MAX).min(AUDIT_ENTRIES_MAX);
+    let read = with_read_model(&shared, convo_audit::NAME, &mut convo_audit::AuditLog, |tree| {
+        convo_audit::entries(tree, &filter).map_err(|e| e.to_string())
+    })
+    .await;
+    match read {
+        Ok(mut entries) => {
+            let more = entries.len() > limit;
+            entries.truncate(limit);
+            reply(StatusCode::OK, json!({"account": account, "entries": entries, "truncated": more}))
+        }
+        Err(response) => response,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ReportQuery {
+    by: Option<String>,
+    period: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// The report kinds, as `convo report` names them.
+pub const REPORT_KINDS: [&str; 6] = ["overview", "volume", "sla", "times", "closures", "csat"];
+
+async fn report(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((account, kind)): Path<(String, String)>,
+    Query(q): Query<ReportQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let scope = match authorize(&shared, &account, "reports", &headers, peer.ip()).await {
+        Ok(scope) => scope,
+        Err(response) => return response,
+    };
+    if !REPORT_KINDS.contains(&kind.as_str()) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "unknown",
+            &format!("no report `{kind}`; one of {}", REPORT_KINDS.join(", ")),
+        );
+    }
+    let by = q.by.unwrap_or_else(|| "campaign".into());
+    let period = q.period.unwrap_or_else(|| "day".into());
+    if !convo_reports::DIMENSIONS.contains(&by.as_str()) {
+        let message = format!("`by` is one of {}", convo_reports::DIMENSIONS.join(", "));
+        return reply(
+            StatusCode::BAD_REQUEST,
+            json!({"outcome": "error", "code": "invalid", "field": "by", "message": message}),
+        );
+    }
+    if !["hour", "day"].contains(&period.as_str()) {
+        let message = "`period` is hour or day";
+        return reply(
+            StatusCode::BAD_REQUEST,
+            json!({"outcome": "error", "code": "invalid", "field": "period", "message": message}),
+        );
+    }
+    // A supervisor reads their campaigns only: rows by campaign, filtered.
+    let campaigns: Option<Vec<String>> =
+        scope["campaigns"].as_array().map(|list| list.iter().filter_map(|c| c.as_str().map(str::to_owned)).collect());
+    if campaigns.is_some() && by != "campaign" {
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "a supervisor reads reports by campaign (of the campaigns they supervise)",
+        );
+    }
+    let read = with_read_model(&shared, convo_reports::NAME, &mut convo_reports::Reports, |tree| {
+        convo_reports::rows(tree, &account, &by, &period, q.from.as_deref(), q.to.as_deref()).map_err(|e| e.to_string())
+    })
+    .await;
+    match read {
+        Ok(rows) => {
+            let rows: Vec<Value> = rows
+                .iter()
+                .filter(|r| campaigns.as_ref().is_none_or(|list| list.contains(&r.value)))
+                .map(|r| convo_reports::row_json(&by, r))
+                .collect();
+            reply(StatusCode::OK, json!({"account": account, "report": kind, "by": by, "period": period, "rows": rows}))
+        }
+        Err(response) => response,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", "10.0.99.99, 203.0.113.7".parse().unwrap());
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(client_ip(peer, &headers, &[]), peer);
+        assert_eq!(client_ip(peer, &headers, &[peer]), "203.0.113.7".parse::<IpAddr>().unwrap());
+        headers.insert("forwarded", "for=\"[2001:db8::1]:443\";proto=https".parse().unwrap());
+        assert_eq!(client_ip(peer, &headers, &[peer]), "2001:db8::1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn replies_map_to_statuses() {
+        let s = |v: Value| status_of(&v).as_u16();
+        assert_eq!(s(json!({"outcome": "committed"})), 200);
+        assert_eq!(s(json!({"outcome": "error", "code": "unauthenticated"})), 401);
+        assert_eq!(s(json!({"outcome": "error", "code": "forbidden"})), 403);
+        assert_eq!(s(json!({"outcome": "rejected", "code": "forbidden"})), 403);
+        assert_eq!(s(json!({"outcome": "rejected", "code": "unknown_conversation"})), 404);
+        assert_eq!(s(json!({"outcome": "rejected", "code": "conversation_closed"})), 409);
+        assert_eq!(s(json!({"outcome": "error", "code": "invalid"})), 400);
+        assert_eq!(s(json!({"outcome": "error", "code": "too_large"})), 413);
+        assert_eq!(s(json!({"outcome": "error", "code": "overloaded"})), 429);
+        assert_eq!(s(json!({"outcome": "error", "code": "unavailable"})), 503);
+    }
+}

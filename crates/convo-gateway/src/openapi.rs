@@ -1,0 +1,123 @@
+//! The OpenAPI 3.1 document of the gateway, generated from the code: the
+//! routes of [`crate::router`], one command path per command type of the
+//! domain ([`convo_domain::Command::TYPE_NAMES`]), the report kinds, and the
+//! statuses of [`crate::status_of`]. `schemas/openapi.json` is this document,
+//! committed; a test fails when they drift, and another validates it with
+//! `openapi-spec-validator`.
+
+use serde_json::{Map, Value, json};
+
+/// The command types a client may send (the engine's own are left out).
+fn client_commands() -> impl Iterator<Item = &'static str> {
+    convo_domain::Command::TYPE_NAMES.into_iter().filter(|t| *t != "record_denied")
+}
+
+fn error_responses(codes: &[u16]) -> Map<String, Value> {
+    let mut out = Map::new();
+    for code in codes {
+        let description = match code {
+            400 => "Not a valid request (`code`: malformed_json, invalid with the `field`, subject_mismatch)",
+            401 => "No credential, or not a valid one (unknown, revoked, expired)",
+            403 => "The principal may not do this (`rule`: tenant, scope, role, network, engine_only…)",
+            404 => "Unknown command type, conversation or entity",
+            409 => "Rejected by a rule of the domain (`code` and `reason`)",
+            413 => "The request is larger than the engine accepts",
+            429 => "Overloaded: retry later",
+            _ => "Unavailable: the engine or its store cannot answer now",
+        };
+        out.insert(
+            code.to_string(),
+            json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}),
+        );
+    }
+    out
+}
+
+fn account_param() -> Value {
+    json!({"name": "account", "in": "path", "required": true, "description": "The account (tenant)", "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}})
+}
+
+/// The document.
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    paths.insert(
+        "/v1/health".into(),
+        json!({"get": {"operationId": "health", "summary": "Whether the gateway is up (no credential needed)", "security": [],
+            "responses": {"200": {"description": "Up", "content": {"application/json": {"schema": {"type": "object"}}}}}}}),
+    );
+    paths.insert(
+        "/v1/openapi.json".into(),
+        json!({"get": {"operationId": "openapi", "summary": "This document", "security": [],
+            "responses": {"200": {"description": "The OpenAPI document", "content": {"application/json": {"schema": {"type": "object"}}}}}}}),
+    );
+    for kind in client_commands() {
+        let mut responses = Map::new();
+        responses.insert(
+            "200".into(),
+            json!({"description": "Done: committed (with the events), nothing to do, or a duplicate of an earlier command",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Reply"}}}}),
+        );
+        responses.extend(error_responses(&[400, 401, 403, 404, 409, 413, 429, 503]));
+        paths.insert(
+            format!("/v1/accounts/{{account}}/commands/{kind}"),
+            json!({"post": {
+                "operationId": format!("command_{kind}"),
+                "summary": format!("Send a `{kind}` command"),
+                "parameters": [account_param()],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["id", "command"], "additionalProperties": false,
+                    "properties": {
+                        "id": {"type": "string", "description": "The command's id: a retry with the same id repeats nothing"},
+                        "command": {"type": "object", "required": ["type"], "properties": {"type": {"const": kind}}}
+                    }}}}},
+                "responses": responses,
+            }}),
+        );
+    }
+    let mut read_responses = Map::new();
+    read_responses.insert(
+        "200".into(),
+        json!({"description": "The entries", "content": {"application/json": {"schema": {"type": "object"}}}}),
+    );
+    read_responses.extend(error_responses(&[400, 401, 403, 404, 429, 503]));
+    let query = |name: &str, description: &str| json!({"name": name, "in": "query", "required": false, "description": description, "schema": {"type": "string"}});
+    paths.insert(
+        "/v1/accounts/{account}/audit".into(),
+        json!({"get": {"operationId": "audit", "summary": "The audit log (admins, the operator, integrations with the `audit` read scope)",
+            "parameters": [account_param(), query("from", "RFC 3339, inclusive"), query("to", "RFC 3339, inclusive"),
+                query("actor", "user:ana, ana, integration:crm…"), query("action", "an event type"), query("conversation", "a conversation id"),
+                {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": crate::AUDIT_ENTRIES_MAX}}],
+            "responses": read_responses.clone()}}),
+    );
+    paths.insert(
+        "/v1/accounts/{account}/reports/{kind}".into(),
+        json!({"get": {"operationId": "report", "summary": "Report rows (admins, the operator, `reports` integrations; supervisors: their campaigns)",
+            "parameters": [account_param(),
+                {"name": "kind", "in": "path", "required": true, "schema": {"enum": crate::REPORT_KINDS}},
+                {"name": "by", "in": "query", "required": false, "schema": {"enum": convo_reports::DIMENSIONS}},
+                {"name": "period", "in": "query", "required": false, "schema": {"enum": ["hour", "day"]}},
+                query("from", "a bucket label: 2026-03-02 or 2026-03-02T14"), query("to", "a bucket label")],
+            "responses": read_responses}}),
+    );
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "convo gateway", "version": env!("CARGO_PKG_VERSION"),
+            "description": "Commands and reads of the convo engine over HTTP. Every request but health carries `Authorization: Bearer <credential>`: an account's API key, the platform operator's credential, or a JWT from the configured identity provider. Who acts comes from the credential and the connection, never from the body."},
+        "servers": [{"url": "http://127.0.0.1:8080"}],
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Reply": {"type": "object", "required": ["outcome"], "properties": {
+                    "outcome": {"enum": ["committed", "nothing", "duplicate"]},
+                    "log_seq": {"type": "integer"}, "events": {"type": "array", "items": {"type": "object"}},
+                    "credential": {"type": "string", "description": "issue_api_key only: the key's token, shown this once"}}},
+                "Error": {"type": "object", "required": ["outcome", "code"], "properties": {
+                    "outcome": {"enum": ["error", "rejected"]}, "code": {"type": "string"},
+                    "rule": {"type": "string"}, "field": {"type": "string"},
+                    "message": {"type": "string"}, "reason": {"type": "string"}}}
+            }
+        }
+    })
+}
