@@ -71,17 +71,13 @@ pub const ENGINE_USER: &str = "convo-engine";
 ///
 /// The server authenticates every connection: [`ENGINE_USER`], whose random
 /// password is part of [`NatsServer::url`] (so keep that URL as secret as the
-/// operator's credential), and the users added with [`NatsServer::set_users`]
-/// (the engine derives one per API key, limited to its account's subjects).
-/// There is no anonymous access: an unauthenticated client cannot publish,
+/// operator's credential). There is no anonymous access: an unauthenticated client cannot publish,
 /// subscribe or call the JetStream API.
 pub struct NatsServer {
     child: Child,
     pub port: u16,
     name: String,
     password: String,
-    users: String,
-    sync_always: bool,
     pub data_dir: PathBuf,
     pub binary: PathBuf,
     /// Held open while the server runs: the lock on the data directory.
@@ -99,28 +95,6 @@ impl NatsServer {
     /// The URL without credentials (what other NATS users connect to).
     pub fn public_url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// Replaces the server's other users (a config fragment: entries of its
-    /// `users` list) and has the server reload its config: a removed user's
-    /// connections are closed by the server.
-    pub fn set_users(&mut self, users: String) -> Result<(), LaunchError> {
-        self.users = users;
-        let config =
-            write_config(&self.data_dir, self.port, &self.name, &self.password, &self.users, self.sync_always)?;
-        let status = Command::new(&self.binary)
-            .args(["--signal", &format!("reload={}", self.child.id())])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map_err(io(&config))?;
-        if !status.success() {
-            return Err(LaunchError::Io {
-                path: config,
-                source: std::io::Error::other("nats-server did not take the reload signal"),
-            });
-        }
-        Ok(())
     }
 
     /// Finds the `nats-server` binary.
@@ -165,7 +139,7 @@ impl NatsServer {
             let nanos =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
             let name = format!("convo-{}-{port}-{nanos}", std::process::id());
-            let config = write_config(&options.data_dir, port, &name, &password, "", options.sync_always)?;
+            let config = write_config(&options.data_dir, port, &name, &password, options.sync_always)?;
             match spawn(&binary, &config, &options.data_dir, port, &name) {
                 Ok(child) => {
                     return Ok(Self {
@@ -173,8 +147,6 @@ impl NatsServer {
                         port,
                         name,
                         password,
-                        users: String::new(),
-                        sync_always: options.sync_always,
                         data_dir: options.data_dir.clone(),
                         binary,
                         _lock: lock,
@@ -201,8 +173,7 @@ impl NatsServer {
     /// clients reconnect to the same URL by themselves.
     pub fn restart(&mut self, options: &LaunchOptions) -> Result<(), LaunchError> {
         self.stop();
-        let config =
-            write_config(&options.data_dir, self.port, &self.name, &self.password, &self.users, options.sync_always)?;
+        let config = write_config(&options.data_dir, self.port, &self.name, &self.password, options.sync_always)?;
         self.child = spawn(&self.binary, &config, &options.data_dir, self.port, &self.name)?;
         Ok(())
     }
@@ -240,14 +211,7 @@ fn random_hex() -> std::io::Result<String> {
 }
 
 /// Writes the server's config (mode 0600: it holds the engine's password).
-fn write_config(
-    dir: &Path,
-    port: u16,
-    name: &str,
-    password: &str,
-    users: &str,
-    sync_always: bool,
-) -> Result<PathBuf, LaunchError> {
+fn write_config(dir: &Path, port: u16, name: &str, password: &str, sync_always: bool) -> Result<PathBuf, LaunchError> {
     let store = dir.join("jetstream");
     let config = dir.join("nats-server.conf");
     let pid_file = dir.join(PID_FILE);
@@ -255,7 +219,7 @@ fn write_config(
     let text = format!(
         "# written by convo\nserver_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 0\nmax_payload: 1MB\npid_file: {pid_file:?}\njetstream {{\n  store_dir: {store:?}{sync}\n}}\n\
          # Every connection authenticates; there is no anonymous user.\n\
-         authorization {{\n  users: [\n    {{ user: {ENGINE_USER:?}, password: {password:?} }}\n{users}  ]\n}}\n"
+         authorization {{\n  users: [\n    {{ user: {ENGINE_USER:?}, password: {password:?} }}\n  ]\n}}\n"
     );
     write_private(&config, text.as_bytes())?;
     Ok(config)
