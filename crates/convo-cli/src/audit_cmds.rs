@@ -109,6 +109,7 @@ fn bar(len: u64, what: &str) -> ProgressBar {
 
 pub async fn audit(args: AuditArgs) -> Result<std::process::ExitCode> {
     let (store, projector) = args.connection.read_model(convo_audit::NAME).await?;
+    let data_dir = args.connection.data_dir().to_path_buf();
     match args.command {
         AuditCmd::CatchUp => {
             let stats = projector.catch_up(&store, &mut AuditLog, &mut |_, _| {}).await?;
@@ -137,9 +138,10 @@ pub async fn audit(args: AuditArgs) -> Result<std::process::ExitCode> {
                     "convo: the audit log is {lag} commits behind the stream (`convo audit catch-up` folds them); verifying what it holds"
                 );
             }
+            let mut broken = false;
             if let Some(d) = &verdict.first_divergence {
                 println!("the audit log DIFFERS from the stream after {} matching entries: {d}", verdict.entries);
-                return Ok(std::process::ExitCode::from(1));
+                broken = true;
             }
             if !verdict.not_in_record.is_empty() {
                 println!(
@@ -151,6 +153,35 @@ pub async fn audit(args: AuditArgs) -> Result<std::process::ExitCode> {
                 for dead in verdict.not_in_record.iter().take(20) {
                     println!("  message {}: {}", dead.seq, dead.reason);
                 }
+                broken = true;
+            }
+            match &store.config().signing {
+                Some(signing) => {
+                    let anchors = convo_store::signing::check_anchors(&store, signing).await?;
+                    if anchors.findings.is_empty() {
+                        println!(
+                            "the stream holds every anchored commit where it was anchored ({} aggregates; signatures checked after sequence {})",
+                            anchors.held,
+                            signing.unsigned_through()
+                        );
+                    } else {
+                        println!("the stream does NOT hold what the engine anchored:");
+                        for finding in &anchors.findings {
+                            println!("  {finding}");
+                        }
+                        if anchors.more > 0 {
+                            println!("  … and {} more", anchors.more);
+                        }
+                        broken = true;
+                    }
+                }
+                None => eprintln!(
+                    "convo: no engine key for this stream under {} ({}): signatures and anchors NOT checked",
+                    data_dir.display(),
+                    convo_store::signing::KEY_FILE
+                ),
+            }
+            if broken {
                 return Ok(std::process::ExitCode::from(1));
             }
             println!(

@@ -31,7 +31,7 @@ pub struct DoctorArgs {
 }
 
 pub async fn doctor(args: DoctorArgs) -> Result<std::process::ExitCode> {
-    let store = JetStreamStore::connect(&args.connection.url()?, args.connection.store_config()).await?;
+    let store = JetStreamStore::connect(&args.connection.url()?, args.connection.store_config()?).await?;
     let last = store.last_seq().await?;
     let (machines, newest) = recover_machines(&store, 1, MachineConfig::serve()).await?;
     let machine = &machines[0];
@@ -52,8 +52,8 @@ pub async fn doctor(args: DoctorArgs) -> Result<std::process::ExitCode> {
     }
     println!(
         "stream {} (prefix {}): last sequence {last}, read up to {newest}",
-        args.connection.store_config().stream,
-        args.connection.store_config().prefix
+        args.connection.store_config()?.stream,
+        args.connection.store_config()?.prefix
     );
     if count == 0 {
         println!("every message applies: nothing to do");

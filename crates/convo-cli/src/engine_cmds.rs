@@ -12,6 +12,7 @@ use convo_engine::clock::WallClock;
 use convo_sim::summary::Summary;
 use convo_sim::{Record, scenario};
 use convo_store::launcher::{LaunchOptions, NatsServer};
+use convo_store::signing::Signing;
 use convo_store::{EventStore, JetStreamStore, StoreConfig};
 
 /// Where `serve` leaves the URL of its embedded server, with the engine's
@@ -62,6 +63,10 @@ pub struct Connection {
 }
 
 impl Connection {
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
     pub fn url(&self) -> Result<String> {
         if let Some(url) = &self.nats_url {
             return Ok(url.clone());
@@ -79,14 +84,33 @@ impl Connection {
 
     /// The stream and a read model's database under `<data-dir>/projections`.
     pub async fn read_model(&self, name: &'static str) -> Result<(JetStreamStore, convo_projector::Projector)> {
-        let store = JetStreamStore::connect(&self.url()?, self.store_config()).await?;
+        let store = JetStreamStore::connect(&self.url()?, self.store_config()?).await?;
         let projector = convo_projector::Projector::open_at(&self.data_dir.join("projections"), name)?;
         Ok((store, projector))
     }
 
-    pub fn store_config(&self) -> StoreConfig {
+    /// The store's settings, with the engine's key under --data-dir when
+    /// there is one (reads then refuse what the engine did not sign).
+    pub fn store_config(&self) -> Result<StoreConfig> {
         let storage = if self.storage == "memory" { convo_store::Storage::Memory } else { convo_store::Storage::File };
-        StoreConfig { replicas: usize::from(self.replicas), storage, ..StoreConfig::for_prefix(&self.prefix) }
+        let config =
+            StoreConfig { replicas: usize::from(self.replicas), storage, ..StoreConfig::for_prefix(&self.prefix) };
+        let signing = Signing::open(&self.data_dir, &config.stream)?.map(std::sync::Arc::new);
+        Ok(StoreConfig { signing, ..config })
+    }
+
+    /// The engine's key for the stream under --data-dir, made if there is
+    /// none, anchoring what this process appends.
+    pub async fn sign(&self, store: JetStreamStore) -> Result<(JetStreamStore, std::sync::Arc<Signing>)> {
+        let (signing, made) = Signing::open_or_create(&self.data_dir, &store.config().stream, store.last_seq().await?)?;
+        if made {
+            eprintln!(
+                "convo: made the engine's signing key: {} (mode 0600; `convo audit verify` needs it)",
+                self.data_dir.join(convo_store::signing::KEY_FILE).display()
+            );
+        }
+        let signing = std::sync::Arc::new(signing);
+        Ok((store.with_signing(signing.clone()), signing))
     }
 }
 
@@ -156,8 +180,22 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             url
         }
     };
-    let store = JetStreamStore::connect(&url, c.store_config()).await?;
+    let store = JetStreamStore::connect(&url, c.store_config()?).await?;
     eprintln!("convo: connected to nats-server {} at {}", store.server_version(), convo_store::strip_userinfo(&url));
+    let (store, signing) = c.sign(store).await?;
+    let anchoring = tokio::spawn({
+        let signing = signing.clone();
+        async move {
+            let mut every =
+                tokio::time::interval(std::time::Duration::from_millis(convo_store::signing::ANCHOR_EVERY_MS));
+            loop {
+                every.tick().await;
+                if let Err(e) = signing.flush() {
+                    eprintln!("convo: could not write the anchors: {e}");
+                }
+            }
+        }
+    });
     // One engine per stream until partitions are shared: a second one refuses here.
     let lease = acquire_lease(&store).await?;
     let client = store.client().clone();
@@ -225,6 +263,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let stats =
         convo_engine::serve::serve(engine_store, &mut bus, local_rx, std::sync::Arc::new(WallClock), config, shutdown)
             .await?;
+    anchoring.abort();
+    signing.flush()?;
     let _ = http_stop_tx.send(());
     if let Some(gateway) = gateway {
         let _ = gateway.await;
@@ -450,7 +490,7 @@ pub struct TailArgs {
 }
 
 pub async fn tail(args: TailArgs) -> Result<()> {
-    let store = JetStreamStore::connect(&args.connection.url()?, args.connection.store_config()).await?;
+    let store = JetStreamStore::connect(&args.connection.url()?, args.connection.store_config()?).await?;
     let mut follow = if args.no_follow { store.read(args.from).await? } else { store.subscribe(args.from).await? };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -541,9 +581,24 @@ pub async fn replay_traffic(args: ReplayArgs) -> Result<()> {
     if store.last_seq().await? > 0 {
         bail!("the stream under prefix {:?} already holds commits; replay into a fresh prefix", args.prefix);
     }
+    // Laid out as `convo serve` lays it out: signed with the data directory's key, and anchored.
+    let signing = match &args.data_dir {
+        Some(dir) => {
+            let (signing, _) = Signing::open_or_create(dir, &store.config().stream, 0)?;
+            Some(std::sync::Arc::new(signing))
+        }
+        None => None,
+    };
+    let store = match &signing {
+        Some(signing) => store.with_signing(signing.clone()),
+        None => store,
+    };
     let mut engine = Engine::recover(store).await?;
     let started = std::time::Instant::now();
     engine.replay(inputs.into_iter().map(|i| (i.envelope, i.at))).await?;
+    if let Some(signing) = &signing {
+        signing.flush()?;
+    }
     let elapsed = started.elapsed();
     let last = engine.store().last_seq().await?;
     let mut follow = engine.store().read(1).await?;

@@ -25,9 +25,10 @@ use futures::StreamExt;
 use convo_domain::AccountId;
 use convo_wire::{Commit, StreamRef, headers};
 
+use crate::signing::{SIGNATURE_HEADER, Signing};
 use crate::{
-    APPEND_RETRIES_MAX, COMMITS_PER_LOAD_MAX, CommitStream, EventStore, LogItem, StoreError, check_server_version,
-    decode_stored,
+    APPEND_RETRIES_MAX, COMMITS_PER_LOAD_MAX, CommitStream, EventStore, LogItem, Raw, StoreError, check_server_version,
+    decode_signed,
 };
 
 /// How long one read of a stored message may take before the store is
@@ -54,6 +55,9 @@ pub struct StoreConfig {
     pub ack_timeout_ms: u64,
     /// Retries of an append when the broker is unreachable or slow.
     pub append_retries_max: u32,
+    /// The engine's key: appends are signed, and reads refuse what it does
+    /// not vouch for (see [`crate::signing`]). `None`: neither.
+    pub signing: Option<std::sync::Arc<crate::signing::Signing>>,
 }
 
 impl StoreConfig {
@@ -74,6 +78,7 @@ impl Default for StoreConfig {
             storage: Storage::File,
             ack_timeout_ms: 5_000,
             append_retries_max: APPEND_RETRIES_MAX,
+            signing: None,
         }
     }
 }
@@ -132,6 +137,12 @@ impl JetStreamStore {
 
     pub fn config(&self) -> &StoreConfig {
         &self.config
+    }
+
+    /// This store, signing its appends and checking its reads with `signing`.
+    pub fn with_signing(mut self, signing: std::sync::Arc<Signing>) -> Self {
+        self.config.signing = Some(signing);
+        self
     }
 
     /// The version the connected server reported.
@@ -194,10 +205,17 @@ impl JetStreamStore {
     }
 }
 
-fn decode_message(prefix: &str, message: &jetstream::Message) -> LogItem {
+fn decode_message(prefix: &str, signing: Option<&Signing>, message: &jetstream::Message) -> LogItem {
     let info = message.info().map_err(unavailable)?;
-    let version = message.headers.as_ref().and_then(|h| h.get(headers::SCHEMA)).map(|v| v.as_str());
-    decode_stored(prefix, info.stream_sequence, message.subject.to_string(), version, &message.payload)
+    let header = |name: &str| message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str());
+    let raw = Raw {
+        seq: info.stream_sequence,
+        subject: message.subject.to_string(),
+        version: header(headers::SCHEMA),
+        signature: header(SIGNATURE_HEADER),
+        payload: &message.payload,
+    };
+    decode_signed(prefix, signing, raw)
 }
 
 impl EventStore for JetStreamStore {
@@ -214,6 +232,11 @@ impl EventStore for JetStreamStore {
         let msg_id = format!("{}/{}/{}", commit.account, commit.stream.path(), commit.first_seq());
         headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
         let subject = commit.subject(prefix);
+        let signing = self.config.signing.as_deref();
+        if let Some(signing) = signing {
+            let signature = signing.sign(&subject, &convo_wire::SCHEMA_VERSION.to_string(), &payload);
+            headers.insert(SIGNATURE_HEADER, signature.as_str());
+        }
         let mut last_error = String::new();
         for _ in 0..=self.config.append_retries_max {
             let outcome = match self.js.publish_with_headers(subject.clone(), headers.clone(), payload.clone()).await {
@@ -221,7 +244,14 @@ impl EventStore for JetStreamStore {
                 Err(e) => Err(e),
             };
             match outcome {
-                Ok(ack) => return Ok(ack.sequence),
+                Ok(ack) => {
+                    if let Some(signing) = signing
+                        && let Err(e) = signing.anchor(commit, ack.sequence)
+                    {
+                        eprintln!("convo: could not write the anchors: {e}");
+                    }
+                    return Ok(ack.sequence);
+                }
                 Err(e) => match e.kind() {
                     PublishErrorKind::WrongLastSequence => {
                         return Err(StoreError::Conflict { stream: filter, expected });
@@ -258,9 +288,15 @@ impl EventStore for JetStreamStore {
             if out.len() == COMMITS_PER_LOAD_MAX {
                 return Err(StoreError::TooManyCommits { stream: filter });
             }
-            let version = message.headers.get(headers::SCHEMA).map(|v| v.as_str());
             next = message.sequence + 1;
-            out.push(decode_stored(prefix, message.sequence, message.subject.to_string(), version, &message.payload));
+            let raw = Raw {
+                seq: message.sequence,
+                subject: message.subject.to_string(),
+                version: message.headers.get(headers::SCHEMA).map(|v| v.as_str()),
+                signature: message.headers.get(SIGNATURE_HEADER).map(|v| v.as_str()),
+                payload: &message.payload,
+            };
+            out.push(decode_signed(prefix, self.config.signing.as_deref(), raw));
         }
         Ok(out)
     }
@@ -268,7 +304,10 @@ impl EventStore for JetStreamStore {
     async fn subscribe(&self, from_seq: u64) -> Result<CommitStream, StoreError> {
         let (_, messages) = self.ordered(from_seq).await?;
         let prefix = self.config.prefix.clone();
-        Ok(Box::pin(messages.map(move |m| m.map_err(unavailable).and_then(|m| decode_message(&prefix, &m)))))
+        let signing = self.config.signing.clone();
+        Ok(Box::pin(
+            messages.map(move |m| m.map_err(unavailable).and_then(|m| decode_message(&prefix, signing.as_deref(), &m))),
+        ))
     }
 
     /// Ends after the message the server reports nothing pending behind (or at
@@ -276,10 +315,12 @@ impl EventStore for JetStreamStore {
     async fn read(&self, from_seq: u64) -> Result<CommitStream, StoreError> {
         let (pending, messages) = self.ordered(from_seq).await?;
         let prefix = self.config.prefix.clone();
+        let signing = self.config.signing.clone();
         let timeout = Duration::from_millis(READ_TIMEOUT_MS);
         let state = (messages, pending == 0);
         Ok(Box::pin(futures::stream::unfold(state, move |(mut messages, done)| {
             let prefix = prefix.clone();
+            let signing = signing.clone();
             async move {
                 if done {
                     return None;
@@ -296,7 +337,7 @@ impl EventStore for JetStreamStore {
                     Ok(Some(Ok(message))) => message,
                 };
                 let last = item.info().map(|i| i.pending == 0).unwrap_or(true);
-                Some((decode_message(&prefix, &item), (messages, last)))
+                Some((decode_message(&prefix, signing.as_deref(), &item), (messages, last)))
             }
         })))
     }

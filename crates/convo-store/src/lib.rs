@@ -17,6 +17,7 @@ pub mod jetstream;
 pub mod launcher;
 pub mod lease;
 pub mod memory;
+pub mod signing;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -149,6 +150,29 @@ pub fn check_server_version(version: &str) -> Result<(), StoreError> {
 /// republished on another account's or aggregate's subject is refused, not
 /// credited to the subject it was found on).
 pub fn decode_stored(prefix: &str, seq: u64, subject: String, version: Option<&str>, payload: &[u8]) -> LogItem {
+    decode_signed(prefix, None, Raw { seq, subject, version, signature: None, payload })
+}
+
+/// A message as read from the stream.
+#[derive(Debug)]
+pub struct Raw<'a> {
+    pub seq: u64,
+    pub subject: String,
+    /// The [`convo_wire::headers::SCHEMA`] header.
+    pub version: Option<&'a str>,
+    /// The [`signing::SIGNATURE_HEADER`] header.
+    pub signature: Option<&'a str>,
+    pub payload: &'a [u8],
+}
+
+/// [`decode_stored`], refusing first (with `signing`) a message the engine's key does not vouch for.
+pub fn decode_signed(prefix: &str, signing: Option<&signing::Signing>, raw: Raw<'_>) -> LogItem {
+    let Raw { seq, subject, version, signature, payload } = raw;
+    if let Some(signing) = signing
+        && let Err(error) = signing.check(seq, &subject, version, payload, signature)
+    {
+        return Err(StoreError::Decode { seq, subject, error });
+    }
     let commit = convo_wire::parse_version(version).and_then(|version| convo_wire::decode(version, payload));
     let commit = match commit {
         Ok(commit) => commit,

@@ -189,6 +189,10 @@ pub enum WireError {
     /// wrong account or aggregate.
     #[error("stored on {subject}, but the commit belongs on {expected}")]
     Misplaced { subject: String, expected: String },
+    /// A message the engine's key does not vouch for: not appended by this
+    /// engine, or altered since.
+    #[error("not signed by the engine: {0}")]
+    Unsigned(String),
 }
 
 impl Commit {

@@ -3,6 +3,7 @@
 mod bad_stream;
 mod crash;
 mod supervise;
+mod tamper;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
