@@ -38,7 +38,7 @@ demo: build nats
     printf 'no credential: '; curl -s -o /dev/null -w 'HTTP %{http_code}\n' -X POST "$http/v1/accounts/acme/commands/configure_account" -d '{}'
     printf 'the operator creates account acme: '; post "$operator" acme configure_account '{"id":"acme-1","command":{"type":"configure_account","name":"Acme","typifications":[{"id":"venta","name":"Venta"}]}}' | cut -c1-60
     printf 'and its admin: '; post "$operator" acme define_user '{"id":"acme-2","command":{"type":"define_user","id":"sara","name":"Sara","email":"sara@acme.co","role":"admin"}}' | cut -c1-60
-    key=$(curl -s -H "Authorization: Bearer $operator" -X POST "$http/v1/accounts/acme/commands/issue_api_key" -d '{"id":"acme-3","command":{"type":"issue_api_key","key":"sara-laptop","holder":{"user":"sara"}}}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["credential"])')
+    key=$(curl -s -H "Authorization: Bearer $operator" -X POST "$http/v1/accounts/acme/commands/issue_api_key" -d '{"id":"acme-3","command":{"type":"issue_api_key","key":"sara-laptop","holder":{"user":"sara"}}}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["credential"]["token"])')
     echo "an API key for sara, shown once: ${key:0:40}…"
     printf 'sara, on another account: '; post "$key" default configure_account '{"id":"x-1","command":{"type":"configure_account","name":"Mine now"}}'
     printf 'sara defines a channel: '; post "$key" acme define_channel '{"id":"acme-4","command":{"type":"define_channel","id":"wa","kind":"whatsapp","external_id":"+573000000000"}}' | cut -c1-60
@@ -64,7 +64,7 @@ nats:
     .tools/nats/bin/nats-server --version
 
 # Formatting, lints and every test (what CI runs).
-test: nats
+test: nats validators
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
     cargo test --workspace
@@ -88,6 +88,15 @@ update-fixtures:
 # Regenerate schemas/ from the code (review the diff: a changed shape needs a new version).
 schemas:
     UPDATE_SCHEMAS=1 cargo test -p convo-wire --test it schemas_match_the_code
+    UPDATE_SCHEMAS=1 cargo test -p convo-gateway the_committed_document_is_the_generated_one
+
+# Install the ecosystem's own validators the tests use (pip, into .tools/py) unless they are there.
+validators:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ -d .tools/py/openapi_spec_validator ]; then exit 0; fi
+    echo "installing openapi-spec-validator into .tools/py (pip)"
+    PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --target .tools/py openapi-spec-validator
 
 # Benchmarks (not part of `just test`): every figure beside its raw ceiling, in one run (see BENCHMARKS.md).
 bench: nats

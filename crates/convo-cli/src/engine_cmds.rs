@@ -207,7 +207,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     );
     let (reason_tx, mut reason_rx) = tokio::sync::watch::channel(None::<String>);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let supervisor = tokio::spawn(supervise(lease, embedded, launch, reason_tx, stop_rx));
+    let logins = convo_engine::serve::NatsLogins::new(&c.prefix);
+    let supervisor = tokio::spawn(supervise(lease, embedded, launch, logins.clone(), reason_tx, stop_rx));
     let shutdown = async {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => eprintln!("convo: stopping after the commands in hand"),
@@ -233,6 +234,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         access: std::sync::Arc::new(access),
         command_bytes_max: args.command_bytes_max,
         partitions: usize::from(args.partitions),
+        nats_logins: Some(logins),
         ..Default::default()
     };
     let (local_tx, local_rx) = tokio::sync::mpsc::channel(convo_engine::serve::PARTITION_QUEUE_MAX);
@@ -344,6 +346,7 @@ async fn supervise(
     mut lease: convo_store::lease::Lease,
     mut embedded: Option<NatsServer>,
     launch: LaunchOptions,
+    logins: std::sync::Arc<convo_engine::serve::NatsLogins>,
     reason: tokio::sync::watch::Sender<Option<String>>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) -> (Option<convo_store::lease::Lease>, Option<NatsServer>) {
@@ -359,6 +362,18 @@ async fn supervise(
         tokio::select! {
             _ = &mut stop => return (Some(lease), embedded),
             _ = every.tick() => {}
+            _ = logins.changed() => {
+                // The keys' NATS logins: into the embedded server's config, reloaded.
+                // (On an operator's own cluster, `convo nats-config` prints them.)
+                if let Some(server) = embedded.as_mut() {
+                    match server.set_users(&launch, logins.all()) {
+                        Ok(true) => eprintln!("convo: the embedded nats-server now has {} key login(s)", logins.all().len()),
+                        Ok(false) => {}
+                        Err(e) => eprintln!("convo: could not give the embedded nats-server the keys' logins: {e}"),
+                    }
+                }
+                continue;
+            }
         }
         if reason.borrow().is_some() {
             continue; // already stopping; wait to be told
@@ -623,5 +638,53 @@ pub async fn replay_traffic(args: ReplayArgs) -> Result<()> {
     }
     out.flush()?;
     drop(embedded);
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Examples:
+  convo nats-config --nats-url nats://convo-engine:$PW@10.0.0.5:4222 > convo-auth.conf
+  # include it from each server's config, set CONVO_ENGINE_PASSWORD in their environment,
+  # and reload them (nats-server --signal reload) after issuing or revoking a key
+
+The embedded default (`convo serve` without --nats-url) writes and reloads this
+itself. What it grants: the engine's user may do everything (it alone writes
+the stream and calls the JetStream API); each API key's login (an nkey the
+engine derived from the key's secret) may publish its account's commands,
+subscribe to its own reply inbox and, for an admin's key or an integration
+with the `events` read scope, to its account's events. Nothing is anonymous.")]
+pub struct NatsConfigArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// How the engine's password appears in the config (`$VAR`: from the servers' environment).
+    #[arg(long, default_value = "$CONVO_ENGINE_PASSWORD")]
+    engine_password: String,
+}
+
+pub async fn nats_config(args: NatsConfigArgs) -> Result<()> {
+    let c = &args.connection;
+    let store = JetStreamStore::connect(&c.url()?, c.store_config()?).await?;
+    let (machines, last) =
+        convo_engine::runtime::recover_machines(&store, 1, convo_engine::machine::MachineConfig::serve()).await?;
+    let mut users = Vec::new();
+    for machine in &machines {
+        for catalog in machine.world().catalogs() {
+            users.extend(convo_engine::access::nats_users(&c.prefix, catalog));
+        }
+    }
+    let password = if args.engine_password.starts_with('$') {
+        args.engine_password.clone()
+    } else {
+        format!("{:?}", args.engine_password)
+    };
+    println!(
+        "# nats-server authorization for convo (subject prefix `{}`), from stream {} up to sequence {last}:\n\
+         # {} key login(s). Written by `convo nats-config`; regenerate and reload after issuing or revoking a key.",
+        c.prefix,
+        store.config().stream,
+        users.len()
+    );
+    print!("{}", convo_store::launcher::authorization_block(&password, &users));
     Ok(())
 }

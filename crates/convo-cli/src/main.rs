@@ -59,6 +59,8 @@ The scenario format is documented in replay-fixtures/README.md.")]
     Contact(contact_cmds::ContactArgs),
     /// List the messages of the log that recovery cannot apply, and purge them.
     Doctor(doctor_cmds::DoctorArgs),
+    /// Print the nats-server authorization for your own cluster: the engine's user and every key's login.
+    NatsConfig(engine_cmds::NatsConfigArgs),
 }
 
 #[derive(Args, Debug)]
@@ -121,6 +123,7 @@ fn main() -> ExitCode {
                     Cmd::Report(args) => report_cmds::report(args).await.map(|()| ExitCode::SUCCESS),
                     Cmd::Contact(args) => contact_cmds::contact(args).await.map(|()| ExitCode::SUCCESS),
                     Cmd::Doctor(args) => doctor_cmds::doctor(args).await,
+                    Cmd::NatsConfig(args) => engine_cmds::nats_config(args).await.map(|()| ExitCode::SUCCESS),
                     Cmd::Simulate(_) => unreachable!("handled above"),
                 }
             })

@@ -401,6 +401,11 @@ pub struct ApiKeySpec {
     /// client never sends it.
     #[serde(default)]
     pub secret_sha256: String,
+    /// The public nkey (`U…`, 56 characters) of the key's NATS login, derived
+    /// by the engine from the secret; empty for a key without one. Public: it
+    /// lets NATS check a signature, never sign.
+    #[serde(default)]
+    pub nats_nkey: String,
 }
 
 /// A key to revoke.
@@ -1024,6 +1029,14 @@ impl Catalog {
             return Err(Rejection::invalid(
                 "secret_sha256",
                 "the engine fills it (64 hex digits) when it issues the key",
+            ));
+        }
+        let nkey_chars = |c: u8| c.is_ascii_uppercase() || (b'2'..=b'7').contains(&c);
+        let nkey_ok = s.nats_nkey.len() == 56 && s.nats_nkey.starts_with('U') && s.nats_nkey.bytes().all(nkey_chars);
+        if !s.nats_nkey.is_empty() && !nkey_ok {
+            return Err(Rejection::invalid(
+                "nats_nkey",
+                "the engine fills it (a public user nkey, `U` and 55 base32 characters) when it issues the key",
             ));
         }
         match &s.holder {

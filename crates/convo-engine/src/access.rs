@@ -187,6 +187,59 @@ pub fn key_token(account: &AccountId, key: &KeyId, secret: &str) -> String {
     format!("{KEY_PREFIX}.{account}.{key}.{secret}")
 }
 
+/// The NATS login of a key: an nkey pair derived from the key's secret, so
+/// the engine keeps only its public half ([`convo_domain::config::ApiKeySpec::nats_nkey`])
+/// and answers the seed once, with the token.
+pub fn nats_keypair(secret: &str) -> Result<nkeys::KeyPair, String> {
+    let seed: [u8; 32] =
+        Sha256::new().chain_update(b"convo-nats-nkey-v1").chain_update(secret.as_bytes()).finalize().into();
+    nkeys::KeyPair::new_from_raw(nkeys::KeyPairType::User, seed)
+        .map_err(|e| format!("cannot derive the NATS login: {e}"))
+}
+
+/// The subject prefix of a key's reply inboxes (its NATS login may
+/// subscribe there, and nowhere else outside its account's events).
+pub fn nats_inbox(account: &AccountId, key: &KeyId) -> String {
+    format!("_INBOX.{account}.{key}")
+}
+
+/// The NATS logins of an account's live keys under `prefix`: each may
+/// publish commands on its account's intake subjects, and subscribe to its
+/// own inbox and, when its principal may read events (an admin's key, or an
+/// integration with the `events` read scope), to its account's event
+/// subjects. Nothing else: not the stream's management API, not another
+/// account, not the intake subjects (which carry other principals' credentials).
+pub fn nats_users(prefix: &str, catalog: &Catalog) -> Vec<convo_store::launcher::NatsUser> {
+    let account = &catalog.account;
+    let mut users = Vec::new();
+    for (id, key) in &catalog.keys {
+        let spec = &key.spec;
+        if key.revoked || spec.nats_nkey.is_empty() {
+            continue;
+        }
+        let (holder, events) = match &spec.holder {
+            KeyHolder::User(user) => match catalog.user(user) {
+                Ok(u) => (format!("user:{user}"), u.role == Role::Admin),
+                Err(_) => continue, // an inactive user's key logs in nowhere
+            },
+            KeyHolder::Integration(integration) => {
+                (format!("integration:{integration}"), spec.scopes.reads.iter().any(|r| r == "events"))
+            }
+        };
+        let mut subscribe = vec![format!("{}.>", nats_inbox(account, id))];
+        if events {
+            subscribe.extend(["conv", "agent", "config"].map(|kind| format!("{prefix}.{account}.{kind}.>")));
+        }
+        users.push(convo_store::launcher::NatsUser {
+            nkey: spec.nats_nkey.clone(),
+            comment: format!("account {account}, key {id} ({holder})"),
+            publish: vec![format!("{prefix}.{account}.cmd.>")],
+            subscribe,
+        });
+    }
+    users
+}
+
 /// The token of the platform operator.
 pub fn operator_token(secret: &str) -> String {
     format!("{OPERATOR_PREFIX}.{secret}")

@@ -214,6 +214,11 @@ impl World {
         self.accounts.get(account).map(|a| &a.catalog)
     }
 
+    /// Every account's catalog.
+    pub fn catalogs(&self) -> impl Iterator<Item = &Catalog> {
+        self.accounts.values().map(|a| &a.catalog)
+    }
+
     /// How many conversations are open across accounts.
     pub fn open_conversations(&self) -> usize {
         self.accounts.values().map(|a| a.floor.open_conversations()).sum()

@@ -121,11 +121,28 @@ pub fn parse_request(
 /// A request that passed the door.
 #[derive(Debug)]
 pub enum Admitted {
-    /// A command to execute; `credential` is the token of a key being issued
+    /// A command to execute; `credential` is what a key being issued needs
     /// (answered once, with the commit, and never stored).
-    Command { envelope: Box<CommandEnvelope>, credential: Option<String> },
+    Command { envelope: Box<CommandEnvelope>, credential: Option<IssuedKey> },
     /// A read the principal may make, over this part of the account.
     Read { principal: Principal, scope: ReadScope },
+}
+
+/// The secrets of a key being issued: its bearer token and its NATS login.
+#[derive(Debug, Clone)]
+pub struct IssuedKey {
+    pub token: String,
+    /// The nkey seed (`SU…`) the key's NATS login signs in with.
+    pub nats_seed: String,
+    /// The prefix its NATS client must use for reply inboxes.
+    pub nats_inbox: String,
+}
+
+impl IssuedKey {
+    /// How the reply shows them (once).
+    pub fn to_json(&self) -> Value {
+        json!({"token": self.token, "nats": {"nkey_seed": self.nats_seed, "inbox_prefix": self.nats_inbox}})
+    }
 }
 
 /// A request refused at the door: its reply, and the denial (with who tried)
@@ -187,9 +204,22 @@ pub fn admit(
             }
             .into());
         }
+        if !spec.nats_nkey.is_empty() {
+            return Err(IntakeError::Invalid {
+                field: "command.nats_nkey".into(),
+                message: "the engine derives the key's NATS login from its secret; leave it out".into(),
+            }
+            .into());
+        }
         let secret = access::new_secret().map_err(|e| Refused { reply: unavailable(&e), denied: None })?;
+        let login = access::nats_keypair(&secret).map_err(|e| Refused { reply: unavailable(&e), denied: None })?;
         spec.secret_sha256 = access::hex(&access::sha256(&secret));
-        credential = Some(access::key_token(&envelope.account, &spec.key, &secret));
+        spec.nats_nkey = login.public_key();
+        credential = Some(IssuedKey {
+            token: access::key_token(&envelope.account, &spec.key, &secret),
+            nats_seed: login.seed().map_err(|e| Refused { reply: unavailable(&e.to_string()), denied: None })?,
+            nats_inbox: access::nats_inbox(&envelope.account, &spec.key),
+        });
     }
     Ok(Admitted::Command { envelope: Box::new(envelope), credential })
 }

@@ -18,14 +18,15 @@ use std::collections::HashMap;
 
 use convo_domain::command::engine_command_id;
 use convo_domain::config::{DENIED_ACTOR, DeniedAttempt};
-use convo_domain::{AccountId, Actor, Command, CommandEnvelope, Timestamp};
+use convo_domain::{AccountId, Actor, Catalog, Command, CommandEnvelope, Timestamp};
 use convo_store::bus::{CommandBus, Request, Responder};
+use convo_store::launcher::NatsUser;
 use convo_store::{EventStore, LogItem, StoreError};
-use convo_wire::Commit;
+use convo_wire::{Commit, StreamRef};
 
 use crate::access::AccessConfig;
 use crate::clock::Clock;
-use crate::intake::{Admitted, admit, authorized, result_reply};
+use crate::intake::{Admitted, IssuedKey, admit, authorized, result_reply};
 use crate::machine::{IoId, Machine, MachineConfig, MachineStats, Origin, Outcome, Output};
 use crate::runtime::{EngineError, Partition, recover_machines};
 
@@ -54,6 +55,47 @@ pub struct ServeConfig {
     pub partitions: usize,
     /// The partition machine's limits.
     pub machine: MachineConfig,
+    /// Where the partitions keep the keys' NATS logins up to date (for
+    /// whoever configures the NATS server); `None`: not kept.
+    pub nats_logins: Option<Arc<NatsLogins>>,
+}
+
+/// The NATS logins of every account's live keys, as the partitions last
+/// computed them (after recovery, and after each commit to a catalog).
+/// Whoever configures the NATS server waits on [`NatsLogins::changed`] and
+/// reads [`NatsLogins::all`]; changes coalesce, so nothing queues up.
+#[derive(Debug, Default)]
+pub struct NatsLogins {
+    prefix: String,
+    by_account: std::sync::Mutex<std::collections::BTreeMap<AccountId, Vec<NatsUser>>>,
+    changed: tokio::sync::Notify,
+}
+
+impl NatsLogins {
+    /// Logins for the intake and event subjects under `prefix`.
+    pub fn new(prefix: &str) -> Arc<Self> {
+        Arc::new(Self { prefix: prefix.to_owned(), ..Self::default() })
+    }
+
+    /// Recomputes one account's logins; wakes the waiter if they changed.
+    pub fn update(&self, catalog: &Catalog) {
+        let users = crate::access::nats_users(&self.prefix, catalog);
+        let mut by_account = self.by_account.lock().expect("not poisoned");
+        if by_account.get(&catalog.account) != Some(&users) {
+            by_account.insert(catalog.account.clone(), users);
+            self.changed.notify_one();
+        }
+    }
+
+    /// Every login, across accounts.
+    pub fn all(&self) -> Vec<NatsUser> {
+        self.by_account.lock().expect("not poisoned").values().flatten().cloned().collect()
+    }
+
+    /// Completes when the logins changed since the last call.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
 }
 
 impl Default for ServeConfig {
@@ -67,6 +109,7 @@ impl Default for ServeConfig {
             command_bytes_max: crate::intake::COMMAND_BYTES_MAX,
             partitions: 1,
             machine,
+            nats_logins: None,
         }
     }
 }
@@ -171,13 +214,18 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
     let mut io: FuturesUnordered<Pending> = FuturesUnordered::new();
     // Requests taken and not answered yet (bounded by the machine's limits),
     // with the credential of a key being issued.
-    let mut waiting: HashMap<u64, (Request, Option<String>)> = HashMap::new();
+    let mut waiting: HashMap<u64, (Request, Option<IssuedKey>)> = HashMap::new();
     let mut denied = DeniedLog::default();
     let mut next_token = 0u64;
     let mut invalid = 0u64;
     let mut stopping = false;
     let mut last_timeout = Timestamp::from_millis(i64::MIN);
     let mut reported = 0;
+    if let Some(logins) = &config.nats_logins {
+        for catalog in machine.world().catalogs() {
+            logins.update(catalog);
+        }
+    }
     loop {
         // Messages of the log that cannot be applied are skipped and said once each.
         for skipped in &machine.skipped()[reported..] {
@@ -213,7 +261,7 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
                     if let Some((request, credential)) = waiting.remove(&token) {
                         let mut reply = result_reply(&result);
                         if let (Some(credential), Ok(Outcome::Committed { .. })) = (credential, &result) {
-                            reply["credential"] = credential.into(); // shown this once, never stored
+                            reply["credential"] = credential.to_json(); // shown this once, never stored
                         }
                         answer(responder, &request, &reply).await;
                     }
@@ -236,7 +284,15 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
             _ = tokio::time::sleep(Duration::from_millis(wait.max(1))), if !stopping => Wake::Clock,
         };
         match wake {
-            Wake::Io(IoDone::Appended(id, commit, result)) => machine.handle_appended(id, commit, result),
+            Wake::Io(IoDone::Appended(id, commit, result)) => {
+                let catalog = (result.is_ok() && commit.stream == StreamRef::Catalog).then(|| commit.account.clone());
+                machine.handle_appended(id, commit, result);
+                if let (Some(logins), Some(account)) = (&config.nats_logins, catalog)
+                    && let Some(catalog) = machine.world().catalog(&account)
+                {
+                    logins.update(catalog);
+                }
+            }
             Wake::Io(IoDone::Loaded(id, result)) => machine.handle_loaded(id, result),
             Wake::Request(None) => stopping = true,
             Wake::Request(Some(request)) => {

@@ -14,6 +14,9 @@
 //! - `GET /v1/accounts/{account}/reports/{kind}` — report rows (admins, the
 //!   operator, `reports` integrations; a supervisor sees the campaigns they
 //!   supervise).
+//! - `GET /v1/accounts/{account}/events?after=&limit=&conversation=` — the
+//!   account's events as JSON lines' objects, from a stream-sequence cursor
+//!   (admins, the operator, integrations with the `events` read scope).
 //! - `GET /v1/health` — no credential: is the gateway up.
 //! - `GET /v1/openapi.json` — the OpenAPI 3.1 document ([`openapi`]).
 //!
@@ -50,6 +53,11 @@ pub const BODY_BYTES_MAX: usize = 1024 * 1024;
 pub const ENGINE_TIMEOUT_MS: u64 = 10_000;
 /// The most audit entries one read returns (`limit` may ask for fewer).
 pub const AUDIT_ENTRIES_MAX: usize = 10_000;
+/// The most events one read of the feed returns (`limit` may ask for fewer).
+pub const FEED_EVENTS_MAX: usize = 1_000;
+/// The most stream messages one read of the feed looks at (other accounts'
+/// included); the cursor it answers lets the next read go on from there.
+pub const FEED_SCAN_MAX: u64 = 100_000;
 
 /// How the gateway reaches the engine and the read models.
 #[derive(Debug, Clone)]
@@ -77,6 +85,7 @@ pub fn router(engine: mpsc::Sender<Request>, store: JetStreamStore, config: Gate
         .route("/v1/accounts/{account}/commands/{kind}", post(command))
         .route("/v1/accounts/{account}/audit", get(audit))
         .route("/v1/accounts/{account}/reports/{kind}", get(report))
+        .route("/v1/accounts/{account}/events", get(events))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(shared)
 }
@@ -269,6 +278,57 @@ async fn audit(
         }
         Err(response) => response,
     }
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    /// The stream sequence already seen (0: from the beginning).
+    after: Option<u64>,
+    limit: Option<usize>,
+    conversation: Option<String>,
+}
+
+/// The account's events after a cursor: each commit's events as their JSON
+/// view, and `next`, the cursor to ask with next time.
+async fn events(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(account): Path<String>,
+    Query(q): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(response) = authorize(&shared, &account, "events", &headers, peer.ip()).await {
+        return response;
+    }
+    let after = q.after.unwrap_or(0);
+    let limit = q.limit.unwrap_or(FEED_EVENTS_MAX).clamp(1, FEED_EVENTS_MAX);
+    let unavailable = |e: &dyn std::fmt::Display| error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e.to_string());
+    let mut log = match convo_store::EventStore::read(&shared.store, after + 1).await {
+        Ok(log) => log,
+        Err(e) => return unavailable(&e),
+    };
+    let (mut out, mut next) = (Vec::new(), after);
+    while let Some(item) = futures::StreamExt::next(&mut log).await {
+        match item {
+            Ok(stored) => {
+                next = stored.stream_seq;
+                let c = &stored.commit;
+                let wanted = c.account.as_str() == account
+                    && q.conversation.as_deref().is_none_or(
+                        |id| matches!(&c.stream, convo_wire::StreamRef::Conversation(x) if x.as_str() == id),
+                    );
+                if wanted {
+                    out.extend(c.json_lines());
+                }
+            }
+            Err(convo_store::StoreError::Decode { seq, .. }) => next = seq, // not part of the record
+            Err(e) => return unavailable(&e),
+        }
+        if out.len() >= limit || next - after >= FEED_SCAN_MAX {
+            break;
+        }
+    }
+    reply(StatusCode::OK, json!({"account": account, "events": out, "next": next}))
 }
 
 #[derive(Debug, Deserialize)]

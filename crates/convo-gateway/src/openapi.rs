@@ -99,6 +99,15 @@ pub fn document() -> Value {
                 query("from", "a bucket label: 2026-03-02 or 2026-03-02T14"), query("to", "a bucket label")],
             "responses": read_responses}}),
     );
+    paths.insert(
+        "/v1/accounts/{account}/events".into(),
+        json!({"get": {"operationId": "events", "summary": "The account's events after a cursor (admins, the operator, integrations with the `events` read scope)",
+            "parameters": [account_param(),
+                {"name": "after", "in": "query", "required": false, "description": "The stream sequence already seen (the `next` of the previous read; 0 from the start)", "schema": {"type": "integer", "minimum": 0}},
+                {"name": "limit", "in": "query", "required": false, "description": "At most this many events (whole commits)", "schema": {"type": "integer", "minimum": 1, "maximum": crate::FEED_EVENTS_MAX}},
+                query("conversation", "a conversation id")],
+            "responses": read_responses.clone()}}),
+    );
     json!({
         "openapi": "3.1.0",
         "info": {"title": "convo gateway", "version": env!("CARGO_PKG_VERSION"),
@@ -112,7 +121,9 @@ pub fn document() -> Value {
                 "Reply": {"type": "object", "required": ["outcome"], "properties": {
                     "outcome": {"enum": ["committed", "nothing", "duplicate"]},
                     "log_seq": {"type": "integer"}, "events": {"type": "array", "items": {"type": "object"}},
-                    "credential": {"type": "string", "description": "issue_api_key only: the key's token, shown this once"}}},
+                    "credential": {"type": "object", "description": "issue_api_key only, shown this once: the key's bearer `token`, and its NATS login (`nats.nkey_seed`, `nats.inbox_prefix`)",
+                        "properties": {"token": {"type": "string"}, "nats": {"type": "object", "properties": {
+                            "nkey_seed": {"type": "string"}, "inbox_prefix": {"type": "string"}}}}}}},
                 "Error": {"type": "object", "required": ["outcome", "code"], "properties": {
                     "outcome": {"enum": ["error", "rejected"]}, "code": {"type": "string"},
                     "rule": {"type": "string"}, "field": {"type": "string"},
@@ -120,4 +131,55 @@ pub fn document() -> Value {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    fn committed() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../schemas/openapi.json")
+    }
+
+    fn text() -> String {
+        serde_json::to_string_pretty(&super::document()).expect("JSON") + "\n"
+    }
+
+    /// `schemas/openapi.json` is the document the code makes;
+    /// `UPDATE_SCHEMAS=1` (or `just schemas`) rewrites it.
+    #[test]
+    fn the_committed_document_is_the_generated_one() {
+        if std::env::var_os("UPDATE_SCHEMAS").is_some() {
+            std::fs::write(committed(), text()).expect("write schemas/openapi.json");
+        }
+        let on_disk = std::fs::read_to_string(committed()).unwrap_or_default();
+        assert!(
+            on_disk == text(),
+            "schemas/openapi.json differs from the gateway's document: run `just schemas` and commit the result"
+        );
+    }
+
+    /// An independent validator (openapi-spec-validator, from pip; `just
+    /// validators` installs it into .tools/py) accepts the committed document.
+    #[test]
+    fn an_independent_validator_accepts_the_document() {
+        let tools = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.tools/py");
+        assert!(
+            tools.join("openapi_spec_validator").is_dir(),
+            "openapi-spec-validator is not installed in {}: run `just validators`",
+            tools.display()
+        );
+        let out = std::process::Command::new("python3")
+            .args(["-m", "openapi_spec_validator"])
+            .arg(committed())
+            .env("PYTHONPATH", &tools)
+            .output()
+            .expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "openapi-spec-validator refused schemas/openapi.json:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

@@ -67,6 +67,43 @@ pub struct LaunchOptions {
 /// connect as: the only one that may write the stream or manage JetStream.
 pub const ENGINE_USER: &str = "convo-engine";
 
+/// A NATS login besides the engine's: one API key's nkey, and the subjects
+/// it may publish and subscribe to (everything else is denied, the
+/// JetStream API included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsUser {
+    /// The public nkey (`U…`).
+    pub nkey: String,
+    /// Whose it is, written beside it in the config.
+    pub comment: String,
+    pub publish: Vec<String>,
+    pub subscribe: Vec<String>,
+}
+
+/// The `authorization` block of a nats-server config for convo: the engine's
+/// user (all rights; `password` is written as given, so `$VAR` names an
+/// environment variable) and one login per key. No anonymous user.
+pub fn authorization_block(password: &str, users: &[NatsUser]) -> String {
+    let list = |items: &[String]| items.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
+    let mut text = String::from(
+        "# Every connection authenticates; there is no anonymous user.\n\
+         # The engine's user alone may publish to the stream's subjects and call the JetStream API.\n\
+         authorization {\n  users: [\n",
+    );
+    text.push_str(&format!("    {{ user: {ENGINE_USER:?}, password: {password} }}\n"));
+    for user in users {
+        text.push_str(&format!(
+            "    # {}\n    {{ nkey: {:?}, permissions: {{ publish: {{ allow: [{}] }}, subscribe: {{ allow: [{}] }} }} }}\n",
+            user.comment.replace('\n', " "),
+            user.nkey,
+            list(&user.publish),
+            list(&user.subscribe)
+        ));
+    }
+    text.push_str("  ]\n}\n");
+    text
+}
+
 /// A running local server; dropping it stops the server.
 ///
 /// The server authenticates every connection: [`ENGINE_USER`], whose random
@@ -84,6 +121,8 @@ pub struct NatsServer {
     _lock: std::fs::File,
     /// Messages about what the start found (a leftover stopped…), for the owner to log.
     pub notes: Vec<String>,
+    /// The keys' logins in the config (kept across restarts).
+    users: Vec<NatsUser>,
 }
 
 impl NatsServer {
@@ -139,7 +178,7 @@ impl NatsServer {
             let nanos =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
             let name = format!("convo-{}-{port}-{nanos}", std::process::id());
-            let config = write_config(&options.data_dir, port, &name, &password, options.sync_always)?;
+            let config = write_config(&options.data_dir, port, &name, &password, options.sync_always, &[])?;
             match spawn(&binary, &config, &options.data_dir, port, &name) {
                 Ok(child) => {
                     return Ok(Self {
@@ -151,6 +190,7 @@ impl NatsServer {
                         binary,
                         _lock: lock,
                         notes,
+                        users: Vec::new(),
                     });
                 }
                 Err(e) => last = Some(e),
@@ -173,9 +213,35 @@ impl NatsServer {
     /// clients reconnect to the same URL by themselves.
     pub fn restart(&mut self, options: &LaunchOptions) -> Result<(), LaunchError> {
         self.stop();
-        let config = write_config(&options.data_dir, self.port, &self.name, &self.password, options.sync_always)?;
+        let config =
+            write_config(&options.data_dir, self.port, &self.name, &self.password, options.sync_always, &self.users)?;
         self.child = spawn(&self.binary, &config, &options.data_dir, self.port, &self.name)?;
         Ok(())
+    }
+
+    /// Replaces the keys' logins: rewrites the config and has the running
+    /// server reload it (`nats-server --signal reload`); connections of a
+    /// login no longer there are closed by the server. Returns whether anything changed.
+    pub fn set_users(&mut self, options: &LaunchOptions, mut users: Vec<NatsUser>) -> Result<bool, LaunchError> {
+        users.sort_by(|a, b| a.nkey.cmp(&b.nkey));
+        if users == self.users {
+            return Ok(false);
+        }
+        self.users = users;
+        write_config(&options.data_dir, self.port, &self.name, &self.password, options.sync_always, &self.users)?;
+        let status = Command::new(&self.binary)
+            .args(["--signal", &format!("reload={}", self.child.id())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(io(&self.binary))?;
+        if !status.success() {
+            return Err(LaunchError::Io {
+                path: self.binary.clone(),
+                source: std::io::Error::other(format!("`nats-server --signal reload` failed: {status}")),
+            });
+        }
+        Ok(true)
     }
 
     /// Stops the server now (dropping does the same).
@@ -211,15 +277,21 @@ fn random_hex() -> std::io::Result<String> {
 }
 
 /// Writes the server's config (mode 0600: it holds the engine's password).
-fn write_config(dir: &Path, port: u16, name: &str, password: &str, sync_always: bool) -> Result<PathBuf, LaunchError> {
+fn write_config(
+    dir: &Path,
+    port: u16,
+    name: &str,
+    password: &str,
+    sync_always: bool,
+    users: &[NatsUser],
+) -> Result<PathBuf, LaunchError> {
     let store = dir.join("jetstream");
     let config = dir.join("nats-server.conf");
     let pid_file = dir.join(PID_FILE);
     let sync = if sync_always { "\n  sync_interval: always" } else { "" };
     let text = format!(
-        "# written by convo\nserver_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 0\nmax_payload: 1MB\npid_file: {pid_file:?}\njetstream {{\n  store_dir: {store:?}{sync}\n}}\n\
-         # Every connection authenticates; there is no anonymous user.\n\
-         authorization {{\n  users: [\n    {{ user: {ENGINE_USER:?}, password: {password:?} }}\n  ]\n}}\n"
+        "# written by convo\nserver_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 0\nmax_payload: 1MB\npid_file: {pid_file:?}\njetstream {{\n  store_dir: {store:?}{sync}\n}}\n{}",
+        authorization_block(&format!("{password:?}"), users)
     );
     write_private(&config, text.as_bytes())?;
     Ok(config)

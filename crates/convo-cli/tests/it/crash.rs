@@ -111,7 +111,7 @@ async fn a_killed_engine_loses_no_acknowledged_command_and_its_timers_survive() 
     )
     .await;
     assert_eq!(issued["outcome"], "committed", "{issued}");
-    let ana = json!({"credential": issued["credential"]});
+    let ana = json!({"credential": issued["credential"]["token"]});
     send_retrying(&url, "ana-on", ana.clone(), json!({"type":"set_agent_state","agent":"ana","state":"available"}))
         .await;
     // A conversation whose inactivity closure (2 s after Ana's reply) is pending.

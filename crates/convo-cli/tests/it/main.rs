@@ -1,5 +1,6 @@
 //! The `convo` binary as a user runs it.
 
+mod access;
 mod bad_stream;
 mod crash;
 mod supervise;

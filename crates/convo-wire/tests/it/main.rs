@@ -48,7 +48,9 @@ fn schemas_match_the_code() {
             Some(_) => {}
         }
     }
-    for rel in on_disk.keys().filter(|rel| !generated.contains_key(*rel)) {
+    // The gateway's OpenAPI document is generated (and drift-checked) by convo-gateway.
+    let elsewhere = ["openapi.json"];
+    for rel in on_disk.keys().filter(|rel| !generated.contains_key(*rel) && !elsewhere.contains(&rel.as_str())) {
         problems.push(format!("{rel}: committed but no longer generated"));
     }
     assert!(

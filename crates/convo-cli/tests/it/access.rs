@@ -1,0 +1,643 @@
+//! The access matrix: every principal × every action, over HTTP (the real
+//! gateway) and over NATS (the embedded default's real nats-server config),
+//! each cell asserted: allowed, or refused with the expected status and code
+//! — by the engine, or by the NATS server itself. Then: requests from outside
+//! the allowed networks, a forged `X-Forwarded-For`, and an anonymous NATS
+//! client trying to publish to the stream, purge it and read an account.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const JWT_KEY: &[u8] = b"the identity provider's shared HS256 key";
+
+/// `convo serve` on its embedded default, killed when dropped.
+struct Served {
+    child: Child,
+    dir: PathBuf,
+    http: String,
+    engine_url: String,
+    public_url: String,
+    operator: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(dir: &Path) -> Served {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("jwt.key"), JWT_KEY).unwrap();
+    let log = std::fs::File::create(dir.join("serve.log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_convo"))
+        .args(["serve", "--trusted-proxy", "127.0.0.1", "--jwt-issuer", "idp", "--jwt-audience", "convo"])
+        .arg("--jwt-key-file")
+        .arg(dir.join("jwt.key"))
+        .arg("--data-dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("convo serve starts");
+    let mut served = Served {
+        child,
+        dir: dir.to_path_buf(),
+        http: String::new(),
+        engine_url: String::new(),
+        public_url: String::new(),
+        operator: String::new(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok().filter(|s| !s.trim().is_empty());
+        if let (Some(http), Some(url), Some(op)) = (read("http.url"), read("nats.url"), read("operator.key")) {
+            served.engine_url = url.trim().to_owned();
+            served.public_url = convo_store::strip_userinfo(&served.engine_url);
+            served.http = http.trim().trim_start_matches("http://").to_owned();
+            served.operator = op.trim().into();
+            return served;
+        }
+        assert!(Instant::now() < deadline, "convo serve did not start: {}", log_of(dir));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn log_of(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default()
+}
+
+/// One HTTP/1.1 request from `source` (a loopback address) to the gateway: status and JSON body.
+async fn http(
+    served: &Served,
+    source: &str,
+    method: &str,
+    path: &str,
+    credential: Option<&str>,
+    extra: &[(&str, &str)],
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let mut stream = socket.connect(served.http.parse().unwrap()).await.expect("the gateway accepts");
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", served.http);
+    if let Some(c) = credential {
+        request.push_str(&format!("Authorization: Bearer {c}\r\n"));
+    }
+    for (k, v) in extra {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()));
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut response)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&response);
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let json = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        // Chunked: join the chunks.
+        let mut out = String::new();
+        let mut rest = rest;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if size == 0 {
+                break;
+            }
+            out.push_str(&tail[..size]);
+            rest = &tail[size + 2..];
+        }
+        out
+    } else {
+        rest.to_owned()
+    };
+    (status, serde_json::from_str(&json).unwrap_or(Value::Null))
+}
+
+/// How a principal reaches NATS.
+#[derive(Clone)]
+enum Login {
+    /// The engine's own user (the operator's tools on this machine use it).
+    Engine,
+    /// An API key's nkey login: its seed and inbox prefix.
+    Nkey(String, String),
+    /// No login at all.
+    Anonymous,
+    /// No NATS login exists for this principal (a JWT from an identity
+    /// provider); its commands are relayed by a trusted connection.
+    Relayed,
+}
+
+#[derive(Clone)]
+struct Principal {
+    name: &'static str,
+    credential: Option<String>,
+    login: Login,
+}
+
+/// A NATS connection and the server's refusals it received.
+struct Nats {
+    client: async_nats::Client,
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+async fn connect(served: &Served, login: &Login) -> Result<Nats, String> {
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let sink = errors.clone();
+    let options = match login {
+        Login::Engine | Login::Relayed => convo_store::connect_options(&served.engine_url),
+        Login::Nkey(seed, inbox) => async_nats::ConnectOptions::with_nkey(seed.clone()).custom_inbox_prefix(inbox),
+        Login::Anonymous => async_nats::ConnectOptions::new(),
+    };
+    let client = options
+        .event_callback(move |event| {
+            let sink = sink.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    sink.lock().unwrap().push(e.to_string());
+                }
+            }
+        })
+        .max_reconnects(0)
+        .connection_timeout(Duration::from_secs(3))
+        .connect(served.public_url.as_str())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Nats { client, errors })
+}
+
+/// What a cell should come to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// Allowed (HTTP 200; on NATS, the engine's reply is a success).
+    Ok,
+    /// Refused by the engine with this status and code.
+    No(u16, &'static str),
+    /// Refused by the NATS server: the connection, the publish or the subscription.
+    Server,
+    /// Not served on this transport: nothing answers (the read models are
+    /// read over HTTP; on NATS, events are subscribed to).
+    NotServed,
+}
+use Expect::{No, NotServed, Ok as Yes, Server};
+
+/// The engine's reply as a status (the gateway's mapping) and code.
+fn verdict(status: u16, reply: &Value) -> (u16, String) {
+    let code = reply["rule"].as_str().or(reply["code"].as_str()).unwrap_or("").to_owned();
+    (status, if status == 200 { String::new() } else { code })
+}
+
+fn matches(expect: Expect, got: &(u16, String)) -> bool {
+    match expect {
+        Yes => got.0 == 200,
+        No(status, code) => got.0 == status && got.1 == code,
+        Server => got.0 == 0,
+        NotServed => got.0 == 503 && got.1 == "no_responders",
+    }
+}
+
+struct Setup {
+    served: Served,
+    principals: Vec<Principal>,
+}
+
+fn account_settings(networks: &[&str]) -> Value {
+    json!({"type":"configure_account","name":"Acme","allowed_networks": networks,
+        "typifications":[{"id":"venta","name":"Venta"},{"id":"inactividad","name":"I"},{"id":"transferencia","name":"T"}]})
+}
+
+async fn op(served: &Served, account: &str, id: &str, command: Value) -> Value {
+    let kind = command["type"].as_str().unwrap().to_owned();
+    let body = json!({"id": id, "command": command});
+    let (status, reply) = http(
+        served,
+        "127.0.0.1",
+        "POST",
+        &format!("/v1/accounts/{account}/commands/{kind}"),
+        Some(&served.operator),
+        &[],
+        Some(&body),
+    )
+    .await;
+    assert_eq!(status, 200, "setup {id}: {reply}");
+    reply
+}
+
+async fn setup(dir: &Path) -> Setup {
+    let served = serve(dir);
+    let always: Value = json!(["00:00-24:00"]);
+    let week = json!({"mon": always, "tue": always, "wed": always, "thu": always, "fri": always, "sat": always, "sun": always});
+    let commands = vec![
+        account_settings(&[]),
+        json!({"type":"define_client","id":"acme","name":"Acme","code":"1","sla_optimal_secs":60,"sla_low_secs":180,"max_inactivity_secs":86400,"inactivity_attempts":0}),
+        json!({"type":"define_project","id":"p","client":"acme","name":"P"}),
+        json!({"type":"define_schedule","id":"always","name":"24/7","time_zone":"UTC","week": week}),
+        json!({"type":"define_channel","id":"wa","kind":"whatsapp","external_id":"1"}),
+        json!({"type":"define_channel","id":"wa2","kind":"whatsapp","external_id":"2"}),
+        json!({"type":"define_user","id":"sara","name":"Sara","email":"s@x.co","role":"admin"}),
+        json!({"type":"define_user","id":"sam","name":"Sam","email":"sam@x.co","role":"supervisor"}),
+        json!({"type":"define_user","id":"ana","name":"Ana","email":"a@x.co","role":"agent","max_concurrent_conversations":500}),
+        json!({"type":"define_user","id":"beto","name":"Beto","email":"b@x.co","role":"agent","max_concurrent_conversations":500}),
+        json!({"type":"define_campaign","id":"ventas","client":"acme","project":"p","name":"Ventas","channels":["wa"],"schedule":"always","out_of_hours":{"action":"enqueue"},
+            "inactivity_typification":"inactividad","transfer_typification":"transferencia","closing_typifications":["venta"],"agents":["ana","beto","sam"],
+            "permissions":{"allow_close_without_reply":true,"allow_agent_transfer":true}}),
+        json!({"type":"define_campaign","id":"soporte","client":"acme","project":"p","name":"Soporte","channels":["wa2"],"schedule":"always","out_of_hours":{"action":"enqueue"},
+            "inactivity_typification":"inactividad","transfer_typification":"transferencia","closing_typifications":["venta"],"agents":["beto"]}),
+    ];
+    for (n, command) in commands.into_iter().enumerate() {
+        op(&served, "acme", &format!("setup-{n}"), command).await;
+    }
+    op(&served, "other", "other-1", json!({"type":"configure_account","name":"Other"})).await;
+    op(
+        &served,
+        "other",
+        "other-2",
+        json!({"type":"define_user","id":"olga","name":"Olga","email":"o@x.co","role":"admin"}),
+    )
+    .await;
+    let issue = |account: &'static str, key: &'static str, rest: Value| {
+        let served = &served;
+        async move {
+            let mut command = json!({"type":"issue_api_key","key": key});
+            for (k, v) in rest.as_object().unwrap() {
+                command[k] = v.clone();
+            }
+            let reply = op(served, account, &format!("key-{key}"), command).await;
+            let c = &reply["credential"];
+            (
+                c["token"].as_str().unwrap().to_owned(),
+                Login::Nkey(
+                    c["nats"]["nkey_seed"].as_str().unwrap().to_owned(),
+                    c["nats"]["inbox_prefix"].as_str().unwrap().to_owned(),
+                ),
+            )
+        }
+    };
+    let (sara, sara_nats) = issue("acme", "sara", json!({"holder":{"user":"sara"}})).await;
+    let (sam, sam_nats) = issue("acme", "sam", json!({"holder":{"user":"sam"}})).await;
+    let (ana, ana_nats) = issue("acme", "ana", json!({"holder":{"user":"ana"}})).await;
+    let everything =
+        json!(["configure_account", "define_user", "assign", "send_message", "close", "transfer", "receive_message"]);
+    let (crm, crm_nats) = issue(
+        "acme",
+        "crm",
+        json!({"holder":{"integration":"crm"},"scopes":{"commands": everything,"reads":["audit","reports","events"]}}),
+    )
+    .await;
+    let (bare, bare_nats) = issue("acme", "bare", json!({"holder":{"integration":"bare"}})).await;
+    let (olga, olga_nats) = issue("other", "olga", json!({"holder":{"user":"olga"}})).await;
+    let (old, old_nats) = issue("acme", "ana-old", json!({"holder":{"user":"ana"}})).await;
+    op(&served, "acme", "revoke-old", json!({"type":"revoke_api_key","key":"ana-old"})).await;
+    let expired = convo_engine::access::sign_jwt(
+        JWT_KEY,
+        &json!({"iss":"idp","aud":"convo","sub":"sara","account":"acme","role":"admin","exp": 1_000_000_000}),
+    );
+    let p = |name, credential: Option<String>, login| Principal { name, credential, login };
+    let principals = vec![
+        p("operator", Some(served.operator.clone()), Login::Engine),
+        p("admin", Some(sara), sara_nats),
+        p("supervisor", Some(sam), sam_nats),
+        p("agent", Some(ana), ana_nats),
+        p("integration", Some(crm), crm_nats),
+        p("integration-unscoped", Some(bare), bare_nats),
+        p("other-admin", Some(olga), olga_nats),
+        p("none", None, Login::Anonymous),
+        p("revoked", Some(old), old_nats),
+        p("expired-jwt", Some(expired), Login::Relayed),
+    ];
+    Setup { served, principals }
+}
+
+const ACTIONS: [&str; 11] = [
+    "create_account",
+    "configure",
+    "define_user",
+    "assign",
+    "reply_own",
+    "reply_other",
+    "close",
+    "transfer",
+    "read_audit",
+    "read_reports",
+    "subscribe_events",
+];
+
+/// The expected outcome of each cell, by action then principal (in the order of `setup`'s list).
+fn expected(action: &str, nats: bool) -> [Expect; 10] {
+    const T: Expect = No(403, "tenant");
+    const S: Expect = No(403, "scope");
+    const U: Expect = No(401, "credential");
+    const F: Expect = No(403, "forbidden");
+    const R: Expect = No(403, "role");
+    // On NATS a key's login publishes only its own account's commands, and
+    // nothing without a login connects: the server refuses those cells.
+    let n = |http: Expect, on_nats: Expect| if nats { on_nats } else { http };
+    match action {
+        //                 operator admin        supervisor   agent        integration  unscoped     other-admin  none          revoked       expired-jwt
+        "create_account" => [
+            Yes,
+            n(T, Server),
+            n(T, Server),
+            n(T, Server),
+            n(T, Server),
+            n(T, Server),
+            n(T, Server),
+            n(U, Server),
+            n(T, Server),
+            U,
+        ],
+        "configure" | "define_user" => [Yes, Yes, F, F, Yes, S, n(T, Server), n(U, Server), n(U, Server), U],
+        "assign" => [
+            No(409, "agent_unavailable"), // the operator acts as the routing rule, which assigns available agents only
+            Yes,
+            Yes,
+            F,
+            No(409, "agent_unavailable"),
+            S,
+            n(T, Server),
+            n(U, Server),
+            n(U, Server),
+            U,
+        ],
+        "reply_own" => [F, Yes, Yes, Yes, F, S, n(T, Server), n(U, Server), n(U, Server), U],
+        "reply_other" => {
+            [F, Yes, Yes, No(403, "not_the_assigned_agent"), F, S, n(T, Server), n(U, Server), n(U, Server), U]
+        }
+        "close" | "transfer" => [Yes, Yes, Yes, Yes, Yes, S, n(T, Server), n(U, Server), n(U, Server), U],
+        // The read models are read over HTTP: on NATS nothing answers a read
+        // (a key's login may not even publish there).
+        "read_audit" | "read_reports" if nats => {
+            [NotServed, Server, Server, Server, Server, Server, Server, Server, Server, NotServed]
+        }
+        // Over HTTP, subscribing is reading the feed from a cursor.
+        "read_audit" | "subscribe_events" if !nats => [Yes, Yes, R, R, Yes, S, T, U, U, U],
+        "read_reports" => [Yes, Yes, Yes, R, Yes, S, T, U, U, U],
+        // Events on NATS: the operator's tools, admins' keys and integrations with the
+        // `events` read scope subscribe to the account's subjects; the server refuses everyone else.
+        "subscribe_events" => [Yes, Yes, Server, Server, Yes, Server, Server, Server, Server, Server],
+        _ => unreachable!("{action}"),
+    }
+}
+
+/// A command cell: its request (account, command), after preparing what it needs.
+async fn prepare(served: &Served, admin: &str, action: &str, cell: &str) -> (String, Value) {
+    let conversation = format!("c-{cell}");
+    let open = |assignee: Option<&'static str>| {
+        let conversation = conversation.clone();
+        async move {
+            op(
+                served,
+                "acme",
+                &format!("open-{conversation}"),
+                json!({"type":"receive_message","conversation": conversation,
+                "contact": format!("p-{conversation}"),"channel":"wa","text":"hola"}),
+            )
+            .await;
+            if let Some(agent) = assignee {
+                // Assigned by the admin (a supervisor's manual assignment: no availability needed).
+                let body = json!({"id": format!("assign-{conversation}"), "command": {"type":"assign","conversation": conversation,"agent": agent}});
+                let path = "/v1/accounts/acme/commands/assign";
+                let (status, reply) = http(served, "127.0.0.1", "POST", path, Some(admin), &[], Some(&body)).await;
+                assert_eq!(status, 200, "assigning {conversation}: {reply}");
+            }
+        }
+    };
+    match action {
+        "create_account" => (format!("new-{cell}"), json!({"type":"configure_account","name":"New"})),
+        "configure" => ("acme".into(), account_settings(&[])),
+        "define_user" => (
+            "acme".into(),
+            json!({"type":"define_user","id": format!("u-{cell}"),"name":"U","email":"u@x.co","role":"agent"}),
+        ),
+        "assign" => {
+            open(None).await;
+            ("acme".into(), json!({"type":"assign","conversation": conversation,"agent":"ana"}))
+        }
+        "reply_own" | "reply_other" => {
+            open(Some(if action == "reply_own" { "ana" } else { "beto" })).await;
+            ("acme".into(), json!({"type":"send_message","conversation": conversation,"text":"¿en qué te ayudo?"}))
+        }
+        "close" => {
+            open(Some("ana")).await;
+            ("acme".into(), json!({"type":"close","conversation": conversation,"typification":"venta"}))
+        }
+        "transfer" => {
+            open(Some("ana")).await;
+            ("acme".into(), json!({"type":"transfer","conversation": conversation,"to":{"campaign":"soporte"}}))
+        }
+        _ => unreachable!("{action}"),
+    }
+}
+
+async fn cell_http(served: &Served, admin: &str, principal: &Principal, action: &str, cell: &str) -> (u16, String) {
+    let credential = principal.credential.as_deref();
+    let read = |path: &'static str| async move {
+        let (status, reply) = http(served, "127.0.0.1", "GET", path, credential, &[], None).await;
+        verdict(status, &reply)
+    };
+    match action {
+        "read_audit" => read("/v1/accounts/acme/audit?limit=1").await,
+        "read_reports" => read("/v1/accounts/acme/reports/overview").await,
+        "subscribe_events" => read("/v1/accounts/acme/events?limit=1").await,
+        _ => {
+            let (account, command) = prepare(served, admin, action, cell).await;
+            let kind = command["type"].as_str().unwrap().to_owned();
+            let body = json!({"id": format!("cmd-{cell}"), "command": command});
+            let path = format!("/v1/accounts/{account}/commands/{kind}");
+            let (status, reply) = http(served, "127.0.0.1", "POST", &path, credential, &[], Some(&body)).await;
+            verdict(status, &reply)
+        }
+    }
+}
+
+/// A NATS cell: 0 as the status when the server refused (the connection,
+/// the publish or the subscription), else the engine's reply mapped as the gateway maps it.
+async fn cell_nats(served: &Served, admin: &str, principal: &Principal, action: &str, cell: &str) -> (u16, String) {
+    let nats = match connect(served, &principal.login).await {
+        Ok(nats) => nats,
+        Err(_) => return (0, "connection refused".into()),
+    };
+    if action == "subscribe_events" {
+        if matches!(principal.login, Login::Relayed) {
+            return (0, "no NATS login".into());
+        }
+        let mut events = nats.client.subscribe("convo.acme.conv.>").await.unwrap();
+        nats.client.flush().await.unwrap();
+        op(
+            served,
+            "acme",
+            &format!("open-sub-{cell}"),
+            json!({"type":"receive_message","conversation": format!("s-{cell}"),
+            "contact": format!("p-s-{cell}"),"channel":"wa","text":"hola"}),
+        )
+        .await;
+        return match until_refused(&nats, events.next()).await {
+            Some(Some(_)) => (200, String::new()),
+            Some(None) => (504, "the subscription ended".into()),
+            None if refused(&nats) => (0, "subscription refused".into()),
+            None => (504, "no event".into()),
+        };
+    }
+    let (subject, body) = if let Some(what) = action.strip_prefix("read_") {
+        (format!("convo.acme.read.{what}"), String::new())
+    } else {
+        let (account, command) = prepare(served, admin, action, cell).await;
+        let kind = command["type"].as_str().unwrap().to_owned();
+        (format!("convo.{account}.cmd.{kind}"), json!({"id": format!("nats-{cell}"), "command": command}).to_string())
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    if let Some(c) = &principal.credential {
+        headers.insert(convo_store::bus::AUTHORIZATION, format!("Bearer {c}").as_str());
+    }
+    let request = nats.client.request_with_headers(subject, headers, body.into());
+    match until_refused(&nats, request).await.ok_or(()) {
+        Ok(Ok(message)) => {
+            let reply: Value = serde_json::from_slice(&message.payload).unwrap_or(Value::Null);
+            let status = convo_gateway::status_of(&reply).as_u16();
+            verdict(status, &reply)
+        }
+        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => (503, "no_responders".into()),
+        _ if refused(&nats) => (0, "publish refused".into()),
+        _ => (504, "no reply".into()),
+    }
+}
+
+/// Whether the server told this connection it may not do something.
+fn refused(nats: &Nats) -> bool {
+    nats.errors.lock().unwrap().iter().any(|e| e.contains("Permissions Violation"))
+}
+
+/// `work`'s result, or `None` as soon as the server refuses something on
+/// this connection (or after 5 s).
+async fn until_refused<T>(nats: &Nats, work: impl std::future::Future<Output = T>) -> Option<T> {
+    let watch = async {
+        while !refused(nats) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::select! {
+        out = work => Some(out),
+        _ = watch => None,
+        _ = tokio::time::sleep(Duration::from_secs(5)) => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_principal_and_action_over_http_and_nats() {
+    let dir = tempfile::tempdir().unwrap();
+    let Setup { served, principals } = setup(dir.path()).await;
+    let admin = principals[1].credential.clone().unwrap();
+    let mut cells = 0;
+    let mut wrong = Vec::new();
+    for transport in ["http", "nats"] {
+        for action in ACTIONS {
+            let expect = expected(action, transport == "nats");
+            for (i, principal) in principals.iter().enumerate() {
+                let cell = format!("{transport}-{action}-{}", principal.name).replace('_', "-");
+                let got = if transport == "http" {
+                    cell_http(&served, &admin, principal, action, &cell).await
+                } else {
+                    cell_nats(&served, &admin, principal, action, &cell).await
+                };
+                if !matches(expect[i], &got) {
+                    wrong.push(format!(
+                        "{transport} {action} by {}: expected {:?}, got {got:?}",
+                        principal.name, expect[i]
+                    ));
+                }
+                cells += 1;
+            }
+        }
+    }
+    assert_eq!(cells, 2 * ACTIONS.len() * principals.len(), "every cell ran");
+    assert!(
+        wrong.is_empty(),
+        "{} of {} cells differ:\n{}\n{}",
+        wrong.len(),
+        cells,
+        wrong.join("\n"),
+        log_of(&served.dir)
+    );
+
+    // A key's login with full rights elsewhere still cannot touch the stream.
+    let crm = connect(&served, &principals[4].login).await.unwrap();
+    let purge = crm.client.request("$JS.API.STREAM.PURGE.CONVO", "".into());
+    assert!(tokio::time::timeout(Duration::from_secs(3), purge).await.map_or(true, |r| r.is_err()));
+    crm.client.publish("convo.acme.conv.forged.opened", "forged".into()).await.unwrap();
+    crm.client.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let violations = crm.errors.lock().unwrap().clone();
+    assert!(violations.iter().filter(|e| e.contains("Permissions Violation")).count() >= 2, "{violations:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn networks_forwarded_addresses_and_anonymous_nats() {
+    let dir = tempfile::tempdir().unwrap();
+    let Setup { served, principals } = setup(dir.path()).await;
+    let sara = principals[1].credential.clone().unwrap();
+    op(&served, "acme", "networks", account_settings(&["127.0.0.1/32"])).await;
+    let audit = "/v1/accounts/acme/audit?limit=1";
+    // From the trusted proxy (127.0.0.1), for itself: inside.
+    let (status, reply) = http(&served, "127.0.0.1", "GET", audit, Some(&sara), &[], None).await;
+    assert_eq!(status, 200, "{reply}");
+    // The trusted proxy says the client is outside: refused on the real address.
+    let outside = [("X-Forwarded-For", "203.0.113.9")];
+    let (status, reply) = http(&served, "127.0.0.1", "GET", audit, Some(&sara), &outside, None).await;
+    assert_eq!((status, reply["rule"].as_str()), (403, Some("network")), "{reply}");
+    // An untrusted peer (127.0.0.2) forging an inside address: its own address counts.
+    let forged = [("X-Forwarded-For", "127.0.0.1"), ("Forwarded", "for=127.0.0.1")];
+    let (status, reply) = http(&served, "127.0.0.2", "GET", audit, Some(&sara), &forged, None).await;
+    assert_eq!((status, reply["rule"].as_str()), (403, Some("network")), "{reply}");
+    let body =
+        json!({"id":"net-1","command":{"type":"define_user","id":"zed","name":"Z","email":"z@x.co","role":"agent"}});
+    let (status, reply) =
+        http(&served, "127.0.0.2", "POST", "/v1/accounts/acme/commands/define_user", Some(&sara), &forged, Some(&body))
+            .await;
+    assert_eq!(status, 403, "a command from outside is refused too: {reply}");
+    // The refusals are in the audit log, with the real addresses.
+    let (_, log) = http(
+        &served,
+        "127.0.0.1",
+        "GET",
+        "/v1/accounts/acme/audit?action=access_denied",
+        Some(&served.operator),
+        &[],
+        None,
+    )
+    .await;
+    let ips: Vec<&str> =
+        log["entries"].as_array().unwrap().iter().filter_map(|e| e["details"]["ip"].as_str()).collect();
+    assert!(ips.contains(&"203.0.113.9") && ips.contains(&"127.0.0.2"), "{log}");
+
+    // An anonymous NATS client cannot even connect: no publish to the stream,
+    // no purge, no reading any account's subjects.
+    assert!(connect(&served, &Login::Anonymous).await.is_err(), "anonymous NATS access is refused");
+    let wrong_password = served.engine_url.replacen("convo-engine:", "convo-engine:x", 1);
+    assert!(convo_store::connect(&wrong_password).await.is_err(), "a wrong password is refused");
+    // What the embedded server was given is what `convo nats-config` prints for an own cluster.
+    let printed = Command::new(env!("CARGO_BIN_EXE_convo"))
+        .args(["nats-config", "--data-dir"])
+        .arg(&served.dir)
+        .output()
+        .unwrap();
+    assert!(printed.status.success(), "{}", String::from_utf8_lossy(&printed.stderr));
+    let printed = String::from_utf8_lossy(&printed.stdout);
+    let running = std::fs::read_to_string(served.dir.join("nats/nats-server.conf")).unwrap();
+    let logins: Vec<&str> = running.lines().filter(|l| l.contains("nkey:")).collect();
+    assert_eq!(logins.len(), 6, "six live keys (ana-old was revoked): {running}");
+    for login in logins {
+        assert!(printed.contains(login.trim()), "{login} in:\n{printed}");
+    }
+    assert!(printed.contains("password: $CONVO_ENGINE_PASSWORD") && !printed.contains("ana-old"), "{printed}");
+    // The stream still holds everything (nothing purged it).
+    let store =
+        convo_store::JetStreamStore::connect(&served.engine_url, convo_store::StoreConfig::default()).await.unwrap();
+    assert!(convo_store::EventStore::last_seq(&store).await.unwrap() > 20);
+}
