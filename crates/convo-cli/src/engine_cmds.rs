@@ -362,17 +362,18 @@ async fn supervise(
         tokio::select! {
             _ = &mut stop => return (Some(lease), embedded),
             _ = every.tick() => {}
-            _ = logins.changed() => {
-                // The keys' NATS logins: into the embedded server's config, reloaded.
-                // (On an operator's own cluster, `convo nats-config` prints them.)
-                if let Some(server) = embedded.as_mut() {
-                    match server.set_users(&launch, logins.all()) {
-                        Ok(true) => eprintln!("convo: the embedded nats-server now has {} key login(s)", logins.all().len()),
-                        Ok(false) => {}
-                        Err(e) => eprintln!("convo: could not give the embedded nats-server the keys' logins: {e}"),
-                    }
-                }
-                continue;
+            _ = logins.changed() => {}
+        }
+        // The keys' NATS logins: into the embedded server's config, reloaded; a
+        // failed attempt is retried on the next tick. (On an operator's own
+        // cluster, `convo nats-config` prints them.)
+        if let Some(server) = embedded.as_mut() {
+            let users = logins.all();
+            let count = users.len();
+            match server.set_users(&launch, users) {
+                Ok(true) => eprintln!("convo: the embedded nats-server now has {count} key login(s)"),
+                Ok(false) => {}
+                Err(e) => eprintln!("convo: could not give the embedded nats-server the keys' logins (retrying): {e}"),
             }
         }
         if reason.borrow().is_some() {

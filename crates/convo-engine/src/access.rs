@@ -205,9 +205,9 @@ pub fn nats_inbox(account: &AccountId, key: &KeyId) -> String {
 
 /// The NATS logins of an account's live keys under `prefix`: each may
 /// publish commands on its account's intake subjects, and subscribe to its
-/// own inbox and, when its principal may read events (an admin's key, or an
-/// integration with the `events` read scope), to its account's event
-/// subjects. Nothing else: not the stream's management API, not another
+/// own inbox and, when its principal may read events (an admin's key when
+/// the account does not limit its users' networks, or an integration with
+/// the `events` read scope), to its account's event subjects. Nothing else: not the stream's management API, not another
 /// account, not the intake subjects (which carry other principals' credentials).
 pub fn nats_users(prefix: &str, catalog: &Catalog) -> Vec<convo_store::launcher::NatsUser> {
     let account = &catalog.account;
@@ -219,7 +219,11 @@ pub fn nats_users(prefix: &str, catalog: &Catalog) -> Vec<convo_store::launcher:
         }
         let (holder, events) = match &spec.holder {
             KeyHolder::User(user) => match catalog.user(user) {
-                Ok(u) => (format!("user:{user}"), u.role == Role::Admin),
+                // NATS does not tell the engine where a subscriber is, so an
+                // account that limits its users' networks gets no user subscriptions.
+                Ok(u) => {
+                    (format!("user:{user}"), u.role == Role::Admin && catalog.settings.allowed_networks.is_empty())
+                }
                 Err(_) => continue, // an inactive user's key logs in nowhere
             },
             KeyHolder::Integration(integration) => {

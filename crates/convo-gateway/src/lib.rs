@@ -302,8 +302,9 @@ async fn events(
     }
     let after = q.after.unwrap_or(0);
     let limit = q.limit.unwrap_or(FEED_EVENTS_MAX).clamp(1, FEED_EVENTS_MAX);
+    let _one = shared.reads.lock().await; // one scan of the stream at a time, as for the read models
     let unavailable = |e: &dyn std::fmt::Display| error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e.to_string());
-    let mut log = match convo_store::EventStore::read(&shared.store, after + 1).await {
+    let mut log = match convo_store::EventStore::read(&shared.store, after.saturating_add(1)).await {
         Ok(log) => log,
         Err(e) => return unavailable(&e),
     };
@@ -324,7 +325,7 @@ async fn events(
             Err(convo_store::StoreError::Decode { seq, .. }) => next = seq, // not part of the record
             Err(e) => return unavailable(&e),
         }
-        if out.len() >= limit || next - after >= FEED_SCAN_MAX {
+        if out.len() >= limit || next.saturating_sub(after) >= FEED_SCAN_MAX {
             break;
         }
     }

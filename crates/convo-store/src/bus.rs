@@ -105,6 +105,16 @@ impl CommandBus {
     }
 }
 
+/// The only subjects the engine answers on: reply inboxes.
+pub const REPLY_PREFIX: &str = "_INBOX.";
+
+/// Whether a request's reply subject is an inbox the engine may answer on.
+pub fn reply_allowed(subject: &str) -> bool {
+    subject.len() > REPLY_PREFIX.len()
+        && subject.starts_with(REPLY_PREFIX)
+        && !subject.contains(['*', '>', ' ', '\t', '\r', '\n'])
+}
+
 /// Answers requests taken from a [`CommandBus`].
 #[derive(Debug, Clone)]
 pub struct Responder {
@@ -117,11 +127,15 @@ impl Responder {
         match &request.reply {
             // No flush: the client's writer sends buffered messages promptly; a
             // flush per reply only added a round trip (measured: ~3%, BENCHMARKS.md).
-            Reply::Nats(Some(reply)) => self
+            Reply::Nats(Some(reply)) if reply_allowed(reply) => self
                 .client
                 .publish(reply.clone(), body.into())
                 .await
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?,
+            // The engine's connection may publish anywhere: a reply subject a
+            // client chose outside the inboxes (a stream subject, the JetStream
+            // API…) is never published to.
+            Reply::Nats(Some(_)) => {}
             Reply::Nats(None) => {}
             Reply::Local(sender) => {
                 let sender = sender.lock().map(|mut s| s.take()).unwrap_or(None);

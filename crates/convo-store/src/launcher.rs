@@ -227,8 +227,7 @@ impl NatsServer {
         if users == self.users {
             return Ok(false);
         }
-        self.users = users;
-        write_config(&options.data_dir, self.port, &self.name, &self.password, options.sync_always, &self.users)?;
+        write_config(&options.data_dir, self.port, &self.name, &self.password, options.sync_always, &users)?;
         let status = Command::new(&self.binary)
             .args(["--signal", &format!("reload={}", self.child.id())])
             .stdout(Stdio::null())
@@ -241,6 +240,8 @@ impl NatsServer {
                 source: std::io::Error::other(format!("`nats-server --signal reload` failed: {status}")),
             });
         }
+        // Only now: a failed write or reload is tried again with the next call.
+        self.users = users;
         Ok(true)
     }
 

@@ -129,8 +129,12 @@ impl Signing {
         if file["streams"].get(stream).is_none() {
             file["streams"][stream] = json!({"unsigned_through": stream_last_seq});
             std::fs::create_dir_all(dir).map_err(io(dir))?;
-            crate::launcher::write_private(&path, format!("{file:#}\n").as_bytes())
-                .map_err(|e| SigningError::Malformed { path: path.clone(), reason: e.to_string() })?;
+            // Written beside it, then renamed over it: a crash never leaves half a key.
+            let temp = dir.join(format!("{KEY_FILE}.{}.tmp", std::process::id()));
+            crate::launcher::write_private(&temp, format!("{file:#}\n").as_bytes())
+                .map_err(|e| SigningError::Malformed { path: temp.clone(), reason: e.to_string() })?;
+            std::fs::File::open(&temp).and_then(|f| f.sync_all()).map_err(io(&temp))?;
+            std::fs::rename(&temp, &path).map_err(io(&path))?;
         }
         let mut signing = Self::from_file(dir, &path, &file, stream)?.expect("the stream was just recorded");
         signing.anchors = Some(Mutex::new(Anchors {
@@ -234,25 +238,41 @@ impl Signing {
         self.write(&mut anchors.lock().expect("not poisoned"))
     }
 
+    /// Appends the pending anchors; they (and the chain) move on only once
+    /// written, so a failed write is retried whole the next time.
     fn write(&self, anchors: &mut Anchors) -> Result<(), SigningError> {
         anchors.written = Instant::now();
         if anchors.pending.is_empty() {
             return Ok(());
         }
+        let path = &self.anchors_path;
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).read(true).open(path).map_err(io(path))?;
+        // A line cut short by a crash is ended first, so it stays one damaged line.
         let mut out = String::new();
-        for ((account, path), (event, seq)) in std::mem::take(&mut anchors.pending) {
+        let len = file.metadata().map_err(io(path))?.len();
+        if len > 0 {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut last = [0u8; 1];
+            file.seek(SeekFrom::Start(len - 1)).and_then(|_| file.read_exact(&mut last)).map_err(io(path))?;
+            if last[0] != b'\n' {
+                out.push('\n');
+            }
+        }
+        let mut prev = anchors.prev.clone();
+        for ((account, aggregate), (event, seq)) in &anchors.pending {
             let body =
-                json!({"stream": self.stream, "account": account, "aggregate": path, "event": event, "seq": seq});
-            let mac = self.line_mac(&anchors.prev, &body);
+                json!({"stream": self.stream, "account": account, "aggregate": aggregate, "event": event, "seq": seq});
+            let mac = self.line_mac(&prev, &body);
             let mut line = body;
             line["mac"] = Value::String(mac.clone());
             out.push_str(&line.to_string());
             out.push('\n');
-            anchors.prev = mac;
+            prev = mac;
         }
-        let path = &self.anchors_path;
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io(path))?;
-        file.write_all(out.as_bytes()).map_err(io(path))
+        file.write_all(out.as_bytes()).map_err(io(path))?;
+        anchors.pending.clear();
+        anchors.prev = prev;
+        Ok(())
     }
 
     fn line_mac(&self, prev: &str, body: &Value) -> String {

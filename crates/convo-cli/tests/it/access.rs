@@ -462,7 +462,9 @@ async fn cell_http(served: &Served, admin: &str, principal: &Principal, action: 
 async fn cell_nats(served: &Served, admin: &str, principal: &Principal, action: &str, cell: &str) -> (u16, String) {
     let nats = match connect(served, &principal.login).await {
         Ok(nats) => nats,
-        Err(_) => return (0, "connection refused".into()),
+        // Only the server's refusal counts (not a timeout on a loaded machine).
+        Err(e) if e.to_lowercase().contains("authorization") => return (0, "connection refused".into()),
+        Err(e) => return (504, e),
     };
     if action == "subscribe_events" {
         if matches!(principal.login, Login::Relayed) {
@@ -566,6 +568,48 @@ async fn every_principal_and_action_over_http_and_nats() {
         log_of(&served.dir)
     );
 
+    // Another account's admin is refused above by permissions, not for lack of a login: on its own account it subscribes.
+    let olga = connect(&served, &principals[6].login).await.unwrap();
+    let mut own = olga.client.subscribe("convo.other.config.>").await.unwrap();
+    olga.client.flush().await.unwrap();
+    op(
+        &served,
+        "other",
+        "other-3",
+        json!({"type":"define_user","id":"otto","name":"Otto","email":"o2@x.co","role":"agent"}),
+    )
+    .await;
+    let got = tokio::time::timeout(Duration::from_secs(5), own.next()).await;
+    assert!(matches!(got, Ok(Some(_))), "olga reads her own account's events: {:?}", olga.errors.lock().unwrap());
+
+    // A reply subject is never a way to make the engine publish elsewhere.
+    let js = async_nats::jetstream::new(convo_store::connect(&served.engine_url).await.unwrap());
+    let messages = |js: async_nats::jetstream::Context| async move {
+        js.get_stream("CONVO").await.unwrap().info().await.unwrap().state.messages
+    };
+    let before = messages(js.clone()).await;
+    let crm = connect(&served, &principals[4].login).await.unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        convo_store::bus::AUTHORIZATION,
+        format!("Bearer {}", principals[4].credential.as_deref().unwrap()).as_str(),
+    );
+    for target in ["$JS.API.STREAM.PURGE.CONVO", "$JS.API.STREAM.DELETE.CONVO", "convo.other.conv.x.opened"] {
+        let body = json!({"id": format!("inject-{target}"), "command": {"type":"define_user","id":"inj","name":"I","email":"i@x.co","role":"agent"}});
+        crm.client
+            .publish_with_reply_and_headers(
+                "convo.acme.cmd.define_user",
+                target,
+                headers.clone(),
+                body.to_string().into(),
+            )
+            .await
+            .unwrap();
+    }
+    crm.client.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(messages(js.clone()).await >= before, "the stream was neither purged nor deleted");
+
     // A key's login with full rights elsewhere still cannot touch the stream.
     let crm = connect(&served, &principals[4].login).await.unwrap();
     let purge = crm.client.request("$JS.API.STREAM.PURGE.CONVO", "".into());
@@ -621,6 +665,17 @@ async fn networks_forwarded_addresses_and_anonymous_nats() {
     assert!(connect(&served, &Login::Anonymous).await.is_err(), "anonymous NATS access is refused");
     let wrong_password = served.engine_url.replacen("convo-engine:", "convo-engine:x", 1);
     assert!(convo_store::connect(&wrong_password).await.is_err(), "a wrong password is refused");
+    // With networks limited, an admin's key no longer subscribes over NATS (NATS does not say where it is).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let sara_nats = connect(&served, &principals[1].login).await.unwrap();
+        let _events = sara_nats.client.subscribe("convo.acme.conv.>").await.unwrap();
+        sara_nats.client.flush().await.unwrap();
+        if until_refused(&sara_nats, tokio::time::sleep(Duration::from_millis(500))).await.is_none() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the admin's login kept its subscription despite the networks");
+    }
     // What the embedded server was given is what `convo nats-config` prints for an own cluster.
     let printed = Command::new(env!("CARGO_BIN_EXE_convo"))
         .args(["nats-config", "--data-dir"])
