@@ -354,6 +354,7 @@ async fn supervise(
     let mut every = tokio::time::interval(std::time::Duration::from_millis(SUPERVISE_EVERY_MS));
     let mut renewed = std::time::Instant::now();
     let mut restarts = 0;
+    let mut logins_due = false;
     let fail = |why: String| {
         eprintln!("convo: {why}");
         let _ = reason.send(Some(why));
@@ -362,17 +363,21 @@ async fn supervise(
         tokio::select! {
             _ = &mut stop => return (Some(lease), embedded),
             _ = every.tick() => {}
-            _ = logins.changed() => {}
+            _ = logins.changed() => logins_due = true,
         }
-        // The keys' NATS logins: into the embedded server's config, reloaded; a
-        // failed attempt is retried on the next tick. (On an operator's own
-        // cluster, `convo nats-config` prints them.)
-        if let Some(server) = embedded.as_mut() {
+        // The keys' NATS logins: into the embedded server's config, reloaded,
+        // when they changed; a failed attempt is retried on the next tick. (On
+        // an operator's own cluster, `convo nats-config` prints them.)
+        if let Some(server) = embedded.as_mut().filter(|_| logins_due) {
             let users = logins.all();
             let count = users.len();
             match server.set_users(&launch, users) {
-                Ok(true) => eprintln!("convo: the embedded nats-server now has {count} key login(s)"),
-                Ok(false) => {}
+                Ok(changed) => {
+                    logins_due = false;
+                    if changed {
+                        eprintln!("convo: the embedded nats-server now has {count} key login(s)");
+                    }
+                }
                 Err(e) => eprintln!("convo: could not give the embedded nats-server the keys' logins (retrying): {e}"),
             }
         }

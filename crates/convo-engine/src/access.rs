@@ -170,10 +170,7 @@ pub fn sha256(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use convo_store::signing::hex;
 
 /// A fresh secret: [`SECRET_BYTES`] from the operating system, in hex.
 pub fn new_secret() -> Result<String, String> {

@@ -69,7 +69,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SigningError + '_ {
     move |source| SigningError::Io { path: path.to_path_buf(), source }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
