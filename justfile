@@ -87,16 +87,24 @@ update-fixtures:
 
 # Regenerate schemas/ from the code (review the diff: a changed shape needs a new version).
 schemas:
-    UPDATE_SCHEMAS=1 cargo test -p convo-wire --test it schemas_match_the_code
-    UPDATE_SCHEMAS=1 cargo test -p convo-gateway the_committed_document_is_the_generated_one
+    UPDATE_SCHEMAS=1 cargo test -p convo-cli --test it contract::schemas_match_the_code
 
-# Install the ecosystem's own validators the tests use (pip, into .tools/py) unless they are there.
+# Install the ecosystem's own tools the tests use unless they are there: Python's
+# openapi-spec-validator, jsonschema and nats-py (pip, into .tools/py); the AsyncAPI
+# parser, standardwebhooks and nats.js (npm, into .tools/node).
 validators:
     #!/usr/bin/env bash
     set -euo pipefail
-    if [ -d .tools/py/openapi_spec_validator ]; then exit 0; fi
-    echo "installing openapi-spec-validator into .tools/py (pip)"
-    PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --target .tools/py openapi-spec-validator
+    if [ ! -d .tools/py/nats ] || [ ! -d .tools/py/openapi_spec_validator ]; then
+        echo "installing openapi-spec-validator, jsonschema and nats-py into .tools/py (pip)"
+        PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --target .tools/py openapi-spec-validator jsonschema nats-py
+    fi
+    if [ ! -d .tools/node/node_modules/nats ]; then
+        command -v npm >/dev/null || { echo "npm is needed for the AsyncAPI parser (apt install npm)"; exit 1; }
+        echo "installing @asyncapi/parser, standardwebhooks and nats into .tools/node (npm)"
+        mkdir -p .tools/node
+        npm install --prefix .tools/node --no-audit --no-fund --silent @asyncapi/parser@3 standardwebhooks@1 nats@2
+    fi
 
 # Benchmarks (not part of `just test`): every figure beside its raw ceiling, in one run (see BENCHMARKS.md).
 bench: nats

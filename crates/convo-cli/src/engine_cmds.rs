@@ -499,7 +499,9 @@ pub struct TailArgs {
     account: Option<String>,
     #[arg(long)]
     conversation: Option<String>,
-    /// A commit kind: opened, message, assigned, transferred, closed, timer, field, label, survey, state…
+    /// An event type (conversation_closed, message_received, sla_threshold_crossed…: only
+    /// those events are printed), or a commit's headline as its subject ends (closed, opened,
+    /// message, assigned, transferred, timer, field, label, survey, state, campaign…).
     #[arg(long)]
     kind: Option<String>,
     /// Start at this log sequence (1: the beginning).
@@ -510,7 +512,31 @@ pub struct TailArgs {
     no_follow: bool,
 }
 
+/// What `convo tail --kind` selects.
+enum KindFilter {
+    Event(String),
+    Headline(String),
+}
+
+impl KindFilter {
+    fn parse(kind: &str) -> Result<Self> {
+        if convo_wire::EVENT_TYPES.contains(&kind) {
+            return Ok(Self::Event(kind.to_owned()));
+        }
+        let headlines = convo_wire::CONVERSATION_KINDS.iter().chain(convo_wire::OTHER_KINDS.iter());
+        if headlines.clone().any(|k| *k == kind) {
+            return Ok(Self::Headline(kind.to_owned()));
+        }
+        bail!(
+            "--kind {kind:?} is neither an event type ({}) nor a commit headline ({})",
+            convo_wire::EVENT_TYPES.join(", "),
+            headlines.copied().collect::<Vec<_>>().join(", ")
+        )
+    }
+}
+
 pub async fn tail(args: TailArgs) -> Result<()> {
+    let kind = args.kind.as_deref().map(KindFilter::parse).transpose()?;
     let store = JetStreamStore::connect(&args.connection.url()?, args.connection.store_config()?).await?;
     let mut follow = if args.no_follow { store.read(args.from).await? } else { store.subscribe(args.from).await? };
     let stdout = std::io::stdout();
@@ -526,13 +552,21 @@ pub async fn tail(args: TailArgs) -> Result<()> {
         };
         let c = &stored.commit;
         let wanted = args.account.as_deref().is_none_or(|a| c.account.as_str() == a)
-            && args.kind.as_deref().is_none_or(|k| c.kind() == k)
+            && match &kind {
+                None | Some(KindFilter::Event(_)) => true,
+                Some(KindFilter::Headline(k)) => c.kind() == k,
+            }
             && args
                 .conversation
                 .as_deref()
                 .is_none_or(|id| matches!(&c.stream, convo_wire::StreamRef::Conversation(x) if x.as_str() == id));
         if wanted {
             for line in c.json_lines() {
+                if let Some(KindFilter::Event(k)) = &kind
+                    && line["type"].as_str() != Some(k)
+                {
+                    continue;
+                }
                 writeln!(out, "{line}")?;
             }
             if !args.no_follow {

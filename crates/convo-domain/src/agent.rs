@@ -2,6 +2,7 @@
 //! presence state (available, break, lunch…), so time in state is reportable
 //! and routing knows who can take work.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Actor, Decision, Emitter, RecentCommands, Recorded};
@@ -11,7 +12,7 @@ use crate::ids::UserId;
 use crate::rejection::Rejection;
 use crate::time::Timestamp;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AgentEvent {
     AgentStateChanged { state: String, previous: Option<String> },

@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::net::IpAddr;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{CommandId, ContactId, IntegrationId, UserId};
@@ -16,7 +17,7 @@ use crate::time::Timestamp;
 pub const COMMAND_IDS_REMEMBERED_MAX: usize = 128;
 
 /// Who caused an event.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Actor {
     /// A platform user (agent, supervisor, admin), with the address they acted from.
@@ -93,7 +94,7 @@ impl Actor {
 }
 
 /// One event as recorded in its stream: its place, time, cause and actor.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Recorded<E> {
     /// Position in the aggregate's own stream, from 1, one per event.
     pub seq: u64,

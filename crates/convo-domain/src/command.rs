@@ -6,6 +6,7 @@
 //! fields (`{"type":"close","conversation":"c1","typification":"sale"}`);
 //! [`Command::from_json`] parses it and names the offending field on error.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::Actor;
@@ -28,7 +29,7 @@ pub struct CommandEnvelope {
     pub command: Command,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AttachmentKind {
     Image,
@@ -40,7 +41,7 @@ pub enum AttachmentKind {
 }
 
 /// A file or media item sent with a message (stored elsewhere; referenced by URL).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Attachment {
     pub kind: AttachmentKind,
@@ -50,7 +51,7 @@ pub struct Attachment {
 }
 
 /// A contact's inbound message; the first one opens the conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReceiveMessage {
     pub conversation: ConversationId,
@@ -65,7 +66,7 @@ pub struct ReceiveMessage {
 }
 
 /// An agent (or the API as a user) starts a conversation with a contact.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartOutbound {
     pub conversation: ConversationId,
@@ -77,7 +78,7 @@ pub struct StartOutbound {
 }
 
 /// An agent's (or supervisor's) message; `/shortcode` expands to a canned response.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendMessage {
     pub conversation: ConversationId,
@@ -88,7 +89,7 @@ pub struct SendMessage {
 }
 
 /// A conversational bot's message (not a human: it ends no SLA wait).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendBotMessage {
     pub conversation: ConversationId,
@@ -97,28 +98,28 @@ pub struct SendBotMessage {
 }
 
 /// Give a queued conversation to an agent (routing or a supervisor).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Assign {
     pub conversation: ConversationId,
     pub agent: UserId,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TransferTarget {
     Agent(UserId),
     Campaign(CampaignId),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Transfer {
     pub conversation: ConversationId,
     pub to: TransferTarget,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetField {
     pub conversation: ConversationId,
@@ -126,21 +127,21 @@ pub struct SetField {
     pub value: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LabelChange {
     pub conversation: ConversationId,
     pub label: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Close {
     pub conversation: ConversationId,
     pub typification: TypificationId,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AnswerSurvey {
     pub conversation: ConversationId,
@@ -151,13 +152,13 @@ pub struct AnswerSurvey {
 }
 
 /// Fire whatever timers of the conversation are due at the command's time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Tick {
     pub conversation: ConversationId,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetAgentState {
     pub agent: UserId,
@@ -167,7 +168,7 @@ pub struct SetAgentState {
 
 /// Every command of the domain. Variants are only ever appended (the order is
 /// part of the compact encoding).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Command {
     // configuration (the account's catalog)

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Actor, Decision, Emitter, RecentCommands, Recorded};
@@ -61,7 +62,7 @@ pub const STATE_OFFLINE: &str = "offline";
 // ---------------------------------------------------------------- specs
 
 /// A company served by the account; owns the SLA and inactivity policy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClientSpec {
     pub id: ClientId,
@@ -85,7 +86,7 @@ fn default_history() -> u32 {
 }
 
 /// Groups campaigns of a client.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectSpec {
     pub id: ProjectId,
@@ -94,7 +95,7 @@ pub struct ProjectSpec {
 }
 
 /// What happens to a conversation opened while the schedule is closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OutOfHoursAction {
     Close,
@@ -102,7 +103,7 @@ pub enum OutOfHoursAction {
 }
 
 /// An automated message: a switch and a template.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AutoMessage {
     #[serde(default)]
@@ -118,7 +119,7 @@ impl AutoMessage {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutOfHours {
     pub action: OutOfHoursAction,
@@ -127,7 +128,7 @@ pub struct OutOfHours {
 }
 
 /// A campaign's permissions (all off unless configured).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Permissions {
     /// Agents may send attachments.
@@ -153,7 +154,7 @@ pub struct Permissions {
 }
 
 /// A typed custom field at conversation level.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DynamicField {
     /// The field's key (id rules).
@@ -168,7 +169,7 @@ pub struct DynamicField {
 }
 
 /// Where agents attend conversations.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CampaignSpec {
     pub id: CampaignId,
@@ -195,7 +196,7 @@ pub struct CampaignSpec {
     pub agents: Vec<UserId>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ChannelKind {
     Whatsapp,
@@ -211,7 +212,7 @@ pub enum ChannelKind {
 }
 
 /// A channel's automated messages (SPEC §6); the out-of-hours one is the campaign's.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelMessages {
     #[serde(default)]
@@ -228,7 +229,7 @@ pub struct ChannelMessages {
     pub survey: AutoMessage,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelSpec {
     pub id: ChannelId,
@@ -239,7 +240,7 @@ pub struct ChannelSpec {
     pub messages: ChannelMessages,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Agent,
@@ -247,7 +248,7 @@ pub enum Role {
     Admin,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserSpec {
     pub id: UserId,
@@ -262,14 +263,14 @@ fn default_concurrent() -> u32 {
     5
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Typification {
     pub id: TypificationId,
     pub name: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CannedResponse {
     /// Invoked as `/shortcode` in an agent message.
@@ -277,8 +278,11 @@ pub struct CannedResponse {
     pub text: String,
 }
 
+/// The most memory one compiled regex rule may take (matching is linear-time).
+pub const REGEX_BYTES_MAX: usize = 1 << 20;
+
 /// A named pattern for field validation and redaction of sensitive data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegexRule {
     pub name: String,
@@ -288,7 +292,7 @@ pub struct RegexRule {
 }
 
 /// Account-wide settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccountSettings {
     pub name: String,
@@ -344,7 +348,7 @@ impl Default for AccountSettings {
 }
 
 /// An entity that can be activated or inactivated.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EntityRef {
     Client(ClientId),
@@ -367,7 +371,7 @@ impl std::fmt::Display for EntityRef {
 }
 
 /// Who an API key speaks for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyHolder {
     /// A user of the account: the key acts with the user's role.
@@ -378,7 +382,7 @@ pub enum KeyHolder {
 
 /// What an integration may do: the command types it may send, and the read
 /// models and feeds (`audit`, `reports`, `contact_history`, `events`) it may read.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Scopes {
     #[serde(default)]
@@ -389,7 +393,7 @@ pub struct Scopes {
 
 /// An API key of the account. The secret itself is never part of it: the
 /// engine generates the secret, answers it once, and records only its SHA-256.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeySpec {
     pub key: KeyId,
@@ -409,7 +413,7 @@ pub struct ApiKeySpec {
 }
 
 /// A key to revoke.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyRef {
     pub key: KeyId,
@@ -418,7 +422,7 @@ pub struct KeyRef {
 /// A request the front door refused, as the audit log keeps it. Recorded by
 /// the engine only (a sample of them: `unrecorded_before` counts the refusals
 /// of the account not recorded since the previous sample).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeniedAttempt {
     /// Who tried: `user:ana`, `integration:crm`, `operator`, or `anonymous`.
@@ -445,7 +449,7 @@ pub struct ApiKey {
 // ---------------------------------------------------------------- events
 
 /// What happened to an account's configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ConfigEvent {
     AccountConfigured(AccountSettings),
@@ -928,6 +932,9 @@ impl Catalog {
         for (i, r) in s.regex_rules.iter().enumerate() {
             check_name(&format!("regex_rules[{i}].name"), &r.name)?;
             check_name(&format!("regex_rules[{i}].pattern"), &r.pattern)?;
+            regex::RegexBuilder::new(&r.pattern).size_limit(REGEX_BYTES_MAX).build().map_err(|e| {
+                Rejection::invalid(format!("regex_rules[{i}].pattern"), format!("not a valid regular expression: {e}"))
+            })?;
         }
         check_max("allowed_networks", &s.allowed_networks, ALLOWED_NETWORKS_MAX)?;
         for (i, n) in s.allowed_networks.iter().enumerate() {

@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Actor, Decision, Emitter, RecentCommands, Recorded};
@@ -36,7 +37,7 @@ const SECS_PER_DAY: u64 = 86_400;
 
 /// The thresholds a conversation runs on, taken from its client (and the
 /// account's auto-resolve setting) when it opened or changed campaign.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Policy {
     pub sla_optimal_secs: u32,
     pub sla_low_secs: u32,
@@ -58,7 +59,7 @@ impl Policy {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     Inbound,
@@ -66,7 +67,7 @@ pub enum Direction {
 }
 
 /// Which automated message a system message is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
     Welcome,
@@ -91,7 +92,7 @@ impl Trigger {
 }
 
 /// Who wrote a message sent to the contact.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Author {
     /// A human: the assigned agent or a supervisor.
@@ -102,14 +103,14 @@ pub enum Author {
     System(Trigger),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Threshold {
     Optimal,
     Low,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SlaClass {
     Optimal,
@@ -117,7 +118,7 @@ pub enum SlaClass {
     Breached,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CloseReason {
     /// Closed by the assigned agent or a supervisor.
@@ -132,7 +133,7 @@ pub enum CloseReason {
     OutOfHours,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Opened {
     pub contact: ContactId,
     #[serde(default)]
@@ -150,7 +151,7 @@ pub struct Opened {
 }
 
 /// A move to another campaign, with the thresholds of its client.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CampaignChange {
     pub campaign: CampaignId,
     pub client: ClientId,
@@ -158,7 +159,7 @@ pub struct CampaignChange {
     pub policy: Policy,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Destination {
     Agent(UserId),
@@ -166,7 +167,7 @@ pub enum Destination {
 }
 
 /// What happened in a conversation. Variants and fields are only appended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ConversationEvent {
     ConversationOpened(Opened),

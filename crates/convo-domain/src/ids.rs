@@ -10,10 +10,21 @@
 use std::fmt;
 use std::sync::Arc;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The longest id accepted, in bytes (a UUID is 36).
 pub const ID_BYTES_MAX: usize = 64;
+
+/// The JSON Schema of every id: what [`validate`] accepts.
+fn id_schema() -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "pattern": "^[A-Za-z0-9_-]+$",
+        "minLength": 1,
+        "maxLength": ID_BYTES_MAX,
+    })
+}
 
 /// Why a piece of text is not a valid id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -112,6 +123,15 @@ macro_rules! id_type {
                 d.deserialize_newtype_struct(stringify!($name), TextVisitor(Self::new, stringify!($name)))
             }
         }
+
+        impl JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                id_schema()
+            }
+        }
     };
 }
 
@@ -170,12 +190,25 @@ id_type!(
 
 /// The id of one event, derived from where it stands in its stream, so the
 /// same history always carries the same ids (the domain generates nothing).
+/// Any language computes it: UUID v5 in the namespace
+/// [`EventId::NAMESPACE`] over the UTF-8 text `<account>/<stream path>/<seq>`
+/// (`acme/conv/c1/3`, `acme/agent/ana/1`, `acme/config/7`).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
 pub struct EventId(pub uuid::Uuid);
 
+impl JsonSchema for EventId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "EventId".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "format": "uuid"})
+    }
+}
+
 impl EventId {
-    /// Namespace of convo's event ids (UUID v5 over `account/stream/seq`).
-    const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6c0a_7f1e_4d2b_4c8e_9a51_0d3f_2b7e_c401);
+    /// Namespace of convo's event ids (UUID v5 over `account/stream/seq`):
+    /// `6c0a7f1e-4d2b-4c8e-9a51-0d3f2b7ec401`.
+    pub const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6c0a_7f1e_4d2b_4c8e_9a51_0d3f_2b7e_c401);
 
     pub fn derive(account: &AccountId, stream: &str, seq: u64) -> Self {
         let name = format!("{account}/{stream}/{seq}");

@@ -10,6 +10,7 @@ use std::fmt;
 
 use chrono::{Datelike, Days, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Timelike, Weekday};
 use chrono_tz::Tz;
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::ids::{ScheduleId, TextVisitor};
@@ -73,6 +74,15 @@ impl fmt::Display for HoursRange {
     }
 }
 
+impl JsonSchema for HoursRange {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "HoursRange".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "pattern": "^[0-9]{2}:[0-9]{2}-[0-9]{2}:[0-9]{2}$", "description": "local opening hours, HH:MM-HH:MM"})
+    }
+}
+
 impl Serialize for HoursRange {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_newtype_struct("HoursRange", &self.to_string())
@@ -92,6 +102,15 @@ pub struct Zone(pub Tz);
 impl Zone {
     pub fn parse(text: &str) -> Result<Self, String> {
         text.parse::<Tz>().map(Zone).map_err(|_| format!("{text:?} is not an IANA time zone (e.g. \"America/Bogota\")"))
+    }
+}
+
+impl JsonSchema for Zone {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Zone".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "description": "an IANA time zone name, e.g. America/Bogota"})
     }
 }
 
@@ -119,6 +138,15 @@ impl LocalDate {
     }
 }
 
+impl JsonSchema for LocalDate {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "LocalDate".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "format": "date"})
+    }
+}
+
 impl Serialize for LocalDate {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_newtype_struct("LocalDate", &self.0.format("%Y-%m-%d").to_string())
@@ -138,7 +166,7 @@ impl Default for Zone {
 }
 
 /// Opening ranges for each day of the week; a missing day is closed.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Week {
     #[serde(default)]
@@ -184,7 +212,7 @@ impl Week {
 }
 
 /// A schedule: weekly hours in a zone, plus whole-day holidays (local dates).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleSpec {
     pub id: ScheduleId,

@@ -26,7 +26,7 @@ use std::net::IpAddr;
 
 use base64::Engine as _;
 use hmac::Mac;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -75,7 +75,13 @@ impl Denied {
     }
 
     pub fn to_json(&self) -> Value {
-        json!({"outcome": "error", "code": self.code(), "rule": self.rule(), "message": self.to_string()})
+        crate::intake::Reply::Error {
+            code: self.code().into(),
+            message: self.to_string(),
+            field: None,
+            rule: Some(self.rule().into()),
+        }
+        .to_json()
     }
 }
 

@@ -12,6 +12,8 @@
 //! `unknown_command`, `subject_mismatch` (the body's command type is not the
 //! one its subject names); or `overloaded`, `unavailable`). A bad request never stops the engine.
 
+use schemars::JsonSchema;
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use convo_domain::command::{RequestError, parse_client_id, parse_command};
@@ -56,11 +58,11 @@ impl IntakeError {
     }
 
     pub fn to_json(&self) -> Value {
-        let mut reply = json!({"outcome": "error", "code": self.code(), "message": self.to_string()});
-        if let IntakeError::Invalid { field, .. } = self {
-            reply["field"] = Value::String(field.clone());
-        }
-        reply
+        let field = match self {
+            IntakeError::Invalid { field, .. } => Some(field.clone()),
+            _ => None,
+        };
+        Reply::Error { code: self.code().into(), message: self.to_string(), field, rule: None }.to_json()
     }
 }
 
@@ -141,7 +143,83 @@ pub struct IssuedKey {
 impl IssuedKey {
     /// How the reply shows them (once).
     pub fn to_json(&self) -> Value {
-        json!({"token": self.token, "nats": {"nkey_seed": self.nats_seed, "inbox_prefix": self.nats_inbox}})
+        let credential = Credential {
+            token: self.token.clone(),
+            nats: NatsLogin { nkey_seed: self.nats_seed.clone(), inbox_prefix: self.nats_inbox.clone() },
+        };
+        serde_json::to_value(credential).expect("credentials serialize")
+    }
+}
+
+/// Every reply of the engine to a request, over NATS and HTTP alike
+/// (`schemas/json/reply.schema.json`).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Reply {
+    /// Executed and durable: the commit's stream sequence (resume any feed
+    /// after it), its events' ids and their JSON views.
+    Committed {
+        log_seq: u64,
+        event_ids: Vec<convo_domain::EventId>,
+        #[schemars(schema_with = "event_views")]
+        events: Vec<Value>,
+        /// `issue_api_key` only, shown this once.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        credential: Option<Credential>,
+    },
+    /// Executed, and nothing needed doing (a tick with nothing due).
+    Nothing,
+    /// The command id was already executed: these are its events' sequences, nothing was applied again.
+    Duplicate { first_seq: u64, last_seq: u64 },
+    /// A rule of the domain refused it (`code` names the rule).
+    Rejected { code: String, reason: String },
+    /// Not executed: the request or the principal was refused, or the engine could not now.
+    Error {
+        code: String,
+        message: String,
+        /// The field at fault (`invalid`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        field: Option<String>,
+        /// The access rule that refused it (`unauthenticated`, `forbidden`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rule: Option<String>,
+    },
+    /// A read the principal may make, and over which part of the account.
+    Authorized { principal: String, scope: Value },
+}
+
+/// A new API key's secrets.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Credential {
+    /// The bearer token (`Authorization: Bearer …`, and the NATS request header).
+    pub token: String,
+    pub nats: NatsLogin,
+}
+
+/// A key's NATS login.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct NatsLogin {
+    /// The nkey seed (`SU…`) to connect with.
+    pub nkey_seed: String,
+    /// The prefix of the reply inboxes the key may receive on.
+    pub inbox_prefix: String,
+}
+
+fn event_views(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": {"$ref": "event.schema.json"},
+        "description": "the commit's events, as `convo tail` prints them"
+    })
+}
+
+impl Reply {
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).expect("replies serialize")
+    }
+
+    pub fn error(code: &str, message: impl Into<String>) -> Self {
+        Reply::Error { code: code.into(), message: message.into(), field: None, rule: None }
     }
 }
 
@@ -230,24 +308,26 @@ pub fn authorized(principal: &Principal, scope: &ReadScope) -> Value {
         ReadScope::Account => json!("account"),
         ReadScope::Campaigns(list) => json!({"campaigns": list}),
     };
-    json!({"outcome": "authorized", "principal": principal.name(), "scope": scope})
+    Reply::Authorized { principal: principal.name(), scope }.to_json()
 }
 
 /// The reply to a command that was executed.
 pub fn reply(outcome: &Outcome) -> Value {
-    match outcome {
-        Outcome::Committed { log_seq, commit } => {
-            json!({"outcome": "committed", "log_seq": log_seq, "events": commit.json_lines()})
-        }
-        Outcome::Nothing => json!({"outcome": "nothing"}),
-        Outcome::Duplicate { first_seq, last_seq } => {
-            json!({"outcome": "duplicate", "first_seq": first_seq, "last_seq": last_seq})
-        }
+    let reply = match outcome {
+        Outcome::Committed { log_seq, commit } => Reply::Committed {
+            log_seq: *log_seq,
+            event_ids: commit.event_ids(),
+            events: commit.json_lines(),
+            credential: None,
+        },
+        Outcome::Nothing => Reply::Nothing,
+        Outcome::Duplicate { first_seq, last_seq } => Reply::Duplicate { first_seq: *first_seq, last_seq: *last_seq },
         Outcome::Refused(crate::Refusal::Rejected(r)) => {
-            json!({"outcome": "rejected", "code": r.code(), "reason": r.to_string()})
+            Reply::Rejected { code: r.code().into(), reason: r.to_string() }
         }
-        Outcome::Refused(other) => json!({"outcome": "rejected", "code": "unrecordable", "reason": other.to_string()}),
-    }
+        Outcome::Refused(other) => Reply::Rejected { code: "unrecordable".into(), reason: other.to_string() },
+    };
+    reply.to_json()
 }
 
 /// The reply to a command the machine answered, executed or not.
@@ -261,12 +341,12 @@ pub fn result_reply(result: &Result<Outcome, Failure>) -> Value {
 
 /// The reply when the engine has no room for the command now.
 pub fn overloaded(why: &str) -> Value {
-    json!({"outcome": "error", "code": "overloaded", "message": format!("{why}; retry later")})
+    Reply::error("overloaded", format!("{why}; retry later")).to_json()
 }
 
 /// The reply when the engine could not execute the command (the store is down).
 pub fn unavailable(message: &str) -> Value {
-    json!({"outcome": "error", "code": "unavailable", "message": message})
+    Reply::error("unavailable", message).to_json()
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 
 pub mod access;
 pub mod clock;
+pub mod contract;
 pub mod core;
 pub mod intake;
 pub mod machine;

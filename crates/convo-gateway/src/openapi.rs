@@ -120,7 +120,9 @@ pub fn document() -> Value {
             "schemas": {
                 "Reply": {"type": "object", "required": ["outcome"], "properties": {
                     "outcome": {"enum": ["committed", "nothing", "duplicate"]},
-                    "log_seq": {"type": "integer"}, "events": {"type": "array", "items": {"type": "object"}},
+                    "log_seq": {"type": "integer", "description": "the commit's stream sequence: resume a feed after it"},
+                    "event_ids": {"type": "array", "items": {"type": "string", "format": "uuid"}, "description": "the ids of the commit's events (each CloudEvent's `id`)"},
+                    "events": {"type": "array", "items": {"type": "object"}, "description": "the events' JSON views (schemas/json/event.schema.json)"},
                     "credential": {"type": "object", "description": "issue_api_key only, shown this once: the key's bearer `token`, and its NATS login (`nats.nkey_seed`, `nats.inbox_prefix`)",
                         "properties": {"token": {"type": "string"}, "nats": {"type": "object", "properties": {
                             "nkey_seed": {"type": "string"}, "inbox_prefix": {"type": "string"}}}}}}},

@@ -178,8 +178,8 @@ pub fn decode_signed(prefix: &str, signing: Option<&signing::Signing>, raw: Raw<
         Ok(commit) => commit,
         Err(error) => return Err(StoreError::Decode { seq, subject, error }),
     };
-    let expected = commit.subject(prefix);
-    if expected != subject {
+    if !commit.belongs_on(prefix, &subject) {
+        let expected = commit.subject(prefix);
         return Err(StoreError::Decode {
             seq,
             subject: subject.clone(),

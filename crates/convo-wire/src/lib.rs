@@ -13,6 +13,8 @@
 //! [`decode`]; the drift check (`tests/it`) fails when the code's shape no
 //! longer matches the committed `schemas/`.
 
+pub mod json_schema;
+pub mod redact;
 pub mod schema;
 
 use serde::{Deserialize, Serialize};
@@ -44,6 +46,45 @@ pub mod headers {
     pub const CORRELATION: &str = "Convo-Correlation";
     pub const ACCOUNT: &str = "Convo-Account";
 }
+
+/// Every event type, as the JSON view's `type` names it (a test keeps it
+/// equal to the types).
+pub const EVENT_TYPES: [&str; 34] = [
+    "account_configured",
+    "client_defined",
+    "client_updated",
+    "project_defined",
+    "project_updated",
+    "schedule_defined",
+    "schedule_updated",
+    "channel_defined",
+    "channel_updated",
+    "user_defined",
+    "user_updated",
+    "campaign_defined",
+    "campaign_updated",
+    "activated",
+    "inactivated",
+    "api_key_issued",
+    "api_key_revoked",
+    "access_denied",
+    "agent_state_changed",
+    "conversation_opened",
+    "conversation_queued",
+    "agent_assigned",
+    "message_received",
+    "message_sent",
+    "response_recorded",
+    "sla_threshold_crossed",
+    "inactivity_warning_sent",
+    "agent_inactivity_alerted",
+    "conversation_transferred",
+    "dynamic_field_set",
+    "label_added",
+    "label_removed",
+    "survey_answered",
+    "conversation_closed",
+];
 
 /// Any event of the domain.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -249,6 +290,10 @@ impl Commit {
 
     /// The headline of the commit, the last token of its subject.
     pub fn kind(&self) -> &'static str {
+        self.kind_in(&CONVERSATION_KINDS)
+    }
+
+    fn kind_in(&self, order: &[&'static str]) -> &'static str {
         match &self.stream {
             StreamRef::Catalog => match self.events.first().map(|e| &e.event) {
                 Some(Event::Config(e)) => config_kind(e),
@@ -264,7 +309,7 @@ impl Commit {
                         _ => None,
                     })
                     .collect();
-                CONVERSATION_KINDS.iter().find(|k| kinds.contains(k)).copied().unwrap_or("timer")
+                order.iter().find(|k| kinds.contains(k)).copied().unwrap_or("timer")
             }
         }
     }
@@ -279,13 +324,39 @@ impl Commit {
         }
     }
 
+    /// Whether `subject` is where this commit belongs: its subject today, or
+    /// the one version 1 of the headline order gave it (a commit that opened
+    /// and closed a conversation at once, appended before closures came
+    /// first, stays on `….opened`).
+    pub fn belongs_on(&self, prefix: &str, subject: &str) -> bool {
+        if self.subject(prefix) == subject {
+            return true;
+        }
+        match &self.stream {
+            StreamRef::Conversation(id) => {
+                format!("{prefix}.{}.conv.{id}.{}", self.account, self.kind_in(&CONVERSATION_KINDS_V1)) == subject
+            }
+            _ => false,
+        }
+    }
+
+    /// The event types the commit holds, in order, each once.
+    pub fn event_types(&self) -> Vec<&'static str> {
+        let mut types: Vec<&'static str> = Vec::new();
+        for e in &self.events {
+            let name = e.event.type_name();
+            if !types.contains(&name) {
+                types.push(name);
+            }
+        }
+        types
+    }
+
     /// The headers of the commit message (besides the broker's own).
     pub fn headers(&self) -> Vec<(&'static str, String)> {
-        let mut events: Vec<&str> = self.events.iter().map(|e| e.event.type_name()).collect();
-        events.dedup();
         vec![
             (headers::KIND, self.kind().to_owned()),
-            (headers::EVENTS, events.join(",")),
+            (headers::EVENTS, self.event_types().join(",")),
             (headers::SCHEMA, SCHEMA_VERSION.to_string()),
             (headers::COMMAND, self.command.to_string()),
             (headers::CORRELATION, self.correlation.to_string()),
@@ -381,6 +452,71 @@ impl Commit {
     }
 }
 
+/// The CloudEvents 1.0 `type` of an event type: `io.convo.<type>.v<version>`.
+pub fn cloud_event_type(event_type: &str) -> String {
+    format!("io.convo.{event_type}.v{SCHEMA_VERSION}")
+}
+
+impl Commit {
+    /// Each event as a CloudEvent (1.0, structured JSON): `id` the event id,
+    /// `source` `/<prefix>/<account>/<stream path>`, `type`
+    /// `io.convo.<event type>.v<version>`, `time`, `subject` (the
+    /// conversation, agent or entity), `data` the JSON view, and the
+    /// extensions `streamseq` (the commit's stream sequence, to resume
+    /// after), `eventindex`, `commandid` and `correlationid`. See
+    /// `schemas/json/cloudevent.schema.json`.
+    pub fn cloud_events(&self, prefix: &str, stream_seq: u64) -> Vec<Value> {
+        let path = self.stream.path();
+        let source = format!("/{prefix}/{}/{path}", self.account);
+        self.json_lines()
+            .into_iter()
+            .zip(&self.events)
+            .enumerate()
+            .map(|(index, (data, e))| {
+                let subject = match (&self.stream, &e.event) {
+                    (StreamRef::Conversation(id), _) => id.to_string(),
+                    (StreamRef::Agent(id), _) => id.to_string(),
+                    (StreamRef::Catalog, Event::Config(c)) => c.entity(),
+                    (StreamRef::Catalog, _) => "config".into(),
+                };
+                let mut map = Map::new();
+                map.insert("specversion".into(), "1.0".into());
+                map.insert("id".into(), EventId::derive(&self.account, &path, e.seq).to_string().into());
+                map.insert("source".into(), source.clone().into());
+                map.insert("type".into(), cloud_event_type(e.event.type_name()).into());
+                map.insert("time".into(), self.at.to_rfc3339().into());
+                map.insert("subject".into(), subject.into());
+                map.insert("datacontenttype".into(), "application/json".into());
+                map.insert("streamseq".into(), stream_seq.into());
+                map.insert("eventindex".into(), index.into());
+                map.insert("commandid".into(), self.command.to_string().into());
+                map.insert("correlationid".into(), self.correlation.to_string().into());
+                map.insert("data".into(), data);
+                Value::Object(map)
+            })
+            .collect()
+    }
+
+    /// The subject of each event on the JSON stream:
+    /// `<prefix>.<account>.json.conv.<id>.<type>`, `….json.agent.<id>.<type>`,
+    /// `….json.config.<type>` (by account, stream and event type).
+    pub fn json_subjects(&self, prefix: &str) -> Vec<String> {
+        let account = &self.account;
+        let stream = match &self.stream {
+            StreamRef::Catalog => "config".to_owned(),
+            StreamRef::Agent(id) => format!("agent.{id}"),
+            StreamRef::Conversation(id) => format!("conv.{id}"),
+        };
+        self.events.iter().map(|e| format!("{prefix}.{account}.json.{stream}.{}", e.event.type_name())).collect()
+    }
+
+    /// The ids of the commit's events, in order.
+    pub fn event_ids(&self) -> Vec<EventId> {
+        let path = self.stream.path();
+        self.events.iter().map(|e| EventId::derive(&self.account, &path, e.seq)).collect()
+    }
+}
+
 /// One event's JSON line: time, account, stream, sequence, command, actor,
 /// then `type` and the fields. Keys keep this order, so equal runs print
 /// equal bytes.
@@ -462,9 +598,22 @@ fn conversation_kind(event: &ConversationEvent) -> &'static str {
     }
 }
 
-/// Every commit kind a conversation subject can end with, in headline order
-/// (a commit holding an opening and a closure is `opened`).
+/// Every commit kind a conversation subject can end with, in headline order:
+/// whatever commit closes a conversation is `closed` (one that opens and
+/// closes it at once, out of hours, included), so every closure reaches the
+/// subscribers of closures.
 pub const CONVERSATION_KINDS: [&str; 9] =
+    ["closed", "opened", "transferred", "assigned", "message", "survey", "field", "label", "timer"];
+
+/// The headlines of commits outside conversations: an agent's `state`, and
+/// the configuration entity a catalog commit is about.
+pub const OTHER_KINDS: [&str; 11] =
+    ["state", "account", "client", "project", "schedule", "channel", "user", "campaign", "status", "api_key", "denied"];
+
+/// The headline order of version 1 of the subjects (before 2026-11), when a
+/// commit that opened and closed a conversation at once was `opened`. Commits
+/// appended then stay on those subjects; readers accept either.
+const CONVERSATION_KINDS_V1: [&str; 9] =
     ["opened", "closed", "transferred", "assigned", "message", "survey", "field", "label", "timer"];
 
 impl From<ConversationEvent> for Event {

@@ -1,11 +1,13 @@
-//! The generated description of every event type and version, written to
-//! `schemas/` and checked against the code by the drift test.
+//! The generated description of every event type and version as postcard
+//! encodes it, written to `schemas/postcard/` and checked against the code
+//! by the drift test. (These describe the binary shape in the stream; the
+//! JSON views have real JSON Schemas, [`crate::json_schema`].)
 //!
 //! The shapes are traced from the types themselves (serde-reflection), which
 //! is exactly what postcard encodes: field order, variant indexes, primitive
-//! widths. Each event gets `schemas/events/<type>.v<version>.json` holding its
+//! widths. Each event gets `schemas/postcard/events/<type>.v<version>.json` holding its
 //! variant index, its format and every named type it uses;
-//! `schemas/commit.v<version>.json` describes the commit around them.
+//! `schemas/postcard/commit.v<version>.json` describes the commit around them.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -80,8 +82,17 @@ pub fn registry() -> Result<Registry, String> {
     tracer.registry().map_err(err)
 }
 
-/// The files of `schemas/` (path relative to it, contents).
+/// The files of `schemas/`, postcard descriptions and JSON Schemas (path
+/// relative to it, contents).
 pub fn files() -> Result<BTreeMap<String, String>, String> {
+    let mut out: BTreeMap<String, String> =
+        postcard_files()?.into_iter().map(|(rel, text)| (format!("postcard/{rel}"), text)).collect();
+    out.extend(crate::json_schema::files().into_iter().map(|(rel, text)| (format!("json/{rel}"), text)));
+    Ok(out)
+}
+
+/// The postcard descriptions (path relative to `schemas/postcard/`, contents).
+fn postcard_files() -> Result<BTreeMap<String, String>, String> {
     let registry = registry()?;
     let mut out = BTreeMap::new();
     let version = SCHEMA_VERSION;

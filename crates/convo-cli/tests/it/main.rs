@@ -2,6 +2,7 @@
 
 mod access;
 mod bad_stream;
+mod contract;
 mod crash;
 mod supervise;
 mod tamper;

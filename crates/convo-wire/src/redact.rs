@@ -1,0 +1,112 @@
+//! The accounts' redaction rules (SPEC §9): text matching an account's
+//! `regex_rules` marked `redact` is masked in what leaves for integrators —
+//! the JSON feeds, the NATS JSON stream and webhook bodies. The stream
+//! itself keeps the original (it is the record).
+//!
+//! The engine keeps [`Redactions`] current from the catalogs it applies
+//! (the rules in force when an event is served or delivered are the ones
+//! used); readers share it.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use regex::{Regex, RegexBuilder};
+use serde_json::Value;
+
+use convo_domain::AccountId;
+use convo_domain::config::RegexRule;
+
+/// Compiles a pattern within the catalog's limit
+/// ([`convo_domain::config::REGEX_BYTES_MAX`]; the regex crate's matching is
+/// linear-time), or says why not.
+pub fn compile(pattern: &str) -> Result<Regex, String> {
+    RegexBuilder::new(pattern).size_limit(convo_domain::config::REGEX_BYTES_MAX).build().map_err(|e| e.to_string())
+}
+
+/// One account's compiled rules.
+#[derive(Debug, Clone, Default)]
+pub struct Rules(Vec<(String, Regex)>);
+
+impl Rules {
+    /// The rules marked `redact` (a pattern that does not compile is skipped:
+    /// the catalog refuses those when they are defined).
+    pub fn from_catalog(rules: &[RegexRule]) -> Self {
+        Self(
+            rules
+                .iter()
+                .filter(|r| r.redact)
+                .filter_map(|r| Some((r.name.clone(), compile(&r.pattern).ok()?)))
+                .collect(),
+        )
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Masks every match in every string of `value` (keys stay) as `[redacted:<rule>]`.
+    pub fn apply(&self, value: &mut Value) {
+        if self.0.is_empty() {
+            return;
+        }
+        match value {
+            Value::String(text) => {
+                for (name, regex) in &self.0 {
+                    if regex.is_match(text) {
+                        *text = regex.replace_all(text, format!("[redacted:{name}]").as_str()).into_owned();
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| self.apply(v)),
+            Value::Object(map) => map.values_mut().for_each(|v| self.apply(v)),
+            _ => {}
+        }
+    }
+
+    /// Masks a CloudEvent's `data` (its envelope names ids and types, never free text).
+    pub fn apply_to_cloud_event(&self, event: &mut Value) {
+        if let Some(data) = event.get_mut("data") {
+            self.apply(data);
+        }
+    }
+}
+
+/// Every account's rules, as the engine last applied its catalog.
+#[derive(Debug, Default)]
+pub struct Redactions(RwLock<HashMap<AccountId, Rules>>);
+
+impl Redactions {
+    pub fn set(&self, account: &AccountId, rules: &[RegexRule]) {
+        let compiled = Rules::from_catalog(rules);
+        let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if compiled.is_empty() {
+            map.remove(account);
+        } else {
+            map.insert(account.clone(), compiled);
+        }
+    }
+
+    pub fn of(&self, account: &AccountId) -> Rules {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).get(account).cloned().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn matching_text_is_masked_and_the_rest_kept() {
+        let rules = Rules::from_catalog(&[
+            RegexRule { name: "card".into(), pattern: r"\b\d{4}(?:[ -]?\d{4}){3}\b".into(), redact: true },
+            RegexRule { name: "order".into(), pattern: r"A-\d+".into(), redact: false },
+        ]);
+        let mut v =
+            json!({"type": "message_received", "text": "mi tarjeta 4111 1111 1111 1111 y pedido A-1", "n": 4111});
+        rules.apply(&mut v);
+        assert_eq!(v["text"], "mi tarjeta [redacted:card] y pedido A-1");
+        assert_eq!(v["n"], 4111);
+        assert!(compile("(").is_err());
+    }
+}
