@@ -141,6 +141,28 @@ pub struct ServeArgs {
     /// Do not run the HTTP gateway.
     #[arg(long)]
     no_http: bool,
+    /// A host (as written in webhook URLs) or IP address webhooks may reach although it is
+    /// loopback, private or link-local (repeatable; by default only public addresses).
+    #[arg(long)]
+    webhook_allow: Vec<String>,
+    /// The waits after each failed webhook attempt (the last one failing dead-letters the delivery).
+    #[arg(long, default_value = "5s,30s,2m,10m,30m,1h,3h", value_parser = convo_webhooks::parse_schedule)]
+    webhook_retry_schedule: std::vec::Vec<std::time::Duration>,
+    /// How long one webhook attempt may take, in milliseconds.
+    #[arg(long, default_value_t = convo_webhooks::TIMEOUT_DEFAULT.as_millis() as u64)]
+    webhook_timeout_ms: u64,
+    /// The largest webhook body, in bytes (a larger event is dead-lettered at once).
+    #[arg(long, default_value_t = convo_webhooks::BODY_BYTES_MAX)]
+    webhook_body_bytes_max: usize,
+    /// How long the delivery log keeps an attempt, in hours.
+    #[arg(long, default_value_t = 24 * 7)]
+    webhook_log_hours: u32,
+    /// How long the JSON event stream (<STREAM>_JSON) keeps an event, in hours.
+    #[arg(long, default_value_t = 24 * 7)]
+    json_stream_max_age_hours: u32,
+    /// The most bytes the JSON event stream keeps (the oldest events go first).
+    #[arg(long, default_value_t = convo_store::json_stream::MAX_BYTES_DEFAULT)]
+    json_stream_max_bytes: i64,
     /// A proxy whose `Forwarded`/`X-Forwarded-For` the gateway believes (repeatable).
     #[arg(long)]
     trusted_proxy: Vec<std::net::IpAddr>,
@@ -230,13 +252,40 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         )),
         jwt,
     };
+    let redactions = std::sync::Arc::new(convo_wire::redact::Redactions::default());
     let config = convo_engine::serve::ServeConfig {
         access: std::sync::Arc::new(access),
         command_bytes_max: args.command_bytes_max,
         partitions: usize::from(args.partitions),
         nats_logins: Some(logins),
+        redactions: Some(redactions.clone()),
         ..Default::default()
     };
+    let json_stream = convo_store::json_stream::JsonStreamConfig {
+        max_age: std::time::Duration::from_secs(u64::from(args.json_stream_max_age_hours) * 3600),
+        max_bytes: args.json_stream_max_bytes,
+    };
+    let republisher = tokio::spawn(republish_json(store.clone(), redactions.clone(), json_stream));
+    let deliveries = convo_webhooks::Deliveries::open(&c.data_dir.join("webhooks"))
+        .map_err(|e| anyhow::anyhow!("cannot open the webhooks database under {}: {e}", c.data_dir.display()))?;
+    let webhook_config = convo_webhooks::WebhookConfig {
+        retry_schedule: args.webhook_retry_schedule.clone(),
+        timeout: std::time::Duration::from_millis(args.webhook_timeout_ms),
+        body_bytes_max: args.webhook_body_bytes_max,
+        log_retention: std::time::Duration::from_secs(u64::from(args.webhook_log_hours) * 3600),
+        allowed: convo_webhooks::Allowed { hosts: args.webhook_allow.clone() },
+        ..Default::default()
+    };
+    let (webhooks_stop_tx, webhooks_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let webhooks = tokio::spawn(convo_webhooks::run(
+        deliveries.clone(),
+        store.clone(),
+        convo_webhooks::Queue::new(&c.prefix, redactions.clone()),
+        webhook_config,
+        async {
+            let _ = webhooks_stop_rx.await;
+        },
+    ));
     let (local_tx, local_rx) = tokio::sync::mpsc::channel(convo_engine::serve::PARTITION_QUEUE_MAX);
     let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let gateway = if args.no_http {
@@ -255,6 +304,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             convo_gateway::GatewayConfig {
                 trusted_proxies: args.trusted_proxy.clone(),
                 projections: c.data_dir.join("projections"),
+                redactions: redactions.clone(),
+                webhooks: Some(deliveries.clone()),
             },
         );
         Some(tokio::spawn(convo_gateway::serve(listener, router, async {
@@ -282,6 +333,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         sum(|s| s.conflicts),
         sum(|s| s.skipped),
     );
+    republisher.abort();
+    let _ = webhooks_stop_tx.send(());
+    let _ = webhooks.await;
     let _ = stop_tx.send(());
     let (lease, embedded) = supervisor.await?;
     let failure = reason_rx.borrow().clone();
@@ -342,6 +396,23 @@ const SUPERVISE_EVERY_MS: u64 = 250;
 /// Watches the embedded nats-server (restarting it on its port when it
 /// dies) and renews the lease, until told to stop; a reason to stop serving
 /// goes out on `reason`. Hands the lease (if still held) and the server back.
+/// Keeps the JSON event stream republished (retrying after a failure: the
+/// checkpoint says where it stands).
+async fn republish_json(
+    store: JetStreamStore,
+    redactions: std::sync::Arc<convo_wire::redact::Redactions>,
+    config: convo_store::json_stream::JsonStreamConfig,
+) {
+    let name = convo_store::json_stream::stream_name(&store.config().stream);
+    loop {
+        match convo_store::json_stream::republish(&store, redactions.clone(), &config, &|_| {}).await {
+            Ok(()) => eprintln!("convo: the JSON stream {name} stopped following the log; resuming"),
+            Err(e) => eprintln!("convo: the JSON stream {name} could not be republished ({e}); retrying"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
 async fn supervise(
     mut lease: convo_store::lease::Lease,
     mut embedded: Option<NatsServer>,

@@ -8,6 +8,7 @@ mod contact_cmds;
 mod doctor_cmds;
 mod engine_cmds;
 mod report_cmds;
+mod webhook_cmds;
 
 use std::io::{BufWriter, Read, Write};
 use std::path::PathBuf;
@@ -61,6 +62,8 @@ The scenario format is documented in replay-fixtures/README.md.")]
     Doctor(doctor_cmds::DoctorArgs),
     /// Print the nats-server authorization for your own cluster: the engine's user and every key's login.
     NatsConfig(engine_cmds::NatsConfigArgs),
+    /// Webhook deliveries: pending, dead-lettered, and every attempt (status, response code, latency).
+    Webhooks(webhook_cmds::WebhookArgs),
 }
 
 #[derive(Args, Debug)]
@@ -124,6 +127,7 @@ fn main() -> ExitCode {
                     Cmd::Contact(args) => contact_cmds::contact(args).await.map(|()| ExitCode::SUCCESS),
                     Cmd::Doctor(args) => doctor_cmds::doctor(args).await,
                     Cmd::NatsConfig(args) => engine_cmds::nats_config(args).await.map(|()| ExitCode::SUCCESS),
+                    Cmd::Webhooks(args) => webhook_cmds::webhooks(args).await.map(|()| ExitCode::SUCCESS),
                     Cmd::Simulate(_) => unreachable!("handled above"),
                 }
             })

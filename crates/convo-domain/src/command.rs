@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::aggregate::Actor;
 use crate::config::{
     AccountSettings, ApiKeySpec, CampaignSpec, ChannelSpec, ClientSpec, DeniedAttempt, EntityRef, KeyRef, ProjectSpec,
-    UserSpec,
+    UserSpec, WebhookRef, WebhookSpec,
 };
 use crate::ids::{AccountId, CampaignId, ChannelId, CommandId, ContactId, ConversationId, TypificationId, UserId};
 use crate::schedule::ScheduleSpec;
@@ -207,6 +207,11 @@ pub enum Command {
     RevokeApiKey(KeyRef),
     /// Only the engine records these (refused at the door for everyone else).
     RecordDenied(DeniedAttempt),
+    // webhooks (appended)
+    DefineWebhook(WebhookSpec),
+    UpdateWebhook(WebhookSpec),
+    /// Tries a webhook's dead-lettered deliveries again.
+    RedriveWebhook(WebhookRef),
 }
 
 /// Which aggregate decides a command.
@@ -228,7 +233,7 @@ pub struct CommandParseError {
 
 impl Command {
     /// Every command type, as named in the JSON view and in command subjects.
-    pub const TYPE_NAMES: [&'static str; 31] = [
+    pub const TYPE_NAMES: [&'static str; 34] = [
         "configure_account",
         "define_client",
         "update_client",
@@ -260,6 +265,9 @@ impl Command {
         "issue_api_key",
         "revoke_api_key",
         "record_denied",
+        "define_webhook",
+        "update_webhook",
+        "redrive_webhook",
     ];
 
     /// The command's `type` in its JSON view.
@@ -296,6 +304,9 @@ impl Command {
             Self::IssueApiKey(_) => "issue_api_key",
             Self::RevokeApiKey(_) => "revoke_api_key",
             Self::RecordDenied(_) => "record_denied",
+            Self::DefineWebhook(_) => "define_webhook",
+            Self::UpdateWebhook(_) => "update_webhook",
+            Self::RedriveWebhook(_) => "redrive_webhook",
         }
     }
 

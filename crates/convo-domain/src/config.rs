@@ -16,7 +16,7 @@ use crate::aggregate::{Actor, Decision, Emitter, RecentCommands, Recorded};
 use crate::command::{Command, CommandEnvelope};
 use crate::ids::{
     AccountId, CampaignId, ChannelId, ClientId, IntegrationId, KeyId, ProjectId, ScheduleId, TypificationId, UserId,
-    check_id,
+    WebhookId, check_id,
 };
 use crate::rejection::Rejection;
 use crate::schedule::{ScheduleSpec, Zone};
@@ -412,6 +412,106 @@ pub struct ApiKeySpec {
     pub nats_nkey: String,
 }
 
+/// The most webhook endpoints an account defines.
+pub const WEBHOOKS_MAX: usize = 20;
+/// The longest webhook URL, in bytes.
+pub const WEBHOOK_URL_BYTES_MAX: usize = 2048;
+
+/// A webhook endpoint (SPEC §10): where the account's events are POSTed,
+/// which types, signed with which secret, on or off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSpec {
+    pub id: WebhookId,
+    /// `https://…` (or `http://…`); private, loopback and link-local
+    /// addresses are refused at delivery unless the operator allows them.
+    pub url: String,
+    /// The event types delivered (`conversation_closed`…); empty: every type.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// The signing secret (Standard Webhooks): `whsec_` and the base64 of 24
+    /// to 64 random bytes. Every JSON view shows it masked.
+    pub secret: WebhookSecret,
+    /// Off: nothing is delivered (and nothing queued) until it is on again.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A webhook's signing secret: kept whole in the stream (postcard), masked
+/// (`whsec_********`) in every JSON view and log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookSecret(String);
+
+impl WebhookSecret {
+    /// The masked form every JSON view shows.
+    pub const MASKED: &str = "whsec_********";
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        use base64::Engine as _;
+        let bad = || "a webhook secret is `whsec_` and the base64 of 24 to 64 random bytes".to_owned();
+        let body = text.strip_prefix("whsec_").ok_or_else(bad)?;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(body).map_err(|_| bad())?;
+        if !(24..=64).contains(&bytes.len()) {
+            return Err(bad());
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    /// The secret itself, for whoever signs with it (never for a view).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The key the signatures are made with (the base64 after `whsec_`, decoded).
+    pub fn key(&self) -> Vec<u8> {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.decode(&self.0["whsec_".len()..]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(Self::MASKED)
+    }
+}
+
+impl Serialize for WebhookSecret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let text = if s.is_human_readable() { Self::MASKED } else { self.0.as_str() };
+        s.serialize_newtype_struct("WebhookSecret", text)
+    }
+}
+
+impl<'de> Deserialize<'de> for WebhookSecret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_newtype_struct("WebhookSecret", crate::ids::TextVisitor(Self::parse, "WebhookSecret"))
+    }
+}
+
+impl JsonSchema for WebhookSecret {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "WebhookSecret".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^whsec_[A-Za-z0-9+/=*]+$",
+            "description": "`whsec_` and the base64 of 24 to 64 random bytes; views show `whsec_********`"
+        })
+    }
+}
+
+/// A webhook whose dead-lettered deliveries are to be tried again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookRef {
+    pub webhook: WebhookId,
+}
+
 /// A key to revoke.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -470,6 +570,10 @@ pub enum ConfigEvent {
     ApiKeyIssued(ApiKeySpec),
     ApiKeyRevoked(KeyRef),
     AccessDenied(DeniedAttempt),
+    // appended: the order is part of the encoding
+    WebhookDefined(WebhookSpec),
+    WebhookUpdated(WebhookSpec),
+    WebhookRedriven(WebhookRef),
 }
 
 impl ConfigEvent {
@@ -487,6 +591,8 @@ impl ConfigEvent {
             Self::ApiKeyIssued(s) => format!("api_key/{}", s.key),
             Self::ApiKeyRevoked(k) => format!("api_key/{}", k.key),
             Self::AccessDenied(_) => "access".into(),
+            Self::WebhookDefined(s) | Self::WebhookUpdated(s) => format!("webhook/{}", s.id),
+            Self::WebhookRedriven(w) => format!("webhook/{}", w.webhook),
         }
     }
 }
@@ -533,6 +639,8 @@ pub struct Catalog {
     pub channel_campaign: BTreeMap<ChannelId, CampaignId>,
     /// The account's API keys, revoked ones included.
     pub keys: BTreeMap<KeyId, ApiKey>,
+    /// The account's webhook endpoints.
+    pub webhooks: BTreeMap<WebhookId, WebhookSpec>,
     /// Derived: the allowed networks, parsed once when the settings change.
     networks: Vec<Cidr>,
     recent: RecentCommands,
@@ -553,6 +661,28 @@ fn check_template(field: &str, message: &AutoMessage) -> Result<(), Rejection> {
         return Err(Rejection::invalid(format!("{field}.text"), "an enabled message needs text"));
     }
     template::check(&message.text).map_err(|reason| Rejection::invalid(format!("{field}.text"), reason))
+}
+
+/// A webhook's URL (scheme, host, no credentials in it) and event types.
+fn check_webhook(s: &WebhookSpec) -> Result<(), Rejection> {
+    if s.url.len() > WEBHOOK_URL_BYTES_MAX {
+        return Err(Rejection::invalid("url", format!("at most {WEBHOOK_URL_BYTES_MAX} bytes")));
+    }
+    let rest = s.url.strip_prefix("https://").or_else(|| s.url.strip_prefix("http://"));
+    let Some(rest) = rest else {
+        return Err(Rejection::invalid("url", "an http:// or https:// URL"));
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.is_empty() || authority.contains('@') || s.url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Rejection::invalid("url", "an http(s) URL with a host, no spaces and no credentials in it"));
+    }
+    check_max("events", &s.events, crate::EVENT_TYPES.len())?;
+    for (i, kind) in s.events.iter().enumerate() {
+        if !crate::EVENT_TYPES.contains(&kind.as_str()) {
+            return Err(Rejection::invalid(format!("events[{i}]"), format!("no event type `{kind}`")));
+        }
+    }
+    Ok(())
 }
 
 fn check_max<T>(field: &str, list: &[T], max: usize) -> Result<(), Rejection> {
@@ -625,6 +755,7 @@ impl Catalog {
             campaigns: BTreeMap::new(),
             channel_campaign: BTreeMap::new(),
             keys: BTreeMap::new(),
+            webhooks: BTreeMap::new(),
             networks: Vec::new(),
             recent: RecentCommands::default(),
         }
@@ -817,6 +948,24 @@ impl Catalog {
                 Some(key) if key.revoked => return Ok(out.finish()), // already revoked: nothing to record
                 Some(_) => ConfigEvent::ApiKeyRevoked(k.clone()),
             },
+            Command::DefineWebhook(s) | Command::UpdateWebhook(s) => {
+                let define = matches!(envelope.command, Command::DefineWebhook(_));
+                self.expect_defined(self.webhooks.contains_key(&s.id), define, || format!("webhook {}", s.id))?;
+                if define && self.webhooks.len() >= WEBHOOKS_MAX {
+                    return Err(Rejection::invalid(
+                        "id",
+                        format!("an account defines at most {WEBHOOKS_MAX} webhooks"),
+                    ));
+                }
+                check_webhook(s)?;
+                if define { ConfigEvent::WebhookDefined(s.clone()) } else { ConfigEvent::WebhookUpdated(s.clone()) }
+            }
+            Command::RedriveWebhook(w) => {
+                if !self.webhooks.contains_key(&w.webhook) {
+                    return Err(Rejection::Unknown { entity: format!("webhook {}", w.webhook) });
+                }
+                ConfigEvent::WebhookRedriven(w.clone())
+            }
             other => {
                 return Err(Rejection::WrongAggregate {
                     command: other.type_name(),
@@ -1131,7 +1280,10 @@ impl Catalog {
                     key.revoked = true;
                 }
             }
-            ConfigEvent::AccessDenied(_) => {}
+            ConfigEvent::AccessDenied(_) | ConfigEvent::WebhookRedriven(_) => {}
+            ConfigEvent::WebhookDefined(s) | ConfigEvent::WebhookUpdated(s) => {
+                self.webhooks.insert(s.id.clone(), s.clone());
+            }
         }
     }
 

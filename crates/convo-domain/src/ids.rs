@@ -187,6 +187,10 @@ id_type!(
     /// An API client of an account (a CRM, a channel gateway…), acting with scopes.
     IntegrationId
 );
+id_type!(
+    /// A webhook endpoint of an account.
+    WebhookId
+);
 
 /// The id of one event, derived from where it stands in its stream, so the
 /// same history always carries the same ids (the domain generates nothing).

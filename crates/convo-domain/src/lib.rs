@@ -37,6 +37,48 @@ pub use live::Floor;
 pub use rejection::Rejection;
 pub use time::Timestamp;
 
+/// Every event type, as the JSON view's `type` names it (convo-wire's tests keep
+/// it equal to the types).
+pub const EVENT_TYPES: [&str; 37] = [
+    "account_configured",
+    "client_defined",
+    "client_updated",
+    "project_defined",
+    "project_updated",
+    "schedule_defined",
+    "schedule_updated",
+    "channel_defined",
+    "channel_updated",
+    "user_defined",
+    "user_updated",
+    "campaign_defined",
+    "campaign_updated",
+    "activated",
+    "inactivated",
+    "api_key_issued",
+    "api_key_revoked",
+    "access_denied",
+    "agent_state_changed",
+    "conversation_opened",
+    "conversation_queued",
+    "agent_assigned",
+    "message_received",
+    "message_sent",
+    "response_recorded",
+    "sla_threshold_crossed",
+    "inactivity_warning_sent",
+    "agent_inactivity_alerted",
+    "conversation_transferred",
+    "dynamic_field_set",
+    "label_added",
+    "label_removed",
+    "survey_answered",
+    "conversation_closed",
+    "webhook_defined",
+    "webhook_updated",
+    "webhook_redriven",
+];
+
 /// The JSON view of a domain enum: `{"type": variant, fields…}`.
 ///
 /// Enums derive serde's externally tagged form (`{"variant": {fields}}`), which

@@ -235,7 +235,7 @@ pub fn nats_users(prefix: &str, catalog: &Catalog) -> Vec<convo_store::launcher:
         };
         let mut subscribe = vec![format!("{}.>", nats_inbox(account, id))];
         if events {
-            subscribe.extend(["conv", "agent", "config"].map(|kind| format!("{prefix}.{account}.{kind}.>")));
+            subscribe.extend(["conv", "agent", "config", "json"].map(|kind| format!("{prefix}.{account}.{kind}.>")));
         }
         users.push(convo_store::launcher::NatsUser {
             nkey: spec.nats_nkey.clone(),

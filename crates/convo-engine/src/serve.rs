@@ -38,6 +38,16 @@ pub const PARTITIONS_MAX: usize = 256;
 pub const IDLE_WAKE_MS: u64 = 1_000;
 pub use crate::machine::EVICT_CLOSED_AFTER_SECS;
 
+/// Tells whoever follows the catalogs (the NATS logins, the redaction rules) of `catalog` as applied now.
+fn catalog_applied(config: &ServeConfig, catalog: &convo_domain::Catalog) {
+    if let Some(logins) = &config.nats_logins {
+        logins.update(catalog);
+    }
+    if let Some(redactions) = &config.redactions {
+        redactions.set(&catalog.account, &catalog.settings.regex_rules);
+    }
+}
+
 /// How many refused requests of one account are recorded, one by one, per window.
 pub const DENIED_SAMPLES_PER_WINDOW: u32 = 20;
 /// The window of [`DENIED_SAMPLES_PER_WINDOW`]; refusals beyond it are counted
@@ -58,6 +68,9 @@ pub struct ServeConfig {
     /// Where the partitions keep the keys' NATS logins up to date (for
     /// whoever configures the NATS server); `None`: not kept.
     pub nats_logins: Option<Arc<NatsLogins>>,
+    /// Where the partitions keep every account's redaction rules current
+    /// (for the JSON feeds and webhooks); `None`: not kept.
+    pub redactions: Option<Arc<convo_wire::redact::Redactions>>,
 }
 
 /// The NATS logins of every account's live keys, as the partitions last
@@ -110,6 +123,7 @@ impl Default for ServeConfig {
             partitions: 1,
             machine,
             nats_logins: None,
+            redactions: None,
         }
     }
 }
@@ -131,6 +145,12 @@ pub async fn serve<S: EventStore + Clone + 'static>(
     let count = config.partitions.clamp(1, PARTITIONS_MAX);
     let responder = bus.responder();
     let (machines, _) = recover_machines(&store, count, config.machine).await?;
+    for machine in &machines {
+        machine.world().catalogs().for_each(|catalog| catalog_applied(&config, catalog));
+    }
+    if let Some(redactions) = &config.redactions {
+        redactions.mark_ready(); // every account's rules are known: the feeds may go
+    }
     let mut queues = Vec::with_capacity(count);
     let mut tasks = Vec::with_capacity(count);
     for machine in machines {
@@ -221,11 +241,6 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
     let mut stopping = false;
     let mut last_timeout = Timestamp::from_millis(i64::MIN);
     let mut reported = 0;
-    if let Some(logins) = &config.nats_logins {
-        for catalog in machine.world().catalogs() {
-            logins.update(catalog);
-        }
-    }
     loop {
         // Messages of the log that cannot be applied are skipped and said once each.
         for skipped in &machine.skipped()[reported..] {
@@ -287,10 +302,10 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
             Wake::Io(IoDone::Appended(id, commit, result)) => {
                 let catalog = (result.is_ok() && commit.stream == StreamRef::Catalog).then(|| commit.account.clone());
                 machine.handle_appended(id, commit, result);
-                if let (Some(logins), Some(account)) = (&config.nats_logins, catalog)
+                if let Some(account) = catalog
                     && let Some(catalog) = machine.world().catalog(&account)
                 {
-                    logins.update(catalog);
+                    catalog_applied(config, catalog);
                 }
             }
             Wake::Io(IoDone::Loaded(id, result)) => machine.handle_loaded(id, result),

@@ -14,9 +14,13 @@
 //! - `GET /v1/accounts/{account}/reports/{kind}` — report rows (admins, the
 //!   operator, `reports` integrations; a supervisor sees the campaigns they
 //!   supervise).
-//! - `GET /v1/accounts/{account}/events?after=&limit=&conversation=` — the
-//!   account's events as JSON lines' objects, from a stream-sequence cursor
-//!   (admins, the operator, integrations with the `events` read scope).
+//! - `GET /v1/accounts/{account}/events?after=&limit=&conversation=&type=` —
+//!   the account's events as CloudEvents, from a stream-sequence cursor
+//!   (admins, the operator, integrations with the `events` read scope);
+//!   `…/events/stream` the same as server-sent events, live, resuming from
+//!   `Last-Event-ID`.
+//! - `GET /v1/accounts/{account}/webhooks/deliveries?webhook=&limit=` — the
+//!   webhook deliveries: pending, dead letters, the newest attempts.
 //! - `GET /v1/health` — no credential: is the gateway up.
 //! - `GET /v1/openapi.json` — the OpenAPI 3.1 document ([`openapi`]).
 //!
@@ -58,6 +62,8 @@ pub const FEED_EVENTS_MAX: usize = 1_000;
 /// The most stream messages one read of the feed looks at (other accounts'
 /// included); the cursor it answers lets the next read go on from there.
 pub const FEED_SCAN_MAX: u64 = 100_000;
+/// The most event streams (SSE) open at once; more get 429.
+pub const SSE_STREAMS_MAX: usize = 64;
 
 /// How the gateway reaches the engine and the read models.
 #[derive(Debug, Clone)]
@@ -66,6 +72,10 @@ pub struct GatewayConfig {
     pub trusted_proxies: Vec<IpAddr>,
     /// The read models' database (`<data-dir>/projections`).
     pub projections: PathBuf,
+    /// The accounts' redaction rules, as the engine keeps them (the feeds mask with them).
+    pub redactions: Arc<convo_wire::redact::Redactions>,
+    /// The webhook deliveries (queue, dead letters, log); `None`: not run here.
+    pub webhooks: Option<convo_webhooks::Deliveries>,
 }
 
 struct Shared {
@@ -74,11 +84,14 @@ struct Shared {
     config: GatewayConfig,
     /// One read at a time opens the read models' database.
     reads: Mutex<()>,
+    /// The event streams (SSE) open now, at most [`SSE_STREAMS_MAX`].
+    streams: Arc<tokio::sync::Semaphore>,
 }
 
 /// The gateway's routes, handing requests to `engine`.
 pub fn router(engine: mpsc::Sender<Request>, store: JetStreamStore, config: GatewayConfig) -> Router {
-    let shared = Arc::new(Shared { engine, store, config, reads: Mutex::new(()) });
+    let streams = Arc::new(tokio::sync::Semaphore::new(SSE_STREAMS_MAX));
+    let shared = Arc::new(Shared { engine, store, config, reads: Mutex::new(()), streams });
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/openapi.json", get(|| async { axum::Json(openapi::document()) }))
@@ -86,6 +99,8 @@ pub fn router(engine: mpsc::Sender<Request>, store: JetStreamStore, config: Gate
         .route("/v1/accounts/{account}/audit", get(audit))
         .route("/v1/accounts/{account}/reports/{kind}", get(report))
         .route("/v1/accounts/{account}/events", get(events))
+        .route("/v1/accounts/{account}/events/stream", get(event_stream))
+        .route("/v1/accounts/{account}/webhooks/deliveries", get(webhook_deliveries))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(shared)
 }
@@ -286,10 +301,59 @@ struct EventsQuery {
     after: Option<u64>,
     limit: Option<usize>,
     conversation: Option<String>,
+    /// An event type (`conversation_closed`…): only those events.
+    #[serde(rename = "type")]
+    kind: Option<String>,
 }
 
-/// The account's events after a cursor: each commit's events as their JSON
-/// view, and `next`, the cursor to ask with next time.
+/// What a feed keeps of the log.
+struct FeedFilter {
+    account: String,
+    conversation: Option<String>,
+    kind: Option<String>,
+}
+
+impl FeedFilter {
+    /// The filter, or the 400 a bad `type` gets.
+    fn new(account: &str, q: &EventsQuery) -> Result<Self, Box<Response>> {
+        if let Some(kind) = &q.kind
+            && !convo_wire::EVENT_TYPES.contains(&kind.as_str())
+        {
+            let message = format!("`type` is an event type: one of {}", convo_wire::EVENT_TYPES.join(", "));
+            return Err(Box::new(reply(
+                StatusCode::BAD_REQUEST,
+                json!({"outcome": "error", "code": "invalid", "field": "type", "message": message}),
+            )));
+        }
+        Ok(Self { account: account.to_owned(), conversation: q.conversation.clone(), kind: q.kind.clone() })
+    }
+
+    /// The commit's events this feed shows, as CloudEvents (redacted), each with its index in the commit.
+    fn events(&self, shared: &Shared, stored: &convo_store::StoredCommit) -> Vec<(usize, Value)> {
+        let c = &stored.commit;
+        let wanted = c.account.as_str() == self.account
+            && self
+                .conversation
+                .as_deref()
+                .is_none_or(|id| matches!(&c.stream, convo_wire::StreamRef::Conversation(x) if x.as_str() == id));
+        if !wanted {
+            return Vec::new();
+        }
+        let rules = shared.config.redactions.of(&c.account);
+        c.cloud_events(&shared.store.config().prefix, stored.stream_seq)
+            .into_iter()
+            .enumerate()
+            .filter(|(_, e)| self.kind.as_deref().is_none_or(|k| e["data"]["type"] == k))
+            .map(|(i, mut e)| {
+                rules.apply_to_cloud_event(&mut e);
+                (i, e)
+            })
+            .collect()
+    }
+}
+
+/// The account's events after a cursor, as CloudEvents, and `next`, the
+/// cursor to ask with next time (a stream sequence: whole commits only).
 async fn events(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -300,6 +364,10 @@ async fn events(
     if let Err(response) = authorize(&shared, &account, "events", &headers, peer.ip()).await {
         return response;
     }
+    let filter = match FeedFilter::new(&account, &q) {
+        Ok(f) => f,
+        Err(response) => return *response,
+    };
     let after = q.after.unwrap_or(0);
     let limit = q.limit.unwrap_or(FEED_EVENTS_MAX).clamp(1, FEED_EVENTS_MAX);
     let _one = shared.reads.lock().await; // one scan of the stream at a time, as for the read models
@@ -313,14 +381,7 @@ async fn events(
         match item {
             Ok(stored) => {
                 next = stored.stream_seq;
-                let c = &stored.commit;
-                let wanted = c.account.as_str() == account
-                    && q.conversation.as_deref().is_none_or(
-                        |id| matches!(&c.stream, convo_wire::StreamRef::Conversation(x) if x.as_str() == id),
-                    );
-                if wanted {
-                    out.extend(c.json_lines());
-                }
+                out.extend(filter.events(&shared, &stored).into_iter().map(|(_, e)| e));
             }
             Err(convo_store::StoreError::Decode { seq, .. }) => next = seq, // not part of the record
             Err(e) => return unavailable(&e),
@@ -330,6 +391,103 @@ async fn events(
         }
     }
     reply(StatusCode::OK, json!({"account": account, "events": out, "next": next}))
+}
+
+/// Where an SSE client resumes: after event `index` of the commit at `seq`
+/// (`Last-Event-ID: <seq>.<index>`), or after the whole commit (`<seq>`).
+fn resume_point(headers: &HeaderMap, after: Option<u64>) -> Result<(u64, Option<usize>), Box<Response>> {
+    let Some(last) = headers.get("last-event-id") else { return Ok((after.unwrap_or(0), None)) };
+    let bad = || {
+        Box::new(reply(
+            StatusCode::BAD_REQUEST,
+            json!({"outcome": "error", "code": "invalid", "field": "Last-Event-ID",
+                   "message": "an SSE event id this feed gave: <stream sequence>.<index>"}),
+        ))
+    };
+    let text = last.to_str().map_err(|_| bad())?;
+    match text.split_once('.') {
+        Some((seq, index)) => Ok((seq.parse().map_err(|_| bad())?, Some(index.parse().map_err(|_| bad())?))),
+        None => Ok((text.parse().map_err(|_| bad())?, None)),
+    }
+}
+
+/// The account's events as they are committed, as server-sent events
+/// (`id: <stream sequence>.<index>`, `event: <type>`, `data:` the CloudEvent),
+/// from `after` or the `Last-Event-ID` the client sends when it reconnects.
+async fn event_stream(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(account): Path<String>,
+    Query(q): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    if let Err(response) = authorize(&shared, &account, "events", &headers, peer.ip()).await {
+        return response;
+    }
+    let filter = match FeedFilter::new(&account, &q) {
+        Ok(f) => f,
+        Err(response) => return *response,
+    };
+    let (seq, index) = match resume_point(&headers, q.after) {
+        Ok(point) => point,
+        Err(response) => return *response,
+    };
+    let Ok(permit) = shared.streams.clone().try_acquire_owned() else {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "overloaded",
+            &format!("{SSE_STREAMS_MAX} event streams are open; retry later"),
+        );
+    };
+    // Resume inside the commit of `Last-Event-ID`, or after it.
+    let start = if index.is_some() { seq.max(1) } else { seq.saturating_add(1) };
+    let log = match convo_store::EventStore::subscribe(&shared.store, start).await {
+        Ok(log) => log,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e.to_string()),
+    };
+    let events = futures::StreamExt::flat_map(log, move |item| {
+        let _held = &permit;
+        let out: Vec<Result<Event, std::convert::Infallible>> = match item {
+            Ok(stored) => filter
+                .events(&shared, &stored)
+                .into_iter()
+                .filter(|(i, _)| stored.stream_seq != seq || index.is_none_or(|last| *i > last))
+                .map(|(i, e)| {
+                    let kind = e["data"]["type"].as_str().unwrap_or("event").to_owned();
+                    Ok(Event::default().id(format!("{}.{i}", stored.stream_seq)).event(kind).data(e.to_string()))
+                })
+                .collect(),
+            Err(_) => Vec::new(), // what the engine does not apply is not an event
+        };
+        futures::stream::iter(out)
+    });
+    Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct DeliveriesQuery {
+    webhook: Option<String>,
+    limit: Option<usize>,
+}
+
+/// The account's webhook deliveries: pending, dead-lettered, and the newest
+/// attempts (admins, the operator, integrations with the `webhooks` read scope).
+async fn webhook_deliveries(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(account): Path<String>,
+    Query(q): Query<DeliveriesQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(response) = authorize(&shared, &account, "webhooks", &headers, peer.ip()).await {
+        return response;
+    }
+    let Some(webhooks) = &shared.config.webhooks else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "webhooks are not delivered by this server");
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, convo_webhooks::LOG_READ_MAX);
+    reply(StatusCode::OK, webhooks.report(&account, q.webhook.as_deref(), limit))
 }
 
 #[derive(Debug, Deserialize)]

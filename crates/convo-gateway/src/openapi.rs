@@ -101,12 +101,31 @@ pub fn document() -> Value {
     );
     paths.insert(
         "/v1/accounts/{account}/events".into(),
-        json!({"get": {"operationId": "events", "summary": "The account's events after a cursor (admins, the operator, integrations with the `events` read scope)",
+        json!({"get": {"operationId": "events", "summary": "The account's events after a cursor, as CloudEvents 1.0 (`events`, each as schemas/json/cloudevent.schema.json) and `next`, the cursor for the next read (admins, the operator, integrations with the `events` read scope)",
             "parameters": [account_param(),
-                {"name": "after", "in": "query", "required": false, "description": "The stream sequence already seen (the `next` of the previous read; 0 from the start)", "schema": {"type": "integer", "minimum": 0}},
+                {"name": "after", "in": "query", "required": false, "description": "The stream sequence already seen (the `next` of the previous read, a reply's `log_seq` or an event's `streamseq`; 0 from the start)", "schema": {"type": "integer", "minimum": 0}},
                 {"name": "limit", "in": "query", "required": false, "description": "At most this many events (whole commits)", "schema": {"type": "integer", "minimum": 1, "maximum": crate::FEED_EVENTS_MAX}},
-                query("conversation", "a conversation id")],
+                query("conversation", "a conversation id"),
+                {"name": "type", "in": "query", "required": false, "description": "only events of this type", "schema": {"enum": convo_wire::EVENT_TYPES.as_slice()}}],
             "responses": read_responses.clone()}}),
+    );
+    paths.insert(
+        "/v1/accounts/{account}/webhooks/deliveries".into(),
+        json!({"get": {"operationId": "webhookDeliveries", "summary": "The account's webhook deliveries: `pending` (queued or retrying), `dead` (dead-lettered: re-drive with the redrive_webhook command) and `attempts`, the newest first (each with outcome, status, error, latency_ms) (admins, the operator, `webhooks` integrations)",
+            "parameters": [account_param(), query("webhook", "one webhook's only"),
+                {"name": "limit", "in": "query", "required": false, "description": "At most this many of each", "schema": {"type": "integer", "minimum": 1, "maximum": convo_webhooks::LOG_READ_MAX}}],
+            "responses": read_responses.clone()}}),
+    );
+    paths.insert(
+        "/v1/accounts/{account}/events/stream".into(),
+        json!({"get": {"operationId": "eventStream", "summary": "The account's events live, as server-sent events: `id` <stream sequence>.<index>, `event` the type, `data` the CloudEvent. Reconnect with `Last-Event-ID` to resume.",
+            "parameters": [account_param(),
+                {"name": "after", "in": "query", "required": false, "description": "Start after this stream sequence (when there is no Last-Event-ID)", "schema": {"type": "integer", "minimum": 0}},
+                {"name": "Last-Event-ID", "in": "header", "required": false, "description": "The id of the last event received", "schema": {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$"}},
+                query("conversation", "a conversation id"),
+                {"name": "type", "in": "query", "required": false, "description": "only events of this type", "schema": {"enum": convo_wire::EVENT_TYPES.as_slice()}}],
+            "responses": {"200": {"description": "The event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                "429": {"description": "Too many event streams are open", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}}),
     );
     json!({
         "openapi": "3.1.0",

@@ -14,6 +14,7 @@
 
 pub mod bus;
 pub mod jetstream;
+pub mod json_stream;
 pub mod launcher;
 pub mod lease;
 pub mod memory;

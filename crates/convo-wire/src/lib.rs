@@ -47,44 +47,7 @@ pub mod headers {
     pub const ACCOUNT: &str = "Convo-Account";
 }
 
-/// Every event type, as the JSON view's `type` names it (a test keeps it
-/// equal to the types).
-pub const EVENT_TYPES: [&str; 34] = [
-    "account_configured",
-    "client_defined",
-    "client_updated",
-    "project_defined",
-    "project_updated",
-    "schedule_defined",
-    "schedule_updated",
-    "channel_defined",
-    "channel_updated",
-    "user_defined",
-    "user_updated",
-    "campaign_defined",
-    "campaign_updated",
-    "activated",
-    "inactivated",
-    "api_key_issued",
-    "api_key_revoked",
-    "access_denied",
-    "agent_state_changed",
-    "conversation_opened",
-    "conversation_queued",
-    "agent_assigned",
-    "message_received",
-    "message_sent",
-    "response_recorded",
-    "sla_threshold_crossed",
-    "inactivity_warning_sent",
-    "agent_inactivity_alerted",
-    "conversation_transferred",
-    "dynamic_field_set",
-    "label_added",
-    "label_removed",
-    "survey_answered",
-    "conversation_closed",
-];
+pub use convo_domain::EVENT_TYPES;
 
 /// Any event of the domain.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,6 +88,9 @@ fn config_type_name(event: &ConfigEvent) -> &'static str {
         ConfigEvent::ApiKeyIssued(_) => "api_key_issued",
         ConfigEvent::ApiKeyRevoked(_) => "api_key_revoked",
         ConfigEvent::AccessDenied(_) => "access_denied",
+        ConfigEvent::WebhookDefined(_) => "webhook_defined",
+        ConfigEvent::WebhookUpdated(_) => "webhook_updated",
+        ConfigEvent::WebhookRedriven(_) => "webhook_redriven",
     }
 }
 
@@ -577,6 +543,7 @@ fn config_kind(event: &ConfigEvent) -> &'static str {
         ConfigEvent::Activated(_) | ConfigEvent::Inactivated(_) => "status",
         ConfigEvent::ApiKeyIssued(_) | ConfigEvent::ApiKeyRevoked(_) => "api_key",
         ConfigEvent::AccessDenied(_) => "denied",
+        ConfigEvent::WebhookDefined(_) | ConfigEvent::WebhookUpdated(_) | ConfigEvent::WebhookRedriven(_) => "webhook",
     }
 }
 
@@ -607,8 +574,10 @@ pub const CONVERSATION_KINDS: [&str; 9] =
 
 /// The headlines of commits outside conversations: an agent's `state`, and
 /// the configuration entity a catalog commit is about.
-pub const OTHER_KINDS: [&str; 11] =
-    ["state", "account", "client", "project", "schedule", "channel", "user", "campaign", "status", "api_key", "denied"];
+pub const OTHER_KINDS: [&str; 12] = [
+    "state", "account", "client", "project", "schedule", "channel", "user", "campaign", "status", "api_key", "denied",
+    "webhook",
+];
 
 /// The headline order of version 1 of the subjects (before 2026-11), when a
 /// commit that opened and closed a conversation at once was `opened`. Commits

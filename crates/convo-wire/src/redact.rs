@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use regex::{Regex, RegexBuilder};
 use serde_json::Value;
@@ -73,9 +74,19 @@ impl Rules {
 
 /// Every account's rules, as the engine last applied its catalog.
 #[derive(Debug, Default)]
-pub struct Redactions(RwLock<HashMap<AccountId, Rules>>);
+pub struct Redactions(RwLock<HashMap<AccountId, Rules>>, AtomicBool);
 
 impl Redactions {
+    /// Every account's rules are known (the engine has recovered).
+    pub fn mark_ready(&self) {
+        self.1.store(true, Ordering::Release);
+    }
+
+    /// Whether [`Redactions::mark_ready`] was called: nothing is served before.
+    pub fn is_ready(&self) -> bool {
+        self.1.load(Ordering::Acquire)
+    }
+
     pub fn set(&self, account: &AccountId, rules: &[RegexRule]) {
         let compiled = Rules::from_catalog(rules);
         let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());

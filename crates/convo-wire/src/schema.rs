@@ -46,6 +46,8 @@ pub fn registry() -> Result<Registry, String> {
         TypificationId::new(id).expect("valid"),
         convo_domain::KeyId::new(id).expect("valid"),
         convo_domain::IntegrationId::new(id).expect("valid"),
+        convo_domain::WebhookId::new(id).expect("valid"),
+        convo_domain::config::WebhookSecret::parse("whsec_c2FtcGxlIHNhbXBsZSBzYW1wbGUgc2FtcGxl").expect("valid"),
         Timestamp::from_millis(0),
         Zone::default(),
         HoursRange::parse("08:00-12:00").expect("valid"),

@@ -17,13 +17,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const JWT_KEY: &[u8] = b"the identity provider's shared HS256 key";
 
 /// `convo serve` on its embedded default, killed when dropped.
-struct Served {
-    child: Child,
+pub(crate) struct Served {
+    pub(crate) child: Child,
     dir: PathBuf,
-    http: String,
-    engine_url: String,
+    pub(crate) http: String,
+    pub(crate) engine_url: String,
     public_url: String,
-    operator: String,
+    pub(crate) operator: String,
+}
+
+impl Served {
+    pub(crate) fn dir_path(&self) -> PathBuf {
+        self.dir.clone()
+    }
 }
 
 impl Drop for Served {
@@ -34,6 +40,11 @@ impl Drop for Served {
 }
 
 fn serve(dir: &Path) -> Served {
+    serve_with(dir, &[])
+}
+
+/// `convo serve` with more arguments.
+pub(crate) fn serve_with(dir: &Path, extra: &[&str]) -> Served {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("jwt.key"), JWT_KEY).unwrap();
     let log = std::fs::File::create(dir.join("serve.log")).unwrap();
@@ -41,6 +52,7 @@ fn serve(dir: &Path) -> Served {
         .args(["serve", "--trusted-proxy", "127.0.0.1", "--jwt-issuer", "idp", "--jwt-audience", "convo"])
         .arg("--jwt-key-file")
         .arg(dir.join("jwt.key"))
+        .args(extra)
         .arg("--data-dir")
         .arg(dir)
         .stdout(Stdio::null())
@@ -70,12 +82,12 @@ fn serve(dir: &Path) -> Served {
     }
 }
 
-fn log_of(dir: &Path) -> String {
+pub(crate) fn log_of(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default()
 }
 
 /// One HTTP/1.1 request from `source` (a loopback address) to the gateway: status and JSON body.
-async fn http(
+pub(crate) async fn http(
     served: &Served,
     source: &str,
     method: &str,
@@ -213,7 +225,7 @@ fn account_settings(networks: &[&str]) -> Value {
         "typifications":[{"id":"venta","name":"Venta"},{"id":"inactividad","name":"I"},{"id":"transferencia","name":"T"}]})
 }
 
-async fn op(served: &Served, account: &str, id: &str, command: Value) -> Value {
+pub(crate) async fn op(served: &Served, account: &str, id: &str, command: Value) -> Value {
     let kind = command["type"].as_str().unwrap().to_owned();
     let body = json!({"id": id, "command": command});
     let (status, reply) = http(

@@ -6,6 +6,7 @@ mod contract;
 mod crash;
 mod supervise;
 mod tamper;
+mod webhooks;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

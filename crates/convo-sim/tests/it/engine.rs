@@ -73,3 +73,71 @@ async fn every_fixture_gives_the_same_events_through_the_engine_and_nats_as_thro
         }
     }
 }
+
+/// A plain NATS subscription (no JetStream API: what `nats sub` or any
+/// language's client does) to the JSON subjects reads every event of a
+/// fixture as CloudEvents JSON — timer-made events (SLA crossings,
+/// inactivity warnings and closures) included — republished from the log;
+/// and a subscriber of closures gets every closure, the one out of hours
+/// (committed with the opening) included.
+#[tokio::test]
+async fn every_event_reaches_a_plain_subscriber_as_cloudevents_json_and_every_closure_a_closure_subscriber() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::start(&LaunchOptions { data_dir: dir.path().to_path_buf(), sync_always: false }).unwrap();
+    let client = convo_store::connect(&server.url()).await.unwrap();
+    for (n, name) in ["inactivity-two-attempts", "out-of-hours-close", "sla-breach"].iter().enumerate() {
+        let prefix = format!("j{n}");
+        let mut json = client.subscribe(format!("{prefix}.*.json.>")).await.unwrap();
+        let mut closed = client.subscribe(format!("{prefix}.*.conv.*.closed")).await.unwrap();
+        client.flush().await.unwrap();
+        let config = StoreConfig { prefix: prefix.clone(), stream: format!("J{n}"), ..StoreConfig::default() };
+        let store = JetStreamStore::connect(&server.url(), config).await.unwrap();
+        let mut engine = Engine::recover(store.clone()).await.unwrap();
+        engine.replay(inputs(name)).await.unwrap();
+        let expected = simulated(name);
+
+        let redactions = std::sync::Arc::new(convo_wire::redact::Redactions::default());
+        redactions.mark_ready();
+        let republisher = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let config = convo_store::json_stream::JsonStreamConfig::default();
+                convo_store::json_stream::republish(&store, redactions, &config, &|_| {}).await
+            }
+        });
+        let mut received = Vec::new();
+        while received.len() < expected.len() {
+            let message = tokio::time::timeout(Duration::from_secs(10), json.next())
+                .await
+                .unwrap_or_else(|_| panic!("{name}: {} of {} events arrived", received.len(), expected.len()))
+                .unwrap();
+            let event: serde_json::Value = serde_json::from_slice(&message.payload).expect("JSON");
+            let kind = event["data"]["type"].as_str().unwrap().to_owned();
+            assert_eq!(event["specversion"], "1.0");
+            assert_eq!(event["type"], format!("io.convo.{kind}.v1"));
+            assert!(message.subject.ends_with(&format!(".{kind}")), "{}", message.subject);
+            assert!(message.subject.starts_with(&format!("{prefix}.default.json.")), "{}", message.subject);
+            received.push(event);
+        }
+        republisher.abort();
+        let data: Vec<&serde_json::Value> = received.iter().map(|e| &e["data"]).collect();
+        assert_eq!(data, expected.iter().collect::<Vec<_>>(), "{name}: the events, in order");
+        let by_rule = |rule: &str| received.iter().filter(|e| e["data"]["actor"]["system"] == rule).count();
+        match *name {
+            "inactivity-two-attempts" => assert!(by_rule("contact_inactivity") >= 3, "warnings and the closure"),
+            "sla-breach" => assert!(by_rule("sla") >= 2, "the SLA crossings"),
+            _ => {}
+        }
+
+        let closures = expected.iter().filter(|e| e["type"] == "conversation_closed").count();
+        assert!(closures > 0);
+        for _ in 0..closures {
+            let message = tokio::time::timeout(Duration::from_secs(10), closed.next())
+                .await
+                .unwrap_or_else(|_| panic!("{name}: a closure never reached the ….closed subscriber"))
+                .unwrap();
+            let header = message.headers.as_ref().and_then(|h| h.get("Convo-Events")).unwrap().to_string();
+            assert!(header.contains("conversation_closed"), "{header}");
+        }
+    }
+}

@@ -1,0 +1,479 @@
+//! # convo-webhooks
+//!
+//! Webhook deliveries (SPEC §10), in two halves sharing one sled tree:
+//!
+//! - a **projection** ([`Queue`]) folds the log: the account's endpoints
+//!   (`webhook_defined`/`_updated`), re-drives (`webhook_redriven`), and for
+//!   every event each enabled endpoint whose filter takes it gets a delivery
+//!   queued — written in the same atomic batch as the projector's
+//!   checkpoint, so a crash neither loses nor queues a delivery twice;
+//! - a **sender** ([`run`]) takes the head of each (endpoint, stream) queue,
+//!   so deliveries go in order per conversation, signs it (Standard Webhooks:
+//!   `webhook-id` = the event id, the receiver's idempotency key), POSTs it,
+//!   and records the attempt in the delivery log together with the
+//!   delivery's new state, in one atomic batch: delivered (removed),
+//!   retried later (exponential backoff with jitter), or dead-lettered after
+//!   the last retry (and then the next one goes). An attempt interrupted by a
+//!   crash is made again with the same id (at least once).
+//!
+//! Bodies are the event as a CloudEvent, redacted with the account's rules.
+//! Bounds: [`WebhookConfig`] (timeout per attempt, body size, deliveries in
+//! flight per endpoint and in all, log retention) and the catalog's
+//! (`WEBHOOKS_MAX` endpoints per account).
+
+pub mod deliver;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use serde_json::{Value, json};
+
+use convo_domain::ConfigEvent;
+use convo_projector::{Projection, Projector, Staged};
+use convo_store::{EventStore, StoredCommit};
+use convo_wire::redact::Redactions;
+use convo_wire::{Event, StreamRef};
+
+pub use deliver::Allowed;
+
+/// The projection's name (its tree in the webhooks database).
+pub const NAME: &str = "webhooks";
+/// The default retry schedule: the waits after each failed attempt; after
+/// the last one fails the delivery is dead-lettered.
+pub const RETRY_SCHEDULE_DEFAULT: [Duration; 7] = [
+    Duration::from_secs(5),
+    Duration::from_secs(30),
+    Duration::from_secs(120),
+    Duration::from_secs(600),
+    Duration::from_secs(1800),
+    Duration::from_secs(3600),
+    Duration::from_secs(3 * 3600),
+];
+/// The most retries a schedule may hold.
+pub const RETRIES_MAX: usize = 32;
+/// How long one attempt may take by default.
+pub const TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+/// The largest body delivered by default (a larger event is dead-lettered at once).
+pub const BODY_BYTES_MAX: usize = 256 * 1024;
+/// Deliveries in flight to one endpoint at once (different conversations), by default.
+pub const IN_FLIGHT_PER_ENDPOINT: usize = 4;
+/// Deliveries in flight in all, by default.
+pub const IN_FLIGHT_MAX: usize = 64;
+/// How long the delivery log keeps an attempt by default.
+pub const LOG_RETENTION_DEFAULT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The most entries one log read returns.
+pub const LOG_READ_MAX: usize = 1000;
+
+const ENDPOINT: &str = "ep/";
+const QUEUE: &str = "q/";
+const DEAD: &str = "dead/";
+const LOG: &str = "log/";
+
+/// The sender's settings.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub retry_schedule: Vec<Duration>,
+    pub timeout: Duration,
+    pub body_bytes_max: usize,
+    pub in_flight_per_endpoint: usize,
+    pub in_flight_max: usize,
+    pub log_retention: Duration,
+    /// Private hosts the operator lets webhooks reach.
+    pub allowed: Allowed,
+    /// How often the sender looks for new events and due retries.
+    pub tick: Duration,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            retry_schedule: RETRY_SCHEDULE_DEFAULT.to_vec(),
+            timeout: TIMEOUT_DEFAULT,
+            body_bytes_max: BODY_BYTES_MAX,
+            in_flight_per_endpoint: IN_FLIGHT_PER_ENDPOINT,
+            in_flight_max: IN_FLIGHT_MAX,
+            log_retention: LOG_RETENTION_DEFAULT,
+            allowed: Allowed::default(),
+            tick: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Parses a retry schedule: waits like `5s,30s,2m,10m,1h` (or `250ms`).
+pub fn parse_schedule(text: &str) -> Result<Vec<Duration>, String> {
+    let mut out = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (number, unit) = part.split_at(part.find(|c: char| !c.is_ascii_digit()).unwrap_or(part.len()));
+        let n: u64 = number.parse().map_err(|_| format!("{part:?}: a number and a unit (ms, s, m, h)"))?;
+        out.push(match unit {
+            "ms" => Duration::from_millis(n),
+            "s" | "" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            _ => return Err(format!("{part:?}: the unit is ms, s, m or h")),
+        });
+    }
+    if out.len() > RETRIES_MAX {
+        return Err(format!("at most {RETRIES_MAX} retries"));
+    }
+    Ok(out)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn endpoint_key(account: &str, webhook: &str) -> String {
+    format!("{ENDPOINT}{account}/{webhook}")
+}
+
+/// The projection that queues deliveries.
+#[derive(Debug)]
+pub struct Queue {
+    prefix: String,
+    redactions: Arc<Redactions>,
+}
+
+impl Queue {
+    pub fn new(prefix: &str, redactions: Arc<Redactions>) -> Self {
+        Self { prefix: prefix.to_owned(), redactions }
+    }
+}
+
+impl Projection for Queue {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn apply(&mut self, staged: &mut Staged<'_>, stored: &StoredCommit) -> Result<(), String> {
+        let commit = &stored.commit;
+        let account = commit.account.as_str();
+        let rules = self.redactions.of(&commit.account);
+        let events = commit.cloud_events(&self.prefix, stored.stream_seq);
+        for (index, (event, mut cloud)) in commit.events.iter().zip(events).enumerate() {
+            if let Event::Config(config) = &event.event {
+                match config {
+                    ConfigEvent::WebhookDefined(spec) | ConfigEvent::WebhookUpdated(spec) => {
+                        let endpoint = json!({"url": spec.url, "events": spec.events, "secret": spec.secret.expose(),
+                                              "enabled": spec.enabled});
+                        staged.insert(endpoint_key(account, spec.id.as_str()).into_bytes(), bytes_of(&endpoint));
+                    }
+                    ConfigEvent::WebhookRedriven(w) => {
+                        let dead = format!("{DEAD}{account}/{}/", w.webhook);
+                        for (key, value) in staged.scan_prefix(dead.as_bytes())? {
+                            let mut delivery: Value = serde_json::from_slice(&value).map_err(|e| e.to_string())?;
+                            delivery["attempts"] = json!(0);
+                            delivery["next_at_ms"] = json!(0);
+                            let rest = &key[DEAD.len()..];
+                            staged.remove(key.clone());
+                            staged.insert([QUEUE.as_bytes(), rest].concat(), bytes_of(&delivery));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let kind = event.event.type_name();
+            let endpoints = staged.scan_prefix(format!("{ENDPOINT}{account}/").as_bytes())?;
+            if endpoints.is_empty() {
+                continue;
+            }
+            rules.apply_to_cloud_event(&mut cloud);
+            let body = cloud.to_string();
+            for (key, value) in endpoints {
+                let endpoint: Value = serde_json::from_slice(&value).map_err(|e| e.to_string())?;
+                let filter = endpoint["events"].as_array().cloned().unwrap_or_default();
+                if endpoint["enabled"] != true || !(filter.is_empty() || filter.iter().any(|t| t == kind)) {
+                    continue;
+                }
+                let webhook = String::from_utf8_lossy(&key[ENDPOINT.len() + account.len() + 1..]).into_owned();
+                let queue = format!("{QUEUE}{account}/{webhook}/{}/", stream_token(&commit.stream));
+                let delivery = json!({
+                    "event_id": cloud["id"], "event_type": kind, "stream_seq": stored.stream_seq,
+                    "queued_at": commit.at.to_rfc3339(), "attempts": 0, "next_at_ms": 0, "body": body,
+                });
+                staged.insert(format!("{queue}{:020}.{index:04}", stored.stream_seq).into_bytes(), bytes_of(&delivery));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The queue of one stream: `conv.c1`, `agent.ana`, `config` (no `/`, so the
+/// queue is the key up to its last `/`).
+fn stream_token(stream: &StreamRef) -> String {
+    match stream {
+        StreamRef::Catalog => "config".into(),
+        StreamRef::Agent(id) => format!("agent.{id}"),
+        StreamRef::Conversation(id) => format!("conv.{id}"),
+    }
+}
+
+fn bytes_of(value: &Value) -> Vec<u8> {
+    serde_json::to_vec(value).expect("JSON values serialize")
+}
+
+/// The webhooks database: the queue, the dead letters, the delivery log.
+#[derive(Debug, Clone)]
+pub struct Deliveries {
+    projector: Projector,
+    tree: sled::Tree,
+}
+
+impl Deliveries {
+    /// Opens (or creates) the database at `path` (`<data-dir>/webhooks`).
+    pub fn open(path: &std::path::Path) -> Result<Self, String> {
+        let projector = Projector::open_at(path, NAME).map_err(|e| e.to_string())?;
+        let tree = projector.tree().map_err(|e| e.to_string())?;
+        Ok(Self { projector, tree })
+    }
+
+    /// The stream sequence the queue has taken in.
+    pub fn checkpoint(&self) -> u64 {
+        self.projector.checkpoint().unwrap_or(0)
+    }
+
+    fn entries(&self, prefix: &str, limit: usize, newest_first: bool) -> Vec<(String, Value)> {
+        let scan = self.tree.scan_prefix(prefix.as_bytes());
+        let parse = |item: sled::Result<(sled::IVec, sled::IVec)>| {
+            let (k, v) = item.ok()?;
+            Some((String::from_utf8_lossy(&k).into_owned(), serde_json::from_slice(&v).ok()?))
+        };
+        if newest_first {
+            scan.rev().filter_map(parse).take(limit).collect()
+        } else {
+            scan.filter_map(parse).take(limit).collect()
+        }
+    }
+
+    /// An account's webhooks with their queue and dead letters, and the
+    /// newest attempts of the log (at most `limit`, newest first).
+    pub fn report(&self, account: &str, webhook: Option<&str>, limit: usize) -> Value {
+        let scope = |kind: &str| match webhook {
+            Some(w) => format!("{kind}{account}/{w}/"),
+            None => format!("{kind}{account}/"),
+        };
+        let without_body = |(key, mut v): (String, Value)| {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("body");
+                o.insert("webhook".into(), key.split('/').nth(2).unwrap_or("").into());
+            }
+            v
+        };
+        let limit = limit.clamp(1, LOG_READ_MAX);
+        json!({
+            "account": account,
+            "checkpoint": self.checkpoint(),
+            "pending": self.entries(&scope(QUEUE), limit, false).into_iter().map(without_body).collect::<Vec<_>>(),
+            "dead": self.entries(&scope(DEAD), limit, false).into_iter().map(without_body).collect::<Vec<_>>(),
+            "attempts": self.entries(&scope(LOG), limit, true).into_iter().map(without_body).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// One attempt under way.
+struct Flight {
+    key: Vec<u8>,
+    endpoint: String,
+    delivery: Value,
+    answer: deliver::Answer,
+}
+
+/// Follows the log and delivers, until `stop` resolves. Errors of the store
+/// or the database are said and retried on the next tick.
+pub async fn run(
+    deliveries: Deliveries,
+    store: impl EventStore,
+    mut queue: Queue,
+    config: WebhookConfig,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let mut stop = std::pin::pin!(stop);
+    while !queue.redactions.is_ready() {
+        // The engine is still recovering the accounts' rules: nothing leaves unredacted.
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+    let mut tick = tokio::time::interval(config.tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut in_flight = FuturesUnordered::new();
+    // Queues with an attempt under way, and attempts per endpoint.
+    let mut busy: HashMap<String, ()> = HashMap::new();
+    let mut per_endpoint: HashMap<String, usize> = HashMap::new();
+    let mut last_trim = 0i64;
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            Some(flight) = in_flight.next(), if !in_flight.is_empty() => {
+                let flight: Flight = flight;
+                busy.remove(&queue_of(&flight.key));
+                if let Some(n) = per_endpoint.get_mut(&flight.endpoint) { *n = n.saturating_sub(1); }
+                if let Err(e) = settle(&deliveries.tree, &config, flight) {
+                    eprintln!("convo: webhooks: could not record an attempt ({e}); it will be made again");
+                }
+                continue;
+            }
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = deliveries.projector.catch_up(&store, &mut queue, &mut |_, _| {}).await {
+            eprintln!("convo: webhooks: cannot follow the log now: {e}");
+        }
+        let now = now_ms();
+        if now - last_trim > 60_000 {
+            trim_log(&deliveries.tree, now - config.log_retention.as_millis() as i64);
+            last_trim = now;
+        }
+        for (key, delivery) in due_heads(&deliveries.tree, now, &busy) {
+            if in_flight.len() >= config.in_flight_max {
+                break;
+            }
+            let endpoint = endpoint_of(&key);
+            let count = per_endpoint.entry(endpoint.clone()).or_default();
+            if *count >= config.in_flight_per_endpoint {
+                continue;
+            }
+            let Some(target) = deliveries.tree.get(endpoint.as_bytes()).ok().flatten() else { continue };
+            let target: Value = serde_json::from_slice(&target).unwrap_or(Value::Null);
+            *count += 1;
+            busy.insert(queue_of(&key), ());
+            in_flight.push(send(key, endpoint, delivery, target, config.clone()));
+        }
+    }
+}
+
+async fn send(key: Vec<u8>, endpoint: String, delivery: Value, target: Value, config: WebhookConfig) -> Flight {
+    let body = delivery["body"].as_str().unwrap_or("").to_owned();
+    let answer = if target["enabled"] != true {
+        deliver::Answer { status: None, error: Some("the webhook is off".into()), latency_ms: 0 }
+    } else if body.len() > config.body_bytes_max {
+        deliver::Answer {
+            status: None,
+            error: Some(format!("the body is {} bytes, over the {}-byte limit", body.len(), config.body_bytes_max)),
+            latency_ms: 0,
+        }
+    } else {
+        let secret = convo_domain::config::WebhookSecret::parse(target["secret"].as_str().unwrap_or(""));
+        let id = delivery["event_id"].as_str().unwrap_or("").to_owned();
+        let timestamp = now_ms() / 1000;
+        match secret {
+            Ok(secret) => {
+                let signature = deliver::sign(&secret.key(), &id, timestamp, body.as_bytes());
+                let signed = deliver::Signed { id, timestamp, signature };
+                let url = target["url"].as_str().unwrap_or("");
+                deliver::attempt(url, Bytes::from(body), &signed, &config.allowed, config.timeout).await
+            }
+            Err(e) => deliver::Answer { status: None, error: Some(e), latency_ms: 0 },
+        }
+    };
+    Flight { key, endpoint, delivery, answer }
+}
+
+/// Records an attempt and the delivery's next state in one atomic batch.
+fn settle(tree: &sled::Tree, config: &WebhookConfig, flight: Flight) -> Result<(), String> {
+    let Flight { key, mut delivery, answer, .. } = flight;
+    let attempts = delivery["attempts"].as_u64().unwrap_or(0) + 1;
+    let now = now_ms();
+    let disabled = answer.error.as_deref() == Some("the webhook is off");
+    let too_large = answer.error.as_deref().is_some_and(|e| e.contains("-byte limit"));
+    let outcome = if answer.accepted() {
+        "delivered"
+    } else if disabled {
+        "held"
+    } else if too_large || attempts as usize > config.retry_schedule.len() {
+        "dead"
+    } else {
+        "retrying"
+    };
+    let rest = &key[QUEUE.len()..];
+    let mut batch = sled::Batch::default();
+    if !disabled {
+        let log_entry = json!({
+            "event_id": delivery["event_id"], "event_type": delivery["event_type"], "attempt": attempts,
+            "at": convo_domain::Timestamp::from_millis(now).to_rfc3339(), "outcome": outcome,
+            "status": answer.status, "error": answer.error, "latency_ms": answer.latency_ms,
+        });
+        let rest_text = String::from_utf8_lossy(rest);
+        let (account, webhook) = {
+            let mut parts = rest_text.splitn(3, '/');
+            (parts.next().unwrap_or("").to_owned(), parts.next().unwrap_or("").to_owned())
+        };
+        let log_key = format!("{LOG}{account}/{webhook}/{now:020}/{}", String::from_utf8_lossy(rest).replace('/', "|"));
+        batch.insert(log_key.into_bytes(), bytes_of(&log_entry));
+    }
+    match outcome {
+        "delivered" => batch.remove(key.clone()),
+        "dead" => {
+            delivery["attempts"] = json!(attempts);
+            delivery["dead_at"] = json!(convo_domain::Timestamp::from_millis(now).to_rfc3339());
+            delivery["last_error"] = json!(answer.error.clone().or(answer.status.map(|s| format!("HTTP {s}"))));
+            batch.remove(key.clone());
+            batch.insert([DEAD.as_bytes(), rest].concat(), bytes_of(&delivery));
+        }
+        "held" => {
+            delivery["next_at_ms"] = json!(now + 1000); // looked at again once the webhook is on
+            batch.insert(key.clone(), bytes_of(&delivery));
+        }
+        _ => {
+            let wait = config.retry_schedule[attempts as usize - 1];
+            delivery["attempts"] = json!(attempts);
+            delivery["next_at_ms"] = json!(now + jittered(wait).as_millis() as i64);
+            delivery["last_error"] = json!(answer.error.clone().or(answer.status.map(|s| format!("HTTP {s}"))));
+            batch.insert(key.clone(), bytes_of(&delivery));
+        }
+    }
+    tree.apply_batch(batch).map_err(|e| e.to_string())?;
+    tree.flush().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// `wait` ± 20%, so retries of many deliveries spread out.
+fn jittered(wait: Duration) -> Duration {
+    let mut byte = [0u8; 2];
+    let spread = if getrandom::getrandom(&mut byte).is_ok() { u16::from_le_bytes(byte) as f64 / 65535.0 } else { 0.5 };
+    wait.mul_f64(0.8 + 0.4 * spread)
+}
+
+fn queue_of(key: &[u8]) -> String {
+    let text = String::from_utf8_lossy(key);
+    text.rsplit_once('/').map_or(text.to_string(), |(q, _)| q.to_owned())
+}
+
+fn endpoint_of(key: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&key[QUEUE.len()..]).into_owned();
+    let mut parts = text.splitn(3, '/');
+    endpoint_key(parts.next().unwrap_or(""), parts.next().unwrap_or(""))
+}
+
+/// The first delivery of each queue, when due and no attempt of that queue is under way.
+fn due_heads(tree: &sled::Tree, now: i64, busy: &HashMap<String, ()>) -> Vec<(Vec<u8>, Value)> {
+    let mut heads: BTreeMap<String, (Vec<u8>, Value)> = BTreeMap::new();
+    for item in tree.scan_prefix(QUEUE.as_bytes()) {
+        let Ok((key, value)) = item else { continue };
+        let queue = queue_of(&key);
+        if heads.contains_key(&queue) || busy.contains_key(&queue) {
+            continue;
+        }
+        let Ok(delivery) = serde_json::from_slice::<Value>(&value) else { continue };
+        heads.insert(queue, (key.to_vec(), delivery));
+    }
+    heads.into_values().filter(|(_, d)| d["next_at_ms"].as_i64().unwrap_or(0) <= now).collect()
+}
+
+/// Drops log entries older than `before` (ms).
+fn trim_log(tree: &sled::Tree, before: i64) {
+    let mut batch = sled::Batch::default();
+    for item in tree.scan_prefix(LOG.as_bytes()) {
+        let Ok((key, _)) = item else { continue };
+        let text = String::from_utf8_lossy(&key);
+        let at = text.split('/').nth(3).and_then(|t| t.parse::<i64>().ok()).unwrap_or(i64::MAX);
+        if at < before {
+            batch.remove(key);
+        }
+    }
+    let _ = tree.apply_batch(batch);
+}
