@@ -44,6 +44,8 @@ demo: build nats
     printf 'sara defines a channel: '; post "$key" acme define_channel '{"id":"acme-4","command":{"type":"define_channel","id":"wa","kind":"whatsapp","external_id":"+573000000000"}}' | cut -c1-60
     echo "acme's audit log, read by sara (actor and address from her credential and connection):"
     curl -s -H "Authorization: Bearer $key" "$http/v1/accounts/acme/audit" | python3 -c 'import json,sys; [print("  ", e["time"], e["actor"], e["ip"], e["action"], e["target"]) for e in json.load(sys.stdin)["entries"]]'
+    echo "acme's events as CloudEvents for integrators (HTTP feed; also SSE, the NATS JSON stream and webhooks; see README 'Integrating'):"
+    curl -s -H "Authorization: Bearer $key" "$http/v1/accounts/acme/events?type=channel_defined" | python3 -c 'import json,sys; [print("  ", e["type"], e["id"], e["source"], "streamseq", e["streamseq"]) for e in json.load(sys.stdin)["events"]]'
     echo
     echo "== a seeded random day of 10000 conversations, checked against an independent model of the rules =="
     $convo simulate --random --seed 1 --conversations 10000 --no-events --summary
@@ -90,14 +92,14 @@ schemas:
     UPDATE_SCHEMAS=1 cargo test -p convo-cli --test it contract::schemas_match_the_code
 
 # Install the ecosystem's own tools the tests use unless they are there: Python's
-# openapi-spec-validator, jsonschema and nats-py (pip, into .tools/py); the AsyncAPI
-# parser, standardwebhooks and nats.js (npm, into .tools/node).
+# openapi-spec-validator, jsonschema, nats-py and nkeys (pip, into .tools/py); the
+# AsyncAPI parser, standardwebhooks and nats.js (npm, into .tools/node).
 validators:
     #!/usr/bin/env bash
     set -euo pipefail
-    if [ ! -d .tools/py/nats ] || [ ! -d .tools/py/openapi_spec_validator ]; then
-        echo "installing openapi-spec-validator, jsonschema and nats-py into .tools/py (pip)"
-        PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --target .tools/py openapi-spec-validator jsonschema nats-py
+    if [ ! -d .tools/py/nkeys ] || [ ! -d .tools/py/nats ] || [ ! -d .tools/py/openapi_spec_validator ]; then
+        echo "installing openapi-spec-validator, jsonschema, nats-py and nkeys into .tools/py (pip)"
+        PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --upgrade --target .tools/py openapi-spec-validator jsonschema nats-py nkeys
     fi
     if [ ! -d .tools/node/node_modules/nats ]; then
         command -v npm >/dev/null || { echo "npm is needed for the AsyncAPI parser (apt install npm)"; exit 1; }

@@ -22,7 +22,7 @@ pub(crate) struct Served {
     dir: PathBuf,
     pub(crate) http: String,
     pub(crate) engine_url: String,
-    public_url: String,
+    pub(crate) public_url: String,
     pub(crate) operator: String,
 }
 

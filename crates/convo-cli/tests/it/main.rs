@@ -4,6 +4,7 @@ mod access;
 mod bad_stream;
 mod contract;
 mod crash;
+mod readme;
 mod supervise;
 mod tamper;
 mod webhooks;

@@ -1,0 +1,154 @@
+//! The README's "Integrating" snippets, run as written: a Python subscriber
+//! (nats-py, an API key's nkey login) reading JSON events, a Node webhook
+//! receiver verifying signatures with `standardwebhooks`, and the curl
+//! command that sends a command over HTTP.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::access::{op, serve_with};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The code block after `<!-- snippet: NAME`.
+fn snippet(name: &str) -> String {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let start = readme.find(&format!("<!-- snippet: {name}")).unwrap_or_else(|| panic!("README has no snippet {name}"));
+    let block = &readme[start..];
+    let code = &block[block.find("```").unwrap()..];
+    let code = &code[code.find('\n').unwrap() + 1..];
+    code[..code.find("```").unwrap()].to_owned()
+}
+
+/// A child's stdout lines, as they come.
+struct Lines {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Lines {
+    fn spawn(mut command: Command) -> Self {
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("starts");
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self { child, lines }
+    }
+
+    fn next(&self, within: Duration) -> Option<String> {
+        self.lines.recv_timeout(within).ok()
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_snippets_subscribe_verify_and_send() {
+    let temp = tempfile::tempdir().unwrap();
+    let served = serve_with(temp.path(), &["--webhook-allow", "127.0.0.1"]);
+    let always = json!(["00:00-24:00"]);
+    let week = json!({"mon": always, "tue": always, "wed": always, "thu": always, "fri": always, "sat": always, "sun": always});
+    for (n, command) in [
+        json!({"type":"configure_account","name":"Acme","typifications":[{"id":"venta","name":"Venta"},{"id":"inactividad","name":"I"},{"id":"transferencia","name":"T"}]}),
+        json!({"type":"define_client","id":"acme","name":"Acme","code":"1","sla_optimal_secs":60,"sla_low_secs":180,"max_inactivity_secs":86400,"inactivity_attempts":0}),
+        json!({"type":"define_project","id":"p","client":"acme","name":"P"}),
+        json!({"type":"define_schedule","id":"always","name":"24/7","time_zone":"UTC","week": week}),
+        json!({"type":"define_channel","id":"wa","kind":"whatsapp","external_id":"1"}),
+        json!({"type":"define_campaign","id":"ventas","client":"acme","project":"p","name":"Ventas","channels":["wa"],"schedule":"always","out_of_hours":{"action":"enqueue"},
+            "inactivity_typification":"inactividad","transfer_typification":"transferencia","closing_typifications":["venta"]}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        op(&served, "acme", &format!("setup-{n}"), command).await;
+    }
+    let issued = op(
+        &served,
+        "acme",
+        "key-1",
+        json!({"type": "issue_api_key", "key": "crm", "holder": {"integration": "crm"},
+        "scopes": {"commands": ["receive_message", "define_webhook"], "reads": ["events"]}}),
+    )
+    .await;
+    let credential = &issued["credential"];
+    let key = credential["token"].as_str().unwrap().to_owned();
+
+    // Python, subscribed with the key's own NATS login.
+    let dir = temp.path();
+    std::fs::write(dir.join("subscribe.py"), snippet("subscribe.py")).unwrap();
+    let mut python = Command::new("python3");
+    python
+        .arg(dir.join("subscribe.py"))
+        .env("PYTHONPATH", repo().join(".tools/py"))
+        .env("NATS_URL", &served.public_url)
+        .env("CONVO_NKEY_SEED", credential["nats"]["nkey_seed"].as_str().unwrap())
+        .env("CONVO_INBOX_PREFIX", credential["nats"]["inbox_prefix"].as_str().unwrap());
+    let python = Lines::spawn(python);
+    // It subscribes in its own time: open conversations until one reaches it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut n = 0;
+    let line = loop {
+        n += 1;
+        let body = json!({"type": "receive_message", "conversation": format!("p{n}"), "contact": "5730", "channel": "wa", "text": "hola"});
+        op(&served, "acme", &format!("py-{n}"), body).await;
+        if let Some(line) = python.next(Duration::from_secs(2)) {
+            break line;
+        }
+        assert!(Instant::now() < deadline, "the Python subscriber printed nothing");
+    };
+    assert!(line.contains("conversation_opened") && line.contains(&format!(" p{n} ")), "{line}");
+
+    // Node, receiving a webhook and verifying it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    std::fs::write(dir.join("receiver.js"), snippet("receiver.js")).unwrap();
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let mut node = Command::new("node");
+    node.arg(dir.join("receiver.js"))
+        .env("NODE_PATH", repo().join(".tools/node/node_modules"))
+        .env("CONVO_WEBHOOK_SECRET", secret)
+        .env("PORT", port.to_string());
+    let node = Lines::spawn(node);
+    std::thread::sleep(Duration::from_millis(500)); // listening (a delivery before that is retried anyway)
+    let hook = json!({"type": "define_webhook", "id": "crm", "url": format!("http://127.0.0.1:{port}/convo"),
+        "events": ["conversation_opened"], "secret": secret});
+    op(&served, "acme", "hook-1", hook).await;
+
+    // curl, with the key.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(snippet("send.sh"))
+        .env("CONVO_HTTP", format!("http://{}", served.http))
+        .env("CONVO_KEY", &key)
+        .output()
+        .unwrap();
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the reply is JSON");
+    assert_eq!(reply["outcome"], "committed", "{reply}");
+    assert!(reply["event_ids"].as_array().is_some_and(|ids| !ids.is_empty()) && reply["log_seq"].is_u64());
+
+    let delivered = node.next(Duration::from_secs(30)).expect("the Node receiver verified a delivery");
+    assert_eq!(delivered, "io.convo.conversation_opened.v1 c1");
+    let mut seen = Vec::new();
+    while let Some(line) = python.next(Duration::from_secs(5)) {
+        seen.push(line);
+        if seen.iter().any(|l| l.contains(" c1 ")) {
+            break;
+        }
+    }
+    assert!(seen.iter().any(|l| l.contains(" c1 conversation_opened")), "{seen:?}");
+}
