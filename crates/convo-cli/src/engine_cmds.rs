@@ -319,8 +319,12 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     anchoring.abort();
     signing.flush()?;
     let _ = http_stop_tx.send(());
-    if let Some(gateway) = gateway {
-        let _ = gateway.await;
+    if let Some(mut gateway) = gateway {
+        // Requests in hand finish; open event streams (SSE) never do by themselves.
+        if tokio::time::timeout(std::time::Duration::from_secs(5), &mut gateway).await.is_err() {
+            eprintln!("convo: closing the HTTP connections still open (event streams)");
+            gateway.abort();
+        }
         let _ = std::fs::remove_file(c.data_dir.join(HTTP_URL_FILE));
     }
     let sum = |f: fn(&convo_engine::serve::ServeStats) -> u64| stats.iter().map(f).sum::<u64>();

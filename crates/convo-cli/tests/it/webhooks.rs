@@ -309,4 +309,15 @@ async fn the_feed_and_the_event_stream_serve_cloudevents_redacted_and_resumable(
     read_until(2, &mut text).await;
     assert!(text.contains("\"c3\""), "live: {text}");
     assert!(!text.contains("Other"), "another account's events never show: {text}");
+
+    // Ctrl-C stops the server although the event stream is still open.
+    let mut served = served;
+    let pid = served.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while served.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "convo serve did not stop with an SSE client connected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(read);
 }
