@@ -19,18 +19,15 @@ demo: build nats
     echo "== convo demo: a day of traffic (240 conversations) through the engine and NATS JetStream, in virtual time =="
     $convo replay-traffic replay-fixtures/day-of-traffic/input.jsonl --prefix demo --data-dir .data/demo --no-events --summary
     echo
-    echo "== convo tail: one conversation's events, read back from the stream as JSON lines =="
     $convo serve --data-dir .data/demo --prefix demo 2> .data/demo/serve.log &
     serve=$!
     trap 'kill -INT $serve 2>/dev/null || true; wait $serve 2>/dev/null || true' EXIT
     for _ in $(seq 100); do [ -s .data/demo/nats.url ] && [ -s .data/demo/http.url ] && break; sleep 0.1; done
-    $convo tail --data-dir .data/demo --prefix demo --conversation r0000042 --no-follow
-    echo
     echo "== read models folded from the stream into sled: SLA by campaign, the audit chain, a contact's history =="
-    $convo report sla --by campaign --data-dir .data/demo --prefix demo
+    $convo report sla --by campaign --account default --data-dir .data/demo --prefix demo
     $convo audit catch-up --data-dir .data/demo --prefix demo
     $convo audit verify --data-dir .data/demo --prefix demo
-    $convo contact p5550000042 history --data-dir .data/demo --prefix demo
+    $convo contact p5550000042 history --account default --data-dir .data/demo --prefix demo
     echo
     echo "== the HTTP gateway: every request carries a credential; who acts comes from it =="
     http=$(cat .data/demo/http.url); operator=$(cat .data/demo/operator.key)
@@ -50,6 +47,10 @@ demo: build nats
     echo "== a seeded random day of 10000 conversations, checked against an independent model of the rules =="
     $convo simulate --random --seed 1 --conversations 10000 --no-events --summary
     echo
+    echo "== one conversation as a person reads it (convo audit replay) =="
+    $convo audit replay --account default --conversation r0000042 --data-dir .data/demo --prefix demo
+    echo
+    echo "The convo binary is {{convo}} ('just install' puts it on your PATH)."
     echo "Next: 'just serve' runs the engine; then 'convo send --account acme ...' and 'convo tail' (see README.md)."
 
 # Run the engine on the embedded default (a local nats-server; data under .data/).
@@ -115,6 +116,11 @@ bench: nats
 # The criterion micro-benchmark of decide+evolve (statistics, not part of `just bench`'s table).
 bench-domain:
     cargo bench -p convo-benches --bench domain
+
+# Install `convo` into ~/.cargo/bin (on PATH with a standard Rust setup).
+install:
+    cargo install --locked --path crates/convo-cli
+    @echo "installed: $(command -v convo || echo "~/.cargo/bin/convo (add ~/.cargo/bin to PATH)")"
 
 # Build the release binary.
 build:

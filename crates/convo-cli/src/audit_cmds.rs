@@ -48,10 +48,10 @@ struct FilterArgs {
     #[arg(long)]
     account: Option<String>,
     /// From this instant (RFC 3339, inclusive).
-    #[arg(long)]
+    #[arg(long, value_parser = instant)]
     from: Option<String>,
     /// Up to this instant (RFC 3339, inclusive).
-    #[arg(long)]
+    #[arg(long, value_parser = instant)]
     to: Option<String>,
     /// A user, contact or rule (`ana`, `user:ana`, `system:sla`).
     #[arg(long)]
@@ -63,6 +63,13 @@ struct FilterArgs {
     conversation: Option<String>,
     #[arg(long)]
     ip: Option<String>,
+}
+
+/// An RFC 3339 instant, as the user wrote it.
+fn instant(text: &str) -> Result<String, String> {
+    convo_domain::Timestamp::parse_rfc3339(text)
+        .map(|t| t.to_rfc3339()) // compared with the entries' UTC times
+        .map_err(|_| format!("{text:?} is not an RFC 3339 instant (2026-03-02T13:00:00Z)"))
 }
 
 impl FilterArgs {
@@ -108,7 +115,7 @@ fn bar(len: u64, what: &str) -> ProgressBar {
 }
 
 pub async fn audit(args: AuditArgs) -> Result<std::process::ExitCode> {
-    let (store, projector) = args.connection.read_model(convo_audit::NAME).await?;
+    let (store, projector, _server) = args.connection.read_model(convo_audit::NAME).await?;
     let data_dir = args.connection.data_dir().to_path_buf();
     match args.command {
         AuditCmd::CatchUp => {
@@ -184,10 +191,18 @@ pub async fn audit(args: AuditArgs) -> Result<std::process::ExitCode> {
             if broken {
                 return Ok(std::process::ExitCode::from(1));
             }
-            println!(
-                "the audit log is intact: {} entries up to stream sequence {} match the stream",
-                verdict.entries, verdict.checkpoint
-            );
+            if lag > 0 {
+                println!(
+                    "the audit log is intact as far as it goes: {} entries up to stream sequence {} match the stream, \
+                     which holds {lag} more commits (`convo audit catch-up` folds them)",
+                    verdict.entries, verdict.checkpoint
+                );
+            } else {
+                println!(
+                    "the audit log is intact: {} entries up to stream sequence {} (the stream's end) match the stream",
+                    verdict.entries, verdict.checkpoint
+                );
+            }
         }
         AuditCmd::Export(export) => {
             projector.catch_up(&store, &mut AuditLog, &mut |_, _| {}).await?;

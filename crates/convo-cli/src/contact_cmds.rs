@@ -29,7 +29,8 @@ pub struct ContactArgs {
 enum ContactCmd {
     /// The contact's last closed conversations, newest first.
     History {
-        #[arg(long, default_value = "default")]
+        /// The account (tenant) the contact belongs to.
+        #[arg(long)]
         account: String,
         #[arg(long, default_value = "table", value_parser = ["table", "json"])]
         format: String,
@@ -38,8 +39,7 @@ enum ContactCmd {
 
 pub async fn contact(args: ContactArgs) -> Result<()> {
     let ContactCmd::History { account, format } = args.command;
-    let (store, projector) = args.connection.read_model(convo_contact_history::NAME).await?;
-    projector.catch_up(&store, &mut ContactHistory, &mut |_, _| {}).await?;
+    let projector = args.connection.caught_up(convo_contact_history::NAME, &mut ContactHistory).await?;
     let history = convo_contact_history::history(&projector.tree()?, &account, &args.contact)?;
     if history.is_empty() {
         eprintln!("convo: no closed conversations of {} in account {account}", args.contact);

@@ -83,10 +83,77 @@ impl Connection {
     }
 
     /// The stream and a read model's database under `<data-dir>/projections`.
-    pub async fn read_model(&self, name: &'static str) -> Result<(JetStreamStore, convo_projector::Projector)> {
-        let store = JetStreamStore::connect(&self.url()?, self.store_config()?).await?;
-        let projector = convo_projector::Projector::open_at(&self.data_dir.join("projections"), name)?;
-        Ok((store, projector))
+    /// The stream and a read model. With no server running under
+    /// --data-dir, its nats-server is started for this command (and stopped
+    /// after), so reads work with `convo serve` stopped.
+    pub async fn read_model(
+        &self,
+        name: &'static str,
+    ) -> Result<(JetStreamStore, convo_projector::Projector, Option<NatsServer>)> {
+        let (store, server) = self.open_store().await?;
+        Ok((store, self.projector(name)?, server))
+    }
+
+    /// The stream: --nats-url, the running `convo serve`'s, or — none running
+    /// — the data directory's own nats-server, started for this command.
+    pub async fn open_store(&self) -> Result<(JetStreamStore, Option<NatsServer>)> {
+        let running = self.nats_url.is_some() || self.data_dir.join(URL_FILE).exists();
+        if running {
+            let url = self.url()?;
+            let connect = JetStreamStore::connect(&url, self.store_config()?);
+            match tokio::time::timeout(std::time::Duration::from_secs(5), connect).await {
+                Ok(Ok(store)) => return Ok((store, None)),
+                Ok(Err(e)) if self.nats_url.is_some() => return Err(e.into()),
+                Err(_) if self.nats_url.is_some() => bail!("the NATS server did not answer within 5 s"),
+                _ => {} // a stale nats.url from a server that died: start it again below
+            }
+        }
+        let nats = self.data_dir.join("nats");
+        if !nats.join("jetstream").is_dir() {
+            // No stream here at all: the usual message.
+            self.url()?;
+        }
+        let server = NatsServer::start(&LaunchOptions { data_dir: nats.clone(), sync_always: false })
+            .with_context(|| format!("cannot start the nats-server of {}", self.data_dir.display()))?;
+        eprintln!(
+            "convo: no `convo serve` runs under {}; started its nats-server for this command",
+            self.data_dir.display()
+        );
+        let store = JetStreamStore::connect(&server.url(), self.store_config()?).await?;
+        Ok((store, Some(server)))
+    }
+
+    fn projector(&self, name: &'static str) -> Result<convo_projector::Projector> {
+        let dir = self.data_dir.join("projections");
+        convo_projector::Projector::open_at(&dir, name).with_context(|| {
+            format!(
+                "cannot open the read models in {} (a `convo serve` reading them right now holds them)",
+                dir.display()
+            )
+        })
+    }
+
+    /// A read model brought up to the stream's end (the stream of the
+    /// running server, or of the data directory's own nats-server started for
+    /// this command); when there is no stream to read, the read model as it
+    /// is on disk, saying where it stands (it may be behind the stream).
+    pub async fn caught_up(
+        &self,
+        name: &'static str,
+        projection: &mut (dyn convo_projector::Projection + Send),
+    ) -> Result<convo_projector::Projector> {
+        let projector = self.projector(name)?;
+        match self.open_store().await {
+            Ok((store, _server)) => {
+                projector.catch_up(&store, projection, &mut |_, _| {}).await?;
+            }
+            Err(why) => eprintln!(
+                "convo: the stream cannot be read ({why:#}); reading the {name} read model as it is on disk, \
+                 at stream sequence {} (it may be behind the stream)",
+                projector.checkpoint()?
+            ),
+        }
+        Ok(projector)
     }
 
     /// The store's settings, with the engine's key under --data-dir when
@@ -585,7 +652,13 @@ pub struct TailArgs {
     /// Stop at the current end of the log instead of following it.
     #[arg(long)]
     no_follow: bool,
+    /// How long to wait for a lost NATS server to come back before exiting 2, in seconds.
+    #[arg(long, default_value_t = TAIL_RECONNECT_SECS)]
+    reconnect_secs: u64,
 }
+
+/// How long `convo tail` waits by default for a lost NATS server to come back before exiting 2.
+pub const TAIL_RECONNECT_SECS: u64 = 30;
 
 /// What `convo tail --kind` selects.
 enum KindFilter {
@@ -612,11 +685,41 @@ impl KindFilter {
 
 pub async fn tail(args: TailArgs) -> Result<()> {
     let kind = args.kind.as_deref().map(KindFilter::parse).transpose()?;
-    let store = JetStreamStore::connect(&args.connection.url()?, args.connection.store_config()?).await?;
+    // Reading to the end works with no server running (its nats-server is started for the read).
+    let (store, _server) = if args.no_follow {
+        args.connection.open_store().await?
+    } else {
+        (JetStreamStore::connect(&args.connection.url()?, args.connection.store_config()?).await?, None)
+    };
     let mut follow = if args.no_follow { store.read(args.from).await? } else { store.subscribe(args.from).await? };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    while let Some(stored) = follow.next().await {
+    let mut check = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut lost_since: Option<std::time::Instant> = None;
+    loop {
+        let stored = tokio::select! {
+            next = follow.next() => next,
+            _ = check.tick() => {
+                // The client reconnects by itself; a server gone for good must not leave `tail` waiting forever.
+                match (store.connected(), lost_since) {
+                    (true, Some(_)) => {
+                        eprintln!("convo: reconnected to the NATS server");
+                        lost_since = None;
+                    }
+                    (true, None) => {}
+                    (false, None) => {
+                        eprintln!("convo: lost the NATS server; reconnecting for up to {} s", args.reconnect_secs);
+                        lost_since = Some(std::time::Instant::now());
+                    }
+                    (false, Some(since)) if since.elapsed().as_secs() >= args.reconnect_secs => {
+                        bail!("the NATS server has been gone for {} s; stopping", args.reconnect_secs)
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+        };
+        let Some(stored) = stored else { break };
         let stored = match stored {
             Ok(s) => s,
             Err(convo_store::StoreError::Decode { seq, subject, error }) => {

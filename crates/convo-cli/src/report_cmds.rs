@@ -26,13 +26,14 @@ pub struct ReportArgs {
     by: String,
     #[arg(long, default_value = "day", value_parser = ["hour", "day"])]
     period: String,
-    #[arg(long, default_value = "default")]
+    /// The account (tenant) whose figures to show.
+    #[arg(long)]
     account: String,
-    /// The first bucket (inclusive).
-    #[arg(long)]
+    /// The first bucket (inclusive): a day (2026-03-02) or an hour (2026-03-02T14).
+    #[arg(long, value_parser = bucket)]
     from: Option<String>,
-    /// The last bucket (inclusive).
-    #[arg(long)]
+    /// The last bucket (inclusive): a day (2026-03-02) or an hour (2026-03-02T14).
+    #[arg(long, value_parser = bucket)]
     to: Option<String>,
     #[arg(long, default_value = "table", value_parser = ["table", "csv", "json"])]
     format: String,
@@ -75,9 +76,24 @@ fn cell(v: &Value) -> String {
     }
 }
 
+/// A report bucket as the user may write it: a day or an hour (UTC).
+fn bucket(text: &str) -> Result<String, String> {
+    let bad = || format!("{text:?} is not a day (2026-03-02) or an hour (2026-03-02T14), in UTC");
+    let (day, hour) = match text.split_once('T') {
+        Some((day, hour)) => (day, Some(hour)),
+        None => (text, None),
+    };
+    chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").map_err(|_| bad())?;
+    if let Some(hour) = hour
+        && (hour.len() != 2 || !hour.parse::<u8>().is_ok_and(|h| h < 24))
+    {
+        return Err(bad());
+    }
+    Ok(text.to_owned())
+}
+
 pub async fn report(args: ReportArgs) -> Result<()> {
-    let (store, projector) = args.connection.read_model(convo_reports::NAME).await?;
-    projector.catch_up(&store, &mut Reports, &mut |_, _| {}).await?;
+    let projector = args.connection.caught_up(convo_reports::NAME, &mut Reports).await?;
     let rows = convo_reports::rows(
         &projector.tree()?,
         &args.account,

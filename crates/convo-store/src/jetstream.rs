@@ -130,6 +130,11 @@ impl JetStreamStore {
         Ok(Self { client, js, stream, config })
     }
 
+    /// Whether the connection to the server is up now (the client reconnects by itself).
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     /// The underlying client (for command intake on the same connection).
     pub fn client(&self) -> &async_nats::Client {
         &self.client

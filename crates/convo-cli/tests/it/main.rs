@@ -4,6 +4,7 @@ mod access;
 mod bad_stream;
 mod contract;
 mod crash;
+mod offline;
 mod readme;
 mod supervise;
 mod tamper;
