@@ -21,7 +21,8 @@
 //!   `Last-Event-ID`.
 //! - `GET /v1/accounts/{account}/webhooks/deliveries?webhook=&limit=` — the
 //!   webhook deliveries: pending, dead letters, the newest attempts.
-//! - `GET /v1/health` — no credential: is the gateway up.
+//! - `GET /v1/health`, `/health/live` — no credential: is the gateway up;
+//!   `/health/ready` — 200 once the engine has recovered from the stream, 503 before.
 //! - `GET /v1/openapi.json` — the OpenAPI 3.1 document ([`openapi`]).
 //!
 //! Statuses: 200 done (committed, nothing to do, duplicate), 400 invalid,
@@ -94,6 +95,8 @@ pub fn router(engine: mpsc::Sender<Request>, store: JetStreamStore, config: Gate
     let shared = Arc::new(Shared { engine, store, config, reads: Mutex::new(()), streams });
     Router::new()
         .route("/v1/health", get(health))
+        .route("/health/live", get(health))
+        .route("/health/ready", get(ready))
         .route("/v1/openapi.json", get(|| async { axum::Json(openapi::document()) }))
         .route("/v1/accounts/{account}/commands/{kind}", post(command))
         .route("/v1/accounts/{account}/audit", get(audit))
@@ -118,6 +121,19 @@ pub async fn serve(
 
 async fn health() -> impl IntoResponse {
     axum::Json(json!({"status": "ok"}))
+}
+
+/// Ready once the engine has recovered every partition from the stream
+/// (before that, commands wait and nothing is served to integrators).
+async fn ready(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.config.redactions.is_ready() {
+        reply(StatusCode::OK, json!({"status": "ready"}))
+    } else {
+        reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "recovering", "message": "the engine is recovering from the stream"}),
+        )
+    }
 }
 
 /// The HTTP status of an engine reply.

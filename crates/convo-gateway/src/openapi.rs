@@ -46,6 +46,17 @@ pub fn document() -> Value {
             "responses": {"200": {"description": "Up", "content": {"application/json": {"schema": {"type": "object"}}}}}}}),
     );
     paths.insert(
+        "/health/live".into(),
+        json!({"get": {"operationId": "live", "summary": "The process is up (no credential needed)", "security": [],
+            "responses": {"200": {"description": "Up", "content": {"application/json": {"schema": {"type": "object"}}}}}}}),
+    );
+    paths.insert(
+        "/health/ready".into(),
+        json!({"get": {"operationId": "ready", "summary": "Whether the engine has recovered from the stream and serves (no credential needed)", "security": [],
+            "responses": {"200": {"description": "Ready", "content": {"application/json": {"schema": {"type": "object"}}}},
+                          "503": {"description": "Still recovering", "content": {"application/json": {"schema": {"type": "object"}}}}}}}),
+    );
+    paths.insert(
         "/v1/openapi.json".into(),
         json!({"get": {"operationId": "openapi", "summary": "This document", "security": [],
             "responses": {"200": {"description": "The OpenAPI document", "content": {"application/json": {"schema": {"type": "object"}}}}}}}),

@@ -264,6 +264,10 @@ async fn the_feed_and_the_event_stream_serve_cloudevents_redacted_and_resumable(
     let get = async |path: &str, extra: &[(&str, &str)]| {
         http(&served, "127.0.0.1", "GET", path, Some(&served.operator), extra, None).await
     };
+    for probe in ["/health/live", "/health/ready"] {
+        let (status, body) = http(&served, "127.0.0.1", "GET", probe, None, &[], None).await;
+        assert_eq!(status, 200, "{probe}: {body}");
+    }
 
     let (status, page) = get("/v1/accounts/acme/events?type=client_defined", &[]).await;
     assert_eq!(status, 200, "{page}");
