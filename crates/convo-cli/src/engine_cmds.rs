@@ -209,7 +209,8 @@ pub struct ServeArgs {
     #[arg(long)]
     no_http: bool,
     /// A host (as written in webhook URLs) or IP address webhooks may reach although it is
-    /// loopback, private or link-local (repeatable; by default only public addresses).
+    /// loopback, private or link-local, optionally `:PORT` for that port only (repeatable;
+    /// by default only public addresses).
     #[arg(long)]
     webhook_allow: Vec<String>,
     /// The waits after each failed webhook attempt (the last one failing dead-letters the delivery).
@@ -344,7 +345,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         ..Default::default()
     };
     let (webhooks_stop_tx, webhooks_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let webhooks = tokio::spawn(convo_webhooks::run(
+    let mut webhooks = tokio::spawn(convo_webhooks::run(
         deliveries.clone(),
         store.clone(),
         convo_webhooks::Queue::new(&c.prefix, redactions.clone()),
@@ -406,7 +407,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     );
     republisher.abort();
     let _ = webhooks_stop_tx.send(());
-    let _ = webhooks.await;
+    if tokio::time::timeout(std::time::Duration::from_secs(5), &mut webhooks).await.is_err() {
+        webhooks.abort(); // attempts under way are made again at the next start (same webhook-id)
+    }
     let _ = stop_tx.send(());
     let (lease, embedded) = supervisor.await?;
     let failure = reason_rx.borrow().clone();

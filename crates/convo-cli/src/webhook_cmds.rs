@@ -44,7 +44,7 @@ enum WebhookCmd {
 pub async fn webhooks(args: WebhookArgs) -> Result<()> {
     let WebhookCmd::Deliveries { account, webhook, limit, format } = args.command;
     let dir = args.connection.data_dir();
-    let report = match std::fs::read_to_string(dir.join(HTTP_URL_FILE)) {
+    let served = match std::fs::read_to_string(dir.join(HTTP_URL_FILE)) {
         Ok(url) => {
             let operator = std::fs::read_to_string(dir.join(OPERATOR_KEY_FILE))
                 .with_context(|| format!("cannot read the operator credential in {}", dir.display()))?;
@@ -52,11 +52,25 @@ pub async fn webhooks(args: WebhookArgs) -> Result<()> {
             if let Some(w) = &webhook {
                 path.push_str(&format!("&webhook={w}"));
             }
-            get(url.trim(), &path, operator.trim()).await?
+            match get(url.trim(), &path, operator.trim()).await {
+                Ok(report) => Some(report),
+                // A gateway that answered and refused is an answer; one that is gone (a stale url file) is not.
+                Err(e) if e.to_string().contains("cannot reach") => None,
+                Err(e) => return Err(e),
+            }
         }
-        Err(_) => {
-            let deliveries = convo_webhooks::Deliveries::open(&dir.join("webhooks"))
-                .map_err(|e| anyhow::anyhow!("cannot open the webhooks database under {}: {e}", dir.display()))?;
+        Err(_) => None,
+    };
+    let report = match served {
+        Some(report) => report,
+        None => {
+            let deliveries = convo_webhooks::Deliveries::open(&dir.join("webhooks")).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot open the webhooks database under {} ({e}); a `convo serve --no-http` holds it: \
+                     run it with its HTTP gateway to read deliveries while it serves",
+                    dir.display()
+                )
+            })?;
             deliveries.report(&account, webhook.as_deref(), limit)
         }
     };

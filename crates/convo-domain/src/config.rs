@@ -52,7 +52,7 @@ pub const SCOPES_MAX: usize = 64;
 /// The system actor under which the front door records denied attempts.
 pub const DENIED_ACTOR: &str = "access";
 /// The read models and feeds an integration's `reads` scope may name.
-pub const READ_SCOPES: [&str; 4] = ["audit", "reports", "contact_history", "events"];
+pub const READ_SCOPES: [&str; 5] = ["audit", "reports", "contact_history", "events", "webhooks"];
 
 /// The agent state in which routing offers work.
 pub const STATE_AVAILABLE: &str = "available";
@@ -854,6 +854,14 @@ impl Catalog {
         if keys && matches!(envelope.actor, Actor::Integration { .. }) {
             return Err(Rejection::Forbidden { action: "issuing or revoking API keys", needed: "an admin user" });
         }
+        // A webhook receives every event it names: an integration could widen its own reads with one.
+        let webhooks = matches!(
+            envelope.command,
+            Command::DefineWebhook(_) | Command::UpdateWebhook(_) | Command::RedriveWebhook(_)
+        );
+        if webhooks && matches!(envelope.actor, Actor::Integration { .. }) {
+            return Err(Rejection::Forbidden { action: "defining or changing webhooks", needed: "an admin user" });
+        }
         let mut out = Emitter::new(self.seq, now, &envelope.id, &envelope.actor);
         let event = match &envelope.command {
             Command::ConfigureAccount(s) => {
@@ -1080,6 +1088,9 @@ impl Catalog {
         check_max("regex_rules", &s.regex_rules, REGEX_RULES_MAX)?;
         for (i, r) in s.regex_rules.iter().enumerate() {
             check_name(&format!("regex_rules[{i}].name"), &r.name)?;
+            if r.name.chars().any(char::is_control) {
+                return Err(Rejection::invalid(format!("regex_rules[{i}].name"), "no control characters"));
+            }
             check_name(&format!("regex_rules[{i}].pattern"), &r.pattern)?;
             regex::RegexBuilder::new(&r.pattern).size_limit(REGEX_BYTES_MAX).build().map_err(|e| {
                 Rejection::invalid(format!("regex_rules[{i}].pattern"), format!("not a valid regular expression: {e}"))
@@ -1334,5 +1345,59 @@ mod tests {
         assert!(Cidr::parse("2001:db8::/32").unwrap().contains("2001:db8::1".parse().unwrap()));
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("192.168.1.7").unwrap().contains("192.168.1.7".parse().unwrap()));
+    }
+
+    struct Idle;
+    impl Occupancy for Idle {
+        fn active_conversations(&self, _: &CampaignId) -> u32 {
+            0
+        }
+    }
+
+    /// Webhooks: defined by an admin (or the system), never by an
+    /// integration (it could send itself every event); URLs, types and
+    /// secrets checked; the secret masked in the JSON view.
+    #[test]
+    fn webhooks_are_checked_and_kept_from_integrations() {
+        let account = AccountId::new("acme").unwrap();
+        let mut catalog = Catalog::new(account.clone());
+        let at = Timestamp::from_millis(0);
+        let mut run = |id: &str, actor: Actor, command: serde_json::Value| {
+            let envelope = CommandEnvelope {
+                id: crate::ids::CommandId::new(id).unwrap(),
+                account: account.clone(),
+                actor,
+                command: Command::from_json(command).unwrap(),
+            };
+            let decided = catalog.decide(&envelope, at, &Idle);
+            if let Ok(Decision::Commit(records)) = &decided {
+                records.iter().for_each(|r| catalog.evolve(r));
+            }
+            decided.map(|_| ())
+        };
+        let system = Actor::system("setup");
+        run("a", system.clone(), serde_json::json!({"type": "configure_account", "name": "Acme"})).unwrap();
+        let hook = |url: &str, events: serde_json::Value| {
+            serde_json::json!({"type": "define_webhook", "id": "crm", "url": url, "events": events,
+                               "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"})
+        };
+        let crm = Actor::Integration { id: IntegrationId::new("crm").unwrap(), ip: None };
+        let refused = run("w0", crm, hook("https://crm.example.com/in", serde_json::json!([])));
+        assert!(matches!(refused, Err(Rejection::Forbidden { .. })), "{refused:?}");
+        for (url, events) in [
+            ("ftp://x/in", serde_json::json!([])),
+            ("https://user:pw@x/in", serde_json::json!([])),
+            ("https://crm.example.com/in", serde_json::json!(["conversation_exploded"])),
+        ] {
+            let refused = run("w1", system.clone(), hook(url, events));
+            assert!(matches!(refused, Err(Rejection::Invalid { .. })), "{url}: {refused:?}");
+        }
+        run("w2", system.clone(), hook("https://crm.example.com/in", serde_json::json!(["conversation_closed"])))
+            .unwrap();
+        assert_eq!(catalog.webhooks.len(), 1);
+        let secret = &catalog.webhooks[&WebhookId::new("crm").unwrap()].secret;
+        assert_eq!(serde_json::to_value(secret).unwrap(), WebhookSecret::MASKED);
+        assert_eq!(secret.key().len(), 24);
+        assert!(WebhookSecret::parse("whsec_c2hvcnQ=").is_err(), "too short");
     }
 }

@@ -65,6 +65,8 @@ pub const FEED_EVENTS_MAX: usize = 1_000;
 pub const FEED_SCAN_MAX: u64 = 100_000;
 /// The most event streams (SSE) open at once; more get 429.
 pub const SSE_STREAMS_MAX: usize = 64;
+/// The most event streams one account may hold open.
+pub const SSE_STREAMS_PER_ACCOUNT_MAX: usize = 16;
 
 /// How the gateway reaches the engine and the read models.
 #[derive(Debug, Clone)]
@@ -87,12 +89,21 @@ struct Shared {
     reads: Mutex<()>,
     /// The event streams (SSE) open now, at most [`SSE_STREAMS_MAX`].
     streams: Arc<tokio::sync::Semaphore>,
+    /// Per account, at most [`SSE_STREAMS_PER_ACCOUNT_MAX`].
+    streams_per_account: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
 }
 
 /// The gateway's routes, handing requests to `engine`.
 pub fn router(engine: mpsc::Sender<Request>, store: JetStreamStore, config: GatewayConfig) -> Router {
     let streams = Arc::new(tokio::sync::Semaphore::new(SSE_STREAMS_MAX));
-    let shared = Arc::new(Shared { engine, store, config, reads: Mutex::new(()), streams });
+    let shared = Arc::new(Shared {
+        engine,
+        store,
+        config,
+        reads: Mutex::new(()),
+        streams,
+        streams_per_account: Mutex::default(),
+    });
     Router::new()
         .route("/v1/health", get(health))
         .route("/health/live", get(health))
@@ -456,6 +467,20 @@ async fn event_stream(
             &format!("{SSE_STREAMS_MAX} event streams are open; retry later"),
         );
     };
+    let per_account = {
+        let mut map = shared.streams_per_account.lock().await;
+        map.entry(account.clone())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(SSE_STREAMS_PER_ACCOUNT_MAX)))
+            .clone()
+    };
+    let Ok(account_permit) = per_account.try_acquire_owned() else {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "overloaded",
+            &format!("{SSE_STREAMS_PER_ACCOUNT_MAX} event streams of account {account} are open; retry later"),
+        );
+    };
+    let permit = (permit, account_permit);
     // Resume inside the commit of `Last-Event-ID`, or after it.
     let start = if index.is_some() { seq.max(1) } else { seq.saturating_add(1) };
     let log = match convo_store::EventStore::subscribe(&shared.store, start).await {

@@ -73,12 +73,15 @@ impl Target {
 }
 
 /// Whether an address is one a webhook may reach without the operator's
-/// leave: not loopback, private, link-local, shared (CGNAT), unique-local,
-/// multicast, broadcast, documentation or unspecified.
+/// leave: globally routable. Not loopback, private, link-local, shared
+/// (CGNAT), benchmarking, reserved, IETF protocol assignments, multicast,
+/// broadcast, documentation or unspecified; for IPv6 also unique-local,
+/// site-local, and the forms that embed an IPv4 address (mapped, compatible,
+/// NAT64, 6to4), which are judged by that address.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             !(v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
@@ -87,18 +90,33 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || v4.is_multicast()
                 || v4.is_documentation()
                 || a == 0
-                || (a == 100 && (64..128).contains(&b)))
+                || a >= 240 // reserved
+                || (a == 100 && (64..128).contains(&b)) // shared address space
+                || (a == 198 && (18..20).contains(&b)) // benchmarking
+                || (a == 192 && b == 0 && c == 0)) // IETF protocol assignments
         }
         IpAddr::V6(v6) => {
+            let seg = v6.segments();
+            let embedded = |hi: u16, lo: u16| IpAddr::V4(std::net::Ipv4Addr::from(((hi as u32) << 16) | lo as u32));
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            if seg[..6] == [0; 6] && !(v6.is_loopback() || v6.is_unspecified()) {
+                return is_public(embedded(seg[6], seg[7])); // IPv4-compatible ::a.b.c.d
+            }
+            if seg[0] == 0x0064 && seg[1] == 0xff9b {
+                return is_public(embedded(seg[6], seg[7])); // NAT64 64:ff9b::/96 and 64:ff9b:1::/48
+            }
+            if seg[0] == 0x2002 {
+                return is_public(embedded(seg[1], seg[2])); // 6to4
+            }
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00 // unique local
-                || (first & 0xffc0) == 0xfe80) // link-local
+                || (seg[0] & 0xfe00) == 0xfc00 // unique local
+                || (seg[0] & 0xffc0) == 0xfe80 // link-local
+                || (seg[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
+                || (seg[0] == 0x2001 && seg[1] == 0x0db8)) // documentation
         }
     }
 }
@@ -106,13 +124,23 @@ pub fn is_public(ip: IpAddr) -> bool {
 /// What the operator lets webhooks reach besides public addresses.
 #[derive(Debug, Clone, Default)]
 pub struct Allowed {
-    /// Hosts (as written in the URL) or IP addresses allowed even when private.
+    /// Hosts (as written in the URL) or IP addresses allowed even when
+    /// private, each optionally with `:port` to allow that port only.
     pub hosts: Vec<String>,
 }
 
 impl Allowed {
-    fn permits(&self, host: &str, ip: IpAddr) -> bool {
-        self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host) || h.parse::<IpAddr>().is_ok_and(|a| a == ip))
+    fn permits(&self, host: &str, ip: IpAddr, port: u16) -> bool {
+        self.hosts.iter().any(|entry| {
+            let (name, only) = match entry.rsplit_once(':') {
+                Some((name, p)) if !name.contains(':') || name.ends_with(']') => {
+                    (name.trim_matches(['[', ']']), p.parse::<u16>().ok())
+                }
+                _ => (entry.as_str(), None),
+            };
+            let same = name.eq_ignore_ascii_case(host) || name.parse::<IpAddr>().is_ok_and(|a| a == ip);
+            same && only.is_none_or(|p| p == port)
+        })
     }
 }
 
@@ -165,7 +193,9 @@ async fn post(url: &str, body: Bytes, signed: &Signed, allowed: &Allowed) -> Res
     let Some(address) = addresses.first().copied() else {
         return Err(format!("{} resolves to no address", target.host));
     };
-    if let Some(private) = addresses.iter().find(|a| !is_public(a.ip()) && !allowed.permits(&target.host, a.ip())) {
+    if let Some(private) =
+        addresses.iter().find(|a| !is_public(a.ip()) && !allowed.permits(&target.host, a.ip(), target.port))
+    {
         let named = if target.host == private.ip().to_string() {
             target.host.clone()
         } else {

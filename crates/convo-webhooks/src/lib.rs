@@ -23,7 +23,7 @@
 
 pub mod deliver;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -53,6 +53,8 @@ pub const RETRY_SCHEDULE_DEFAULT: [Duration; 7] = [
     Duration::from_secs(3600),
     Duration::from_secs(3 * 3600),
 ];
+/// The longest wait before a retry.
+pub const RETRY_WAIT_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The most retries a schedule may hold.
 pub const RETRIES_MAX: usize = 32;
 /// How long one attempt may take by default.
@@ -109,13 +111,17 @@ pub fn parse_schedule(text: &str) -> Result<Vec<Duration>, String> {
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (number, unit) = part.split_at(part.find(|c: char| !c.is_ascii_digit()).unwrap_or(part.len()));
         let n: u64 = number.parse().map_err(|_| format!("{part:?}: a number and a unit (ms, s, m, h)"))?;
-        out.push(match unit {
-            "ms" => Duration::from_millis(n),
-            "s" | "" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
+        let millis = match unit {
+            "ms" => Some(n),
+            "s" | "" => n.checked_mul(1000),
+            "m" => n.checked_mul(60_000),
+            "h" => n.checked_mul(3_600_000),
             _ => return Err(format!("{part:?}: the unit is ms, s, m or h")),
-        });
+        };
+        match millis {
+            Some(ms) if ms <= RETRY_WAIT_MAX.as_millis() as u64 => out.push(Duration::from_millis(ms)),
+            _ => return Err(format!("{part:?}: a wait is at most {} hours", RETRY_WAIT_MAX.as_secs() / 3600)),
+        }
     }
     if out.len() > RETRIES_MAX {
         return Err(format!("at most {RETRIES_MAX} retries"));
@@ -264,14 +270,34 @@ impl Deliveries {
             v
         };
         let limit = limit.clamp(1, LOG_READ_MAX);
+        // The newest attempts of each webhook, merged newest first.
+        let webhooks: Vec<String> = match webhook {
+            Some(w) => vec![w.to_owned()],
+            None => self
+                .entries(&format!("{ENDPOINT}{account}/"), crate_webhooks_max(), false)
+                .into_iter()
+                .filter_map(|(key, _)| key.rsplit('/').next().map(str::to_owned))
+                .collect(),
+        };
+        let mut attempts: Vec<Value> = webhooks
+            .iter()
+            .flat_map(|w| self.entries(&format!("{LOG}{account}/{w}/"), limit, true))
+            .map(without_body)
+            .collect();
+        attempts.sort_by(|a, b| b["at"].as_str().cmp(&a["at"].as_str()));
+        attempts.truncate(limit);
         json!({
             "account": account,
             "checkpoint": self.checkpoint(),
             "pending": self.entries(&scope(QUEUE), limit, false).into_iter().map(without_body).collect::<Vec<_>>(),
             "dead": self.entries(&scope(DEAD), limit, false).into_iter().map(without_body).collect::<Vec<_>>(),
-            "attempts": self.entries(&scope(LOG), limit, true).into_iter().map(without_body).collect::<Vec<_>>(),
+            "attempts": attempts,
         })
     }
+}
+
+fn crate_webhooks_max() -> usize {
+    convo_domain::config::WEBHOOKS_MAX
 }
 
 /// One attempt under way.
@@ -306,7 +332,9 @@ pub async fn run(
     let mut busy: HashMap<String, ()> = HashMap::new();
     let mut per_endpoint: HashMap<String, usize> = HashMap::new();
     let mut last_trim = 0i64;
+    let mut following = true;
     loop {
+        let mut fold = true;
         tokio::select! {
             _ = &mut stop => break,
             Some(flight) = in_flight.next(), if !in_flight.is_empty() => {
@@ -316,12 +344,35 @@ pub async fn run(
                 if let Err(e) = settle(&deliveries.tree, &config, flight) {
                     eprintln!("convo: webhooks: could not record an attempt ({e}); it will be made again");
                 }
-                continue;
+                fold = false; // the queue's next delivery goes now, not at the next tick
             }
             _ = tick.tick() => {}
         }
-        if let Err(e) = deliveries.projector.catch_up(&store, &mut queue, &mut |_, _| {}).await {
-            eprintln!("convo: webhooks: cannot follow the log now: {e}");
+        if fold {
+            let mut progress = |_, _| {};
+            let caught_up = tokio::select! {
+                _ = &mut stop => break,
+                result = deliveries.projector.catch_up(&store, &mut queue, &mut progress) => result,
+            };
+            if let Ok(stats) = &caught_up
+                && stats.dead_letters > 0
+            {
+                eprintln!(
+                    "convo: webhooks: {} commits could not be queued (see the webhooks projector's dead letters)",
+                    stats.dead_letters
+                );
+            }
+            match (caught_up, following) {
+                (Ok(_), false) => {
+                    eprintln!("convo: webhooks: following the log again");
+                    following = true;
+                }
+                (Err(e), true) => {
+                    eprintln!("convo: webhooks: cannot follow the log now ({e}); retrying");
+                    following = false;
+                }
+                _ => {}
+            }
         }
         let now = now_ms();
         if now - last_trim > 60_000 {
@@ -449,19 +500,27 @@ fn endpoint_of(key: &[u8]) -> String {
     endpoint_key(parts.next().unwrap_or(""), parts.next().unwrap_or(""))
 }
 
-/// The first delivery of each queue, when due and no attempt of that queue is under way.
+/// The first delivery of each queue, when due and no attempt of that queue
+/// is under way. Each queue costs one lookup, however long it is.
 fn due_heads(tree: &sled::Tree, now: i64, busy: &HashMap<String, ()>) -> Vec<(Vec<u8>, Value)> {
-    let mut heads: BTreeMap<String, (Vec<u8>, Value)> = BTreeMap::new();
-    for item in tree.scan_prefix(QUEUE.as_bytes()) {
-        let Ok((key, value)) = item else { continue };
+    let mut heads = Vec::new();
+    let mut from = QUEUE.as_bytes().to_vec();
+    while let Some(Ok((key, value))) = tree.range(from.clone()..).next() {
+        if !key.starts_with(QUEUE.as_bytes()) {
+            break;
+        }
         let queue = queue_of(&key);
-        if heads.contains_key(&queue) || busy.contains_key(&queue) {
+        // Past every key of this queue: its name, '/', then a byte above any in a key.
+        from = [queue.as_bytes(), b"/\xff"].concat();
+        if busy.contains_key(&queue) {
             continue;
         }
         let Ok(delivery) = serde_json::from_slice::<Value>(&value) else { continue };
-        heads.insert(queue, (key.to_vec(), delivery));
+        if delivery["next_at_ms"].as_i64().unwrap_or(0) <= now {
+            heads.push((key.to_vec(), delivery));
+        }
     }
-    heads.into_values().filter(|(_, d)| d["next_at_ms"].as_i64().unwrap_or(0) <= now).collect()
+    heads
 }
 
 /// Drops log entries older than `before` (ms).

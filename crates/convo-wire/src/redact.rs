@@ -17,6 +17,11 @@ use serde_json::Value;
 use convo_domain::AccountId;
 use convo_domain::config::RegexRule;
 
+/// The fields that hold free text people wrote (messages, field values,
+/// names, comments): the only ones redaction rewrites.
+pub const FREE_TEXT_FIELDS: [&str; 8] =
+    ["text", "value", "comment", "comments", "contact_name", "name", "description", "caption"];
+
 /// Compiles a pattern within the catalog's limit
 /// ([`convo_domain::config::REGEX_BYTES_MAX`]; the regex crate's matching is
 /// linear-time), or says why not.
@@ -45,11 +50,29 @@ impl Rules {
         self.0.is_empty()
     }
 
-    /// Masks every match in every string of `value` (keys stay) as `[redacted:<rule>]`.
+    /// Masks every match in the free text of `value` ([`FREE_TEXT_FIELDS`], at
+    /// any depth) as `[redacted:<rule>]`. Ids, types, times and actors stay as
+    /// they are, so redacted events still meet their schema and correlate.
     pub fn apply(&self, value: &mut Value) {
         if self.0.is_empty() {
             return;
         }
+        match value {
+            Value::Array(items) => items.iter_mut().for_each(|v| self.apply(v)),
+            Value::Object(map) => {
+                for (key, v) in map.iter_mut() {
+                    if FREE_TEXT_FIELDS.contains(&key.as_str()) {
+                        self.mask(v);
+                    } else {
+                        self.apply(v);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn mask(&self, value: &mut Value) {
         match value {
             Value::String(text) => {
                 for (name, regex) in &self.0 {
@@ -58,8 +81,8 @@ impl Rules {
                     }
                 }
             }
-            Value::Array(items) => items.iter_mut().for_each(|v| self.apply(v)),
-            Value::Object(map) => map.values_mut().for_each(|v| self.apply(v)),
+            Value::Array(items) => items.iter_mut().for_each(|v| self.mask(v)),
+            Value::Object(map) => map.values_mut().for_each(|v| self.mask(v)),
             _ => {}
         }
     }
