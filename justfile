@@ -93,14 +93,14 @@ schemas:
     UPDATE_SCHEMAS=1 cargo test -p convo-cli --test it contract::schemas_match_the_code
 
 # Install the ecosystem's own tools the tests use unless they are there: Python's
-# openapi-spec-validator, jsonschema, nats-py and nkeys (pip, into .tools/py); the
+# openapi-spec-validator, jsonschema, nats-py, nkeys and prometheus-client (pip, into .tools/py); the
 # AsyncAPI parser, standardwebhooks and nats.js (npm, into .tools/node).
 validators:
     #!/usr/bin/env bash
     set -euo pipefail
-    if [ ! -d .tools/py/nkeys ] || [ ! -d .tools/py/nats ] || [ ! -d .tools/py/openapi_spec_validator ]; then
-        echo "installing openapi-spec-validator, jsonschema, nats-py and nkeys into .tools/py (pip)"
-        PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --upgrade --target .tools/py openapi-spec-validator jsonschema nats-py nkeys
+    if [ ! -d .tools/py/prometheus_client ] || [ ! -d .tools/py/nkeys ] || [ ! -d .tools/py/nats ] || [ ! -d .tools/py/openapi_spec_validator ]; then
+        echo "installing openapi-spec-validator, jsonschema, nats-py, nkeys and prometheus-client into .tools/py (pip)"
+        PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --upgrade --target .tools/py openapi-spec-validator jsonschema nats-py nkeys prometheus-client
     fi
     if [ ! -d .tools/node/node_modules/nats ]; then
         command -v npm >/dev/null || { echo "npm is needed for the AsyncAPI parser (apt install npm)"; exit 1; }

@@ -321,19 +321,23 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         jwt,
     };
     let redactions = std::sync::Arc::new(convo_wire::redact::Redactions::default());
+    let metrics = std::sync::Arc::new(convo_store::metrics::Metrics::default());
     let config = convo_engine::serve::ServeConfig {
         access: std::sync::Arc::new(access),
         command_bytes_max: args.command_bytes_max,
         partitions: usize::from(args.partitions),
         nats_logins: Some(logins),
         redactions: Some(redactions.clone()),
+        metrics: Some(metrics.clone()),
         ..Default::default()
     };
     let json_stream = convo_store::json_stream::JsonStreamConfig {
         max_age: std::time::Duration::from_secs(u64::from(args.json_stream_max_age_hours) * 3600),
         max_bytes: args.json_stream_max_bytes,
     };
-    let republisher = tokio::spawn(republish_json(store.clone(), redactions.clone(), json_stream));
+    let json_checkpoint = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let republisher =
+        tokio::spawn(republish_json(store.clone(), redactions.clone(), json_stream, json_checkpoint.clone()));
     let deliveries = convo_webhooks::Deliveries::open(&c.data_dir.join("webhooks"))
         .map_err(|e| anyhow::anyhow!("cannot open the webhooks database under {}: {e}", c.data_dir.display()))?;
     let webhook_config = convo_webhooks::WebhookConfig {
@@ -342,8 +346,26 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         body_bytes_max: args.webhook_body_bytes_max,
         log_retention: std::time::Duration::from_secs(u64::from(args.webhook_log_hours) * 3600),
         allowed: convo_webhooks::Allowed { hosts: args.webhook_allow.clone() },
+        metrics: Some(metrics.clone()),
         ..Default::default()
     };
+    // The stream's end and how far behind it each follower is, every 2 s.
+    let lags = tokio::spawn({
+        let (store, metrics, deliveries, json_checkpoint) =
+            (store.clone(), metrics.clone(), deliveries.clone(), json_checkpoint.clone());
+        async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
+            loop {
+                every.tick().await;
+                let Ok(last) = store.last_seq().await else { continue };
+                metrics.set("convo_stream_last_sequence", &[], last as f64);
+                let json = json_checkpoint.load(std::sync::atomic::Ordering::Relaxed);
+                for (projection, at) in [("json_stream", json), ("webhooks", deliveries.checkpoint())] {
+                    metrics.set("convo_projection_lag", &[("projection", projection)], last.saturating_sub(at) as f64);
+                }
+            }
+        }
+    });
     let (webhooks_stop_tx, webhooks_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut webhooks = tokio::spawn(convo_webhooks::run(
         deliveries.clone(),
@@ -374,6 +396,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                 projections: c.data_dir.join("projections"),
                 redactions: redactions.clone(),
                 webhooks: Some(deliveries.clone()),
+                metrics: Some(metrics.clone()),
             },
         );
         Some(tokio::spawn(convo_gateway::serve(listener, router, async {
@@ -406,6 +429,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         sum(|s| s.skipped),
     );
     republisher.abort();
+    lags.abort();
     let _ = webhooks_stop_tx.send(());
     if tokio::time::timeout(std::time::Duration::from_secs(5), &mut webhooks).await.is_err() {
         webhooks.abort(); // attempts under way are made again at the next start (same webhook-id)
@@ -476,10 +500,12 @@ async fn republish_json(
     store: JetStreamStore,
     redactions: std::sync::Arc<convo_wire::redact::Redactions>,
     config: convo_store::json_stream::JsonStreamConfig,
+    checkpoint: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) {
     let name = convo_store::json_stream::stream_name(&store.config().stream);
+    let progress = move |at: u64| checkpoint.store(at, std::sync::atomic::Ordering::Relaxed);
     loop {
-        match convo_store::json_stream::republish(&store, redactions.clone(), &config, &|_| {}).await {
+        match convo_store::json_stream::republish(&store, redactions.clone(), &config, &progress).await {
             Ok(()) => eprintln!("convo: the JSON stream {name} stopped following the log; resuming"),
             Err(e) => eprintln!("convo: the JSON stream {name} could not be republished ({e}); retrying"),
         }

@@ -122,6 +122,7 @@ impl AutoMessage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutOfHours {
+    #[serde(default = "enqueue")]
     pub action: OutOfHoursAction,
     #[serde(default)]
     pub message: AutoMessage,
@@ -179,7 +180,11 @@ pub struct CampaignSpec {
     /// Inbound channels; a channel belongs to at most one campaign.
     #[serde(default)]
     pub channels: Vec<ChannelId>,
+    /// The opening hours; none named: the built-in 24/7 schedule `always`.
+    #[serde(default = "always_open")]
     pub schedule: ScheduleId,
+    /// What happens outside the hours; none named: queue the conversation.
+    #[serde(default)]
     pub out_of_hours: OutOfHours,
     pub inactivity_typification: TypificationId,
     pub transfer_typification: TypificationId,
@@ -439,6 +444,20 @@ pub struct WebhookSpec {
 
 fn yes() -> bool {
     true
+}
+
+fn always_open() -> ScheduleId {
+    ScheduleId::new(crate::schedule::ALWAYS).expect("a valid id")
+}
+
+fn enqueue() -> OutOfHoursAction {
+    OutOfHoursAction::Enqueue
+}
+
+impl Default for OutOfHours {
+    fn default() -> Self {
+        Self { action: OutOfHoursAction::Enqueue, message: AutoMessage::default() }
+    }
 }
 
 /// A webhook's signing secret: kept whole in the stream (postcard), masked
@@ -784,7 +803,11 @@ impl Catalog {
     }
 
     pub fn schedule(&self, id: &ScheduleId) -> Result<&ScheduleSpec, Rejection> {
-        self.schedules.get(id).ok_or_else(|| Rejection::Unknown { entity: format!("schedule {id}") })
+        match self.schedules.get(id) {
+            Some(spec) => Ok(spec),
+            None if id.as_str() == crate::schedule::ALWAYS => Ok(ScheduleSpec::always()),
+            None => Err(Rejection::Unknown { entity: format!("schedule {id}") }),
+        }
     }
 
     /// The user's name, or the id when the user is unknown.
@@ -1116,7 +1139,7 @@ impl Catalog {
                 format!("project {} belongs to client {}, not {}", s.project, project.spec.client, s.client),
             ));
         }
-        if !self.schedules.contains_key(&s.schedule) {
+        if self.schedule(&s.schedule).is_err() {
             return Err(Rejection::invalid("schedule", format!("no schedule {}", s.schedule)));
         }
         check_max("channels", &s.channels, CHANNELS_PER_CAMPAIGN_MAX)?;
@@ -1352,6 +1375,38 @@ mod tests {
         fn active_conversations(&self, _: &CampaignId) -> u32 {
             0
         }
+    }
+
+    /// A 24/7 campaign names no schedule and no out-of-hours policy: it gets
+    /// the built-in `always` schedule and queues (nothing is ever out of hours).
+    #[test]
+    fn a_campaign_without_hours_is_open_around_the_clock() {
+        let account = AccountId::new("acme").unwrap();
+        let mut catalog = Catalog::new(account.clone());
+        let commands = [
+            serde_json::json!({"type": "configure_account", "name": "Acme",
+                "typifications": [{"id": "venta", "name": "Venta"}, {"id": "i", "name": "I"}, {"id": "t", "name": "T"}]}),
+            serde_json::json!({"type": "define_client", "id": "acme", "name": "Acme", "code": "1", "sla_optimal_secs": 60,
+                "sla_low_secs": 180, "max_inactivity_secs": 600, "inactivity_attempts": 0}),
+            serde_json::json!({"type": "define_project", "id": "p", "client": "acme", "name": "P"}),
+            serde_json::json!({"type": "define_campaign", "id": "ventas", "client": "acme", "project": "p", "name": "Ventas",
+                "inactivity_typification": "i", "transfer_typification": "t", "closing_typifications": ["venta"]}),
+        ];
+        for (n, command) in commands.into_iter().enumerate() {
+            let envelope = CommandEnvelope {
+                id: crate::ids::CommandId::new(&format!("c{n}")).unwrap(),
+                account: account.clone(),
+                actor: Actor::system("setup"),
+                command: Command::from_json(command).unwrap(),
+            };
+            let decided = catalog.decide(&envelope, Timestamp::from_millis(0), &Idle).unwrap();
+            decided.events().iter().for_each(|r| catalog.evolve(r));
+        }
+        let campaign = &catalog.campaigns[&CampaignId::new("ventas").unwrap()].spec;
+        assert_eq!(campaign.schedule.as_str(), crate::schedule::ALWAYS);
+        assert_eq!(campaign.out_of_hours.action, OutOfHoursAction::Enqueue);
+        let hours = catalog.schedule(&campaign.schedule).unwrap();
+        assert!(hours.week.days().iter().all(|(_, ranges)| ranges.len() == 1), "open every day");
     }
 
     /// Webhooks: defined by an admin (or the system), never by an

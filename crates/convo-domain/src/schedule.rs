@@ -223,7 +223,34 @@ pub struct ScheduleSpec {
     pub holidays: Vec<LocalDate>,
 }
 
+/// The id of the built-in schedule a campaign has when it names none: open
+/// around the clock (an account may define its own `always` instead).
+pub const ALWAYS: &str = "always";
+
 impl ScheduleSpec {
+    /// The built-in 24/7 schedule ([`ALWAYS`]).
+    pub fn always() -> &'static ScheduleSpec {
+        static ALWAYS_OPEN: std::sync::OnceLock<ScheduleSpec> = std::sync::OnceLock::new();
+        ALWAYS_OPEN.get_or_init(|| {
+            let day = vec![HoursRange::parse("00:00-24:00").expect("a valid range")];
+            ScheduleSpec {
+                id: ScheduleId::new(ALWAYS).expect("a valid id"),
+                name: "24/7".into(),
+                time_zone: Zone::default(),
+                week: Week {
+                    mon: day.clone(),
+                    tue: day.clone(),
+                    wed: day.clone(),
+                    thu: day.clone(),
+                    fri: day.clone(),
+                    sat: day.clone(),
+                    sun: day,
+                },
+                holidays: Vec::new(),
+            }
+        })
+    }
+
     /// Checks ranges are ordered and disjoint, and the limits; names the field.
     pub fn check(&self) -> Result<(), (String, String)> {
         let mut any = false;

@@ -220,6 +220,11 @@ impl World {
     }
 
     /// How many conversations are open across accounts.
+    /// The conversation deadlines armed now.
+    pub fn armed_timers(&self) -> usize {
+        self.armed.len()
+    }
+
     pub fn open_conversations(&self) -> usize {
         self.accounts.values().map(|a| a.floor.open_conversations()).sum()
     }

@@ -38,6 +38,26 @@ pub const PARTITIONS_MAX: usize = 256;
 pub const IDLE_WAKE_MS: u64 = 1_000;
 pub use crate::machine::EVICT_CLOSED_AFTER_SECS;
 
+/// Counts a reply by command type and outcome (and a rejection by its code).
+fn count_reply(metrics: &convo_store::metrics::Metrics, kind: &str, result: &Result<Outcome, crate::Failure>) {
+    let outcome = match result {
+        Ok(Outcome::Committed { .. }) => "committed",
+        Ok(Outcome::Nothing) => "nothing",
+        Ok(Outcome::Duplicate { .. }) => "duplicate",
+        Ok(Outcome::Refused(refusal)) => {
+            let code = match refusal {
+                crate::Refusal::Rejected(r) => r.code(),
+                _ => "unrecordable",
+            };
+            metrics.inc("convo_rejections_total", &[("code", code)], 1);
+            "rejected"
+        }
+        Err(crate::Failure::Overloaded(_)) => "overloaded",
+        Err(_) => "unavailable",
+    };
+    metrics.inc("convo_commands_total", &[("type", kind), ("outcome", outcome)], 1);
+}
+
 /// Tells whoever follows the catalogs (the NATS logins, the redaction rules) of `catalog` as applied now.
 fn catalog_applied(config: &ServeConfig, catalog: &convo_domain::Catalog) {
     if let Some(logins) = &config.nats_logins {
@@ -71,6 +91,9 @@ pub struct ServeConfig {
     /// Where the partitions keep every account's redaction rules current
     /// (for the JSON feeds and webhooks); `None`: not kept.
     pub redactions: Option<Arc<convo_wire::redact::Redactions>>,
+    /// Where the partitions count commands, rejections, append latency and
+    /// their gauges; `None`: not measured.
+    pub metrics: Option<Arc<convo_store::metrics::Metrics>>,
 }
 
 /// The NATS logins of every account's live keys, as the partitions last
@@ -124,6 +147,7 @@ impl Default for ServeConfig {
             machine,
             nats_logins: None,
             redactions: None,
+            metrics: None,
         }
     }
 }
@@ -153,12 +177,12 @@ pub async fn serve<S: EventStore + Clone + 'static>(
     }
     let mut queues = Vec::with_capacity(count);
     let mut tasks = Vec::with_capacity(count);
-    for machine in machines {
+    for (partition, machine) in machines.into_iter().enumerate() {
         let (tx, rx) = mpsc::channel(PARTITION_QUEUE_MAX);
         queues.push(tx);
         let (responder, clock, store, config) = (responder.clone(), clock.clone(), store.clone(), config.clone());
         tasks.push(tokio::spawn(async move {
-            run_partition(machine, store, rx, &responder, clock.as_ref(), &config).await
+            run_partition(partition, machine, store, rx, &responder, clock.as_ref(), &config).await
         }));
     }
     dispatch(bus, local, &responder, &queues, shutdown).await;
@@ -224,6 +248,7 @@ enum Wake {
 /// One partition's loop: its requests, its timers, its routing, until its
 /// queue closes and everything taken is done.
 pub async fn run_partition<S: EventStore + Clone + 'static>(
+    partition: usize,
     mut machine: Machine,
     store: S,
     mut requests: mpsc::Receiver<Request>,
@@ -241,7 +266,20 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
     let mut stopping = false;
     let mut last_timeout = Timestamp::from_millis(i64::MIN);
     let mut reported = 0;
+    let partition_label = partition.to_string();
+    let mut gauges_at = std::time::Instant::now() - Duration::from_secs(1);
     loop {
+        if let Some(metrics) = &config.metrics
+            && gauges_at.elapsed() >= Duration::from_millis(250)
+        {
+            let p = [("partition", partition_label.as_str())];
+            metrics.set("convo_partition_queue_depth", &p, requests.len() as f64);
+            metrics.set("convo_appends_in_flight", &p, io.len() as f64);
+            metrics.set("convo_open_conversations", &p, machine.world().open_conversations() as f64);
+            metrics.set("convo_armed_timers", &p, machine.world().armed_timers() as f64);
+            metrics.set_counter("convo_conflicts_total", &p, machine.stats().conflicts);
+            gauges_at = std::time::Instant::now();
+        }
         // Messages of the log that cannot be applied are skipped and said once each.
         for skipped in &machine.skipped()[reported..] {
             eprintln!(
@@ -260,11 +298,19 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
             }
         }
         while let Some(output) = machine.poll() {
+            if let (Some(metrics), Output::Reply { envelope, result, .. }) = (&config.metrics, &output) {
+                count_reply(metrics, envelope.command.type_name(), result);
+            }
             match output {
                 Output::Append { io: id, commit, expected } => {
                     let store = store.clone();
+                    let metrics = config.metrics.clone();
                     io.push(Box::pin(async move {
+                        let started = std::time::Instant::now();
                         let result = store.append(&commit, expected).await;
+                        if let Some(metrics) = metrics {
+                            metrics.observe("convo_append_seconds", &[], started.elapsed());
+                        }
                         IoDone::Appended(id, commit, result)
                     }));
                 }

@@ -23,6 +23,7 @@
 //!   webhook deliveries: pending, dead letters, the newest attempts.
 //! - `GET /v1/health`, `/health/live` — no credential: is the gateway up;
 //!   `/health/ready` — 200 once the engine has recovered from the stream, 503 before.
+//! - `GET /metrics` — no credential: the Prometheus text format.
 //! - `GET /v1/openapi.json` — the OpenAPI 3.1 document ([`openapi`]).
 //!
 //! Statuses: 200 done (committed, nothing to do, duplicate), 400 invalid,
@@ -79,6 +80,8 @@ pub struct GatewayConfig {
     pub redactions: Arc<convo_wire::redact::Redactions>,
     /// The webhook deliveries (queue, dead letters, log); `None`: not run here.
     pub webhooks: Option<convo_webhooks::Deliveries>,
+    /// The metrics `/metrics` renders; `None`: not measured.
+    pub metrics: Option<Arc<convo_store::metrics::Metrics>>,
 }
 
 struct Shared {
@@ -108,6 +111,7 @@ pub fn router(engine: mpsc::Sender<Request>, store: JetStreamStore, config: Gate
         .route("/v1/health", get(health))
         .route("/health/live", get(health))
         .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(|| async { axum::Json(openapi::document()) }))
         .route("/v1/accounts/{account}/commands/{kind}", post(command))
         .route("/v1/accounts/{account}/audit", get(audit))
@@ -132,6 +136,13 @@ pub async fn serve(
 
 async fn health() -> impl IntoResponse {
     axum::Json(json!({"status": "ok"}))
+}
+
+/// The metrics in the Prometheus text format (no credential: no label names
+/// an account or a person; the gateway listens on loopback by default).
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let body = shared.config.metrics.as_ref().map(|m| m.render()).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
 /// Ready once the engine has recovered every partition from the stream

@@ -46,6 +46,11 @@ pub fn document() -> Value {
             "responses": {"200": {"description": "Up", "content": {"application/json": {"schema": {"type": "object"}}}}}}}),
     );
     paths.insert(
+        "/metrics".into(),
+        json!({"get": {"operationId": "metrics", "summary": "The engine's metrics in the Prometheus text format (no credential needed; no label names an account)", "security": [],
+            "responses": {"200": {"description": "The metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}}}}),
+    );
+    paths.insert(
         "/health/live".into(),
         json!({"get": {"operationId": "live", "summary": "The process is up (no credential needed)", "security": [],
             "responses": {"200": {"description": "Up", "content": {"application/json": {"schema": {"type": "object"}}}}}}}),

@@ -124,6 +124,7 @@ pub async fn republish(
     }
     let (js, kv) = ensure(store, config).await?;
     let mut done = checkpoint(&kv).await?;
+    on_progress(done);
     let prefix = store.config().prefix.clone();
     let mut log = store.subscribe(done + 1).await?;
     let mut acks = Vec::with_capacity(BATCH_EVENTS_MAX);

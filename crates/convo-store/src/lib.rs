@@ -18,6 +18,7 @@ pub mod json_stream;
 pub mod launcher;
 pub mod lease;
 pub mod memory;
+pub mod metrics;
 pub mod signing;
 
 use std::future::Future;

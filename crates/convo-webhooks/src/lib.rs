@@ -88,6 +88,8 @@ pub struct WebhookConfig {
     pub allowed: Allowed,
     /// How often the sender looks for new events and due retries.
     pub tick: Duration,
+    /// Where attempts are counted by outcome; `None`: not counted.
+    pub metrics: Option<std::sync::Arc<convo_store::metrics::Metrics>>,
 }
 
 impl Default for WebhookConfig {
@@ -101,6 +103,7 @@ impl Default for WebhookConfig {
             log_retention: LOG_RETENTION_DEFAULT,
             allowed: Allowed::default(),
             tick: Duration::from_millis(100),
+            metrics: None,
         }
     }
 }
@@ -479,6 +482,9 @@ fn settle(tree: &sled::Tree, config: &WebhookConfig, flight: Flight) -> Result<(
     }
     tree.apply_batch(batch).map_err(|e| e.to_string())?;
     tree.flush().map_err(|e| e.to_string())?;
+    if let (Some(metrics), false) = (&config.metrics, disabled) {
+        metrics.inc("convo_webhook_attempts_total", &[("outcome", outcome)], 1);
+    }
     Ok(())
 }
 

@@ -3,9 +3,11 @@
 //! The reports read model (SPEC §8): for each account, client, campaign,
 //! agent and channel, per hour and per day (UTC), counters of conversations
 //! opened and closed, closures by reason and typification, SLA classes,
-//! transfers, out-of-hours arrivals, and sums and fixed-bucket histograms of
-//! first response time, response time and handle time, plus CSAT. Buckets are
-//! fixed, so percentiles are the same on every run and every rebuild.
+//! transfers, out-of-hours arrivals, and sums and histograms of first
+//! response time, response time and handle time, plus CSAT. The histograms
+//! keep every whole second below 1000 s and three significant digits above
+//! ([`value_bucket`]), so a percentile is the nearest-rank value itself below
+//! 1000 s and within 1% of it above — the same on every run and rebuild.
 //!
 //! Layout: `c/<account>/<dimension>/<value>/<period>/<bucket>/<metric>` holds
 //! a counter (u64, big-endian); `x/<account>/<conversation>` the context later
@@ -23,15 +25,24 @@ use convo_wire::{Event, StreamRef};
 
 pub const NAME: &str = "reports";
 
-/// Upper bounds (seconds) of the time histograms' buckets; the last is open.
-pub const TIME_BUCKETS_SECS: [u64; 19] =
-    [5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 240, 300, 450, 600, 900, 1200, 1800, 3600, 7200];
+/// The histograms keep whole seconds exactly below this; above, three significant digits.
+pub const EXACT_BELOW_SECS: u64 = 1000;
 
 /// The breakdowns a report can be by.
 pub const DIMENSIONS: [&str; 5] = ["account", "client", "campaign", "agent", "channel"];
 
-fn bucket_of(secs: u64) -> usize {
-    TIME_BUCKETS_SECS.iter().position(|b| secs <= *b).unwrap_or(TIME_BUCKETS_SECS.len())
+/// The histogram bucket of a time: the time itself below
+/// [`EXACT_BELOW_SECS`], else rounded down to three significant digits (a
+/// bucket is at most 1% of its lower bound wide).
+pub fn value_bucket(secs: u64) -> u64 {
+    if secs < EXACT_BELOW_SECS {
+        return secs;
+    }
+    let mut unit = 1;
+    while secs / unit >= 1000 {
+        unit *= 10;
+    }
+    secs / unit * unit
 }
 
 fn periods(at: Timestamp) -> [(&'static str, String); 2] {
@@ -116,7 +127,7 @@ fn time(
 ) -> Result<(), String> {
     count(staged, account, dims, at, &format!("{name}_n"), 1)?;
     count(staged, account, dims, at, &format!("{name}_sum"), secs)?;
-    count(staged, account, dims, at, &format!("{name}_b{:02}", bucket_of(secs)), 1)
+    count(staged, account, dims, at, &format!("{name}_v{:020}", value_bucket(secs)), 1)
 }
 
 impl Projection for Reports {
@@ -243,19 +254,22 @@ pub fn rows(
     Ok(rows.into_iter().map(|((value, bucket), counters)| Row { value, bucket, counters }).collect())
 }
 
-/// The p-th percentile (0-100) from a histogram: the upper bound of the bucket
-/// it falls in (`None` without data; the open bucket reports its lower bound).
+/// The p-th percentile (0-100), nearest rank (as `convo simulate --summary`
+/// computes it from the values): exact below [`EXACT_BELOW_SECS`], within 1%
+/// above (the bucket's lower bound). `None` without data.
 pub fn percentile(counters: &BTreeMap<String, u64>, name: &str, p: u64) -> Option<u64> {
     let n = *counters.get(&format!("{name}_n"))?;
     if n == 0 {
         return None;
     }
     let rank = (n * p).div_ceil(100).max(1);
+    let prefix = format!("{name}_v");
     let mut seen = 0;
-    for i in 0..=TIME_BUCKETS_SECS.len() {
-        seen += counters.get(&format!("{name}_b{i:02}")).copied().unwrap_or(0);
+    // Keys are zero-padded, so the map holds them in value order.
+    for (key, count) in counters.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)) {
+        seen += count;
         if seen >= rank {
-            return Some(TIME_BUCKETS_SECS.get(i).copied().unwrap_or(TIME_BUCKETS_SECS[TIME_BUCKETS_SECS.len() - 1]));
+            return key[prefix.len()..].parse().ok();
         }
     }
     None
@@ -320,4 +334,38 @@ pub fn export_all(tree: &sled::Tree) -> Result<Vec<Value>, sled::Error> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn histogram(values: &[u64]) -> BTreeMap<String, u64> {
+        let mut counters = BTreeMap::new();
+        for v in values {
+            *counters.entry("frt_n".to_owned()).or_default() += 1;
+            *counters.entry(format!("frt_v{:020}", value_bucket(*v))).or_default() += 1;
+        }
+        counters
+    }
+
+    /// Known values: one first response of 8 s is a p50 of 8 s (not the
+    /// bucket bound 10 s), ranks are nearest-rank, and above 1000 s a
+    /// percentile is within 1% of the true value.
+    #[test]
+    fn percentiles_are_the_values_themselves() {
+        assert_eq!(percentile(&histogram(&[8]), "frt", 50), Some(8));
+        let hundred: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&histogram(&hundred), "frt", 50), Some(50));
+        assert_eq!(percentile(&histogram(&hundred), "frt", 90), Some(90));
+        assert_eq!(percentile(&histogram(&[100, 140]), "frt", 50), Some(100));
+        assert_eq!(percentile(&histogram(&[100, 140]), "frt", 90), Some(140));
+        assert_eq!(percentile(&histogram(&[]), "frt", 50), None);
+        for truth in [1000, 1009, 12_345, 99_999, 3_600_000, 86_400 * 30 + 7] {
+            let got = percentile(&histogram(&[truth]), "frt", 50).unwrap();
+            assert!(got <= truth && (truth - got) as f64 <= truth as f64 * 0.01, "{truth}: {got}");
+        }
+        assert_eq!(value_bucket(999), 999);
+        assert_eq!(value_bucket(12_345), 12_300);
+    }
 }

@@ -314,6 +314,52 @@ async fn the_feed_and_the_event_stream_serve_cloudevents_redacted_and_resumable(
     assert!(text.contains("\"c3\""), "live: {text}");
     assert!(!text.contains("Other"), "another account's events never show: {text}");
 
+    // /metrics, parsed by the Prometheus client library's own text-format parser.
+    let scrape = async || {
+        let mut socket = tokio::net::TcpStream::connect(served.http.as_str()).await.unwrap();
+        socket.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut raw = Vec::new();
+        socket.read_to_end(&mut raw).await.unwrap();
+        let text = String::from_utf8(raw).unwrap();
+        text.split_once("\r\n\r\n").unwrap().1.to_owned()
+    };
+    let parse = |text: &str| {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let script = "import json, sys\nfrom prometheus_client.parser import text_string_to_metric_families as parse\n\
+                      print(json.dumps({s.name + json.dumps(s.labels, sort_keys=True): s.value \
+                      for f in parse(sys.stdin.read()) for s in f.samples}))";
+        let mut python = std::process::Command::new("python3")
+            .args(["-c", script])
+            .env("PYTHONPATH", repo.join(".tools/py"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        python.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        let out = python.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "the Prometheus parser refused /metrics: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let before = parse(&scrape().await);
+    let committed = r#"convo_commands_total{"outcome": "committed", "type": "define_client"}"#;
+    assert!(before[committed].as_f64().unwrap() >= 3.0, "{before}");
+    assert!(before["convo_append_seconds_count{}"].as_f64().unwrap() >= 5.0, "{before}");
+    assert!(before.as_object().unwrap().keys().any(|k| k.starts_with("convo_open_conversations")), "{before}");
+    op(&served, "acme", "c4", client("define_client", "c4", "Delta")).await;
+    let again = json!({"id": "c4-again", "command": client("define_client", "c4", "Delta")});
+    let path = "/v1/accounts/acme/commands/define_client";
+    let (status, _) = http(&served, "127.0.0.1", "POST", path, Some(&served.operator), &[], Some(&again)).await;
+    assert_eq!(status, 409);
+    let after = parse(&scrape().await);
+    assert_eq!(after[committed].as_f64().unwrap(), before[committed].as_f64().unwrap() + 1.0, "/metrics moves");
+    assert_eq!(after[r#"convo_rejections_total{"code": "already_defined"}"#], 1.0, "{after}");
+
     // Ctrl-C stops the server although the event stream is still open.
     let mut served = served;
     let pid = served.child.id().to_string();
