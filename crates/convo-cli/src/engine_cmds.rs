@@ -20,6 +20,8 @@ use convo_store::{EventStore, JetStreamStore, StoreConfig};
 const URL_FILE: &str = "nats.url";
 /// Where `serve` leaves the HTTP gateway's URL.
 pub const HTTP_URL_FILE: &str = "http.url";
+/// Where `serve` leaves the embedded nats-server's monitoring URL.
+pub const MONITOR_URL_FILE: &str = "nats-monitor.url";
 /// The platform operator's credential, made at the first start (mode 0600).
 pub const OPERATOR_KEY_FILE: &str = "operator.key";
 
@@ -266,6 +268,12 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                 launch.data_dir.join("jetstream").display()
             );
             convo_store::launcher::write_private(&c.data_dir.join(URL_FILE), url.as_bytes())?;
+            std::fs::write(c.data_dir.join(MONITOR_URL_FILE), server.monitor_url())?;
+            eprintln!(
+                "convo: nats-server monitoring on {} (/varz, /jsz, /healthz; written to {})",
+                server.monitor_url(),
+                c.data_dir.join(MONITOR_URL_FILE).display()
+            );
             embedded = Some(server);
             url
         }
@@ -439,6 +447,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let failure = reason_rx.borrow().clone();
     if embedded.is_some() {
         let _ = std::fs::remove_file(c.data_dir.join(URL_FILE));
+        let _ = std::fs::remove_file(c.data_dir.join(MONITOR_URL_FILE));
     }
     match (failure, lease) {
         (Some(reason), _) => bail!(reason),

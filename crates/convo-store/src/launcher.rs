@@ -113,6 +113,8 @@ pub fn authorization_block(password: &str, users: &[NatsUser]) -> String {
 pub struct NatsServer {
     child: Child,
     pub port: u16,
+    /// The server's monitoring endpoint (HTTP, loopback): `/varz`, `/jsz`, `/healthz`…
+    pub monitor_port: u16,
     name: String,
     password: String,
     pub data_dir: PathBuf,
@@ -129,6 +131,11 @@ impl NatsServer {
     /// The engine's client URL, with its credentials (`nats://convo-engine:…@127.0.0.1:<port>`).
     pub fn url(&self) -> String {
         format!("nats://{ENGINE_USER}:{}@127.0.0.1:{}", self.password, self.port)
+    }
+
+    /// The monitoring endpoint's base URL (`http://127.0.0.1:<port>`).
+    pub fn monitor_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.monitor_port)
     }
 
     /// The URL without credentials (what other NATS users connect to).
@@ -173,17 +180,20 @@ impl NatsServer {
         let password = random_hex().map_err(io(&options.data_dir))?;
         for _ in 0..START_ATTEMPTS_MAX {
             let port = free_port().map_err(io(&options.data_dir))?;
+            let monitor_port = free_port().map_err(io(&options.data_dir))?;
             // A name no other server has: readiness is checked against it, so a
             // server another process started on the same port is never taken for ours.
             let nanos =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
             let name = format!("convo-{}-{port}-{nanos}", std::process::id());
-            let config = write_config(&options.data_dir, port, &name, &password, options.sync_always, &[])?;
+            let ports = (port, monitor_port);
+            let config = write_config(&options.data_dir, ports, &name, &password, options.sync_always, &[])?;
             match spawn(&binary, &config, &options.data_dir, port, &name) {
                 Ok(child) => {
                     return Ok(Self {
                         child,
                         port,
+                        monitor_port,
                         name,
                         password,
                         data_dir: options.data_dir.clone(),
@@ -213,8 +223,9 @@ impl NatsServer {
     /// clients reconnect to the same URL by themselves.
     pub fn restart(&mut self, options: &LaunchOptions) -> Result<(), LaunchError> {
         self.stop();
+        let ports = (self.port, self.monitor_port);
         let config =
-            write_config(&options.data_dir, self.port, &self.name, &self.password, options.sync_always, &self.users)?;
+            write_config(&options.data_dir, ports, &self.name, &self.password, options.sync_always, &self.users)?;
         self.child = spawn(&self.binary, &config, &options.data_dir, self.port, &self.name)?;
         Ok(())
     }
@@ -227,7 +238,8 @@ impl NatsServer {
         if users == self.users {
             return Ok(false);
         }
-        write_config(&options.data_dir, self.port, &self.name, &self.password, options.sync_always, &users)?;
+        let ports = (self.port, self.monitor_port);
+        write_config(&options.data_dir, ports, &self.name, &self.password, options.sync_always, &users)?;
         let status = Command::new(&self.binary)
             .args(["--signal", &format!("reload={}", self.child.id())])
             .stdout(Stdio::null())
@@ -280,7 +292,7 @@ fn random_hex() -> std::io::Result<String> {
 /// Writes the server's config (mode 0600: it holds the engine's password).
 fn write_config(
     dir: &Path,
-    port: u16,
+    (port, monitor_port): (u16, u16),
     name: &str,
     password: &str,
     sync_always: bool,
@@ -291,7 +303,7 @@ fn write_config(
     let pid_file = dir.join(PID_FILE);
     let sync = if sync_always { "\n  sync_interval: always" } else { "" };
     let text = format!(
-        "# written by convo\nserver_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 0\nmax_payload: 1MB\npid_file: {pid_file:?}\njetstream {{\n  store_dir: {store:?}{sync}\n}}\n{}",
+        "# written by convo\nserver_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor_port}\nmax_payload: 1MB\npid_file: {pid_file:?}\njetstream {{\n  store_dir: {store:?}{sync}\n}}\n{}",
         authorization_block(&format!("{password:?}"), users)
     );
     write_private(&config, text.as_bytes())?;

@@ -268,6 +268,15 @@ async fn the_feed_and_the_event_stream_serve_cloudevents_redacted_and_resumable(
         let (status, body) = http(&served, "127.0.0.1", "GET", probe, None, &[], None).await;
         assert_eq!(status, 200, "{probe}: {body}");
     }
+    // The embedded nats-server's monitoring endpoint, on loopback.
+    let monitor = std::fs::read_to_string(temp.path().join("nats-monitor.url")).expect("serve writes nats-monitor.url");
+    let address = monitor.trim().trim_start_matches("http://").to_owned();
+    assert!(address.starts_with("127.0.0.1:"), "{monitor}");
+    let mut socket = tokio::net::TcpStream::connect(address.as_str()).await.unwrap();
+    socket.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut raw = Vec::new();
+    socket.read_to_end(&mut raw).await.unwrap();
+    assert!(String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&raw));
 
     let (status, page) = get("/v1/accounts/acme/events?type=client_defined", &[]).await;
     assert_eq!(status, 200, "{page}");
