@@ -75,7 +75,7 @@ impl Denied {
     }
 
     pub fn to_json(&self) -> Value {
-        crate::intake::Reply::Error {
+        crate::reply::Reply::Error {
             code: self.code().into(),
             message: self.to_string(),
             field: None,

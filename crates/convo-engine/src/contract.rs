@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 use convo_domain::Command;
 use convo_wire::json_schema::{DIALECT, pretty};
 
-use crate::intake::Reply;
+use crate::reply::Reply;
 
 /// `schemas/json/reply.schema.json`: every reply to a request.
 pub fn reply_schema() -> Value {

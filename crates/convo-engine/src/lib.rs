@@ -15,6 +15,7 @@ pub mod contract;
 pub mod core;
 pub mod intake;
 pub mod machine;
+pub mod reply;
 pub mod runtime;
 pub mod scenario;
 pub mod serve;

@@ -1,0 +1,78 @@
+//! What the engine answers to a request, over NATS and HTTP alike: one typed
+//! shape (`schemas/json/reply.schema.json` is generated from it).
+
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde_json::Value;
+
+/// Every reply of the engine to a request, over NATS and HTTP alike
+/// (`schemas/json/reply.schema.json`).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Reply {
+    /// Executed and durable: the commit's stream sequence (resume any feed
+    /// after it), its events' ids and their JSON views.
+    Committed {
+        log_seq: u64,
+        event_ids: Vec<convo_domain::EventId>,
+        #[schemars(schema_with = "event_views")]
+        events: Vec<Value>,
+        /// `issue_api_key` only, shown this once.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        credential: Option<Credential>,
+    },
+    /// Executed, and nothing needed doing (a tick with nothing due).
+    Nothing,
+    /// The command id was already executed: these are its events' sequences, nothing was applied again.
+    Duplicate { first_seq: u64, last_seq: u64 },
+    /// A rule of the domain refused it (`code` names the rule).
+    Rejected { code: String, reason: String },
+    /// Not executed: the request or the principal was refused, or the engine could not now.
+    Error {
+        code: String,
+        message: String,
+        /// The field at fault (`invalid`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        field: Option<String>,
+        /// The access rule that refused it (`unauthenticated`, `forbidden`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rule: Option<String>,
+    },
+    /// A read the principal may make, and over which part of the account.
+    Authorized { principal: String, scope: Value },
+}
+
+/// A new API key's secrets.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Credential {
+    /// The bearer token (`Authorization: Bearer …`, and the NATS request header).
+    pub token: String,
+    pub nats: NatsLogin,
+}
+
+/// A key's NATS login.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct NatsLogin {
+    /// The nkey seed (`SU…`) to connect with.
+    pub nkey_seed: String,
+    /// The prefix of the reply inboxes the key may receive on.
+    pub inbox_prefix: String,
+}
+
+fn event_views(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": {"$ref": "event.schema.json"},
+        "description": "the commit's events, as `convo tail` prints them"
+    })
+}
+
+impl Reply {
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).expect("replies serialize")
+    }
+
+    pub fn error(code: &str, message: impl Into<String>) -> Self {
+        Reply::Error { code: code.into(), message: message.into(), field: None, rule: None }
+    }
+}
