@@ -227,6 +227,9 @@ pub struct ServeArgs {
     /// How long the delivery log keeps an attempt, in hours.
     #[arg(long, default_value_t = 24 * 7)]
     webhook_log_hours: u32,
+    /// The log lines' format on stderr: text, or json (one object per line); `RUST_LOG` filters them.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     /// How long the JSON event stream (<STREAM>_JSON) keeps an event, in hours.
     #[arg(long, default_value_t = 24 * 7)]
     json_stream_max_age_hours: u32,
@@ -247,7 +250,16 @@ pub struct ServeArgs {
     jwt_audience: Option<String>,
 }
 
+/// Structured logs for `serve`: `RUST_LOG` filters (default `info`), `--log-format` picks text or JSON lines.
+fn init_logs(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let _ = if format == "json" { logs.json().flatten_event(true).try_init() } else { logs.try_init() };
+}
+
 pub async fn serve(args: ServeArgs) -> Result<()> {
+    init_logs(&args.log_format);
     let c = &args.connection;
     let launch = LaunchOptions { data_dir: c.data_dir.join("nats"), sync_always: args.sync_always };
     let mut embedded = None;
@@ -256,11 +268,11 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         None => {
             let server = NatsServer::start(&launch)?;
             for note in &server.notes {
-                eprintln!("convo: {note}");
+                tracing::info!("{note}");
             }
             let url = server.url();
-            eprintln!(
-                "convo: started {} (pid {}) on {} (no anonymous access; the engine's NATS credentials are in {}, mode 0600); JetStream data in {}",
+            tracing::info!(
+                "started {} (pid {}) on {} (no anonymous access; the engine's NATS credentials are in {}, mode 0600); JetStream data in {}",
                 server.binary.display(),
                 server.pid(),
                 server.public_url(),
@@ -269,8 +281,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             );
             convo_store::launcher::write_private(&c.data_dir.join(URL_FILE), url.as_bytes())?;
             std::fs::write(c.data_dir.join(MONITOR_URL_FILE), server.monitor_url())?;
-            eprintln!(
-                "convo: nats-server monitoring on {} (/varz, /jsz, /healthz; written to {})",
+            tracing::info!(
+                "nats-server monitoring on {} (/varz, /jsz, /healthz; written to {})",
                 server.monitor_url(),
                 c.data_dir.join(MONITOR_URL_FILE).display()
             );
@@ -279,7 +291,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         }
     };
     let store = JetStreamStore::connect(&url, c.store_config()?).await?;
-    eprintln!("convo: connected to nats-server {} at {}", store.server_version(), convo_store::strip_userinfo(&url));
+    tracing::info!("connected to nats-server {} at {}", store.server_version(), convo_store::strip_userinfo(&url));
     let (store, signing) = c.sign(store).await?;
     let anchoring = tokio::spawn({
         let signing = signing.clone();
@@ -289,7 +301,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             loop {
                 every.tick().await;
                 if let Err(e) = signing.flush() {
-                    eprintln!("convo: could not write the anchors: {e}");
+                    tracing::warn!("could not write the anchors: {e}");
                 }
             }
         }
@@ -299,9 +311,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let client = store.client().clone();
     let last = store.last_seq().await?;
     let mut bus = convo_store::bus::CommandBus::subscribe(client, &c.prefix).await?;
-    eprintln!(
-        "convo: recovering {last} commits into {} partition(s); serving commands on {}.<account>.cmd.>",
-        args.partitions, c.prefix
+    tracing::info!(
+        "recovering {last} commits into {} partition(s); serving commands on {}.<account>.cmd.>",
+        args.partitions,
+        c.prefix
     );
     let (reason_tx, mut reason_rx) = tokio::sync::watch::channel(None::<String>);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -309,7 +322,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let supervisor = tokio::spawn(supervise(lease, embedded, launch, logins.clone(), reason_tx, stop_rx));
     let shutdown = async {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => eprintln!("convo: stopping after the commands in hand"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("stopping after the commands in hand"),
             _ = reason_rx.wait_for(Option::is_some) => {}
         }
     };
@@ -395,7 +408,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             .with_context(|| format!("cannot listen on {} for HTTP", args.http))?;
         let url = format!("http://{}", listener.local_addr()?);
         std::fs::write(c.data_dir.join(HTTP_URL_FILE), &url)?;
-        eprintln!("convo: HTTP gateway on {url} (written to {})", c.data_dir.join(HTTP_URL_FILE).display());
+        tracing::info!("HTTP gateway on {url} (written to {})", c.data_dir.join(HTTP_URL_FILE).display());
         let router = convo_gateway::router(
             local_tx,
             store.clone(),
@@ -421,15 +434,15 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(mut gateway) = gateway {
         // Requests in hand finish; open event streams (SSE) never do by themselves.
         if tokio::time::timeout(std::time::Duration::from_secs(5), &mut gateway).await.is_err() {
-            eprintln!("convo: closing the HTTP connections still open (event streams)");
+            tracing::info!("closing the HTTP connections still open (event streams)");
             gateway.abort();
         }
         let _ = std::fs::remove_file(c.data_dir.join(HTTP_URL_FILE));
     }
     let sum = |f: fn(&convo_engine::serve::ServeStats) -> u64| stats.iter().map(f).sum::<u64>();
     let in_flight = stats.iter().map(|s| s.io_in_flight_max).max().unwrap_or(0);
-    eprintln!(
-        "convo: served {} requests; {} commits; {} refused as overloaded; {} conflicts; {} messages of the log skipped; up to {in_flight} appends in flight per partition",
+    tracing::info!(
+        "served {} requests; {} commits; {} refused as overloaded; {} conflicts; {} messages of the log skipped; up to {in_flight} appends in flight per partition",
         sum(|s| s.requests),
         sum(|s| s.committed),
         sum(|s| s.overloaded),
@@ -453,7 +466,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         (Some(reason), _) => bail!(reason),
         (None, Some(lease)) => {
             if let Err(e) = lease.release().await {
-                eprintln!("convo: could not give the lease up ({e}); it expires by itself");
+                tracing::warn!("could not give the lease up ({e}); it expires by itself");
             }
         }
         (None, None) => {}
@@ -474,8 +487,8 @@ async fn acquire_lease(store: &JetStreamStore) -> Result<convo_store::lease::Lea
             Ok(lease) => return Ok(lease),
             Err(LeaseError::Held { holder, .. }) if std::time::Instant::now() < deadline => {
                 if !said {
-                    eprintln!(
-                        "convo: the stream's lease is held ({holder}); waiting up to {} s in case that engine is gone",
+                    tracing::info!(
+                        "the stream's lease is held ({holder}); waiting up to {} s in case that engine is gone",
                         LEASE_TTL_MS / 1000 + 1
                     );
                     said = true;
@@ -515,8 +528,8 @@ async fn republish_json(
     let progress = move |at: u64| checkpoint.store(at, std::sync::atomic::Ordering::Relaxed);
     loop {
         match convo_store::json_stream::republish(&store, redactions.clone(), &config, &progress).await {
-            Ok(()) => eprintln!("convo: the JSON stream {name} stopped following the log; resuming"),
-            Err(e) => eprintln!("convo: the JSON stream {name} could not be republished ({e}); retrying"),
+            Ok(()) => tracing::info!("the JSON stream {name} stopped following the log; resuming"),
+            Err(e) => tracing::warn!("the JSON stream {name} could not be republished ({e}); retrying"),
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
@@ -536,7 +549,7 @@ async fn supervise(
     let mut restarts = 0;
     let mut logins_due = false;
     let fail = |why: String| {
-        eprintln!("convo: {why}");
+        tracing::error!("{why}");
         let _ = reason.send(Some(why));
     };
     loop {
@@ -555,10 +568,10 @@ async fn supervise(
                 Ok(changed) => {
                     logins_due = false;
                     if changed {
-                        eprintln!("convo: the embedded nats-server now has {count} key login(s)");
+                        tracing::info!("the embedded nats-server now has {count} key login(s)");
                     }
                 }
-                Err(e) => eprintln!("convo: could not give the embedded nats-server the keys' logins (retrying): {e}"),
+                Err(e) => tracing::warn!("could not give the embedded nats-server the keys' logins (retrying): {e}"),
             }
         }
         if reason.borrow().is_some() {
@@ -575,7 +588,7 @@ async fn supervise(
                 continue;
             }
             restarts += 1;
-            eprintln!("convo: the embedded nats-server exited ({status}); restarting it on port {}", server.port);
+            tracing::warn!("the embedded nats-server exited ({status}); restarting it on port {}", server.port);
             if let Err(e) = server.restart(&launch) {
                 fail(format!("the embedded nats-server exited ({status}) and could not be restarted: {e}"));
                 continue;
@@ -591,7 +604,7 @@ async fn supervise(
                     fail(e.to_string());
                     return (None, embedded);
                 }
-                Err(e) => eprintln!("convo: could not renew the lease ({e}); retrying"),
+                Err(e) => tracing::warn!("could not renew the lease ({e}); retrying"),
             }
         }
         if lease.valid_for().is_zero() {

@@ -38,6 +38,25 @@ pub const PARTITIONS_MAX: usize = 256;
 pub const IDLE_WAKE_MS: u64 = 1_000;
 pub use crate::machine::EVICT_CLOSED_AFTER_SECS;
 
+/// One log line per command that was not executed as asked: a rejection
+/// (info) or an error (warn), with its code, account, command id and type.
+fn log_reply(envelope: &convo_domain::CommandEnvelope, result: &Result<Outcome, crate::Failure>) {
+    let (account, command, kind) = (&envelope.account, &envelope.id, envelope.command.type_name());
+    match result {
+        Ok(Outcome::Refused(crate::Refusal::Rejected(r))) => {
+            tracing::info!(%account, %command, kind, code = r.code(), "rejected: {r}");
+        }
+        Ok(Outcome::Refused(other)) => {
+            tracing::warn!(%account, %command, kind, code = "unrecordable", "not recordable: {other}");
+        }
+        Err(failure) => {
+            let code = if matches!(failure, crate::Failure::Overloaded(_)) { "overloaded" } else { "unavailable" };
+            tracing::warn!(%account, %command, kind, code, "not executed: {failure}");
+        }
+        Ok(_) => tracing::debug!(%account, %command, kind, "executed"),
+    }
+}
+
 /// Counts a reply by command type and outcome (and a rejection by its code).
 fn count_reply(metrics: &convo_store::metrics::Metrics, kind: &str, result: &Result<Outcome, crate::Failure>) {
     let outcome = match result {
@@ -282,9 +301,14 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
         }
         // Messages of the log that cannot be applied are skipped and said once each.
         for skipped in &machine.skipped()[reported..] {
-            eprintln!(
-                "convo: skipped message {} on {}: {} (`convo doctor` lists them and says how to purge them)",
-                skipped.seq, skipped.subject, skipped.reason
+            tracing::warn!(
+                seq = skipped.seq,
+                subject = %skipped.subject,
+                reason = %skipped.reason,
+                "skipped message {} on {}: {} (`convo doctor` lists them and says how to purge them)",
+                skipped.seq,
+                skipped.subject,
+                skipped.reason
             );
         }
         reported = machine.skipped().len();
@@ -298,8 +322,11 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
             }
         }
         while let Some(output) = machine.poll() {
-            if let (Some(metrics), Output::Reply { envelope, result, .. }) = (&config.metrics, &output) {
-                count_reply(metrics, envelope.command.type_name(), result);
+            if let Output::Reply { envelope, result, .. } = &output {
+                log_reply(envelope, result);
+                if let Some(metrics) = &config.metrics {
+                    count_reply(metrics, envelope.command.type_name(), result);
+                }
             }
             match output {
                 Output::Append { io: id, commit, expected } => {
@@ -327,9 +354,7 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
                         answer(responder, &request, &reply).await;
                     }
                 }
-                Output::Reply { origin, envelope, result: Err(failure), .. } => {
-                    eprintln!("convo: {origin:?} {} for {}: {failure}", envelope.id, envelope.account);
-                }
+                Output::Reply { result: Err(_), .. } => {} // logged above
                 Output::Reply { .. } => {}
             }
         }
@@ -364,6 +389,15 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
                 match admitted {
                     Err(refused) => {
                         invalid += 1;
+                        tracing::info!(
+                            account = %request.account,
+                            kind = %request.kind,
+                            code = refused.reply["code"].as_str().unwrap_or(""),
+                            rule = refused.reply["rule"].as_str().unwrap_or(""),
+                            ip = ?request.ip,
+                            "refused at the door: {}",
+                            refused.reply["message"].as_str().unwrap_or("")
+                        );
                         if let (Some(account), Some(refusal)) = (account.filter(|_| catalog.is_some()), refused.denied)
                         {
                             let (why, who) = *refusal;
@@ -478,6 +512,6 @@ impl DeniedLog {
 async fn answer(responder: &Responder, request: &Request, body: &serde_json::Value) {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     if let Err(e) = responder.respond(request, bytes).await {
-        eprintln!("convo: cannot answer {}: {e}", request.subject);
+        tracing::warn!(subject = %request.subject, "cannot answer {}: {e}", request.subject);
     }
 }

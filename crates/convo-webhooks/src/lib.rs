@@ -345,7 +345,7 @@ pub async fn run(
                 busy.remove(&queue_of(&flight.key));
                 if let Some(n) = per_endpoint.get_mut(&flight.endpoint) { *n = n.saturating_sub(1); }
                 if let Err(e) = settle(&deliveries.tree, &config, flight) {
-                    eprintln!("convo: webhooks: could not record an attempt ({e}); it will be made again");
+                    tracing::warn!("webhooks: could not record an attempt ({e}); it will be made again");
                 }
                 fold = false; // the queue's next delivery goes now, not at the next tick
             }
@@ -360,18 +360,19 @@ pub async fn run(
             if let Ok(stats) = &caught_up
                 && stats.dead_letters > 0
             {
-                eprintln!(
-                    "convo: webhooks: {} commits could not be queued (see the webhooks projector's dead letters)",
+                tracing::error!(
+                    dead_letters = stats.dead_letters,
+                    "webhooks: {} commits could not be queued (see the webhooks projector's dead letters)",
                     stats.dead_letters
                 );
             }
             match (caught_up, following) {
                 (Ok(_), false) => {
-                    eprintln!("convo: webhooks: following the log again");
+                    tracing::info!("webhooks: following the log again");
                     following = true;
                 }
                 (Err(e), true) => {
-                    eprintln!("convo: webhooks: cannot follow the log now ({e}); retrying");
+                    tracing::warn!("webhooks: cannot follow the log now ({e}); retrying");
                     following = false;
                 }
                 _ => {}

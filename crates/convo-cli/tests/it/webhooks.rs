@@ -245,7 +245,7 @@ async fn deliveries_are_signed_retried_logged_in_order_and_survive_a_kill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_feed_and_the_event_stream_serve_cloudevents_redacted_and_resumable() {
     let temp = tempfile::tempdir().unwrap();
-    let served = serve_with(temp.path(), &[]);
+    let served = serve_with(temp.path(), &["--log-format", "json"]);
     op(
         &served,
         "acme",
@@ -368,6 +368,15 @@ async fn the_feed_and_the_event_stream_serve_cloudevents_redacted_and_resumable(
     let after = parse(&scrape().await);
     assert_eq!(after[committed].as_f64().unwrap(), before[committed].as_f64().unwrap() + 1.0, "/metrics moves");
     assert_eq!(after[r#"convo_rejections_total{"code": "already_defined"}"#], 1.0, "{after}");
+    // One JSON log line per rejection, with its code, account and command id.
+    let logged = log_of(&served.dir_path());
+    let line = logged
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["command"] == "c4-again")
+        .unwrap_or_else(|| panic!("no log line of the rejected command:\n{logged}"));
+    assert_eq!((line["code"].as_str(), line["account"].as_str()), (Some("already_defined"), Some("acme")), "{line}");
+    assert_eq!(line["level"], "INFO");
 
     // Ctrl-C stops the server although the event stream is still open.
     let mut served = served;
