@@ -124,30 +124,9 @@ pub fn parse_request(
 pub enum Admitted {
     /// A command to execute; `credential` is what a key being issued needs
     /// (answered once, with the commit, and never stored).
-    Command { envelope: Box<CommandEnvelope>, credential: Option<IssuedKey> },
+    Command { envelope: Box<CommandEnvelope>, credential: Option<Credential> },
     /// A read the principal may make, over this part of the account.
     Read { principal: Principal, scope: ReadScope },
-}
-
-/// The secrets of a key being issued: its bearer token and its NATS login.
-#[derive(Debug, Clone)]
-pub struct IssuedKey {
-    pub token: String,
-    /// The nkey seed (`SU…`) the key's NATS login signs in with.
-    pub nats_seed: String,
-    /// The prefix its NATS client must use for reply inboxes.
-    pub nats_inbox: String,
-}
-
-impl IssuedKey {
-    /// How the reply shows them (once).
-    pub fn to_json(&self) -> Value {
-        let credential = Credential {
-            token: self.token.clone(),
-            nats: NatsLogin { nkey_seed: self.nats_seed.clone(), inbox_prefix: self.nats_inbox.clone() },
-        };
-        serde_json::to_value(credential).expect("credentials serialize")
-    }
 }
 
 /// A request refused at the door: its reply, and the denial (with who tried)
@@ -220,10 +199,12 @@ pub fn admit(
         let login = access::nats_keypair(&secret).map_err(|e| Refused { reply: unavailable(&e), denied: None })?;
         spec.secret_sha256 = access::hex(&access::sha256(&secret));
         spec.nats_nkey = login.public_key();
-        credential = Some(IssuedKey {
+        credential = Some(Credential {
             token: access::key_token(&envelope.account, &spec.key, &secret),
-            nats_seed: login.seed().map_err(|e| Refused { reply: unavailable(&e.to_string()), denied: None })?,
-            nats_inbox: access::nats_inbox(&envelope.account, &spec.key),
+            nats: NatsLogin {
+                nkey_seed: login.seed().map_err(|e| Refused { reply: unavailable(&e.to_string()), denied: None })?,
+                inbox_prefix: access::nats_inbox(&envelope.account, &spec.key),
+            },
         });
     }
     Ok(Admitted::Command { envelope: Box::new(envelope), credential })
@@ -236,6 +217,21 @@ pub fn authorized(principal: &Principal, scope: &ReadScope) -> Value {
         ReadScope::Campaigns(list) => json!({"campaigns": list}),
     };
     Reply::Authorized { principal: principal.name(), scope }.to_json()
+}
+
+/// What became of a command, as the reply, the logs and the metrics name it:
+/// the outcome (`committed`, `nothing`, `duplicate`, `rejected`,
+/// `overloaded`, `unavailable`) and, when it was not executed, the code.
+pub fn classify(result: &Result<Outcome, Failure>) -> (&'static str, Option<&'static str>) {
+    match result {
+        Ok(Outcome::Committed { .. }) => ("committed", None),
+        Ok(Outcome::Nothing) => ("nothing", None),
+        Ok(Outcome::Duplicate { .. }) => ("duplicate", None),
+        Ok(Outcome::Refused(crate::Refusal::Rejected(r))) => ("rejected", Some(r.code())),
+        Ok(Outcome::Refused(_)) => ("rejected", Some("unrecordable")),
+        Err(Failure::Overloaded(_)) => ("overloaded", Some("overloaded")),
+        Err(_) => ("unavailable", Some("unavailable")),
+    }
 }
 
 /// The reply to a command that was executed.

@@ -26,7 +26,7 @@ use convo_wire::{Commit, StreamRef};
 
 use crate::access::AccessConfig;
 use crate::clock::Clock;
-use crate::intake::{Admitted, IssuedKey, admit, authorized, result_reply};
+use crate::intake::{Admitted, Credential, admit, authorized, result_reply};
 use crate::machine::{IoId, Machine, MachineConfig, MachineStats, Origin, Outcome, Output};
 use crate::runtime::{EngineError, Partition, recover_machines};
 
@@ -38,43 +38,30 @@ pub const PARTITIONS_MAX: usize = 256;
 pub const IDLE_WAKE_MS: u64 = 1_000;
 pub use crate::machine::EVICT_CLOSED_AFTER_SECS;
 
-/// One log line per command that was not executed as asked: a rejection
-/// (info) or an error (warn), with its code, account, command id and type.
-fn log_reply(envelope: &convo_domain::CommandEnvelope, result: &Result<Outcome, crate::Failure>) {
+/// One log line per command that was not executed as asked (a rejection:
+/// info; an error: warn), with its code, account, command id and type; and
+/// the metrics of every reply.
+fn note_reply(
+    metrics: Option<&convo_store::metrics::Metrics>,
+    envelope: &convo_domain::CommandEnvelope,
+    result: &Result<Outcome, crate::Failure>,
+) {
     let (account, command, kind) = (&envelope.account, &envelope.id, envelope.command.type_name());
-    match result {
-        Ok(Outcome::Refused(crate::Refusal::Rejected(r))) => {
-            tracing::info!(%account, %command, kind, code = r.code(), "rejected: {r}");
+    let (outcome, code) = crate::intake::classify(result);
+    match (result, code) {
+        (Ok(Outcome::Refused(why)), Some("unrecordable")) => {
+            tracing::warn!(%account, %command, kind, code = "unrecordable", "not recordable: {why}")
         }
-        Ok(Outcome::Refused(other)) => {
-            tracing::warn!(%account, %command, kind, code = "unrecordable", "not recordable: {other}");
-        }
-        Err(failure) => {
-            let code = if matches!(failure, crate::Failure::Overloaded(_)) { "overloaded" } else { "unavailable" };
-            tracing::warn!(%account, %command, kind, code, "not executed: {failure}");
-        }
-        Ok(_) => tracing::debug!(%account, %command, kind, "executed"),
+        (Ok(Outcome::Refused(why)), Some(code)) => tracing::info!(%account, %command, kind, code, "rejected: {why}"),
+        (Err(failure), Some(code)) => tracing::warn!(%account, %command, kind, code, "not executed: {failure}"),
+        _ => tracing::debug!(%account, %command, kind, outcome, "executed"),
     }
-}
-
-/// Counts a reply by command type and outcome (and a rejection by its code).
-fn count_reply(metrics: &convo_store::metrics::Metrics, kind: &str, result: &Result<Outcome, crate::Failure>) {
-    let outcome = match result {
-        Ok(Outcome::Committed { .. }) => "committed",
-        Ok(Outcome::Nothing) => "nothing",
-        Ok(Outcome::Duplicate { .. }) => "duplicate",
-        Ok(Outcome::Refused(refusal)) => {
-            let code = match refusal {
-                crate::Refusal::Rejected(r) => r.code(),
-                _ => "unrecordable",
-            };
+    if let Some(metrics) = metrics {
+        if let (Ok(_), Some(code)) = (result, code) {
             metrics.inc("convo_rejections_total", &[("code", code)], 1);
-            "rejected"
         }
-        Err(crate::Failure::Overloaded(_)) => "overloaded",
-        Err(_) => "unavailable",
-    };
-    metrics.inc("convo_commands_total", &[("type", kind), ("outcome", outcome)], 1);
+        metrics.inc("convo_commands_total", &[("type", kind), ("outcome", outcome)], 1);
+    }
 }
 
 /// Tells whoever follows the catalogs (the NATS logins, the redaction rules) of `catalog` as applied now.
@@ -278,7 +265,7 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
     let mut io: FuturesUnordered<Pending> = FuturesUnordered::new();
     // Requests taken and not answered yet (bounded by the machine's limits),
     // with the credential of a key being issued.
-    let mut waiting: HashMap<u64, (Request, Option<IssuedKey>)> = HashMap::new();
+    let mut waiting: HashMap<u64, (Request, Option<Credential>)> = HashMap::new();
     let mut denied = DeniedLog::default();
     let mut next_token = 0u64;
     let mut invalid = 0u64;
@@ -323,10 +310,7 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
         }
         while let Some(output) = machine.poll() {
             if let Output::Reply { envelope, result, .. } = &output {
-                log_reply(envelope, result);
-                if let Some(metrics) = &config.metrics {
-                    count_reply(metrics, envelope.command.type_name(), result);
-                }
+                note_reply(config.metrics.as_deref(), envelope, result);
             }
             match output {
                 Output::Append { io: id, commit, expected } => {
@@ -349,7 +333,7 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
                     if let Some((request, credential)) = waiting.remove(&token) {
                         let mut reply = result_reply(&result);
                         if let (Some(credential), Ok(Outcome::Committed { .. })) = (credential, &result) {
-                            reply["credential"] = credential.to_json(); // shown this once, never stored
+                            reply["credential"] = serde_json::to_value(credential).expect("credentials serialize"); // shown this once, never stored
                         }
                         answer(responder, &request, &reply).await;
                     }

@@ -378,14 +378,11 @@ impl FeedFilter {
             return Vec::new();
         }
         let rules = shared.config.redactions.of(&c.account);
-        c.cloud_events(&shared.store.config().prefix, stored.stream_seq)
+        rules
+            .cloud_events(c, &shared.store.config().prefix, stored.stream_seq)
             .into_iter()
             .enumerate()
             .filter(|(_, e)| self.kind.as_deref().is_none_or(|k| e["data"]["type"] == k))
-            .map(|(i, mut e)| {
-                rules.apply_to_cloud_event(&mut e);
-                (i, e)
-            })
             .collect()
     }
 }

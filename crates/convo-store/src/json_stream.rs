@@ -154,8 +154,8 @@ pub async fn republish(
         };
         let rules = redactions.of(&stored.commit.account);
         let subjects = stored.commit.json_subjects(&prefix);
-        for (mut event, subject) in stored.commit.cloud_events(&prefix, stored.stream_seq).into_iter().zip(subjects) {
-            rules.apply_to_cloud_event(&mut event);
+        for (event, subject) in rules.cloud_events(&stored.commit, &prefix, stored.stream_seq).into_iter().zip(subjects)
+        {
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Msg-Id", event["id"].as_str().unwrap_or_default());
             headers.insert(STREAM_SEQ_HEADER, stored.stream_seq.to_string().as_str());

@@ -35,8 +35,8 @@ use serde_json::{Value, json};
 use convo_domain::ConfigEvent;
 use convo_projector::{Projection, Projector, Staged};
 use convo_store::{EventStore, StoredCommit};
+use convo_wire::Event;
 use convo_wire::redact::Redactions;
-use convo_wire::{Event, StreamRef};
 
 pub use deliver::Allowed;
 
@@ -161,63 +161,58 @@ impl Projection for Queue {
     fn apply(&mut self, staged: &mut Staged<'_>, stored: &StoredCommit) -> Result<(), String> {
         let commit = &stored.commit;
         let account = commit.account.as_str();
-        let rules = self.redactions.of(&commit.account);
-        let events = commit.cloud_events(&self.prefix, stored.stream_seq);
-        for (index, (event, mut cloud)) in commit.events.iter().zip(events).enumerate() {
-            if let Event::Config(config) = &event.event {
-                match config {
-                    ConfigEvent::WebhookDefined(spec) | ConfigEvent::WebhookUpdated(spec) => {
-                        let endpoint = json!({"url": spec.url, "events": spec.events, "secret": spec.secret.expose(),
-                                              "enabled": spec.enabled});
-                        staged.insert(endpoint_key(account, spec.id.as_str()).into_bytes(), bytes_of(&endpoint));
-                    }
-                    ConfigEvent::WebhookRedriven(w) => {
-                        let dead = format!("{DEAD}{account}/{}/", w.webhook);
-                        for (key, value) in staged.scan_prefix(dead.as_bytes())? {
-                            let mut delivery: Value = serde_json::from_slice(&value).map_err(|e| e.to_string())?;
-                            delivery["attempts"] = json!(0);
-                            delivery["next_at_ms"] = json!(0);
-                            let rest = &key[DEAD.len()..];
-                            staged.remove(key.clone());
-                            staged.insert([QUEUE.as_bytes(), rest].concat(), bytes_of(&delivery));
-                        }
-                    }
-                    _ => {}
+        // The commit's own changes to the endpoints first (a catalog commit holds one event).
+        for event in &commit.events {
+            match &event.event {
+                Event::Config(ConfigEvent::WebhookDefined(spec) | ConfigEvent::WebhookUpdated(spec)) => {
+                    let endpoint = json!({"url": spec.url, "events": spec.events, "secret": spec.secret.expose(),
+                                          "enabled": spec.enabled});
+                    staged.insert(endpoint_key(account, spec.id.as_str()).into_bytes(), bytes_of(&endpoint));
                 }
+                Event::Config(ConfigEvent::WebhookRedriven(w)) => {
+                    let dead = format!("{DEAD}{account}/{}/", w.webhook);
+                    for (key, value) in staged.scan_prefix(dead.as_bytes())? {
+                        let mut delivery: Value = serde_json::from_slice(&value).map_err(|e| e.to_string())?;
+                        delivery["attempts"] = json!(0);
+                        delivery["next_at_ms"] = json!(0);
+                        let rest = &key[DEAD.len()..];
+                        staged.remove(key.clone());
+                        staged.insert([QUEUE.as_bytes(), rest].concat(), bytes_of(&delivery));
+                    }
+                }
+                _ => {}
             }
+        }
+        // Then the deliveries: an account without enabled endpoints costs one lookup.
+        let mut endpoints = Vec::new();
+        for (key, value) in staged.scan_prefix(format!("{ENDPOINT}{account}/").as_bytes())? {
+            let endpoint: Value = serde_json::from_slice(&value).map_err(|e| e.to_string())?;
+            if endpoint["enabled"] == true {
+                let webhook = String::from_utf8_lossy(&key[ENDPOINT.len() + account.len() + 1..]).into_owned();
+                endpoints.push((webhook, endpoint["events"].as_array().cloned().unwrap_or_default()));
+            }
+        }
+        if endpoints.is_empty() {
+            return Ok(());
+        }
+        let events = self.redactions.of(&commit.account).cloud_events(commit, &self.prefix, stored.stream_seq);
+        let stream = commit.stream.token();
+        for (index, (event, cloud)) in commit.events.iter().zip(events).enumerate() {
             let kind = event.event.type_name();
-            let endpoints = staged.scan_prefix(format!("{ENDPOINT}{account}/").as_bytes())?;
-            if endpoints.is_empty() {
-                continue;
-            }
-            rules.apply_to_cloud_event(&mut cloud);
             let body = cloud.to_string();
-            for (key, value) in endpoints {
-                let endpoint: Value = serde_json::from_slice(&value).map_err(|e| e.to_string())?;
-                let filter = endpoint["events"].as_array().cloned().unwrap_or_default();
-                if endpoint["enabled"] != true || !(filter.is_empty() || filter.iter().any(|t| t == kind)) {
+            for (webhook, filter) in &endpoints {
+                if !(filter.is_empty() || filter.iter().any(|t| t == kind)) {
                     continue;
                 }
-                let webhook = String::from_utf8_lossy(&key[ENDPOINT.len() + account.len() + 1..]).into_owned();
-                let queue = format!("{QUEUE}{account}/{webhook}/{}/", stream_token(&commit.stream));
                 let delivery = json!({
                     "event_id": cloud["id"], "event_type": kind, "stream_seq": stored.stream_seq,
                     "queued_at": commit.at.to_rfc3339(), "attempts": 0, "next_at_ms": 0, "body": body,
                 });
-                staged.insert(format!("{queue}{:020}.{index:04}", stored.stream_seq).into_bytes(), bytes_of(&delivery));
+                let key = format!("{QUEUE}{account}/{webhook}/{stream}/{:020}.{index:04}", stored.stream_seq);
+                staged.insert(key.into_bytes(), bytes_of(&delivery));
             }
         }
         Ok(())
-    }
-}
-
-/// The queue of one stream: `conv.c1`, `agent.ana`, `config` (no `/`, so the
-/// queue is the key up to its last `/`).
-fn stream_token(stream: &StreamRef) -> String {
-    match stream {
-        StreamRef::Catalog => "config".into(),
-        StreamRef::Agent(id) => format!("agent.{id}"),
-        StreamRef::Conversation(id) => format!("conv.{id}"),
     }
 }
 
@@ -277,7 +272,7 @@ impl Deliveries {
         let webhooks: Vec<String> = match webhook {
             Some(w) => vec![w.to_owned()],
             None => self
-                .entries(&format!("{ENDPOINT}{account}/"), crate_webhooks_max(), false)
+                .entries(&format!("{ENDPOINT}{account}/"), convo_domain::config::WEBHOOKS_MAX, false)
                 .into_iter()
                 .filter_map(|(key, _)| key.rsplit('/').next().map(str::to_owned))
                 .collect(),
@@ -299,8 +294,14 @@ impl Deliveries {
     }
 }
 
-fn crate_webhooks_max() -> usize {
-    convo_domain::config::WEBHOOKS_MAX
+/// What became of a delivery's turn.
+enum Verdict {
+    /// It was sent; the receiver answered or not.
+    Sent(deliver::Answer),
+    /// Its webhook is off: it waits, nothing is attempted or logged.
+    Held,
+    /// It cannot be sent at all (too large): dead-lettered at once, the reason logged.
+    Refused(String),
 }
 
 /// One attempt under way.
@@ -308,7 +309,7 @@ struct Flight {
     key: Vec<u8>,
     endpoint: String,
     delivery: Value,
-    answer: deliver::Answer,
+    verdict: Verdict,
 }
 
 /// Follows the log and delivers, until `stop` resolves. Errors of the store
@@ -403,87 +404,83 @@ pub async fn run(
 
 async fn send(key: Vec<u8>, endpoint: String, delivery: Value, target: Value, config: WebhookConfig) -> Flight {
     let body = delivery["body"].as_str().unwrap_or("").to_owned();
-    let answer = if target["enabled"] != true {
-        deliver::Answer { status: None, error: Some("the webhook is off".into()), latency_ms: 0 }
+    let secret = convo_domain::config::WebhookSecret::parse(target["secret"].as_str().unwrap_or(""));
+    let verdict = if target["enabled"] != true {
+        Verdict::Held
     } else if body.len() > config.body_bytes_max {
-        deliver::Answer {
-            status: None,
-            error: Some(format!("the body is {} bytes, over the {}-byte limit", body.len(), config.body_bytes_max)),
-            latency_ms: 0,
-        }
+        Verdict::Refused(format!("the body is {} bytes, over the {}-byte limit", body.len(), config.body_bytes_max))
     } else {
-        let secret = convo_domain::config::WebhookSecret::parse(target["secret"].as_str().unwrap_or(""));
-        let id = delivery["event_id"].as_str().unwrap_or("").to_owned();
-        let timestamp = now_ms() / 1000;
         match secret {
             Ok(secret) => {
+                let id = delivery["event_id"].as_str().unwrap_or("").to_owned();
+                let timestamp = now_ms() / 1000;
                 let signature = deliver::sign(&secret.key(), &id, timestamp, body.as_bytes());
                 let signed = deliver::Signed { id, timestamp, signature };
                 let url = target["url"].as_str().unwrap_or("");
-                deliver::attempt(url, Bytes::from(body), &signed, &config.allowed, config.timeout).await
+                Verdict::Sent(deliver::attempt(url, Bytes::from(body), &signed, &config.allowed, config.timeout).await)
             }
-            Err(e) => deliver::Answer { status: None, error: Some(e), latency_ms: 0 },
+            Err(e) => Verdict::Refused(e),
         }
     };
-    Flight { key, endpoint, delivery, answer }
+    Flight { key, endpoint, delivery, verdict }
 }
 
 /// Records an attempt and the delivery's next state in one atomic batch.
 fn settle(tree: &sled::Tree, config: &WebhookConfig, flight: Flight) -> Result<(), String> {
-    let Flight { key, mut delivery, answer, .. } = flight;
-    let attempts = delivery["attempts"].as_u64().unwrap_or(0) + 1;
+    let Flight { key, mut delivery, verdict, .. } = flight;
     let now = now_ms();
-    let disabled = answer.error.as_deref() == Some("the webhook is off");
-    let too_large = answer.error.as_deref().is_some_and(|e| e.contains("-byte limit"));
+    let at = |ms: i64| convo_domain::Timestamp::from_millis(ms).to_rfc3339();
+    let mut batch = sled::Batch::default();
+    let refused = matches!(verdict, Verdict::Refused(_));
+    let answer = match verdict {
+        Verdict::Held => {
+            delivery["next_at_ms"] = json!(now + 1000); // looked at again once the webhook is on
+            batch.insert(key, bytes_of(&delivery));
+            return tree.apply_batch(batch).map_err(|e| e.to_string());
+        }
+        Verdict::Refused(reason) => deliver::Answer { status: None, error: Some(reason), latency_ms: 0 },
+        Verdict::Sent(answer) => answer,
+    };
+    let attempts = delivery["attempts"].as_u64().unwrap_or(0) + 1;
     let outcome = if answer.accepted() {
         "delivered"
-    } else if disabled {
-        "held"
-    } else if too_large || attempts as usize > config.retry_schedule.len() {
+    } else if refused || attempts as usize > config.retry_schedule.len() {
         "dead"
     } else {
         "retrying"
     };
     let rest = &key[QUEUE.len()..];
-    let mut batch = sled::Batch::default();
-    if !disabled {
-        let log_entry = json!({
-            "event_id": delivery["event_id"], "event_type": delivery["event_type"], "attempt": attempts,
-            "at": convo_domain::Timestamp::from_millis(now).to_rfc3339(), "outcome": outcome,
-            "status": answer.status, "error": answer.error, "latency_ms": answer.latency_ms,
-        });
-        let rest_text = String::from_utf8_lossy(rest);
-        let (account, webhook) = {
-            let mut parts = rest_text.splitn(3, '/');
-            (parts.next().unwrap_or("").to_owned(), parts.next().unwrap_or("").to_owned())
-        };
-        let log_key = format!("{LOG}{account}/{webhook}/{now:020}/{}", String::from_utf8_lossy(rest).replace('/', "|"));
-        batch.insert(log_key.into_bytes(), bytes_of(&log_entry));
-    }
+    let rest_text = String::from_utf8_lossy(rest);
+    let mut parts = rest_text.splitn(3, '/');
+    let (account, webhook) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let log_entry = json!({
+        "event_id": delivery["event_id"], "event_type": delivery["event_type"], "attempt": attempts,
+        "at": at(now), "outcome": outcome,
+        "status": answer.status, "error": answer.error, "latency_ms": answer.latency_ms,
+    });
+    let log_key = format!("{LOG}{account}/{webhook}/{now:020}/{}", rest_text.replace('/', "|"));
+    batch.insert(log_key.into_bytes(), bytes_of(&log_entry));
+    let last_error = answer.error.clone().or(answer.status.map(|s| format!("HTTP {s}")));
     match outcome {
-        "delivered" => batch.remove(key.clone()),
+        "delivered" => batch.remove(key),
         "dead" => {
             delivery["attempts"] = json!(attempts);
-            delivery["dead_at"] = json!(convo_domain::Timestamp::from_millis(now).to_rfc3339());
-            delivery["last_error"] = json!(answer.error.clone().or(answer.status.map(|s| format!("HTTP {s}"))));
+            delivery["dead_at"] = json!(at(now));
+            delivery["last_error"] = json!(last_error);
             batch.remove(key.clone());
             batch.insert([DEAD.as_bytes(), rest].concat(), bytes_of(&delivery));
-        }
-        "held" => {
-            delivery["next_at_ms"] = json!(now + 1000); // looked at again once the webhook is on
-            batch.insert(key.clone(), bytes_of(&delivery));
         }
         _ => {
             let wait = config.retry_schedule[attempts as usize - 1];
             delivery["attempts"] = json!(attempts);
             delivery["next_at_ms"] = json!(now + jittered(wait).as_millis() as i64);
-            delivery["last_error"] = json!(answer.error.clone().or(answer.status.map(|s| format!("HTTP {s}"))));
-            batch.insert(key.clone(), bytes_of(&delivery));
+            delivery["last_error"] = json!(last_error);
+            batch.insert(key, bytes_of(&delivery));
         }
     }
     tree.apply_batch(batch).map_err(|e| e.to_string())?;
     tree.flush().map_err(|e| e.to_string())?;
-    if let (Some(metrics), false) = (&config.metrics, disabled) {
+    if let Some(metrics) = &config.metrics {
         metrics.inc("convo_webhook_attempts_total", &[("outcome", outcome)], 1);
     }
     Ok(())

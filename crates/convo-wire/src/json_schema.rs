@@ -329,20 +329,20 @@ pub fn files() -> BTreeMap<String, String> {
             used,
         )),
     );
-    let command = command_schema();
-    out.insert("command.schema.json".into(), pretty(&command));
-    out.extend(command_schemas());
+    let commands = generate::<Command>(Contract::Deserialize);
+    let flat = flatten_tagged(&commands.root, &commands.defs, true);
+    out.insert("command.schema.json".into(), pretty(&command_schema(&flat, &commands.defs)));
+    out.extend(command_schemas(flat, &commands.defs));
     out
 }
 
 /// One request schema per command type (`commands/<type>.schema.json`),
 /// the payload of its own subject and URL.
-fn command_schemas() -> BTreeMap<String, String> {
-    let generated = generate::<Command>(Contract::Deserialize);
+fn command_schemas(flat: BTreeMap<String, Value>, all_defs: &Map<String, Value>) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    for (name, variant) in flatten_tagged(&generated.root, &generated.defs, true) {
+    for (name, variant) in flat {
         let body = request_body(json!({"$ref": "#/$defs/Command"}));
-        let mut defs = used_defs(&[&variant], &generated.defs);
+        let mut defs = used_defs(&[&variant], all_defs);
         defs.insert("Command".into(), variant);
         defs.sort_keys();
         let id = format!("commands/{name}.schema.json");
@@ -388,17 +388,16 @@ fn view_def(event_type: &str) -> String {
 }
 
 /// The request of any command: `{"id": …, "command": {"type": …, …}}`.
-pub fn command_schema() -> Value {
-    let generated = generate::<Command>(Contract::Deserialize);
-    let flat = flatten_tagged(&generated.root, &generated.defs, true);
+fn command_schema(flat: &BTreeMap<String, Value>, all_defs: &Map<String, Value>) -> Value {
     let mut alternatives = Vec::new();
-    for (name, mut variant) in flat {
+    for (name, variant) in flat {
+        let mut variant = variant.clone();
         variant["title"] = Value::from(name.clone());
         alternatives.push(variant);
     }
     let command = json!({"oneOf": alternatives});
     let body = request_body(json!({"$ref": "#/$defs/Command"}));
-    let mut defs = used_defs(&[&command], &generated.defs);
+    let mut defs = used_defs(&[&command], all_defs);
     defs.insert("Command".into(), command);
     defs.sort_keys();
     document(

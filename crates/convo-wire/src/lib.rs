@@ -115,6 +115,16 @@ impl StreamRef {
         }
     }
 
+    /// The stream as subject tokens (`conv.c1`, `agent.ana`, `config`): the
+    /// JSON stream's subjects and the webhook queues name streams so.
+    pub fn token(&self) -> String {
+        match self {
+            StreamRef::Catalog => "config".into(),
+            StreamRef::Agent(id) => format!("agent.{id}"),
+            StreamRef::Conversation(id) => format!("conv.{id}"),
+        }
+    }
+
     /// The wildcard subject of all the stream's commits (for the append
     /// expectation and for loading).
     pub fn filter_subject(&self, prefix: &str, account: &AccountId) -> String {
@@ -467,12 +477,7 @@ impl Commit {
     /// `<prefix>.<account>.json.conv.<id>.<type>`, `….json.agent.<id>.<type>`,
     /// `….json.config.<type>` (by account, stream and event type).
     pub fn json_subjects(&self, prefix: &str) -> Vec<String> {
-        let account = &self.account;
-        let stream = match &self.stream {
-            StreamRef::Catalog => "config".to_owned(),
-            StreamRef::Agent(id) => format!("agent.{id}"),
-            StreamRef::Conversation(id) => format!("conv.{id}"),
-        };
+        let (account, stream) = (&self.account, self.stream.token());
         self.events.iter().map(|e| format!("{prefix}.{account}.json.{stream}.{}", e.event.type_name())).collect()
     }
 

@@ -87,11 +87,16 @@ impl Rules {
         }
     }
 
-    /// Masks a CloudEvent's `data` (its envelope names ids and types, never free text).
-    pub fn apply_to_cloud_event(&self, event: &mut Value) {
-        if let Some(data) = event.get_mut("data") {
-            self.apply(data);
+    /// The commit's events as CloudEvents ([`crate::Commit::cloud_events`]),
+    /// their `data` masked: what every feed and webhook sends.
+    pub fn cloud_events(&self, commit: &crate::Commit, prefix: &str, stream_seq: u64) -> Vec<Value> {
+        let mut events = commit.cloud_events(prefix, stream_seq);
+        for event in &mut events {
+            if let Some(data) = event.get_mut("data") {
+                self.apply(data);
+            }
         }
+        events
     }
 }
 

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use serde_reflection::{ContainerFormat, Format, Registry, Samples, Tracer, TracerConfig, VariantFormat};
 
 use convo_domain::schedule::{HoursRange, LocalDate, Zone};
@@ -20,6 +20,7 @@ use convo_domain::{
     TypificationId, UserId,
 };
 
+use crate::json_schema::pretty;
 use crate::{Commit, SCHEMA_VERSION};
 
 /// Traces the registry of every named type in a commit.
@@ -129,12 +130,6 @@ fn postcard_files() -> Result<BTreeMap<String, String>, String> {
     });
     out.insert(format!("commit.v{version}.json"), pretty(&commit));
     Ok(out)
-}
-
-fn pretty(value: &Value) -> String {
-    let mut text = serde_json::to_string_pretty(value).expect("JSON values serialize");
-    text.push('\n');
-    text
 }
 
 /// Every named type reachable from `roots`, with its format.

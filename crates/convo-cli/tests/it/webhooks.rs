@@ -118,6 +118,28 @@ fn start(dir: &Path) -> Served {
     serve_with(dir, &["--webhook-allow", "127.0.0.1", "--webhook-retry-schedule", "200ms,400ms"])
 }
 
+/// Account acme, with a redaction rule for card numbers.
+async fn configure_acme(served: &Served) {
+    let rules = json!([{"name": "card", "pattern": "\\b\\d{4}( \\d{4}){3}\\b", "redact": true}]);
+    op(served, "acme", "a1", json!({"type": "configure_account", "name": "Acme", "regex_rules": rules})).await;
+}
+
+/// A client (`define_client` or `update_client`).
+fn client(kind: &str, id: &str, name: &str) -> Value {
+    json!({"type": kind, "id": id, "name": name, "code": id, "sla_optimal_secs": 60, "sla_low_secs": 180,
+           "max_inactivity_secs": 86400, "inactivity_attempts": 0})
+}
+
+/// One plain GET (status line, headers and body, as text).
+async fn raw_get(address: &str, path: &str) -> String {
+    let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    socket.read_to_end(&mut raw).await.unwrap();
+    String::from_utf8(raw).unwrap()
+}
+
 fn event_id(reply: &Value) -> String {
     reply["event_ids"][0].as_str().expect("a committed reply names its event ids").to_owned()
 }
@@ -128,22 +150,11 @@ async fn deliveries_are_signed_retried_logged_in_order_and_survive_a_kill() {
     let dir = temp.path().to_path_buf();
     let (port, got) = receiver().await;
     let mut served = start(&dir);
-    op(
-        &served,
-        "acme",
-        "a1",
-        json!({"type": "configure_account", "name": "Acme",
-        "regex_rules": [{"name": "card", "pattern": "\\b\\d{4}( \\d{4}){3}\\b", "redact": true}]}),
-    )
-    .await;
+    configure_acme(&served).await;
     let hook = |id: &str, url: String, events: Value| json!({"type": "define_webhook", "id": id, "url": url, "events": events, "secret": SECRET});
     let url = format!("http://127.0.0.1:{port}/hooks");
     op(&served, "acme", "w1", hook("crm", url, json!(["client_defined", "client_updated"]))).await;
     op(&served, "acme", "w2", hook("intranet", "http://127.0.0.2:9/x".into(), json!(["client_defined"]))).await;
-    let client = |kind: &str, id: &str, name: &str| {
-        json!({"type": kind, "id": id, "name": name, "code": id, "sla_optimal_secs": 60, "sla_low_secs": 180,
-               "max_inactivity_secs": 86400, "inactivity_attempts": 0})
-    };
     let mut ids = Vec::new();
     for (n, command) in [
         client("define_client", "c1", "Acme 4111 1111 1111 1111"),
@@ -246,18 +257,7 @@ async fn deliveries_are_signed_retried_logged_in_order_and_survive_a_kill() {
 async fn the_feed_and_the_event_stream_serve_cloudevents_redacted_and_resumable() {
     let temp = tempfile::tempdir().unwrap();
     let served = serve_with(temp.path(), &["--log-format", "json"]);
-    op(
-        &served,
-        "acme",
-        "a1",
-        json!({"type": "configure_account", "name": "Acme",
-        "regex_rules": [{"name": "card", "pattern": "\\b\\d{4}( \\d{4}){3}\\b", "redact": true}]}),
-    )
-    .await;
-    let client = |kind: &str, id: &str, name: &str| {
-        json!({"type": kind, "id": id, "name": name, "code": id, "sla_optimal_secs": 60, "sla_low_secs": 180,
-               "max_inactivity_secs": 86400, "inactivity_attempts": 0})
-    };
+    configure_acme(&served).await;
     let c1 = op(&served, "acme", "c1", client("define_client", "c1", "Acme 4111 1111 1111 1111")).await;
     op(&served, "acme", "c2", client("define_client", "c2", "Beta")).await;
     op(&served, "other", "o1", json!({"type": "configure_account", "name": "Other"})).await;
@@ -272,11 +272,8 @@ async fn the_feed_and_the_event_stream_serve_cloudevents_redacted_and_resumable(
     let monitor = std::fs::read_to_string(temp.path().join("nats-monitor.url")).expect("serve writes nats-monitor.url");
     let address = monitor.trim().trim_start_matches("http://").to_owned();
     assert!(address.starts_with("127.0.0.1:"), "{monitor}");
-    let mut socket = tokio::net::TcpStream::connect(address.as_str()).await.unwrap();
-    socket.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
-    let mut raw = Vec::new();
-    socket.read_to_end(&mut raw).await.unwrap();
-    assert!(String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&raw));
+    let raw = raw_get(&address, "/healthz").await;
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
 
     let (status, page) = get("/v1/accounts/acme/events?type=client_defined", &[]).await;
     assert_eq!(status, 200, "{page}");
@@ -324,14 +321,7 @@ async fn the_feed_and_the_event_stream_serve_cloudevents_redacted_and_resumable(
     assert!(!text.contains("Other"), "another account's events never show: {text}");
 
     // /metrics, parsed by the Prometheus client library's own text-format parser.
-    let scrape = async || {
-        let mut socket = tokio::net::TcpStream::connect(served.http.as_str()).await.unwrap();
-        socket.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
-        let mut raw = Vec::new();
-        socket.read_to_end(&mut raw).await.unwrap();
-        let text = String::from_utf8(raw).unwrap();
-        text.split_once("\r\n\r\n").unwrap().1.to_owned()
-    };
+    let scrape = async || raw_get(&served.http, "/metrics").await.split_once("\r\n\r\n").unwrap().1.to_owned();
     let parse = |text: &str| {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let script = "import json, sys\nfrom prometheus_client.parser import text_string_to_metric_families as parse\n\
