@@ -22,6 +22,14 @@ use convo_domain::config::RegexRule;
 pub const FREE_TEXT_FIELDS: [&str; 8] =
     ["text", "value", "comment", "comments", "contact_name", "name", "description", "caption"];
 
+/// A contact's number as people who may not see it get it: all but the last
+/// four characters masked (`********2233`), for campaigns that do not show
+/// contact numbers.
+pub fn mask_contact(contact: &str) -> String {
+    let keep = contact.chars().count().saturating_sub(4);
+    contact.chars().enumerate().map(|(i, c)| if i < keep { '*' } else { c }).collect()
+}
+
 /// Compiles a pattern within the catalog's limit
 /// ([`convo_domain::config::REGEX_BYTES_MAX`]; the regex crate's matching is
 /// linear-time), or says why not.

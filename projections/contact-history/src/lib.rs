@@ -25,10 +25,7 @@ pub const NAME: &str = "contact-history";
 pub const DEFAULT_HISTORY: u64 = 10;
 
 /// Masks all but the last four characters (`********2233`).
-pub fn mask(contact: &str) -> String {
-    let keep = contact.chars().count().saturating_sub(4);
-    contact.chars().enumerate().map(|(i, c)| if i < keep { '*' } else { c }).collect()
-}
+pub use convo_wire::redact::mask_contact as mask;
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ContactHistory;

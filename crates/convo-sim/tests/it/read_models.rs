@@ -1,6 +1,6 @@
 //! The fixtures' read models: each scenario goes through the engine on the
-//! in-memory store, the audit log, reports and contact history are folded
-//! from it, and their exports must equal the fixture's `expected-*.jsonl`
+//! in-memory store, the audit log, reports, contact history, the live
+//! dashboard and the inboxes are folded from it, and their exports must equal the fixture's `expected-*.jsonl`
 //! byte for byte (`UPDATE_FIXTURES=1` rewrites them; review the diff).
 
 use std::path::{Path, PathBuf};
@@ -17,10 +17,35 @@ fn lines(values: Vec<serde_json::Value>) -> String {
 
 async fn fold(store: &MemoryStore, projection: &mut (dyn Projection + Send)) -> convo_projector::Tree {
     let tree = convo_projector::scratch_tree(projection.name()).unwrap();
-    convo_projector::fold(store, &tree, projection, convo_projector::BATCH_COMMITS_MAX, None, &mut |_, _| {})
+    fold_until(store, &tree, projection, None).await;
+    tree
+}
+
+async fn fold_until(
+    store: &MemoryStore,
+    tree: &convo_projector::Tree,
+    projection: &mut (dyn Projection + Send),
+    until: Option<u64>,
+) {
+    convo_projector::fold(store, tree, projection, convo_projector::BATCH_COMMITS_MAX, until, &mut |_, _| {})
         .await
         .unwrap();
-    tree
+}
+
+/// A live read model's export half-way through the stream (when the floor
+/// has work: fixtures end with every conversation closed) and at its end.
+async fn live_export(
+    store: &MemoryStore,
+    projection: &mut (dyn Projection + Send),
+    export: impl Fn(&convo_projector::Tree) -> Vec<serde_json::Value>,
+) -> String {
+    let tree = convo_projector::scratch_tree(projection.name()).unwrap();
+    let middle = convo_store::EventStore::last_seq(store).await.unwrap() / 2;
+    fold_until(store, &tree, projection, Some(middle)).await;
+    let mut out = lines(export(&tree));
+    fold_until(store, &tree, projection, None).await;
+    out.push_str(&lines(export(&tree)));
+    out
 }
 
 async fn read_models(dir: &Path) -> Vec<(&'static str, String)> {
@@ -36,6 +61,14 @@ async fn read_models(dir: &Path) -> Vec<(&'static str, String)> {
         ("expected-audit.jsonl", lines(convo_audit::entries(&audit, &convo_audit::Filter::default()).unwrap())),
         ("expected-reports.jsonl", lines(convo_reports::export_all(&reports).unwrap())),
         ("expected-contact-history.jsonl", lines(convo_contact_history::export_all(&history).unwrap())),
+        (
+            "expected-live.jsonl",
+            live_export(store, &mut convo_live::Live, |t| convo_live::export_all(t).unwrap()).await,
+        ),
+        (
+            "expected-inbox.jsonl",
+            live_export(store, &mut convo_inbox::Inbox, |t| convo_inbox::export_all(t).unwrap()).await,
+        ),
     ]
 }
 
