@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use convo_audit::{AuditLog, Filter};
 
 use crate::engine_cmds::Connection;
+use crate::served::{Served, query};
 
 #[derive(Args, Debug)]
 #[command(after_help = "\
@@ -115,6 +116,9 @@ fn bar(len: u64, what: &str) -> ProgressBar {
 }
 
 pub async fn audit(args: AuditArgs) -> Result<std::process::ExitCode> {
+    if let Some(server) = Served::find(&args.connection).await? {
+        return served(&server, &args).await;
+    }
     let (store, projector, _server) = args.connection.read_model(convo_audit::NAME).await?;
     let data_dir = args.connection.data_dir().to_path_buf();
     match args.command {
@@ -138,114 +142,185 @@ pub async fn audit(args: AuditArgs) -> Result<std::process::ExitCode> {
             );
         }
         AuditCmd::Verify => {
-            let verdict = convo_audit::verify(&store, &projector.tree()?).await?;
-            let lag = projector.lag(&store).await?;
-            if lag > 0 {
+            let verdict = convo_gateway::reads::verify_verdict(&store, &projector.tree()?)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if verdict["anchors"]["checked"] == false {
                 eprintln!(
-                    "convo: the audit log is {lag} commits behind the stream (`convo audit catch-up` folds them); verifying what it holds"
-                );
-            }
-            let mut broken = false;
-            if let Some(d) = &verdict.first_divergence {
-                println!("the audit log DIFFERS from the stream after {} matching entries: {d}", verdict.entries);
-                broken = true;
-            }
-            if !verdict.not_in_record.is_empty() {
-                println!(
-                    "the stream holds {} message(s) up to sequence {} that are not part of the record \
-                     (the audit log leaves them out; `convo doctor` lists them too):",
-                    verdict.not_in_record.len(),
-                    verdict.checkpoint
-                );
-                for dead in verdict.not_in_record.iter().take(20) {
-                    println!("  message {}: {}", dead.seq, dead.reason);
-                }
-                broken = true;
-            }
-            match &store.config().signing {
-                Some(signing) => {
-                    let anchors = convo_store::signing::check_anchors(&store, signing).await?;
-                    if anchors.findings.is_empty() {
-                        println!(
-                            "the stream holds every anchored commit where it was anchored ({} aggregates; signatures checked after sequence {})",
-                            anchors.held,
-                            signing.unsigned_through()
-                        );
-                    } else {
-                        println!("the stream does NOT hold what the engine anchored:");
-                        for finding in &anchors.findings {
-                            println!("  {finding}");
-                        }
-                        if anchors.more > 0 {
-                            println!("  … and {} more", anchors.more);
-                        }
-                        broken = true;
-                    }
-                }
-                None => eprintln!(
                     "convo: no engine key for this stream under {} ({}): signatures and anchors NOT checked",
                     data_dir.display(),
                     convo_store::signing::KEY_FILE
-                ),
-            }
-            if broken {
-                return Ok(std::process::ExitCode::from(1));
-            }
-            if lag > 0 {
-                println!(
-                    "the audit log is intact as far as it goes: {} entries up to stream sequence {} match the stream, \
-                     which holds {lag} more commits (`convo audit catch-up` folds them)",
-                    verdict.entries, verdict.checkpoint
-                );
-            } else {
-                println!(
-                    "the audit log is intact: {} entries up to stream sequence {} (the stream's end) match the stream",
-                    verdict.entries, verdict.checkpoint
                 );
             }
+            return Ok(print_verdict(&verdict));
         }
         AuditCmd::Export(export) => {
             projector.catch_up(&store, &mut AuditLog, &mut |_, _| {}).await?;
             let entries = convo_audit::entries(&projector.tree()?, &export.filter.filter())?;
-            let (mut out, progress): (Box<dyn Write>, Option<ProgressBar>) = match &export.output {
-                Some(path) => (
-                    Box::new(std::io::BufWriter::new(std::fs::File::create(path)?)),
-                    Some(bar(entries.len() as u64, "exporting")),
-                ),
-                None => (Box::new(std::io::BufWriter::new(std::io::stdout().lock())), None),
-            };
-            if export.format == "csv" {
-                writeln!(out, "{}", convo_audit::CSV_COLUMNS.join(","))?;
-            }
-            for entry in &entries {
-                if export.format == "csv" {
-                    writeln!(out, "{}", convo_audit::csv_line(entry))?;
-                } else {
-                    writeln!(out, "{entry}")?;
-                }
-                if let Some(p) = &progress {
-                    p.inc(1);
-                }
-            }
-            out.flush()?;
-            if let Some(p) = progress {
-                p.finish_and_clear();
-                eprintln!("convo: exported {} entries", entries.len());
-            }
+            write_export(&export, &entries)?;
         }
         AuditCmd::Replay(replay) => {
-            let Some(conversation) = replay.filter.conversation.clone() else {
-                bail!("replay needs --conversation (the conversation whose timeline to print)");
-            };
             projector.catch_up(&store, &mut AuditLog, &mut |_, _| {}).await?;
             let entries = convo_audit::entries(&projector.tree()?, &replay.filter.filter())?;
-            if entries.is_empty() {
-                bail!("no audit entries for conversation {conversation} in that window");
-            }
-            for entry in &entries {
-                println!("{}", convo_audit::timeline_line(entry));
-            }
+            print_timeline(&replay, &entries)?;
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn write_export(export: &ExportArgs, entries: &[serde_json::Value]) -> Result<()> {
+    let (mut out, progress): (Box<dyn Write>, Option<ProgressBar>) = match &export.output {
+        Some(path) => (
+            Box::new(std::io::BufWriter::new(std::fs::File::create(path)?)),
+            Some(bar(entries.len() as u64, "exporting")),
+        ),
+        None => (Box::new(std::io::BufWriter::new(std::io::stdout().lock())), None),
+    };
+    if export.format == "csv" {
+        writeln!(out, "{}", convo_audit::CSV_COLUMNS.join(","))?;
+    }
+    for entry in entries {
+        if export.format == "csv" {
+            writeln!(out, "{}", convo_audit::csv_line(entry))?;
+        } else {
+            writeln!(out, "{entry}")?;
+        }
+        if let Some(p) = &progress {
+            p.inc(1);
+        }
+    }
+    out.flush()?;
+    if let Some(p) = progress {
+        p.finish_and_clear();
+        eprintln!("convo: exported {} entries", entries.len());
+    }
+    Ok(())
+}
+
+fn print_timeline(replay: &ReplayArgs, entries: &[serde_json::Value]) -> Result<()> {
+    let Some(conversation) = &replay.filter.conversation else {
+        bail!("replay needs --conversation (the conversation whose timeline to print)");
+    };
+    if entries.is_empty() {
+        bail!("no audit entries for conversation {conversation} in that window");
+    }
+    for entry in entries {
+        println!("{}", convo_audit::timeline_line(entry));
+    }
+    Ok(())
+}
+
+/// The audit commands while `convo serve` runs (it holds the log and keeps it current).
+async fn served(server: &Served, args: &AuditArgs) -> Result<std::process::ExitCode> {
+    let account_of = |filter: &FilterArgs| {
+        filter.account.clone().ok_or_else(|| {
+            anyhow::anyhow!("--account is required while `convo serve` runs (its gateway reads one account at a time)")
+        })
+    };
+    let entries = |filter: &FilterArgs| -> Result<String> {
+        let account = account_of(filter)?;
+        Ok(format!("/v1/accounts/{account}/audit/export")
+            + &query(&[
+                ("from", filter.from.as_deref()),
+                ("to", filter.to.as_deref()),
+                ("actor", filter.actor.as_deref()),
+                ("action", filter.action.as_deref()),
+                ("conversation", filter.conversation.as_deref()),
+                ("ip", filter.ip.as_deref()),
+            ]))
+    };
+    let lines = |body: &str| -> Result<Vec<serde_json::Value>> {
+        body.lines().filter(|l| !l.is_empty()).map(|l| Ok(serde_json::from_str(l)?)).collect()
+    };
+    match &args.command {
+        AuditCmd::CatchUp => {
+            let ready = server.get("/health/ready").await.ok().and_then(|a| a.json().ok()).unwrap_or_default();
+            eprintln!(
+                "convo: the running `convo serve` keeps the audit log current; it is at stream sequence {}",
+                ready["read_models"][convo_audit::NAME]
+            );
+        }
+        AuditCmd::Rebuild => bail!(
+            "a `convo serve` is running under {} and holds the read models: stop it, rebuild, start it again",
+            args.connection.data_dir().display()
+        ),
+        AuditCmd::Verify => {
+            let answer = server.get("/v1/audit/verify").await?;
+            answer.say_position(convo_audit::NAME);
+            return Ok(print_verdict(&answer.json()?));
+        }
+        AuditCmd::Export(export) => {
+            let answer = server.get(&entries(&export.filter)?).await?;
+            answer.say_position(convo_audit::NAME);
+            write_export(export, &lines(&answer.body)?)?;
+        }
+        AuditCmd::Replay(replay) => {
+            let answer = server.get(&entries(&replay.filter)?).await?;
+            print_timeline(replay, &lines(&answer.body)?)?;
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Prints a verification's verdict (as `convo_gateway::reads::verify_verdict`
+/// makes it); exit 1 when the log or the stream is not intact.
+fn print_verdict(v: &serde_json::Value) -> std::process::ExitCode {
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    let behind = n("behind");
+    if behind > 0 {
+        eprintln!(
+            "convo: the audit log is {behind} commits behind the stream (`convo audit catch-up` folds them); verifying what it holds"
+        );
+    }
+    if let Some(d) = v["first_divergence"].as_str() {
+        println!("the audit log DIFFERS from the stream after {} matching entries: {d}", n("entries"));
+    }
+    let dead = v["not_in_record"].as_array().cloned().unwrap_or_default();
+    if !dead.is_empty() {
+        println!(
+            "the stream holds {} message(s) up to sequence {} that are not part of the record \
+             (the audit log leaves them out; `convo doctor` lists them too):",
+            n("not_in_record_count"),
+            n("checkpoint")
+        );
+        for d in dead.iter().take(20) {
+            println!("  message {}: {}", d["seq"], d["reason"].as_str().unwrap_or(""));
+        }
+    }
+    let anchors = &v["anchors"];
+    if anchors["checked"] == true {
+        let findings = anchors["findings"].as_array().cloned().unwrap_or_default();
+        if findings.is_empty() {
+            println!(
+                "the stream holds every anchored commit where it was anchored ({} aggregates; signatures checked after sequence {})",
+                anchors["aggregates"], anchors["unsigned_through"]
+            );
+        } else {
+            println!("the stream does NOT hold what the engine anchored:");
+            for finding in &findings {
+                println!("  {}", finding.as_str().unwrap_or(""));
+            }
+            if anchors["more"].as_u64().unwrap_or(0) > 0 {
+                println!("  … and {} more", anchors["more"]);
+            }
+        }
+    }
+    if v["intact"] != true {
+        return std::process::ExitCode::from(1);
+    }
+    if behind > 0 {
+        println!(
+            "the audit log is intact as far as it goes: {} entries up to stream sequence {} match the stream, \
+             which holds {behind} more commits (`convo audit catch-up` folds them)",
+            n("entries"),
+            n("checkpoint")
+        );
+    } else {
+        println!(
+            "the audit log is intact: {} entries up to stream sequence {} (the stream's end) match the stream",
+            n("entries"),
+            n("checkpoint")
+        );
+    }
+    std::process::ExitCode::SUCCESS
 }

@@ -6,6 +6,7 @@ use clap::{Args, Subcommand};
 use convo_contact_history::ContactHistory;
 
 use crate::engine_cmds::Connection;
+use crate::served::Served;
 
 #[derive(Args, Debug)]
 #[command(after_help = "\
@@ -39,8 +40,17 @@ enum ContactCmd {
 
 pub async fn contact(args: ContactArgs) -> Result<()> {
     let ContactCmd::History { account, format } = args.command;
-    let projector = args.connection.caught_up(convo_contact_history::NAME, &mut ContactHistory).await?;
-    let history = convo_contact_history::history(&projector.tree()?, &account, &args.contact)?;
+    let history = match Served::find(&args.connection).await? {
+        Some(server) => {
+            let answer = server.get(&format!("/v1/accounts/{account}/contacts/{}/history", args.contact)).await?;
+            answer.say_position(convo_contact_history::NAME);
+            answer.json()?["history"].as_array().cloned().unwrap_or_default()
+        }
+        None => {
+            let projector = args.connection.caught_up(convo_contact_history::NAME, &mut ContactHistory).await?;
+            convo_contact_history::history(&projector.tree()?, &account, &args.contact)?
+        }
+    };
     if history.is_empty() {
         eprintln!("convo: no closed conversations of {} in account {account}", args.contact);
     }

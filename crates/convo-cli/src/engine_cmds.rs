@@ -147,7 +147,13 @@ impl Connection {
         let projector = self.projector(name)?;
         match self.open_store().await {
             Ok((store, _server)) => {
-                projector.catch_up(&store, projection, &mut |_, _| {}).await?;
+                let stats = projector.catch_up(&store, projection, &mut |_, _| {}).await?;
+                eprintln!(
+                    "convo: the {name} read model under {} is at stream sequence {} (the stream's end; {} commits folded now)",
+                    self.data_dir.join("projections").display(),
+                    stats.checkpoint,
+                    stats.commits
+                );
             }
             Err(why) => eprintln!(
                 "convo: the stream cannot be read ({why:#}); reading the {name} read model as it is on disk, \
@@ -210,6 +216,14 @@ pub struct ServeArgs {
     /// Do not run the HTTP gateway.
     #[arg(long)]
     no_http: bool,
+    /// What this process runs: `engine` (decides commands), `read-models` (keeps the audit
+    /// log, reports, contact history, live dashboard and inboxes current under
+    /// <data-dir>/projections and serves them over HTTP), or both.
+    #[arg(long, value_delimiter = ',', default_value = "engine,read-models", value_parser = ["engine", "read-models"])]
+    roles: Vec<String>,
+    /// On the dashboard and inboxes, a wait this close to its next SLA threshold is at risk (seconds).
+    #[arg(long, default_value_t = convo_live::DEFAULT_RISK_MARGIN_SECS)]
+    risk_margin_secs: u64,
     /// A host (as written in webhook URLs) or IP address webhooks may reach although it is
     /// loopback, private or link-local, optionally `:PORT` for that port only (repeatable;
     /// by default only public addresses).
@@ -260,6 +274,12 @@ fn init_logs(format: &str) {
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
     init_logs(&args.log_format);
+    if !args.roles.iter().any(|r| r == "engine") {
+        bail!(
+            "--roles needs `engine` in this version: the engine authorizes every read (with the account's catalog); \
+             run `--roles engine` for an engine without read models"
+        );
+    }
     let c = &args.connection;
     let launch = LaunchOptions { data_dir: c.data_dir.join("nats"), sync_always: args.sync_always };
     let mut embedded = None;
@@ -370,10 +390,18 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         metrics: Some(metrics.clone()),
         ..Default::default()
     };
+    // The read models, each followed from its own checkpoint.
+    let (ends, end_watcher) = convo_projector::follow::watch_end(store.clone(), READ_MODELS_POLL);
+    let (read_models, followers) = if args.roles.iter().any(|r| r == "read-models") {
+        let (models, tasks) = follow_read_models(&c.data_dir, &store, last, ends.clone())?;
+        (Some(models), tasks)
+    } else {
+        (None, Vec::new())
+    };
     // The stream's end and how far behind it each follower is, every 2 s.
     let lags = tokio::spawn({
-        let (store, metrics, deliveries, json_checkpoint) =
-            (store.clone(), metrics.clone(), deliveries.clone(), json_checkpoint.clone());
+        let (store, metrics, deliveries, json_checkpoint, read_models) =
+            (store.clone(), metrics.clone(), deliveries.clone(), json_checkpoint.clone(), read_models.clone());
         async move {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
             loop {
@@ -381,7 +409,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                 let Ok(last) = store.last_seq().await else { continue };
                 metrics.set("convo_stream_last_sequence", &[], last as f64);
                 let json = json_checkpoint.load(std::sync::atomic::Ordering::Relaxed);
-                for (projection, at) in [("json_stream", json), ("webhooks", deliveries.checkpoint())] {
+                let followed = read_models.iter().flat_map(convo_gateway::reads::ReadModels::positions);
+                for (projection, at) in
+                    [("json_stream", json), ("webhooks", deliveries.checkpoint())].into_iter().chain(followed)
+                {
                     metrics.set("convo_projection_lag", &[("projection", projection)], last.saturating_sub(at) as f64);
                 }
             }
@@ -414,7 +445,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             store.clone(),
             convo_gateway::GatewayConfig {
                 trusted_proxies: args.trusted_proxy.clone(),
-                projections: c.data_dir.join("projections"),
+                read_models: read_models.clone(),
+                risk_margin_secs: args.risk_margin_secs,
                 redactions: redactions.clone(),
                 webhooks: Some(deliveries.clone()),
                 metrics: Some(metrics.clone()),
@@ -451,6 +483,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     );
     republisher.abort();
     lags.abort();
+    end_watcher.abort();
+    for follower in followers {
+        follower.abort(); // a batch is written with its checkpoint: an abort loses nothing
+    }
     let _ = webhooks_stop_tx.send(());
     if tokio::time::timeout(std::time::Duration::from_secs(5), &mut webhooks).await.is_err() {
         webhooks.abort(); // attempts under way are made again at the next start (same webhook-id)
@@ -473,6 +509,42 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     }
     drop(embedded);
     Ok(())
+}
+
+/// How often the read models' followers look for the stream's end.
+const READ_MODELS_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Starts a follower for each read model under `<data-dir>/projections`
+/// (one sled database, held by this process while it serves).
+fn follow_read_models(
+    data_dir: &std::path::Path,
+    store: &JetStreamStore,
+    ready_at: u64,
+    ends: tokio::sync::watch::Receiver<u64>,
+) -> Result<(convo_gateway::reads::ReadModels, Vec<tokio::task::JoinHandle<()>>)> {
+    let dir = data_dir.join("projections");
+    let db = convo_projector::open_db(&dir).with_context(|| {
+        format!("cannot open the read models in {} (is another `convo` using them?)", dir.display())
+    })?;
+    let mut models = convo_gateway::reads::ReadModels::new(ready_at);
+    let mut tasks = Vec::new();
+    let mut follow = |name: &'static str, projection: Box<dyn convo_projector::Projection + Send>| -> Result<()> {
+        let projector = convo_projector::Projector::open(db.clone(), name);
+        let (followed, task) = convo_projector::follow::spawn(projector, store.clone(), projection, ends.clone())?;
+        models.insert(followed);
+        tasks.push(task);
+        Ok(())
+    };
+    follow(convo_audit::NAME, Box::new(convo_audit::AuditLog))?;
+    follow(convo_reports::NAME, Box::new(convo_reports::Reports))?;
+    follow(convo_contact_history::NAME, Box::new(convo_contact_history::ContactHistory))?;
+    follow(convo_live::NAME, Box::new(convo_live::Live))?;
+    follow(convo_inbox::NAME, Box::new(convo_inbox::Inbox))?;
+    tracing::info!(
+        "read models followed from their checkpoints: {}",
+        models.positions().iter().map(|(n, at)| format!("{n} at {at}")).collect::<Vec<_>>().join(", ")
+    );
+    Ok((models, tasks))
 }
 
 /// Takes the engine's lease on the stream. A lease left by an engine that

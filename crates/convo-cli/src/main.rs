@@ -8,6 +8,7 @@ mod contact_cmds;
 mod doctor_cmds;
 mod engine_cmds;
 mod report_cmds;
+mod served;
 mod webhook_cmds;
 
 use std::io::{BufWriter, Read, Write};

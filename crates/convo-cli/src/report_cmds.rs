@@ -7,6 +7,7 @@ use serde_json::Value;
 use convo_reports::Reports;
 
 use crate::engine_cmds::Connection;
+use crate::served::{Served, query};
 
 #[derive(Args, Debug)]
 #[command(after_help = "\
@@ -20,7 +21,7 @@ Kinds: overview (everything), volume, sla, times, closures, csat.
 Times are UTC buckets: days as 2026-03-02, hours as 2026-03-02T14.")]
 pub struct ReportArgs {
     /// Which figures: overview, volume, sla, times, closures, csat.
-    #[arg(value_parser = ["overview", "volume", "sla", "times", "closures", "csat"])]
+    #[arg(value_parser = convo_reports::KINDS)]
     kind: String,
     #[arg(long, default_value = "campaign", value_parser = convo_reports::DIMENSIONS)]
     by: String,
@@ -41,32 +42,6 @@ pub struct ReportArgs {
     connection: Connection,
 }
 
-fn columns(kind: &str) -> Vec<&'static str> {
-    let volume = ["opened", "closed", "out_of_hours", "transfers", "inactivity_closures"];
-    let sla = ["sla_optimal", "sla_low", "sla_breached", "sla_optimal_pct", "sla_low_pct", "sla_breached_pct"];
-    let times = [
-        "frt_count",
-        "frt_mean_secs",
-        "frt_p50_secs",
-        "frt_p90_secs",
-        "rt_count",
-        "rt_mean_secs",
-        "rt_p50_secs",
-        "rt_p90_secs",
-        "handle_mean_secs",
-    ];
-    let closures = ["closed", "closures_by_reason", "closures_by_typification"];
-    let csat = ["csat_answers", "csat_mean"];
-    match kind {
-        "volume" => volume.to_vec(),
-        "sla" => sla.to_vec(),
-        "times" => times.to_vec(),
-        "closures" => closures.to_vec(),
-        "csat" => csat.to_vec(),
-        _ => [&volume[..], &sla[..], &times[..], &csat[..], &closures[1..]].concat(),
-    }
-}
-
 fn cell(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
@@ -78,33 +53,42 @@ fn cell(v: &Value) -> String {
 
 /// A report bucket as the user may write it: a day or an hour (UTC).
 fn bucket(text: &str) -> Result<String, String> {
-    let bad = || format!("{text:?} is not a day (2026-03-02) or an hour (2026-03-02T14), in UTC");
-    let (day, hour) = match text.split_once('T') {
-        Some((day, hour)) => (day, Some(hour)),
-        None => (text, None),
-    };
-    chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").map_err(|_| bad())?;
-    if let Some(hour) = hour
-        && (hour.len() != 2 || !hour.parse::<u8>().is_ok_and(|h| h < 24))
-    {
-        return Err(bad());
+    if convo_reports::is_bucket(text) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!("{text:?} is not a day (2026-03-02) or an hour (2026-03-02T14), in UTC"))
     }
-    Ok(text.to_owned())
 }
 
 pub async fn report(args: ReportArgs) -> Result<()> {
-    let projector = args.connection.caught_up(convo_reports::NAME, &mut Reports).await?;
-    let rows = convo_reports::rows(
-        &projector.tree()?,
-        &args.account,
-        &args.by,
-        &args.period,
-        args.from.as_deref(),
-        args.to.as_deref(),
-    )?;
-    let json: Vec<Value> = rows.iter().map(|r| convo_reports::row_json(&args.by, r)).collect();
+    let json: Vec<Value> = match Served::find(&args.connection).await? {
+        Some(server) => {
+            let path = format!("/v1/accounts/{}/reports/{}", args.account, args.kind)
+                + &query(&[
+                    ("by", Some(&args.by)),
+                    ("period", Some(&args.period)),
+                    ("from", args.from.as_deref()),
+                    ("to", args.to.as_deref()),
+                ]);
+            let answer = server.get(&path).await?;
+            answer.say_position(convo_reports::NAME);
+            answer.json()?["rows"].as_array().cloned().unwrap_or_default()
+        }
+        None => {
+            let projector = args.connection.caught_up(convo_reports::NAME, &mut Reports).await?;
+            let rows = convo_reports::rows(
+                &projector.tree()?,
+                &args.account,
+                &args.by,
+                &args.period,
+                args.from.as_deref(),
+                args.to.as_deref(),
+            )?;
+            rows.iter().map(|r| convo_reports::row_json(&args.by, r)).collect()
+        }
+    };
     let mut header = vec![args.by.as_str(), "bucket"];
-    header.extend(columns(&args.kind));
+    header.extend(convo_reports::columns(&args.kind));
     let table: Vec<Vec<String>> = json.iter().map(|r| header.iter().map(|c| cell(&r[*c])).collect()).collect();
     match args.format.as_str() {
         "json" => {
@@ -114,16 +98,7 @@ pub async fn report(args: ReportArgs) -> Result<()> {
                 println!("{}", Value::Object(picked));
             }
         }
-        "csv" => {
-            println!("{}", header.join(","));
-            for row in &table {
-                let fields: Vec<String> = row
-                    .iter()
-                    .map(|f| if f.contains([',', '"']) { format!("\"{}\"", f.replace('"', "\"\"")) } else { f.clone() })
-                    .collect();
-                println!("{}", fields.join(","));
-            }
-        }
+        "csv" => print!("{}", convo_reports::csv(&header, &json)),
         _ => {
             let widths: Vec<usize> = header
                 .iter()

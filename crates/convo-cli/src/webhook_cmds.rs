@@ -1,11 +1,11 @@
 //! `convo webhooks`: the delivery log — pending, dead-lettered, and the attempts.
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::engine_cmds::{Connection, HTTP_URL_FILE, OPERATOR_KEY_FILE};
+use crate::engine_cmds::Connection;
+use crate::served::{Served, query};
 
 #[derive(Args, Debug)]
 #[command(after_help = "\
@@ -44,22 +44,13 @@ enum WebhookCmd {
 pub async fn webhooks(args: WebhookArgs) -> Result<()> {
     let WebhookCmd::Deliveries { account, webhook, limit, format } = args.command;
     let dir = args.connection.data_dir();
-    let served = match std::fs::read_to_string(dir.join(HTTP_URL_FILE)) {
-        Ok(url) => {
-            let operator = std::fs::read_to_string(dir.join(OPERATOR_KEY_FILE))
-                .with_context(|| format!("cannot read the operator credential in {}", dir.display()))?;
-            let mut path = format!("/v1/accounts/{account}/webhooks/deliveries?limit={limit}");
-            if let Some(w) = &webhook {
-                path.push_str(&format!("&webhook={w}"));
-            }
-            match get(url.trim(), &path, operator.trim()).await {
-                Ok(report) => Some(report),
-                // A gateway that answered and refused is an answer; one that is gone (a stale url file) is not.
-                Err(e) if e.to_string().contains("cannot reach") => None,
-                Err(e) => return Err(e),
-            }
+    let served = match Served::find(&args.connection).await? {
+        Some(server) => {
+            let path = format!("/v1/accounts/{account}/webhooks/deliveries")
+                + &query(&[("limit", Some(&limit.to_string())), ("webhook", webhook.as_deref())]);
+            Some(server.get(&path).await?.json()?)
         }
-        Err(_) => None,
+        None => None,
     };
     let report = match served {
         Some(report) => report,
@@ -115,41 +106,4 @@ pub async fn webhooks(args: WebhookArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// One GET to the local gateway (plain HTTP on loopback), its JSON body.
-async fn get(base: &str, path: &str, credential: &str) -> Result<Value> {
-    let address = base.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(address)
-        .await
-        .with_context(|| format!("cannot reach the gateway at {base} (is `convo serve` running?)"))?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {credential}\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    stream.take(64 * 1024 * 1024).read_to_end(&mut response).await?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body =
-        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { unchunk(body) } else { body.to_owned() };
-    let value: Value = serde_json::from_str(&body).with_context(|| format!("the gateway answered HTTP {status}"))?;
-    if status != 200 {
-        bail!("the gateway answered HTTP {status}: {}", value["message"].as_str().unwrap_or(&body));
-    }
-    Ok(value)
-}
-
-fn unchunk(mut rest: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if size == 0 || tail.len() < size {
-            break;
-        }
-        out.push_str(&tail[..size]);
-        rest = tail[size..].trim_start_matches("\r\n");
-    }
-    out
 }

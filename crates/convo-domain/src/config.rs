@@ -52,7 +52,7 @@ pub const SCOPES_MAX: usize = 64;
 /// The system actor under which the front door records denied attempts.
 pub const DENIED_ACTOR: &str = "access";
 /// The read models and feeds an integration's `reads` scope may name.
-pub const READ_SCOPES: [&str; 5] = ["audit", "reports", "contact_history", "events", "webhooks"];
+pub const READ_SCOPES: [&str; 7] = ["audit", "reports", "contact_history", "events", "webhooks", "live", "inbox"];
 
 /// The agent state in which routing offers work.
 pub const STATE_AVAILABLE: &str = "available";

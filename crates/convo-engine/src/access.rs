@@ -438,12 +438,14 @@ pub enum ReadScope {
     Account,
     /// Only these campaigns (a supervisor's).
     Campaigns(Vec<convo_domain::CampaignId>),
+    /// Only this agent's own (an agent's inbox).
+    Agent(convo_domain::UserId),
 }
 
 /// What a principal may read of `account`'s read model `what` (one of
 /// `READ_SCOPES`): admins and the operator everything; supervisors the
-/// reports and contact history of the campaigns they supervise; agents
-/// neither (their inbox is theirs); an integration what its scopes name.
+/// reports, contact history, live dashboard and inboxes of the campaigns
+/// they supervise; agents their own inbox; an integration what its scopes name.
 pub fn authorize_read(
     principal: &Principal,
     account: &AccountId,
@@ -470,7 +472,7 @@ pub fn authorize_read(
             }
             match (role, what) {
                 (Role::Admin, _) => Ok(ReadScope::Account),
-                (Role::Supervisor, "reports" | "contact_history") => Ok(ReadScope::Campaigns(
+                (Role::Supervisor, "reports" | "contact_history" | "live" | "inbox") => Ok(ReadScope::Campaigns(
                     catalog
                         .campaigns
                         .values()
@@ -480,8 +482,11 @@ pub fn authorize_read(
                 )),
                 (Role::Supervisor, _) => Err(Denied::forbidden(
                     "role",
-                    format!("a supervisor reads the reports and contact history of their campaigns, not `{what}`"),
+                    format!(
+                        "a supervisor reads the reports, contact history, live dashboard and inboxes of their campaigns, not `{what}`"
+                    ),
                 )),
+                (Role::Agent, "inbox") => Ok(ReadScope::Agent(id.clone())),
                 (Role::Agent, _) => Err(Denied::forbidden(
                     "role",
                     format!("an agent reads their own inbox, not the account's `{what}`"),

@@ -215,6 +215,7 @@ pub fn authorized(principal: &Principal, scope: &ReadScope) -> Value {
     let scope = match scope {
         ReadScope::Account => json!("account"),
         ReadScope::Campaigns(list) => json!({"campaigns": list}),
+        ReadScope::Agent(id) => json!({"agent": id}),
     };
     Reply::Authorized { principal: principal.name(), scope }.to_json()
 }

@@ -34,9 +34,9 @@
 //! believed only from a configured trusted proxy.
 
 pub mod openapi;
+pub mod reads;
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
@@ -74,8 +74,10 @@ pub const SSE_STREAMS_PER_ACCOUNT_MAX: usize = 16;
 pub struct GatewayConfig {
     /// Peers whose `Forwarded`/`X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpAddr>,
-    /// The read models' database (`<data-dir>/projections`).
-    pub projections: PathBuf,
+    /// The read models this server keeps current; `None`: not run here (`--roles`).
+    pub read_models: Option<reads::ReadModels>,
+    /// A wait this close to its next SLA threshold is at risk on the dashboard and inboxes (seconds).
+    pub risk_margin_secs: u64,
     /// The accounts' redaction rules, as the engine keeps them (the feeds mask with them).
     pub redactions: Arc<convo_wire::redact::Redactions>,
     /// The webhook deliveries (queue, dead letters, log); `None`: not run here.
@@ -84,7 +86,7 @@ pub struct GatewayConfig {
     pub metrics: Option<Arc<convo_store::metrics::Metrics>>,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     engine: mpsc::Sender<Request>,
     store: JetStreamStore,
     config: GatewayConfig,
@@ -114,8 +116,13 @@ pub fn router(engine: mpsc::Sender<Request>, store: JetStreamStore, config: Gate
         .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(|| async { axum::Json(openapi::document()) }))
         .route("/v1/accounts/{account}/commands/{kind}", post(command))
-        .route("/v1/accounts/{account}/audit", get(audit))
-        .route("/v1/accounts/{account}/reports/{kind}", get(report))
+        .route("/v1/accounts/{account}/audit", get(reads::audit))
+        .route("/v1/accounts/{account}/audit/export", get(reads::audit_export))
+        .route("/v1/audit/verify", get(reads::audit_verify))
+        .route("/v1/accounts/{account}/reports/{kind}", get(reads::report))
+        .route("/v1/accounts/{account}/contacts/{contact}/history", get(reads::contact_history))
+        .route("/v1/accounts/{account}/live", get(reads::live))
+        .route("/v1/accounts/{account}/inbox", get(reads::inbox))
         .route("/v1/accounts/{account}/events", get(events))
         .route("/v1/accounts/{account}/events/stream", get(event_stream))
         .route("/v1/accounts/{account}/webhooks/deliveries", get(webhook_deliveries))
@@ -146,15 +153,32 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 /// Ready once the engine has recovered every partition from the stream
-/// (before that, commands wait and nothing is served to integrators).
+/// (before that, commands wait and nothing is served to integrators) and
+/// every read model has caught up with the stream as it was at start.
 async fn ready(State(shared): State<Arc<Shared>>) -> Response {
-    if shared.config.redactions.is_ready() {
-        reply(StatusCode::OK, json!({"status": "ready"}))
-    } else {
+    let behind = shared.config.read_models.as_ref().map(reads::ReadModels::behind).unwrap_or_default();
+    let positions: serde_json::Map<String, Value> = shared
+        .config
+        .read_models
+        .iter()
+        .flat_map(reads::ReadModels::positions)
+        .map(|(name, at)| (name.to_owned(), json!(at)))
+        .collect();
+    if !shared.config.redactions.is_ready() {
+        let message = "the engine is recovering from the stream";
         reply(
             StatusCode::SERVICE_UNAVAILABLE,
-            json!({"status": "recovering", "message": "the engine is recovering from the stream"}),
+            json!({"status": "recovering", "message": message, "read_models": positions}),
         )
+    } else if !behind.is_empty() {
+        let names: Vec<&str> = behind.iter().map(|(name, _)| *name).collect();
+        let message = format!("catching up with the stream: {}", names.join(", "));
+        reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "catching_up", "message": message, "read_models": positions}),
+        )
+    } else {
+        reply(StatusCode::OK, json!({"status": "ready", "read_models": positions}))
     }
 }
 
@@ -177,7 +201,7 @@ pub fn status_of(reply: &Value) -> StatusCode {
     }
 }
 
-fn reply(status: StatusCode, body: Value) -> Response {
+pub(crate) fn reply(status: StatusCode, body: Value) -> Response {
     let mut response = (status, axum::Json(body)).into_response();
     if status == StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
@@ -185,7 +209,7 @@ fn reply(status: StatusCode, body: Value) -> Response {
     response
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
+pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response {
     reply(status, json!({"outcome": "error", "code": code, "message": message}))
 }
 
@@ -221,7 +245,7 @@ fn credential(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Hands one request to the engine and waits for its JSON answer.
-async fn ask(
+pub(crate) async fn ask(
     shared: &Shared,
     account: String,
     kind: String,
@@ -261,7 +285,7 @@ async fn command(
 }
 
 /// Asks the engine whether the caller may read `what`; the scope it may read.
-async fn authorize(
+pub(crate) async fn authorize(
     shared: &Shared,
     account: &str,
     what: &str,
@@ -270,67 +294,6 @@ async fn authorize(
 ) -> Result<Value, Response> {
     let answer = ask(shared, account.to_owned(), what.to_owned(), true, Bytes::new(), headers, peer).await?;
     if answer["outcome"] == "authorized" { Ok(answer["scope"].clone()) } else { Err(reply(status_of(&answer), answer)) }
-}
-
-/// Opens a read model, brings it up to the stream's end, and hands its tree to `read`.
-async fn with_read_model<T>(
-    shared: &Shared,
-    name: &'static str,
-    projection: &mut (dyn convo_projector::Projection + Send),
-    read: impl FnOnce(&sled::Tree) -> Result<T, String>,
-) -> Result<T, Response> {
-    let _one = shared.reads.lock().await;
-    let busy = |e: &dyn std::fmt::Display| {
-        error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &format!("the {name} read model cannot be read now: {e}"))
-    };
-    let projector = convo_projector::Projector::open_at(&shared.config.projections, name).map_err(|e| busy(&e))?;
-    projector.catch_up(&shared.store, projection, &mut |_, _| {}).await.map_err(|e| busy(&e))?;
-    let tree = projector.tree().map_err(|e| busy(&e))?;
-    read(&tree).map_err(|e| busy(&e))
-}
-
-#[derive(Debug, Deserialize)]
-struct AuditQuery {
-    from: Option<String>,
-    to: Option<String>,
-    actor: Option<String>,
-    action: Option<String>,
-    conversation: Option<String>,
-    limit: Option<usize>,
-}
-
-async fn audit(
-    State(shared): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(account): Path<String>,
-    Query(q): Query<AuditQuery>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(response) = authorize(&shared, &account, "audit", &headers, peer.ip()).await {
-        return response;
-    }
-    let filter = convo_audit::Filter {
-        account: Some(account.clone()),
-        from: q.from,
-        to: q.to,
-        actor: q.actor,
-        action: q.action,
-        conversation: q.conversation,
-        ip: None,
-    };
-    let limit = q.limit.unwrap_or(AUDIT_ENTRIES_MAX).min(AUDIT_ENTRIES_MAX);
-    let read = with_read_model(&shared, convo_audit::NAME, &mut convo_audit::AuditLog, |tree| {
-        convo_audit::entries(tree, &filter).map_err(|e| e.to_string())
-    })
-    .await;
-    match read {
-        Ok(mut entries) => {
-            let more = entries.len() > limit;
-            entries.truncate(limit);
-            reply(StatusCode::OK, json!({"account": account, "entries": entries, "truncated": more}))
-        }
-        Err(response) => response,
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -537,78 +500,6 @@ async fn webhook_deliveries(
     };
     let limit = q.limit.unwrap_or(100).clamp(1, convo_webhooks::LOG_READ_MAX);
     reply(StatusCode::OK, webhooks.report(&account, q.webhook.as_deref(), limit))
-}
-
-#[derive(Debug, Deserialize)]
-struct ReportQuery {
-    by: Option<String>,
-    period: Option<String>,
-    from: Option<String>,
-    to: Option<String>,
-}
-
-/// The report kinds, as `convo report` names them.
-pub const REPORT_KINDS: [&str; 6] = ["overview", "volume", "sla", "times", "closures", "csat"];
-
-async fn report(
-    State(shared): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path((account, kind)): Path<(String, String)>,
-    Query(q): Query<ReportQuery>,
-    headers: HeaderMap,
-) -> Response {
-    let scope = match authorize(&shared, &account, "reports", &headers, peer.ip()).await {
-        Ok(scope) => scope,
-        Err(response) => return response,
-    };
-    if !REPORT_KINDS.contains(&kind.as_str()) {
-        return error(
-            StatusCode::NOT_FOUND,
-            "unknown",
-            &format!("no report `{kind}`; one of {}", REPORT_KINDS.join(", ")),
-        );
-    }
-    let by = q.by.unwrap_or_else(|| "campaign".into());
-    let period = q.period.unwrap_or_else(|| "day".into());
-    if !convo_reports::DIMENSIONS.contains(&by.as_str()) {
-        let message = format!("`by` is one of {}", convo_reports::DIMENSIONS.join(", "));
-        return reply(
-            StatusCode::BAD_REQUEST,
-            json!({"outcome": "error", "code": "invalid", "field": "by", "message": message}),
-        );
-    }
-    if !["hour", "day"].contains(&period.as_str()) {
-        let message = "`period` is hour or day";
-        return reply(
-            StatusCode::BAD_REQUEST,
-            json!({"outcome": "error", "code": "invalid", "field": "period", "message": message}),
-        );
-    }
-    // A supervisor reads their campaigns only: rows by campaign, filtered.
-    let campaigns: Option<Vec<String>> =
-        scope["campaigns"].as_array().map(|list| list.iter().filter_map(|c| c.as_str().map(str::to_owned)).collect());
-    if campaigns.is_some() && by != "campaign" {
-        return error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "a supervisor reads reports by campaign (of the campaigns they supervise)",
-        );
-    }
-    let read = with_read_model(&shared, convo_reports::NAME, &mut convo_reports::Reports, |tree| {
-        convo_reports::rows(tree, &account, &by, &period, q.from.as_deref(), q.to.as_deref()).map_err(|e| e.to_string())
-    })
-    .await;
-    match read {
-        Ok(rows) => {
-            let rows: Vec<Value> = rows
-                .iter()
-                .filter(|r| campaigns.as_ref().is_none_or(|list| list.contains(&r.value)))
-                .map(|r| convo_reports::row_json(&by, r))
-                .collect();
-            reply(StatusCode::OK, json!({"account": account, "report": kind, "by": by, "period": period, "rows": rows}))
-        }
-        Err(response) => response,
-    }
 }
 
 #[cfg(test)]

@@ -109,7 +109,7 @@ pub fn document() -> Value {
         "/v1/accounts/{account}/reports/{kind}".into(),
         json!({"get": {"operationId": "report", "summary": "Report rows (admins, the operator, `reports` integrations; supervisors: their campaigns)",
             "parameters": [account_param(),
-                {"name": "kind", "in": "path", "required": true, "schema": {"enum": crate::REPORT_KINDS}},
+                {"name": "kind", "in": "path", "required": true, "schema": {"enum": convo_reports::KINDS}},
                 {"name": "by", "in": "query", "required": false, "schema": {"enum": convo_reports::DIMENSIONS}},
                 {"name": "period", "in": "query", "required": false, "schema": {"enum": ["hour", "day"]}},
                 query("from", "a bucket label: 2026-03-02 or 2026-03-02T14"), query("to", "a bucket label")],

@@ -14,6 +14,8 @@
 //! the whole stream into a fresh tree and swaps it in when caught up, while
 //! queries keep reading the old one.
 
+pub mod follow;
+
 use std::collections::BTreeMap;
 
 use futures::StreamExt;
@@ -48,6 +50,16 @@ pub trait Projection {
 
     /// Folds a commit into `staged` (reads see earlier staged changes).
     fn apply(&mut self, staged: &mut Staged<'_>, stored: &StoredCommit) -> Result<(), String>;
+}
+
+impl<P: Projection + ?Sized> Projection for Box<P> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+
+    fn apply(&mut self, staged: &mut Staged<'_>, stored: &StoredCommit) -> Result<(), String> {
+        (**self).apply(staged, stored)
+    }
 }
 
 /// A read model's tree (sled stays behind this crate and the projections).
@@ -170,6 +182,11 @@ impl Projector {
         Ok(self.db.open_tree(active)?)
     }
 
+    /// The projection's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
     /// The last stream sequence the live tree holds.
     pub fn checkpoint(&self) -> Result<u64, ProjectorError> {
         checkpoint_of(&self.tree()?)
@@ -217,6 +234,11 @@ impl Projector {
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, ProjectorError> {
         dead_letters_of(&self.tree()?)
     }
+}
+
+/// Opens (or creates) the read models' database at `path`, for several projectors to share.
+pub fn open_db(path: &std::path::Path) -> Result<sled::Db, ProjectorError> {
+    Ok(sled::open(path)?)
 }
 
 /// A tree in a temporary database, gone when dropped (for checks and tests).

@@ -140,20 +140,31 @@ impl Filter {
 
 /// The entries a filter wants, by account then order.
 pub fn entries(tree: &sled::Tree, filter: &Filter) -> Result<Vec<Value>, sled::Error> {
+    let mut out = Vec::new();
+    each_entry(tree, filter, |entry| {
+        out.push(entry);
+        true
+    })?;
+    Ok(out)
+}
+
+/// Hands each entry the filter takes to `each`, in order, until it answers
+/// `false` (for exports that stream).
+pub fn each_entry(tree: &sled::Tree, filter: &Filter, mut each: impl FnMut(Value) -> bool) -> Result<(), sled::Error> {
     let prefix = match &filter.account {
         Some(a) => format!("e/{a}/"),
         None => "e/".to_owned(),
     };
-    let mut out = Vec::new();
     for item in tree.scan_prefix(prefix.as_bytes()) {
         let (_, v) = item?;
         if let Ok(entry) = serde_json::from_slice::<Value>(&v)
             && filter.wants(&entry)
+            && !each(entry)
         {
-            out.push(entry);
+            break;
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The CSV columns of an export.

@@ -336,6 +336,66 @@ pub fn export_all(tree: &sled::Tree) -> Result<Vec<Value>, sled::Error> {
     Ok(out)
 }
 
+/// The report kinds (`overview` is every figure).
+pub const KINDS: [&str; 6] = ["overview", "volume", "sla", "times", "closures", "csat"];
+
+/// The columns a report kind shows (after the dimension and the bucket).
+pub fn columns(kind: &str) -> Vec<&'static str> {
+    let volume = ["opened", "closed", "out_of_hours", "transfers", "inactivity_closures"];
+    let sla = ["sla_optimal", "sla_low", "sla_breached", "sla_optimal_pct", "sla_low_pct", "sla_breached_pct"];
+    let times = [
+        "frt_count",
+        "frt_mean_secs",
+        "frt_p50_secs",
+        "frt_p90_secs",
+        "rt_count",
+        "rt_mean_secs",
+        "rt_p50_secs",
+        "rt_p90_secs",
+        "handle_mean_secs",
+    ];
+    let closures = ["closed", "closures_by_reason", "closures_by_typification"];
+    let csat = ["csat_answers", "csat_mean"];
+    match kind {
+        "volume" => volume.to_vec(),
+        "sla" => sla.to_vec(),
+        "times" => times.to_vec(),
+        "closures" => closures.to_vec(),
+        "csat" => csat.to_vec(),
+        _ => [&volume[..], &sla[..], &times[..], &csat[..], &closures[1..]].concat(),
+    }
+}
+
+/// Rows (as [`row_json`] makes them) as CSV with the given columns: a
+/// header line, then one line per row; maps as `key:value` pairs.
+pub fn csv(header: &[&str], rows: &[Value]) -> String {
+    let cell = |v: &Value| match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        Value::Object(m) => m.iter().map(|(k, v)| format!("{k}:{v}")).collect::<Vec<_>>().join(" "),
+        other => other.to_string(),
+    };
+    let quote = |f: String| if f.contains([',', '"', '\n']) { format!("\"{}\"", f.replace('"', "\"\"")) } else { f };
+    let mut out = header.join(",") + "\n";
+    for row in rows {
+        let fields: Vec<String> = header.iter().map(|c| quote(cell(&row[*c]))).collect();
+        out.push_str(&fields.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+/// Whether `text` is a bucket as reports name them: a day (`2026-03-02`) or
+/// an hour (`2026-03-02T14`), UTC.
+pub fn is_bucket(text: &str) -> bool {
+    let (day, hour) = match text.split_once('T') {
+        Some((day, hour)) => (day, Some(hour)),
+        None => (text, None),
+    };
+    chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").is_ok()
+        && hour.is_none_or(|h| h.len() == 2 && h.parse::<u8>().is_ok_and(|h| h < 24))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

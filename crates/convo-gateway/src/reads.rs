@@ -1,0 +1,497 @@
+//! The read models over HTTP, role-scoped by the engine's answer
+//! (`access::authorize_read`): admins and the operator read their account,
+//! supervisors the campaigns they supervise, agents their own inbox,
+//! integrations what their read scopes name.
+//!
+//! The read models are kept current by followers in `convo serve`
+//! ([`ReadModels`]); a read waits (at most [`READ_WAIT_MS`]) until its read
+//! model holds the stream as far as it went when the request arrived, so a
+//! client reads its own writes, and every answer says where the read model
+//! stands: `Convo-Read-Position` (the last stream sequence it holds) and
+//! `Convo-Stream-End`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use convo_projector::follow::Followed;
+
+use crate::{AUDIT_ENTRIES_MAX, Shared, authorize, error, reply};
+
+/// How long a read waits for its read model to reach the stream's end as
+/// of the request; after that it answers with what the read model holds.
+pub const READ_WAIT_MS: u64 = 5_000;
+/// Lines of a streamed audit export per chunk.
+pub const EXPORT_CHUNK_LINES: usize = 500;
+
+/// The read models this server keeps current, and the stream's end when it
+/// started (ready once every one has reached it).
+#[derive(Debug, Clone, Default)]
+pub struct ReadModels {
+    models: BTreeMap<&'static str, Followed>,
+    ready_at: u64,
+}
+
+impl ReadModels {
+    pub fn new(ready_at: u64) -> Self {
+        Self { models: BTreeMap::new(), ready_at }
+    }
+
+    pub fn insert(&mut self, followed: Followed) {
+        self.models.insert(followed.projector.name(), followed);
+    }
+
+    /// Each read model and the last stream sequence it holds.
+    pub fn positions(&self) -> Vec<(&'static str, u64)> {
+        self.models.iter().map(|(name, f)| (*name, f.checkpoint())).collect()
+    }
+
+    /// The read models still short of where the stream was at start.
+    pub fn behind(&self) -> Vec<(&'static str, u64)> {
+        self.positions().into_iter().filter(|(_, at)| *at < self.ready_at).collect()
+    }
+}
+
+/// Where a read model stood for an answer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Position {
+    at: u64,
+    end: u64,
+}
+
+impl Position {
+    fn stamp(self, mut response: Response) -> Response {
+        let headers = response.headers_mut();
+        headers.insert("convo-read-position", HeaderValue::from(self.at));
+        headers.insert("convo-stream-end", HeaderValue::from(self.end));
+        response
+    }
+}
+
+/// The read model `name`'s tree, once it holds the stream as far as it went
+/// when asked (or after [`READ_WAIT_MS`], as it is), and where it stands.
+pub(crate) async fn read_model(shared: &Shared, name: &'static str) -> Result<(sled::Tree, Position), Response> {
+    let unavailable = |why: String| error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &why);
+    let Some(followed) = shared.config.read_models.as_ref().and_then(|m| m.models.get(name)) else {
+        return Err(unavailable(format!(
+            "this server does not keep the {name} read model (see `convo serve --roles`)"
+        )));
+    };
+    let end = convo_store::EventStore::last_seq(&shared.store)
+        .await
+        .map_err(|e| unavailable(format!("the stream cannot be read now: {e}")))?;
+    followed.reached(end, Duration::from_millis(READ_WAIT_MS)).await;
+    let tree = followed.projector.tree().map_err(|e| unavailable(format!("the {name} read model: {e}")))?;
+    Ok((tree, Position { at: followed.checkpoint(), end }))
+}
+
+fn invalid(field: &str, message: &str) -> Response {
+    reply(StatusCode::BAD_REQUEST, json!({"outcome": "error", "code": "invalid", "field": field, "message": message}))
+}
+
+fn failed(e: impl std::fmt::Display) -> Response {
+    error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &format!("the read model cannot be read now: {e}"))
+}
+
+/// The campaigns a scope limits a read to (`None`: the whole account).
+fn campaigns_of(scope: &Value) -> Option<Vec<String>> {
+    scope["campaigns"].as_array().map(|list| list.iter().filter_map(|c| c.as_str().map(str::to_owned)).collect())
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct AuditQuery {
+    from: Option<String>,
+    to: Option<String>,
+    actor: Option<String>,
+    action: Option<String>,
+    conversation: Option<String>,
+    ip: Option<String>,
+    limit: Option<usize>,
+    /// For the export: `jsonl` (default) or `csv`.
+    format: Option<String>,
+}
+
+impl AuditQuery {
+    fn filter(&self, account: &str) -> Result<convo_audit::Filter, Box<Response>> {
+        for (field, value) in [("from", &self.from), ("to", &self.to)] {
+            if let Some(v) = value
+                && convo_domain::Timestamp::parse_rfc3339(v).is_err()
+            {
+                let message = format!("`{field}` is an RFC 3339 instant (2026-03-02T13:00:00Z), not {v:?}");
+                return Err(Box::new(invalid(field, &message)));
+            }
+        }
+        Ok(convo_audit::Filter {
+            account: Some(account.to_owned()),
+            from: self.from.clone(),
+            to: self.to.clone(),
+            actor: self.actor.clone(),
+            action: self.action.clone(),
+            conversation: self.conversation.clone(),
+            ip: self.ip.clone(),
+        })
+    }
+}
+
+/// `GET …/audit`: entries as JSON, at most [`AUDIT_ENTRIES_MAX`] (`truncated` says when there are more).
+pub(crate) async fn audit(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(account): Path<String>,
+    Query(q): Query<AuditQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(response) = authorize(&shared, &account, "audit", &headers, peer.ip()).await {
+        return response;
+    }
+    let filter = match q.filter(&account) {
+        Ok(f) => f,
+        Err(response) => return *response,
+    };
+    let limit = q.limit.unwrap_or(AUDIT_ENTRIES_MAX).min(AUDIT_ENTRIES_MAX);
+    let (tree, position) = match read_model(&shared, convo_audit::NAME).await {
+        Ok(read) => read,
+        Err(response) => return response,
+    };
+    match convo_audit::entries(&tree, &filter) {
+        Ok(mut entries) => {
+            let more = entries.len() > limit;
+            entries.truncate(limit);
+            position.stamp(reply(StatusCode::OK, json!({"account": account, "entries": entries, "truncated": more})))
+        }
+        Err(e) => failed(e),
+    }
+}
+
+/// `GET …/audit/export?format=jsonl|csv`: every entry the filters take,
+/// streamed (no limit), JSON lines or CSV.
+pub(crate) async fn audit_export(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(account): Path<String>,
+    Query(q): Query<AuditQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(response) = authorize(&shared, &account, "audit", &headers, peer.ip()).await {
+        return response;
+    }
+    let csv = match q.format.as_deref() {
+        None | Some("jsonl") => false,
+        Some("csv") => true,
+        Some(other) => return invalid("format", &format!("`format` is jsonl or csv, not {other:?}")),
+    };
+    let filter = match q.filter(&account) {
+        Ok(f) => f,
+        Err(response) => return *response,
+    };
+    let (tree, position) = match read_model(&shared, convo_audit::NAME).await {
+        Ok(read) => read,
+        Err(response) => return response,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut chunk = if csv { convo_audit::CSV_COLUMNS.join(",") + "\n" } else { String::new() };
+        let mut lines = 0;
+        let sent = convo_audit::each_entry(&tree, &filter, |entry| {
+            if csv {
+                chunk.push_str(&convo_audit::csv_line(&entry));
+            } else {
+                chunk.push_str(&entry.to_string());
+            }
+            chunk.push('\n');
+            lines += 1;
+            if lines % EXPORT_CHUNK_LINES == 0 {
+                return tx.blocking_send(Ok(std::mem::take(&mut chunk))).is_ok();
+            }
+            true
+        });
+        match sent {
+            Ok(()) => {
+                let _ = tx.blocking_send(Ok(chunk));
+            }
+            Err(e) => {
+                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+            }
+        }
+    });
+    let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) }));
+    let kind = if csv { "text/csv; charset=utf-8" } else { "application/x-ndjson" };
+    position.stamp(([(header::CONTENT_TYPE, kind)], body).into_response())
+}
+
+/// The verdict of a verification as JSON: the audit log against a refold of
+/// the stream, the messages not part of the record, and (with the engine's
+/// key) whether the stream still holds every anchored commit. `intact` is
+/// the whole answer; the CLI prints the same verdict.
+pub async fn verify_verdict(
+    store: &convo_store::JetStreamStore,
+    tree: &sled::Tree,
+) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+    let verdict = convo_audit::verify(store, tree).await?;
+    let end = convo_store::EventStore::last_seq(store).await?;
+    let anchors = match &store.config().signing {
+        Some(signing) => {
+            let anchors = convo_store::signing::check_anchors(store, signing).await?;
+            json!({"checked": true, "aggregates": anchors.held, "unsigned_through": signing.unsigned_through(),
+                "findings": anchors.findings.iter().map(ToString::to_string).collect::<Vec<_>>(), "more": anchors.more})
+        }
+        None => json!({"checked": false}),
+    };
+    let intact = verdict.first_divergence.is_none()
+        && verdict.not_in_record.is_empty()
+        && anchors["findings"].as_array().is_none_or(Vec::is_empty);
+    Ok(json!({
+        "intact": intact,
+        "entries": verdict.entries,
+        "checkpoint": verdict.checkpoint,
+        "stream_end": end,
+        "behind": end.saturating_sub(verdict.checkpoint),
+        "first_divergence": verdict.first_divergence.as_ref().map(ToString::to_string),
+        "not_in_record": verdict.not_in_record.iter().take(100)
+            .map(|d| json!({"seq": d.seq, "reason": d.reason})).collect::<Vec<_>>(),
+        "not_in_record_count": verdict.not_in_record.len(),
+        "anchors": anchors,
+    }))
+}
+
+/// `GET /v1/audit/verify`: the verdict on the whole log, for the operator
+/// only (a stream is verified as a whole, and its findings name any
+/// account's messages).
+pub(crate) async fn audit_verify(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    // Any account will do to authenticate the operator, whose credential is the server's.
+    let answer =
+        crate::ask(&shared, "default".into(), "audit".into(), true, Default::default(), &headers, peer.ip()).await;
+    match answer {
+        Ok(answer) if answer["outcome"] == "authorized" && answer["principal"] == "operator" => {}
+        Ok(answer) if answer["outcome"] == "authorized" => {
+            return error(StatusCode::FORBIDDEN, "forbidden", "only the operator verifies the whole audit log");
+        }
+        Ok(answer) => return reply(crate::status_of(&answer), answer),
+        Err(response) => return response,
+    }
+    let (tree, position) = match read_model(&shared, convo_audit::NAME).await {
+        Ok(read) => read,
+        Err(response) => return response,
+    };
+    let _one = shared.reads.lock().await; // a refold of the stream at a time
+    match verify_verdict(&shared.store, &tree).await {
+        Ok(verdict) => position.stamp(reply(StatusCode::OK, verdict)),
+        Err(e) => failed(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ReportQuery {
+    by: Option<String>,
+    period: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    /// `json` (default) or `csv`.
+    format: Option<String>,
+}
+
+/// `GET …/reports/{kind}`: rows by a dimension and period, JSON or CSV.
+pub(crate) async fn report(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((account, kind)): Path<(String, String)>,
+    Query(q): Query<ReportQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let scope = match authorize(&shared, &account, "reports", &headers, peer.ip()).await {
+        Ok(scope) => scope,
+        Err(response) => return response,
+    };
+    if !convo_reports::KINDS.contains(&kind.as_str()) {
+        let message = format!("no report `{kind}`; one of {}", convo_reports::KINDS.join(", "));
+        return error(StatusCode::NOT_FOUND, "unknown", &message);
+    }
+    let by = q.by.unwrap_or_else(|| "campaign".into());
+    let period = q.period.unwrap_or_else(|| "day".into());
+    if !convo_reports::DIMENSIONS.contains(&by.as_str()) {
+        return invalid("by", &format!("`by` is one of {}", convo_reports::DIMENSIONS.join(", ")));
+    }
+    if !["hour", "day"].contains(&period.as_str()) {
+        return invalid("period", "`period` is hour or day");
+    }
+    for (field, value) in [("from", &q.from), ("to", &q.to)] {
+        if let Some(v) = value
+            && !convo_reports::is_bucket(v)
+        {
+            return invalid(field, &format!("`{field}` is a day (2026-03-02) or an hour (2026-03-02T14), not {v:?}"));
+        }
+    }
+    let csv = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => return invalid("format", &format!("`format` is json or csv, not {other:?}")),
+    };
+    // A supervisor reads their campaigns only: rows by campaign, filtered.
+    let campaigns = campaigns_of(&scope);
+    if campaigns.is_some() && by != "campaign" {
+        let message = "a supervisor reads reports by campaign (of the campaigns they supervise)";
+        return error(StatusCode::FORBIDDEN, "forbidden", message);
+    }
+    let (tree, position) = match read_model(&shared, convo_reports::NAME).await {
+        Ok(read) => read,
+        Err(response) => return response,
+    };
+    let rows = match convo_reports::rows(&tree, &account, &by, &period, q.from.as_deref(), q.to.as_deref()) {
+        Ok(rows) => rows,
+        Err(e) => return failed(e),
+    };
+    let rows: Vec<Value> = rows
+        .iter()
+        .filter(|r| campaigns.as_ref().is_none_or(|list| list.contains(&r.value)))
+        .map(|r| convo_reports::row_json(&by, r))
+        .collect();
+    if csv {
+        let mut header = vec![by.as_str(), "bucket"];
+        header.extend(convo_reports::columns(&kind));
+        let body = convo_reports::csv(&header, &rows);
+        return position.stamp(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response());
+    }
+    position.stamp(reply(
+        StatusCode::OK,
+        json!({"account": account, "report": kind, "by": by, "period": period, "rows": rows}),
+    ))
+}
+
+/// `GET …/contacts/{contact}/history`: the contact's last closed
+/// conversations, newest first (masked unless the campaign shows numbers;
+/// a supervisor sees those of their campaigns).
+pub(crate) async fn contact_history(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((account, contact)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let scope = match authorize(&shared, &account, "contact_history", &headers, peer.ip()).await {
+        Ok(scope) => scope,
+        Err(response) => return response,
+    };
+    let (tree, position) = match read_model(&shared, convo_contact_history::NAME).await {
+        Ok(read) => read,
+        Err(response) => return response,
+    };
+    let campaigns = campaigns_of(&scope);
+    match convo_contact_history::history(&tree, &account, &contact) {
+        Ok(entries) => {
+            let entries: Vec<Value> = entries
+                .into_iter()
+                .filter(|e| {
+                    campaigns
+                        .as_ref()
+                        .is_none_or(|list| e["campaign"].as_str().is_some_and(|c| list.iter().any(|x| x == c)))
+                })
+                .collect();
+            position.stamp(reply(StatusCode::OK, json!({"account": account, "contact": contact, "history": entries})))
+        }
+        Err(e) => failed(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct LiveQuery {
+    /// A wait this close to its next threshold is at risk (seconds).
+    margin_secs: Option<u64>,
+    /// For the inbox: whose (an agent reads their own without it).
+    agent: Option<String>,
+}
+
+/// The largest risk margin a reader may ask for, in seconds (a day).
+pub const RISK_MARGIN_MAX_SECS: u64 = 86_400;
+
+fn view(shared: &Shared, q: &LiveQuery, campaigns: Option<Vec<String>>) -> Result<convo_live::View, Box<Response>> {
+    let margin_secs = q.margin_secs.unwrap_or(shared.config.risk_margin_secs);
+    if margin_secs > RISK_MARGIN_MAX_SECS {
+        return Err(Box::new(invalid("margin_secs", &format!("`margin_secs` is at most {RISK_MARGIN_MAX_SECS}"))));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    Ok(convo_live::View { now: convo_domain::Timestamp::from_millis(now), margin_secs, campaigns })
+}
+
+/// `GET …/live`: the live dashboard now (a supervisor's: their campaigns).
+pub(crate) async fn live(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(account): Path<String>,
+    Query(q): Query<LiveQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let scope = match authorize(&shared, &account, "live", &headers, peer.ip()).await {
+        Ok(scope) => scope,
+        Err(response) => return response,
+    };
+    let view = match view(&shared, &q, campaigns_of(&scope)) {
+        Ok(v) => v,
+        Err(response) => return *response,
+    };
+    let (tree, position) = match read_model(&shared, convo_live::NAME).await {
+        Ok(read) => read,
+        Err(response) => return response,
+    };
+    match convo_live::dashboard(&tree, &account, &view) {
+        Ok(dashboard) => position.stamp(reply(StatusCode::OK, dashboard)),
+        Err(e) => failed(e),
+    }
+}
+
+/// `GET …/inbox?agent=`: an agent's inbox. An agent reads their own (no
+/// `agent`, or their own id); a supervisor those of agents in their
+/// campaigns; admins anyone's.
+pub(crate) async fn inbox(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(account): Path<String>,
+    Query(q): Query<LiveQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let scope = match authorize(&shared, &account, "inbox", &headers, peer.ip()).await {
+        Ok(scope) => scope,
+        Err(response) => return response,
+    };
+    let agent = match (scope["agent"].as_str(), q.agent.as_deref()) {
+        (Some(own), None) => own.to_owned(),
+        (Some(own), Some(asked)) if own == asked => own.to_owned(),
+        (Some(own), Some(_)) => {
+            return error(StatusCode::FORBIDDEN, "forbidden", &format!("an agent reads their own inbox ({own}'s)"));
+        }
+        (None, Some(asked)) => asked.to_owned(),
+        (None, None) => return invalid("agent", "`agent` names whose inbox to read"),
+    };
+    let view = match view(&shared, &q, None) {
+        Ok(v) => v,
+        Err(response) => return *response,
+    };
+    let (tree, position) = match read_model(&shared, convo_inbox::NAME).await {
+        Ok(read) => read,
+        Err(response) => return response,
+    };
+    if let Some(theirs) = campaigns_of(&scope) {
+        let ok = convo_live::campaigns(&tree, &account)
+            .map(|all| theirs.iter().any(|c| all.get(c).is_some_and(|row| row.agents.contains(&agent))));
+        if !ok.unwrap_or(false) {
+            let message = format!("{agent} works in none of the campaigns you supervise");
+            return error(StatusCode::FORBIDDEN, "forbidden", &message);
+        }
+    }
+    match convo_inbox::inbox(&tree, &account, &agent, &view) {
+        Ok(inbox) => position.stamp(reply(StatusCode::OK, inbox)),
+        Err(e) => failed(e),
+    }
+}
