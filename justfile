@@ -67,7 +67,7 @@ nats:
     .tools/nats/bin/nats-server --version
 
 # Formatting, lints and every test (what CI runs).
-test: nats validators
+test: nats validators browser
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
     cargo test --workspace
@@ -102,12 +102,23 @@ validators:
         echo "installing openapi-spec-validator, jsonschema, nats-py, nkeys and prometheus-client into .tools/py (pip)"
         PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --upgrade --target .tools/py openapi-spec-validator jsonschema nats-py nkeys prometheus-client
     fi
-    if [ ! -d .tools/node/node_modules/nats ]; then
-        command -v npm >/dev/null || { echo "npm is needed for the AsyncAPI parser (apt install npm)"; exit 1; }
-        echo "installing @asyncapi/parser, standardwebhooks and nats into .tools/node (npm)"
+    if [ ! -d .tools/node/node_modules/playwright-core ]; then
+        command -v npm >/dev/null || { echo "npm is needed for the AsyncAPI parser and the browser test (apt install npm)"; exit 1; }
+        echo "installing @asyncapi/parser, standardwebhooks, nats and playwright-core into .tools/node (npm)"
         mkdir -p .tools/node
-        npm install --prefix .tools/node --no-audit --no-fund --silent @asyncapi/parser@3 standardwebhooks@1 nats@2
+        npm install --prefix .tools/node --no-audit --no-fund --silent @asyncapi/parser@3 standardwebhooks@1 nats@2 playwright-core@1
     fi
+
+# Debian's Chromium for the dashboard's browser test (apt; sudo when not root), unless it is there.
+browser:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ -x /usr/bin/chromium ]; then exit 0; fi
+    echo "installing Debian's chromium for the dashboard's browser test (apt)"
+    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    /usr/bin/chromium --version
 
 # Benchmarks (not part of `just test`): every figure beside its raw ceiling, in one run (see BENCHMARKS.md).
 bench: nats

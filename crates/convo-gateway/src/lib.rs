@@ -25,6 +25,13 @@
 //!   `/health/ready` — 200 once the engine has recovered from the stream, 503 before.
 //! - `GET /metrics` — no credential: the Prometheus text format.
 //! - `GET /v1/openapi.json` — the OpenAPI 3.1 document ([`openapi`]).
+//! - `GET /dashboard` — the live dashboard page: queues, agents by state,
+//!   conversations at SLA risk, SLA and response times per hour, refreshed
+//!   every 2 s from the reads below (it asks for a credential, or takes
+//!   `#account=…&key=…` from its URL fragment, which never reaches a server).
+//! - `GET /v1/accounts/{account}/live`, `…/inbox?agent=`,
+//!   `…/contacts/{contact}/history`, `…/audit/export`, `/v1/audit/verify` —
+//!   the read models ([`reads`]).
 //!
 //! Statuses: 200 done (committed, nothing to do, duplicate), 400 invalid,
 //! 401 no valid credential, 403 forbidden (with the rule), 404 unknown,
@@ -115,6 +122,7 @@ pub fn router(engine: mpsc::Sender<Request>, store: JetStreamStore, config: Gate
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(|| async { axum::Json(openapi::document()) }))
+        .route("/dashboard", get(dashboard))
         .route("/v1/accounts/{account}/commands/{kind}", post(command))
         .route("/v1/accounts/{account}/audit", get(reads::audit))
         .route("/v1/accounts/{account}/audit/export", get(reads::audit_export))
@@ -139,6 +147,18 @@ pub async fn serve(
     axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// The live dashboard page (no credential: the page asks for one and sends
+/// it with each read; nothing in it is the account's).
+async fn dashboard() -> Response {
+    let headers = [
+        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::CACHE_CONTROL, "no-cache"),
+    ];
+    (headers, include_str!("dashboard.html")).into_response()
 }
 
 async fn health() -> impl IntoResponse {

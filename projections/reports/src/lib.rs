@@ -243,9 +243,20 @@ pub fn rows(
         else {
             continue;
         };
-        let cut = |t: &str| t.get(..bucket.len()).unwrap_or(t).to_owned();
-        if p != period || from.is_some_and(|f| bucket < cut(f).as_str()) || to.is_some_and(|t| bucket > cut(t).as_str())
-        {
+        // Compared on their common length: an hour's bucket is within a day's bound, and the reverse.
+        let common = |t: &str| {
+            let n = bucket.len().min(t.len());
+            (bucket.get(..n).unwrap_or(bucket).to_owned(), t.get(..n).unwrap_or(t).to_owned())
+        };
+        let before = from.is_some_and(|f| {
+            let (b, f) = common(f);
+            b < f
+        });
+        let after = to.is_some_and(|t| {
+            let (b, t) = common(t);
+            b > t
+        });
+        if p != period || before || after {
             continue;
         }
         let n = <[u8; 8]>::try_from(v.as_ref()).map_or(0, u64::from_be_bytes);

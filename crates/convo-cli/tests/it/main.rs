@@ -4,6 +4,7 @@ mod access;
 mod bad_stream;
 mod contract;
 mod crash;
+mod dashboard;
 mod offline;
 mod readme;
 mod supervise;

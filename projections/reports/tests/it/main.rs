@@ -125,4 +125,17 @@ async fn a_projector_killed_mid_batch_double_counts_nothing_and_a_rebuild_equals
     let opened: u64 = day.iter().map(|r| r.counters.get("opened").copied().unwrap_or(0)).sum();
     let optimal: u64 = day.iter().map(|r| r.counters.get("sla_optimal").copied().unwrap_or(0)).sum();
     assert_eq!((opened, optimal), (240, 287));
+    // Bounds of either size: a day bounds hours, an hour bounds days.
+    let tree = projector.tree().unwrap();
+    let hours = |from: &str, to: &str| {
+        convo_reports::rows(&tree, "default", "account", "hour", Some(from), Some(to)).unwrap().len()
+    };
+    let all = convo_reports::rows(&tree, "default", "account", "hour", None, None).unwrap();
+    let first_day = all.iter().filter(|r| r.bucket.starts_with("2026-03-02")).count();
+    assert!(first_day > 1 && first_day < all.len());
+    assert_eq!(hours("2026-03-02", "2026-03-02"), first_day, "the whole day's hours");
+    assert_eq!(hours("2026-03-02T13", "2026-03-02T13"), 1, "one hour");
+    assert_eq!(hours("2026-03-04", "2026-03-05"), 0, "days without figures");
+    let days = convo_reports::rows(&tree, "default", "account", "day", Some("2026-03-02T13"), Some("2026-03-02T13"));
+    assert_eq!(days.unwrap().len(), 1, "the day an hour is in");
 }
