@@ -102,8 +102,54 @@ pub fn document() -> Value {
         json!({"get": {"operationId": "audit", "summary": "The audit log (admins, the operator, integrations with the `audit` read scope)",
             "parameters": [account_param(), query("from", "RFC 3339, inclusive"), query("to", "RFC 3339, inclusive"),
                 query("actor", "user:ana, ana, integration:crm…"), query("action", "an event type"), query("conversation", "a conversation id"),
+                query("ip", "the address an action came from"),
                 {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": crate::AUDIT_ENTRIES_MAX}}],
             "responses": read_responses.clone()}}),
+    );
+    let stream_responses = || {
+        let mut responses = Map::new();
+        responses.insert("200".into(), json!({"description": "Every entry the filters take, streamed (no limit)", "content": {
+            "application/x-ndjson": {"schema": {"type": "string"}}, "text/csv": {"schema": {"type": "string"}}}}));
+        responses.extend(error_responses(&[400, 401, 403, 429, 503]));
+        responses
+    };
+    paths.insert(
+        "/v1/accounts/{account}/audit/export".into(),
+        json!({"get": {"operationId": "auditExport", "summary": "The audit log streamed as JSON lines or CSV, with the same filters (admins, the operator, `audit` integrations)",
+            "parameters": [account_param(), query("from", "RFC 3339, inclusive"), query("to", "RFC 3339, inclusive"),
+                query("actor", "user:ana, ana, integration:crm…"), query("action", "an event type"), query("conversation", "a conversation id"),
+                query("ip", "the address an action came from"),
+                {"name": "format", "in": "query", "required": false, "schema": {"enum": ["jsonl", "csv"]}}],
+            "responses": stream_responses()}}),
+    );
+    paths.insert(
+        "/v1/audit/verify".into(),
+        json!({"get": {"operationId": "auditVerify", "summary": "The operator's verification of the whole audit log against a refold of the stream, and of the engine's anchors: `intact`, `entries`, `checkpoint`, `behind`, `first_divergence`, `not_in_record`, `anchors`",
+            "responses": read_responses.clone()}}),
+    );
+    paths.insert(
+        "/v1/accounts/{account}/contacts/{contact}/history".into(),
+        json!({"get": {"operationId": "contactHistory", "summary": "A contact's last closed conversations, newest first, the number masked unless the campaign shows it (admins, the operator, `contact_history` integrations; supervisors: their campaigns)",
+            "parameters": [account_param(), {"name": "contact", "in": "path", "required": true, "schema": {"type": "string"}}],
+            "responses": read_responses.clone()}}),
+    );
+    let margin = json!({"name": "margin_secs", "in": "query", "required": false, "description": "A wait this close to its next SLA threshold is at risk (seconds; the server's --risk-margin-secs by default)", "schema": {"type": "integer", "minimum": 0, "maximum": crate::reads::RISK_MARGIN_MAX_SECS}});
+    paths.insert(
+        "/v1/accounts/{account}/live".into(),
+        json!({"get": {"operationId": "live", "summary": "The live dashboard now: per campaign the open, queued and assigned conversations, the longest queue wait, those at SLA risk and breached; agents with state, time in state and load; the conversations at risk; the conversations, longest wait first (admins, the operator, `live` integrations; supervisors: their campaigns)",
+            "parameters": [account_param(), margin.clone()],
+            "responses": read_responses.clone()}}),
+    );
+    paths.insert(
+        "/v1/accounts/{account}/inbox".into(),
+        json!({"get": {"operationId": "inbox", "summary": "An agent's inbox: their state and load, the conversations assigned to them and those queued in their campaigns, each with the contact's last message and SLA state (an agent: their own; supervisors: their campaigns' agents; admins, the operator, `inbox` integrations: anyone's)",
+            "parameters": [account_param(), query("agent", "whose inbox (an agent's own without it)"), margin],
+            "responses": read_responses.clone()}}),
+    );
+    paths.insert(
+        "/dashboard".into(),
+        json!({"get": {"operationId": "dashboard", "summary": "The live dashboard page (HTML; it asks for a credential, or takes #account=…&key=… from its URL fragment)", "security": [],
+            "responses": {"200": {"description": "The page", "content": {"text/html": {"schema": {"type": "string"}}}}}}}),
     );
     paths.insert(
         "/v1/accounts/{account}/reports/{kind}".into(),
@@ -112,8 +158,9 @@ pub fn document() -> Value {
                 {"name": "kind", "in": "path", "required": true, "schema": {"enum": convo_reports::KINDS}},
                 {"name": "by", "in": "query", "required": false, "schema": {"enum": convo_reports::DIMENSIONS}},
                 {"name": "period", "in": "query", "required": false, "schema": {"enum": ["hour", "day"]}},
-                query("from", "a bucket label: 2026-03-02 or 2026-03-02T14"), query("to", "a bucket label")],
-            "responses": read_responses}}),
+                query("from", "a bucket label: 2026-03-02 or 2026-03-02T14"), query("to", "a bucket label"),
+                {"name": "format", "in": "query", "required": false, "description": "json (default) or csv (the columns of the kind)", "schema": {"enum": ["json", "csv"]}}],
+            "responses": read_responses.clone()}}),
     );
     paths.insert(
         "/v1/accounts/{account}/events".into(),
