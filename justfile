@@ -23,7 +23,8 @@ demo: build nats
     serve=$!
     trap 'kill -INT $serve 2>/dev/null || true; wait $serve 2>/dev/null || true' EXIT
     for _ in $(seq 100); do [ -s .data/demo/nats.url ] && [ -s .data/demo/http.url ] && break; sleep 0.1; done
-    echo "== read models folded from the stream into sled: SLA by campaign, the audit chain, a contact's history =="
+    for _ in $(seq 150); do curl -sf "$(cat .data/demo/http.url)/health/ready" >/dev/null && break; sleep 0.2; done
+    echo "== read models the server follows into sled (read through its gateway): SLA by campaign, the audit chain, a contact's history =="
     $convo report sla --by campaign --account default --data-dir .data/demo --prefix demo
     $convo audit catch-up --data-dir .data/demo --prefix demo
     $convo audit verify --data-dir .data/demo --prefix demo
@@ -50,8 +51,17 @@ demo: build nats
     echo "== one conversation as a person reads it (convo audit replay) =="
     $convo audit replay --account default --conversation r0000042 --data-dir .data/demo --prefix demo
     echo
+    echo "== the live dashboard =="
+    echo "  open:        $http/dashboard#account=default&key=$operator"
+    echo "  or sign in at $http/dashboard with account 'default' and the operator's credential:"
+    echo "               $operator   (in .data/demo/operator.key)"
+    echo "  (sara's key above opens account acme's: $http/dashboard#account=acme&key=$key)"
+    echo
     echo "The convo binary is {{convo}} ('just install' puts it on your PATH)."
     echo "Next: 'just serve' runs the engine; then 'convo send --account acme ...' and 'convo tail' (see README.md)."
+    if [ -t 0 ]; then
+        read -r -p "The server keeps serving the dashboard: press Enter to stop it. " _ || true
+    fi
 
 # Run the engine on the embedded default (a local nats-server; data under .data/).
 serve: build nats

@@ -440,6 +440,12 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         let url = format!("http://{}", listener.local_addr()?);
         std::fs::write(c.data_dir.join(HTTP_URL_FILE), &url)?;
         tracing::info!("HTTP gateway on {url} (written to {})", c.data_dir.join(HTTP_URL_FILE).display());
+        if read_models.is_some() {
+            tracing::info!(
+                "the live dashboard: {url}/dashboard (sign in with an API key, or the operator's credential in {})",
+                c.data_dir.join(OPERATOR_KEY_FILE).display()
+            );
+        }
         let router = convo_gateway::router(
             local_tx,
             store.clone(),

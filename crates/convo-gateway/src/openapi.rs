@@ -108,8 +108,11 @@ pub fn document() -> Value {
     );
     let stream_responses = || {
         let mut responses = Map::new();
-        responses.insert("200".into(), json!({"description": "Every entry the filters take, streamed (no limit)", "content": {
-            "application/x-ndjson": {"schema": {"type": "string"}}, "text/csv": {"schema": {"type": "string"}}}}));
+        responses.insert(
+            "200".into(),
+            json!({"description": "Every entry the filters take, streamed (no limit)", "content": {
+            "application/x-ndjson": {"schema": {"type": "string"}}, "text/csv": {"schema": {"type": "string"}}}}),
+        );
         responses.extend(error_responses(&[400, 401, 403, 429, 503]));
         responses
     };
