@@ -139,7 +139,7 @@ pub fn document() -> Value {
     let margin = json!({"name": "margin_secs", "in": "query", "required": false, "description": "A wait this close to its next SLA threshold is at risk (seconds; the server's --risk-margin-secs by default)", "schema": {"type": "integer", "minimum": 0, "maximum": crate::reads::RISK_MARGIN_MAX_SECS}});
     paths.insert(
         "/v1/accounts/{account}/live".into(),
-        json!({"get": {"operationId": "live", "summary": "The live dashboard now: per campaign the open, queued and assigned conversations, the longest queue wait, those at SLA risk and breached; agents with state, time in state and load; the conversations at risk; the conversations, longest wait first (admins, the operator, `live` integrations; supervisors: their campaigns)",
+        json!({"get": {"operationId": "liveDashboard", "summary": "The live dashboard now: per campaign the open, queued and assigned conversations, the longest queue wait, those at SLA risk and breached; agents with state, time in state and load; the conversations at risk; the conversations, longest wait first (admins, the operator, `live` integrations; supervisors: their campaigns)",
             "parameters": [account_param(), margin.clone()],
             "responses": read_responses.clone()}}),
     );
