@@ -93,6 +93,22 @@ pub(crate) async fn read_model(shared: &Shared, name: &'static str) -> Result<(s
     Ok((tree, Position { at: followed.checkpoint(), end }))
 }
 
+/// The door of every read of an account's read model: the engine says
+/// whether the caller may read `what` (and the scope they may read), then
+/// the read model `name`, current as of the request.
+async fn authorized_read(
+    shared: &Shared,
+    account: &str,
+    what: &str,
+    name: &'static str,
+    headers: &HeaderMap,
+    peer: std::net::IpAddr,
+) -> Result<(Value, sled::Tree, Position), Response> {
+    let scope = authorize(shared, account, what, headers, peer).await?;
+    let (tree, position) = read_model(shared, name).await?;
+    Ok((scope, tree, position))
+}
+
 fn invalid(field: &str, message: &str) -> Response {
     reply(StatusCode::BAD_REQUEST, json!({"outcome": "error", "code": "invalid", "field": field, "message": message}))
 }
@@ -149,18 +165,16 @@ pub(crate) async fn audit(
     Query(q): Query<AuditQuery>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(response) = authorize(&shared, &account, "audit", &headers, peer.ip()).await {
-        return response;
-    }
+    let (_, tree, position) =
+        match authorized_read(&shared, &account, "audit", convo_audit::NAME, &headers, peer.ip()).await {
+            Ok(read) => read,
+            Err(response) => return response,
+        };
     let filter = match q.filter(&account) {
         Ok(f) => f,
         Err(response) => return *response,
     };
     let limit = q.limit.unwrap_or(AUDIT_ENTRIES_MAX).min(AUDIT_ENTRIES_MAX);
-    let (tree, position) = match read_model(&shared, convo_audit::NAME).await {
-        Ok(read) => read,
-        Err(response) => return response,
-    };
     match convo_audit::entries(&tree, &filter) {
         Ok(mut entries) => {
             let more = entries.len() > limit;
@@ -180,9 +194,11 @@ pub(crate) async fn audit_export(
     Query(q): Query<AuditQuery>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(response) = authorize(&shared, &account, "audit", &headers, peer.ip()).await {
-        return response;
-    }
+    let (_, tree, position) =
+        match authorized_read(&shared, &account, "audit", convo_audit::NAME, &headers, peer.ip()).await {
+            Ok(read) => read,
+            Err(response) => return response,
+        };
     let csv = match q.format.as_deref() {
         None | Some("jsonl") => false,
         Some("csv") => true,
@@ -191,10 +207,6 @@ pub(crate) async fn audit_export(
     let filter = match q.filter(&account) {
         Ok(f) => f,
         Err(response) => return *response,
-    };
-    let (tree, position) = match read_model(&shared, convo_audit::NAME).await {
-        Ok(read) => read,
-        Err(response) => return response,
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(4);
     tokio::task::spawn_blocking(move || {
@@ -310,10 +322,11 @@ pub(crate) async fn report(
     Query(q): Query<ReportQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let scope = match authorize(&shared, &account, "reports", &headers, peer.ip()).await {
-        Ok(scope) => scope,
-        Err(response) => return response,
-    };
+    let (scope, tree, position) =
+        match authorized_read(&shared, &account, "reports", convo_reports::NAME, &headers, peer.ip()).await {
+            Ok(read) => read,
+            Err(response) => return response,
+        };
     if !convo_reports::KINDS.contains(&kind.as_str()) {
         let message = format!("no report `{kind}`; one of {}", convo_reports::KINDS.join(", "));
         return error(StatusCode::NOT_FOUND, "unknown", &message);
@@ -344,10 +357,6 @@ pub(crate) async fn report(
         let message = "a supervisor reads reports by campaign (of the campaigns they supervise)";
         return error(StatusCode::FORBIDDEN, "forbidden", message);
     }
-    let (tree, position) = match read_model(&shared, convo_reports::NAME).await {
-        Ok(read) => read,
-        Err(response) => return response,
-    };
     let rows = match convo_reports::rows(&tree, &account, &by, &period, q.from.as_deref(), q.to.as_deref()) {
         Ok(rows) => rows,
         Err(e) => return failed(e),
@@ -378,14 +387,13 @@ pub(crate) async fn contact_history(
     Path((account, contact)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let scope = match authorize(&shared, &account, "contact_history", &headers, peer.ip()).await {
-        Ok(scope) => scope,
-        Err(response) => return response,
-    };
-    let (tree, position) = match read_model(&shared, convo_contact_history::NAME).await {
-        Ok(read) => read,
-        Err(response) => return response,
-    };
+    let (scope, tree, position) =
+        match authorized_read(&shared, &account, "contact_history", convo_contact_history::NAME, &headers, peer.ip())
+            .await
+        {
+            Ok(read) => read,
+            Err(response) => return response,
+        };
     let campaigns = campaigns_of(&scope);
     match convo_contact_history::history(&tree, &account, &contact) {
         Ok(entries) => {
@@ -433,17 +441,14 @@ pub(crate) async fn live(
     Query(q): Query<LiveQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let scope = match authorize(&shared, &account, "live", &headers, peer.ip()).await {
-        Ok(scope) => scope,
-        Err(response) => return response,
-    };
+    let (scope, tree, position) =
+        match authorized_read(&shared, &account, "live", convo_live::NAME, &headers, peer.ip()).await {
+            Ok(read) => read,
+            Err(response) => return response,
+        };
     let view = match view(&shared, &q, campaigns_of(&scope)) {
         Ok(v) => v,
         Err(response) => return *response,
-    };
-    let (tree, position) = match read_model(&shared, convo_live::NAME).await {
-        Ok(read) => read,
-        Err(response) => return response,
     };
     match convo_live::dashboard(&tree, &account, &view) {
         Ok(dashboard) => position.stamp(reply(StatusCode::OK, dashboard)),
@@ -461,10 +466,11 @@ pub(crate) async fn inbox(
     Query(q): Query<LiveQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let scope = match authorize(&shared, &account, "inbox", &headers, peer.ip()).await {
-        Ok(scope) => scope,
-        Err(response) => return response,
-    };
+    let (scope, tree, position) =
+        match authorized_read(&shared, &account, "inbox", convo_inbox::NAME, &headers, peer.ip()).await {
+            Ok(read) => read,
+            Err(response) => return response,
+        };
     let agent = match (scope["agent"].as_str(), q.agent.as_deref()) {
         (Some(own), None) => own.to_owned(),
         (Some(own), Some(asked)) if own == asked => own.to_owned(),
@@ -477,10 +483,6 @@ pub(crate) async fn inbox(
     let view = match view(&shared, &q, None) {
         Ok(v) => v,
         Err(response) => return *response,
-    };
-    let (tree, position) = match read_model(&shared, convo_inbox::NAME).await {
-        Ok(read) => read,
-        Err(response) => return response,
     };
     if let Some(theirs) = campaigns_of(&scope) {
         let ok = convo_live::campaigns(&tree, &account)

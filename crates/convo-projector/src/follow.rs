@@ -56,10 +56,10 @@ where
             if ends.wait_for(|end| *end > at).await.is_err() {
                 return; // the watcher is gone: serve is stopping
             }
-            let progress = |at: u64, _| {
+            let mut progress = |at: u64, _| {
                 position_tx.send_replace(at);
             };
-            match projector.catch_up(&store, &mut projection, &mut { progress }).await {
+            match projector.catch_up(&store, &mut projection, &mut progress).await {
                 Ok(stats) => {
                     position_tx.send_replace(stats.checkpoint);
                     if stats.dead_letters > 0 {

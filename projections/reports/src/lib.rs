@@ -244,16 +244,12 @@ pub fn rows(
             continue;
         };
         // Compared on their common length: an hour's bucket is within a day's bound, and the reverse.
-        let common = |t: &str| {
-            let n = bucket.len().min(t.len());
-            (bucket.get(..n).unwrap_or(bucket).to_owned(), t.get(..n).unwrap_or(t).to_owned())
-        };
         let before = from.is_some_and(|f| {
-            let (b, f) = common(f);
+            let (b, f) = common_prefix(bucket, f);
             b < f
         });
         let after = to.is_some_and(|t| {
-            let (b, t) = common(t);
+            let (b, t) = common_prefix(bucket, t);
             b > t
         });
         if p != period || before || after {
@@ -263,6 +259,13 @@ pub fn rows(
         rows.entry((value.to_owned(), bucket.to_owned())).or_default().insert(metric.to_owned(), n);
     }
     Ok(rows.into_iter().map(|((value, bucket), counters)| Row { value, bucket, counters }).collect())
+}
+
+/// Two labels cut to their common length (`2026-03-02T14` and `2026-03-02`
+/// compare as days).
+fn common_prefix<'a, 'b>(a: &'a str, b: &'b str) -> (&'a str, &'b str) {
+    let n = a.len().min(b.len());
+    (a.get(..n).unwrap_or(a), b.get(..n).unwrap_or(b))
 }
 
 /// The p-th percentile (0-100), nearest rank (as `convo simulate --summary`
