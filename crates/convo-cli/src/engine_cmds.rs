@@ -216,9 +216,10 @@ pub struct ServeArgs {
     /// Do not run the HTTP gateway.
     #[arg(long)]
     no_http: bool,
-    /// What this process runs: `engine` (decides commands), `read-models` (keeps the audit
-    /// log, reports, contact history, live dashboard and inboxes current under
-    /// <data-dir>/projections and serves them over HTTP), or both.
+    /// What this process runs: `engine` (decides commands; keeps the JSON stream and the
+    /// webhooks), `read-models` (keeps the audit log, reports, contact history, live
+    /// dashboard and inboxes current under <data-dir>/projections and serves them over
+    /// HTTP), or both. `read-models` alone follows an engine elsewhere: it needs --nats-url.
     #[arg(long, value_delimiter = ',', default_value = "engine,read-models", value_parser = ["engine", "read-models"])]
     roles: Vec<String>,
     /// On the dashboard and inboxes, a wait this close to its next SLA threshold is at risk (seconds).
@@ -275,10 +276,7 @@ fn init_logs(format: &str) {
 pub async fn serve(args: ServeArgs) -> Result<()> {
     init_logs(&args.log_format);
     if !args.roles.iter().any(|r| r == "engine") {
-        bail!(
-            "--roles needs `engine` in this version: the engine authorizes every read (with the account's catalog); \
-             run `--roles engine` for an engine without read models"
-        );
+        return serve_read_models(args).await;
     }
     let c = &args.connection;
     let launch = LaunchOptions { data_dir: c.data_dir.join("nats"), sync_always: args.sync_always };
@@ -347,20 +345,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         }
     };
     let operator = operator_credential(&c.data_dir)?;
-    let jwt = match &args.jwt_key_file {
-        Some(file) => Some(convo_engine::access::JwtConfig {
-            key: std::fs::read(file).with_context(|| format!("cannot read the JWT key {}", file.display()))?,
-            issuer: args.jwt_issuer.clone().unwrap_or_default(),
-            audience: args.jwt_audience.clone().unwrap_or_default(),
-        }),
-        None => None,
-    };
-    let access = convo_engine::access::AccessConfig {
-        operator_sha256: Some(convo_engine::access::sha256(
-            operator.strip_prefix(&format!("{}.", convo_engine::access::OPERATOR_PREFIX)).unwrap_or(&operator),
-        )),
-        jwt,
-    };
+    let access = access_config(&args, &operator)?;
     let redactions = std::sync::Arc::new(convo_wire::redact::Redactions::default());
     let metrics = std::sync::Arc::new(convo_store::metrics::Metrics::default());
     let config = convo_engine::serve::ServeConfig {
@@ -398,24 +383,11 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     } else {
         (None, Vec::new())
     };
-    // The stream's end and how far behind it each follower is, every 2 s.
-    let lags = tokio::spawn({
-        let (store, metrics, deliveries, json_checkpoint, read_models) =
-            (store.clone(), metrics.clone(), deliveries.clone(), json_checkpoint.clone(), read_models.clone());
-        async move {
-            let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
-            loop {
-                every.tick().await;
-                let Ok(last) = store.last_seq().await else { continue };
-                metrics.set("convo_stream_last_sequence", &[], last as f64);
-                let json = json_checkpoint.load(std::sync::atomic::Ordering::Relaxed);
-                let followed = read_models.iter().flat_map(convo_gateway::reads::ReadModels::positions);
-                for (projection, at) in
-                    [("json_stream", json), ("webhooks", deliveries.checkpoint())].into_iter().chain(followed)
-                {
-                    metrics.set("convo_projection_lag", &[("projection", projection)], last.saturating_sub(at) as f64);
-                }
-            }
+    let lags = spawn_lags(store.clone(), metrics.clone(), read_models.clone(), {
+        let (deliveries, json_checkpoint) = (deliveries.clone(), json_checkpoint.clone());
+        move || {
+            let json = json_checkpoint.load(std::sync::atomic::Ordering::Relaxed);
+            vec![("json_stream", json), ("webhooks", deliveries.checkpoint())]
         }
     });
     let (webhooks_stop_tx, webhooks_stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -429,53 +401,28 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         },
     ));
     let (local_tx, local_rx) = tokio::sync::mpsc::channel(convo_engine::serve::PARTITION_QUEUE_MAX);
-    let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let gateway = if args.no_http {
-        drop(local_tx);
-        None
-    } else {
-        let listener = tokio::net::TcpListener::bind(args.http)
-            .await
-            .with_context(|| format!("cannot listen on {} for HTTP", args.http))?;
-        let url = format!("http://{}", listener.local_addr()?);
-        std::fs::write(c.data_dir.join(HTTP_URL_FILE), &url)?;
-        tracing::info!("HTTP gateway on {url} (written to {})", c.data_dir.join(HTTP_URL_FILE).display());
-        if read_models.is_some() {
-            tracing::info!(
-                "the live dashboard: {url}/dashboard (sign in with an API key, or the operator's credential in {})",
-                c.data_dir.join(OPERATOR_KEY_FILE).display()
-            );
-        }
-        let router = convo_gateway::router(
-            local_tx,
-            store.clone(),
-            convo_gateway::GatewayConfig {
-                trusted_proxies: args.trusted_proxy.clone(),
-                read_models: read_models.clone(),
-                risk_margin_secs: args.risk_margin_secs,
-                redactions: redactions.clone(),
-                webhooks: Some(deliveries.clone()),
-                metrics: Some(metrics.clone()),
-            },
-        );
-        Some(tokio::spawn(convo_gateway::serve(listener, router, async {
-            let _ = http_stop_rx.await;
-        })))
-    };
+    let gateway = Gateway::start(
+        &args,
+        local_tx,
+        &store,
+        convo_gateway::GatewayConfig {
+            trusted_proxies: args.trusted_proxy.clone(),
+            read_models: read_models.clone(),
+            risk_margin_secs: args.risk_margin_secs,
+            redactions: redactions.clone(),
+            webhooks: Some(deliveries.clone()),
+            metrics: Some(metrics.clone()),
+        },
+    )
+    .await?;
     let engine_store = store.clone();
     let stats =
         convo_engine::serve::serve(engine_store, &mut bus, local_rx, std::sync::Arc::new(WallClock), config, shutdown)
             .await?;
     anchoring.abort();
     signing.flush()?;
-    let _ = http_stop_tx.send(());
-    if let Some(mut gateway) = gateway {
-        // Requests in hand finish; open event streams (SSE) never do by themselves.
-        if tokio::time::timeout(std::time::Duration::from_secs(5), &mut gateway).await.is_err() {
-            tracing::info!("closing the HTTP connections still open (event streams)");
-            gateway.abort();
-        }
-        let _ = std::fs::remove_file(c.data_dir.join(HTTP_URL_FILE));
+    if let Some(gateway) = gateway {
+        gateway.stop(&c.data_dir).await;
     }
     let sum = |f: fn(&convo_engine::serve::ServeStats) -> u64| stats.iter().map(f).sum::<u64>();
     let in_flight = stats.iter().map(|s| s.io_in_flight_max).max().unwrap_or(0);
@@ -515,6 +462,185 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     }
     drop(embedded);
     Ok(())
+}
+
+/// `convo serve --roles read-models`: the read models followed from the
+/// stream of an engine running elsewhere, served over HTTP, with reads
+/// authorized by [`convo_engine::read_door`]. No lease (the engine's is not
+/// taken), no appends, no JSON stream and no webhooks (those follow the
+/// engine: one copy of each per stream).
+async fn serve_read_models(args: ServeArgs) -> Result<()> {
+    let c = &args.connection;
+    let Some(url) = c.nats_url.clone() else {
+        bail!(
+            "--roles read-models follows the stream of an engine running elsewhere: give its --nats-url \
+             (with its own --data-dir; copy the engine's {} there to have unsigned commits refused)",
+            convo_store::signing::KEY_FILE
+        );
+    };
+    if args.no_http {
+        bail!("--roles read-models serves the read models over HTTP: drop --no-http");
+    }
+    let store = JetStreamStore::connect(&url, c.store_config()?).await?;
+    tracing::info!(
+        "connected to nats-server {} at {}; keeping the read models only (commands go to the engine)",
+        store.server_version(),
+        convo_store::strip_userinfo(&url)
+    );
+    if store.config().signing.is_none() {
+        tracing::warn!(
+            "no signing key under {}: commits are read without checking who appended them",
+            c.data_dir.display()
+        );
+    }
+    let operator = operator_credential(&c.data_dir)?;
+    let access = access_config(&args, &operator)?;
+    let last = store.last_seq().await?;
+    let (ends, end_watcher) = convo_projector::follow::watch_end(store.clone(), READ_MODELS_POLL);
+    let (read_models, followers) = follow_read_models(&c.data_dir, &store, last, ends.clone())?;
+    let redactions = std::sync::Arc::new(convo_wire::redact::Redactions::default());
+    let metrics = std::sync::Arc::new(convo_store::metrics::Metrics::default());
+    let lags = spawn_lags(store.clone(), metrics.clone(), Some(read_models.clone()), Vec::new);
+    let (local_tx, local_rx) = tokio::sync::mpsc::channel(convo_engine::serve::PARTITION_QUEUE_MAX);
+    let gateway = Gateway::start(
+        &args,
+        local_tx,
+        &store,
+        convo_gateway::GatewayConfig {
+            trusted_proxies: args.trusted_proxy.clone(),
+            read_models: Some(read_models),
+            risk_margin_secs: args.risk_margin_secs,
+            redactions: redactions.clone(),
+            webhooks: None,
+            metrics: Some(metrics.clone()),
+        },
+    )
+    .await?
+    .expect("--no-http refused above");
+    let door = convo_engine::read_door::ReadDoorConfig {
+        access: std::sync::Arc::new(access),
+        bytes_max: args.command_bytes_max,
+        redactions: Some(redactions),
+    };
+    let stats = convo_engine::read_door::serve_reads(
+        store.clone(),
+        local_rx,
+        convo_store::bus::Responder::new(store.client().clone()),
+        ends,
+        std::sync::Arc::new(WallClock),
+        door,
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("stopping");
+        },
+    )
+    .await;
+    gateway.stop(&c.data_dir).await;
+    lags.abort();
+    end_watcher.abort();
+    for follower in followers {
+        follower.abort(); // a batch is written with its checkpoint: an abort loses nothing
+    }
+    let stats = stats?;
+    tracing::info!(
+        "answered {} requests; the catalogs held up to stream sequence {} ({} catalog messages skipped)",
+        stats.requests,
+        stats.position,
+        stats.skipped
+    );
+    Ok(())
+}
+
+/// Who may do what: the operator's credential (`operator`), and the
+/// identity provider's JWTs when configured.
+fn access_config(args: &ServeArgs, operator: &str) -> Result<convo_engine::access::AccessConfig> {
+    let jwt = match &args.jwt_key_file {
+        Some(file) => Some(convo_engine::access::JwtConfig {
+            key: std::fs::read(file).with_context(|| format!("cannot read the JWT key {}", file.display()))?,
+            issuer: args.jwt_issuer.clone().unwrap_or_default(),
+            audience: args.jwt_audience.clone().unwrap_or_default(),
+        }),
+        None => None,
+    };
+    Ok(convo_engine::access::AccessConfig {
+        operator_sha256: Some(convo_engine::access::sha256(
+            operator.strip_prefix(&format!("{}.", convo_engine::access::OPERATOR_PREFIX)).unwrap_or(operator),
+        )),
+        jwt,
+    })
+}
+
+/// Every 2 s: the stream's end, and how far behind it each read model and
+/// each of `others` (name, checkpoint) is.
+fn spawn_lags(
+    store: JetStreamStore,
+    metrics: std::sync::Arc<convo_store::metrics::Metrics>,
+    read_models: Option<convo_gateway::reads::ReadModels>,
+    others: impl Fn() -> Vec<(&'static str, u64)> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
+        loop {
+            every.tick().await;
+            let Ok(last) = store.last_seq().await else { continue };
+            metrics.set("convo_stream_last_sequence", &[], last as f64);
+            let followed = read_models.iter().flat_map(convo_gateway::reads::ReadModels::positions);
+            for (projection, at) in others().into_iter().chain(followed) {
+                metrics.set("convo_projection_lag", &[("projection", projection)], last.saturating_sub(at) as f64);
+            }
+        }
+    })
+}
+
+/// The HTTP gateway while it serves.
+struct Gateway {
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Gateway {
+    /// Listens on `--http` (unless `--no-http`), writes the URL under the
+    /// data dir, and serves with requests going to `engine`.
+    async fn start(
+        args: &ServeArgs,
+        engine: tokio::sync::mpsc::Sender<convo_store::bus::Request>,
+        store: &JetStreamStore,
+        config: convo_gateway::GatewayConfig,
+    ) -> Result<Option<Gateway>> {
+        if args.no_http {
+            return Ok(None);
+        }
+        let data_dir = args.connection.data_dir();
+        let listener = tokio::net::TcpListener::bind(args.http)
+            .await
+            .with_context(|| format!("cannot listen on {} for HTTP", args.http))?;
+        let url = format!("http://{}", listener.local_addr()?);
+        std::fs::write(data_dir.join(HTTP_URL_FILE), &url)?;
+        tracing::info!("HTTP gateway on {url} (written to {})", data_dir.join(HTTP_URL_FILE).display());
+        if config.read_models.is_some() {
+            tracing::info!(
+                "the live dashboard: {url}/dashboard (sign in with an API key, or the operator's credential in {})",
+                data_dir.join(OPERATOR_KEY_FILE).display()
+            );
+        }
+        let router = convo_gateway::router(engine, store.clone(), config);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(convo_gateway::serve(listener, router, async {
+            let _ = stopped.await;
+        }));
+        Ok(Some(Gateway { task, stop }))
+    }
+
+    /// Finishes the requests in hand (open event streams are closed after
+    /// 5 s: they never end by themselves) and removes the URL file.
+    async fn stop(mut self, data_dir: &std::path::Path) {
+        let _ = self.stop.send(());
+        if tokio::time::timeout(std::time::Duration::from_secs(5), &mut self.task).await.is_err() {
+            tracing::info!("closing the HTTP connections still open (event streams)");
+            self.task.abort();
+        }
+        let _ = std::fs::remove_file(data_dir.join(HTTP_URL_FILE));
+    }
 }
 
 /// How often the read models' followers look for the stream's end.

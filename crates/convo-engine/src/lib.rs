@@ -6,7 +6,8 @@
 //! it (ordering, mailboxes, retries, limits), which every driver runs:
 //! [`serve`] (NATS, wall clock, pipelined), [`runtime`] (one step at a time,
 //! virtual time), the simulator and the fault simulator in `convo-sim`.
-//! [`intake`] parses command requests and shapes their replies; [`scenario`]
+//! [`intake`] parses command requests and shapes their replies; [`read_door`]
+//! authorizes reads where the read models run without the engine; [`scenario`]
 //! reads the timed-command files that `replay-traffic` and `simulate` run.
 
 pub mod access;
@@ -15,6 +16,7 @@ pub mod contract;
 pub mod core;
 pub mod intake;
 pub mod machine;
+pub mod read_door;
 pub mod reply;
 pub mod runtime;
 pub mod scenario;

@@ -122,6 +122,11 @@ pub struct Responder {
 }
 
 impl Responder {
+    /// Answers with `client` (requests from another transport in this process need none).
+    pub fn new(client: async_nats::Client) -> Self {
+        Self { client }
+    }
+
     /// Answers a request (a request without a reply subject gets none).
     pub async fn respond(&self, request: &Request, body: Vec<u8>) -> Result<(), StoreError> {
         match &request.reply {

@@ -15,6 +15,12 @@ fn repo() -> PathBuf {
 
 /// A fixture replayed into a fresh data directory, then served.
 fn serve_fixture(dir: &Path, fixture: &str) -> Served {
+    replay_fixture(dir, fixture);
+    serve_with(dir, &["--prefix", "replay"]) // replay-traffic's default prefix
+}
+
+/// A fixture replayed into a fresh data directory (prefix `replay`).
+fn replay_fixture(dir: &Path, fixture: &str) {
     let input = repo().join("replay-fixtures").join(fixture).join("input.jsonl");
     let out = Command::new(env!("CARGO_BIN_EXE_convo"))
         .arg("replay-traffic")
@@ -24,7 +30,6 @@ fn serve_fixture(dir: &Path, fixture: &str) -> Served {
         .output()
         .unwrap();
     assert!(out.status.success(), "replay-traffic: {}", String::from_utf8_lossy(&out.stderr));
-    serve_with(dir, &["--prefix", "replay"]) // replay-traffic's default prefix
 }
 
 async fn until_ready(served: &Served) {
@@ -116,6 +121,64 @@ async fn live_reads_are_scoped_by_role() {
     assert_eq!((status, bad["field"].as_str()), (400, Some("from")), "{bad}");
     let (status, bad) = get(&served.operator, "/reports/sla?from=yesterday").await;
     assert_eq!((status, bad["field"].as_str()), (400, Some("from")), "{bad}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_models_run_apart_from_the_engine() {
+    let temp = tempfile::tempdir().unwrap();
+    let (engine_dir, reads_dir) = (temp.path().join("engine"), temp.path().join("reads"));
+    replay_fixture(&engine_dir, "routing-fifo-capacity");
+    let engine = serve_with(&engine_dir, &["--prefix", "replay", "--roles", "engine"]);
+    until_ready(&engine).await;
+    // The read models in their own process and data directory, on the engine's stream,
+    // with the engine's operator credential and signing key (copied, as an operator would).
+    std::fs::create_dir_all(&reads_dir).unwrap();
+    for file in ["operator.key", convo_store::signing::KEY_FILE] {
+        std::fs::copy(engine_dir.join(file), reads_dir.join(file)).unwrap();
+    }
+    std::fs::write(reads_dir.join("nats.url"), &engine.engine_url).unwrap(); // for the harness only
+    let reads =
+        serve_with(&reads_dir, &["--prefix", "replay", "--roles", "read-models", "--nats-url", &engine.engine_url]);
+    until_ready(&reads).await;
+    assert_eq!(reads.operator, engine.operator);
+    let from = [("X-Forwarded-For", "10.0.0.11")];
+    let get = async |served: &Served, credential: &str, path: &str| {
+        http(served, "127.0.0.1", "GET", &format!("/v1/accounts/default{path}"), Some(credential), &from, None).await
+    };
+
+    // The engine serves no read model; the read models' process serves them, scoped by role
+    // with the catalog as the engine keeps it.
+    assert_eq!(get(&engine, &engine.operator, "/live").await.0, 503);
+    let (ana, sara) = (key_for(&engine, "ana").await, key_for(&engine, "sara").await);
+    let (status, inbox) = get(&reads, &ana, "/inbox").await;
+    assert_eq!((status, inbox["agent"].as_str()), (200, Some("ana")), "{inbox}");
+    assert_eq!(get(&reads, &ana, "/live").await.0, 403);
+    let (status, live) = get(&reads, &sara, "/live").await;
+    assert_eq!(status, 200, "{live}");
+    assert!(live["campaigns"].as_array().unwrap().iter().all(|c| c["campaign"] == "ventas"), "{live}");
+    let (status, audit) = get(&reads, &reads.operator, "/audit?limit=5").await;
+    assert_eq!(status, 200, "{audit}");
+
+    // A key revoked on the engine reads nothing more here, at once.
+    op(&engine, "default", "revoke-ana", json!({"type": "revoke_api_key", "key": "ana-key"})).await;
+    let (status, denied) = get(&reads, &ana, "/inbox").await;
+    assert_eq!(status, 401, "{denied}");
+
+    // Commands go to the engine.
+    let body = json!({"id": "x1", "command": {"type": "set_agent_state", "agent": "ana", "state": "available"}});
+    let (status, refused) = http(
+        &reads,
+        "127.0.0.1",
+        "POST",
+        "/v1/accounts/default/commands/set_agent_state",
+        Some(&reads.operator),
+        &[],
+        Some(&body),
+    )
+    .await;
+    assert_eq!((status, refused["code"].as_str()), (503, Some("unavailable")), "{refused}");
+    let log = log_of(&reads_dir);
+    assert!(log.contains("keeping the read models only") && !log.contains("no signing key"), "{log}");
 }
 
 /// Every read model's export, from the trees of a read-model database.
