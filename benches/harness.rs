@@ -48,7 +48,7 @@ fn runs(part: &str) -> bool {
 }
 
 fn start_server(dir: &std::path::Path, sync_always: bool) -> Result<NatsServer> {
-    Ok(NatsServer::start(&LaunchOptions { data_dir: dir.to_path_buf(), sync_always })?)
+    Ok(NatsServer::start(&LaunchOptions { data_dir: dir.to_path_buf(), sync_always, ..Default::default() })?)
 }
 
 fn percentile(sorted: &[Duration], p: usize) -> f64 {

@@ -11,6 +11,7 @@ use convo_engine::Engine;
 use convo_engine::clock::WallClock;
 use convo_sim::summary::Summary;
 use convo_sim::{Record, scenario};
+use convo_store::bus::partition_mapping;
 use convo_store::launcher::{LaunchOptions, NatsServer};
 use convo_store::signing::Signing;
 use convo_store::{EventStore, JetStreamStore, StoreConfig};
@@ -115,8 +116,9 @@ impl Connection {
             // No stream here at all: the usual message.
             self.url()?;
         }
-        let server = NatsServer::start(&LaunchOptions { data_dir: nats.clone(), sync_always: false })
-            .with_context(|| format!("cannot start the nats-server of {}", self.data_dir.display()))?;
+        let server =
+            NatsServer::start(&LaunchOptions { data_dir: nats.clone(), sync_always: false, ..Default::default() })
+                .with_context(|| format!("cannot start the nats-server of {}", self.data_dir.display()))?;
         eprintln!(
             "convo: no `convo serve` runs under {}; started its nats-server for this command",
             self.data_dir.display()
@@ -207,9 +209,11 @@ pub struct ServeArgs {
     /// The largest command request accepted, in bytes (larger ones get a `too_large` error).
     #[arg(long, default_value_t = convo_engine::intake::COMMAND_BYTES_MAX)]
     command_bytes_max: usize,
-    /// Partitions sharing the accounts, each with its own engine task (accounts hash onto them).
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=convo_engine::serve::PARTITIONS_MAX as i64))]
-    partitions: u16,
+    /// Partitions sharing the accounts (accounts hash onto them; each owned by one engine
+    /// instance at a time). Fixed per stream when the first engine serves it (default 2):
+    /// later starts take the stream's count, and refuse another.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=convo_engine::serve::PARTITIONS_MAX as i64))]
+    partitions: Option<u16>,
     /// Where the HTTP gateway listens (the port is written to <data-dir>/http.url).
     #[arg(long, default_value = "127.0.0.1:0")]
     http: std::net::SocketAddr,
@@ -279,7 +283,12 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         return serve_read_models(args).await;
     }
     let c = &args.connection;
-    let launch = LaunchOptions { data_dir: c.data_dir.join("nats"), sync_always: args.sync_always };
+    let asked = args.partitions.map(usize::from);
+    let mut launch = LaunchOptions {
+        data_dir: c.data_dir.join("nats"),
+        sync_always: args.sync_always,
+        mappings: vec![partition_mapping(&c.prefix, asked.unwrap_or(DEFAULT_PARTITIONS))],
+    };
     let mut embedded = None;
     let url = match &c.nats_url {
         Some(url) => url.clone(),
@@ -310,6 +319,13 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     };
     let store = JetStreamStore::connect(&url, c.store_config()?).await?;
     tracing::info!("connected to nats-server {} at {}", store.server_version(), convo_store::strip_userinfo(&url));
+    let partitions = store.partitions(asked, DEFAULT_PARTITIONS).await?;
+    if let Some(server) = embedded.as_mut().filter(|_| launch.mappings[0] != partition_mapping(&c.prefix, partitions)) {
+        // The stream was made with another count: the embedded server maps onto it.
+        launch.mappings = vec![partition_mapping(&c.prefix, partitions)];
+        server.restart(&launch)?;
+    }
+    check_mapping(store.client(), &c.prefix, partitions).await?;
     let (store, signing) = c.sign(store).await?;
     let anchoring = tokio::spawn({
         let signing = signing.clone();
@@ -324,20 +340,19 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             }
         }
     });
-    // One engine per stream until partitions are shared: a second one refuses here.
-    let lease = acquire_lease(&store).await?;
+    let directory = store.directory().await?;
     let client = store.client().clone();
     let last = store.last_seq().await?;
-    let mut bus = convo_store::bus::CommandBus::subscribe(client, &c.prefix).await?;
+    let instance = instance_id();
     tracing::info!(
-        "recovering {last} commits into {} partition(s); serving commands on {}.<account>.cmd.>",
-        args.partitions,
+        instance = %instance,
+        "the stream holds {last} commits over {partitions} partition(s); commands arrive on {}.<account>.cmd.<type>",
         c.prefix
     );
     let (reason_tx, mut reason_rx) = tokio::sync::watch::channel(None::<String>);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let logins = convo_engine::serve::NatsLogins::new(&c.prefix);
-    let supervisor = tokio::spawn(supervise(lease, embedded, launch, logins.clone(), reason_tx, stop_rx));
+    let supervisor = tokio::spawn(supervise(embedded, launch, logins.clone(), reason_tx, stop_rx));
     let shutdown = async {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => tracing::info!("stopping after the commands in hand"),
@@ -351,8 +366,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let config = convo_engine::serve::ServeConfig {
         access: std::sync::Arc::new(access),
         command_bytes_max: args.command_bytes_max,
-        partitions: usize::from(args.partitions),
-        nats_logins: Some(logins),
+        partitions,
+        nats_logins: Some(logins.clone()),
         redactions: Some(redactions.clone()),
         metrics: Some(metrics.clone()),
         ..Default::default()
@@ -362,8 +377,6 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         max_bytes: args.json_stream_max_bytes,
     };
     let json_checkpoint = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let republisher =
-        tokio::spawn(republish_json(store.clone(), redactions.clone(), json_stream, json_checkpoint.clone()));
     let deliveries = convo_webhooks::Deliveries::open(&c.data_dir.join("webhooks"))
         .map_err(|e| anyhow::anyhow!("cannot open the webhooks database under {}: {e}", c.data_dir.display()))?;
     let webhook_config = convo_webhooks::WebhookConfig {
@@ -375,8 +388,15 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         metrics: Some(metrics.clone()),
         ..Default::default()
     };
-    // The read models, each followed from its own checkpoint.
+    // Every account's logins and redaction rules, whichever instance owns it.
     let (ends, end_watcher) = convo_projector::follow::watch_end(store.clone(), READ_MODELS_POLL);
+    let catalogs = tokio::spawn(convo_engine::read_door::follow_catalogs(
+        store.clone(),
+        ends.clone(),
+        Some(logins),
+        Some(redactions.clone()),
+    ));
+    // The read models, each followed from its own checkpoint.
     let (read_models, followers) = if args.roles.iter().any(|r| r == "read-models") {
         let (models, tasks) = follow_read_models(&c.data_dir, &store, last, ends.clone())?;
         (Some(models), tasks)
@@ -390,15 +410,21 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             vec![("json_stream", json), ("webhooks", deliveries.checkpoint())]
         }
     });
-    let (webhooks_stop_tx, webhooks_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut webhooks = tokio::spawn(convo_webhooks::run(
-        deliveries.clone(),
-        store.clone(),
-        convo_webhooks::Queue::new(&c.prefix, redactions.clone()),
-        webhook_config,
-        async {
-            let _ = webhooks_stop_rx.await;
+    // The JSON stream and the webhooks: one instance per stream plays them.
+    let (feeds_stop_tx, feeds_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let feeds = tokio::spawn(play_feeds(
+        directory.clone(),
+        instance.clone(),
+        Feeds {
+            store: store.clone(),
+            redactions: redactions.clone(),
+            json_stream,
+            json_checkpoint: json_checkpoint.clone(),
+            deliveries: deliveries.clone(),
+            queue: convo_webhooks::Queue::new(&c.prefix, redactions.clone()),
+            webhooks: webhook_config,
         },
+        feeds_stop_rx,
     ));
     let (local_tx, local_rx) = tokio::sync::mpsc::channel(convo_engine::serve::PARTITION_QUEUE_MAX);
     let gateway = Gateway::start(
@@ -415,10 +441,20 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         },
     )
     .await?;
-    let engine_store = store.clone();
-    let stats =
-        convo_engine::serve::serve(engine_store, &mut bus, local_rx, std::sync::Arc::new(WallClock), config, shutdown)
-            .await?;
+    let cluster = convo_engine::cluster::ClusterConfig {
+        prefix: c.prefix.clone(),
+        instance: instance.clone(),
+        partitions,
+        info: serde_json::json!({
+            "holder": holder(),
+            "http": gateway.as_ref().map(|g| g.url.clone()),
+        }),
+        directory: directory.clone(),
+    };
+    let clock = std::sync::Arc::new(WallClock);
+    let ran =
+        convo_engine::cluster::serve_cluster(store.clone(), client, local_rx, clock, config, cluster, shutdown).await;
+    let stats: Vec<_> = ran.partitions.iter().map(|(_, s)| *s).collect();
     anchoring.abort();
     signing.flush()?;
     if let Some(gateway) = gateway {
@@ -434,34 +470,159 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         sum(|s| s.conflicts),
         sum(|s| s.skipped),
     );
-    republisher.abort();
     lags.abort();
     end_watcher.abort();
+    catalogs.abort();
     for follower in followers {
         follower.abort(); // a batch is written with its checkpoint: an abort loses nothing
     }
-    let _ = webhooks_stop_tx.send(());
-    if tokio::time::timeout(std::time::Duration::from_secs(5), &mut webhooks).await.is_err() {
-        webhooks.abort(); // attempts under way are made again at the next start (same webhook-id)
-    }
+    let _ = feeds_stop_tx.send(());
+    let _ = feeds.await;
     let _ = stop_tx.send(());
-    let (lease, embedded) = supervisor.await?;
+    let embedded = supervisor.await?;
     let failure = reason_rx.borrow().clone();
     if embedded.is_some() {
         let _ = std::fs::remove_file(c.data_dir.join(URL_FILE));
         let _ = std::fs::remove_file(c.data_dir.join(MONITOR_URL_FILE));
     }
-    match (failure, lease) {
-        (Some(reason), _) => bail!(reason),
-        (None, Some(lease)) => {
-            if let Err(e) = lease.release().await {
-                tracing::warn!("could not give the lease up ({e}); it expires by itself");
-            }
-        }
-        (None, None) => {}
+    if let Some(reason) = failure {
+        bail!(reason);
     }
     drop(embedded);
     Ok(())
+}
+
+/// The partition count of a stream no engine has served yet.
+const DEFAULT_PARTITIONS: usize = 2;
+
+/// This instance's id among those sharing the stream: host, process, start.
+fn instance_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "host".into());
+    let host: String =
+        host.trim().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
+    let started = convo_engine::clock::Clock::now(&WallClock).millis();
+    format!("{host}-{}-{started}", std::process::id())
+}
+
+/// Checks that the server puts commands on their partitions as this stream
+/// counts them (the mapping of [`partition_mapping`]): probes published on
+/// made-up accounts must arrive on the partition their account hashes to.
+async fn check_mapping(client: &convo_store::bus::Client, prefix: &str, partitions: usize) -> Result<()> {
+    use futures::StreamExt;
+    let (from, to) = partition_mapping(prefix, partitions);
+    let nonce = convo_engine::clock::Clock::now(&WallClock).millis();
+    let accounts: Vec<String> = (0..4).map(|i| format!("probe-{nonce}-{i}")).collect();
+    let mut probes = client.subscribe(format!("{prefix}.~part.*.*.convo-probe")).await?;
+    for account in &accounts {
+        client.publish(format!("{prefix}.{account}.cmd.convo-probe"), "".into()).await?;
+    }
+    client.flush().await?;
+    let how = format!(
+        "add to the nats-server config `mappings {{ {from:?}: {to:?} }}` (`convo nats-config --partitions {partitions}` prints it) and reload it"
+    );
+    for _ in &accounts {
+        let probe = tokio::time::timeout(std::time::Duration::from_secs(3), probes.next()).await;
+        let Ok(Some(message)) = probe else {
+            bail!("the NATS server does not put commands on their partitions: {how}");
+        };
+        let tokens: Vec<&str> = message.subject.split('.').collect();
+        let (index, account) = (tokens[tokens.len() - 3], tokens[tokens.len() - 2]);
+        if index.parse::<usize>().ok() != Some(convo_store::bus::partition_of(account, partitions)) {
+            bail!(
+                "the NATS server maps commands onto another number of partitions than the stream's {partitions}: {how}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What the JSON stream and the webhooks need.
+struct Feeds {
+    store: JetStreamStore,
+    redactions: std::sync::Arc<convo_wire::redact::Redactions>,
+    json_stream: convo_store::json_stream::JsonStreamConfig,
+    json_checkpoint: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    deliveries: convo_webhooks::Deliveries,
+    queue: convo_webhooks::Queue,
+    webhooks: convo_webhooks::WebhookConfig,
+}
+
+/// Plays the JSON stream and the webhooks while this instance holds the
+/// stream's `feeds` lease (one instance per stream), taking it when free,
+/// until `stop`; then stops them (webhook attempts in flight get 5 s) and
+/// releases the lease.
+async fn play_feeds(
+    directory: convo_store::cluster::Directory,
+    instance: String,
+    feeds: Feeds,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    use convo_store::lease::{LEASE_RENEW_MS, LeaseError};
+    type Running = (tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>, tokio::sync::oneshot::Sender<()>);
+    let start = |feeds: &Feeds| -> Running {
+        let republisher = tokio::spawn(republish_json(
+            feeds.store.clone(),
+            feeds.redactions.clone(),
+            feeds.json_stream.clone(),
+            feeds.json_checkpoint.clone(),
+        ));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let webhooks = tokio::spawn(convo_webhooks::run(
+            feeds.deliveries.clone(),
+            feeds.store.clone(),
+            feeds.queue.clone(),
+            feeds.webhooks.clone(),
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
+        (republisher, webhooks, stop_tx)
+    };
+    let mut lease = None;
+    let mut running: Option<Running> = None;
+    let mut every = tokio::time::interval(std::time::Duration::from_millis(LEASE_RENEW_MS));
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = every.tick() => {}
+        }
+        match lease.as_mut() {
+            None => match directory.take_role("feeds", &instance).await {
+                Ok(taken) => {
+                    tracing::info!("this instance plays the JSON stream and the webhooks");
+                    lease = Some(taken);
+                    running = Some(start(&feeds));
+                }
+                Err(LeaseError::Held { .. }) => {}
+                Err(e) => tracing::warn!("cannot take the feeds' lease now: {e}"),
+            },
+            Some(held) => {
+                if let Err(e @ LeaseError::Lost { .. }) = held.renew().await {
+                    tracing::error!("{e}");
+                }
+                if held.valid_for().is_zero() {
+                    tracing::error!("the feeds' lease could not be kept; stopping the JSON stream and the webhooks");
+                    if let Some((republisher, webhooks, _)) = running.take() {
+                        republisher.abort();
+                        webhooks.abort(); // attempts under way are made again (same webhook-id)
+                    }
+                    lease = None;
+                }
+            }
+        }
+    }
+    if let Some((republisher, mut webhooks, stop_webhooks)) = running {
+        republisher.abort();
+        let _ = stop_webhooks.send(());
+        if tokio::time::timeout(std::time::Duration::from_secs(5), &mut webhooks).await.is_err() {
+            webhooks.abort(); // attempts under way are made again at the next start (same webhook-id)
+        }
+    }
+    if let Some(lease) = lease
+        && let Err(e) = lease.release().await
+    {
+        tracing::warn!("could not release the feeds' lease ({e}); it expires by itself");
+    }
 }
 
 /// `convo serve --roles read-models`: the read models followed from the
@@ -594,6 +755,8 @@ fn spawn_lags(
 
 /// The HTTP gateway while it serves.
 struct Gateway {
+    /// Where it listens (`http://…`).
+    url: String,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -628,7 +791,7 @@ impl Gateway {
         let task = tokio::spawn(convo_gateway::serve(listener, router, async {
             let _ = stopped.await;
         }));
-        Ok(Some(Gateway { task, stop }))
+        Ok(Some(Gateway { url, task, stop }))
     }
 
     /// Finishes the requests in hand (open event streams are closed after
@@ -679,31 +842,6 @@ fn follow_read_models(
     Ok((models, tasks))
 }
 
-/// Takes the engine's lease on the stream. A lease left by an engine that
-/// died expires within its TTL, so that long is waited for; a live holder
-/// keeps renewing it, and this start is refused with who holds it.
-async fn acquire_lease(store: &JetStreamStore) -> Result<convo_store::lease::Lease> {
-    use convo_store::lease::{LEASE_TTL_MS, LeaseError};
-    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(LEASE_TTL_MS + 1_000);
-    let mut said = false;
-    loop {
-        match store.acquire_lease(&holder()).await {
-            Ok(lease) => return Ok(lease),
-            Err(LeaseError::Held { holder, .. }) if std::time::Instant::now() < deadline => {
-                if !said {
-                    tracing::info!(
-                        "the stream's lease is held ({holder}); waiting up to {} s in case that engine is gone",
-                        LEASE_TTL_MS / 1000 + 1
-                    );
-                    said = true;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
 /// Who holds the lease, as another engine will be told.
 fn holder() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "this machine".into());
@@ -740,16 +878,14 @@ async fn republish_json(
 }
 
 async fn supervise(
-    mut lease: convo_store::lease::Lease,
     mut embedded: Option<NatsServer>,
     launch: LaunchOptions,
     logins: std::sync::Arc<convo_engine::serve::NatsLogins>,
     reason: tokio::sync::watch::Sender<Option<String>>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
-) -> (Option<convo_store::lease::Lease>, Option<NatsServer>) {
-    use convo_store::lease::{LEASE_RENEW_MS, LeaseError};
+) -> Option<NatsServer> {
     let mut every = tokio::time::interval(std::time::Duration::from_millis(SUPERVISE_EVERY_MS));
-    let mut renewed = std::time::Instant::now();
+    let mut healthy_since = std::time::Instant::now();
     let mut restarts = 0;
     let mut logins_due = false;
     let fail = |why: String| {
@@ -758,7 +894,7 @@ async fn supervise(
     };
     loop {
         tokio::select! {
-            _ = &mut stop => return (Some(lease), embedded),
+            _ = &mut stop => return embedded,
             _ = every.tick() => {}
             _ = logins.changed() => logins_due = true,
         }
@@ -798,21 +934,13 @@ async fn supervise(
                 continue;
             }
         }
-        if renewed.elapsed() >= std::time::Duration::from_millis(LEASE_RENEW_MS) {
-            match lease.renew().await {
-                Ok(()) => {
-                    renewed = std::time::Instant::now();
-                    restarts = 0;
-                }
-                Err(e @ LeaseError::Lost { .. }) => {
-                    fail(e.to_string());
-                    return (None, embedded);
-                }
-                Err(e) => tracing::warn!("could not renew the lease ({e}); retrying"),
+        // A server up for a while again earns its restarts back.
+        if embedded.as_mut().is_some_and(|s| s.exited().is_none()) {
+            if healthy_since.elapsed() >= std::time::Duration::from_secs(10) {
+                restarts = 0;
             }
-        }
-        if lease.valid_for().is_zero() {
-            fail("the lease could not be renewed in time (NATS unreachable); stopping before another engine may take over".into());
+        } else {
+            healthy_since = std::time::Instant::now();
         }
     }
 }
@@ -1058,7 +1186,7 @@ pub async fn replay_traffic(args: ReplayArgs) -> Result<()> {
                     temp.path().to_path_buf()
                 }
             };
-            let server = NatsServer::start(&LaunchOptions { data_dir: dir, sync_always: false })?;
+            let server = NatsServer::start(&LaunchOptions { data_dir: dir, sync_always: false, ..Default::default() })?;
             eprintln!("convo: replaying through {} on {}", server.binary.display(), server.url());
             let url = server.url();
             embedded = Some(server);
@@ -1122,7 +1250,9 @@ Examples:
   # and reload them (nats-server --signal reload) after issuing or revoking a key
 
 The embedded default (`convo serve` without --nats-url) writes and reloads this
-itself. What it grants: the engine's user may do everything (it alone writes
+itself. The `mappings` block puts each command on its account's partition
+(nats-server's partition()), which the engine instances owning it serve;
+every server of the cluster needs it. What it grants: the engine's user may do everything (it alone writes
 the stream and calls the JetStream API); each API key's login (an nkey the
 engine derived from the key's secret) may publish its account's commands,
 subscribe to its own reply inbox and, for an admin's key or an integration
@@ -1133,6 +1263,9 @@ pub struct NatsConfigArgs {
     /// How the engine's password appears in the config (`$VAR`: from the servers' environment).
     #[arg(long, default_value = "$CONVO_ENGINE_PASSWORD")]
     engine_password: String,
+    /// The stream's partition count, if no engine has served it yet (otherwise the stream's).
+    #[arg(long)]
+    partitions: Option<u16>,
 }
 
 pub async fn nats_config(args: NatsConfigArgs) -> Result<()> {
@@ -1159,5 +1292,7 @@ pub async fn nats_config(args: NatsConfigArgs) -> Result<()> {
         users.len()
     );
     print!("{}", convo_store::launcher::authorization_block(&password, &users));
+    let partitions = store.partitions(args.partitions.map(usize::from), DEFAULT_PARTITIONS).await?;
+    print!("{}", convo_store::launcher::mappings_block(&[partition_mapping(&c.prefix, partitions)]));
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! `replay-traffic` run and talk to the engine on NATS JetStream.
 
 mod audit_cmds;
+mod cluster_cmds;
 mod contact_cmds;
 mod doctor_cmds;
 mod engine_cmds;
@@ -65,6 +66,8 @@ The scenario format is documented in replay-fixtures/README.md.")]
     NatsConfig(engine_cmds::NatsConfigArgs),
     /// Webhook deliveries: pending, dead-lettered, and every attempt (status, response code, latency).
     Webhooks(webhook_cmds::WebhookArgs),
+    /// The engine instances sharing the stream: who owns which partition.
+    Cluster(cluster_cmds::ClusterArgs),
 }
 
 #[derive(Args, Debug)]
@@ -129,6 +132,7 @@ fn main() -> ExitCode {
                     Cmd::Doctor(args) => doctor_cmds::doctor(args).await,
                     Cmd::NatsConfig(args) => engine_cmds::nats_config(args).await.map(|()| ExitCode::SUCCESS),
                     Cmd::Webhooks(args) => webhook_cmds::webhooks(args).await.map(|()| ExitCode::SUCCESS),
+                    Cmd::Cluster(args) => cluster_cmds::cluster(args).await.map(|()| ExitCode::SUCCESS),
                     Cmd::Simulate(_) => unreachable!("handled above"),
                 }
             })

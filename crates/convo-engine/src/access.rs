@@ -245,7 +245,8 @@ pub fn nats_users(prefix: &str, catalog: &Catalog) -> Vec<convo_store::launcher:
         users.push(convo_store::launcher::NatsUser {
             nkey: spec.nats_nkey.clone(),
             comment: format!("account {account}, key {id} ({holder})"),
-            publish: vec![format!("{prefix}.{account}.cmd.>")],
+            // The server checks the subject its mapping made (the account's partition) as well.
+            publish: vec![format!("{prefix}.{account}.cmd.>"), format!("{prefix}.~part.*.{account}.*")],
             subscribe,
         });
     }

@@ -12,6 +12,7 @@
 
 pub mod access;
 pub mod clock;
+pub mod cluster;
 pub mod contract;
 pub mod core;
 pub mod intake;

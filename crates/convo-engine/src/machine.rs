@@ -616,14 +616,11 @@ pub struct Partition {
 impl Partition {
     pub const ALL: Partition = Partition { index: 0, count: 1 };
 
-    /// The partition of an account: FNV-1a of its id, so every instance and
-    /// every run agree.
+    /// The partition of an account: 32-bit FNV-1a of its id modulo the
+    /// count, as nats-server's `partition()` mapping computes it, so every
+    /// instance, every run and the server agree.
     pub fn of(account: &AccountId, count: usize) -> usize {
-        let hash = account
-            .as_str()
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
-        (hash % count.max(1) as u64) as usize
+        convo_store::bus::partition_of(account.as_str(), count)
     }
 
     pub fn owns(&self, account: &AccountId) -> bool {

@@ -226,3 +226,42 @@ fn answer_read(
         }
     }
 }
+
+/// Keeps every account's NATS logins and redaction rules current from the
+/// stream's catalog commits (where partitions are shared, an instance's own
+/// partitions know only their accounts); marks the redactions ready after the
+/// first catch-up. Runs until `ends` closes.
+pub async fn follow_catalogs<S: EventStore>(
+    store: S,
+    mut ends: watch::Receiver<u64>,
+    logins: Option<Arc<crate::serve::NatsLogins>>,
+    redactions: Option<Arc<convo_wire::redact::Redactions>>,
+) {
+    let mut catalogs = Catalogs::default();
+    let mut ready = false;
+    loop {
+        match catalogs.catch_up(&store).await {
+            Ok(changed) => {
+                for account in &changed {
+                    let Some(catalog) = catalogs.catalog(account) else { continue };
+                    if let Some(logins) = &logins {
+                        logins.update(catalog);
+                    }
+                    if let Some(redactions) = &redactions {
+                        redactions.set(account, &catalog.settings.regex_rules);
+                    }
+                }
+                if !ready {
+                    ready = true;
+                    if let Some(redactions) = &redactions {
+                        redactions.mark_ready();
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("cannot follow the accounts' catalogs now ({e}); retrying"),
+        }
+        if ends.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use std::collections::HashMap;
 
@@ -65,7 +65,7 @@ fn note_reply(
 }
 
 /// Tells whoever follows the catalogs (the NATS logins, the redaction rules) of `catalog` as applied now.
-fn catalog_applied(config: &ServeConfig, catalog: &convo_domain::Catalog) {
+pub(crate) fn catalog_applied(config: &ServeConfig, catalog: &convo_domain::Catalog) {
     if let Some(logins) = &config.nats_logins {
         logins.update(catalog);
     }
@@ -183,12 +183,14 @@ pub async fn serve<S: EventStore + Clone + 'static>(
     }
     let mut queues = Vec::with_capacity(count);
     let mut tasks = Vec::with_capacity(count);
+    let (_never, halt) = watch::channel(false); // every partition is this instance's until it stops
     for (partition, machine) in machines.into_iter().enumerate() {
         let (tx, rx) = mpsc::channel(PARTITION_QUEUE_MAX);
         queues.push(tx);
         let (responder, clock, store, config) = (responder.clone(), clock.clone(), store.clone(), config.clone());
+        let halt = halt.clone();
         tasks.push(tokio::spawn(async move {
-            run_partition(partition, machine, store, rx, &responder, clock.as_ref(), &config).await
+            run_partition(partition, machine, store, rx, &responder, clock.as_ref(), &config, halt).await
         }));
     }
     dispatch(bus, local, &responder, &queues, shutdown).await;
@@ -253,6 +255,7 @@ enum Wake {
 
 /// One partition's loop: its requests, its timers, its routing, until its
 /// queue closes and everything taken is done.
+#[allow(clippy::too_many_arguments)] // the partition's inputs, each its own channel or handle
 pub async fn run_partition<S: EventStore + Clone + 'static>(
     partition: usize,
     mut machine: Machine,
@@ -261,6 +264,7 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
     responder: &Responder,
     clock: &dyn Clock,
     config: &ServeConfig,
+    mut halt: watch::Receiver<bool>,
 ) -> ServeStats {
     let mut io: FuturesUnordered<Pending> = FuturesUnordered::new();
     // Requests taken and not answered yet (bounded by the machine's limits),
@@ -275,6 +279,12 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
     let partition_label = partition.to_string();
     let mut gauges_at = std::time::Instant::now() - Duration::from_secs(1);
     loop {
+        if *halt.borrow_and_update() {
+            // The partition's lease may expire: stop deciding at once (what is
+            // in hand is neither answered nor appended; clients retry).
+            tracing::warn!(partition, "stopped deciding for partition {partition}: its lease ran out");
+            break;
+        }
         if let Some(metrics) = &config.metrics
             && gauges_at.elapsed() >= Duration::from_millis(250)
         {
@@ -352,6 +362,7 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
             Some(done) = io.next(), if !io.is_empty() => Wake::Io(done),
             request = requests.recv(), if !stopping && room => Wake::Request(request),
             _ = tokio::time::sleep(Duration::from_millis(wait.max(1))), if !stopping => Wake::Clock,
+            _ = halt.changed() => Wake::Clock,
         };
         match wake {
             Wake::Io(IoDone::Appended(id, commit, result)) => {
@@ -493,7 +504,7 @@ impl DeniedLog {
     }
 }
 
-async fn answer(responder: &Responder, request: &Request, body: &serde_json::Value) {
+pub(crate) async fn answer(responder: &Responder, request: &Request, body: &serde_json::Value) {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     if let Err(e) = responder.respond(request, bytes).await {
         tracing::warn!(subject = %request.subject, "cannot answer {}: {e}", request.subject);

@@ -1,7 +1,14 @@
 //! Commands over NATS request/reply: the transport half of the engine's
-//! intake, here so that only this crate names `async-nats`. Requests arrive on
-//! `<prefix>.<account>.cmd.<anything>`, in a queue group so several engine
-//! instances share them.
+//! intake, here so that only this crate names `async-nats`. Clients send on
+//! `<prefix>.<account>.cmd.<type>`. Where the engine's partitions are shared
+//! by instances, the server's subject mapping ([`partition_mapping`]) moves
+//! each request onto its account's partition, `<prefix>.~part.<n>.<account>.<type>`,
+//! which only that partition's owner subscribes to; a request another
+//! instance took over HTTP is forwarded to the owner on
+//! `<prefix>.~fwd.<n>.<account>.<type>` with the client's address and
+//! whether it is a read in headers (only the engine's NATS user may publish
+//! there: no key's login can). `~` is in no account id, so these subjects
+//! never collide with an account's.
 
 use std::time::Duration;
 
@@ -61,11 +68,44 @@ impl Request {
     }
 }
 
+/// A connection to NATS (for the crates that stay clear of `async-nats`).
+pub type Client = async_nats::Client;
+
+/// The header naming the client's address on a forwarded request.
+pub const CLIENT_IP: &str = "Convo-Client-Ip";
+/// The header marking a forwarded request as a read to authorize.
+pub const READ: &str = "Convo-Read";
+
+/// The subject token of partitioned command subjects (not an id character).
+const PART: &str = "~part";
+/// The subject token of forwarded requests.
+const FWD: &str = "~fwd";
+
+/// The server's subject mapping that spreads commands over `count`
+/// partitions by account (nats-server's `partition()`: FNV-1a of the
+/// account token, modulo the count): source and destination.
+pub fn partition_mapping(prefix: &str, count: usize) -> (String, String) {
+    (
+        format!("{prefix}.*.cmd.*"),
+        format!("{prefix}.{PART}.{{{{partition({count},1)}}}}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}"),
+    )
+}
+
+/// The partition of an account among `count`, as the server's mapping
+/// computes it (32-bit FNV-1a of the account, modulo the count), so an
+/// instance forwards to the owner the mapping delivers to.
+pub fn partition_of(account: &str, count: usize) -> usize {
+    let hash = account.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    (hash % count.max(1) as u32) as usize
+}
+
 /// The engine's side: incoming requests, and a way to answer them.
 #[derive(Debug)]
 pub struct CommandBus {
     client: async_nats::Client,
     subscriber: async_nats::Subscriber,
+    /// A partition's forwarded requests (with [`CommandBus::subscribe_partition`]).
+    forwarded: Option<async_nats::Subscriber>,
 }
 
 impl CommandBus {
@@ -75,18 +115,55 @@ impl CommandBus {
             .queue_subscribe(format!("{prefix}.*.cmd.>"), QUEUE_GROUP.to_owned())
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        Ok(Self { client, subscriber })
+        Ok(Self { client, subscriber, forwarded: None })
+    }
+
+    /// Subscribes to one partition's requests: those the server's mapping
+    /// put on it, and those other instances forward to it.
+    pub async fn subscribe_partition(
+        client: async_nats::Client,
+        prefix: &str,
+        index: usize,
+    ) -> Result<Self, StoreError> {
+        let subscribe = async |token: &str| {
+            client
+                .queue_subscribe(format!("{prefix}.{token}.{index}.*.*"), QUEUE_GROUP.to_owned())
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))
+        };
+        let (mapped, forwarded) = (subscribe(PART).await?, subscribe(FWD).await?);
+        Ok(Self { client: client.clone(), subscriber: mapped, forwarded: Some(forwarded) })
     }
 
     /// The next request (`None` once unsubscribed).
     pub async fn next(&mut self) -> Option<Request> {
-        let message = self.subscriber.next().await?;
+        let message = match &mut self.forwarded {
+            None => self.subscriber.next().await?,
+            Some(forwarded) => tokio::select! {
+                m = self.subscriber.next() => m?,
+                m = forwarded.next() => m?,
+            },
+        };
         let subject = message.subject.to_string();
-        let account = subject.split('.').nth(1).unwrap_or("").to_owned();
-        let kind = subject.splitn(4, '.').nth(3).unwrap_or("").to_owned();
-        let credential = message.headers.as_ref().and_then(|h| h.get(AUTHORIZATION)).map(|v| v.as_str().to_owned());
+        let tokens: Vec<&str> = subject.split('.').collect();
+        let (account, kind, trusted) = match tokens.len().checked_sub(5).map(|at| &tokens[at..]) {
+            // <prefix>.~part|~fwd.<n>.<account>.<type>
+            Some([token, _, account, kind]) | Some([_, token, _, account, kind]) if *token == PART || *token == FWD => {
+                (account.to_string(), kind.to_string(), *token == FWD)
+            }
+            _ => {
+                // <prefix>.<account>.cmd.<type…>
+                let account = subject.split('.').nth(1).unwrap_or("").to_owned();
+                (account, subject.splitn(4, '.').nth(3).unwrap_or("").to_owned(), false)
+            }
+        };
+        let header = |name: &str| message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
+        let credential = header(AUTHORIZATION);
+        // Only a forwarded request (the engine's own user) says where the client is, or that it reads.
+        let ip = header(CLIENT_IP).filter(|_| trusted).and_then(|ip| ip.parse().ok());
+        let read = trusted && header(READ).is_some();
         let reply = Reply::Nats(message.reply);
-        Some(Request { account, kind, read: false, subject, payload: message.payload, credential, ip: None, reply })
+        Some(Request { account, kind, read, subject, payload: message.payload, credential, ip, reply })
     }
 
     /// Answers a request (a request without a reply subject gets none).
@@ -102,6 +179,9 @@ impl CommandBus {
     /// Stops taking requests; those already received can still be answered.
     pub async fn close(&mut self) {
         let _ = self.subscriber.unsubscribe().await;
+        if let Some(forwarded) = &mut self.forwarded {
+            let _ = forwarded.unsubscribe().await;
+        }
     }
 }
 
@@ -150,6 +230,37 @@ impl Responder {
             }
         }
         Ok(())
+    }
+}
+
+/// Hands a request taken in this process (over HTTP) to the instance that
+/// owns its partition, and waits for the answer; `None` when no instance
+/// serves that partition now (it is being taken over: the client retries).
+pub async fn forward(
+    client: &async_nats::Client,
+    prefix: &str,
+    index: usize,
+    request: &Request,
+    wait: Duration,
+) -> Result<Option<Bytes>, StoreError> {
+    let subject = format!("{prefix}.{FWD}.{index}.{}.{}", request.account, request.kind);
+    let mut headers = async_nats::HeaderMap::new();
+    if let Some(credential) = &request.credential {
+        headers.insert(AUTHORIZATION, credential.as_str());
+    }
+    if let Some(ip) = request.ip {
+        headers.insert(CLIENT_IP, ip.to_string().as_str());
+    }
+    if request.read {
+        headers.insert(READ, "1");
+    }
+    match tokio::time::timeout(wait, client.request_with_headers(subject, headers, request.payload.clone())).await {
+        Err(_) => {
+            Err(StoreError::Unavailable(format!("the owner of partition {index} did not answer within {wait:?}")))
+        }
+        Ok(Ok(reply)) => Ok(Some(reply.payload)),
+        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(None),
+        Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
     }
 }
 

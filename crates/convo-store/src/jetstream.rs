@@ -83,6 +83,9 @@ impl Default for StoreConfig {
     }
 }
 
+/// The stream metadata key recording the partition count.
+pub const PARTITIONS_KEY: &str = "convo_partitions";
+
 /// The JetStream event store.
 #[derive(Debug, Clone)]
 pub struct JetStreamStore {
@@ -172,9 +175,47 @@ impl JetStreamStore {
         Ok((pending, messages))
     }
 
-    /// Takes the engine's lease on this stream (see [`crate::lease`]).
-    pub async fn acquire_lease(&self, holder: &str) -> Result<crate::lease::Lease, crate::lease::LeaseError> {
-        crate::lease::Lease::acquire(&self.js, &self.config.stream, holder).await
+    /// How many partitions share the stream's accounts: recorded in the
+    /// stream's metadata (`convo_partitions`) by the first engine to ask
+    /// (`requested`, else `default`), fixed after. A request for another
+    /// count is refused: accounts would change partitions under running
+    /// instances.
+    pub async fn partitions(&self, requested: Option<usize>, default: usize) -> Result<usize, StoreError> {
+        let mut stream = self.stream.clone();
+        let info = stream.info().await.map_err(unavailable)?.clone();
+        let recorded = info.config.metadata.get(PARTITIONS_KEY).and_then(|v| v.parse::<usize>().ok());
+        match (recorded.filter(|n| *n > 0), requested.map(|n| n.max(1))) {
+            (Some(count), Some(asked)) if asked != count => Err(StoreError::Refused(format!(
+                "stream {} has {count} partitions (fixed when the first engine served it); drop --partitions or pass {count}",
+                self.config.stream
+            ))),
+            (Some(count), _) => Ok(count),
+            (None, asked) => {
+                let count = asked.unwrap_or(default);
+                let mut config = info.config.clone();
+                config.metadata.insert(PARTITIONS_KEY.to_owned(), count.to_string());
+                self.js.update_stream(config).await.map_err(unavailable)?;
+                Ok(count)
+            }
+        }
+    }
+
+    /// The partition count the stream records, if an engine has served it.
+    pub async fn recorded_partitions(&self) -> Result<Option<usize>, StoreError> {
+        let mut stream = self.stream.clone();
+        let info = stream.info().await.map_err(unavailable)?;
+        Ok(info.config.metadata.get(PARTITIONS_KEY).and_then(|v| v.parse::<usize>().ok()).filter(|n| *n > 0))
+    }
+
+    /// The JetStream context (for the buckets beside the stream).
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// The directory of the engine instances sharing this stream's partitions (see [`crate::cluster`]).
+    pub async fn directory(&self) -> Result<crate::cluster::Directory, StoreError> {
+        let kv = crate::lease::Lease::bucket(&self.js, &self.config.stream, self.config.replicas).await?;
+        Ok(crate::cluster::Directory::new(kv, &self.config.stream))
     }
 
     /// Removes one message from the stream (what `convo doctor --purge` does

@@ -55,12 +55,28 @@ pub const PID_FILE: &str = "nats-server.pid";
 pub const LEFTOVER_STOP_MS: u64 = 5_000;
 
 /// How to start the server.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LaunchOptions {
     /// Where JetStream keeps its files, and the server its config and log.
     pub data_dir: PathBuf,
     /// `sync_interval: always`: fsync every append (durable, much slower).
     pub sync_always: bool,
+    /// Subject mappings (source, destination): the engine's partitions
+    /// ([`crate::bus::partition_mapping`]).
+    pub mappings: Vec<(String, String)>,
+}
+
+/// The `mappings` block of a nats-server config.
+pub fn mappings_block(mappings: &[(String, String)]) -> String {
+    if mappings.is_empty() {
+        return String::new();
+    }
+    let mut text = String::from("# Commands onto their account's partition (see `convo nats-config`).\nmappings {\n");
+    for (from, to) in mappings {
+        text.push_str(&format!("  {from:?}: {to:?}\n"));
+    }
+    text.push_str("}\n");
+    text
 }
 
 /// The NATS user the engine (and the operator's tools on this machine)
@@ -187,7 +203,7 @@ impl NatsServer {
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
             let name = format!("convo-{}-{port}-{nanos}", std::process::id());
             let ports = (port, monitor_port);
-            let config = write_config(&options.data_dir, ports, &name, &password, options.sync_always, &[])?;
+            let config = write_config(options, ports, &name, &password, &[])?;
             match spawn(&binary, &config, &options.data_dir, port, &name) {
                 Ok(child) => {
                     return Ok(Self {
@@ -224,8 +240,7 @@ impl NatsServer {
     pub fn restart(&mut self, options: &LaunchOptions) -> Result<(), LaunchError> {
         self.stop();
         let ports = (self.port, self.monitor_port);
-        let config =
-            write_config(&options.data_dir, ports, &self.name, &self.password, options.sync_always, &self.users)?;
+        let config = write_config(options, ports, &self.name, &self.password, &self.users)?;
         self.child = spawn(&self.binary, &config, &options.data_dir, self.port, &self.name)?;
         Ok(())
     }
@@ -239,7 +254,7 @@ impl NatsServer {
             return Ok(false);
         }
         let ports = (self.port, self.monitor_port);
-        write_config(&options.data_dir, ports, &self.name, &self.password, options.sync_always, &users)?;
+        write_config(options, ports, &self.name, &self.password, &users)?;
         let status = Command::new(&self.binary)
             .args(["--signal", &format!("reload={}", self.child.id())])
             .stdout(Stdio::null())
@@ -291,20 +306,21 @@ fn random_hex() -> std::io::Result<String> {
 
 /// Writes the server's config (mode 0600: it holds the engine's password).
 fn write_config(
-    dir: &Path,
+    options: &LaunchOptions,
     (port, monitor_port): (u16, u16),
     name: &str,
     password: &str,
-    sync_always: bool,
     users: &[NatsUser],
 ) -> Result<PathBuf, LaunchError> {
+    let (dir, sync_always) = (&options.data_dir, options.sync_always);
     let store = dir.join("jetstream");
     let config = dir.join("nats-server.conf");
     let pid_file = dir.join(PID_FILE);
     let sync = if sync_always { "\n  sync_interval: always" } else { "" };
     let text = format!(
-        "# written by convo\nserver_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor_port}\nmax_payload: 1MB\npid_file: {pid_file:?}\njetstream {{\n  store_dir: {store:?}{sync}\n}}\n{}",
-        authorization_block(&format!("{password:?}"), users)
+        "# written by convo\nserver_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor_port}\nmax_payload: 1MB\npid_file: {pid_file:?}\njetstream {{\n  store_dir: {store:?}{sync}\n}}\n{}{}",
+        authorization_block(&format!("{password:?}"), users),
+        mappings_block(&options.mappings)
     );
     write_private(&config, text.as_bytes())?;
     Ok(config)

@@ -13,6 +13,7 @@
 //! nothing is written: reload, decide again.
 
 pub mod bus;
+pub mod cluster;
 pub mod jetstream;
 pub mod json_stream;
 pub mod launcher;

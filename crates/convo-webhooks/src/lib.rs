@@ -141,7 +141,7 @@ fn endpoint_key(account: &str, webhook: &str) -> String {
 }
 
 /// The projection that queues deliveries.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Queue {
     prefix: String,
     redactions: Arc<Redactions>,

@@ -71,7 +71,12 @@ async fn request_retrying(url: &str, id: &str, conversation: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_tail_read_models_and_serve_survive_whatever_the_stream_holds() {
     let dir = tempfile::tempdir().unwrap();
-    let nats = NatsServer::start(&LaunchOptions { data_dir: dir.path().to_path_buf(), sync_always: false }).unwrap();
+    let nats = NatsServer::start(&LaunchOptions {
+        data_dir: dir.path().to_path_buf(),
+        sync_always: false,
+        mappings: vec![convo_store::bus::partition_mapping(PREFIX, 2)],
+    })
+    .unwrap();
     let url = nats.url();
     let fixture =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../replay-fixtures/sla-worked-example/input.jsonl");

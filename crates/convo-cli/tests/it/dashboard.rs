@@ -238,7 +238,7 @@ async fn read_models_killed_mid_stream_equal_a_fresh_rebuild() {
     let (store, _nats) = {
         let nats = convo_store::launcher::NatsServer::start(&convo_store::launcher::LaunchOptions {
             data_dir: dir.join("nats"),
-            sync_always: false,
+            ..Default::default()
         })
         .unwrap();
         let config = convo_store::StoreConfig::for_prefix("replay");

@@ -1,5 +1,5 @@
-//! The embedded default is supervised: one `convo serve` per data directory
-//! and one engine per stream; its nats-server is restarted when it dies and
+//! The embedded default is supervised: one `convo serve` per data directory,
+//! a second engine on its stream shares the partitions; its nats-server is restarted when it dies and
 //! dies with it, even on SIGKILL; the next start finds no leftover.
 
 use std::path::Path;
@@ -85,16 +85,56 @@ fn the_embedded_default_is_supervised() {
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(stderr.contains("in use by another convo process"), "{stderr}");
 
-    // A second engine on the same stream (through the first one's server) refuses too.
+    // A second engine on the same stream (through the first one's server) joins it: the
+    // partitions are shared, and handed back when it stops.
     let url = std::fs::read_to_string(dir.join("nats.url")).unwrap();
     let other = tempfile::tempdir().unwrap();
-    let second =
-        convo(&["serve", "--nats-url", url.trim(), "--data-dir", other.path().to_str().unwrap(), "--prefix", PREFIX])
+    std::fs::copy(dir.join("operator.key"), other.path().join("operator.key")).unwrap();
+    std::fs::copy(dir.join("engine.key"), other.path().join("engine.key")).unwrap();
+    let log = std::fs::File::create(other.path().join("serve.log")).unwrap();
+    let second = convo(&[
+        "serve",
+        "--nats-url",
+        url.trim(),
+        "--data-dir",
+        other.path().to_str().unwrap(),
+        "--prefix",
+        PREFIX,
+        "--no-http",
+    ])
+    .stdout(Stdio::null())
+    .stderr(log)
+    .spawn()
+    .unwrap();
+    let mut second = Proc(second);
+    let owners = || {
+        let out = convo(&["cluster", "status", "--format", "json", "--nats-url", url.trim(), "--prefix", PREFIX])
             .output()
             .unwrap();
-    assert!(!second.status.success());
-    let stderr = String::from_utf8_lossy(&second.stderr);
-    assert!(stderr.contains("another engine holds the lease"), "{stderr}");
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let mut owners: Vec<String> = status["owners"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|o| o["instance"].as_str().unwrap_or("").to_owned())
+            .collect();
+        owners.sort();
+        owners.dedup();
+        (status["instances"].as_array().map_or(0, Vec::len), owners)
+    };
+    wait_for("two instances sharing the partitions", || {
+        let (instances, owners) = owners();
+        instances == 2 && owners.len() == 2 && !owners.contains(&String::new())
+    });
+    wait_for("the engine to answer while shared", || answered(dir));
+    assert!(Command::new("kill").args(["-INT", &second.0.id().to_string()]).status().unwrap().success());
+    assert!(second.0.wait().unwrap().success(), "{}", std::fs::read_to_string(other.path().join("serve.log")).unwrap());
+    let log = std::fs::read_to_string(other.path().join("serve.log")).unwrap();
+    assert!(log.contains("took partition") && log.contains("handing over"), "{log}");
+    wait_for("the first instance to own every partition again", || {
+        let (instances, owners) = owners();
+        instances == 1 && owners.len() == 1 && !owners.contains(&String::new())
+    });
 
     // The embedded nats-server dies: `convo serve` starts it again and goes on.
     let pid = server_pid(dir);

@@ -1,0 +1,464 @@
+//! Engine instances sharing a stream's partitions (DESIGN.md, "Scale-out on
+//! NATS").
+//!
+//! Accounts hash onto the stream's partitions ([`Partition::of`], the same
+//! function as the server's `partition()` mapping, which puts each command
+//! on its partition's subject). Each instance writes a heartbeat into the
+//! stream's lease bucket ([`convo_store::cluster`]) and, every
+//! [`COORDINATE_EVERY_MS`], works out its share: the live instances sorted
+//! by id, partition `n` going to the `n mod k`-th, so shares differ by at
+//! most one. A partition of its share it takes once its lease is free
+//! (released by the previous owner's handover, or expired after a crash),
+//! then recovers it from the log and subscribes to its subjects; a partition
+//! no longer its share it hands over: it stops taking requests, finishes
+//! those in hand, then releases the lease. Leases are renewed every
+//! [`LEASE_RENEW_MS`]; a partition whose lease could not be renewed in time
+//! (its validity on this instance's monotonic clock, less a margin, is
+//! spent) stops deciding at once, before anyone else may take it.
+//!
+//! Everything an account has (its catalog, agents, floor and capacity, its
+//! conversations) lives in the account's partition, so one owner decides for
+//! all of it; optimistic concurrency on every aggregate (conversation,
+//! agent, catalog) stays the safety net should two ever overlap.
+//!
+//! A command sent while its partition changes hands finds no subscriber
+//! (NATS answers "no responders"; over HTTP: 503 `unavailable`); the client
+//! retries with the same id, which the new owner recognises.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use convo_domain::ids::check_id;
+use convo_store::bus::{Client, CommandBus, Request, Responder};
+use convo_store::cluster::Directory;
+use convo_store::lease::{LEASE_RENEW_MS, Lease, LeaseError};
+use convo_store::{EventStore, StoreError};
+
+use crate::clock::Clock;
+use crate::intake::unavailable;
+use crate::machine::{Machine, MachineConfig, Partition};
+use crate::serve::{PARTITION_QUEUE_MAX, ServeConfig, ServeStats, answer, catalog_applied, run_partition};
+
+/// How often an instance looks at the directory, its leases and its partitions.
+pub const COORDINATE_EVERY_MS: u64 = 250;
+/// How long a request forwarded to another instance waits for its answer.
+pub const FORWARD_WAIT_MS: u64 = 10_000;
+
+/// Who this instance is among those sharing the stream.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The subjects' first token.
+    pub prefix: String,
+    /// This instance's id (unique: host, process, start).
+    pub instance: String,
+    /// The stream's partition count.
+    pub partitions: usize,
+    /// What the heartbeat says besides what is owned (who, where its gateway is).
+    pub info: Value,
+    /// The stream's directory of instances and leases.
+    pub directory: Directory,
+}
+
+/// One partition this instance holds.
+struct Held {
+    lease: Option<Lease>,
+    /// Requests taken in this process (HTTP) for the partition.
+    local: mpsc::Sender<Request>,
+    /// Stop taking requests, finish those in hand (a handover).
+    drain: watch::Sender<bool>,
+    /// Stop deciding at once (the lease ran out).
+    halt: watch::Sender<bool>,
+    handing_over: bool,
+    since: Instant,
+    task: JoinHandle<ServeStats>,
+}
+
+/// Reads the whole log into a machine holding one partition's accounts.
+pub async fn recover_partition<S: EventStore>(
+    store: &S,
+    index: usize,
+    count: usize,
+    config: MachineConfig,
+) -> Result<(Machine, u64), StoreError> {
+    let mut machine = Machine::new(config);
+    let mut log = store.read(1).await?;
+    let mut read = 0;
+    while let Some(item) = log.next().await {
+        let (seq, account) = match &item {
+            Ok(stored) => (stored.stream_seq, Some(stored.commit.account.clone())),
+            Err(StoreError::Decode { seq, subject, .. }) => (*seq, convo_wire::parse_subject(subject).map(|(a, _)| a)),
+            Err(e @ (StoreError::Unavailable(_) | StoreError::Refused(_))) => return Err(e.clone()),
+            Err(_) => (0, None),
+        };
+        read = read.max(seq);
+        if account.is_some_and(|a| Partition::of(&a, count) == index) {
+            machine.recover(item);
+        }
+    }
+    Ok((machine, read))
+}
+
+/// What this instance did while it served.
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// Each partition run, as it ended.
+    pub partitions: Vec<(usize, ServeStats)>,
+    /// Requests forwarded to other instances.
+    pub forwarded: u64,
+}
+
+/// Serves this instance's share of the partitions until `shutdown`, then
+/// hands every partition over and leaves the directory.
+pub async fn serve_cluster<S: EventStore + Clone + 'static>(
+    store: S,
+    client: Client,
+    mut local: mpsc::Receiver<Request>,
+    clock: Arc<dyn Clock>,
+    config: ServeConfig,
+    cluster: ClusterConfig,
+    shutdown: impl Future<Output = ()>,
+) -> ClusterStats {
+    let responder = Responder::new(client.clone());
+    let directory = cluster.directory.clone();
+    let mut held: BTreeMap<usize, Held> = BTreeMap::new();
+    let mut stats = ClusterStats::default();
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut tick = tokio::time::interval(Duration::from_millis(COORDINATE_EVERY_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut renewed = Instant::now() - Duration::from_secs(60);
+    let mut local_open = true;
+    tracing::info!(
+        instance = %cluster.instance,
+        "sharing {} partitions with the instances on this stream",
+        cluster.partitions
+    );
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            request = local.recv(), if local_open => match request {
+                Some(request) => dispatch(request, &held, &client, &responder, &cluster, &mut stats),
+                None => local_open = false,
+            },
+            _ = tick.tick() => {
+                let renew = renewed.elapsed() >= Duration::from_millis(LEASE_RENEW_MS);
+                if renew {
+                    renewed = Instant::now();
+                }
+                coordinate(&store, &directory, &client, &clock, &config, &cluster, &mut held, &mut stats, renew).await;
+            }
+        }
+    }
+    // A graceful stop: every partition hands over, then the leases go.
+    tracing::info!("handing over {} partition(s)", held.len());
+    for part in held.values() {
+        let _ = part.drain.send(true);
+    }
+    for (index, part) in std::mem::take(&mut held) {
+        let ran = part.task.await.unwrap_or_default();
+        stats.partitions.push((index, ran));
+        if let Some(lease) = part.lease
+            && let Err(e) = lease.release().await
+        {
+            tracing::warn!("could not release partition {index}'s lease ({e}); it expires by itself");
+        }
+    }
+    if let Err(e) = directory.leave(&cluster.instance).await {
+        tracing::warn!("could not remove this instance's heartbeat ({e}); it expires by itself");
+    }
+    stats
+}
+
+/// A request taken in this process: to its partition here, or forwarded to
+/// the instance that owns it.
+fn dispatch(
+    request: Request,
+    held: &BTreeMap<usize, Held>,
+    client: &Client,
+    responder: &Responder,
+    cluster: &ClusterConfig,
+    stats: &mut ClusterStats,
+) {
+    let refuse = |request: Request, body: Value| {
+        let responder = responder.clone();
+        tokio::spawn(async move { answer(&responder, &request, &body).await });
+    };
+    // The account and the kind become subject tokens: ids only.
+    if let Err(e) = check_id(&request.account) {
+        let error = crate::intake::IntakeError::Invalid { field: "account".into(), message: e.to_string() };
+        return refuse(request, error.to_json());
+    }
+    if check_id(&request.kind).is_err() {
+        let error = crate::intake::IntakeError::UnknownCommand(request.kind.clone());
+        return refuse(request, error.to_json());
+    }
+    let index = convo_store::bus::partition_of(&request.account, cluster.partitions);
+    if let Some(part) = held.get(&index).filter(|p| !p.handing_over) {
+        if let Err(mpsc::error::TrySendError::Full(request) | mpsc::error::TrySendError::Closed(request)) =
+            part.local.try_send(request)
+        {
+            let body =
+                crate::intake::overloaded(&format!("{PARTITION_QUEUE_MAX} requests already wait for this partition"));
+            let responder = responder.clone();
+            tokio::spawn(async move { answer(&responder, &request, &body).await });
+        }
+        return;
+    }
+    stats.forwarded += 1;
+    let (client, responder, prefix) = (client.clone(), responder.clone(), cluster.prefix.clone());
+    tokio::spawn(async move {
+        let wait = Duration::from_millis(FORWARD_WAIT_MS);
+        let body = match convo_store::bus::forward(&client, &prefix, index, &request, wait).await {
+            Ok(Some(bytes)) => {
+                let _ = responder.respond(&request, bytes.to_vec()).await;
+                return;
+            }
+            Ok(None) => unavailable(&format!(
+                "no instance serves partition {index} right now (it is changing hands); retry with the same id"
+            )),
+            Err(e) => unavailable(&e.to_string()),
+        };
+        answer(&responder, &request, &body).await;
+    });
+}
+
+/// This instance's share: the partitions `n` with `n mod k` its place among
+/// the `k` live instances sorted by id (itself counted even before its first
+/// heartbeat shows).
+pub fn share(instances: &[String], me: &str, count: usize) -> Vec<usize> {
+    let mut ids: Vec<&str> = instances.iter().map(String::as_str).collect();
+    if !ids.contains(&me) {
+        ids.push(me);
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    let place = ids.iter().position(|id| *id == me).unwrap_or(0);
+    (0..count).filter(|n| n % ids.len() == place).collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn coordinate<S: EventStore + Clone + 'static>(
+    store: &S,
+    directory: &Directory,
+    client: &Client,
+    clock: &Arc<dyn Clock>,
+    config: &ServeConfig,
+    cluster: &ClusterConfig,
+    held: &mut BTreeMap<usize, Held>,
+    stats: &mut ClusterStats,
+    renew: bool,
+) {
+    // Partitions whose task ended (handed over, halted, or failed to recover).
+    let ended: Vec<usize> = held.iter().filter(|(_, p)| p.task.is_finished()).map(|(n, _)| *n).collect();
+    for index in ended {
+        let Some(part) = held.remove(&index) else { continue };
+        let ran = part.task.await.unwrap_or_default();
+        stats.partitions.push((index, ran));
+        if let Some(lease) = part.lease {
+            match lease.release().await {
+                Ok(()) => tracing::info!(partition = index, "released partition {index}"),
+                Err(e) => tracing::warn!("could not release partition {index}'s lease ({e}); it expires by itself"),
+            }
+        }
+    }
+    // The leases: renewed; one that cannot be kept stops its partition at once.
+    for (index, part) in held.iter_mut() {
+        let Some(lease) = part.lease.as_mut() else { continue };
+        if renew {
+            match lease.renew().await {
+                Ok(()) => {}
+                Err(e @ LeaseError::Lost { .. }) => {
+                    tracing::error!(partition = index, "{e}");
+                    let _ = part.halt.send(true);
+                    part.lease = None;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(partition = index, "could not renew partition {index}'s lease ({e}); retrying")
+                }
+            }
+        }
+        if lease.valid_for().is_zero() {
+            tracing::error!(
+                partition = index,
+                "partition {index}'s lease could not be renewed in time (NATS unreachable); stopping before another instance may take it"
+            );
+            let _ = part.halt.send(true);
+            part.lease = None;
+        }
+    }
+    if renew {
+        let owned: Vec<Value> = held
+            .iter()
+            .map(|(n, p)| json!({"partition": n, "held_secs": p.since.elapsed().as_secs(), "handing_over": p.handing_over}))
+            .collect();
+        let mut info = cluster.info.clone();
+        info["partitions"] = json!(owned);
+        if let Err(e) = directory.heartbeat(&cluster.instance, &info).await {
+            tracing::warn!("could not write this instance's heartbeat ({e}); retrying");
+        }
+    }
+    let members = match directory.members().await {
+        Ok(members) => members.into_iter().map(|m| m.id).collect::<Vec<_>>(),
+        Err(e) => {
+            tracing::warn!("cannot read the instances' directory ({e}); keeping what is held");
+            return;
+        }
+    };
+    let mine = share(&members, &cluster.instance, cluster.partitions);
+    // Hand over what is no longer this instance's share.
+    for (index, part) in held.iter_mut() {
+        if !mine.contains(index) && !part.handing_over {
+            tracing::info!(
+                partition = index,
+                "handing partition {index} over ({} instances share the stream)",
+                members.len()
+            );
+            part.handing_over = true;
+            let _ = part.drain.send(true);
+        }
+    }
+    // Take what is, once its lease is free.
+    for index in mine {
+        if held.contains_key(&index) {
+            continue;
+        }
+        match directory.take(index, &cluster.instance).await {
+            Ok(lease) => {
+                tracing::info!(partition = index, "took partition {index}; recovering it from the log");
+                held.insert(index, start(index, lease, store, client, clock, config, cluster));
+            }
+            Err(LeaseError::Held { .. }) => {} // its owner hands it over, or its lease expires
+            Err(e) => tracing::warn!(partition = index, "cannot take partition {index} now: {e}"),
+        }
+    }
+}
+
+/// Starts one partition: recovery, then its requests from NATS (its
+/// subjects) and from this process, until drained or halted.
+fn start<S: EventStore + Clone + 'static>(
+    index: usize,
+    lease: Lease,
+    store: &S,
+    client: &Client,
+    clock: &Arc<dyn Clock>,
+    config: &ServeConfig,
+    cluster: &ClusterConfig,
+) -> Held {
+    let (local_tx, mut local_rx) = mpsc::channel::<Request>(PARTITION_QUEUE_MAX);
+    let (drain_tx, mut drain) = watch::channel(false);
+    let (halt_tx, halt) = watch::channel(false);
+    let (store, client, clock, config, cluster) =
+        (store.clone(), client.clone(), clock.clone(), config.clone(), cluster.clone());
+    let task = tokio::spawn(async move {
+        let started = Instant::now();
+        let (machine, read) = match recover_partition(&store, index, cluster.partitions, config.machine).await {
+            Ok(recovered) => recovered,
+            Err(e) => {
+                tracing::error!(partition = index, "cannot recover partition {index} ({e}); giving it up");
+                return ServeStats::default();
+            }
+        };
+        for catalog in machine.world().catalogs() {
+            catalog_applied(&config, catalog);
+        }
+        let mut bus = match CommandBus::subscribe_partition(client.clone(), &cluster.prefix, index).await {
+            Ok(bus) => bus,
+            Err(e) => {
+                tracing::error!(partition = index, "cannot subscribe to partition {index} ({e}); giving it up");
+                return ServeStats::default();
+            }
+        };
+        tracing::info!(
+            partition = index,
+            "serving partition {index}: recovered {} open conversations from {read} commits in {} ms",
+            machine.world().open_conversations(),
+            started.elapsed().as_millis()
+        );
+        let responder = bus.responder();
+        let (tx, rx) = mpsc::channel::<Request>(PARTITION_QUEUE_MAX);
+        // One queue for the partition: its NATS subjects and this process's requests, until drained.
+        let pump = {
+            let responder = responder.clone();
+            async move {
+                let push = async |request: Request| {
+                    // A request published straight onto another partition's subject is not this one's.
+                    if convo_store::bus::partition_of(&request.account, cluster.partitions) != index {
+                        let error = crate::intake::IntakeError::Invalid {
+                            field: "subject".into(),
+                            message: format!(
+                                "account {} is not on partition {index}; send commands on <prefix>.<account>.cmd.<type>",
+                                request.account
+                            ),
+                        };
+                        answer(&responder, &request, &error.to_json()).await;
+                        return;
+                    }
+                    if let Err(mpsc::error::TrySendError::Full(request) | mpsc::error::TrySendError::Closed(request)) =
+                        tx.try_send(request)
+                    {
+                        let why = format!("{PARTITION_QUEUE_MAX} requests already wait for this partition");
+                        answer(&responder, &request, &crate::intake::overloaded(&why)).await;
+                    }
+                };
+                loop {
+                    tokio::select! {
+                        biased;
+                        changed = drain.changed() => if changed.is_err() || *drain.borrow() { break },
+                        request = bus.next() => match request {
+                            Some(request) => push(request).await,
+                            None => break,
+                        },
+                        request = local_rx.recv() => match request {
+                            Some(request) => push(request).await,
+                            None => break,
+                        },
+                    }
+                }
+                bus.close().await;
+                // Requests of this process still queued here go to the machine before it stops.
+                local_rx.close();
+                while let Some(request) = local_rx.recv().await {
+                    push(request).await;
+                }
+            }
+        };
+        let run = run_partition(index, machine, store, rx, &responder, clock.as_ref(), &config, halt);
+        let ((), stats) = tokio::join!(pump, run);
+        stats
+    });
+    Held {
+        lease: Some(lease),
+        local: local_tx,
+        drain: drain_tx,
+        halt: halt_tx,
+        handing_over: false,
+        since: Instant::now(),
+        task,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_are_even_and_cover_every_partition() {
+        let ids: Vec<String> = ["b", "a", "c"].iter().map(|s| s.to_string()).collect();
+        let mut all: Vec<usize> = ids.iter().flat_map(|me| share(&ids, me, 8)).collect();
+        assert_eq!(share(&ids, "a", 8), [0, 3, 6]);
+        assert_eq!(share(&ids, "c", 8), [2, 5]);
+        all.sort_unstable();
+        assert_eq!(all, (0..8).collect::<Vec<_>>());
+        // Before its first heartbeat shows, an instance counts itself.
+        assert_eq!(share(&[], "a", 3), [0, 1, 2]);
+        assert_eq!(share(&ids[..1], "z", 4), [1, 3]);
+    }
+}

@@ -1,0 +1,149 @@
+//! The engine instances sharing a stream's partitions, in the stream's lease
+//! bucket (`<STREAM>_LEASE`, see [`crate::lease`]):
+//!
+//! - `instance.<id>`: each instance's heartbeat (JSON: who it is, where its
+//!   gateway listens, what it owns and how far its partitions have read),
+//!   written every [`crate::lease::LEASE_RENEW_MS`], gone
+//!   [`crate::lease::LEASE_TTL_MS`] after the last one;
+//! - `partition.<n>`: the lease of partition `n`, its value the holder's
+//!   instance id.
+//!
+//! Nothing here decides who should own what; the engine's coordinator does,
+//! from [`Directory::members`].
+
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::Value;
+
+use crate::StoreError;
+use crate::lease::{Lease, LeaseError};
+
+const INSTANCE: &str = "instance.";
+const PARTITION: &str = "partition.";
+
+/// One instance as its last heartbeat described it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    pub id: String,
+    pub info: Value,
+    /// Since the heartbeat was written (by the server's clock against ours).
+    pub age: Duration,
+}
+
+/// A partition's lease as the bucket holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Owner {
+    pub partition: usize,
+    /// The holder's instance id.
+    pub instance: String,
+    /// Since the lease was last renewed.
+    pub age: Duration,
+}
+
+/// The stream's directory of instances and partition leases.
+#[derive(Debug, Clone)]
+pub struct Directory {
+    kv: kv::Store,
+    stream: String,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn age_of(entry: &kv::Entry) -> Duration {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let created = Duration::from_nanos(entry.created.unix_timestamp_nanos().max(0) as u64);
+    now.saturating_sub(created)
+}
+
+impl Directory {
+    pub fn new(kv: kv::Store, stream: &str) -> Self {
+        Self { kv, stream: stream.to_owned() }
+    }
+
+    /// Writes this instance's heartbeat.
+    pub async fn heartbeat(&self, id: &str, info: &Value) -> Result<(), StoreError> {
+        let body = serde_json::to_vec(info).unwrap_or_default();
+        self.kv.put(format!("{INSTANCE}{id}"), Bytes::from(body)).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Removes this instance's heartbeat (a graceful stop).
+    pub async fn leave(&self, id: &str) -> Result<(), StoreError> {
+        self.kv.delete(format!("{INSTANCE}{id}")).await.map_err(unavailable)
+    }
+
+    async fn entries(&self, prefix: &str) -> Result<Vec<(String, kv::Entry)>, StoreError> {
+        let mut keys = self.kv.keys().await.map_err(unavailable)?;
+        let mut out = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(unavailable)?;
+            let Some(name) = key.strip_prefix(prefix) else { continue };
+            if let Some(entry) = self.kv.entry(&key).await.map_err(unavailable)?
+                && entry.operation == kv::Operation::Put
+            {
+                out.push((name.to_owned(), entry));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The instances alive now (their heartbeat not expired), by id.
+    pub async fn members(&self) -> Result<Vec<Member>, StoreError> {
+        let mut members: Vec<Member> = self
+            .entries(INSTANCE)
+            .await?
+            .into_iter()
+            .map(|(id, entry)| Member {
+                id,
+                info: serde_json::from_slice(&entry.value).unwrap_or(Value::Null),
+                age: age_of(&entry),
+            })
+            .collect();
+        members.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(members)
+    }
+
+    /// The partitions' leases held now, by partition.
+    pub async fn owners(&self) -> Result<Vec<Owner>, StoreError> {
+        let mut owners: Vec<Owner> = self
+            .entries(PARTITION)
+            .await?
+            .into_iter()
+            .filter_map(|(n, entry)| {
+                Some(Owner {
+                    partition: n.parse().ok()?,
+                    instance: String::from_utf8_lossy(&entry.value).into_owned(),
+                    age: age_of(&entry),
+                })
+            })
+            .collect();
+        owners.sort_by_key(|o| o.partition);
+        Ok(owners)
+    }
+
+    /// Takes the lease of a role one instance plays for the whole stream
+    /// (`role.<name>`: the JSON stream and the webhooks) for instance `id`.
+    pub async fn take_role(&self, name: &str, id: &str) -> Result<Lease, LeaseError> {
+        Lease::take(&self.kv, &self.stream, &format!("role.{name}"), id).await
+    }
+
+    /// Who plays each role now.
+    pub async fn roles(&self) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(self
+            .entries("role.")
+            .await?
+            .into_iter()
+            .map(|(name, entry)| (name, String::from_utf8_lossy(&entry.value).into_owned()))
+            .collect())
+    }
+
+    /// Takes partition `index`'s lease for instance `id`.
+    pub async fn take(&self, index: usize, id: &str) -> Result<Lease, LeaseError> {
+        Lease::take(&self.kv, &self.stream, &format!("{PARTITION}{index}"), id).await
+    }
+}
