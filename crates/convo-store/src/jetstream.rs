@@ -83,6 +83,9 @@ impl Default for StoreConfig {
     }
 }
 
+/// The first wait before an append is tried again (doubling each time).
+pub const APPEND_BACKOFF_MS: u64 = 200;
+
 /// The stream metadata key recording the partition count.
 pub const PARTITIONS_KEY: &str = "convo_partitions";
 
@@ -284,7 +287,11 @@ impl EventStore for JetStreamStore {
             headers.insert(SIGNATURE_HEADER, signature.as_str());
         }
         let mut last_error = String::new();
-        for _ in 0..=self.config.append_retries_max {
+        for attempt in 0..=self.config.append_retries_max {
+            if attempt > 0 {
+                // A cluster electing the stream's leader answers nothing for a moment.
+                tokio::time::sleep(Duration::from_millis(APPEND_BACKOFF_MS << (attempt - 1).min(4))).await;
+            }
             let outcome = match self.js.publish_with_headers(subject.clone(), headers.clone(), payload.clone()).await {
                 Ok(ack) => ack.await,
                 Err(e) => Err(e),
@@ -302,7 +309,11 @@ impl EventStore for JetStreamStore {
                     PublishErrorKind::WrongLastSequence => {
                         return Err(StoreError::Conflict { stream: filter, expected });
                     }
-                    PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe | PublishErrorKind::MaxAckPending => {
+                    // No responders (StreamNotFound) is what a stream without a leader gives too.
+                    PublishErrorKind::TimedOut
+                    | PublishErrorKind::BrokenPipe
+                    | PublishErrorKind::MaxAckPending
+                    | PublishErrorKind::StreamNotFound => {
                         last_error = e.to_string();
                     }
                     _ => return Err(StoreError::Refused(e.to_string())),

@@ -326,6 +326,85 @@ fn write_config(
     Ok(config)
 }
 
+/// A cluster of nats-servers on loopback (JetStream on each, routes between
+/// them), for tests and benchmarks of several engine instances: every node
+/// has the engine's user and the same mappings. Dropping it stops them all.
+pub struct NatsCluster {
+    nodes: Vec<Option<Child>>,
+    ports: Vec<u16>,
+    password: String,
+    pub data_dir: PathBuf,
+}
+
+impl NatsCluster {
+    /// Starts `size` nodes under `data_dir` (one folder each), waiting until
+    /// each accepts connections (JetStream elects its leader shortly after).
+    pub fn start(data_dir: &Path, size: usize, mappings: &[(String, String)]) -> Result<Self, LaunchError> {
+        let binary = NatsServer::find_binary()?;
+        let password = random_hex().map_err(io(data_dir))?;
+        let free =
+            |n: usize| -> Result<Vec<u16>, LaunchError> { (0..n).map(|_| free_port().map_err(io(data_dir))).collect() };
+        let (ports, routes, monitors) = (free(size)?, free(size)?, free(size)?);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let mut configs = Vec::new();
+        for node in 0..size {
+            let dir = data_dir.join(format!("node{node}"));
+            std::fs::create_dir_all(dir.join("jetstream")).map_err(io(&dir))?;
+            let name = format!("convo-{}-{nanos}-n{node}", std::process::id());
+            let others: Vec<String> =
+                (0..size).filter(|o| *o != node).map(|o| format!("\"nats-route://127.0.0.1:{}\"", routes[o])).collect();
+            let text = format!(
+                "# written by convo (a test cluster)\nserver_name: {name}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\nmax_payload: 1MB\n\
+                 jetstream {{\n  store_dir: {:?}\n}}\ncluster {{\n  name: convo-{nanos}\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n{}{}",
+                ports[node],
+                monitors[node],
+                dir.join("jetstream"),
+                routes[node],
+                others.join(", "),
+                authorization_block(&format!("{password:?}"), &[]),
+                mappings_block(mappings)
+            );
+            let config = dir.join("nats-server.conf");
+            write_private(&config, text.as_bytes())?;
+            configs.push((dir, config, name));
+        }
+        let mut cluster = Self { nodes: Vec::new(), ports, password, data_dir: data_dir.to_path_buf() };
+        for (node, (dir, config, name)) in configs.iter().enumerate() {
+            let child = spawn(&binary, config, dir, cluster.ports[node], name)?;
+            cluster.nodes.push(Some(child));
+        }
+        Ok(cluster)
+    }
+
+    /// Node `node`'s client URL, with the engine's credentials.
+    pub fn url(&self, node: usize) -> String {
+        format!("nats://{ENGINE_USER}:{}@127.0.0.1:{}", self.password, self.ports[node])
+    }
+
+    /// Stops node `node` at once (SIGKILL), as a machine that dies.
+    pub fn kill(&mut self, node: usize) {
+        if let Some(mut child) = self.nodes[node].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl std::fmt::Debug for NatsCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password.
+        f.debug_struct("NatsCluster").field("ports", &self.ports).field("data_dir", &self.data_dir).finish()
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for node in 0..self.nodes.len() {
+            self.kill(node);
+        }
+    }
+}
+
 /// Writes a file only its owner may read.
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), LaunchError> {
     use std::io::Write;

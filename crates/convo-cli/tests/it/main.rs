@@ -2,6 +2,7 @@
 
 mod access;
 mod bad_stream;
+mod cluster;
 mod contract;
 mod crash;
 mod dashboard;

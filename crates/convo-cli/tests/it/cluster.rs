@@ -1,0 +1,326 @@
+//! Three `convo serve` instances on a three-node nats-server cluster (R3
+//! stream and buckets) sharing three partitions. Under a bounded load with
+//! unique command ids one instance is killed (SIGKILL); clients retry what
+//! was not answered with the same ids. Then one nats-server node is killed
+//! and the engines carry on.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use convo_store::launcher::NatsCluster;
+use convo_store::{EventStore, JetStreamStore, StoreConfig};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use super::crash::OPERATOR;
+
+const PREFIX: &str = "clu";
+const PARTITIONS: usize = 3;
+/// Conversations opened per account under load.
+const OPENS: usize = 30;
+/// Ana's capacity in every account: most conversations queue.
+const CAPACITY: u32 = 3;
+
+struct Instance(Child);
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(url: &str, dir: &Path) -> Instance {
+    let log = std::fs::File::create(dir.join("serve.log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_convo"))
+        .args(["serve", "--nats-url", url, "--prefix", PREFIX, "--replicas", "3", "--no-http", "--data-dir"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("convo serve starts");
+    Instance(child)
+}
+
+/// One command to `account` on `url`; the reply, or `None` when nobody
+/// answered (no responders while a partition changes hands, a timeout).
+async fn send(
+    client: &async_nats::Client,
+    account: &str,
+    id: &str,
+    credential: &str,
+    command: &Value,
+) -> Option<Value> {
+    let body = json!({"id": id, "command": command}).to_string();
+    let subject = format!("{PREFIX}.{account}.cmd.{}", command["type"].as_str().unwrap());
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(convo_store::bus::AUTHORIZATION, format!("Bearer {credential}").as_str());
+    let reply =
+        tokio::time::timeout(Duration::from_secs(3), client.request_with_headers(subject, headers, body.into()))
+            .await
+            .ok()?
+            .ok()?;
+    serde_json::from_slice(&reply.payload).ok()
+}
+
+/// Sends until answered, as a client does: the same id every time, again
+/// after no answer and after `unavailable` or `overloaded` (retryable).
+async fn send_retrying(
+    client: &async_nats::Client,
+    account: &str,
+    id: &str,
+    credential: &str,
+    command: Value,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(reply) = send(client, account, id, credential, &command).await
+            && !matches!(reply["code"].as_str(), Some("unavailable" | "overloaded"))
+        {
+            return reply;
+        }
+        assert!(Instant::now() < deadline, "nobody answered {account}/{id}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn setup() -> Vec<Value> {
+    vec![
+        json!({"type":"configure_account","name":"Acme","typifications":[{"id":"venta","name":"Venta"},{"id":"inactividad","name":"I"},{"id":"transferencia","name":"T"}]}),
+        json!({"type":"define_client","id":"acme","name":"Acme","code":"1","sla_optimal_secs":60,"sla_low_secs":180,"max_inactivity_secs":12,"inactivity_attempts":0}),
+        json!({"type":"define_project","id":"p","client":"acme","name":"P"}),
+        json!({"type":"define_schedule","id":"always","name":"24/7","time_zone":"UTC","week":{"mon":["00:00-24:00"],"tue":["00:00-24:00"],"wed":["00:00-24:00"],"thu":["00:00-24:00"],"fri":["00:00-24:00"],"sat":["00:00-24:00"],"sun":["00:00-24:00"]}}),
+        json!({"type":"define_channel","id":"wa","kind":"whatsapp","external_id":"1"}),
+        json!({"type":"define_user","id":"ana","name":"Ana","email":"a@x.co","role":"agent","max_concurrent_conversations":CAPACITY}),
+        json!({"type":"define_campaign","id":"ventas","client":"acme","project":"p","name":"Ventas","channels":["wa"],"schedule":"always","out_of_hours":{"action":"enqueue"},
+            "inactivity_typification":"inactividad","transfer_typification":"transferencia","closing_typifications":["venta"],"agents":["ana"]}),
+    ]
+}
+
+/// Who owns each partition now (instance ids), from the stream's directory.
+async fn owners(store: &JetStreamStore) -> BTreeMap<usize, String> {
+    let directory = store.directory().await.unwrap();
+    directory.owners().await.unwrap_or_default().into_iter().map(|o| (o.partition, o.instance)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_instance_and_a_killed_node_lose_nothing() {
+    let temp = tempfile::tempdir().unwrap();
+    let mut nats = NatsCluster::start(temp.path(), 3, &[convo_store::bus::partition_mapping(PREFIX, PARTITIONS)])
+        .expect("a three-node cluster");
+    let urls: Vec<String> = (0..3).map(|n| nats.url(n)).collect();
+    // The R3 stream, once the cluster has elected its JetStream leader.
+    let config = StoreConfig { replicas: 3, ..StoreConfig::for_prefix(PREFIX) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let store = loop {
+        match JetStreamStore::connect(&urls[0], config.clone()).await {
+            Ok(store) => break store,
+            Err(e) => assert!(Instant::now() < deadline, "the cluster never served JetStream: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(store.partitions(Some(PARTITIONS), PARTITIONS).await.unwrap(), PARTITIONS);
+
+    // Three instances, one per node, with the same operator credential and signing key.
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    for dir in &dirs {
+        std::fs::write(dir.path().join("operator.key"), OPERATOR).unwrap();
+    }
+    let mut instances = vec![Some(serve(&urls[0], dirs[0].path()))];
+    let key = dirs[0].path().join(convo_store::signing::KEY_FILE);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !key.exists() {
+        assert!(Instant::now() < deadline, "the first instance made no signing key");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for n in 1..3 {
+        std::fs::copy(&key, dirs[n].path().join(convo_store::signing::KEY_FILE)).unwrap();
+        instances.push(Some(serve(&urls[n], dirs[n].path())));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let owned = owners(&store).await;
+        let distinct: std::collections::BTreeSet<&String> = owned.values().collect();
+        if owned.len() == PARTITIONS && distinct.len() == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the instances never shared the partitions: {owned:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // One account per partition, each with Ana available and a pending inactivity closure.
+    let accounts: Vec<String> = (0..PARTITIONS)
+        .map(|p| {
+            (0..).map(|i| format!("acct{i}")).find(|a| convo_store::bus::partition_of(a, PARTITIONS) == p).unwrap()
+        })
+        .collect();
+    let clients: Vec<async_nats::Client> = {
+        let mut clients = Vec::new();
+        for url in &urls {
+            clients.push(convo_store::connect(url).await.unwrap());
+        }
+        clients
+    };
+    let mut keys = BTreeMap::new();
+    for account in &accounts {
+        let client = &clients[0];
+        for (n, command) in setup().into_iter().enumerate() {
+            let reply = send_retrying(client, account, &format!("setup-{n}"), OPERATOR, command).await;
+            assert_eq!(reply["outcome"], "committed", "{account}: {reply}");
+        }
+        let issued = send_retrying(
+            client,
+            account,
+            "key-ana",
+            OPERATOR,
+            json!({"type":"issue_api_key","key":"ana","holder":{"user":"ana"}}),
+        )
+        .await;
+        let ana = issued["credential"]["token"].as_str().expect("ana's key").to_owned();
+        let on = json!({"type":"set_agent_state","agent":"ana","state":"available"});
+        assert_eq!(send_retrying(client, account, "ana-on", &ana, on).await["outcome"], "committed");
+        let open =
+            json!({"type":"receive_message","conversation":"pending","contact":"p0","channel":"wa","text":"hola"});
+        send_retrying(client, account, "pending-open", OPERATOR, open).await;
+        let answer = json!({"type":"send_message","conversation":"pending","text":"¿en qué te ayudo?"});
+        let reply = send_retrying(client, account, "pending-reply", &ana, answer).await;
+        assert_eq!(reply["outcome"], "committed", "{reply}");
+        keys.insert(account.clone(), ana);
+    }
+
+    // The load: conversations opened in every account through every node; the owner of
+    // the first account's partition is killed a third of the way through.
+    let victim_partition = 0;
+    let victim_id = owners(&store).await[&victim_partition].clone();
+    let victim = (0..3)
+        .find(|n| std::fs::read_to_string(dirs[*n].path().join("serve.log")).unwrap().contains(&victim_id))
+        .expect("the victim's log names its id");
+    let mut acknowledged: BTreeMap<(String, String), Value> = BTreeMap::new();
+    let mut killed_at = None;
+    let mut first_after_kill = None;
+    for n in 0..OPENS {
+        if n == OPENS / 3 {
+            instances[victim] = None; // SIGKILL: no chance to hand anything over
+            killed_at = Some(Instant::now());
+        }
+        for (a, account) in accounts.iter().enumerate() {
+            let id = format!("open-{n}");
+            let contact = format!("q{n}");
+            let command = json!({"type":"receive_message","conversation": format!("k{n}"),"contact": contact,"channel":"wa","text":"hola"});
+            let client = &clients[(n + a) % 3];
+            let reply = if killed_at.is_some() && a == victim_partition && first_after_kill.is_none() {
+                // The takeover: the client retries with the same id until the new owner answers.
+                let reply = send_retrying(client, account, &id, OPERATOR, command).await;
+                first_after_kill = killed_at.map(|k| k.elapsed());
+                Some(reply)
+            } else {
+                send(client, account, &id, OPERATOR, &command).await
+            };
+            if let Some(reply) = reply.filter(|r| r["outcome"] == "committed" || r["outcome"] == "duplicate") {
+                acknowledged.insert((account.clone(), id), reply);
+            }
+        }
+    }
+    let takeover = first_after_kill.expect("a command was served after the kill");
+    eprintln!("takeover: {} ms from the kill to the first command served by the new owner", takeover.as_millis());
+
+    // A nats-server node dies under load: the engines carry on (through the other nodes).
+    let dead_node = (victim + 1) % 3;
+    nats.kill(dead_node);
+    let alive: Vec<&async_nats::Client> = (0..3).filter(|n| *n != dead_node).map(|n| &clients[n]).collect();
+    for n in OPENS..OPENS + 6 {
+        for (a, account) in accounts.iter().enumerate() {
+            let id = format!("open-{n}");
+            let contact = format!("q{n}");
+            let command = json!({"type":"receive_message","conversation": format!("k{n}"),"contact": contact,"channel":"wa","text":"hola"});
+            let reply = send_retrying(alive[(n + a) % 2], account, &id, OPERATOR, command).await;
+            assert!(reply["outcome"] == "committed" || reply["outcome"] == "duplicate", "{reply}");
+            acknowledged.insert((account.clone(), id), reply);
+        }
+    }
+    // Every command not acknowledged during the kill is retried with its id: it commits
+    // once (or comes back a duplicate of the commit the client never heard of).
+    for n in 0..OPENS {
+        for account in &accounts {
+            let id = format!("open-{n}");
+            if acknowledged.contains_key(&(account.clone(), id.clone())) {
+                continue;
+            }
+            let contact = format!("q{n}");
+            let command = json!({"type":"receive_message","conversation": format!("k{n}"),"contact": contact,"channel":"wa","text":"hola"});
+            let reply = send_retrying(alive[n % 2], account, &id, OPERATOR, command).await;
+            assert!(reply["outcome"] == "committed" || reply["outcome"] == "duplicate", "{reply}");
+            acknowledged.insert((account.clone(), id), reply);
+        }
+    }
+    // Every account's pending closure fires (the dead owner's after the takeover).
+    let read_store = JetStreamStore::connect(&urls[(dead_node + 1) % 3], config.clone()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let log = loop {
+        let last = read_store.last_seq().await.unwrap();
+        let mut log = Vec::new();
+        let mut read = read_store.read(1).await.unwrap();
+        while let Some(item) = read.next().await {
+            log.push(item.expect("every commit reads back"));
+        }
+        assert!(log.last().is_some_and(|c| c.stream_seq >= last), "read to the end");
+        let closed = log
+            .iter()
+            .filter(|c| {
+                c.commit.kind() == "closed"
+                    && matches!(&c.commit.stream, convo_wire::StreamRef::Conversation(id) if id.as_str() == "pending")
+            })
+            .count();
+        if closed >= PARTITIONS || Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+
+    // 0 acknowledged commands lost, 0 duplicate commits.
+    let mut commits_per_command: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for stored in &log {
+        let c = &stored.commit;
+        *commits_per_command.entry((c.account.to_string(), c.command.to_string())).or_default() += 1;
+    }
+    for key in acknowledged.keys() {
+        assert_eq!(commits_per_command.get(key), Some(&1), "{key:?} is in the log exactly once");
+    }
+    let opens = commits_per_command.keys().filter(|(_, id)| id.starts_with("open-")).count();
+    assert_eq!(opens, accounts.len() * (OPENS + 6), "every open committed");
+    // No conversation forked: every aggregate's events follow one another.
+    let mut last_event: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for stored in &log {
+        let c = &stored.commit;
+        let at = last_event.entry((c.account.to_string(), c.stream.path())).or_default();
+        c.follows(*at).unwrap_or_else(|why| panic!("{} at {}: {why}", c.stream.path(), stored.stream_seq));
+        *at = c.last_seq();
+    }
+    // No agent over capacity at any point, and every timer fired once: the log replayed.
+    let mut world = convo_engine::World::new();
+    for stored in &log {
+        world.apply_item(Ok(stored.clone())).expect("every commit applies");
+        let account = &stored.commit.account;
+        if let Some(floor) = world.floor(account) {
+            for (agent, live) in floor.agents() {
+                assert!(live.load <= CAPACITY, "{account}/{agent} over capacity at {}", stored.stream_seq);
+            }
+        }
+    }
+    let closures: Vec<&str> = log
+        .iter()
+        .filter(|c| {
+            c.commit.kind() == "closed"
+                && matches!(&c.commit.stream, convo_wire::StreamRef::Conversation(id) if id.as_str() == "pending")
+        })
+        .map(|c| c.commit.account.as_str())
+        .collect();
+    assert_eq!(closures.len(), PARTITIONS, "each pending inactivity closure fired exactly once: {closures:?}");
+    // The survivors own every partition.
+    let owned = owners(&read_store).await;
+    assert_eq!(owned.len(), PARTITIONS, "{owned:?}");
+    assert!(!owned.values().any(|id| *id == victim_id), "{owned:?}");
+    drop(instances);
+}
