@@ -47,6 +47,7 @@ pub async fn cluster(args: ClusterArgs) -> Result<()> {
     let directory = store.directory().await?;
     let (members, owners, roles) = (directory.members().await?, directory.owners().await?, directory.roles().await?);
     let last = store.last_seq().await?;
+    let snapshots = store.snapshots().await?.list().await?;
     let partitions = store.recorded_partitions().await?;
     let status = json!({
         "stream": store.config().stream,
@@ -68,6 +69,7 @@ pub async fn cluster(args: ClusterArgs) -> Result<()> {
             })
         }).collect::<Vec<Value>>(),
         "roles": roles.iter().map(|(name, id)| json!({"role": name, "instance": id})).collect::<Vec<Value>>(),
+        "snapshots": snapshots.iter().map(|(name, bytes, written, covered)| json!({"object": name, "bytes": bytes, "written": written, "covered": covered})).collect::<Vec<Value>>(),
     });
     let mut out = std::io::stdout().lock();
     if args.format == "json" {
@@ -101,6 +103,17 @@ pub async fn cluster(args: ClusterArgs) -> Result<()> {
     }
     for (role, id) in &roles {
         writeln!(out, "\n{role}: played by {id}")?;
+    }
+    writeln!(out, "\nsnapshots:")?;
+    if snapshots.is_empty() {
+        writeln!(out, "  none yet (a takeover reads the whole log)")?;
+    }
+    for (name, bytes, written, covered) in &snapshots {
+        writeln!(
+            out,
+            "  {name}  at sequence {covered} ({} behind)  {bytes} bytes  written {written}",
+            last.saturating_sub(*covered)
+        )?;
     }
     Ok(())
 }

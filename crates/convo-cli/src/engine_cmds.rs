@@ -220,6 +220,10 @@ pub struct ServeArgs {
     /// Do not run the HTTP gateway.
     #[arg(long)]
     no_http: bool,
+    /// How often an instance writes each of its partitions' snapshot, in seconds (also once
+    /// at each handover); 0: none, a takeover reads the whole log.
+    #[arg(long, default_value_t = convo_engine::cluster::SNAPSHOT_EVERY_DEFAULT.as_secs())]
+    snapshot_every_secs: u64,
     /// What this process runs: `engine` (decides commands; keeps the JSON stream and the
     /// webhooks), `read-models` (keeps the audit log, reports, contact history, live
     /// dashboard and inboxes current under <data-dir>/projections and serves them over
@@ -450,6 +454,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             "http": gateway.as_ref().map(|g| g.url.clone()),
         }),
         directory: directory.clone(),
+        snapshots: if args.snapshot_every_secs == 0 { None } else { Some(store.snapshots().await?) },
+        snapshot_every: std::time::Duration::from_secs(args.snapshot_every_secs.max(1)),
     };
     let clock = std::sync::Arc::new(WallClock);
     let ran =

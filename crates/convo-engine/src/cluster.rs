@@ -48,6 +48,10 @@ use crate::serve::{PARTITION_QUEUE_MAX, ServeConfig, ServeStats, answer, catalog
 
 /// How often an instance looks at the directory, its leases and its partitions.
 pub const COORDINATE_EVERY_MS: u64 = 250;
+/// How long a handover waits for the partition's snapshot before releasing without it.
+pub const HANDOVER_SNAPSHOT_WAIT: Duration = Duration::from_secs(10);
+/// How often an owner writes its partition's snapshot by default.
+pub const SNAPSHOT_EVERY_DEFAULT: Duration = Duration::from_secs(60);
 /// How long a request forwarded to another instance waits for its answer.
 pub const FORWARD_WAIT_MS: u64 = 10_000;
 
@@ -64,6 +68,10 @@ pub struct ClusterConfig {
     pub info: Value,
     /// The stream's directory of instances and leases.
     pub directory: Directory,
+    /// Where partitions' snapshots are kept; `None`: recovery reads the whole log.
+    pub snapshots: Option<convo_store::snapshot::Snapshots>,
+    /// How often an owner writes its partition's snapshot (and once more when it hands over).
+    pub snapshot_every: Duration,
 }
 
 /// One partition this instance holds.
@@ -80,16 +88,59 @@ struct Held {
     task: JoinHandle<ServeStats>,
 }
 
-/// Reads the whole log into a machine holding one partition's accounts.
+/// How a partition was recovered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// The stream sequence the snapshot covered (0: none was used).
+    pub snapshot_covered: u64,
+    /// Commits in the snapshot.
+    pub snapshot_commits: usize,
+    /// Messages of the log read after it.
+    pub tail: u64,
+    /// The last stream sequence read.
+    pub read: u64,
+}
+
+/// Recovers a machine holding one partition's accounts: from its snapshot
+/// when there is a usable one (an unknown version or a corrupt one is
+/// ignored with a warning), then the log after it (the whole log without).
 pub async fn recover_partition<S: EventStore>(
     store: &S,
+    snapshots: Option<&convo_store::snapshot::Snapshots>,
     index: usize,
     count: usize,
     config: MachineConfig,
-) -> Result<(Machine, u64), StoreError> {
+) -> Result<(Machine, Recovered), StoreError> {
     let mut machine = Machine::new(config);
-    let mut log = store.read(1).await?;
-    let mut read = 0;
+    let mut recovered = Recovered::default();
+    let snapshot = match snapshots {
+        None => None,
+        Some(snapshots) => match snapshots.get(index, count).await {
+            Ok(snapshot) => snapshot,
+            Err(why) => {
+                tracing::warn!(partition = index, "ignoring partition {index}'s snapshot ({why}); reading the log");
+                None
+            }
+        },
+    };
+    let end = store.last_seq().await?;
+    if let Some(snapshot) = snapshot {
+        if snapshot.covered > end {
+            tracing::warn!(
+                partition = index,
+                "ignoring partition {index}'s snapshot: it covers sequence {} of a stream that ends at {end}",
+                snapshot.covered
+            );
+        } else {
+            recovered.snapshot_covered = snapshot.covered;
+            recovered.snapshot_commits = snapshot.commits.len();
+            for stored in snapshot.commits {
+                machine.recover(Ok(stored));
+            }
+        }
+    }
+    let mut log = store.read(recovered.snapshot_covered + 1).await?;
+    let mut read = recovered.snapshot_covered;
     while let Some(item) = log.next().await {
         let (seq, account) = match &item {
             Ok(stored) => (stored.stream_seq, Some(stored.commit.account.clone())),
@@ -98,11 +149,13 @@ pub async fn recover_partition<S: EventStore>(
             Err(_) => (0, None),
         };
         read = read.max(seq);
+        recovered.tail += 1;
         if account.is_some_and(|a| Partition::of(&a, count) == index) {
             machine.recover(item);
         }
     }
-    Ok((machine, read))
+    recovered.read = read;
+    Ok((machine, recovered))
 }
 
 /// What this instance did while it served.
@@ -359,13 +412,15 @@ fn start<S: EventStore + Clone + 'static>(
         (store.clone(), client.clone(), clock.clone(), config.clone(), cluster.clone());
     let task = tokio::spawn(async move {
         let started = Instant::now();
-        let (machine, read) = match recover_partition(&store, index, cluster.partitions, config.machine).await {
-            Ok(recovered) => recovered,
-            Err(e) => {
-                tracing::error!(partition = index, "cannot recover partition {index} ({e}); giving it up");
-                return ServeStats::default();
-            }
-        };
+        let snapshots = cluster.snapshots.as_ref();
+        let (machine, recovered) =
+            match recover_partition(&store, snapshots, index, cluster.partitions, config.machine).await {
+                Ok(recovered) => recovered,
+                Err(e) => {
+                    tracing::error!(partition = index, "cannot recover partition {index} ({e}); giving it up");
+                    return ServeStats::default();
+                }
+            };
         for catalog in machine.world().catalogs() {
             catalog_applied(&config, catalog);
         }
@@ -378,10 +433,47 @@ fn start<S: EventStore + Clone + 'static>(
         };
         tracing::info!(
             partition = index,
-            "serving partition {index}: recovered {} open conversations from {read} commits in {} ms",
+            "serving partition {index}: recovered {} open conversations in {} ms from {}{} messages of the log",
             machine.world().open_conversations(),
-            started.elapsed().as_millis()
+            started.elapsed().as_millis(),
+            if recovered.snapshot_covered > 0 {
+                format!(
+                    "its snapshot at sequence {} ({} commits) and ",
+                    recovered.snapshot_covered, recovered.snapshot_commits
+                )
+            } else {
+                String::new()
+            },
+            recovered.tail
         );
+        // The partition's snapshot, on a schedule while it is served here.
+        let snapshotting = cluster.snapshots.clone().map(|snapshots| {
+            let (store, every, count) = (store.clone(), cluster.snapshot_every, cluster.partitions);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await; // not at once: the partition was just read
+                let mut written = recovered.read;
+                loop {
+                    tick.tick().await;
+                    if store.last_seq().await.is_ok_and(|end| end > written) {
+                        match crate::snapshot::refresh(&store, &snapshots, index, count).await {
+                            Ok((snapshot, bytes)) => {
+                                tracing::debug!(
+                                    partition = index,
+                                    "wrote partition {index}'s snapshot at sequence {} ({} commits, {bytes} bytes)",
+                                    snapshot.covered,
+                                    snapshot.commits.len()
+                                );
+                                written = snapshot.covered;
+                            }
+                            Err(e) => {
+                                tracing::warn!(partition = index, "could not write partition {index}'s snapshot: {e}")
+                            }
+                        }
+                    }
+                }
+            })
+        });
         let responder = bus.responder();
         let (tx, rx) = mpsc::channel::<Request>(PARTITION_QUEUE_MAX);
         // One queue for the partition: its NATS subjects and this process's requests, until drained.
@@ -430,8 +522,29 @@ fn start<S: EventStore + Clone + 'static>(
                 }
             }
         };
-        let run = run_partition(index, machine, store, rx, &responder, clock.as_ref(), &config, halt);
+        let halted = halt.clone();
+        let run = run_partition(index, machine, store.clone(), rx, &responder, clock.as_ref(), &config, halt);
         let ((), stats) = tokio::join!(pump, run);
+        if let Some(task) = snapshotting {
+            task.abort();
+        }
+        // Handed over (not halted): a snapshot as of now, so the next owner reads only what follows.
+        if let Some(snapshots) = cluster.snapshots.as_ref().filter(|_| !*halted.borrow()) {
+            let write = crate::snapshot::refresh(&store, snapshots, index, cluster.partitions);
+            match tokio::time::timeout(HANDOVER_SNAPSHOT_WAIT, write).await {
+                Ok(Ok((snapshot, bytes))) => tracing::info!(
+                    partition = index,
+                    "wrote partition {index}'s snapshot at sequence {} ({} commits, {bytes} bytes)",
+                    snapshot.covered,
+                    snapshot.commits.len()
+                ),
+                Ok(Err(e)) => tracing::warn!(partition = index, "could not write partition {index}'s snapshot: {e}"),
+                Err(_) => tracing::warn!(
+                    partition = index,
+                    "partition {index}'s snapshot took too long; handing over without"
+                ),
+            }
+        }
         stats
     });
     Held {

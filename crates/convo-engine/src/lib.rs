@@ -22,6 +22,7 @@ pub mod reply;
 pub mod runtime;
 pub mod scenario;
 pub mod serve;
+pub mod snapshot;
 
 pub use core::{Decided, Record, Refusal, Skipped, World};
 pub use machine::{Failure, Machine, MachineConfig, Outcome};

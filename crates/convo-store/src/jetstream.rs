@@ -215,6 +215,11 @@ impl JetStreamStore {
         &self.js
     }
 
+    /// Where this stream's partition snapshots are kept (see [`crate::snapshot`]).
+    pub async fn snapshots(&self) -> Result<crate::snapshot::Snapshots, StoreError> {
+        crate::snapshot::Snapshots::open(&self.js, &self.config.stream, self.config.replicas).await
+    }
+
     /// The directory of the engine instances sharing this stream's partitions (see [`crate::cluster`]).
     pub async fn directory(&self) -> Result<crate::cluster::Directory, StoreError> {
         let kv = crate::lease::Lease::bucket(&self.js, &self.config.stream, self.config.replicas).await?;

@@ -21,6 +21,7 @@ pub mod lease;
 pub mod memory;
 pub mod metrics;
 pub mod signing;
+pub mod snapshot;
 
 use std::future::Future;
 use std::pin::Pin;

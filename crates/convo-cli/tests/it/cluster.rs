@@ -35,7 +35,8 @@ impl Drop for Instance {
 fn serve(url: &str, dir: &Path) -> Instance {
     let log = std::fs::File::create(dir.join("serve.log")).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_convo"))
-        .args(["serve", "--nats-url", url, "--prefix", PREFIX, "--replicas", "3", "--no-http", "--data-dir"])
+        .args(["serve", "--nats-url", url, "--prefix", PREFIX, "--replicas", "3", "--no-http"])
+        .args(["--snapshot-every-secs", "1", "--data-dir"])
         .arg(dir)
         .stdout(Stdio::null())
         .stderr(log)
@@ -190,6 +191,21 @@ async fn a_killed_instance_and_a_killed_node_lose_nothing() {
         keys.insert(account.clone(), ana);
     }
 
+    // Each owner snapshots its partition every second: wait for partition 0's to cover the setup.
+    let setup_end = store.last_seq().await.unwrap();
+    let snapshots = store.snapshots().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !snapshots
+        .list()
+        .await
+        .unwrap()
+        .iter()
+        .any(|(name, _, _, covered)| name == "partition-0-of-3" && *covered >= setup_end)
+    {
+        assert!(Instant::now() < deadline, "partition 0 was never snapshotted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // The load: conversations opened in every account through every node; the owner of
     // the first account's partition is killed a third of the way through.
     let victim_partition = 0;
@@ -225,6 +241,16 @@ async fn a_killed_instance_and_a_killed_node_lose_nothing() {
     }
     let takeover = first_after_kill.expect("a command was served after the kill");
     eprintln!("takeover: {} ms from the kill to the first command served by the new owner", takeover.as_millis());
+    // The new owner started from the dead one's last snapshot and read only the tail.
+    let logs: String = (0..3)
+        .filter(|n| *n != victim)
+        .map(|n| std::fs::read_to_string(dirs[n].path().join("serve.log")).unwrap())
+        .collect();
+    assert!(
+        logs.lines().any(|l| l.contains("serving partition 0") && l.contains("from its snapshot at sequence")),
+        "{logs}\nthe killed instance's:\n{}",
+        std::fs::read_to_string(dirs[victim].path().join("serve.log")).unwrap()
+    );
 
     // A nats-server node dies under load: the engines carry on (through the other nodes).
     let dead_node = (victim + 1) % 3;

@@ -135,6 +135,11 @@ fn the_embedded_default_is_supervised() {
         let (instances, owners) = owners();
         instances == 1 && owners.len() == 1 && !owners.contains(&String::new())
     });
+    // The handover wrote a snapshot; the first instance took the partition back from it.
+    assert!(log.contains("snapshot at sequence"), "{log}");
+    wait_for("the first instance to recover from the snapshot", || {
+        std::fs::read_to_string(dir.join("serve.log")).unwrap().contains("from its snapshot at sequence")
+    });
 
     // The embedded nats-server dies: `convo serve` starts it again and goes on.
     let pid = server_pid(dir);

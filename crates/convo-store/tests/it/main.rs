@@ -173,3 +173,25 @@ async fn a_commit_over_the_size_limit_is_refused_and_nothing_is_written() {
     assert!(matches!(store.append(&big, 0).await, Err(StoreError::Refused(_))));
     assert_eq!(store.last_seq().await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn snapshots_are_written_replaced_and_read_back() {
+    use convo_store::snapshot::Snapshot;
+    let broker = broker();
+    let store = JetStreamStore::connect(&broker.server.url(), StoreConfig::default()).await.unwrap();
+    let snapshots = store.snapshots().await.unwrap();
+    let wait = std::time::Duration::from_secs(5);
+    let none = tokio::time::timeout(wait, snapshots.get(0, 2)).await.expect("answers at once");
+    assert_eq!(none, Ok(None), "no snapshot yet");
+    for covered in [5, 9] {
+        let snapshot = Snapshot { partition: 0, count: 2, covered, commits: Vec::new() };
+        tokio::time::timeout(wait, snapshots.put(&snapshot)).await.expect("written at once").unwrap();
+        let read = tokio::time::timeout(wait, snapshots.get(0, 2)).await.expect("read at once");
+        assert_eq!(read, Ok(Some(snapshot)));
+    }
+    let listed = snapshots.list().await.unwrap();
+    assert_eq!(
+        listed.iter().map(|(name, _, _, covered)| (name.as_str(), *covered)).collect::<Vec<_>>(),
+        [("partition-0-of-2", 9)]
+    );
+}
