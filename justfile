@@ -132,7 +132,8 @@ browser:
 
 # Benchmarks (not part of `just test`): every figure beside its raw ceiling, in one run (see BENCHMARKS.md).
 bench: nats
-    cargo run --release -p convo-benches --bin convo-bench
+    cargo build --release -p convo-cli
+    CONVO_BIN={{justfile_directory()}}/target/release/convo cargo run --release -p convo-benches --bin convo-bench
 
 # The criterion micro-benchmark of decide+evolve (statistics, not part of `just bench`'s table).
 bench-domain:

@@ -8,10 +8,15 @@
 //! - projection rebuilds over at least a million events vs a raw ordered read
 //!   of the stream and raw sled batch inserts of the same volume;
 //! - decide+evolve per core (the pure domain);
-//! - resident memory per open conversation at 100k and 1M.
+//! - resident memory per open conversation at 100k and 1M;
+//! - recovery of a partition with 100k open conversations from the whole log
+//!   and from a snapshot plus a tenth of the log, against the raw read, and
+//!   the takeover after kill -9 of its owner (kill to first served command,
+//!   with and without a snapshot) against the lease's TTL, which bounds it
+//!   from below.
 //!
 //! `CONVO_BENCH_QUICK=1` runs tiny sizes (a smoke run, not figures);
-//! `CONVO_BENCH_ONLY=engine|rebuild|domain|memory` runs one part (for
+//! `CONVO_BENCH_ONLY=engine|rebuild|recovery|domain|memory` runs one part (for
 //! profiling it); `CONVO_BENCH_REBUILD_EVENTS=N` sets the rebuild volume.
 
 use std::sync::Arc;
@@ -312,14 +317,25 @@ async fn fill(url: &str, prefix: &str, events_min: usize) -> Result<(usize, usiz
     });
     let mut memory = Engine::recover(MemoryStore::new(prefix)).await?;
     memory.replay(inputs).await?;
+    let last = memory.store().last_seq().await?;
+    copy_commits(memory.store(), url, prefix, 1..=last).await
+}
+
+/// Copies the commits at `range` of a store into the JetStream stream of
+/// `prefix` (made if absent), pipelined; (commits, events) copied.
+async fn copy_commits(
+    from: &MemoryStore,
+    url: &str,
+    prefix: &str,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<(usize, usize)> {
     let js = async_nats::jetstream::new(convo_store::connect(url).await?);
     let store = JetStreamStore::connect(url, StoreConfig::for_prefix(prefix)).await?;
     drop(store); // creates the stream
-    let last = memory.store().last_seq().await?;
-    let mut follow = memory.store().subscribe(1).await?;
+    let mut follow = from.subscribe(*range.start()).await?;
     let mut acks = FuturesUnordered::new();
     let (mut commits, mut events) = (0, 0);
-    while commits < last as usize {
+    while commits < (range.end() + 1 - range.start()) as usize {
         let Some(stored) = follow.next().await else { break };
         let stored = stored?;
         let commit = stored.commit;
@@ -338,6 +354,134 @@ async fn fill(url: &str, prefix: &str, events_min: usize) -> Result<(usize, usiz
     }
     while acks.next().await.transpose()?.is_some() {}
     Ok((commits, events))
+}
+
+// ---------------------------------------------------------------- recovery and takeover
+
+/// A stream holding `open` open conversations of the bench account (one
+/// partition), the last tenth of its commits appended after the first
+/// nine tenths were snapshotted (with `snapshot`). Returns (commits, events).
+async fn open_stream(url: &str, prefix: &str, open: usize, snapshot: bool) -> Result<(usize, usize)> {
+    let now = Timestamp::parse_rfc3339("2026-03-02T12:00:00Z")?;
+    let mut inputs: Vec<_> = setup_envelopes().into_iter().map(|e| (e, now)).collect();
+    for n in 0..open {
+        let body = &script(n)[0];
+        inputs.push((
+            CommandEnvelope {
+                id: body["id"].as_str().expect("id").parse()?,
+                account: "bench".parse()?,
+                actor: serde_json::from_value(body["actor"].clone())?,
+                command: Command::from_json(body["command"].clone())?,
+            },
+            now,
+        ));
+    }
+    let mut memory = Engine::recover(MemoryStore::new(prefix)).await?;
+    memory.replay(inputs).await?;
+    let last = memory.store().last_seq().await?;
+    let cut = last * 9 / 10;
+    let (c1, e1) = copy_commits(memory.store(), url, prefix, 1..=cut).await?;
+    if snapshot {
+        let store = JetStreamStore::connect(url, StoreConfig::for_prefix(prefix)).await?;
+        convo_engine::snapshot::refresh(&store, &store.snapshots().await?, 0, 1).await?;
+    }
+    let (c2, e2) = copy_commits(memory.store(), url, prefix, cut + 1..=last).await?;
+    Ok((c1 + c2, e1 + e2))
+}
+
+/// Recovery of the one partition, timed: (seconds, open conversations, whether from a snapshot).
+async fn recover_timed(store: &JetStreamStore, snapshots: bool) -> Result<(f64, usize, bool)> {
+    let snapshots = if snapshots { Some(store.snapshots().await?) } else { None };
+    let started = Instant::now();
+    let (machine, recovered) =
+        convo_engine::cluster::recover_partition(store, snapshots.as_ref(), 0, 1, convo_engine::MachineConfig::serve())
+            .await?;
+    Ok((started.elapsed().as_secs_f64(), machine.world().open_conversations(), recovered.snapshot_covered > 0))
+}
+
+/// A `convo serve` process (the binary `just bench` builds), killed when dropped.
+struct Serve(std::process::Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn convo_serve(url: &str, prefix: &str, dir: &std::path::Path, id: &str, snapshot_every: &str) -> Result<Serve> {
+    let bin = std::env::var("CONVO_BIN").context("CONVO_BIN names the convo binary (`just bench` sets it)")?;
+    let log = std::fs::File::create(dir.join("serve.log"))?;
+    let child = std::process::Command::new(bin)
+        .args(["serve", "--nats-url", url, "--prefix", prefix, "--no-http", "--partitions", "1"])
+        .args(["--instance-id", id, "--snapshot-every-secs", snapshot_every, "--data-dir"])
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    Ok(Serve(child))
+}
+
+/// One new conversation's first message, as the channel gateway sends it: the reply.
+async fn probe(client: &async_nats::Client, prefix: &str, n: usize) -> Option<Value> {
+    let body = json!({"id": format!("probe-{n}"), "command": {"type":"receive_message","conversation": format!("probe-{n}"),"contact":"probe","channel":"wa","text":"hola"}});
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(convo_store::bus::AUTHORIZATION, format!("Bearer {}", credential(&json!({}))).as_str());
+    let subject = format!("{prefix}.bench.cmd.receive_message");
+    let reply = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.request_with_headers(subject, headers, body.to_string().into()),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    serde_json::from_slice(&reply.payload).ok()
+}
+
+/// Kill -9 of the owner of the one partition, `b` standing by: the time from
+/// the kill to the first command `b` serves (retried every 50 ms).
+async fn takeover(url: &str, prefix: &str, snapshot: bool) -> Result<f64> {
+    let dirs = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let every = if snapshot { "1" } else { "0" };
+    let owner = convo_serve(url, prefix, dirs.0.path(), "a", every)?;
+    let client = convo_store::connect(url).await?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut n = 0;
+    while probe(&client, prefix, n).await.is_none_or(|r| r["outcome"] != "committed") {
+        anyhow::ensure!(Instant::now() < deadline, "the owner never served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        n += 1;
+    }
+    let key = dirs.0.path().join(convo_store::signing::KEY_FILE);
+    std::fs::copy(&key, dirs.1.path().join(convo_store::signing::KEY_FILE))?;
+    let standby = convo_serve(url, prefix, dirs.1.path(), "b", every)?;
+    let store = JetStreamStore::connect(url, StoreConfig::for_prefix(prefix)).await?;
+    let directory = store.directory().await?;
+    while directory.members().await?.len() < 2 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if snapshot {
+        // The owner's snapshot covers the stream.
+        let end = store.last_seq().await?;
+        let snapshots = store.snapshots().await?;
+        while !snapshots.list().await?.iter().any(|(_, _, _, covered)| *covered >= end) {
+            anyhow::ensure!(Instant::now() < deadline, "the owner never snapshotted");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    drop(owner); // SIGKILL
+    let killed = Instant::now();
+    loop {
+        n += 1;
+        if probe(&client, prefix, n).await.is_some_and(|r| r["outcome"] == "committed") {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "nobody took the partition over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let secs = killed.elapsed().as_secs_f64();
+    drop(standby);
+    Ok(secs)
 }
 
 async fn raw_read(url: &str, prefix: &str, commits: usize) -> Result<f64> {
@@ -550,6 +694,50 @@ async fn main() -> Result<()> {
                     ceiling: Some(("raw sled batch inserts/s".into(), sled_rate)),
                 });
             }
+        }
+    }
+
+    if runs("recovery") {
+        let open = if q { 2_000 } else { 100_000 };
+        for snapshot in [false, true] {
+            let prefix = "rc";
+            let server = NatsServer::start(&LaunchOptions {
+                data_dir: dir.path().join(format!("recovery-{snapshot}")),
+                mappings: vec![convo_store::bus::partition_mapping(prefix, 1)],
+                ..Default::default()
+            })?;
+            eprintln!("convo-bench: a stream with {open} open conversations in one partition");
+            let (commits, events) = open_stream(&server.url(), prefix, open, snapshot).await?;
+            let store = JetStreamStore::connect(&server.url(), StoreConfig::for_prefix(prefix)).await?;
+            if !snapshot {
+                let read_rate = events as f64 / raw_read(&server.url(), prefix, commits).await?;
+                let (secs, recovered, _) = recover_timed(&store, false).await?;
+                anyhow::ensure!(recovered == open, "recovered {recovered} of {open} open conversations");
+                figures.push(Figure {
+                    measure: format!("recovery from the whole log ({open} open)"),
+                    value: events as f64 / secs,
+                    unit: "events/s",
+                    ceiling: Some(("raw ordered read, events/s".into(), read_rate)),
+                });
+            } else {
+                let read_rate = events as f64 / raw_read(&server.url(), prefix, commits).await?;
+                let (secs, recovered, from_snapshot) = recover_timed(&store, true).await?;
+                anyhow::ensure!(recovered == open && from_snapshot, "recovered {recovered} of {open} from a snapshot");
+                figures.push(Figure {
+                    measure: format!("recovery from snapshot + 10% tail ({open})"),
+                    value: events as f64 / secs,
+                    unit: "events/s",
+                    ceiling: Some(("raw ordered read, events/s".into(), read_rate)),
+                });
+            }
+            eprintln!("convo-bench: takeover after kill -9 ({open} open, snapshot: {snapshot})");
+            let secs = takeover(&server.url(), prefix, snapshot).await?;
+            figures.push(Figure {
+                measure: format!("takeover, kill to first served ({}snapshot)", if snapshot { "" } else { "no " }),
+                value: secs,
+                unit: "s",
+                ceiling: Some(("lease TTL, s".into(), convo_store::lease::LEASE_TTL_MS as f64 / 1000.0)),
+            });
         }
     }
 

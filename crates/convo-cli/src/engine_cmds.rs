@@ -224,6 +224,11 @@ pub struct ServeArgs {
     /// at each handover); 0: none, a takeover reads the whole log.
     #[arg(long, default_value_t = convo_engine::cluster::SNAPSHOT_EVERY_DEFAULT.as_secs())]
     snapshot_every_secs: u64,
+    /// This instance's id among those sharing the stream (letters, digits, `-`, `_`;
+    /// default: host, process and start time). Partition `n` goes to the `n mod k`-th
+    /// of the `k` live instances sorted by id.
+    #[arg(long, value_parser = parse_instance_id)]
+    instance_id: Option<String>,
     /// What this process runs: `engine` (decides commands; keeps the JSON stream and the
     /// webhooks), `read-models` (keeps the audit log, reports, contact history, live
     /// dashboard and inboxes current under <data-dir>/projections and serves them over
@@ -347,7 +352,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let directory = store.directory().await?;
     let client = store.client().clone();
     let last = store.last_seq().await?;
-    let instance = instance_id();
+    let instance = args.instance_id.clone().unwrap_or_else(instance_id);
     tracing::info!(
         instance = %instance,
         "the stream holds {last} commits over {partitions} partition(s); commands arrive on {}.<account>.cmd.<type>",
@@ -500,6 +505,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 
 /// The partition count of a stream no engine has served yet.
 const DEFAULT_PARTITIONS: usize = 2;
+
+fn parse_instance_id(text: &str) -> std::result::Result<String, String> {
+    convo_domain::ids::check_id(text).map(|()| text.to_owned()).map_err(|e| e.to_string())
+}
 
 /// This instance's id among those sharing the stream: host, process, start.
 fn instance_id() -> String {
