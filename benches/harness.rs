@@ -7,6 +7,8 @@
 //! - the same two with `sync_interval: always`;
 //! - projection rebuilds over at least a million events vs a raw ordered read
 //!   of the stream and raw sled batch inserts of the same volume;
+//! - engine throughput with 1, 2 and 3 instances on a three-node cluster (R3)
+//!   vs raw R3 appends on the same cluster;
 //! - decide+evolve per core (the pure domain);
 //! - resident memory per open conversation at 100k and 1M;
 //! - recovery of a partition with 100k open conversations from the whole log
@@ -16,7 +18,7 @@
 //!   from below.
 //!
 //! `CONVO_BENCH_QUICK=1` runs tiny sizes (a smoke run, not figures);
-//! `CONVO_BENCH_ONLY=engine|rebuild|recovery|domain|memory` runs one part (for
+//! `CONVO_BENCH_ONLY=engine|rebuild|cluster|recovery|domain|memory` runs one part (for
 //! profiling it); `CONVO_BENCH_REBUILD_EVENTS=N` sets the rebuild volume.
 
 use std::sync::Arc;
@@ -94,12 +96,22 @@ fn key_secret(key: &str) -> String {
 
 /// The bearer credential a scripted actor sends with.
 fn credential(actor: &Value) -> String {
+    credential_in("bench", actor)
+}
+
+/// The bearer credential a scripted actor of `account` sends with.
+fn credential_in(account: &str, actor: &Value) -> String {
     let key = actor["user"]["id"].as_str().unwrap_or("gw");
-    convo_engine::access::key_token(&"bench".parse().expect("valid"), &key.parse().expect("valid"), &key_secret(key))
+    convo_engine::access::key_token(&account.parse().expect("valid"), &key.parse().expect("valid"), &key_secret(key))
 }
 
 /// The setup as commands of the bench account.
 fn setup_envelopes() -> Vec<CommandEnvelope> {
+    setup_envelopes_in("bench")
+}
+
+/// The setup as commands of `account`.
+fn setup_envelopes_in(account: &str) -> Vec<CommandEnvelope> {
     let keys = KEYS.iter().map(|(key, holder)| {
         let secret_sha256 = convo_engine::access::hex(&convo_engine::access::sha256(&key_secret(key)));
         let scopes = if *holder == "integration" { json!({"commands": ["receive_message"]}) } else { json!({}) };
@@ -111,7 +123,7 @@ fn setup_envelopes() -> Vec<CommandEnvelope> {
         .enumerate()
         .map(|(n, c)| CommandEnvelope {
             id: format!("setup-{n}").parse().expect("valid"),
-            account: "bench".parse().expect("valid"),
+            account: account.parse().expect("valid"),
             actor: convo_domain::Actor::system("bench"),
             command: Command::from_json(c).expect("valid setup"),
         })
@@ -256,10 +268,22 @@ async fn raw_appends(
     per_subject: usize,
     payload: usize,
 ) -> Result<(usize, f64, Vec<Duration>)> {
+    raw_appends_replicated(url, name, subjects, per_subject, payload, 1).await
+}
+
+async fn raw_appends_replicated(
+    url: &str,
+    name: &str,
+    subjects: usize,
+    per_subject: usize,
+    payload: usize,
+    replicas: usize,
+) -> Result<(usize, f64, Vec<Duration>)> {
     let js = async_nats::jetstream::new(convo_store::connect(url).await?);
     js.create_stream(async_nats::jetstream::stream::Config {
         name: name.to_uppercase(),
         subjects: vec![format!("{name}.>")],
+        num_replicas: replicas,
         ..Default::default()
     })
     .await?;
@@ -354,6 +378,112 @@ async fn copy_commits(
     }
     while acks.next().await.transpose()?.is_some() {}
     Ok((commits, events))
+}
+
+// ---------------------------------------------------------------- instances on a cluster
+
+/// Engine throughput with `instances` `convo serve` processes on a
+/// three-node cluster (R3 stream), one account per partition, clients spread
+/// over the nodes: (commands, seconds).
+async fn engine_cluster(
+    urls: &[String],
+    prefix: &str,
+    partitions: usize,
+    instances: usize,
+    conversations: usize,
+    in_flight: usize,
+) -> Result<(usize, f64)> {
+    let config = StoreConfig { replicas: 3, ..StoreConfig::for_prefix(prefix) };
+    let store = JetStreamStore::connect(&urls[0], config).await?;
+    store.partitions(Some(partitions), partitions).await?;
+    let accounts: Vec<String> = (0..partitions)
+        .map(|p| (0..).map(|i| format!("bench{i}")).find(|a| convo_store::bus::partition_of(a, partitions) == p))
+        .collect::<Option<_>>()
+        .context("an account per partition")?;
+    let now = Timestamp::parse_rfc3339("2026-03-02T12:00:00Z")?;
+    let mut engine = Engine::recover(store.clone()).await?;
+    for account in &accounts {
+        engine.replay(setup_envelopes_in(account).into_iter().map(|e| (e, now)).collect::<Vec<_>>()).await?;
+    }
+    drop(engine);
+    let dirs: Vec<tempfile::TempDir> = (0..instances).map(|_| tempfile::tempdir()).collect::<Result<_, _>>()?;
+    let mut running = Vec::new();
+    for (n, dir) in dirs.iter().enumerate() {
+        if n > 0 {
+            let key = dirs[0].path().join(convo_store::signing::KEY_FILE);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !key.exists() {
+                anyhow::ensure!(Instant::now() < deadline, "the first instance made no signing key");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            std::fs::copy(&key, dir.path().join(convo_store::signing::KEY_FILE))?;
+        }
+        let bin = std::env::var("CONVO_BIN").context("CONVO_BIN names the convo binary (`just bench` sets it)")?;
+        let child = std::process::Command::new(bin)
+            .args(["serve", "--nats-url", &urls[n % urls.len()], "--prefix", prefix, "--no-http", "--roles", "engine"])
+            .args(["--replicas", "3", "--instance-id", &format!("i{n}"), "--data-dir"])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("serve.log"))?)
+            .spawn()?;
+        running.push(Serve(child));
+    }
+    // Every partition owned, by as many instances as run.
+    let directory = store.directory().await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let owners = directory.owners().await?;
+        let distinct: std::collections::BTreeSet<&String> = owners.iter().map(|o| &o.instance).collect();
+        if owners.len() == partitions && distinct.len() == instances.min(partitions) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the instances never shared the partitions");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await; // the partitions subscribe after recovering
+    let mut clients = Vec::new();
+    for url in urls {
+        clients.push(convo_store::connect(url).await?);
+    }
+    let started = Instant::now();
+    let mut commands = 0;
+    let mut pending = FuturesUnordered::new();
+    let run_one = |n: usize| {
+        let account = accounts[n % accounts.len()].clone();
+        let (client, prefix) = (clients[n % clients.len()].clone(), prefix.to_owned());
+        async move {
+            let mut done = 0;
+            for body in script(n) {
+                let kind = body["command"]["type"].as_str().unwrap_or("any").to_owned();
+                let mut headers = async_nats::HeaderMap::new();
+                let bearer = format!("Bearer {}", credential_in(&account, &body["actor"]));
+                headers.insert(convo_store::bus::AUTHORIZATION, bearer.as_str());
+                let request = json!({"id": body["id"], "command": body["command"]}).to_string();
+                let subject = format!("{prefix}.{account}.cmd.{kind}");
+                if let Ok(reply) = client.request_with_headers(subject, headers, request.into()).await
+                    && serde_json::from_slice::<Value>(&reply.payload).is_ok_and(|r| r["outcome"] == "committed")
+                {
+                    done += 1;
+                }
+            }
+            done
+        }
+    };
+    let mut next = 0;
+    while next < conversations.min(in_flight) {
+        pending.push(run_one(next));
+        next += 1;
+    }
+    while let Some(done) = pending.next().await {
+        commands += done;
+        if next < conversations {
+            pending.push(run_one(next));
+            next += 1;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    drop(running);
+    Ok((commands, secs))
 }
 
 // ---------------------------------------------------------------- recovery and takeover
@@ -697,6 +827,36 @@ async fn main() -> Result<()> {
                     ceiling: Some(("raw sled batch inserts/s".into(), sled_rate)),
                 });
             }
+        }
+    }
+
+    if runs("cluster") {
+        let partitions = 3;
+        let prefixes = ["c1", "c2", "c3"];
+        let mappings: Vec<_> = prefixes.iter().map(|p| convo_store::bus::partition_mapping(p, partitions)).collect();
+        let cluster = convo_store::launcher::NatsCluster::start(&dir.path().join("cluster"), 3, &mappings)?;
+        let urls: Vec<String> = (0..3).map(|n| cluster.url(n)).collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while JetStreamStore::connect(&urls[0], StoreConfig { replicas: 3, ..StoreConfig::for_prefix("warm") })
+            .await
+            .is_err()
+        {
+            anyhow::ensure!(Instant::now() < deadline, "the cluster never served JetStream");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let n = if q { 60 } else { conversations };
+        let (raw, raw_secs, _) = raw_appends_replicated(&urls[0], "rawc", 256, (n * 9 / 256).max(1), 480, 3).await?;
+        let ceiling = raw as f64 / raw_secs;
+        for (instances, prefix) in (1..=3).zip(prefixes) {
+            eprintln!("convo-bench: {instances} instance(s) on a three-node cluster, {n} conversations × 9 commands");
+            let (commands, secs) = engine_cluster(&urls, prefix, partitions, instances, n, 256).await?;
+            eprintln!("  {commands} of {} commands committed in {secs:.1} s", n * 9);
+            figures.push(Figure {
+                measure: format!("cluster, {instances} instance(s): committed cmd/s"),
+                value: commands as f64 / secs,
+                unit: "cmd/s",
+                ceiling: Some(("raw R3 appends/s (256 chains)".into(), ceiling)),
+            });
         }
     }
 
