@@ -287,13 +287,29 @@ async fn a_killed_instance_and_a_killed_node_lose_nothing() {
     let read_store = JetStreamStore::connect(&urls[(dead_node + 1) % 3], config.clone()).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(40);
     let log = loop {
-        let last = read_store.last_seq().await.unwrap();
+        // Right after a node dies the stream may be electing a leader: a reader retries.
+        let (Ok(last), Ok(mut read)) = (read_store.last_seq().await, read_store.read(1).await) else {
+            assert!(Instant::now() < deadline, "the stream never became readable again");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
         let mut log = Vec::new();
-        let mut read = read_store.read(1).await.unwrap();
+        let mut broken = false;
         while let Some(item) = read.next().await {
-            log.push(item.expect("every commit reads back"));
+            match item {
+                Ok(stored) => log.push(stored),
+                Err(convo_store::StoreError::Unavailable(_)) => {
+                    broken = true; // read again from the start
+                    break;
+                }
+                Err(e) => panic!("every commit reads back: {e}"),
+            }
         }
-        assert!(log.last().is_some_and(|c| c.stream_seq >= last), "read to the end");
+        if broken || log.last().is_none_or(|c| c.stream_seq < last) {
+            assert!(Instant::now() < deadline, "the stream was never read to its end");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
         let closed = log
             .iter()
             .filter(|c| {
