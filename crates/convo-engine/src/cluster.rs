@@ -187,6 +187,7 @@ pub async fn serve_cluster<S: EventStore + Clone + 'static>(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut renewed = Instant::now() - Duration::from_secs(60);
     let mut local_open = true;
+    let mut members = None;
     tracing::info!(
         instance = %cluster.instance,
         "sharing {} partitions with the instances on this stream",
@@ -205,7 +206,8 @@ pub async fn serve_cluster<S: EventStore + Clone + 'static>(
                 if renew {
                     renewed = Instant::now();
                 }
-                coordinate(&store, &directory, &client, &clock, &config, &cluster, &mut held, &mut stats, renew).await;
+                let (held, stats, members) = (&mut held, &mut stats, &mut members);
+                coordinate(&store, &directory, &client, &clock, &config, &cluster, held, stats, members, renew).await;
             }
         }
     }
@@ -306,6 +308,7 @@ async fn coordinate<S: EventStore + Clone + 'static>(
     cluster: &ClusterConfig,
     held: &mut BTreeMap<usize, Held>,
     stats: &mut ClusterStats,
+    members: &mut Option<Vec<String>>,
     renew: bool,
 ) {
     // Partitions whose task ended (handed over, halted, or failed to recover).
@@ -330,6 +333,7 @@ async fn coordinate<S: EventStore + Clone + 'static>(
                 Err(e @ LeaseError::Lost { .. }) => {
                     tracing::error!(partition = index, "{e}");
                     let _ = part.halt.send(true);
+                    let _ = part.drain.send(true); // and the pump stops taking requests
                     part.lease = None;
                     continue;
                 }
@@ -344,6 +348,7 @@ async fn coordinate<S: EventStore + Clone + 'static>(
                 "partition {index}'s lease could not be renewed in time (NATS unreachable); stopping before another instance may take it"
             );
             let _ = part.halt.send(true);
+            let _ = part.drain.send(true); // and the pump stops taking requests
             part.lease = None;
         }
     }
@@ -358,14 +363,15 @@ async fn coordinate<S: EventStore + Clone + 'static>(
             tracing::warn!("could not write this instance's heartbeat ({e}); retrying");
         }
     }
-    let members = match directory.members().await {
-        Ok(members) => members.into_iter().map(|m| m.id).collect::<Vec<_>>(),
-        Err(e) => {
-            tracing::warn!("cannot read the instances' directory ({e}); keeping what is held");
-            return;
+    // Who is alive changes at the heartbeats' pace: read with them (listing the bucket costs the server).
+    if renew || members.is_none() {
+        match directory.members().await {
+            Ok(alive) => *members = Some(alive.into_iter().map(|m| m.id).collect()),
+            Err(e) => tracing::warn!("cannot read the instances' directory ({e}); keeping what is held"),
         }
-    };
-    let mine = share(&members, &cluster.instance, cluster.partitions);
+    }
+    let Some(members) = members.as_ref() else { return };
+    let mine = share(members, &cluster.instance, cluster.partitions);
     // Hand over what is no longer this instance's share.
     for (index, part) in held.iter_mut() {
         if !mine.contains(index) && !part.handing_over {
