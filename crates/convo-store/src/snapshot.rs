@@ -194,6 +194,14 @@ impl Snapshots {
         Ok(bytes.len())
     }
 
+    /// Writes any bytes as a partition's snapshot, bypassing the encoding:
+    /// for tests and tools that must put what a faulty or older writer could.
+    pub async fn put_raw(&self, partition: usize, count: usize, bytes: &[u8]) -> Result<(), StoreError> {
+        let name = object_name(partition, count);
+        self.bucket.put(name.as_str(), &mut &bytes[..]).await.map_err(unavailable)?;
+        Ok(())
+    }
+
     /// A partition's snapshot: `Ok(None)` when there is none, `Err` with
     /// the reason when there is one that cannot be used.
     pub async fn get(&self, partition: usize, count: usize) -> Result<Option<Snapshot>, String> {

@@ -450,3 +450,56 @@ async fn five_thousand_conflicting_commands_leave_no_consumers_behind() {
     let consumers = a.store().consumer_count().await.unwrap();
     assert!(consumers <= 2, "{consumers} consumers left on the server after {conflicts} conflicts");
 }
+
+#[tokio::test]
+async fn a_partition_recovers_alike_from_its_snapshot_and_ignores_a_bad_one() {
+    use convo_engine::cluster::recover_partition;
+    let broker = broker();
+    let store = store(&broker, "snapshot").await;
+    let fixture = inputs("routing-fifo-capacity");
+    // A third, the snapshot, another third: conversations are still open (the fixture's end closes them).
+    let (first, rest) = fixture[..fixture.len() * 2 / 3].split_at(fixture.len() / 3);
+    let mut engine = Engine::recover(store.clone()).await.unwrap();
+    engine.replay(first.to_vec()).await.unwrap();
+    let snapshots = store.snapshots().await.unwrap();
+    let (snapshot, _) = convo_engine::snapshot::refresh(&store, &snapshots, 0, 1).await.unwrap();
+    assert!(snapshot.covered > 0 && !snapshot.commits.is_empty());
+    engine.replay(rest.to_vec()).await.unwrap();
+    drop(engine);
+    let config = convo_engine::MachineConfig::serve();
+
+    // From the whole log, and from the snapshot and the tail after it.
+    let (full, read) = recover_partition(&store, None, 0, 1, config).await.unwrap();
+    let (from_snapshot, used) = recover_partition(&store, Some(&snapshots), 0, 1, config).await.unwrap();
+    assert_eq!((read.snapshot_covered, used.snapshot_covered), (0, snapshot.covered));
+    assert!(used.tail < read.tail, "only the tail is read: {used:?} against {read:?}");
+    let (full, from_snapshot) = (full.world(), from_snapshot.world());
+    let account = AccountId::new("default").unwrap();
+    assert_eq!(full.catalog(&account), from_snapshot.catalog(&account));
+    assert_eq!(full.floor(&account), from_snapshot.floor(&account));
+    assert!(full.open_conversations() > 0, "the fixture leaves conversations open");
+    assert_eq!(full.open_conversations(), from_snapshot.open_conversations());
+    assert_eq!(full.armed_timers(), from_snapshot.armed_timers());
+    let ids: std::collections::BTreeSet<ConversationId> = fixture
+        .iter()
+        .filter_map(|(e, _)| match e.command.target() {
+            convo_domain::Target::Conversation(id) => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
+    for id in &ids {
+        if let Some(open) = full.conversation(&account, id).filter(|c| c.status != Status::Closed) {
+            assert_eq!(from_snapshot.conversation(&account, id), Some(open), "{id}");
+        }
+    }
+
+    // A snapshot of an unknown version, or corrupt, is ignored: the whole log is read.
+    let mut bytes = snapshot.encode(&store.config().stream).unwrap();
+    bytes[9] ^= 0x7f; // the format version
+    for bad in [bytes.clone(), b"not a snapshot at all".to_vec()] {
+        snapshots.put_raw(0, 1, &bad).await.unwrap();
+        let (machine, recovered) = recover_partition(&store, Some(&snapshots), 0, 1, config).await.unwrap();
+        assert_eq!(recovered, read, "recovered from the log alone");
+        assert_eq!(machine.world().difference_from(full), None);
+    }
+}
