@@ -74,6 +74,19 @@ pub struct ClusterConfig {
     pub snapshot_every: Duration,
 }
 
+/// How long after a partition failed to start (its recovery or its
+/// subscription) it is taken again.
+pub const RETRY_START_AFTER: Duration = Duration::from_secs(5);
+
+/// What the coordinator remembers between its rounds.
+#[derive(Debug, Default)]
+struct Coordination {
+    /// The live instances' ids, as last read (with the heartbeats).
+    members: Option<Vec<String>>,
+    /// Partitions that failed to start, and when to try again.
+    retry_at: BTreeMap<usize, Instant>,
+}
+
 /// One partition this instance holds.
 struct Held {
     lease: Option<Lease>,
@@ -85,7 +98,8 @@ struct Held {
     halt: watch::Sender<bool>,
     handing_over: bool,
     since: Instant,
-    task: JoinHandle<ServeStats>,
+    /// What the partition did; `None` when it never served (recovery failed).
+    task: JoinHandle<Option<ServeStats>>,
 }
 
 /// How a partition was recovered.
@@ -187,7 +201,7 @@ pub async fn serve_cluster<S: EventStore + Clone + 'static>(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut renewed = Instant::now() - Duration::from_secs(60);
     let mut local_open = true;
-    let mut members = None;
+    let mut state = Coordination::default();
     tracing::info!(
         instance = %cluster.instance,
         "sharing {} partitions with the instances on this stream",
@@ -206,8 +220,8 @@ pub async fn serve_cluster<S: EventStore + Clone + 'static>(
                 if renew {
                     renewed = Instant::now();
                 }
-                let (held, stats, members) = (&mut held, &mut stats, &mut members);
-                coordinate(&store, &directory, &client, &clock, &config, &cluster, held, stats, members, renew).await;
+                let (held, stats, state) = (&mut held, &mut stats, &mut state);
+                coordinate(&store, &directory, &client, &clock, &config, &cluster, held, stats, state, renew).await;
             }
         }
     }
@@ -217,8 +231,9 @@ pub async fn serve_cluster<S: EventStore + Clone + 'static>(
         let _ = part.drain.send(true);
     }
     for (index, part) in std::mem::take(&mut held) {
-        let ran = part.task.await.unwrap_or_default();
-        stats.partitions.push((index, ran));
+        if let Ok(Some(ran)) = part.task.await {
+            stats.partitions.push((index, ran));
+        }
         if let Some(lease) = part.lease
             && let Err(e) = lease.release().await
         {
@@ -308,15 +323,20 @@ async fn coordinate<S: EventStore + Clone + 'static>(
     cluster: &ClusterConfig,
     held: &mut BTreeMap<usize, Held>,
     stats: &mut ClusterStats,
-    members: &mut Option<Vec<String>>,
+    state: &mut Coordination,
     renew: bool,
 ) {
     // Partitions whose task ended (handed over, halted, or failed to recover).
     let ended: Vec<usize> = held.iter().filter(|(_, p)| p.task.is_finished()).map(|(n, _)| *n).collect();
     for index in ended {
         let Some(part) = held.remove(&index) else { continue };
-        let ran = part.task.await.unwrap_or_default();
-        stats.partitions.push((index, ran));
+        match part.task.await {
+            Ok(Some(ran)) => stats.partitions.push((index, ran)),
+            // It could not start: try again later, not at the next tick.
+            _ => {
+                state.retry_at.insert(index, Instant::now() + RETRY_START_AFTER);
+            }
+        }
         if let Some(lease) = part.lease {
             match lease.release().await {
                 Ok(()) => tracing::info!(partition = index, "released partition {index}"),
@@ -364,13 +384,13 @@ async fn coordinate<S: EventStore + Clone + 'static>(
         }
     }
     // Who is alive changes at the heartbeats' pace: read with them (listing the bucket costs the server).
-    if renew || members.is_none() {
+    if renew || state.members.is_none() {
         match directory.members().await {
-            Ok(alive) => *members = Some(alive.into_iter().map(|m| m.id).collect()),
+            Ok(alive) => state.members = Some(alive.into_iter().map(|m| m.id).collect()),
             Err(e) => tracing::warn!("cannot read the instances' directory ({e}); keeping what is held"),
         }
     }
-    let Some(members) = members.as_ref() else { return };
+    let Some(members) = state.members.as_ref() else { return };
     let mine = share(members, &cluster.instance, cluster.partitions);
     // Hand over what is no longer this instance's share.
     for (index, part) in held.iter_mut() {
@@ -386,9 +406,10 @@ async fn coordinate<S: EventStore + Clone + 'static>(
     }
     // Take what is, once its lease is free.
     for index in mine {
-        if held.contains_key(&index) {
+        if held.contains_key(&index) || state.retry_at.get(&index).is_some_and(|at| Instant::now() < *at) {
             continue;
         }
+        state.retry_at.remove(&index);
         match directory.take(index, &cluster.instance).await {
             Ok(lease) => {
                 tracing::info!(partition = index, "took partition {index}; recovering it from the log");
@@ -424,7 +445,7 @@ fn start<S: EventStore + Clone + 'static>(
                 Ok(recovered) => recovered,
                 Err(e) => {
                     tracing::error!(partition = index, "cannot recover partition {index} ({e}); giving it up");
-                    return ServeStats::default();
+                    return None;
                 }
             };
         for catalog in machine.world().catalogs() {
@@ -434,7 +455,7 @@ fn start<S: EventStore + Clone + 'static>(
             Ok(bus) => bus,
             Err(e) => {
                 tracing::error!(partition = index, "cannot subscribe to partition {index} ({e}); giving it up");
-                return ServeStats::default();
+                return None;
             }
         };
         tracing::info!(
@@ -551,7 +572,7 @@ fn start<S: EventStore + Clone + 'static>(
                 ),
             }
         }
-        stats
+        Some(stats)
     });
     Held {
         lease: Some(lease),
