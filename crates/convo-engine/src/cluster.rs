@@ -156,15 +156,13 @@ pub async fn recover_partition<S: EventStore>(
     let mut log = store.read(recovered.snapshot_covered + 1).await?;
     let mut read = recovered.snapshot_covered;
     while let Some(item) = log.next().await {
-        let (seq, account) = match &item {
-            Ok(stored) => (stored.stream_seq, Some(stored.commit.account.clone())),
-            Err(StoreError::Decode { seq, subject, .. }) => (*seq, convo_wire::parse_subject(subject).map(|(a, _)| a)),
-            Err(e @ (StoreError::Unavailable(_) | StoreError::Refused(_))) => return Err(e.clone()),
-            Err(_) => (0, None),
-        };
+        if let Err(e @ (StoreError::Unavailable(_) | StoreError::Refused(_))) = &item {
+            return Err(e.clone());
+        }
+        let (seq, aggregate) = convo_store::whereabouts(&item);
         read = read.max(seq);
         recovered.tail += 1;
-        if account.is_some_and(|a| Partition::of(&a, count) == index) {
+        if aggregate.is_some_and(|(account, _)| Partition::of(&account, count) == index) {
             machine.recover(item);
         }
     }

@@ -137,6 +137,23 @@ pub struct Refused {
     pub denied: Option<Box<(Denied, String)>>,
 }
 
+impl Refused {
+    /// The log line of a request refused at a door (`where_`: which door,
+    /// and whether the refusal is recorded), with its code, rule and address.
+    pub fn log(&self, request: &Request, where_: &str) {
+        let text = |key: &str| self.reply[key].as_str().unwrap_or("").to_owned();
+        tracing::info!(
+            account = %request.account,
+            kind = %request.kind,
+            code = text("code"),
+            rule = text("rule"),
+            ip = ?request.ip,
+            "{where_}: {}",
+            text("message")
+        );
+    }
+}
+
 impl From<IntakeError> for Refused {
     fn from(e: IntakeError) -> Self {
         Refused { reply: e.to_json(), denied: None }

@@ -22,7 +22,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use convo_domain::{AccountId, Command, CommandEnvelope, Timestamp};
-use convo_store::{LogItem, StoreError, StoredCommit};
+use convo_store::{LogItem, StoreError};
 use convo_wire::{Commit, StreamRef};
 
 use crate::core::{Decided, Refusal, Skipped, World, stream_of};
@@ -631,12 +631,8 @@ impl Partition {
 /// Hands one message of the log read at start to the machine of its
 /// account's partition (recovery); returns its sequence.
 pub fn recover_into(machines: &mut [Machine], item: LogItem) -> u64 {
-    let (seq, account) = match &item {
-        Ok(StoredCommit { stream_seq, commit, .. }) => (*stream_seq, Some(commit.account.clone())),
-        Err(StoreError::Decode { seq, subject, .. }) => (*seq, convo_wire::parse_subject(subject).map(|(a, _)| a)),
-        Err(_) => (0, None),
-    };
-    let index = account.map_or(0, |a| Partition::of(&a, machines.len()));
+    let (seq, aggregate) = convo_store::whereabouts(&item);
+    let index = aggregate.map_or(0, |(account, _)| Partition::of(&account, machines.len()));
     machines[index].recover(item);
     seq
 }

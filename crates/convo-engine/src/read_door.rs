@@ -75,19 +75,9 @@ impl Catalogs {
     /// engine applies it; anything else only moves the position. Returns
     /// the account whose catalog changed.
     fn apply(&mut self, item: LogItem) -> Option<AccountId> {
-        let (seq, account) = match &item {
-            Ok(stored) if stored.commit.stream == StreamRef::Catalog => {
-                (stored.stream_seq, Some(stored.commit.account.clone()))
-            }
-            Ok(stored) => (stored.stream_seq, None),
-            Err(StoreError::Decode { seq, subject, .. }) => {
-                let catalog = convo_wire::parse_subject(subject).filter(|(_, stream)| *stream == StreamRef::Catalog);
-                (*seq, catalog.map(|(account, _)| account))
-            }
-            Err(_) => (0, None),
-        };
+        let (seq, aggregate) = convo_store::whereabouts(&item);
         self.position = self.position.max(seq);
-        let account = account?;
+        let account = aggregate.filter(|(_, stream)| *stream == StreamRef::Catalog).map(|(account, _)| account)?;
         match self.world.apply_item(item) {
             Ok(()) => Some(account),
             Err(skipped) => {
@@ -213,15 +203,7 @@ fn answer_read(
         Ok(Admitted::Read { principal, scope }) => authorized(&principal, &scope),
         Ok(Admitted::Command { .. }) => unavailable("not a read"),
         Err(refused) => {
-            tracing::info!(
-                account = %request.account,
-                kind = %request.kind,
-                code = refused.reply["code"].as_str().unwrap_or(""),
-                rule = refused.reply["rule"].as_str().unwrap_or(""),
-                ip = ?request.ip,
-                "read refused at the door (not recorded: only the engine appends): {}",
-                refused.reply["message"].as_str().unwrap_or("")
-            );
+            refused.log(request, "read refused at the door (not recorded: only the engine appends)");
             refused.reply
         }
     }

@@ -384,15 +384,7 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
                 match admitted {
                     Err(refused) => {
                         invalid += 1;
-                        tracing::info!(
-                            account = %request.account,
-                            kind = %request.kind,
-                            code = refused.reply["code"].as_str().unwrap_or(""),
-                            rule = refused.reply["rule"].as_str().unwrap_or(""),
-                            ip = ?request.ip,
-                            "refused at the door: {}",
-                            refused.reply["message"].as_str().unwrap_or("")
-                        );
+                        refused.log(&request, "refused at the door");
                         if let (Some(account), Some(refusal)) = (account.filter(|_| catalog.is_some()), refused.denied)
                         {
                             let (why, who) = *refusal;

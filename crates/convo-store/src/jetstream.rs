@@ -89,6 +89,11 @@ pub const APPEND_BACKOFF_MS: u64 = 200;
 /// The stream metadata key recording the partition count.
 pub const PARTITIONS_KEY: &str = "convo_partitions";
 
+/// The partition count a stream's config records.
+fn recorded_in(config: &Config) -> Option<usize> {
+    config.metadata.get(PARTITIONS_KEY).and_then(|v| v.parse::<usize>().ok()).filter(|n| *n > 0)
+}
+
 /// The JetStream event store.
 #[derive(Debug, Clone)]
 pub struct JetStreamStore {
@@ -186,8 +191,7 @@ impl JetStreamStore {
     pub async fn partitions(&self, requested: Option<usize>, default: usize) -> Result<usize, StoreError> {
         let mut stream = self.stream.clone();
         let info = stream.info().await.map_err(unavailable)?.clone();
-        let recorded = info.config.metadata.get(PARTITIONS_KEY).and_then(|v| v.parse::<usize>().ok());
-        match (recorded.filter(|n| *n > 0), requested.map(|n| n.max(1))) {
+        match (recorded_in(&info.config), requested.map(|n| n.max(1))) {
             (Some(count), Some(asked)) if asked != count => Err(StoreError::Refused(format!(
                 "stream {} has {count} partitions (fixed when the first engine served it); drop --partitions or pass {count}",
                 self.config.stream
@@ -206,8 +210,7 @@ impl JetStreamStore {
     /// The partition count the stream records, if an engine has served it.
     pub async fn recorded_partitions(&self) -> Result<Option<usize>, StoreError> {
         let mut stream = self.stream.clone();
-        let info = stream.info().await.map_err(unavailable)?;
-        Ok(info.config.metadata.get(PARTITIONS_KEY).and_then(|v| v.parse::<usize>().ok()).filter(|n| *n > 0))
+        Ok(recorded_in(&stream.info().await.map_err(unavailable)?.config))
     }
 
     /// The JetStream context (for the buckets beside the stream).

@@ -153,6 +153,18 @@ pub fn check_server_version(version: &str) -> Result<(), StoreError> {
 /// checks that the commit is stored on its own subject under `prefix` (a copy
 /// republished on another account's or aggregate's subject is refused, not
 /// credited to the subject it was found on).
+/// Where a message of the log sits: its stream sequence, and the aggregate
+/// its commit names (for one that cannot be read, its subject does: the
+/// broker counts it in that aggregate). Sequence 0 and no aggregate for an
+/// error that is no message (the store unavailable).
+pub fn whereabouts(item: &LogItem) -> (u64, Option<(AccountId, StreamRef)>) {
+    match item {
+        Ok(stored) => (stored.stream_seq, Some((stored.commit.account.clone(), stored.commit.stream.clone()))),
+        Err(StoreError::Decode { seq, subject, .. }) => (*seq, convo_wire::parse_subject(subject)),
+        Err(_) => (0, None),
+    }
+}
+
 pub fn decode_stored(prefix: &str, seq: u64, subject: String, version: Option<&str>, payload: &[u8]) -> LogItem {
     decode_signed(prefix, None, Raw { seq, subject, version, signature: None, payload })
 }

@@ -45,8 +45,8 @@ fn serve(url: &str, dir: &Path) -> Instance {
     Instance(child)
 }
 
-/// One command to `account` on `url`; the reply, or `None` when nobody
-/// answered (no responders while a partition changes hands, a timeout).
+/// One command to `account`; the reply, or `None` when nobody answered (no
+/// responders while a partition changes hands, a timeout).
 async fn send(
     client: &async_nats::Client,
     account: &str,
@@ -54,16 +54,7 @@ async fn send(
     credential: &str,
     command: &Value,
 ) -> Option<Value> {
-    let body = json!({"id": id, "command": command}).to_string();
-    let subject = format!("{PREFIX}.{account}.cmd.{}", command["type"].as_str().unwrap());
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(convo_store::bus::AUTHORIZATION, format!("Bearer {credential}").as_str());
-    let reply =
-        tokio::time::timeout(Duration::from_secs(3), client.request_with_headers(subject, headers, body.into()))
-            .await
-            .ok()?
-            .ok()?;
-    serde_json::from_slice(&reply.payload).ok()
+    super::crash::request(client, PREFIX, account, id, credential, command).await
 }
 
 /// Sends until answered, as a client does: the same id every time, again

@@ -53,11 +53,24 @@ pub(crate) fn serve_prefix(url: &str, prefix: &str) -> Served {
 
 /// Sends a command with `who`'s credential (`{"credential": …}`; the operator's otherwise).
 async fn send(url: &str, id: &str, who: Value, command: Value) -> Option<Value> {
-    let body = json!({"id": id, "command": command}).to_string();
-    let subject = format!("{PREFIX}.acme.cmd.{}", command["type"].as_str().unwrap());
     let client = convo_store::connect(url).await.ok()?;
-    let mut headers = async_nats::HeaderMap::new();
     let credential = who["credential"].as_str().unwrap_or(OPERATOR);
+    request(&client, PREFIX, "acme", id, credential, &command).await
+}
+
+/// One command request `{"id", "command"}` to `account` under `prefix` with
+/// a bearer credential: the reply, or `None` when nobody answered within 3 s.
+pub(crate) async fn request(
+    client: &async_nats::Client,
+    prefix: &str,
+    account: &str,
+    id: &str,
+    credential: &str,
+    command: &Value,
+) -> Option<Value> {
+    let body = json!({"id": id, "command": command}).to_string();
+    let subject = format!("{prefix}.{account}.cmd.{}", command["type"].as_str().unwrap());
+    let mut headers = async_nats::HeaderMap::new();
     headers.insert(convo_store::bus::AUTHORIZATION, format!("Bearer {credential}").as_str());
     let reply =
         tokio::time::timeout(Duration::from_secs(3), client.request_with_headers(subject, headers, body.into()))
