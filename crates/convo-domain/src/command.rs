@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::aggregate::Actor;
 use crate::config::{
     AccountSettings, ApiKeySpec, CampaignSpec, ChannelSpec, ClientSpec, DeniedAttempt, EntityRef, KeyRef, ProjectSpec,
-    UserSpec, WebhookRef, WebhookSpec,
+    SlaModeSpec, UserSpec, WebhookRef, WebhookSpec,
 };
 use crate::ids::{AccountId, CampaignId, ChannelId, CommandId, ContactId, ConversationId, TypificationId, UserId};
 use crate::schedule::ScheduleSpec;
@@ -212,6 +212,8 @@ pub enum Command {
     UpdateWebhook(WebhookSpec),
     /// Tries a webhook's dead-lettered deliveries again.
     RedriveWebhook(WebhookRef),
+    // business-hours SLA (appended)
+    SetSlaMode(SlaModeSpec),
 }
 
 /// Which aggregate decides a command.
@@ -233,7 +235,7 @@ pub struct CommandParseError {
 
 impl Command {
     /// Every command type, as named in the JSON view and in command subjects.
-    pub const TYPE_NAMES: [&'static str; 34] = [
+    pub const TYPE_NAMES: [&'static str; 35] = [
         "configure_account",
         "define_client",
         "update_client",
@@ -268,6 +270,7 @@ impl Command {
         "define_webhook",
         "update_webhook",
         "redrive_webhook",
+        "set_sla_mode",
     ];
 
     /// The command's `type` in its JSON view.
@@ -307,6 +310,7 @@ impl Command {
             Self::DefineWebhook(_) => "define_webhook",
             Self::UpdateWebhook(_) => "update_webhook",
             Self::RedriveWebhook(_) => "redrive_webhook",
+            Self::SetSlaMode(_) => "set_sla_mode",
         }
     }
 

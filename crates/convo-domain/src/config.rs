@@ -169,6 +169,41 @@ pub struct DynamicField {
     pub integration_value: Option<String>,
 }
 
+/// How SLA waits are counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SlaMode {
+    /// Every second counts (the default).
+    #[default]
+    Elapsed,
+    /// Only the seconds the campaign's schedule is open count (holidays and
+    /// the gaps between ranges, a lunch break, pause the clock).
+    BusinessHours,
+}
+
+impl SlaMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            SlaMode::Elapsed => "elapsed",
+            SlaMode::BusinessHours => "business_hours",
+        }
+    }
+}
+
+/// Sets how a client's SLA is counted, or overrides it for one campaign.
+/// Exactly one of `client` and `campaign`; a campaign's `mode` left out (or
+/// null) goes back to its client's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SlaModeSpec {
+    #[serde(default)]
+    pub client: Option<ClientId>,
+    #[serde(default)]
+    pub campaign: Option<CampaignId>,
+    #[serde(default)]
+    pub mode: Option<SlaMode>,
+}
+
 /// Where agents attend conversations.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -593,6 +628,8 @@ pub enum ConfigEvent {
     WebhookDefined(WebhookSpec),
     WebhookUpdated(WebhookSpec),
     WebhookRedriven(WebhookRef),
+    // appended
+    SlaModeSet(SlaModeSpec),
 }
 
 impl ConfigEvent {
@@ -612,6 +649,11 @@ impl ConfigEvent {
             Self::AccessDenied(_) => "access".into(),
             Self::WebhookDefined(s) | Self::WebhookUpdated(s) => format!("webhook/{}", s.id),
             Self::WebhookRedriven(w) => format!("webhook/{}", w.webhook),
+            Self::SlaModeSet(s) => match (&s.client, &s.campaign) {
+                (Some(id), _) => format!("client/{id}"),
+                (None, Some(id)) => format!("campaign/{id}"),
+                (None, None) => "account".into(),
+            },
         }
     }
 }
@@ -660,6 +702,10 @@ pub struct Catalog {
     pub keys: BTreeMap<KeyId, ApiKey>,
     /// The account's webhook endpoints.
     pub webhooks: BTreeMap<WebhookId, WebhookSpec>,
+    /// Clients whose SLA counts business hours (absent: elapsed time).
+    pub client_sla_modes: BTreeMap<ClientId, SlaMode>,
+    /// Campaigns that override their client's SLA mode.
+    pub campaign_sla_modes: BTreeMap<CampaignId, SlaMode>,
     /// Derived: the allowed networks, parsed once when the settings change.
     networks: Vec<Cidr>,
     recent: RecentCommands,
@@ -775,6 +821,8 @@ impl Catalog {
             channel_campaign: BTreeMap::new(),
             keys: BTreeMap::new(),
             webhooks: BTreeMap::new(),
+            client_sla_modes: BTreeMap::new(),
+            campaign_sla_modes: BTreeMap::new(),
             networks: Vec::new(),
             recent: RecentCommands::default(),
         }
@@ -830,6 +878,15 @@ impl Catalog {
             }
         }
         Ok(Some(user))
+    }
+
+    /// How a campaign's SLA is counted: its own override, else its client's.
+    pub fn sla_mode(&self, campaign: &CampaignSpec) -> SlaMode {
+        self.campaign_sla_modes
+            .get(&campaign.id)
+            .or_else(|| self.client_sla_modes.get(&campaign.client))
+            .copied()
+            .unwrap_or_default()
     }
 
     fn typification_known(&self, id: &TypificationId) -> bool {
@@ -990,6 +1047,21 @@ impl Catalog {
                 }
                 check_webhook(s)?;
                 if define { ConfigEvent::WebhookDefined(s.clone()) } else { ConfigEvent::WebhookUpdated(s.clone()) }
+            }
+            Command::SetSlaMode(m) => {
+                match (&m.client, &m.campaign) {
+                    (Some(client), None) => {
+                        self.client(client)
+                            .map_err(|_| Rejection::invalid("client", format!("no active client {client}")))?;
+                    }
+                    (None, Some(campaign)) => {
+                        if !self.campaigns.contains_key(campaign) {
+                            return Err(Rejection::invalid("campaign", format!("no campaign {campaign}")));
+                        }
+                    }
+                    _ => return Err(Rejection::invalid("client", "name exactly one of `client` and `campaign`")),
+                }
+                ConfigEvent::SlaModeSet(m.clone())
             }
             Command::RedriveWebhook(w) => {
                 if !self.webhooks.contains_key(&w.webhook) {
@@ -1315,6 +1387,21 @@ impl Catalog {
                 }
             }
             ConfigEvent::AccessDenied(_) | ConfigEvent::WebhookRedriven(_) => {}
+            ConfigEvent::SlaModeSet(m) => match (&m.client, &m.campaign, m.mode) {
+                (Some(id), _, Some(mode)) => {
+                    self.client_sla_modes.insert(id.clone(), mode);
+                }
+                (Some(id), _, None) => {
+                    self.client_sla_modes.remove(id);
+                }
+                (None, Some(id), Some(mode)) => {
+                    self.campaign_sla_modes.insert(id.clone(), mode);
+                }
+                (None, Some(id), None) => {
+                    self.campaign_sla_modes.remove(id);
+                }
+                (None, None, _) => {}
+            },
             ConfigEvent::WebhookDefined(s) | ConfigEvent::WebhookUpdated(s) => {
                 self.webhooks.insert(s.id.clone(), s.clone());
             }

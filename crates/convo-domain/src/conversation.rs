@@ -12,16 +12,20 @@
 //! automated messages are read from the catalog when a command is decided.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Actor, Decision, Emitter, RecentCommands, Recorded};
 use crate::command::{ATTACHMENTS_PER_MESSAGE_MAX, Attachment, Command, CommandEnvelope, TransferTarget};
-use crate::config::{CampaignSpec, Catalog, ChannelSpec, ClientSpec, NAME_BYTES_MAX, Role, STATE_AVAILABLE, UserSpec};
+use crate::config::{
+    CampaignSpec, Catalog, ChannelSpec, ClientSpec, NAME_BYTES_MAX, Role, STATE_AVAILABLE, SlaMode, UserSpec,
+};
 use crate::ids::{CampaignId, ChannelId, ClientId, ContactId, ConversationId, ProjectId, TypificationId, UserId};
 use crate::live::Floor;
 use crate::rejection::Rejection;
+use crate::schedule::ScheduleSpec;
 use crate::template::{self, TEXT_BYTES_MAX, Values};
 use crate::time::{MS_PER_SEC, Timestamp};
 
@@ -241,6 +245,16 @@ pub enum ConversationEvent {
         rating: u8,
         solved: bool,
     },
+    // appended: the order is part of the encoding
+    /// How the conversation's SLA waits are counted from here on: in
+    /// business hours on the campaign's schedule (captured here, like the
+    /// thresholds), or elapsed time again. Recorded when a conversation
+    /// opens in a business-hours campaign, and when a move to another
+    /// campaign changes the mode or the schedule.
+    SlaClockSet {
+        mode: SlaMode,
+        schedule: Option<ScheduleSpec>,
+    },
 }
 
 impl ConversationEvent {
@@ -262,6 +276,7 @@ impl ConversationEvent {
             Self::LabelRemoved { .. } => "label_removed",
             Self::ConversationClosed { .. } => "conversation_closed",
             Self::SurveyAnswered { .. } => "survey_answered",
+            Self::SlaClockSet { .. } => "sla_clock_set",
         }
     }
 }
@@ -287,12 +302,18 @@ pub struct Facts {
     pub policy: Policy,
     pub opened_at: Timestamp,
     pub sla_clock_starts_at: Timestamp,
+    /// The schedule whose open time SLA waits count, in business-hours mode.
+    pub sla_hours: Option<Arc<ScheduleSpec>>,
 }
 
 /// An open SLA wait: the contact wrote and no human agent has answered yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Wait {
     pub started_at: Timestamp,
+    /// When the optimal and low thresholds are passed (`None`: never, a
+    /// business-hours schedule that does not open for years).
+    pub optimal_at: Option<Timestamp>,
+    pub low_at: Option<Timestamp>,
     pub optimal_crossed: bool,
     pub low_crossed: bool,
     pub agent_alerted: bool,
@@ -496,11 +517,11 @@ impl Conversation {
             }
         };
         if let Some(wait) = &self.wait {
-            if !wait.optimal_crossed {
-                offer(wait.started_at.plus_secs(policy.sla_optimal_secs.into()), Timer::SlaOptimal);
+            if let Some(at) = wait.optimal_at.filter(|_| !wait.optimal_crossed) {
+                offer(at, Timer::SlaOptimal);
             }
-            if !wait.low_crossed {
-                offer(wait.started_at.plus_secs(policy.sla_low_secs.into()), Timer::SlaLow);
+            if let Some(at) = wait.low_at.filter(|_| !wait.low_crossed) {
+                offer(at, Timer::SlaLow);
             }
             if self.assignee.is_some() && !wait.agent_alerted {
                 let from = wait.started_at.max(self.assigned_at);
@@ -588,7 +609,10 @@ impl Conversation {
                     shortcode,
                 });
                 if let Some(wait) = &self.wait {
-                    let ms = now.millis_since(wait.started_at);
+                    let ms = match &facts.sla_hours {
+                        Some(schedule) => schedule.open_millis(wait.started_at, now),
+                        None => now.millis_since(wait.started_at),
+                    };
                     let policy = facts.policy;
                     let class = if ms <= u64::from(policy.sla_optimal_secs) * MS_PER_SEC as u64 {
                         SlaClass::Optimal
@@ -866,6 +890,18 @@ impl Conversation {
         self.facts.as_ref().and_then(|f| ctx.catalog.campaigns.get(&f.campaign)).map(|c| &c.spec)
     }
 
+    /// The SLA clock a conversation in `campaign` runs on, when it differs
+    /// from the one it runs on now (elapsed time, until told otherwise).
+    fn sla_clock_change(&self, catalog: &Catalog, campaign: &CampaignSpec) -> Option<ConversationEvent> {
+        let mode = catalog.sla_mode(campaign);
+        let schedule = match mode {
+            SlaMode::BusinessHours => Some(catalog.schedule(&campaign.schedule).ok()?.clone()),
+            SlaMode::Elapsed => None,
+        };
+        let now = self.facts.as_ref().and_then(|f| f.sla_hours.as_deref());
+        (now != schedule.as_ref()).then_some(ConversationEvent::SlaClockSet { mode, schedule })
+    }
+
     /// Emits an automated message when its switch is on.
     fn auto_message(
         &self,
@@ -915,6 +951,9 @@ impl Conversation {
         // Later events are shaped by the opened state (placeholders).
         let mut scratch = self.clone();
         scratch.evolve(out.emit(ConversationEvent::ConversationOpened(opened)));
+        if let Some(clock) = scratch.sla_clock_change(catalog, campaign) {
+            scratch.evolve(out.emit(clock));
+        }
         out.emit(ConversationEvent::MessageReceived { text: c.text.clone(), attachments: c.attachments.clone() });
         if in_hours {
             scratch.auto_message(ctx, out, Trigger::Welcome, channel.messages.welcome.active(), None);
@@ -971,6 +1010,9 @@ impl Conversation {
         }
         let opened = entrance.opened(catalog, &c.contact, &c.contact_name, Direction::Outbound, now, false);
         out.emit(ConversationEvent::ConversationOpened(opened));
+        if let Some(clock) = self.sla_clock_change(catalog, campaign) {
+            out.emit(clock);
+        }
         out.emit(ConversationEvent::AgentAssigned { agent: user.id.clone(), segment: 1 });
         out.emit(ConversationEvent::MessageSent {
             author: Author::Agent(user.id.clone()),
@@ -1035,6 +1077,9 @@ impl Conversation {
                     policy: Policy::of(client, catalog),
                 };
                 out.emit(ended(Destination::Campaign(change)));
+                if let Some(clock) = self.sla_clock_change(catalog, next) {
+                    out.emit(clock);
+                }
                 self.auto_message(ctx, out, Trigger::TransferNotice, notice, Some(""));
                 let waiting_since = self.wait.map_or(now, |w| w.started_at);
                 out.emit(ConversationEvent::ConversationQueued { campaign: next.id.clone(), waiting_since });
@@ -1153,6 +1198,7 @@ impl Conversation {
                     policy: o.policy,
                     opened_at: at,
                     sla_clock_starts_at: o.sla_clock_starts_at,
+                    sla_hours: None,
                 });
             }
             ConversationEvent::MessageReceived { .. } => {
@@ -1163,10 +1209,13 @@ impl Conversation {
                     let clock = self.facts.as_ref().map_or(at, |f| f.sla_clock_starts_at);
                     self.wait = Some(Wait {
                         started_at: at.max(clock),
+                        optimal_at: None,
+                        low_at: None,
                         optimal_crossed: false,
                         low_crossed: false,
                         agent_alerted: false,
                     });
+                    self.time_wait(at);
                 }
             }
             ConversationEvent::MessageSent { author, .. } => {
@@ -1204,6 +1253,7 @@ impl Conversation {
                     facts.project = change.project.clone();
                     facts.policy = change.policy;
                 }
+                self.time_wait(at);
             }
             ConversationEvent::SlaThresholdCrossed { threshold, .. } => {
                 if let Some(wait) = self.wait.as_mut() {
@@ -1242,6 +1292,31 @@ impl Conversation {
                 self.silence = None;
             }
             ConversationEvent::SurveyAnswered { .. } => self.survey = Survey::Answered,
+            ConversationEvent::SlaClockSet { schedule, .. } => {
+                if let Some(facts) = self.facts.as_mut() {
+                    facts.sla_hours = schedule.clone().map(Arc::new);
+                }
+                self.time_wait(at);
+            }
         }
+    }
+
+    /// Works out when the open wait passes its thresholds, on the policy and
+    /// clock the conversation runs on now (walking the schedule in
+    /// business-hours mode, so deadlines are computed once per change). A
+    /// threshold a change at `at` leaves behind (a move to a campaign with
+    /// shorter thresholds, or from business hours to elapsed time) is
+    /// crossed at `at`, never in the past.
+    fn time_wait(&mut self, at: Timestamp) {
+        let (Some(wait), Some(facts)) = (self.wait.as_mut(), self.facts.as_ref()) else { return };
+        let after = |secs: u32| {
+            let ms = u64::from(secs) * MS_PER_SEC as u64;
+            match &facts.sla_hours {
+                Some(schedule) => schedule.after_open_millis(wait.started_at, ms),
+                None => Some(wait.started_at.plus_secs(secs.into())),
+            }
+        };
+        wait.optimal_at = after(facts.policy.sla_optimal_secs).map(|t| t.max(at));
+        wait.low_at = after(facts.policy.sla_low_secs).map(|t| t.max(at));
     }
 }

@@ -22,6 +22,9 @@ pub const RANGES_PER_DAY_MAX: usize = 8;
 pub const HOLIDAYS_MAX: usize = 400;
 /// How far ahead the next opening is looked for, in days.
 pub const NEXT_OPENING_SEARCH_DAYS_MAX: u64 = 400;
+/// How far ahead open time is counted (business-hours SLA), in days: a
+/// threshold not reached within them is never reached.
+pub const OPEN_TIME_WALK_DAYS_MAX: u64 = 3660;
 
 /// A time of day as minutes after midnight, `00:00` to `24:00`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -318,6 +321,77 @@ impl ScheduleSpec {
         }
         None
     }
+
+    /// Visits the open intervals `[start, end)` from `from` on, in order,
+    /// the first clipped to start at `from`, until `visit` says stop or
+    /// [`OPEN_TIME_WALK_DAYS_MAX`] days have been walked.
+    fn walk_open(&self, from: Timestamp, mut visit: impl FnMut(Timestamp, Timestamp) -> bool) {
+        let tz = self.time_zone.0;
+        let today = from.to_datetime().with_timezone(&tz).date_naive();
+        let mut floor = from;
+        for offset in 0..=OPEN_TIME_WALK_DAYS_MAX {
+            let Some(date) = today.checked_add_days(Days::new(offset)) else { return };
+            if self.is_holiday(date) {
+                continue;
+            }
+            for range in self.week.day(date.weekday()) {
+                let (Some(start), Some(end)) =
+                    (local_minute(tz, date, range.from.0), local_minute(tz, date, range.to.0))
+                else {
+                    continue;
+                };
+                // A range a daylight-saving change folds onto an earlier one counts once.
+                let start = start.max(floor);
+                if end <= start {
+                    continue;
+                }
+                floor = end;
+                if !visit(start, end) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The open time between `from` and `to`, in milliseconds (holidays and
+    /// the gaps between ranges, a lunch break, count nothing).
+    pub fn open_millis(&self, from: Timestamp, to: Timestamp) -> u64 {
+        let mut total = 0;
+        if to > from {
+            self.walk_open(from, |start, end| {
+                if start >= to {
+                    return false;
+                }
+                total += end.min(to).millis_since(start);
+                end < to
+            });
+        }
+        total
+    }
+
+    /// The instant when `millis` of open time have passed since `from`;
+    /// `None` when that is more than [`OPEN_TIME_WALK_DAYS_MAX`] days away.
+    pub fn after_open_millis(&self, from: Timestamp, millis: u64) -> Option<Timestamp> {
+        let mut left = millis;
+        let mut found = None;
+        self.walk_open(from, |start, end| {
+            let length = end.millis_since(start);
+            if left <= length {
+                found = Some(Timestamp::from_millis(start.millis() + left as i64));
+                return false;
+            }
+            left -= length;
+            true
+        });
+        found
+    }
+}
+
+/// The instant of a minute of a local date (`24:00` is the next day's midnight).
+fn local_minute(tz: Tz, date: NaiveDate, minute: u16) -> Option<Timestamp> {
+    let (date, minute) = if minute >= MINUTES_PER_DAY { (date.succ_opt()?, 0) } else { (date, minute) };
+    let wall = NaiveTime::from_hms_opt(u32::from(minute / 60), u32::from(minute % 60), 0)?;
+    resolve_local(tz, date.and_time(wall))
 }
 
 /// The instant of a local wall-clock time. In a DST gap (the clock jumps over
@@ -418,6 +492,34 @@ mod tests {
         let s = spec("UTC", Week { tue: vec![r("08:00-12:00"), r("11:00-13:00")], ..Week::default() }, &[]);
         assert_eq!(s.check().unwrap_err().0, "week.tue[1]");
         assert_eq!(spec("UTC", Week::default(), &[]).check().unwrap_err().0, "week");
+    }
+
+    #[test]
+    fn open_time_skips_nights_weekends_lunch_and_holidays() {
+        // Mon-Fri 08:00-18:00 in Bogota (UTC-5); Friday 2026-03-06.
+        let s = spec("America/Bogota", weekdays(&["08:00-18:00"]), &[]);
+        let friday = t("2026-03-06T17:50:00-05:00");
+        assert_eq!(s.after_open_millis(friday, 60_000), Some(t("2026-03-06T17:51:00-05:00")));
+        assert_eq!(s.after_open_millis(friday, 3_600_000), Some(t("2026-03-09T08:50:00-05:00")));
+        assert_eq!(s.open_millis(friday, t("2026-03-09T08:10:00-05:00")), 1_200_000);
+        // Exactly the rest of the day ends at the closing instant.
+        assert_eq!(s.after_open_millis(friday, 600_000), Some(t("2026-03-06T18:00:00-05:00")));
+        // From a closed instant, the clock starts at the next opening.
+        assert_eq!(s.after_open_millis(t("2026-03-07T10:00:00-05:00"), 0), Some(t("2026-03-09T08:00:00-05:00")));
+        // A lunch break pauses it; a holiday skips the day.
+        let lunch = spec("America/Bogota", weekdays(&["08:00-12:00", "13:00-18:00"]), &["2026-03-10"]);
+        let before_lunch = t("2026-03-09T11:30:00-05:00");
+        assert_eq!(lunch.after_open_millis(before_lunch, 3_600_000), Some(t("2026-03-09T13:30:00-05:00")));
+        assert_eq!(lunch.open_millis(before_lunch, t("2026-03-09T13:30:00-05:00")), 3_600_000);
+        let evening = t("2026-03-09T17:00:00-05:00");
+        assert_eq!(lunch.after_open_millis(evening, 2 * 3_600_000), Some(t("2026-03-11T09:00:00-05:00")));
+        // A schedule open around the clock counts elapsed time.
+        let always = ScheduleSpec::always();
+        assert_eq!(
+            always.open_millis(friday, t("2026-03-09T08:10:00-05:00")),
+            friday.millis_since(friday) + 224_400_000
+        );
+        assert_eq!(always.after_open_millis(friday, 86_400_000), Some(t("2026-03-07T17:50:00-05:00")));
     }
 
     #[test]

@@ -29,6 +29,11 @@ pub struct Rules {
     /// the day (`from`, `to`); a conversation opened outside waits, for SLA
     /// purposes, from the next opening. Other channels are always open.
     pub daily_hours: BTreeMap<ConversationChannel, (u32, u32)>,
+    /// The campaign each channel opens conversations in.
+    pub channel_campaigns: BTreeMap<ConversationChannel, String>,
+    /// Campaigns whose SLA counts only open time: open daily between these
+    /// UTC seconds of the day; waits in other campaigns count every second.
+    pub business_hours: BTreeMap<String, (u32, u32)>,
 }
 
 /// A channel id as text (the model keeps to plain values).
@@ -52,6 +57,40 @@ impl Rules {
     }
 }
 
+const DAY_MS: i64 = 86_400_000;
+
+/// Open milliseconds of a daily window between `a` and `b` (day by day).
+fn open_ms((from, to): (u32, u32), a: Timestamp, b: Timestamp) -> u64 {
+    let (from, to) = (i64::from(from) * 1000, i64::from(to) * 1000);
+    let mut total = 0;
+    let mut day = a.millis().div_euclid(DAY_MS) * DAY_MS;
+    while day < b.millis() {
+        let lo = (day + from).max(a.millis());
+        let hi = (day + to).min(b.millis());
+        total += (hi - lo).max(0) as u64;
+        day += DAY_MS;
+    }
+    total
+}
+
+/// The instant `ms` of open time after `a` in a daily window.
+fn after_open((from, to): (u32, u32), a: Timestamp, ms: u64) -> Timestamp {
+    let (from, to) = (i64::from(from) * 1000, i64::from(to) * 1000);
+    let mut left = ms as i64;
+    let mut day = a.millis().div_euclid(DAY_MS) * DAY_MS;
+    loop {
+        let lo = (day + from).max(a.millis());
+        let hi = day + to;
+        if hi > lo {
+            if left <= hi - lo {
+                return Timestamp::from_millis(lo + left);
+            }
+            left -= hi - lo;
+        }
+        day += DAY_MS;
+    }
+}
+
 /// One predicted (or recorded) outcome: what, where, when.
 pub type Fact = (String, ConversationId, Timestamp);
 
@@ -67,6 +106,10 @@ struct Wait {
 struct Conv {
     /// Where the SLA clock starts (later than the opening out of hours).
     clock: Timestamp,
+    /// The campaign it is in, and since when (SLA thresholds a move leaves
+    /// behind are crossed at the move).
+    campaign: String,
+    moved_at: Timestamp,
     closed: bool,
     wait: Option<Wait>,
     silence: Option<(Timestamp, u32)>,
@@ -117,10 +160,15 @@ impl Model {
         let before_auto = |t: Timestamp, rank: u8| (t, rank) < (auto, RANK_AUTO);
         let mut facts = Vec::new();
         if let Some(w) = c.wait.as_mut() {
+            let window = rules.business_hours.get(&c.campaign).copied();
             let crossings =
                 [(rules.optimal_secs, &mut w.optimal, "crossed:optimal"), (rules.low_secs, &mut w.low, "crossed:low")];
             for (secs, done, name) in crossings {
-                let t = w.start.plus_secs(u64::from(secs));
+                let t = match window {
+                    Some(window) => after_open(window, w.start, u64::from(secs) * 1000),
+                    None => w.start.plus_secs(u64::from(secs)),
+                }
+                .max(c.moved_at);
                 if !*done && t < until && before_auto(t, RANK_SLA) {
                     *done = true;
                     facts.push((name.to_string(), t));
@@ -198,11 +246,15 @@ impl Model {
         self.advance(id, at);
         let optimal_ms = self.secs(self.rules.optimal_secs) * 1000;
         let low_ms = self.secs(self.rules.low_secs) * 1000;
-        let clock = match &input.envelope.command {
-            Command::ReceiveMessage(m) => self.rules.clock_start(m.channel.as_str(), at),
-            _ => at,
+        let (clock, campaign) = match &input.envelope.command {
+            Command::ReceiveMessage(m) => (
+                self.rules.clock_start(m.channel.as_str(), at),
+                self.rules.channel_campaigns.get(m.channel.as_str()).cloned().unwrap_or_default(),
+            ),
+            _ => (at, String::new()),
         };
-        let c = self.convs.entry(id.clone()).or_insert_with(|| Conv { clock, ..Conv::default() });
+        let c = self.convs.entry(id.clone()).or_insert_with(|| Conv { clock, campaign, ..Conv::default() });
+        let window = self.rules.business_hours.get(&c.campaign).copied();
         if c.closed {
             return; // the engine refuses it; the rejection is reported separately
         }
@@ -215,7 +267,10 @@ impl Model {
             Command::SendMessage(_) => {
                 c.last_human = at;
                 if let Some(w) = c.wait.take() {
-                    let ms = at.millis_since(w.start);
+                    let ms = match window {
+                        Some(window) => open_ms(window, w.start, at),
+                        None => at.millis_since(w.start),
+                    };
                     let class = if ms <= optimal_ms {
                         "optimal"
                     } else if ms <= low_ms {
@@ -227,7 +282,13 @@ impl Model {
                 }
                 c.silence = Some((at, 0));
             }
-            Command::Transfer(_) => c.assigned_at = None,
+            Command::Transfer(t) => {
+                c.assigned_at = None;
+                if let convo_domain::command::TransferTarget::Campaign(to) = &t.to {
+                    c.campaign = to.to_string();
+                    c.moved_at = at;
+                }
+            }
             Command::Close(_) => c.closed = true,
             _ => {}
         }

@@ -17,7 +17,7 @@ use convo_domain::command::{
 };
 use convo_domain::config::{
     AccountSettings, AutoMessage, CampaignSpec, ChannelKind, ChannelMessages, ChannelSpec, ClientSpec, OutOfHours,
-    OutOfHoursAction, Permissions, ProjectSpec, Role, Typification, UserSpec,
+    OutOfHoursAction, Permissions, ProjectSpec, Role, SlaMode, SlaModeSpec, Typification, UserSpec,
 };
 use convo_domain::conversation::{Author, Trigger};
 use convo_domain::schedule::{HoursRange, ScheduleSpec, Week, Zone};
@@ -40,7 +40,8 @@ pub const INACTIVITY_SECS: u32 = 300;
 pub const INACTIVITY_ATTEMPTS: u32 = 1;
 pub const AUTO_RESOLVE_DAYS: u32 = 1;
 
-/// The support campaign's daily opening hours (UTC): 08:00 to 20:00.
+/// The support campaign's daily opening hours (UTC): 08:00 to 20:00; its
+/// SLA counts only those hours (business-hours mode).
 pub const SUPPORT_OPENS_SECS: u32 = 8 * 3600;
 pub const SUPPORT_CLOSES_SECS: u32 = 20 * 3600;
 /// The support campaign's inbound channel (the one with office hours).
@@ -64,6 +65,8 @@ pub fn model_rules() -> crate::model::Rules {
         attempts: INACTIVITY_ATTEMPTS,
         auto_resolve_days: AUTO_RESOLVE_DAYS,
         daily_hours: [(SUPPORT_CHANNEL.to_owned(), (SUPPORT_OPENS_SECS, SUPPORT_CLOSES_SECS))].into_iter().collect(),
+        channel_campaigns: CHANNELS.iter().zip(CAMPAIGNS).map(|(ch, ca)| (ch.to_string(), ca.to_string())).collect(),
+        business_hours: [(CAMPAIGNS[1].to_owned(), (SUPPORT_OPENS_SECS, SUPPORT_CLOSES_SECS))].into_iter().collect(),
     }
 }
 
@@ -369,6 +372,11 @@ impl RandomDay {
                 agents: agents.to_vec(),
             }));
         }
+        commands.push(Command::SetSlaMode(SlaModeSpec {
+            client: None,
+            campaign: Some(id(CAMPAIGNS[1])),
+            mode: Some(SlaMode::BusinessHours),
+        }));
         commands
             .into_iter()
             .enumerate()

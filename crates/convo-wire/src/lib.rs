@@ -91,6 +91,7 @@ fn config_type_name(event: &ConfigEvent) -> &'static str {
         ConfigEvent::WebhookDefined(_) => "webhook_defined",
         ConfigEvent::WebhookUpdated(_) => "webhook_updated",
         ConfigEvent::WebhookRedriven(_) => "webhook_redriven",
+        ConfigEvent::SlaModeSet(_) => "sla_mode_set",
     }
 }
 
@@ -549,6 +550,9 @@ fn config_kind(event: &ConfigEvent) -> &'static str {
         ConfigEvent::ApiKeyIssued(_) | ConfigEvent::ApiKeyRevoked(_) => "api_key",
         ConfigEvent::AccessDenied(_) => "denied",
         ConfigEvent::WebhookDefined(_) | ConfigEvent::WebhookUpdated(_) | ConfigEvent::WebhookRedriven(_) => "webhook",
+        // Under the entity it is about: no subject kind of its own.
+        ConfigEvent::SlaModeSet(m) if m.client.is_some() => "client",
+        ConfigEvent::SlaModeSet(_) => "campaign",
     }
 }
 
@@ -566,7 +570,8 @@ fn conversation_kind(event: &ConversationEvent) -> &'static str {
         ConversationEvent::LabelAdded { .. } | ConversationEvent::LabelRemoved { .. } => "label",
         ConversationEvent::SlaThresholdCrossed { .. }
         | ConversationEvent::InactivityWarningSent { .. }
-        | ConversationEvent::AgentInactivityAlerted { .. } => "timer",
+        | ConversationEvent::AgentInactivityAlerted { .. }
+        | ConversationEvent::SlaClockSet { .. } => "timer",
     }
 }
 

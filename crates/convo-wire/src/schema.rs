@@ -72,6 +72,7 @@ pub fn registry() -> Result<Registry, String> {
         convo_domain::config::ChannelKind,
         convo_domain::config::Role,
         convo_domain::config::OutOfHoursAction,
+        convo_domain::config::SlaMode,
         convo_domain::command::AttachmentKind,
         convo_domain::conversation::Direction,
         convo_domain::conversation::Author,

@@ -57,11 +57,13 @@ struct Ctx {
     channel: String,
     agent: Option<String>,
     opened_at: i64,
+    /// Set while the conversation's SLA counts business hours.
+    business_hours: bool,
 }
 
 impl Ctx {
     fn to_json(&self) -> Value {
-        json!({"client": self.client, "campaign": self.campaign, "channel": self.channel, "agent": self.agent, "opened_at": self.opened_at})
+        json!({"client": self.client, "campaign": self.campaign, "channel": self.channel, "agent": self.agent, "opened_at": self.opened_at, "business_hours": self.business_hours})
     }
 
     fn from_json(v: &Value) -> Self {
@@ -72,6 +74,7 @@ impl Ctx {
             channel: s("channel"),
             agent: v["agent"].as_str().map(str::to_owned),
             opened_at: v["opened_at"].as_i64().unwrap_or(0),
+            business_hours: v["business_hours"].as_bool().unwrap_or(false),
         }
     }
 
@@ -154,6 +157,7 @@ impl Projection for Reports {
                         channel: o.channel.to_string(),
                         agent: None,
                         opened_at: at.millis(),
+                        business_hours: false,
                     };
                     let dims = ctx.dims(account, None);
                     count(staged, account, &dims, at, "opened", 1)?;
@@ -178,6 +182,9 @@ impl Projection for Reports {
                         SlaClass::Breached => "sla_breached",
                     };
                     count(staged, account, &dims, at, class, 1)?;
+                    if ctx.business_hours {
+                        count(staged, account, &dims, at, "sla_business_hours", 1)?;
+                    }
                     time(staged, account, &dims, at, "rt", *response_secs)?;
                     if *first {
                         time(staged, account, &dims, at, "frt", *response_secs)?;
@@ -199,6 +206,9 @@ impl Projection for Reports {
                     }
                     let handled = at.secs_since(Timestamp::from_millis(ctx.opened_at));
                     time(staged, account, &dims, at, "ht", handled)?;
+                }
+                ConversationEvent::SlaClockSet { mode, .. } => {
+                    ctx.business_hours = *mode == convo_domain::config::SlaMode::BusinessHours;
                 }
                 ConversationEvent::SurveyAnswered { rating, solved } => {
                     let dims = ctx.dims(account, None);
@@ -308,6 +318,7 @@ pub fn row_json(dimension: &str, row: &Row) -> Value {
         "opened": get("opened"), "closed": get("closed"), "out_of_hours": get("out_of_hours"), "transfers": get("transfers"),
         "sla_optimal": get("sla_optimal"), "sla_low": get("sla_low"), "sla_breached": get("sla_breached"),
         "sla_optimal_pct": pct("sla_optimal"), "sla_low_pct": pct("sla_low"), "sla_breached_pct": pct("sla_breached"),
+        "sla_business_hours": get("sla_business_hours"),
         "inactivity_closures": get("reason:inactivity"),
         "frt_count": get("frt_n"), "frt_mean_secs": mean(c, "frt"), "frt_p50_secs": percentile(c, "frt", 50), "frt_p90_secs": percentile(c, "frt", 90),
         "rt_count": get("rt_n"), "rt_mean_secs": mean(c, "rt"), "rt_p50_secs": percentile(c, "rt", 50), "rt_p90_secs": percentile(c, "rt", 90),
@@ -356,7 +367,15 @@ pub const KINDS: [&str; 6] = ["overview", "volume", "sla", "times", "closures", 
 /// The columns a report kind shows (after the dimension and the bucket).
 pub fn columns(kind: &str) -> Vec<&'static str> {
     let volume = ["opened", "closed", "out_of_hours", "transfers", "inactivity_closures"];
-    let sla = ["sla_optimal", "sla_low", "sla_breached", "sla_optimal_pct", "sla_low_pct", "sla_breached_pct"];
+    let sla = [
+        "sla_optimal",
+        "sla_low",
+        "sla_breached",
+        "sla_optimal_pct",
+        "sla_low_pct",
+        "sla_breached_pct",
+        "sla_business_hours",
+    ];
     let times = [
         "frt_count",
         "frt_mean_secs",

@@ -91,6 +91,38 @@ fn the_spec_sla_example_gives_a_low_then_an_optimal_response() {
     );
 }
 
+/// SPEC §5's business-hours example (Mon-Fri 08:00-18:00 in Bogota, 60 s /
+/// 3600 s): Friday 17:50 crosses optimal at 17:51 and low Monday 08:50; a
+/// reply Monday 08:10 is 1200 s, `low`; a lunch break and a holiday pause it.
+#[test]
+fn business_hours_sla_counts_open_seconds_only() {
+    let events = events("sla-business-hours");
+    let crossings: Vec<(String, &str, &str)> = of_type(&events, "sla_threshold_crossed")
+        .iter()
+        .map(|e| {
+            (
+                e["conversation"].as_str().unwrap().to_owned(),
+                e["threshold"].as_str().unwrap(),
+                e["at"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("c1", "optimal", "2026-03-06T22:51:00Z"),
+        ("c2", "optimal", "2026-03-06T22:51:00Z"),
+        ("c2", "low", "2026-03-09T13:50:00Z"),
+        ("c4", "optimal", "2026-03-16T13:00:30Z"),
+        ("c4", "low", "2026-03-16T13:59:30Z"),
+    ];
+    let expected: Vec<(String, &str, &str)> = expected.iter().map(|(c, t, a)| (c.to_string(), *t, *a)).collect();
+    assert_eq!(crossings, expected);
+    let responses: Vec<(u64, &str)> = of_type(&events, "response_recorded")
+        .iter()
+        .map(|e| (e["response_secs"].as_u64().unwrap(), e["class"].as_str().unwrap()))
+        .collect();
+    assert_eq!(responses, [(1200, "low"), (4200, "breached"), (50, "optimal"), (4230, "breached")]);
+}
+
 #[test]
 fn inactivity_with_two_attempts_warns_twice_then_closes_at_three_periods() {
     let events = events("inactivity-two-attempts");
