@@ -54,6 +54,11 @@ pub const HANDOVER_SNAPSHOT_WAIT: Duration = Duration::from_secs(10);
 pub const SNAPSHOT_EVERY_DEFAULT: Duration = Duration::from_secs(60);
 /// How long a request forwarded to another instance waits for its answer.
 pub const FORWARD_WAIT_MS: u64 = 10_000;
+/// How long a request for a partition no instance serves (it is changing
+/// hands, or the engine is starting) waits for its next owner before it is
+/// answered `unavailable`; it asks again every [`NO_OWNER_RETRY_MS`].
+pub const NO_OWNER_WAIT_MS: u64 = 5_000;
+pub const NO_OWNER_RETRY_MS: u64 = 100;
 
 /// Who this instance is among those sharing the stream.
 #[derive(Debug, Clone)]
@@ -283,15 +288,24 @@ fn dispatch(
     let (client, responder, prefix) = (client.clone(), responder.clone(), cluster.prefix.clone());
     tokio::spawn(async move {
         let wait = Duration::from_millis(FORWARD_WAIT_MS);
-        let body = match convo_store::bus::forward(&client, &prefix, index, &request, wait).await {
-            Ok(Some(bytes)) => {
-                let _ = responder.respond(&request, bytes.to_vec()).await;
-                return;
+        let waiting_since = Instant::now();
+        let body = loop {
+            match convo_store::bus::forward(&client, &prefix, index, &request, wait).await {
+                Ok(Some(bytes)) => {
+                    let _ = responder.respond(&request, bytes.to_vec()).await;
+                    return;
+                }
+                // Nobody serves it yet (a handover, or this instance is still taking it): wait a little.
+                Ok(None) if waiting_since.elapsed() < Duration::from_millis(NO_OWNER_WAIT_MS) => {
+                    tokio::time::sleep(Duration::from_millis(NO_OWNER_RETRY_MS)).await;
+                }
+                Ok(None) => {
+                    break unavailable(&format!(
+                        "no instance took partition {index} within {NO_OWNER_WAIT_MS} ms (it is changing hands); retry with the same id"
+                    ));
+                }
+                Err(e) => break unavailable(&e.to_string()),
             }
-            Ok(None) => unavailable(&format!(
-                "no instance serves partition {index} right now (it is changing hands); retry with the same id"
-            )),
-            Err(e) => unavailable(&e.to_string()),
         };
         answer(&responder, &request, &body).await;
     });

@@ -92,9 +92,21 @@ fn setup() -> Vec<Value> {
 }
 
 /// Who owns each partition now (instance ids), from the stream's directory.
+/// The partitions' owners. A read that fails while a killed node's streams
+/// elect new leaders is made again (it is not "no owners").
 async fn owners(store: &JetStreamStore) -> BTreeMap<usize, String> {
-    let directory = store.directory().await.unwrap();
-    directory.owners().await.unwrap_or_default().into_iter().map(|o| (o.partition, o.instance)).collect()
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let read = match store.directory().await {
+            Ok(directory) => directory.owners().await,
+            Err(e) => Err(e),
+        };
+        match read {
+            Ok(owners) => return owners.into_iter().map(|o| (o.partition, o.instance)).collect(),
+            Err(e) => assert!(Instant::now() < deadline, "the lease bucket could not be read: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -108,7 +108,7 @@ async fn every_event_reaches_a_plain_subscriber_as_cloudevents_json_and_every_cl
 
         let redactions = std::sync::Arc::new(convo_wire::redact::Redactions::default());
         redactions.mark_ready();
-        let republisher = tokio::spawn({
+        let mut republisher = tokio::spawn({
             let store = store.clone();
             async move {
                 let config = convo_store::json_stream::JsonStreamConfig::default();
@@ -117,10 +117,17 @@ async fn every_event_reaches_a_plain_subscriber_as_cloudevents_json_and_every_cl
         });
         let mut received = Vec::new();
         while received.len() < expected.len() {
-            let message = tokio::time::timeout(Duration::from_secs(10), json.next())
-                .await
-                .unwrap_or_else(|_| panic!("{name}: {} of {} events arrived", received.len(), expected.len()))
-                .unwrap();
+            // A liveness bound, generous for a loaded machine; a republisher
+            // that stopped says why.
+            let Ok(message) = tokio::time::timeout(Duration::from_secs(30), json.next()).await else {
+                let state = if republisher.is_finished() {
+                    format!("the republisher stopped: {:?}", (&mut republisher).await)
+                } else {
+                    "the republisher still runs".to_owned()
+                };
+                panic!("{name}: {} of {} events arrived; {state}", received.len(), expected.len());
+            };
+            let message = message.unwrap();
             let event: serde_json::Value = serde_json::from_slice(&message.payload).expect("JSON");
             let kind = event["data"]["type"].as_str().unwrap().to_owned();
             assert_eq!(event["specversion"], "1.0");
