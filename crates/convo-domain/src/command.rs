@@ -12,9 +12,11 @@ use serde::{Deserialize, Serialize};
 use crate::aggregate::Actor;
 use crate::config::{
     AccountSettings, ApiKeySpec, CampaignSpec, ChannelSpec, ClientSpec, DeniedAttempt, EntityRef, KeyRef, ProjectSpec,
-    SlaModeSpec, UserSpec, WebhookRef, WebhookSpec,
+    SlaModeSpec, TeamSpec, UserSpec, WebhookRef, WebhookSpec,
 };
-use crate::ids::{AccountId, CampaignId, ChannelId, CommandId, ContactId, ConversationId, TypificationId, UserId};
+use crate::ids::{
+    AccountId, CampaignId, ChannelId, CommandId, ContactId, ConversationId, TeamId, TypificationId, UserId,
+};
 use crate::schedule::ScheduleSpec;
 
 /// At most this many attachments on one message.
@@ -110,6 +112,8 @@ pub struct Assign {
 pub enum TransferTarget {
     Agent(UserId),
     Campaign(CampaignId),
+    /// The team's queue in the conversation's campaign (appended).
+    Team(TeamId),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -214,6 +218,9 @@ pub enum Command {
     RedriveWebhook(WebhookRef),
     // business-hours SLA (appended)
     SetSlaMode(SlaModeSpec),
+    // teams (appended)
+    DefineTeam(TeamSpec),
+    UpdateTeam(TeamSpec),
 }
 
 /// Which aggregate decides a command.
@@ -235,7 +242,7 @@ pub struct CommandParseError {
 
 impl Command {
     /// Every command type, as named in the JSON view and in command subjects.
-    pub const TYPE_NAMES: [&'static str; 35] = [
+    pub const TYPE_NAMES: [&'static str; 37] = [
         "configure_account",
         "define_client",
         "update_client",
@@ -271,6 +278,8 @@ impl Command {
         "update_webhook",
         "redrive_webhook",
         "set_sla_mode",
+        "define_team",
+        "update_team",
     ];
 
     /// The command's `type` in its JSON view.
@@ -311,6 +320,8 @@ impl Command {
             Self::UpdateWebhook(_) => "update_webhook",
             Self::RedriveWebhook(_) => "redrive_webhook",
             Self::SetSlaMode(_) => "set_sla_mode",
+            Self::DefineTeam(_) => "define_team",
+            Self::UpdateTeam(_) => "update_team",
         }
     }
 
@@ -401,7 +412,7 @@ mod tests {
         assert_eq!(e.path, "conversation");
         let e = Command::from_json(serde_json::json!({"type":"tick","conversation":"c1","extra":1})).unwrap_err();
         assert!(e.message.contains("extra"), "{e}");
-        let e = Command::from_json(serde_json::json!({"type":"transfer","conversation":"c1","to":{"team":"x"}}))
+        let e = Command::from_json(serde_json::json!({"type":"transfer","conversation":"c1","to":{"queue":"x"}}))
             .unwrap_err();
         assert_eq!(e.path, "to");
     }

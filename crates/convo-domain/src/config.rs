@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::aggregate::{Actor, Decision, Emitter, RecentCommands, Recorded};
 use crate::command::{Command, CommandEnvelope};
 use crate::ids::{
-    AccountId, CampaignId, ChannelId, ClientId, IntegrationId, KeyId, ProjectId, ScheduleId, TypificationId, UserId,
-    WebhookId, check_id,
+    AccountId, CampaignId, ChannelId, ClientId, IntegrationId, KeyId, ProjectId, ScheduleId, TeamId, TypificationId,
+    UserId, WebhookId, check_id,
 };
 use crate::rejection::Rejection;
 use crate::schedule::{ScheduleSpec, Zone};
@@ -167,6 +167,26 @@ pub struct DynamicField {
     /// The value an integration (CRM, API) maps this field to.
     #[serde(default)]
     pub integration_value: Option<String>,
+}
+
+/// At most this many teams in an account.
+pub const TEAMS_MAX: usize = 500;
+/// At most this many members (or supervisors) in a team.
+pub const TEAM_MEMBERS_MAX: usize = 5000;
+
+/// A named group of agents (`members`) with its `supervisors`. A conversation
+/// routed or transferred to a team is offered only to its members who are
+/// agents of the conversation's campaign; the team's supervisors may act on
+/// the team's conversations like the campaign's supervisors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TeamSpec {
+    pub id: TeamId,
+    pub name: String,
+    #[serde(default)]
+    pub members: Vec<UserId>,
+    #[serde(default)]
+    pub supervisors: Vec<UserId>,
 }
 
 /// How SLA waits are counted.
@@ -396,6 +416,8 @@ pub enum EntityRef {
     Campaign(CampaignId),
     Channel(ChannelId),
     User(UserId),
+    // appended
+    Team(TeamId),
 }
 
 impl std::fmt::Display for EntityRef {
@@ -406,6 +428,7 @@ impl std::fmt::Display for EntityRef {
             EntityRef::Campaign(id) => write!(f, "campaign {id}"),
             EntityRef::Channel(id) => write!(f, "channel {id}"),
             EntityRef::User(id) => write!(f, "user {id}"),
+            EntityRef::Team(id) => write!(f, "team {id}"),
         }
     }
 }
@@ -630,6 +653,8 @@ pub enum ConfigEvent {
     WebhookRedriven(WebhookRef),
     // appended
     SlaModeSet(SlaModeSpec),
+    TeamDefined(TeamSpec),
+    TeamUpdated(TeamSpec),
 }
 
 impl ConfigEvent {
@@ -654,6 +679,7 @@ impl ConfigEvent {
                 (None, Some(id)) => format!("campaign/{id}"),
                 (None, None) => "account".into(),
             },
+            Self::TeamDefined(s) | Self::TeamUpdated(s) => format!("team/{}", s.id),
         }
     }
 }
@@ -665,6 +691,7 @@ fn entity_path(e: &EntityRef) -> String {
         EntityRef::Campaign(id) => format!("campaign/{id}"),
         EntityRef::Channel(id) => format!("channel/{id}"),
         EntityRef::User(id) => format!("user/{id}"),
+        EntityRef::Team(id) => format!("team/{id}"),
     }
 }
 
@@ -682,6 +709,8 @@ pub struct Entry<T> {
 /// other aggregates.
 pub trait Occupancy {
     fn active_conversations(&self, campaign: &CampaignId) -> u32;
+    /// How many open conversations are with a team.
+    fn team_conversations(&self, team: &TeamId) -> u32;
 }
 
 /// An account's configuration: the state of its catalog stream.
@@ -706,6 +735,7 @@ pub struct Catalog {
     pub client_sla_modes: BTreeMap<ClientId, SlaMode>,
     /// Campaigns that override their client's SLA mode.
     pub campaign_sla_modes: BTreeMap<CampaignId, SlaMode>,
+    pub teams: BTreeMap<TeamId, Entry<TeamSpec>>,
     /// Derived: the allowed networks, parsed once when the settings change.
     networks: Vec<Cidr>,
     recent: RecentCommands,
@@ -823,6 +853,7 @@ impl Catalog {
             webhooks: BTreeMap::new(),
             client_sla_modes: BTreeMap::new(),
             campaign_sla_modes: BTreeMap::new(),
+            teams: BTreeMap::new(),
             networks: Vec::new(),
             recent: RecentCommands::default(),
         }
@@ -848,6 +879,10 @@ impl Catalog {
 
     pub fn user(&self, id: &UserId) -> Result<&UserSpec, Rejection> {
         active(self.users.get(id), || format!("user {id}"))
+    }
+
+    pub fn team(&self, id: &TeamId) -> Result<&TeamSpec, Rejection> {
+        active(self.teams.get(id), || format!("team {id}"))
     }
 
     pub fn schedule(&self, id: &ScheduleId) -> Result<&ScheduleSpec, Rejection> {
@@ -1025,6 +1060,12 @@ impl Catalog {
                         return Err(Rejection::CampaignHasActiveConversations { campaign: id.clone(), count });
                     }
                 }
+                if let (false, EntityRef::Team(id)) = (activate, e) {
+                    let count = occupancy.team_conversations(id);
+                    if count > 0 {
+                        return Err(Rejection::TeamHasActiveConversations { team: id.clone(), count });
+                    }
+                }
                 if activate { ConfigEvent::Activated(e.clone()) } else { ConfigEvent::Inactivated(e.clone()) }
             }
             Command::IssueApiKey(s) => {
@@ -1047,6 +1088,15 @@ impl Catalog {
                 }
                 check_webhook(s)?;
                 if define { ConfigEvent::WebhookDefined(s.clone()) } else { ConfigEvent::WebhookUpdated(s.clone()) }
+            }
+            Command::DefineTeam(s) | Command::UpdateTeam(s) => {
+                let define = matches!(envelope.command, Command::DefineTeam(_));
+                self.expect_defined(self.teams.contains_key(&s.id), define, || format!("team {}", s.id))?;
+                if define && self.teams.len() >= TEAMS_MAX {
+                    return Err(Rejection::invalid("id", format!("an account defines at most {TEAMS_MAX} teams")));
+                }
+                self.check_team(s)?;
+                if define { ConfigEvent::TeamDefined(s.clone()) } else { ConfigEvent::TeamUpdated(s.clone()) }
             }
             Command::SetSlaMode(m) => {
                 match (&m.client, &m.campaign) {
@@ -1095,7 +1145,33 @@ impl Catalog {
             EntityRef::Campaign(id) => self.campaigns.get(id).map(|x| x.active),
             EntityRef::Channel(id) => self.channels.get(id).map(|x| x.active),
             EntityRef::User(id) => self.users.get(id).map(|x| x.active),
+            EntityRef::Team(id) => self.teams.get(id).map(|x| x.active),
         }
+    }
+
+    fn check_team(&self, s: &TeamSpec) -> Result<(), Rejection> {
+        check_name("name", &s.name)?;
+        for (field, users, roles) in [
+            ("members", &s.members, &[Role::Agent][..]),
+            ("supervisors", &s.supervisors, &[Role::Supervisor, Role::Admin][..]),
+        ] {
+            check_max(field, users, TEAM_MEMBERS_MAX)?;
+            check_unique(field, users.iter().map(|u| u.as_str()))?;
+            for (i, user) in users.iter().enumerate() {
+                match self.users.get(user) {
+                    None => return Err(Rejection::invalid(format!("{field}[{i}]"), format!("no user {user}"))),
+                    Some(u) if !roles.contains(&u.spec.role) => {
+                        let wanted = if field == "members" { "agents" } else { "supervisors and admins" };
+                        return Err(Rejection::invalid(
+                            format!("{field}[{i}]"),
+                            format!("{user} is not one of the {wanted} a team's {field} are"),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        Ok(())
     }
 
     fn check_client(&self, s: &ClientSpec) -> Result<(), Rejection> {
@@ -1387,6 +1463,7 @@ impl Catalog {
                 }
             }
             ConfigEvent::AccessDenied(_) | ConfigEvent::WebhookRedriven(_) => {}
+            ConfigEvent::TeamDefined(s) | ConfigEvent::TeamUpdated(s) => upsert(&mut self.teams, s.id.clone(), s),
             ConfigEvent::SlaModeSet(m) => match (&m.client, &m.campaign, m.mode) {
                 (Some(id), _, Some(mode)) => {
                     self.client_sla_modes.insert(id.clone(), mode);
@@ -1415,6 +1492,7 @@ impl Catalog {
             EntityRef::Campaign(id) => self.campaigns.get_mut(id).map(|x| &mut x.active),
             EntityRef::Channel(id) => self.channels.get_mut(id).map(|x| &mut x.active),
             EntityRef::User(id) => self.users.get_mut(id).map(|x| &mut x.active),
+            EntityRef::Team(id) => self.teams.get_mut(id).map(|x| &mut x.active),
         };
         if let Some(slot) = slot {
             *slot = active;
@@ -1460,6 +1538,9 @@ mod tests {
     struct Idle;
     impl Occupancy for Idle {
         fn active_conversations(&self, _: &CampaignId) -> u32 {
+            0
+        }
+        fn team_conversations(&self, _: &TeamId) -> u32 {
             0
         }
     }

@@ -22,7 +22,9 @@ use crate::command::{ATTACHMENTS_PER_MESSAGE_MAX, Attachment, Command, CommandEn
 use crate::config::{
     CampaignSpec, Catalog, ChannelSpec, ClientSpec, NAME_BYTES_MAX, Role, STATE_AVAILABLE, SlaMode, UserSpec,
 };
-use crate::ids::{CampaignId, ChannelId, ClientId, ContactId, ConversationId, ProjectId, TypificationId, UserId};
+use crate::ids::{
+    CampaignId, ChannelId, ClientId, ContactId, ConversationId, ProjectId, TeamId, TypificationId, UserId,
+};
 use crate::live::Floor;
 use crate::rejection::Rejection;
 use crate::schedule::ScheduleSpec;
@@ -168,6 +170,8 @@ pub struct CampaignChange {
 pub enum Destination {
     Agent(UserId),
     Campaign(CampaignChange),
+    /// The team's queue in the same campaign (appended).
+    Team(TeamId),
 }
 
 /// What happened in a conversation. Variants and fields are only appended.
@@ -304,6 +308,8 @@ pub struct Facts {
     pub sla_clock_starts_at: Timestamp,
     /// The schedule whose open time SLA waits count, in business-hours mode.
     pub sla_hours: Option<Arc<ScheduleSpec>>,
+    /// The team the conversation was routed or transferred to, if any.
+    pub team: Option<TeamId>,
 }
 
 /// An open SLA wait: the contact wrote and no human agent has answered yet.
@@ -799,7 +805,11 @@ impl Conversation {
                         Some(campaign) => {
                             let member =
                                 ctx.catalog.campaigns.get(campaign).is_some_and(|c| c.spec.agents.contains(&user.id));
-                            if member {
+                            let team = self.facts.as_ref().and_then(|f| f.team.as_ref());
+                            let supervises = team
+                                .and_then(|t| ctx.catalog.teams.get(t))
+                                .is_some_and(|t| t.active && t.spec.supervisors.contains(&user.id));
+                            if member || supervises {
                                 Ok(Who::Supervisor(user))
                             } else {
                                 Err(Rejection::NotInCampaign { agent: user.id.clone(), campaign: campaign.clone() })
@@ -874,7 +884,11 @@ impl Conversation {
         let assignee_name = self.assignee.as_ref().map(|a| catalog.user_name(a));
         let values = Values {
             company: catalog.clients.get(&facts.client).map_or("", |c| c.spec.name.as_str()),
-            team: catalog.projects.get(&facts.project).map_or("", |p| p.spec.name.as_str()),
+            // The team's name where one is set; otherwise the project's, as before teams.
+            team: match facts.team.as_ref().and_then(|t| catalog.teams.get(t)) {
+                Some(team) => team.spec.name.as_str(),
+                None => catalog.projects.get(&facts.project).map_or("", |p| p.spec.name.as_str()),
+            },
             campaign: catalog.campaigns.get(&facts.campaign).map_or("", |c| c.spec.name.as_str()),
             contact_name: facts.contact_name.as_deref().unwrap_or(""),
             agent_name: agent_name.or(assignee_name.as_deref()).unwrap_or(""),
@@ -1063,6 +1077,18 @@ impl Conversation {
                 self.auto_message(ctx, out, Trigger::TransferNotice, notice, Some(&name));
                 out.emit(ConversationEvent::AgentAssigned { agent: agent.clone(), segment: self.segment + 1 });
             }
+            TransferTarget::Team(team) => {
+                catalog.team(team)?;
+                if facts.team.as_ref() == Some(team) && self.assignee.is_none() {
+                    return Err(Rejection::TransferToSelf(format!("team {team}")));
+                }
+                // The notice names the new team (`{team}`).
+                let mut scratch = self.clone();
+                scratch.evolve(out.emit(ended(Destination::Team(team.clone()))));
+                scratch.auto_message(ctx, out, Trigger::TransferNotice, notice, Some(""));
+                let waiting_since = self.wait.map_or(now, |w| w.started_at);
+                out.emit(ConversationEvent::ConversationQueued { campaign: facts.campaign.clone(), waiting_since });
+            }
             TransferTarget::Campaign(target) => {
                 if target == &facts.campaign {
                     return Err(Rejection::TransferToSelf(format!("campaign {target}")));
@@ -1199,6 +1225,7 @@ impl Conversation {
                     opened_at: at,
                     sla_clock_starts_at: o.sla_clock_starts_at,
                     sla_hours: None,
+                    team: None,
                 });
             }
             ConversationEvent::MessageReceived { .. } => {
@@ -1247,11 +1274,16 @@ impl Conversation {
             ConversationEvent::ConversationTransferred { to, .. } => {
                 self.assignee = None;
                 self.status = Status::Queued;
-                if let (Destination::Campaign(change), Some(facts)) = (to, self.facts.as_mut()) {
-                    facts.campaign = change.campaign.clone();
-                    facts.client = change.client.clone();
-                    facts.project = change.project.clone();
-                    facts.policy = change.policy;
+                match (to, self.facts.as_mut()) {
+                    (Destination::Campaign(change), Some(facts)) => {
+                        facts.campaign = change.campaign.clone();
+                        facts.client = change.client.clone();
+                        facts.project = change.project.clone();
+                        facts.policy = change.policy;
+                        facts.team = None;
+                    }
+                    (Destination::Team(team), Some(facts)) => facts.team = Some(team.clone()),
+                    _ => {}
                 }
                 self.time_wait(at);
             }

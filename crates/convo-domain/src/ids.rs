@@ -191,6 +191,18 @@ id_type!(
     /// A webhook endpoint of an account.
     WebhookId
 );
+id_type!(
+    /// A team: a named group of agents of an account, with its supervisors.
+    TeamId
+);
+id_type!(
+    /// A macro: a named list of actions an agent runs on a conversation at once.
+    MacroId
+);
+id_type!(
+    /// An automation: a rule "when EVENT and CONDITIONS then ACTIONS".
+    AutomationId
+);
 
 /// The id of one event, derived from where it stands in its stream, so the
 /// same history always carries the same ids (the domain generates nothing).

@@ -39,7 +39,7 @@ pub use time::Timestamp;
 
 /// Every event type, as the JSON view's `type` names it (convo-wire's tests keep
 /// it equal to the types).
-pub const EVENT_TYPES: [&str; 39] = [
+pub const EVENT_TYPES: [&str; 41] = [
     "account_configured",
     "client_defined",
     "client_updated",
@@ -79,6 +79,8 @@ pub const EVENT_TYPES: [&str; 39] = [
     "webhook_redriven",
     "sla_mode_set",
     "sla_clock_set",
+    "team_defined",
+    "team_updated",
 ];
 
 /// The JSON view of a domain enum: `{"type": variant, fields…}`.

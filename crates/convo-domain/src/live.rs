@@ -10,7 +10,7 @@ use crate::agent::AgentEvent;
 use crate::aggregate::Recorded;
 use crate::config::{Catalog, Occupancy, Role, STATE_AVAILABLE, STATE_OFFLINE};
 use crate::conversation::{ConversationEvent, Destination};
-use crate::ids::{CampaignId, ConversationId, UserId};
+use crate::ids::{CampaignId, ConversationId, TeamId, UserId};
 use crate::time::Timestamp;
 
 /// An agent as routing sees it.
@@ -34,18 +34,24 @@ impl AgentLive {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ConversationLive {
     campaign: CampaignId,
+    team: Option<TeamId>,
     assignee: Option<UserId>,
     /// The queue key while queued.
     queued: Option<Timestamp>,
 }
+
+/// A queue: a campaign's own (no team), or a team's within the campaign.
+type QueueKey = (CampaignId, Option<TeamId>);
 
 /// One account's floor.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Floor {
     agents: BTreeMap<UserId, AgentLive>,
     conversations: BTreeMap<ConversationId, ConversationLive>,
-    queues: BTreeMap<CampaignId, BTreeSet<(Timestamp, ConversationId)>>,
+    /// One queue per campaign, and one per team within it.
+    queues: BTreeMap<QueueKey, BTreeSet<(Timestamp, ConversationId)>>,
     active: BTreeMap<CampaignId, u32>,
+    teams: BTreeMap<TeamId, u32>,
 }
 
 /// A candidate for a conversation (SPEC §7).
@@ -85,9 +91,10 @@ impl Floor {
         self.agents.iter()
     }
 
-    /// Queued conversations per campaign, oldest wait first.
-    pub fn queue(&self, campaign: &CampaignId) -> impl Iterator<Item = &ConversationId> {
-        self.queues.get(campaign).into_iter().flat_map(|q| q.iter().map(|(_, c)| c))
+    /// Queued conversations of a campaign: its own queue, then each team's,
+    /// each oldest wait first.
+    pub fn queue<'a>(&'a self, campaign: &'a CampaignId) -> impl Iterator<Item = &'a ConversationId> + 'a {
+        self.queues.iter().filter(move |((c, _), _)| c == campaign).flat_map(|(_, q)| q.iter().map(|(_, c)| c))
     }
 
     pub fn open_conversations(&self) -> usize {
@@ -106,7 +113,7 @@ impl Floor {
             ConversationEvent::ConversationOpened(o) => {
                 self.conversations.insert(
                     id.clone(),
-                    ConversationLive { campaign: o.campaign.clone(), assignee: None, queued: None },
+                    ConversationLive { campaign: o.campaign.clone(), team: None, assignee: None, queued: None },
                 );
                 *self.active.entry(o.campaign.clone()).or_default() += 1;
             }
@@ -114,7 +121,8 @@ impl Floor {
                 self.dequeue(id);
                 if let Some(live) = self.conversations.get_mut(id) {
                     live.queued = Some(*waiting_since);
-                    self.queues.entry(campaign.clone()).or_default().insert((*waiting_since, id.clone()));
+                    let key = (campaign.clone(), live.team.clone());
+                    self.queues.entry(key).or_default().insert((*waiting_since, id.clone()));
                 }
             }
             ConversationEvent::AgentAssigned { agent, .. } => {
@@ -129,11 +137,25 @@ impl Floor {
                 a.last_assigned_at = Some(a.last_assigned_at.map_or(record.at, |t| t.max(record.at)));
             }
             ConversationEvent::ConversationTransferred { to, .. } => {
+                // Out of the queue it is in, before that queue's key changes.
+                self.dequeue(id);
                 self.release(id);
-                if let (Destination::Campaign(change), Some(live)) = (to, self.conversations.get_mut(id)) {
-                    let old = std::mem::replace(&mut live.campaign, change.campaign.clone());
-                    decrement(&mut self.active, &old);
-                    *self.active.entry(change.campaign.clone()).or_default() += 1;
+                match (to, self.conversations.get_mut(id)) {
+                    (Destination::Campaign(change), Some(live)) => {
+                        let old = std::mem::replace(&mut live.campaign, change.campaign.clone());
+                        decrement(&mut self.active, &old);
+                        *self.active.entry(change.campaign.clone()).or_default() += 1;
+                        if let Some(team) = live.team.take() {
+                            decrement(&mut self.teams, &team);
+                        }
+                    }
+                    (Destination::Team(team), Some(live)) => {
+                        if let Some(old) = live.team.replace(team.clone()) {
+                            decrement(&mut self.teams, &old);
+                        }
+                        *self.teams.entry(team.clone()).or_default() += 1;
+                    }
+                    _ => {}
                 }
             }
             ConversationEvent::ConversationClosed { .. } => {
@@ -141,6 +163,9 @@ impl Floor {
                 self.release(id);
                 if let Some(live) = self.conversations.remove(id) {
                     decrement(&mut self.active, &live.campaign);
+                    if let Some(team) = &live.team {
+                        decrement(&mut self.teams, team);
+                    }
                 }
             }
             _ => {}
@@ -150,11 +175,13 @@ impl Floor {
     fn dequeue(&mut self, id: &ConversationId) {
         if let Some(live) = self.conversations.get_mut(id)
             && let Some(since) = live.queued.take()
-            && let Some(queue) = self.queues.get_mut(&live.campaign)
         {
-            queue.remove(&(since, id.clone()));
-            if queue.is_empty() {
-                self.queues.remove(&live.campaign);
+            let key = (live.campaign.clone(), live.team.clone());
+            if let Some(queue) = self.queues.get_mut(&key) {
+                queue.remove(&(since, id.clone()));
+                if queue.is_empty() {
+                    self.queues.remove(&key);
+                }
             }
         }
     }
@@ -168,14 +195,20 @@ impl Floor {
     }
 
     /// The next assignment routing would make: the oldest queued conversation
-    /// (across campaigns) whose campaign has an agent to take it, and that agent.
+    /// (across campaigns and teams) whose queue has an agent to take it, and
+    /// that agent. A team's queue is offered to the team's members who are
+    /// agents of the campaign.
     pub fn next_assignment(&self, catalog: &Catalog) -> Option<(ConversationId, UserId)> {
-        let mut heads: Vec<(&(Timestamp, ConversationId), &CampaignId)> =
-            self.queues.iter().filter_map(|(campaign, q)| q.first().map(|head| (head, campaign))).collect();
+        let mut heads: Vec<(&(Timestamp, ConversationId), &QueueKey)> =
+            self.queues.iter().filter_map(|(key, q)| q.first().map(|head| (head, key))).collect();
         heads.sort();
-        heads.into_iter().find_map(|((_, conversation), campaign)| {
+        heads.into_iter().find_map(|((_, conversation), (campaign, team))| {
             let spec = catalog.campaign(campaign).ok()?;
-            let candidates = spec.agents.iter().filter_map(|agent| {
+            let members = match team {
+                Some(team) => Some(&catalog.team(team).ok()?.members),
+                None => None,
+            };
+            let candidates = spec.agents.iter().filter(|a| members.is_none_or(|m| m.contains(a))).filter_map(|agent| {
                 let user = catalog.user(agent).ok().filter(|u| u.role == Role::Agent)?;
                 let live = self.agent(agent);
                 Some(Candidate {
@@ -191,7 +224,7 @@ impl Floor {
     }
 }
 
-fn decrement(map: &mut BTreeMap<CampaignId, u32>, key: &CampaignId) {
+fn decrement<K: Ord>(map: &mut BTreeMap<K, u32>, key: &K) {
     if let Some(n) = map.get_mut(key) {
         *n = n.saturating_sub(1);
         if *n == 0 {
@@ -203,6 +236,10 @@ fn decrement(map: &mut BTreeMap<CampaignId, u32>, key: &CampaignId) {
 impl Occupancy for Floor {
     fn active_conversations(&self, campaign: &CampaignId) -> u32 {
         self.active.get(campaign).copied().unwrap_or(0)
+    }
+
+    fn team_conversations(&self, team: &TeamId) -> u32 {
+        self.teams.get(team).copied().unwrap_or(0)
     }
 }
 

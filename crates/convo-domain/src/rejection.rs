@@ -4,7 +4,7 @@
 //! an integrator understands; its [`Rejection::code`] is a stable snake_case
 //! name for programs (and for the expected output of replay fixtures).
 
-use crate::ids::{CampaignId, ChannelId, ConversationId, TypificationId, UserId};
+use crate::ids::{CampaignId, ChannelId, ConversationId, TeamId, TypificationId, UserId};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
@@ -21,6 +21,9 @@ pub enum Rejection {
     CampaignHasAssignedAgents { campaign: CampaignId, count: usize },
     #[error("campaign {campaign} cannot be inactivated while {count} conversation(s) are active in it")]
     CampaignHasActiveConversations { campaign: CampaignId, count: u32 },
+
+    #[error("team {team} cannot be inactivated while {count} conversation(s) are active with it")]
+    TeamHasActiveConversations { team: TeamId, count: u32 },
 
     // --- access ---
     #[error("{action} needs {needed}")]
@@ -133,6 +136,7 @@ impl Rejection {
             Self::SurveyAlreadyAnswered => "survey_already_answered",
             Self::UnknownAgentState(_) => "unknown_agent_state",
             Self::WrongAggregate { .. } => "wrong_aggregate",
+            Self::TeamHasActiveConversations { .. } => "team_has_active_conversations",
         }
     }
 

@@ -17,13 +17,13 @@ use convo_domain::command::{
 };
 use convo_domain::config::{
     AccountSettings, AutoMessage, CampaignSpec, ChannelKind, ChannelMessages, ChannelSpec, ClientSpec, OutOfHours,
-    OutOfHoursAction, Permissions, ProjectSpec, Role, SlaMode, SlaModeSpec, Typification, UserSpec,
+    OutOfHoursAction, Permissions, ProjectSpec, Role, SlaMode, SlaModeSpec, TeamSpec, Typification, UserSpec,
 };
 use convo_domain::conversation::{Author, Trigger};
 use convo_domain::schedule::{HoursRange, ScheduleSpec, Week, Zone};
 use convo_domain::{
     AccountId, Actor, CampaignId, ChannelId, Command, CommandEnvelope, CommandId, ContactId, ConversationEvent,
-    ConversationId, Timestamp, TypificationId, UserId,
+    ConversationId, TeamId, Timestamp, TypificationId, UserId,
 };
 
 use crate::Driver;
@@ -47,6 +47,8 @@ pub const SUPPORT_CLOSES_SECS: u32 = 20 * 3600;
 /// The support campaign's inbound channel (the one with office hours).
 pub const SUPPORT_CHANNEL: &str = "web-support";
 
+/// A team of half the sales agents, some sales transfers go to.
+const SALES_TEAM: &str = "key-accounts";
 const DAY_START: &str = "2026-03-02T00:00:00Z";
 const CAMPAIGNS: [&str; 2] = ["sales", "support"];
 const CHANNELS: [&str; 2] = ["wa-sales", SUPPORT_CHANNEL];
@@ -372,6 +374,12 @@ impl RandomDay {
                 agents: agents.to_vec(),
             }));
         }
+        commands.push(Command::DefineTeam(TeamSpec {
+            id: id(SALES_TEAM),
+            name: "Key accounts".into(),
+            members: self.agents[..sales.div_ceil(2)].to_vec(),
+            supervisors: Vec::new(),
+        }));
         commands.push(Command::SetSlaMode(SlaModeSpec {
             client: None,
             campaign: Some(id(CAMPAIGNS[1])),
@@ -458,10 +466,13 @@ impl RandomDay {
                 if !self.convs[c].transferred && self.rng.chance(4) {
                     self.convs[c].transferred = true;
                     let other = CAMPAIGNS[1 - self.convs[c].channel];
-                    let command = Command::Transfer(Transfer {
-                        conversation: self.convs[c].id.clone(),
-                        to: TransferTarget::Campaign(id::<CampaignId>(other)),
-                    });
+                    // Half the sales transfers go to the sales team instead of support.
+                    let to = if self.convs[c].channel == 0 && self.rng.chance(50) {
+                        TransferTarget::Team(id::<TeamId>(SALES_TEAM))
+                    } else {
+                        TransferTarget::Campaign(id::<CampaignId>(other))
+                    };
+                    let command = Command::Transfer(Transfer { conversation: self.convs[c].id.clone(), to });
                     return self.input(at, format!("w{n}"), self.agent_actor(a), command);
                 }
                 self.convs[c].awaiting_agent = false;

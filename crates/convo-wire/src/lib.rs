@@ -92,6 +92,8 @@ fn config_type_name(event: &ConfigEvent) -> &'static str {
         ConfigEvent::WebhookUpdated(_) => "webhook_updated",
         ConfigEvent::WebhookRedriven(_) => "webhook_redriven",
         ConfigEvent::SlaModeSet(_) => "sla_mode_set",
+        ConfigEvent::TeamDefined(_) => "team_defined",
+        ConfigEvent::TeamUpdated(_) => "team_updated",
     }
 }
 
@@ -553,6 +555,7 @@ fn config_kind(event: &ConfigEvent) -> &'static str {
         // Under the entity it is about: no subject kind of its own.
         ConfigEvent::SlaModeSet(m) if m.client.is_some() => "client",
         ConfigEvent::SlaModeSet(_) => "campaign",
+        ConfigEvent::TeamDefined(_) | ConfigEvent::TeamUpdated(_) => "team",
     }
 }
 
@@ -584,9 +587,9 @@ pub const CONVERSATION_KINDS: [&str; 9] =
 
 /// The headlines of commits outside conversations: an agent's `state`, and
 /// the configuration entity a catalog commit is about.
-pub const OTHER_KINDS: [&str; 12] = [
+pub const OTHER_KINDS: [&str; 13] = [
     "state", "account", "client", "project", "schedule", "channel", "user", "campaign", "status", "api_key", "denied",
-    "webhook",
+    "webhook", "team",
 ];
 
 /// The headline order of version 1 of the subjects (before 2026-11), when a

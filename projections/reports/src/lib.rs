@@ -1,7 +1,7 @@
 //! # convo-reports
 //!
 //! The reports read model (SPEC §8): for each account, client, campaign,
-//! agent and channel, per hour and per day (UTC), counters of conversations
+//! agent, channel and team, per hour and per day (UTC), counters of conversations
 //! opened and closed, closures by reason and typification, SLA classes,
 //! transfers, out-of-hours arrivals, and sums and histograms of first
 //! response time, response time and handle time, plus CSAT. The histograms
@@ -29,7 +29,7 @@ pub const NAME: &str = "reports";
 pub const EXACT_BELOW_SECS: u64 = 1000;
 
 /// The breakdowns a report can be by.
-pub const DIMENSIONS: [&str; 5] = ["account", "client", "campaign", "agent", "channel"];
+pub const DIMENSIONS: [&str; 6] = ["account", "client", "campaign", "agent", "channel", "team"];
 
 /// The histogram bucket of a time: the time itself below
 /// [`EXACT_BELOW_SECS`], else rounded down to three significant digits (a
@@ -59,11 +59,13 @@ struct Ctx {
     opened_at: i64,
     /// Set while the conversation's SLA counts business hours.
     business_hours: bool,
+    /// The team it was routed or transferred to, if any.
+    team: Option<String>,
 }
 
 impl Ctx {
     fn to_json(&self) -> Value {
-        json!({"client": self.client, "campaign": self.campaign, "channel": self.channel, "agent": self.agent, "opened_at": self.opened_at, "business_hours": self.business_hours})
+        json!({"client": self.client, "campaign": self.campaign, "channel": self.channel, "agent": self.agent, "opened_at": self.opened_at, "business_hours": self.business_hours, "team": self.team})
     }
 
     fn from_json(v: &Value) -> Self {
@@ -75,6 +77,7 @@ impl Ctx {
             agent: v["agent"].as_str().map(str::to_owned),
             opened_at: v["opened_at"].as_i64().unwrap_or(0),
             business_hours: v["business_hours"].as_bool().unwrap_or(false),
+            team: v["team"].as_str().map(str::to_owned),
         }
     }
 
@@ -88,6 +91,9 @@ impl Ctx {
         ];
         if let Some(agent) = agent.or(self.agent.as_deref()) {
             d.push(("agent", agent.to_owned()));
+        }
+        if let Some(team) = &self.team {
+            d.push(("team", team.clone()));
         }
         d
     }
@@ -158,6 +164,7 @@ impl Projection for Reports {
                         agent: None,
                         opened_at: at.millis(),
                         business_hours: false,
+                        team: None,
                     };
                     let dims = ctx.dims(account, None);
                     count(staged, account, &dims, at, "opened", 1)?;
@@ -169,9 +176,14 @@ impl Projection for Reports {
                 ConversationEvent::ConversationTransferred { to, .. } => {
                     count(staged, account, &ctx.dims(account, None), at, "transfers", 1)?;
                     ctx.agent = None;
-                    if let Destination::Campaign(change) = to {
-                        ctx.campaign = change.campaign.to_string();
-                        ctx.client = change.client.to_string();
+                    match to {
+                        Destination::Campaign(change) => {
+                            ctx.campaign = change.campaign.to_string();
+                            ctx.client = change.client.to_string();
+                            ctx.team = None;
+                        }
+                        Destination::Team(team) => ctx.team = Some(team.to_string()),
+                        Destination::Agent(_) => {}
                     }
                 }
                 ConversationEvent::ResponseRecorded { agent, response_secs, class, first, .. } => {
