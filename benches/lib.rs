@@ -4,6 +4,7 @@
 //! pure-domain benchmark: each conversation opens with the welcome message, is
 //! assigned, answered, goes back and forth, gets a field and a label, fires its
 //! timers and is closed, the conversations interleaved as they are in traffic.
+//! The account has automations defined (one runs in every conversation).
 //! A test checks that every command of the mix is accepted, so the benchmark
 //! measures real decisions rather than refusals.
 
@@ -29,6 +30,12 @@ pub fn catalog() -> Catalog {
         json!({"type":"define_campaign","id":"c","client":"acme","project":"p","name":"C","channels":["wa"],"schedule":"s","out_of_hours":{"action":"enqueue"},
             "inactivity_typification":"inactividad","transfer_typification":"transferencia","closing_typifications":["venta"],
             "dynamic_fields":[{"name":"order"}],"agents":["ana","sup"]}),
+        // Automations defined, as a contact center has them: one on every
+        // contact message (a pattern), one on the label it adds.
+        json!({"type":"define_automation","id":"buyers","name":"Buyers","on":"message_received",
+            "conditions":[{"text_matches":"compra|precio"},{"lacks_label":"vip"}],"actions":[{"add_label":"vip"}]}),
+        json!({"type":"define_automation","id":"vip-order","name":"VIP order","on":"label_added",
+            "conditions":[{"label":"vip"}],"actions":[{"set_field":{"field":"order","value":"vip"}}]}),
     ];
     for (n, value) in setup.into_iter().enumerate() {
         let envelope = CommandEnvelope {

@@ -48,7 +48,7 @@ pub enum Actor {
 /// The system actors the engine itself acts as: its timers, routing and
 /// rules, and the automated messages they send. No client may claim one of
 /// these names (a close "by contact_inactivity" must be the engine's own).
-pub const ENGINE_ACTORS: [&str; 15] = [
+pub const ENGINE_ACTORS: [&str; 16] = [
     "access",
     "timer",
     "routing",
@@ -64,6 +64,7 @@ pub const ENGINE_ACTORS: [&str; 15] = [
     "closing_message",
     "survey_message",
     "automation",
+    "automation_message",
 ];
 
 impl Actor {
@@ -181,6 +182,15 @@ impl<E> Emitter<E> {
         self.next_seq += 1;
         self.out.push(Recorded { seq, at: self.at, command: self.command.clone(), actor, event });
         self.out.last().expect("just pushed")
+    }
+
+    /// Takes records decided ahead (on a scratch state from this emitter's
+    /// position): they follow what was emitted so far.
+    pub(crate) fn absorb(&mut self, records: Vec<Recorded<E>>) {
+        if let Some(last) = records.last() {
+            self.next_seq = last.seq + 1;
+        }
+        self.out.extend(records);
     }
 
     pub(crate) fn finish(self) -> Decision<E> {

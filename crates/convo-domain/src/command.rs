@@ -10,12 +10,13 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::Actor;
+use crate::automation::{AutomationSpec, MacroSpec};
 use crate::config::{
     AccountSettings, ApiKeySpec, CampaignSpec, ChannelSpec, ClientSpec, DeniedAttempt, EntityRef, KeyRef, ProjectSpec,
     SlaModeSpec, TeamSpec, UserSpec, WebhookRef, WebhookSpec,
 };
 use crate::ids::{
-    AccountId, CampaignId, ChannelId, CommandId, ContactId, ConversationId, TeamId, TypificationId, UserId,
+    AccountId, CampaignId, ChannelId, CommandId, ContactId, ConversationId, MacroId, TeamId, TypificationId, UserId,
 };
 use crate::schedule::ScheduleSpec;
 
@@ -155,6 +156,16 @@ pub struct AnswerSurvey {
     pub solved: bool,
 }
 
+/// Runs one of the account's macros on a conversation: every action is
+/// checked, and all apply in order in one commit, or none does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunMacro {
+    pub conversation: ConversationId,
+    #[serde(rename = "macro")]
+    pub macro_id: MacroId,
+}
+
 /// Fire whatever timers of the conversation are due at the command's time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -221,6 +232,12 @@ pub enum Command {
     // teams (appended)
     DefineTeam(TeamSpec),
     UpdateTeam(TeamSpec),
+    // macros and automations (appended)
+    DefineMacro(MacroSpec),
+    UpdateMacro(MacroSpec),
+    RunMacro(RunMacro),
+    DefineAutomation(AutomationSpec),
+    UpdateAutomation(AutomationSpec),
 }
 
 /// Which aggregate decides a command.
@@ -242,7 +259,7 @@ pub struct CommandParseError {
 
 impl Command {
     /// Every command type, as named in the JSON view and in command subjects.
-    pub const TYPE_NAMES: [&'static str; 37] = [
+    pub const TYPE_NAMES: [&'static str; 42] = [
         "configure_account",
         "define_client",
         "update_client",
@@ -280,6 +297,11 @@ impl Command {
         "set_sla_mode",
         "define_team",
         "update_team",
+        "define_macro",
+        "update_macro",
+        "run_macro",
+        "define_automation",
+        "update_automation",
     ];
 
     /// The command's `type` in its JSON view.
@@ -322,6 +344,11 @@ impl Command {
             Self::SetSlaMode(_) => "set_sla_mode",
             Self::DefineTeam(_) => "define_team",
             Self::UpdateTeam(_) => "update_team",
+            Self::DefineMacro(_) => "define_macro",
+            Self::UpdateMacro(_) => "update_macro",
+            Self::RunMacro(_) => "run_macro",
+            Self::DefineAutomation(_) => "define_automation",
+            Self::UpdateAutomation(_) => "update_automation",
         }
     }
 
@@ -339,6 +366,7 @@ impl Command {
             Self::Close(c) => Target::Conversation(&c.conversation),
             Self::AnswerSurvey(c) => Target::Conversation(&c.conversation),
             Self::Tick(c) => Target::Conversation(&c.conversation),
+            Self::RunMacro(c) => Target::Conversation(&c.conversation),
             _ => Target::Catalog,
         }
     }

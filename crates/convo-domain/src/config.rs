@@ -13,10 +13,11 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Actor, Decision, Emitter, RecentCommands, Recorded};
+use crate::automation::{self, Armed, AutomationSpec, MacroSpec, On};
 use crate::command::{Command, CommandEnvelope};
 use crate::ids::{
-    AccountId, CampaignId, ChannelId, ClientId, IntegrationId, KeyId, ProjectId, ScheduleId, TeamId, TypificationId,
-    UserId, WebhookId, check_id,
+    AccountId, AutomationId, CampaignId, ChannelId, ClientId, IntegrationId, KeyId, MacroId, ProjectId, ScheduleId,
+    TeamId, TypificationId, UserId, WebhookId, check_id,
 };
 use crate::rejection::Rejection;
 use crate::schedule::{ScheduleSpec, Zone};
@@ -418,6 +419,8 @@ pub enum EntityRef {
     User(UserId),
     // appended
     Team(TeamId),
+    Macro(MacroId),
+    Automation(AutomationId),
 }
 
 impl std::fmt::Display for EntityRef {
@@ -429,6 +432,8 @@ impl std::fmt::Display for EntityRef {
             EntityRef::Channel(id) => write!(f, "channel {id}"),
             EntityRef::User(id) => write!(f, "user {id}"),
             EntityRef::Team(id) => write!(f, "team {id}"),
+            EntityRef::Macro(id) => write!(f, "macro {id}"),
+            EntityRef::Automation(id) => write!(f, "automation {id}"),
         }
     }
 }
@@ -655,6 +660,10 @@ pub enum ConfigEvent {
     SlaModeSet(SlaModeSpec),
     TeamDefined(TeamSpec),
     TeamUpdated(TeamSpec),
+    MacroDefined(MacroSpec),
+    MacroUpdated(MacroSpec),
+    AutomationDefined(AutomationSpec),
+    AutomationUpdated(AutomationSpec),
 }
 
 impl ConfigEvent {
@@ -680,6 +689,8 @@ impl ConfigEvent {
                 (None, None) => "account".into(),
             },
             Self::TeamDefined(s) | Self::TeamUpdated(s) => format!("team/{}", s.id),
+            Self::MacroDefined(s) | Self::MacroUpdated(s) => format!("macro/{}", s.id),
+            Self::AutomationDefined(s) | Self::AutomationUpdated(s) => format!("automation/{}", s.id),
         }
     }
 }
@@ -692,6 +703,8 @@ fn entity_path(e: &EntityRef) -> String {
         EntityRef::Channel(id) => format!("channel/{id}"),
         EntityRef::User(id) => format!("user/{id}"),
         EntityRef::Team(id) => format!("team/{id}"),
+        EntityRef::Macro(id) => format!("macro/{id}"),
+        EntityRef::Automation(id) => format!("automation/{id}"),
     }
 }
 
@@ -736,6 +749,11 @@ pub struct Catalog {
     /// Campaigns that override their client's SLA mode.
     pub campaign_sla_modes: BTreeMap<CampaignId, SlaMode>,
     pub teams: BTreeMap<TeamId, Entry<TeamSpec>>,
+    pub macros: BTreeMap<MacroId, Entry<MacroSpec>>,
+    pub automations: BTreeMap<AutomationId, Entry<AutomationSpec>>,
+    /// Derived: the active automations on each event, in id order, with
+    /// their compiled patterns.
+    automations_on: [Vec<Armed>; On::ALL.len()],
     /// Derived: the allowed networks, parsed once when the settings change.
     networks: Vec<Cidr>,
     recent: RecentCommands,
@@ -854,6 +872,9 @@ impl Catalog {
             client_sla_modes: BTreeMap::new(),
             campaign_sla_modes: BTreeMap::new(),
             teams: BTreeMap::new(),
+            macros: BTreeMap::new(),
+            automations: BTreeMap::new(),
+            automations_on: Default::default(),
             networks: Vec::new(),
             recent: RecentCommands::default(),
         }
@@ -879,6 +900,20 @@ impl Catalog {
 
     pub fn user(&self, id: &UserId) -> Result<&UserSpec, Rejection> {
         active(self.users.get(id), || format!("user {id}"))
+    }
+
+    pub fn macro_spec(&self, id: &MacroId) -> Result<&MacroSpec, Rejection> {
+        active(self.macros.get(id), || format!("macro {id}"))
+    }
+
+    /// The active automations on `on`, in id order, with their compiled patterns.
+    pub fn automations_on(&self, on: On) -> &[Armed] {
+        &self.automations_on[on as usize]
+    }
+
+    /// Whether any automation is active (the common case has none to evaluate).
+    pub fn has_automations(&self) -> bool {
+        self.automations_on.iter().any(|list| !list.is_empty())
     }
 
     pub fn team(&self, id: &TeamId) -> Result<&TeamSpec, Rejection> {
@@ -1098,6 +1133,34 @@ impl Catalog {
                 self.check_team(s)?;
                 if define { ConfigEvent::TeamDefined(s.clone()) } else { ConfigEvent::TeamUpdated(s.clone()) }
             }
+            Command::DefineMacro(s) | Command::UpdateMacro(s) => {
+                let define = matches!(envelope.command, Command::DefineMacro(_));
+                self.expect_defined(self.macros.contains_key(&s.id), define, || format!("macro {}", s.id))?;
+                if define && self.macros.len() >= automation::MACROS_MAX {
+                    let reason = format!("an account defines at most {} macros", automation::MACROS_MAX);
+                    return Err(Rejection::invalid("id", reason));
+                }
+                check_name("name", &s.name)?;
+                automation::check_actions(&s.actions, false)?;
+                if define { ConfigEvent::MacroDefined(s.clone()) } else { ConfigEvent::MacroUpdated(s.clone()) }
+            }
+            Command::DefineAutomation(s) | Command::UpdateAutomation(s) => {
+                let define = matches!(envelope.command, Command::DefineAutomation(_));
+                let exists = self.automations.contains_key(&s.id);
+                self.expect_defined(exists, define, || format!("automation {}", s.id))?;
+                if define && self.automations.len() >= automation::AUTOMATIONS_MAX {
+                    let reason = format!("an account defines at most {} automations", automation::AUTOMATIONS_MAX);
+                    return Err(Rejection::invalid("id", reason));
+                }
+                check_name("name", &s.name)?;
+                automation::check_conditions(&s.conditions)?;
+                automation::check_actions(&s.actions, true)?;
+                if define {
+                    ConfigEvent::AutomationDefined(s.clone())
+                } else {
+                    ConfigEvent::AutomationUpdated(s.clone())
+                }
+            }
             Command::SetSlaMode(m) => {
                 match (&m.client, &m.campaign) {
                     (Some(client), None) => {
@@ -1146,6 +1209,8 @@ impl Catalog {
             EntityRef::Channel(id) => self.channels.get(id).map(|x| x.active),
             EntityRef::User(id) => self.users.get(id).map(|x| x.active),
             EntityRef::Team(id) => self.teams.get(id).map(|x| x.active),
+            EntityRef::Macro(id) => self.macros.get(id).map(|x| x.active),
+            EntityRef::Automation(id) => self.automations.get(id).map(|x| x.active),
         }
     }
 
@@ -1464,6 +1529,11 @@ impl Catalog {
             }
             ConfigEvent::AccessDenied(_) | ConfigEvent::WebhookRedriven(_) => {}
             ConfigEvent::TeamDefined(s) | ConfigEvent::TeamUpdated(s) => upsert(&mut self.teams, s.id.clone(), s),
+            ConfigEvent::MacroDefined(s) | ConfigEvent::MacroUpdated(s) => upsert(&mut self.macros, s.id.clone(), s),
+            ConfigEvent::AutomationDefined(s) | ConfigEvent::AutomationUpdated(s) => {
+                upsert(&mut self.automations, s.id.clone(), s);
+                self.index_automations();
+            }
             ConfigEvent::SlaModeSet(m) => match (&m.client, &m.campaign, m.mode) {
                 (Some(id), _, Some(mode)) => {
                     self.client_sla_modes.insert(id.clone(), mode);
@@ -1485,6 +1555,16 @@ impl Catalog {
         }
     }
 
+    /// Rebuilds the index of active automations by event (patterns compiled
+    /// once here; one that no longer compiles is left out).
+    fn index_automations(&mut self) {
+        self.automations_on = Default::default();
+        for entry in self.automations.values().filter(|e| e.active) {
+            let Ok(patterns) = automation::check_conditions(&entry.spec.conditions) else { continue };
+            self.automations_on[entry.spec.on as usize].push(Armed { spec: entry.spec.clone(), patterns });
+        }
+    }
+
     fn set_active(&mut self, e: &EntityRef, active: bool) {
         let slot = match e {
             EntityRef::Client(id) => self.clients.get_mut(id).map(|x| &mut x.active),
@@ -1493,9 +1573,14 @@ impl Catalog {
             EntityRef::Channel(id) => self.channels.get_mut(id).map(|x| &mut x.active),
             EntityRef::User(id) => self.users.get_mut(id).map(|x| &mut x.active),
             EntityRef::Team(id) => self.teams.get_mut(id).map(|x| &mut x.active),
+            EntityRef::Macro(id) => self.macros.get_mut(id).map(|x| &mut x.active),
+            EntityRef::Automation(id) => self.automations.get_mut(id).map(|x| &mut x.active),
         };
         if let Some(slot) = slot {
             *slot = active;
+        }
+        if matches!(e, EntityRef::Automation(_)) {
+            self.index_automations();
         }
     }
 }

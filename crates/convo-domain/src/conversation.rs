@@ -18,12 +18,14 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Actor, Decision, Emitter, RecentCommands, Recorded};
+use crate::automation::{self, Action, Condition, On};
 use crate::command::{ATTACHMENTS_PER_MESSAGE_MAX, Attachment, Command, CommandEnvelope, TransferTarget};
 use crate::config::{
     CampaignSpec, Catalog, ChannelSpec, ClientSpec, NAME_BYTES_MAX, Role, STATE_AVAILABLE, SlaMode, UserSpec,
 };
 use crate::ids::{
-    CampaignId, ChannelId, ClientId, ContactId, ConversationId, ProjectId, TeamId, TypificationId, UserId,
+    AutomationId, CampaignId, ChannelId, ClientId, ContactId, ConversationId, MacroId, ProjectId, TeamId,
+    TypificationId, UserId,
 };
 use crate::live::Floor;
 use crate::rejection::Rejection;
@@ -82,6 +84,8 @@ pub enum Trigger {
     TransferNotice,
     Closing,
     Survey,
+    /// An automation's message (appended).
+    Automation,
 }
 
 impl Trigger {
@@ -93,6 +97,7 @@ impl Trigger {
             Trigger::TransferNotice => "transfer_notice_message",
             Trigger::Closing => "closing_message",
             Trigger::Survey => "survey_message",
+            Trigger::Automation => "automation_message",
         }
     }
 }
@@ -259,6 +264,32 @@ pub enum ConversationEvent {
         mode: SlaMode,
         schedule: Option<ScheduleSpec>,
     },
+    /// An agent ran a macro; its actions' events follow in the same commit.
+    MacroApplied {
+        #[serde(rename = "macro")]
+        macro_id: MacroId,
+        actions: u32,
+    },
+    /// An automation's event and conditions held; its actions' events (or
+    /// refusals) follow in the same commit.
+    AutomationTriggered {
+        automation: AutomationId,
+        on: On,
+    },
+    /// An automation's action broke a rule: nothing of it applied.
+    AutomationActionRefused {
+        automation: AutomationId,
+        /// The action's place in the automation's list, from 0.
+        action: u32,
+        code: String,
+        reason: String,
+    },
+    /// A chain of automation runs reached a bound (`command` or
+    /// `conversation`): this automation, and any after it, did not run.
+    AutomationsStopped {
+        automation: AutomationId,
+        bound: String,
+    },
 }
 
 impl ConversationEvent {
@@ -281,6 +312,10 @@ impl ConversationEvent {
             Self::ConversationClosed { .. } => "conversation_closed",
             Self::SurveyAnswered { .. } => "survey_answered",
             Self::SlaClockSet { .. } => "sla_clock_set",
+            Self::MacroApplied { .. } => "macro_applied",
+            Self::AutomationTriggered { .. } => "automation_triggered",
+            Self::AutomationActionRefused { .. } => "automation_action_refused",
+            Self::AutomationsStopped { .. } => "automations_stopped",
         }
     }
 }
@@ -372,6 +407,8 @@ pub struct Conversation {
     pub labels: BTreeSet<String>,
     pub survey: Survey,
     pub messages: u32,
+    /// How many times automations ran in this conversation.
+    pub automation_runs: u32,
     recent: RecentCommands,
 }
 
@@ -467,6 +504,37 @@ fn check_text(text: &str, attachments: &[Attachment]) -> Result<(), Rejection> {
     Ok(())
 }
 
+/// The system actor automations act as.
+const AUTOMATION: &str = "automation";
+
+/// The event an automation can run on that `event` is.
+fn trigger_of(event: &ConversationEvent) -> Option<On> {
+    Some(match event {
+        ConversationEvent::ConversationOpened(_) => On::ConversationOpened,
+        ConversationEvent::MessageReceived { .. } => On::MessageReceived,
+        ConversationEvent::ConversationClosed { .. } => On::ConversationClosed,
+        ConversationEvent::LabelAdded { .. } => On::LabelAdded,
+        ConversationEvent::SlaThresholdCrossed { .. } => On::SlaCrossed,
+        ConversationEvent::InactivityWarningSent { .. } => On::InactivityWarned,
+        _ => return None,
+    })
+}
+
+/// The message text an event at `i` is about: its own (a message), or, for
+/// an opening, the message that opened it.
+fn event_text(events: &[Recorded<ConversationEvent>], i: usize) -> Option<&str> {
+    fn message(e: &Recorded<ConversationEvent>) -> Option<&str> {
+        match &e.event {
+            ConversationEvent::MessageReceived { text, .. } => Some(text.as_str()),
+            _ => None,
+        }
+    }
+    match &events[i].event {
+        ConversationEvent::ConversationOpened(_) => events[i..].iter().find_map(message),
+        _ => message(&events[i]),
+    }
+}
+
 /// Whether the text holds an emoji (pictographs and flags, symbols, dingbats).
 fn has_emoji(text: &str) -> bool {
     text.chars().any(|c| matches!(u32::from(c), 0x1F000..=0x1FAFF | 0x2600..=0x27BF | 0x2B50..=0x2B55 | 0xFE0F))
@@ -491,6 +559,32 @@ impl Conversation {
             labels: BTreeSet::new(),
             survey: Survey::NotSent,
             messages: 0,
+            automation_runs: 0,
+            recent: RecentCommands::default(),
+        }
+    }
+
+    /// A copy to decide ahead on (within one decision): everything but the
+    /// memory of command ids, which a decision in progress never reads.
+    fn scratch(&self) -> Self {
+        Self {
+            id: self.id.clone(),
+            seq: self.seq,
+            status: self.status,
+            facts: self.facts.clone(),
+            assignee: self.assignee.clone(),
+            assigned_at: self.assigned_at,
+            segment: self.segment,
+            wait: self.wait,
+            responses: self.responses,
+            silence: self.silence,
+            last_human_at: self.last_human_at,
+            writers: self.writers.clone(),
+            fields: self.fields.clone(),
+            labels: self.labels.clone(),
+            survey: self.survey,
+            messages: self.messages,
+            automation_runs: self.automation_runs,
             recent: RecentCommands::default(),
         }
     }
@@ -564,6 +658,21 @@ impl Conversation {
         if let Some((first_seq, last_seq)) = self.recent.find(&envelope.id) {
             return Ok(Decision::Duplicate { first_seq, last_seq });
         }
+        let mut events = self.decide_fresh(ctx, envelope, now)?;
+        if ctx.catalog.has_automations() && !events.is_empty() {
+            self.automate(ctx, envelope, now, &mut events);
+        }
+        Ok(Decision::Commit(events))
+    }
+
+    /// Decides a command as if it were new (a macro's and an automation's
+    /// actions are decided so, under the command that runs them).
+    fn decide_fresh(
+        &self,
+        ctx: Context<'_>,
+        envelope: &CommandEnvelope,
+        now: Timestamp,
+    ) -> Result<Vec<Recorded<ConversationEvent>>, Rejection> {
         let mut out = Emitter::new(self.seq, now, &envelope.id, &envelope.actor);
         match &envelope.command {
             Command::ReceiveMessage(c) => {
@@ -762,6 +871,39 @@ impl Conversation {
                 }
                 out.emit(ConversationEvent::SurveyAnswered { rating: c.rating, solved: c.solved });
             }
+            Command::RunMacro(c) => {
+                self.require_open()?;
+                match self.who(ctx, &envelope.actor)? {
+                    Who::Agent(_, true) | Who::Supervisor(_) => {}
+                    Who::Agent(..) => return Err(self.not_assigned()),
+                    _ => {
+                        return Err(Rejection::Forbidden {
+                            action: "run_macro",
+                            needed: "the assigned agent or a supervisor",
+                        });
+                    }
+                }
+                let spec = ctx.catalog.macro_spec(&c.macro_id)?;
+                let mut state = self.scratch();
+                state.evolve(out.emit(ConversationEvent::MacroApplied {
+                    macro_id: c.macro_id.clone(),
+                    actions: spec.actions.len() as u32,
+                }));
+                for (index, action) in spec.actions.iter().enumerate() {
+                    let records = state.act(ctx, envelope, action, now, None).map_err(|reason| {
+                        Rejection::MacroActionRefused {
+                            macro_id: c.macro_id.clone(),
+                            index,
+                            action: action.name(),
+                            reason: Box::new(reason),
+                        }
+                    })?;
+                    for record in &records {
+                        state.evolve(record);
+                    }
+                    out.absorb(records);
+                }
+            }
             Command::Tick(_) => {
                 if self.status == Status::New {
                     return Err(Rejection::UnknownConversation(self.id.clone()));
@@ -772,7 +914,7 @@ impl Conversation {
                 return Err(Rejection::WrongAggregate { command: other.type_name(), aggregate: "a conversation" });
             }
         }
-        Ok(out.finish())
+        Ok(out.out)
     }
 
     fn require_open(&self) -> Result<&Facts, Rejection> {
@@ -904,6 +1046,156 @@ impl Conversation {
         self.facts.as_ref().and_then(|f| ctx.catalog.campaigns.get(&f.campaign)).map(|c| &c.spec)
     }
 
+    /// Decides one action of a macro (as the agent running it) or of an
+    /// automation (as `automation`, the system actor automations act as).
+    fn act(
+        &self,
+        ctx: Context<'_>,
+        envelope: &CommandEnvelope,
+        action: &Action,
+        now: Timestamp,
+        automation: Option<&Actor>,
+    ) -> Result<Vec<Recorded<ConversationEvent>>, Rejection> {
+        use crate::command::{Assign, Close, LabelChange, SendMessage, SetField, Transfer};
+        let conversation = self.id.clone();
+        let command = match action {
+            Action::SendMessage(text) if automation.is_some() => {
+                self.require_open()?;
+                crate::template::check(text).map_err(|reason| Rejection::invalid("send_message", reason))?;
+                let mut out = Emitter::new(self.seq, now, &envelope.id, &envelope.actor);
+                self.auto_message(ctx, &mut out, Trigger::Automation, Some(text), None);
+                return Ok(out.out);
+            }
+            Action::SendMessage(text) => {
+                Command::SendMessage(SendMessage { conversation, text: text.clone(), attachments: Vec::new() })
+            }
+            Action::AddLabel(label) => Command::AddLabel(LabelChange { conversation, label: label.clone() }),
+            Action::RemoveLabel(label) => Command::RemoveLabel(LabelChange { conversation, label: label.clone() }),
+            Action::SetField { field, value } => {
+                Command::SetField(SetField { conversation, field: field.clone(), value: value.clone() })
+            }
+            Action::Transfer(to) => Command::Transfer(Transfer { conversation, to: to.clone() }),
+            Action::Assign(agent) => Command::Assign(Assign { conversation, agent: agent.clone() }),
+            Action::Close(typification) => Command::Close(Close { conversation, typification: typification.clone() }),
+        };
+        let actor = automation.unwrap_or(&envelope.actor).clone();
+        let sub = CommandEnvelope { id: envelope.id.clone(), account: envelope.account.clone(), actor, command };
+        self.decide_fresh(ctx, &sub, now)
+    }
+
+    /// Runs the account's automations on the events of a decision (see
+    /// [`crate::automation`] for the order and the bounds), appending what
+    /// they cause to `events`.
+    fn automate(
+        &self,
+        ctx: Context<'_>,
+        envelope: &CommandEnvelope,
+        now: Timestamp,
+        events: &mut Vec<Recorded<ConversationEvent>>,
+    ) {
+        let catalog = ctx.catalog;
+        let mut state: Option<Conversation> = None;
+        let mut applied = 0;
+        // Which automation caused each event from `own` on (before it: the command itself).
+        let own = events.len();
+        let mut causes: Vec<AutomationId> = Vec::new();
+        let actor = rule(AUTOMATION);
+        let mut runs = 0;
+        let mut i = 0;
+        while i < events.len() {
+            let Some(on) = trigger_of(&events[i].event) else {
+                i += 1;
+                continue;
+            };
+            for armed in catalog.automations_on(on) {
+                let (spec, id) = (&armed.spec, &armed.spec.id);
+                if i >= own && &causes[i - own] == id {
+                    continue; // an automation never reacts to what it did itself
+                }
+                let label = match &events[i].event {
+                    ConversationEvent::LabelAdded { label } => Some(label.as_str()),
+                    _ => None,
+                };
+                if !armed.event_allows(label, event_text(events, i)) {
+                    continue;
+                }
+                // The conversation as the decision so far leaves it.
+                let st = state.get_or_insert_with(|| self.scratch());
+                while applied < events.len() {
+                    st.evolve(&events[applied]);
+                    applied += 1;
+                }
+                if !st.holds(ctx, &spec.conditions, events[i].at) {
+                    continue;
+                }
+                let mut out = Emitter::new(st.seq, now, &envelope.id, &actor);
+                let bound = if runs >= automation::AUTOMATION_RUNS_PER_COMMAND_MAX {
+                    Some("command")
+                } else if st.automation_runs >= automation::AUTOMATION_RUNS_PER_CONVERSATION_MAX {
+                    Some("conversation")
+                } else {
+                    None
+                };
+                if let Some(bound) = bound {
+                    out.emit(ConversationEvent::AutomationsStopped { automation: id.clone(), bound: bound.into() });
+                    events.extend(out.out);
+                    return;
+                }
+                runs += 1;
+                st.evolve(out.emit(ConversationEvent::AutomationTriggered { automation: id.clone(), on }));
+                for (index, action) in spec.actions.iter().enumerate() {
+                    let records = match st.act(ctx, envelope, action, now, Some(&actor)) {
+                        Ok(records) => records,
+                        Err(refused) => {
+                            let mut note = Emitter::new(st.seq, now, &envelope.id, &actor);
+                            note.emit(ConversationEvent::AutomationActionRefused {
+                                automation: id.clone(),
+                                action: index as u32,
+                                code: refused.code().into(),
+                                reason: refused.to_string(),
+                            });
+                            note.out
+                        }
+                    };
+                    for record in &records {
+                        st.evolve(record);
+                    }
+                    out.absorb(records);
+                }
+                causes.extend(std::iter::repeat_n(id.clone(), out.out.len()));
+                events.extend(out.out);
+                applied = events.len();
+            }
+            i += 1;
+        }
+    }
+
+    /// Whether an automation's conditions on the conversation hold for an
+    /// event at `at` (those on the event itself are
+    /// [`automation::Armed::event_allows`]'s).
+    fn holds(&self, ctx: Context<'_>, conditions: &[Condition], at: Timestamp) -> bool {
+        let Some(facts) = &self.facts else { return false };
+        let lower = |t: &str| t.to_lowercase();
+        conditions.iter().all(|condition| match condition {
+            Condition::Channel(list) => list.contains(&facts.channel),
+            Condition::Campaign(list) => list.contains(&facts.campaign),
+            Condition::Team(list) => facts.team.as_ref().is_some_and(|t| list.contains(t)),
+            Condition::HasLabel(label) => self.labels.contains(label),
+            Condition::LacksLabel(label) => !self.labels.contains(label),
+            Condition::Label(_) | Condition::TextContains(_) | Condition::TextMatches(_) => true,
+            Condition::Field { field, equals } => self.fields.get(field) == Some(equals),
+            Condition::ContactNameContains(needle) => {
+                facts.contact_name.as_deref().is_some_and(|n| lower(n).contains(&lower(needle)))
+            }
+            Condition::OfficeHours(open) => ctx
+                .catalog
+                .campaigns
+                .get(&facts.campaign)
+                .and_then(|c| ctx.catalog.schedule(&c.spec.schedule).ok())
+                .is_some_and(|s| s.is_open(at) == *open),
+        })
+    }
+
     /// The SLA clock a conversation in `campaign` runs on, when it differs
     /// from the one it runs on now (elapsed time, until told otherwise).
     fn sla_clock_change(&self, catalog: &Catalog, campaign: &CampaignSpec) -> Option<ConversationEvent> {
@@ -963,7 +1255,7 @@ impl Conversation {
         let opened =
             entrance.opened(catalog, &c.contact, &c.contact_name, Direction::Inbound, sla_clock_starts_at, !in_hours);
         // Later events are shaped by the opened state (placeholders).
-        let mut scratch = self.clone();
+        let mut scratch = self.scratch();
         scratch.evolve(out.emit(ConversationEvent::ConversationOpened(opened)));
         if let Some(clock) = scratch.sla_clock_change(catalog, campaign) {
             scratch.evolve(out.emit(clock));
@@ -1083,7 +1375,7 @@ impl Conversation {
                     return Err(Rejection::TransferToSelf(format!("team {team}")));
                 }
                 // The notice names the new team (`{team}`).
-                let mut scratch = self.clone();
+                let mut scratch = self.scratch();
                 scratch.evolve(out.emit(ended(Destination::Team(team.clone()))));
                 scratch.auto_message(ctx, out, Trigger::TransferNotice, notice, Some(""));
                 let waiting_since = self.wait.map_or(now, |w| w.started_at);
@@ -1148,7 +1440,7 @@ impl Conversation {
 
     /// Fires every timer due at or before `now`, in deadline order.
     fn fire_due(&self, ctx: Context<'_>, now: Timestamp, out: &mut Emitter<ConversationEvent>) {
-        let mut state = self.clone();
+        let mut state = self.scratch();
         for _ in 0..TIMER_FIRINGS_PER_TICK_MAX {
             let Some((at, timer)) = state.due_timer() else {
                 break;
@@ -1324,6 +1616,10 @@ impl Conversation {
                 self.silence = None;
             }
             ConversationEvent::SurveyAnswered { .. } => self.survey = Survey::Answered,
+            ConversationEvent::AutomationTriggered { .. } => self.automation_runs += 1,
+            ConversationEvent::MacroApplied { .. }
+            | ConversationEvent::AutomationActionRefused { .. }
+            | ConversationEvent::AutomationsStopped { .. } => {}
             ConversationEvent::SlaClockSet { schedule, .. } => {
                 if let Some(facts) = self.facts.as_mut() {
                     facts.sla_hours = schedule.clone().map(Arc::new);

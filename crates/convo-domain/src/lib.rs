@@ -17,6 +17,7 @@
 
 pub mod agent;
 pub mod aggregate;
+pub mod automation;
 pub mod command;
 pub mod config;
 pub mod conversation;
@@ -39,7 +40,7 @@ pub use time::Timestamp;
 
 /// Every event type, as the JSON view's `type` names it (convo-wire's tests keep
 /// it equal to the types).
-pub const EVENT_TYPES: [&str; 41] = [
+pub const EVENT_TYPES: [&str; 49] = [
     "account_configured",
     "client_defined",
     "client_updated",
@@ -81,6 +82,14 @@ pub const EVENT_TYPES: [&str; 41] = [
     "sla_clock_set",
     "team_defined",
     "team_updated",
+    "macro_defined",
+    "macro_updated",
+    "automation_defined",
+    "automation_updated",
+    "macro_applied",
+    "automation_triggered",
+    "automation_action_refused",
+    "automations_stopped",
 ];
 
 /// The JSON view of a domain enum: `{"type": variant, fields…}`.

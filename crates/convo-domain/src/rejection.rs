@@ -4,7 +4,7 @@
 //! an integrator understands; its [`Rejection::code`] is a stable snake_case
 //! name for programs (and for the expected output of replay fixtures).
 
-use crate::ids::{CampaignId, ChannelId, ConversationId, TeamId, TypificationId, UserId};
+use crate::ids::{CampaignId, ChannelId, ConversationId, MacroId, TeamId, TypificationId, UserId};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
@@ -22,6 +22,8 @@ pub enum Rejection {
     #[error("campaign {campaign} cannot be inactivated while {count} conversation(s) are active in it")]
     CampaignHasActiveConversations { campaign: CampaignId, count: u32 },
 
+    #[error("macro {macro_id}: action {index} ({action}) is refused, so none applies: {reason}")]
+    MacroActionRefused { macro_id: MacroId, index: usize, action: &'static str, reason: Box<Rejection> },
     #[error("team {team} cannot be inactivated while {count} conversation(s) are active with it")]
     TeamHasActiveConversations { team: TeamId, count: u32 },
 
@@ -137,6 +139,7 @@ impl Rejection {
             Self::UnknownAgentState(_) => "unknown_agent_state",
             Self::WrongAggregate { .. } => "wrong_aggregate",
             Self::TeamHasActiveConversations { .. } => "team_has_active_conversations",
+            Self::MacroActionRefused { .. } => "macro_action_refused",
         }
     }
 

@@ -34,6 +34,9 @@ pub struct Rules {
     /// Campaigns whose SLA counts only open time: open daily between these
     /// UTC seconds of the day; waits in other campaigns count every second.
     pub business_hours: BTreeMap<String, (u32, u32)>,
+    /// An automation: a contact message holding this word (any case) labels
+    /// the conversation with this label, once.
+    pub keyword_label: Option<(String, String)>,
 }
 
 /// A channel id as text (the model keeps to plain values).
@@ -115,6 +118,8 @@ struct Conv {
     silence: Option<(Timestamp, u32)>,
     assigned_at: Option<Timestamp>,
     last_human: Timestamp,
+    /// The automation's label is on.
+    labeled: bool,
 }
 
 #[derive(Debug)]
@@ -234,6 +239,11 @@ impl Model {
                     if let Some(what) = fact_of(&record.event) {
                         self.recorded.push((what, conversation.clone(), record.at));
                     }
+                    if let ConversationEvent::LabelAdded { label } = &record.event
+                        && record.actor == convo_domain::Actor::system("automation")
+                    {
+                        self.recorded.push((format!("labeled:{label}"), conversation.clone(), record.at));
+                    }
                 }
                 _ => {}
             }
@@ -259,7 +269,14 @@ impl Model {
             return; // the engine refuses it; the rejection is reported separately
         }
         match &input.envelope.command {
-            Command::ReceiveMessage(_) => {
+            Command::ReceiveMessage(m) => {
+                if let Some((word, label)) = &self.rules.keyword_label
+                    && !c.labeled
+                    && m.text.to_lowercase().contains(&word.to_lowercase())
+                {
+                    c.labeled = true;
+                    self.predicted.push((format!("labeled:{label}"), id.clone(), at));
+                }
                 c.last_human = at;
                 c.silence = None;
                 c.wait.get_or_insert(Wait { start: at.max(c.clock), optimal: false, low: false, alerted: false });

@@ -12,6 +12,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::net::{IpAddr, Ipv4Addr};
 
+use convo_domain::automation::{Action as Do, AutomationSpec, Condition, On};
 use convo_domain::command::{
     AnswerSurvey, Close, ReceiveMessage, SendMessage, SetAgentState, Transfer, TransferTarget,
 };
@@ -47,6 +48,9 @@ pub const SUPPORT_CLOSES_SECS: u32 = 20 * 3600;
 /// The support campaign's inbound channel (the one with office hours).
 pub const SUPPORT_CHANNEL: &str = "web-support";
 
+/// An automation labels conversations whose contact mentions this word.
+const BILLING_WORD: &str = "factura";
+const BILLING_LABEL: &str = "billing";
 /// A team of half the sales agents, some sales transfers go to.
 const SALES_TEAM: &str = "key-accounts";
 const DAY_START: &str = "2026-03-02T00:00:00Z";
@@ -69,6 +73,7 @@ pub fn model_rules() -> crate::model::Rules {
         daily_hours: [(SUPPORT_CHANNEL.to_owned(), (SUPPORT_OPENS_SECS, SUPPORT_CLOSES_SECS))].into_iter().collect(),
         channel_campaigns: CHANNELS.iter().zip(CAMPAIGNS).map(|(ch, ca)| (ch.to_string(), ca.to_string())).collect(),
         business_hours: [(CAMPAIGNS[1].to_owned(), (SUPPORT_OPENS_SECS, SUPPORT_CLOSES_SECS))].into_iter().collect(),
+        keyword_label: Some((BILLING_WORD.to_owned(), BILLING_LABEL.to_owned())),
     }
 }
 
@@ -271,7 +276,7 @@ impl RandomDay {
             Command::ConfigureAccount(AccountSettings {
                 name: "Random day".into(),
                 auto_resolve_after_days: AUTO_RESOLVE_DAYS,
-                labels: vec!["vip".into()],
+                labels: vec!["vip".into(), BILLING_LABEL.into()],
                 typifications: ["sale", "info", "complaint", "inactivity", "transferred"]
                     .iter()
                     .map(|t| Typification { id: id(t), name: t.to_string() })
@@ -379,6 +384,13 @@ impl RandomDay {
             name: "Key accounts".into(),
             members: self.agents[..sales.div_ceil(2)].to_vec(),
             supervisors: Vec::new(),
+        }));
+        commands.push(Command::DefineAutomation(AutomationSpec {
+            id: id("billing"),
+            name: "Label billing questions".into(),
+            on: On::MessageReceived,
+            conditions: vec![Condition::TextContains(BILLING_WORD.into()), Condition::LacksLabel(BILLING_LABEL.into())],
+            actions: vec![Do::AddLabel(BILLING_LABEL.into())],
         }));
         commands.push(Command::SetSlaMode(SlaModeSpec {
             client: None,

@@ -94,6 +94,10 @@ fn config_type_name(event: &ConfigEvent) -> &'static str {
         ConfigEvent::SlaModeSet(_) => "sla_mode_set",
         ConfigEvent::TeamDefined(_) => "team_defined",
         ConfigEvent::TeamUpdated(_) => "team_updated",
+        ConfigEvent::MacroDefined(_) => "macro_defined",
+        ConfigEvent::MacroUpdated(_) => "macro_updated",
+        ConfigEvent::AutomationDefined(_) => "automation_defined",
+        ConfigEvent::AutomationUpdated(_) => "automation_updated",
     }
 }
 
@@ -556,6 +560,8 @@ fn config_kind(event: &ConfigEvent) -> &'static str {
         ConfigEvent::SlaModeSet(m) if m.client.is_some() => "client",
         ConfigEvent::SlaModeSet(_) => "campaign",
         ConfigEvent::TeamDefined(_) | ConfigEvent::TeamUpdated(_) => "team",
+        ConfigEvent::MacroDefined(_) | ConfigEvent::MacroUpdated(_) => "macro",
+        ConfigEvent::AutomationDefined(_) | ConfigEvent::AutomationUpdated(_) => "automation",
     }
 }
 
@@ -569,7 +575,12 @@ fn conversation_kind(event: &ConversationEvent) -> &'static str {
         | ConversationEvent::MessageSent { .. }
         | ConversationEvent::ResponseRecorded { .. } => "message",
         ConversationEvent::SurveyAnswered { .. } => "survey",
-        ConversationEvent::DynamicFieldSet { .. } => "field",
+        // A macro's or an automation's record: the headline is what its actions did.
+        ConversationEvent::DynamicFieldSet { .. }
+        | ConversationEvent::MacroApplied { .. }
+        | ConversationEvent::AutomationTriggered { .. }
+        | ConversationEvent::AutomationActionRefused { .. }
+        | ConversationEvent::AutomationsStopped { .. } => "field",
         ConversationEvent::LabelAdded { .. } | ConversationEvent::LabelRemoved { .. } => "label",
         ConversationEvent::SlaThresholdCrossed { .. }
         | ConversationEvent::InactivityWarningSent { .. }
@@ -587,9 +598,22 @@ pub const CONVERSATION_KINDS: [&str; 9] =
 
 /// The headlines of commits outside conversations: an agent's `state`, and
 /// the configuration entity a catalog commit is about.
-pub const OTHER_KINDS: [&str; 13] = [
-    "state", "account", "client", "project", "schedule", "channel", "user", "campaign", "status", "api_key", "denied",
-    "webhook", "team",
+pub const OTHER_KINDS: [&str; 15] = [
+    "state",
+    "account",
+    "client",
+    "project",
+    "schedule",
+    "channel",
+    "user",
+    "campaign",
+    "status",
+    "api_key",
+    "denied",
+    "webhook",
+    "team",
+    "macro",
+    "automation",
 ];
 
 /// The headline order of version 1 of the subjects (before 2026-11), when a
