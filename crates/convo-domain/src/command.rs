@@ -15,6 +15,7 @@ use crate::config::{
     AccountSettings, ApiKeySpec, CampaignSpec, ChannelSpec, ClientSpec, DeniedAttempt, EntityRef, KeyRef, ProjectSpec,
     SlaModeSpec, TeamSpec, UserSpec, WebhookRef, WebhookSpec,
 };
+use crate::contact::{ContactAttributeSpec, ContactSpec, SetContactAttribute};
 use crate::ids::{
     AccountId, CampaignId, ChannelId, CommandId, ContactId, ConversationId, MacroId, TeamId, TypificationId, UserId,
 };
@@ -238,6 +239,12 @@ pub enum Command {
     RunMacro(RunMacro),
     DefineAutomation(AutomationSpec),
     UpdateAutomation(AutomationSpec),
+    // contacts (appended)
+    DefineContactAttribute(ContactAttributeSpec),
+    UpdateContactAttribute(ContactAttributeSpec),
+    DefineContact(ContactSpec),
+    UpdateContact(ContactSpec),
+    SetContactAttribute(SetContactAttribute),
 }
 
 /// Which aggregate decides a command.
@@ -246,6 +253,8 @@ pub enum Target<'a> {
     Catalog,
     Agent(&'a UserId),
     Conversation(&'a ConversationId),
+    /// The account's contact book.
+    Contacts,
 }
 
 /// A command's JSON that could not be parsed: where and why.
@@ -259,7 +268,7 @@ pub struct CommandParseError {
 
 impl Command {
     /// Every command type, as named in the JSON view and in command subjects.
-    pub const TYPE_NAMES: [&'static str; 42] = [
+    pub const TYPE_NAMES: [&'static str; 47] = [
         "configure_account",
         "define_client",
         "update_client",
@@ -302,6 +311,11 @@ impl Command {
         "run_macro",
         "define_automation",
         "update_automation",
+        "define_contact_attribute",
+        "update_contact_attribute",
+        "define_contact",
+        "update_contact",
+        "set_contact_attribute",
     ];
 
     /// The command's `type` in its JSON view.
@@ -349,6 +363,11 @@ impl Command {
             Self::RunMacro(_) => "run_macro",
             Self::DefineAutomation(_) => "define_automation",
             Self::UpdateAutomation(_) => "update_automation",
+            Self::DefineContactAttribute(_) => "define_contact_attribute",
+            Self::UpdateContactAttribute(_) => "update_contact_attribute",
+            Self::DefineContact(_) => "define_contact",
+            Self::UpdateContact(_) => "update_contact",
+            Self::SetContactAttribute(_) => "set_contact_attribute",
         }
     }
 
@@ -367,6 +386,7 @@ impl Command {
             Self::AnswerSurvey(c) => Target::Conversation(&c.conversation),
             Self::Tick(c) => Target::Conversation(&c.conversation),
             Self::RunMacro(c) => Target::Conversation(&c.conversation),
+            Self::DefineContact(_) | Self::UpdateContact(_) | Self::SetContactAttribute(_) => Target::Contacts,
             _ => Target::Catalog,
         }
     }

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::aggregate::{Actor, Decision, Emitter, RecentCommands, Recorded};
 use crate::automation::{self, Armed, AutomationSpec, MacroSpec, On};
 use crate::command::{Command, CommandEnvelope};
+use crate::contact::{self, ContactAttributeSpec};
 use crate::ids::{
     AccountId, AutomationId, CampaignId, ChannelId, ClientId, IntegrationId, KeyId, MacroId, ProjectId, ScheduleId,
     TeamId, TypificationId, UserId, WebhookId, check_id,
@@ -664,6 +665,8 @@ pub enum ConfigEvent {
     MacroUpdated(MacroSpec),
     AutomationDefined(AutomationSpec),
     AutomationUpdated(AutomationSpec),
+    ContactAttributeDefined(ContactAttributeSpec),
+    ContactAttributeUpdated(ContactAttributeSpec),
 }
 
 impl ConfigEvent {
@@ -691,6 +694,9 @@ impl ConfigEvent {
             Self::TeamDefined(s) | Self::TeamUpdated(s) => format!("team/{}", s.id),
             Self::MacroDefined(s) | Self::MacroUpdated(s) => format!("macro/{}", s.id),
             Self::AutomationDefined(s) | Self::AutomationUpdated(s) => format!("automation/{}", s.id),
+            Self::ContactAttributeDefined(s) | Self::ContactAttributeUpdated(s) => {
+                format!("contact_attribute/{}", s.name)
+            }
         }
     }
 }
@@ -749,6 +755,8 @@ pub struct Catalog {
     /// Campaigns that override their client's SLA mode.
     pub campaign_sla_modes: BTreeMap<CampaignId, SlaMode>,
     pub teams: BTreeMap<TeamId, Entry<TeamSpec>>,
+    /// The custom attributes contacts may carry, by name.
+    pub contact_attributes: BTreeMap<String, ContactAttributeSpec>,
     pub macros: BTreeMap<MacroId, Entry<MacroSpec>>,
     pub automations: BTreeMap<AutomationId, Entry<AutomationSpec>>,
     /// Derived: the active automations on each event, in id order, with
@@ -872,6 +880,7 @@ impl Catalog {
             client_sla_modes: BTreeMap::new(),
             campaign_sla_modes: BTreeMap::new(),
             teams: BTreeMap::new(),
+            contact_attributes: BTreeMap::new(),
             macros: BTreeMap::new(),
             automations: BTreeMap::new(),
             automations_on: Default::default(),
@@ -1159,6 +1168,30 @@ impl Catalog {
                     ConfigEvent::AutomationDefined(s.clone())
                 } else {
                     ConfigEvent::AutomationUpdated(s.clone())
+                }
+            }
+            Command::DefineContactAttribute(s) | Command::UpdateContactAttribute(s) => {
+                let define = matches!(envelope.command, Command::DefineContactAttribute(_));
+                let exists = self.contact_attributes.contains_key(&s.name);
+                self.expect_defined(exists, define, || format!("contact attribute {}", s.name))?;
+                if define && self.contact_attributes.len() >= contact::CONTACT_ATTRIBUTES_MAX {
+                    let reason =
+                        format!("an account defines at most {} contact attributes", contact::CONTACT_ATTRIBUTES_MAX);
+                    return Err(Rejection::invalid("name", reason));
+                }
+                contact::check_definition(s)?;
+                for (i, campaign) in s.required_to_close.iter().enumerate() {
+                    if !self.campaigns.contains_key(campaign) {
+                        return Err(Rejection::invalid(
+                            format!("required_to_close[{i}]"),
+                            format!("no campaign {campaign}"),
+                        ));
+                    }
+                }
+                if define {
+                    ConfigEvent::ContactAttributeDefined(s.clone())
+                } else {
+                    ConfigEvent::ContactAttributeUpdated(s.clone())
                 }
             }
             Command::SetSlaMode(m) => {
@@ -1530,6 +1563,9 @@ impl Catalog {
             ConfigEvent::AccessDenied(_) | ConfigEvent::WebhookRedriven(_) => {}
             ConfigEvent::TeamDefined(s) | ConfigEvent::TeamUpdated(s) => upsert(&mut self.teams, s.id.clone(), s),
             ConfigEvent::MacroDefined(s) | ConfigEvent::MacroUpdated(s) => upsert(&mut self.macros, s.id.clone(), s),
+            ConfigEvent::ContactAttributeDefined(s) | ConfigEvent::ContactAttributeUpdated(s) => {
+                self.contact_attributes.insert(s.name.clone(), s.clone());
+            }
             ConfigEvent::AutomationDefined(s) | ConfigEvent::AutomationUpdated(s) => {
                 upsert(&mut self.automations, s.id.clone(), s);
                 self.index_automations();

@@ -418,6 +418,8 @@ pub struct Conversation {
 pub struct Context<'a> {
     pub catalog: &'a Catalog,
     pub floor: &'a Floor,
+    /// The account's contacts (for attributes a campaign requires at close).
+    pub contacts: Option<&'a crate::contact::ContactBook>,
 }
 
 /// The actor of a command as the rules see it.
@@ -846,6 +848,7 @@ impl Conversation {
                 {
                     return Err(Rejection::MandatoryFieldMissing(missing.name.clone()));
                 }
+                self.check_contact_attributes(ctx, facts)?;
                 if let Some(user) = closer
                     && !campaign.permissions.allow_close_without_reply
                     && !self.writers.contains(&user.id)
@@ -915,6 +918,25 @@ impl Conversation {
             }
         }
         Ok(out.out)
+    }
+
+    /// Every contact attribute the campaign requires at close is set on the
+    /// conversation's contact.
+    fn check_contact_attributes(&self, ctx: Context<'_>, facts: &Facts) -> Result<(), Rejection> {
+        let contact = ctx.contacts.and_then(|book| book.contact(&facts.contact));
+        for spec in ctx.catalog.contact_attributes.values() {
+            if !spec.required_to_close.contains(&facts.campaign) {
+                continue;
+            }
+            let set = contact.and_then(|c| c.attributes.get(&spec.name)).is_some_and(|v| !v.trim().is_empty());
+            if !set {
+                return Err(Rejection::ContactAttributeMissing {
+                    attribute: spec.name.clone(),
+                    contact: facts.contact.clone(),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn require_open(&self) -> Result<&Facts, Rejection> {

@@ -20,6 +20,7 @@ pub mod aggregate;
 pub mod automation;
 pub mod command;
 pub mod config;
+pub mod contact;
 pub mod conversation;
 pub mod ids;
 pub mod live;
@@ -32,6 +33,7 @@ pub use agent::{AgentEvent, AgentPresence};
 pub use aggregate::{Actor, Decision, ENGINE_ACTORS, Recorded};
 pub use command::{Command, CommandEnvelope, CommandParseError, Target};
 pub use config::{Catalog, ConfigEvent, Occupancy};
+pub use contact::{ContactBook, ContactEvent};
 pub use conversation::{Context, Conversation, ConversationEvent};
 pub use ids::*;
 pub use live::Floor;
@@ -40,7 +42,7 @@ pub use time::Timestamp;
 
 /// Every event type, as the JSON view's `type` names it (convo-wire's tests keep
 /// it equal to the types).
-pub const EVENT_TYPES: [&str; 49] = [
+pub const EVENT_TYPES: [&str; 54] = [
     "account_configured",
     "client_defined",
     "client_updated",
@@ -90,6 +92,11 @@ pub const EVENT_TYPES: [&str; 49] = [
     "automation_triggered",
     "automation_action_refused",
     "automations_stopped",
+    "contact_attribute_defined",
+    "contact_attribute_updated",
+    "contact_defined",
+    "contact_updated",
+    "contact_attribute_set",
 ];
 
 /// The JSON view of a domain enum: `{"type": variant, fields…}`.

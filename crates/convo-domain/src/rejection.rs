@@ -4,7 +4,7 @@
 //! an integrator understands; its [`Rejection::code`] is a stable snake_case
 //! name for programs (and for the expected output of replay fixtures).
 
-use crate::ids::{CampaignId, ChannelId, ConversationId, MacroId, TeamId, TypificationId, UserId};
+use crate::ids::{CampaignId, ChannelId, ContactId, ConversationId, MacroId, TeamId, TypificationId, UserId};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
@@ -22,6 +22,12 @@ pub enum Rejection {
     #[error("campaign {campaign} cannot be inactivated while {count} conversation(s) are active in it")]
     CampaignHasActiveConversations { campaign: CampaignId, count: u32 },
 
+    #[error("{handle} on channel {channel} is already contact {contact}'s")]
+    IdentityTaken { channel: ChannelId, handle: String, contact: ContactId },
+    #[error(
+        "contact attribute `{attribute}` of contact {contact} must be set before closing (the campaign requires it)"
+    )]
+    ContactAttributeMissing { attribute: String, contact: ContactId },
     #[error("macro {macro_id}: action {index} ({action}) is refused, so none applies: {reason}")]
     MacroActionRefused { macro_id: MacroId, index: usize, action: &'static str, reason: Box<Rejection> },
     #[error("team {team} cannot be inactivated while {count} conversation(s) are active with it")]
@@ -140,6 +146,8 @@ impl Rejection {
             Self::WrongAggregate { .. } => "wrong_aggregate",
             Self::TeamHasActiveConversations { .. } => "team_has_active_conversations",
             Self::MacroActionRefused { .. } => "macro_action_refused",
+            Self::IdentityTaken { .. } => "identity_taken",
+            Self::ContactAttributeMissing { .. } => "contact_attribute_missing",
         }
     }
 

@@ -235,7 +235,7 @@ pub fn nats_users(prefix: &str, catalog: &Catalog) -> Vec<convo_store::launcher:
         };
         let mut subscribe = vec![format!("{}.>", nats_inbox(account, id))];
         if events {
-            subscribe.extend(["conv", "agent", "json"].map(|kind| format!("{prefix}.{account}.{kind}.>")));
+            subscribe.extend(["conv", "agent", "json", "contacts"].map(|kind| format!("{prefix}.{account}.{kind}.>")));
             // The raw configuration commits carry webhook secrets (masked in every JSON view, on
             // `….json.config.…` too): only an admin's key, who may set them, receives those.
             if matches!(spec.holder, KeyHolder::User(_)) {

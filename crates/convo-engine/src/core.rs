@@ -15,8 +15,9 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 use convo_domain::command::{Assign, Tick, engine_command_id};
 use convo_domain::conversation::Status;
 use convo_domain::{
-    AccountId, Actor, AgentEvent, AgentPresence, Catalog, Command, CommandEnvelope, CommandId, ConfigEvent, Context,
-    Conversation, ConversationEvent, ConversationId, Decision, Floor, Recorded, Rejection, Target, Timestamp, UserId,
+    AccountId, Actor, AgentEvent, AgentPresence, Catalog, Command, CommandEnvelope, CommandId, ConfigEvent,
+    ContactBook, ContactEvent, Context, Conversation, ConversationEvent, ConversationId, Decision, Floor, Recorded,
+    Rejection, Target, Timestamp, UserId,
 };
 use convo_store::{LogItem, StoreError};
 use convo_wire::{Commit, StreamRef, WireError};
@@ -71,6 +72,10 @@ pub enum Record {
         conversation: ConversationId,
         record: Recorded<ConversationEvent>,
     },
+    Contact {
+        account: AccountId,
+        record: Recorded<ContactEvent>,
+    },
     /// A command refused by a rule; nothing was recorded.
     Rejected {
         at: Timestamp,
@@ -98,6 +103,7 @@ impl Record {
             Record::Config { record, .. } => record.at,
             Record::Agent { record, .. } => record.at,
             Record::Conversation { record, .. } => record.at,
+            Record::Contact { record, .. } => record.at,
             Record::Rejected { at, .. } | Record::Duplicate { at, .. } => *at,
         }
     }
@@ -121,6 +127,11 @@ impl Record {
                 .into_iter()
                 .map(|record| Record::Conversation { account: account.clone(), conversation: id.clone(), record })
                 .collect(),
+            StreamRef::Contacts => commit
+                .contact_records()
+                .into_iter()
+                .map(|record| Record::Contact { account: account.clone(), record })
+                .collect(),
         }
     }
 }
@@ -128,6 +139,7 @@ impl Record {
 #[derive(Debug)]
 struct Account {
     catalog: Catalog,
+    contacts: ContactBook,
     floor: Floor,
     conversations: BTreeMap<ConversationId, Conversation>,
     agents: BTreeMap<UserId, AgentPresence>,
@@ -139,6 +151,7 @@ impl Account {
     fn new(id: &AccountId) -> Self {
         Self {
             catalog: Catalog::new(id.clone()),
+            contacts: ContactBook::new(id.clone()),
             floor: Floor::default(),
             conversations: BTreeMap::new(),
             agents: BTreeMap::new(),
@@ -169,6 +182,7 @@ pub fn stream_of(command: &Command) -> StreamRef {
         Target::Catalog => StreamRef::Catalog,
         Target::Agent(id) => StreamRef::Agent(id.clone()),
         Target::Conversation(id) => StreamRef::Conversation(id.clone()),
+        Target::Contacts => StreamRef::Contacts,
     }
 }
 
@@ -260,6 +274,7 @@ impl World {
                 };
                 decided(account_id, stream, presence.decide(&account.catalog, envelope, now)?)
             }
+            Target::Contacts => decided(account_id, stream, account.contacts.decide(&account.catalog, envelope, now)?),
             Target::Conversation(id) => {
                 let blank;
                 let conversation = match account.conversations.get(id) {
@@ -269,7 +284,8 @@ impl World {
                         &blank
                     }
                 };
-                let ctx = Context { catalog: &account.catalog, floor: &account.floor };
+                let ctx =
+                    Context { catalog: &account.catalog, floor: &account.floor, contacts: Some(&account.contacts) };
                 decided(account_id, stream, conversation.decide(ctx, envelope, now)?)
             }
         }
@@ -282,6 +298,7 @@ impl World {
             StreamRef::Catalog => a.catalog.seq,
             StreamRef::Agent(id) => a.agents.get(id).map_or(0, |p| p.seq),
             StreamRef::Conversation(id) => a.conversations.get(id).map_or(0, |c| c.seq),
+            StreamRef::Contacts => a.contacts.seq,
         }
     }
 
@@ -298,6 +315,7 @@ impl World {
                 (StreamRef::Catalog, convo_wire::Event::Config(_))
                     | (StreamRef::Agent(_), convo_wire::Event::Agent(_))
                     | (StreamRef::Conversation(_), convo_wire::Event::Conversation(_))
+                    | (StreamRef::Contacts, convo_wire::Event::Contact(_))
             );
             if !own_kind {
                 return Err(format!(
@@ -403,6 +421,11 @@ impl World {
                     account.catalog.evolve(&record);
                 }
             }
+            StreamRef::Contacts => {
+                for record in commit.contact_records() {
+                    account.contacts.evolve(&record);
+                }
+            }
             StreamRef::Agent(agent) => {
                 let presence = account.agents.entry(agent.clone()).or_insert_with(|| AgentPresence::new(agent.clone()));
                 for record in commit.agent_records() {
@@ -483,6 +506,9 @@ impl World {
             };
             if live.catalog != log.catalog {
                 return Some(format!("account {id}: the catalog differs"));
+            }
+            if live.contacts != log.contacts {
+                return Some(format!("account {id}: the contact book differs"));
             }
             if live.agents != log.agents {
                 return Some(format!("account {id}: agent presence differs"));

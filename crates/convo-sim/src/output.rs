@@ -31,6 +31,9 @@ pub fn to_value(record: &Record) -> Value {
         }
         Record::Config { account, record } => event(account, ("entity", record.event.entity()), record),
         Record::Agent { account, agent, record } => event(account, ("agent", agent.to_string()), record),
+        Record::Contact { account, record } => {
+            event(account, ("entity", format!("contact/{}", record.event.contact())), record)
+        }
         Record::Rejected { at, account, command, kind, code, reason, line } => {
             let mut map = head(*at, account);
             map.insert("command".into(), Value::String(command.to_string()));

@@ -65,7 +65,7 @@ impl Summary {
                     *self.rejections_by_code.entry(code).or_default() += 1;
                 }
                 Record::Duplicate { .. } => self.duplicates += 1,
-                Record::Config { .. } | Record::Agent { .. } => self.events += 1,
+                Record::Config { .. } | Record::Agent { .. } | Record::Contact { .. } => self.events += 1,
                 Record::Conversation { record, .. } => {
                     self.events += 1;
                     self.conversation_event(&record.event);

@@ -119,14 +119,16 @@ impl JetStreamStore {
         let mut js = jetstream::new(client.clone());
         js.set_timeout(Duration::from_millis(config.ack_timeout_ms));
         let prefix = &config.prefix;
-        let stream = js
+        let subjects = vec![
+            format!("{prefix}.*.conv.>"),
+            format!("{prefix}.*.agent.>"),
+            format!("{prefix}.*.config.>"),
+            format!("{prefix}.*.contacts.>"),
+        ];
+        let mut stream = js
             .get_or_create_stream(Config {
                 name: config.stream.clone(),
-                subjects: vec![
-                    format!("{prefix}.*.conv.>"),
-                    format!("{prefix}.*.agent.>"),
-                    format!("{prefix}.*.config.>"),
-                ],
+                subjects: subjects.clone(),
                 storage: match config.storage {
                     Storage::File => StorageType::File,
                     Storage::Memory => StorageType::Memory,
@@ -138,6 +140,15 @@ impl JetStreamStore {
             })
             .await
             .map_err(unavailable)?;
+        // A stream made before contacts existed takes their subjects too.
+        let info = stream.info().await.map_err(unavailable)?.config.clone();
+        if let Some(missing) = subjects.iter().find(|s| !info.subjects.contains(s)) {
+            tracing::info!("adding {missing} to stream {}", config.stream);
+            let mut updated = info.clone();
+            updated.subjects = subjects.clone();
+            js.update_stream(updated).await.map_err(unavailable)?;
+            stream = js.get_stream(&config.stream).await.map_err(unavailable)?;
+        }
         Ok(Self { client, js, stream, config })
     }
 

@@ -201,6 +201,12 @@ pub(crate) fn event_views() -> (BTreeMap<String, Value>, Map<String, Value>) {
         ),
         ("agent", "agent", "the agent (user id) whose presence this is", generate::<AgentEvent>(Contract::Serialize)),
         ("conversation", "conversation", "the conversation id", generate::<ConversationEvent>(Contract::Serialize)),
+        (
+            "contact",
+            "entity",
+            "the contact the event is about: `contact/<id>`",
+            generate::<convo_domain::ContactEvent>(Contract::Serialize),
+        ),
     ] {
         for (name, flat) in flatten_tagged(&generated.root, &generated.defs, true) {
             views.insert(name, with_envelope(flat, family, stream_key, stream_doc));

@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use convo_domain::{
-    AccountId, Actor, AgentEvent, CommandId, ConfigEvent, ConversationEvent, ConversationId, EventId, Recorded,
-    Timestamp, UserId,
+    AccountId, Actor, AgentEvent, CommandId, ConfigEvent, ContactEvent, ConversationEvent, ConversationId, EventId,
+    Recorded, Timestamp, UserId,
 };
 
 /// The version of the commit encoding written today.
@@ -56,6 +56,8 @@ pub enum Event {
     Config(ConfigEvent),
     Agent(AgentEvent),
     Conversation(ConversationEvent),
+    // appended
+    Contact(ContactEvent),
 }
 
 impl Event {
@@ -64,6 +66,17 @@ impl Event {
             Event::Config(e) => config_type_name(e),
             Event::Agent(e) => e.type_name(),
             Event::Conversation(e) => e.type_name(),
+            Event::Contact(e) => e.type_name(),
+        }
+    }
+
+    /// The event's JSON view (`{"type": …, fields…}`).
+    pub fn json_view(&self) -> Value {
+        match self {
+            Event::Config(e) => convo_domain::json_view(e),
+            Event::Agent(e) => convo_domain::json_view(e),
+            Event::Conversation(e) => convo_domain::json_view(e),
+            Event::Contact(e) => convo_domain::json_view(e),
         }
     }
 }
@@ -98,6 +111,8 @@ fn config_type_name(event: &ConfigEvent) -> &'static str {
         ConfigEvent::MacroUpdated(_) => "macro_updated",
         ConfigEvent::AutomationDefined(_) => "automation_defined",
         ConfigEvent::AutomationUpdated(_) => "automation_updated",
+        ConfigEvent::ContactAttributeDefined(_) => "contact_attribute_defined",
+        ConfigEvent::ContactAttributeUpdated(_) => "contact_attribute_updated",
     }
 }
 
@@ -109,6 +124,8 @@ pub enum StreamRef {
     Catalog,
     Agent(UserId),
     Conversation(ConversationId),
+    /// The account's contact book (appended).
+    Contacts,
 }
 
 impl StreamRef {
@@ -119,6 +136,7 @@ impl StreamRef {
             StreamRef::Catalog => "config".into(),
             StreamRef::Agent(id) => format!("agent/{id}"),
             StreamRef::Conversation(id) => format!("conv/{id}"),
+            StreamRef::Contacts => "contacts".into(),
         }
     }
 
@@ -129,6 +147,7 @@ impl StreamRef {
             StreamRef::Catalog => "config".into(),
             StreamRef::Agent(id) => format!("agent.{id}"),
             StreamRef::Conversation(id) => format!("conv.{id}"),
+            StreamRef::Contacts => "contacts".into(),
         }
     }
 
@@ -139,6 +158,7 @@ impl StreamRef {
             StreamRef::Catalog => format!("{prefix}.{account}.config.*"),
             StreamRef::Agent(id) => format!("{prefix}.{account}.agent.{id}.*"),
             StreamRef::Conversation(id) => format!("{prefix}.{account}.conv.{id}.*"),
+            StreamRef::Contacts => format!("{prefix}.{account}.contacts.*"),
         }
     }
 }
@@ -155,6 +175,7 @@ pub fn parse_subject(subject: &str) -> Option<(AccountId, StreamRef)> {
         ("conv", 5) => StreamRef::Conversation(ConversationId::new(tokens[3]).ok()?),
         ("agent", 5) => StreamRef::Agent(UserId::new(tokens[3]).ok()?),
         ("config", 4) => StreamRef::Catalog,
+        ("contacts", 4) => StreamRef::Contacts,
         _ => return None,
     };
     Some((account, stream))
@@ -283,6 +304,7 @@ impl Commit {
                 _ => "config",
             },
             StreamRef::Agent(_) => "state",
+            StreamRef::Contacts => "contact",
             StreamRef::Conversation(_) => {
                 let kinds: Vec<&str> = self
                     .events
@@ -304,6 +326,7 @@ impl Commit {
             StreamRef::Catalog => format!("{prefix}.{account}.config.{}", self.kind()),
             StreamRef::Agent(id) => format!("{prefix}.{account}.agent.{id}.state"),
             StreamRef::Conversation(id) => format!("{prefix}.{account}.conv.{id}.{}", self.kind()),
+            StreamRef::Contacts => format!("{prefix}.{account}.contacts.contact"),
         }
     }
 
@@ -391,6 +414,13 @@ impl Commit {
         })
     }
 
+    pub fn contact_records(&self) -> Vec<Recorded<ContactEvent>> {
+        self.records(|e| match e {
+            Event::Contact(c) => Some(c.clone()),
+            _ => None,
+        })
+    }
+
     pub fn config_records(&self) -> Vec<Recorded<ConfigEvent>> {
         self.records(|e| match e {
             Event::Config(c) => Some(c.clone()),
@@ -423,12 +453,10 @@ impl Commit {
                     (StreamRef::Agent(id), _) => ("agent", id.to_string()),
                     (StreamRef::Catalog, Event::Config(c)) => ("entity", c.entity()),
                     (StreamRef::Catalog, _) => ("entity", "config".into()),
+                    (StreamRef::Contacts, Event::Contact(c)) => ("entity", format!("contact/{}", c.contact())),
+                    (StreamRef::Contacts, _) => ("entity", "contacts".into()),
                 };
-                let view = match &e.event {
-                    Event::Config(c) => convo_domain::json_view(c),
-                    Event::Agent(a) => convo_domain::json_view(a),
-                    Event::Conversation(c) => convo_domain::json_view(c),
-                };
+                let view = e.event.json_view();
                 event_json(self.at, &self.account, (key, name), e.seq, &self.command, &e.actor, view)
             })
             .collect()
@@ -461,6 +489,8 @@ impl Commit {
                     (StreamRef::Agent(id), _) => id.to_string(),
                     (StreamRef::Catalog, Event::Config(c)) => c.entity(),
                     (StreamRef::Catalog, _) => "config".into(),
+                    (StreamRef::Contacts, Event::Contact(c)) => c.contact().to_string(),
+                    (StreamRef::Contacts, _) => "contacts".into(),
                 };
                 let mut map = Map::new();
                 map.insert("specversion".into(), "1.0".into());
@@ -562,6 +592,7 @@ fn config_kind(event: &ConfigEvent) -> &'static str {
         ConfigEvent::TeamDefined(_) | ConfigEvent::TeamUpdated(_) => "team",
         ConfigEvent::MacroDefined(_) | ConfigEvent::MacroUpdated(_) => "macro",
         ConfigEvent::AutomationDefined(_) | ConfigEvent::AutomationUpdated(_) => "automation",
+        ConfigEvent::ContactAttributeDefined(_) | ConfigEvent::ContactAttributeUpdated(_) => "contact_attribute",
     }
 }
 
@@ -598,7 +629,7 @@ pub const CONVERSATION_KINDS: [&str; 9] =
 
 /// The headlines of commits outside conversations: an agent's `state`, and
 /// the configuration entity a catalog commit is about.
-pub const OTHER_KINDS: [&str; 15] = [
+pub const OTHER_KINDS: [&str; 17] = [
     "state",
     "account",
     "client",
@@ -614,6 +645,8 @@ pub const OTHER_KINDS: [&str; 15] = [
     "team",
     "macro",
     "automation",
+    "contact_attribute",
+    "contact",
 ];
 
 /// The headline order of version 1 of the subjects (before 2026-11), when a
@@ -631,6 +664,12 @@ impl From<ConversationEvent> for Event {
 impl From<ConfigEvent> for Event {
     fn from(e: ConfigEvent) -> Self {
         Event::Config(e)
+    }
+}
+
+impl From<ContactEvent> for Event {
+    fn from(e: ContactEvent) -> Self {
+        Event::Contact(e)
     }
 }
 

@@ -70,6 +70,8 @@ pub fn registry() -> Result<Registry, String> {
         convo_domain::ConfigEvent,
         convo_domain::AgentEvent,
         convo_domain::ConversationEvent,
+        convo_domain::ContactEvent,
+        convo_domain::contact::AttributeKind,
         convo_domain::config::EntityRef,
         convo_domain::config::KeyHolder,
         convo_domain::config::ChannelKind,
@@ -107,9 +109,12 @@ fn postcard_files() -> Result<BTreeMap<String, String>, String> {
     let registry = registry()?;
     let mut out = BTreeMap::new();
     let version = SCHEMA_VERSION;
-    for (family, enum_name) in
-        [("config", "ConfigEvent"), ("agent", "AgentEvent"), ("conversation", "ConversationEvent")]
-    {
+    for (family, enum_name) in [
+        ("config", "ConfigEvent"),
+        ("agent", "AgentEvent"),
+        ("conversation", "ConversationEvent"),
+        ("contact", "ContactEvent"),
+    ] {
         let Some(ContainerFormat::Enum(variants)) = registry.get(enum_name) else {
             return Err(format!("{enum_name} is not an enum in the traced registry"));
         };

@@ -53,6 +53,8 @@ fn target(stored: &StoredCommit, event: &Event) -> String {
         (StreamRef::Agent(id), _) => format!("agent/{id}"),
         (StreamRef::Catalog, Event::Config(c)) => c.entity(),
         (StreamRef::Catalog, _) => "config".into(),
+        (StreamRef::Contacts, Event::Contact(c)) => format!("contact/{}", c.contact()),
+        (StreamRef::Contacts, _) => "contacts".into(),
     }
 }
 
@@ -81,11 +83,7 @@ impl Projection for AuditLog {
         for (index, (envelope, event)) in stored.commit.envelopes().enumerate() {
             n += 1;
             let (actor, ip) = actor_parts(envelope.actor);
-            let details = match event {
-                Event::Config(e) => convo_domain::json_view(e),
-                Event::Agent(e) => convo_domain::json_view(e),
-                Event::Conversation(e) => convo_domain::json_view(e),
-            };
+            let details = event.json_view();
             let mut entry = json!({
                 "n": n,
                 "time": envelope.occurred_at.to_rfc3339(),

@@ -9,13 +9,15 @@
 //!
 //! Layout: `h/<account>/<contact>/<closed_at:020>/<conversation>` holds an
 //! entry (JSON); `x/<account>/<conversation>` an open conversation's context;
-//! `k/<account>/client/<id>` and `k/<account>/campaign/<id>` the settings.
+//! `k/<account>/client/<id>` and `k/<account>/campaign/<id>` the settings;
+//! `p/<account>/<contact>` the contact book's name of the contact (an entry
+//! names the contact by it when the conversation carried no name).
 
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use convo_domain::{ConfigEvent, ConversationEvent, conversation::Destination};
+use convo_domain::{ConfigEvent, ContactEvent, ConversationEvent, conversation::Destination};
 use convo_projector::{Projection, Staged, json_bytes};
 use convo_store::StoredCommit;
 use convo_wire::{Event, StreamRef};
@@ -66,6 +68,17 @@ impl Projection for ContactHistory {
                 Ok(())
             }
             StreamRef::Agent(_) => Ok(()),
+            // The contact book: a contact's name, for conversations that did not carry one.
+            StreamRef::Contacts => {
+                for e in &stored.commit.events {
+                    if let Event::Contact(ContactEvent::ContactDefined(c) | ContactEvent::ContactUpdated(c)) = &e.event
+                    {
+                        let key = format!("p/{account}/{}", c.id);
+                        staged.insert(key.into_bytes(), json_bytes(&json!({"name": c.name})));
+                    }
+                }
+                Ok(())
+            }
             StreamRef::Conversation(id) => {
                 let ctx_key = format!("x/{account}/{id}");
                 let mut ctx = read(staged, &ctx_key)?.unwrap_or(Value::Null);
@@ -128,9 +141,14 @@ fn close(
     let limit = read(staged, &format!("k/{account}/client/{client}"))?
         .and_then(|v| v["max_history"].as_u64())
         .unwrap_or(DEFAULT_HISTORY);
+    // The name the conversation carried, else the contact book's.
+    let name = match &ctx["contact_name"] {
+        Value::Null => read(staged, &format!("p/{account}/{contact}"))?.map_or(Value::Null, |p| p["name"].clone()),
+        name => name.clone(),
+    };
     let entry = json!({
         "conversation": ctx["conversation"], "contact": if show { json!(contact) } else { json!(mask(&contact)) },
-        "contact_name": ctx["contact_name"], "campaign": campaign, "channel": ctx["channel"], "agents": ctx["agents"],
+        "contact_name": name, "campaign": campaign, "channel": ctx["channel"], "agents": ctx["agents"],
         "typification": typification, "reason": serde_json::to_value(reason).unwrap_or(Value::Null),
         "fields": ctx["fields"], "messages": ctx["messages"], "opened_at": ctx["opened_at"], "closed_at": at.to_rfc3339(),
     });

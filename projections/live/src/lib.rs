@@ -206,6 +206,8 @@ pub fn apply_commit(staged: &mut Staged<'_>, stored: &StoredCommit) -> Result<Ch
                 }
             }
         }
+        // Contacts are not on the floor.
+        StreamRef::Contacts => {}
         StreamRef::Agent(agent) => {
             for e in &commit.events {
                 if let Event::Agent(convo_domain::AgentEvent::AgentStateChanged { state, .. }) = &e.event {

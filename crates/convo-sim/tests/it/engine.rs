@@ -27,7 +27,10 @@ fn simulated(name: &str) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
     convo_sim::run(&mut Scripted::new(scenario::parse(&text).unwrap()), None, |step| {
         for r in step.records {
-            if matches!(r, Record::Config { .. } | Record::Agent { .. } | Record::Conversation { .. }) {
+            if matches!(
+                r,
+                Record::Config { .. } | Record::Agent { .. } | Record::Conversation { .. } | Record::Contact { .. }
+            ) {
                 out.push(convo_sim::output::to_value(r));
             }
         }
