@@ -146,6 +146,9 @@ pub enum Condition {
     ContactNameContains(String),
     /// The campaign's schedule is open (`true`) or closed (`false`) at the event.
     OfficeHours(bool),
+    /// An attribute of the conversation's contact (in the contact book) has
+    /// this value.
+    ContactAttribute { name: String, equals: String },
 }
 
 /// An admin-defined rule.
@@ -278,6 +281,7 @@ pub fn check_conditions(conditions: &[Condition]) -> Result<Vec<Pattern>, Reject
                 patterns.push(compile(pattern).map_err(|reason| invalid(field, reason))?);
             }
             Condition::Field { field: name, .. } => check_text(format!("{field}.field"), name)?,
+            Condition::ContactAttribute { name, .. } => check_text(format!("{field}.name"), name)?,
             Condition::OfficeHours(_) => {}
         }
     }

@@ -1209,6 +1209,10 @@ impl Conversation {
             Condition::ContactNameContains(needle) => {
                 facts.contact_name.as_deref().is_some_and(|n| lower(n).contains(&lower(needle)))
             }
+            Condition::ContactAttribute { name, equals } => ctx
+                .contacts
+                .and_then(|book| book.contact(&facts.contact))
+                .is_some_and(|c| c.attributes.get(name) == Some(equals)),
             Condition::OfficeHours(open) => ctx
                 .catalog
                 .campaigns

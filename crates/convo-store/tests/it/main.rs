@@ -195,3 +195,29 @@ async fn snapshots_are_written_replaced_and_read_back() {
         [("partition-0-of-2", 9)]
     );
 }
+
+/// A stream made before contacts existed (three subject families) takes the
+/// contact book's subjects when the engine connects, and keeps its commits.
+#[tokio::test]
+async fn a_stream_from_before_contacts_takes_their_subjects() {
+    let broker = broker();
+    let client = convo_store::connect(&broker.server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let old = ["convo.*.conv.>", "convo.*.agent.>", "convo.*.config.>"].map(String::from).to_vec();
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: StoreConfig::default().stream,
+        subjects: old,
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let store = JetStreamStore::connect(&broker.server.url(), StoreConfig::default()).await.unwrap();
+    let seq = store.append(&commit("c1", 0, 1, "a"), 0).await.unwrap();
+    let mut stream = js.get_stream(StoreConfig::default().stream).await.unwrap();
+    let subjects = stream.info().await.unwrap().config.subjects.clone();
+    assert!(subjects.contains(&"convo.*.contacts.>".to_owned()), "{subjects:?}");
+    // Connecting again changes nothing, and the commit is there.
+    let again = JetStreamStore::connect(&broker.server.url(), StoreConfig::default()).await.unwrap();
+    assert_eq!(again.last_seq().await.unwrap(), seq);
+}
