@@ -148,7 +148,10 @@ pub enum Condition {
     OfficeHours(bool),
     /// An attribute of the conversation's contact (in the contact book) has
     /// this value.
-    ContactAttribute { name: String, equals: String },
+    ContactAttribute {
+        name: String,
+        equals: String,
+    },
 }
 
 /// An admin-defined rule.
