@@ -59,6 +59,12 @@ pub enum Action {
     /// Give a queued conversation to an agent.
     Assign(UserId),
     Close(TypificationId),
+    /// Set (or, with an empty value, clear) an attribute of the
+    /// conversation's contact in the contact book (appended).
+    SetContactAttribute {
+        name: String,
+        value: String,
+    },
 }
 
 impl Action {
@@ -71,6 +77,7 @@ impl Action {
             Action::Transfer(_) => "transfer",
             Action::Assign(_) => "assign",
             Action::Close(_) => "close",
+            Action::SetContactAttribute { .. } => "set_contact_attribute",
         }
     }
 }
@@ -247,6 +254,12 @@ pub fn check_actions(actions: &[Action], automated: bool) -> Result<(), Rejectio
                 check_text(field("send_message"), text)?;
                 if automated {
                     template::check(text).map_err(|reason| invalid(field("send_message"), reason))?;
+                }
+            }
+            Action::SetContactAttribute { name, value } => {
+                check_text(field("set_contact_attribute.name"), name)?;
+                if value.len() > crate::contact::ATTRIBUTE_VALUE_BYTES_MAX {
+                    return Err(invalid(field("set_contact_attribute.value"), "too long"));
                 }
             }
             Action::Transfer(_) | Action::Assign(_) | Action::Close(_) => {}

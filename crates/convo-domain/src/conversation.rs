@@ -290,6 +290,15 @@ pub enum ConversationEvent {
         automation: AutomationId,
         bound: String,
     },
+    /// A macro's or an automation's action asks the contact book to set an
+    /// attribute of the conversation's contact (checked against the
+    /// definition and the book when decided): the engine then sends
+    /// `set_contact_attribute` to the book, under an id derived from this
+    /// event (`_contact-<event id>`).
+    ContactAttributeRequested {
+        name: String,
+        value: String,
+    },
 }
 
 impl ConversationEvent {
@@ -316,6 +325,7 @@ impl ConversationEvent {
             Self::AutomationTriggered { .. } => "automation_triggered",
             Self::AutomationActionRefused { .. } => "automation_action_refused",
             Self::AutomationsStopped { .. } => "automations_stopped",
+            Self::ContactAttributeRequested { .. } => "contact_attribute_requested",
         }
     }
 }
@@ -1099,6 +1109,26 @@ impl Conversation {
             Action::Transfer(to) => Command::Transfer(Transfer { conversation, to: to.clone() }),
             Action::Assign(agent) => Command::Assign(Assign { conversation, agent: agent.clone() }),
             Action::Close(typification) => Command::Close(Close { conversation, typification: typification.clone() }),
+            Action::SetContactAttribute { name, value } => {
+                // A closed conversation may still update its contact (an automation on closure).
+                let facts = self.facts.as_ref().ok_or_else(|| Rejection::UnknownConversation(self.id.clone()))?;
+                let spec = ctx.catalog.contact_attributes.get(name).ok_or_else(|| {
+                    Rejection::invalid("set_contact_attribute.name", format!("no contact attribute {name:?}"))
+                })?;
+                if !value.is_empty() {
+                    crate::contact::check_value(spec.kind, value)
+                        .map_err(|reason| Rejection::invalid("set_contact_attribute.value", reason))?;
+                }
+                if ctx.contacts.and_then(|book| book.contact(&facts.contact)).is_none() {
+                    return Err(Rejection::Unknown {
+                        entity: format!("contact {} in the contact book", facts.contact),
+                    });
+                }
+                let actor = automation.unwrap_or(&envelope.actor);
+                let mut out = Emitter::new(self.seq, now, &envelope.id, actor);
+                out.emit(ConversationEvent::ContactAttributeRequested { name: name.clone(), value: value.clone() });
+                return Ok(out.out);
+            }
         };
         let actor = automation.unwrap_or(&envelope.actor).clone();
         let sub = CommandEnvelope { id: envelope.id.clone(), account: envelope.account.clone(), actor, command };
@@ -1645,7 +1675,8 @@ impl Conversation {
             ConversationEvent::AutomationTriggered { .. } => self.automation_runs += 1,
             ConversationEvent::MacroApplied { .. }
             | ConversationEvent::AutomationActionRefused { .. }
-            | ConversationEvent::AutomationsStopped { .. } => {}
+            | ConversationEvent::AutomationsStopped { .. }
+            | ConversationEvent::ContactAttributeRequested { .. } => {}
             ConversationEvent::SlaClockSet { schedule, .. } => {
                 if let Some(facts) = self.facts.as_mut() {
                     facts.sla_hours = schedule.clone().map(Arc::new);

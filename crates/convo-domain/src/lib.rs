@@ -42,7 +42,7 @@ pub use time::Timestamp;
 
 /// Every event type, as the JSON view's `type` names it (convo-wire's tests keep
 /// it equal to the types).
-pub const EVENT_TYPES: [&str; 54] = [
+pub const EVENT_TYPES: [&str; 55] = [
     "account_configured",
     "client_defined",
     "client_updated",
@@ -97,6 +97,7 @@ pub const EVENT_TYPES: [&str; 54] = [
     "contact_defined",
     "contact_updated",
     "contact_attribute_set",
+    "contact_attribute_requested",
 ];
 
 /// The JSON view of a domain enum: `{"type": variant, fields…}`.

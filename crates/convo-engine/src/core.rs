@@ -10,9 +10,10 @@
 //! [`World::expected`]; on a conflict it reloads the aggregate and decides again.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 
 use convo_domain::command::{Assign, Tick, engine_command_id};
+use convo_domain::contact::SetContactAttribute;
 use convo_domain::conversation::Status;
 use convo_domain::{
     AccountId, Actor, AgentEvent, AgentPresence, Catalog, Command, CommandEnvelope, CommandId, ConfigEvent,
@@ -174,6 +175,17 @@ pub struct World {
     /// Conversations evicted from memory: their history must be read back
     /// from the log before a command is decided for them.
     evicted: HashSet<(AccountId, ConversationId)>,
+    /// Commands the engine owes another aggregate after a commit (a contact
+    /// attribute a conversation's macro or automation asked for), in log
+    /// order; one leaves when its aggregate records it or its outcome is known.
+    follow_ups: VecDeque<CommandEnvelope>,
+}
+
+/// The id of the follow-up of the event `event`: in the engine's namespace
+/// (no client can send it), derived from the event (a retry after a
+/// restart is a repeat).
+fn follow_up_id(event: &convo_domain::EventId) -> CommandId {
+    CommandId::new(&format!("{}contact-{event}", convo_domain::command::ENGINE_ID_PREFIX)).expect("a valid id")
 }
 
 /// The aggregate stream a command goes to.
@@ -425,6 +437,7 @@ impl World {
                 for record in commit.contact_records() {
                     account.contacts.evolve(&record);
                 }
+                self.follow_ups.retain(|f| f.id != commit.command);
             }
             StreamRef::Agent(agent) => {
                 let presence = account.agents.entry(agent.clone()).or_insert_with(|| AgentPresence::new(agent.clone()));
@@ -439,6 +452,22 @@ impl World {
                 for record in commit.conversation_records() {
                     conversation.evolve(&record);
                     account.floor.apply_conversation(id, &record);
+                    if let ConversationEvent::ContactAttributeRequested { name, value } = &record.event
+                        && let Some(facts) = &conversation.facts
+                    {
+                        let event = convo_domain::EventId::derive(&commit.account, &commit.stream.path(), record.seq);
+                        let command = Command::SetContactAttribute(SetContactAttribute {
+                            contact: facts.contact.clone(),
+                            name: name.clone(),
+                            value: value.clone(),
+                        });
+                        self.follow_ups.push_back(CommandEnvelope {
+                            id: follow_up_id(&event),
+                            account: commit.account.clone(),
+                            actor: record.actor.clone(),
+                            command,
+                        });
+                    }
                 }
                 let deadline = conversation.next_deadline();
                 let key = (commit.account.clone(), id.clone());
@@ -616,6 +645,21 @@ impl World {
         Some((envelope, at))
     }
 
+    /// The oldest command the engine owes another aggregate, if any.
+    pub fn next_follow_up(&self) -> Option<CommandEnvelope> {
+        self.follow_ups.front().cloned()
+    }
+
+    /// A follow-up's outcome is known (recorded, a repeat, or refused).
+    pub fn follow_up_done(&mut self, id: &CommandId) {
+        self.follow_ups.retain(|f| &f.id != id);
+    }
+
+    /// How many follow-ups wait.
+    pub fn follow_ups(&self) -> usize {
+        self.follow_ups.len()
+    }
+
     /// The assignment routing would make now, as a command.
     pub fn next_assignment(&self) -> Option<CommandEnvelope> {
         self.accounts.iter().find_map(|(account, a)| {
@@ -636,7 +680,38 @@ mod tests {
     use super::*;
 
     /// Runs a fixture's commands through the world, committing at once.
+    /// A contact attribute a conversation's automation asked for is owed
+    /// until the contact book records it: a world rebuilt from a log that
+    /// lacks the follow-up (a crash between the two appends) owes it again,
+    /// and the machine sends it under the same id.
+    #[test]
+    fn a_follow_up_lost_in_a_crash_is_sent_again() {
+        let (live, log) = world_and_log("contact-attribute-at-close");
+        assert_eq!(live.follow_ups(), 0, "every follow-up was recorded");
+        let follow_up = log.iter().position(|c| c.command.as_str().starts_with("_contact-")).expect("a follow-up");
+        let mut recovered = World::new();
+        for (n, commit) in log.iter().enumerate().take(follow_up) {
+            recovered.apply_logged(commit, n as u64 + 1).unwrap();
+        }
+        assert_eq!(recovered.next_follow_up().map(|f| f.id), Some(log[follow_up].command.clone()));
+        let mut machine = crate::Machine::new(crate::MachineConfig::stepwise());
+        *machine.world_mut() = recovered;
+        machine.handle_timeout(log[follow_up].at);
+        let sent = std::iter::from_fn(|| machine.poll()).find_map(|output| match output {
+            crate::machine::Output::Append { commit, .. } => Some(commit),
+            _ => None,
+        });
+        let sent = sent.expect("the machine sends the follow-up again");
+        assert_eq!((&sent.command, &sent.events), (&log[follow_up].command, &log[follow_up].events));
+    }
+
     fn world_after(fixture: &str) -> World {
+        world_and_log(fixture).0
+    }
+
+    /// Runs a fixture's commands through the machine, committing at once:
+    /// the world after, and the commits in log order.
+    fn world_and_log(fixture: &str) -> (World, Vec<Commit>) {
         let text = std::fs::read_to_string(format!(
             "{}/../../replay-fixtures/{fixture}/input.jsonl",
             env!("CARGO_MANIFEST_DIR")
@@ -644,6 +719,7 @@ mod tests {
         .unwrap();
         let mut machine = crate::Machine::new(crate::MachineConfig::stepwise());
         let mut seq = 0;
+        let mut log = Vec::new();
         for (n, line) in text.lines().enumerate().filter(|(_, l)| l.starts_with('{')) {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
             let default_id = format!("line-{}", n + 1);
@@ -658,11 +734,12 @@ mod tests {
             while let Some(output) = machine.poll() {
                 if let crate::machine::Output::Append { io, commit, .. } = output {
                     seq += 1;
+                    log.push(commit.clone());
                     machine.handle_appended(io, commit, Ok(seq));
                 }
             }
         }
-        std::mem::take(machine.world_mut())
+        (std::mem::take(machine.world_mut()), log)
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub enum Origin {
     Timer,
     /// An assignment routing proposed.
     Routing,
+    /// A command the engine owes another aggregate after a commit.
+    FollowUp,
 }
 
 /// Names one append or load the machine asked for.
@@ -196,6 +198,9 @@ pub struct Machine {
     routing: bool,
     /// Routing proposed something it could not do: wait for the next step.
     routing_stuck: bool,
+    /// A follow-up is under way; one that failed waits for the next step.
+    following: bool,
+    following_stuck: bool,
     /// Timers due at or before this instant may fire.
     horizon: Option<Timestamp>,
     /// The latest instant the machine was given (routing's assignments are
@@ -228,6 +233,8 @@ impl Machine {
             outputs: VecDeque::new(),
             routing: false,
             routing_stuck: false,
+            following: false,
+            following_stuck: false,
             horizon: None,
             now: Timestamp::from_millis(i64::MIN),
             tick_wanted: HashSet::new(),
@@ -310,6 +317,7 @@ impl Machine {
         self.stats.requests += 1;
         self.now = self.now.max(now);
         self.routing_stuck = false;
+        self.following_stuck = false;
         self.enqueue(Work { envelope, now, origin: Origin::Request(token), attempts: 0 });
         self.pump();
     }
@@ -320,6 +328,7 @@ impl Machine {
         self.now = self.now.max(now);
         self.horizon = Some(self.horizon.map_or(now, |h| h.max(now)));
         self.routing_stuck = false;
+        self.following_stuck = false;
         if let Some(after) = self.config.evict_closed_after_ms {
             let before = Timestamp::from_millis(now.millis().saturating_sub(after));
             let slots = &self.slots;
@@ -458,6 +467,15 @@ impl Machine {
                 self.enqueue(Work { envelope: assign, now, origin: Origin::Routing, attempts: 0 });
                 continue;
             }
+            if !self.following
+                && !self.following_stuck
+                && let Some(envelope) = self.world.next_follow_up()
+            {
+                self.following = true;
+                let now = self.now;
+                self.enqueue(Work { envelope, now, origin: Origin::FollowUp, attempts: 0 });
+                continue;
+            }
             let horizon = self.horizon;
             if !horizon.is_some_and(|h| self.fire_timer(h)) {
                 break;
@@ -581,6 +599,14 @@ impl Machine {
     }
 
     fn reply(&mut self, work: Work, result: Result<Outcome, Failure>) {
+        if work.origin == Origin::FollowUp {
+            self.following = false;
+            match &result {
+                // Not decided (overloaded, the store unavailable): again at the next step.
+                Err(_) => self.following_stuck = true,
+                Ok(_) => self.world.follow_up_done(&work.envelope.id),
+            }
+        }
         if work.origin == Origin::Routing {
             self.routing = false;
             if !matches!(result, Ok(Outcome::Committed { .. })) {

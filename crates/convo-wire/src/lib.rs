@@ -611,7 +611,8 @@ fn conversation_kind(event: &ConversationEvent) -> &'static str {
         | ConversationEvent::MacroApplied { .. }
         | ConversationEvent::AutomationTriggered { .. }
         | ConversationEvent::AutomationActionRefused { .. }
-        | ConversationEvent::AutomationsStopped { .. } => "field",
+        | ConversationEvent::AutomationsStopped { .. }
+        | ConversationEvent::ContactAttributeRequested { .. } => "field",
         ConversationEvent::LabelAdded { .. } | ConversationEvent::LabelRemoved { .. } => "label",
         ConversationEvent::SlaThresholdCrossed { .. }
         | ConversationEvent::InactivityWarningSent { .. }
