@@ -13,8 +13,10 @@
 //! automations on that event in id order; the events their actions cause are
 //! evaluated in turn (never by the automation that caused them), up to
 //! [`AUTOMATION_RUNS_PER_COMMAND_MAX`] runs in one command and
-//! [`AUTOMATION_RUNS_PER_CONVERSATION_MAX`] in a conversation's life; the
-//! run a bound stops is recorded (`automations_stopped`).
+//! [`AUTOMATION_RUNS_PER_CONVERSATION_MAX`] in a conversation's life, and
+//! while they have added fewer than [`AUTOMATION_EVENTS_PER_COMMAND_MAX`]
+//! events and [`AUTOMATION_TEXT_BYTES_PER_COMMAND_MAX`] bytes of messages to
+//! the commit; the run a bound stops is recorded (`automations_stopped`).
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -34,6 +36,11 @@ pub const AUTOMATIONS_MAX: usize = 200;
 /// At most this many automation runs within one command (its own events and
 /// those its automations cause): a chain of reactions stops there.
 pub const AUTOMATION_RUNS_PER_COMMAND_MAX: u32 = 16;
+/// At most this many events, and bytes of message text, automations add to
+/// one command's commit before a chain stops (a commit is at most 1024
+/// events and 512 KiB).
+pub const AUTOMATION_EVENTS_PER_COMMAND_MAX: usize = 128;
+pub const AUTOMATION_TEXT_BYTES_PER_COMMAND_MAX: usize = 128 * 1024;
 /// At most this many automation runs in one conversation's life.
 pub const AUTOMATION_RUNS_PER_CONVERSATION_MAX: u32 = 256;
 /// At most this many channels, campaigns or teams in one condition.

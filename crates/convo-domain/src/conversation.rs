@@ -284,8 +284,9 @@ pub enum ConversationEvent {
         code: String,
         reason: String,
     },
-    /// A chain of automation runs reached a bound (`command` or
-    /// `conversation`): this automation, and any after it, did not run.
+    /// A chain of automation runs reached a bound (`command`: runs in one
+    /// command; `conversation`: runs in its life; `events`: what the runs
+    /// added to the commit): this automation, and any after it, did not run.
     AutomationsStopped {
         automation: AutomationId,
         bound: String,
@@ -1181,10 +1182,22 @@ impl Conversation {
                     continue;
                 }
                 let mut out = Emitter::new(st.seq, now, &envelope.id, &actor);
+                let added = &events[own..];
+                let text_bytes: usize = added
+                    .iter()
+                    .map(|r| match &r.event {
+                        ConversationEvent::MessageSent { text, .. } => text.len(),
+                        _ => 0,
+                    })
+                    .sum();
                 let bound = if runs >= automation::AUTOMATION_RUNS_PER_COMMAND_MAX {
                     Some("command")
                 } else if st.automation_runs >= automation::AUTOMATION_RUNS_PER_CONVERSATION_MAX {
                     Some("conversation")
+                } else if added.len() >= automation::AUTOMATION_EVENTS_PER_COMMAND_MAX
+                    || text_bytes >= automation::AUTOMATION_TEXT_BYTES_PER_COMMAND_MAX
+                {
+                    Some("events")
                 } else {
                     None
                 };

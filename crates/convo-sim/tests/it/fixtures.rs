@@ -178,3 +178,35 @@ fn the_scenario_readme_shows_a_valid_example_of_every_command() {
 /// Every command type a scenario uses: all of them but the access commands
 /// (keys and denied attempts), which the README's quick start shows instead.
 const ACCESS_COMMANDS: [&str; 3] = ["issue_api_key", "revoke_api_key", "record_denied"];
+
+/// Automations that add much to one commit stop before it outgrows what a
+/// commit may hold: two that answer each other's labels with long messages
+/// stop on the `events` bound, and the agent's command still applies.
+#[test]
+fn automations_stop_before_a_commit_outgrows_its_limits() {
+    let loop_input = std::fs::read_to_string(fixtures_dir().join("automation-loop").join("input.jsonl")).unwrap();
+    let long = "a".repeat(4000);
+    let messages: Vec<serde_json::Value> = (0..18).map(|_| serde_json::json!({"send_message": long})).collect();
+    let mut text = String::new();
+    for line in loop_input.lines() {
+        let mut line = line.to_owned();
+        if line.contains("\"define_automation\"") {
+            let mut v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            v["command"]["actions"].as_array_mut().unwrap().extend(messages.clone());
+            line = v.to_string();
+        }
+        text.push_str(&line);
+        text.push('\n');
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("input.jsonl");
+    std::fs::write(&path, text).unwrap();
+    let events: Vec<serde_json::Value> = simulate(&path).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let stopped = of_type(&events, "automations_stopped");
+    assert_eq!(stopped.len(), 1);
+    assert_eq!(stopped[0]["bound"], "events");
+    let added: Vec<_> = events.iter().filter(|e| e["command"] == "add-x").collect();
+    assert!(added.len() < 1024, "{} events in the commit", added.len());
+    let bytes: usize = added.iter().map(|e| e.to_string().len()).sum();
+    assert!(bytes < 512 * 1024, "{bytes} bytes");
+}
