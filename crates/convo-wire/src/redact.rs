@@ -18,9 +18,10 @@ use convo_domain::AccountId;
 use convo_domain::config::RegexRule;
 
 /// The fields that hold free text people wrote (messages, field values,
-/// names, comments): the only ones redaction rewrites.
-pub const FREE_TEXT_FIELDS: [&str; 8] =
-    ["text", "value", "comment", "comments", "contact_name", "name", "description", "caption"];
+/// names, comments, a contact's handles and attributes): the only ones
+/// redaction rewrites.
+pub const FREE_TEXT_FIELDS: [&str; 10] =
+    ["text", "value", "comment", "comments", "contact_name", "name", "description", "caption", "handle", "attributes"];
 
 /// A contact's number as people who may not see it get it: all but the last
 /// four characters masked (`********2233`), for campaigns that do not show
@@ -155,5 +156,17 @@ mod tests {
         assert_eq!(v["text"], "mi tarjeta [redacted:card] y pedido A-1");
         assert_eq!(v["n"], 4111);
         assert!(compile("(").is_err());
+    }
+
+    #[test]
+    fn a_contacts_handles_and_attributes_are_free_text() {
+        let rules = Rules::from_catalog(&[RegexRule { name: "id".into(), pattern: r"\d{6,}".into(), redact: true }]);
+        let mut v = json!({"type": "contact_defined", "id": "c-1", "name": "Camila",
+            "identities": [{"channel": "wa", "handle": "+573001112233"}],
+            "attributes": {"document": "CC 1020304050", "since": "2024"}});
+        rules.apply(&mut v);
+        assert_eq!(v["identities"][0]["handle"], "+[redacted:id]");
+        assert_eq!(v["attributes"]["document"], "CC [redacted:id]");
+        assert_eq!((v["attributes"]["since"].as_str(), v["id"].as_str()), (Some("2024"), Some("c-1")));
     }
 }
