@@ -61,6 +61,9 @@ pub struct Card {
     /// The contact's last message (its first [`PREVIEW_CHARS_MAX`] characters).
     pub last_message: Option<LastMessage>,
     pub messages: u64,
+    /// The schedule SLA waits count open time on (business-hours mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sla_hours: Option<convo_domain::schedule::ScheduleSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +118,7 @@ pub fn fold_card(card: &mut Option<Card>, id: &str, event: &ConversationEvent, a
             wait: None,
             last_message: None,
             messages: 0,
+            sla_hours: None,
         });
         return;
     }
@@ -157,6 +161,7 @@ pub fn fold_card(card: &mut Option<Card>, id: &str, event: &ConversationEvent, a
             }
         }
         ConversationEvent::ResponseRecorded { .. } => c.wait = None,
+        ConversationEvent::SlaClockSet { schedule, .. } => c.sla_hours = schedule.clone(),
         ConversationEvent::ConversationClosed { .. } => *card = None,
         _ => {}
     }
@@ -291,6 +296,25 @@ impl View {
     }
 }
 
+/// A business-hours wait's SLA class now, its next threshold and the
+/// seconds until the instant it is crossed (open time walked on the
+/// schedule: a wait over a night is not at risk before the morning).
+fn business_hours_sla(card: &Card, wait: &Wait, now: Timestamp) -> (Value, Value, Value) {
+    let Some(schedule) = &card.sla_hours else { return (Value::Null, Value::Null, Value::Null) };
+    let at = |secs: u32| schedule.after_open_millis(wait.started_at, u64::from(secs) * 1000);
+    let (optimal_at, low_at) = (at(card.sla_optimal_secs), at(card.sla_low_secs));
+    let passed = |t: Option<Timestamp>| t.is_some_and(|t| now >= t);
+    let crossed = wait.crossed.as_deref();
+    let until = |t: Option<Timestamp>| t.map_or(Value::Null, |t| json!(t.secs_since(now)));
+    if crossed == Some("low") || passed(low_at) {
+        (json!("breached"), Value::Null, Value::Null)
+    } else if crossed == Some("optimal") || passed(optimal_at) {
+        (json!("low"), json!("low"), until(low_at))
+    } else {
+        (json!("optimal"), json!("optimal"), until(optimal_at))
+    }
+}
+
 /// A card as shown at `view.now`: the contact masked unless the campaign
 /// shows numbers; the wait in seconds; the SLA class the wait is in now, the
 /// next threshold and the seconds to it; whether it is at risk.
@@ -299,6 +323,7 @@ pub fn card_view(card: &Card, campaigns: &BTreeMap<String, CampaignRow>, view: &
     let contact = if show { card.contact.clone() } else { convo_wire::redact::mask_contact(&card.contact) };
     let (sla, next, secs_to) = match &card.wait {
         None => (Value::Null, Value::Null, Value::Null),
+        Some(wait) if card.sla_hours.is_some() => business_hours_sla(card, wait, view.now),
         Some(wait) => {
             let waited = view.now.secs_since(wait.started_at);
             let (optimal, low) = (u64::from(card.sla_optimal_secs), u64::from(card.sla_low_secs));
@@ -483,7 +508,32 @@ mod tests {
             wait: Some(Wait { started_at: Timestamp::from_millis(started * 1000), crossed: crossed.map(Into::into) }),
             last_message: None,
             messages: 1,
+            sla_hours: None,
         }
+    }
+
+    /// A business-hours wait is at risk only while the schedule runs it
+    /// towards its threshold: over a night it waits for the morning.
+    #[test]
+    fn a_business_hours_wait_counts_open_time() {
+        let none = BTreeMap::new();
+        let schedule: convo_domain::schedule::ScheduleSpec = serde_json::from_value(json!({
+            "id": "office", "name": "Office", "time_zone": "UTC",
+            "week": {"mon": ["08:00-18:00"], "tue": ["08:00-18:00"]}
+        }))
+        .unwrap();
+        // Monday 2026-03-02 17:59:40 UTC; 60 s optimal, 3600 s low.
+        let monday = Timestamp::parse_rfc3339("2026-03-02T17:59:40Z").unwrap().millis() / 1000;
+        let mut c = card(60, 3600, monday, None);
+        c.sla_hours = Some(schedule);
+        let v = card_view(&c, &none, &at(monday + 10, 30));
+        // 20 s of the day left, then 40 s on Tuesday from 08:00: the crossing is a night away.
+        assert_eq!((v["sla"].as_str(), v["at_risk"].as_bool()), (Some("optimal"), Some(false)));
+        let tuesday = Timestamp::parse_rfc3339("2026-03-03T08:00:20Z").unwrap().millis() / 1000;
+        let v = card_view(&c, &none, &at(tuesday, 30));
+        assert_eq!((v["secs_to_threshold"].as_u64(), v["at_risk"].as_bool()), (Some(20), Some(true)));
+        let v = card_view(&c, &none, &at(tuesday + 30, 30));
+        assert_eq!((v["sla"].as_str(), v["next_threshold"].as_str()), (Some("low"), Some("low")));
     }
 
     fn at(secs: i64, margin: u64) -> View {
