@@ -1,8 +1,9 @@
 //! # convo-inbox
 //!
 //! Agents' inboxes (HiBot's "Inbound"): per agent, the conversations
-//! assigned to them and those waiting in the queues of their campaigns, each
-//! with the contact's last message and its SLA state.
+//! assigned to them and those waiting in the queues of their campaigns (a
+//! team's queue only for its members), each with the contact's last message
+//! and its SLA state.
 //!
 //! It folds the same facts as the live dashboard (`convo_live::apply_commit`)
 //! and indexes them so one agent's inbox is read without scanning the
@@ -85,9 +86,14 @@ pub fn inbox(tree: &sled::Tree, account: &str, agent: &str, view: &View) -> Resu
     });
     let theirs: Vec<&String> =
         campaigns.values().filter(|c| c.agents.iter().any(|a| a == agent)).map(|c| &c.campaign).collect();
+    // A conversation in a team's queue is offered to the team's members only.
+    let teams = convo_live::teams(tree, account)?;
+    let offered = |card: &Card| {
+        card.team.as_ref().is_none_or(|t| teams.get(t).is_some_and(|t| t.members.iter().any(|m| m == agent)))
+    };
     let mut queued = Vec::new();
     for campaign in &theirs {
-        queued.extend(cards_under(tree, account, &format!("q/{account}/{campaign}/"))?);
+        queued.extend(cards_under(tree, account, &format!("q/{account}/{campaign}/"))?.into_iter().filter(offered));
     }
     queued.sort_by(|a, b| (a.queued_since, &a.conversation).cmp(&(b.queued_since, &b.conversation)));
     let truncated = queued.len() > QUEUED_SHOWN_MAX;

@@ -12,7 +12,8 @@
 //!
 //! Layout (JSON values): `c/<account>/<conversation>` an open conversation's
 //! [`Card`]; `a/<account>/<agent>` an [`AgentRow`]; `k/<account>/<campaign>`
-//! a [`CampaignRow`]; `t/<account>` the instant of the account's last commit.
+//! a [`CampaignRow`]; `m/<account>/<team>` a [`TeamRow`]; `t/<account>` the
+//! instant of the account's last commit.
 //! The inbox read model (`convo-inbox`) folds the same facts with
 //! [`apply_commit`] and indexes them per agent.
 
@@ -64,6 +65,16 @@ pub struct Card {
     /// The schedule SLA waits count open time on (business-hours mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sla_hours: Option<convo_domain::schedule::ScheduleSpec>,
+    /// The team it was routed or transferred to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+}
+
+/// A team's members (the agents its queue is offered to).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TeamRow {
+    pub team: String,
+    pub members: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +130,7 @@ pub fn fold_card(card: &mut Option<Card>, id: &str, event: &ConversationEvent, a
             last_message: None,
             messages: 0,
             sla_hours: None,
+            team: None,
         });
         return;
     }
@@ -148,11 +160,16 @@ pub fn fold_card(card: &mut Option<Card>, id: &str, event: &ConversationEvent, a
             c.agent = None;
             c.assigned_at = None;
             c.status = "open".into();
-            if let Destination::Campaign(change) = to {
-                c.campaign = change.campaign.as_str().to_owned();
-                c.client = change.client.as_str().to_owned();
-                c.sla_optimal_secs = change.policy.sla_optimal_secs;
-                c.sla_low_secs = change.policy.sla_low_secs;
+            match to {
+                Destination::Campaign(change) => {
+                    c.campaign = change.campaign.as_str().to_owned();
+                    c.client = change.client.as_str().to_owned();
+                    c.sla_optimal_secs = change.policy.sla_optimal_secs;
+                    c.sla_low_secs = change.policy.sla_low_secs;
+                    c.team = None;
+                }
+                Destination::Team(team) => c.team = Some(team.as_str().to_owned()),
+                Destination::Agent(_) => {}
             }
         }
         ConversationEvent::SlaThresholdCrossed { threshold, .. } => {
@@ -208,6 +225,13 @@ pub fn apply_commit(staged: &mut Staged<'_>, stored: &StoredCommit) -> Result<Ch
                         show_contact_number: c.permissions.show_contact_number,
                     };
                     write(staged, format!("k/{account}/{}", c.id), &row);
+                }
+                if let Event::Config(ConfigEvent::TeamDefined(t) | ConfigEvent::TeamUpdated(t)) = &e.event {
+                    let row = TeamRow {
+                        team: t.id.as_str().to_owned(),
+                        members: t.members.iter().map(|a| a.as_str().to_owned()).collect(),
+                    };
+                    write(staged, format!("m/{account}/{}", t.id), &row);
                 }
             }
         }
@@ -343,7 +367,7 @@ pub fn card_view(card: &Card, campaigns: &BTreeMap<String, CampaignRow>, view: &
     json!({
         "conversation": card.conversation, "campaign": card.campaign, "client": card.client,
         "channel": card.channel, "contact": contact, "contact_name": card.contact_name,
-        "status": card.status, "agent": card.agent, "opened_at": card.opened_at,
+        "status": card.status, "agent": card.agent, "team": card.team, "opened_at": card.opened_at,
         "queued_since": card.queued_since,
         "queued_secs": card.queued_since.map(|q| view.now.secs_since(q)),
         "assigned_at": card.assigned_at,
@@ -372,6 +396,11 @@ fn get<T: for<'de> Deserialize<'de>>(tree: &sled::Tree, key: &str) -> Result<Opt
 /// The account's campaigns, by id.
 pub fn campaigns(tree: &sled::Tree, account: &str) -> Result<BTreeMap<String, CampaignRow>, sled::Error> {
     Ok(scan::<CampaignRow>(tree, &format!("k/{account}/"))?.into_iter().map(|c| (c.campaign.clone(), c)).collect())
+}
+
+/// The account's teams by id.
+pub fn teams(tree: &sled::Tree, account: &str) -> Result<BTreeMap<String, TeamRow>, sled::Error> {
+    Ok(scan::<TeamRow>(tree, &format!("m/{account}/"))?.into_iter().map(|t| (t.team.clone(), t)).collect())
 }
 
 /// An agent's row (offline with no load when never seen).
@@ -509,6 +538,7 @@ mod tests {
             last_message: None,
             messages: 1,
             sla_hours: None,
+            team: None,
         }
     }
 

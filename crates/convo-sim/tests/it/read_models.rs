@@ -98,3 +98,37 @@ async fn every_fixture_reproduces_its_expected_read_models() {
     }
     assert!(failures.is_empty(), "{} read models differ:\n{}", failures.len(), failures.join("\n"));
 }
+
+/// A conversation in a team's queue shows in the inboxes of the team's
+/// members only: in `team-routing`, c2 waits for Premium (Beto, Caro) while
+/// Ana, an agent of the same campaign, is free.
+#[tokio::test]
+async fn a_teams_queue_shows_in_its_members_inboxes_only() {
+    let text = std::fs::read_to_string(fixtures_dir().join("team-routing").join("input.jsonl")).unwrap();
+    let inputs = convo_sim::scenario::parse(&text).unwrap().into_iter().map(|i| (i.envelope, i.at));
+    let mut engine = Engine::recover(MemoryStore::default()).await.unwrap();
+    engine.replay(inputs).await.unwrap();
+    let store = engine.store();
+    let log: Vec<_> =
+        futures::StreamExt::collect::<Vec<_>>(convo_store::EventStore::read(store, 1).await.unwrap()).await;
+    let to_team = log
+        .iter()
+        .map(|item| item.as_ref().unwrap())
+        .find(|s| s.commit.kind() == "transferred" && s.commit.stream.path() == "conv/c2")
+        .expect("c2 goes to the team")
+        .stream_seq;
+    let tree = convo_projector::scratch_tree("inbox").unwrap();
+    fold_until(store, &tree, &mut convo_inbox::Inbox, Some(to_team)).await;
+    let view = convo_live::View {
+        now: log[to_team as usize - 1].as_ref().unwrap().commit.at,
+        margin_secs: 30,
+        campaigns: None,
+    };
+    let queued = |agent: &str| -> Vec<String> {
+        let inbox = convo_inbox::inbox(&tree, "default", agent, &view).unwrap();
+        inbox["queued"].as_array().unwrap().iter().map(|c| c["conversation"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(queued("caro"), ["c2"]);
+    assert_eq!(queued("beto"), ["c2"]);
+    assert!(queued("ana").is_empty(), "not a member of the team");
+}
