@@ -1021,6 +1021,16 @@ impl Catalog {
         if webhooks && matches!(envelope.actor, Actor::Integration { .. }) {
             return Err(Rejection::Forbidden { action: "defining or changing webhooks", needed: "an admin user" });
         }
+        // An automation acts as the engine on every conversation: an
+        // integration could do with one what its scopes do not let it.
+        let automations = match &envelope.command {
+            Command::DefineAutomation(_) | Command::UpdateAutomation(_) => true,
+            Command::Activate(e) | Command::Inactivate(e) => matches!(e, EntityRef::Automation(_)),
+            _ => false,
+        };
+        if automations && matches!(envelope.actor, Actor::Integration { .. }) {
+            return Err(Rejection::Forbidden { action: "defining or switching automations", needed: "an admin user" });
+        }
         let mut out = Emitter::new(self.seq, now, &envelope.id, &envelope.actor);
         let event = match &envelope.command {
             Command::ConfigureAccount(s) => {
@@ -1738,6 +1748,15 @@ mod tests {
         }
         run("w2", system.clone(), hook("https://crm.example.com/in", serde_json::json!(["conversation_closed"])))
             .unwrap();
+        // Automations act as the engine: an integration may not define or switch one.
+        let crm = Actor::Integration { id: IntegrationId::new("crm").unwrap(), ip: None };
+        let automation = serde_json::json!({"type": "define_automation", "id": "a1", "name": "A", "on": "label_added",
+            "actions": [{"close": "venta"}]});
+        let refused = run("a1", crm.clone(), automation.clone());
+        assert!(matches!(refused, Err(Rejection::Forbidden { .. })), "{refused:?}");
+        run("a2", system.clone(), automation).unwrap();
+        let refused = run("a3", crm, serde_json::json!({"type": "inactivate", "automation": "a1"}));
+        assert!(matches!(refused, Err(Rejection::Forbidden { .. })), "{refused:?}");
         assert_eq!(catalog.webhooks.len(), 1);
         let secret = &catalog.webhooks[&WebhookId::new("crm").unwrap()].secret;
         assert_eq!(serde_json::to_value(secret).unwrap(), WebhookSecret::MASKED);
