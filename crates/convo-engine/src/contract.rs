@@ -106,6 +106,8 @@ pub fn asyncapi() -> Value {
     }
 
     // The commits, postcard, on the canonical subjects.
+    let config_entities: Vec<&str> =
+        convo_wire::OTHER_KINDS.iter().copied().filter(|k| !matches!(*k, "state" | "contact")).collect();
     let commit_channels = [
         (
             "conversation_commits",
@@ -128,7 +130,13 @@ pub fn asyncapi() -> Value {
             "configuration_commits",
             "{prefix}.{account}.config.{entity}",
             "The account's configuration changes (audited like everything else).",
-            json!({"entity": {"enum": convo_wire::OTHER_KINDS[1..], "description": "the entity kind"}}),
+            json!({"entity": {"enum": config_entities, "description": "the entity kind"}}),
+        ),
+        (
+            "contact_commits",
+            "{prefix}.{account}.contacts.contact",
+            "The account's contact book: contacts defined and updated, their attributes set.",
+            json!({}),
         ),
     ];
     for (name, address, description, extra) in commit_channels {
@@ -168,6 +176,7 @@ pub fn asyncapi() -> Value {
         ),
         ("agent_events", "{prefix}.{account}.json.agent.{agent}.{type}", json!({"agent": param("the user id")})),
         ("configuration_events", "{prefix}.{account}.json.config.{type}", json!({})),
+        ("contact_events", "{prefix}.{account}.json.contacts.{type}", json!({})),
     ];
     for (name, address, extra) in json_channels {
         let mut params = prefix_account();
