@@ -365,9 +365,17 @@ async fn a_killed_instance_and_a_killed_node_lose_nothing() {
         .map(|c| c.commit.account.as_str())
         .collect();
     assert_eq!(closures.len(), PARTITIONS, "each pending inactivity closure fired exactly once: {closures:?}");
-    // The survivors own every partition.
-    let owned = owners(&read_store).await;
-    assert_eq!(owned.len(), PARTITIONS, "{owned:?}");
-    assert!(!owned.values().any(|id| *id == victim_id), "{owned:?}");
+    // The survivors own every partition. A lease whose renewals failed while
+    // the killed node's streams elected new leaders lapses and is taken
+    // again: ownership is read until it settles (a liveness bound).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let owned = owners(&read_store).await;
+        if owned.len() == PARTITIONS && !owned.values().any(|id| *id == victim_id) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the survivors do not own every partition: {owned:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     drop(instances);
 }
