@@ -119,17 +119,6 @@ impl On {
         On::SlaCrossed,
         On::InactivityWarned,
     ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            On::ConversationOpened => "conversation_opened",
-            On::MessageReceived => "message_received",
-            On::ConversationClosed => "conversation_closed",
-            On::LabelAdded => "label_added",
-            On::SlaCrossed => "sla_crossed",
-            On::InactivityWarned => "inactivity_warned",
-        }
-    }
 }
 
 /// A condition on the conversation when the event happens (all of an

@@ -203,15 +203,6 @@ pub enum SlaMode {
     BusinessHours,
 }
 
-impl SlaMode {
-    pub fn name(self) -> &'static str {
-        match self {
-            SlaMode::Elapsed => "elapsed",
-            SlaMode::BusinessHours => "business_hours",
-        }
-    }
-}
-
 /// Sets how a client's SLA is counted, or overrides it for one campaign.
 /// Exactly one of `client` and `campaign`; a campaign's `mode` left out (or
 /// null) goes back to its client's.
@@ -806,6 +797,14 @@ fn check_webhook(s: &WebhookSpec) -> Result<(), Rejection> {
     Ok(())
 }
 
+/// A definition would take an account past its limit of `what`.
+fn check_room(define: bool, count: usize, max: usize, field: &str, what: &str) -> Result<(), Rejection> {
+    if define && count >= max {
+        return Err(Rejection::invalid(field, format!("an account defines at most {max} {what}")));
+    }
+    Ok(())
+}
+
 fn check_max<T>(field: &str, list: &[T], max: usize) -> Result<(), Rejection> {
     if list.len() > max { Err(Rejection::invalid(field, format!("at most {max} entries"))) } else { Ok(()) }
 }
@@ -1134,31 +1133,21 @@ impl Catalog {
             Command::DefineWebhook(s) | Command::UpdateWebhook(s) => {
                 let define = matches!(envelope.command, Command::DefineWebhook(_));
                 self.expect_defined(self.webhooks.contains_key(&s.id), define, || format!("webhook {}", s.id))?;
-                if define && self.webhooks.len() >= WEBHOOKS_MAX {
-                    return Err(Rejection::invalid(
-                        "id",
-                        format!("an account defines at most {WEBHOOKS_MAX} webhooks"),
-                    ));
-                }
+                check_room(define, self.webhooks.len(), WEBHOOKS_MAX, "id", "webhooks")?;
                 check_webhook(s)?;
                 if define { ConfigEvent::WebhookDefined(s.clone()) } else { ConfigEvent::WebhookUpdated(s.clone()) }
             }
             Command::DefineTeam(s) | Command::UpdateTeam(s) => {
                 let define = matches!(envelope.command, Command::DefineTeam(_));
                 self.expect_defined(self.teams.contains_key(&s.id), define, || format!("team {}", s.id))?;
-                if define && self.teams.len() >= TEAMS_MAX {
-                    return Err(Rejection::invalid("id", format!("an account defines at most {TEAMS_MAX} teams")));
-                }
+                check_room(define, self.teams.len(), TEAMS_MAX, "id", "teams")?;
                 self.check_team(s)?;
                 if define { ConfigEvent::TeamDefined(s.clone()) } else { ConfigEvent::TeamUpdated(s.clone()) }
             }
             Command::DefineMacro(s) | Command::UpdateMacro(s) => {
                 let define = matches!(envelope.command, Command::DefineMacro(_));
                 self.expect_defined(self.macros.contains_key(&s.id), define, || format!("macro {}", s.id))?;
-                if define && self.macros.len() >= automation::MACROS_MAX {
-                    let reason = format!("an account defines at most {} macros", automation::MACROS_MAX);
-                    return Err(Rejection::invalid("id", reason));
-                }
+                check_room(define, self.macros.len(), automation::MACROS_MAX, "id", "macros")?;
                 check_name("name", &s.name)?;
                 automation::check_actions(&s.actions, false)?;
                 if define { ConfigEvent::MacroDefined(s.clone()) } else { ConfigEvent::MacroUpdated(s.clone()) }
@@ -1167,10 +1156,7 @@ impl Catalog {
                 let define = matches!(envelope.command, Command::DefineAutomation(_));
                 let exists = self.automations.contains_key(&s.id);
                 self.expect_defined(exists, define, || format!("automation {}", s.id))?;
-                if define && self.automations.len() >= automation::AUTOMATIONS_MAX {
-                    let reason = format!("an account defines at most {} automations", automation::AUTOMATIONS_MAX);
-                    return Err(Rejection::invalid("id", reason));
-                }
+                check_room(define, self.automations.len(), automation::AUTOMATIONS_MAX, "id", "automations")?;
                 check_name("name", &s.name)?;
                 automation::check_conditions(&s.conditions)?;
                 automation::check_actions(&s.actions, true)?;
@@ -1184,11 +1170,8 @@ impl Catalog {
                 let define = matches!(envelope.command, Command::DefineContactAttribute(_));
                 let exists = self.contact_attributes.contains_key(&s.name);
                 self.expect_defined(exists, define, || format!("contact attribute {}", s.name))?;
-                if define && self.contact_attributes.len() >= contact::CONTACT_ATTRIBUTES_MAX {
-                    let reason =
-                        format!("an account defines at most {} contact attributes", contact::CONTACT_ATTRIBUTES_MAX);
-                    return Err(Rejection::invalid("name", reason));
-                }
+                let count = self.contact_attributes.len();
+                check_room(define, count, contact::CONTACT_ATTRIBUTES_MAX, "name", "contact attributes")?;
                 contact::check_definition(s)?;
                 for (i, campaign) in s.required_to_close.iter().enumerate() {
                     if !self.campaigns.contains_key(campaign) {

@@ -161,11 +161,6 @@ impl ContactBook {
         self.contacts.get(id)
     }
 
-    /// Who holds an identity, if anyone.
-    pub fn holder(&self, identity: &Identity) -> Option<&ContactId> {
-        self.identities.get(identity)
-    }
-
     /// Decides a contact command.
     pub fn decide(
         &self,
@@ -202,11 +197,7 @@ impl ContactBook {
                 let Some(contact) = self.contacts.get(&s.contact) else {
                     return Err(Rejection::Unknown { entity: format!("contact {}", s.contact) });
                 };
-                if !s.value.is_empty() {
-                    check_attribute(catalog, "value", &s.name, &s.value)?;
-                } else if !catalog.contact_attributes.contains_key(&s.name) {
-                    return Err(Rejection::invalid("name", format!("no contact attribute {:?}", s.name)));
-                }
+                check_setting(catalog, ("name", "value"), &s.name, &s.value)?;
                 let current = contact.attributes.get(&s.name).map_or("", String::as_str);
                 if current == s.value {
                     return Ok(out.finish());
@@ -300,13 +291,31 @@ fn check_count(field: &str, count: usize, max: usize) -> Result<(), Rejection> {
     if count > max { Err(Rejection::invalid(field, format!("at most {max}"))) } else { Ok(()) }
 }
 
-/// Checks an attribute is defined (and active) and the value fits its type.
+/// Checks an attribute is defined and the value fits its type.
 fn check_attribute(catalog: &Catalog, field: &str, name: &str, value: &str) -> Result<(), Rejection> {
     let spec = catalog
         .contact_attributes
         .get(name)
         .ok_or_else(|| Rejection::invalid(field, format!("no contact attribute {name:?}")))?;
     check_value(spec.kind, value).map_err(|reason| Rejection::invalid(field, reason))
+}
+
+/// Checks one attribute's new value (empty: cleared), naming the `(name,
+/// value)` fields of whoever asks: the contact book's command, or a macro's
+/// or an automation's action.
+pub(crate) fn check_setting(
+    catalog: &Catalog,
+    (name_field, value_field): (&str, &str),
+    name: &str,
+    value: &str,
+) -> Result<(), Rejection> {
+    let Some(spec) = catalog.contact_attributes.get(name) else {
+        return Err(Rejection::invalid(name_field, format!("no contact attribute {name:?}")));
+    };
+    if value.is_empty() {
+        return Ok(());
+    }
+    check_value(spec.kind, value).map_err(|reason| Rejection::invalid(value_field, reason))
 }
 
 /// Checks an attribute definition's shape.

@@ -1113,13 +1113,8 @@ impl Conversation {
             Action::SetContactAttribute { name, value } => {
                 // A closed conversation may still update its contact (an automation on closure).
                 let facts = self.facts.as_ref().ok_or_else(|| Rejection::UnknownConversation(self.id.clone()))?;
-                let spec = ctx.catalog.contact_attributes.get(name).ok_or_else(|| {
-                    Rejection::invalid("set_contact_attribute.name", format!("no contact attribute {name:?}"))
-                })?;
-                if !value.is_empty() {
-                    crate::contact::check_value(spec.kind, value)
-                        .map_err(|reason| Rejection::invalid("set_contact_attribute.value", reason))?;
-                }
+                let fields = ("set_contact_attribute.name", "set_contact_attribute.value");
+                crate::contact::check_setting(ctx.catalog, fields, name, value)?;
                 if ctx.contacts.and_then(|book| book.contact(&facts.contact)).is_none() {
                     return Err(Rejection::Unknown {
                         entity: format!("contact {} in the contact book", facts.contact),
