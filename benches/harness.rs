@@ -192,28 +192,22 @@ async fn engine_write(url: &str, prefix: &str, conversations: usize, in_flight: 
         .await
     });
     let client = convo_store::connect(url).await?;
-    let subject = format!("{prefix}.bench.cmd");
+    // The requests are made before the clock starts, as the raw appends' bodies are.
+    let requests: Vec<Vec<NatsRequest>> = (0..conversations).map(|n| nats_requests(prefix, "bench", n)).collect();
     let started = Instant::now();
     let mut latencies = Vec::new();
     let (mut events, mut refused, mut commands) = (0, 0, 0);
     let mut running = FuturesUnordered::new();
     let mut next = 0;
     let run_one = |n: usize| {
-        let (client, subject) = (client.clone(), subject.clone());
+        let (client, requests) = (client.clone(), requests[n].clone());
         async move {
             let mut out = Vec::new();
-            for body in script(n) {
+            for request in requests {
                 let t = Instant::now();
-                let kind = body["command"]["type"].as_str().unwrap_or("any");
-                let mut headers = async_nats::HeaderMap::new();
-                headers
-                    .insert(convo_store::bus::AUTHORIZATION, format!("Bearer {}", credential(&body["actor"])).as_str());
-                let request = json!({"id": body["id"], "command": body["command"]});
-                let reply =
-                    client.request_with_headers(format!("{subject}.{kind}"), headers, request.to_string().into()).await;
-                let value: Value =
-                    reply.ok().and_then(|r| serde_json::from_slice(&r.payload).ok()).unwrap_or(Value::Null);
-                out.push((t.elapsed(), value));
+                let reply = client.request_with_headers(request.subject, request.headers, request.body).await;
+                let events = reply.ok().and_then(|r| committed_events(&r.payload));
+                out.push((t.elapsed(), events));
             }
             out
         }
@@ -226,9 +220,9 @@ async fn engine_write(url: &str, prefix: &str, conversations: usize, in_flight: 
         for (latency, reply) in results {
             commands += 1;
             latencies.push(latency);
-            match reply["outcome"].as_str() {
-                Some("committed") => events += reply["events"].as_array().map_or(0, Vec::len),
-                _ => refused += 1,
+            match reply {
+                Some(n) => events += n,
+                None => refused += 1,
             }
         }
         if next < conversations {
@@ -251,6 +245,45 @@ async fn engine_write(url: &str, prefix: &str, conversations: usize, in_flight: 
         p99_ms: percentile(&latencies, 99),
         commit_bytes,
     })
+}
+
+/// One command as the bench sends it over NATS: subject, credential header, body.
+#[derive(Clone)]
+struct NatsRequest {
+    subject: async_nats::Subject,
+    headers: async_nats::HeaderMap,
+    body: Bytes,
+}
+
+/// Conversation `n`'s commands as NATS requests of `account`.
+fn nats_requests(prefix: &str, account: &str, n: usize) -> Vec<NatsRequest> {
+    script(n)
+        .into_iter()
+        .map(|body| {
+            let kind = body["command"]["type"].as_str().unwrap_or("any");
+            let mut headers = async_nats::HeaderMap::new();
+            let bearer = format!("Bearer {}", credential_in(account, &body["actor"]));
+            headers.insert(convo_store::bus::AUTHORIZATION, bearer.as_str());
+            NatsRequest {
+                subject: format!("{prefix}.{account}.cmd.{kind}").into(),
+                headers,
+                body: json!({"id": body["id"], "command": body["command"]}).to_string().into(),
+            }
+        })
+        .collect()
+}
+
+/// How many events a reply says were committed; `None` when it is no commit.
+fn committed_events(reply: &[u8]) -> Option<usize> {
+    #[derive(serde::Deserialize)]
+    struct Lean<'a> {
+        #[serde(borrow)]
+        outcome: &'a str,
+        #[serde(default)]
+        event_types: Vec<serde::de::IgnoredAny>,
+    }
+    let lean: Lean<'_> = serde_json::from_slice(reply).ok()?;
+    (lean.outcome == "committed").then_some(lean.event_types.len())
 }
 
 async fn stream_bytes(url: &str, prefix: &str) -> Result<usize> {
@@ -325,6 +358,100 @@ async fn raw_appends_replicated(
     }
     all.sort();
     Ok((all.len(), started.elapsed().as_secs_f64(), all))
+}
+
+/// The request-reply ceiling: the engine's shape with nothing decided. A
+/// responder takes each request, makes one raw append (the same headers and
+/// payload size as the engine's commits) and answers a reply of the lean
+/// reply's size; the load is the bench's own requests, 256 in flight.
+async fn raw_service(url: &str, name: &str, conversations: usize, payload: usize) -> Result<(usize, f64)> {
+    let client = convo_store::connect(url).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: name.to_uppercase(),
+        subjects: vec![format!("{name}.>")],
+        ..Default::default()
+    })
+    .await?;
+    let mut requests = client.subscribe(format!("svc-{name}.>")).await?;
+    let stream_name = name.to_owned();
+    let service = tokio::spawn(async move {
+        let name = stream_name;
+        let body = Bytes::from(vec![7u8; payload]);
+        let reply_body = Bytes::from(format!(
+            r#"{{"outcome":"committed","log_seq":123456,"event_ids":["{0}","{0}"],"event_types":["message_sent","response_recorded"]}}"#,
+            uuid_like()
+        ));
+        let mut last: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+        let mut appends = FuturesUnordered::new();
+        let mut n = 0u64;
+        loop {
+            tokio::select! {
+                Some(request) = requests.next() => {
+                    n += 1;
+                    let chain = request.subject.rsplit('.').next().unwrap_or("x").to_owned();
+                    let expected = last.get(&chain).copied().unwrap_or(0);
+                    let mut h = async_nats::HeaderMap::new();
+                    for (k, v) in [("Convo-Kind", "message"), ("Convo-Events", "message_sent,response_recorded"), ("Convo-Schema", "1")] {
+                        h.insert(k, v);
+                    }
+                    h.insert("Convo-Command", format!("cmd-{n}").as_str());
+                    h.insert("Convo-Correlation", format!("cmd-{n}").as_str());
+                    h.insert("Convo-Account", "bench");
+                    h.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string().as_str());
+                    h.insert("Nats-Expected-Last-Subject-Sequence-Subject", format!("{name}.bench.conv.{chain}.*").as_str());
+                    h.insert(async_nats::header::NATS_MESSAGE_ID, format!("svc/{n}").as_str());
+                    let ack = js.publish_with_headers(format!("{name}.bench.conv.{chain}.message"), h, body.clone()).await?;
+                    appends.push(async move { (chain, request.reply, ack.await) });
+                }
+                Some((chain, reply, ack)) = appends.next(), if !appends.is_empty() => {
+                    last.insert(chain, ack?.sequence);
+                    if let Some(reply) = reply {
+                        client.publish(reply, reply_body.clone()).await?;
+                    }
+                }
+                else => break,
+            }
+        }
+        anyhow::Ok(())
+    });
+    let load = convo_store::connect(url).await?;
+    let bodies: Vec<Vec<NatsRequest>> = (0..conversations).map(|n| nats_requests("x", "bench", n)).collect();
+    let started = Instant::now();
+    let mut running = FuturesUnordered::new();
+    let run_one = |n: usize| {
+        let (load, requests) = (load.clone(), bodies[n].clone());
+        async move {
+            let mut done = 0;
+            for request in requests {
+                let subject = format!("svc-{name}.k{n}");
+                if load.request_with_headers(subject, request.headers, request.body).await.is_ok() {
+                    done += 1;
+                }
+            }
+            done
+        }
+    };
+    let (mut next, mut done) = (0, 0);
+    while next < conversations.min(256) {
+        running.push(run_one(next));
+        next += 1;
+    }
+    while let Some(n) = running.next().await {
+        done += n;
+        if next < conversations {
+            running.push(run_one(next));
+            next += 1;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    service.abort();
+    Ok((done, secs))
+}
+
+/// A 36-character id, as an event id is printed.
+fn uuid_like() -> &'static str {
+    "0195a3c4-7d2e-7c11-9a3b-5e6f70819203"
 }
 
 // ---------------------------------------------------------------- rebuild
@@ -445,23 +572,18 @@ async fn engine_cluster(
     for url in urls {
         clients.push(convo_store::connect(url).await?);
     }
+    let requests: Vec<Vec<NatsRequest>> =
+        (0..conversations).map(|n| nats_requests(prefix, &accounts[n % accounts.len()], n)).collect();
     let started = Instant::now();
     let mut commands = 0;
     let mut pending = FuturesUnordered::new();
     let run_one = |n: usize| {
-        let account = accounts[n % accounts.len()].clone();
-        let (client, prefix) = (clients[n % clients.len()].clone(), prefix.to_owned());
+        let (client, requests) = (clients[n % clients.len()].clone(), requests[n].clone());
         async move {
             let mut done = 0;
-            for body in script(n) {
-                let kind = body["command"]["type"].as_str().unwrap_or("any").to_owned();
-                let mut headers = async_nats::HeaderMap::new();
-                let bearer = format!("Bearer {}", credential_in(&account, &body["actor"]));
-                headers.insert(convo_store::bus::AUTHORIZATION, bearer.as_str());
-                let request = json!({"id": body["id"], "command": body["command"]}).to_string();
-                let subject = format!("{prefix}.{account}.cmd.{kind}");
-                if let Ok(reply) = client.request_with_headers(subject, headers, request.into()).await
-                    && serde_json::from_slice::<Value>(&reply.payload).is_ok_and(|r| r["outcome"] == "committed")
+            for request in requests {
+                if let Ok(reply) = client.request_with_headers(request.subject, request.headers, request.body).await
+                    && committed_events(&reply.payload).is_some()
                 {
                     done += 1;
                 }
@@ -755,6 +877,7 @@ async fn main() -> Result<()> {
         let (raw, raw_secs, raw_latencies) =
             raw_appends(&server.url(), "raw", 256, (run.commands / 256).max(1), run.commit_bytes).await?;
         let ceiling = raw as f64 / raw_secs;
+        let (served, served_secs) = raw_service(&server.url(), "svc", n, run.commit_bytes).await?;
         let events_per_commit = run.events as f64 / run.commands.max(1) as f64;
         let label = |what: &str| format!("{what} ({tag})");
         let figure = |measure: &str, value: f64, unit: &'static str, ceiling_name: &str, ceiling: f64| Figure {
@@ -769,6 +892,13 @@ async fn main() -> Result<()> {
             "cmd/s",
             "raw appends/s (256 chains)",
             ceiling,
+        ));
+        figures.push(figure(
+            "engine: committed commands/s",
+            run.commands as f64 / run.secs,
+            "cmd/s",
+            "raw request+append+reply/s",
+            served as f64 / served_secs,
         ));
         figures.push(figure(
             "engine: events/s",

@@ -969,7 +969,8 @@ async fn supervise(
 
 Who acts comes from the credential, never from the body.
 
-Prints the engine's reply: outcome committed (with the events), nothing,
+Prints the engine's reply: outcome committed (with the events: `convo send`
+adds "reply_events": true unless the request has the key), nothing,
 duplicate, rejected (the broken rule) or error. Exit code 0, 1 when rejected,
 2 on an error."#)]
 pub struct SendArgs {
@@ -996,8 +997,16 @@ pub async fn send(args: SendArgs) -> Result<std::process::ExitCode> {
     } else {
         args.request.clone()
     };
-    let kind = serde_json::from_str::<serde_json::Value>(&body)
-        .ok()
+    let parsed = serde_json::from_str::<serde_json::Value>(&body).ok();
+    // A person reads the reply: it carries the events unless the request says otherwise.
+    let body = match parsed.clone() {
+        Some(serde_json::Value::Object(mut map)) if !map.contains_key("reply_events") => {
+            map.insert("reply_events".into(), true.into());
+            serde_json::Value::Object(map).to_string()
+        }
+        _ => body,
+    };
+    let kind = parsed
         .and_then(|v| v["command"]["type"].as_str().map(str::to_owned))
         .filter(|t| t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
         .unwrap_or_else(|| "unknown".into());

@@ -71,7 +71,16 @@ impl From<RequestError> for IntakeError {
     }
 }
 
-const KEYS: [&str; 2] = ["id", "command"];
+const KEYS: [&str; 3] = ["id", "command", "reply_events"];
+
+/// A request's command, and what its reply should carry.
+#[derive(Debug)]
+pub struct Parsed {
+    pub envelope: CommandEnvelope,
+    /// Whether the reply carries every event's JSON view (`"reply_events": true`);
+    /// otherwise it names the events' ids and types only.
+    pub reply_events: bool,
+}
 
 /// Parses a request of at most `bytes_max` bytes, received on a subject
 /// naming `account` and command type `kind`, into a command of that account
@@ -82,7 +91,7 @@ pub fn parse_request(
     payload: &[u8],
     bytes_max: usize,
     actor: Actor,
-) -> Result<CommandEnvelope, IntakeError> {
+) -> Result<Parsed, IntakeError> {
     if payload.len() > bytes_max {
         return Err(IntakeError::TooLarge { bytes: payload.len(), max: bytes_max });
     }
@@ -105,6 +114,11 @@ pub fn parse_request(
         Some(v) => parse_client_id(v)?,
         None => return Err(invalid("id", "every command carries its id (a string), so a retry is recognised".into())),
     };
+    let reply_events = match map.remove("reply_events") {
+        None | Some(Value::Bool(false)) => false,
+        Some(Value::Bool(true)) => true,
+        Some(_) => return Err(invalid("reply_events", "a boolean: whether the reply carries the events".into())),
+    };
     let command = map.remove("command").ok_or_else(|| invalid("command", "missing".into()))?;
     let command = parse_command(command).map_err(|e| {
         if e.field == "command.type" && e.message.starts_with("unknown variant") {
@@ -116,7 +130,7 @@ pub fn parse_request(
     if command.type_name() != kind {
         return Err(IntakeError::SubjectMismatch { subject: kind.to_owned(), body: command.type_name().to_owned() });
     }
-    Ok(CommandEnvelope { id, account, actor, command })
+    Ok(Parsed { envelope: CommandEnvelope { id, account, actor, command }, reply_events })
 }
 
 /// A request that passed the door.
@@ -124,7 +138,7 @@ pub fn parse_request(
 pub enum Admitted {
     /// A command to execute; `credential` is what a key being issued needs
     /// (answered once, with the commit, and never stored).
-    Command { envelope: Box<CommandEnvelope>, credential: Option<Credential> },
+    Command { envelope: Box<CommandEnvelope>, credential: Option<Credential>, reply_events: bool },
     /// A read the principal may make, over this part of the account.
     Read { principal: Principal, scope: ReadScope },
 }
@@ -193,7 +207,7 @@ pub fn admit(
         }));
     }
     // The body first (a malformed one says so whoever sent it), then what the principal may send.
-    let mut envelope =
+    let Parsed { mut envelope, reply_events } =
         parse_request(&request.account, &request.kind, &request.payload, bytes_max, principal.actor(request.ip))?;
     envelope.actor = access::authorize_command(&principal, &account, &request.kind, request.ip).map_err(deny)?;
     let mut credential = None;
@@ -224,7 +238,7 @@ pub fn admit(
             },
         });
     }
-    Ok(Admitted::Command { envelope: Box::new(envelope), credential })
+    Ok(Admitted::Command { envelope: Box::new(envelope), credential, reply_events })
 }
 
 /// The reply to a read the principal may make.
@@ -252,14 +266,16 @@ pub fn classify(result: &Result<Outcome, Failure>) -> (&'static str, Option<&'st
     }
 }
 
-/// The reply to a command that was executed.
-pub fn reply(outcome: &Outcome) -> Value {
-    let reply = match outcome {
+/// The reply to a command that was executed: with every event's JSON view
+/// when `events`, and the credential of a key it issued.
+pub fn reply(outcome: &Outcome, events: bool, credential: Option<Credential>) -> Reply {
+    match outcome {
         Outcome::Committed { log_seq, commit } => Reply::Committed {
             log_seq: *log_seq,
             event_ids: commit.event_ids(),
-            events: commit.json_lines(),
-            credential: None,
+            event_types: commit.events.iter().map(|e| e.event.type_name()).collect(),
+            events: events.then(|| commit.json_lines()),
+            credential,
         },
         Outcome::Nothing => Reply::Nothing,
         Outcome::Duplicate { first_seq, last_seq } => Reply::Duplicate { first_seq: *first_seq, last_seq: *last_seq },
@@ -267,16 +283,15 @@ pub fn reply(outcome: &Outcome) -> Value {
             Reply::Rejected { code: r.code().into(), reason: r.to_string() }
         }
         Outcome::Refused(other) => Reply::Rejected { code: "unrecordable".into(), reason: other.to_string() },
-    };
-    reply.to_json()
+    }
 }
 
 /// The reply to a command the machine answered, executed or not.
-pub fn result_reply(result: &Result<Outcome, Failure>) -> Value {
+pub fn result_reply(result: &Result<Outcome, Failure>, events: bool, credential: Option<Credential>) -> Reply {
     match result {
-        Ok(outcome) => reply(outcome),
-        Err(Failure::Overloaded(why)) => overloaded(why),
-        Err(failure) => unavailable(&failure.to_string()),
+        Ok(outcome) => reply(outcome, events, credential),
+        Err(Failure::Overloaded(why)) => Reply::error("overloaded", format!("{why}; retry later")),
+        Err(failure) => Reply::error("unavailable", failure.to_string()),
     }
 }
 
@@ -295,7 +310,7 @@ mod tests {
     use super::*;
 
     fn parse_request(account: &str, kind: &str, payload: &[u8], max: usize) -> Result<CommandEnvelope, IntakeError> {
-        super::parse_request(account, kind, payload, max, Actor::system("test"))
+        super::parse_request(account, kind, payload, max, Actor::system("test")).map(|p| p.envelope)
     }
 
     #[test]

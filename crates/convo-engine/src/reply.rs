@@ -11,12 +11,16 @@ use serde_json::Value;
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Reply {
     /// Executed and durable: the commit's stream sequence (resume any feed
-    /// after it), its events' ids and their JSON views.
+    /// after it), its events' ids and types, and their JSON views when the
+    /// request asked for them (`"reply_events": true`).
     Committed {
         log_seq: u64,
         event_ids: Vec<convo_domain::EventId>,
+        /// Each event's type, in the order of `event_ids`.
+        event_types: Vec<&'static str>,
         #[schemars(schema_with = "event_views")]
-        events: Vec<Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        events: Option<Vec<Value>>,
         /// `issue_api_key` only, shown this once.
         #[serde(skip_serializing_if = "Option::is_none")]
         credential: Option<Credential>,
@@ -63,13 +67,18 @@ fn event_views(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "array",
         "items": {"$ref": "event.schema.json"},
-        "description": "the commit's events, as `convo tail` prints them"
+        "description": "the commit's events, as `convo tail` prints them (only when the request has `\"reply_events\": true`)"
     })
 }
 
 impl Reply {
     pub fn to_json(&self) -> Value {
         serde_json::to_value(self).expect("replies serialize")
+    }
+
+    /// The reply's bytes, as sent (no intermediate JSON tree).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("replies serialize")
     }
 
     pub fn error(code: &str, message: impl Into<String>) -> Self {

@@ -269,7 +269,7 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
     let mut io: FuturesUnordered<Pending> = FuturesUnordered::new();
     // Requests taken and not answered yet (bounded by the machine's limits),
     // with the credential of a key being issued.
-    let mut waiting: HashMap<u64, (Request, Option<Credential>)> = HashMap::new();
+    let mut waiting: HashMap<u64, (Request, Option<Credential>, bool)> = HashMap::new();
     let mut denied = DeniedLog::default();
     let mut next_token = 0u64;
     let mut invalid = 0u64;
@@ -340,12 +340,10 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
                     io.push(Box::pin(async move { IoDone::Loaded(id, store.load(&account, &stream).await) }));
                 }
                 Output::Reply { origin: Origin::Request(token), result, .. } => {
-                    if let Some((request, credential)) = waiting.remove(&token) {
-                        let mut reply = result_reply(&result);
-                        if let (Some(credential), Ok(Outcome::Committed { .. })) = (credential, &result) {
-                            reply["credential"] = serde_json::to_value(credential).expect("credentials serialize"); // shown this once, never stored
-                        }
-                        answer(responder, &request, &reply).await;
+                    if let Some((request, credential, events)) = waiting.remove(&token) {
+                        // A key's credential is shown this once, never stored.
+                        let reply = result_reply(&result, events, credential);
+                        send(responder, &request, reply.to_bytes()).await;
                     }
                 }
                 Output::Reply { result: Err(_), .. } => {} // logged above
@@ -405,9 +403,9 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
                     Ok(Admitted::Read { principal, scope }) => {
                         answer(responder, &request, &authorized(&principal, &scope)).await;
                     }
-                    Ok(Admitted::Command { envelope, credential }) => {
+                    Ok(Admitted::Command { envelope, credential, reply_events }) => {
                         next_token += 1;
-                        waiting.insert(next_token, (request, credential));
+                        waiting.insert(next_token, (request, credential, reply_events));
                         machine.handle_request(next_token, *envelope, now);
                     }
                 }
@@ -497,7 +495,10 @@ impl DeniedLog {
 }
 
 pub(crate) async fn answer(responder: &Responder, request: &Request, body: &serde_json::Value) {
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    send(responder, request, serde_json::to_vec(body).unwrap_or_default()).await;
+}
+
+async fn send(responder: &Responder, request: &Request, bytes: Vec<u8>) {
     if let Err(e) = responder.respond(request, bytes).await {
         tracing::warn!(subject = %request.subject, "cannot answer {}: {e}", request.subject);
     }

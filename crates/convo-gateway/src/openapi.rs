@@ -70,7 +70,7 @@ pub fn document() -> Value {
         let mut responses = Map::new();
         responses.insert(
             "200".into(),
-            json!({"description": "Done: committed (with the events), nothing to do, or a duplicate of an earlier command",
+            json!({"description": "Done: committed (with the events' ids and types, and their JSON views when asked), nothing to do, or a duplicate of an earlier command",
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Reply"}}}}),
         );
         responses.extend(error_responses(&[400, 401, 403, 404, 409, 413, 429, 503]));
@@ -84,7 +84,8 @@ pub fn document() -> Value {
                     "type": "object", "required": ["id", "command"], "additionalProperties": false,
                     "properties": {
                         "id": {"type": "string", "description": "The command's id: a retry with the same id repeats nothing"},
-                        "command": {"type": "object", "required": ["type"], "properties": {"type": {"const": kind}}}
+                        "command": {"type": "object", "required": ["type"], "properties": {"type": {"const": kind}}},
+                        "reply_events": {"type": "boolean", "default": false, "description": "Whether the reply carries every event's JSON view (otherwise their ids and types only)"}
                     }}}}},
                 "responses": responses,
             }}),
@@ -207,7 +208,8 @@ pub fn document() -> Value {
                     "outcome": {"enum": ["committed", "nothing", "duplicate"]},
                     "log_seq": {"type": "integer", "description": "the commit's stream sequence: resume a feed after it"},
                     "event_ids": {"type": "array", "items": {"type": "string", "format": "uuid"}, "description": "the ids of the commit's events (each CloudEvent's `id`)"},
-                    "events": {"type": "array", "items": {"type": "object"}, "description": "the events' JSON views (schemas/json/event.schema.json)"},
+                    "event_types": {"type": "array", "items": {"type": "string"}, "description": "each event's type, in the order of `event_ids`"},
+                    "events": {"type": "array", "items": {"type": "object"}, "description": "the events' JSON views (schemas/json/event.schema.json), when the request has `reply_events: true`"},
                     "credential": {"type": "object", "description": "issue_api_key only, shown this once: the key's bearer `token`, and its NATS login (`nats.nkey_seed`, `nats.inbox_prefix`)",
                         "properties": {"token": {"type": "string"}, "nats": {"type": "object", "properties": {
                             "nkey_seed": {"type": "string"}, "inbox_prefix": {"type": "string"}}}}}}},

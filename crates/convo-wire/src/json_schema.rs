@@ -374,6 +374,8 @@ fn request_body(command: Value) -> Value {
             "id": {"type": "string", "pattern": "^[A-Za-z0-9_-]+$", "minLength": 1, "maxLength": convo_domain::ID_BYTES_MAX,
                    "description": "the client's id of this command: a retry with the same id is answered `duplicate`, never applied twice"},
             "command": command,
+            "reply_events": {"type": "boolean", "default": false,
+                   "description": "whether the reply carries every event's JSON view (otherwise their ids and types only)"},
         },
         "required": ["id", "command"],
         "additionalProperties": false,

@@ -244,11 +244,17 @@ fn every_event_and_command_meets_its_json_schema_in_an_independent_validator() {
     // Replies, as the engine makes them.
     use convo_engine::intake::{Reply, reply};
     use convo_engine::machine::Outcome;
-    let committed = reply(&Outcome::Committed { log_seq: 42, commit: commits[0].clone() });
+    let outcome = Outcome::Committed { log_seq: 42, commit: commits[0].clone() };
+    let committed = reply(&outcome, true, None).to_json();
     assert_eq!(committed["event_ids"][0], commits[0].cloud_events("convo", 42)[0]["id"]);
+    assert_eq!(committed["event_types"][0], committed["events"][0]["type"]);
     case("reply.schema.json", true, &committed);
-    case("reply.schema.json", true, &reply(&Outcome::Nothing));
-    case("reply.schema.json", true, &reply(&Outcome::Duplicate { first_seq: 3, last_seq: 4 }));
+    // Without `reply_events`, the ids and types only.
+    let lean = reply(&outcome, false, None).to_json();
+    assert!(lean.get("events").is_none() && lean["event_types"] == committed["event_types"], "{lean}");
+    case("reply.schema.json", true, &lean);
+    case("reply.schema.json", true, &reply(&Outcome::Nothing, false, None).to_json());
+    case("reply.schema.json", true, &reply(&Outcome::Duplicate { first_seq: 3, last_seq: 4 }, false, None).to_json());
     case("reply.schema.json", true, &convo_engine::intake::overloaded("busy"));
     let invalid = Reply::Error { code: "invalid".into(), message: "m".into(), field: Some("id".into()), rule: None };
     case("reply.schema.json", true, &invalid.to_json());
