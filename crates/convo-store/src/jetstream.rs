@@ -291,27 +291,32 @@ impl EventStore for JetStreamStore {
         let payload = Bytes::from(commit.encode().map_err(|e| StoreError::Refused(e.to_string()))?);
         let prefix = &self.config.prefix;
         let filter = commit.stream.filter_subject(prefix, &commit.account);
-        let mut headers = HeaderMap::new();
-        for (name, value) in commit.headers() {
-            headers.insert(name, value.as_str());
-        }
-        headers.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string().as_str());
-        headers.insert("Nats-Expected-Last-Subject-Sequence-Subject", filter.as_str());
         let msg_id = format!("{}/{}/{}", commit.account, commit.stream.path(), commit.first_seq());
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
-        let subject = commit.subject(prefix);
+        let subject = async_nats::Subject::from(commit.subject(prefix));
         let signing = self.config.signing.as_deref();
-        if let Some(signing) = signing {
-            let signature = signing.sign(&subject, &convo_wire::SCHEMA_VERSION.to_string(), &payload);
-            headers.insert(SIGNATURE_HEADER, signature.as_str());
-        }
+        let signature =
+            signing.map(|signing| signing.sign(&subject, &convo_wire::SCHEMA_VERSION.to_string(), &payload));
+        // Made again for each attempt (retries are rare): no copy on the way of the first.
+        let headers = || {
+            let mut headers = HeaderMap::new();
+            for (name, value) in commit.headers() {
+                headers.insert(name, value.as_str());
+            }
+            headers.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string().as_str());
+            headers.insert("Nats-Expected-Last-Subject-Sequence-Subject", filter.as_str());
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
+            if let Some(signature) = &signature {
+                headers.insert(SIGNATURE_HEADER, signature.as_str());
+            }
+            headers
+        };
         let mut last_error = String::new();
         for attempt in 0..=self.config.append_retries_max {
             if attempt > 0 {
                 // A cluster electing the stream's leader answers nothing for a moment.
                 tokio::time::sleep(Duration::from_millis(APPEND_BACKOFF_MS << (attempt - 1).min(4))).await;
             }
-            let outcome = match self.js.publish_with_headers(subject.clone(), headers.clone(), payload.clone()).await {
+            let outcome = match self.js.publish_with_headers(subject.clone(), headers(), payload.clone()).await {
                 Ok(ack) => ack.await,
                 Err(e) => Err(e),
             };
