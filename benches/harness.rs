@@ -19,7 +19,8 @@
 //!
 //! `CONVO_BENCH_QUICK=1` runs tiny sizes (a smoke run, not figures);
 //! `CONVO_BENCH_ONLY=engine|rebuild|cluster|recovery|domain|memory` runs one part (for
-//! profiling it); `CONVO_BENCH_REBUILD_EVENTS=N` sets the rebuild volume.
+//! profiling it); `CONVO_BENCH_REBUILD_EVENTS=N` sets the rebuild volume and
+//! `CONVO_BENCH_PROJECTION=audit|reports|…` rebuilds that projection only.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -759,7 +760,9 @@ async fn rebuild(store: &JetStreamStore, projection: &mut (dyn Projection + Send
     let projector = convo_projector::Projector::open_at(dir.path(), projection.name())?;
     let started = Instant::now();
     let stats = projector.rebuild(store, projection, &mut |_, _| {}).await?;
-    Ok((started.elapsed().as_secs_f64(), stats.commits))
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!("  {} keys in the rebuilt tree", projector.tree()?.len());
+    Ok((secs, stats.commits))
 }
 
 fn raw_sled(events: usize, entry_bytes: usize) -> Result<f64> {
@@ -936,10 +939,14 @@ async fn main() -> Result<()> {
         let projections: Vec<(&str, Box<dyn Projection + Send>)> = vec![
             ("nothing (projector alone)", Box::new(Nothing)),
             ("audit", Box::new(convo_audit::AuditLog)),
-            ("reports", Box::new(convo_reports::Reports)),
-            ("contact history", Box::new(convo_contact_history::ContactHistory)),
+            ("reports", Box::new(convo_reports::Reports::default())),
+            ("contact history", Box::new(convo_contact_history::ContactHistory::default())),
         ];
+        let only = std::env::var("CONVO_BENCH_PROJECTION").ok();
         for (name, mut projection) in projections {
+            if only.as_deref().is_some_and(|only| only != name) {
+                continue;
+            }
             eprintln!("convo-bench: rebuilding {name}");
             let (secs, _) = rebuild(&store, projection.as_mut()).await?;
             let rate = events as f64 / secs;

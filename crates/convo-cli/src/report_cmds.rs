@@ -75,7 +75,7 @@ pub async fn report(args: ReportArgs) -> Result<()> {
             answer.json()?["rows"].as_array().cloned().unwrap_or_default()
         }
         None => {
-            let projector = args.connection.caught_up(convo_reports::NAME, &mut Reports).await?;
+            let projector = args.connection.caught_up(convo_reports::NAME, &mut Reports::default()).await?;
             let rows = convo_reports::rows(
                 &projector.tree()?,
                 &args.account,

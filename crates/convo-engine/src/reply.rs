@@ -19,7 +19,7 @@ pub enum Reply {
         /// Each event's type, in the order of `event_ids`.
         event_types: Vec<&'static str>,
         #[schemars(schema_with = "event_views")]
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         events: Option<Vec<Value>>,
         /// `issue_api_key` only, shown this once.
         #[serde(skip_serializing_if = "Option::is_none")]

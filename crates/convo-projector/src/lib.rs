@@ -24,6 +24,10 @@ use convo_store::{EventStore, StoreError, StoredCommit};
 
 /// Commits folded into one atomic write.
 pub const BATCH_COMMITS_MAX: usize = 1_000;
+/// Commits folded into one write while rebuilding into a fresh tree: no
+/// query reads that tree before the swap and a stopped rebuild starts over,
+/// so a batch can be larger (fewer, merged writes per counter and head).
+pub const REBUILD_BATCH_COMMITS_MAX: usize = 65_536;
 
 const CHECKPOINT_KEY: &[u8] = b"\x00checkpoint";
 const DEAD_PREFIX: &[u8] = b"\x00dead/";
@@ -48,8 +52,22 @@ pub trait Projection {
     /// The projection's name (its trees are named after it).
     fn name(&self) -> &'static str;
 
-    /// Folds a commit into `staged` (reads see earlier staged changes).
+    /// Folds a commit into `staged` (reads see earlier staged changes). A
+    /// projection may also keep the commit's changes in memory when it
+    /// returns `Ok` (the commit is then part of the batch) and hand them over
+    /// in [`Projection::flush`].
     fn apply(&mut self, staged: &mut Staged<'_>, stored: &StoredCommit) -> Result<(), String>;
+
+    /// Writes what the projection keeps in memory for the batch in hand into
+    /// `staged`; called before each batch is written (as one merged write per
+    /// key instead of one read-modify-write per event).
+    fn flush(&mut self, _staged: &mut Staged<'_>) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Forgets what it keeps in memory and has not flushed: a fold starts
+    /// (after a failed one, nothing of its unwritten batch may count).
+    fn reset(&mut self) {}
 }
 
 impl<P: Projection + ?Sized> Projection for Box<P> {
@@ -59,6 +77,14 @@ impl<P: Projection + ?Sized> Projection for Box<P> {
 
     fn apply(&mut self, staged: &mut Staged<'_>, stored: &StoredCommit) -> Result<(), String> {
         (**self).apply(staged, stored)
+    }
+
+    fn flush(&mut self, staged: &mut Staged<'_>) -> Result<(), String> {
+        (**self).flush(staged)
+    }
+
+    fn reset(&mut self) {
+        (**self).reset()
     }
 }
 
@@ -133,6 +159,8 @@ pub enum ProjectorError {
     Store(#[from] StoreError),
     #[error("the read-model database failed: {0}")]
     Db(#[from] sled::Error),
+    #[error("the projection could not write its batch: {0}")]
+    Flush(String),
 }
 
 /// What one run did.
@@ -223,7 +251,7 @@ impl Projector {
         let fresh_name = format!("{}#{}", self.name, generation + 1);
         self.db.drop_tree(fresh_name.as_bytes())?;
         let fresh = self.db.open_tree(fresh_name.as_bytes())?;
-        let stats = fold(store, &fresh, projection, BATCH_COMMITS_MAX, None, on_progress).await?;
+        let stats = fold(store, &fresh, projection, REBUILD_BATCH_COMMITS_MAX, None, on_progress).await?;
         self.db.insert(self.active_key(), fresh_name.as_bytes())?;
         self.db.flush_async().await?;
         self.db.drop_tree(old_name)?;
@@ -270,6 +298,7 @@ pub async fn fold(
     // A read that ends at the log's current end: deleted messages, the last
     // one included, are never waited for.
     let mut follow = store.read(stats.checkpoint + 1).await?;
+    projection.reset();
     let mut staged = Staged::new(tree);
     let mut in_batch = 0;
     while stats.checkpoint < last {
@@ -303,7 +332,7 @@ pub async fn fold(
         stats.checkpoint = seq;
         in_batch += 1;
         if in_batch >= batch_max || stats.checkpoint >= last {
-            write(tree, &mut staged, stats.checkpoint).await?;
+            write(tree, &mut staged, projection, stats.checkpoint).await?;
             stats.batches += 1;
             in_batch = 0;
             on_progress(stats.checkpoint, last);
@@ -315,14 +344,25 @@ pub async fn fold(
         in_batch += 1;
     }
     if in_batch > 0 {
-        write(tree, &mut staged, stats.checkpoint).await?;
+        write(tree, &mut staged, projection, stats.checkpoint).await?;
         stats.batches += 1;
     }
     Ok(stats)
 }
 
-/// Writes the staged changes and the checkpoint in one atomic batch, durably.
-async fn write(tree: &sled::Tree, staged: &mut Staged<'_>, checkpoint: u64) -> Result<(), ProjectorError> {
+/// Writes the staged changes (with what the projection holds for the batch)
+/// and the checkpoint in one atomic batch, durably.
+async fn write(
+    tree: &sled::Tree,
+    staged: &mut Staged<'_>,
+    projection: &mut (dyn Projection + Send),
+    checkpoint: u64,
+) -> Result<(), ProjectorError> {
+    if let Err(e) = projection.flush(staged) {
+        projection.reset();
+        return Err(ProjectorError::Flush(e));
+    }
+    staged.keep();
     let mut batch = sled::Batch::default();
     for (k, v) in std::mem::take(&mut staged.batch) {
         match v {

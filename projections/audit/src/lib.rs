@@ -60,10 +60,34 @@ fn target(stored: &StoredCommit, event: &Event) -> String {
 
 /// The hash of an entry (without its `hash` field) after `prev`.
 pub fn chain(prev: &str, entry: &Value) -> String {
+    chain_bytes(prev, &json_bytes(entry))
+}
+
+/// The hash of an entry's JSON bytes (without its `hash` field) after `prev`.
+fn chain_bytes(prev: &str, entry: &[u8]) -> String {
     let mut hasher = Sha256::new();
     hasher.update(prev.as_bytes());
-    hasher.update(json_bytes(entry));
-    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hasher.update(entry);
+    convo_store::signing::hex(&hasher.finalize())
+}
+
+/// An entry as it is hashed and stored: the fields in this order (the bytes
+/// are those of the JSON object with these keys in this order, then `hash`).
+#[derive(serde::Serialize)]
+struct Entry<'a> {
+    n: u64,
+    time: String,
+    account: &'a str,
+    actor: String,
+    ip: Value,
+    action: &'static str,
+    target: String,
+    details: Value,
+    seq: u64,
+    index: usize,
+    event_id: String,
+    command: String,
+    prev_hash: &'a str,
 }
 
 impl Projection for AuditLog {
@@ -83,25 +107,29 @@ impl Projection for AuditLog {
         for (index, (envelope, event)) in stored.commit.envelopes().enumerate() {
             n += 1;
             let (actor, ip) = actor_parts(envelope.actor);
-            let details = event.json_view();
-            let mut entry = json!({
-                "n": n,
-                "time": envelope.occurred_at.to_rfc3339(),
-                "account": account,
-                "actor": actor,
-                "ip": ip,
-                "action": event.type_name(),
-                "target": target(stored, event),
-                "details": details,
-                "seq": stored.stream_seq,
-                "index": index,
-                "event_id": envelope.event_id.to_string(),
-                "command": envelope.command_id.to_string(),
-                "prev_hash": prev,
-            });
-            let hash = chain(&prev, &entry);
-            entry["hash"] = Value::String(hash.clone());
-            staged.insert(entry_key(account, n), json_bytes(&entry));
+            let entry = Entry {
+                n,
+                time: envelope.occurred_at.to_rfc3339(),
+                account,
+                actor,
+                ip,
+                action: event.type_name(),
+                target: target(stored, event),
+                details: event.json_view(),
+                seq: stored.stream_seq,
+                index,
+                event_id: envelope.event_id.to_string(),
+                command: envelope.command_id.to_string(),
+                prev_hash: &prev,
+            };
+            // Serialized once: hashed, then closed with its hash (`…,"hash":"…"}`).
+            let mut bytes = serde_json::to_vec(&entry).map_err(|e| e.to_string())?;
+            let hash = chain_bytes(&prev, &bytes);
+            bytes.pop();
+            bytes.extend_from_slice(b",\"hash\":\"");
+            bytes.extend_from_slice(hash.as_bytes());
+            bytes.extend_from_slice(b"\"}");
+            staged.insert(entry_key(account, n), bytes);
             prev = hash;
         }
         staged.insert(head_key(account), json_bytes(&json!({"n": n, "hash": prev})));

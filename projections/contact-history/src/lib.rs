@@ -29,8 +29,13 @@ pub const DEFAULT_HISTORY: u64 = 10;
 /// Masks all but the last four characters (`********2233`).
 pub use convo_wire::redact::mask_contact as mask;
 
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ContactHistory;
+/// The contact-history projection. Within a batch it keeps each open
+/// conversation's context in memory (the latest; `None` once closed) and
+/// writes it when the batch is written.
+#[derive(Debug, Default, Clone)]
+pub struct ContactHistory {
+    contexts: std::collections::HashMap<String, Option<Value>>,
+}
 
 fn read(staged: &Staged<'_>, key: &str) -> Result<Option<Value>, String> {
     staged.get(key.as_bytes())?.map(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())).transpose()
@@ -81,7 +86,10 @@ impl Projection for ContactHistory {
             }
             StreamRef::Conversation(id) => {
                 let ctx_key = format!("x/{account}/{id}");
-                let mut ctx = read(staged, &ctx_key)?.unwrap_or(Value::Null);
+                let mut ctx = match self.contexts.get(&ctx_key) {
+                    Some(held) => held.clone().unwrap_or(Value::Null),
+                    None => read(staged, &ctx_key)?.unwrap_or(Value::Null),
+                };
                 for e in &stored.commit.events {
                     let Event::Conversation(event) = &e.event else { continue };
                     match event {
@@ -114,14 +122,25 @@ impl Projection for ContactHistory {
                 if ctx.is_null() {
                     return Ok(());
                 }
-                if ctx["closed"].as_bool() == Some(true) {
-                    staged.remove(ctx_key.into_bytes());
-                } else {
-                    staged.insert(ctx_key.into_bytes(), json_bytes(&ctx));
-                }
+                let closed = ctx["closed"].as_bool() == Some(true);
+                self.contexts.insert(ctx_key, (!closed).then_some(ctx));
                 Ok(())
             }
         }
+    }
+
+    fn flush(&mut self, staged: &mut Staged<'_>) -> Result<(), String> {
+        for (key, ctx) in self.contexts.drain() {
+            match ctx {
+                Some(ctx) => staged.insert(key.into_bytes(), json_bytes(&ctx)),
+                None => staged.remove(key.into_bytes()),
+            }
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.contexts.clear();
     }
 }
 

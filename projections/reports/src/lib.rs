@@ -13,7 +13,7 @@
 //! a counter (u64, big-endian); `x/<account>/<conversation>` the context later
 //! events need (client, campaign, channel, agent, opening time).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{Value, json};
 
@@ -45,10 +45,118 @@ pub fn value_bucket(secs: u64) -> u64 {
     secs / unit * unit
 }
 
-fn periods(at: Timestamp) -> [(&'static str, String); 2] {
-    let text = at.to_rfc3339();
-    [("hour", text[..13].to_owned()), ("day", text[..10].to_owned())]
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 24 * HOUR_MS;
+
+/// A name interned for the projection's run (accounts, dimension values,
+/// typifications): counters are keyed by numbers, and named when written.
+type NameId = u32;
+
+#[derive(Debug, Default, Clone)]
+struct Names {
+    ids: HashMap<String, NameId>,
+    names: Vec<String>,
 }
+
+impl Names {
+    fn id(&mut self, name: &str) -> NameId {
+        if let Some(id) = self.ids.get(name) {
+            return *id;
+        }
+        let id = self.names.len() as NameId;
+        self.names.push(name.to_owned());
+        self.ids.insert(name.to_owned(), id);
+        id
+    }
+
+    fn name(&self, id: NameId) -> &str {
+        &self.names[id as usize]
+    }
+}
+
+/// What a counter counts (its key's last segment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Metric {
+    Fixed(&'static str),
+    /// `<name>_v<bucket:020>`: a histogram bucket of a timed metric.
+    Histogram(&'static str, u64),
+    /// `typ:<typification>`.
+    Typification(NameId),
+}
+
+/// A counter: `c/<account>/<dimension>/<value>/<period>/<bucket>/<metric>`,
+/// the period's bucket as its number of hours or days since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct CounterKey {
+    account: NameId,
+    dimension: u8,
+    value: NameId,
+    hourly: bool,
+    bucket: i64,
+    metric: Metric,
+}
+
+impl CounterKey {
+    fn text(&self, names: &Names) -> String {
+        let (period, start, cut) =
+            if self.hourly { ("hour", self.bucket * HOUR_MS, 13) } else { ("day", self.bucket * DAY_MS, 10) };
+        let bucket = Timestamp::from_millis(start).to_rfc3339();
+        let metric = match self.metric {
+            Metric::Fixed(name) => name.to_owned(),
+            Metric::Histogram(name, value) => format!("{name}_v{value:020}"),
+            Metric::Typification(id) => format!("typ:{}", names.name(id)),
+        };
+        format!(
+            "c/{}/{}/{}/{period}/{}/{metric}",
+            names.name(self.account),
+            DIMENSIONS[self.dimension as usize],
+            names.name(self.value),
+            &bucket[..cut]
+        )
+    }
+}
+
+/// The (dimension, value) pairs an event counts under: at most one per dimension.
+#[derive(Debug, Clone, Copy, Default)]
+struct Dims {
+    pairs: [(u8, NameId); DIMENSIONS.len()],
+    len: usize,
+}
+
+/// One commit's counter changes, merged into the batch's when the commit is taken whole.
+struct Counts {
+    account: NameId,
+    hour: i64,
+    day: i64,
+    deltas: Vec<(CounterKey, u64)>,
+}
+
+impl Counts {
+    fn new(account: NameId, at: Timestamp) -> Self {
+        let ms = at.millis();
+        Self { account, hour: ms.div_euclid(HOUR_MS), day: ms.div_euclid(DAY_MS), deltas: Vec::new() }
+    }
+
+    fn count(&mut self, dims: &Dims, metric: Metric, by: u64) {
+        for &(dimension, value) in &dims.pairs[..dims.len] {
+            for (hourly, bucket) in [(true, self.hour), (false, self.day)] {
+                let key = CounterKey { account: self.account, dimension, value, hourly, bucket, metric };
+                self.deltas.push((key, by));
+            }
+        }
+    }
+
+    /// A timed metric: its count, its sum and its histogram bucket.
+    fn time(&mut self, dims: &Dims, (n, sum, name): (&'static str, &'static str, &'static str), secs: u64) {
+        self.count(dims, Metric::Fixed(n), 1);
+        self.count(dims, Metric::Fixed(sum), secs);
+        self.count(dims, Metric::Histogram(name, value_bucket(secs)), 1);
+    }
+}
+
+const RT: (&str, &str, &str) = ("rt_n", "rt_sum", "rt");
+const FRT: (&str, &str, &str) = ("frt_n", "frt_sum", "frt");
+const HT: (&str, &str, &str) = ("ht_n", "ht_sum", "ht");
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Ctx {
@@ -82,61 +190,40 @@ impl Ctx {
     }
 
     /// The (dimension, value) pairs a conversation's events count under.
-    fn dims(&self, account: &str, agent: Option<&str>) -> Vec<(&'static str, String)> {
-        let mut d = vec![
-            ("account", account.to_owned()),
-            ("client", self.client.clone()),
-            ("campaign", self.campaign.clone()),
-            ("channel", self.channel.clone()),
+    fn dims(&self, names: &mut Names, account: &str, agent: Option<&str>) -> Dims {
+        let mut dims = Dims::default();
+        let values = [
+            Some(account),
+            Some(self.client.as_str()),
+            Some(self.campaign.as_str()),
+            agent.or(self.agent.as_deref()),
+            Some(self.channel.as_str()),
+            self.team.as_deref(),
         ];
-        if let Some(agent) = agent.or(self.agent.as_deref()) {
-            d.push(("agent", agent.to_owned()));
+        for (dimension, value) in values.into_iter().enumerate() {
+            if let Some(value) = value {
+                dims.pairs[dims.len] = (dimension as u8, names.id(value));
+                dims.len += 1;
+            }
         }
-        if let Some(team) = &self.team {
-            d.push(("team", team.clone()));
-        }
-        d
+        dims
     }
 }
 
-/// The reports projection.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Reports;
-
-fn add(staged: &mut Staged<'_>, key: String, by: u64) -> Result<(), String> {
-    let key = key.into_bytes();
-    let now = staged.get(&key)?.and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok()).map_or(0, u64::from_be_bytes);
-    staged.insert(key, (now + by).to_be_bytes().to_vec());
-    Ok(())
+/// The reports projection. Within a batch it keeps the counters' changes
+/// (one merged delta per key) and each conversation's latest context in
+/// memory, and writes them when the batch is written.
+#[derive(Debug, Default, Clone)]
+pub struct Reports {
+    names: Names,
+    counters: HashMap<CounterKey, u64, BuildFx>,
+    contexts: HashMap<Vec<u8>, Ctx>,
 }
 
-fn count(
-    staged: &mut Staged<'_>,
-    account: &str,
-    dims: &[(&'static str, String)],
-    at: Timestamp,
-    metric: &str,
-    by: u64,
-) -> Result<(), String> {
-    for (dim, value) in dims {
-        for (period, bucket) in periods(at) {
-            add(staged, format!("c/{account}/{dim}/{value}/{period}/{bucket}/{metric}"), by)?;
-        }
-    }
-    Ok(())
-}
+type BuildFx = std::hash::BuildHasherDefault<fxhash::FxHasher>;
 
-fn time(
-    staged: &mut Staged<'_>,
-    account: &str,
-    dims: &[(&'static str, String)],
-    at: Timestamp,
-    name: &str,
-    secs: u64,
-) -> Result<(), String> {
-    count(staged, account, dims, at, &format!("{name}_n"), 1)?;
-    count(staged, account, dims, at, &format!("{name}_sum"), secs)?;
-    count(staged, account, dims, at, &format!("{name}_v{:020}", value_bucket(secs)), 1)
+fn counter(bytes: Option<Vec<u8>>) -> u64 {
+    bytes.and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok()).map_or(0, u64::from_be_bytes)
 }
 
 impl Projection for Reports {
@@ -149,10 +236,16 @@ impl Projection for Reports {
         let account = stored.commit.account.as_str();
         let at = stored.commit.at;
         let ctx_key = format!("x/{account}/{id}").into_bytes();
-        let mut ctx = match staged.get(&ctx_key)? {
-            Some(bytes) => Ctx::from_json(&serde_json::from_slice(&bytes).map_err(|e| e.to_string())?),
-            None => Ctx::default(),
+        // Taken out of the batch's contexts: nothing below can fail, so it goes back.
+        let mut ctx = match self.contexts.remove(&ctx_key) {
+            Some(ctx) => ctx,
+            None => match staged.get(&ctx_key)? {
+                Some(bytes) => Ctx::from_json(&serde_json::from_slice(&bytes).map_err(|e| e.to_string())?),
+                None => Ctx::default(),
+            },
         };
+        let names = &mut self.names;
+        let mut counts = Counts::new(names.id(account), at);
         for e in &stored.commit.events {
             let Event::Conversation(event) = &e.event else { continue };
             match event {
@@ -166,15 +259,15 @@ impl Projection for Reports {
                         business_hours: false,
                         team: None,
                     };
-                    let dims = ctx.dims(account, None);
-                    count(staged, account, &dims, at, "opened", 1)?;
+                    let dims = ctx.dims(names, account, None);
+                    counts.count(&dims, Metric::Fixed("opened"), 1);
                     if o.out_of_hours {
-                        count(staged, account, &dims, at, "out_of_hours", 1)?;
+                        counts.count(&dims, Metric::Fixed("out_of_hours"), 1);
                     }
                 }
                 ConversationEvent::AgentAssigned { agent, .. } => ctx.agent = Some(agent.to_string()),
                 ConversationEvent::ConversationTransferred { to, .. } => {
-                    count(staged, account, &ctx.dims(account, None), at, "transfers", 1)?;
+                    counts.count(&ctx.dims(names, account, None), Metric::Fixed("transfers"), 1);
                     ctx.agent = None;
                     match to {
                         Destination::Campaign(change) => {
@@ -187,52 +280,74 @@ impl Projection for Reports {
                     }
                 }
                 ConversationEvent::ResponseRecorded { agent, response_secs, class, first, .. } => {
-                    let dims = ctx.dims(account, Some(agent.as_str()));
+                    let dims = ctx.dims(names, account, Some(agent.as_str()));
                     let class = match class {
                         SlaClass::Optimal => "sla_optimal",
                         SlaClass::Low => "sla_low",
                         SlaClass::Breached => "sla_breached",
                     };
-                    count(staged, account, &dims, at, class, 1)?;
+                    counts.count(&dims, Metric::Fixed(class), 1);
                     if ctx.business_hours {
-                        count(staged, account, &dims, at, "sla_business_hours", 1)?;
+                        counts.count(&dims, Metric::Fixed("sla_business_hours"), 1);
                     }
-                    time(staged, account, &dims, at, "rt", *response_secs)?;
+                    counts.time(&dims, RT, *response_secs);
                     if *first {
-                        time(staged, account, &dims, at, "frt", *response_secs)?;
+                        counts.time(&dims, FRT, *response_secs);
                     }
                 }
                 ConversationEvent::ConversationClosed { reason, typification, .. } => {
-                    let dims = ctx.dims(account, None);
-                    count(staged, account, &dims, at, "closed", 1)?;
+                    let dims = ctx.dims(names, account, None);
+                    counts.count(&dims, Metric::Fixed("closed"), 1);
                     let reason = match reason {
-                        CloseReason::Resolved => "resolved",
-                        CloseReason::System => "system",
-                        CloseReason::Inactivity => "inactivity",
-                        CloseReason::AutoResolve => "auto_resolve",
-                        CloseReason::OutOfHours => "out_of_hours",
+                        CloseReason::Resolved => "reason:resolved",
+                        CloseReason::System => "reason:system",
+                        CloseReason::Inactivity => "reason:inactivity",
+                        CloseReason::AutoResolve => "reason:auto_resolve",
+                        CloseReason::OutOfHours => "reason:out_of_hours",
                     };
-                    count(staged, account, &dims, at, &format!("reason:{reason}"), 1)?;
+                    counts.count(&dims, Metric::Fixed(reason), 1);
                     if let Some(t) = typification {
-                        count(staged, account, &dims, at, &format!("typ:{t}"), 1)?;
+                        counts.count(&dims, Metric::Typification(names.id(t.as_str())), 1);
                     }
                     let handled = at.secs_since(Timestamp::from_millis(ctx.opened_at));
-                    time(staged, account, &dims, at, "ht", handled)?;
+                    counts.time(&dims, HT, handled);
                 }
                 ConversationEvent::SlaClockSet { mode, .. } => {
                     ctx.business_hours = *mode == convo_domain::config::SlaMode::BusinessHours;
                 }
                 ConversationEvent::SurveyAnswered { rating, solved } => {
-                    let dims = ctx.dims(account, None);
-                    count(staged, account, &dims, at, "csat_n", 1)?;
-                    count(staged, account, &dims, at, "csat_sum", u64::from(*rating))?;
-                    count(staged, account, &dims, at, "solved", u64::from(*solved))?;
+                    let dims = ctx.dims(names, account, None);
+                    counts.count(&dims, Metric::Fixed("csat_n"), 1);
+                    counts.count(&dims, Metric::Fixed("csat_sum"), u64::from(*rating));
+                    counts.count(&dims, Metric::Fixed("solved"), u64::from(*solved));
                 }
                 _ => {}
             }
         }
-        staged.insert(ctx_key, json_bytes(&ctx.to_json()));
+        // The commit is taken whole: its changes join the batch's.
+        for (key, by) in counts.deltas {
+            *self.counters.entry(key).or_default() += by;
+        }
+        self.contexts.insert(ctx_key, ctx);
         Ok(())
+    }
+
+    fn flush(&mut self, staged: &mut Staged<'_>) -> Result<(), String> {
+        for (key, by) in self.counters.drain() {
+            let key = key.text(&self.names).into_bytes();
+            let now = counter(staged.get(&key)?);
+            staged.insert(key, (now + by).to_be_bytes().to_vec());
+        }
+        for (key, ctx) in self.contexts.drain() {
+            staged.insert(key, json_bytes(&ctx.to_json()));
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.counters.clear();
+        self.contexts.clear();
+        self.names = Names::default();
     }
 }
 

@@ -55,8 +55,8 @@ async fn read_models(dir: &Path) -> Vec<(&'static str, String)> {
     engine.replay(inputs).await.unwrap();
     let store = engine.store();
     let audit = fold(store, &mut convo_audit::AuditLog).await;
-    let reports = fold(store, &mut convo_reports::Reports).await;
-    let history = fold(store, &mut convo_contact_history::ContactHistory).await;
+    let reports = fold(store, &mut convo_reports::Reports::default()).await;
+    let history = fold(store, &mut convo_contact_history::ContactHistory::default()).await;
     vec![
         ("expected-audit.jsonl", lines(convo_audit::entries(&audit, &convo_audit::Filter::default()).unwrap())),
         ("expected-reports.jsonl", lines(convo_reports::export_all(&reports).unwrap())),

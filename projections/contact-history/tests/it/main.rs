@@ -53,7 +53,7 @@ async fn contact_history_keeps_exactly_the_clients_limit_newest_first_masked() {
     );
     let db_dir = tempfile::tempdir().unwrap();
     let projector = Projector::open(sled::open(db_dir.path()).unwrap(), convo_contact_history::NAME);
-    projector.catch_up(&store, &mut convo_contact_history::ContactHistory, &mut |_, _| {}).await.unwrap();
+    projector.catch_up(&store, &mut convo_contact_history::ContactHistory::default(), &mut |_, _| {}).await.unwrap();
     let history = convo_contact_history::history(&projector.tree().unwrap(), "default", "573001112233").unwrap();
     let conversations: Vec<&str> = history.iter().map(|e| e["conversation"].as_str().unwrap()).collect();
     assert_eq!(conversations, ["k4", "k3"], "exactly two, newest first");
@@ -66,6 +66,6 @@ async fn contact_history_keeps_exactly_the_clients_limit_newest_first_masked() {
         "k4 opened at 12:00 in Bogota, out of hours: the contact, the out-of-hours notice, the closing message"
     );
     // A rebuild gives the same history.
-    projector.rebuild(&store, &mut convo_contact_history::ContactHistory, &mut |_, _| {}).await.unwrap();
+    projector.rebuild(&store, &mut convo_contact_history::ContactHistory::default(), &mut |_, _| {}).await.unwrap();
     assert_eq!(convo_contact_history::history(&projector.tree().unwrap(), "default", "573001112233").unwrap(), history);
 }

@@ -59,7 +59,7 @@ fn export(projector: &Projector) -> String {
 async fn the_sla_report_of_the_spec_example_shows_one_low_and_one_optimal_response() {
     let setup = stream_of("sla-worked-example").await;
     let (projector, _d) = fresh();
-    projector.catch_up(&setup.store, &mut Reports, &mut |_, _| {}).await.unwrap();
+    projector.catch_up(&setup.store, &mut Reports::default(), &mut |_, _| {}).await.unwrap();
     let rows = convo_reports::rows(&projector.tree().unwrap(), "default", "campaign", "day", None, None).unwrap();
     assert_eq!(rows.len(), 1);
     let report = convo_reports::row_json("campaign", &rows[0]);
@@ -85,7 +85,7 @@ async fn the_sla_report_of_the_spec_example_shows_one_low_and_one_optimal_respon
     assert_eq!(convo_reports::row_json("agent", &agent[0])["rt_count"], 2);
 }
 
-struct DiesAfter(usize);
+struct DiesAfter(usize, Reports);
 
 impl Projection for DiesAfter {
     fn name(&self) -> &'static str {
@@ -95,7 +95,15 @@ impl Projection for DiesAfter {
     fn apply(&mut self, staged: &mut Staged<'_>, stored: &StoredCommit) -> Result<(), String> {
         assert!(self.0 > 0, "the projector process dies here");
         self.0 -= 1;
-        Reports.apply(staged, stored)
+        self.1.apply(staged, stored)
+    }
+
+    fn flush(&mut self, staged: &mut Staged<'_>) -> Result<(), String> {
+        self.1.flush(staged)
+    }
+
+    fn reset(&mut self) {
+        self.1.reset()
     }
 }
 
@@ -108,7 +116,7 @@ async fn a_projector_killed_mid_batch_double_counts_nothing_and_a_rebuild_equals
         convo_projector::fold(
             &store,
             &tree,
-            &mut DiesAfter(1_700),
+            &mut DiesAfter(1_700, Reports::default()),
             convo_projector::BATCH_COMMITS_MAX,
             None,
             &mut |_, _| {},
@@ -118,12 +126,12 @@ async fn a_projector_killed_mid_batch_double_counts_nothing_and_a_rebuild_equals
     .await;
     assert!(crashed.is_err());
     assert_eq!(projector.checkpoint().unwrap(), 1_000);
-    projector.catch_up(&setup.store, &mut Reports, &mut |_, _| {}).await.unwrap();
+    projector.catch_up(&setup.store, &mut Reports::default(), &mut |_, _| {}).await.unwrap();
     let live = export(&projector);
     let (clean, _d2) = fresh();
-    clean.catch_up(&setup.store, &mut Reports, &mut |_, _| {}).await.unwrap();
+    clean.catch_up(&setup.store, &mut Reports::default(), &mut |_, _| {}).await.unwrap();
     assert_eq!(live, export(&clean), "totals equal a clean run's");
-    projector.rebuild(&setup.store, &mut Reports, &mut |_, _| {}).await.unwrap();
+    projector.rebuild(&setup.store, &mut Reports::default(), &mut |_, _| {}).await.unwrap();
     assert_eq!(export(&projector), live, "a rebuild equals the live reports byte for byte");
     // The day's totals agree with the simulator's summary of the same day.
     let day = convo_reports::rows(&projector.tree().unwrap(), "default", "account", "day", None, None).unwrap();
