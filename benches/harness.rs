@@ -755,9 +755,13 @@ async fn raw_read(url: &str, prefix: &str, commits: usize) -> Result<f64> {
     Ok(started.elapsed().as_secs_f64())
 }
 
-async fn rebuild(store: &JetStreamStore, projection: &mut (dyn Projection + Send)) -> Result<(f64, u64)> {
-    let dir = tempfile::tempdir()?;
-    let projector = convo_projector::Projector::open_at(dir.path(), projection.name())?;
+/// A rebuild of `projection` in the read models' database at `dir` (the fold, then the swap).
+async fn rebuild(
+    store: &JetStreamStore,
+    dir: &std::path::Path,
+    projection: &mut (dyn Projection + Send),
+) -> Result<(f64, u64)> {
+    let projector = convo_projector::Projector::open_at(dir, projection.name())?;
     let started = Instant::now();
     let stats = projector.rebuild(store, projection, &mut |_, _| {}).await?;
     let secs = started.elapsed().as_secs_f64();
@@ -943,12 +947,15 @@ async fn main() -> Result<()> {
             ("contact history", Box::new(convo_contact_history::ContactHistory::default())),
         ];
         let only = std::env::var("CONVO_BENCH_PROJECTION").ok();
+        // The read models share one database, as under `convo serve`.
+        let models = tempfile::tempdir()?;
+        let db = models.path().join("projections");
         for (name, mut projection) in projections {
             if only.as_deref().is_some_and(|only| only != name) {
                 continue;
             }
             eprintln!("convo-bench: rebuilding {name}");
-            let (secs, _) = rebuild(&store, projection.as_mut()).await?;
+            let (secs, _) = rebuild(&store, &db, projection.as_mut()).await?;
             let rate = events as f64 / secs;
             figures.push(Figure {
                 measure: format!("rebuild {name}: events/s"),
@@ -964,6 +971,27 @@ async fn main() -> Result<()> {
                     ceiling: Some(("raw sled batch inserts/s".into(), sled_rate)),
                 });
             }
+        }
+        if only.is_none() {
+            // Footprint: the database after the fresh folds, then after the audit log is
+            // rebuilt and swapped in (the old tree dropped), then compacted.
+            let fresh = convo_projector::dir_bytes(&db)? as f64;
+            eprintln!("convo-bench: rebuilding the audit log over the folded read models, then compacting");
+            rebuild(&store, &db, &mut convo_audit::AuditLog).await?;
+            let compacted = convo_projector::compact(&db)?;
+            let mb = |bytes: u64| bytes as f64 / 1e6;
+            figures.push(Figure {
+                measure: "read models on disk after rebuild+swap".into(),
+                value: mb(compacted.before),
+                unit: "MB",
+                ceiling: Some(("fresh fold, MB".into(), fresh / 1e6)),
+            });
+            figures.push(Figure {
+                measure: "… and after compacting".into(),
+                value: mb(compacted.after),
+                unit: "MB",
+                ceiling: Some(("fresh fold, MB".into(), fresh / 1e6)),
+            });
         }
     }
 

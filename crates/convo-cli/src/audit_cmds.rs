@@ -140,6 +140,16 @@ pub async fn audit(args: AuditArgs) -> Result<std::process::ExitCode> {
                 "convo: rebuilt the audit log from {} commits ({} dead letters); now live",
                 stats.commits, stats.dead_letters
             );
+            // The swapped-out tree's space goes back to the disk: the database is rewritten with the live trees.
+            drop(projector);
+            let dir = data_dir.join("projections");
+            let compacted = convo_projector::compact(&dir)?;
+            eprintln!(
+                "convo: the read models under {} take {} bytes on disk (were {} with the old tree)",
+                dir.display(),
+                compacted.after,
+                compacted.before
+            );
         }
         AuditCmd::Verify => {
             let verdict = convo_gateway::reads::verify_verdict(&store, &projector.tree()?)

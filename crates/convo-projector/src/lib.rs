@@ -193,7 +193,7 @@ impl Projector {
 
     /// Opens (or creates) the read-model database at `path`.
     pub fn open_at(path: &std::path::Path, name: &'static str) -> Result<Self, ProjectorError> {
-        Ok(Self::open(sled::open(path)?, name))
+        Ok(Self::open(open_db(path)?, name))
     }
 
     fn active_key(&self) -> Vec<u8> {
@@ -264,9 +264,97 @@ impl Projector {
     }
 }
 
-/// Opens (or creates) the read models' database at `path`, for several projectors to share.
+/// Opens (or creates) the read models' database at `path`, for several
+/// projectors to share (finishing a compaction a crash interrupted).
 pub fn open_db(path: &std::path::Path) -> Result<sled::Db, ProjectorError> {
+    finish_compaction(path)?;
     Ok(sled::open(path)?)
+}
+
+/// Entries copied per batch when a database is compacted.
+pub const COMPACT_BATCH_MAX: usize = 10_000;
+
+/// A compaction: the database's size on disk before and after, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compacted {
+    pub before: u64,
+    pub after: u64,
+}
+
+fn sibling(path: &std::path::Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.file_name().map(std::ffi::OsStr::to_os_string).unwrap_or_default();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+/// The bytes of the files under `path`.
+pub fn dir_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(path)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() { dir_bytes(&entry.path())? } else { meta.len() };
+    }
+    Ok(total)
+}
+
+/// Rewrites the read models' database at `path` with only what its trees
+/// hold now, then puts the copy in its place. sled reuses the space of a
+/// dropped tree (the one a rebuild swapped out) only for later writes and
+/// never shrinks its files; the copy holds the live trees alone. Nothing else
+/// may hold the database meanwhile. A crash leaves the old database or the
+/// copy in place, never neither ([`open_db`] finishes the swap).
+pub fn compact(path: &std::path::Path) -> Result<Compacted, ProjectorError> {
+    finish_compaction(path)?;
+    let before = dir_bytes(path).map_err(io)?;
+    let copy = sibling(path, ".compacting");
+    if copy.exists() {
+        std::fs::remove_dir_all(&copy).map_err(io)?;
+    }
+    {
+        let db = sled::open(path)?;
+        let fresh = sled::open(&copy)?;
+        for name in db.tree_names() {
+            let (from, to) = (db.open_tree(&name)?, fresh.open_tree(&name)?);
+            let mut batch = sled::Batch::default();
+            let mut in_batch = 0;
+            for item in from.iter() {
+                let (k, v) = item?;
+                batch.insert(k, v);
+                in_batch += 1;
+                if in_batch == COMPACT_BATCH_MAX {
+                    to.apply_batch(std::mem::take(&mut batch))?;
+                    in_batch = 0;
+                }
+            }
+            to.apply_batch(batch)?;
+        }
+        fresh.flush()?;
+    }
+    let old = sibling(path, ".old");
+    std::fs::rename(path, &old).map_err(io)?;
+    std::fs::rename(&copy, path).map_err(io)?;
+    std::fs::remove_dir_all(&old).map_err(io)?;
+    Ok(Compacted { before, after: dir_bytes(path).map_err(io)? })
+}
+
+/// After a crash during [`compact`]: the copy, if it was put in place,
+/// stands; otherwise the old database does.
+fn finish_compaction(path: &std::path::Path) -> Result<(), ProjectorError> {
+    let (copy, old) = (sibling(path, ".compacting"), sibling(path, ".old"));
+    if !path.exists() && old.exists() {
+        std::fs::rename(&old, path).map_err(io)?;
+    }
+    for leftover in [copy, old] {
+        if leftover.exists() {
+            std::fs::remove_dir_all(&leftover).map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
+fn io(e: std::io::Error) -> ProjectorError {
+    ProjectorError::Db(sled::Error::Io(e))
 }
 
 /// A tree in a temporary database, gone when dropped (for checks and tests).
@@ -390,4 +478,47 @@ pub fn dead_letters_of(tree: &sled::Tree) -> Result<Vec<DeadLetter>, ProjectorEr
 /// A helper for projections: the JSON view of a value as bytes.
 pub fn json_bytes(value: &serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(value).expect("JSON values serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A rebuild swaps a tree out; compacting gives its space back and keeps
+    /// every live tree's entries, and a crash mid-swap leaves a whole database.
+    #[test]
+    fn compacting_keeps_the_live_trees_and_drops_the_dead_ones_space() {
+        let dir = std::env::temp_dir().join(format!("convo-compact-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("projections");
+        let value = vec![7u8; 600];
+        {
+            let db = open_db(&path).unwrap();
+            for (tree, n) in [("old#1", 20_000u32), ("live#2", 20_000), ("other", 100)] {
+                let tree = db.open_tree(tree).unwrap();
+                for i in 0..n {
+                    tree.insert(i.to_be_bytes(), value.as_slice()).unwrap();
+                }
+            }
+            db.insert(b"active/live", b"live#2".as_slice()).unwrap();
+            db.drop_tree(b"old#1").unwrap();
+            db.flush().unwrap();
+        }
+        let compacted = compact(&path).unwrap();
+        assert!(compacted.after < compacted.before, "{compacted:?}");
+        let db = open_db(&path).unwrap();
+        assert_eq!(db.open_tree("live#2").unwrap().len(), 20_000);
+        assert_eq!(db.open_tree("other").unwrap().len(), 100);
+        assert_eq!(db.get(b"active/live").unwrap().as_deref(), Some(b"live#2".as_slice()));
+        assert!(!db.tree_names().iter().any(|n| n.as_ref() == b"old#1"));
+        drop(db);
+        // A crash after the old database was moved aside and before the copy took its place.
+        std::fs::rename(&path, sibling(&path, ".old")).unwrap();
+        std::fs::create_dir_all(sibling(&path, ".compacting")).unwrap();
+        let db = open_db(&path).unwrap();
+        assert_eq!(db.open_tree("live#2").unwrap().len(), 20_000);
+        assert!(!sibling(&path, ".old").exists() && !sibling(&path, ".compacting").exists());
+        drop(db);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
