@@ -609,6 +609,364 @@ async fn engine_cluster(
     Ok((commands, secs))
 }
 
+// ---------------------------------------------------------------- HTTP intake and the JSON feed
+
+/// One command as the bench POSTs it: path, credential, body.
+#[derive(Clone)]
+struct HttpRequest {
+    path: String,
+    bearer: String,
+    body: Bytes,
+}
+
+fn http_requests(account: &str, n: usize) -> Vec<HttpRequest> {
+    script(n)
+        .into_iter()
+        .map(|body| HttpRequest {
+            path: format!("/v1/accounts/{account}/commands/{}", body["command"]["type"].as_str().unwrap_or("any")),
+            bearer: format!("Bearer {}", credential_in(account, &body["actor"])),
+            body: json!({"id": body["id"], "command": body["command"]}).to_string().into(),
+        })
+        .collect()
+}
+
+type HttpSender = hyper::client::conn::http1::SendRequest<http_body_util::Full<Bytes>>;
+
+/// A kept-alive HTTP/1.1 connection to `addr`.
+async fn http_connect(addr: &str) -> Result<HttpSender> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+/// One request on a kept-alive connection: the status and the body.
+async fn http_call(
+    sender: &mut HttpSender,
+    method: &str,
+    path: &str,
+    bearer: &str,
+    body: Bytes,
+) -> Result<(u16, Bytes)> {
+    use http_body_util::BodyExt as _;
+    sender.ready().await?;
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, "127.0.0.1")
+        .header(hyper::header::AUTHORIZATION, bearer)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(http_body_util::Full::new(body))?;
+    let response = sender.send_request(request).await?;
+    let status = response.status().as_u16();
+    Ok((status, response.into_body().collect().await?.to_bytes()))
+}
+
+/// `convo serve --roles engine` (the gateway on) on the bench account's
+/// stream: the same load over NATS and then over HTTP (256 conversations in
+/// flight each, a kept-alive connection per conversation in flight), then the
+/// account's events paged through the JSON feed. Returns (NATS cmd/s, HTTP
+/// cmd/s, feed events/s, raw read events/s).
+async fn http_figures(conversations: usize) -> Result<(f64, f64, f64, f64)> {
+    let prefix = "h";
+    let dir = tempfile::tempdir()?;
+    let server = NatsServer::start(&LaunchOptions {
+        data_dir: dir.path().join("nats"),
+        mappings: vec![convo_store::bus::partition_mapping(prefix, 1)],
+        ..Default::default()
+    })?;
+    let url = server.url();
+    let store = JetStreamStore::connect(&url, StoreConfig::for_prefix(prefix)).await?;
+    store.partitions(Some(1), 1).await?;
+    let now = Timestamp::parse_rfc3339("2026-03-02T12:00:00Z")?;
+    let mut engine = Engine::recover(store.clone()).await?;
+    engine.replay(setup_envelopes().into_iter().map(|e| (e, now)).collect::<Vec<_>>()).await?;
+    drop(engine);
+    let data = dir.path().join("serve");
+    std::fs::create_dir_all(&data)?;
+    let bin = std::env::var("CONVO_BIN").context("CONVO_BIN names the convo binary (`just bench` sets it)")?;
+    let _serve = Serve(
+        std::process::Command::new(bin)
+            .args(["serve", "--nats-url", &url, "--prefix", prefix, "--partitions", "1", "--roles", "engine"])
+            .args(["--snapshot-every-secs", "0", "--data-dir"])
+            .arg(&data)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("serve.log"))?)
+            .spawn()?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let http_url = loop {
+        if let Ok(text) = std::fs::read_to_string(data.join("http.url"))
+            && !text.trim().is_empty()
+        {
+            break text.trim().to_owned();
+        }
+        anyhow::ensure!(Instant::now() < deadline, "convo serve never wrote its HTTP address");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let addr = http_url.trim_start_matches("http://").to_owned();
+    let client = convo_store::connect(&url).await?;
+    while probe(&client, prefix, 0).await.is_none_or(|r| r["outcome"] != "committed") {
+        anyhow::ensure!(Instant::now() < deadline, "convo serve never served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Over NATS.
+    let requests: Vec<Vec<NatsRequest>> = (0..conversations).map(|n| nats_requests(prefix, "bench", n)).collect();
+    let started = Instant::now();
+    let mut running = FuturesUnordered::new();
+    let run_one = |n: usize| {
+        let (client, requests) = (client.clone(), requests[n].clone());
+        async move {
+            let mut done = 0;
+            for r in requests {
+                if let Ok(reply) = client.request_with_headers(r.subject, r.headers, r.body).await
+                    && committed_events(&reply.payload).is_some()
+                {
+                    done += 1;
+                }
+            }
+            done
+        }
+    };
+    let (mut next, mut nats_done) = (0, 0);
+    while next < conversations.min(256) {
+        running.push(run_one(next));
+        next += 1;
+    }
+    while let Some(done) = running.next().await {
+        nats_done += done;
+        if next < conversations {
+            running.push(run_one(next));
+            next += 1;
+        }
+    }
+    let nats_rate = nats_done as f64 / started.elapsed().as_secs_f64();
+
+    // Over HTTP: other conversations, the same commands.
+    let offset = 1_000_000;
+    let requests: Vec<Vec<HttpRequest>> = (0..conversations).map(|n| http_requests("bench", offset + n)).collect();
+    let requests = Arc::new(requests);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = FuturesUnordered::new();
+    for _ in 0..conversations.min(256) {
+        let (requests, next, addr) = (requests.clone(), next.clone(), addr.clone());
+        workers.push(async move {
+            let mut sender = http_connect(&addr).await?;
+            let mut done = 0;
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(conversation) = requests.get(n) else { break };
+                for r in conversation {
+                    let (_, body) = http_call(&mut sender, "POST", &r.path, &r.bearer, r.body.clone()).await?;
+                    if committed_events(&body).is_some() {
+                        done += 1;
+                    }
+                }
+            }
+            anyhow::Ok(done)
+        });
+    }
+    let mut http_done = 0;
+    while let Some(done) = workers.next().await {
+        http_done += done?;
+    }
+    let http_rate = http_done as f64 / started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        nats_done == conversations * 9 && http_done == conversations * 9,
+        "committed {nats_done} over NATS and {http_done} over HTTP of {} each",
+        conversations * 9
+    );
+
+    // The JSON feed, page after page, against the raw read of the same stream.
+    let operator = format!("Bearer {}", std::fs::read_to_string(data.join("operator.key"))?.trim());
+    let mut sender = http_connect(&addr).await?;
+    let (mut after, mut events) = (0u64, 0usize);
+    let started = Instant::now();
+    loop {
+        let path = format!("/v1/accounts/bench/events?after={after}&limit=1000");
+        let (status, body) = http_call(&mut sender, "GET", &path, &operator, Bytes::new()).await?;
+        anyhow::ensure!(status == 200, "the feed answered {status}: {}", String::from_utf8_lossy(&body));
+        #[derive(serde::Deserialize)]
+        struct Page {
+            events: Vec<serde::de::IgnoredAny>,
+            next: u64,
+        }
+        let page: Page = serde_json::from_slice(&body)?;
+        events += page.events.len();
+        if page.next == after {
+            break;
+        }
+        after = page.next;
+    }
+    let feed_rate = events as f64 / started.elapsed().as_secs_f64();
+    let commits = store.last_seq().await? as usize;
+    let read_rate = events as f64 / raw_read(&url, prefix, commits).await?;
+    Ok((nats_rate, http_rate, feed_rate, read_rate))
+}
+
+// ---------------------------------------------------------------- webhooks
+
+/// A loopback receiver that answers every POST `204` and counts them.
+async fn receiver() -> Result<(String, Arc<std::sync::atomic::AtomicUsize>, Arc<std::sync::atomic::AtomicUsize>)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let bytes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (counted, summed) = (count.clone(), bytes.clone());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let (counted, summed) = (counted.clone(), summed.clone());
+            tokio::spawn(async move {
+                let mut buffer = Vec::with_capacity(4096);
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // One request per connection (as the sender makes them): the headers, then the body.
+                    let Ok(read) = socket.read(&mut chunk).await else { return };
+                    if read == 0 {
+                        return;
+                    }
+                    buffer.extend_from_slice(&chunk[..read]);
+                    let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+                    let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if buffer.len() < end + 4 + length {
+                        continue;
+                    }
+                    summed.fetch_add(length, std::sync::atomic::Ordering::Relaxed);
+                    counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let _ = socket
+                        .write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .await;
+                    return;
+                }
+            });
+        }
+    });
+    Ok((addr, count, bytes))
+}
+
+/// Webhook deliveries of `events_min` events to `endpoints` endpoints on a
+/// loopback receiver (the sender as `convo serve` runs it: queue, signature,
+/// attempt, delivery log), against the same bodies POSTed by
+/// `deliver::attempt` alone with as many in flight: (deliveries, deliveries/s, raw/s).
+async fn webhook_figures(conversations: usize, endpoints: usize) -> Result<(usize, f64, f64)> {
+    let prefix = "wh";
+    let dir = tempfile::tempdir()?;
+    let server = start_server(&dir.path().join("nats"), false)?;
+    let url = server.url();
+    let (addr, received, received_bytes) = receiver().await?;
+    let now = Timestamp::parse_rfc3339("2026-03-02T12:00:00Z")?;
+    let mut inputs: Vec<_> = setup_envelopes().into_iter().map(|e| (e, now)).collect();
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    for w in 0..endpoints {
+        let command = json!({"type": "define_webhook", "id": format!("hook{w}"), "url": format!("http://{addr}/hook{w}"), "events": [], "secret": secret});
+        inputs.push((
+            CommandEnvelope {
+                id: format!("hook-{w}").parse()?,
+                account: "bench".parse()?,
+                actor: convo_domain::Actor::system("bench"),
+                command: Command::from_json(command)?,
+            },
+            now,
+        ));
+    }
+    for n in 0..conversations {
+        let body = &script(n)[0];
+        inputs.push((
+            CommandEnvelope {
+                id: body["id"].as_str().expect("id").parse()?,
+                account: "bench".parse()?,
+                actor: serde_json::from_value(body["actor"].clone())?,
+                command: Command::from_json(body["command"].clone())?,
+            },
+            now.plus_secs(1),
+        ));
+    }
+    let mut memory = Engine::recover(MemoryStore::new(prefix)).await?;
+    memory.replay(inputs).await?;
+    let last = memory.store().last_seq().await?;
+    copy_commits(memory.store(), &url, prefix, 1..=last).await?;
+    let store = JetStreamStore::connect(&url, StoreConfig::for_prefix(prefix)).await?;
+    // The deliveries the log calls for: every event after each webhook's definition, to each endpoint.
+    let mut log = memory.store().read(1).await?;
+    let (mut expected, mut hooks) = (0, 0);
+    while let Some(item) = log.next().await {
+        let commit = item?.commit;
+        for e in &commit.events {
+            if let convo_wire::Event::Config(convo_domain::ConfigEvent::WebhookDefined(_)) = e.event {
+                hooks += 1;
+            } else if commit.account.as_str() == "bench" {
+                expected += hooks;
+            }
+        }
+    }
+    let redactions = Arc::new(convo_wire::redact::Redactions::default());
+    redactions.mark_ready();
+    let deliveries = convo_webhooks::Deliveries::open(&dir.path().join("webhooks")).map_err(anyhow::Error::msg)?;
+    let queue = convo_webhooks::Queue::new(prefix, redactions);
+    let config = convo_webhooks::WebhookConfig {
+        allowed: convo_webhooks::Allowed { hosts: vec!["127.0.0.1".into()] },
+        tick: Duration::from_millis(10),
+        ..Default::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let started = Instant::now();
+    let sender = tokio::spawn(convo_webhooks::run(deliveries, store, queue, config, async {
+        let _ = stopped.await;
+    }));
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while received.load(std::sync::atomic::Ordering::Relaxed) < expected {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{} of {expected} deliveries arrived",
+            received.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rate = expected as f64 / started.elapsed().as_secs_f64();
+    let _ = stop.send(());
+    sender.await?;
+
+    // Raw: the same number of bodies of the same size, POSTed by the attempt alone.
+    let mean = received_bytes.load(std::sync::atomic::Ordering::Relaxed) / expected.max(1);
+    let body = Bytes::from(vec![b'x'; mean]);
+    let signed = convo_webhooks::deliver::Signed {
+        id: "0195a3c4-7d2e-7c11-9a3b-5e6f70819203".into(),
+        timestamp: 1_772_452_800,
+        signature: convo_webhooks::deliver::sign(secret.as_bytes(), "id", 1, &body),
+    };
+    let allowed = convo_webhooks::Allowed { hosts: vec!["127.0.0.1".into()] };
+    let target = format!("http://{addr}/raw");
+    let in_flight = convo_webhooks::IN_FLIGHT_MAX.min(endpoints * convo_webhooks::IN_FLIGHT_PER_ENDPOINT);
+    let started = Instant::now();
+    let mut attempts = FuturesUnordered::new();
+    let mut sent = 0;
+    while sent < expected || !attempts.is_empty() {
+        while sent < expected && attempts.len() < in_flight {
+            attempts.push(convo_webhooks::deliver::attempt(
+                &target,
+                body.clone(),
+                &signed,
+                &allowed,
+                Duration::from_secs(10),
+            ));
+            sent += 1;
+        }
+        if let Some(answer) = attempts.next().await {
+            anyhow::ensure!(answer.accepted(), "the receiver refused: {answer:?}");
+        }
+    }
+    let raw = expected as f64 / started.elapsed().as_secs_f64();
+    Ok((expected, rate, raw))
+}
+
 // ---------------------------------------------------------------- recovery and takeover
 
 /// A stream holding `open` open conversations of the bench account (one
@@ -943,8 +1301,8 @@ async fn main() -> Result<()> {
         let projections: Vec<(&str, Box<dyn Projection + Send>)> = vec![
             ("nothing (projector alone)", Box::new(Nothing)),
             ("audit", Box::new(convo_audit::AuditLog)),
-            ("reports", Box::new(convo_reports::Reports::default())),
-            ("contact history", Box::new(convo_contact_history::ContactHistory::default())),
+            ("reports", Box::<convo_reports::Reports>::default()),
+            ("contact history", Box::<convo_contact_history::ContactHistory>::default()),
         ];
         let only = std::env::var("CONVO_BENCH_PROJECTION").ok();
         // The read models share one database, as under `convo serve`.
@@ -1067,6 +1425,39 @@ async fn main() -> Result<()> {
                 ceiling: Some(("lease TTL, s".into(), convo_store::lease::LEASE_TTL_MS as f64 / 1000.0)),
             });
         }
+    }
+
+    if runs("http") {
+        let n = if q { 100 } else { conversations / 2 };
+        eprintln!(
+            "convo-bench: convo serve, {n} conversations × 9 commands over NATS, then over HTTP; then the JSON feed"
+        );
+        let (nats, http, feed, read) = http_figures(n).await?;
+        figures.push(Figure {
+            measure: "HTTP intake: committed cmd/s".into(),
+            value: http,
+            unit: "cmd/s",
+            ceiling: Some(("NATS intake, same run, cmd/s".into(), nats)),
+        });
+        figures.push(Figure {
+            measure: "JSON feed (HTTP pages): events/s".into(),
+            value: feed,
+            unit: "events/s",
+            ceiling: Some(("raw ordered read, events/s".into(), read)),
+        });
+    }
+
+    if runs("webhooks") {
+        let (n, endpoints) = if q { (200, 4) } else { (500, 16) };
+        eprintln!("convo-bench: webhook deliveries, {n} conversations' events to {endpoints} endpoints");
+        let (deliveries, rate, raw) = webhook_figures(n, endpoints).await?;
+        eprintln!("  {deliveries} deliveries");
+        figures.push(Figure {
+            measure: "webhook deliveries/s".into(),
+            value: rate,
+            unit: "deliveries/s",
+            ceiling: Some(("raw HTTP POSTs/s (same bodies)".into(), raw)),
+        });
     }
 
     if runs("domain") {

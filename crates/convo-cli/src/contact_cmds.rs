@@ -47,7 +47,8 @@ pub async fn contact(args: ContactArgs) -> Result<()> {
             answer.json()?["history"].as_array().cloned().unwrap_or_default()
         }
         None => {
-            let projector = args.connection.caught_up(convo_contact_history::NAME, &mut ContactHistory::default()).await?;
+            let projector =
+                args.connection.caught_up(convo_contact_history::NAME, &mut ContactHistory::default()).await?;
             convo_contact_history::history(&projector.tree()?, &account, &args.contact)?
         }
     };

@@ -846,8 +846,8 @@ fn follow_read_models(
         Ok(())
     };
     follow(convo_audit::NAME, Box::new(convo_audit::AuditLog))?;
-    follow(convo_reports::NAME, Box::new(convo_reports::Reports::default()))?;
-    follow(convo_contact_history::NAME, Box::new(convo_contact_history::ContactHistory::default()))?;
+    follow(convo_reports::NAME, Box::<convo_reports::Reports>::default())?;
+    follow(convo_contact_history::NAME, Box::<convo_contact_history::ContactHistory>::default())?;
     follow(convo_live::NAME, Box::new(convo_live::Live))?;
     follow(convo_inbox::NAME, Box::new(convo_inbox::Inbox))?;
     tracing::info!(

@@ -337,6 +337,8 @@ pub async fn run(
     let mut per_endpoint: HashMap<String, usize> = HashMap::new();
     let mut last_trim = 0i64;
     let mut following = true;
+    // Per endpoint, where the last look for due deliveries stopped.
+    let mut cursors: HashMap<String, Vec<u8>> = HashMap::new();
     loop {
         let mut fold = true;
         tokio::select! {
@@ -384,7 +386,26 @@ pub async fn run(
             trim_log(&deliveries.tree, now - config.log_retention.as_millis() as i64);
             last_trim = now;
         }
-        for (key, delivery) in due_heads(&deliveries.tree, now, &busy) {
+        // Each endpoint with room, from where its last look stopped.
+        let mut due = Vec::new();
+        let mut want = config.in_flight_max.saturating_sub(in_flight.len());
+        for item in deliveries.tree.scan_prefix(ENDPOINT.as_bytes()) {
+            let Ok((endpoint, _)) = item else { continue };
+            let endpoint = String::from_utf8_lossy(&endpoint).into_owned();
+            let room = config
+                .in_flight_per_endpoint
+                .saturating_sub(per_endpoint.get(&endpoint).copied().unwrap_or(0))
+                .min(want);
+            if room == 0 {
+                continue;
+            }
+            let prefix = format!("{QUEUE}{}/", &endpoint[ENDPOINT.len()..]).into_bytes();
+            let cursor = cursors.entry(endpoint).or_insert_with(|| prefix.clone());
+            let heads = due_heads(&deliveries.tree, now, &busy, &prefix, cursor, room);
+            want -= heads.len();
+            due.extend(heads);
+        }
+        for (key, delivery) in due {
             if in_flight.len() >= config.in_flight_max {
                 break;
             }
@@ -504,26 +525,64 @@ fn endpoint_of(key: &[u8]) -> String {
     endpoint_key(parts.next().unwrap_or(""), parts.next().unwrap_or(""))
 }
 
-/// The first delivery of each queue, when due and no attempt of that queue
-/// is under way. Each queue costs one lookup, however long it is.
-fn due_heads(tree: &sled::Tree, now: i64, busy: &HashMap<String, ()>) -> Vec<(Vec<u8>, Value)> {
+/// At most `want` first deliveries of the queues under `prefix` (one
+/// endpoint's) that are due and have no attempt under way, going round those
+/// queues from `cursor` (where the last look stopped): a look costs what it
+/// finds plus the busy queues it steps over, not one read per queue, and
+/// with a backlog over many conversations every queue still gets its turn.
+fn due_heads(
+    tree: &sled::Tree,
+    now: i64,
+    busy: &HashMap<String, ()>,
+    prefix: &[u8],
+    cursor: &mut Vec<u8>,
+    want: usize,
+) -> Vec<(Vec<u8>, Value)> {
+    /// What deciding whether a head is due reads of it (not its body).
+    #[derive(serde::Deserialize)]
+    struct Due {
+        #[serde(default)]
+        next_at_ms: i64,
+    }
     let mut heads = Vec::new();
-    let mut from = QUEUE.as_bytes().to_vec();
-    while let Some(Ok((key, value))) = tree.range(from.clone()..).next() {
-        if !key.starts_with(QUEUE.as_bytes()) {
-            break;
-        }
+    if want == 0 {
+        return heads;
+    }
+    let start = if cursor.starts_with(prefix) { cursor.clone() } else { prefix.to_vec() };
+    let from_the_top = start == prefix;
+    let mut from = start.clone();
+    let mut wrapped = from_the_top;
+    loop {
+        let next = match tree.range(from.clone()..).next() {
+            Some(Ok((key, value))) if key.starts_with(prefix) => Some((key, value)),
+            _ => None,
+        };
+        let Some((key, value)) =
+            next.filter(|(key, _)| !(wrapped && !from_the_top && key.as_ref() >= start.as_slice()))
+        else {
+            if wrapped {
+                break; // every queue looked at once
+            }
+            wrapped = true;
+            from = prefix.to_vec();
+            continue;
+        };
         let queue = queue_of(&key);
         // Past every key of this queue: its name, '/', then a byte above any in a key.
         from = [queue.as_bytes(), b"/\xff"].concat();
         if busy.contains_key(&queue) {
             continue;
         }
-        let Ok(delivery) = serde_json::from_slice::<Value>(&value) else { continue };
-        if delivery["next_at_ms"].as_i64().unwrap_or(0) <= now {
+        if serde_json::from_slice::<Due>(&value).is_ok_and(|due| due.next_at_ms <= now)
+            && let Ok(delivery) = serde_json::from_slice::<Value>(&value)
+        {
             heads.push((key.to_vec(), delivery));
+            if heads.len() >= want {
+                break;
+            }
         }
     }
+    *cursor = from;
     heads
 }
 

@@ -201,8 +201,8 @@ fn exports(trees: &[(&'static str, convo_projector::Tree)]) -> Vec<(&'static str
 fn projections() -> Vec<Box<dyn convo_projector::Projection + Send>> {
     vec![
         Box::new(convo_audit::AuditLog),
-        Box::new(convo_reports::Reports::default()),
-        Box::new(convo_contact_history::ContactHistory::default()),
+        Box::<convo_reports::Reports>::default(),
+        Box::<convo_contact_history::ContactHistory>::default(),
         Box::new(convo_live::Live),
         Box::new(convo_inbox::Inbox),
     ]
