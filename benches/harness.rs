@@ -1487,7 +1487,7 @@ async fn main() -> Result<()> {
             measure: format!("memory per open conversation ({open})"),
             value: per,
             unit: "bytes",
-            ceiling: Some(("goal".into(), 1024.0)),
+            ceiling: Some(("goal".into(), 512.0)),
         });
     }
     print(&figures);

@@ -20,7 +20,7 @@ Examples:
   convo audit replay --conversation c1                   # the conversation's timeline, as a person reads it
   convo audit export --format csv --account acme --from 2026-03-02T00:00:00Z --to 2026-03-03T00:00:00Z
   convo audit export --actor ana --ip 10.0.0.11          # who did what from where
-  convo audit rebuild                                    # refold the whole stream, then swap
+  convo audit rebuild                                    # refold the whole stream, swap, give the old tree's space back
 
 The log lives in <data-dir>/projections (sled); the stream is the truth.")]
 pub struct AuditArgs {

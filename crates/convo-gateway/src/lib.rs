@@ -204,8 +204,12 @@ async fn ready(State(shared): State<Arc<Shared>>) -> Response {
 
 /// The HTTP status of an engine reply.
 pub fn status_of(reply: &Value) -> StatusCode {
-    let code = reply["code"].as_str().unwrap_or("");
-    match (reply["outcome"].as_str().unwrap_or(""), code) {
+    status_for(reply["outcome"].as_str().unwrap_or(""), reply["code"].as_str().unwrap_or(""))
+}
+
+/// The HTTP status of an engine reply's outcome and code.
+fn status_for(outcome: &str, code: &str) -> StatusCode {
+    match (outcome, code) {
         ("committed" | "nothing" | "duplicate" | "authorized", _) => StatusCode::OK,
         (_, "unauthenticated") => StatusCode::UNAUTHORIZED,
         (_, "forbidden" | "network_not_allowed" | "not_the_assigned_agent" | "not_in_campaign") => {
@@ -222,7 +226,11 @@ pub fn status_of(reply: &Value) -> StatusCode {
 }
 
 pub(crate) fn reply(status: StatusCode, body: Value) -> Response {
-    let mut response = (status, axum::Json(body)).into_response();
+    challenged(status, (status, axum::Json(body)).into_response())
+}
+
+/// A 401 names the scheme to answer it with.
+fn challenged(status: StatusCode, mut response: Response) -> Response {
     if status == StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
     }
@@ -274,6 +282,21 @@ pub(crate) async fn ask(
     headers: &HeaderMap,
     peer: IpAddr,
 ) -> Result<Value, Response> {
+    let bytes = ask_bytes(shared, account, kind, read, body, headers, peer).await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the engine's answer is not JSON"))
+}
+
+/// The engine's answer as it sent it.
+async fn ask_bytes(
+    shared: &Shared,
+    account: String,
+    kind: String,
+    read: bool,
+    body: Bytes,
+    headers: &HeaderMap,
+    peer: IpAddr,
+) -> Result<Vec<u8>, Response> {
     let ip = client_ip(peer, headers, &shared.config.trusted_proxies);
     let (request, answer) = Request::local(account, kind, read, body, credential(headers), Some(ip));
     let unavailable = |why: &str| error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why);
@@ -284,11 +307,10 @@ pub(crate) async fn ask(
         }
         Err(mpsc::error::TrySendError::Closed(_)) => return Err(unavailable("the engine is stopping")),
     }
-    let bytes = tokio::time::timeout(std::time::Duration::from_millis(ENGINE_TIMEOUT_MS), answer)
+    tokio::time::timeout(std::time::Duration::from_millis(ENGINE_TIMEOUT_MS), answer)
         .await
         .map_err(|_| unavailable(&format!("no answer from the engine within {ENGINE_TIMEOUT_MS} ms")))?
-        .map_err(|_| unavailable("the engine dropped the request"))?;
-    serde_json::from_slice(&bytes).map_err(|_| unavailable("the engine's answer is not JSON"))
+        .map_err(|_| unavailable("the engine dropped the request"))
 }
 
 async fn command(
@@ -298,8 +320,22 @@ async fn command(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match ask(&shared, account, kind, false, body, &headers, peer.ip()).await {
-        Ok(answer) => reply(status_of(&answer), answer),
+    /// What the status is decided from (the reply goes on as the engine wrote it).
+    #[derive(serde::Deserialize)]
+    struct Outcome<'a> {
+        #[serde(borrow)]
+        outcome: &'a str,
+        #[serde(default, borrow)]
+        code: &'a str,
+    }
+    match ask_bytes(&shared, account, kind, false, body, &headers, peer.ip()).await {
+        Ok(bytes) => match serde_json::from_slice::<Outcome<'_>>(&bytes) {
+            Ok(o) => {
+                let status = status_for(o.outcome, o.code);
+                challenged(status, (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response())
+            }
+            Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the engine's answer is not JSON"),
+        },
         Err(response) => response,
     }
 }
