@@ -152,6 +152,11 @@ impl RecentCommands {
         if self.entries.len() == COMMAND_IDS_REMEMBERED_MAX {
             self.entries.pop_front();
         }
+        // Room for one at first (most queued conversations have seen one
+        // command), then growing as usual.
+        if self.entries.capacity() == 0 {
+            self.entries.reserve_exact(1);
+        }
         self.entries.push_back((id.clone(), seq, seq));
     }
 }

@@ -142,7 +142,9 @@ struct Account {
     catalog: Catalog,
     contacts: ContactBook,
     floor: Floor,
-    conversations: BTreeMap<ConversationId, Conversation>,
+    /// Boxed: the map's nodes keep a pointer per conversation, not the
+    /// aggregate itself, so the nodes' slack costs bytes, not aggregates.
+    conversations: BTreeMap<ConversationId, Box<Conversation>>,
     agents: BTreeMap<UserId, AgentPresence>,
     /// The log sequence of each aggregate's last commit.
     last_commit: BTreeMap<StreamRef, u64>,
@@ -229,7 +231,7 @@ impl World {
 
     /// A conversation's state, if it exists.
     pub fn conversation(&self, account: &AccountId, id: &ConversationId) -> Option<&Conversation> {
-        self.accounts.get(account)?.conversations.get(id)
+        self.accounts.get(account)?.conversations.get(id).map(|c| &**c)
     }
 
     pub fn floor(&self, account: &AccountId) -> Option<&Floor> {
@@ -448,7 +450,7 @@ impl World {
             }
             StreamRef::Conversation(id) => {
                 let conversation =
-                    account.conversations.entry(id.clone()).or_insert_with(|| Conversation::new(id.clone()));
+                    account.conversations.entry(id.clone()).or_insert_with(|| Box::new(Conversation::new(id.clone())));
                 for record in commit.conversation_records() {
                     conversation.evolve(&record);
                     account.floor.apply_conversation(id, &record);
@@ -616,7 +618,7 @@ impl World {
     pub fn next_timer(&mut self) -> Option<Timestamp> {
         while let Some(Reverse((at, account, id))) = self.timers.peek() {
             let live =
-                self.accounts.get(account).and_then(|a| a.conversations.get(id)).and_then(Conversation::next_deadline);
+                self.accounts.get(account).and_then(|a| a.conversations.get(id)).and_then(|c| c.next_deadline());
             let key = (account.clone(), id.clone());
             if live == Some(*at) && self.armed.get(&key) == Some(at) {
                 return Some(*at);
