@@ -782,11 +782,12 @@ async fn http_figures(conversations: usize) -> Result<(f64, f64, f64, f64)> {
     // The JSON feed, page after page, against the raw read of the same stream.
     let operator = format!("Bearer {}", std::fs::read_to_string(data.join("operator.key"))?.trim());
     let mut sender = http_connect(&addr).await?;
-    let (mut after, mut events) = (0u64, 0usize);
+    let (mut after, mut events, mut pages) = (0u64, 0usize, 0usize);
     let started = Instant::now();
     loop {
         let path = format!("/v1/accounts/bench/events?after={after}&limit=1000");
         let (status, body) = http_call(&mut sender, "GET", &path, &operator, Bytes::new()).await?;
+        pages += 1;
         anyhow::ensure!(status == 200, "the feed answered {status}: {}", String::from_utf8_lossy(&body));
         #[derive(serde::Deserialize)]
         struct Page {
@@ -800,7 +801,9 @@ async fn http_figures(conversations: usize) -> Result<(f64, f64, f64, f64)> {
         }
         after = page.next;
     }
-    let feed_rate = events as f64 / started.elapsed().as_secs_f64();
+    let feed_secs = started.elapsed().as_secs_f64();
+    eprintln!("  the feed: {events} events in {pages} pages, {:.1} ms a page", feed_secs * 1000.0 / pages as f64);
+    let feed_rate = events as f64 / feed_secs;
     let commits = store.last_seq().await? as usize;
     let read_rate = events as f64 / raw_read(&url, prefix, commits).await?;
     Ok((nats_rate, http_rate, feed_rate, read_rate))
