@@ -3,10 +3,18 @@
 //! beside its raw ceiling, measured the same way in the same run:
 //!
 //! - engine write path (commands through the real NATS intake) vs raw
-//!   pipelined JetStream appends with the same headers and payload size;
-//! - the same two with `sync_interval: always`;
+//!   pipelined JetStream appends with the same headers and payload size, and
+//!   vs a responder that only appends and replies (the request-reply shape
+//!   with nothing decided);
+//! - the same with `sync_interval: always`;
 //! - projection rebuilds over at least a million events vs a raw ordered read
-//!   of the stream and raw sled batch inserts of the same volume;
+//!   of the stream and raw sled batch inserts of the same volume; the read
+//!   models' database after a rebuild+swap and after compacting, vs a fresh
+//!   fold's;
+//! - `convo serve`: HTTP command intake vs its NATS intake in the same run,
+//!   and the JSON feed (HTTP pages of CloudEvents) vs the raw ordered read;
+//! - webhook deliveries to a loopback receiver vs the same bodies POSTed by
+//!   the delivery attempt alone, as many in flight;
 //! - engine throughput with 1, 2 and 3 instances on a three-node cluster (R3)
 //!   vs raw R3 appends on the same cluster;
 //! - decide+evolve per core (the pure domain);
@@ -18,7 +26,7 @@
 //!   from below.
 //!
 //! `CONVO_BENCH_QUICK=1` runs tiny sizes (a smoke run, not figures);
-//! `CONVO_BENCH_ONLY=engine|rebuild|cluster|recovery|domain|memory` runs one part (for
+//! `CONVO_BENCH_ONLY=engine|rebuild|cluster|recovery|http|webhooks|domain|memory` runs one part (for
 //! profiling it); `CONVO_BENCH_REBUILD_EVENTS=N` sets the rebuild volume and
 //! `CONVO_BENCH_PROJECTION=audit|reports|…` rebuilds that projection only.
 
@@ -711,73 +719,25 @@ async fn http_figures(conversations: usize) -> Result<(f64, f64, f64, f64)> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // Over NATS.
-    let requests: Vec<Vec<NatsRequest>> = (0..conversations).map(|n| nats_requests(prefix, "bench", n)).collect();
-    let started = Instant::now();
-    let mut running = FuturesUnordered::new();
-    let run_one = |n: usize| {
-        let (client, requests) = (client.clone(), requests[n].clone());
-        async move {
-            let mut done = 0;
-            for r in requests {
-                if let Ok(reply) = client.request_with_headers(r.subject, r.headers, r.body).await
-                    && committed_events(&reply.payload).is_some()
-                {
-                    done += 1;
-                }
-            }
-            done
-        }
-    };
-    let (mut next, mut nats_done) = (0, 0);
-    while next < conversations.min(256) {
-        running.push(run_one(next));
-        next += 1;
+    // NATS and HTTP in turns (each after a pause, so neither pays for what the
+    // other left behind, such as the JSON stream catching up): the same
+    // commands, other conversations each round.
+    let (mut nats_secs, mut http_secs, mut nats_done, mut http_done) = (0.0, 0.0, 0, 0);
+    for round in 0..2 {
+        let base = round * 2 * conversations;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (done, secs) = nats_round(&client, prefix, base..base + conversations).await;
+        (nats_done, nats_secs) = (nats_done + done, nats_secs + secs);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (done, secs) = http_round(&addr, base + conversations..base + 2 * conversations).await?;
+        (http_done, http_secs) = (http_done + done, http_secs + secs);
     }
-    while let Some(done) = running.next().await {
-        nats_done += done;
-        if next < conversations {
-            running.push(run_one(next));
-            next += 1;
-        }
-    }
-    let nats_rate = nats_done as f64 / started.elapsed().as_secs_f64();
-
-    // Over HTTP: other conversations, the same commands.
-    let offset = 1_000_000;
-    let requests: Vec<Vec<HttpRequest>> = (0..conversations).map(|n| http_requests("bench", offset + n)).collect();
-    let requests = Arc::new(requests);
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut workers = FuturesUnordered::new();
-    for _ in 0..conversations.min(256) {
-        let (requests, next, addr) = (requests.clone(), next.clone(), addr.clone());
-        workers.push(async move {
-            let mut sender = http_connect(&addr).await?;
-            let mut done = 0;
-            loop {
-                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(conversation) = requests.get(n) else { break };
-                for r in conversation {
-                    let (_, body) = http_call(&mut sender, "POST", &r.path, &r.bearer, r.body.clone()).await?;
-                    if committed_events(&body).is_some() {
-                        done += 1;
-                    }
-                }
-            }
-            anyhow::Ok(done)
-        });
-    }
-    let mut http_done = 0;
-    while let Some(done) = workers.next().await {
-        http_done += done?;
-    }
-    let http_rate = http_done as f64 / started.elapsed().as_secs_f64();
     anyhow::ensure!(
-        nats_done == conversations * 9 && http_done == conversations * 9,
+        nats_done == conversations * 18 && http_done == conversations * 18,
         "committed {nats_done} over NATS and {http_done} over HTTP of {} each",
-        conversations * 9
+        conversations * 18
     );
+    let (nats_rate, http_rate) = (nats_done as f64 / nats_secs, http_done as f64 / http_secs);
 
     // The JSON feed, page after page, against the raw read of the same stream.
     let operator = format!("Bearer {}", std::fs::read_to_string(data.join("operator.key"))?.trim());
@@ -807,6 +767,73 @@ async fn http_figures(conversations: usize) -> Result<(f64, f64, f64, f64)> {
     let commits = store.last_seq().await? as usize;
     let read_rate = events as f64 / raw_read(&url, prefix, commits).await?;
     Ok((nats_rate, http_rate, feed_rate, read_rate))
+}
+
+/// The bench account's conversations `range` over NATS, 256 in flight:
+/// (commands committed, seconds).
+async fn nats_round(client: &async_nats::Client, prefix: &str, range: std::ops::Range<usize>) -> (usize, f64) {
+    let requests: Vec<Vec<NatsRequest>> = range.map(|n| nats_requests(prefix, "bench", n)).collect();
+    let started = Instant::now();
+    let mut running = FuturesUnordered::new();
+    let run_one = |n: usize| {
+        let (client, requests) = (client.clone(), requests[n].clone());
+        async move {
+            let mut done = 0;
+            for r in requests {
+                if let Ok(reply) = client.request_with_headers(r.subject, r.headers, r.body).await
+                    && committed_events(&reply.payload).is_some()
+                {
+                    done += 1;
+                }
+            }
+            done
+        }
+    };
+    let (mut next, mut committed) = (0, 0);
+    while next < requests.len().min(256) {
+        running.push(run_one(next));
+        next += 1;
+    }
+    while let Some(done) = running.next().await {
+        committed += done;
+        if next < requests.len() {
+            running.push(run_one(next));
+            next += 1;
+        }
+    }
+    (committed, started.elapsed().as_secs_f64())
+}
+
+/// The bench account's conversations `range` over HTTP, a kept-alive
+/// connection per conversation in flight (256): (commands committed, seconds).
+async fn http_round(addr: &str, range: std::ops::Range<usize>) -> Result<(usize, f64)> {
+    let requests: Arc<Vec<Vec<HttpRequest>>> = Arc::new(range.map(|n| http_requests("bench", n)).collect());
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = FuturesUnordered::new();
+    for _ in 0..requests.len().min(256) {
+        let (requests, next, addr) = (requests.clone(), next.clone(), addr.to_owned());
+        workers.push(async move {
+            let mut sender = http_connect(&addr).await?;
+            let mut done = 0;
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(conversation) = requests.get(n) else { break };
+                for r in conversation {
+                    let (_, body) = http_call(&mut sender, "POST", &r.path, &r.bearer, r.body.clone()).await?;
+                    if committed_events(&body).is_some() {
+                        done += 1;
+                    }
+                }
+            }
+            anyhow::Ok(done)
+        });
+    }
+    let mut committed = 0;
+    while let Some(done) = workers.next().await {
+        committed += done?;
+    }
+    Ok((committed, started.elapsed().as_secs_f64()))
 }
 
 // ---------------------------------------------------------------- webhooks
@@ -1431,9 +1458,9 @@ async fn main() -> Result<()> {
     }
 
     if runs("http") {
-        let n = if q { 100 } else { conversations / 2 };
+        let n = if q { 50 } else { conversations / 2 };
         eprintln!(
-            "convo-bench: convo serve, {n} conversations × 9 commands over NATS, then over HTTP; then the JSON feed"
+            "convo-bench: convo serve, {n} conversations × 9 commands over NATS, then HTTP, twice; then the JSON feed"
         );
         let (nats, http, feed, read) = http_figures(n).await?;
         figures.push(Figure {

@@ -617,8 +617,7 @@ impl World {
     /// The earliest pending timer, skipping stale entries.
     pub fn next_timer(&mut self) -> Option<Timestamp> {
         while let Some(Reverse((at, account, id))) = self.timers.peek() {
-            let live =
-                self.accounts.get(account).and_then(|a| a.conversations.get(id)).and_then(|c| c.next_deadline());
+            let live = self.accounts.get(account).and_then(|a| a.conversations.get(id)).and_then(|c| c.next_deadline());
             let key = (account.clone(), id.clone());
             if live == Some(*at) && self.armed.get(&key) == Some(at) {
                 return Some(*at);
