@@ -307,7 +307,6 @@ enum Verdict {
 /// One attempt under way.
 struct Flight {
     key: Vec<u8>,
-    endpoint: String,
     delivery: Value,
     verdict: Verdict,
 }
@@ -343,12 +342,16 @@ pub async fn run(
         let mut fold = true;
         tokio::select! {
             _ = &mut stop => break,
-            Some(flight) = in_flight.next(), if !in_flight.is_empty() => {
-                let flight: Flight = flight;
-                busy.remove(&queue_of(&flight.key));
-                if let Some(n) = per_endpoint.get_mut(&flight.endpoint) { *n = n.saturating_sub(1); }
-                if let Err(e) = settle(&deliveries.tree, &config, flight) {
-                    tracing::warn!("webhooks: could not record an attempt ({e}); it will be made again");
+            Some((key, endpoint, flight)) = in_flight.next(), if !in_flight.is_empty() => {
+                let (key, endpoint, flight): (Vec<u8>, String, Result<Flight, tokio::task::JoinError>) = (key, endpoint, flight);
+                busy.remove(&queue_of(&key));
+                if let Some(n) = per_endpoint.get_mut(&endpoint) { *n = n.saturating_sub(1); }
+                match flight {
+                    Ok(flight) => if let Err(e) = settle(&deliveries.tree, &config, flight) {
+                        tracing::warn!("webhooks: could not record an attempt ({e}); it will be made again");
+                    },
+                    // Nothing recorded: the delivery stays at its queue's head and goes again.
+                    Err(e) => tracing::warn!("webhooks: an attempt stopped ({e}); it will be made again"),
                 }
                 fold = false; // the queue's next delivery goes now, not at the next tick
             }
@@ -418,12 +421,14 @@ pub async fn run(
             let target: Value = serde_json::from_slice(&target).unwrap_or(Value::Null);
             *count += 1;
             busy.insert(queue_of(&key), ());
-            in_flight.push(send(key, endpoint, delivery, target, config.clone()));
+            // Its own task: the attempt's I/O goes on while this loop records others.
+            let attempt = tokio::spawn(send(key.clone(), delivery, target, config.clone()));
+            in_flight.push(async move { (key, endpoint, attempt.await) });
         }
     }
 }
 
-async fn send(key: Vec<u8>, endpoint: String, delivery: Value, target: Value, config: WebhookConfig) -> Flight {
+async fn send(key: Vec<u8>, delivery: Value, target: Value, config: WebhookConfig) -> Flight {
     let body = delivery["body"].as_str().unwrap_or("").to_owned();
     let secret = convo_domain::config::WebhookSecret::parse(target["secret"].as_str().unwrap_or(""));
     let verdict = if target["enabled"] != true {
@@ -443,7 +448,7 @@ async fn send(key: Vec<u8>, endpoint: String, delivery: Value, target: Value, co
             Err(e) => Verdict::Refused(e),
         }
     };
-    Flight { key, endpoint, delivery, verdict }
+    Flight { key, delivery, verdict }
 }
 
 /// Records an attempt and the delivery's next state in one atomic batch.
