@@ -182,7 +182,7 @@ struct WriteRun {
     commit_bytes: usize,
 }
 
-async fn engine_write(url: &str, prefix: &str, conversations: usize, in_flight: usize) -> Result<WriteRun> {
+async fn engine_write(url: &str, prefix: &str, conversations: usize, width: usize) -> Result<WriteRun> {
     let store = JetStreamStore::connect(url, StoreConfig::for_prefix(prefix)).await?;
     let mut engine = Engine::recover(store.clone()).await?;
     let now = Timestamp::parse_rfc3339("2026-03-02T12:00:00Z")?;
@@ -206,8 +206,6 @@ async fn engine_write(url: &str, prefix: &str, conversations: usize, in_flight: 
     let started = Instant::now();
     let mut latencies = Vec::new();
     let (mut events, mut refused, mut commands) = (0, 0, 0);
-    let mut running = FuturesUnordered::new();
-    let mut next = 0;
     let run_one = |n: usize| {
         let (client, requests) = (client.clone(), requests[n].clone());
         async move {
@@ -221,11 +219,7 @@ async fn engine_write(url: &str, prefix: &str, conversations: usize, in_flight: 
             out
         }
     };
-    while next < conversations.min(in_flight) {
-        running.push(run_one(next));
-        next += 1;
-    }
-    while let Some(results) = running.next().await {
+    in_flight(conversations, width, run_one, |results| {
         for (latency, reply) in results {
             commands += 1;
             latencies.push(latency);
@@ -234,11 +228,8 @@ async fn engine_write(url: &str, prefix: &str, conversations: usize, in_flight: 
                 None => refused += 1,
             }
         }
-        if next < conversations {
-            running.push(run_one(next));
-            next += 1;
-        }
-    }
+    })
+    .await;
     let secs = started.elapsed().as_secs_f64();
     let _ = stop.send(());
     service.await?.context("the service failed")?;
@@ -254,6 +245,29 @@ async fn engine_write(url: &str, prefix: &str, conversations: usize, in_flight: 
         p99_ms: percentile(&latencies, 99),
         commit_bytes,
     })
+}
+
+/// Runs `run_one(n)` for every n below `count`, at most `width` at once,
+/// and hands each result to `on_done` as it finishes.
+async fn in_flight<T, F: std::future::Future<Output = T>>(
+    count: usize,
+    width: usize,
+    run_one: impl Fn(usize) -> F,
+    mut on_done: impl FnMut(T),
+) {
+    let mut running = FuturesUnordered::new();
+    let mut next = 0;
+    while next < count.min(width) {
+        running.push(run_one(next));
+        next += 1;
+    }
+    while let Some(done) = running.next().await {
+        on_done(done);
+        if next < count {
+            running.push(run_one(next));
+            next += 1;
+        }
+    }
 }
 
 /// One command as the bench sends it over NATS: subject, credential header, body.
@@ -427,7 +441,6 @@ async fn raw_service(url: &str, name: &str, conversations: usize, payload: usize
     let load = convo_store::connect(url).await?;
     let bodies: Vec<Vec<NatsRequest>> = (0..conversations).map(|n| nats_requests("x", "bench", n)).collect();
     let started = Instant::now();
-    let mut running = FuturesUnordered::new();
     let run_one = |n: usize| {
         let (load, requests) = (load.clone(), bodies[n].clone());
         async move {
@@ -441,18 +454,8 @@ async fn raw_service(url: &str, name: &str, conversations: usize, payload: usize
             done
         }
     };
-    let (mut next, mut done) = (0, 0);
-    while next < conversations.min(256) {
-        running.push(run_one(next));
-        next += 1;
-    }
-    while let Some(n) = running.next().await {
-        done += n;
-        if next < conversations {
-            running.push(run_one(next));
-            next += 1;
-        }
-    }
+    let mut done = 0;
+    in_flight(conversations, 256, run_one, |n| done += n).await;
     let secs = started.elapsed().as_secs_f64();
     service.abort();
     Ok((done, secs))
@@ -527,7 +530,7 @@ async fn engine_cluster(
     partitions: usize,
     instances: usize,
     conversations: usize,
-    in_flight: usize,
+    width: usize,
 ) -> Result<(usize, f64)> {
     let config = StoreConfig { replicas: 3, ..StoreConfig::for_prefix(prefix) };
     let store = JetStreamStore::connect(&urls[0], config).await?;
@@ -585,7 +588,6 @@ async fn engine_cluster(
         (0..conversations).map(|n| nats_requests(prefix, &accounts[n % accounts.len()], n)).collect();
     let started = Instant::now();
     let mut commands = 0;
-    let mut pending = FuturesUnordered::new();
     let run_one = |n: usize| {
         let (client, requests) = (clients[n % clients.len()].clone(), requests[n].clone());
         async move {
@@ -600,18 +602,7 @@ async fn engine_cluster(
             done
         }
     };
-    let mut next = 0;
-    while next < conversations.min(in_flight) {
-        pending.push(run_one(next));
-        next += 1;
-    }
-    while let Some(done) = pending.next().await {
-        commands += done;
-        if next < conversations {
-            pending.push(run_one(next));
-            next += 1;
-        }
-    }
+    in_flight(conversations, width, run_one, |done| commands += done).await;
     let secs = started.elapsed().as_secs_f64();
     drop(running);
     Ok((commands, secs))
@@ -774,7 +765,6 @@ async fn http_figures(conversations: usize) -> Result<(f64, f64, f64, f64)> {
 async fn nats_round(client: &async_nats::Client, prefix: &str, range: std::ops::Range<usize>) -> (usize, f64) {
     let requests: Vec<Vec<NatsRequest>> = range.map(|n| nats_requests(prefix, "bench", n)).collect();
     let started = Instant::now();
-    let mut running = FuturesUnordered::new();
     let run_one = |n: usize| {
         let (client, requests) = (client.clone(), requests[n].clone());
         async move {
@@ -789,18 +779,8 @@ async fn nats_round(client: &async_nats::Client, prefix: &str, range: std::ops::
             done
         }
     };
-    let (mut next, mut committed) = (0, 0);
-    while next < requests.len().min(256) {
-        running.push(run_one(next));
-        next += 1;
-    }
-    while let Some(done) = running.next().await {
-        committed += done;
-        if next < requests.len() {
-            running.push(run_one(next));
-            next += 1;
-        }
-    }
+    let mut committed = 0;
+    in_flight(requests.len(), 256, run_one, |done| committed += done).await;
     (committed, started.elapsed().as_secs_f64())
 }
 
@@ -974,12 +954,12 @@ async fn webhook_figures(conversations: usize, endpoints: usize) -> Result<(usiz
     };
     let allowed = convo_webhooks::Allowed { hosts: vec!["127.0.0.1".into()] };
     let target = format!("http://{addr}/raw");
-    let in_flight = convo_webhooks::IN_FLIGHT_MAX.min(endpoints * convo_webhooks::IN_FLIGHT_PER_ENDPOINT);
+    let width = convo_webhooks::IN_FLIGHT_MAX.min(endpoints * convo_webhooks::IN_FLIGHT_PER_ENDPOINT);
     let started = Instant::now();
     let mut attempts = FuturesUnordered::new();
     let mut sent = 0;
     while sent < expected || !attempts.is_empty() {
-        while sent < expected && attempts.len() < in_flight {
+        while sent < expected && attempts.len() < width {
             attempts.push(convo_webhooks::deliver::attempt(
                 &target,
                 body.clone(),
