@@ -588,20 +588,7 @@ async fn engine_cluster(
         (0..conversations).map(|n| nats_requests(prefix, &accounts[n % accounts.len()], n)).collect();
     let started = Instant::now();
     let mut commands = 0;
-    let run_one = |n: usize| {
-        let (client, requests) = (clients[n % clients.len()].clone(), requests[n].clone());
-        async move {
-            let mut done = 0;
-            for request in requests {
-                if let Ok(reply) = client.request_with_headers(request.subject, request.headers, request.body).await
-                    && committed_events(&reply.payload).is_some()
-                {
-                    done += 1;
-                }
-            }
-            done
-        }
-    };
+    let run_one = |n: usize| send_conversation(clients[n % clients.len()].clone(), requests[n].clone());
     in_flight(conversations, width, run_one, |done| commands += done).await;
     let secs = started.elapsed().as_secs_f64();
     drop(running);
@@ -765,23 +752,24 @@ async fn http_figures(conversations: usize) -> Result<(f64, f64, f64, f64)> {
 async fn nats_round(client: &async_nats::Client, prefix: &str, range: std::ops::Range<usize>) -> (usize, f64) {
     let requests: Vec<Vec<NatsRequest>> = range.map(|n| nats_requests(prefix, "bench", n)).collect();
     let started = Instant::now();
-    let run_one = |n: usize| {
-        let (client, requests) = (client.clone(), requests[n].clone());
-        async move {
-            let mut done = 0;
-            for r in requests {
-                if let Ok(reply) = client.request_with_headers(r.subject, r.headers, r.body).await
-                    && committed_events(&reply.payload).is_some()
-                {
-                    done += 1;
-                }
-            }
-            done
-        }
-    };
+    let run_one = |n: usize| send_conversation(client.clone(), requests[n].clone());
     let mut committed = 0;
     in_flight(requests.len(), 256, run_one, |done| committed += done).await;
     (committed, started.elapsed().as_secs_f64())
+}
+
+/// One conversation's requests in order, each after the last one's reply:
+/// how many were committed.
+async fn send_conversation(client: async_nats::Client, requests: Vec<NatsRequest>) -> usize {
+    let mut done = 0;
+    for r in requests {
+        if let Ok(reply) = client.request_with_headers(r.subject, r.headers, r.body).await
+            && committed_events(&reply.payload).is_some()
+        {
+            done += 1;
+        }
+    }
+    done
 }
 
 /// The bench account's conversations `range` over HTTP, a kept-alive
