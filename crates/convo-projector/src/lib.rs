@@ -28,6 +28,9 @@ pub const BATCH_COMMITS_MAX: usize = 1_000;
 /// query reads that tree before the swap and a stopped rebuild starts over,
 /// so a batch can be larger (fewer, merged writes per counter and head).
 pub const REBUILD_BATCH_COMMITS_MAX: usize = 65_536;
+/// Bytes of staged changes after which a batch is written whatever its
+/// number of commits (large commits keep a batch's memory bounded).
+pub const BATCH_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 const CHECKPOINT_KEY: &[u8] = b"\x00checkpoint";
 const DEAD_PREFIX: &[u8] = b"\x00dead/";
@@ -101,11 +104,13 @@ pub struct Staged<'t> {
     tree: &'t sled::Tree,
     batch: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     commit: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Bytes staged in the batch (keys and values, counted as they are kept).
+    batch_bytes: usize,
 }
 
 impl<'t> Staged<'t> {
     fn new(tree: &'t sled::Tree) -> Self {
-        Self { tree, batch: BTreeMap::new(), commit: BTreeMap::new() }
+        Self { tree, batch: BTreeMap::new(), commit: BTreeMap::new(), batch_bytes: 0 }
     }
 
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
@@ -144,6 +149,7 @@ impl<'t> Staged<'t> {
     /// The commit went well: its changes join the batch.
     fn keep(&mut self) {
         let commit = std::mem::take(&mut self.commit);
+        self.batch_bytes += commit.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len)).sum::<usize>();
         self.batch.extend(commit);
     }
 
@@ -419,7 +425,7 @@ pub async fn fold(
         }
         stats.checkpoint = seq;
         in_batch += 1;
-        if in_batch >= batch_max || stats.checkpoint >= last {
+        if in_batch >= batch_max || staged.batch_bytes >= BATCH_BYTES_MAX || stats.checkpoint >= last {
             write(tree, &mut staged, projection, stats.checkpoint).await?;
             stats.batches += 1;
             in_batch = 0;
@@ -452,6 +458,7 @@ async fn write(
     }
     staged.keep();
     let mut batch = sled::Batch::default();
+    staged.batch_bytes = 0;
     for (k, v) in std::mem::take(&mut staged.batch) {
         match v {
             Some(v) => batch.insert(k, v),
