@@ -290,14 +290,14 @@ pub fn reply(outcome: &Outcome, events: bool, credential: Option<Credential>) ->
 pub fn result_reply(result: &Result<Outcome, Failure>, events: bool, credential: Option<Credential>) -> Reply {
     match result {
         Ok(outcome) => reply(outcome, events, credential),
-        Err(Failure::Overloaded(why)) => Reply::error("overloaded", format!("{why}; retry later")),
+        Err(Failure::Overloaded(why)) => Reply::overloaded(why),
         Err(failure) => Reply::error("unavailable", failure.to_string()),
     }
 }
 
 /// The reply when the engine has no room for the command now.
 pub fn overloaded(why: &str) -> Value {
-    Reply::error("overloaded", format!("{why}; retry later")).to_json()
+    Reply::overloaded(why).to_json()
 }
 
 /// The reply when the engine could not execute the command (the store is down).

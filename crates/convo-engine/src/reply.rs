@@ -84,4 +84,9 @@ impl Reply {
     pub fn error(code: &str, message: impl Into<String>) -> Self {
         Reply::Error { code: code.into(), message: message.into(), field: None, rule: None }
     }
+
+    /// No room for the command now (`why`); the client retries later.
+    pub fn overloaded(why: &str) -> Self {
+        Reply::error("overloaded", format!("{why}; retry later"))
+    }
 }

@@ -389,41 +389,33 @@ pub async fn run(
             trim_log(&deliveries.tree, now - config.log_retention.as_millis() as i64);
             last_trim = now;
         }
-        // Each endpoint with room, from where its last look stopped.
-        let mut due = Vec::new();
+        // Each endpoint with room, from where its last look stopped: its due
+        // heads go at once, with the settings this scan read.
         let mut want = config.in_flight_max.saturating_sub(in_flight.len());
         for item in deliveries.tree.scan_prefix(ENDPOINT.as_bytes()) {
-            let Ok((endpoint, _)) = item else { continue };
+            let Ok((endpoint, settings)) = item else { continue };
             let endpoint = String::from_utf8_lossy(&endpoint).into_owned();
-            let room = config
-                .in_flight_per_endpoint
-                .saturating_sub(per_endpoint.get(&endpoint).copied().unwrap_or(0))
-                .min(want);
+            let count = per_endpoint.entry(endpoint.clone()).or_default();
+            let room = config.in_flight_per_endpoint.saturating_sub(*count).min(want);
             if room == 0 {
                 continue;
             }
             let prefix = format!("{QUEUE}{}/", &endpoint[ENDPOINT.len()..]).into_bytes();
-            let cursor = cursors.entry(endpoint).or_insert_with(|| prefix.clone());
+            let cursor = cursors.entry(endpoint.clone()).or_insert_with(|| prefix.clone());
             let heads = due_heads(&deliveries.tree, now, &busy, &prefix, cursor, room);
-            want -= heads.len();
-            due.extend(heads);
-        }
-        for (key, delivery) in due {
-            if in_flight.len() >= config.in_flight_max {
-                break;
-            }
-            let endpoint = endpoint_of(&key);
-            let count = per_endpoint.entry(endpoint.clone()).or_default();
-            if *count >= config.in_flight_per_endpoint {
+            if heads.is_empty() {
                 continue;
             }
-            let Some(target) = deliveries.tree.get(endpoint.as_bytes()).ok().flatten() else { continue };
-            let target: Value = serde_json::from_slice(&target).unwrap_or(Value::Null);
-            *count += 1;
-            busy.insert(queue_of(&key), ());
-            // Its own task: the attempt's I/O goes on while this loop records others.
-            let attempt = tokio::spawn(send(key.clone(), delivery, target, config.clone()));
-            in_flight.push(async move { (key, endpoint, attempt.await) });
+            let target: Value = serde_json::from_slice(&settings).unwrap_or(Value::Null);
+            for (key, delivery) in heads {
+                *count += 1;
+                want -= 1;
+                busy.insert(queue_of(&key), ());
+                // Its own task: the attempt's I/O goes on while this loop records others.
+                let attempt = tokio::spawn(send(key.clone(), delivery, target.clone(), config.clone()));
+                let endpoint = endpoint.clone();
+                in_flight.push(async move { (key, endpoint, attempt.await) });
+            }
         }
     }
 }
@@ -522,12 +514,6 @@ fn jittered(wait: Duration) -> Duration {
 fn queue_of(key: &[u8]) -> String {
     let text = String::from_utf8_lossy(key);
     text.rsplit_once('/').map_or(text.to_string(), |(q, _)| q.to_owned())
-}
-
-fn endpoint_of(key: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&key[QUEUE.len()..]).into_owned();
-    let mut parts = text.splitn(3, '/');
-    endpoint_key(parts.next().unwrap_or(""), parts.next().unwrap_or(""))
 }
 
 /// At most `want` first deliveries of the queues under `prefix` (one
