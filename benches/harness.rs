@@ -46,12 +46,18 @@ use convo_projector::Projection;
 use convo_store::launcher::{LaunchOptions, NatsServer};
 use convo_store::{EventStore, JetStreamStore, MemoryStore, StoreConfig};
 
-/// One line of the results table.
+/// One line of the results table: a figure beside the ceiling measured in the same run.
 struct Figure {
     measure: String,
     value: f64,
     unit: &'static str,
-    ceiling: Option<(String, f64)>,
+    ceiling: (String, f64),
+}
+
+impl Figure {
+    fn new(measure: impl Into<String>, value: f64, unit: &'static str, ceiling_name: &str, ceiling: f64) -> Self {
+        Self { measure: measure.into(), value, unit, ceiling: (ceiling_name.to_owned(), ceiling) }
+    }
 }
 
 fn quick() -> bool {
@@ -1199,14 +1205,9 @@ fn memory(open: usize) -> f64 {
 fn print(figures: &[Figure]) {
     println!("\n{:<44} {:>14} {:<12} {:<34} {:>14} {:>7}", "measure", "figure", "unit", "ceiling", "ceiling", "ratio");
     for f in figures {
-        let (name, value, ratio) = match &f.ceiling {
-            Some((name, c)) => (
-                name.clone(),
-                if *c < 100.0 { format!("{c:.1}") } else { format!("{c:.0}") },
-                format!("{:.0}%", f.value / c * 100.0),
-            ),
-            None => ("-".into(), "-".into(), "-".into()),
-        };
+        let (name, c) = &f.ceiling;
+        let value = if *c < 100.0 { format!("{c:.1}") } else { format!("{c:.0}") };
+        let ratio = format!("{:.0}%", f.value / c * 100.0);
         println!("{:<44} {:>14.1} {:<12} {:<34} {:>14} {:>7}", f.measure, f.value, f.unit, name, value, ratio);
     }
 }
@@ -1243,11 +1244,8 @@ async fn main() -> Result<()> {
         let (served, served_secs) = raw_service(&server.url(), "svc", n, run.commit_bytes).await?;
         let events_per_commit = run.events as f64 / run.commands.max(1) as f64;
         let label = |what: &str| format!("{what} ({tag})");
-        let figure = |measure: &str, value: f64, unit: &'static str, ceiling_name: &str, ceiling: f64| Figure {
-            measure: label(measure),
-            value,
-            unit,
-            ceiling: Some((ceiling_name.to_owned(), ceiling)),
+        let figure = |measure: &str, value: f64, unit: &'static str, ceiling_name: &str, ceiling: f64| {
+            Figure::new(label(measure), value, unit, ceiling_name, ceiling)
         };
         figures.push(figure(
             "engine: committed commands/s",
@@ -1313,19 +1311,21 @@ async fn main() -> Result<()> {
             eprintln!("convo-bench: rebuilding {name}");
             let (secs, _) = rebuild(&store, &db, projection.as_mut()).await?;
             let rate = events as f64 / secs;
-            figures.push(Figure {
-                measure: format!("rebuild {name}: events/s"),
-                value: rate,
-                unit: "events/s",
-                ceiling: Some(("raw ordered read, events/s".into(), read_rate)),
-            });
+            figures.push(Figure::new(
+                format!("rebuild {name}: events/s"),
+                rate,
+                "events/s",
+                "raw ordered read, events/s",
+                read_rate,
+            ));
             if name == "audit" {
-                figures.push(Figure {
-                    measure: "rebuild audit vs raw sled batches".into(),
-                    value: rate,
-                    unit: "events/s",
-                    ceiling: Some(("raw sled batch inserts/s".into(), sled_rate)),
-                });
+                figures.push(Figure::new(
+                    "rebuild audit vs raw sled batches",
+                    rate,
+                    "events/s",
+                    "raw sled batch inserts/s",
+                    sled_rate,
+                ));
             }
         }
         if only.is_none() {
@@ -1336,18 +1336,20 @@ async fn main() -> Result<()> {
             rebuild(&store, &db, &mut convo_audit::AuditLog).await?;
             let compacted = convo_projector::compact(&db)?;
             let mb = |bytes: u64| bytes as f64 / 1e6;
-            figures.push(Figure {
-                measure: "read models on disk after rebuild+swap".into(),
-                value: mb(compacted.before),
-                unit: "MB",
-                ceiling: Some(("fresh fold, MB".into(), fresh / 1e6)),
-            });
-            figures.push(Figure {
-                measure: "… and after compacting".into(),
-                value: mb(compacted.after),
-                unit: "MB",
-                ceiling: Some(("fresh fold, MB".into(), fresh / 1e6)),
-            });
+            figures.push(Figure::new(
+                "read models on disk after rebuild+swap",
+                mb(compacted.before),
+                "MB",
+                "fresh fold, MB",
+                fresh / 1e6,
+            ));
+            figures.push(Figure::new(
+                "… and after compacting",
+                mb(compacted.after),
+                "MB",
+                "fresh fold, MB",
+                fresh / 1e6,
+            ));
         }
     }
 
@@ -1372,12 +1374,13 @@ async fn main() -> Result<()> {
             eprintln!("convo-bench: {instances} instance(s) on a three-node cluster, {n} conversations × 9 commands");
             let (commands, secs) = engine_cluster(&urls, prefix, partitions, instances, n, 256).await?;
             eprintln!("  {commands} of {} commands committed in {secs:.1} s", n * 9);
-            figures.push(Figure {
-                measure: format!("cluster, {instances} instance(s): committed cmd/s"),
-                value: commands as f64 / secs,
-                unit: "cmd/s",
-                ceiling: Some(("raw R3 appends/s (256 chains)".into(), ceiling)),
-            });
+            figures.push(Figure::new(
+                format!("cluster, {instances} instance(s): committed cmd/s"),
+                commands as f64 / secs,
+                "cmd/s",
+                "raw R3 appends/s (256 chains)",
+                ceiling,
+            ));
         }
     }
 
@@ -1397,31 +1400,34 @@ async fn main() -> Result<()> {
                 let read_rate = events as f64 / raw_read(&server.url(), prefix, commits).await?;
                 let (secs, recovered, _) = recover_timed(&store, false).await?;
                 anyhow::ensure!(recovered == open, "recovered {recovered} of {open} open conversations");
-                figures.push(Figure {
-                    measure: format!("recovery from the whole log ({open} open)"),
-                    value: events as f64 / secs,
-                    unit: "events/s",
-                    ceiling: Some(("raw ordered read, events/s".into(), read_rate)),
-                });
+                figures.push(Figure::new(
+                    format!("recovery from the whole log ({open} open)"),
+                    events as f64 / secs,
+                    "events/s",
+                    "raw ordered read, events/s",
+                    read_rate,
+                ));
             } else {
                 let read_rate = events as f64 / raw_read(&server.url(), prefix, commits).await?;
                 let (secs, recovered, from_snapshot) = recover_timed(&store, true).await?;
                 anyhow::ensure!(recovered == open && from_snapshot, "recovered {recovered} of {open} from a snapshot");
-                figures.push(Figure {
-                    measure: format!("recovery from snapshot + 10% tail ({open})"),
-                    value: events as f64 / secs,
-                    unit: "events/s",
-                    ceiling: Some(("raw ordered read, events/s".into(), read_rate)),
-                });
+                figures.push(Figure::new(
+                    format!("recovery from snapshot + 10% tail ({open})"),
+                    events as f64 / secs,
+                    "events/s",
+                    "raw ordered read, events/s",
+                    read_rate,
+                ));
             }
             eprintln!("convo-bench: takeover after kill -9 ({open} open, snapshot: {snapshot})");
             let secs = takeover(&server.url(), prefix, snapshot).await?;
-            figures.push(Figure {
-                measure: format!("takeover, kill to first served ({}snapshot)", if snapshot { "" } else { "no " }),
-                value: secs,
-                unit: "s",
-                ceiling: Some(("lease TTL, s".into(), convo_store::lease::LEASE_TTL_MS as f64 / 1000.0)),
-            });
+            figures.push(Figure::new(
+                format!("takeover, kill to first served ({}snapshot)", if snapshot { "" } else { "no " }),
+                secs,
+                "s",
+                "lease TTL, s",
+                convo_store::lease::LEASE_TTL_MS as f64 / 1000.0,
+            ));
         }
     }
 
@@ -1431,18 +1437,14 @@ async fn main() -> Result<()> {
             "convo-bench: convo serve, {n} conversations × 9 commands over NATS, then HTTP, twice; then the JSON feed"
         );
         let (nats, http, feed, read) = http_figures(n).await?;
-        figures.push(Figure {
-            measure: "HTTP intake: committed cmd/s".into(),
-            value: http,
-            unit: "cmd/s",
-            ceiling: Some(("NATS intake, same run, cmd/s".into(), nats)),
-        });
-        figures.push(Figure {
-            measure: "JSON feed (HTTP pages): events/s".into(),
-            value: feed,
-            unit: "events/s",
-            ceiling: Some(("raw ordered read, events/s".into(), read)),
-        });
+        figures.push(Figure::new("HTTP intake: committed cmd/s", http, "cmd/s", "NATS intake, same run, cmd/s", nats));
+        figures.push(Figure::new(
+            "JSON feed (HTTP pages): events/s",
+            feed,
+            "events/s",
+            "raw ordered read, events/s",
+            read,
+        ));
     }
 
     if runs("webhooks") {
@@ -1450,12 +1452,7 @@ async fn main() -> Result<()> {
         eprintln!("convo-bench: webhook deliveries, {n} conversations' events to {endpoints} endpoints");
         let (deliveries, rate, raw) = webhook_figures(n, endpoints).await?;
         eprintln!("  {deliveries} deliveries");
-        figures.push(Figure {
-            measure: "webhook deliveries/s".into(),
-            value: rate,
-            unit: "deliveries/s",
-            ceiling: Some(("raw HTTP POSTs/s (same bodies)".into(), raw)),
-        });
+        figures.push(Figure::new("webhook deliveries/s", rate, "deliveries/s", "raw HTTP POSTs/s (same bodies)", raw));
     }
 
     if runs("domain") {
@@ -1470,23 +1467,13 @@ async fn main() -> Result<()> {
             std::hint::black_box(convo_benches::run_mix(&catalog, &floor, &mut states, &steps));
         }
         let per_sec = (steps.len() * rounds) as f64 / started.elapsed().as_secs_f64();
-        figures.push(Figure {
-            measure: "decide+evolve (one core)".into(),
-            value: per_sec,
-            unit: "cmd/s",
-            ceiling: Some(("goal".into(), 2_000_000.0)),
-        });
+        figures.push(Figure::new("decide+evolve (one core)", per_sec, "cmd/s", "goal", 2_000_000.0));
     }
 
     for open in [mem_small, mem_large].into_iter().filter(|_| runs("memory")) {
         eprintln!("convo-bench: memory with {open} open conversations");
         let per = tokio::task::spawn_blocking(move || memory(open)).await?;
-        figures.push(Figure {
-            measure: format!("memory per open conversation ({open})"),
-            value: per,
-            unit: "bytes",
-            ceiling: Some(("goal".into(), 512.0)),
-        });
+        figures.push(Figure::new(format!("memory per open conversation ({open})"), per, "bytes", "goal", 512.0));
     }
     print(&figures);
     Ok(())
