@@ -541,25 +541,38 @@ pub fn parse_actor(value: serde_json::Value) -> Result<Actor, RequestError> {
 /// field's own rule may be stricter).
 pub const REQUEST_STRING_BYTES_MAX: usize = crate::template::TEXT_BYTES_MAX;
 
-/// Finds a string longer than [`REQUEST_STRING_BYTES_MAX`] anywhere in a
-/// value; returns its path.
-fn overlong(value: &serde_json::Value, path: &str) -> Option<(String, usize)> {
+/// Whether a character may not appear in any string of a request: the C0
+/// controls (NUL, escape, bell…) and DEL, but tab, line feed and carriage
+/// return (text people write has lines, some ending in CRLF).
+pub fn is_forbidden_control(c: char) -> bool {
+    c.is_ascii_control() && !matches!(c, '\t' | '\n' | '\r')
+}
+
+/// Finds a string anywhere in a value that is longer than
+/// [`REQUEST_STRING_BYTES_MAX`] or holds a control character
+/// ([`is_forbidden_control`]); returns its path and why.
+fn bad_string(value: &serde_json::Value, path: &str) -> Option<(String, String)> {
     match value {
-        serde_json::Value::String(s) if s.len() > REQUEST_STRING_BYTES_MAX => Some((path.to_owned(), s.len())),
-        serde_json::Value::Array(items) => {
-            items.iter().enumerate().find_map(|(i, v)| overlong(v, &format!("{path}[{i}]")))
+        serde_json::Value::String(s) if s.len() > REQUEST_STRING_BYTES_MAX => {
+            Some((path.to_owned(), format!("at most {REQUEST_STRING_BYTES_MAX} bytes, this one {}", s.len())))
         }
-        serde_json::Value::Object(map) => map.iter().find_map(|(k, v)| overlong(v, &format!("{path}.{k}"))),
+        serde_json::Value::String(s) => s.chars().find(|c| is_forbidden_control(*c)).map(|c| {
+            (path.to_owned(), format!("control character U+{:04X} is not allowed (tab and line breaks are)", c as u32))
+        }),
+        serde_json::Value::Array(items) => {
+            items.iter().enumerate().find_map(|(i, v)| bad_string(v, &format!("{path}[{i}]")))
+        }
+        serde_json::Value::Object(map) => map.iter().find_map(|(k, v)| bad_string(v, &format!("{path}.{k}"))),
         _ => None,
     }
 }
 
 /// The command, with the offending field's full path in an error
 /// (`command.schedule`, `command.type`); no string in it may be longer than
-/// [`REQUEST_STRING_BYTES_MAX`].
+/// [`REQUEST_STRING_BYTES_MAX`] or hold a control character.
 pub fn parse_command(value: serde_json::Value) -> Result<Command, RequestError> {
-    if let Some((field, bytes)) = overlong(&value, "command") {
-        return Err(request_error(field, format!("at most {REQUEST_STRING_BYTES_MAX} bytes, this one {bytes}")));
+    if let Some((field, message)) = bad_string(&value, "command") {
+        return Err(request_error(field, message));
     }
     Command::from_json(value).map_err(|e| {
         let field = if e.path.is_empty() { "command".to_owned() } else { format!("command.{}", e.path) };

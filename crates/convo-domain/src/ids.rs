@@ -16,11 +16,18 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// The longest id accepted, in bytes (a UUID is 36).
 pub const ID_BYTES_MAX: usize = 64;
 
-/// The JSON Schema of every id: what [`validate`] accepts.
-fn id_schema() -> schemars::Schema {
+/// Ids starting with this belong to the engine (its own command ids,
+/// `_tick-…`, `_route-…`): no entity a client names may start with it.
+pub const RESERVED_PREFIX: char = '_';
+
+/// The JSON Schema of an id: what [`check_id`] accepts, and — for every id
+/// but a command's, which may be the engine's — not in the engine's
+/// namespace ([`RESERVED_PREFIX`]).
+fn id_schema(engine_may_use: bool) -> schemars::Schema {
+    let pattern = if engine_may_use { "^[A-Za-z0-9_-]+$" } else { "^[A-Za-z0-9-][A-Za-z0-9_-]*$" };
     schemars::json_schema!({
         "type": "string",
-        "pattern": "^[A-Za-z0-9_-]+$",
+        "pattern": pattern,
         "minLength": 1,
         "maxLength": ID_BYTES_MAX,
     })
@@ -35,6 +42,8 @@ pub enum IdError {
     TooLong(usize),
     #[error("an id may hold only letters, digits, '-' and '_'; found {0:?}")]
     BadChar(char),
+    #[error("ids starting with '_' belong to the engine; choose one that starts with a letter, a digit or '-'")]
+    Reserved,
 }
 
 /// Checks the id rules shared by every id kind.
@@ -49,6 +58,16 @@ pub fn check_id(text: &str) -> Result<(), IdError> {
         Some(c) => Err(IdError::BadChar(c)),
         None => Ok(()),
     }
+}
+
+/// Checks an id a client chooses for an entity: [`check_id`], and not in
+/// the engine's namespace ([`RESERVED_PREFIX`]).
+pub fn check_client_id(text: &str) -> Result<(), IdError> {
+    check_id(text)?;
+    if text.starts_with(RESERVED_PREFIX) {
+        return Err(IdError::Reserved);
+    }
+    Ok(())
 }
 
 /// Deserializes a newtype over text, validating it with a parser.
@@ -73,6 +92,9 @@ impl<'de, T, E: fmt::Display> serde::de::Visitor<'de> for TextVisitor<T, E> {
 
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
+        id_type!($(#[$doc])* $name, engine_may_use = false);
+    };
+    ($(#[$doc:meta])* $name:ident, engine_may_use = $engine:literal) => {
         $(#[$doc])*
         ///
         /// Cheap to clone (shared text).
@@ -84,6 +106,15 @@ macro_rules! id_type {
             pub fn new(text: &str) -> Result<Self, IdError> {
                 check_id(text)?;
                 Ok(Self(Arc::from(text)))
+            }
+
+            /// Parses an id a client chose: [`Self::new`], and not in the
+            /// engine's namespace (unless the engine may use this kind of id).
+            pub fn parse_client(text: &str) -> Result<Self, IdError> {
+                if !$engine {
+                    check_client_id(text)?;
+                }
+                Self::new(text)
             }
 
             pub fn as_str(&self) -> &str {
@@ -118,9 +149,13 @@ macro_rules! id_type {
             }
         }
 
+        /// JSON is what clients write (requests, scenario files): there an
+        /// id is checked as a client's ([`Self::parse_client`]). postcard is
+        /// the stream, which keeps whatever was committed before the rule.
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                d.deserialize_newtype_struct(stringify!($name), TextVisitor(Self::new, stringify!($name)))
+                let parse = if d.is_human_readable() { Self::parse_client } else { Self::new };
+                d.deserialize_newtype_struct(stringify!($name), TextVisitor(parse, stringify!($name)))
             }
         }
 
@@ -129,7 +164,7 @@ macro_rules! id_type {
                 stringify!($name).into()
             }
             fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-                id_schema()
+                id_schema($engine)
             }
         }
     };
@@ -168,8 +203,10 @@ id_type!(
     UserId
 );
 id_type!(
-    /// The caller-chosen id of a command; repeating it repeats nothing.
-    CommandId
+    /// The caller-chosen id of a command; repeating it repeats nothing. The
+    /// engine's own start with `_` (a client's may not: `parse_client_id`).
+    CommandId,
+    engine_may_use = true
 );
 id_type!(
     /// A weekly schedule with holidays.
@@ -250,6 +287,11 @@ mod tests {
         assert_eq!(CampaignId::new("a.b"), Err(IdError::BadChar('.')));
         assert_eq!(CampaignId::new("a*"), Err(IdError::BadChar('*')));
         assert_eq!(CampaignId::new(&"x".repeat(65)), Err(IdError::TooLong(65)));
+        // The engine's namespace: closed to a client's entities, in JSON; the stream keeps what it has.
+        assert_eq!(UserId::parse_client("_root"), Err(IdError::Reserved));
+        assert!(serde_json::from_str::<UserId>("\"_root\"").is_err());
+        assert!(serde_json::from_str::<CommandId>("\"_tick-1\"").is_ok());
+        assert!(UserId::new("_root").is_ok());
     }
 
     #[test]

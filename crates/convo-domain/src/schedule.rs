@@ -134,10 +134,16 @@ impl<'de> Deserialize<'de> for Zone {
 pub struct LocalDate(pub NaiveDate);
 
 impl LocalDate {
+    /// Parses `YYYY-MM-DD`, in the years [`crate::time::YEAR_MIN`] to [`crate::time::YEAR_MAX`].
     pub fn parse(text: &str) -> Result<Self, String> {
-        NaiveDate::parse_from_str(text, "%Y-%m-%d")
-            .map(LocalDate)
-            .map_err(|_| format!("{text:?} is not a date YYYY-MM-DD"))
+        use chrono::Datelike as _;
+        let date =
+            NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| format!("{text:?} is not a date YYYY-MM-DD"))?;
+        let (min, max) = (crate::time::YEAR_MIN, crate::time::YEAR_MAX);
+        if !(min..=max).contains(&date.year()) {
+            return Err(format!("{text:?}: the year is {min} to {max}"));
+        }
+        Ok(LocalDate(date))
     }
 }
 

@@ -6,8 +6,17 @@
 
 use std::fmt;
 
-use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, TimeZone, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Why a text is not an instant a client may write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimeError {
+    #[error("{0}")]
+    Format(chrono::ParseError),
+    #[error("the year is {YEAR_MIN} to {YEAR_MAX}, not {0}")]
+    Year(i32),
+}
 
 /// An instant, in milliseconds since 1970-01-01T00:00:00Z.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -15,6 +24,10 @@ pub struct Timestamp(i64);
 
 /// Milliseconds in one second.
 pub const MS_PER_SEC: i64 = 1_000;
+/// The first year an instant or a date written by a client may fall in.
+pub const YEAR_MIN: i32 = 1970;
+/// The last year an instant or a date written by a client may fall in.
+pub const YEAR_MAX: i32 = 9999;
 
 impl Timestamp {
     pub const fn from_millis(ms: i64) -> Self {
@@ -49,9 +62,15 @@ impl Timestamp {
         Self(at.timestamp_millis())
     }
 
-    /// Parses RFC 3339 (`2026-03-02T09:00:00Z`, `2026-03-02T04:00:00-05:00`).
-    pub fn parse_rfc3339(text: &str) -> Result<Self, chrono::ParseError> {
-        DateTime::parse_from_rfc3339(text).map(|at| Self::from_datetime(&at))
+    /// Parses RFC 3339 (`2026-03-02T09:00:00Z`, `2026-03-02T04:00:00-05:00`),
+    /// in the years [`YEAR_MIN`] to [`YEAR_MAX`] (UTC).
+    pub fn parse_rfc3339(text: &str) -> Result<Self, TimeError> {
+        let at = DateTime::parse_from_rfc3339(text).map_err(TimeError::Format)?;
+        let year = at.with_timezone(&Utc).year();
+        if !(YEAR_MIN..=YEAR_MAX).contains(&year) {
+            return Err(TimeError::Year(year));
+        }
+        Ok(Self::from_datetime(&at))
     }
 
     /// RFC 3339 in UTC, with milliseconds only when there are any.
@@ -130,5 +149,7 @@ mod tests {
         assert_eq!(t.to_rfc3339(), "2026-03-02T09:00:00.250Z");
         assert_eq!(t.plus_secs(60).secs_since(t), 60);
         assert_eq!(t.secs_since(t.plus_secs(5)), 0);
+        assert!(Timestamp::parse_rfc3339("1969-12-31T23:59:59Z").is_err());
+        assert!(Timestamp::parse_rfc3339("+10000-01-01T00:00:00Z").is_err());
     }
 }

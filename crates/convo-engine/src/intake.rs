@@ -96,7 +96,7 @@ pub fn parse_request(
         return Err(IntakeError::TooLarge { bytes: payload.len(), max: bytes_max });
     }
     let invalid = |field: &str, message: String| IntakeError::Invalid { field: field.into(), message };
-    let account = AccountId::new(account).map_err(|e| invalid("account (subject)", e.to_string()))?;
+    let account = AccountId::parse_client(account).map_err(|e| invalid("account (subject)", e.to_string()))?;
     let value: Value = serde_json::from_slice(payload).map_err(|e| IntakeError::MalformedJson(e.to_string()))?;
     let Value::Object(mut map) = value else {
         return Err(invalid("", "a request is a JSON object with id, actor and command".into()));
@@ -190,7 +190,7 @@ pub fn admit(
     if request.payload.len() > bytes_max {
         return Err(IntakeError::TooLarge { bytes: request.payload.len(), max: bytes_max }.into());
     }
-    let account = AccountId::new(&request.account)
+    let account = AccountId::parse_client(&request.account)
         .map_err(|e| IntakeError::Invalid { field: "account".into(), message: e.to_string() })?;
     let who = |principal: Option<&Principal>| principal.map_or_else(|| "anonymous".to_owned(), Principal::name);
     let principal = access::authenticate(access, request.credential.as_deref(), &account, catalog, now_secs)
@@ -391,5 +391,35 @@ mod tests {
         );
         // A missing field is named with its full path.
         assert_eq!(field(r#"{"id":"a","command":{"type":"define_schedule","id":"s1"}}"#), "command.name");
+        // No control character in free text (tab and line breaks are text).
+        let text = |t: &str| {
+            format!(
+                r#"{{"id":"a","command":{{"type":"receive_message","conversation":"c1","contact":"p1","channel":"wa","text":{}}}}}"#,
+                serde_json::to_string(t).unwrap()
+            )
+        };
+        assert_eq!(field(&text("hola\u{0}")), "command.text");
+        assert_eq!(field(&text("\u{1b}[31mrojo")), "command.text");
+        assert!(parse_request("acme", "receive_message", text("línea 1\r\n\tlínea 2").as_bytes(), 4096).is_ok());
+        // The engine's namespace is closed to every entity a client names.
+        assert_eq!(
+            field(
+                r#"{"id":"a","command":{"type":"define_user","id":"_root","name":"R","email":"r@x.co","role":"admin"}}"#
+            ),
+            "command.id"
+        );
+        assert_eq!(
+            parse_request("_engine", "tick", br#"{"id":"a","command":{"type":"tick","conversation":"c1"}}"#, 4096)
+                .unwrap_err()
+                .to_json()["field"],
+            "account (subject)"
+        );
+        // Dates a calendar can hold.
+        assert_eq!(
+            field(
+                r#"{"id":"a","command":{"type":"define_schedule","id":"s1","name":"S","time_zone":"UTC","week":{},"holidays":["99999-01-01"]}}"#
+            ),
+            "command.holidays[0]"
+        );
     }
 }
