@@ -70,7 +70,11 @@ fn runs(part: &str) -> bool {
 }
 
 fn start_server(dir: &std::path::Path, sync_always: bool) -> Result<NatsServer> {
-    Ok(NatsServer::start(&LaunchOptions { data_dir: dir.to_path_buf(), sync_always, ..Default::default() })?)
+    Ok(NatsServer::start(&LaunchOptions {
+        data_dir: dir.to_path_buf(),
+        lazy_fsync: !sync_always,
+        ..Default::default()
+    })?)
 }
 
 fn percentile(sorted: &[Duration], p: usize) -> f64 {
@@ -914,7 +918,7 @@ async fn webhook_figures(conversations: usize, endpoints: usize) -> Result<(usiz
     let redactions = Arc::new(convo_wire::redact::Redactions::default());
     redactions.mark_ready();
     let deliveries = convo_webhooks::Deliveries::open(&dir.path().join("webhooks")).map_err(anyhow::Error::msg)?;
-    let queue = convo_webhooks::Queue::new(prefix, redactions);
+    let queue = convo_webhooks::Queue::new(prefix, redactions, convo_store::seal::Sealer::new([7; 32]));
     let config = convo_webhooks::WebhookConfig {
         allowed: convo_webhooks::Allowed { hosts: vec!["127.0.0.1".into()] },
         tick: Duration::from_millis(10),

@@ -16,9 +16,14 @@ use convo_store::launcher::{LaunchOptions, NatsServer};
 use convo_store::signing::Signing;
 use convo_store::{EventStore, JetStreamStore, StoreConfig};
 
-/// Where `serve` leaves the URL of its embedded server, with the engine's
-/// NATS credentials, for `send` and `tail` (mode 0600).
-const URL_FILE: &str = "nats.url";
+/// Where `serve` leaves the address of its embedded server, for NATS
+/// clients logging in as themselves (an API key's nkey): no credentials.
+pub const URL_FILE: &str = "nats.url";
+/// Where `serve` leaves the embedded server's URL with the engine's NATS
+/// login, for this machine's tools (`send`, `tail`, the reads): the
+/// engine's user may do everything, so it is a file of its own (mode 0600)
+/// that nobody takes for the address.
+pub const ENGINE_URL_FILE: &str = "nats-engine.url";
 /// Where `serve` leaves the HTTP gateway's URL.
 pub const HTTP_URL_FILE: &str = "http.url";
 /// Where `serve` leaves the embedded nats-server's monitoring URL.
@@ -26,24 +31,23 @@ pub const MONITOR_URL_FILE: &str = "nats-monitor.url";
 /// The platform operator's credential, made at the first start (mode 0600).
 pub const OPERATOR_KEY_FILE: &str = "operator.key";
 
-/// The operator's credential under `dir`, made (and said where) when there is none yet.
+/// The operator's credential under `dir`, made (and said where) when there
+/// is none yet; refused when others could read it.
 fn operator_credential(dir: &std::path::Path) -> Result<String> {
     let path = dir.join(OPERATOR_KEY_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(token) => Ok(token.trim().to_owned()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let secret = convo_engine::access::new_secret().map_err(anyhow::Error::msg)?;
-            let token = convo_engine::access::operator_token(&secret);
-            std::fs::create_dir_all(dir)?;
-            convo_store::launcher::write_private(&path, format!("{token}\n").as_bytes())?;
-            eprintln!(
-                "convo: made the platform operator's credential: {} (mode 0600; the only credential that creates accounts)",
-                path.display()
-            );
-            Ok(token)
-        }
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    if path.exists() {
+        let token = convo_store::private::read_secret(&path, "the operator's credential", 1)?;
+        return String::from_utf8(token).with_context(|| format!("{} is not text", path.display()));
     }
+    let secret = convo_engine::access::new_secret().map_err(anyhow::Error::msg)?;
+    let token = convo_engine::access::operator_token(&secret);
+    std::fs::create_dir_all(dir)?;
+    convo_store::launcher::write_private(&path, format!("{token}\n").as_bytes())?;
+    eprintln!(
+        "convo: made the platform operator's credential: {} (mode 0600; the only credential that creates accounts)",
+        path.display()
+    );
+    Ok(token)
 }
 
 #[derive(Args, Debug)]
@@ -74,7 +78,7 @@ impl Connection {
         if let Some(url) = &self.nats_url {
             return Ok(url.clone());
         }
-        let file = self.data_dir.join(URL_FILE);
+        let file = self.data_dir.join(ENGINE_URL_FILE);
         let url = std::fs::read_to_string(&file).with_context(|| {
             format!(
                 "no --nats-url, and no running `convo serve` under {} ({} is missing)",
@@ -100,7 +104,7 @@ impl Connection {
     /// The stream: --nats-url, the running `convo serve`'s, or — none running
     /// — the data directory's own nats-server, started for this command.
     pub async fn open_store(&self) -> Result<(JetStreamStore, Option<NatsServer>)> {
-        let running = self.nats_url.is_some() || self.data_dir.join(URL_FILE).exists();
+        let running = self.nats_url.is_some() || self.data_dir.join(ENGINE_URL_FILE).exists();
         if running {
             let url = self.url()?;
             let connect = JetStreamStore::connect(&url, self.store_config()?);
@@ -108,7 +112,7 @@ impl Connection {
                 Ok(Ok(store)) => return Ok((store, None)),
                 Ok(Err(e)) if self.nats_url.is_some() => return Err(e.into()),
                 Err(_) if self.nats_url.is_some() => bail!("the NATS server did not answer within 5 s"),
-                _ => {} // a stale nats.url from a server that died: start it again below
+                _ => {} // a stale URL file from a server that died: start it again below
             }
         }
         let nats = self.data_dir.join("nats");
@@ -116,9 +120,8 @@ impl Connection {
             // No stream here at all: the usual message.
             self.url()?;
         }
-        let server =
-            NatsServer::start(&LaunchOptions { data_dir: nats.clone(), sync_always: false, ..Default::default() })
-                .with_context(|| format!("cannot start the nats-server of {}", self.data_dir.display()))?;
+        let server = NatsServer::start(&LaunchOptions { data_dir: nats.clone(), ..Default::default() })
+            .with_context(|| format!("cannot start the nats-server of {}", self.data_dir.display()))?;
         eprintln!(
             "convo: no `convo serve` runs under {}; started its nats-server for this command",
             self.data_dir.display()
@@ -196,16 +199,28 @@ impl Connection {
 Examples:
   convo serve                              # embedded default: starts nats-server, data under .data/
   convo serve --nats-url nats://10.0.0.5:4222
-  convo serve --sync-always                # fsync every append (durable, slower)
+  convo serve --nats-url nats://10.0.0.5:4222 --nats-monitor-url http://10.0.0.5:8222
+  convo serve --accept-ack-loss            # lazy fsync: faster, but a power cut can lose acknowledged commands
+
+A command is acknowledged once its commit is on disk: the embedded nats-server
+runs `sync_interval: always`; with --nats-url, each server's monitoring endpoint
+(--nats-monitor-url) must say so, or serve refuses to start.
 
 Commands arrive as NATS requests on <prefix>.<account>.cmd.<type> (see `convo send`);
 events are published on <prefix>.<account>.conv.<id>.<kind> (see `convo tail`).")]
 pub struct ServeArgs {
     #[command(flatten)]
     connection: Connection,
-    /// With the embedded server: `sync_interval: always` (fsync every append).
+    /// Acknowledge commands before their commits are on disk (JetStream's lazy flush, every
+    /// two minutes, instead of `sync_interval: always`): faster, but a power failure or an OS
+    /// crash can lose commands already acknowledged. For benchmarks and throwaway data.
     #[arg(long)]
-    sync_always: bool,
+    accept_ack_loss: bool,
+    /// With --nats-url: the monitoring endpoint (`http://host:port`, the `http:` setting) of each
+    /// server of the cluster (repeatable). The engine checks there that every server acknowledges
+    /// only what is on disk (`sync_interval: always`) and refuses to start otherwise.
+    #[arg(long)]
+    nats_monitor_url: Vec<String>,
     /// The largest command request accepted, in bytes (larger ones get a `too_large` error).
     #[arg(long, default_value_t = convo_engine::intake::COMMAND_BYTES_MAX)]
     command_bytes_max: usize,
@@ -288,14 +303,22 @@ fn init_logs(format: &str) {
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
     init_logs(&args.log_format);
-    if !args.roles.iter().any(|r| r == "engine") {
-        return serve_read_models(args).await;
-    }
+    // Every setting and secret is checked before anything starts: a bad one stops here, naming the fix.
     let c = &args.connection;
+    private_data_dir(&c.data_dir)?;
+    let operator = operator_credential(&c.data_dir)?;
+    let mut access = access_config(&args, &operator)?;
+    let key = c.data_dir.join(convo_store::signing::KEY_FILE);
+    if key.exists() {
+        convo_store::private::check_private(&key, "the engine's signing key")?;
+    }
+    if !args.roles.iter().any(|r| r == "engine") {
+        return serve_read_models(args, access).await;
+    }
     let asked = args.partitions.map(usize::from);
     let mut launch = LaunchOptions {
         data_dir: c.data_dir.join("nats"),
-        sync_always: args.sync_always,
+        lazy_fsync: args.accept_ack_loss,
         mappings: vec![partition_mapping(&c.prefix, asked.unwrap_or(DEFAULT_PARTITIONS))],
     };
     let mut embedded = None;
@@ -308,15 +331,18 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             }
             let url = server.url();
             tracing::info!(
-                "started {} (pid {}) on {} (no anonymous access; the engine's NATS credentials are in {}, mode 0600); JetStream data in {}",
+                "started {} (pid {}) on {} (written to {}; no anonymous access: API keys log in with their nkey, \
+                 this machine's tools with the engine's login in {}, mode 0600); JetStream data in {}",
                 server.binary.display(),
                 server.pid(),
                 server.public_url(),
                 c.data_dir.join(URL_FILE).display(),
+                c.data_dir.join(ENGINE_URL_FILE).display(),
                 launch.data_dir.join("jetstream").display()
             );
-            convo_store::launcher::write_private(&c.data_dir.join(URL_FILE), url.as_bytes())?;
-            std::fs::write(c.data_dir.join(MONITOR_URL_FILE), server.monitor_url())?;
+            convo_store::launcher::write_private(&c.data_dir.join(ENGINE_URL_FILE), url.as_bytes())?;
+            convo_store::launcher::write_private(&c.data_dir.join(URL_FILE), server.public_url().as_bytes())?;
+            convo_store::launcher::write_private(&c.data_dir.join(MONITOR_URL_FILE), server.monitor_url().as_bytes())?;
             tracing::info!(
                 "nats-server monitoring on {} (/varz, /jsz, /healthz; written to {})",
                 server.monitor_url(),
@@ -326,6 +352,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             url
         }
     };
+    if embedded.is_none() {
+        check_durable(&args, &url)?;
+    }
     let store = JetStreamStore::connect(&url, c.store_config()?).await?;
     tracing::info!("connected to nats-server {} at {}", store.server_version(), convo_store::strip_userinfo(&url));
     let partitions = store.partitions(asked, DEFAULT_PARTITIONS).await?;
@@ -336,6 +365,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     }
     check_mapping(store.client(), &c.prefix, partitions).await?;
     let (store, signing) = c.sign(store).await?;
+    access.sealer = Some(signing.sealer());
+    access.webhook_allowed = convo_store::egress::Allowed { hosts: args.webhook_allow.clone() };
     let anchoring = tokio::spawn({
         let signing = signing.clone();
         async move {
@@ -368,8 +399,6 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             _ = reason_rx.wait_for(Option::is_some) => {}
         }
     };
-    let operator = operator_credential(&c.data_dir)?;
-    let access = access_config(&args, &operator)?;
     let redactions = std::sync::Arc::new(convo_wire::redact::Redactions::default());
     let metrics = std::sync::Arc::new(convo_store::metrics::Metrics::default());
     let config = convo_engine::serve::ServeConfig {
@@ -393,7 +422,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         timeout: std::time::Duration::from_millis(args.webhook_timeout_ms),
         body_bytes_max: args.webhook_body_bytes_max,
         log_retention: std::time::Duration::from_secs(u64::from(args.webhook_log_hours) * 3600),
-        allowed: convo_webhooks::Allowed { hosts: args.webhook_allow.clone() },
+        allowed: convo_store::egress::Allowed { hosts: args.webhook_allow.clone() },
         metrics: Some(metrics.clone()),
         ..Default::default()
     };
@@ -430,7 +459,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             json_stream,
             json_checkpoint: json_checkpoint.clone(),
             deliveries: deliveries.clone(),
-            queue: convo_webhooks::Queue::new(&c.prefix, redactions.clone()),
+            queue: convo_webhooks::Queue::new(&c.prefix, redactions.clone(), signing.sealer()),
             webhooks: webhook_config,
         },
         feeds_stop_rx,
@@ -493,13 +522,71 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let embedded = supervisor.await?;
     let failure = reason_rx.borrow().clone();
     if embedded.is_some() {
-        let _ = std::fs::remove_file(c.data_dir.join(URL_FILE));
-        let _ = std::fs::remove_file(c.data_dir.join(MONITOR_URL_FILE));
+        for file in [URL_FILE, ENGINE_URL_FILE, MONITOR_URL_FILE] {
+            let _ = std::fs::remove_file(c.data_dir.join(file));
+        }
     }
     if let Some(reason) = failure {
         bail!(reason);
     }
     drop(embedded);
+    Ok(())
+}
+
+/// An acknowledgement is a promise: with --nats-url, every server given by
+/// --nats-monitor-url must fsync each append before acknowledging it
+/// (`sync_interval: always`, as `/varz` says), or the engine does not start.
+/// It cannot learn the setting over the client protocol, so with no
+/// monitoring endpoint it refuses too; `--accept-ack-loss` is the only way
+/// past, and it is said in the log.
+fn check_durable(args: &ServeArgs, url: &str) -> Result<()> {
+    let url = convo_store::strip_userinfo(url);
+    if args.accept_ack_loss {
+        tracing::warn!(
+            "--accept-ack-loss: commands are acknowledged before {url} has their commits on disk; a power failure \
+             or an OS crash can lose acknowledged commands"
+        );
+        return Ok(());
+    }
+    if args.nats_monitor_url.is_empty() {
+        bail!(
+            "convo serve acknowledges a command only once its commit is on disk, and cannot tell whether {url} \
+             fsyncs before it acknowledges: put `sync_interval: always` in each server's `jetstream {{ … }}` block \
+             and give each server's monitoring endpoint with --nats-monitor-url http://HOST:PORT (its `http:` \
+             setting) to have it checked; or accept losing acknowledged commands on a power failure with \
+             --accept-ack-loss"
+        );
+    }
+    for monitor in &args.nats_monitor_url {
+        let durability = convo_store::launcher::durability(monitor).map_err(anyhow::Error::msg)?;
+        if !durability.sync_always {
+            bail!(
+                "nats-server {} ({monitor}) acknowledges appends before they are on disk (it flushes every {} s): \
+                 put `sync_interval: always` in its `jetstream {{ … }}` block and reload it, or start with \
+                 --accept-ack-loss to accept losing acknowledged commands on a power failure",
+                durability.server,
+                durability.sync_interval_secs
+            );
+        }
+        tracing::info!("nats-server {} ({monitor}) fsyncs every append before acknowledging it", durability.server);
+    }
+    Ok(())
+}
+
+/// The data directory, ours alone: made 0700, or tightened (and said) when
+/// something in it could be read by others.
+fn private_data_dir(dir: &std::path::Path) -> Result<()> {
+    let tightened = convo_store::private::prepare_data_dir(dir)?;
+    if !tightened.is_empty() {
+        let shown: Vec<String> = tightened.iter().take(5).map(|p| p.display().to_string()).collect();
+        tracing::warn!(
+            "{} file(s) and directories under {} could be read by other users; they are this user's alone now ({}{})",
+            tightened.len(),
+            dir.display(),
+            shown.join(", "),
+            if tightened.len() > shown.len() { ", …" } else { "" }
+        );
+    }
     Ok(())
 }
 
@@ -645,7 +732,7 @@ async fn play_feeds(
 /// authorized by [`convo_engine::read_door`]. No lease (the engine's is not
 /// taken), no appends, no JSON stream and no webhooks (those follow the
 /// engine: one copy of each per stream).
-async fn serve_read_models(args: ServeArgs) -> Result<()> {
+async fn serve_read_models(args: ServeArgs, access: convo_engine::access::AccessConfig) -> Result<()> {
     let c = &args.connection;
     let Some(url) = c.nats_url.clone() else {
         bail!(
@@ -669,8 +756,6 @@ async fn serve_read_models(args: ServeArgs) -> Result<()> {
             c.data_dir.display()
         );
     }
-    let operator = operator_credential(&c.data_dir)?;
-    let access = access_config(&args, &operator)?;
     let last = store.last_seq().await?;
     let (ends, end_watcher) = convo_projector::follow::watch_end(store.clone(), READ_MODELS_POLL);
     let (read_models, followers) = follow_read_models(&c.data_dir, &store, last, ends.clone())?;
@@ -703,7 +788,6 @@ async fn serve_read_models(args: ServeArgs) -> Result<()> {
         local_rx,
         convo_store::bus::Responder::new(store.client().clone()),
         ends,
-        std::sync::Arc::new(WallClock),
         door,
         async {
             let _ = tokio::signal::ctrl_c().await;
@@ -731,11 +815,15 @@ async fn serve_read_models(args: ServeArgs) -> Result<()> {
 /// identity provider's JWTs when configured.
 fn access_config(args: &ServeArgs, operator: &str) -> Result<convo_engine::access::AccessConfig> {
     let jwt = match &args.jwt_key_file {
-        Some(file) => Some(convo_engine::access::JwtConfig {
-            key: std::fs::read(file).with_context(|| format!("cannot read the JWT key {}", file.display()))?,
-            issuer: args.jwt_issuer.clone().unwrap_or_default(),
-            audience: args.jwt_audience.clone().unwrap_or_default(),
-        }),
+        Some(file) => {
+            let min = convo_engine::access::JWT_KEY_BYTES_MIN;
+            let key = convo_store::private::read_secret(file, "the identity provider's HS256 key", min)?;
+            let issuer = args.jwt_issuer.as_deref().unwrap_or_default();
+            let audience = args.jwt_audience.as_deref().unwrap_or_default();
+            let config = convo_engine::access::JwtConfig::new(key, issuer, audience)
+                .map_err(|why| anyhow::anyhow!("--jwt-key-file {}: {why}", file.display()))?;
+            Some(config)
+        }
         None => None,
     };
     Ok(convo_engine::access::AccessConfig {
@@ -743,6 +831,7 @@ fn access_config(args: &ServeArgs, operator: &str) -> Result<convo_engine::acces
             operator.strip_prefix(&format!("{}.", convo_engine::access::OPERATOR_PREFIX)).unwrap_or(operator),
         )),
         jwt,
+        ..Default::default()
     })
 }
 
@@ -793,7 +882,7 @@ impl Gateway {
             .await
             .with_context(|| format!("cannot listen on {} for HTTP", args.http))?;
         let url = format!("http://{}", listener.local_addr()?);
-        std::fs::write(data_dir.join(HTTP_URL_FILE), &url)?;
+        convo_store::launcher::write_private(&data_dir.join(HTTP_URL_FILE), url.as_bytes())?;
         tracing::info!("HTTP gateway on {url} (written to {})", data_dir.join(HTTP_URL_FILE).display());
         if config.read_models.is_some() {
             tracing::info!(
@@ -1210,8 +1299,8 @@ pub async fn replay_traffic(args: ReplayArgs) -> Result<()> {
                     temp.path().to_path_buf()
                 }
             };
-            let server = NatsServer::start(&LaunchOptions { data_dir: dir, sync_always: false, ..Default::default() })?;
-            eprintln!("convo: replaying through {} on {}", server.binary.display(), server.url());
+            let server = NatsServer::start(&LaunchOptions { data_dir: dir, ..Default::default() })?;
+            eprintln!("convo: replaying through {} on {}", server.binary.display(), server.public_url());
             let url = server.url();
             embedded = Some(server);
             url
@@ -1318,5 +1407,6 @@ pub async fn nats_config(args: NatsConfigArgs) -> Result<()> {
     print!("{}", convo_store::launcher::authorization_block(&password, &users));
     let partitions = store.partitions(args.partitions.map(usize::from), DEFAULT_PARTITIONS).await?;
     print!("{}", convo_store::launcher::mappings_block(&[partition_mapping(&c.prefix, partitions)]));
+    print!("{}", convo_store::launcher::DURABILITY_NOTE);
     Ok(())
 }

@@ -116,6 +116,8 @@ fn parse_instant(text: &str) -> Result<Timestamp, String> {
 }
 
 fn main() -> ExitCode {
+    // Whatever the umask: every file convo (and its nats-server) writes is its user's alone.
+    convo_store::private::restrict_umask();
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Simulate(args) => simulate(args),

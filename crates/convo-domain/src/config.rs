@@ -515,14 +515,39 @@ impl Default for OutOfHours {
     }
 }
 
-/// A webhook's signing secret: kept whole in the stream (postcard), masked
-/// (`whsec_********`) in every JSON view and log.
+/// A webhook's signing secret: masked (`whsec_********`) in every JSON view
+/// and log. A client sends it as `whsec_…`; the engine's front door seals it
+/// ([`SEALED_PREFIX`], with a key derived from the engine's) before the
+/// command is decided, so the stream keeps it sealed (commits from before
+/// sealing keep it whole).
 #[derive(Clone, PartialEq, Eq)]
 pub struct WebhookSecret(String);
+
+/// The prefix of a secret sealed by the engine (`sealed:v1:…`).
+pub const SEALED_PREFIX: &str = "sealed:v1:";
 
 impl WebhookSecret {
     /// The masked form every JSON view shows.
     pub const MASKED: &str = "whsec_********";
+
+    /// A secret the engine sealed, as the stream keeps it.
+    pub fn sealed(text: &str) -> Result<Self, String> {
+        if text.starts_with(SEALED_PREFIX) && text.len() > SEALED_PREFIX.len() && text.len() <= 512 {
+            Ok(Self(text.to_owned()))
+        } else {
+            Err(format!("a sealed webhook secret is `{SEALED_PREFIX}` and at most 512 bytes"))
+        }
+    }
+
+    /// Whether the engine sealed it (otherwise it is `whsec_…` in clear).
+    pub fn is_sealed(&self) -> bool {
+        self.0.starts_with(SEALED_PREFIX)
+    }
+
+    /// As the stream may hold it: sealed, or (from before sealing) in clear.
+    fn parse_stored(text: &str) -> Result<Self, String> {
+        if text.starts_with(SEALED_PREFIX) { Self::sealed(text) } else { Self::parse(text) }
+    }
 
     pub fn parse(text: &str) -> Result<Self, String> {
         use base64::Engine as _;
@@ -560,9 +585,11 @@ impl Serialize for WebhookSecret {
     }
 }
 
+/// A client writes `whsec_…` (JSON); the stream (postcard) may hold it sealed.
 impl<'de> Deserialize<'de> for WebhookSecret {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_newtype_struct("WebhookSecret", crate::ids::TextVisitor(Self::parse, "WebhookSecret"))
+        let parse = if d.is_human_readable() { Self::parse } else { Self::parse_stored };
+        d.deserialize_newtype_struct("WebhookSecret", crate::ids::TextVisitor(parse, "WebhookSecret"))
     }
 }
 

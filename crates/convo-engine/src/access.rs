@@ -24,8 +24,6 @@
 
 use std::net::IpAddr;
 
-use base64::Engine as _;
-use hmac::Mac;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -149,12 +147,34 @@ impl Principal {
     }
 }
 
-/// An external identity provider's tokens (HS256).
+/// The shortest HS256 key accepted, in bytes (RFC 7518 §3.2: a key of the
+/// hash's size or more; a short or empty key lets anyone mint tokens).
+pub const JWT_KEY_BYTES_MIN: usize = 32;
+
+/// An external identity provider's tokens (HS256). Made only with a key of
+/// at least [`JWT_KEY_BYTES_MIN`] bytes and a non-empty issuer and audience.
 #[derive(Clone)]
 pub struct JwtConfig {
-    pub key: Vec<u8>,
+    key: Vec<u8>,
     pub issuer: String,
     pub audience: String,
+}
+
+impl JwtConfig {
+    /// The settings, or why they would open a door.
+    pub fn new(key: Vec<u8>, issuer: &str, audience: &str) -> Result<Self, String> {
+        if key.len() < JWT_KEY_BYTES_MIN {
+            return Err(format!("an HS256 key of {} bytes; at least {JWT_KEY_BYTES_MIN} are needed", key.len()));
+        }
+        if issuer.trim().is_empty() || audience.trim().is_empty() {
+            return Err("a JWT issuer and audience are needed (--jwt-issuer, --jwt-audience)".into());
+        }
+        Ok(Self { key, issuer: issuer.to_owned(), audience: audience.to_owned() })
+    }
+
+    fn key(&self) -> &[u8] {
+        &self.key
+    }
 }
 
 impl std::fmt::Debug for JwtConfig {
@@ -169,6 +189,12 @@ pub struct AccessConfig {
     /// SHA-256 of the platform operator's secret (none: no operator credential works).
     pub operator_sha256: Option<[u8; 32]>,
     pub jwt: Option<JwtConfig>,
+    /// Seals the webhook secrets a command carries before it is decided, so
+    /// the stream never holds them in clear (none: kept as sent).
+    pub sealer: Option<convo_store::seal::Sealer>,
+    /// The private hosts the operator lets webhooks reach: a webhook URL
+    /// naming any other private address is refused when it is defined.
+    pub webhook_allowed: convo_store::egress::Allowed,
 }
 
 /// SHA-256 of a secret.
@@ -263,13 +289,12 @@ fn same_hash(secret: &str, expected_hex: &str) -> bool {
 }
 
 /// Checks a credential presented for `account` (whose catalog is `catalog`,
-/// `None` when the account does not exist yet), at wall-clock `now_secs`.
+/// `None` when the account does not exist yet); a JWT's times against the wall clock.
 pub fn authenticate(
     config: &AccessConfig,
     credential: Option<&str>,
     account: &AccountId,
     catalog: Option<&Catalog>,
-    now_secs: i64,
 ) -> Result<Principal, Denied> {
     let Some(credential) = credential else {
         return Err(Denied::Unauthenticated(
@@ -317,7 +342,7 @@ pub fn authenticate(
                     "JWTs are not accepted here (no identity provider is configured)".into(),
                 ));
             };
-            let claims = verify_jwt(jwt, &token, now_secs)?;
+            let claims = verify_jwt(jwt, &token)?;
             let claim = |name: &str| claims.get(name).and_then(Value::as_str).unwrap_or_default().to_owned();
             let owner = AccountId::new(&claim("account"))
                 .map_err(|_| Denied::Unauthenticated("the token names no valid `account`".into()))?;
@@ -345,64 +370,44 @@ pub fn authenticate(
     }
 }
 
-/// Checks an HS256 JWT's signature, issuer, audience and expiry; returns its claims.
-pub fn verify_jwt(config: &JwtConfig, token: &str, now_secs: i64) -> Result<serde_json::Map<String, Value>, Denied> {
-    let bad = |why: &str| Denied::Unauthenticated(format!("the token is not valid: {why}"));
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let mut parts = token.split('.');
-    let (Some(header), Some(body), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(bad("a JWT has three parts"));
-    };
-    let header: Value = b64
-        .decode(header)
-        .ok()
-        .and_then(|h| serde_json::from_slice(&h).ok())
-        .ok_or_else(|| bad("unreadable header"))?;
-    if header.get("alg").and_then(Value::as_str) != Some("HS256") {
-        return Err(bad("only HS256 is accepted"));
+/// How far a JWT's `exp` and `nbf` may be off this machine's clock, in seconds.
+pub const JWT_LEEWAY_SECS: u64 = 30;
+
+/// Checks an HS256 JWT with `jsonwebtoken`: the algorithm pinned to HS256,
+/// the signature, `iss`, `aud`, `exp` (required) and `nbf` against the
+/// wall clock with [`JWT_LEEWAY_SECS`]; returns its claims.
+pub fn verify_jwt(config: &JwtConfig, token: &str) -> Result<serde_json::Map<String, Value>, Denied> {
+    use jsonwebtoken::errors::ErrorKind;
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.set_issuer(&[config.issuer.as_str()]);
+    validation.set_audience(&[config.audience.as_str()]);
+    validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+    validation.validate_nbf = true;
+    validation.leeway = JWT_LEEWAY_SECS;
+    let key = jsonwebtoken::DecodingKey::from_secret(config.key());
+    match jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &key, &validation) {
+        Ok(data) => Ok(data.claims),
+        Err(e) => {
+            let why = match e.kind() {
+                ErrorKind::ExpiredSignature => return Err(Denied::Unauthenticated("the token has expired".into())),
+                ErrorKind::ImmatureSignature => "not valid yet (`nbf`)".to_owned(),
+                ErrorKind::InvalidSignature => "the signature does not match".to_owned(),
+                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => "only HS256 is accepted".to_owned(),
+                ErrorKind::InvalidIssuer => "wrong issuer".to_owned(),
+                ErrorKind::InvalidAudience => "wrong audience".to_owned(),
+                ErrorKind::MissingRequiredClaim(claim) => format!("no `{claim}`"),
+                _ => format!("unreadable ({e})"),
+            };
+            Err(Denied::Unauthenticated(format!("the token is not valid: {why}")))
+        }
     }
-    let signature = b64.decode(signature).map_err(|_| bad("unreadable signature"))?;
-    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&config.key).map_err(|_| bad("no key"))?;
-    mac.update(&token.as_bytes()[..header_and_body_len(token)]);
-    mac.verify_slice(&signature).map_err(|_| bad("the signature does not match"))?;
-    let claims: serde_json::Map<String, Value> =
-        b64.decode(body).ok().and_then(|b| serde_json::from_slice(&b).ok()).ok_or_else(|| bad("unreadable claims"))?;
-    if claims.get("iss").and_then(Value::as_str) != Some(config.issuer.as_str()) {
-        return Err(bad("wrong issuer"));
-    }
-    let audience_ok = match claims.get("aud") {
-        Some(Value::String(a)) => a == &config.audience,
-        Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(config.audience.as_str())),
-        _ => false,
-    };
-    if !audience_ok {
-        return Err(bad("wrong audience"));
-    }
-    match claims.get("exp").and_then(Value::as_i64) {
-        Some(exp) if exp > now_secs => {}
-        Some(_) => return Err(Denied::Unauthenticated("the token has expired".into())),
-        None => return Err(bad("no expiry (`exp`)")),
-    }
-    if claims.get("nbf").and_then(Value::as_i64).is_some_and(|nbf| nbf > now_secs) {
-        return Err(bad("not valid yet (`nbf`)"));
-    }
-    Ok(claims)
 }
 
-fn header_and_body_len(token: &str) -> usize {
-    token.rfind('.').unwrap_or(token.len())
-}
-
-/// Signs claims as an HS256 JWT (what an identity provider does; tests and
-/// `convo token` use it).
+/// Signs claims as an HS256 JWT (what an identity provider does; tests use it).
 pub fn sign_jwt(key: &[u8], claims: &Value) -> String {
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let head = b64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let body = b64.encode(serde_json::to_vec(claims).unwrap_or_default());
-    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(format!("{head}.{body}").as_bytes());
-    format!("{head}.{body}.{}", b64.encode(mac.finalize().into_bytes()))
+    let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    jsonwebtoken::encode(&header, claims, &jsonwebtoken::EncodingKey::from_secret(key))
+        .expect("HS256 signs any JSON claims")
 }
 
 /// What a principal may send: the command type must be within an

@@ -15,6 +15,7 @@
 use serde_json::{Value, json};
 
 use convo_domain::command::{RequestError, parse_client_id, parse_command};
+use convo_domain::config::WebhookSecret;
 use convo_domain::{AccountId, Actor, Catalog, Command, CommandEnvelope};
 use convo_store::bus::Request;
 
@@ -185,7 +186,6 @@ pub fn admit(
     catalog: Option<&Catalog>,
     request: &Request,
     bytes_max: usize,
-    now_secs: i64,
 ) -> Result<Admitted, Refused> {
     if request.payload.len() > bytes_max {
         return Err(IntakeError::TooLarge { bytes: request.payload.len(), max: bytes_max }.into());
@@ -193,7 +193,7 @@ pub fn admit(
     let account = AccountId::parse_client(&request.account)
         .map_err(|e| IntakeError::Invalid { field: "account".into(), message: e.to_string() })?;
     let who = |principal: Option<&Principal>| principal.map_or_else(|| "anonymous".to_owned(), Principal::name);
-    let principal = access::authenticate(access, request.credential.as_deref(), &account, catalog, now_secs)
+    let principal = access::authenticate(access, request.credential.as_deref(), &account, catalog)
         .map_err(|d| Refused { reply: d.to_json(), denied: Some(Box::new((d, who(None)))) })?;
     let deny = |d: Denied| Refused { reply: d.to_json(), denied: Some(Box::new((d, who(Some(&principal))))) };
     if request.read {
@@ -210,6 +210,16 @@ pub fn admit(
     let Parsed { mut envelope, reply_events } =
         parse_request(&request.account, &request.kind, &request.payload, bytes_max, principal.actor(request.ip))?;
     envelope.actor = access::authorize_command(&principal, &account, &request.kind, request.ip).map_err(deny)?;
+    if let Command::DefineWebhook(spec) | Command::UpdateWebhook(spec) = &mut envelope.command {
+        convo_store::egress::check_url(&spec.url, &access.webhook_allowed)
+            .map_err(|message| IntakeError::Invalid { field: "command.url".into(), message })?;
+        if let Some(sealer) = &access.sealer {
+            let context = convo_store::seal::webhook_secret_context(envelope.account.as_str(), spec.id.as_str());
+            let sealed = sealer.seal(&context, spec.secret.expose().as_bytes());
+            spec.secret =
+                WebhookSecret::sealed(&sealed).map_err(|e| Refused { reply: unavailable(&e), denied: None })?;
+        }
+    }
     let mut credential = None;
     if let Command::IssueApiKey(spec) = &mut envelope.command {
         if !spec.secret_sha256.is_empty() {

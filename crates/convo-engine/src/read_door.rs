@@ -25,7 +25,6 @@ use convo_store::{EventStore, LogItem, StoreError};
 use convo_wire::StreamRef;
 
 use crate::access::AccessConfig;
-use crate::clock::Clock;
 use crate::core::World;
 use crate::intake::{Admitted, admit, authorized, unavailable};
 
@@ -126,7 +125,6 @@ pub async fn serve_reads<S: EventStore>(
     mut local: mpsc::Receiver<Request>,
     responder: Responder,
     mut ends: watch::Receiver<u64>,
-    clock: Arc<dyn Clock>,
     config: ReadDoorConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<ReadDoorStats, StoreError> {
@@ -174,7 +172,7 @@ pub async fn serve_reads<S: EventStore>(
             Err(e) => unavailable(&format!("the accounts' catalogs cannot be brought up to date now: {e}")),
             Ok(changed) => {
                 note(&catalogs, &changed);
-                answer_read(&catalogs, &config, &request, clock.as_ref())
+                answer_read(&catalogs, &config, &request)
             }
         };
         let bytes = serde_json::to_vec(&reply).unwrap_or_default();
@@ -187,19 +185,14 @@ pub async fn serve_reads<S: EventStore>(
 
 /// The answer to one request: a read authorized or refused as the engine
 /// would; a command refused (it goes to the engine).
-fn answer_read(
-    catalogs: &Catalogs,
-    config: &ReadDoorConfig,
-    request: &Request,
-    clock: &dyn Clock,
-) -> serde_json::Value {
+fn answer_read(catalogs: &Catalogs, config: &ReadDoorConfig, request: &Request) -> serde_json::Value {
     if !request.read {
         return unavailable(
             "this server keeps the read models only (convo serve --roles read-models); send commands to the engine",
         );
     }
     let catalog = AccountId::new(&request.account).ok().and_then(|a| catalogs.catalog(&a));
-    match admit(&config.access, catalog, request, config.bytes_max, clock.now().millis() / 1000) {
+    match admit(&config.access, catalog, request, config.bytes_max) {
         Ok(Admitted::Read { principal, scope }) => authorized(&principal, &scope),
         Ok(Admitted::Command { .. }) => unavailable("not a read"),
         Err(refused) => {

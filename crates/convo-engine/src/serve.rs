@@ -386,7 +386,7 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
                 let now = clock.now();
                 let account = AccountId::new(&request.account).ok();
                 let catalog = account.as_ref().and_then(|a| machine.world().catalog(a)).filter(|c| c.seq > 0);
-                let admitted = admit(&config.access, catalog, &request, config.command_bytes_max, now.millis() / 1000);
+                let admitted = admit(&config.access, catalog, &request, config.command_bytes_max);
                 match admitted {
                     Err(refused) => {
                         invalid += 1;

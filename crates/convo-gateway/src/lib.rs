@@ -48,7 +48,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -134,8 +134,50 @@ pub fn router(engine: mpsc::Sender<Request>, store: JetStreamStore, config: Gate
         .route("/v1/accounts/{account}/events", get(events))
         .route("/v1/accounts/{account}/events/stream", get(event_stream))
         .route("/v1/accounts/{account}/webhooks/deliveries", get(webhook_deliveries))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "unknown", "no such route (see /v1/openapi.json)") })
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(shared)
+}
+
+/// A request's query string as `T`, or the typed 400 naming the parameter
+/// that is wrong (`{"code": "invalid", "field": "after", …}`), never
+/// axum's plain-text rejection.
+#[derive(Debug)]
+pub(crate) struct Params<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Response> {
+        let query = parts.uri.query().unwrap_or_default();
+        let parsed = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(parsed).map(Params).map_err(|e| {
+            let field = e.path().to_string();
+            let field = if field == "." { String::new() } else { field };
+            let message = format!("query parameter `{field}`: {}", e.into_inner());
+            reply(
+                StatusCode::BAD_REQUEST,
+                json!({"outcome": "error", "code": "invalid", "field": field, "message": message}),
+            )
+        })
+    }
+}
+
+/// A request body, or the typed error when it cannot be read (413
+/// `too_large` beyond [`BODY_BYTES_MAX`]).
+fn body_or_error(body: Result<Bytes, axum::extract::rejection::BytesRejection>) -> Result<Bytes, Response> {
+    body.map_err(|rejection| {
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            let message = format!("the body is larger than {BODY_BYTES_MAX} bytes");
+            reply(status, json!({"outcome": "error", "code": "too_large", "field": "body", "message": message}))
+        } else {
+            reply(
+                status,
+                json!({"outcome": "error", "code": "invalid", "field": "body", "message": rejection.body_text()}),
+            )
+        }
+    })
 }
 
 /// Serves `router` on `listener` until `shutdown` completes.
@@ -318,8 +360,12 @@ async fn command(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((account, kind)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
+    let body = match body_or_error(body) {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
     /// What the status is decided from (the reply goes on as the engine wrote it).
     #[derive(serde::Deserialize)]
     struct Outcome<'a> {
@@ -412,7 +458,7 @@ async fn events(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(account): Path<String>,
-    Query(q): Query<EventsQuery>,
+    Params(q): Params<EventsQuery>,
     headers: HeaderMap,
 ) -> Response {
     if let Err(response) = authorize(&shared, &account, "events", &headers, peer.ip()).await {
@@ -472,7 +518,7 @@ async fn event_stream(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(account): Path<String>,
-    Query(q): Query<EventsQuery>,
+    Params(q): Params<EventsQuery>,
     headers: HeaderMap,
 ) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
@@ -545,7 +591,7 @@ async fn webhook_deliveries(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(account): Path<String>,
-    Query(q): Query<DeliveriesQuery>,
+    Params(q): Params<DeliveriesQuery>,
     headers: HeaderMap,
 ) -> Response {
     if let Err(response) = authorize(&shared, &account, "webhooks", &headers, peer.ip()).await {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use convo_projector::follow::Followed;
 
-use crate::{AUDIT_ENTRIES_MAX, Shared, authorize, error, reply};
+use crate::{AUDIT_ENTRIES_MAX, Params, Shared, authorize, error, reply};
 
 /// How long a read waits for its read model to reach the stream's end as
 /// of the request; after that it answers with what the read model holds.
@@ -162,7 +162,7 @@ pub(crate) async fn audit(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(account): Path<String>,
-    Query(q): Query<AuditQuery>,
+    Params(q): Params<AuditQuery>,
     headers: HeaderMap,
 ) -> Response {
     let (_, tree, position) =
@@ -191,7 +191,7 @@ pub(crate) async fn audit_export(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(account): Path<String>,
-    Query(q): Query<AuditQuery>,
+    Params(q): Params<AuditQuery>,
     headers: HeaderMap,
 ) -> Response {
     let (_, tree, position) =
@@ -319,7 +319,7 @@ pub(crate) async fn report(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((account, kind)): Path<(String, String)>,
-    Query(q): Query<ReportQuery>,
+    Params(q): Params<ReportQuery>,
     headers: HeaderMap,
 ) -> Response {
     let (scope, tree, position) =
@@ -438,7 +438,7 @@ pub(crate) async fn live(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(account): Path<String>,
-    Query(q): Query<LiveQuery>,
+    Params(q): Params<LiveQuery>,
     headers: HeaderMap,
 ) -> Response {
     let (scope, tree, position) =
@@ -463,7 +463,7 @@ pub(crate) async fn inbox(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(account): Path<String>,
-    Query(q): Query<LiveQuery>,
+    Params(q): Params<LiveQuery>,
     headers: HeaderMap,
 ) -> Response {
     let (scope, tree, position) =

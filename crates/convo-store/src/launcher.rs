@@ -59,8 +59,10 @@ pub const LEFTOVER_STOP_MS: u64 = 5_000;
 pub struct LaunchOptions {
     /// Where JetStream keeps its files, and the server its config and log.
     pub data_dir: PathBuf,
-    /// `sync_interval: always`: fsync every append (durable, much slower).
-    pub sync_always: bool,
+    /// JetStream's lazy flush (every two minutes) instead of `sync_interval:
+    /// always`: an acknowledged append can be lost on a power failure or an
+    /// OS crash. Off by default: an acknowledgement means the append is on disk.
+    pub lazy_fsync: bool,
     /// Subject mappings (source, destination): the engine's partitions
     /// ([`crate::bus::partition_mapping`]).
     pub mappings: Vec<(String, String)>,
@@ -78,6 +80,19 @@ pub fn mappings_block(mappings: &[(String, String)]) -> String {
     text.push_str("}\n");
     text
 }
+
+/// What every server of an operator's cluster needs for convo's
+/// acknowledgements to mean "on disk" (`convo nats-config` prints it; a
+/// second `jetstream` block would replace the server's own, so it is said,
+/// not written as one).
+pub const DURABILITY_NOTE: &str = "\
+# Durability: convo acknowledges a command only once its commit is on disk. In each server's
+# `jetstream { ... }` block (beside its store_dir) set:
+#   sync_interval: always
+# and give each server's monitoring endpoint to `convo serve --nats-monitor-url http://HOST:PORT`,
+# which checks it at start (JetStream's default flushes every two minutes: a power failure or an
+# OS crash then loses acknowledged commits).
+";
 
 /// The NATS user the engine (and the operator's tools on this machine)
 /// connect as: the only one that may write the stream or manage JetStream.
@@ -312,11 +327,11 @@ fn write_config(
     password: &str,
     users: &[NatsUser],
 ) -> Result<PathBuf, LaunchError> {
-    let (dir, sync_always) = (&options.data_dir, options.sync_always);
+    let dir = &options.data_dir;
     let store = dir.join("jetstream");
     let config = dir.join("nats-server.conf");
     let pid_file = dir.join(PID_FILE);
-    let sync = if sync_always { "\n  sync_interval: always" } else { "" };
+    let sync = if options.lazy_fsync { "" } else { "\n  sync_interval: always" };
     let text = format!(
         "# written by convo\nserver_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor_port}\nmax_payload: 1MB\npid_file: {pid_file:?}\njetstream {{\n  store_dir: {store:?}{sync}\n}}\n{}{}",
         authorization_block(&format!("{password:?}"), users),
@@ -332,6 +347,7 @@ fn write_config(
 pub struct NatsCluster {
     nodes: Vec<Option<Child>>,
     ports: Vec<u16>,
+    monitors: Vec<u16>,
     password: String,
     pub data_dir: PathBuf,
 }
@@ -355,7 +371,7 @@ impl NatsCluster {
                 (0..size).filter(|o| *o != node).map(|o| format!("\"nats-route://127.0.0.1:{}\"", routes[o])).collect();
             let text = format!(
                 "# written by convo (a test cluster)\nserver_name: {name}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\nmax_payload: 1MB\n\
-                 jetstream {{\n  store_dir: {:?}\n}}\ncluster {{\n  name: convo-{nanos}\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n{}{}",
+                 jetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\ncluster {{\n  name: convo-{nanos}\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n{}{}",
                 ports[node],
                 monitors[node],
                 dir.join("jetstream"),
@@ -368,7 +384,7 @@ impl NatsCluster {
             write_private(&config, text.as_bytes())?;
             configs.push((dir, config, name));
         }
-        let mut cluster = Self { nodes: Vec::new(), ports, password, data_dir: data_dir.to_path_buf() };
+        let mut cluster = Self { nodes: Vec::new(), ports, monitors, password, data_dir: data_dir.to_path_buf() };
         for (node, (dir, config, name)) in configs.iter().enumerate() {
             let child = spawn(&binary, config, dir, cluster.ports[node], name)?;
             cluster.nodes.push(Some(child));
@@ -379,6 +395,11 @@ impl NatsCluster {
     /// Node `node`'s client URL, with the engine's credentials.
     pub fn url(&self, node: usize) -> String {
         format!("nats://{ENGINE_USER}:{}@127.0.0.1:{}", self.password, self.ports[node])
+    }
+
+    /// Node `node`'s monitoring endpoint (`http://127.0.0.1:<port>`).
+    pub fn monitor_url(&self, node: usize) -> String {
+        format!("http://127.0.0.1:{}", self.monitors[node])
     }
 
     /// Stops node `node` at once (SIGKILL), as a machine that dies.
@@ -525,4 +546,57 @@ fn stop_leftover(dir: &Path) -> Option<u32> {
 
 fn free_port() -> std::io::Result<u16> {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr().map(|a| a.port())
+}
+
+/// How long a look at a server's monitoring endpoint may take.
+pub const MONITOR_TIMEOUT_MS: u64 = 3_000;
+
+/// What a nats-server says of its JetStream durability (`/varz`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Durability {
+    /// The server's name, as it introduces itself.
+    pub server: String,
+    /// `sync_interval: always`: every append is fsynced before it is acknowledged.
+    pub sync_always: bool,
+    /// Otherwise, how often it flushes to disk, in seconds.
+    pub sync_interval_secs: u64,
+}
+
+/// Asks a nats-server's monitoring endpoint (`http://host:port`, its
+/// `http:` setting) whether JetStream acknowledges only what is on disk.
+/// The client protocol does not say; `/varz` does (`jetstream.config.sync_always`).
+pub fn durability(monitor_url: &str) -> Result<Durability, String> {
+    use std::io::{Read, Write};
+    let address = monitor_url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{monitor_url}: a monitoring URL is http://host:port (the server's `http:` setting)"))?
+        .trim_end_matches('/');
+    let target = std::net::ToSocketAddrs::to_socket_addrs(address)
+        .ok()
+        .and_then(|mut all| all.next())
+        .ok_or_else(|| format!("{monitor_url}: cannot resolve {address}"))?;
+    let timeout = Duration::from_millis(MONITOR_TIMEOUT_MS);
+    let mut stream =
+        TcpStream::connect_timeout(&target, timeout).map_err(|e| format!("{monitor_url}: cannot connect: {e}"))?;
+    let _ = stream.set_read_timeout(Some(timeout));
+    // HTTP/1.0: the answer is the body up to the end of the connection, never chunked.
+    write!(stream, "GET /varz HTTP/1.0\r\nHost: {address}\r\n\r\n").map_err(|e| format!("{monitor_url}: {e}"))?;
+    let mut response = Vec::new();
+    stream.take(4 * 1024 * 1024).read_to_end(&mut response).map_err(|e| format!("{monitor_url}: {e}"))?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("{monitor_url}: not an HTTP answer"))?;
+    if !head.starts_with("HTTP/1.") || !head.split(' ').nth(1).is_some_and(|s| s == "200") {
+        return Err(format!("{monitor_url}/varz answered {}", head.lines().next().unwrap_or("")));
+    }
+    let varz: serde_json::Value =
+        serde_json::from_str(body).map_err(|e| format!("{monitor_url}/varz is not a nats-server's: {e}"))?;
+    let config = &varz["jetstream"]["config"];
+    if !config.is_object() {
+        return Err(format!("{monitor_url}: the server does not run JetStream"));
+    }
+    Ok(Durability {
+        server: varz["server_name"].as_str().unwrap_or("?").to_owned(),
+        sync_always: config["sync_always"].as_bool().unwrap_or(false),
+        sync_interval_secs: config["sync_interval"].as_u64().map_or(120, |ns| ns / 1_000_000_000),
+    })
 }

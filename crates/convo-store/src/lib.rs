@@ -14,12 +14,15 @@
 
 pub mod bus;
 pub mod cluster;
+pub mod egress;
 pub mod jetstream;
 pub mod json_stream;
 pub mod launcher;
 pub mod lease;
 pub mod memory;
 pub mod metrics;
+pub mod private;
+pub mod seal;
 pub mod signing;
 pub mod snapshot;
 

@@ -63,7 +63,12 @@ pub enum SigningError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a convo engine key: {reason}")]
     Malformed { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Private(#[from] crate::private::PrivateError),
 }
+
+/// What the key file holds, for the messages about it.
+const KEY_WHAT: &str = "the engine's signing key";
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SigningError + '_ {
     move |source| SigningError::Io { path: path.to_path_buf(), source }
@@ -121,6 +126,9 @@ impl Signing {
     /// last sequence it does not vouch for. For the engine that appends.
     pub fn open_or_create(dir: &Path, stream: &str, stream_last_seq: u64) -> Result<(Self, bool), SigningError> {
         let path = dir.join(KEY_FILE);
+        if path.exists() {
+            crate::private::check_private(&path, KEY_WHAT)?;
+        }
         let (mut file, made) = match std::fs::read_to_string(&path) {
             Ok(text) => (parse_key_file(&path, &text)?, false),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -156,6 +164,9 @@ impl Signing {
     /// stream; for readers (they check, and never anchor).
     pub fn open(dir: &Path, stream: &str) -> Result<Option<Self>, SigningError> {
         let path = dir.join(KEY_FILE);
+        if path.exists() {
+            crate::private::check_private(&path, KEY_WHAT)?;
+        }
         match std::fs::read_to_string(&path) {
             Ok(text) => Self::from_file(dir, &path, &parse_key_file(&path, &text)?, stream),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -177,6 +188,21 @@ impl Signing {
             anchors_path: dir.join(ANCHORS_FILE),
             anchors: None,
         }))
+    }
+
+    /// A key for `purpose` derived from the engine's (HMAC-SHA256), so one
+    /// key file serves every use without one use's key opening another's.
+    pub fn derive_key(&self, purpose: &str) -> [u8; 32] {
+        let mut mac = self.mac();
+        mac.update(b"convo-derive-v1");
+        mac.update(purpose.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The sealer of secrets kept at rest (webhook secrets: in the stream and
+    /// in the webhooks database).
+    pub fn sealer(&self) -> crate::seal::Sealer {
+        crate::seal::Sealer::new(self.derive_key("secrets-at-rest-v1"))
     }
 
     /// The last stream sequence the key does not vouch for (0: it vouches for all).

@@ -2,7 +2,7 @@
 //! ranges, the body signed per Standard Webhooks, POSTed over HTTP/1.1 (TLS
 //! for `https://`) within a timeout, the answer's status read.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,124 +25,7 @@ pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
     format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
 }
 
-/// A webhook URL, taken apart.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-    /// Path and query (`/hooks?x=1`).
-    pub path: String,
-}
-
-impl Target {
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
-            (true, r)
-        } else if let Some(r) = url.strip_prefix("http://") {
-            (false, r)
-        } else {
-            return Err("not an http:// or https:// URL".into());
-        };
-        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(end);
-        let path = match tail.split('#').next().unwrap_or("") {
-            "" => "/".to_owned(),
-            p if p.starts_with('?') => format!("/{p}"),
-            p => p.to_owned(),
-        };
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (h, after) = v6.split_once(']').ok_or("an unclosed [ in the host")?;
-            (h.to_owned(), after.strip_prefix(':'))
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h.to_owned(), Some(p)),
-                None => (authority.to_owned(), None),
-            }
-        };
-        let port = match port {
-            Some(p) => p.parse().map_err(|_| format!("the port {p:?} is not a number"))?,
-            None if tls => 443,
-            None => 80,
-        };
-        if host.is_empty() || authority.contains('@') {
-            return Err("no host, or credentials in the URL".into());
-        }
-        Ok(Self { tls, host, port, path })
-    }
-}
-
-/// Whether an address is one a webhook may reach without the operator's
-/// leave: globally routable. Not loopback, private, link-local, shared
-/// (CGNAT), benchmarking, reserved, IETF protocol assignments, multicast,
-/// broadcast, documentation or unspecified; for IPv6 also unique-local,
-/// site-local, and the forms that embed an IPv4 address (mapped, compatible,
-/// NAT64, 6to4), which are judged by that address.
-pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, c, _] = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || a == 0
-                || a >= 240 // reserved
-                || (a == 100 && (64..128).contains(&b)) // shared address space
-                || (a == 198 && (18..20).contains(&b)) // benchmarking
-                || (a == 192 && b == 0 && c == 0)) // IETF protocol assignments
-        }
-        IpAddr::V6(v6) => {
-            let seg = v6.segments();
-            let embedded = |hi: u16, lo: u16| IpAddr::V4(std::net::Ipv4Addr::from(((hi as u32) << 16) | lo as u32));
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
-            }
-            if seg[..6] == [0; 6] && !(v6.is_loopback() || v6.is_unspecified()) {
-                return is_public(embedded(seg[6], seg[7])); // IPv4-compatible ::a.b.c.d
-            }
-            if seg[0] == 0x0064 && seg[1] == 0xff9b {
-                return is_public(embedded(seg[6], seg[7])); // NAT64 64:ff9b::/96 and 64:ff9b:1::/48
-            }
-            if seg[0] == 0x2002 {
-                return is_public(embedded(seg[1], seg[2])); // 6to4
-            }
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (seg[0] & 0xfe00) == 0xfc00 // unique local
-                || (seg[0] & 0xffc0) == 0xfe80 // link-local
-                || (seg[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
-                || (seg[0] == 0x2001 && seg[1] == 0x0db8)) // documentation
-        }
-    }
-}
-
-/// What the operator lets webhooks reach besides public addresses.
-#[derive(Debug, Clone, Default)]
-pub struct Allowed {
-    /// Hosts (as written in the URL) or IP addresses allowed even when
-    /// private, each optionally with `:port` to allow that port only.
-    pub hosts: Vec<String>,
-}
-
-impl Allowed {
-    fn permits(&self, host: &str, ip: IpAddr, port: u16) -> bool {
-        self.hosts.iter().any(|entry| {
-            let (name, only) = match entry.rsplit_once(':') {
-                Some((name, p)) if !name.contains(':') || name.ends_with(']') => {
-                    (name.trim_matches(['[', ']']), p.parse::<u16>().ok())
-                }
-                _ => (entry.as_str(), None),
-            };
-            let same = name.eq_ignore_ascii_case(host) || name.parse::<IpAddr>().is_ok_and(|a| a == ip);
-            same && only.is_none_or(|p| p == port)
-        })
-    }
-}
+pub use convo_store::egress::{Allowed, Target, is_public};
 
 /// How an attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +35,9 @@ pub struct Answer {
     /// Why it failed (no answer, refused address, timeout…), when it did.
     pub error: Option<String>,
     pub latency_ms: u64,
+    /// Not attempted: the address is one webhooks may not reach (trying
+    /// again would be refused again).
+    pub refused: bool,
 }
 
 impl Answer {
@@ -173,17 +59,31 @@ pub async fn attempt(url: &str, body: Bytes, signed: &Signed, allowed: &Allowed,
     let started = Instant::now();
     let result = tokio::time::timeout(timeout, post(url, body, signed, allowed)).await;
     let latency_ms = started.elapsed().as_millis() as u64;
+    let failed = |error: String, refused: bool| Answer { status: None, error: Some(error), latency_ms, refused };
     match result {
-        Ok(Ok(status)) => Answer { status: Some(status), error: None, latency_ms },
-        Ok(Err(error)) => Answer { status: None, error: Some(error), latency_ms },
-        Err(_) => {
-            Answer { status: None, error: Some(format!("no answer within {} ms", timeout.as_millis())), latency_ms }
-        }
+        Ok(Ok(status)) => Answer { status: Some(status), error: None, latency_ms, refused: false },
+        Ok(Err(PostError::Refused(error))) => failed(error, true),
+        Ok(Err(PostError::Failed(error))) => failed(error, false),
+        Err(_) => failed(format!("no answer within {} ms", timeout.as_millis()), false),
     }
 }
 
-async fn post(url: &str, body: Bytes, signed: &Signed, allowed: &Allowed) -> Result<u16, String> {
-    let target = Target::parse(url)?;
+/// Why a POST did not get an answer.
+enum PostError {
+    /// The URL or its address is one webhooks may not reach.
+    Refused(String),
+    /// The receiver could not be reached or did not answer.
+    Failed(String),
+}
+
+impl From<String> for PostError {
+    fn from(error: String) -> Self {
+        PostError::Failed(error)
+    }
+}
+
+async fn post(url: &str, body: Bytes, signed: &Signed, allowed: &Allowed) -> Result<u16, PostError> {
+    let target = Target::parse(url).map_err(PostError::Refused)?;
     // Resolve once, check every address, and connect to a checked one (no
     // second lookup a rebinding DNS could answer differently).
     let addresses: Vec<SocketAddr> = tokio::net::lookup_host((target.host.as_str(), target.port))
@@ -191,7 +91,7 @@ async fn post(url: &str, body: Bytes, signed: &Signed, allowed: &Allowed) -> Res
         .map_err(|e| format!("cannot resolve {}: {e}", target.host))?
         .collect();
     let Some(address) = addresses.first().copied() else {
-        return Err(format!("{} resolves to no address", target.host));
+        return Err(format!("{} resolves to no address", target.host).into());
     };
     if let Some(private) =
         addresses.iter().find(|a| !is_public(a.ip()) && !allowed.permits(&target.host, a.ip(), target.port))
@@ -201,11 +101,11 @@ async fn post(url: &str, body: Bytes, signed: &Signed, allowed: &Allowed) -> Res
         } else {
             format!("{} ({})", target.host, private.ip())
         };
-        return Err(format!(
+        return Err(PostError::Refused(format!(
             "{named} is a private, loopback or link-local address: refused unless the operator allows it \
              (convo serve --webhook-allow {})",
             target.host
-        ));
+        )));
     }
     let stream =
         tokio::net::TcpStream::connect(address).await.map_err(|e| format!("cannot connect to {address}: {e}"))?;
@@ -217,9 +117,9 @@ async fn post(url: &str, body: Bytes, signed: &Signed, allowed: &Allowed) -> Res
             .connect(name, stream)
             .await
             .map_err(|e| format!("TLS with {}: {e}", target.host))?;
-        exchange(TokioIo::new(tls), &target, body, signed).await
+        Ok(exchange(TokioIo::new(tls), &target, body, signed).await?)
     } else {
-        exchange(TokioIo::new(stream), &target, body, signed).await
+        Ok(exchange(TokioIo::new(stream), &target, body, signed).await?)
     }
 }
 
@@ -277,34 +177,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_and_addresses() {
-        let t = Target::parse("https://hooks.example.com/in?x=1").unwrap();
-        assert_eq!((t.tls, t.host.as_str(), t.port, t.path.as_str()), (true, "hooks.example.com", 443, "/in?x=1"));
-        let t = Target::parse("http://[::1]:8080").unwrap();
-        assert_eq!((t.host.as_str(), t.port, t.path.as_str()), ("::1", 8080, "/"));
-        assert!(Target::parse("ftp://x").is_err());
-        assert!(Target::parse("http://user:pw@x/").is_err());
-        for private in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "192.168.0.1",
-            "172.16.0.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "::1",
-            "fe80::1",
-            "fd00::1",
-            "::ffff:127.0.0.1",
-            "0.0.0.0",
-        ] {
-            assert!(!is_public(private.parse().unwrap()), "{private}");
-        }
-        for public in ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946"] {
-            assert!(is_public(public.parse().unwrap()), "{public}");
-        }
-    }
 
     /// The example of the Standard Webhooks specification.
     #[test]

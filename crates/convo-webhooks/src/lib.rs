@@ -34,6 +34,7 @@ use serde_json::{Value, json};
 
 use convo_domain::ConfigEvent;
 use convo_projector::{Projection, Projector, Staged};
+use convo_store::seal::{Sealer, webhook_secret_context};
 use convo_store::{EventStore, StoredCommit};
 use convo_wire::Event;
 use convo_wire::redact::Redactions;
@@ -145,11 +146,37 @@ fn endpoint_key(account: &str, webhook: &str) -> String {
 pub struct Queue {
     prefix: String,
     redactions: Arc<Redactions>,
+    /// Seals the endpoints' secrets in the database (and opens them to sign).
+    sealer: Sealer,
 }
 
 impl Queue {
-    pub fn new(prefix: &str, redactions: Arc<Redactions>) -> Self {
-        Self { prefix: prefix.to_owned(), redactions }
+    /// `sealer`: the engine's sealer of secrets at rest
+    /// ([`convo_store::signing::Signing::sealer`]); a secret the stream holds
+    /// in clear (from before sealing) is sealed before it is stored.
+    pub fn new(prefix: &str, redactions: Arc<Redactions>, sealer: Sealer) -> Self {
+        Self { prefix: prefix.to_owned(), redactions, sealer }
+    }
+
+    /// An endpoint's secret as stored: sealed for its place.
+    fn sealed_secret(&self, account: &str, spec: &convo_domain::config::WebhookSpec) -> String {
+        let secret = spec.secret.expose();
+        if spec.secret.is_sealed() {
+            return secret.to_owned();
+        }
+        self.sealer.seal(&webhook_secret_context(account, spec.id.as_str()), secret.as_bytes())
+    }
+
+    /// The key an endpoint's deliveries are signed with, from its stored (sealed) secret.
+    fn signing_key(&self, endpoint: &str, settings: &Value) -> Result<Vec<u8>, String> {
+        let (account, webhook) = endpoint[ENDPOINT.len()..].split_once('/').unwrap_or_default();
+        let sealed = settings["secret"].as_str().unwrap_or_default();
+        let opened = self
+            .sealer
+            .open(&webhook_secret_context(account, webhook), sealed)
+            .map_err(|e| format!("the webhook's secret cannot be read: {e}"))?;
+        let secret = String::from_utf8(opened).map_err(|_| "the webhook's secret is not text".to_owned())?;
+        Ok(convo_domain::config::WebhookSecret::parse(&secret)?.key())
     }
 }
 
@@ -165,8 +192,8 @@ impl Projection for Queue {
         for event in &commit.events {
             match &event.event {
                 Event::Config(ConfigEvent::WebhookDefined(spec) | ConfigEvent::WebhookUpdated(spec)) => {
-                    let endpoint = json!({"url": spec.url, "events": spec.events, "secret": spec.secret.expose(),
-                                          "enabled": spec.enabled});
+                    let endpoint = json!({"url": spec.url, "events": spec.events,
+                                          "secret": self.sealed_secret(account, spec), "enabled": spec.enabled});
                     staged.insert(endpoint_key(account, spec.id.as_str()).into_bytes(), bytes_of(&endpoint));
                 }
                 Event::Config(ConfigEvent::WebhookRedriven(w)) => {
@@ -407,12 +434,14 @@ pub async fn run(
                 continue;
             }
             let target: Value = serde_json::from_slice(&settings).unwrap_or(Value::Null);
+            let signing_key = queue.signing_key(&endpoint, &target);
             for (key, delivery) in heads {
                 *count += 1;
                 want -= 1;
                 busy.insert(queue_of(&key), ());
                 // Its own task: the attempt's I/O goes on while this loop records others.
-                let attempt = tokio::spawn(send(key.clone(), delivery, target.clone(), config.clone()));
+                let attempt =
+                    tokio::spawn(send(key.clone(), delivery, target.clone(), signing_key.clone(), config.clone()));
                 let endpoint = endpoint.clone();
                 in_flight.push(async move { (key, endpoint, attempt.await) });
             }
@@ -420,22 +449,31 @@ pub async fn run(
     }
 }
 
-async fn send(key: Vec<u8>, delivery: Value, target: Value, config: WebhookConfig) -> Flight {
+async fn send(
+    key: Vec<u8>,
+    delivery: Value,
+    target: Value,
+    signing_key: Result<Vec<u8>, String>,
+    config: WebhookConfig,
+) -> Flight {
     let body = delivery["body"].as_str().unwrap_or("").to_owned();
-    let secret = convo_domain::config::WebhookSecret::parse(target["secret"].as_str().unwrap_or(""));
     let verdict = if target["enabled"] != true {
         Verdict::Held
     } else if body.len() > config.body_bytes_max {
         Verdict::Refused(format!("the body is {} bytes, over the {}-byte limit", body.len(), config.body_bytes_max))
     } else {
-        match secret {
-            Ok(secret) => {
+        match signing_key {
+            Ok(signing_key) => {
                 let id = delivery["event_id"].as_str().unwrap_or("").to_owned();
                 let timestamp = now_ms() / 1000;
-                let signature = deliver::sign(&secret.key(), &id, timestamp, body.as_bytes());
+                let signature = deliver::sign(&signing_key, &id, timestamp, body.as_bytes());
                 let signed = deliver::Signed { id, timestamp, signature };
                 let url = target["url"].as_str().unwrap_or("");
-                Verdict::Sent(deliver::attempt(url, Bytes::from(body), &signed, &config.allowed, config.timeout).await)
+                match deliver::attempt(url, Bytes::from(body), &signed, &config.allowed, config.timeout).await {
+                    // An address the policy refuses is refused again at every retry: dead-lettered now.
+                    deliver::Answer { refused: true, error, .. } => Verdict::Refused(error.unwrap_or_default()),
+                    answer => Verdict::Sent(answer),
+                }
             }
             Err(e) => Verdict::Refused(e),
         }
@@ -456,7 +494,7 @@ fn settle(tree: &sled::Tree, config: &WebhookConfig, flight: Flight) -> Result<(
             batch.insert(key, bytes_of(&delivery));
             return tree.apply_batch(batch).map_err(|e| e.to_string());
         }
-        Verdict::Refused(reason) => deliver::Answer { status: None, error: Some(reason), latency_ms: 0 },
+        Verdict::Refused(reason) => deliver::Answer { status: None, error: Some(reason), latency_ms: 0, refused: true },
         Verdict::Sent(answer) => answer,
     };
     let attempts = delivery["attempts"].as_u64().unwrap_or(0) + 1;

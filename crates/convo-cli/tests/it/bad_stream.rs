@@ -73,8 +73,8 @@ async fn recovery_tail_read_models_and_serve_survive_whatever_the_stream_holds()
     let dir = tempfile::tempdir().unwrap();
     let nats = NatsServer::start(&LaunchOptions {
         data_dir: dir.path().to_path_buf(),
-        sync_always: false,
         mappings: vec![convo_store::bus::partition_mapping(PREFIX, 2)],
+        ..Default::default()
     })
     .unwrap();
     let url = nats.url();

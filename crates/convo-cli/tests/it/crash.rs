@@ -110,8 +110,8 @@ async fn a_killed_engine_loses_no_acknowledged_command_and_its_timers_survive() 
     let dir = tempfile::tempdir().unwrap();
     let nats = NatsServer::start(&LaunchOptions {
         data_dir: dir.path().to_path_buf(),
-        sync_always: false,
         mappings: vec![convo_store::bus::partition_mapping(PREFIX, 2)],
+        ..Default::default()
     })
     .unwrap();
     let url = nats.url();

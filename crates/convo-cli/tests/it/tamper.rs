@@ -44,12 +44,7 @@ async fn convo_headers(stream: &jetstream::stream::Stream, seq: u64) -> Vec<(Str
 async fn a_forged_closure_a_copy_and_a_removed_commit_fail_verify_even_after_a_rebuild() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let nats = NatsServer::start(&LaunchOptions {
-        data_dir: dir.path().join("nats"),
-        sync_always: false,
-        ..Default::default()
-    })
-    .unwrap();
+    let nats = NatsServer::start(&LaunchOptions { data_dir: dir.path().join("nats"), ..Default::default() }).unwrap();
     let url = nats.url();
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../replay-fixtures/transfer-rules/input.jsonl");
     let replay = Command::new(env!("CARGO_BIN_EXE_convo"))

@@ -18,12 +18,8 @@ struct Broker {
 
 fn broker() -> Broker {
     let dir = tempfile::tempdir().unwrap();
-    let server = NatsServer::start(&LaunchOptions {
-        data_dir: dir.path().to_path_buf(),
-        sync_always: false,
-        ..Default::default()
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    let server = NatsServer::start(&LaunchOptions { data_dir: dir.path().to_path_buf(), ..Default::default() })
+        .unwrap_or_else(|e| panic!("{e}"));
     Broker { server, _dir: dir }
 }
 

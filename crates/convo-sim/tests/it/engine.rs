@@ -54,12 +54,8 @@ async fn logged(store: &JetStreamStore) -> Vec<serde_json::Value> {
 #[tokio::test]
 async fn every_fixture_gives_the_same_events_through_the_engine_and_nats_as_through_the_simulator() {
     let dir = tempfile::tempdir().unwrap();
-    let server = NatsServer::start(&LaunchOptions {
-        data_dir: dir.path().to_path_buf(),
-        sync_always: false,
-        ..Default::default()
-    })
-    .unwrap();
+    let server =
+        NatsServer::start(&LaunchOptions { data_dir: dir.path().to_path_buf(), ..Default::default() }).unwrap();
     let mut names: Vec<String> = std::fs::read_dir(fixtures())
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -91,12 +87,8 @@ async fn every_fixture_gives_the_same_events_through_the_engine_and_nats_as_thro
 #[tokio::test]
 async fn every_event_reaches_a_plain_subscriber_as_cloudevents_json_and_every_closure_a_closure_subscriber() {
     let dir = tempfile::tempdir().unwrap();
-    let server = NatsServer::start(&LaunchOptions {
-        data_dir: dir.path().to_path_buf(),
-        sync_always: false,
-        ..Default::default()
-    })
-    .unwrap();
+    let server =
+        NatsServer::start(&LaunchOptions { data_dir: dir.path().to_path_buf(), ..Default::default() }).unwrap();
     let client = convo_store::connect(&server.url()).await.unwrap();
     for (n, name) in ["inactivity-two-attempts", "out-of-hours-close", "sla-breach"].iter().enumerate() {
         let prefix = format!("j{n}");

@@ -113,9 +113,12 @@ fn broker() -> Broker {
 
 fn broker_with(sync_always: bool) -> Broker {
     let dir = tempfile::tempdir().unwrap();
-    let server =
-        NatsServer::start(&LaunchOptions { data_dir: dir.path().to_path_buf(), sync_always, ..Default::default() })
-            .unwrap_or_else(|e| panic!("{e}"));
+    let server = NatsServer::start(&LaunchOptions {
+        data_dir: dir.path().to_path_buf(),
+        lazy_fsync: !sync_always,
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
     Broker { server, _dir: dir }
 }
 

@@ -29,12 +29,7 @@ fn inputs(name: &str) -> Vec<(convo_domain::CommandEnvelope, Timestamp)> {
 /// A stream holding a fixture's events.
 async fn stream_of(fixture: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let server = NatsServer::start(&LaunchOptions {
-        data_dir: dir.path().join("nats"),
-        sync_always: false,
-        ..Default::default()
-    })
-    .unwrap();
+    let server = NatsServer::start(&LaunchOptions { data_dir: dir.path().join("nats"), ..Default::default() }).unwrap();
     let store = JetStreamStore::connect(&server.url(), StoreConfig::for_prefix("audit")).await.unwrap();
     let mut engine = Engine::recover(store.clone()).await.unwrap();
     engine.replay(inputs(fixture)).await.unwrap();

@@ -27,12 +27,7 @@ fn line(text: &str) -> (CommandEnvelope, Timestamp) {
 #[tokio::test]
 async fn contact_history_keeps_exactly_the_clients_limit_newest_first_masked() {
     let dir = tempfile::tempdir().unwrap();
-    let server = NatsServer::start(&LaunchOptions {
-        data_dir: dir.path().join("nats"),
-        sync_always: false,
-        ..Default::default()
-    })
-    .unwrap();
+    let server = NatsServer::start(&LaunchOptions { data_dir: dir.path().join("nats"), ..Default::default() }).unwrap();
     let store = JetStreamStore::connect(&server.url(), StoreConfig::for_prefix("hist")).await.unwrap();
     let mut inputs = setup_lines();
     // The client keeps two past conversations per contact.

@@ -17,12 +17,7 @@ struct Setup {
 
 async fn stream_of(fixture: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let server = NatsServer::start(&LaunchOptions {
-        data_dir: dir.path().join("nats"),
-        sync_always: false,
-        ..Default::default()
-    })
-    .unwrap();
+    let server = NatsServer::start(&LaunchOptions { data_dir: dir.path().join("nats"), ..Default::default() }).unwrap();
     let store = JetStreamStore::connect(&server.url(), StoreConfig::for_prefix("rep")).await.unwrap();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../replay-fixtures").join(fixture).join("input.jsonl");
     let inputs: Vec<(convo_domain::CommandEnvelope, Timestamp)> =
