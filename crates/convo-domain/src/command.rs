@@ -13,7 +13,7 @@ use crate::aggregate::Actor;
 use crate::automation::{AutomationSpec, MacroSpec};
 use crate::config::{
     AccountSettings, ApiKeySpec, CampaignSpec, ChannelSpec, ClientSpec, DeniedAttempt, EntityRef, KeyRef, ProjectSpec,
-    SlaModeSpec, TeamSpec, UserSpec, WebhookRef, WebhookSpec,
+    ReadRecord, SlaModeSpec, TeamSpec, UserSpec, WebhookRef, WebhookSpec,
 };
 use crate::contact::{ContactAttributeSpec, ContactSpec, SetContactAttribute};
 use crate::ids::{
@@ -245,6 +245,9 @@ pub enum Command {
     DefineContact(ContactSpec),
     UpdateContact(ContactSpec),
     SetContactAttribute(SetContactAttribute),
+    /// Only the engine records these: a read served with text the account's
+    /// rules would mask (the `unredacted` scope), sampled as refusals are.
+    RecordRead(ReadRecord),
 }
 
 /// Which aggregate decides a command.
@@ -268,7 +271,7 @@ pub struct CommandParseError {
 
 impl Command {
     /// Every command type, as named in the JSON view and in command subjects.
-    pub const TYPE_NAMES: [&'static str; 47] = [
+    pub const TYPE_NAMES: [&'static str; 48] = [
         "configure_account",
         "define_client",
         "update_client",
@@ -316,6 +319,7 @@ impl Command {
         "define_contact",
         "update_contact",
         "set_contact_attribute",
+        "record_read",
     ];
 
     /// The command's `type` in its JSON view.
@@ -368,6 +372,7 @@ impl Command {
             Self::DefineContact(_) => "define_contact",
             Self::UpdateContact(_) => "update_contact",
             Self::SetContactAttribute(_) => "set_contact_attribute",
+            Self::RecordRead(_) => "record_read",
         }
     }
 

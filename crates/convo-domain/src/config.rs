@@ -53,8 +53,14 @@ pub const API_KEYS_MAX: usize = 10_000;
 pub const SCOPES_MAX: usize = 64;
 /// The system actor under which the front door records denied attempts.
 pub const DENIED_ACTOR: &str = "access";
-/// The read models and feeds an integration's `reads` scope may name.
-pub const READ_SCOPES: [&str; 7] = ["audit", "reports", "contact_history", "events", "webhooks", "live", "inbox"];
+/// The read models and feeds an integration's `reads` scope may name, and
+/// [`UNREDACTED`].
+pub const READ_SCOPES: [&str; 8] =
+    ["audit", "reports", "contact_history", "events", "webhooks", "live", "inbox", UNREDACTED];
+/// The read scope that lets a key read text the account's redaction rules
+/// mask for everyone else (every such read is recorded); the only scope a
+/// user's key may carry.
+pub const UNREDACTED: &str = "unredacted";
 
 /// The agent state in which routing offers work.
 pub const STATE_AVAILABLE: &str = "available";
@@ -640,6 +646,24 @@ pub struct DeniedAttempt {
     pub unrecorded_before: u64,
 }
 
+/// A read the front door served with the text the account's redaction
+/// rules would mask, as the audit log keeps it: whose key, from where, which
+/// read. Recorded by the engine only, sampled as refusals are
+/// (`unrecorded_before` counts the account's reads not recorded since the previous one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadRecord {
+    /// Who read: `user:ana`, `integration:crm`.
+    pub principal: String,
+    /// The address the request came from, when the transport knows it.
+    #[serde(default)]
+    pub ip: Option<String>,
+    /// The read model or feed read (`audit`, `live`…).
+    pub read: String,
+    #[serde(default)]
+    pub unrecorded_before: u64,
+}
+
 /// An issued key and whether it still works.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKey {
@@ -685,6 +709,8 @@ pub enum ConfigEvent {
     AutomationUpdated(AutomationSpec),
     ContactAttributeDefined(ContactAttributeSpec),
     ContactAttributeUpdated(ContactAttributeSpec),
+    // appended
+    UnredactedRead(ReadRecord),
 }
 
 impl ConfigEvent {
@@ -701,7 +727,7 @@ impl ConfigEvent {
             Self::Activated(e) | Self::Inactivated(e) => entity_path(e),
             Self::ApiKeyIssued(s) => format!("api_key/{}", s.key),
             Self::ApiKeyRevoked(k) => format!("api_key/{}", k.key),
-            Self::AccessDenied(_) => "access".into(),
+            Self::AccessDenied(_) | Self::UnredactedRead(_) => "access".into(),
             Self::WebhookDefined(s) | Self::WebhookUpdated(s) => format!("webhook/{}", s.id),
             Self::WebhookRedriven(w) => format!("webhook/{}", w.webhook),
             Self::SlaModeSet(s) => match (&s.client, &s.campaign) {
@@ -1011,15 +1037,23 @@ impl Catalog {
         if let Some((first_seq, last_seq)) = self.recent.find(&envelope.id) {
             return Ok(Decision::Duplicate { first_seq, last_seq });
         }
-        if let Command::RecordDenied(d) = &envelope.command {
+        let door = match &envelope.command {
+            Command::RecordDenied(d) => Some(ConfigEvent::AccessDenied(d.clone())),
+            Command::RecordRead(r) => Some(ConfigEvent::UnredactedRead(r.clone())),
+            _ => None,
+        };
+        if let Some(event) = door {
             if envelope.actor != Actor::system(DENIED_ACTOR) {
-                return Err(Rejection::Forbidden { action: "record_denied", needed: "the engine's front door" });
+                return Err(Rejection::Forbidden {
+                    action: envelope.command.type_name(),
+                    needed: "the engine's front door",
+                });
             }
             if self.seq == 0 {
                 return Err(Rejection::Unknown { entity: format!("account {}", self.account) });
             }
             let mut out = Emitter::new(self.seq, now, &envelope.id, &envelope.actor);
-            out.emit(ConfigEvent::AccessDenied(d.clone()));
+            out.emit(event);
             return Ok(out.finish());
         }
         if self.seq == 0 && !matches!(envelope.actor, Actor::Operator { .. } | Actor::System(_)) {
@@ -1498,10 +1532,13 @@ impl Catalog {
         match &s.holder {
             KeyHolder::User(id) => {
                 self.user(id).map_err(|_| Rejection::invalid("holder.user", format!("no active user {id}")))?;
-                if s.scopes != Scopes::default() {
+                let unredacted = Scopes { commands: Vec::new(), reads: vec![UNREDACTED.to_owned()] };
+                if s.scopes != Scopes::default() && s.scopes != unredacted {
                     return Err(Rejection::invalid(
                         "scopes",
-                        "a user's key acts with the user's role; scopes are for integrations",
+                        format!(
+                            "a user's key acts with the user's role; its only scope may be reads [\"{UNREDACTED}\"]"
+                        ),
                     ));
                 }
             }
@@ -1515,7 +1552,7 @@ impl Catalog {
                             format!("no command type `{c}`"),
                         ));
                     }
-                    if matches!(c.as_str(), "issue_api_key" | "revoke_api_key" | "record_denied") {
+                    if matches!(c.as_str(), "issue_api_key" | "revoke_api_key" | "record_denied" | "record_read") {
                         return Err(Rejection::invalid(
                             format!("scopes.commands[{i}]"),
                             "keys are issued by admins only: an integration cannot widen its own access",
@@ -1580,7 +1617,7 @@ impl Catalog {
                     key.revoked = true;
                 }
             }
-            ConfigEvent::AccessDenied(_) | ConfigEvent::WebhookRedriven(_) => {}
+            ConfigEvent::AccessDenied(_) | ConfigEvent::UnredactedRead(_) | ConfigEvent::WebhookRedriven(_) => {}
             ConfigEvent::TeamDefined(s) | ConfigEvent::TeamUpdated(s) => upsert(&mut self.teams, s.id.clone(), s),
             ConfigEvent::MacroDefined(s) | ConfigEvent::MacroUpdated(s) => upsert(&mut self.macros, s.id.clone(), s),
             ConfigEvent::ContactAttributeDefined(s) | ConfigEvent::ContactAttributeUpdated(s) => {

@@ -37,12 +37,12 @@ pub use contact::{ContactBook, ContactEvent};
 pub use conversation::{Context, Conversation, ConversationEvent};
 pub use ids::*;
 pub use live::Floor;
-pub use rejection::Rejection;
+pub use rejection::{Rejection, RejectionClass};
 pub use time::Timestamp;
 
 /// Every event type, as the JSON view's `type` names it (convo-wire's tests keep
 /// it equal to the types).
-pub const EVENT_TYPES: [&str; 55] = [
+pub const EVENT_TYPES: [&str; 56] = [
     "account_configured",
     "client_defined",
     "client_updated",
@@ -98,6 +98,7 @@ pub const EVENT_TYPES: [&str; 55] = [
     "contact_updated",
     "contact_attribute_set",
     "contact_attribute_requested",
+    "unredacted_read",
 ];
 
 /// The JSON view of a domain enum: `{"type": variant, fields…}`.

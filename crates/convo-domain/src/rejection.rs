@@ -106,7 +106,59 @@ pub enum Rejection {
     WrongAggregate { command: &'static str, aggregate: &'static str },
 }
 
+/// What kind of refusal a rejection is, as whoever answers a client maps it
+/// (HTTP 400, 403, 404, 409): the rejection declares it, so a new rule
+/// needs no list elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectionClass {
+    /// The command is not valid as written.
+    Invalid,
+    /// The actor may not do this (its role, its network, the assignment).
+    Forbidden,
+    /// What the command names does not exist.
+    NotFound,
+    /// The state of things refuses it now.
+    Conflict,
+}
+
+impl RejectionClass {
+    /// Its name in replies (`class`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Invalid => "invalid",
+            Self::Forbidden => "forbidden",
+            Self::NotFound => "not_found",
+            Self::Conflict => "conflict",
+        }
+    }
+}
+
 impl Rejection {
+    /// The kind of refusal (what status a client gets).
+    pub fn class(&self) -> RejectionClass {
+        match self {
+            Self::Invalid { .. } | Self::WrongAggregate { .. } => RejectionClass::Invalid,
+            Self::Forbidden { .. }
+            | Self::NetworkNotAllowed { .. }
+            | Self::NotTheAssignedAgent { .. }
+            | Self::NotInCampaign { .. } => RejectionClass::Forbidden,
+            Self::Unknown { .. } | Self::UnknownConversation(_) => RejectionClass::NotFound,
+            _ => RejectionClass::Conflict,
+        }
+    }
+
+    /// For a forbidden refusal, the access rule it names (`role`, `network`,
+    /// `assignment`, `campaign`), as the front door names its own.
+    pub fn rule(&self) -> Option<&'static str> {
+        match self {
+            Self::Forbidden { .. } => Some("role"),
+            Self::NetworkNotAllowed { .. } => Some("network"),
+            Self::NotTheAssignedAgent { .. } => Some("assignment"),
+            Self::NotInCampaign { .. } => Some("campaign"),
+            _ => None,
+        }
+    }
+
     /// A stable, machine-readable name of the broken rule.
     pub fn code(&self) -> &'static str {
         match self {

@@ -28,7 +28,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use convo_domain::config::{KeyHolder, Role, Scopes};
+use convo_domain::config::{KeyHolder, Role, Scopes, UNREDACTED};
 use convo_domain::{AccountId, Actor, Catalog, IntegrationId, KeyId, UserId};
 
 /// The prefix of an account's API key.
@@ -123,8 +123,18 @@ impl Credential {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
     Operator,
-    User { account: AccountId, id: UserId, role: Role },
-    Integration { account: AccountId, id: IntegrationId, scopes: Scopes },
+    /// A user; `unredacted` when their key carries the `unredacted` read scope.
+    User {
+        account: AccountId,
+        id: UserId,
+        role: Role,
+        unredacted: bool,
+    },
+    Integration {
+        account: AccountId,
+        id: IntegrationId,
+        scopes: Scopes,
+    },
 }
 
 impl Principal {
@@ -232,6 +242,18 @@ pub fn nats_inbox(account: &AccountId, key: &KeyId) -> String {
     format!("_INBOX.{account}.{key}")
 }
 
+/// The reply inbox prefix a NATS request's sender owns, as far as the engine
+/// can tell: a key's own (`_INBOX.<account>.<key>`, which only its login may
+/// subscribe to), or — for every other credential (the operator's, a JWT
+/// relayed by this machine's tools, none) and for a request another instance
+/// forwarded — the engine's own ([`convo_store::ENGINE_INBOX_PREFIX`]).
+pub fn sender_inbox(credential: Option<&str>, forwarded: bool) -> String {
+    match credential.filter(|_| !forwarded).map(Credential::parse) {
+        Some(Ok(Credential::Key { account, key, .. })) => nats_inbox(&account, &key),
+        _ => convo_store::ENGINE_INBOX_PREFIX.to_owned(),
+    }
+}
+
 /// The NATS logins of an account's live keys under `prefix`: each may
 /// publish commands on its account's intake subjects, and subscribe to its
 /// own inbox and, when its principal may read events (an admin's key when
@@ -329,7 +351,8 @@ pub fn authenticate(
                     let user = catalog
                         .user(id)
                         .map_err(|_| Denied::Unauthenticated(format!("user {id} is no longer active")))?;
-                    Ok(Principal::User { account: owner, id: id.clone(), role: user.role })
+                    let unredacted = issued.spec.scopes.reads.iter().any(|r| r == UNREDACTED);
+                    Ok(Principal::User { account: owner, id: id.clone(), role: user.role, unredacted })
                 }
                 KeyHolder::Integration(id) => {
                     Ok(Principal::Integration { account: owner, id: id.clone(), scopes: issued.spec.scopes.clone() })
@@ -365,7 +388,7 @@ pub fn authenticate(
                     format!("the token says {id} is {role:?}, the account says {:?}", user.role),
                 ));
             }
-            Ok(Principal::User { account: owner, id, role })
+            Ok(Principal::User { account: owner, id, role, unredacted: false })
         }
     }
 }
@@ -435,6 +458,19 @@ pub fn authorize_command(
         }
     }
     Ok(principal.actor(ip))
+}
+
+/// Whether a principal reads `catalog`'s text unmasked: only with the
+/// `unredacted` read scope on its key, and only where the account has rules
+/// that mask anything (then each such read is recorded). Everyone else —
+/// admins and the operator included — reads what the rules mask, masked.
+pub fn reads_unredacted(principal: &Principal, catalog: Option<&Catalog>) -> bool {
+    let scoped = match principal {
+        Principal::User { unredacted, .. } => *unredacted,
+        Principal::Integration { scopes, .. } => scopes.reads.iter().any(|r| r == UNREDACTED),
+        Principal::Operator => false,
+    };
+    scoped && catalog.is_some_and(|c| c.settings.regex_rules.iter().any(|r| r.redact))
 }
 
 /// Which part of a read model a principal may read.

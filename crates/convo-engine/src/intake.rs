@@ -140,8 +140,9 @@ pub enum Admitted {
     /// A command to execute; `credential` is what a key being issued needs
     /// (answered once, with the commit, and never stored).
     Command { envelope: Box<CommandEnvelope>, credential: Option<Credential>, reply_events: bool },
-    /// A read the principal may make, over this part of the account.
-    Read { principal: Principal, scope: ReadScope },
+    /// A read the principal may make, over this part of the account, and
+    /// whether it reads the text the account's rules mask (its key's scope).
+    Read { principal: Principal, scope: ReadScope, unredacted: bool },
 }
 
 /// A request refused at the door: its reply, and the denial (with who tried)
@@ -150,6 +151,8 @@ pub enum Admitted {
 pub struct Refused {
     pub reply: Value,
     pub denied: Option<Box<(Denied, String)>>,
+    /// Whether the reply may be sent: not when the reply subject is not the sender's own.
+    pub answer: bool,
 }
 
 impl Refused {
@@ -157,26 +160,36 @@ impl Refused {
     /// and whether the refusal is recorded), with its code, rule and address.
     pub fn log(&self, request: &Request, where_: &str) {
         let text = |key: &str| self.reply[key].as_str().unwrap_or("").to_owned();
+        let ip = request.ip.map_or_else(|| "unknown (NATS)".to_owned(), |ip| ip.to_string());
         tracing::info!(
             account = %request.account,
             kind = %request.kind,
             code = text("code"),
             rule = text("rule"),
-            ip = ?request.ip,
+            ip = %ip,
             "{where_}: {}",
             text("message")
         );
+    }
+
+    /// The rule it names (`credential`, `tenant`, `scope`, `role`, `network`,
+    /// `reply_subject`…), or its code when it is not a denial (`invalid`…).
+    pub fn rule(&self) -> &str {
+        match &self.denied {
+            Some(denied) => denied.0.rule(),
+            None => self.reply["code"].as_str().unwrap_or("invalid"),
+        }
     }
 }
 
 impl From<IntakeError> for Refused {
     fn from(e: IntakeError) -> Self {
-        Refused { reply: e.to_json(), denied: None }
+        Refused { reply: e.to_json(), denied: None, answer: true }
     }
 }
 
 /// The command types no client may send, whatever its credential.
-pub const ENGINE_ONLY_COMMANDS: [&str; 1] = ["record_denied"];
+pub const ENGINE_ONLY_COMMANDS: [&str; 2] = ["record_denied", "record_read"];
 
 /// Takes a request through the door: its size, its credential (checked
 /// against `catalog`, the account's, `None` when there is no such account),
@@ -193,12 +206,30 @@ pub fn admit(
     let account = AccountId::parse_client(&request.account)
         .map_err(|e| IntakeError::Invalid { field: "account".into(), message: e.to_string() })?;
     let who = |principal: Option<&Principal>| principal.map_or_else(|| "anonymous".to_owned(), Principal::name);
-    let principal = access::authenticate(access, request.credential.as_deref(), &account, catalog)
-        .map_err(|d| Refused { reply: d.to_json(), denied: Some(Box::new((d, who(None)))) })?;
-    let deny = |d: Denied| Refused { reply: d.to_json(), denied: Some(Box::new((d, who(Some(&principal))))) };
+    let authenticated = access::authenticate(access, request.credential.as_deref(), &account, catalog);
+    // A reply goes to the sender's own inbox only: otherwise nothing is answered at all.
+    if let Some(subject) = request.reply_subject() {
+        let own = access::sender_inbox(request.credential.as_deref(), request.forwarded);
+        if !subject.strip_prefix(own.as_str()).is_some_and(|rest| rest.len() > 1 && rest.starts_with('.')) {
+            let d = Denied::Forbidden {
+                rule: "reply_subject",
+                message: format!("the engine answers only on the sender's own inbox ({own}.>), not on {subject}"),
+            };
+            let denied = Some(Box::new((d.clone(), who(authenticated.as_ref().ok()))));
+            return Err(Refused { reply: d.to_json(), denied, answer: false });
+        }
+    }
+    let principal = authenticated.map_err(|d| Refused {
+        reply: d.to_json(),
+        denied: Some(Box::new((d, who(None)))),
+        answer: true,
+    })?;
+    let deny =
+        |d: Denied| Refused { reply: d.to_json(), denied: Some(Box::new((d, who(Some(&principal))))), answer: true };
     if request.read {
         let scope = access::authorize_read(&principal, &account, catalog, &request.kind, request.ip).map_err(deny)?;
-        return Ok(Admitted::Read { principal, scope });
+        let unredacted = access::reads_unredacted(&principal, catalog);
+        return Ok(Admitted::Read { principal, scope, unredacted });
     }
     if ENGINE_ONLY_COMMANDS.contains(&request.kind.as_str()) {
         return Err(deny(Denied::Forbidden {
@@ -216,8 +247,11 @@ pub fn admit(
         if let Some(sealer) = &access.sealer {
             let context = convo_store::seal::webhook_secret_context(envelope.account.as_str(), spec.id.as_str());
             let sealed = sealer.seal(&context, spec.secret.expose().as_bytes());
-            spec.secret =
-                WebhookSecret::sealed(&sealed).map_err(|e| Refused { reply: unavailable(&e), denied: None })?;
+            spec.secret = WebhookSecret::sealed(&sealed).map_err(|e| Refused {
+                reply: unavailable(&e),
+                denied: None,
+                answer: true,
+            })?;
         }
     }
     let mut credential = None;
@@ -236,14 +270,23 @@ pub fn admit(
             }
             .into());
         }
-        let secret = access::new_secret().map_err(|e| Refused { reply: unavailable(&e), denied: None })?;
-        let login = access::nats_keypair(&secret).map_err(|e| Refused { reply: unavailable(&e), denied: None })?;
+        let secret =
+            access::new_secret().map_err(|e| Refused { reply: unavailable(&e), denied: None, answer: true })?;
+        let login = access::nats_keypair(&secret).map_err(|e| Refused {
+            reply: unavailable(&e),
+            denied: None,
+            answer: true,
+        })?;
         spec.secret_sha256 = access::hex(&access::sha256(&secret));
         spec.nats_nkey = login.public_key();
         credential = Some(Credential {
             token: access::key_token(&envelope.account, &spec.key, &secret),
             nats: NatsLogin {
-                nkey_seed: login.seed().map_err(|e| Refused { reply: unavailable(&e.to_string()), denied: None })?,
+                nkey_seed: login.seed().map_err(|e| Refused {
+                    reply: unavailable(&e.to_string()),
+                    denied: None,
+                    answer: true,
+                })?,
                 inbox_prefix: access::nats_inbox(&envelope.account, &spec.key),
             },
         });
@@ -252,13 +295,13 @@ pub fn admit(
 }
 
 /// The reply to a read the principal may make.
-pub fn authorized(principal: &Principal, scope: &ReadScope) -> Value {
+pub fn authorized(principal: &Principal, scope: &ReadScope, unredacted: bool) -> Value {
     let scope = match scope {
         ReadScope::Account => json!("account"),
         ReadScope::Campaigns(list) => json!({"campaigns": list}),
         ReadScope::Agent(id) => json!({"agent": id}),
     };
-    Reply::Authorized { principal: principal.name(), scope }.to_json()
+    Reply::Authorized { principal: principal.name(), scope, unredacted }.to_json()
 }
 
 /// What became of a command, as the reply, the logs and the metrics name it:
@@ -290,9 +333,14 @@ pub fn reply(outcome: &Outcome, events: bool, credential: Option<Credential>) ->
         Outcome::Nothing => Reply::Nothing,
         Outcome::Duplicate { first_seq, last_seq } => Reply::Duplicate { first_seq: *first_seq, last_seq: *last_seq },
         Outcome::Refused(crate::Refusal::Rejected(r)) => {
-            Reply::Rejected { code: r.code().into(), reason: r.to_string() }
+            Reply::Rejected { code: r.code().into(), reason: r.to_string(), class: r.class().as_str(), rule: r.rule() }
         }
-        Outcome::Refused(other) => Reply::Rejected { code: "unrecordable".into(), reason: other.to_string() },
+        Outcome::Refused(other) => Reply::Rejected {
+            code: "unrecordable".into(),
+            reason: other.to_string(),
+            class: convo_domain::RejectionClass::Conflict.as_str(),
+            rule: None,
+        },
     }
 }
 

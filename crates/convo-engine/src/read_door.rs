@@ -193,7 +193,14 @@ fn answer_read(catalogs: &Catalogs, config: &ReadDoorConfig, request: &Request) 
     }
     let catalog = AccountId::new(&request.account).ok().and_then(|a| catalogs.catalog(&a));
     match admit(&config.access, catalog, request, config.bytes_max) {
-        Ok(Admitted::Read { principal, scope }) => authorized(&principal, &scope),
+        Ok(Admitted::Read { principal, scope, unredacted }) => {
+            if unredacted {
+                // Only the engine appends: here such a read is said, not recorded.
+                tracing::info!(account = %request.account, read = %request.kind, principal = %principal.name(),
+                    "read served unmasked (the key's `unredacted` scope)");
+            }
+            authorized(&principal, &scope, unredacted)
+        }
         Ok(Admitted::Command { .. }) => unavailable("not a read"),
         Err(refused) => {
             refused.log(request, "read refused at the door (not recorded: only the engine appends)");

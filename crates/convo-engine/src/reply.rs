@@ -29,8 +29,16 @@ pub enum Reply {
     Nothing,
     /// The command id was already executed: these are its events' sequences, nothing was applied again.
     Duplicate { first_seq: u64, last_seq: u64 },
-    /// A rule of the domain refused it (`code` names the rule).
-    Rejected { code: String, reason: String },
+    /// A rule of the domain refused it (`code` names the rule; `class` the
+    /// kind of refusal: `invalid`, `forbidden`, `not_found`, `conflict`).
+    Rejected {
+        code: String,
+        reason: String,
+        class: &'static str,
+        /// For a `forbidden` refusal, the access rule (`role`, `network`, `assignment`, `campaign`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rule: Option<&'static str>,
+    },
     /// Not executed: the request or the principal was refused, or the engine could not now.
     Error {
         code: String,
@@ -42,8 +50,10 @@ pub enum Reply {
         #[serde(skip_serializing_if = "Option::is_none")]
         rule: Option<String>,
     },
-    /// A read the principal may make, and over which part of the account.
-    Authorized { principal: String, scope: Value },
+    /// A read the principal may make, over which part of the account, and
+    /// whether it reads text the account's redaction rules mask (`unredacted`
+    /// scope; recorded) or masked, as everyone else does.
+    Authorized { principal: String, scope: Value, unredacted: bool },
 }
 
 /// A new API key's secrets.

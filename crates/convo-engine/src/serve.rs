@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 use std::collections::HashMap;
 
 use convo_domain::command::engine_command_id;
-use convo_domain::config::{DENIED_ACTOR, DeniedAttempt};
+use convo_domain::config::{DENIED_ACTOR, DeniedAttempt, ReadRecord};
 use convo_domain::{AccountId, Actor, Catalog, Command, CommandEnvelope, Timestamp};
 use convo_store::bus::{CommandBus, Request, Responder};
 use convo_store::launcher::NatsUser;
@@ -318,6 +318,8 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
                 machine.handle_request(0, envelope, now);
             }
         }
+        // Commands of clients refused by a rule of access (role, network, assignment): recorded as the door's are.
+        let mut forbidden = Vec::new();
         while let Some(output) = machine.poll() {
             if let Output::Reply { envelope, result, .. } = &output {
                 note_reply(config.metrics.as_deref(), envelope, result);
@@ -339,8 +341,23 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
                     let store = store.clone();
                     io.push(Box::pin(async move { IoDone::Loaded(id, store.load(&account, &stream).await) }));
                 }
-                Output::Reply { origin: Origin::Request(token), result, .. } => {
+                Output::Reply { origin: Origin::Request(token), result, envelope, .. } => {
                     if let Some((request, credential, events)) = waiting.remove(&token) {
+                        let (outcome, _) = crate::intake::classify(&result);
+                        count_request(config.metrics.as_deref(), &request, outcome);
+                        if let Ok(Outcome::Refused(crate::Refusal::Rejected(r))) = &result
+                            && let Some(rule) = r.rule()
+                        {
+                            let attempt = DeniedAttempt {
+                                principal: actor_name(&envelope.actor),
+                                ip: request.ip.map(|ip| ip.to_string()),
+                                action: bounded(&request.kind, 64),
+                                rule: rule.to_owned(),
+                                message: bounded(&r.to_string(), 500),
+                                unrecorded_before: 0,
+                            };
+                            forbidden.push((envelope.account.clone(), DoorRecord::Denied(attempt)));
+                        }
                         // A key's credential is shown this once, never stored.
                         let reply = result_reply(&result, events, credential);
                         send(responder, &request, reply.to_bytes()).await;
@@ -349,6 +366,15 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
                 Output::Reply { result: Err(_), .. } => {} // logged above
                 Output::Reply { .. } => {}
             }
+        }
+        if !forbidden.is_empty() {
+            let now = clock.now();
+            for (account, attempt) in forbidden {
+                if let Some(envelope) = denied.note(account, attempt, now) {
+                    machine.handle_request(0, envelope, now);
+                }
+            }
+            continue; // the records are outputs to poll
         }
         if stopping && io.is_empty() && machine.is_idle() {
             break;
@@ -382,7 +408,7 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
             }
             Wake::Io(IoDone::Loaded(id, result)) => machine.handle_loaded(id, result),
             Wake::Request(None) => stopping = true,
-            Wake::Request(Some(request)) => {
+            Wake::Request(Some(mut request)) => {
                 let now = clock.now();
                 let account = AccountId::new(&request.account).ok();
                 let catalog = account.as_ref().and_then(|a| machine.world().catalog(a)).filter(|c| c.seq > 0);
@@ -391,6 +417,10 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
                     Err(refused) => {
                         invalid += 1;
                         refused.log(&request, "refused at the door");
+                        count_refused(config.metrics.as_deref(), &request, &refused);
+                        if !refused.answer {
+                            request.drop_reply(); // not the sender's own inbox: nothing goes there
+                        }
                         if let (Some(account), Some(refusal)) = (account.filter(|_| catalog.is_some()), refused.denied)
                         {
                             let (why, who) = *refusal;
@@ -402,14 +432,26 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
                                 message: bounded(&why.to_string(), 500),
                                 unrecorded_before: 0,
                             };
-                            if let Some(envelope) = denied.note(account, attempt, now) {
+                            if let Some(envelope) = denied.note(account, DoorRecord::Denied(attempt), now) {
                                 machine.handle_request(0, envelope, now);
                             }
                         }
                         answer(responder, &request, &refused.reply).await;
                     }
-                    Ok(Admitted::Read { principal, scope }) => {
-                        answer(responder, &request, &authorized(&principal, &scope)).await;
+                    Ok(Admitted::Read { principal, scope, unredacted }) => {
+                        count_request(config.metrics.as_deref(), &request, "authorized");
+                        if unredacted && let Some(account) = account {
+                            let read = ReadRecord {
+                                principal: principal.name(),
+                                ip: request.ip.map(|ip| ip.to_string()),
+                                read: bounded(&request.kind, 64),
+                                unrecorded_before: 0,
+                            };
+                            if let Some(envelope) = denied.note(account, DoorRecord::Read(read), now) {
+                                machine.handle_request(0, envelope, now);
+                            }
+                        }
+                        answer(responder, &request, &authorized(&principal, &scope, unredacted)).await;
                     }
                     Ok(Admitted::Command { envelope, credential, reply_events }) => {
                         next_token += 1;
@@ -425,6 +467,42 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
     ServeStats { requests: machine.stats().requests + invalid, ..machine.stats() }
 }
 
+/// How a request's sender is named in a denied attempt.
+fn actor_name(actor: &Actor) -> String {
+    match actor {
+        Actor::User { id, .. } => format!("user:{id}"),
+        Actor::Integration { id, .. } => format!("integration:{id}"),
+        Actor::Operator { .. } => "operator".into(),
+        Actor::Contact(id) => format!("contact:{id}"),
+        Actor::System(name) => format!("system:{name}"),
+    }
+}
+
+/// Counts a client's request by transport, kind and outcome.
+pub(crate) fn count_request(metrics: Option<&convo_store::metrics::Metrics>, request: &Request, outcome: &str) {
+    if let Some(metrics) = metrics {
+        let kind = if request.read { "read" } else { "command" };
+        metrics.inc(
+            "convo_requests_total",
+            &[("transport", request.transport()), ("kind", kind), ("outcome", outcome)],
+            1,
+        );
+    }
+}
+
+/// Counts a request refused at the door: as a request (`refused`, or
+/// `invalid` when it was not a request at all) and by the rule that refused it.
+pub(crate) fn count_refused(
+    metrics: Option<&convo_store::metrics::Metrics>,
+    request: &Request,
+    refused: &crate::intake::Refused,
+) {
+    count_request(metrics, request, if refused.denied.is_some() { "refused" } else { "invalid" });
+    if let Some(metrics) = metrics {
+        metrics.inc("convo_door_refusals_total", &[("rule", refused.rule())], 1);
+    }
+}
+
 /// At most `max` bytes of `text`, cut at a character boundary.
 fn bounded(text: &str, max: usize) -> String {
     let mut end = text.len().min(max);
@@ -434,13 +512,46 @@ fn bounded(text: &str, max: usize) -> String {
     text[..end].to_owned()
 }
 
-/// Which refusals get recorded: per account, the first
-/// [`DENIED_SAMPLES_PER_WINDOW`] of each window one by one; the rest counted,
-/// and the count recorded with the next sample or when the window ends. So a
-/// flood of refused requests grows the log by a bounded amount per minute.
+/// What the front door records in an account's audit log: a refusal, or a
+/// read served unmasked.
+#[derive(Debug, Clone)]
+enum DoorRecord {
+    Denied(DeniedAttempt),
+    Read(ReadRecord),
+}
+
+impl DoorRecord {
+    /// The same record, saying how many of its kind went unrecorded before it.
+    fn with_unrecorded(self, unrecorded_before: u64) -> Self {
+        match self {
+            Self::Denied(d) => Self::Denied(DeniedAttempt { unrecorded_before, ..d }),
+            Self::Read(r) => Self::Read(ReadRecord { unrecorded_before, ..r }),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Denied(_) => "denied",
+            Self::Read(_) => "read",
+        }
+    }
+
+    fn command(self) -> Command {
+        match self {
+            Self::Denied(d) => Command::RecordDenied(d),
+            Self::Read(r) => Command::RecordRead(r),
+        }
+    }
+}
+
+/// Which of the door's records are written: per account and kind (refused,
+/// read unmasked), the first [`DENIED_SAMPLES_PER_WINDOW`] of each window
+/// one by one; the rest counted, and the count recorded with the next sample
+/// or when the window ends. So a flood of refused requests grows the log by
+/// a bounded amount per minute.
 #[derive(Debug, Default)]
 struct DeniedLog {
-    windows: HashMap<AccountId, DeniedWindow>,
+    windows: HashMap<(AccountId, &'static str), DeniedWindow>,
     recorded: u64,
 }
 
@@ -449,17 +560,17 @@ struct DeniedWindow {
     started: Timestamp,
     recorded: u32,
     unrecorded: u64,
-    last: DeniedAttempt,
+    last: DoorRecord,
 }
 
 impl DeniedLog {
-    /// Notes one refusal; returns the command that records it when it is sampled.
-    fn note(&mut self, account: AccountId, attempt: DeniedAttempt, now: Timestamp) -> Option<CommandEnvelope> {
-        let window = self.windows.entry(account.clone()).or_insert_with(|| DeniedWindow {
+    /// Notes one record; returns the command that writes it when it is sampled.
+    fn note(&mut self, account: AccountId, record: DoorRecord, now: Timestamp) -> Option<CommandEnvelope> {
+        let window = self.windows.entry((account.clone(), record.kind())).or_insert_with(|| DeniedWindow {
             started: now,
             recorded: 0,
             unrecorded: 0,
-            last: attempt.clone(),
+            last: record.clone(),
         });
         if now.millis_since(window.started) >= DENIED_WINDOW_MS {
             window.started = now;
@@ -467,38 +578,37 @@ impl DeniedLog {
         }
         if window.recorded >= DENIED_SAMPLES_PER_WINDOW {
             window.unrecorded += 1;
-            window.last = attempt;
+            window.last = record;
             return None;
         }
         window.recorded += 1;
-        let attempt = DeniedAttempt { unrecorded_before: std::mem::take(&mut window.unrecorded), ..attempt };
-        Some(self.record(account, attempt, now))
+        let record = record.with_unrecorded(std::mem::take(&mut window.unrecorded));
+        Some(self.record(account, record, now))
     }
 
-    /// Records the count of each ended window that left refusals unrecorded.
+    /// Records the count of each ended window that left records unwritten.
     fn flush(&mut self, now: Timestamp) -> Vec<CommandEnvelope> {
-        let ended: Vec<AccountId> = self
+        let ended: Vec<(AccountId, &'static str)> = self
             .windows
             .iter()
             .filter(|(_, w)| now.millis_since(w.started) >= DENIED_WINDOW_MS)
-            .map(|(a, _)| a.clone())
+            .map(|(k, _)| k.clone())
             .collect();
         let mut out = Vec::new();
-        for account in ended {
-            let Some(window) = self.windows.remove(&account) else { continue };
+        for key in ended {
+            let Some(window) = self.windows.remove(&key) else { continue };
             if window.unrecorded > 0 {
-                let attempt = DeniedAttempt { unrecorded_before: window.unrecorded, ..window.last };
-                out.push(self.record(account, attempt, now));
+                out.push(self.record(key.0, window.last.with_unrecorded(window.unrecorded), now));
             }
         }
         out
     }
 
-    fn record(&mut self, account: AccountId, attempt: DeniedAttempt, now: Timestamp) -> CommandEnvelope {
+    fn record(&mut self, account: AccountId, record: DoorRecord, now: Timestamp) -> CommandEnvelope {
         self.recorded += 1;
         // Unique across restarts: the wall clock's millisecond and a count.
-        let id = engine_command_id("denied", (now.millis().max(0) as u64) * 1000 + self.recorded % 1000);
-        CommandEnvelope { id, account, actor: Actor::system(DENIED_ACTOR), command: Command::RecordDenied(attempt) }
+        let id = engine_command_id(record.kind(), (now.millis().max(0) as u64) * 1000 + self.recorded % 1000);
+        CommandEnvelope { id, account, actor: Actor::system(DENIED_ACTOR), command: record.command() }
     }
 }
 

@@ -134,9 +134,37 @@ pub fn router(engine: mpsc::Sender<Request>, store: JetStreamStore, config: Gate
         .route("/v1/accounts/{account}/events", get(events))
         .route("/v1/accounts/{account}/events/stream", get(event_stream))
         .route("/v1/accounts/{account}/webhooks/deliveries", get(webhook_deliveries))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "unknown", "no such route (see /v1/openapi.json)") })
+        .route_layer(axum::middleware::from_fn_with_state(shared.clone(), count_response))
+        .fallback(unknown_route)
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(shared)
+}
+
+/// Counts every response of a route by its template (never an account) and status.
+async fn count_response(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let response = next.run(request).await;
+    count_http(&shared, &route, response.status());
+    response
+}
+
+fn count_http(shared: &Shared, route: &str, status: StatusCode) {
+    if let Some(metrics) = &shared.config.metrics {
+        metrics.inc("convo_http_responses_total", &[("route", route), ("status", status.as_str())], 1);
+    }
+}
+
+/// What no route answers: the typed 404.
+async fn unknown_route(State(shared): State<Arc<Shared>>) -> Response {
+    count_http(&shared, "unmatched", StatusCode::NOT_FOUND);
+    error(StatusCode::NOT_FOUND, "unknown", "no such route (see /v1/openapi.json)")
 }
 
 /// A request's query string as `T`, or the typed 400 naming the parameter
@@ -246,24 +274,31 @@ async fn ready(State(shared): State<Arc<Shared>>) -> Response {
 
 /// The HTTP status of an engine reply.
 pub fn status_of(reply: &Value) -> StatusCode {
-    status_for(reply["outcome"].as_str().unwrap_or(""), reply["code"].as_str().unwrap_or(""))
+    let text = |key: &str| reply[key].as_str().unwrap_or("");
+    status_for(text("outcome"), text("code"), text("class"))
 }
 
-/// The HTTP status of an engine reply's outcome and code.
-fn status_for(outcome: &str, code: &str) -> StatusCode {
-    match (outcome, code) {
-        ("committed" | "nothing" | "duplicate" | "authorized", _) => StatusCode::OK,
-        (_, "unauthenticated") => StatusCode::UNAUTHORIZED,
-        (_, "forbidden" | "network_not_allowed" | "not_the_assigned_agent" | "not_in_campaign") => {
-            StatusCode::FORBIDDEN
-        }
-        (_, "too_large") => StatusCode::PAYLOAD_TOO_LARGE,
-        (_, "invalid" | "malformed_json" | "subject_mismatch") => StatusCode::BAD_REQUEST,
-        (_, "overloaded") => StatusCode::TOO_MANY_REQUESTS,
-        (_, "unavailable") => StatusCode::SERVICE_UNAVAILABLE,
-        (_, "unknown_command" | "unknown" | "unknown_conversation") => StatusCode::NOT_FOUND,
-        ("error", _) => StatusCode::BAD_REQUEST,
-        _ => StatusCode::CONFLICT,
+/// The HTTP status of an engine reply's outcome: a rule's rejection by the
+/// class it declares (`invalid`, `forbidden`, `not_found`, `conflict`); an
+/// error by its code, one of the door's and the engine's own closed set.
+fn status_for(outcome: &str, code: &str, class: &str) -> StatusCode {
+    match outcome {
+        "committed" | "nothing" | "duplicate" | "authorized" => StatusCode::OK,
+        "rejected" => match class {
+            "invalid" => StatusCode::BAD_REQUEST,
+            "forbidden" => StatusCode::FORBIDDEN,
+            "not_found" => StatusCode::NOT_FOUND,
+            _ => StatusCode::CONFLICT,
+        },
+        _ => match code {
+            "unauthenticated" => StatusCode::UNAUTHORIZED,
+            "forbidden" => StatusCode::FORBIDDEN,
+            "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+            "overloaded" => StatusCode::TOO_MANY_REQUESTS,
+            "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+            "unknown_command" | "unknown" => StatusCode::NOT_FOUND,
+            _ => StatusCode::BAD_REQUEST, // invalid, malformed_json, subject_mismatch
+        },
     }
 }
 
@@ -373,11 +408,13 @@ async fn command(
         outcome: &'a str,
         #[serde(default, borrow)]
         code: &'a str,
+        #[serde(default, borrow)]
+        class: &'a str,
     }
     match ask_bytes(&shared, account, kind, false, body, &headers, peer.ip()).await {
         Ok(bytes) => match serde_json::from_slice::<Outcome<'_>>(&bytes) {
             Ok(o) => {
-                let status = status_for(o.outcome, o.code);
+                let status = status_for(o.outcome, o.code, o.class);
                 challenged(status, (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response())
             }
             Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the engine's answer is not JSON"),
@@ -386,16 +423,89 @@ async fn command(
     }
 }
 
-/// Asks the engine whether the caller may read `what`; the scope it may read.
+/// Which part of an account a read may see, as the engine's door said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// The whole account.
+    Account,
+    /// These campaigns only (a supervisor's).
+    Campaigns(Vec<String>),
+    /// This agent's own (an agent's inbox).
+    Agent(String),
+}
+
+impl Scope {
+    /// The scope of an `authorized` answer (`"account"`, `{"campaigns": […]}`, `{"agent": …}`).
+    fn parse(value: &Value) -> Option<Self> {
+        if value == "account" {
+            return Some(Scope::Account);
+        }
+        if let Some(list) = value["campaigns"].as_array() {
+            return Some(Scope::Campaigns(list.iter().filter_map(|c| c.as_str().map(str::to_owned)).collect()));
+        }
+        value["agent"].as_str().map(|agent| Scope::Agent(agent.to_owned()))
+    }
+
+    /// The campaigns it is limited to (`None`: not limited to campaigns).
+    pub(crate) fn campaigns(&self) -> Option<&[String]> {
+        match self {
+            Scope::Campaigns(list) => Some(list),
+            _ => None,
+        }
+    }
+}
+
+/// A read the engine allowed: over which part of the account, and the
+/// redaction rules its text is masked with (none for a key with the
+/// `unredacted` scope, whose reads the engine records).
+#[derive(Debug)]
+pub(crate) struct Allowed {
+    pub(crate) scope: Scope,
+    pub(crate) rules: convo_wire::redact::Rules,
+}
+
+impl Allowed {
+    /// `value` masked as this reader may see it.
+    pub(crate) fn masked(&self, mut value: Value) -> Value {
+        self.rules.apply(&mut value);
+        value
+    }
+}
+
+/// Asks the engine whether the caller may read `what`, and how.
 pub(crate) async fn authorize(
     shared: &Shared,
     account: &str,
     what: &str,
     headers: &HeaderMap,
     peer: IpAddr,
-) -> Result<Value, Response> {
+) -> Result<Allowed, Response> {
+    match authorization(shared, account, what, headers, peer).await? {
+        Ok(allowed) => Ok(allowed),
+        Err(refusal) => Err(reply(status_of(&refusal), refusal)),
+    }
+}
+
+/// The engine's verdict on a read: allowed, or its refusal (the reply);
+/// `Err` when the engine could not be asked.
+async fn authorization(
+    shared: &Shared,
+    account: &str,
+    what: &str,
+    headers: &HeaderMap,
+    peer: IpAddr,
+) -> Result<Result<Allowed, Value>, Response> {
     let answer = ask(shared, account.to_owned(), what.to_owned(), true, Bytes::new(), headers, peer).await?;
-    if answer["outcome"] == "authorized" { Ok(answer["scope"].clone()) } else { Err(reply(status_of(&answer), answer)) }
+    if answer["outcome"] != "authorized" {
+        return Ok(Err(answer));
+    }
+    let scope = Scope::parse(&answer["scope"])
+        .ok_or_else(|| error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the engine's answer names no scope"))?;
+    let rules = match (answer["unredacted"].as_bool(), convo_domain::AccountId::new(account)) {
+        (Some(true), _) | (_, Err(_)) => convo_wire::redact::Rules::default(),
+        (_, Ok(account)) => shared.config.redactions.of(&account),
+    };
+    Ok(Ok(Allowed { scope, rules }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -431,8 +541,14 @@ impl FeedFilter {
         Ok(Self { account: account.to_owned(), conversation: q.conversation.clone(), kind: q.kind.clone() })
     }
 
-    /// The commit's events this feed shows, as CloudEvents (redacted), each with its index in the commit.
-    fn events(&self, shared: &Shared, stored: &convo_store::StoredCommit) -> Vec<(usize, Value)> {
+    /// The commit's events this feed shows, as CloudEvents (masked with
+    /// `rules`), each with its index in the commit.
+    fn events(
+        &self,
+        shared: &Shared,
+        rules: &convo_wire::redact::Rules,
+        stored: &convo_store::StoredCommit,
+    ) -> Vec<(usize, Value)> {
         let c = &stored.commit;
         let wanted = c.account.as_str() == self.account
             && self
@@ -442,7 +558,6 @@ impl FeedFilter {
         if !wanted {
             return Vec::new();
         }
-        let rules = shared.config.redactions.of(&c.account);
         rules
             .cloud_events(c, &shared.store.config().prefix, stored.stream_seq)
             .into_iter()
@@ -461,9 +576,10 @@ async fn events(
     Params(q): Params<EventsQuery>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(response) = authorize(&shared, &account, "events", &headers, peer.ip()).await {
-        return response;
-    }
+    let allowed = match authorize(&shared, &account, "events", &headers, peer.ip()).await {
+        Ok(allowed) => allowed,
+        Err(response) => return response,
+    };
     let filter = match FeedFilter::new(&account, &q) {
         Ok(f) => f,
         Err(response) => return *response,
@@ -481,7 +597,7 @@ async fn events(
         match item {
             Ok(stored) => {
                 next = stored.stream_seq;
-                out.extend(filter.events(&shared, &stored).into_iter().map(|(_, e)| e));
+                out.extend(filter.events(&shared, &allowed.rules, &stored).into_iter().map(|(_, e)| e));
             }
             Err(convo_store::StoreError::Decode { seq, .. }) => next = seq, // not part of the record
             Err(e) => return unavailable(&e),
@@ -522,9 +638,10 @@ async fn event_stream(
     headers: HeaderMap,
 ) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
-    if let Err(response) = authorize(&shared, &account, "events", &headers, peer.ip()).await {
-        return response;
-    }
+    let allowed = match authorize(&shared, &account, "events", &headers, peer.ip()).await {
+        Ok(allowed) => allowed,
+        Err(response) => return response,
+    };
     let filter = match FeedFilter::new(&account, &q) {
         Ok(f) => f,
         Err(response) => return *response,
@@ -553,30 +670,118 @@ async fn event_stream(
             &format!("{SSE_STREAMS_PER_ACCOUNT_MAX} event streams of account {account} are open; retry later"),
         );
     };
-    let permit = (permit, account_permit);
     // Resume inside the commit of `Last-Event-ID`, or after it.
     let start = if index.is_some() { seq.max(1) } else { seq.saturating_add(1) };
     let log = match convo_store::EventStore::subscribe(&shared.store, start).await {
         Ok(log) => log,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e.to_string()),
     };
-    let events = futures::StreamExt::flat_map(log, move |item| {
-        let _held = &permit;
-        let out: Vec<Result<Event, std::convert::Infallible>> = match item {
-            Ok(stored) => filter
-                .events(&shared, &stored)
-                .into_iter()
-                .filter(|(i, _)| stored.stream_seq != seq || index.is_none_or(|last| *i > last))
-                .map(|(i, e)| {
-                    let kind = e["data"]["type"].as_str().unwrap_or("event").to_owned();
-                    Ok(Event::default().id(format!("{}.{i}", stored.stream_seq)).event(kind).data(e.to_string()))
-                })
-                .collect(),
-            Err(_) => Vec::new(), // what the engine does not apply is not an event
-        };
-        futures::stream::iter(out)
+    let mut recheck = tokio::time::interval(std::time::Duration::from_millis(SSE_RECHECK_MS));
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stream = SseStream {
+        log,
+        recheck,
+        pending: std::collections::VecDeque::new(),
+        ended: false,
+        unconfirmed: 0,
+        shared,
+        account,
+        headers,
+        peer: peer.ip(),
+        filter,
+        allowed,
+        resume: (seq, index),
+        _permits: (permit, account_permit),
+    };
+    let events = futures::stream::unfold(stream, |mut stream| async move {
+        let event = stream.next_event().await?;
+        Some((Ok::<Event, std::convert::Infallible>(event), stream))
     });
     Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// How often an open event stream asks the engine again whether its
+/// credential may still read (a revoked key's stream ends within about this).
+pub const SSE_RECHECK_MS: u64 = 1_000;
+/// How many checks in a row may go unanswered (the engine busy or stopping)
+/// before a stream ends, since its credential can no longer be vouched for.
+pub const SSE_UNCONFIRMED_MAX: u32 = 3;
+
+/// One open event stream: the log followed from the resume point, its
+/// events masked as the reader may see them, and its credential checked
+/// again every [`SSE_RECHECK_MS`].
+struct SseStream {
+    log: convo_store::CommitStream,
+    recheck: tokio::time::Interval,
+    pending: std::collections::VecDeque<axum::response::sse::Event>,
+    ended: bool,
+    unconfirmed: u32,
+    shared: Arc<Shared>,
+    account: String,
+    headers: HeaderMap,
+    peer: IpAddr,
+    filter: FeedFilter,
+    allowed: Allowed,
+    /// `Last-Event-ID`: the commit, and the last event of it already seen.
+    resume: (u64, Option<usize>),
+    _permits: (tokio::sync::OwnedSemaphorePermit, tokio::sync::OwnedSemaphorePermit),
+}
+
+impl SseStream {
+    /// The next event to send; `None` once the stream is over.
+    async fn next_event(&mut self) -> Option<axum::response::sse::Event> {
+        use axum::response::sse::Event;
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Some(event);
+            }
+            if self.ended {
+                return None;
+            }
+            tokio::select! {
+                item = futures::StreamExt::next(&mut self.log) => match item? {
+                    Ok(stored) => {
+                        let (seq, index) = self.resume;
+                        let events = self.filter.events(&self.shared, &self.allowed.rules, &stored);
+                        for (i, e) in events {
+                            if stored.stream_seq == seq && index.is_some_and(|last| i <= last) {
+                                continue;
+                            }
+                            let kind = e["data"]["type"].as_str().unwrap_or("event").to_owned();
+                            let id = format!("{}.{i}", stored.stream_seq);
+                            self.pending.push_back(Event::default().id(id).event(kind).data(e.to_string()));
+                        }
+                    }
+                    Err(_) => {} // what the engine does not apply is not an event
+                },
+                _ = self.recheck.tick() => self.recheck_access().await,
+            }
+        }
+    }
+
+    /// Asks the engine again; ends the stream with an `access_denied` event
+    /// (its data: the refusal) when the credential may no longer read, or
+    /// when it could not be vouched for [`SSE_UNCONFIRMED_MAX`] times in a row.
+    async fn recheck_access(&mut self) {
+        use axum::response::sse::Event;
+        let verdict = authorization(&self.shared, &self.account, "events", &self.headers, self.peer).await;
+        let refusal = match verdict {
+            Ok(Ok(allowed)) => {
+                self.allowed = allowed;
+                self.unconfirmed = 0;
+                return;
+            }
+            Ok(Err(refusal)) => refusal,
+            Err(_) if self.unconfirmed + 1 < SSE_UNCONFIRMED_MAX => {
+                self.unconfirmed += 1;
+                return;
+            }
+            Err(_) => json!({"outcome": "error", "code": "unavailable",
+                "message": "the engine could not confirm this credential; reconnect later"}),
+        };
+        self.pending.push_back(Event::default().event("access_denied").data(refusal.to_string()));
+        self.ended = true;
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -594,14 +799,15 @@ async fn webhook_deliveries(
     Params(q): Params<DeliveriesQuery>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(response) = authorize(&shared, &account, "webhooks", &headers, peer.ip()).await {
-        return response;
-    }
+    let allowed = match authorize(&shared, &account, "webhooks", &headers, peer.ip()).await {
+        Ok(allowed) => allowed,
+        Err(response) => return response,
+    };
     let Some(webhooks) = &shared.config.webhooks else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "webhooks are not delivered by this server");
     };
     let limit = q.limit.unwrap_or(100).clamp(1, convo_webhooks::LOG_READ_MAX);
-    reply(StatusCode::OK, webhooks.report(&account, q.webhook.as_deref(), limit))
+    reply(StatusCode::OK, allowed.masked(webhooks.report(&account, q.webhook.as_deref(), limit)))
 }
 
 #[cfg(test)]
@@ -625,9 +831,10 @@ mod tests {
         assert_eq!(s(json!({"outcome": "committed"})), 200);
         assert_eq!(s(json!({"outcome": "error", "code": "unauthenticated"})), 401);
         assert_eq!(s(json!({"outcome": "error", "code": "forbidden"})), 403);
-        assert_eq!(s(json!({"outcome": "rejected", "code": "forbidden"})), 403);
-        assert_eq!(s(json!({"outcome": "rejected", "code": "unknown_conversation"})), 404);
-        assert_eq!(s(json!({"outcome": "rejected", "code": "conversation_closed"})), 409);
+        assert_eq!(s(json!({"outcome": "rejected", "code": "forbidden", "class": "forbidden"})), 403);
+        assert_eq!(s(json!({"outcome": "rejected", "code": "unknown_conversation", "class": "not_found"})), 404);
+        assert_eq!(s(json!({"outcome": "rejected", "code": "conversation_closed", "class": "conflict"})), 409);
+        assert_eq!(s(json!({"outcome": "rejected", "code": "invalid", "class": "invalid"})), 400);
         assert_eq!(s(json!({"outcome": "error", "code": "invalid"})), 400);
         assert_eq!(s(json!({"outcome": "error", "code": "too_large"})), 413);
         assert_eq!(s(json!({"outcome": "error", "code": "overloaded"})), 429);

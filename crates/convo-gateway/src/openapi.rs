@@ -7,9 +7,14 @@
 
 use serde_json::{Map, Value, json};
 
+/// The engine's own command types (the door refuses them to clients).
+fn convo_engine_only(kind: &str) -> bool {
+    matches!(kind, "record_denied" | "record_read")
+}
+
 /// The command types a client may send (the engine's own are left out).
 fn client_commands() -> impl Iterator<Item = &'static str> {
-    convo_domain::Command::TYPE_NAMES.into_iter().filter(|t| *t != "record_denied")
+    convo_domain::Command::TYPE_NAMES.into_iter().filter(|t| !convo_engine_only(t))
 }
 
 fn error_responses(codes: &[u16]) -> Map<String, Value> {

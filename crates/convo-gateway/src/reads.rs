@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use convo_projector::follow::Followed;
 
-use crate::{AUDIT_ENTRIES_MAX, Params, Shared, authorize, error, reply};
+use crate::{AUDIT_ENTRIES_MAX, Allowed, Params, Scope, Shared, authorize, error, reply};
 
 /// How long a read waits for its read model to reach the stream's end as
 /// of the request; after that it answers with what the read model holds.
@@ -103,10 +103,10 @@ async fn authorized_read(
     name: &'static str,
     headers: &HeaderMap,
     peer: std::net::IpAddr,
-) -> Result<(Value, sled::Tree, Position), Response> {
-    let scope = authorize(shared, account, what, headers, peer).await?;
+) -> Result<(Allowed, sled::Tree, Position), Response> {
+    let allowed = authorize(shared, account, what, headers, peer).await?;
     let (tree, position) = read_model(shared, name).await?;
-    Ok((scope, tree, position))
+    Ok((allowed, tree, position))
 }
 
 fn invalid(field: &str, message: &str) -> Response {
@@ -115,11 +115,6 @@ fn invalid(field: &str, message: &str) -> Response {
 
 fn failed(e: impl std::fmt::Display) -> Response {
     error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &format!("the read model cannot be read now: {e}"))
-}
-
-/// The campaigns a scope limits a read to (`None`: the whole account).
-fn campaigns_of(scope: &Value) -> Option<Vec<String>> {
-    scope["campaigns"].as_array().map(|list| list.iter().filter_map(|c| c.as_str().map(str::to_owned)).collect())
 }
 
 #[derive(Debug, Deserialize)]
@@ -165,7 +160,7 @@ pub(crate) async fn audit(
     Params(q): Params<AuditQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let (_, tree, position) =
+    let (allowed, tree, position) =
         match authorized_read(&shared, &account, "audit", convo_audit::NAME, &headers, peer.ip()).await {
             Ok(read) => read,
             Err(response) => return response,
@@ -179,6 +174,7 @@ pub(crate) async fn audit(
         Ok(mut entries) => {
             let more = entries.len() > limit;
             entries.truncate(limit);
+            let entries: Vec<Value> = entries.into_iter().map(|e| allowed.masked(e)).collect();
             position.stamp(reply(StatusCode::OK, json!({"account": account, "entries": entries, "truncated": more})))
         }
         Err(e) => failed(e),
@@ -194,7 +190,7 @@ pub(crate) async fn audit_export(
     Params(q): Params<AuditQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let (_, tree, position) =
+    let (allowed, tree, position) =
         match authorized_read(&shared, &account, "audit", convo_audit::NAME, &headers, peer.ip()).await {
             Ok(read) => read,
             Err(response) => return response,
@@ -213,6 +209,7 @@ pub(crate) async fn audit_export(
         let mut chunk = if csv { convo_audit::CSV_COLUMNS.join(",") + "\n" } else { String::new() };
         let mut lines = 0;
         let sent = convo_audit::each_entry(&tree, &filter, |entry| {
+            let entry = allowed.masked(entry);
             if csv {
                 chunk.push_str(&convo_audit::csv_line(&entry));
             } else {
@@ -322,7 +319,7 @@ pub(crate) async fn report(
     Params(q): Params<ReportQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let (scope, tree, position) =
+    let (allowed, tree, position) =
         match authorized_read(&shared, &account, "reports", convo_reports::NAME, &headers, peer.ip()).await {
             Ok(read) => read,
             Err(response) => return response,
@@ -352,7 +349,7 @@ pub(crate) async fn report(
         Some(other) => return invalid("format", &format!("`format` is json or csv, not {other:?}")),
     };
     // A supervisor reads their campaigns only: rows by campaign, filtered.
-    let campaigns = campaigns_of(&scope);
+    let campaigns = allowed.scope.campaigns();
     if campaigns.is_some() && by != "campaign" {
         let message = "a supervisor reads reports by campaign (of the campaigns they supervise)";
         return error(StatusCode::FORBIDDEN, "forbidden", message);
@@ -363,8 +360,8 @@ pub(crate) async fn report(
     };
     let rows: Vec<Value> = rows
         .iter()
-        .filter(|r| campaigns.as_ref().is_none_or(|list| list.contains(&r.value)))
-        .map(|r| convo_reports::row_json(&by, r))
+        .filter(|r| campaigns.is_none_or(|list| list.contains(&r.value)))
+        .map(|r| allowed.masked(convo_reports::row_json(&by, r)))
         .collect();
     if csv {
         let mut header = vec![by.as_str(), "bucket"];
@@ -387,23 +384,22 @@ pub(crate) async fn contact_history(
     Path((account, contact)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let (scope, tree, position) =
+    let (allowed, tree, position) =
         match authorized_read(&shared, &account, "contact_history", convo_contact_history::NAME, &headers, peer.ip())
             .await
         {
             Ok(read) => read,
             Err(response) => return response,
         };
-    let campaigns = campaigns_of(&scope);
+    let campaigns = allowed.scope.campaigns();
     match convo_contact_history::history(&tree, &account, &contact) {
         Ok(entries) => {
             let entries: Vec<Value> = entries
                 .into_iter()
                 .filter(|e| {
-                    campaigns
-                        .as_ref()
-                        .is_none_or(|list| e["campaign"].as_str().is_some_and(|c| list.iter().any(|x| x == c)))
+                    campaigns.is_none_or(|list| e["campaign"].as_str().is_some_and(|c| list.iter().any(|x| x == c)))
                 })
+                .map(|e| allowed.masked(e))
                 .collect();
             position.stamp(reply(StatusCode::OK, json!({"account": account, "contact": contact, "history": entries})))
         }
@@ -441,17 +437,17 @@ pub(crate) async fn live(
     Params(q): Params<LiveQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let (scope, tree, position) =
+    let (allowed, tree, position) =
         match authorized_read(&shared, &account, "live", convo_live::NAME, &headers, peer.ip()).await {
             Ok(read) => read,
             Err(response) => return response,
         };
-    let view = match view(&shared, &q, campaigns_of(&scope)) {
+    let view = match view(&shared, &q, allowed.scope.campaigns().map(<[String]>::to_vec)) {
         Ok(v) => v,
         Err(response) => return *response,
     };
     match convo_live::dashboard(&tree, &account, &view) {
-        Ok(dashboard) => position.stamp(reply(StatusCode::OK, dashboard)),
+        Ok(dashboard) => position.stamp(reply(StatusCode::OK, allowed.masked(dashboard))),
         Err(e) => failed(e),
     }
 }
@@ -466,12 +462,16 @@ pub(crate) async fn inbox(
     Params(q): Params<LiveQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let (scope, tree, position) =
+    let (allowed, tree, position) =
         match authorized_read(&shared, &account, "inbox", convo_inbox::NAME, &headers, peer.ip()).await {
             Ok(read) => read,
             Err(response) => return response,
         };
-    let agent = match (scope["agent"].as_str(), q.agent.as_deref()) {
+    let own = match &allowed.scope {
+        Scope::Agent(own) => Some(own.as_str()),
+        _ => None,
+    };
+    let agent = match (own, q.agent.as_deref()) {
         (Some(own), None) => own.to_owned(),
         (Some(own), Some(asked)) if own == asked => own.to_owned(),
         (Some(own), Some(_)) => {
@@ -484,7 +484,7 @@ pub(crate) async fn inbox(
         Ok(v) => v,
         Err(response) => return *response,
     };
-    if let Some(theirs) = campaigns_of(&scope) {
+    if let Some(theirs) = allowed.scope.campaigns() {
         let ok = convo_live::campaigns(&tree, &account)
             .map(|all| theirs.iter().any(|c| all.get(c).is_some_and(|row| row.agents.contains(&agent))));
         if !ok.unwrap_or(false) {
@@ -493,7 +493,7 @@ pub(crate) async fn inbox(
         }
     }
     match convo_inbox::inbox(&tree, &account, &agent, &view) {
-        Ok(inbox) => position.stamp(reply(StatusCode::OK, inbox)),
+        Ok(inbox) => position.stamp(reply(StatusCode::OK, allowed.masked(inbox))),
         Err(e) => failed(e),
     }
 }

@@ -41,6 +41,8 @@ pub struct Request {
     pub credential: Option<String>,
     /// The client's address as the server saw it (none over NATS: the broker does not pass it on).
     pub ip: Option<std::net::IpAddr>,
+    /// Forwarded by another instance of the engine (its reply goes to that instance).
+    pub forwarded: bool,
     reply: Reply,
 }
 
@@ -64,7 +66,30 @@ impl Request {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let subject = format!("http:{account}.{kind}");
         let reply = Reply::Local(std::sync::Mutex::new(Some(tx)));
-        (Self { account, kind, read, subject, payload, credential, ip, reply }, rx)
+        (Self { account, kind, read, subject, payload, credential, ip, forwarded: false, reply }, rx)
+    }
+
+    /// The NATS subject the sender asked the reply on (none for a request
+    /// from this process, or one that wants no reply).
+    pub fn reply_subject(&self) -> Option<&str> {
+        match &self.reply {
+            Reply::Nats(Some(subject)) => Some(subject.as_str()),
+            _ => None,
+        }
+    }
+
+    /// How it arrived: `nats`, or `http` (the gateway, in this process).
+    pub fn transport(&self) -> &'static str {
+        match self.reply {
+            Reply::Nats(_) => "nats",
+            Reply::Local(_) => "http",
+        }
+    }
+
+    /// Sends no reply to this request, whatever happens (its reply subject
+    /// is not the sender's own).
+    pub fn drop_reply(&mut self) {
+        self.reply = Reply::Nats(None);
     }
 }
 
@@ -163,7 +188,8 @@ impl CommandBus {
         let ip = header(CLIENT_IP).filter(|_| trusted).and_then(|ip| ip.parse().ok());
         let read = trusted && header(READ).is_some();
         let reply = Reply::Nats(message.reply);
-        Some(Request { account, kind, read, subject, payload: message.payload, credential, ip, reply })
+        let forwarded = trusted;
+        Some(Request { account, kind, read, subject, payload: message.payload, credential, ip, forwarded, reply })
     }
 
     /// Answers a request (a request without a reply subject gets none).

@@ -45,13 +45,20 @@ pub async fn connect(url: &str) -> Result<async_nats::Client, StoreError> {
         .map_err(|e| StoreError::Unavailable(e.to_string()))
 }
 
-/// The options for `url`, with its credentials.
+/// The reply inboxes of the engine's own connections (and of this
+/// machine's tools that log in as the engine): the engine answers a request
+/// that names no API key only here. `_` starts no account id, so no key's
+/// inbox (`_INBOX.<account>.<key>`) is inside it.
+pub const ENGINE_INBOX_PREFIX: &str = "_INBOX._convo";
+
+/// The options for `url`, with its credentials and the engine's reply inboxes.
 pub fn connect_options(url: &str) -> async_nats::ConnectOptions {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    match rest.split_once('@').and_then(|(userinfo, _)| userinfo.split_once(':')) {
+    let options = match rest.split_once('@').and_then(|(userinfo, _)| userinfo.split_once(':')) {
         Some((user, password)) => async_nats::ConnectOptions::with_user_and_password(user.into(), password.into()),
         None => async_nats::ConnectOptions::new(),
-    }
+    };
+    options.custom_inbox_prefix(ENGINE_INBOX_PREFIX)
 }
 
 /// `url` without its credentials (what may be shown or logged).

@@ -13,7 +13,18 @@ pub const LATENCY_BUCKETS: [f64; 14] =
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Every metric convo exposes, with its type and help.
-pub const CATALOG: [(&str, &str, &str); 11] = [
+pub const CATALOG: [(&str, &str, &str); 14] = [
+    (
+        "convo_requests_total",
+        "counter",
+        "Requests the engine took, by transport (nats, http), kind (command, read) and outcome (a command's outcome, authorized, refused at the door, invalid).",
+    ),
+    (
+        "convo_door_refusals_total",
+        "counter",
+        "Requests refused at the door, by the rule (credential, tenant, scope, role, network, reply_subject, engine_only) or what was wrong (malformed_json, invalid, too_large, unknown_command, subject_mismatch).",
+    ),
+    ("convo_http_responses_total", "counter", "Responses of the HTTP gateway, by route and status."),
     (
         "convo_commands_total",
         "counter",

@@ -303,6 +303,8 @@ impl Signing {
             prev = mac;
         }
         file.write_all(out.as_bytes()).map_err(io(path))?;
+        // On disk before the chain moves on, as the commits it anchors are (sync_interval: always).
+        file.sync_data().map_err(io(path))?;
         anchors.pending.clear();
         anchors.prev = prev;
         Ok(())

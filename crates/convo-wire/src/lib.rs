@@ -101,6 +101,7 @@ fn config_type_name(event: &ConfigEvent) -> &'static str {
         ConfigEvent::ApiKeyIssued(_) => "api_key_issued",
         ConfigEvent::ApiKeyRevoked(_) => "api_key_revoked",
         ConfigEvent::AccessDenied(_) => "access_denied",
+        ConfigEvent::UnredactedRead(_) => "unredacted_read",
         ConfigEvent::WebhookDefined(_) => "webhook_defined",
         ConfigEvent::WebhookUpdated(_) => "webhook_updated",
         ConfigEvent::WebhookRedriven(_) => "webhook_redriven",
@@ -585,6 +586,7 @@ fn config_kind(event: &ConfigEvent) -> &'static str {
         ConfigEvent::Activated(_) | ConfigEvent::Inactivated(_) => "status",
         ConfigEvent::ApiKeyIssued(_) | ConfigEvent::ApiKeyRevoked(_) => "api_key",
         ConfigEvent::AccessDenied(_) => "denied",
+        ConfigEvent::UnredactedRead(_) => "read",
         ConfigEvent::WebhookDefined(_) | ConfigEvent::WebhookUpdated(_) | ConfigEvent::WebhookRedriven(_) => "webhook",
         // Under the entity it is about: no subject kind of its own.
         ConfigEvent::SlaModeSet(m) if m.client.is_some() => "client",

@@ -125,7 +125,7 @@ fn test_keys(configuration: &[(CommandEnvelope, Timestamp)]) -> Vec<(CommandEnve
     });
     let all: Vec<&str> = convo_domain::Command::TYPE_NAMES
         .into_iter()
-        .filter(|t| !matches!(*t, "issue_api_key" | "revoke_api_key" | "record_denied"))
+        .filter(|t| !matches!(*t, "issue_api_key" | "revoke_api_key" | "record_denied" | "record_read"))
         .collect();
     users
         .chain([("gw".to_owned(), "integration")])

@@ -177,7 +177,7 @@ fn the_scenario_readme_shows_a_valid_example_of_every_command() {
 
 /// Every command type a scenario uses: all of them but the access commands
 /// (keys and denied attempts), which the README's quick start shows instead.
-const ACCESS_COMMANDS: [&str; 3] = ["issue_api_key", "revoke_api_key", "record_denied"];
+const ACCESS_COMMANDS: [&str; 4] = ["issue_api_key", "revoke_api_key", "record_denied", "record_read"];
 
 /// Automations that add much to one commit stop before it outgrows what a
 /// commit may hold: two that answer each other's labels with long messages
