@@ -297,21 +297,27 @@ pub struct ServeArgs {
 fn init_logs(format: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    // Colours only on a terminal: a log file gets plain text.
+    let colours = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(colours);
     let _ = if format == "json" { logs.json().flatten_event(true).try_init() } else { logs.try_init() };
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
     init_logs(&args.log_format);
     // Every setting and secret is checked before anything starts: a bad one stops here, naming the fix.
+    // The secrets first: one that others could read is refused, not quietly tightened below.
     let c = &args.connection;
-    private_data_dir(&c.data_dir)?;
-    let operator = operator_credential(&c.data_dir)?;
-    let mut access = access_config(&args, &operator)?;
     let key = c.data_dir.join(convo_store::signing::KEY_FILE);
     if key.exists() {
         convo_store::private::check_private(&key, "the engine's signing key")?;
     }
+    let mut access = access_config(&args, &operator_credential(&c.data_dir)?)?;
+    private_data_dir(&c.data_dir)?;
     if !args.roles.iter().any(|r| r == "engine") {
         return serve_read_models(args, access).await;
     }

@@ -208,16 +208,12 @@ pub fn admit(
     let who = |principal: Option<&Principal>| principal.map_or_else(|| "anonymous".to_owned(), Principal::name);
     let authenticated = access::authenticate(access, request.credential.as_deref(), &account, catalog);
     // A reply goes to the sender's own inbox only: otherwise nothing is answered at all.
-    if let Some(subject) = request.reply_subject() {
-        let own = access::sender_inbox(request.credential.as_deref(), request.forwarded);
-        if !subject.strip_prefix(own.as_str()).is_some_and(|rest| rest.len() > 1 && rest.starts_with('.')) {
-            let d = Denied::Forbidden {
-                rule: "reply_subject",
-                message: format!("the engine answers only on the sender's own inbox ({own}.>), not on {subject}"),
-            };
-            let denied = Some(Box::new((d.clone(), who(authenticated.as_ref().ok()))));
-            return Err(Refused { reply: d.to_json(), denied, answer: false });
-        }
+    if let Some(subject) = request.reply_subject()
+        && let Err(message) = access::reply_allowed(subject, request.credential.as_deref(), request.forwarded)
+    {
+        let d = Denied::Forbidden { rule: "reply_subject", message };
+        let denied = Some(Box::new((d.clone(), who(authenticated.as_ref().ok()))));
+        return Err(Refused { reply: d.to_json(), denied, answer: false });
     }
     let principal = authenticated.map_err(|d| Refused {
         reply: d.to_json(),

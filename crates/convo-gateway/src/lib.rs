@@ -193,18 +193,15 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Par
 
 /// A request body, or the typed error when it cannot be read (413
 /// `too_large` beyond [`BODY_BYTES_MAX`]).
-fn body_or_error(body: Result<Bytes, axum::extract::rejection::BytesRejection>) -> Result<Bytes, Response> {
+fn body_or_error(body: Result<Bytes, axum::extract::rejection::BytesRejection>) -> Result<Bytes, Box<Response>> {
     body.map_err(|rejection| {
         let status = rejection.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            let message = format!("the body is larger than {BODY_BYTES_MAX} bytes");
-            reply(status, json!({"outcome": "error", "code": "too_large", "field": "body", "message": message}))
+        let (code, message) = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ("too_large", format!("the body is larger than {BODY_BYTES_MAX} bytes"))
         } else {
-            reply(
-                status,
-                json!({"outcome": "error", "code": "invalid", "field": "body", "message": rejection.body_text()}),
-            )
-        }
+            ("invalid", rejection.body_text())
+        };
+        Box::new(reply(status, json!({"outcome": "error", "code": code, "field": "body", "message": message})))
     })
 }
 
@@ -399,7 +396,7 @@ async fn command(
 ) -> Response {
     let body = match body_or_error(body) {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     /// What the status is decided from (the reply goes on as the engine wrote it).
     #[derive(serde::Deserialize)]
@@ -739,8 +736,9 @@ impl SseStream {
                 return None;
             }
             tokio::select! {
-                item = futures::StreamExt::next(&mut self.log) => match item? {
-                    Ok(stored) => {
+                item = futures::StreamExt::next(&mut self.log) => {
+                    // What the engine does not apply (an error) is not an event.
+                    if let Ok(stored) = item? {
                         let (seq, index) = self.resume;
                         let events = self.filter.events(&self.shared, &self.allowed.rules, &stored);
                         for (i, e) in events {
@@ -752,8 +750,7 @@ impl SseStream {
                             self.pending.push_back(Event::default().id(id).event(kind).data(e.to_string()));
                         }
                     }
-                    Err(_) => {} // what the engine does not apply is not an event
-                },
+                }
                 _ = self.recheck.tick() => self.recheck_access().await,
             }
         }

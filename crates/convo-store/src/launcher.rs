@@ -585,7 +585,7 @@ pub fn durability(monitor_url: &str) -> Result<Durability, String> {
     stream.take(4 * 1024 * 1024).read_to_end(&mut response).map_err(|e| format!("{monitor_url}: {e}"))?;
     let text = String::from_utf8_lossy(&response);
     let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("{monitor_url}: not an HTTP answer"))?;
-    if !head.starts_with("HTTP/1.") || !head.split(' ').nth(1).is_some_and(|s| s == "200") {
+    if !head.starts_with("HTTP/1.") || head.split(' ').nth(1) != Some("200") {
         return Err(format!("{monitor_url}/varz answered {}", head.lines().next().unwrap_or("")));
     }
     let varz: serde_json::Value =

@@ -46,7 +46,7 @@ fn serve(dir: &Path) -> Served {
 /// `convo serve` with more arguments.
 pub(crate) fn serve_with(dir: &Path, extra: &[&str]) -> Served {
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("jwt.key"), JWT_KEY).unwrap();
+    convo_store::launcher::write_private(&dir.join("jwt.key"), JWT_KEY).unwrap();
     let log = std::fs::File::create(dir.join("serve.log")).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_convo"))
         .args(["serve", "--trusted-proxy", "127.0.0.1", "--jwt-issuer", "idp", "--jwt-audience", "convo"])
@@ -70,9 +70,11 @@ pub(crate) fn serve_with(dir: &Path, extra: &[&str]) -> Served {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok().filter(|s| !s.trim().is_empty());
-        if let (Some(http), Some(url), Some(op)) = (read("http.url"), read("nats.url"), read("operator.key")) {
-            served.engine_url = url.trim().to_owned();
-            served.public_url = convo_store::strip_userinfo(&served.engine_url);
+        let urls = (read("nats-engine.url"), read("nats.url"));
+        if let (Some(http), (Some(engine), Some(public)), Some(op)) = (read("http.url"), urls, read("operator.key")) {
+            served.engine_url = engine.trim().to_owned();
+            served.public_url = public.trim().to_owned();
+            assert!(!served.public_url.contains('@'), "nats.url holds the address only: {}", served.public_url);
             served.http = http.trim().trim_start_matches("http://").to_owned();
             served.operator = op.trim().into();
             return served;
@@ -80,6 +82,18 @@ pub(crate) fn serve_with(dir: &Path, extra: &[&str]) -> Served {
         assert!(Instant::now() < deadline, "convo serve did not start: {}", log_of(dir));
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A plain GET's body, as text, and its status.
+pub(crate) async fn raw(served: &Served, path: &str) -> (String, u16) {
+    let mut stream = tokio::net::TcpStream::connect(served.http.as_str()).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut bytes = Vec::new();
+    stream.read_to_end(&mut bytes).await.unwrap();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default(), status)
 }
 
 pub(crate) fn log_of(dir: &Path) -> String {
@@ -197,8 +211,15 @@ enum Expect {
     /// Not served on this transport: nothing answers (the read models are
     /// read over HTTP; on NATS, events are subscribed to).
     NotServed,
+    /// Allowed, and the account's redact rules mask the text.
+    Masked,
+    /// Allowed, and the text reads as written (the `unredacted` scope).
+    Clear,
 }
-use Expect::{No, NotServed, Ok as Yes, Server};
+use Expect::{Clear, Masked, No, NotServed, Ok as Yes, Server};
+
+/// A card number one of the matrix's conversations carries, which the account's rule masks.
+const CARD: &str = "4111 1111 1111 1111";
 
 /// The engine's reply as a status (the gateway's mapping) and code.
 fn verdict(status: u16, reply: &Value) -> (u16, String) {
@@ -212,6 +233,8 @@ fn matches(expect: Expect, got: &(u16, String)) -> bool {
         No(status, code) => got.0 == status && got.1 == code,
         Server => got.0 == 0,
         NotServed => got.0 == 503 && got.1 == "no_responders",
+        Masked => got.0 == 200 && got.1 == "masked",
+        Clear => got.0 == 200 && got.1 == "clear",
     }
 }
 
@@ -222,6 +245,7 @@ struct Setup {
 
 fn account_settings(networks: &[&str]) -> Value {
     json!({"type":"configure_account","name":"Acme","allowed_networks": networks,
+        "regex_rules":[{"name":"card","pattern":"\\b\\d{4}( \\d{4}){3}\\b","redact":true}],
         "typifications":[{"id":"venta","name":"Venta"},{"id":"inactividad","name":"I"},{"id":"transferencia","name":"T"}]})
 }
 
@@ -306,6 +330,15 @@ async fn setup(dir: &Path) -> Setup {
     let (bare, bare_nats) = issue("acme", "bare", json!({"holder":{"integration":"bare"}})).await;
     let (olga, olga_nats) = issue("other", "olga", json!({"holder":{"user":"olga"}})).await;
     let (old, old_nats) = issue("acme", "ana-old", json!({"holder":{"user":"ana"}})).await;
+    let (clear, clear_nats) = issue(
+        "acme",
+        "crm-clear",
+        json!({"holder":{"integration":"crm-clear"},"scopes":{"reads":["audit","unredacted"]}}),
+    )
+    .await;
+    let card = json!({"type":"receive_message","conversation":"c-card","contact":"p-card","channel":"wa",
+        "text": format!("mi tarjeta {CARD}")});
+    op(&served, "acme", "open-c-card", card).await;
     op(&served, "acme", "revoke-old", json!({"type":"revoke_api_key","key":"ana-old"})).await;
     let expired = convo_engine::access::sign_jwt(
         JWT_KEY,
@@ -323,11 +356,12 @@ async fn setup(dir: &Path) -> Setup {
         p("none", None, Login::Anonymous),
         p("revoked", Some(old), old_nats),
         p("expired-jwt", Some(expired), Login::Relayed),
+        p("integration-unredacted", Some(clear), clear_nats),
     ];
     Setup { served, principals }
 }
 
-const ACTIONS: [&str; 11] = [
+const ACTIONS: [&str; 12] = [
     "create_account",
     "configure",
     "define_user",
@@ -339,20 +373,21 @@ const ACTIONS: [&str; 11] = [
     "read_audit",
     "read_reports",
     "subscribe_events",
+    "read_unredacted",
 ];
 
 /// The expected outcome of each cell, by action then principal (in the order of `setup`'s list).
-fn expected(action: &str, nats: bool) -> [Expect; 10] {
+fn expected(action: &str, nats: bool) -> [Expect; 11] {
     const T: Expect = No(403, "tenant");
     const S: Expect = No(403, "scope");
     const U: Expect = No(401, "credential");
-    const F: Expect = No(403, "forbidden");
+    const F: Expect = No(403, "role"); // the domain's role rules
     const R: Expect = No(403, "role");
     // On NATS a key's login publishes only its own account's commands, and
     // nothing without a login connects: the server refuses those cells.
     let n = |http: Expect, on_nats: Expect| if nats { on_nats } else { http };
     match action {
-        //                 operator admin        supervisor   agent        integration  unscoped     other-admin  none          revoked       expired-jwt
+        //                 operator admin        supervisor   agent        integration  unscoped     other-admin  none          revoked       expired-jwt  unredacted
         "create_account" => [
             Yes,
             n(T, Server),
@@ -364,8 +399,9 @@ fn expected(action: &str, nats: bool) -> [Expect; 10] {
             n(U, Server),
             n(T, Server),
             U,
+            n(T, Server),
         ],
-        "configure" | "define_user" => [Yes, Yes, F, F, Yes, S, n(T, Server), n(U, Server), n(U, Server), U],
+        "configure" | "define_user" => [Yes, Yes, F, F, Yes, S, n(T, Server), n(U, Server), n(U, Server), U, S],
         "assign" => [
             No(409, "agent_unavailable"), // the operator acts as the routing rule, which assigns available agents only
             Yes,
@@ -377,23 +413,25 @@ fn expected(action: &str, nats: bool) -> [Expect; 10] {
             n(U, Server),
             n(U, Server),
             U,
+            S,
         ],
-        "reply_own" => [F, Yes, Yes, Yes, F, S, n(T, Server), n(U, Server), n(U, Server), U],
-        "reply_other" => {
-            [F, Yes, Yes, No(403, "not_the_assigned_agent"), F, S, n(T, Server), n(U, Server), n(U, Server), U]
-        }
-        "close" | "transfer" => [Yes, Yes, Yes, Yes, Yes, S, n(T, Server), n(U, Server), n(U, Server), U],
+        "reply_own" => [F, Yes, Yes, Yes, F, S, n(T, Server), n(U, Server), n(U, Server), U, S],
+        "reply_other" => [F, Yes, Yes, No(403, "assignment"), F, S, n(T, Server), n(U, Server), n(U, Server), U, S],
+        "close" | "transfer" => [Yes, Yes, Yes, Yes, Yes, S, n(T, Server), n(U, Server), n(U, Server), U, S],
         // The read models are read over HTTP: on NATS nothing answers a read
         // (a key's login may not even publish there).
-        "read_audit" | "read_reports" if nats => {
-            [NotServed, Server, Server, Server, Server, Server, Server, Server, Server, NotServed]
+        "read_audit" | "read_reports" | "read_unredacted" if nats => {
+            [NotServed, Server, Server, Server, Server, Server, Server, Server, Server, NotServed, Server]
         }
         // Over HTTP, subscribing is reading the feed from a cursor.
-        "read_audit" | "subscribe_events" if !nats => [Yes, Yes, R, R, Yes, S, T, U, U, U],
-        "read_reports" => [Yes, Yes, Yes, R, Yes, S, T, U, U, U],
+        "read_audit" => [Yes, Yes, R, R, Yes, S, T, U, U, U, Yes],
+        "subscribe_events" if !nats => [Yes, Yes, R, R, Yes, S, T, U, U, U, S],
+        "read_reports" => [Yes, Yes, Yes, R, Yes, S, T, U, U, U, S],
+        // The card number in the audit log: masked for every reader but a key with the `unredacted` scope.
+        "read_unredacted" => [Masked, Masked, R, R, Masked, S, T, U, U, U, Clear],
         // Events on NATS: the operator's tools, admins' keys and integrations with the
         // `events` read scope subscribe to the account's subjects; the server refuses everyone else.
-        "subscribe_events" => [Yes, Yes, Server, Server, Yes, Server, Server, Server, Server, Server],
+        "subscribe_events" => [Yes, Yes, Server, Server, Yes, Server, Server, Server, Server, Server, Server],
         _ => unreachable!("{action}"),
     }
 }
@@ -457,6 +495,17 @@ async fn cell_http(served: &Served, admin: &str, principal: &Principal, action: 
     match action {
         "read_audit" => read("/v1/accounts/acme/audit?limit=1").await,
         "read_reports" => read("/v1/accounts/acme/reports/overview").await,
+        "read_unredacted" => {
+            let path = "/v1/accounts/acme/audit?conversation=c-card";
+            let (status, reply) = http(served, "127.0.0.1", "GET", path, credential, &[], None).await;
+            let text = reply.to_string();
+            match status {
+                200 if text.contains(CARD) => (200, "clear".into()),
+                200 if text.contains("[redacted:card]") => (200, "masked".into()),
+                200 => (200, format!("no card in {text}")),
+                _ => verdict(status, &reply),
+            }
+        }
         "subscribe_events" => read("/v1/accounts/acme/events?limit=1").await,
         _ => {
             let (account, command) = prepare(served, admin, action, cell).await;
@@ -500,7 +549,7 @@ async fn cell_nats(served: &Served, admin: &str, principal: &Principal, action: 
         };
     }
     let (subject, body) = if let Some(what) = action.strip_prefix("read_") {
-        (format!("convo.acme.read.{what}"), String::new())
+        (format!("convo.acme.read.{}", what.replace("unredacted", "audit")), String::new())
     } else {
         let (account, command) = prepare(served, admin, action, cell).await;
         let kind = command["type"].as_str().unwrap().to_owned();
@@ -671,6 +720,71 @@ async fn networks_forwarded_addresses_and_anonymous_nats() {
     let ips: Vec<&str> =
         log["entries"].as_array().unwrap().iter().filter_map(|e| e["details"]["ip"].as_str()).collect();
     assert!(ips.contains(&"203.0.113.9") && ips.contains(&"127.0.0.2"), "{log}");
+    // The command refused for its network is recorded as the reads are: who, from where, what, which rule.
+    let command = log["entries"].as_array().unwrap().iter().find(|e| e["details"]["action"] == "define_user");
+    let command = command.unwrap_or_else(|| panic!("the refused command is not in the audit log: {log}"));
+    assert_eq!(
+        (&command["details"]["ip"], &command["details"]["rule"], &command["details"]["principal"]),
+        (&json!("127.0.0.2"), &json!("network"), &json!("user:sara")),
+        "{command}"
+    );
+
+    // A reply subject in another tenant's inbox: nothing is sent there; the attempt is recorded and counted.
+    let olga = connect(&served, &principals[6].login).await.unwrap();
+    let mut inbox = olga.client.subscribe("_INBOX.other.olga.>").await.unwrap();
+    olga.client.flush().await.unwrap();
+    let crm = connect(&served, &principals[4].login).await.unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        convo_store::bus::AUTHORIZATION,
+        format!("Bearer {}", principals[4].credential.as_deref().unwrap()).as_str(),
+    );
+    let body = json!({"id": "push-1", "command": {"type":"define_user","id":"push","name":"P","email":"p@x.co","role":"agent"}});
+    crm.client
+        .publish_with_reply_and_headers(
+            "convo.acme.cmd.define_user",
+            "_INBOX.other.olga.x",
+            headers,
+            body.to_string().into(),
+        )
+        .await
+        .unwrap();
+    crm.client.flush().await.unwrap();
+    let pushed = tokio::time::timeout(Duration::from_secs(2), inbox.next()).await;
+    assert!(pushed.is_err(), "the engine answered into another tenant's inbox: {pushed:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, log) = http(
+            &served,
+            "127.0.0.1",
+            "GET",
+            "/v1/accounts/acme/audit?action=access_denied",
+            Some(&served.operator),
+            &[],
+            None,
+        )
+        .await;
+        let entries = log["entries"].as_array().cloned().unwrap_or_default();
+        if entries
+            .iter()
+            .any(|e| e["details"]["rule"] == "reply_subject" && e["details"]["principal"] == "integration:crm")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the refused reply subject is not in the audit log: {log}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // /metrics counts every request by outcome, those refused at the door by rule.
+    let (metrics, _) = raw(&served, "/metrics").await;
+    for line in [
+        "convo_door_refusals_total{rule=\"reply_subject\"} 1",
+        "convo_door_refusals_total{rule=\"network\"}",
+        "convo_requests_total{transport=\"http\",kind=\"read\",outcome=\"refused\"}",
+        "convo_requests_total{transport=\"nats\",kind=\"command\",outcome=\"refused\"}",
+        "convo_http_responses_total{route=\"/v1/accounts/{account}/audit\",status=\"403\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
 
     // An anonymous NATS client cannot even connect: no publish to the stream,
     // no purge, no reading any account's subjects.
@@ -698,7 +812,7 @@ async fn networks_forwarded_addresses_and_anonymous_nats() {
     let printed = String::from_utf8_lossy(&printed.stdout);
     let running = std::fs::read_to_string(served.dir.join("nats/nats-server.conf")).unwrap();
     let logins: Vec<&str> = running.lines().filter(|l| l.contains("nkey:")).collect();
-    assert_eq!(logins.len(), 6, "six live keys (ana-old was revoked): {running}");
+    assert_eq!(logins.len(), 7, "seven live keys (ana-old was revoked): {running}");
     for login in logins {
         assert!(printed.contains(login.trim()), "{login} in:\n{printed}");
     }

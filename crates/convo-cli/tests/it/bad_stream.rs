@@ -90,7 +90,7 @@ async fn recovery_tail_read_models_and_serve_survive_whatever_the_stream_holds()
     let c1 = StreamRef::Conversation(ConversationId::new("c1").unwrap());
 
     // An open conversation, so that poison on its subject matters to the next command.
-    let mut served = serve_prefix(&url, PREFIX);
+    let mut served = serve_prefix(&nats, PREFIX);
     let opened = request_retrying(&url, "fresh-1", "fresh").await;
     assert_eq!(opened["outcome"], "committed", "{opened}");
 
@@ -152,7 +152,7 @@ async fn recovery_tail_read_models_and_serve_survive_whatever_the_stream_holds()
 
     // A restarted engine recovers past all of it and serves.
     served.kill();
-    let mut served = serve_prefix(&url, PREFIX);
+    let mut served = serve_prefix(&nats, PREFIX);
     let after = request_retrying(&url, "fresh-3", "fresh").await;
     assert_eq!(after["outcome"], "committed", "{after}");
     let repeat = request_retrying(&url, "fresh-2", "fresh").await;

@@ -32,10 +32,12 @@ impl Drop for Instance {
     }
 }
 
-fn serve(url: &str, dir: &Path) -> Instance {
+/// `convo serve` on node `url`, checking every node's durability at `monitors`.
+fn serve(url: &str, monitors: &[String], dir: &Path) -> Instance {
     let log = std::fs::File::create(dir.join("serve.log")).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_convo"))
         .args(["serve", "--nats-url", url, "--prefix", PREFIX, "--replicas", "3", "--no-http"])
+        .args(monitors.iter().flat_map(|m| ["--nats-monitor-url", m.as_str()]))
         .args(["--snapshot-every-secs", "1", "--data-dir"])
         .arg(dir)
         .stdout(Stdio::null())
@@ -115,6 +117,7 @@ async fn a_killed_instance_and_a_killed_node_lose_nothing() {
     let mut nats = NatsCluster::start(temp.path(), 3, &[convo_store::bus::partition_mapping(PREFIX, PARTITIONS)])
         .expect("a three-node cluster");
     let urls: Vec<String> = (0..3).map(|n| nats.url(n)).collect();
+    let monitors: Vec<String> = (0..3).map(|n| nats.monitor_url(n)).collect();
     // The R3 stream, once the cluster has elected its JetStream leader.
     let config = StoreConfig { replicas: 3, ..StoreConfig::for_prefix(PREFIX) };
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -130,9 +133,9 @@ async fn a_killed_instance_and_a_killed_node_lose_nothing() {
     // Three instances, one per node, with the same operator credential and signing key.
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     for dir in &dirs {
-        std::fs::write(dir.path().join("operator.key"), OPERATOR).unwrap();
+        convo_store::launcher::write_private(&dir.path().join("operator.key"), OPERATOR.as_bytes()).unwrap();
     }
-    let mut instances = vec![Some(serve(&urls[0], dirs[0].path()))];
+    let mut instances = vec![Some(serve(&urls[0], &monitors, dirs[0].path()))];
     let key = dirs[0].path().join(convo_store::signing::KEY_FILE);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !key.exists() {
@@ -141,7 +144,7 @@ async fn a_killed_instance_and_a_killed_node_lose_nothing() {
     }
     for n in 1..3 {
         std::fs::copy(&key, dirs[n].path().join(convo_store::signing::KEY_FILE)).unwrap();
-        instances.push(Some(serve(&urls[n], dirs[n].path())));
+        instances.push(Some(serve(&urls[n], &monitors, dirs[n].path())));
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -33,16 +33,17 @@ impl Drop for Served {
     }
 }
 
-fn serve(url: &str) -> Served {
-    serve_prefix(url, PREFIX)
+fn serve(nats: &NatsServer) -> Served {
+    serve_prefix(nats, PREFIX)
 }
 
 /// `convo serve` on an existing server, under a subject prefix.
-pub(crate) fn serve_prefix(url: &str, prefix: &str) -> Served {
+pub(crate) fn serve_prefix(nats: &NatsServer, prefix: &str) -> Served {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("operator.key"), OPERATOR).unwrap();
+    convo_store::launcher::write_private(&dir.path().join("operator.key"), OPERATOR.as_bytes()).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_convo"))
-        .args(["serve", "--nats-url", url, "--prefix", prefix, "--no-http", "--data-dir"])
+        .args(["serve", "--nats-url", &nats.url(), "--nats-monitor-url", &nats.monitor_url()])
+        .args(["--prefix", prefix, "--no-http", "--data-dir"])
         .arg(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -115,7 +116,7 @@ async fn a_killed_engine_loses_no_acknowledged_command_and_its_timers_survive() 
     })
     .unwrap();
     let url = nats.url();
-    let mut engine = serve(&url);
+    let mut engine = serve(&nats);
     let system = json!({"system": "setup"});
     for (n, command) in setup().into_iter().enumerate() {
         let reply = send_retrying(&url, &format!("setup-{n}"), system.clone(), command).await;
@@ -167,7 +168,7 @@ async fn a_killed_engine_loses_no_acknowledged_command_and_its_timers_survive() 
     }
     assert!(acknowledged.len() >= 20, "the engine answered before it was killed");
     // Restart; resend everything (the acknowledged ones must come back as duplicates).
-    let mut engine = serve(&url);
+    let mut engine = serve(&nats);
     for n in 0..60 {
         let id = format!("open-{n}");
         let contact = format!("q{n}");
@@ -206,4 +207,91 @@ async fn a_killed_engine_loses_no_acknowledged_command_and_its_timers_survive() 
     assert_eq!(commits_per_command.len(), 60);
     assert!(commits_per_command.values().all(|n| *n == 1), "{commits_per_command:?}");
     assert!(closed, "the pending inactivity closure fired after the restart");
+}
+
+/// The embedded default acknowledges a command once its commit is fsynced
+/// (`sync_interval: always` in the server's config); its nats-server killed
+/// with SIGKILL under load loses none of the acknowledged ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_nats_server_killed_under_load_loses_no_acknowledged_command() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path();
+    let served = super::access::serve_with(dir, &[]);
+    let config = std::fs::read_to_string(dir.join("nats/nats-server.conf")).unwrap();
+    assert!(config.contains("sync_interval: always"), "{config}");
+    let always = json!(["00:00-24:00"]);
+    let week = json!({"mon": always, "tue": always, "wed": always, "thu": always, "fri": always, "sat": always, "sun": always});
+    for (n, command) in [
+        json!({"type":"configure_account","name":"Acme","typifications":[{"id":"venta","name":"Venta"},{"id":"inactividad","name":"I"},{"id":"transferencia","name":"T"}]}),
+        json!({"type":"define_client","id":"acme","name":"Acme","code":"1","sla_optimal_secs":60,"sla_low_secs":180,"max_inactivity_secs":86400,"inactivity_attempts":0}),
+        json!({"type":"define_project","id":"p","client":"acme","name":"P"}),
+        json!({"type":"define_schedule","id":"always","name":"24/7","time_zone":"UTC","week": week}),
+        json!({"type":"define_channel","id":"wa","kind":"whatsapp","external_id":"1"}),
+        json!({"type":"define_campaign","id":"ventas","client":"acme","project":"p","name":"Ventas","channels":["wa"],"schedule":"always","out_of_hours":{"action":"enqueue"},
+            "inactivity_typification":"inactividad","transfer_typification":"transferencia","closing_typifications":["venta"]}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        super::access::op(&served, "acme", &format!("setup-{n}"), command).await;
+    }
+    // Eight clients, each opening conversations as fast as they are answered.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..8 {
+        let (url, operator, stop) = (served.engine_url.clone(), served.operator.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(client) = convo_store::connect(&url).await else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let id = format!("load-{c}-{n}");
+                    let command = json!({"type":"receive_message","conversation": format!("l{c}x{n}"),
+                        "contact": format!("k{c}x{n}"),"channel":"wa","text":"hola"});
+                    match request(&client, "convo", "acme", &id, &operator, &command).await {
+                        Some(reply) if reply["outcome"] == "committed" => acknowledged.push(id),
+                        Some(_) => {}
+                        None => break, // no answer: the server is away; connect again
+                    }
+                }
+            }
+            acknowledged
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pid: u32 = std::fs::read_to_string(dir.join("nats/nats-server.pid")).unwrap().trim().parse().unwrap();
+    assert!(Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
+    // The supervisor restarts it; the clients go on.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !super::access::log_of(dir).contains("restarting it on port") {
+        assert!(Instant::now() < deadline, "{}", super::access::log_of(dir));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acknowledged = Vec::new();
+    for client in clients {
+        acknowledged.extend(client.await.unwrap());
+    }
+    assert!(acknowledged.len() >= 50, "the clients were answered: {}", acknowledged.len());
+    // Every acknowledged command is in the stream, once.
+    let store = JetStreamStore::connect(&served.engine_url, StoreConfig::default()).await.unwrap();
+    let last = store.last_seq().await.unwrap();
+    let mut follow = store.read(1).await.unwrap();
+    let mut commits: BTreeMap<String, usize> = BTreeMap::new();
+    while let Some(item) = follow.next().await {
+        let stored = item.unwrap();
+        *commits.entry(stored.commit.command.to_string()).or_default() += 1;
+        if stored.stream_seq >= last {
+            break;
+        }
+    }
+    let lost: Vec<&String> = acknowledged.iter().filter(|id| !commits.contains_key(*id)).collect();
+    assert!(lost.is_empty(), "{} of {} acknowledged commands lost: {lost:?}", lost.len(), acknowledged.len());
+    assert!(acknowledged.iter().all(|id| commits[id] == 1), "a command committed twice");
 }

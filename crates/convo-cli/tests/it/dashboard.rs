@@ -136,7 +136,9 @@ async fn the_read_models_run_apart_from_the_engine() {
     for file in ["operator.key", convo_store::signing::KEY_FILE] {
         std::fs::copy(engine_dir.join(file), reads_dir.join(file)).unwrap();
     }
-    std::fs::write(reads_dir.join("nats.url"), &engine.engine_url).unwrap(); // for the harness only
+    // For the harness only (a read-models process starts no nats-server of its own).
+    convo_store::launcher::write_private(&reads_dir.join("nats-engine.url"), engine.engine_url.as_bytes()).unwrap();
+    convo_store::launcher::write_private(&reads_dir.join("nats.url"), engine.public_url.as_bytes()).unwrap();
     let reads =
         serve_with(&reads_dir, &["--prefix", "replay", "--roles", "read-models", "--nats-url", &engine.engine_url]);
     until_ready(&reads).await;

@@ -6,6 +6,7 @@ mod cluster;
 mod contract;
 mod crash;
 mod dashboard;
+mod fail_closed;
 mod offline;
 mod readme;
 mod supervise;

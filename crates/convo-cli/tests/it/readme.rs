@@ -89,16 +89,44 @@ async fn the_readme_snippets_subscribe_verify_and_send() {
     let credential = &issued["credential"];
     let key = credential["token"].as_str().unwrap().to_owned();
 
-    // Python, subscribed with the key's own NATS login.
+    // Python, subscribed with the key's own NATS login, on the address the README names: <data-dir>/nats.url.
     let dir = temp.path();
+    let nats_url = std::fs::read_to_string(dir.join("nats.url")).unwrap().trim().to_owned();
+    assert!(!nats_url.contains('@'), "nats.url carries no login: {nats_url}");
+    let seed = credential["nats"]["nkey_seed"].as_str().unwrap();
+    let inbox = credential["nats"]["inbox_prefix"].as_str().unwrap();
+    // That login is the key's, not the engine's: a subscription outside its permissions is refused.
+    let probe = "import asyncio, os, nats\n\
+        async def main():\n\
+        \x20   refused = asyncio.Event()\n\
+        \x20   async def error(e):\n\
+        \x20       if 'permissions violation' in str(e).lower(): refused.set()\n\
+        \x20   nc = await nats.connect(os.environ['NATS_URL'], nkeys_seed_str=os.environ['CONVO_NKEY_SEED'],\n\
+        \x20       inbox_prefix=os.environ['CONVO_INBOX_PREFIX'], error_cb=error)\n\
+        \x20   await nc.subscribe('convo.other.json.>')\n\
+        \x20   await nc.flush()\n\
+        \x20   await asyncio.wait_for(refused.wait(), 10)\n\
+        \x20   print('refused', flush=True)\n\
+        asyncio.run(main())\n";
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(probe)
+        .env("PYTHONPATH", repo().join(".tools/py"))
+        .env("NATS_URL", &nats_url)
+        .env("CONVO_NKEY_SEED", seed)
+        .env("CONVO_INBOX_PREFIX", inbox)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("refused"), "{printed}{}", String::from_utf8_lossy(&out.stderr));
     std::fs::write(dir.join("subscribe.py"), snippet("subscribe.py")).unwrap();
     let mut python = Command::new("python3");
     python
         .arg(dir.join("subscribe.py"))
         .env("PYTHONPATH", repo().join(".tools/py"))
-        .env("NATS_URL", &served.public_url)
-        .env("CONVO_NKEY_SEED", credential["nats"]["nkey_seed"].as_str().unwrap())
-        .env("CONVO_INBOX_PREFIX", credential["nats"]["inbox_prefix"].as_str().unwrap());
+        .env("NATS_URL", &nats_url)
+        .env("CONVO_NKEY_SEED", seed)
+        .env("CONVO_INBOX_PREFIX", inbox);
     let python = Lines::spawn(python);
     // It subscribes in its own time: open conversations until one reaches it.
     let deadline = Instant::now() + Duration::from_secs(30);

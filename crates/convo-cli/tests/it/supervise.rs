@@ -87,7 +87,8 @@ fn the_embedded_default_is_supervised() {
 
     // A second engine on the same stream (through the first one's server) joins it: the
     // partitions are shared, and handed back when it stops.
-    let url = std::fs::read_to_string(dir.join("nats.url")).unwrap();
+    let url = std::fs::read_to_string(dir.join("nats-engine.url")).unwrap();
+    let monitor = std::fs::read_to_string(dir.join("nats-monitor.url")).unwrap();
     let other = tempfile::tempdir().unwrap();
     std::fs::copy(dir.join("operator.key"), other.path().join("operator.key")).unwrap();
     std::fs::copy(dir.join("engine.key"), other.path().join("engine.key")).unwrap();
@@ -96,6 +97,8 @@ fn the_embedded_default_is_supervised() {
         "serve",
         "--nats-url",
         url.trim(),
+        "--nats-monitor-url",
+        monitor.trim(),
         "--data-dir",
         other.path().to_str().unwrap(),
         "--prefix",
