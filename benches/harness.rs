@@ -536,6 +536,7 @@ async fn copy_commits(
 /// over the nodes: (commands, seconds).
 async fn engine_cluster(
     urls: &[String],
+    monitors: &[String],
     prefix: &str,
     partitions: usize,
     instances: usize,
@@ -570,6 +571,7 @@ async fn engine_cluster(
         let bin = std::env::var("CONVO_BIN").context("CONVO_BIN names the convo binary (`just bench` sets it)")?;
         let child = std::process::Command::new(bin)
             .args(["serve", "--nats-url", &urls[n % urls.len()], "--prefix", prefix, "--no-http", "--roles", "engine"])
+            .args(monitors.iter().flat_map(|m| ["--nats-monitor-url", m.as_str()]))
             .args(["--replicas", "3", "--instance-id", &format!("i{n}"), "--data-dir"])
             .arg(dir.path())
             .stdout(std::process::Stdio::null())
@@ -683,7 +685,8 @@ async fn http_figures(conversations: usize) -> Result<(f64, f64, f64, f64)> {
     let bin = std::env::var("CONVO_BIN").context("CONVO_BIN names the convo binary (`just bench` sets it)")?;
     let _serve = Serve(
         std::process::Command::new(bin)
-            .args(["serve", "--nats-url", &url, "--prefix", prefix, "--partitions", "1", "--roles", "engine"])
+            .args(["serve", "--nats-url", &url, "--nats-monitor-url", &server.monitor_url()])
+            .args(["--prefix", prefix, "--partitions", "1", "--roles", "engine"])
             .args(["--snapshot-every-secs", "0", "--data-dir"])
             .arg(&data)
             .stdout(std::process::Stdio::null())
@@ -1028,11 +1031,18 @@ impl Drop for Serve {
     }
 }
 
-fn convo_serve(url: &str, prefix: &str, dir: &std::path::Path, id: &str, snapshot_every: &str) -> Result<Serve> {
+fn convo_serve(
+    (url, monitor): (&str, &str),
+    prefix: &str,
+    dir: &std::path::Path,
+    id: &str,
+    snapshot_every: &str,
+) -> Result<Serve> {
     let bin = std::env::var("CONVO_BIN").context("CONVO_BIN names the convo binary (`just bench` sets it)")?;
     let log = std::fs::File::create(dir.join("serve.log"))?;
     let child = std::process::Command::new(bin)
-        .args(["serve", "--nats-url", url, "--prefix", prefix, "--no-http", "--partitions", "1", "--roles", "engine"])
+        .args(["serve", "--nats-url", url, "--nats-monitor-url", monitor, "--prefix", prefix, "--no-http"])
+        .args(["--partitions", "1", "--roles", "engine"])
         .args(["--instance-id", id, "--snapshot-every-secs", snapshot_every, "--data-dir"])
         .arg(dir)
         .stdout(std::process::Stdio::null())
@@ -1060,10 +1070,11 @@ async fn probe(client: &async_nats::Client, prefix: &str, n: usize) -> Option<Va
 /// Kill -9 of the owner of the one partition, `b` standing by (both engines
 /// only: read models folding beside them would take the cores): the time
 /// from the kill to the first command `b` serves (retried every 50 ms).
-async fn takeover(url: &str, prefix: &str, snapshot: bool) -> Result<f64> {
+async fn takeover(server: &NatsServer, prefix: &str, snapshot: bool) -> Result<f64> {
+    let (url, monitor) = (&server.url(), &server.monitor_url());
     let dirs = (tempfile::tempdir()?, tempfile::tempdir()?);
     let every = if snapshot { "1" } else { "0" };
-    let owner = convo_serve(url, prefix, dirs.0.path(), "a", every)?;
+    let owner = convo_serve((url, monitor), prefix, dirs.0.path(), "a", every)?;
     let client = convo_store::connect(url).await?;
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut n = 0;
@@ -1074,7 +1085,7 @@ async fn takeover(url: &str, prefix: &str, snapshot: bool) -> Result<f64> {
     }
     let key = dirs.0.path().join(convo_store::signing::KEY_FILE);
     std::fs::copy(&key, dirs.1.path().join(convo_store::signing::KEY_FILE))?;
-    let standby = convo_serve(url, prefix, dirs.1.path(), "b", every)?;
+    let standby = convo_serve((url, monitor), prefix, dirs.1.path(), "b", every)?;
     let store = JetStreamStore::connect(url, StoreConfig::for_prefix(prefix)).await?;
     let directory = store.directory().await?;
     while directory.members().await?.len() < 2 {
@@ -1363,6 +1374,7 @@ async fn main() -> Result<()> {
         let mappings: Vec<_> = prefixes.iter().map(|p| convo_store::bus::partition_mapping(p, partitions)).collect();
         let cluster = convo_store::launcher::NatsCluster::start(&dir.path().join("cluster"), 3, &mappings)?;
         let urls: Vec<String> = (0..3).map(|n| cluster.url(n)).collect();
+        let monitors: Vec<String> = (0..3).map(|n| cluster.monitor_url(n)).collect();
         let deadline = Instant::now() + Duration::from_secs(60);
         while JetStreamStore::connect(&urls[0], StoreConfig { replicas: 3, ..StoreConfig::for_prefix("warm") })
             .await
@@ -1376,7 +1388,7 @@ async fn main() -> Result<()> {
         let ceiling = raw as f64 / raw_secs;
         for (instances, prefix) in (1..=3).zip(prefixes) {
             eprintln!("convo-bench: {instances} instance(s) on a three-node cluster, {n} conversations × 9 commands");
-            let (commands, secs) = engine_cluster(&urls, prefix, partitions, instances, n, 256).await?;
+            let (commands, secs) = engine_cluster(&urls, &monitors, prefix, partitions, instances, n, 256).await?;
             eprintln!("  {commands} of {} commands committed in {secs:.1} s", n * 9);
             figures.push(Figure::new(
                 format!("cluster, {instances} instance(s): committed cmd/s"),
@@ -1424,7 +1436,7 @@ async fn main() -> Result<()> {
                 ));
             }
             eprintln!("convo-bench: takeover after kill -9 ({open} open, snapshot: {snapshot})");
-            let secs = takeover(&server.url(), prefix, snapshot).await?;
+            let secs = takeover(&server, prefix, snapshot).await?;
             figures.push(Figure::new(
                 format!("takeover, kill to first served ({}snapshot)", if snapshot { "" } else { "no " }),
                 secs,

@@ -190,7 +190,7 @@ pub fn document() -> Value {
     );
     paths.insert(
         "/v1/accounts/{account}/events/stream".into(),
-        json!({"get": {"operationId": "eventStream", "summary": "The account's events live, as server-sent events: `id` <stream sequence>.<index>, `event` the type, `data` the CloudEvent. Reconnect with `Last-Event-ID` to resume.",
+        json!({"get": {"operationId": "eventStream", "summary": "The account's events live, as server-sent events: `id` <stream sequence>.<index>, `event` the type, `data` the CloudEvent. Reconnect with `Last-Event-ID` to resume. The credential is checked again every second: once it may no longer read (a revoked key, an expired token), the stream ends with an `access_denied` event whose `data` is the refusal. Text the account's redact rules match is masked unless the key has the `unredacted` read scope.",
             "parameters": [account_param(),
                 {"name": "after", "in": "query", "required": false, "description": "Start after this stream sequence (when there is no Last-Event-ID)", "schema": {"type": "integer", "minimum": 0}},
                 {"name": "Last-Event-ID", "in": "header", "required": false, "description": "The id of the last event received", "schema": {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$"}},
