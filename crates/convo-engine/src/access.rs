@@ -239,29 +239,7 @@ pub fn nats_keypair(secret: &str) -> Result<nkeys::KeyPair, String> {
 /// The subject prefix of a key's reply inboxes (its NATS login may
 /// subscribe there, and nowhere else outside its account's events).
 pub fn nats_inbox(account: &AccountId, key: &KeyId) -> String {
-    format!("_INBOX.{account}.{key}")
-}
-
-/// Whether the engine may answer a NATS request on `subject`: only inside
-/// an inbox the sender owns, as far as the engine can tell — the key's own
-/// (`_INBOX.<account>.<key>.>`, which only its login may subscribe to) when
-/// the credential is a key's, and the engine's own
-/// ([`convo_store::ENGINE_INBOX_PREFIX`]), which only the engine's login may
-/// subscribe to (its connections, this machine's tools, another instance
-/// forwarding). Never another key's or account's inbox.
-pub fn reply_allowed(subject: &str, credential: Option<&str>, forwarded: bool) -> Result<(), String> {
-    let inside =
-        |prefix: &str| subject.strip_prefix(prefix).is_some_and(|rest| rest.len() > 1 && rest.starts_with('.'));
-    let key = match credential.filter(|_| !forwarded).map(Credential::parse) {
-        Some(Ok(Credential::Key { account, key, .. })) => Some(nats_inbox(&account, &key)),
-        _ => None,
-    };
-    let engine = convo_store::ENGINE_INBOX_PREFIX;
-    if inside(engine) || key.as_deref().is_some_and(inside) {
-        return Ok(());
-    }
-    let own = key.map_or_else(|| format!("{engine}.>"), |key| format!("{key}.> or {engine}.>"));
-    Err(format!("the engine answers only on the sender's own inbox ({own}), not on {subject}"))
+    convo_store::bus::key_inbox(account.as_str(), key.as_str())
 }
 
 /// The NATS logins of an account's live keys under `prefix`: each may

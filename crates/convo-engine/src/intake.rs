@@ -200,26 +200,25 @@ pub fn admit(
     request: &Request,
     bytes_max: usize,
 ) -> Result<Admitted, Refused> {
+    let who = |principal: Option<&Principal>| principal.map_or_else(|| "anonymous".to_owned(), Principal::name);
+    // A reply goes to the sender's own inbox only: otherwise nothing is answered at all, not even an error.
+    if let Some(subject) = request.reply_subject()
+        && let Err(message) = convo_store::bus::reply_allowed(subject, request.credential.as_deref(), request.forwarded)
+    {
+        let d = Denied::Forbidden { rule: "reply_subject", message };
+        let principal = AccountId::parse_client(&request.account)
+            .ok()
+            .and_then(|account| access::authenticate(access, request.credential.as_deref(), &account, catalog).ok());
+        let denied = Some(Box::new((d.clone(), who(principal.as_ref()))));
+        return Err(Refused { reply: d.to_json(), denied, answer: false });
+    }
     if request.payload.len() > bytes_max {
         return Err(IntakeError::TooLarge { bytes: request.payload.len(), max: bytes_max }.into());
     }
     let account = AccountId::parse_client(&request.account)
         .map_err(|e| IntakeError::Invalid { field: "account".into(), message: e.to_string() })?;
-    let who = |principal: Option<&Principal>| principal.map_or_else(|| "anonymous".to_owned(), Principal::name);
-    let authenticated = access::authenticate(access, request.credential.as_deref(), &account, catalog);
-    // A reply goes to the sender's own inbox only: otherwise nothing is answered at all.
-    if let Some(subject) = request.reply_subject()
-        && let Err(message) = access::reply_allowed(subject, request.credential.as_deref(), request.forwarded)
-    {
-        let d = Denied::Forbidden { rule: "reply_subject", message };
-        let denied = Some(Box::new((d.clone(), who(authenticated.as_ref().ok()))));
-        return Err(Refused { reply: d.to_json(), denied, answer: false });
-    }
-    let principal = authenticated.map_err(|d| Refused {
-        reply: d.to_json(),
-        denied: Some(Box::new((d, who(None)))),
-        answer: true,
-    })?;
+    let principal = access::authenticate(access, request.credential.as_deref(), &account, catalog)
+        .map_err(|d| Refused { reply: d.to_json(), denied: Some(Box::new((d, who(None)))), answer: true })?;
     let deny =
         |d: Denied| Refused { reply: d.to_json(), denied: Some(Box::new((d, who(Some(&principal))))), answer: true };
     if request.read {

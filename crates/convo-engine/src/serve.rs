@@ -348,14 +348,7 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
                         if let Ok(Outcome::Refused(crate::Refusal::Rejected(r))) = &result
                             && let Some(rule) = r.rule()
                         {
-                            let attempt = DeniedAttempt {
-                                principal: actor_name(&envelope.actor),
-                                ip: request.ip.map(|ip| ip.to_string()),
-                                action: bounded(&request.kind, 64),
-                                rule: rule.to_owned(),
-                                message: bounded(&r.to_string(), 500),
-                                unrecorded_before: 0,
-                            };
+                            let attempt = denied_attempt(&request, actor_name(&envelope.actor), rule, &r.to_string());
                             forbidden.push((envelope.account.clone(), DoorRecord::Denied(attempt)));
                         }
                         // A key's credential is shown this once, never stored.
@@ -424,14 +417,7 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
                         if let (Some(account), Some(refusal)) = (account.filter(|_| catalog.is_some()), refused.denied)
                         {
                             let (why, who) = *refusal;
-                            let attempt = DeniedAttempt {
-                                principal: who,
-                                ip: request.ip.map(|ip| ip.to_string()),
-                                action: bounded(&request.kind, 64),
-                                rule: why.rule().to_owned(),
-                                message: bounded(&why.to_string(), 500),
-                                unrecorded_before: 0,
-                            };
+                            let attempt = denied_attempt(&request, who, why.rule(), &why.to_string());
                             if let Some(envelope) = denied.note(account, DoorRecord::Denied(attempt), now) {
                                 machine.handle_request(0, envelope, now);
                             }
@@ -467,7 +453,19 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
     ServeStats { requests: machine.stats().requests + invalid, ..machine.stats() }
 }
 
-/// How a request's sender is named in a denied attempt.
+/// A refused request, as the audit log keeps it (every string bounded).
+fn denied_attempt(request: &Request, principal: String, rule: &str, message: &str) -> DeniedAttempt {
+    DeniedAttempt {
+        principal,
+        ip: request.ip.map(|ip| ip.to_string()),
+        action: bounded(&request.kind, 64),
+        rule: rule.to_owned(),
+        message: bounded(message, 500),
+        unrecorded_before: 0,
+    }
+}
+
+/// How a request's sender is named in a denied attempt (as [`crate::access::Principal::name`] names it).
 fn actor_name(actor: &Actor) -> String {
     match actor {
         Actor::User { id, .. } => format!("user:{id}"),

@@ -211,14 +211,37 @@ impl CommandBus {
     }
 }
 
-/// The only subjects the engine answers on: reply inboxes.
-pub const REPLY_PREFIX: &str = "_INBOX.";
+/// The reply inbox prefix of an API key's NATS login (only that login may subscribe under it).
+pub fn key_inbox(account: &str, key: &str) -> String {
+    format!("_INBOX.{account}.{key}")
+}
 
-/// Whether a request's reply subject is an inbox the engine may answer on.
-pub fn reply_allowed(subject: &str) -> bool {
-    subject.len() > REPLY_PREFIX.len()
-        && subject.starts_with(REPLY_PREFIX)
-        && !subject.contains(['*', '>', ' ', '\t', '\r', '\n'])
+/// Whether the engine may answer a NATS request on `subject`: only inside
+/// an inbox the sender owns, as far as the engine can tell — the key's own
+/// ([`key_inbox`]) when the credential is a key's (`convo-key.<account>.<key>.…`),
+/// and the engine's own ([`crate::ENGINE_INBOX_PREFIX`]), which only the
+/// engine's login may subscribe to (its connections, this machine's tools,
+/// another instance forwarding). Never another key's or account's inbox,
+/// never a stream subject or the JetStream API.
+pub fn reply_allowed(subject: &str, credential: Option<&str>, forwarded: bool) -> Result<(), String> {
+    let inside = |prefix: &str| {
+        subject.strip_prefix(prefix).is_some_and(|rest| rest.len() > 1 && rest.starts_with('.'))
+            && !subject.contains(['*', '>', ' ', '\t', '\r', '\n'])
+    };
+    let token = credential
+        .map(|c| c.trim())
+        .map(|c| c.strip_prefix("Bearer ").or_else(|| c.strip_prefix("bearer ")).unwrap_or(c));
+    let key = token.filter(|_| !forwarded).and_then(|t| t.strip_prefix("convo-key.")).and_then(|rest| {
+        let mut parts = rest.split('.');
+        let (account, key) = (parts.next()?, parts.next()?);
+        Some(key_inbox(account, key))
+    });
+    let engine = crate::ENGINE_INBOX_PREFIX;
+    if inside(engine) || key.as_deref().is_some_and(inside) {
+        return Ok(());
+    }
+    let own = key.map_or_else(|| format!("{engine}.>"), |key| format!("{key}.> or {engine}.>"));
+    Err(format!("the engine answers only on the sender's own inbox ({own}), not on {subject}"))
 }
 
 /// Answers requests taken from a [`CommandBus`].
@@ -238,14 +261,18 @@ impl Responder {
         match &request.reply {
             // No flush: the client's writer sends buffered messages promptly; a
             // flush per reply only added a round trip (measured: ~3%, BENCHMARKS.md).
-            Reply::Nats(Some(reply)) if reply_allowed(reply) => self
-                .client
-                .publish(reply.clone(), body.into())
-                .await
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?,
-            // The engine's connection may publish anywhere: a reply subject a
-            // client chose outside the inboxes (a stream subject, the JetStream
-            // API…) is never published to.
+            Reply::Nats(Some(reply))
+                if reply_allowed(reply, request.credential.as_deref(), request.forwarded).is_ok() =>
+            {
+                self.client
+                    .publish(reply.clone(), body.into())
+                    .await
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?
+            }
+            // The engine's connection may publish anywhere: a reply subject
+            // outside the sender's own inbox (another tenant's, a stream
+            // subject, the JetStream API…) is never published to (the door
+            // records such a request; this is the guard of every other answer).
             Reply::Nats(Some(_)) => {}
             Reply::Nats(None) => {}
             Reply::Local(sender) => {
