@@ -817,6 +817,7 @@ async fn networks_forwarded_addresses_and_anonymous_nats() {
         assert!(printed.contains(login.trim()), "{login} in:\n{printed}");
     }
     assert!(printed.contains("password: $CONVO_ENGINE_PASSWORD") && !printed.contains("ana-old"), "{printed}");
+    assert!(printed.contains("sync_interval: always"), "nats-config says what durability needs: {printed}");
     // The stream still holds everything (nothing purged it).
     let store =
         convo_store::JetStreamStore::connect(&served.engine_url, convo_store::StoreConfig::default()).await.unwrap();
