@@ -249,6 +249,35 @@ fn account_settings(networks: &[&str]) -> Value {
         "typifications":[{"id":"venta","name":"Venta"},{"id":"inactividad","name":"I"},{"id":"transferencia","name":"T"}]})
 }
 
+/// Account acme ready for conversations: `settings` (a `configure_account`
+/// with the closing typifications), client acme, project p, a 24/7
+/// schedule, channel wa, campaign ventas with `agents` (and `users`
+/// defined first, each `[id, role]`).
+pub(crate) async fn sales_account(served: &Served, settings: Value, users: &[(&str, &str)], agents: &[&str]) {
+    let always = json!(["00:00-24:00"]);
+    let week = json!({"mon": always, "tue": always, "wed": always, "thu": always, "fri": always, "sat": always, "sun": always});
+    let mut commands = vec![
+        settings,
+        json!({"type":"define_client","id":"acme","name":"Acme","code":"1","sla_optimal_secs":60,"sla_low_secs":180,"max_inactivity_secs":86400,"inactivity_attempts":0}),
+        json!({"type":"define_project","id":"p","client":"acme","name":"P"}),
+        json!({"type":"define_schedule","id":"always","name":"24/7","time_zone":"UTC","week": week}),
+        json!({"type":"define_channel","id":"wa","kind":"whatsapp","external_id":"1"}),
+    ];
+    for (id, role) in users {
+        commands.push(json!({"type":"define_user","id": id,"name": id,"email": format!("{id}@x.co"),"role": role}));
+    }
+    commands.push(json!({"type":"define_campaign","id":"ventas","client":"acme","project":"p","name":"Ventas","channels":["wa"],"schedule":"always","out_of_hours":{"action":"enqueue"},
+        "inactivity_typification":"inactividad","transfer_typification":"transferencia","closing_typifications":["venta"],"agents": agents}));
+    for (n, command) in commands.into_iter().enumerate() {
+        op(served, "acme", &format!("sales-setup-{n}"), command).await;
+    }
+}
+
+/// `configure_account` for acme with the typifications [`sales_account`]'s campaign closes with.
+pub(crate) fn sales_settings() -> Value {
+    json!({"type":"configure_account","name":"Acme","typifications":[{"id":"venta","name":"Venta"},{"id":"inactividad","name":"I"},{"id":"transferencia","name":"T"}]})
+}
+
 pub(crate) async fn op(served: &Served, account: &str, id: &str, command: Value) -> Value {
     let kind = command["type"].as_str().unwrap().to_owned();
     let body = json!({"id": id, "command": command});

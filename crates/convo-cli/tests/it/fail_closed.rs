@@ -247,24 +247,10 @@ fn an_engine_on_another_server_starts_only_where_acknowledgements_are_durable() 
 /// conversation whose contact sent a card number; keys for an integration
 /// with every read but `unredacted`, and one with it.
 async fn card_account(served: &Served) -> (String, String, String) {
-    let always = json!(["00:00-24:00"]);
-    let week = json!({"mon": always, "tue": always, "wed": always, "thu": always, "fri": always, "sat": always, "sun": always});
     let rules = json!([{"name": "card", "pattern": "\\b\\d{4}( \\d{4}){3}\\b", "redact": true}]);
-    for (n, command) in [
-        json!({"type":"configure_account","name":"Acme","regex_rules": rules,"typifications":[{"id":"venta","name":"Venta"},{"id":"inactividad","name":"I"},{"id":"transferencia","name":"T"}]}),
-        json!({"type":"define_client","id":"acme","name":"Acme","code":"1","sla_optimal_secs":60,"sla_low_secs":180,"max_inactivity_secs":86400,"inactivity_attempts":0}),
-        json!({"type":"define_project","id":"p","client":"acme","name":"P"}),
-        json!({"type":"define_schedule","id":"always","name":"24/7","time_zone":"UTC","week": week}),
-        json!({"type":"define_channel","id":"wa","kind":"whatsapp","external_id":"1"}),
-        json!({"type":"define_user","id":"ana","name":"Ana","email":"a@x.co","role":"agent"}),
-        json!({"type":"define_campaign","id":"ventas","client":"acme","project":"p","name":"Ventas","channels":["wa"],"schedule":"always","out_of_hours":{"action":"enqueue"},
-            "inactivity_typification":"inactividad","transfer_typification":"transferencia","closing_typifications":["venta"],"agents":["ana"]}),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        op(served, "acme", &format!("card-setup-{n}"), command).await;
-    }
+    let mut settings = super::access::sales_settings();
+    settings["regex_rules"] = rules;
+    super::access::sales_account(served, settings, &[("ana", "agent")], &["ana"]).await;
     let reads = ["audit", "reports", "contact_history", "events", "webhooks", "live", "inbox"];
     let mut tokens = Vec::new();
     for (key, extra) in [("masked", None), ("clear", Some("unredacted"))] {

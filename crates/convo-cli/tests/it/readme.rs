@@ -62,22 +62,7 @@ impl Drop for Lines {
 async fn the_readme_snippets_subscribe_verify_and_send() {
     let temp = tempfile::tempdir().unwrap();
     let served = serve_with(temp.path(), &["--webhook-allow", "127.0.0.1"]);
-    let always = json!(["00:00-24:00"]);
-    let week = json!({"mon": always, "tue": always, "wed": always, "thu": always, "fri": always, "sat": always, "sun": always});
-    for (n, command) in [
-        json!({"type":"configure_account","name":"Acme","typifications":[{"id":"venta","name":"Venta"},{"id":"inactividad","name":"I"},{"id":"transferencia","name":"T"}]}),
-        json!({"type":"define_client","id":"acme","name":"Acme","code":"1","sla_optimal_secs":60,"sla_low_secs":180,"max_inactivity_secs":86400,"inactivity_attempts":0}),
-        json!({"type":"define_project","id":"p","client":"acme","name":"P"}),
-        json!({"type":"define_schedule","id":"always","name":"24/7","time_zone":"UTC","week": week}),
-        json!({"type":"define_channel","id":"wa","kind":"whatsapp","external_id":"1"}),
-        json!({"type":"define_campaign","id":"ventas","client":"acme","project":"p","name":"Ventas","channels":["wa"],"schedule":"always","out_of_hours":{"action":"enqueue"},
-            "inactivity_typification":"inactividad","transfer_typification":"transferencia","closing_typifications":["venta"]}),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        op(&served, "acme", &format!("setup-{n}"), command).await;
-    }
+    super::access::sales_account(&served, super::access::sales_settings(), &[], &[]).await;
     let issued = op(
         &served,
         "acme",
