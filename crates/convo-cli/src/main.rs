@@ -12,6 +12,7 @@ mod report_cmds;
 mod served;
 mod webhook_cmds;
 
+use std::collections::BTreeMap;
 use std::io::{BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -241,29 +242,55 @@ fn simulate(args: SimulateArgs) -> Result<ExitCode> {
     Ok(code)
 }
 
-/// `convo simulate --random --faults`: one audited run per seed, a line each.
+/// `convo simulate --random --faults`: one audited run per seed, a line each
+/// in seed order (the same bytes for the same seeds), the seeds spread over
+/// the machine's cores; the time taken goes to stderr.
 fn simulate_faults(args: &SimulateArgs) -> ExitCode {
-    let mut failed = 0u32;
-    for seed in args.seed..args.seed.saturating_add(u64::from(args.seeds)) {
+    let started = std::time::Instant::now();
+    let seeds: Vec<u64> = (args.seed..args.seed.saturating_add(u64::from(args.seeds))).collect();
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(seeds.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, String, bool)>();
+    let run = |seed: u64| {
         let options = convo_sim::faults::FaultOptions {
             seed,
             conversations: args.conversations,
             break_expectation: args.break_expectation,
         };
-        let started = std::time::Instant::now();
         match convo_sim::faults::run(options) {
-            Ok(report) => println!(
-                "seed {seed}: ok in {:.1} s; {}; the model agrees: {}",
-                started.elapsed().as_secs_f64(),
-                report.stats,
-                report.agreement
-            ),
-            Err(failure) => {
-                failed += 1;
-                println!("FAILED {failure}");
+            Ok(report) => (format!("seed {seed}: ok; {}; the model agrees: {}", report.stats, report.agreement), true),
+            Err(failure) => (format!("FAILED {failure}"), false),
+        }
+    };
+    let mut failed = 0u32;
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            let (tx, next, seeds, run) = (tx.clone(), &next, &seeds, &run);
+            scope.spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(seed) = seeds.get(i) else { break };
+                    let (line, ok) = run(*seed);
+                    if tx.send((i, line, ok)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        // Printed in seed order as they complete.
+        let mut done: BTreeMap<usize, (String, bool)> = BTreeMap::new();
+        let mut printed = 0;
+        for (i, line, ok) in rx {
+            done.insert(i, (line, ok));
+            while let Some((line, ok)) = done.remove(&printed) {
+                println!("{line}");
+                failed += u32::from(!ok);
+                printed += 1;
             }
         }
-    }
+    });
+    eprintln!("convo: {} seed(s) in {:.1} s", seeds.len(), started.elapsed().as_secs_f64());
     if failed > 0 {
         eprintln!("convo: {failed} of {} seeds failed", args.seeds);
         return ExitCode::from(1);

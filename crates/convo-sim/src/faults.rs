@@ -198,6 +198,8 @@ struct Sim {
     retry: VecDeque<usize>,
     /// The latest instant fed to the machine.
     now: Timestamp,
+    /// The latest instant the machine's timers were fired at.
+    timed_out: Timestamp,
     outage_until: u64,
     stats: FaultStats,
     step: u64,
@@ -234,6 +236,7 @@ impl Sim {
             unanswered: HashMap::new(),
             retry: VecDeque::new(),
             now: Timestamp::from_millis(i64::MIN),
+            timed_out: Timestamp::from_millis(i64::MIN),
             outage_until: 0,
             stats,
             step: 0,
@@ -407,6 +410,7 @@ impl Sim {
         self.machine = recover(&self.log, self.config);
         if self.now > Timestamp::from_millis(i64::MIN) {
             self.machine.handle_timeout(self.now);
+            self.timed_out = self.timed_out.max(self.now);
         }
     }
 
@@ -414,9 +418,13 @@ impl Sim {
     /// clock has passed it (a retry, or a command held behind another), just
     /// after the latest instant, as the wall clock would stamp it — so a
     /// timer that fired meanwhile really came first.
+    /// The clock read at a timeout counts as passed too: timers due then have
+    /// fired, so a command stamped at that instant would come after them
+    /// against the ordering rule (inputs before timers at the same instant).
     fn send(&mut self, token: usize) {
         let intended = self.sent[token].input.at;
-        let at = if intended < self.now { Timestamp::from_millis(self.now.millis() + 1) } else { intended };
+        let passed = intended < self.now || intended <= self.timed_out;
+        let at = if passed { Timestamp::from_millis(self.now.max(self.timed_out).millis() + 1) } else { intended };
         self.now = at;
         self.sent[token].at = at;
         let envelope = self.sent[token].input.envelope.clone();
@@ -476,7 +484,8 @@ impl Sim {
 
     fn timeout(&mut self, at: Timestamp) {
         self.now = self.now.max(at);
-        self.machine.handle_timeout(at.max(self.now));
+        self.timed_out = self.timed_out.max(self.now);
+        self.machine.handle_timeout(self.now);
     }
 
     fn run(mut self) -> Result<(Self, World), Box<FaultFailure>> {
