@@ -115,13 +115,14 @@ pub struct MachineConfig {
     /// Closed conversations idle this long leave memory (`None`: only when
     /// over `loaded_conversations_max`).
     pub evict_closed_after_ms: Option<i64>,
-    /// Stamp a tick with its deadline (virtual time) rather than with the
-    /// clock that found it due (wall clock).
+    /// Stamp a tick with its deadline — the instant the rule fell due — rather
+    /// than with the clock that found it due (a timer fired late, after an
+    /// outage or a takeover, still says when it was due). Every driver does.
     pub tick_at_deadline: bool,
 }
 
 impl MachineConfig {
-    /// The service's settings: pipelined, ticks at the wall clock.
+    /// The service's settings: pipelined, ticks at their deadlines.
     pub fn serve() -> Self {
         Self {
             io_in_flight_max: IO_IN_FLIGHT_MAX,
@@ -129,14 +130,14 @@ impl MachineConfig {
             open_conversations_max: OPEN_CONVERSATIONS_MAX,
             loaded_conversations_max: LOADED_CONVERSATIONS_MAX,
             evict_closed_after_ms: Some(EVICT_CLOSED_AFTER_SECS as i64 * 1000),
-            tick_at_deadline: false,
+            tick_at_deadline: true,
         }
     }
 
     /// Virtual time, one command at a time: the exact order of the simulator,
     /// so `simulate` and `replay-traffic` give the same bytes.
     pub fn stepwise() -> Self {
-        Self { io_in_flight_max: 1, evict_closed_after_ms: None, tick_at_deadline: true, ..Self::serve() }
+        Self { io_in_flight_max: 1, evict_closed_after_ms: None, ..Self::serve() }
     }
 }
 
@@ -774,6 +775,34 @@ mod tests {
         assert_eq!(machine.stats().io_in_flight_max, 64, "the limit was reached, never passed");
         assert!(ticks >= count, "every conversation's timer fired: {ticks}");
         assert_eq!(machine.world().overdue(at.plus_secs(3_600)), vec![]);
+    }
+
+    #[test]
+    fn a_timer_fired_late_says_when_it_was_due() {
+        // The service's settings: the wall clock finds the timer an hour late (an outage, a takeover).
+        let (mut machine, mut log, at) = configured(MachineConfig::serve());
+        machine.handle_request(0, open(0), at);
+        log.settle(&mut machine);
+        let due = machine.poll_timeout().expect("the SLA timer is armed");
+        machine.handle_timeout(due.plus_secs(3_600));
+        let mut ticks = Vec::new();
+        while let Some(output) = machine.poll() {
+            match output {
+                Output::Append { io, commit, .. } => {
+                    if commit.command.as_str().starts_with("_tick-") {
+                        ticks.push(commit.at);
+                    }
+                    log.seq += 1;
+                    machine.handle_appended(io, commit, Ok(log.seq));
+                }
+                Output::Load { io, .. } => machine.handle_loaded(io, Ok(Vec::new())),
+                Output::Reply { .. } => {}
+            }
+        }
+        assert!(ticks.len() >= 2, "the optimal and low thresholds both fell due: {ticks:?}");
+        assert_eq!(ticks[0], due, "the first tick carries its deadline, not the clock that found it");
+        assert!(ticks.iter().all(|t| *t < due.plus_secs(3_600)), "{ticks:?}");
+        assert!(ticks.windows(2).all(|w| w[0] <= w[1]), "{ticks:?}");
     }
 
     #[test]
