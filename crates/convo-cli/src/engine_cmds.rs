@@ -259,7 +259,7 @@ pub struct ServeArgs {
     #[arg(long)]
     webhook_allow: Vec<String>,
     /// The waits after each failed webhook attempt (the last one failing dead-letters the delivery).
-    #[arg(long, default_value = "5s,30s,2m,10m,30m,1h,3h", value_parser = convo_webhooks::parse_schedule)]
+    #[arg(long, default_value = convo_webhooks::RETRY_SCHEDULE_DEFAULT, value_parser = convo_webhooks::parse_schedule)]
     webhook_retry_schedule: std::vec::Vec<std::time::Duration>,
     /// How long one webhook attempt may take, in milliseconds.
     #[arg(long, default_value_t = convo_webhooks::TIMEOUT_DEFAULT.as_millis() as u64)]

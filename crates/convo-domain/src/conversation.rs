@@ -1702,14 +1702,27 @@ impl Conversation {
     /// crossed at `at`, never in the past.
     fn time_wait(&mut self, at: Timestamp) {
         let (Some(wait), Some(facts)) = (self.wait.as_mut(), self.facts.as_ref()) else { return };
-        let after = |secs: u32| {
-            let ms = u64::from(secs) * MS_PER_SEC as u64;
-            match &facts.sla_hours {
-                Some(schedule) => schedule.after_open_millis(wait.started_at, ms),
-                None => Some(wait.started_at.plus_secs(secs.into())),
-            }
-        };
-        wait.optimal_at = after(facts.policy.sla_optimal_secs).map(|t| t.max(at));
-        wait.low_at = after(facts.policy.sla_low_secs).map(|t| t.max(at));
+        let (optimal, low) = (facts.policy.sla_optimal_secs, facts.policy.sla_low_secs);
+        let (optimal_at, low_at) = threshold_instants(wait.started_at, optimal, low, facts.sla_hours.as_deref());
+        wait.optimal_at = optimal_at.map(|t| t.max(at));
+        wait.low_at = low_at.map(|t| t.max(at));
     }
+}
+
+/// When a wait that started at `started_at` passes its optimal and low SLA
+/// thresholds: after that many seconds of elapsed time, or of open time on
+/// `schedule` (business hours; `None` when the schedule opens too little
+/// within the walk's bound). The one place the arithmetic lives: the
+/// aggregate's deadlines and the live view's "next threshold" both use it.
+pub fn threshold_instants(
+    started_at: Timestamp,
+    optimal_secs: u32,
+    low_secs: u32,
+    schedule: Option<&crate::schedule::ScheduleSpec>,
+) -> (Option<Timestamp>, Option<Timestamp>) {
+    let after = |secs: u32| match schedule {
+        Some(schedule) => schedule.after_open_millis(started_at, u64::from(secs) * MS_PER_SEC as u64),
+        None => Some(started_at.plus_secs(secs.into())),
+    };
+    (after(optimal_secs), after(low_secs))
 }

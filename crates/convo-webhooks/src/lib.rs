@@ -45,15 +45,7 @@ pub use deliver::Allowed;
 pub const NAME: &str = "webhooks";
 /// The default retry schedule: the waits after each failed attempt; after
 /// the last one fails the delivery is dead-lettered.
-pub const RETRY_SCHEDULE_DEFAULT: [Duration; 7] = [
-    Duration::from_secs(5),
-    Duration::from_secs(30),
-    Duration::from_secs(120),
-    Duration::from_secs(600),
-    Duration::from_secs(1800),
-    Duration::from_secs(3600),
-    Duration::from_secs(3 * 3600),
-];
+pub const RETRY_SCHEDULE_DEFAULT: &str = "5s,30s,2m,10m,30m,1h,3h";
 /// The longest wait before a retry.
 pub const RETRY_WAIT_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The most retries a schedule may hold.
@@ -96,7 +88,7 @@ pub struct WebhookConfig {
 impl Default for WebhookConfig {
     fn default() -> Self {
         Self {
-            retry_schedule: RETRY_SCHEDULE_DEFAULT.to_vec(),
+            retry_schedule: parse_schedule(RETRY_SCHEDULE_DEFAULT).expect("the default schedule parses"),
             timeout: TIMEOUT_DEFAULT,
             body_bytes_max: BODY_BYTES_MAX,
             in_flight_per_endpoint: IN_FLIGHT_PER_ENDPOINT,

@@ -320,13 +320,18 @@ impl View {
     }
 }
 
-/// A business-hours wait's SLA class now, its next threshold and the
-/// seconds until the instant it is crossed (open time walked on the
-/// schedule: a wait over a night is not at risk before the morning).
-fn business_hours_sla(card: &Card, wait: &Wait, now: Timestamp) -> (Value, Value, Value) {
-    let Some(schedule) = &card.sla_hours else { return (Value::Null, Value::Null, Value::Null) };
-    let at = |secs: u32| schedule.after_open_millis(wait.started_at, u64::from(secs) * 1000);
-    let (optimal_at, low_at) = (at(card.sla_optimal_secs), at(card.sla_low_secs));
+/// A wait's SLA class now, its next threshold and the seconds until the
+/// instant it is crossed, from the thresholds' instants as the aggregate
+/// computes them (open time walked on the schedule in business hours: a
+/// wait over a night is not at risk before the morning; a clock not started
+/// yet, out of hours, counts from its start).
+fn sla_now(card: &Card, wait: &Wait, now: Timestamp) -> (Value, Value, Value) {
+    let (optimal_at, low_at) = convo_domain::conversation::threshold_instants(
+        wait.started_at,
+        card.sla_optimal_secs,
+        card.sla_low_secs,
+        card.sla_hours.as_ref(),
+    );
     let passed = |t: Option<Timestamp>| t.is_some_and(|t| now >= t);
     let crossed = wait.crossed.as_deref();
     let until = |t: Option<Timestamp>| t.map_or(Value::Null, |t| json!(t.secs_since(now)));
@@ -347,21 +352,7 @@ pub fn card_view(card: &Card, campaigns: &BTreeMap<String, CampaignRow>, view: &
     let contact = if show { card.contact.clone() } else { convo_wire::redact::mask_contact(&card.contact) };
     let (sla, next, secs_to) = match &card.wait {
         None => (Value::Null, Value::Null, Value::Null),
-        Some(wait) if card.sla_hours.is_some() => business_hours_sla(card, wait, view.now),
-        Some(wait) => {
-            let waited = view.now.secs_since(wait.started_at);
-            let (optimal, low) = (u64::from(card.sla_optimal_secs), u64::from(card.sla_low_secs));
-            let crossed = wait.crossed.as_deref();
-            if crossed == Some("low") || waited >= low {
-                (json!("breached"), Value::Null, Value::Null)
-            } else if crossed == Some("optimal") || waited >= optimal {
-                (json!("low"), json!("low"), json!(low - waited))
-            } else {
-                // A clock that has not started yet (out of hours) counts from its start.
-                let to = optimal - waited + wait.started_at.secs_since(view.now);
-                (json!("optimal"), json!("optimal"), json!(to))
-            }
-        }
+        Some(wait) => sla_now(card, wait, view.now),
     };
     let at_risk = secs_to.as_u64().is_some_and(|s| s <= view.margin_secs);
     json!({
