@@ -11,14 +11,14 @@ use crate::served::Served;
 #[derive(Args, Debug)]
 #[command(after_help = "\
 Examples:
-  convo contact 573001112233 history
-  convo contact 573001112233 history --account acme --format json
+  convo contact k-1042 history --account acme
+  convo contact k-1042 history --account acme --format json
 
 Shows the last closed conversations of the contact (as many as the client's
 max_history_conversations), newest first; the number is masked unless the
 campaign shows contact numbers.")]
 pub struct ContactArgs {
-    /// The contact's id (a phone number, a page-scoped id…).
+    /// The contact's id (an opaque id the gateway or the contact book gave it).
     contact: String,
     #[command(subcommand)]
     command: ContactCmd,

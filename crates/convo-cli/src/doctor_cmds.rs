@@ -31,7 +31,8 @@ pub struct DoctorArgs {
 }
 
 pub async fn doctor(args: DoctorArgs) -> Result<std::process::ExitCode> {
-    let store = JetStreamStore::connect(&args.connection.url()?, args.connection.store_config()?).await?;
+    // With `convo serve` stopped, the data directory's own nats-server is started for this command.
+    let (store, _server): (JetStreamStore, _) = args.connection.open_store().await?;
     let last = store.last_seq().await?;
     let (machines, newest) = recover_machines(&store, 1, MachineConfig::serve()).await?;
     let machine = &machines[0];

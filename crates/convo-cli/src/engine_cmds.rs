@@ -1059,7 +1059,7 @@ async fn supervise(
 #[command(after_help = r#"Examples:
   convo send --operator --account acme '{"id":"a-1","command":{"type":"configure_account","name":"Acme"}}'
   export CONVO_CREDENTIAL=convo-key.acme.wa-gateway.…   # an API key the account issued
-  convo send --account acme '{"id":"m-1","command":{"type":"receive_message","conversation":"c1","contact":"573001112233","channel":"wa","text":"Hola"}}'
+  convo send --account acme '{"id":"m-1","command":{"type":"receive_message","conversation":"c1","contact":"k-0001","channel":"wa","text":"Hola"}}'
   echo '{"id":"c-9","command":{"type":"close","conversation":"c1","typification":"venta"}}' | convo send --account acme -
 
 Who acts comes from the credential, never from the body.
@@ -1117,8 +1117,16 @@ pub async fn send(args: SendArgs) -> Result<std::process::ExitCode> {
     } else {
         args.credential.clone()
     };
-    let url = args.connection.url()?;
-    let reply = convo_store::bus::request(&url, &subject, credential.as_deref(), body.into_bytes()).await?;
+    let url = args.connection.url().map_err(|_| {
+        anyhow::anyhow!(
+            "no `convo serve` runs under {dir} to take the command: start it (`convo serve --data-dir {dir}`, or \
+             `just serve`), or give the engine's --nats-url",
+            dir = args.connection.data_dir.display()
+        )
+    })?;
+    let reply = convo_store::bus::request(&url, &subject, credential.as_deref(), body.into_bytes())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e} (is `convo serve` running and serving {}?)", args.account))?;
     let value: serde_json::Value = serde_json::from_slice(&reply).context("the engine's reply is not JSON")?;
     println!("{}", serde_json::to_string_pretty(&value)?);
     Ok(match value["outcome"].as_str() {

@@ -307,3 +307,52 @@ fn read_scenario(path: &PathBuf) -> Result<String> {
     }
     Ok(text)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every example a `--help` shows parses as written: no missing required
+    /// flag, no flag that does not exist.
+    #[test]
+    fn every_help_example_parses() {
+        fn walk(command: &mut clap::Command, out: &mut Vec<String>) {
+            let help = command.render_long_help().to_string();
+            out.extend(help.lines().map(str::trim).filter(|l| l.starts_with("convo ")).map(str::to_owned));
+            for sub in command.get_subcommands_mut() {
+                walk(sub, out);
+            }
+        }
+        let mut examples = Vec::new();
+        walk(&mut Cli::command(), &mut examples);
+        let mut wrong = Vec::new();
+        assert!(examples.len() > 20, "{examples:?}");
+        for example in examples {
+            // Drop a trailing comment and shell quoting (examples quote JSON with single quotes).
+            let line = example.split("  #").next().unwrap_or(&example);
+            let line = line.split(" > ").next().unwrap_or(line).trim();
+            let mut words = Vec::new();
+            let mut rest = line;
+            while let Some(start) = rest.find(|c: char| !c.is_whitespace()) {
+                rest = &rest[start..];
+                let (word, tail) = if let Some(quoted) = rest.strip_prefix('\'') {
+                    let end = quoted.find('\'').unwrap_or(quoted.len());
+                    (&quoted[..end], quoted.get(end + 1..).unwrap_or(""))
+                } else {
+                    let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+                    (&rest[..end], &rest[end..])
+                };
+                words.push(word.to_owned());
+                rest = tail;
+            }
+            if words.iter().any(|w| w.contains('|') || w == "…" || w.starts_with('$') && w.len() == 1) {
+                continue; // a pipe or an ellipsis: not a command line as written
+            }
+            if let Err(e) = Cli::try_parse_from(&words) {
+                wrong.push(format!("`{example}`: {}", e.kind()));
+            }
+        }
+        assert!(wrong.is_empty(), "help examples that do not parse:\n{}", wrong.join("\n"));
+    }
+}

@@ -12,10 +12,10 @@ use crate::served::{Served, query};
 #[derive(Args, Debug)]
 #[command(after_help = "\
 Examples:
-  convo report sla --by campaign --period day
-  convo report times --by agent --period hour --from 2026-03-02T08 --to 2026-03-02T18
-  convo report closures --by campaign --format csv
-  convo report overview --by channel --format json
+  convo report sla --account acme --by campaign --period day
+  convo report times --account acme --by agent --period hour --from 2026-03-02T08 --to 2026-03-02T18
+  convo report closures --account acme --by campaign --format csv
+  convo report overview --account acme --by channel --format json
 
 Kinds: overview (everything), volume, sla, times, closures, csat.
 Times are UTC buckets: days as 2026-03-02, hours as 2026-03-02T14.")]

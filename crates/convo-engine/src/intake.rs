@@ -165,7 +165,7 @@ impl Refused {
             account = %request.account,
             kind = %request.kind,
             code = text("code"),
-            rule = text("rule"),
+            rule = self.rule(),
             ip = %ip,
             "{where_}: {}",
             text("message")

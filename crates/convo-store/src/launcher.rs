@@ -19,6 +19,7 @@
 //! 2.11 is refused when the store connects, with a message saying so.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -451,7 +452,9 @@ fn spawn(binary: &Path, config: &Path, dir: &Path, port: u16, name: &str) -> Res
         }
         None => Command::new(binary),
     };
+    // Its own process group: a terminal's Ctrl-C reaches `convo`, which stops it in its own order.
     let mut child = command
+        .process_group(0)
         .arg("-c")
         .arg(config)
         .stdin(Stdio::null())
@@ -507,7 +510,9 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, LaunchError> {
         .map_err(io(&path))?;
     match file.try_lock() {
         Ok(()) => {
-            let me = format!("pid {} since {:?}", std::process::id(), std::time::SystemTime::now());
+            let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let since = convo_domain::Timestamp::from_millis(i64::try_from(since.as_millis()).unwrap_or(i64::MAX));
+            let me = format!("pid {} since {since}", std::process::id());
             let _ = file.set_len(0);
             let _ = std::io::Write::write_all(&mut &file, me.as_bytes());
             Ok(file)

@@ -165,3 +165,40 @@ async fn the_readme_snippets_subscribe_verify_and_send() {
     }
     assert!(seen.iter().any(|l| l.contains(" c1 conversation_opened")), "{seen:?}");
 }
+
+/// The README's "Your first conversation", run as written against `convo
+/// serve` on `.data` beside it: every command is committed, the SLA report
+/// counts the conversation, and its audit trail shows the reply and the closure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_conversation_runs_as_written() {
+    let temp = tempfile::tempdir().unwrap();
+    let served = serve_with(&temp.path().join(".data"), &[]);
+    let out = Command::new("bash")
+        .arg("-euo")
+        .arg("pipefail")
+        .arg("-c")
+        .arg(snippet("first-conversation.sh"))
+        .current_dir(temp.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        stdout.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect();
+    // Eleven commands answered (the two keys went into variables), a report and an audit trail.
+    let (commands, reads) = lines.split_at(lines.len() - 2);
+    assert_eq!(commands.len(), 11, "{stdout}");
+    assert!(commands.iter().all(|r| r["outcome"] == "committed"), "{stdout}");
+    let report = &reads[0];
+    assert_eq!(
+        (report["rows"][0]["campaign"].as_str(), report["rows"][0]["closed"].as_u64()),
+        (Some("sales"), Some(1)),
+        "{report}"
+    );
+    let audit = reads[1]["entries"].as_array().unwrap();
+    let actions: Vec<&str> = audit.iter().filter_map(|e| e["action"].as_str()).collect();
+    for action in ["conversation_opened", "agent_assigned", "message_sent", "conversation_closed"] {
+        assert!(actions.contains(&action), "{action} not in {actions:?}");
+    }
+    drop(served);
+}
