@@ -318,7 +318,7 @@ pub fn compact(path: &std::path::Path) -> Result<Compacted, ProjectorError> {
         std::fs::remove_dir_all(&copy).map_err(io)?;
     }
     {
-        let db = sled::open(path)?;
+        let db = open_released(path)?;
         let fresh = sled::open(&copy)?;
         for name in db.tree_names() {
             let (from, to) = (db.open_tree(&name)?, fresh.open_tree(&name)?);
@@ -342,6 +342,27 @@ pub fn compact(path: &std::path::Path) -> Result<Compacted, ProjectorError> {
     std::fs::rename(&copy, path).map_err(io)?;
     std::fs::remove_dir_all(&old).map_err(io)?;
     Ok(Compacted { before, after: dir_bytes(path).map_err(io)? })
+}
+
+/// How long [`compact`] waits for this process's last handle on the
+/// database to let it go (sled's flusher thread releases the file lock a
+/// moment after the last handle is dropped).
+pub const RELEASE_WAIT_MS: u64 = 5_000;
+
+/// Opens the database, waiting (up to [`RELEASE_WAIT_MS`]) while a handle
+/// just dropped in this process still holds its lock.
+fn open_released(path: &std::path::Path) -> Result<sled::Db, ProjectorError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(RELEASE_WAIT_MS);
+    loop {
+        match sled::open(path) {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return Ok(other?),
+        }
+    }
 }
 
 /// After a crash during [`compact`]: the copy, if it was put in place,

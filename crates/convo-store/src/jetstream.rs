@@ -25,6 +25,7 @@ use futures::StreamExt;
 use convo_domain::AccountId;
 use convo_wire::{Commit, StreamRef, headers};
 
+use crate::fence::Fence;
 use crate::signing::{SIGNATURE_HEADER, Signing};
 use crate::{
     APPEND_RETRIES_MAX, COMMITS_PER_LOAD_MAX, CommitStream, EventStore, LogItem, Raw, StoreError, check_server_version,
@@ -101,6 +102,9 @@ pub struct JetStreamStore {
     js: jetstream::Context,
     stream: jetstream::stream::Stream,
     config: StoreConfig,
+    /// This writer's hold on its partition's fence: appends carry its epoch
+    /// (see [`crate::fence`]); `None`: appends carry the aggregate's expectation.
+    fence: Option<std::sync::Arc<Fence>>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -124,6 +128,7 @@ impl JetStreamStore {
             format!("{prefix}.*.agent.>"),
             format!("{prefix}.*.config.>"),
             format!("{prefix}.*.contacts.>"),
+            crate::fence::subject(prefix, 0).replace(".0", ".*"),
         ];
         let mut stream = js
             .get_or_create_stream(Config {
@@ -149,7 +154,68 @@ impl JetStreamStore {
             js.update_stream(updated).await.map_err(unavailable)?;
             stream = js.get_stream(&config.stream).await.map_err(unavailable)?;
         }
-        Ok(Self { client, js, stream, config })
+        Ok(Self { client, js, stream, config, fence: None })
+    }
+
+    /// This store, appending as the holder of `fence` (every append carries
+    /// its epoch; see [`crate::fence`]).
+    pub fn fenced(&self, fence: std::sync::Arc<Fence>) -> Self {
+        Self { fence: Some(fence), ..self.clone() }
+    }
+
+    /// The stream sequence of partition `partition`'s last fence marker (0: none yet).
+    pub async fn fence_position(&self, partition: usize) -> Result<u64, StoreError> {
+        let subject = crate::fence::subject(&self.config.prefix, partition);
+        match self.stream.direct_get_last_for_subject(subject.clone()).await {
+            Ok(message) => Ok(message.sequence),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(0),
+            Err(e) => Err(unavailable(format!("reading {subject}: {e}"))),
+        }
+    }
+
+    /// Publishes a marker on `partition`'s fence expecting the last one at
+    /// `expected`; the new epoch, or [`StoreError::Deposed`] when another
+    /// marker got there first.
+    async fn publish_marker(&self, partition: usize, expected: u64, holder: &str) -> Result<u64, StoreError> {
+        let subject = crate::fence::subject(&self.config.prefix, partition);
+        let mut headers = HeaderMap::new();
+        headers.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string().as_str());
+        let body = serde_json::json!({"partition": partition, "holder": holder}).to_string();
+        let outcome = match self.js.publish_with_headers(subject, headers, body.into()).await {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(ack) => Ok(ack.sequence),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                let current = self.fence_position(partition).await.unwrap_or(0);
+                Err(StoreError::Deposed { partition, epoch: expected, current })
+            }
+            Err(e) => Err(unavailable(format!("advancing partition {partition}'s fence: {e}"))),
+        }
+    }
+
+    /// Takes partition `partition`'s fence for `holder`: a marker after the
+    /// last one, whose sequence is the holder's epoch. From the moment it is
+    /// stored, no earlier holder can append; take it before reading the
+    /// partition's log, so what the reading sees is final.
+    pub async fn take_fence(&self, partition: usize, holder: &str) -> Result<std::sync::Arc<Fence>, StoreError> {
+        let current = self.fence_position(partition).await?;
+        let epoch = self.publish_marker(partition, current, holder).await?;
+        Ok(std::sync::Arc::new(Fence::new(partition, holder, epoch)))
+    }
+
+    /// Moves this holder's own fence on (after an append whose outcome is
+    /// unknown): whatever of its earlier epoch is still on the way is refused.
+    async fn advance(&self, fence: &Fence) -> Result<(), StoreError> {
+        let _one = fence.advancing.lock().await;
+        if !fence.dirty() {
+            return Ok(()); // another read-back moved it meanwhile
+        }
+        let epoch = self.publish_marker(fence.partition, fence.epoch(), &fence.holder).await?;
+        fence.set_epoch(epoch);
+        fence.clean();
+        Ok(())
     }
 
     /// Whether the connection to the server is up now (the client reconnects by itself).
@@ -187,7 +253,9 @@ impl JetStreamStore {
         } else {
             DeliverPolicy::ByStartSequence { start_sequence: from_seq }
         };
-        let config = OrderedConfig { deliver_policy, ..Default::default() };
+        // Commits only (4 tokens or more): the fences' markers are not part of the record.
+        let filter_subject = format!("{}.*.*.>", self.config.prefix);
+        let config = OrderedConfig { deliver_policy, filter_subject, ..Default::default() };
         let consumer = self.stream.create_consumer(config).await.map_err(unavailable)?;
         let pending = consumer.cached_info().num_pending;
         let messages = consumer.messages().await.map_err(unavailable)?;
@@ -291,6 +359,13 @@ impl EventStore for JetStreamStore {
         let payload = Bytes::from(commit.encode().map_err(|e| StoreError::Refused(e.to_string()))?);
         let prefix = &self.config.prefix;
         let filter = commit.stream.filter_subject(prefix, &commit.account);
+        // Fenced: the expectation is the owner's epoch on its partition's fence (see crate::fence).
+        let fence = self.fence.as_deref();
+        let epoch = fence.map(Fence::epoch);
+        let (expected_seq, expected_on) = match (fence, epoch) {
+            (Some(fence), Some(epoch)) => (epoch, crate::fence::subject(prefix, fence.partition)),
+            _ => (expected, filter.clone()),
+        };
         let msg_id = format!("{}/{}/{}", commit.account, commit.stream.path(), commit.first_seq());
         let subject = async_nats::Subject::from(commit.subject(prefix));
         let signing = self.config.signing.as_deref();
@@ -302,8 +377,8 @@ impl EventStore for JetStreamStore {
             for (name, value) in commit.headers() {
                 headers.insert(name, value.as_str());
             }
-            headers.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string().as_str());
-            headers.insert("Nats-Expected-Last-Subject-Sequence-Subject", filter.as_str());
+            headers.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, expected_seq.to_string().as_str());
+            headers.insert("Nats-Expected-Last-Subject-Sequence-Subject", expected_on.as_str());
             headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
             if let Some(signature) = &signature {
                 headers.insert(SIGNATURE_HEADER, signature.as_str());
@@ -331,7 +406,16 @@ impl EventStore for JetStreamStore {
                 }
                 Err(e) => match e.kind() {
                     PublishErrorKind::WrongLastSequence => {
-                        return Err(StoreError::Conflict { stream: filter, expected });
+                        let (Some(fence), Some(epoch)) = (fence, epoch) else {
+                            return Err(StoreError::Conflict { stream: filter, expected });
+                        };
+                        // The fence moved: by this holder (after an unknown outcome) the append
+                        // is decided again; by another, this holder is deposed.
+                        let current = self.fence_position(fence.partition).await?;
+                        if current == fence.epoch() {
+                            return Err(StoreError::Conflict { stream: filter, expected });
+                        }
+                        return Err(StoreError::Deposed { partition: fence.partition, epoch, current });
                     }
                     // No responders (StreamNotFound) is what a stream without a leader gives too.
                     PublishErrorKind::TimedOut
@@ -344,6 +428,9 @@ impl EventStore for JetStreamStore {
                 },
             }
         }
+        if let Some(fence) = fence {
+            fence.mark_dirty(); // its outcome is unknown: the fence moves before anything is read back
+        }
         Err(StoreError::Unavailable(format!(
             "append to {subject} failed {} times: {last_error}",
             self.config.append_retries_max + 1
@@ -354,6 +441,9 @@ impl EventStore for JetStreamStore {
     /// filter after sequence n"), so a load (after every conflict, or to read
     /// an evicted conversation back) creates no consumer on the server.
     async fn load(&self, account: &AccountId, stream: &StreamRef) -> Result<Vec<LogItem>, StoreError> {
+        if let Some(fence) = self.fence.as_deref().filter(|f| f.dirty()) {
+            self.advance(fence).await?;
+        }
         let prefix = &self.config.prefix;
         let filter = stream.filter_subject(prefix, account);
         let mut out = Vec::new();
@@ -386,8 +476,15 @@ impl EventStore for JetStreamStore {
         let (_, messages) = self.ordered(from_seq).await?;
         let prefix = self.config.prefix.clone();
         let signing = self.config.signing.clone();
+        // A consumer reset before its first message starts over from the beginning: nothing below `from_seq` passes.
+        let below = move |m: &Result<jetstream::Message, _>| {
+            let seq = m.as_ref().ok().and_then(|m| m.info().ok()).map(|i| i.stream_sequence);
+            std::future::ready(seq.is_none_or(|seq| seq >= from_seq))
+        };
         Ok(Box::pin(
-            messages.map(move |m| m.map_err(unavailable).and_then(|m| decode_message(&prefix, signing.as_deref(), &m))),
+            messages
+                .filter(below)
+                .map(move |m| m.map_err(unavailable).and_then(|m| decode_message(&prefix, signing.as_deref(), &m))),
         ))
     }
 
@@ -406,24 +503,44 @@ impl EventStore for JetStreamStore {
                 if done {
                     return None;
                 }
-                let item = match tokio::time::timeout(timeout, messages.next()).await {
-                    Err(_) => {
-                        return Some((
-                            Err(StoreError::Unavailable("reading the log timed out".into())),
-                            (messages, true),
-                        ));
+                loop {
+                    let item = match tokio::time::timeout(timeout, messages.next()).await {
+                        Err(_) => {
+                            return Some((
+                                Err(StoreError::Unavailable("reading the log timed out".into())),
+                                (messages, true),
+                            ));
+                        }
+                        Ok(None) => return None,
+                        Ok(Some(Err(e))) => return Some((Err(unavailable(e)), (messages, true))),
+                        Ok(Some(Ok(message))) => message,
+                    };
+                    let info = item.info().ok().map(|i| (i.stream_sequence, i.pending == 0));
+                    let (seq, last) = info.unwrap_or((from_seq, true));
+                    // A consumer reset before its first message starts over from the beginning: skip below `from_seq`.
+                    if seq < from_seq {
+                        if last {
+                            return None;
+                        }
+                        continue;
                     }
-                    Ok(None) => return None,
-                    Ok(Some(Err(e))) => return Some((Err(unavailable(e)), (messages, true))),
-                    Ok(Some(Ok(message))) => message,
-                };
-                let last = item.info().map(|i| i.pending == 0).unwrap_or(true);
-                Some((decode_message(&prefix, signing.as_deref(), &item), (messages, last)))
+                    return Some((decode_message(&prefix, signing.as_deref(), &item), (messages, last)));
+                }
             }
         })))
     }
 
+    /// The last commit's sequence (or a deleted message's): the fences'
+    /// markers after it do not count, so a reader that holds every commit is
+    /// at the end.
     async fn last_seq(&self) -> Result<u64, StoreError> {
-        Ok(self.stream.get_info().await.map_err(unavailable)?.state.last_sequence)
+        let mut last = self.stream.get_info().await.map_err(unavailable)?.state.last_sequence;
+        while last > 0 {
+            match self.stream.direct_get(last).await {
+                Ok(message) if crate::fence::is_fence(&self.config.prefix, &message.subject) => last -= 1,
+                _ => break,
+            }
+        }
+        Ok(last)
     }
 }

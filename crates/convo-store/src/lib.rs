@@ -15,6 +15,7 @@
 pub mod bus;
 pub mod cluster;
 pub mod egress;
+pub mod fence;
 pub mod jetstream;
 pub mod json_stream;
 pub mod launcher;
@@ -112,6 +113,12 @@ pub enum StoreError {
     ServerTooOld { found: String },
     #[error("{stream} holds more than {COMMITS_PER_LOAD_MAX} commits")]
     TooManyCommits { stream: String },
+    /// The partition's fence moved past this writer's epoch: another
+    /// instance owns the partition now; this one must stop deciding for it.
+    #[error(
+        "partition {partition} is owned by another instance now (its fence is at {current}, this writer's epoch {epoch})"
+    )]
+    Deposed { partition: usize, epoch: u64, current: u64 },
 }
 
 /// One message of the log as read: a commit, or (`StoreError::Decode`) why

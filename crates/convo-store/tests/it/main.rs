@@ -224,3 +224,44 @@ async fn a_stream_from_before_contacts_takes_their_subjects() {
     let again = JetStreamStore::connect(&broker.server.url(), StoreConfig::default()).await.unwrap();
     assert_eq!(again.last_seq().await.unwrap(), seq);
 }
+
+/// The partition fence: a deposed holder's appends are refused by the
+/// server, even one sent after its successor's marker; a holder that
+/// advances its own fence (after an unknown outcome) sees its in-flight
+/// appends as conflicts, not as a deposition; readers never see a marker,
+/// and the log's end is the last commit's.
+#[tokio::test]
+async fn the_fence_refuses_a_deposed_holders_appends() {
+    let broker = broker();
+    let store = JetStreamStore::connect(&broker.server.url(), StoreConfig::default()).await.unwrap();
+    let first = store.take_fence(0, "a").await.unwrap();
+    let a = store.fenced(first.clone());
+    let s1 = a.append(&commit("c1", 0, 1, "a1"), 0).await.unwrap();
+    // Pipelined commits of other aggregates do not move the fence.
+    a.append(&commit("c2", 0, 1, "a2"), 0).await.unwrap();
+    assert_eq!(store.fence_position(0).await.unwrap(), first.epoch());
+    // A successor takes the partition: its marker refuses everything of the first holder from now on.
+    let second = store.take_fence(0, "b").await.unwrap();
+    assert!(second.epoch() > first.epoch());
+    let late = a.append(&commit("c3", 0, 1, "a3"), 0).await;
+    assert!(matches!(late, Err(StoreError::Deposed { partition: 0, .. })), "{late:?}");
+    let b = store.fenced(second.clone());
+    let s3 = b.append(&commit("c1", 1, 1, "b1"), s1).await.unwrap();
+    // The successor's own advance (an unknown outcome) makes its stale epoch a conflict, not a deposition.
+    second.mark_dirty();
+    b.load(&account(), &stream("c1")).await.unwrap();
+    assert!(!second.dirty() && second.epoch() > s3);
+    // Another partition's fence is its own.
+    let other = store.take_fence(1, "a").await.unwrap();
+    store.fenced(other).append(&commit("c9", 0, 1, "x1"), 0).await.unwrap();
+    // Readers see commits only; the end is the last commit even with a marker after it.
+    store.take_fence(1, "c").await.unwrap();
+    let end = store.last_seq().await.unwrap();
+    let mut log = store.read(1).await.unwrap();
+    let mut seen = Vec::new();
+    while let Some(item) = log.next().await {
+        seen.push(item.unwrap().stream_seq);
+    }
+    assert_eq!(seen.len(), 4, "four commits, no markers: {seen:?}");
+    assert_eq!(seen.last(), Some(&end));
+}
