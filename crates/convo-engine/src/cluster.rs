@@ -1,53 +1,55 @@
-//! Engine instances sharing a stream's partitions (DESIGN.md, "Scale-out on
-//! NATS").
+//! Engine instances sharing a stream's partitions (DESIGN.md, "The service
+//! and its ownership"): the driver of the ownership machine
+//! ([`crate::ownership`]) over JetStream KV and core NATS, and of each
+//! partition it holds.
 //!
 //! Accounts hash onto the stream's partitions ([`Partition::of`], the same
 //! function as the server's `partition()` mapping, which puts each command
-//! on its partition's subject). Each instance writes a heartbeat into the
-//! stream's lease bucket ([`convo_store::cluster`]) and, every
-//! [`COORDINATE_EVERY_MS`], works out its share: the live instances sorted
-//! by id, partition `n` going to the `n mod k`-th, so shares differ by at
-//! most one. A partition of its share it takes once its lease is free
-//! (released by the previous owner's handover, or expired after a crash),
-//! then recovers it from the log and subscribes to its subjects; a partition
-//! no longer its share it hands over: it stops taking requests, finishes
-//! those in hand, then releases the lease. Leases are renewed every
-//! [`LEASE_RENEW_MS`]; a partition whose lease could not be renewed in time
-//! (its validity on this instance's monotonic clock, less a margin, is
-//! spent) stops deciding at once, before anyone else may take it.
+//! on its partition's subject). The driver keeps the machine told what the
+//! directory holds (one KV watcher: the instances' heartbeats and the
+//! leases), probes the other instances' presence (a core NATS request to
+//! `<prefix>.~alive.<instance>`, which each instance answers: "no responders"
+//! means its connection is gone), and carries out what the machine asks:
+//! leases taken, renewed and released; a partition taken with its fence
+//! (`convo_store::fence`) before it is recovered from its snapshot and the
+//! log's tail and served; drained on a handover (a snapshot written, then
+//! the lease released); halted at once when another instance holds it; the
+//! stream-wide roles (`feeds`) played the same way.
 //!
 //! Everything an account has (its catalog, agents, floor and capacity, its
 //! conversations) lives in the account's partition, so one owner decides for
-//! all of it; optimistic concurrency on every aggregate (conversation,
-//! agent, catalog) stays the safety net should two ever overlap.
+//! all of it, and the fence makes the log refuse anyone else.
 //!
 //! A command sent while its partition changes hands finds no subscriber
-//! (NATS answers "no responders"; over HTTP: 503 `unavailable`); the client
-//! retries with the same id, which the new owner recognises.
+//! (NATS answers "no responders"; over HTTP the gateway waits for the new
+//! owner a moment, then answers 503 `unavailable`); the client retries with
+//! the same id, which the new owner recognises.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use convo_domain::ids::check_id;
 use convo_store::bus::{Client, CommandBus, Request, Responder};
-use convo_store::cluster::Directory;
-use convo_store::lease::{LEASE_RENEW_MS, Lease, LeaseError};
-use convo_store::{EventStore, StoreError};
+use convo_store::cluster::{Directory, DirectoryEvent, KeyError};
+use convo_store::fence::Fence;
+use convo_store::{EventStore, JetStreamStore, StoreError};
 
 use crate::clock::Clock;
 use crate::intake::unavailable;
 use crate::machine::{Machine, MachineConfig, Partition};
-use crate::serve::{PARTITION_QUEUE_MAX, ServeConfig, ServeStats, answer, catalog_applied, run_partition};
+use crate::ownership::{Action, DirectoryView, Ownership, OwnershipConfig, RenewError, Resource, TakeError};
+use crate::serve::{
+    PARTITION_QUEUE_MAX, PartitionEnd, ServeConfig, ServeStats, answer, catalog_applied, run_partition,
+};
 
-/// How often an instance looks at the directory, its leases and its partitions.
-pub const COORDINATE_EVERY_MS: u64 = 250;
 /// How long a handover waits for the partition's snapshot before releasing without it.
 pub const HANDOVER_SNAPSHOT_WAIT: Duration = Duration::from_secs(10);
 /// How often an owner writes its partition's snapshot by default.
@@ -59,9 +61,22 @@ pub const FORWARD_WAIT_MS: u64 = 10_000;
 /// answered `unavailable`; it asks again every [`NO_OWNER_RETRY_MS`].
 pub const NO_OWNER_WAIT_MS: u64 = 5_000;
 pub const NO_OWNER_RETRY_MS: u64 = 100;
+/// How long a presence probe waits for its answer.
+pub const PROBE_TIMEOUT_MS: u64 = 500;
+/// How long a graceful stop waits for every partition to be handed over.
+pub const STOP_WAIT: Duration = Duration::from_secs(30);
+/// The subject token of the instances' presence.
+const ALIVE: &str = "~alive";
+
+/// A stream-wide role one instance plays at a time (the JSON stream and the
+/// webhooks: `feeds`).
+pub trait Role: Send + Sync + 'static {
+    /// Plays the role until `stop` is cancelled; ends once it has stopped.
+    fn play(&self, stop: CancellationToken) -> BoxFuture<'static, ()>;
+}
 
 /// Who this instance is among those sharing the stream.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClusterConfig {
     /// The subjects' first token.
     pub prefix: String,
@@ -69,7 +84,7 @@ pub struct ClusterConfig {
     pub instance: String,
     /// The stream's partition count.
     pub partitions: usize,
-    /// What the heartbeat says besides what is owned (who, where its gateway is).
+    /// What the heartbeat says besides what is held (who, where its gateway is).
     pub info: Value,
     /// The stream's directory of instances and leases.
     pub directory: Directory,
@@ -77,34 +92,30 @@ pub struct ClusterConfig {
     pub snapshots: Option<convo_store::snapshot::Snapshots>,
     /// How often an owner writes its partition's snapshot (and once more when it hands over).
     pub snapshot_every: Duration,
+    /// The stream-wide roles this instance may play.
+    pub roles: BTreeMap<String, Arc<dyn Role>>,
 }
 
-/// How long after a partition failed to start (its recovery or its
-/// subscription) it is taken again.
-pub const RETRY_START_AFTER: Duration = Duration::from_secs(5);
-
-/// What the coordinator remembers between its rounds.
-#[derive(Debug, Default)]
-struct Coordination {
-    /// The live instances' ids, as last read (with the heartbeats).
-    members: Option<Vec<String>>,
-    /// Partitions that failed to start, and when to try again.
-    retry_at: BTreeMap<usize, Instant>,
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("prefix", &self.prefix)
+            .field("instance", &self.instance)
+            .field("partitions", &self.partitions)
+            .field("roles", &self.roles.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
-/// One partition this instance holds.
-struct Held {
-    lease: Option<Lease>,
-    /// Requests taken in this process (HTTP) for the partition.
-    local: mpsc::Sender<Request>,
-    /// Stop taking requests, finish those in hand (a handover).
-    drain: watch::Sender<bool>,
-    /// Stop deciding at once (the lease ran out).
-    halt: watch::Sender<bool>,
-    handing_over: bool,
-    since: Instant,
-    /// What the partition did; `None` when it never served (recovery failed).
-    task: JoinHandle<Option<ServeStats>>,
+/// What this instance sees of the partitions, for readiness.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// Partitions no live instance serves as this one sees it (changing hands).
+    pub unowned: Vec<usize>,
+    /// Partitions this instance serves.
+    pub serving: Vec<usize>,
+    /// The instances alive, by id.
+    pub live: Vec<String>,
 }
 
 /// How a partition was recovered.
@@ -184,76 +195,383 @@ pub struct ClusterStats {
     pub forwarded: u64,
 }
 
-/// Serves this instance's share of the partitions until `shutdown`, then
-/// hands every partition over and leaves the directory.
-pub async fn serve_cluster<S: EventStore + Clone + 'static>(
-    store: S,
+/// A partition this instance serves.
+struct PartitionHandle {
+    /// Requests taken in this process (HTTP) for the partition.
+    local: mpsc::Sender<Request>,
+    /// Stop taking requests, finish those in hand (a handover).
+    drain: CancellationToken,
+    /// Stop deciding at once (another instance holds it).
+    halt: watch::Sender<bool>,
+}
+
+/// What one of the driver's operations came to.
+enum Done {
+    Taken(Resource, Result<(u64, Option<Arc<Fence>>), TakeError>),
+    Renewed(Resource, Result<u64, RenewError>),
+    Released(Resource),
+    Probed(String, Option<bool>),
+    Stopped(Resource, Option<PartitionEnd>),
+    Nothing,
+}
+
+/// Serves this instance's share of the partitions (and the roles it is
+/// given) until `shutdown`, then hands every one over and leaves the
+/// directory. `status` says, as it changes, which partitions nobody serves.
+#[allow(clippy::too_many_arguments)] // the instance's inputs, each its own channel or handle
+pub async fn serve_cluster(
+    store: JetStreamStore,
     client: Client,
     mut local: mpsc::Receiver<Request>,
     clock: Arc<dyn Clock>,
     config: ServeConfig,
     cluster: ClusterConfig,
-    shutdown: impl Future<Output = ()>,
+    status: watch::Sender<ClusterStatus>,
+    shutdown: CancellationToken,
 ) -> ClusterStats {
+    let started = Instant::now();
+    let ms = move || started.elapsed().as_millis() as u64;
+    let me = cluster.instance.clone();
+    let roles: Vec<String> = cluster.roles.keys().cloned().collect();
+    let mut ownership = Ownership::new(OwnershipConfig::serve(&me, cluster.partitions, roles));
     let responder = Responder::new(client.clone());
-    let directory = cluster.directory.clone();
-    let mut held: BTreeMap<usize, Held> = BTreeMap::new();
     let mut stats = ClusterStats::default();
-    let mut shutdown = std::pin::pin!(shutdown);
-    let mut tick = tokio::time::interval(Duration::from_millis(COORDINATE_EVERY_MS));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut renewed = Instant::now() - Duration::from_secs(60);
+    let background = CancellationToken::new();
+    let mut directory_events = watch_directory(cluster.directory.clone(), background.clone());
+    let presence = match convo_store::bus::presence(&client, format!("{}.{ALIVE}.{me}", cluster.prefix)).await {
+        Ok(presence) => Some(presence),
+        Err(e) => {
+            tracing::warn!("cannot answer presence probes ({e}); other instances wait for this one's leases to expire");
+            None
+        }
+    };
+    tracing::info!(instance = %me, "sharing {} partitions with the instances on this stream", cluster.partitions);
+    let mut view = DirectoryView::default();
+    let mut partitions: BTreeMap<usize, PartitionHandle> = BTreeMap::new();
+    let mut playing: BTreeMap<String, CancellationToken> = BTreeMap::new();
+    let mut fences: BTreeMap<usize, Arc<Fence>> = BTreeMap::new();
+    let mut work: FuturesUnordered<BoxFuture<'static, Done>> = FuturesUnordered::new();
+    let mut stop_by: Option<Instant> = None;
     let mut local_open = true;
-    let mut state = Coordination::default();
-    tracing::info!(
-        instance = %cluster.instance,
-        "sharing {} partitions with the instances on this stream",
-        cluster.partitions
-    );
     loop {
-        tokio::select! {
-            biased;
-            _ = &mut shutdown => break,
-            request = local.recv(), if local_open => match request {
-                Some(request) => dispatch(request, &held, &client, &responder, &cluster, &mut stats),
-                None => local_open = false,
-            },
-            _ = tick.tick() => {
-                let renew = renewed.elapsed() >= Duration::from_millis(LEASE_RENEW_MS);
-                if renew {
-                    renewed = Instant::now();
-                }
-                let (held, stats, state) = (&mut held, &mut stats, &mut state);
-                coordinate(&store, &directory, &client, &clock, &config, &cluster, held, stats, state, renew).await;
+        while let Some(action) = ownership.poll() {
+            let context = Context { store: &store, client: &client, clock: &clock, config: &config, cluster: &cluster };
+            let running = Running { partitions: &mut partitions, playing: &mut playing, fences: &mut fences };
+            if let Some(future) = perform(action, context, running) {
+                work.push(future);
             }
         }
-    }
-    // A graceful stop: every partition hands over, then the leases go.
-    tracing::info!("handing over {} partition(s)", held.len());
-    for part in held.values() {
-        let _ = part.drain.send(true);
-    }
-    for (index, part) in std::mem::take(&mut held) {
-        if let Ok(Some(ran)) = part.task.await {
-            stats.partitions.push((index, ran));
+        status.send_if_modified(|now| {
+            let next = ClusterStatus {
+                unowned: ownership.unowned_partitions(),
+                serving: partitions.keys().copied().collect(),
+                live: ownership.live(),
+            };
+            let changed = *now != next;
+            *now = next;
+            changed
+        });
+        if let Some(by) = stop_by {
+            if ownership.is_stopped() && work.is_empty() {
+                break;
+            }
+            if Instant::now() >= by {
+                tracing::warn!(
+                    "{} partition(s) not handed over within {STOP_WAIT:?}; their leases expire by themselves",
+                    partitions.len()
+                );
+                break;
+            }
         }
-        if let Some(lease) = part.lease
-            && let Err(e) = lease.release().await
-        {
-            tracing::warn!("could not release partition {index}'s lease ({e}); it expires by itself");
+        let wait = Duration::from_millis(ownership.poll_timeout().saturating_sub(ms()).clamp(1, 250));
+        tokio::select! {
+            _ = shutdown.cancelled(), if stop_by.is_none() => {
+                tracing::info!("handing over {} partition(s)", partitions.len());
+                stop_by = Some(Instant::now() + STOP_WAIT);
+                ownership.shutdown();
+            }
+            event = directory_events.recv() => {
+                if let Some(event) = event {
+                    apply(&mut view, event, ms(), ownership.config().member_ttl_ms);
+                    ownership.handle_directory(view.clone(), ms());
+                }
+            }
+            request = local.recv(), if local_open => match request {
+                Some(request) => dispatch(request, &partitions, &client, &responder, &cluster, &mut stats),
+                None => local_open = false,
+            },
+            Some(done) = work.next(), if !work.is_empty() => match done {
+                Done::Taken(resource, result) => {
+                    match &result {
+                        Ok((_, Some(fence))) => {
+                            tracing::info!(partition = fence.partition, "took partition {} (epoch {})", fence.partition, fence.epoch());
+                            fences.insert(fence.partition, fence.clone());
+                        }
+                        Ok((_, None)) => tracing::info!("took {resource}"),
+                        Err(TakeError::Unavailable) => tracing::warn!("cannot take {resource} now; retrying"),
+                        Err(TakeError::Held { .. }) => {}
+                    }
+                    ownership.handle_taken(resource, result.map(|(revision, _)| revision));
+                }
+                Done::Renewed(resource, result) => ownership.handle_renewed(resource, result),
+                Done::Released(resource) => {
+                    tracing::info!("released {resource}");
+                    ownership.handle_released(resource);
+                }
+                Done::Probed(instance, alive) => {
+                    if alive == Some(false) && view.members.contains_key(&instance) {
+                        tracing::info!("instance {instance} is gone (its connection closed); its partitions are free");
+                    }
+                    ownership.handle_probed(&instance, alive);
+                }
+                Done::Stopped(resource, end) => {
+                    if let Resource::Partition(n) = &resource {
+                        partitions.remove(n);
+                    }
+                    if let Resource::Role(name) = &resource {
+                        playing.remove(name);
+                    }
+                    if let Some(end) = end {
+                        if let Resource::Partition(n) = &resource {
+                            stats.partitions.push((*n, end.stats));
+                        }
+                        if end.deposed {
+                            ownership.handle_deposed(resource.clone());
+                        }
+                    }
+                    ownership.handle_stopped(resource);
+                }
+                Done::Nothing => {}
+            },
+            _ = tokio::time::sleep(wait) => ownership.handle_timeout(ms()),
         }
     }
-    if let Err(e) = directory.leave(&cluster.instance).await {
+    background.cancel();
+    drop(presence);
+    if let Err(e) = cluster.directory.leave(&me).await {
         tracing::warn!("could not remove this instance's heartbeat ({e}); it expires by itself");
     }
     stats
+}
+
+/// What an action needs of the instance.
+struct Context<'a> {
+    store: &'a JetStreamStore,
+    client: &'a Client,
+    clock: &'a Arc<dyn Clock>,
+    config: &'a ServeConfig,
+    cluster: &'a ClusterConfig,
+}
+
+/// What the instance runs now.
+struct Running<'a> {
+    partitions: &'a mut BTreeMap<usize, PartitionHandle>,
+    playing: &'a mut BTreeMap<String, CancellationToken>,
+    fences: &'a mut BTreeMap<usize, Arc<Fence>>,
+}
+
+/// Carries out one of the ownership machine's actions: at once, or as a
+/// future whose answer goes back to the machine.
+fn perform(action: Action, cx: Context<'_>, running: Running<'_>) -> Option<BoxFuture<'static, Done>> {
+    let directory = cx.cluster.directory.clone();
+    let me = cx.cluster.instance.clone();
+    match action {
+        Action::Heartbeat { holds } => {
+            let mut info = cx.cluster.info.clone();
+            info["partitions"] = json!(
+                holds
+                    .iter()
+                    .filter_map(|r| match r {
+                        Resource::Partition(n) => Some(json!({"partition": n})),
+                        Resource::Role(_) => None,
+                    })
+                    .collect::<Vec<_>>()
+            );
+            info["roles"] = json!(
+                holds
+                    .iter()
+                    .filter_map(|r| match r {
+                        Resource::Role(name) => Some(name.clone()),
+                        Resource::Partition(_) => None,
+                    })
+                    .collect::<Vec<_>>()
+            );
+            Some(Box::pin(async move {
+                if let Err(e) = directory.heartbeat(&me, &info).await {
+                    tracing::warn!("could not write this instance's heartbeat ({e}); retrying");
+                }
+                Done::Nothing
+            }))
+        }
+        Action::Take { resource, over } => {
+            // Our own expired key created again: the fence we hold stays ours.
+            let refresh = match &resource {
+                Resource::Partition(n) => running.partitions.contains_key(n),
+                Resource::Role(name) => running.playing.contains_key(name),
+            };
+            let store = cx.store.clone();
+            Some(Box::pin(async move {
+                let revision = match directory.take_key(&resource.key(), &me, over.map(|(_, r)| r)).await {
+                    Ok(revision) => revision,
+                    Err(KeyError::Held(holder)) => {
+                        let holder = holder.unwrap_or_else(|| "nobody".into());
+                        return Done::Taken(resource, Err(TakeError::Held { holder }));
+                    }
+                    Err(KeyError::Store(_)) => return Done::Taken(resource, Err(TakeError::Unavailable)),
+                };
+                let fence = match &resource {
+                    Resource::Partition(n) if !refresh => match store.take_fence(*n, &me).await {
+                        Ok(fence) => Some(fence),
+                        Err(e) => {
+                            tracing::warn!(
+                                partition = n,
+                                "took partition {n}'s lease but not its fence ({e}); giving it back"
+                            );
+                            let _ = directory.release_key(&resource.key(), revision).await;
+                            return Done::Taken(resource, Err(TakeError::Unavailable));
+                        }
+                    },
+                    _ => None,
+                };
+                Done::Taken(resource, Ok((revision, fence)))
+            }))
+        }
+        Action::Start { resource: Resource::Partition(n) } => {
+            let Some(fence) = running.fences.remove(&n) else {
+                return Some(Box::pin(async move { Done::Stopped(Resource::Partition(n), None) }));
+            };
+            let (handle, task) = start(n, fence, cx.store, cx.client, cx.clock, cx.config, cx.cluster);
+            running.partitions.insert(n, handle);
+            Some(Box::pin(async move { Done::Stopped(Resource::Partition(n), task.await.ok().flatten()) }))
+        }
+        Action::Start { resource: Resource::Role(name) } => {
+            let role = cx.cluster.roles.get(&name).cloned()?;
+            tracing::info!("this instance plays the {name} role");
+            let stop = CancellationToken::new();
+            running.playing.insert(name.clone(), stop.clone());
+            let task = tokio::spawn(role.play(stop));
+            Some(Box::pin(async move {
+                let _ = task.await;
+                Done::Stopped(Resource::Role(name), None)
+            }))
+        }
+        Action::Renew { resource, revision } => Some(Box::pin(async move {
+            let result = match directory.renew_key(&resource.key(), &me, revision).await {
+                Ok(revision) => Ok(revision),
+                Err(KeyError::Held(holder)) => Err(RenewError::Lost { holder }),
+                Err(KeyError::Store(_)) => Err(RenewError::Unavailable),
+            };
+            Done::Renewed(resource, result)
+        })),
+        Action::Drain { resource } => {
+            tracing::info!("handing {resource} over");
+            stop(&resource, &running, None);
+            None
+        }
+        Action::Halt { resource, why } => {
+            tracing::warn!("stopped deciding for {resource}: {why}");
+            stop(&resource, &running, Some(()));
+            None
+        }
+        Action::Release { resource, revision } => Some(Box::pin(async move {
+            if let Err(e) = directory.release_key(&resource.key(), revision).await {
+                tracing::info!("{resource}'s lease could not be released ({e}); it expires by itself");
+            }
+            Done::Released(resource)
+        })),
+        Action::Probe { instance } => {
+            let (client, subject) = (cx.client.clone(), format!("{}.{ALIVE}.{instance}", cx.cluster.prefix));
+            Some(Box::pin(async move {
+                let alive = convo_store::bus::probe(&client, subject, Duration::from_millis(PROBE_TIMEOUT_MS)).await;
+                Done::Probed(instance, alive)
+            }))
+        }
+    }
+}
+
+/// Stops serving a resource: drained (a handover), or halted at once (`halt`).
+fn stop(resource: &Resource, running: &Running<'_>, halt: Option<()>) {
+    match resource {
+        Resource::Partition(n) => {
+            if let Some(handle) = running.partitions.get(n) {
+                if halt.is_some() {
+                    let _ = handle.halt.send(true);
+                }
+                handle.drain.cancel();
+            }
+        }
+        Resource::Role(name) => {
+            if let Some(token) = running.playing.get(name) {
+                token.cancel();
+            }
+        }
+    }
+}
+
+/// The directory's changes, from one watcher (watched again after a failure).
+fn watch_directory(directory: Directory, stop: CancellationToken) -> mpsc::Receiver<DirectoryEvent> {
+    let (tx, rx) = mpsc::channel(1024);
+    tokio::spawn(async move {
+        while !stop.is_cancelled() {
+            match directory.watch().await {
+                Ok(events) => {
+                    let mut events = std::pin::pin!(events);
+                    loop {
+                        let event = tokio::select! {
+                            _ = stop.cancelled() => return,
+                            event = events.next() => event,
+                        };
+                        match event {
+                            Some(Ok(event)) => {
+                                if tx.send(event).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Some(Err(e)) => {
+                                tracing::warn!("the directory's watcher stopped ({e}); watching again");
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!("cannot watch the directory now ({e}); retrying"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    });
+    rx
+}
+
+/// The directory as the machine sees it, after one change.
+fn apply(view: &mut DirectoryView, event: DirectoryEvent, now: u64, ttl: u64) {
+    match event {
+        DirectoryEvent::Put { key, value, revision, age } => {
+            if let Some(id) = key.strip_prefix("instance.") {
+                let seen = now.saturating_sub((age.as_millis() as u64).min(ttl));
+                view.members.insert(id.to_owned(), seen);
+            } else if let Some(resource) = Resource::from_key(&key) {
+                view.leases.insert(resource, (String::from_utf8_lossy(&value).into_owned(), revision));
+            }
+        }
+        DirectoryEvent::Gone { key } => {
+            if let Some(id) = key.strip_prefix("instance.") {
+                view.members.remove(id);
+            } else if let Some(resource) = Resource::from_key(&key) {
+                view.leases.remove(&resource);
+            }
+        }
+    }
 }
 
 /// A request taken in this process: to its partition here, or forwarded to
 /// the instance that owns it.
 fn dispatch(
     request: Request,
-    held: &BTreeMap<usize, Held>,
+    held: &BTreeMap<usize, PartitionHandle>,
     client: &Client,
     responder: &Responder,
     cluster: &ClusterConfig,
@@ -273,7 +591,7 @@ fn dispatch(
         return refuse(request, error.to_json());
     }
     let index = convo_store::bus::partition_of(&request.account, cluster.partitions);
-    if let Some(part) = held.get(&index).filter(|p| !p.handing_over) {
+    if let Some(part) = held.get(&index).filter(|p| !p.drain.is_cancelled()) {
         if let Err(mpsc::error::TrySendError::Full(request) | mpsc::error::TrySendError::Closed(request)) =
             part.local.try_send(request)
         {
@@ -311,144 +629,26 @@ fn dispatch(
     });
 }
 
-/// This instance's share: the partitions `n` with `n mod k` its place among
-/// the `k` live instances sorted by id (itself counted even before its first
-/// heartbeat shows).
-pub fn share(instances: &[String], me: &str, count: usize) -> Vec<usize> {
-    let mut ids: Vec<&str> = instances.iter().map(String::as_str).collect();
-    if !ids.contains(&me) {
-        ids.push(me);
-    }
-    ids.sort_unstable();
-    ids.dedup();
-    let place = ids.iter().position(|id| *id == me).unwrap_or(0);
-    (0..count).filter(|n| n % ids.len() == place).collect()
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn coordinate<S: EventStore + Clone + 'static>(
-    store: &S,
-    directory: &Directory,
-    client: &Client,
-    clock: &Arc<dyn Clock>,
-    config: &ServeConfig,
-    cluster: &ClusterConfig,
-    held: &mut BTreeMap<usize, Held>,
-    stats: &mut ClusterStats,
-    state: &mut Coordination,
-    renew: bool,
-) {
-    // Partitions whose task ended (handed over, halted, or failed to recover).
-    let ended: Vec<usize> = held.iter().filter(|(_, p)| p.task.is_finished()).map(|(n, _)| *n).collect();
-    for index in ended {
-        let Some(part) = held.remove(&index) else { continue };
-        match part.task.await {
-            Ok(Some(ran)) => stats.partitions.push((index, ran)),
-            // It could not start: try again later, not at the next tick.
-            _ => {
-                state.retry_at.insert(index, Instant::now() + RETRY_START_AFTER);
-            }
-        }
-        if let Some(lease) = part.lease {
-            match lease.release().await {
-                Ok(()) => tracing::info!(partition = index, "released partition {index}"),
-                Err(e) => tracing::warn!("could not release partition {index}'s lease ({e}); it expires by itself"),
-            }
-        }
-    }
-    // The leases: renewed; one that cannot be kept stops its partition at once.
-    for (index, part) in held.iter_mut() {
-        let Some(lease) = part.lease.as_mut() else { continue };
-        if renew {
-            match lease.renew().await {
-                Ok(()) => {}
-                Err(e @ LeaseError::Lost { .. }) => {
-                    tracing::error!(partition = index, "{e}");
-                    let _ = part.halt.send(true);
-                    let _ = part.drain.send(true); // and the pump stops taking requests
-                    part.lease = None;
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(partition = index, "could not renew partition {index}'s lease ({e}); retrying")
-                }
-            }
-        }
-        if lease.valid_for().is_zero() {
-            tracing::error!(
-                partition = index,
-                "partition {index}'s lease could not be renewed in time (NATS unreachable); stopping before another instance may take it"
-            );
-            let _ = part.halt.send(true);
-            let _ = part.drain.send(true); // and the pump stops taking requests
-            part.lease = None;
-        }
-    }
-    if renew {
-        let owned: Vec<Value> = held
-            .iter()
-            .map(|(n, p)| json!({"partition": n, "held_secs": p.since.elapsed().as_secs(), "handing_over": p.handing_over}))
-            .collect();
-        let mut info = cluster.info.clone();
-        info["partitions"] = json!(owned);
-        if let Err(e) = directory.heartbeat(&cluster.instance, &info).await {
-            tracing::warn!("could not write this instance's heartbeat ({e}); retrying");
-        }
-    }
-    // Who is alive changes at the heartbeats' pace: read with them (listing the bucket costs the server).
-    if renew || state.members.is_none() {
-        match directory.members().await {
-            Ok(alive) => state.members = Some(alive.into_iter().map(|m| m.id).collect()),
-            Err(e) => tracing::warn!("cannot read the instances' directory ({e}); keeping what is held"),
-        }
-    }
-    let Some(members) = state.members.as_ref() else { return };
-    let mine = share(members, &cluster.instance, cluster.partitions);
-    // Hand over what is no longer this instance's share.
-    for (index, part) in held.iter_mut() {
-        if !mine.contains(index) && !part.handing_over {
-            tracing::info!(
-                partition = index,
-                "handing partition {index} over ({} instances share the stream)",
-                members.len()
-            );
-            part.handing_over = true;
-            let _ = part.drain.send(true);
-        }
-    }
-    // Take what is, once its lease is free.
-    for index in mine {
-        if held.contains_key(&index) || state.retry_at.get(&index).is_some_and(|at| Instant::now() < *at) {
-            continue;
-        }
-        state.retry_at.remove(&index);
-        match directory.take(index, &cluster.instance).await {
-            Ok(lease) => {
-                tracing::info!(partition = index, "took partition {index}; recovering it from the log");
-                held.insert(index, start(index, lease, store, client, clock, config, cluster));
-            }
-            Err(LeaseError::Held { .. }) => {} // its owner hands it over, or its lease expires
-            Err(e) => tracing::warn!(partition = index, "cannot take partition {index} now: {e}"),
-        }
-    }
-}
-
 /// Starts one partition: recovery, then its requests from NATS (its
 /// subjects) and from this process, until drained or halted.
-fn start<S: EventStore + Clone + 'static>(
+fn start(
     index: usize,
-    lease: Lease,
-    store: &S,
+    fence: Arc<Fence>,
+    store: &JetStreamStore,
     client: &Client,
     clock: &Arc<dyn Clock>,
     config: &ServeConfig,
     cluster: &ClusterConfig,
-) -> Held {
+) -> (PartitionHandle, tokio::task::JoinHandle<Option<PartitionEnd>>) {
     let (local_tx, mut local_rx) = mpsc::channel::<Request>(PARTITION_QUEUE_MAX);
-    let (drain_tx, mut drain) = watch::channel(false);
+    let drain = CancellationToken::new();
     let (halt_tx, halt) = watch::channel(false);
+    let handle = PartitionHandle { local: local_tx, drain: drain.clone(), halt: halt_tx };
+    // Appends (and read-backs) carry the partition's epoch; recovery and snapshots read as anyone.
+    let fenced = store.fenced(fence);
     let (store, client, clock, config, cluster) =
         (store.clone(), client.clone(), clock.clone(), config.clone(), cluster.clone());
+    let stop_taking = drain.clone();
     let task = tokio::spawn(async move {
         let started = Instant::now();
         let snapshots = cluster.snapshots.as_ref();
@@ -542,7 +742,7 @@ fn start<S: EventStore + Clone + 'static>(
                 loop {
                     tokio::select! {
                         biased;
-                        changed = drain.changed() => if changed.is_err() || *drain.borrow() { break },
+                        _ = stop_taking.cancelled() => break,
                         request = bus.next() => match request {
                             Some(request) => push(request).await,
                             None => break,
@@ -562,13 +762,17 @@ fn start<S: EventStore + Clone + 'static>(
             }
         };
         let halted = halt.clone();
-        let run = run_partition(index, machine, store.clone(), rx, &responder, clock.as_ref(), &config, halt);
-        let ((), stats) = tokio::join!(pump, run);
+        let run = async {
+            let end = run_partition(index, machine, fenced, rx, &responder, clock.as_ref(), &config, halt).await;
+            drain.cancel(); // deposed or halted: the pump stops taking requests too
+            end
+        };
+        let ((), end) = tokio::join!(pump, run);
         if let Some(task) = snapshotting {
             task.abort();
         }
-        // Handed over (not halted): a snapshot as of now, so the next owner reads only what follows.
-        if let Some(snapshots) = cluster.snapshots.as_ref().filter(|_| !*halted.borrow()) {
+        // Handed over (not halted, not deposed): a snapshot as of now, so the next owner reads only what follows.
+        if let Some(snapshots) = cluster.snapshots.as_ref().filter(|_| !*halted.borrow() && !end.deposed) {
             let write = crate::snapshot::refresh(&store, snapshots, index, cluster.partitions);
             match tokio::time::timeout(HANDOVER_SNAPSHOT_WAIT, write).await {
                 Ok(Ok((snapshot, bytes))) => tracing::info!(
@@ -584,33 +788,7 @@ fn start<S: EventStore + Clone + 'static>(
                 ),
             }
         }
-        Some(stats)
+        Some(end)
     });
-    Held {
-        lease: Some(lease),
-        local: local_tx,
-        drain: drain_tx,
-        halt: halt_tx,
-        handing_over: false,
-        since: Instant::now(),
-        task,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shares_are_even_and_cover_every_partition() {
-        let ids: Vec<String> = ["b", "a", "c"].iter().map(|s| s.to_string()).collect();
-        let mut all: Vec<usize> = ids.iter().flat_map(|me| share(&ids, me, 8)).collect();
-        assert_eq!(share(&ids, "a", 8), [0, 3, 6]);
-        assert_eq!(share(&ids, "c", 8), [2, 5]);
-        all.sort_unstable();
-        assert_eq!(all, (0..8).collect::<Vec<_>>());
-        // Before its first heartbeat shows, an instance counts itself.
-        assert_eq!(share(&[], "a", 3), [0, 1, 2]);
-        assert_eq!(share(&ids[..1], "z", 4), [1, 3]);
-    }
+    (handle, task)
 }

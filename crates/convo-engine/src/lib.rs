@@ -17,6 +17,7 @@ pub mod contract;
 pub mod core;
 pub mod intake;
 pub mod machine;
+pub mod ownership;
 pub mod read_door;
 pub mod reply;
 pub mod runtime;

@@ -190,7 +190,7 @@ pub async fn serve<S: EventStore + Clone + 'static>(
         let (responder, clock, store, config) = (responder.clone(), clock.clone(), store.clone(), config.clone());
         let halt = halt.clone();
         tasks.push(tokio::spawn(async move {
-            run_partition(partition, machine, store, rx, &responder, clock.as_ref(), &config, halt).await
+            run_partition(partition, machine, store, rx, &responder, clock.as_ref(), &config, halt).await.stats
         }));
     }
     dispatch(bus, local, &responder, &queues, shutdown).await;
@@ -265,7 +265,8 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
     clock: &dyn Clock,
     config: &ServeConfig,
     mut halt: watch::Receiver<bool>,
-) -> ServeStats {
+) -> PartitionEnd {
+    let mut deposed = None;
     let mut io: FuturesUnordered<Pending> = FuturesUnordered::new();
     // Requests taken and not answered yet (bounded by the machine's limits),
     // with the credential of a key being issued.
@@ -279,10 +280,9 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
     let partition_label = partition.to_string();
     let mut gauges_at = std::time::Instant::now() - Duration::from_secs(1);
     loop {
-        if *halt.borrow_and_update() {
-            // The partition's lease may expire: stop deciding at once (what is
-            // in hand is neither answered nor appended; clients retry).
-            tracing::warn!(partition, "stopped deciding for partition {partition}: its lease ran out");
+        if *halt.borrow_and_update() || deposed.is_some() {
+            // Another instance decides now (or may): stop at once (what is in
+            // hand is neither answered nor appended; clients retry with its owner).
             break;
         }
         if let Some(metrics) = &config.metrics
@@ -391,6 +391,9 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
         };
         match wake {
             Wake::Io(IoDone::Appended(id, commit, result)) => {
+                if let Err(StoreError::Deposed { current, .. }) = &result {
+                    deposed = Some(*current);
+                }
                 let catalog = (result.is_ok() && commit.stream == StreamRef::Catalog).then(|| commit.account.clone());
                 machine.handle_appended(id, commit, result);
                 if let Some(account) = catalog
@@ -449,8 +452,23 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
             Wake::Clock => {}
         }
     }
+    if let Some(current) = deposed {
+        tracing::info!(
+            partition,
+            "partition {partition} is served by another instance now (its fence is at {current}); stopped deciding for it"
+        );
+    }
     // Every request taken counts, those refused before the machine saw them too.
-    ServeStats { requests: machine.stats().requests + invalid, ..machine.stats() }
+    let stats = ServeStats { requests: machine.stats().requests + invalid, ..machine.stats() };
+    PartitionEnd { stats, deposed: deposed.is_some() }
+}
+
+/// How a partition's loop ended.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PartitionEnd {
+    pub stats: ServeStats,
+    /// An append found the partition's fence moved: another instance owns it.
+    pub deposed: bool,
 }
 
 /// A refused request, as the audit log keeps it (every string bounded).

@@ -91,6 +91,9 @@ pub struct GatewayConfig {
     pub webhooks: Option<convo_webhooks::Deliveries>,
     /// The metrics `/metrics` renders; `None`: not measured.
     pub metrics: Option<Arc<convo_store::metrics::Metrics>>,
+    /// The partitions no instance serves now, as this instance's ownership
+    /// sees them (readiness names them); `None`: no engine here.
+    pub unowned: Option<tokio::sync::watch::Receiver<Vec<usize>>>,
 }
 
 pub(crate) struct Shared {
@@ -240,8 +243,9 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 /// Ready once the engine has recovered every partition from the stream
-/// (before that, commands wait and nothing is served to integrators) and
-/// every read model has caught up with the stream as it was at start.
+/// (before that, commands wait and nothing is served to integrators), every
+/// partition has an owner serving it, and every read model has caught up
+/// with the stream as it was at start.
 async fn ready(State(shared): State<Arc<Shared>>) -> Response {
     let behind = shared.config.read_models.as_ref().map(reads::ReadModels::behind).unwrap_or_default();
     let positions: serde_json::Map<String, Value> = shared
@@ -251,11 +255,20 @@ async fn ready(State(shared): State<Arc<Shared>>) -> Response {
         .flat_map(reads::ReadModels::positions)
         .map(|(name, at)| (name.to_owned(), json!(at)))
         .collect();
+    let unowned: Vec<usize> = shared.config.unowned.as_ref().map(|u| u.borrow().clone()).unwrap_or_default();
     if !shared.config.redactions.is_ready() {
         let message = "the engine is recovering from the stream";
         reply(
             StatusCode::SERVICE_UNAVAILABLE,
             json!({"status": "recovering", "message": message, "read_models": positions}),
+        )
+    } else if !unowned.is_empty() {
+        // A command for one of them would find nobody: a load balancer should send traffic elsewhere.
+        let names: Vec<String> = unowned.iter().map(ToString::to_string).collect();
+        let message = format!("no instance serves partition(s) {} now (they are changing hands)", names.join(", "));
+        reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "partitions_unowned", "message": message, "unowned_partitions": unowned, "read_models": positions}),
         )
     } else if !behind.is_empty() {
         let names: Vec<&str> = behind.iter().map(|(name, _)| *name).collect();

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use convo_store::EventStore;
 
@@ -36,12 +37,15 @@ impl Followed {
 }
 
 /// Starts following: folds whenever `ends` (the stream's last sequence, as
-/// its watcher last saw it) is past the checkpoint, until `ends` closes.
+/// its watcher last saw it) is past the checkpoint, until `ends` closes or
+/// `stop` is cancelled (between batches or in the middle of one: each batch
+/// is written with its checkpoint, so a stop loses nothing).
 pub fn spawn<S, P>(
     projector: Projector,
     store: S,
     mut projection: P,
     mut ends: watch::Receiver<u64>,
+    stop: CancellationToken,
 ) -> Result<(Followed, tokio::task::JoinHandle<()>), crate::ProjectorError>
 where
     S: EventStore + Send + Sync + 'static,
@@ -53,13 +57,20 @@ where
         let name = projector.name();
         loop {
             let at = *position_tx.borrow();
-            if ends.wait_for(|end| *end > at).await.is_err() {
-                return; // the watcher is gone: serve is stopping
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                moved = ends.wait_for(|end| *end > at) => if moved.is_err() {
+                    return; // the watcher is gone: serve is stopping
+                },
             }
             let mut progress = |at: u64, _| {
                 position_tx.send_replace(at);
             };
-            match projector.catch_up(&store, &mut projection, &mut progress).await {
+            let caught_up = tokio::select! {
+                _ = stop.cancelled() => return,
+                caught_up = projector.catch_up(&store, &mut projection, &mut progress) => caught_up,
+            };
+            match caught_up {
                 Ok(stats) => {
                     position_tx.send_replace(stats.checkpoint);
                     if stats.dead_letters > 0 {
@@ -76,7 +87,10 @@ where
                         projection = name,
                         "the {name} read model cannot follow the stream now ({e}); retrying"
                     );
-                    tokio::time::sleep(RETRY_AFTER).await;
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(RETRY_AFTER) => {}
+                    }
                 }
             }
         }
@@ -85,8 +99,13 @@ where
 }
 
 /// Watches the stream's end: `last_seq` every `every`, published to the
-/// followers (and whoever waits for them) until the receivers are gone.
-pub fn watch_end<S>(store: S, every: Duration) -> (watch::Receiver<u64>, tokio::task::JoinHandle<()>)
+/// followers (and whoever waits for them) until the receivers are gone or
+/// `stop` is cancelled.
+pub fn watch_end<S>(
+    store: S,
+    every: Duration,
+    stop: CancellationToken,
+) -> (watch::Receiver<u64>, tokio::task::JoinHandle<()>)
 where
     S: EventStore + Send + Sync + 'static,
 {
@@ -95,7 +114,10 @@ where
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
             if tx.is_closed() {
                 return;
             }

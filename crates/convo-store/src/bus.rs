@@ -338,3 +338,68 @@ pub async fn request(
     .map_err(|e| StoreError::Unavailable(format!("{subject}: {e}")))?;
     Ok(reply.payload)
 }
+
+/// Answers presence probes on `subject` while it lives (dropping it stops
+/// answering): an instance's way of saying its connection is alive.
+#[derive(Debug)]
+pub struct Presence(tokio::task::JoinHandle<()>);
+
+impl Drop for Presence {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Starts answering presence probes on `subject`.
+pub async fn presence(client: &async_nats::Client, subject: String) -> Result<Presence, StoreError> {
+    let mut subscriber = client.subscribe(subject).await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let client = client.clone();
+    Ok(Presence(tokio::spawn(async move {
+        while let Some(message) = subscriber.next().await {
+            if let Some(reply) = message.reply {
+                let _ = client.publish(reply, Bytes::from_static(b"alive")).await;
+            }
+        }
+    })))
+}
+
+/// Probes `subject`'s presence: `Some(true)` it answered, `Some(false)`
+/// nobody listens there (its connection is gone: NATS says so at once),
+/// `None` no answer within `wait`.
+pub async fn probe(client: &async_nats::Client, subject: String, wait: Duration) -> Option<bool> {
+    match tokio::time::timeout(wait, client.request(subject, Bytes::new())).await {
+        Ok(Ok(_)) => Some(true),
+        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => Some(false),
+        _ => None,
+    }
+}
+
+/// Publishes a probe command for each of `accounts` and says on which
+/// partition the server's mapping put each (`None`: it did not arrive in 3 s
+/// — the server has no mapping).
+pub async fn probe_mapping(
+    client: &async_nats::Client,
+    prefix: &str,
+    accounts: &[String],
+) -> Result<Vec<Option<usize>>, StoreError> {
+    let unavailable = |e: &dyn std::fmt::Display| StoreError::Unavailable(e.to_string());
+    let mut probes = client.subscribe(format!("{prefix}.{PART}.*.*.convo-probe")).await.map_err(|e| unavailable(&e))?;
+    for account in accounts {
+        client
+            .publish(format!("{prefix}.{account}.cmd.convo-probe"), Bytes::new())
+            .await
+            .map_err(|e| unavailable(&e))?;
+    }
+    client.flush().await.map_err(|e| unavailable(&e))?;
+    let mut arrived: Vec<Option<usize>> = vec![None; accounts.len()];
+    for _ in accounts {
+        let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(3), probes.next()).await else { break };
+        let tokens: Vec<&str> = message.subject.split('.').collect();
+        let (index, account) = (tokens[tokens.len() - 3], tokens[tokens.len() - 2]);
+        if let Some(slot) = accounts.iter().position(|a| a == account) {
+            arrived[slot] = index.parse().ok();
+        }
+    }
+    let _ = probes.unsubscribe().await;
+    Ok(arrived)
+}

@@ -43,6 +43,25 @@ pub struct Owner {
     pub age: Duration,
 }
 
+/// A change the directory's watcher saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirectoryEvent {
+    /// `key` written, holding `value`, at `revision`, `age` ago (by the server's clock).
+    Put { key: String, value: Vec<u8>, revision: u64, age: Duration },
+    /// `key` deleted (a release, a graceful leave).
+    Gone { key: String },
+}
+
+/// Why a lease operation of the ownership driver did not succeed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum KeyError {
+    /// Another holder has it (`None`: nobody; the key is gone).
+    #[error("held by {}", .0.as_deref().unwrap_or("nobody"))]
+    Held(Option<String>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// The stream's directory of instances and partition leases.
 #[derive(Debug, Clone)]
 pub struct Directory {
@@ -140,6 +159,64 @@ impl Directory {
             .into_iter()
             .map(|(name, entry)| (name, String::from_utf8_lossy(&entry.value).into_owned()))
             .collect())
+    }
+
+    /// Follows every key: what is there now, then each change, until dropped
+    /// (one consumer for the watcher's life, not one per look).
+    pub async fn watch(
+        &self,
+    ) -> Result<impl futures::Stream<Item = Result<DirectoryEvent, StoreError>> + Send + use<>, StoreError> {
+        let watch = self.kv.watch_all_from_revision(1).await.map_err(unavailable)?;
+        Ok(watch.map(|entry| {
+            let entry = entry.map_err(unavailable)?;
+            Ok(match entry.operation {
+                kv::Operation::Put => DirectoryEvent::Put {
+                    age: age_of(&entry),
+                    key: entry.key,
+                    value: entry.value.to_vec(),
+                    revision: entry.revision,
+                },
+                kv::Operation::Delete | kv::Operation::Purge => DirectoryEvent::Gone { key: entry.key },
+            })
+        }))
+    }
+
+    /// The holder a key names now (`None`: the key is gone).
+    async fn holder_of(&self, key: &str) -> Option<String> {
+        let entry = self.kv.entry(key).await.ok().flatten()?;
+        (entry.operation == kv::Operation::Put).then(|| String::from_utf8_lossy(&entry.value).into_owned())
+    }
+
+    /// Takes `key` for `holder`: created if absent, or — `over` a dead
+    /// holder's revision — written over it; its revision.
+    pub async fn take_key(&self, key: &str, holder: &str, over: Option<u64>) -> Result<u64, KeyError> {
+        let value = Bytes::from(holder.to_owned());
+        if let Some(revision) = over
+            && let Ok(revision) = self.kv.update(key, value.clone(), revision).await
+        {
+            return Ok(revision);
+        }
+        match self.kv.create(key, value).await {
+            Ok(revision) => Ok(revision),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Err(KeyError::Held(self.holder_of(key).await)),
+            Err(e) => Err(KeyError::Store(unavailable(e))),
+        }
+    }
+
+    /// Renews `key` at `revision`; its new revision.
+    pub async fn renew_key(&self, key: &str, holder: &str, revision: u64) -> Result<u64, KeyError> {
+        match self.kv.update(key, Bytes::from(holder.to_owned()), revision).await {
+            Ok(revision) => Ok(revision),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                Err(KeyError::Held(self.holder_of(key).await))
+            }
+            Err(e) => Err(KeyError::Store(unavailable(e))),
+        }
+    }
+
+    /// Gives `key` up, if it is still at `revision`.
+    pub async fn release_key(&self, key: &str, revision: u64) -> Result<(), StoreError> {
+        self.kv.delete_expect_revision(key, Some(revision)).await.map_err(unavailable)
     }
 
     /// Takes partition `index`'s lease for instance `id`.

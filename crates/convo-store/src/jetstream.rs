@@ -118,6 +118,26 @@ impl JetStreamStore {
         Self::with_client(client, config).await
     }
 
+    /// The stream as it is, made by no one here: `None` when the server has
+    /// no stream of that name yet (for tools that must create nothing).
+    pub async fn existing(url: &str, config: StoreConfig) -> Result<Option<Self>, StoreError> {
+        let client = crate::connect(url).await?;
+        check_server_version(&client.server_info().version)?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(Duration::from_millis(config.ack_timeout_ms));
+        match js.get_stream(&config.stream).await {
+            Ok(stream) => Ok(Some(Self { client, js, stream, config, fence: None })),
+            Err(e) => match e.kind() {
+                jetstream::context::GetStreamErrorKind::JetStream(why)
+                    if why.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    Ok(None)
+                }
+                _ => Err(unavailable(e)),
+            },
+        }
+    }
+
     pub async fn with_client(client: async_nats::Client, config: StoreConfig) -> Result<Self, StoreError> {
         check_server_version(&client.server_info().version)?;
         let mut js = jetstream::new(client.clone());
@@ -284,6 +304,12 @@ impl JetStreamStore {
                 Ok(count)
             }
         }
+    }
+
+    /// How many replicas the stream has.
+    pub async fn replicas(&self) -> Result<usize, StoreError> {
+        let mut stream = self.stream.clone();
+        Ok(stream.info().await.map_err(unavailable)?.config.num_replicas)
     }
 
     /// The partition count the stream records, if an engine has served it.

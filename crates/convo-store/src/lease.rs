@@ -65,7 +65,19 @@ impl Lease {
             ..Default::default()
         };
         match js.get_key_value(config.bucket.clone()).await {
-            Ok(kv) => Ok(kv),
+            Ok(kv) => {
+                // Opened as it is only if it keeps what the code assumes: keys living LEASE_TTL_MS.
+                let mut stream = js.get_stream(format!("KV_{}", config.bucket)).await.map_err(unavailable)?;
+                let info = stream.info().await.map_err(unavailable)?;
+                if info.config.max_age != config.max_age {
+                    return Err(StoreError::Refused(format!(
+                        "the lease bucket {} keeps keys {:?}, not the {:?} this engine's leases and heartbeats assume; \
+                         delete it with the engines stopped (`nats kv del {}`) and start again",
+                        config.bucket, info.config.max_age, config.max_age, config.bucket
+                    )));
+                }
+                Ok(kv)
+            }
             Err(_) => js.create_key_value(config).await.map_err(unavailable),
         }
     }

@@ -20,6 +20,7 @@ async fn reads_work_with_the_server_stopped_and_bad_filters_name_the_flag() {
     op(&served, "acme", "a1", json!({"type": "configure_account", "name": "Acme"})).await;
 
     // While it serves, it holds the read models: the CLI reads them through its gateway.
+    // The stream holds the two partitions' fence markers (sequences 1 and 2), then the commit.
     for args in [
         &["report", "volume", "--account", "acme"][..],
         &["audit", "verify"],
@@ -29,7 +30,7 @@ async fn reads_work_with_the_server_stopped_and_bad_filters_name_the_flag() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{args:?}: {stderr}");
         assert!(
-            stderr.contains("read from the running `convo serve`") && stderr.contains("at stream sequence 1"),
+            stderr.contains("read from the running `convo serve`") && stderr.contains("at stream sequence 3"),
             "{args:?}: {stderr}"
         );
     }
@@ -68,10 +69,10 @@ async fn reads_work_with_the_server_stopped_and_bad_filters_name_the_flag() {
     let out = convo(&["audit", "verify"], dir);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("intact: 1 entries up to stream sequence 1 (the stream's end)"), "{text}");
+    assert!(text.contains("intact: 1 entries up to stream sequence 3 (the stream's end)"), "{text}");
     let out = convo(&["audit", "catch-up"], dir);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("audit log at stream sequence 1 (0 commits folded"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("audit log at stream sequence 3 (0 commits folded"));
     let out = convo(&["report", "volume", "--account", "acme"], dir);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = convo(&["tail", "--no-follow"], dir);

@@ -1,0 +1,88 @@
+//! The read models this instance keeps (audit, reports, contact history,
+//! live, inboxes), each followed from its own checkpoint into one sled
+//! database under `<data-dir>/projections`, and the lag of every follower
+//! measured for `/metrics`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use convo_store::{EventStore, JetStreamStore};
+
+use crate::ServiceError;
+
+/// How often the followers look for the stream's end.
+pub const END_POLL: Duration = Duration::from_millis(100);
+/// How often the lags are measured.
+pub const LAGS_EVERY: Duration = Duration::from_secs(2);
+
+/// Starts a follower for each read model under `<data-dir>/projections`
+/// (one sled database, held by this process while it serves), on `tasks`
+/// until `stop`; ready once each holds the stream as far as `ready_at`.
+pub fn follow(
+    data_dir: &Path,
+    store: &JetStreamStore,
+    ready_at: u64,
+    ends: &watch::Receiver<u64>,
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+) -> Result<convo_gateway::reads::ReadModels, ServiceError> {
+    let dir = data_dir.join("projections");
+    let db = convo_projector::open_db(&dir).map_err(|e| {
+        ServiceError::new(format!(
+            "cannot open the read models in {} (is another `convo` using them?): {e}",
+            dir.display()
+        ))
+    })?;
+    let mut models = convo_gateway::reads::ReadModels::new(ready_at);
+    let mut follow =
+        |name: &'static str, projection: Box<dyn convo_projector::Projection + Send>| -> Result<(), ServiceError> {
+            let projector = convo_projector::Projector::open(db.clone(), name);
+            let (followed, task) =
+                convo_projector::follow::spawn(projector, store.clone(), projection, ends.clone(), stop.clone())
+                    .map_err(|e| ServiceError::new(format!("the {name} read model: {e}")))?;
+            models.insert(followed);
+            tasks.spawn(async move {
+                let _ = task.await;
+            });
+            Ok(())
+        };
+    follow(convo_audit::NAME, Box::new(convo_audit::AuditLog))?;
+    follow(convo_reports::NAME, Box::<convo_reports::Reports>::default())?;
+    follow(convo_contact_history::NAME, Box::<convo_contact_history::ContactHistory>::default())?;
+    follow(convo_live::NAME, Box::new(convo_live::Live))?;
+    follow(convo_inbox::NAME, Box::new(convo_inbox::Inbox))?;
+    tracing::info!(
+        "read models followed from their checkpoints: {}",
+        models.positions().iter().map(|(n, at)| format!("{n} at {at}")).collect::<Vec<_>>().join(", ")
+    );
+    Ok(models)
+}
+
+/// Every [`LAGS_EVERY`] until `stop`: the stream's end, and how far behind it
+/// each read model and each of `others` (name, checkpoint) is.
+pub async fn measure_lags(
+    store: JetStreamStore,
+    metrics: Arc<convo_store::metrics::Metrics>,
+    read_models: Option<convo_gateway::reads::ReadModels>,
+    others: impl Fn() -> Vec<(&'static str, u64)> + Send + 'static,
+    stop: CancellationToken,
+) {
+    let mut every = tokio::time::interval(LAGS_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let Ok(last) = store.last_seq().await else { continue };
+        metrics.set("convo_stream_last_sequence", &[], last as f64);
+        let followed = read_models.iter().flat_map(convo_gateway::reads::ReadModels::positions);
+        for (projection, at) in others().into_iter().chain(followed) {
+            metrics.set("convo_projection_lag", &[("projection", projection)], last.saturating_sub(at) as f64);
+        }
+    }
+}
