@@ -110,6 +110,10 @@ struct SimulateArgs {
     /// expected sequence), to see the auditor catch it.
     #[arg(long, requires = "faults")]
     break_expectation: bool,
+    /// With --faults: deliberately break the partition's fence (a deposed
+    /// owner's appends are accepted), to see the auditor catch it.
+    #[arg(long, requires = "faults")]
+    break_fence: bool,
 }
 
 fn parse_instant(text: &str) -> Result<Timestamp, String> {
@@ -256,6 +260,7 @@ fn simulate_faults(args: &SimulateArgs) -> ExitCode {
             seed,
             conversations: args.conversations,
             break_expectation: args.break_expectation,
+            break_fence: args.break_fence,
         };
         match convo_sim::faults::run(options) {
             Ok(report) => (format!("seed {seed}: ok; {}; the model agrees: {}", report.stats, report.agreement), true),

@@ -427,7 +427,7 @@ fn perform(action: Action, cx: Context<'_>, running: Running<'_>) -> Option<BoxF
                                 partition = n,
                                 "took partition {n}'s lease but not its fence ({e}); giving it back"
                             );
-                            let _ = directory.release_key(&resource.key(), revision).await;
+                            let _ = directory.release_key(&resource.key(), &me, revision).await;
                             return Done::Taken(resource, Err(TakeError::Unavailable));
                         }
                     },
@@ -474,7 +474,7 @@ fn perform(action: Action, cx: Context<'_>, running: Running<'_>) -> Option<BoxF
             None
         }
         Action::Release { resource, revision } => Some(Box::pin(async move {
-            if let Err(e) = directory.release_key(&resource.key(), revision).await {
+            if let Err(e) = directory.release_key(&resource.key(), &me, revision).await {
                 tracing::info!("{resource}'s lease could not be released ({e}); it expires by itself");
             }
             Done::Released(resource)

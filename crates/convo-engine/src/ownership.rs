@@ -490,6 +490,19 @@ impl Ownership {
                 }
                 continue;
             }
+            // A lease of ours this instance does not hold (a take whose answer was lost) is not left
+            // to expire: taken if it is our share (below), given back at once if not.
+            if !mine
+                && let Some((holder, revision)) = self.directory.leases.get(&resource)
+                && *holder == self.config.instance
+                && !self.taking.contains(&resource)
+                && !self.releasing.contains(&resource)
+            {
+                let revision = *revision;
+                self.releasing.insert(resource.clone());
+                self.outbox.push_back(Action::Release { resource, revision });
+                continue;
+            }
             if !mine
                 || self.taking.contains(&resource)
                 || self.releasing.contains(&resource)

@@ -21,7 +21,8 @@ struct Entry {
 pub struct Directory {
     ttl_ms: u64,
     revision: u64,
-    members: BTreeMap<String, u64>,
+    /// Each member's last heartbeat: when, at which revision.
+    members: BTreeMap<String, (u64, u64)>,
     leases: BTreeMap<Resource, Entry>,
 }
 
@@ -33,7 +34,7 @@ impl Directory {
     /// Forgets what expired by `now` (the bucket's max_age).
     fn expire(&mut self, now: u64) {
         let ttl = self.ttl_ms;
-        self.members.retain(|_, at| now.saturating_sub(*at) < ttl);
+        self.members.retain(|_, (at, _)| now.saturating_sub(*at) < ttl);
         self.leases.retain(|_, e| now.saturating_sub(e.written_ms) < ttl);
     }
 
@@ -44,19 +45,18 @@ impl Directory {
 
     pub fn heartbeat(&mut self, instance: &str, now: u64) {
         self.expire(now);
-        self.next_revision();
-        self.members.insert(instance.to_owned(), now);
+        let revision = self.next_revision();
+        self.members.insert(instance.to_owned(), (now, revision));
     }
 
     /// Creates the lease (`over: None`) or replaces a dead holder's at its revision.
     pub fn take(&mut self, resource: &Resource, instance: &str, over: Option<u64>, now: u64) -> Result<u64, TakeError> {
         self.expire(now);
         let current = self.leases.get(resource);
+        // As the store does: an update at the dead holder's revision, else a create (the key expired).
         let allowed = match (current, over) {
-            (None, None) => true,
+            (None, _) => true,
             (Some(entry), Some(revision)) => entry.revision == revision,
-            // Over a revision that expired meanwhile: the key is gone, an update fails.
-            (None, Some(_)) => false,
             (Some(_), None) => false,
         };
         if !allowed {
@@ -68,13 +68,12 @@ impl Directory {
         Ok(revision)
     }
 
-    pub fn renew(&mut self, resource: &Resource, instance: &str, revision: u64, now: u64) -> Result<u64, RenewError> {
+    pub fn renew(&mut self, resource: &Resource, instance: &str, _revision: u64, now: u64) -> Result<u64, RenewError> {
         self.expire(now);
         match self.leases.get(resource) {
             None => Err(RenewError::Lost { holder: None }),
-            Some(entry) if entry.holder != instance || entry.revision != revision => {
-                Err(RenewError::Lost { holder: Some(entry.holder.clone()) })
-            }
+            // Ours at another revision is still ours (an earlier renewal's answer was lost), as in the store.
+            Some(entry) if entry.holder != instance => Err(RenewError::Lost { holder: Some(entry.holder.clone()) }),
             Some(_) => {
                 let revision = self.next_revision();
                 self.leases.insert(resource.clone(), Entry { holder: instance.to_owned(), revision, written_ms: now });
@@ -83,9 +82,11 @@ impl Directory {
         }
     }
 
-    pub fn release(&mut self, resource: &Resource, revision: u64, now: u64) {
+    /// Gives the lease up if `instance` holds it (at `revision` or a later
+    /// revision of its own), as the store does.
+    pub fn release(&mut self, resource: &Resource, instance: &str, now: u64) {
         self.expire(now);
-        if self.leases.get(resource).is_some_and(|e| e.revision == revision) {
+        if self.leases.get(resource).is_some_and(|e| e.holder == instance) {
             self.next_revision();
             self.leases.remove(resource);
         }
@@ -95,7 +96,7 @@ impl Directory {
     pub fn snapshot(&mut self, now: u64) -> Snapshot {
         self.expire(now);
         Snapshot {
-            members: self.members.iter().map(|(id, at)| (id.clone(), now - at)).collect(),
+            members: self.members.iter().map(|(id, (_, revision))| (id.clone(), *revision)).collect(),
             leases: self.leases.iter().map(|(r, e)| (r.clone(), (e.holder.clone(), e.revision))).collect(),
         }
     }
@@ -106,8 +107,8 @@ impl Directory {
     }
 }
 
-/// The directory as sent to an instance: ages, not instants (each instance
-/// has its own clock).
+/// The directory as sent to an instance: each member's heartbeat by its
+/// revision (each instance has its own clock, and notes when it saw it).
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     members: BTreeMap<String, u64>,
@@ -115,10 +116,19 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// The view on an instance whose clock reads `now`.
-    pub fn view(&self, now: u64) -> DirectoryView {
+    /// The view on an instance whose clock reads `now`, as its watcher
+    /// keeps it: a heartbeat is seen when a new revision of it arrives
+    /// (`seen` holds each member's last revision and when it came).
+    pub fn view(&self, now: u64, seen: &mut BTreeMap<String, (u64, u64)>) -> DirectoryView {
+        seen.retain(|id, _| self.members.contains_key(id));
+        for (id, revision) in &self.members {
+            let entry = seen.entry(id.clone()).or_insert((*revision, now));
+            if entry.0 < *revision {
+                *entry = (*revision, now);
+            }
+        }
         DirectoryView {
-            members: self.members.iter().map(|(id, age)| (id.clone(), now.saturating_sub(*age))).collect(),
+            members: seen.iter().map(|(id, (_, at))| (id.clone(), *at)).collect(),
             leases: self.leases.clone(),
         }
     }

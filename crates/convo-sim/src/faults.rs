@@ -2,8 +2,14 @@
 //! machine, pipelined as in `serve`, driven by a seeded random day over an
 //! in-memory log that delays, reorders and fails appends, loses
 //! acknowledgements, lets a phantom second writer win races, goes
-//! unavailable for a while, and crash-restarts the partition from the log.
-//! The seed decides every one of them, so a failing seed replays exactly.
+//! unavailable for a while. The partition is shared by one to three engine
+//! instances, each with the service's ownership machine
+//! (`convo_engine::ownership`) over a simulated directory
+//! ([`crate::directory`]): instances are killed and restarted, paused past
+//! their lease and resumed, their clocks jump, the directory elects (answers
+//! nothing) and loses answers; a takeover takes the log's fence, and a
+//! deposed owner's appends are refused. The seed decides every one of them,
+//! so a failing seed replays exactly.
 //!
 //! An auditor then checks what must hold whatever the faults:
 //! - every acknowledged command is in the log exactly once, at the place its
@@ -12,7 +18,13 @@
 //!   after the run no open conversation has a deadline left unfired;
 //! - a fresh recovery from the log equals the live state;
 //! - the independent model of the rules agrees with the log;
-//! - appends in flight never exceeded the machine's limit.
+//! - appends in flight never exceeded the machine's limit;
+//! - at most one owner decides at any instant the log can observe: no commit
+//!   of a deposed owner after its successor's first (`--break-fence` shows
+//!   the check catching it);
+//! - every acknowledgement any instance gave names the command's one place;
+//! - the partition is owned again within [`OWNED_AGAIN_MS`] of the latest
+//!   disruption once the directory answers and an instance runs.
 //!
 //! Time: inputs are fed in the order the workload schedules them, each at its
 //! own instant, or just after the latest instant fed when the clock has passed
@@ -30,10 +42,12 @@ use std::fmt;
 
 use convo_domain::{AccountId, CommandEnvelope, CommandId, Timestamp};
 use convo_engine::machine::{Failure, IoId, Machine, MachineConfig, Origin, Outcome, Output};
+use convo_engine::ownership::{Action, MEMBER_TTL_MS, Ownership, OwnershipConfig, RenewError, Resource, TakeError};
 use convo_engine::{Refusal, World};
 use convo_store::{LogItem, StoreError, StoredCommit};
 use convo_wire::{Commit, StreamRef};
 
+use crate::directory::{Directory, Snapshot};
 use crate::model::Model;
 use crate::workload::{self, RandomDay, Rng};
 use crate::{Driver, Input, Record};
@@ -42,8 +56,29 @@ use crate::{Driver, Input, Record};
 pub const STEPS_MAX: u64 = 50_000_000;
 /// The longest an outage lasts, in scheduler steps.
 pub const OUTAGE_STEPS_MAX: u64 = 200;
-/// The longest an append or load is held back, in scheduler steps.
+/// The longest an append, a load or a directory operation is held back, in scheduler steps.
 pub const DELAY_STEPS_MAX: u64 = 40;
+/// How many milliseconds of the instances' clocks a scheduler step is.
+pub const MS_PER_STEP: u64 = 10;
+/// The most engine instances sharing the partition.
+pub const INSTANCES_MAX: usize = 3;
+/// The longest an instance stays paused (SIGSTOP), in steps: past its lease.
+pub const PAUSE_STEPS_MAX: u64 = 4_000;
+/// The longest a killed instance stays down before it restarts, in steps.
+pub const DOWN_STEPS_MAX: u64 = 2_000;
+/// The longest the directory elects a leader (answers nothing), in steps.
+pub const ELECTION_STEPS_MAX: u64 = 1_500;
+/// The furthest an instance's clock jumps forward at once, in ms.
+pub const CLOCK_JUMP_MS_MAX: u64 = 15_000;
+/// How long a handover waits for the appends in hand, in steps.
+pub const DRAIN_STEPS_MAX: u64 = 200;
+/// The most directory operations delivered in one step.
+pub const WIRE_PER_STEP_MAX: usize = 16;
+/// The longest the partition may go without an owner once the directory
+/// answers and an instance runs, counted from the latest kill, pause or
+/// election: a paused holder's heartbeat outlives it by the member TTL, then
+/// the take and the fence.
+pub const OWNED_AGAIN_MS: u64 = MEMBER_TTL_MS + 5_000;
 
 /// What one run is made of.
 #[derive(Debug, Clone, Copy)]
@@ -53,6 +88,9 @@ pub struct FaultOptions {
     /// Deliberately break the store: appends ignore their expected sequence
     /// (the optimistic-concurrency check). The auditor must catch it.
     pub break_expectation: bool,
+    /// Deliberately break the fence: appends of a deposed owner are
+    /// accepted. The auditor must catch it.
+    pub break_fence: bool,
 }
 
 /// What a run went through.
@@ -72,14 +110,25 @@ pub struct FaultStats {
     pub overloaded: u64,
     pub io_in_flight_max: usize,
     pub io_in_flight_limit: usize,
+    pub instances: usize,
+    pub pauses: u64,
+    pub clock_jumps: u64,
+    pub elections: u64,
+    pub lost_kv_results: u64,
+    pub takeovers: u64,
+    pub handovers: u64,
+    pub deposed: u64,
+    pub unowned_ms_max: u64,
 }
 
 impl fmt::Display for FaultStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} inputs, {} commits; faults: {} failed appends, {} lost acks, {} phantom writes, {} outages, {} crashes, \
-             {} reordered; {} conflicts, {} overloaded, {} retries; up to {}/{} appends in flight",
+            "{} inputs, {} commits; faults: {} failed appends, {} lost acks, {} phantom writes, {} outages, {} kills, \
+             {} pauses, {} clock jumps, {} elections, {} lost directory answers, {} reordered; {} conflicts, \
+             {} overloaded, {} retries; up to {}/{} appends in flight; {} instances: {} takeovers, {} handovers, \
+             {} deposed appends, up to {} ms without an owner",
             self.inputs,
             self.commits,
             self.failed_appends,
@@ -87,12 +136,21 @@ impl fmt::Display for FaultStats {
             self.phantom_writes,
             self.outages,
             self.crashes,
+            self.pauses,
+            self.clock_jumps,
+            self.elections,
+            self.lost_kv_results,
             self.reordered,
             self.conflicts,
             self.overloaded,
             self.retries,
             self.io_in_flight_max,
-            self.io_in_flight_limit
+            self.io_in_flight_limit,
+            self.instances,
+            self.takeovers,
+            self.handovers,
+            self.deposed,
+            self.unowned_ms_max
         )
     }
 }
@@ -120,10 +178,11 @@ impl fmt::Display for FaultFailure {
         writeln!(f, "  after {}", self.stats)?;
         write!(
             f,
-            "  reproduce with: convo simulate --random --faults --seed {} --conversations {}{}",
+            "  reproduce with: convo simulate --random --faults --seed {} --conversations {}{}{}",
             self.options.seed,
             self.options.conversations,
-            if self.options.break_expectation { " --break-expectation" } else { "" }
+            if self.options.break_expectation { " --break-expectation" } else { "" },
+            if self.options.break_fence { " --break-fence" } else { "" }
         )
     }
 }
@@ -132,27 +191,48 @@ impl std::error::Error for FaultFailure {}
 
 type Key = (AccountId, StreamRef);
 
-/// The log: what the broker would hold, with its per-aggregate last sequence.
+/// The partition the simulated cluster shares (the workload's accounts all hash onto it).
+const PARTITION: Resource = Resource::Partition(0);
+
+/// The log: what the broker would hold, with its per-aggregate last
+/// sequence and the partition's fence (`convo_store::fence`): an append
+/// carries the epoch its writer took the partition with, and one whose
+/// epoch is not the fence's current one is refused.
 #[derive(Debug, Default)]
 struct Log {
     entries: Vec<Commit>,
+    /// The epoch each entry was appended under.
+    epochs: Vec<u64>,
     last: HashMap<Key, u64>,
     by_key: HashMap<Key, Vec<u64>>,
+    /// The fence's current epoch (0: nobody took it yet).
+    fence: u64,
     ignore_expectation: bool,
+    ignore_fence: bool,
 }
 
 impl Log {
-    fn append(&mut self, commit: &Commit, expected: u64) -> Result<u64, StoreError> {
+    fn append(&mut self, commit: &Commit, expected: u64, epoch: u64) -> Result<u64, StoreError> {
+        if epoch != self.fence && !self.ignore_fence {
+            return Err(StoreError::Deposed { partition: 0, epoch, current: self.fence });
+        }
         let key = (commit.account.clone(), commit.stream.clone());
         let actual = self.last.get(&key).copied().unwrap_or(0);
         if actual != expected && !self.ignore_expectation {
             return Err(StoreError::Conflict { stream: commit.stream.path(), expected });
         }
         self.entries.push(commit.clone());
+        self.epochs.push(epoch);
         let seq = self.entries.len() as u64;
         self.last.insert(key.clone(), seq);
         self.by_key.entry(key).or_default().push(seq);
         Ok(seq)
+    }
+
+    /// A takeover's marker: the fence moves on, and every earlier epoch is deposed.
+    fn take_fence(&mut self) -> u64 {
+        self.fence += 1;
+        self.fence
     }
 
     fn item(&self, seq: u64) -> LogItem {
@@ -165,11 +245,105 @@ impl Log {
     }
 }
 
-/// An append or load on its way, due at a scheduler step.
+/// A directory operation an instance asked for.
+#[derive(Debug)]
+enum KvOp {
+    Heartbeat,
+    Take {
+        resource: Resource,
+        over: Option<u64>,
+    },
+    Renew {
+        resource: Resource,
+        revision: u64,
+    },
+    /// Whatever its revision now: a renewal may have crossed it.
+    Release {
+        resource: Resource,
+    },
+}
+
+/// Something on its way, due at a scheduler step.
 #[derive(Debug)]
 enum Op {
-    Append { io: IoId, commit: Commit, expected: u64 },
-    Load { io: IoId, key: Key },
+    /// A partition machine's append (with the epoch it was decided under) or load.
+    Append {
+        io: IoId,
+        commit: Commit,
+        expected: u64,
+        epoch: u64,
+    },
+    Load {
+        io: IoId,
+        key: Key,
+    },
+    /// An ownership machine's request to the directory, answered on delivery.
+    Kv(KvOp),
+    /// What the directory's watcher shows an instance.
+    View(Snapshot),
+    /// A presence probe of another instance.
+    Probe {
+        instance: String,
+    },
+}
+
+/// Whom an operation's answer goes to: an instance's incarnation, and
+/// (machine operations) the partition machine it serves with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Dest {
+    instance: usize,
+    incarnation: u32,
+    generation: u64,
+}
+
+/// The partition as an instance serves it.
+struct Served {
+    machine: Machine,
+    /// Unique per start: answers for an earlier machine go nowhere.
+    generation: u64,
+    /// The fence's epoch it took the partition with.
+    epoch: u64,
+    /// Handing over since this step: no new requests, finishing those in hand.
+    draining_since: Option<u64>,
+}
+
+/// One engine instance: its ownership machine and, while it serves the
+/// partition, its partition machine.
+struct Instance {
+    name: String,
+    incarnation: u32,
+    ownership: Ownership,
+    /// How far this instance's clock is ahead of the simulator's (clock jumps).
+    offset_ms: u64,
+    down_until: Option<u64>,
+    paused_until: Option<u64>,
+    served: Option<Served>,
+    /// The epoch of the fence taken with the partition's lease, until it starts.
+    fence: Option<u64>,
+    /// Its watcher's members: each one's last heartbeat revision, and when it arrived.
+    seen: BTreeMap<String, (u64, u64)>,
+}
+
+impl Instance {
+    fn new(index: usize, incarnation: u32, offset_ms: u64) -> Self {
+        let name = format!("i{index}-{incarnation}");
+        let config = OwnershipConfig::serve(&name, 1, vec!["feeds".to_owned()]);
+        Self {
+            name,
+            incarnation,
+            ownership: Ownership::new(config),
+            offset_ms,
+            down_until: None,
+            paused_until: None,
+            served: None,
+            fence: None,
+            seen: BTreeMap::new(),
+        }
+    }
+
+    fn running(&self) -> bool {
+        self.down_until.is_none() && self.paused_until.is_none()
+    }
 }
 
 /// A client's command and what it has come to.
@@ -178,6 +352,8 @@ struct Sent {
     input: Input,
     /// The instant of its latest attempt.
     at: Timestamp,
+    /// Where its latest attempt waits for an answer (instance, machine generation).
+    attempt: Option<(usize, u64)>,
     /// The final answer, once there is one.
     answer: Option<Result<Outcome, Failure>>,
 }
@@ -186,21 +362,31 @@ struct Sim {
     options: FaultOptions,
     rng: Rng,
     day: RandomDay,
-    machine: Machine,
     config: MachineConfig,
     log: Log,
     /// Log entries the workload has seen.
     observed: usize,
-    network: Vec<(u64, Op)>,
+    instances: Vec<Instance>,
+    directory: Directory,
+    /// Machine operations, and directory operations, on their way.
+    network: Vec<(u64, Dest, Op)>,
+    wire: Vec<(u64, Dest, Op)>,
+    next_generation: u64,
     /// Client commands, by token; and the aggregates with one unanswered.
     sent: Vec<Sent>,
     unanswered: HashMap<Key, usize>,
     retry: VecDeque<usize>,
-    /// The latest instant fed to the machine.
+    /// Every acknowledgement given, by any instance: (token, log sequence, commit).
+    acks: Vec<(usize, u64, Commit)>,
+    /// The latest instant fed to a partition machine.
     now: Timestamp,
-    /// The latest instant the machine's timers were fired at.
+    /// The latest instant the machines' timers were fired at.
     timed_out: Timestamp,
     outage_until: u64,
+    election_until: u64,
+    /// Since when (ms) the partition has had no owner while a quorum was up
+    /// (or since the latest kill, pause or election, if later).
+    unowned_since: Option<u64>,
     stats: FaultStats,
     step: u64,
     /// `CONVO_FAULTS_TRACE=<conversation>`: print what happens to it, step by step.
@@ -221,23 +407,36 @@ impl Sim {
             tick_at_deadline: true,
             ..MachineConfig::serve()
         };
-        let log = Log { ignore_expectation: options.break_expectation, ..Log::default() };
-        let stats = FaultStats { io_in_flight_limit: config.io_in_flight_max, ..FaultStats::default() };
+        let instances: Vec<Instance> =
+            (0..rng.range(1, INSTANCES_MAX as u64) as usize).map(|i| Instance::new(i, 0, 0)).collect();
+        let log =
+            Log { ignore_expectation: options.break_expectation, ignore_fence: options.break_fence, ..Log::default() };
+        let stats = FaultStats {
+            io_in_flight_limit: config.io_in_flight_max,
+            instances: instances.len(),
+            ..FaultStats::default()
+        };
         Self {
             options,
             rng,
             day: RandomDay::new(options.seed, options.conversations),
-            machine: Machine::new(config),
             config,
             log,
             observed: 0,
+            instances,
+            directory: Directory::new(MEMBER_TTL_MS),
             network: Vec::new(),
+            wire: Vec::new(),
+            next_generation: 0,
             sent: Vec::new(),
             unanswered: HashMap::new(),
             retry: VecDeque::new(),
+            acks: Vec::new(),
             now: Timestamp::from_millis(i64::MIN),
             timed_out: Timestamp::from_millis(i64::MIN),
             outage_until: 0,
+            election_until: 0,
+            unowned_since: None,
             stats,
             step: 0,
             trace: std::env::var("CONVO_FAULTS_TRACE").ok(),
@@ -248,43 +447,91 @@ impl Sim {
         Box::new(FaultFailure { options: self.options, what: what.into(), stats: self.stats })
     }
 
-    /// Takes the machine's outputs: I/O onto the network, replies to clients.
-    fn drain(&mut self) -> Result<(), Box<FaultFailure>> {
-        self.stats.io_in_flight_max = self.stats.io_in_flight_max.max(self.machine.io_in_flight());
-        if self.machine.io_in_flight() > self.config.io_in_flight_max {
-            return Err(self.fail(format!(
-                "{} appends and loads in flight, over the limit of {}",
-                self.machine.io_in_flight(),
-                self.config.io_in_flight_max
-            )));
+    fn trace(&self, what: impl FnOnce() -> String) {
+        if self.trace.is_some() {
+            eprintln!("step {}: {}", self.step, what());
         }
-        while let Some(output) = self.machine.poll() {
-            match output {
-                Output::Append { io, commit, expected } => {
-                    let due = self.step + self.rng.range(0, DELAY_STEPS_MAX);
-                    self.network.push((due, Op::Append { io, commit, expected }));
-                }
-                Output::Load { io, account, stream } => {
-                    let due = self.step + self.rng.range(0, DELAY_STEPS_MAX);
-                    self.network.push((due, Op::Load { io, key: (account, stream) }));
-                }
-                Output::Reply { origin, envelope, result, now } => {
-                    if let Some(trace) = &self.trace
-                        && key_of(&envelope).1.path().ends_with(trace.as_str())
-                    {
-                        let shown = result.as_ref().map(|o| match o {
-                            Outcome::Committed { log_seq, .. } => format!("committed {log_seq}"),
-                            other => format!("{other:?}"),
-                        });
-                        eprintln!("step {}: {origin:?} {} at {now}: {shown:?}", self.step, envelope.id);
+    }
+
+    /// The simulator's clock, in ms.
+    fn ms(&self) -> u64 {
+        self.step * MS_PER_STEP
+    }
+
+    fn delay(&mut self) -> u64 {
+        self.step + self.rng.range(0, DELAY_STEPS_MAX)
+    }
+
+    /// The instance requests go to: of those running and serving the
+    /// partition (not handing it over), the one with the newest epoch.
+    fn target(&self) -> Option<usize> {
+        (0..self.instances.len())
+            .filter(|i| self.instances[*i].running())
+            .filter_map(|i| {
+                self.instances[i].served.as_ref().filter(|s| s.draining_since.is_none()).map(|s| (s.epoch, i))
+            })
+            .max()
+            .map(|(_, i)| i)
+    }
+
+    fn machine(&mut self, instance: usize) -> &mut Machine {
+        &mut self.instances[instance].served.as_mut().expect("the instance serves the partition").machine
+    }
+
+    /// Takes the machines' outputs: I/O onto the network, replies to clients.
+    fn drain(&mut self) -> Result<(), Box<FaultFailure>> {
+        for i in 0..self.instances.len() {
+            if !self.instances[i].running() {
+                continue;
+            }
+            let Some(served) = self.instances[i].served.as_mut() else { continue };
+            let (generation, epoch) = (served.generation, served.epoch);
+            let in_flight = served.machine.io_in_flight();
+            self.stats.io_in_flight_max = self.stats.io_in_flight_max.max(in_flight);
+            if in_flight > self.config.io_in_flight_max {
+                return Err(self.fail(format!(
+                    "{in_flight} appends and loads in flight, over the limit of {}",
+                    self.config.io_in_flight_max
+                )));
+            }
+            let dest = Dest { instance: i, incarnation: self.instances[i].incarnation, generation };
+            while let Some(output) = self.machine(i).poll() {
+                match output {
+                    Output::Append { io, commit, expected } => {
+                        let due = self.delay();
+                        self.network.push((due, dest, Op::Append { io, commit, expected, epoch }));
                     }
-                    match (origin, result) {
-                        (Origin::Request(token), result) => self.answer(token as usize, result),
-                        // The engine's own ticks are never refused by a rule, whatever the faults.
-                        (Origin::Timer, Ok(Outcome::Refused(refusal))) => {
-                            return Err(self.fail(format!("the tick {} was refused: {refusal}", envelope.id)));
+                    Output::Load { io, account, stream } => {
+                        let due = self.delay();
+                        self.network.push((due, dest, Op::Load { io, key: (account, stream) }));
+                    }
+                    Output::Reply { origin, envelope, result, now } => {
+                        if let Some(trace) = &self.trace
+                            && key_of(&envelope).1.path().ends_with(trace.as_str())
+                        {
+                            let shown = result.as_ref().map(|o| match o {
+                                Outcome::Committed { log_seq, .. } => format!("committed {log_seq}"),
+                                other => format!("{other:?}"),
+                            });
+                            eprintln!("step {}: {origin:?} {} at {now} on {i}: {shown:?}", self.step, envelope.id);
                         }
-                        _ => {}
+                        match (origin, result) {
+                            (Origin::Request(token), result) => {
+                                let token = token as usize;
+                                if let Ok(Outcome::Committed { log_seq, commit }) = &result {
+                                    self.acks.push((token, *log_seq, commit.clone()));
+                                }
+                                // A late answer to an attempt the client gave up on reaches nobody.
+                                if self.sent[token].attempt == Some((i, generation)) {
+                                    self.answer(token, result);
+                                }
+                            }
+                            // The engine's own ticks are never refused by a rule, whatever the faults.
+                            (Origin::Timer, Ok(Outcome::Refused(refusal))) => {
+                                return Err(self.fail(format!("the tick {} was refused: {refusal}", envelope.id)));
+                            }
+                            _ => {}
+                        }
                     }
                 }
             }
@@ -293,6 +540,7 @@ impl Sim {
     }
 
     fn answer(&mut self, token: usize, result: Result<Outcome, Failure>) {
+        self.sent[token].attempt = None;
         let key = key_of(&self.sent[token].input.envelope);
         if result.is_err() {
             if matches!(result, Err(Failure::Overloaded(_))) {
@@ -319,27 +567,49 @@ impl Sim {
         }
     }
 
-    /// Delivers one network operation (chosen at random among those due).
-    fn deliver(&mut self) -> bool {
-        let due: Vec<usize> = (0..self.network.len()).filter(|i| self.network[*i].0 <= self.step).collect();
+    /// Picks one of the operations due (at random: they arrive reordered);
+    /// a paused instance's wait until it runs again.
+    fn pick_due(&mut self, wire: bool) -> Option<(Dest, Op)> {
+        let queue = if wire { &self.wire } else { &self.network };
+        let due: Vec<usize> = (0..queue.len())
+            .filter(|i| queue[*i].0 <= self.step && self.instances[queue[*i].1.instance].paused_until.is_none())
+            .collect();
         if due.is_empty() {
-            return false;
+            return None;
         }
         let pick = due[(self.rng.next_u64() % due.len() as u64) as usize];
-        if pick != due[0] {
+        if pick != due[0] && !wire {
             self.stats.reordered += 1;
         }
-        let (_, op) = self.network.swap_remove(pick);
+        let queue = if wire { &mut self.wire } else { &mut self.network };
+        let (_, dest, op) = queue.swap_remove(pick);
+        Some((dest, op))
+    }
+
+    /// Whether `dest`'s machine is the one its instance serves with now.
+    fn current(&self, dest: Dest) -> bool {
+        let instance = &self.instances[dest.instance];
+        instance.incarnation == dest.incarnation
+            && instance.down_until.is_none()
+            && instance.served.as_ref().is_some_and(|s| s.generation == dest.generation)
+    }
+
+    /// Delivers one machine operation (chosen at random among those due).
+    fn deliver(&mut self) -> bool {
+        let Some((dest, op)) = self.pick_due(false) else { return false };
         let down = self.step < self.outage_until;
         if let Some(trace) = self.trace.clone() {
             match &op {
-                Op::Append { commit, expected, .. } if commit.stream.path().ends_with(trace.as_str()) => eprintln!(
-                    "step {}: deliver append {} {:?} expected {expected} (log last {:?})",
-                    self.step,
-                    commit.command,
-                    commit.events.iter().map(|e| (e.seq, e.event.type_name())).collect::<Vec<_>>(),
-                    self.log.last.get(&(commit.account.clone(), commit.stream.clone()))
-                ),
+                Op::Append { commit, expected, epoch, .. } if commit.stream.path().ends_with(trace.as_str()) => {
+                    eprintln!(
+                        "step {}: deliver append {} {:?} expected {expected} epoch {epoch} (log last {:?}, fence {})",
+                        self.step,
+                        commit.command,
+                        commit.events.iter().map(|e| (e.seq, e.event.type_name())).collect::<Vec<_>>(),
+                        self.log.last.get(&(commit.account.clone(), commit.stream.clone())),
+                        self.log.fence
+                    )
+                }
                 Op::Load { key, .. } if key.1.path().ends_with(trace.as_str()) => {
                     eprintln!("step {}: deliver load (down {down}) {:?}", self.step, self.log.by_key.get(key))
                 }
@@ -347,18 +617,18 @@ impl Sim {
             }
         }
         match op {
-            Op::Append { io, commit, expected } => {
+            Op::Append { io, commit, expected, epoch } => {
                 let result = if down || self.rng.chance(3) {
                     self.stats.failed_appends += 1;
                     Err(StoreError::Unavailable("simulated: the append did not reach the broker".into()))
                 } else {
                     if self.rng.chance(4) {
                         // A second writer decided the same command first and won the race.
-                        if self.log.append(&commit, expected).is_ok() {
+                        if self.log.append(&commit, expected, self.log.fence).is_ok() {
                             self.stats.phantom_writes += 1;
                         }
                     }
-                    let written = self.log.append(&commit, expected);
+                    let written = self.log.append(&commit, expected, epoch);
                     match written {
                         Ok(_) if self.rng.chance(3) => {
                             self.stats.lost_acks += 1;
@@ -368,13 +638,28 @@ impl Sim {
                             self.stats.conflicts += 1;
                             written
                         }
+                        Err(StoreError::Deposed { .. }) => {
+                            self.stats.deposed += 1;
+                            written
+                        }
                         other => other,
                     }
                 };
                 if result.is_ok() {
                     self.stats.commits += 1;
                 }
-                self.machine.handle_appended(io, commit, result);
+                if self.current(dest) {
+                    let deposed = matches!(result, Err(StoreError::Deposed { .. }));
+                    self.machine(dest.instance).handle_appended(io, commit, result);
+                    if deposed {
+                        // serve stops the partition at once; the machine hands it back.
+                        self.trace(|| format!("instance {} deposed", dest.instance));
+                        self.stop_served(dest.instance);
+                        let ownership = &mut self.instances[dest.instance].ownership;
+                        ownership.handle_deposed(PARTITION);
+                        ownership.handle_stopped(PARTITION);
+                    }
+                }
             }
             Op::Load { io, key } => {
                 let result = if down || self.rng.chance(2) {
@@ -382,79 +667,352 @@ impl Sim {
                 } else {
                     Ok(self.log.load(&key))
                 };
-                self.machine.handle_loaded(io, result);
+                if self.current(dest) {
+                    self.machine(dest.instance).handle_loaded(io, result);
+                }
             }
+            Op::Kv(_) | Op::View(_) | Op::Probe { .. } => unreachable!("directory operations travel on the wire"),
         }
         true
     }
 
-    /// The partition dies: what was on the network either landed or not, no
-    /// reply comes, and a new machine recovers from the log.
-    fn crash(&mut self) {
-        self.stats.crashes += 1;
-        if self.trace.is_some() {
-            eprintln!("step {}: crash", self.step);
-        }
-        for (_, op) in std::mem::take(&mut self.network) {
-            if let Op::Append { commit, expected, .. } = op
-                && self.rng.chance(50)
-            {
-                let _ = self.log.append(&commit, expected);
-            }
-        }
+    /// The instance stops serving the partition: what it had in hand is
+    /// retried by the clients (their attempts there get no answer).
+    fn stop_served(&mut self, instance: usize) {
+        let Some(served) = self.instances[instance].served.take() else { return };
         for token in 0..self.sent.len() {
-            if self.sent[token].answer.is_none() && !self.retry.contains(&token) {
+            if self.sent[token].attempt == Some((instance, served.generation)) {
+                self.sent[token].attempt = None;
                 self.retry.push_back(token);
             }
         }
-        self.machine = recover(&self.log, self.config);
+    }
+
+    /// Starts serving the partition on `instance` with the epoch it took:
+    /// a machine recovered from the log, its timers fired at the clock.
+    fn start_served(&mut self, instance: usize, epoch: u64) {
+        self.stats.takeovers += 1;
+        self.next_generation += 1;
+        let mut machine = recover(&self.log, self.config);
         if self.now > Timestamp::from_millis(i64::MIN) {
-            self.machine.handle_timeout(self.now);
+            machine.handle_timeout(self.now);
             self.timed_out = self.timed_out.max(self.now);
+        }
+        self.trace(|| format!("instance {instance} serves with epoch {epoch}"));
+        self.instances[instance].served =
+            Some(Served { machine, generation: self.next_generation, epoch, draining_since: None });
+    }
+
+    /// kill -9: the instance's appends on the network land or not, nothing
+    /// it had in hand is answered, and it restarts later as a new incarnation.
+    fn kill(&mut self, instance: usize) {
+        self.stats.crashes += 1;
+        self.trace(|| format!("kill instance {instance}"));
+        let mut kept = Vec::new();
+        for (due, dest, op) in std::mem::take(&mut self.network) {
+            if dest.instance != instance {
+                kept.push((due, dest, op));
+                continue;
+            }
+            if let Op::Append { commit, expected, epoch, .. } = op
+                && self.rng.chance(50)
+            {
+                let _ = self.log.append(&commit, expected, epoch);
+            }
+        }
+        self.network = kept;
+        self.wire.retain(|(_, dest, _)| dest.instance != instance);
+        self.stop_served(instance);
+        let down_for = self.rng.range(1, DOWN_STEPS_MAX);
+        let dead = &mut self.instances[instance];
+        dead.down_until = Some(self.step + down_for);
+        dead.paused_until = None;
+        dead.fence = None;
+    }
+
+    /// The faults of the cluster, while the workload runs.
+    fn cluster_faults(&mut self) {
+        let n = self.instances.len() as u64;
+        let roll = self.rng.range(0, 9_999);
+        let which = self.rng.range(0, n - 1) as usize;
+        if roll <= 4 && self.unowned_since.is_some() {
+            // A new disruption: the bound on owning the partition again counts from it.
+            self.unowned_since = Some(self.ms());
+        }
+        match roll {
+            0..=1 if self.instances[which].down_until.is_none() => self.kill(which),
+            2 if self.instances[which].running() => {
+                self.stats.pauses += 1;
+                let until = self.step + self.rng.range(1, PAUSE_STEPS_MAX);
+                self.trace(|| format!("pause instance {which} until step {until}"));
+                self.instances[which].paused_until = Some(until);
+            }
+            3 => {
+                self.stats.clock_jumps += 1;
+                self.instances[which].offset_ms += self.rng.range(1, CLOCK_JUMP_MS_MAX);
+            }
+            4 if self.step >= self.election_until => {
+                self.stats.elections += 1;
+                self.election_until = self.step + self.rng.range(1, ELECTION_STEPS_MAX);
+            }
+            _ => {}
         }
     }
 
-    /// Sends a client's command (again): at its own instant, or, when the
-    /// clock has passed it (a retry, or a command held behind another), just
-    /// after the latest instant, as the wall clock would stamp it — so a
-    /// timer that fired meanwhile really came first.
+    /// Restarts, resumes, and the ownership machines' clocks and actions.
+    fn run_instances(&mut self) {
+        for i in 0..self.instances.len() {
+            if self.instances[i].down_until.is_some_and(|at| self.step >= at) {
+                let (incarnation, offset) = (self.instances[i].incarnation + 1, self.instances[i].offset_ms);
+                self.instances[i] = Instance::new(i, incarnation, offset);
+                self.trace(|| format!("instance {i} restarts"));
+            }
+            if self.instances[i].paused_until.is_some_and(|at| self.step >= at) {
+                // SIGCONT: it goes on believing what it believed; its machine's timers fire now.
+                self.instances[i].paused_until = None;
+                self.trace(|| format!("instance {i} resumes"));
+                if let Some(served) = self.instances[i].served.as_mut()
+                    && self.now > Timestamp::from_millis(i64::MIN)
+                {
+                    served.machine.handle_timeout(self.now);
+                }
+            }
+            if !self.instances[i].running() {
+                continue;
+            }
+            let now = self.ms() + self.instances[i].offset_ms;
+            if now >= self.instances[i].ownership.poll_timeout() {
+                self.instances[i].ownership.handle_timeout(now);
+            }
+            // A drain is over once the appends in hand are answered (or it took too long).
+            if let Some(served) = &self.instances[i].served
+                && let Some(since) = served.draining_since
+                && (served.machine.io_in_flight() == 0 || self.step - since >= DRAIN_STEPS_MAX)
+            {
+                self.stats.handovers += 1;
+                self.stop_served(i);
+                self.instances[i].ownership.handle_stopped(PARTITION);
+            }
+            self.perform(i);
+        }
+    }
+
+    /// Carries out what instance `i`'s ownership machine asks.
+    fn perform(&mut self, i: usize) {
+        let dest = Dest { instance: i, incarnation: self.instances[i].incarnation, generation: 0 };
+        while let Some(action) = self.instances[i].ownership.poll() {
+            if !matches!(action, Action::Heartbeat { .. } | Action::Renew { .. } | Action::Probe { .. }) {
+                self.trace(|| format!("instance {i} ({}): {action:?}", self.instances[i].name));
+            }
+            let due = self.delay();
+            match action {
+                Action::Heartbeat { .. } => self.wire.push((due, dest, Op::Kv(KvOp::Heartbeat))),
+                Action::Take { resource, over } => {
+                    self.wire.push((due, dest, Op::Kv(KvOp::Take { resource, over: over.map(|(_, r)| r) })))
+                }
+                Action::Renew { resource, revision } => {
+                    self.wire.push((due, dest, Op::Kv(KvOp::Renew { resource, revision })))
+                }
+                Action::Release { resource, .. } => self.wire.push((due, dest, Op::Kv(KvOp::Release { resource }))),
+                Action::Probe { instance } => self.wire.push((due, dest, Op::Probe { instance })),
+                Action::Start { resource: Resource::Partition(_) } => match self.instances[i].fence.take() {
+                    Some(epoch) => self.start_served(i, epoch),
+                    None => self.instances[i].ownership.handle_stopped(PARTITION),
+                },
+                Action::Start { resource: Resource::Role(_) } => {}
+                Action::Drain { resource: Resource::Partition(_) } => match self.instances[i].served.as_mut() {
+                    Some(served) => served.draining_since = Some(self.step),
+                    None => self.instances[i].ownership.handle_stopped(PARTITION),
+                },
+                Action::Halt { resource: Resource::Partition(_), why } => {
+                    self.trace(|| format!("instance {i} halts: {why}"));
+                    self.stop_served(i);
+                    self.instances[i].ownership.handle_stopped(PARTITION);
+                }
+                Action::Drain { resource } | Action::Halt { resource, .. } => {
+                    self.instances[i].ownership.handle_stopped(resource)
+                }
+            }
+        }
+    }
+
+    /// Delivers the directory's operations that are due.
+    fn deliver_wire(&mut self) {
+        for _ in 0..WIRE_PER_STEP_MAX {
+            let Some((dest, op)) = self.pick_due(true) else { break };
+            let instance = &self.instances[dest.instance];
+            if instance.incarnation != dest.incarnation || instance.down_until.is_some() {
+                continue; // a dead incarnation's: its connection is gone
+            }
+            let now = self.ms();
+            let (me, clock) = (instance.name.clone(), now + instance.offset_ms);
+            let electing = self.step < self.election_until;
+            // A result lost on its way back: the operation happened, the instance hears "unavailable".
+            let lost = !electing && self.rng.chance(5);
+            let mut changed = false;
+            match op {
+                Op::Kv(KvOp::Heartbeat) => {
+                    if !electing {
+                        self.directory.heartbeat(&me, now);
+                        changed = true;
+                    }
+                }
+                Op::Kv(KvOp::Take { resource, over }) => {
+                    let mut result = if electing {
+                        Err(TakeError::Unavailable)
+                    } else {
+                        changed = true;
+                        self.directory.take(&resource, &me, over, now)
+                    };
+                    // A partition's lease comes with its fence (unless the holder already serves it).
+                    if let (Ok(_), Resource::Partition(_)) = (&result, &resource)
+                        && self.instances[dest.instance].served.is_none()
+                    {
+                        if self.step < self.outage_until {
+                            self.directory.release(&resource, &me, now);
+                            result = Err(TakeError::Unavailable);
+                        } else {
+                            let epoch = self.log.take_fence();
+                            self.trace(|| format!("instance {} takes the fence: epoch {epoch}", dest.instance));
+                            self.instances[dest.instance].fence = Some(epoch);
+                        }
+                    }
+                    if lost && result.is_ok() {
+                        self.stats.lost_kv_results += 1;
+                        self.instances[dest.instance].fence = None;
+                        result = Err(TakeError::Unavailable);
+                    }
+                    self.trace(|| format!("instance {}: take {resource:?}: {result:?}", dest.instance));
+                    self.instances[dest.instance].ownership.handle_taken(resource, result);
+                }
+                Op::Kv(KvOp::Renew { resource, revision }) => {
+                    let mut result = if electing {
+                        Err(RenewError::Unavailable)
+                    } else {
+                        changed = true;
+                        self.directory.renew(&resource, &me, revision, now)
+                    };
+                    if lost && result.is_ok() {
+                        self.stats.lost_kv_results += 1;
+                        result = Err(RenewError::Unavailable);
+                    }
+                    self.instances[dest.instance].ownership.handle_renewed(resource, result);
+                }
+                Op::Kv(KvOp::Release { resource }) => {
+                    if !electing {
+                        self.directory.release(&resource, &me, now);
+                        changed = true;
+                    }
+                    self.instances[dest.instance].ownership.handle_released(resource);
+                }
+                Op::View(snapshot) => {
+                    let instance = &mut self.instances[dest.instance];
+                    let view = snapshot.view(clock, &mut instance.seen);
+                    instance.ownership.handle_directory(view, clock);
+                }
+                Op::Probe { instance } => {
+                    // NATS answers "no responders" once a dead instance's connection is gone;
+                    // a paused one's is still open, and never answers.
+                    let found = self.instances.iter().find(|x| x.name == instance);
+                    let alive = match found {
+                        None => Some(false),
+                        Some(x) if x.down_until.is_some() => Some(false),
+                        Some(x) if x.paused_until.is_some() => None,
+                        Some(_) if self.rng.chance(5) => None,
+                        Some(_) => Some(true),
+                    };
+                    self.instances[dest.instance].ownership.handle_probed(&instance, alive);
+                }
+                Op::Append { .. } | Op::Load { .. } => unreachable!("machine operations travel on the network"),
+            }
+            self.perform(dest.instance);
+            if changed {
+                // Every instance's watcher sees the change, each after its own delay.
+                let snapshot = self.directory.snapshot(now);
+                for i in 0..self.instances.len() {
+                    if self.instances[i].down_until.is_none() {
+                        let to = Dest { instance: i, incarnation: self.instances[i].incarnation, generation: 0 };
+                        let due = self.delay();
+                        self.wire.push((due, to, Op::View(snapshot.clone())));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every partition is owned again within the bound once a quorum is up:
+    /// the directory answers and an instance runs.
+    fn check_owned(&mut self) -> Result<(), Box<FaultFailure>> {
+        let quorum = self.step >= self.election_until && self.instances.iter().any(Instance::running);
+        let owned = self.instances.iter().any(|x| {
+            x.running() && x.served.as_ref().is_some_and(|s| s.draining_since.is_none() && s.epoch == self.log.fence)
+        });
+        let now = self.ms();
+        if !quorum {
+            self.unowned_since = None;
+        } else if owned {
+            if let Some(since) = self.unowned_since.take() {
+                self.stats.unowned_ms_max = self.stats.unowned_ms_max.max(now - since);
+            }
+        } else {
+            let since = *self.unowned_since.get_or_insert(now);
+            if now - since > OWNED_AGAIN_MS {
+                return Err(self.fail(format!(
+                    "the partition has had no owner for {} s with the directory up and an instance running \
+                     (bound {} s)",
+                    (now - since) / 1000,
+                    OWNED_AGAIN_MS / 1000
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a client's command (again) to the instance serving the
+    /// partition: at its own instant, or, when the clock has passed it (a
+    /// retry, or a command held behind another), just after the latest
+    /// instant, as the wall clock would stamp it — so a timer that fired
+    /// meanwhile really came first.
     /// The clock read at a timeout counts as passed too: timers due then have
     /// fired, so a command stamped at that instant would come after them
     /// against the ordering rule (inputs before timers at the same instant).
-    fn send(&mut self, token: usize) {
+    fn send(&mut self, target: usize, token: usize) {
         let intended = self.sent[token].input.at;
         let passed = intended < self.now || intended <= self.timed_out;
         let at = if passed { Timestamp::from_millis(self.now.max(self.timed_out).millis() + 1) } else { intended };
         self.now = at;
         self.sent[token].at = at;
+        let generation = self.instances[target].served.as_ref().map_or(0, |s| s.generation);
+        self.sent[token].attempt = Some((target, generation));
         let envelope = self.sent[token].input.envelope.clone();
-        self.machine.handle_request(token as u64, envelope, at);
+        self.machine(target).handle_request(token as u64, envelope, at);
     }
 
     /// Feeds the next thing in time order, if it may go now.
     fn feed(&mut self) -> bool {
-        if !self.machine.wants_requests() {
+        let Some(target) = self.target() else { return false };
+        if !self.machine(target).wants_requests() {
             return false;
         }
         if let Some(token) = self.retry.pop_front() {
             self.stats.retries += 1;
-            self.send(token);
+            self.send(target, token);
             return true;
         }
         // The clock does not pass a command still waiting for its answer: its
         // retry must not find hours gone by.
         let waiting = self.sent.iter().filter(|s| s.answer.is_none()).map(|s| s.at).min();
-        let timer = self.machine.poll_timeout().filter(|t| waiting.is_none_or(|w| *t < w));
+        let timer = self.machine(target).poll_timeout().filter(|t| waiting.is_none_or(|w| *t < w));
         let late = |at: Timestamp, now: Timestamp| if at < now { Timestamp::from_millis(now.millis() + 1) } else { at };
         let input_at = self.day.next_at().map(|at| late(at, self.now));
         match (input_at, timer) {
             (None, None) => false,
             (Some(i), Some(t)) if t < i => {
-                self.timeout(t);
+                self.timeout(target, t);
                 true
             }
             (None, Some(t)) => {
-                self.timeout(t);
+                self.timeout(target, t);
                 true
             }
             (Some(_), _) => {
@@ -475,36 +1033,41 @@ impl Sim {
                 let key = key_of(&input.envelope);
                 self.stats.inputs += 1;
                 *self.unanswered.entry(key).or_default() += 1;
-                self.sent.push(Sent { at: input.at, input, answer: None });
-                self.send(self.sent.len() - 1);
+                self.sent.push(Sent { at: input.at, input, attempt: None, answer: None });
+                self.send(target, self.sent.len() - 1);
                 true
             }
         }
     }
 
-    fn timeout(&mut self, at: Timestamp) {
+    fn timeout(&mut self, target: usize, at: Timestamp) {
         self.now = self.now.max(at);
         self.timed_out = self.timed_out.max(self.now);
-        self.machine.handle_timeout(self.now);
+        let now = self.now;
+        self.machine(target).handle_timeout(now);
     }
 
-    fn run(mut self) -> Result<(Self, World), Box<FaultFailure>> {
-        loop {
+    fn run(mut self) -> Result<(Self, usize, World), Box<FaultFailure>> {
+        let target = loop {
             self.step += 1;
             self.stats.steps = self.step;
             if self.step > STEPS_MAX {
                 return Err(self.fail(format!("no end after {STEPS_MAX} steps: the run is stuck")));
             }
+            // The faults stop with the workload: then the cluster settles.
+            let calm = self.day.next_at().is_none();
+            if !calm {
+                self.cluster_faults();
+                if self.step >= self.outage_until && self.rng.range(0, 9_999) < 5 {
+                    self.stats.outages += 1;
+                    self.outage_until = self.step + self.rng.range(1, OUTAGE_STEPS_MAX);
+                }
+            }
+            self.run_instances();
+            self.deliver_wire();
+            self.check_owned()?;
             self.drain()?;
             self.observe();
-            if self.rng.range(0, 9_999) < 3 {
-                self.crash();
-                continue;
-            }
-            if self.step >= self.outage_until && self.rng.range(0, 9_999) < 5 {
-                self.stats.outages += 1;
-                self.outage_until = self.step + self.rng.range(1, OUTAGE_STEPS_MAX);
-            }
             let deliver_first = !self.network.is_empty() && self.rng.chance(60);
             if deliver_first && self.deliver() {
                 continue;
@@ -515,30 +1078,37 @@ impl Sim {
             if self.deliver() {
                 continue;
             }
-            if self.network.is_empty() && self.retry.is_empty() && self.machine.is_idle() {
-                if self.day.next_at().is_none() && self.machine.poll_timeout().is_none() {
-                    break;
+            let Some(target) = self.target() else { continue };
+            let settled = self.network.is_empty()
+                && self.retry.is_empty()
+                && self.instances.iter().all(Instance::running)
+                && self.machine(target).is_idle();
+            if settled {
+                if self.day.next_at().is_none() && self.machine(target).poll_timeout().is_none() {
+                    break target;
                 }
                 if self.unanswered.is_empty() {
                     continue;
                 }
                 return Err(self.fail("commands wait for an answer that never comes"));
             }
-        }
+        };
         // Settle with the faults over: a last reading of the clock lets routing
         // retry what a lost acknowledgement hid, until nothing changes.
+        let epoch = self.instances[target].served.as_ref().map_or(0, |s| s.epoch);
         for _ in 0..1_000 {
             let before = self.log.entries.len();
-            self.machine.handle_timeout(self.now);
-            while let Some(output) = self.machine.poll() {
+            let now = self.now;
+            self.machine(target).handle_timeout(now);
+            while let Some(output) = self.machine(target).poll() {
                 match output {
                     Output::Append { io, commit, expected } => {
-                        let result = self.log.append(&commit, expected);
-                        self.machine.handle_appended(io, commit, result);
+                        let result = self.log.append(&commit, expected, epoch);
+                        self.machine(target).handle_appended(io, commit, result);
                     }
                     Output::Load { io, account, stream } => {
                         let items = self.log.load(&(account, stream));
-                        self.machine.handle_loaded(io, Ok(items));
+                        self.machine(target).handle_loaded(io, Ok(items));
                     }
                     Output::Reply { .. } => {}
                 }
@@ -550,7 +1120,7 @@ impl Sim {
         self.observe();
         let mut recovered = recover(&self.log, self.config);
         let world = std::mem::take(recovered.world_mut());
-        Ok((self, world))
+        Ok((self, target, world))
     }
 }
 
@@ -564,9 +1134,26 @@ fn recover(log: &Log, config: MachineConfig) -> Machine {
 
 /// Runs one seed and audits it.
 pub fn run(options: FaultOptions) -> Result<FaultReport, Box<FaultFailure>> {
-    let (sim, recovered) = Sim::new(options).run()?;
+    let (mut sim, target, recovered) = Sim::new(options).run()?;
+    let live = std::mem::take(sim.machine(target).world_mut());
     let fail = |what: String| sim.fail(what);
     let log = &sim.log;
+
+    // At most one owner decides at any instant the log can observe: no
+    // commit of a deposed owner after its successor's first.
+    let mut newest = 0;
+    for (index, epoch) in log.epochs.iter().enumerate() {
+        if *epoch < newest {
+            return Err(fail(format!(
+                "a deposed owner committed after its successor: log entry {} ({} of {}) was appended under \
+                 epoch {epoch}, after entries of epoch {newest}",
+                index + 1,
+                log.entries[index].command,
+                log.entries[index].stream.path()
+            )));
+        }
+        newest = newest.max(*epoch);
+    }
 
     // No aggregate holds a command id twice: each command, and each deadline's tick, once.
     let mut seen: HashMap<(Key, CommandId), u64> = HashMap::new();
@@ -604,8 +1191,19 @@ pub fn run(options: FaultOptions) -> Result<FaultReport, Box<FaultFailure>> {
             _ => {}
         }
     }
+    // Every acknowledgement any instance gave, across handovers, names the command's one place.
+    for (token, log_seq, commit) in &sim.acks {
+        let envelope = &sim.sent[*token].input.envelope;
+        let place = seen.get(&(key_of(envelope), envelope.id.clone())).copied();
+        if place != Some(*log_seq) || log.entries.get((*log_seq - 1) as usize) != Some(commit) {
+            return Err(fail(format!(
+                "command {} was acknowledged at {log_seq} by an owner, but the log holds it at {place:?}",
+                envelope.id
+            )));
+        }
+    }
     // A fresh recovery equals the live state; no deadline is left behind.
-    if let Some(difference) = sim.machine.world().difference_from(&recovered) {
+    if let Some(difference) = live.difference_from(&recovered) {
         return Err(fail(format!("the live state differs from a recovery from the log: {difference}")));
     }
     if let Some((account, id, deadline)) = recovered.overdue(sim.now).first() {

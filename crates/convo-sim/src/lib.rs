@@ -14,6 +14,7 @@
 //! of traffic ([`workload`]) whose run is checked against an independent model
 //! of the SLA and inactivity rules ([`model`]).
 
+pub mod directory;
 pub mod faults;
 pub mod model;
 pub mod output;

@@ -205,18 +205,38 @@ impl Directory {
 
     /// Renews `key` at `revision`; its new revision.
     pub async fn renew_key(&self, key: &str, holder: &str, revision: u64) -> Result<u64, KeyError> {
-        match self.kv.update(key, Bytes::from(holder.to_owned()), revision).await {
+        let value = Bytes::from(holder.to_owned());
+        match self.kv.update(key, value.clone(), revision).await {
             Ok(revision) => Ok(revision),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                Err(KeyError::Held(self.holder_of(key).await))
+                // Still ours at another revision: an earlier renewal's answer was lost on its way back.
+                match self.kv.entry(key).await {
+                    Ok(Some(entry)) if entry.operation == kv::Operation::Put && entry.value == value => {
+                        self.kv.update(key, value, entry.revision).await.map_err(|e| KeyError::Store(unavailable(e)))
+                    }
+                    Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
+                        Err(KeyError::Held(Some(String::from_utf8_lossy(&entry.value).into_owned())))
+                    }
+                    Ok(_) => Err(KeyError::Held(None)),
+                    Err(e) => Err(KeyError::Store(unavailable(e))),
+                }
             }
             Err(e) => Err(KeyError::Store(unavailable(e))),
         }
     }
 
-    /// Gives `key` up, if it is still at `revision`.
-    pub async fn release_key(&self, key: &str, revision: u64) -> Result<(), StoreError> {
-        self.kv.delete_expect_revision(key, Some(revision)).await.map_err(unavailable)
+    /// Gives `key` up, if `holder` still holds it: at `revision`, or at a
+    /// later one of its own (a renewal crossed the release, or its answer was lost).
+    pub async fn release_key(&self, key: &str, holder: &str, revision: u64) -> Result<(), StoreError> {
+        if self.kv.delete_expect_revision(key, Some(revision)).await.is_ok() {
+            return Ok(());
+        }
+        match self.kv.entry(key).await.map_err(unavailable)? {
+            Some(entry) if entry.operation == kv::Operation::Put && entry.value == holder.as_bytes() => {
+                self.kv.delete_expect_revision(key, Some(entry.revision)).await.map_err(unavailable)
+            }
+            _ => Ok(()), // gone, or another instance's now: nothing of ours to give up
+        }
     }
 
     /// Takes partition `index`'s lease for instance `id`.
