@@ -80,7 +80,7 @@ async fn send_retrying(
     }
 }
 
-fn setup() -> Vec<Value> {
+pub(crate) fn setup() -> Vec<Value> {
     vec![
         json!({"type":"configure_account","name":"Acme","typifications":[{"id":"venta","name":"Venta"},{"id":"inactividad","name":"I"},{"id":"transferencia","name":"T"}]}),
         json!({"type":"define_client","id":"acme","name":"Acme","code":"1","sla_optimal_secs":60,"sla_low_secs":180,"max_inactivity_secs":12,"inactivity_attempts":0}),
@@ -153,7 +153,11 @@ async fn a_killed_instance_and_a_killed_node_lose_nothing() {
         if owned.len() == PARTITIONS && distinct.len() == 3 {
             break;
         }
-        assert!(Instant::now() < deadline, "the instances never shared the partitions: {owned:?}");
+        if Instant::now() >= deadline {
+            let logs: Vec<String> =
+                dirs.iter().map(|d| std::fs::read_to_string(d.path().join("serve.log")).unwrap()).collect();
+            panic!("the instances never shared the partitions: {owned:?}\n{}", logs.join("\n-----\n"));
+        }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
@@ -221,11 +225,16 @@ async fn a_killed_instance_and_a_killed_node_lose_nothing() {
         .expect("the victim's log names its id");
     let mut acknowledged: BTreeMap<(String, String), Value> = BTreeMap::new();
     let mut killed_at = None;
+    let mut killed_stamp = String::new();
     let mut first_after_kill = None;
     for n in 0..OPENS {
         if n == OPENS / 3 {
             instances[victim] = None; // SIGKILL: no chance to hand anything over
             killed_at = Some(Instant::now());
+            let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+            killed_stamp = chrono::DateTime::from_timestamp_millis(ms as i64)
+                .unwrap()
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         }
         for (a, account) in accounts.iter().enumerate() {
             let id = format!("open-{n}");
@@ -233,8 +242,20 @@ async fn a_killed_instance_and_a_killed_node_lose_nothing() {
             let command = json!({"type":"receive_message","conversation": format!("k{n}"),"contact": contact,"channel":"wa","text":"hola"});
             let client = &clients[(n + a) % 3];
             let reply = if killed_at.is_some() && a == victim_partition && first_after_kill.is_none() {
-                // The takeover: the client retries with the same id until the new owner answers.
-                let reply = send_retrying(client, account, &id, OPERATOR, command).await;
+                // The takeover: the client retries with the same id until the new owner
+                // answers, waiting a second for each attempt.
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let reply = loop {
+                    let wait = Duration::from_secs(1);
+                    if let Some(reply) =
+                        super::crash::request_within(client, PREFIX, account, &id, OPERATOR, &command, wait).await
+                        && !matches!(reply["code"].as_str(), Some("unavailable" | "overloaded"))
+                    {
+                        break reply;
+                    }
+                    assert!(Instant::now() < deadline, "nobody answered {account}/{id}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                };
                 first_after_kill = killed_at.map(|k| k.elapsed());
                 Some(reply)
             } else {
@@ -247,6 +268,7 @@ async fn a_killed_instance_and_a_killed_node_lose_nothing() {
     }
     let takeover = first_after_kill.expect("a command was served after the kill");
     eprintln!("takeover: {} ms from the kill to the first command served by the new owner", takeover.as_millis());
+    assert!(takeover <= TAKEOVER_MAX, "the takeover took {} ms", takeover.as_millis());
     // The new owner started from the dead one's last snapshot and read only the tail.
     let logs: String = (0..3)
         .filter(|n| *n != victim)
@@ -257,6 +279,18 @@ async fn a_killed_instance_and_a_killed_node_lose_nothing() {
         "{logs}\nthe killed instance's:\n{}",
         std::fs::read_to_string(dirs[victim].path().join("serve.log")).unwrap()
     );
+
+    // A clean failover: a handful of WARN lines at most on the survivors from the kill on
+    // (their log lines start with the instant, in the same format), no ERROR anywhere.
+    for n in (0..3).filter(|n| *n != victim) {
+        let log = std::fs::read_to_string(dirs[n].path().join("serve.log")).unwrap();
+        let warnings: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(" ERROR ") || (l.contains(" WARN ") && **l >= *killed_stamp.as_str()))
+            .collect();
+        assert!(warnings.len() <= FAILOVER_WARN_LINES_MAX, "instance {n} logged:\n{}", warnings.join("\n"));
+    }
+    let consumers_after_failover = stream_consumers(&nats.monitor_url(victim), &config.stream);
 
     // A nats-server node dies under load: the engines carry on (through the other nodes).
     let dead_node = (victim + 1) % 3;
@@ -380,5 +414,57 @@ async fn a_killed_instance_and_a_killed_node_lose_nothing() {
         assert!(Instant::now() < deadline, "the survivors do not own every partition: {owned:?}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // No ERROR line on any instance, even through a node's death, and the server's consumers
+    // on the stream stay bounded.
+    for (n, dir) in dirs.iter().enumerate() {
+        let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
+        let errors: Vec<&str> = log.lines().filter(|l| l.contains(" ERROR ")).collect();
+        assert!(errors.is_empty(), "instance {n} logged errors:\n{}", errors.join("\n"));
+        let warnings = log.lines().filter(|l| l.contains(" WARN ")).count();
+        eprintln!("instance {n}: {warnings} WARN lines in all");
+    }
+    let consumers = stream_consumers(&nats.monitor_url((dead_node + 1) % 3), &config.stream);
+    eprintln!("consumers on the stream: {consumers_after_failover} after the failover, {consumers} at the end");
+    assert!(
+        consumers <= 2 * consumers_after_failover.max(CONSUMERS_PER_INSTANCE),
+        "{consumers} consumers on the stream, {consumers_after_failover} after the failover"
+    );
     drop(instances);
+}
+
+/// From kill -9 of an owner to the first command its successor serves (the
+/// issue's bound; `just bench` measures it without the test's load).
+const TAKEOVER_MAX: Duration = Duration::from_secs(3);
+/// A survivor's WARN lines from an instance's kill until the takeover is over
+/// (a lease or a watcher retried).
+const FAILOVER_WARN_LINES_MAX: usize = 5;
+/// About the consumers one instance keeps on the stream (read models,
+/// catalogs, feeds, watchers): a takeover must not multiply them.
+const CONSUMERS_PER_INSTANCE: usize = 40;
+
+/// How many consumers the server at `monitor` counts on `stream` (its `/jsz`).
+fn stream_consumers(monitor: &str, stream: &str) -> usize {
+    let url = format!("{monitor}/jsz?streams=true&consumers=true");
+    let body = ureq_get(&url);
+    let jsz: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{url}: {e}: {body}"));
+    jsz["account_details"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
+        .filter(|s| s["name"] == stream)
+        .map(|s| s["state"]["consumer_count"].as_u64().unwrap_or(0) as usize)
+        .sum()
+}
+
+/// A plain HTTP GET on loopback.
+fn ureq_get(url: &str) -> String {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (host, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let mut socket = std::net::TcpStream::connect(host).unwrap();
+    write!(socket, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).unwrap();
+    response.split_once("\r\n\r\n").map_or(String::new(), |(_, body)| body.to_owned())
 }

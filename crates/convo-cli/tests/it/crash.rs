@@ -69,15 +69,25 @@ pub(crate) async fn request(
     credential: &str,
     command: &Value,
 ) -> Option<Value> {
+    request_within(client, prefix, account, id, credential, command, Duration::from_secs(3)).await
+}
+
+/// [`request`], waiting `wait` for the answer.
+pub(crate) async fn request_within(
+    client: &async_nats::Client,
+    prefix: &str,
+    account: &str,
+    id: &str,
+    credential: &str,
+    command: &Value,
+    wait: Duration,
+) -> Option<Value> {
     let body = json!({"id": id, "command": command}).to_string();
     let subject = format!("{prefix}.{account}.cmd.{}", command["type"].as_str().unwrap());
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(convo_store::bus::AUTHORIZATION, format!("Bearer {credential}").as_str());
     let reply =
-        tokio::time::timeout(Duration::from_secs(3), client.request_with_headers(subject, headers, body.into()))
-            .await
-            .ok()?
-            .ok()?;
+        tokio::time::timeout(wait, client.request_with_headers(subject, headers, body.into())).await.ok()?.ok()?;
     serde_json::from_slice(&reply.payload).ok()
 }
 

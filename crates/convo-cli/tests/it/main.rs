@@ -7,6 +7,7 @@ mod contract;
 mod crash;
 mod dashboard;
 mod fail_closed;
+mod fence;
 mod offline;
 mod readme;
 mod supervise;
