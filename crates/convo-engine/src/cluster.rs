@@ -686,14 +686,20 @@ fn start(
             recovered.tail
         );
         // The partition's snapshot, on a schedule while it is served here.
+        // The periodic snapshot stops between writes (a write in progress finishes).
+        let snapshot_stop = CancellationToken::new();
         let snapshotting = cluster.snapshots.clone().map(|snapshots| {
             let (store, every, count) = (store.clone(), cluster.snapshot_every, cluster.partitions);
+            let stop = snapshot_stop.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);
                 tick.tick().await; // not at once: the partition was just read
                 let mut written = recovered.read;
                 loop {
-                    tick.tick().await;
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tick.tick() => {}
+                    }
                     if store.last_seq().await.is_ok_and(|end| end > written) {
                         match crate::snapshot::refresh(&store, &snapshots, index, count).await {
                             Ok((snapshot, bytes)) => {
@@ -768,8 +774,9 @@ fn start(
             end
         };
         let ((), end) = tokio::join!(pump, run);
+        snapshot_stop.cancel();
         if let Some(task) = snapshotting {
-            task.abort();
+            let _ = task.await;
         }
         // Handed over (not halted, not deposed): a snapshot as of now, so the next owner reads only what follows.
         if let Some(snapshots) = cluster.snapshots.as_ref().filter(|_| !*halted.borrow() && !end.deposed) {
