@@ -25,8 +25,9 @@
 //! owner a moment, then answers 503 `unavailable`); the client retries with
 //! the same id, which the new owner recognises.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -47,7 +48,7 @@ use crate::intake::unavailable;
 use crate::machine::{Machine, MachineConfig, Partition};
 use crate::ownership::{Action, DirectoryView, Ownership, OwnershipConfig, RenewError, Resource, TakeError};
 use crate::serve::{
-    PARTITION_QUEUE_MAX, PartitionEnd, ServeConfig, ServeStats, answer, catalog_applied, run_partition,
+    Hold, PARTITION_QUEUE_MAX, PartitionEnd, ServeConfig, ServeStats, answer, catalog_applied, run_partition,
 };
 
 /// How long a handover waits for the partition's snapshot before releasing without it.
@@ -63,10 +64,14 @@ pub const NO_OWNER_WAIT_MS: u64 = 5_000;
 pub const NO_OWNER_RETRY_MS: u64 = 100;
 /// How long a presence probe waits for its answer.
 pub const PROBE_TIMEOUT_MS: u64 = 500;
+/// How long readiness waits for a holder's presence probe.
+pub const READINESS_PROBE_WAIT_MS: u64 = 250;
 /// How long a graceful stop waits for every partition to be handed over.
 pub const STOP_WAIT: Duration = Duration::from_secs(30);
 /// The subject token of the instances' presence.
 const ALIVE: &str = "~alive";
+/// The token of the partitions' presence subjects (`<prefix>.~serving.<n>`).
+const SERVING: &str = "~serving";
 
 /// A stream-wide role one instance plays at a time (the JSON stream and the
 /// webhooks: `feeds`).
@@ -116,6 +121,29 @@ pub struct ClusterStatus {
     pub serving: Vec<usize>,
     /// The instances alive, by id.
     pub live: Vec<String>,
+}
+
+/// The partitions nobody answers for at this moment: those `status` names
+/// (changing hands as this instance sees it), and those whose presence
+/// subject (`<prefix>.~serving.<n>`, answered by whichever instance has
+/// recovered the partition and takes its commands) has no responder now —
+/// so readiness does not wait for this instance's next probe of a dead
+/// owner, nor trust a lease whose new holder is still recovering. A probe
+/// without an answer in time is not taken for an absence (a loaded owner is
+/// slow, not gone).
+pub async fn unowned_now(client: &Client, prefix: &str, partitions: usize, status: &ClusterStatus) -> Vec<usize> {
+    let wait = Duration::from_millis(READINESS_PROBE_WAIT_MS);
+    let probes = (0..partitions).map(|n| async move {
+        (n, convo_store::bus::probe(client, serving_subject(prefix, n), wait).await == Some(false))
+    });
+    let mut unowned: BTreeSet<usize> = status.unowned.iter().copied().collect();
+    unowned.extend(futures::future::join_all(probes).await.into_iter().filter(|(_, nobody)| *nobody).map(|(n, _)| n));
+    unowned.into_iter().collect()
+}
+
+/// Where the instance answering for partition `n` answers presence probes.
+fn serving_subject(prefix: &str, n: usize) -> String {
+    format!("{prefix}.{SERVING}.{n}")
 }
 
 /// How a partition was recovered.
@@ -203,6 +231,10 @@ struct PartitionHandle {
     drain: CancellationToken,
     /// Stop deciding at once (another instance holds it).
     halt: watch::Sender<bool>,
+    /// Recovered and subscribed: it answers commands now.
+    answering: Arc<std::sync::atomic::AtomicBool>,
+    /// Until when this instance's hold on it is confirmed.
+    hold: Arc<Hold>,
 }
 
 /// What one of the driver's operations came to.
@@ -251,20 +283,38 @@ pub async fn serve_cluster(
     let mut playing: BTreeMap<String, CancellationToken> = BTreeMap::new();
     let mut fences: BTreeMap<usize, Arc<Fence>> = BTreeMap::new();
     let mut work: FuturesUnordered<BoxFuture<'static, Done>> = FuturesUnordered::new();
+    let answered = Arc::new(tokio::sync::Notify::new());
     let mut stop_by: Option<Instant> = None;
     let mut local_open = true;
     loop {
         while let Some(action) = ownership.poll() {
-            let context = Context { store: &store, client: &client, clock: &clock, config: &config, cluster: &cluster };
+            let context = Context {
+                store: &store,
+                client: &client,
+                clock: &clock,
+                config: &config,
+                cluster: &cluster,
+                answered: &answered,
+                started,
+            };
             let running = Running { partitions: &mut partitions, playing: &mut playing, fences: &mut fences };
             if let Some(future) = perform(action, context, running) {
                 work.push(future);
             }
         }
+        for (n, handle) in &partitions {
+            handle.hold.set(ownership.confirmed_until(&Resource::Partition(*n)));
+        }
         status.send_if_modified(|now| {
+            // Held here but still recovering: nobody answers its commands yet.
+            let answering = |n: &usize| partitions.get(n).is_some_and(|p| p.answering.load(Ordering::Acquire));
+            let mut unowned = ownership.unowned_partitions();
+            unowned.extend(partitions.keys().filter(|n| !answering(n)));
+            unowned.sort_unstable();
+            unowned.dedup();
             let next = ClusterStatus {
-                unowned: ownership.unowned_partitions(),
-                serving: partitions.keys().copied().collect(),
+                unowned,
+                serving: partitions.keys().copied().filter(answering).collect(),
                 live: ownership.live(),
             };
             let changed = *now != next;
@@ -343,6 +393,7 @@ pub async fn serve_cluster(
                 }
                 Done::Nothing => {}
             },
+            _ = answered.notified() => {} // the status above says so
             _ = tokio::time::sleep(wait) => ownership.handle_timeout(ms()),
         }
     }
@@ -361,6 +412,10 @@ struct Context<'a> {
     clock: &'a Arc<dyn Clock>,
     config: &'a ServeConfig,
     cluster: &'a ClusterConfig,
+    /// Woken when a partition starting here answers commands.
+    answered: &'a Arc<tokio::sync::Notify>,
+    /// The driver's clock's start (the ownership machine's milliseconds count from it).
+    started: Instant,
 }
 
 /// What the instance runs now.
@@ -440,7 +495,7 @@ fn perform(action: Action, cx: Context<'_>, running: Running<'_>) -> Option<BoxF
             let Some(fence) = running.fences.remove(&n) else {
                 return Some(Box::pin(async move { Done::Stopped(Resource::Partition(n), None) }));
             };
-            let (handle, task) = start(n, fence, cx.store, cx.client, cx.clock, cx.config, cx.cluster);
+            let (handle, task) = start(n, fence, &cx);
             running.partitions.insert(n, handle);
             Some(Box::pin(async move { Done::Stopped(Resource::Partition(n), task.await.ok().flatten()) }))
         }
@@ -634,16 +689,22 @@ fn dispatch(
 fn start(
     index: usize,
     fence: Arc<Fence>,
-    store: &JetStreamStore,
-    client: &Client,
-    clock: &Arc<dyn Clock>,
-    config: &ServeConfig,
-    cluster: &ClusterConfig,
+    cx: &Context<'_>,
 ) -> (PartitionHandle, tokio::task::JoinHandle<Option<PartitionEnd>>) {
+    let (store, client, clock, config, cluster) = (cx.store, cx.client, cx.clock, cx.config, cx.cluster);
+    let answered = cx.answered.clone();
     let (local_tx, mut local_rx) = mpsc::channel::<Request>(PARTITION_QUEUE_MAX);
     let drain = CancellationToken::new();
     let (halt_tx, halt) = watch::channel(false);
-    let handle = PartitionHandle { local: local_tx, drain: drain.clone(), halt: halt_tx };
+    let answering = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hold = Arc::new(Hold::new(cx.started));
+    let handle = PartitionHandle {
+        local: local_tx,
+        drain: drain.clone(),
+        halt: halt_tx,
+        answering: answering.clone(),
+        hold: hold.clone(),
+    };
     // Appends (and read-backs) carry the partition's epoch; recovery and snapshots read as anyone.
     let fenced = store.fenced(fence);
     let (store, client, clock, config, cluster) =
@@ -670,6 +731,16 @@ fn start(
                 return None;
             }
         };
+        // Probes of "is anyone answering for this partition" (readiness) find it from now on.
+        let presence = match convo_store::bus::presence(&client, serving_subject(&cluster.prefix, index)).await {
+            Ok(presence) => Some(presence),
+            Err(e) => {
+                tracing::warn!(partition = index, "cannot answer partition {index}'s presence probes ({e})");
+                None
+            }
+        };
+        answering.store(true, std::sync::atomic::Ordering::Release);
+        answered.notify_one();
         tracing::info!(
             partition = index,
             "serving partition {index}: recovered {} open conversations in {} ms from {}{} messages of the log",
@@ -759,6 +830,7 @@ fn start(
                         },
                     }
                 }
+                drop(presence); // nobody takes its commands here any more
                 bus.close().await;
                 // Requests of this process still queued here go to the machine before it stops.
                 local_rx.close();
@@ -769,7 +841,8 @@ fn start(
         };
         let halted = halt.clone();
         let run = async {
-            let end = run_partition(index, machine, fenced, rx, &responder, clock.as_ref(), &config, halt).await;
+            let end =
+                run_partition(index, machine, fenced, rx, &responder, clock.as_ref(), &config, halt, Some(&hold)).await;
             drain.cancel(); // deposed or halted: the pump stops taking requests too
             end
         };

@@ -10,10 +10,13 @@
 //! fault simulator drives several of them over a simulated directory.
 //!
 //! One policy for every lease it holds:
-//! - **Shares.** The live instances sorted by id; partition `n` is the
-//!   `n mod k`-th's; a role is the first's. An instance takes what is its
-//!   share once no live instance holds it, and hands over (drain, then
-//!   release) what no longer is.
+//! - **Shares** are sticky: each live instance's fair number of partitions,
+//!   keeping those it holds, so a death moves only the dead instance's
+//!   partitions and a newcomer takes only what it is owed (`shares`); a
+//!   role stays with its live holder, a free one is the first live
+//!   instance's (by id). An instance takes what is its share once no live
+//!   instance holds it, and hands over (drain, then release) what no
+//!   longer is.
 //! - **Live** means a heartbeat seen within the member TTL and no presence
 //!   probe saying its connection is gone. A probe that finds nobody (NATS
 //!   answers "no responders" the moment a killed instance's connection
@@ -27,6 +30,10 @@
 //!   when the instance stops deciding (it is cut off). A key gone while held
 //!   (it expired during a long election) is created again by its holder.
 //! - **Deposed** (an append found the fence moved): halt at once.
+//! - **Confirmed**: a hold is good until its latest successful take or
+//!   renewal was asked plus the member TTL, less a renewal period
+//!   (`confirmed`); past that the driver answers nothing it would not
+//!   write (refusals become `unavailable`).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -175,6 +182,8 @@ struct Held {
     state: State,
     revision: u64,
     renewed_at: u64,
+    /// Until when no other instance can have taken it (see `confirmed`).
+    valid_until: u64,
     /// A renewal is under way.
     renewing: bool,
 }
@@ -192,6 +201,8 @@ pub struct Ownership {
     releasing: BTreeSet<Resource>,
     probing: BTreeSet<String>,
     retry_at: BTreeMap<Resource, u64>,
+    /// When the latest take or renewal of each resource was asked.
+    asked: BTreeMap<Resource, u64>,
     next_renew: u64,
     next_probe: u64,
     stopping: bool,
@@ -210,6 +221,7 @@ impl Ownership {
             releasing: BTreeSet::new(),
             probing: BTreeSet::new(),
             retry_at: BTreeMap::new(),
+            asked: BTreeMap::new(),
             next_renew: 0,
             next_probe: 0,
             stopping: false,
@@ -247,11 +259,65 @@ impl Ownership {
         if self.stopping {
             return false;
         }
-        let Some(place) = live.iter().position(|id| *id == self.config.instance) else { return false };
+        let me = self.config.instance.as_str();
+        let Some(place) = live.iter().position(|id| id == me) else { return false };
         match resource {
-            Resource::Partition(n) => n % live.len() == place,
-            Resource::Role(name) => place == 0 && self.config.roles.contains(name),
+            Resource::Partition(n) => self.shares(live).get(n).is_some_and(|owner| *owner == me),
+            // A role stays with its live holder; a free one is the first live instance's.
+            Resource::Role(name) => {
+                self.config.roles.contains(name)
+                    && match self.directory.leases.get(resource) {
+                        Some((holder, _)) if live.contains(holder) => holder == me,
+                        _ => place == 0,
+                    }
+            }
         }
+    }
+
+    /// Who should serve each partition (sticky shares): every live instance
+    /// gets `partitions / live` of them, the first `partitions mod live` (most
+    /// held first, then by id) one more; an instance keeps the lowest-numbered
+    /// of those it holds up to its share, and the rest — a dead instance's, a
+    /// share's excess — go in order to the instances (by id) below their
+    /// share. So a death moves only the dead instance's partitions and a
+    /// newcomer only what it is owed. Every instance computes the same from
+    /// the same view (its own serving partitions count as held).
+    fn shares<'a>(&'a self, live: &'a [String]) -> BTreeMap<usize, &'a str> {
+        let mut holding: BTreeMap<&str, Vec<usize>> = live.iter().map(|id| (id.as_str(), Vec::new())).collect();
+        for n in 0..self.config.partitions {
+            let resource = Resource::Partition(n);
+            let serving = self.held.get(&resource).is_some_and(|h| h.state == State::Serving);
+            let holder = match self.directory.leases.get(&resource) {
+                _ if serving => Some(self.config.instance.as_str()),
+                lease => lease.map(|(holder, _)| holder.as_str()),
+            };
+            if let Some(list) = holder.and_then(|h| holding.get_mut(h)) {
+                list.push(n);
+            }
+        }
+        let (base, extra) = (self.config.partitions / live.len(), self.config.partitions % live.len());
+        let mut order: Vec<&str> = holding.keys().copied().collect();
+        order.sort_by_key(|id| (std::cmp::Reverse(holding[id].len()), *id));
+        let cap: BTreeMap<&str, usize> =
+            order.iter().enumerate().map(|(place, id)| (*id, base + usize::from(place < extra))).collect();
+        let mut shares = BTreeMap::new();
+        let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+        for (id, held) in &holding {
+            for n in held.iter().take(cap[id]) {
+                shares.insert(*n, *id);
+            }
+            count.insert(id, held.len().min(cap[id]));
+        }
+        for n in 0..self.config.partitions {
+            if shares.contains_key(&n) {
+                continue;
+            }
+            if let Some(id) = live.iter().map(String::as_str).find(|id| count[id] < cap[id]) {
+                shares.insert(n, id);
+                *count.get_mut(id).expect("a live instance") += 1;
+            }
+        }
+        shares
     }
 
     /// Everything there is to hold.
@@ -290,6 +356,30 @@ impl Ownership {
             .collect()
     }
 
+    /// Whether this instance's hold on `resource` is confirmed at `now`: no
+    /// other instance can have taken it yet. A successor takes a lease only
+    /// once its holder's heartbeat is `member_ttl_ms` old (or its connection
+    /// is gone) or the key expired, so a hold is good until the latest
+    /// successful take or renewal was *asked* plus that, less one renewal
+    /// period (the heartbeat written with it may have failed). Past it — an
+    /// instance resumed from a pause, renewals failing — it may still
+    /// commit (the fence decides), but an answer that writes nothing (a
+    /// refusal) would come from a state that may be stale: the driver says
+    /// `unavailable` instead, and the client retries.
+    pub fn confirmed(&self, resource: &Resource, now: u64) -> bool {
+        self.held.get(resource).is_some_and(|h| h.state == State::Serving && now < h.valid_until)
+    }
+
+    /// Until when (ms) the hold on `resource` is confirmed (0: not held).
+    pub fn confirmed_until(&self, resource: &Resource) -> u64 {
+        self.held.get(resource).filter(|h| h.state == State::Serving).map_or(0, |h| h.valid_until)
+    }
+
+    fn valid_from_asked(&self, resource: &Resource) -> u64 {
+        let asked = self.asked.get(resource).copied().unwrap_or(self.now);
+        asked + self.config.member_ttl_ms.saturating_sub(self.config.renew_every_ms)
+    }
+
     /// Whether a graceful stop is over: nothing held, nothing under way.
     pub fn is_stopped(&self) -> bool {
         self.stopping && self.held.is_empty() && self.taking.is_empty() && self.releasing.is_empty()
@@ -314,6 +404,7 @@ impl Ownership {
             for (resource, held) in &mut self.held {
                 if held.state != State::Halting && !held.renewing {
                     held.renewing = true;
+                    self.asked.insert(resource.clone(), now);
                     self.outbox.push_back(Action::Renew { resource: resource.clone(), revision: held.revision });
                 }
             }
@@ -374,9 +465,11 @@ impl Ownership {
         match result {
             Ok(revision) if self.held.contains_key(&resource) => {
                 // Our own key created again after it expired: we still serve it.
+                let valid_until = self.valid_from_asked(&resource);
                 if let Some(held) = self.held.get_mut(&resource) {
                     held.revision = revision;
                     held.renewed_at = self.now;
+                    held.valid_until = valid_until;
                 }
             }
             Ok(revision) => {
@@ -385,9 +478,10 @@ impl Ownership {
                     self.outbox.push_back(Action::Release { resource, revision });
                     return;
                 }
+                let valid_until = self.valid_from_asked(&resource);
                 self.held.insert(
                     resource.clone(),
-                    Held { state: State::Serving, revision, renewed_at: self.now, renewing: false },
+                    Held { state: State::Serving, revision, renewed_at: self.now, valid_until, renewing: false },
                 );
                 self.outbox.push_back(Action::Start { resource });
             }
@@ -402,17 +496,20 @@ impl Ownership {
 
     /// What a renewal came to.
     pub fn handle_renewed(&mut self, resource: Resource, result: Result<u64, RenewError>) {
+        let valid_until = self.valid_from_asked(&resource);
         let Some(held) = self.held.get_mut(&resource) else { return };
         held.renewing = false;
         match result {
             Ok(revision) => {
                 held.revision = revision;
                 held.renewed_at = self.now;
+                held.valid_until = held.valid_until.max(valid_until);
             }
             Err(RenewError::Unavailable) => {} // the fence guards the log meanwhile
             Err(RenewError::Lost { holder: None }) if held.state == State::Serving => {
                 // It expired (a long election): create it again; a holder found there halts us.
                 if self.taking.insert(resource.clone()) {
+                    self.asked.insert(resource.clone(), self.now);
                     self.outbox.push_back(Action::Take { resource, over: None });
                 }
             }
@@ -518,6 +615,7 @@ impl Ownership {
             };
             self.retry_at.remove(&resource);
             self.taking.insert(resource.clone());
+            self.asked.insert(resource.clone(), self.now);
             self.outbox.push_back(Action::Take { resource, over });
         }
     }
@@ -556,18 +654,62 @@ mod tests {
         }
         assert!(drain_actions(&mut a).iter().all(|x| matches!(x, Action::Start { .. })));
         assert!(a.unowned_partitions().is_empty());
-        // b joins: partitions 1 and 3 are b's share now; a drains them, then releases.
-        a.handle_directory(view(&[("a", 100), ("b", 100)], &[]), 100);
+        // b joins: a keeps half (0 and 1) and the role; it drains 2 and 3, then releases them.
+        let leases: Vec<(Resource, &str)> =
+            a.held().cloned().map(|r| (r, "a")).collect::<Vec<_>>().into_iter().collect();
+        a.handle_directory(view(&[("a", 100), ("b", 100)], &leases), 100);
         let drains: Vec<Action> = drain_actions(&mut a);
         assert_eq!(
             drains,
             vec![
-                Action::Drain { resource: Resource::Partition(1) },
+                Action::Drain { resource: Resource::Partition(2) },
                 Action::Drain { resource: Resource::Partition(3) }
             ]
         );
-        a.handle_stopped(Resource::Partition(1));
-        assert_eq!(drain_actions(&mut a), vec![Action::Release { resource: Resource::Partition(1), revision: 1 }]);
+        a.handle_stopped(Resource::Partition(2));
+        assert_eq!(drain_actions(&mut a), vec![Action::Release { resource: Resource::Partition(2), revision: 1 }]);
+        // b sees a still holding 2 and 3: they are its share, but it waits for a's handover.
+        let mut b = machine("b", 4);
+        b.handle_directory(view(&[("a", 100), ("b", 100)], &leases), 100);
+        assert!(drain_actions(&mut b).iter().all(|x| !matches!(x, Action::Take { .. })));
+        let released: Vec<(Resource, &str)> =
+            leases.iter().filter(|(r, _)| *r != Resource::Partition(2)).cloned().collect();
+        b.handle_directory(view(&[("a", 200), ("b", 200)], &released), 200);
+        assert_eq!(drain_actions(&mut b), vec![Action::Take { resource: Resource::Partition(2), over: None }]);
+    }
+
+    #[test]
+    fn a_death_moves_only_the_dead_instances_partitions() {
+        let leases = [
+            (Resource::Partition(0), "a"),
+            (Resource::Partition(1), "b"),
+            (Resource::Partition(2), "c"),
+            (Resource::Partition(3), "a"),
+            (Resource::Partition(4), "b"),
+            (Resource::Role("feeds".into()), "b"),
+        ];
+        let members = [("a", 0), ("b", 0), ("c", 0)];
+        let mut shares = BTreeMap::new();
+        for id in ["b", "c"] {
+            let mut m = machine(id, 5);
+            m.handle_directory(view(&members, &leases), 0);
+            for x in drain_actions(&mut m) {
+                if let Action::Take { resource, .. } = x {
+                    m.handle_taken(resource, Ok(1));
+                }
+            }
+            drain_actions(&mut m);
+            // a's connection is gone: b and c take a's two partitions, one each, and nothing else moves.
+            m.handle_probed("a", Some(false));
+            let actions = drain_actions(&mut m);
+            assert!(
+                actions.iter().all(|x| matches!(x, Action::Take { over: Some((h, 1)), .. } if h == "a")),
+                "{actions:?}"
+            );
+            shares.insert(id, actions);
+        }
+        assert_eq!(shares["b"], vec![Action::Take { resource: Resource::Partition(0), over: Some(("a".into(), 1)) }]);
+        assert_eq!(shares["c"], vec![Action::Take { resource: Resource::Partition(3), over: Some(("a".into(), 1)) }]);
     }
 
     #[test]
@@ -624,6 +766,29 @@ mod tests {
         // Cut off for the halt deadline: the role halts too.
         a.handle_timeout(11_000 + HALT_AFTER_MS);
         assert!(drain_actions(&mut a).iter().any(|x| matches!(x, Action::Halt { resource: Resource::Role(_), .. })));
+    }
+
+    #[test]
+    fn a_hold_is_confirmed_from_when_its_take_or_renewal_was_asked() {
+        let mut a = machine("a", 1);
+        let p = Resource::Partition(0);
+        a.handle_timeout(0);
+        for x in drain_actions(&mut a) {
+            if let Action::Take { resource, .. } = x {
+                a.handle_taken(resource, Ok(1));
+            }
+        }
+        drain_actions(&mut a);
+        let good = MEMBER_TTL_MS - RENEW_EVERY_MS;
+        assert!(a.confirmed(&p, good - 1) && !a.confirmed(&p, good));
+        // Paused past it (no renewal asked meanwhile): not confirmed, until a renewal asked now succeeds.
+        a.handle_timeout(20_000);
+        assert!(!a.confirmed(&p, 20_000));
+        let renew =
+            drain_actions(&mut a).into_iter().find(|x| matches!(x, Action::Renew { resource, .. } if *resource == p));
+        assert!(renew.is_some());
+        a.handle_renewed(p.clone(), Ok(2));
+        assert!(a.confirmed(&p, 20_000) && a.confirmed(&p, 20_000 + good - 1) && !a.confirmed(&p, 20_000 + good));
     }
 
     #[test]

@@ -190,7 +190,7 @@ pub async fn serve<S: EventStore + Clone + 'static>(
         let (responder, clock, store, config) = (responder.clone(), clock.clone(), store.clone(), config.clone());
         let halt = halt.clone();
         tasks.push(tokio::spawn(async move {
-            run_partition(partition, machine, store, rx, &responder, clock.as_ref(), &config, halt).await.stats
+            run_partition(partition, machine, store, rx, &responder, clock.as_ref(), &config, halt, None).await.stats
         }));
     }
     dispatch(bus, local, &responder, &queues, shutdown).await;
@@ -253,6 +253,32 @@ enum Wake {
     Clock,
 }
 
+/// Until when an instance's hold on a partition is confirmed (the ownership
+/// machine's `confirmed_until`, on the driver's clock): an instance paused
+/// past it, or cut off, stops answering refusals until a renewal confirms it.
+#[derive(Debug)]
+pub struct Hold {
+    started: std::time::Instant,
+    until_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Hold {
+    /// A hold on the clock that started at `started` (not confirmed yet).
+    pub fn new(started: std::time::Instant) -> Self {
+        Self { started, until_ms: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    /// Confirmed until `until_ms` on that clock.
+    pub fn set(&self, until_ms: u64) {
+        self.until_ms.store(until_ms, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether it is confirmed now.
+    pub fn confirmed(&self) -> bool {
+        (self.started.elapsed().as_millis() as u64) < self.until_ms.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 /// One partition's loop: its requests, its timers, its routing, until its
 /// queue closes and everything taken is done.
 #[allow(clippy::too_many_arguments)] // the partition's inputs, each its own channel or handle
@@ -265,6 +291,7 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
     clock: &dyn Clock,
     config: &ServeConfig,
     mut halt: watch::Receiver<bool>,
+    hold: Option<&Hold>,
 ) -> PartitionEnd {
     let mut deposed = None;
     let mut io: FuturesUnordered<Pending> = FuturesUnordered::new();
@@ -350,6 +377,17 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
                         {
                             let attempt = denied_attempt(&request, actor_name(&envelope.actor), rule, &r.to_string());
                             forbidden.push((envelope.account.clone(), DoorRecord::Denied(attempt)));
+                        }
+                        // An answer that writes nothing, decided while this instance's hold on the
+                        // partition is not confirmed (resumed from a pause), may rest on a stale state.
+                        if matches!(result, Ok(Outcome::Refused(_) | Outcome::Nothing))
+                            && hold.is_some_and(|h| !h.confirmed())
+                        {
+                            let why = format!(
+                                "this instance's hold on partition {partition} is not confirmed now; retry with the same id"
+                            );
+                            send(responder, &request, crate::intake::unavailable(&why).to_string().into_bytes()).await;
+                            continue;
                         }
                         // A key's credential is shown this once, never stored.
                         let reply = result_reply(&result, events, credential);

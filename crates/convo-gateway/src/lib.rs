@@ -91,9 +91,19 @@ pub struct GatewayConfig {
     pub webhooks: Option<convo_webhooks::Deliveries>,
     /// The metrics `/metrics` renders; `None`: not measured.
     pub metrics: Option<Arc<convo_store::metrics::Metrics>>,
-    /// The partitions no instance serves now, as this instance's ownership
-    /// sees them (readiness names them); `None`: no engine here.
-    pub unowned: Option<tokio::sync::watch::Receiver<Vec<usize>>>,
+    /// Says which partitions no instance serves at this moment (readiness
+    /// names them); `None`: no engine here.
+    pub unowned: Option<UnownedCheck>,
+}
+
+/// Asked on each readiness request: the partitions nobody serves now.
+#[derive(Clone)]
+pub struct UnownedCheck(pub Arc<dyn Fn() -> futures::future::BoxFuture<'static, Vec<usize>> + Send + Sync>);
+
+impl std::fmt::Debug for UnownedCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UnownedCheck")
+    }
 }
 
 pub(crate) struct Shared {
@@ -255,7 +265,10 @@ async fn ready(State(shared): State<Arc<Shared>>) -> Response {
         .flat_map(reads::ReadModels::positions)
         .map(|(name, at)| (name.to_owned(), json!(at)))
         .collect();
-    let unowned: Vec<usize> = shared.config.unowned.as_ref().map(|u| u.borrow().clone()).unwrap_or_default();
+    let unowned: Vec<usize> = match &shared.config.unowned {
+        Some(check) => (check.0)().await,
+        None => Vec::new(),
+    };
     if !shared.config.redactions.is_ready() {
         let message = "the engine is recovering from the stream";
         reply(

@@ -338,20 +338,14 @@ impl Service {
             background.clone(),
         ));
         let (status_tx, status_rx) = tokio::sync::watch::channel(convo_engine::cluster::ClusterStatus::default());
-        let (unowned_tx, unowned_rx) = tokio::sync::watch::channel(Vec::<usize>::new());
-        tasks.spawn({
-            let (mut status_rx, stop) = (status_rx, background.clone());
-            async move {
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        changed = status_rx.changed() => if changed.is_err() { break },
-                    }
-                    let unowned = status_rx.borrow_and_update().unowned.clone();
-                    unowned_tx.send_replace(unowned);
-                }
-            }
-        });
+        let unowned: convo_gateway::UnownedCheck = {
+            let (client, prefix) = (store.client().clone(), config.prefix.clone());
+            convo_gateway::UnownedCheck(Arc::new(move || {
+                let status = status_rx.borrow().clone();
+                let (client, prefix) = (client.clone(), prefix.clone());
+                Box::pin(async move { convo_engine::cluster::unowned_now(&client, &prefix, partitions, &status).await })
+            }))
+        };
         let (local_tx, local_rx) = tokio::sync::mpsc::channel(convo_engine::serve::PARTITION_QUEUE_MAX);
         let gateway_config = convo_gateway::GatewayConfig {
             trusted_proxies: config.trusted_proxies.clone(),
@@ -360,7 +354,7 @@ impl Service {
             redactions: redactions.clone(),
             webhooks: Some(deliveries.clone()),
             metrics: Some(metrics.clone()),
-            unowned: Some(unowned_rx),
+            unowned: Some(unowned),
         };
         let gateway = Gateway::start(&config, local_tx, &store, gateway_config).await?;
         let cluster = convo_engine::cluster::ClusterConfig {

@@ -118,6 +118,8 @@ pub struct FaultStats {
     pub takeovers: u64,
     pub handovers: u64,
     pub deposed: u64,
+    /// Answers writing nothing turned into "unavailable": the hold was not confirmed.
+    pub unconfirmed: u64,
     pub unowned_ms_max: u64,
 }
 
@@ -128,7 +130,7 @@ impl fmt::Display for FaultStats {
             "{} inputs, {} commits; faults: {} failed appends, {} lost acks, {} phantom writes, {} outages, {} kills, \
              {} pauses, {} clock jumps, {} elections, {} lost directory answers, {} reordered; {} conflicts, \
              {} overloaded, {} retries; up to {}/{} appends in flight; {} instances: {} takeovers, {} handovers, \
-             {} deposed appends, up to {} ms without an owner",
+             {} deposed appends, {} unconfirmed answers, up to {} ms without an owner",
             self.inputs,
             self.commits,
             self.failed_appends,
@@ -150,6 +152,7 @@ impl fmt::Display for FaultStats {
             self.takeovers,
             self.handovers,
             self.deposed,
+            self.unconfirmed,
             self.unowned_ms_max
         )
     }
@@ -515,6 +518,21 @@ impl Sim {
                             });
                             eprintln!("step {}: {origin:?} {} at {now} on {i}: {shown:?}", self.step, envelope.id);
                         }
+                        // An answer that writes nothing comes from a state that may be stale once the
+                        // instance's hold is no longer confirmed (a pause): the client hears "unavailable".
+                        let clock = self.ms() + self.instances[i].offset_ms;
+                        let result = match result {
+                            Ok(Outcome::Refused(_) | Outcome::Nothing)
+                                if matches!(origin, Origin::Request(_))
+                                    && !self.instances[i].ownership.confirmed(&PARTITION, clock) =>
+                            {
+                                self.stats.unconfirmed += 1;
+                                Err(Failure::Unavailable(
+                                    "this instance's hold on the partition is not confirmed".into(),
+                                ))
+                            }
+                            other => other,
+                        };
                         match (origin, result) {
                             (Origin::Request(token), result) => {
                                 let token = token as usize;
@@ -699,6 +717,17 @@ impl Sim {
             self.timed_out = self.timed_out.max(self.now);
         }
         self.trace(|| format!("instance {instance} serves with epoch {epoch}"));
+        // Clients waiting on an attempt at another instance (paused, cut off) gave up long
+        // before a takeover (a request times out in seconds): they send again, to the new owner.
+        for token in 0..self.sent.len() {
+            if self.sent[token].answer.is_none()
+                && let Some((at, _)) = self.sent[token].attempt
+                && at != instance
+            {
+                self.sent[token].attempt = None;
+                self.retry.push_back(token);
+            }
+        }
         self.instances[instance].served =
             Some(Served { machine, generation: self.next_generation, epoch, draining_since: None });
     }
