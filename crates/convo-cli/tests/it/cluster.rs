@@ -36,7 +36,7 @@ impl Drop for Instance {
 fn serve(url: &str, monitors: &[String], dir: &Path) -> Instance {
     let log = std::fs::File::create(dir.join("serve.log")).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_convo"))
-        .args(["serve", "--nats-url", url, "--prefix", PREFIX, "--replicas", "3", "--no-http"])
+        .args(["serve", "--nats-url", url, "--prefix", PREFIX, "--replicas", "3"])
         .args(monitors.iter().flat_map(|m| ["--nats-monitor-url", m.as_str()]))
         .args(["--snapshot-every-secs", "1", "--data-dir"])
         .arg(dir)
@@ -216,6 +216,20 @@ async fn a_killed_instance_and_a_killed_node_lose_nothing() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // Every instance is ready (each has a gateway), before anything happens.
+    let gateways: Vec<String> = dirs.iter().map(|d| gateway(d.path())).collect();
+    for (n, base) in gateways.iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = http_get(&format!("{base}/health/ready"));
+            if status == 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "instance {n} never became ready: {status} {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     // The load: conversations opened in every account through every node; the owner of
     // the first account's partition is killed a third of the way through.
     let victim_partition = 0;
@@ -226,17 +240,20 @@ async fn a_killed_instance_and_a_killed_node_lose_nothing() {
     let mut acknowledged: BTreeMap<(String, String), Value> = BTreeMap::new();
     let mut killed_at = None;
     let mut killed_stamp = String::new();
+    let mut killed_wall = wall();
     let mut consumers_before_kill = 0;
     let mut first_after_kill = None;
+    let stop_polling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut poller = None;
     for n in 0..OPENS {
         if n == OPENS / 3 {
             consumers_before_kill = stream_consumers(&nats.monitor_url(victim), &config.stream);
             instances[victim] = None; // SIGKILL: no chance to hand anything over
             killed_at = Some(Instant::now());
-            let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
-            killed_stamp = chrono::DateTime::from_timestamp_millis(ms as i64)
-                .unwrap()
-                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            killed_wall = wall();
+            killed_stamp = killed_wall.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            let survivors = (0..3).filter(|s| *s != victim).map(|s| (s, gateways[s].clone())).collect();
+            poller = Some(poll_readiness(survivors, stop_polling.clone()));
         }
         for (a, account) in accounts.iter().enumerate() {
             let id = format!("open-{n}");
@@ -271,6 +288,58 @@ async fn a_killed_instance_and_a_killed_node_lose_nothing() {
     let takeover = first_after_kill.expect("a command was served after the kill");
     eprintln!("takeover: {} ms from the kill to the first command served by the new owner", takeover.as_millis());
     assert!(takeover <= TAKEOVER_MAX, "the takeover took {} ms", takeover.as_millis());
+    // Readiness told the truth. From the moment the server can have seen the killed
+    // instance's connection close until the new owner served its partition, every
+    // survivor answered 503 naming it; soon after, every survivor is ready again.
+    let deadline = Instant::now() + READY_AGAIN_MAX;
+    for s in (0..3).filter(|s| *s != victim) {
+        while http_get(&format!("{}/health/ready", gateways[s])).0 != 200 {
+            assert!(Instant::now() < deadline, "instance {s} is not ready again after the takeover");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    stop_polling.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen: Vec<Readiness> = poller
+        .expect("polled during the takeover")
+        .into_iter()
+        .flat_map(|p| p.join().expect("a poller ends"))
+        .collect();
+    let served_at = (0..3)
+        .filter(|n| *n != victim)
+        .flat_map(|n| {
+            std::fs::read_to_string(dirs[n].path().join("serve.log"))
+                .unwrap()
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter(|l| l.contains(&format!("serving partition {victim_partition}:")) && **l >= *killed_stamp.as_str())
+        .find_map(|l| logged_at(&l))
+        .expect("the new owner logged when it served the partition");
+    let noticed = killed_wall + chrono::Duration::from_std(KILL_NOTICED).unwrap();
+    let gap: Vec<&Readiness> = seen.iter().filter(|r| r.sent >= noticed && r.received <= served_at).collect();
+    for r in &gap {
+        assert!(
+            r.status == 503 && r.unowned.contains(&(victim_partition as u64)),
+            "instance {} answered {} {:?} at {} ms after the kill, before partition {victim_partition} was served again",
+            r.instance,
+            r.status,
+            r.unowned,
+            (r.sent - killed_wall).num_milliseconds()
+        );
+    }
+    let window = (served_at - noticed).num_milliseconds();
+    eprintln!(
+        "readiness: {} answers from the survivors in the {window} ms between the kill (+{} ms) and partition \
+         {victim_partition} served again, all 503 naming it; {} answers in all",
+        gap.len(),
+        KILL_NOTICED.as_millis(),
+        seen.len()
+    );
+    if window >= GAP_POLLED_MIN.as_millis() as i64 {
+        assert!(!gap.is_empty(), "no readiness answer in the {window} ms gap: the pollers were starved");
+    }
+
     // The new owner started from the dead one's last snapshot and read only the tail.
     let logs: String = (0..3)
         .filter(|n| *n != victim)
@@ -456,6 +525,16 @@ const TAKEOVER_MAX: Duration = Duration::from_secs(3);
 /// A survivor's WARN lines from an instance's kill until the takeover is over
 /// (a lease or a watcher retried).
 const FAILOVER_WARN_LINES_MAX: usize = 5;
+/// How often readiness is polled during a takeover.
+const READINESS_POLL_EVERY: Duration = Duration::from_millis(5);
+/// How soon after a kill -9 the server has seen the connection close (the
+/// process is reaped when the kill returns; the server reads the EOF).
+const KILL_NOTICED: Duration = Duration::from_millis(20);
+/// A gap between the kill and the new owner at least this long gets readiness answers.
+const GAP_POLLED_MIN: Duration = Duration::from_millis(50);
+/// How long a survivor may keep answering 503 after the takeover (it has
+/// to see the new owner's lease and heartbeat).
+const READY_AGAIN_MAX: Duration = Duration::from_secs(5);
 /// About the consumers one instance keeps on the stream (read models,
 /// catalogs, feeds, watchers): a takeover must not multiply them.
 const CONSUMERS_PER_INSTANCE: usize = 40;
@@ -475,14 +554,78 @@ fn stream_consumers(monitor: &str, stream: &str) -> usize {
         .sum()
 }
 
-/// A plain HTTP GET on loopback.
+/// A plain HTTP GET on loopback: the body.
 fn ureq_get(url: &str) -> String {
+    http_get(url).1
+}
+
+/// A plain HTTP GET on loopback: the status code and the body.
+fn http_get(url: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://").expect("an http URL");
     let (host, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
-    let mut socket = std::net::TcpStream::connect(host).unwrap();
+    let mut socket = std::net::TcpStream::connect(host).unwrap_or_else(|e| panic!("{url}: {e}"));
     write!(socket, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
     let mut response = String::new();
     socket.read_to_string(&mut response).unwrap();
-    response.split_once("\r\n\r\n").map_or(String::new(), |(_, body)| body.to_owned())
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((response.as_str(), ""));
+    let status = head.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    (status, body.to_owned())
+}
+
+/// One readiness answer seen while a partition changed hands.
+struct Readiness {
+    instance: usize,
+    /// When the request went, and when its answer came (wall clock, as the logs).
+    sent: chrono::DateTime<chrono::Utc>,
+    received: chrono::DateTime<chrono::Utc>,
+    status: u16,
+    unowned: Vec<u64>,
+}
+
+/// Polls `/health/ready` of each instance in `gateways` (each on its own
+/// thread) every few milliseconds until `stop` is set: what each answered and when.
+fn poll_readiness(
+    gateways: Vec<(usize, String)>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<std::thread::JoinHandle<Vec<Readiness>>> {
+    let poll = |(instance, base): (usize, String), stop: std::sync::Arc<std::sync::atomic::AtomicBool>| {
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let sent = wall();
+                let (status, body) = http_get(&format!("{base}/health/ready"));
+                let received = wall();
+                let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                let unowned = body["unowned_partitions"].as_array().into_iter().flatten().filter_map(Value::as_u64);
+                seen.push(Readiness { instance, sent, received, status, unowned: unowned.collect() });
+                std::thread::sleep(READINESS_POLL_EVERY);
+            }
+            seen
+        })
+    };
+    gateways.into_iter().map(|gateway| poll(gateway, stop.clone())).collect()
+}
+
+/// The wall clock now.
+fn wall() -> chrono::DateTime<chrono::Utc> {
+    std::time::SystemTime::now().into()
+}
+
+/// The instant at the start of a log line (the instances log RFC 3339, UTC).
+fn logged_at(line: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let stamp = line.split_whitespace().next()?;
+    chrono::DateTime::parse_from_rfc3339(stamp).ok().map(|t| t.with_timezone(&chrono::Utc))
+}
+
+/// The instance's gateway (`http://host:port`), once it has written it.
+fn gateway(dir: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(url) = std::fs::read_to_string(dir.join("http.url")) {
+            return url.trim().to_owned();
+        }
+        assert!(Instant::now() < deadline, "the instance never wrote its http.url");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

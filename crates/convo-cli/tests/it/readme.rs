@@ -202,3 +202,129 @@ async fn the_first_conversation_runs_as_written() {
     }
     drop(served);
 }
+
+/// The README's "A cluster from nothing", run as written in an empty
+/// directory (its port variables moved to free ports): three nats-servers
+/// from `convo nats-config`'s bootstrap block, three engines with
+/// `--replicas 3`; then the stream has three replicas, the three engines
+/// share the partitions, and each gateway serves a command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_from_nothing_runs_as_written() {
+    use std::os::unix::process::CommandExt;
+    let temp = tempfile::tempdir().unwrap();
+    let bases = free_port_bases(4);
+    let convo = Path::new(env!("CARGO_BIN_EXE_convo")).parent().unwrap().to_owned();
+    let path =
+        format!("{}:{}:{}", convo.display(), repo().join(".tools/nats/bin").display(), std::env::var("PATH").unwrap());
+    let child = Command::new("bash")
+        .arg("-euo")
+        .arg("pipefail")
+        .arg("-c")
+        .arg(snippet("cluster.sh"))
+        .current_dir(temp.path())
+        .env("PATH", path)
+        .env("NATS_PORT", bases[0].to_string())
+        .env("MONITOR_PORT", bases[1].to_string())
+        .env("ROUTE_PORT", bases[2].to_string())
+        .env("HTTP_PORT", bases[3].to_string())
+        .env_remove("CONVO_NATS_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0) // its servers and engines too: all stopped at the end
+        .spawn()
+        .unwrap();
+    let group = Group(child.id());
+    let logs = |dir: &Path| -> String {
+        ["nats-1.log", "engine-1.log", "engine-2.log", "engine-3.log"]
+            .iter()
+            .map(|f| format!("--- {f}\n{}", std::fs::read_to_string(dir.join(f)).unwrap_or_default()))
+            .collect()
+    };
+    let (tx, done) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match done.recv_timeout(CLUSTER_SETUP_MAX) {
+        Ok(out) => out.unwrap(),
+        Err(_) => panic!("the README's cluster was not up within {CLUSTER_SETUP_MAX:?}\n{}", logs(temp.path())),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}\n{}\n{}", String::from_utf8_lossy(&out.stderr), logs(temp.path()));
+    let status: serde_json::Value = serde_json::from_str(stdout.trim()).expect("cluster status is JSON");
+    assert_eq!(status["partitions"], 3, "{status}");
+    assert_eq!(status["instances"].as_array().map(Vec::len), Some(3), "{status}");
+
+    // The stream on all three servers.
+    let monitor = format!("http://127.0.0.1:{}", bases[1] + 1);
+    let jsz: serde_json::Value =
+        serde_json::from_str(&http_get(&format!("{monitor}/jsz?streams=true&config=true"))).unwrap();
+    let replicas: Vec<u64> = jsz["account_details"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
+        .filter(|s| s["name"] == "CONVO")
+        .filter_map(|s| s["config"]["num_replicas"].as_u64())
+        .collect();
+    assert_eq!(replicas, vec![3], "{jsz}");
+
+    // Each gateway serves the operator's commands (one partition's owner or another's).
+    let operator = std::fs::read_to_string(temp.path().join("engine-1/operator.key")).unwrap();
+    let setup = super::cluster::setup();
+    for (n, command) in setup.iter().take(3).enumerate() {
+        let gateway = format!("127.0.0.1:{}", bases[3] + n as u16 + 1);
+        let kind = command["type"].as_str().unwrap();
+        let body = json!({"id": format!("readme-{n}"), "command": command}).to_string();
+        let out = Command::new("curl")
+            .args(["-s", "-X", "POST", &format!("http://{gateway}/v1/accounts/acme/commands/{kind}")])
+            .args(["-H", &format!("Authorization: Bearer {}", operator.trim()), "-H", "Content-Type: application/json"])
+            .args(["--data", &body])
+            .output()
+            .unwrap();
+        let reply: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}\n{}", String::from_utf8_lossy(&out.stdout), logs(temp.path())));
+        assert_eq!(reply["outcome"], "committed", "{gateway}: {reply}");
+    }
+    drop(group);
+}
+
+/// How long the README's cluster may take to come up.
+const CLUSTER_SETUP_MAX: Duration = Duration::from_secs(180);
+
+/// A process group, killed when dropped.
+struct Group(u32);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.0)]).status();
+    }
+}
+
+/// `count` port bases `b` whose `b+1..=b+3` are free on loopback, below the
+/// ephemeral range (where the other tests' port 0 binds land).
+fn free_port_bases(count: usize) -> Vec<u16> {
+    let seed = std::process::id() as u64
+        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let mut bases = Vec::new();
+    let mut candidate = 20_000 + (seed % 1_000) as u16 * 10;
+    while bases.len() < count {
+        candidate += 4;
+        let free = (1..=3).all(|o| std::net::TcpListener::bind(("127.0.0.1", candidate + o)).is_ok());
+        if free {
+            bases.push(candidate);
+        }
+    }
+    bases
+}
+
+/// A plain HTTP GET on loopback: the body.
+fn http_get(url: &str) -> String {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (host, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let mut socket = std::net::TcpStream::connect(host).unwrap();
+    write!(socket, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).unwrap();
+    response.split_once("\r\n\r\n").map_or(String::new(), |(_, body)| body.to_owned())
+}
