@@ -284,6 +284,7 @@ pub async fn serve_cluster(
     let mut fences: BTreeMap<usize, Arc<Fence>> = BTreeMap::new();
     let mut work: FuturesUnordered<BoxFuture<'static, Done>> = FuturesUnordered::new();
     let answered = Arc::new(tokio::sync::Notify::new());
+    let mut gone: BTreeSet<String> = BTreeSet::new();
     let mut stop_by: Option<Instant> = None;
     let mut local_open = true;
     loop {
@@ -369,8 +370,12 @@ pub async fn serve_cluster(
                     ownership.handle_released(resource);
                 }
                 Done::Probed(instance, alive) => {
-                    if alive == Some(false) && view.members.contains_key(&instance) {
+                    // Said once per death (its heartbeat stays in view until it expires; probes go on).
+                    gone.retain(|id| view.members.contains_key(id) || view.leases.values().any(|(h, _)| h == id));
+                    if alive == Some(false) && gone.insert(instance.clone()) {
                         tracing::info!("instance {instance} is gone (its connection closed); its partitions are free");
+                    } else if alive == Some(true) {
+                        gone.remove(&instance);
                     }
                     ownership.handle_probed(&instance, alive);
                 }

@@ -205,6 +205,8 @@ pub struct Ownership {
     asked: BTreeMap<Resource, u64>,
     next_renew: u64,
     next_probe: u64,
+    /// When this machine first heard of the directory or the clock.
+    watching_since: Option<u64>,
     stopping: bool,
     outbox: VecDeque<Action>,
 }
@@ -224,6 +226,7 @@ impl Ownership {
             asked: BTreeMap::new(),
             next_renew: 0,
             next_probe: 0,
+            watching_since: None,
             stopping: false,
             outbox: VecDeque::new(),
         }
@@ -234,6 +237,10 @@ impl Ownership {
     }
 
     /// The instances alive as this one sees them (itself included), by id.
+    /// A lease holder with no heartbeat in view counts as alive until this
+    /// machine has watched for a member TTL (its heartbeat may simply not
+    /// have been seen yet: a newcomer's first view can show a lease before
+    /// its holder's heartbeat), unless a probe finds it gone.
     pub fn live(&self) -> Vec<String> {
         let ttl = self.config.member_ttl_ms;
         let mut live: Vec<String> = self
@@ -243,11 +250,28 @@ impl Ownership {
             .filter(|(id, seen)| self.now.saturating_sub(**seen) < ttl && !self.is_gone(id, **seen))
             .map(|(id, _)| id.clone())
             .collect();
+        if self.watching_since.is_some_and(|since| self.now.saturating_sub(since) < ttl) {
+            for holder in self.unseen_holders() {
+                if !self.gone.contains_key(holder) && !live.iter().any(|id| id == holder) {
+                    live.push(holder.clone());
+                }
+            }
+        }
         if !self.stopping && !live.contains(&self.config.instance) {
             live.push(self.config.instance.clone());
         }
         live.sort();
         live
+    }
+
+    /// Lease holders (other than this instance) whose heartbeat is not in view.
+    fn unseen_holders(&self) -> BTreeSet<&String> {
+        self.directory
+            .leases
+            .values()
+            .map(|(holder, _)| holder)
+            .filter(|h| **h != self.config.instance && !self.directory.members.contains_key(*h))
+            .collect()
     }
 
     fn is_gone(&self, id: &str, seen: u64) -> bool {
@@ -398,6 +422,7 @@ impl Ownership {
     /// The clock: renewals, heartbeats, probes, the halt deadline, then what to take or give up.
     pub fn handle_timeout(&mut self, now: u64) {
         self.now = self.now.max(now);
+        self.watching_since.get_or_insert(now);
         let now = self.now;
         if now >= self.next_renew && !self.stopping {
             self.next_renew = now + self.config.renew_every_ms;
@@ -424,8 +449,10 @@ impl Ownership {
         }
         if now >= self.next_probe {
             self.next_probe = now + self.config.probe_every_ms;
-            let others: Vec<String> =
+            // Every other member, and every lease holder not seen heartbeating (gone, or not seen yet).
+            let mut others: BTreeSet<String> =
                 self.directory.members.keys().filter(|id| **id != self.config.instance).cloned().collect();
+            others.extend(self.unseen_holders().into_iter().cloned());
             for instance in others {
                 if self.probing.insert(instance.clone()) {
                     self.outbox.push_back(Action::Probe { instance });
@@ -438,6 +465,7 @@ impl Ownership {
     /// What the directory shows now.
     pub fn handle_directory(&mut self, view: DirectoryView, now: u64) {
         self.now = self.now.max(now);
+        self.watching_since.get_or_insert(now);
         self.directory = view;
         self.plan();
     }
@@ -766,6 +794,37 @@ mod tests {
         // Cut off for the halt deadline: the role halts too.
         a.handle_timeout(11_000 + HALT_AFTER_MS);
         assert!(drain_actions(&mut a).iter().any(|x| matches!(x, Action::Halt { resource: Resource::Role(_), .. })));
+    }
+
+    #[test]
+    fn a_newcomer_does_not_take_a_lease_whose_holders_heartbeat_it_has_not_seen_yet() {
+        let mut b = machine("b", 1);
+        // b's first view shows a's lease before a's heartbeat.
+        b.handle_directory(view(&[("b", 0)], &[(Resource::Partition(0), "a")]), 0);
+        b.handle_timeout(0);
+        let actions = drain_actions(&mut b);
+        assert!(
+            actions.iter().all(|x| !matches!(x, Action::Take { resource: Resource::Partition(0), .. })),
+            "{actions:?}"
+        );
+        assert!(actions.contains(&Action::Probe { instance: "a".into() }), "{actions:?}");
+        // The probe finds a's connection gone: a's lease is taken over at once.
+        b.handle_probed("a", Some(false));
+        let takes = drain_actions(&mut b);
+        assert!(
+            takes.contains(&Action::Take { resource: Resource::Partition(0), over: Some(("a".into(), 1)) }),
+            "{takes:?}"
+        );
+        // Without a probe's answer, a holder never seen heartbeating for a member TTL is dead.
+        let mut c = machine("c", 1);
+        c.handle_directory(view(&[("c", 0)], &[(Resource::Partition(0), "a")]), 0);
+        drain_actions(&mut c);
+        c.handle_timeout(MEMBER_TTL_MS);
+        let late = drain_actions(&mut c);
+        assert!(
+            late.iter().any(|x| matches!(x, Action::Take { resource: Resource::Partition(0), over: Some(_) })),
+            "{late:?}"
+        );
     }
 
     #[test]

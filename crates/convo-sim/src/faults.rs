@@ -516,7 +516,12 @@ impl Sim {
                                 Outcome::Committed { log_seq, .. } => format!("committed {log_seq}"),
                                 other => format!("{other:?}"),
                             });
-                            eprintln!("step {}: {origin:?} {} at {now} on {i}: {shown:?}", self.step, envelope.id);
+                            eprintln!(
+                                "step {}: {origin:?} {} ({}) at {now} on {i}: {shown:?}",
+                                self.step,
+                                envelope.id,
+                                key_of(&envelope).1.path()
+                            );
                         }
                         // An answer that writes nothing comes from a state that may be stale once the
                         // instance's hold is no longer confirmed (a pause): the client hears "unavailable".
@@ -641,8 +646,9 @@ impl Sim {
                     Err(StoreError::Unavailable("simulated: the append did not reach the broker".into()))
                 } else {
                     if self.rng.chance(4) {
-                        // A second writer decided the same command first and won the race.
-                        if self.log.append(&commit, expected, self.log.fence).is_ok() {
+                        // A second writer decided the same command first and won the race (under the
+                        // same epoch: a deposed owner's decision cannot reach the log through it).
+                        if self.log.append(&commit, expected, epoch).is_ok() {
                             self.stats.phantom_writes += 1;
                         }
                     }
