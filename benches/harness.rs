@@ -1103,8 +1103,18 @@ async fn takeover(server: &NatsServer, prefix: &str, snapshot: bool) -> Result<f
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    // What is measured is a takeover: `a` still owns the partition when it is killed.
+    let owners = directory.owners().await?;
+    anyhow::ensure!(
+        owners.iter().any(|o| o.partition == 0 && o.instance == "a"),
+        "before the kill the partition is not a's: {:?}\n{}",
+        owners.iter().map(|o| (o.partition, o.instance.clone())).collect::<Vec<_>>(),
+        std::fs::read_to_string(dirs.0.path().join("serve.log")).unwrap_or_default()
+    );
     drop(owner); // SIGKILL
     let killed = Instant::now();
+    let killed_wall = chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now())
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     loop {
         n += 1;
         if probe(&client, prefix, n).await.is_some_and(|r| r["outcome"] == "committed") {
@@ -1115,6 +1125,13 @@ async fn takeover(server: &NatsServer, prefix: &str, snapshot: bool) -> Result<f
     }
     let secs = killed.elapsed().as_secs_f64();
     drop(standby);
+    // Where the time went, as the new owner logged it (detection, the take, recovery).
+    let log = std::fs::read_to_string(dirs.1.path().join("serve.log")).unwrap_or_default();
+    for line in log.lines().filter(|l| l.contains("is gone") || l.contains("took ") || l.contains("serving partition"))
+    {
+        eprintln!("  b: {line}");
+    }
+    eprintln!("  killed at {killed_wall}");
     Ok(secs)
 }
 
