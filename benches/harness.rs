@@ -1052,19 +1052,22 @@ fn convo_serve(
     Ok(Serve(child))
 }
 
+/// How long the takeover's client waits for one attempt's answer.
+const PROBE_WAIT: Duration = Duration::from_secs(1);
+
 /// One new conversation's first message, as the channel gateway sends it: the reply.
 async fn probe(client: &async_nats::Client, prefix: &str, n: usize) -> Option<Value> {
     let body = json!({"id": format!("probe-{n}"), "command": {"type":"receive_message","conversation": format!("probe-{n}"),"contact":"probe","channel":"wa","text":"hola"}});
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(convo_store::bus::AUTHORIZATION, format!("Bearer {}", credential(&json!({}))).as_str());
     let subject = format!("{prefix}.bench.cmd.receive_message");
-    let reply = tokio::time::timeout(
-        Duration::from_secs(5),
-        client.request_with_headers(subject, headers, body.to_string().into()),
-    )
-    .await
-    .ok()?
-    .ok()?;
+    // A client's wait: an attempt that reached the killed owner's subscription before the
+    // server saw its connection close is lost, and the client tries again after this.
+    let reply =
+        tokio::time::timeout(PROBE_WAIT, client.request_with_headers(subject, headers, body.to_string().into()))
+            .await
+            .ok()?
+            .ok()?;
     serde_json::from_slice(&reply.payload).ok()
 }
 
