@@ -79,13 +79,23 @@ pub async fn ensure(
         allow_direct: true,
         ..Default::default()
     };
-    match js.get_stream(&settings.name).await {
-        Ok(_) => {
-            js.update_stream(&settings).await.map_err(unavailable)?;
-        }
-        Err(_) => {
-            js.create_stream(settings).await.map_err(unavailable)?;
-        }
+    let (name, max_bytes) = (settings.name.clone(), settings.max_bytes);
+    let made = match js.get_stream(&settings.name).await {
+        Ok(_) => js.update_stream(&settings).await.map(drop).map_err(|e| (e.to_string(), e.kind())),
+        Err(_) => js.create_stream(settings).await.map(drop).map_err(|e| (e.to_string(), e.kind())),
+    };
+    if let Err((error, kind)) = made {
+        use async_nats::jetstream::ErrorCode;
+        use async_nats::jetstream::context::CreateStreamErrorKind;
+        return Err(match kind {
+            CreateStreamErrorKind::JetStream(e) if e.error_code() == ErrorCode::STORAGE_RESOURCES_EXCEEDED => {
+                StoreError::Refused(format!(
+                    "the JSON stream {name} would reserve {max_bytes} bytes, more than the nats-server has left for \
+                     JetStream ({error}): lower --json-stream-max-bytes or give the server's store more room"
+                ))
+            }
+            _ => StoreError::Unavailable(error),
+        });
     }
     let bucket = format!("{}_CHECKPOINT", stream_name(&c.stream));
     let kv = match js.get_key_value(&bucket).await {

@@ -106,7 +106,12 @@ async fn every_event_reaches_a_plain_subscriber_as_cloudevents_json_and_every_cl
         let mut republisher = tokio::spawn({
             let store = store.clone();
             async move {
-                let config = convo_store::json_stream::JsonStreamConfig::default();
+                // Three JSON streams on one server: each reserves its
+                // max_bytes, so a small disk must not decide the test.
+                let config = convo_store::json_stream::JsonStreamConfig {
+                    max_bytes: 64 << 20,
+                    ..convo_store::json_stream::JsonStreamConfig::default()
+                };
                 convo_store::json_stream::republish(&store, redactions, &config, &|_| {}).await
             }
         });

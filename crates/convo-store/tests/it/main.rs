@@ -265,3 +265,41 @@ async fn the_fence_refuses_a_deposed_holders_appends() {
     assert_eq!(seen.len(), 4, "four commits, no markers: {seen:?}");
     assert_eq!(seen.last(), Some(&end));
 }
+
+/// A JSON stream larger than the server's JetStream store can reserve is
+/// refused with what to change, not a bare broker code.
+#[tokio::test]
+async fn a_json_stream_the_server_cannot_reserve_is_refused_with_what_to_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = dir.path().join("nats.conf");
+    std::fs::write(
+        &config,
+        format!("listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: {:?}\n  max_file_store: 64MB\n}}\n", dir.path()),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(NatsServer::find_binary().unwrap())
+        .arg("-c")
+        .arg(&config)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("nats://127.0.0.1:{port}");
+    let mut store = None;
+    for _ in 0..100 {
+        if let Ok(s) = JetStreamStore::connect(&url, StoreConfig::default()).await {
+            store = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let store = store.expect("the server accepts connections");
+    let error = convo_store::json_stream::ensure(&store, &convo_store::json_stream::JsonStreamConfig::default())
+        .await
+        .map(drop)
+        .unwrap_err();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let StoreError::Refused(text) = &error else { panic!("{error:?}") };
+    assert!(text.contains("--json-stream-max-bytes") && text.contains("CONVO_JSON"), "{text}");
+}
