@@ -114,6 +114,10 @@ struct SimulateArgs {
     /// owner's appends are accepted), to see the auditor catch it.
     #[arg(long, requires = "faults")]
     break_fence: bool,
+    /// With --faults: deliberately break group commit (a batch that failed
+    /// is taken as stored), to see the auditor catch it.
+    #[arg(long, requires = "faults")]
+    break_batch_fallback: bool,
 }
 
 fn parse_instant(text: &str) -> Result<Timestamp, String> {
@@ -261,6 +265,7 @@ fn simulate_faults(args: &SimulateArgs) -> ExitCode {
             conversations: args.conversations,
             break_expectation: args.break_expectation,
             break_fence: args.break_fence,
+            break_batch_fallback: args.break_batch_fallback,
         };
         match convo_sim::faults::run(options) {
             Ok(report) => (format!("seed {seed}: ok; {}; the model agrees: {}", report.stats, report.agreement), true),

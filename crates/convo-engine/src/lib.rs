@@ -6,7 +6,8 @@
 //! it (ordering, mailboxes, retries, limits), which every driver runs:
 //! [`serve`] (NATS, wall clock, pipelined), [`runtime`] (one step at a time,
 //! virtual time), the simulator and the fault simulator in `convo-sim`.
-//! [`intake`] parses command requests and shapes their replies; [`read_door`]
+//! [`group_commit`] sits between a machine's appends and the store (atomic
+//! batches under load). [`intake`] parses command requests and shapes their replies; [`read_door`]
 //! authorizes reads where the read models run without the engine; [`scenario`]
 //! reads the timed-command files that `replay-traffic` and `simulate` run.
 
@@ -15,6 +16,7 @@ pub mod clock;
 pub mod cluster;
 pub mod contract;
 pub mod core;
+pub mod group_commit;
 pub mod intake;
 pub mod machine;
 pub mod ownership;

@@ -153,6 +153,10 @@ pub struct MachineStats {
     pub skipped: u64,
     /// The most appends and loads that were outstanding at once.
     pub io_in_flight_max: usize,
+    /// Atomic batches the driver's group commit wrote, and the commits in
+    /// them (`serve` fills these in; the machine itself never batches).
+    pub batches: u64,
+    pub batched_commits: u64,
 }
 
 #[derive(Debug)]

@@ -26,6 +26,7 @@ use convo_wire::{Commit, StreamRef};
 
 use crate::access::AccessConfig;
 use crate::clock::Clock;
+use crate::group_commit::{Append, Appended, GroupCommit, GroupCommitConfig, Write};
 use crate::intake::{Admitted, Credential, admit, authorized, result_reply};
 use crate::machine::{IoId, Machine, MachineConfig, MachineStats, Origin, Outcome, Output};
 use crate::runtime::{EngineError, Partition, recover_machines};
@@ -100,6 +101,11 @@ pub struct ServeConfig {
     /// Where the partitions count commands, rejections, append latency and
     /// their gauges; `None`: not measured.
     pub metrics: Option<Arc<convo_store::metrics::Metrics>>,
+    /// The server flushes to disk lazily (acknowledged commits may be lost
+    /// on a power failure): appends go one by one, pipelined — without an
+    /// fsync per append to share, an atomic batch costs the server more than
+    /// the appends it groups. Off (the durable default): group commit.
+    pub lazy_fsync: bool,
 }
 
 /// The NATS logins of every account's live keys, as the partitions last
@@ -154,6 +160,7 @@ impl Default for ServeConfig {
             nats_logins: None,
             redactions: None,
             metrics: None,
+            lazy_fsync: false,
         }
     }
 }
@@ -241,7 +248,8 @@ async fn dispatch(
 
 /// What the store answered.
 enum IoDone {
-    Appended(IoId, Commit, Result<u64, StoreError>),
+    Batch(Vec<Append>, Result<Vec<u64>, StoreError>),
+    Single(Append, Result<u64, StoreError>),
     Loaded(IoId, Result<Vec<LogItem>, StoreError>),
 }
 
@@ -295,6 +303,9 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
 ) -> PartitionEnd {
     let mut deposed = None;
     let mut io: FuturesUnordered<Pending> = FuturesUnordered::new();
+    // Appends decided while earlier ones are on their way go together (DESIGN.md, "Durable group commit").
+    let batch_max = if config.lazy_fsync { 1 } else { store.batch_commits_max() };
+    let mut group = GroupCommit::new(GroupCommitConfig::serve(batch_max));
     // Requests taken and not answered yet (bounded by the machine's limits),
     // with the credential of a key being issued.
     let mut waiting: HashMap<u64, (Request, Option<Credential>, bool)> = HashMap::new();
@@ -321,6 +332,10 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
             metrics.set("convo_open_conversations", &p, machine.world().open_conversations() as f64);
             metrics.set("convo_armed_timers", &p, machine.world().armed_timers() as f64);
             metrics.set_counter("convo_conflicts_total", &p, machine.stats().conflicts);
+            let batched = group.stats();
+            metrics.set_counter("convo_batches_total", &p, batched.batches);
+            metrics.set_counter("convo_batched_commits_total", &p, batched.batched_commits);
+            metrics.set_counter("convo_batch_fallbacks_total", &p, batched.fallbacks);
             gauges_at = std::time::Instant::now();
         }
         // Messages of the log that cannot be applied are skipped and said once each.
@@ -352,18 +367,7 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
                 note_reply(config.metrics.as_deref(), envelope, result);
             }
             match output {
-                Output::Append { io: id, commit, expected } => {
-                    let store = store.clone();
-                    let metrics = config.metrics.clone();
-                    io.push(Box::pin(async move {
-                        let started = std::time::Instant::now();
-                        let result = store.append(&commit, expected).await;
-                        if let Some(metrics) = metrics {
-                            metrics.observe("convo_append_seconds", &[], started.elapsed());
-                        }
-                        IoDone::Appended(id, commit, result)
-                    }));
-                }
+                Output::Append { io, commit, expected } => group.push(Append { io, commit, expected }),
                 Output::Load { io: id, account, stream } => {
                     let store = store.clone();
                     io.push(Box::pin(async move { IoDone::Loaded(id, store.load(&account, &stream).await) }));
@@ -398,6 +402,29 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
                 Output::Reply { .. } => {}
             }
         }
+        while let Some(write) = group.poll() {
+            let store = store.clone();
+            let metrics = config.metrics.clone();
+            io.push(Box::pin(async move {
+                let started = std::time::Instant::now();
+                let done = match write {
+                    Write::Batch(appends) => {
+                        let batch: Vec<(Commit, u64)> =
+                            appends.iter().map(|a| (a.commit.clone(), a.expected)).collect();
+                        let result = store.append_batch(&batch).await;
+                        IoDone::Batch(appends, result)
+                    }
+                    Write::Single(append) => {
+                        let result = store.append(&append.commit, append.expected).await;
+                        IoDone::Single(append, result)
+                    }
+                };
+                if let Some(metrics) = metrics {
+                    metrics.observe("convo_append_seconds", &[], started.elapsed());
+                }
+                done
+            }));
+        }
         if !forbidden.is_empty() {
             let now = clock.now();
             for (account, attempt) in forbidden {
@@ -407,7 +434,7 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
             }
             continue; // the records are outputs to poll
         }
-        if stopping && io.is_empty() && machine.is_idle() {
+        if stopping && io.is_empty() && group.is_idle() && machine.is_idle() {
             break;
         }
         let room = machine.wants_requests();
@@ -428,17 +455,14 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
             }
         };
         match wake {
-            Wake::Io(IoDone::Appended(id, commit, result)) => {
-                if let Err(StoreError::Deposed { current, .. }) = &result {
-                    deposed = Some(*current);
+            Wake::Io(IoDone::Batch(appends, result)) => {
+                for appended in group.handle_batch(appends, result) {
+                    deliver_appended(&mut machine, appended, &mut deposed, config);
                 }
-                let catalog = (result.is_ok() && commit.stream == StreamRef::Catalog).then(|| commit.account.clone());
-                machine.handle_appended(id, commit, result);
-                if let Some(account) = catalog
-                    && let Some(catalog) = machine.world().catalog(&account)
-                {
-                    catalog_applied(config, catalog);
-                }
+            }
+            Wake::Io(IoDone::Single(append, result)) => {
+                let appended = group.handle_single(append, result);
+                deliver_appended(&mut machine, appended, &mut deposed, config);
             }
             Wake::Io(IoDone::Loaded(id, result)) => machine.handle_loaded(id, result),
             Wake::Request(None) => stopping = true,
@@ -497,8 +521,38 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
         );
     }
     // Every request taken counts, those refused before the machine saw them too.
-    let stats = ServeStats { requests: machine.stats().requests + invalid, ..machine.stats() };
+    let batched = group.stats();
+    tracing::debug!(
+        partition,
+        "group commit: {} batches of {} commits (largest {}), {} single appends, {} batches appended again one by one",
+        batched.batches,
+        batched.batched_commits,
+        batched.largest_batch,
+        batched.singles,
+        batched.fallbacks
+    );
+    let stats = ServeStats {
+        requests: machine.stats().requests + invalid,
+        batches: batched.batches,
+        batched_commits: batched.batched_commits,
+        ..machine.stats()
+    };
     PartitionEnd { stats, deposed: deposed.is_some() }
+}
+
+/// Hands the machine what came of one append (a deposed writer stops the partition).
+fn deliver_appended(machine: &mut Machine, appended: Appended, deposed: &mut Option<u64>, config: &ServeConfig) {
+    let Appended { io, commit, result } = appended;
+    if let Err(StoreError::Deposed { current, .. }) = &result {
+        *deposed = Some(*current);
+    }
+    let catalog = (result.is_ok() && commit.stream == StreamRef::Catalog).then(|| commit.account.clone());
+    machine.handle_appended(io, commit, result);
+    if let Some(account) = catalog
+        && let Some(catalog) = machine.world().catalog(&account)
+    {
+        catalog_applied(config, catalog);
+    }
 }
 
 /// How a partition's loop ended.

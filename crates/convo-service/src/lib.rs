@@ -284,6 +284,7 @@ impl Service {
             nats_logins: Some(logins.clone()),
             redactions: Some(redactions.clone()),
             metrics: Some(metrics.clone()),
+            lazy_fsync: config.accept_ack_loss,
             ..Default::default()
         };
         let deliveries = convo_webhooks::Deliveries::open(&config.data_dir.join("webhooks")).map_err(|e| {

@@ -41,6 +41,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 
 use convo_domain::{AccountId, CommandEnvelope, CommandId, Timestamp};
+use convo_engine::group_commit::{Append, Appended, GroupCommit, GroupCommitConfig, Write};
 use convo_engine::machine::{Failure, IoId, Machine, MachineConfig, Origin, Outcome, Output};
 use convo_engine::ownership::{Action, MEMBER_TTL_MS, Ownership, OwnershipConfig, RenewError, Resource, TakeError};
 use convo_engine::{Refusal, World};
@@ -91,6 +92,9 @@ pub struct FaultOptions {
     /// Deliberately break the fence: appends of a deposed owner are
     /// accepted. The auditor must catch it.
     pub break_fence: bool,
+    /// Deliberately break group commit's fallback: a batch that failed is
+    /// taken as stored. The auditor must catch it.
+    pub break_batch_fallback: bool,
 }
 
 /// What a run went through.
@@ -121,6 +125,11 @@ pub struct FaultStats {
     /// Answers writing nothing turned into "unavailable": the hold was not confirmed.
     pub unconfirmed: u64,
     pub unowned_ms_max: u64,
+    /// Atomic batches group commit sent, the commits in them, and those
+    /// that failed (refused whole, or written with their acknowledgement lost).
+    pub batches: u64,
+    pub batched_commits: u64,
+    pub failed_batches: u64,
 }
 
 impl fmt::Display for FaultStats {
@@ -130,7 +139,8 @@ impl fmt::Display for FaultStats {
             "{} inputs, {} commits; faults: {} failed appends, {} lost acks, {} phantom writes, {} outages, {} kills, \
              {} pauses, {} clock jumps, {} elections, {} lost directory answers, {} reordered; {} conflicts, \
              {} overloaded, {} retries; up to {}/{} appends in flight; {} instances: {} takeovers, {} handovers, \
-             {} deposed appends, {} unconfirmed answers, up to {} ms without an owner",
+             {} deposed appends, {} unconfirmed answers, up to {} ms without an owner; group commit: {} batches \
+             of {} commits, {} failed and appended again one by one",
             self.inputs,
             self.commits,
             self.failed_appends,
@@ -153,7 +163,10 @@ impl fmt::Display for FaultStats {
             self.handovers,
             self.deposed,
             self.unconfirmed,
-            self.unowned_ms_max
+            self.unowned_ms_max,
+            self.batches,
+            self.batched_commits,
+            self.failed_batches
         )
     }
 }
@@ -181,11 +194,12 @@ impl fmt::Display for FaultFailure {
         writeln!(f, "  after {}", self.stats)?;
         write!(
             f,
-            "  reproduce with: convo simulate --random --faults --seed {} --conversations {}{}{}",
+            "  reproduce with: convo simulate --random --faults --seed {} --conversations {}{}{}{}",
             self.options.seed,
             self.options.conversations,
             if self.options.break_expectation { " --break-expectation" } else { "" },
-            if self.options.break_fence { " --break-fence" } else { "" }
+            if self.options.break_fence { " --break-fence" } else { "" },
+            if self.options.break_batch_fallback { " --break-batch-fallback" } else { "" }
         )
     }
 }
@@ -232,6 +246,21 @@ impl Log {
         Ok(seq)
     }
 
+    /// A group commit's atomic batch: every check first, then all or nothing
+    /// (as JetStream checks a batch's expectations under lock at its commit).
+    fn append_batch(&mut self, appends: &[Append], epoch: u64) -> Result<Vec<u64>, StoreError> {
+        if epoch != self.fence && !self.ignore_fence {
+            return Err(StoreError::Deposed { partition: 0, epoch, current: self.fence });
+        }
+        for a in appends {
+            let key = (a.commit.account.clone(), a.commit.stream.clone());
+            if self.last.get(&key).copied().unwrap_or(0) != a.expected && !self.ignore_expectation {
+                return Err(StoreError::Conflict { stream: a.commit.stream.path(), expected: a.expected });
+            }
+        }
+        Ok(appends.iter().map(|a| self.append(&a.commit, a.expected, epoch).expect("checked")).collect())
+    }
+
     /// A takeover's marker: the fence moves on, and every earlier epoch is deposed.
     fn take_fence(&mut self) -> u64 {
         self.fence += 1;
@@ -276,6 +305,11 @@ enum Op {
         expected: u64,
         epoch: u64,
     },
+    /// A group commit's atomic batch (with the epoch it was decided under).
+    Batch {
+        appends: Vec<Append>,
+        epoch: u64,
+    },
     Load {
         io: IoId,
         key: Key,
@@ -302,6 +336,8 @@ struct Dest {
 /// The partition as an instance serves it.
 struct Served {
     machine: Machine,
+    /// Its appends on their way to the log, batched under load as in `serve`.
+    group: GroupCommit,
     /// Unique per start: answers for an earlier machine go nowhere.
     generation: u64,
     /// The fence's epoch it took the partition with.
@@ -501,8 +537,8 @@ impl Sim {
             while let Some(output) = self.machine(i).poll() {
                 match output {
                     Output::Append { io, commit, expected } => {
-                        let due = self.delay();
-                        self.network.push((due, dest, Op::Append { io, commit, expected, epoch }));
+                        let served = self.instances[i].served.as_mut().expect("served");
+                        served.group.push(Append { io, commit, expected });
                     }
                     Output::Load { io, account, stream } => {
                         let due = self.delay();
@@ -558,8 +594,32 @@ impl Sim {
                     }
                 }
             }
+            loop {
+                let served = self.instances[i].served.as_mut().expect("served");
+                let Some(write) = served.group.poll() else { break };
+                let op = match write {
+                    Write::Batch(appends) => {
+                        self.stats.batches += 1;
+                        self.stats.batched_commits += appends.len() as u64;
+                        Op::Batch { appends, epoch }
+                    }
+                    Write::Single(Append { io, commit, expected }) => Op::Append { io, commit, expected, epoch },
+                };
+                let due = self.delay();
+                self.network.push((due, dest, op));
+            }
         }
         Ok(())
+    }
+
+    /// The group commit of an instance that starts serving.
+    fn group_commit(&self) -> GroupCommit {
+        GroupCommit::new(GroupCommitConfig {
+            writes_in_flight_max: 2,
+            batch_commits_min: 2,
+            batch_commits_max: 8,
+            break_fallback: self.options.break_batch_fallback,
+        })
     }
 
     fn answer(&mut self, token: usize, result: Result<Outcome, Failure>) {
@@ -673,16 +733,53 @@ impl Sim {
                     self.stats.commits += 1;
                 }
                 if self.current(dest) {
-                    let deposed = matches!(result, Err(StoreError::Deposed { .. }));
-                    self.machine(dest.instance).handle_appended(io, commit, result);
-                    if deposed {
-                        // serve stops the partition at once; the machine hands it back.
-                        self.trace(|| format!("instance {} deposed", dest.instance));
-                        self.stop_served(dest.instance);
-                        let ownership = &mut self.instances[dest.instance].ownership;
-                        ownership.handle_deposed(PARTITION);
-                        ownership.handle_stopped(PARTITION);
+                    let served = self.instances[dest.instance].served.as_mut().expect("current");
+                    let appended = served.group.handle_single(Append { io, commit, expected }, result);
+                    self.appended(dest.instance, vec![appended]);
+                }
+            }
+            Op::Batch { appends, epoch } => {
+                let result = if down || self.rng.chance(3) {
+                    self.stats.failed_appends += 1;
+                    Err(StoreError::Unavailable("simulated: the batch did not reach the broker".into()))
+                } else if self.rng.chance(8) {
+                    Err(StoreError::Refused("simulated: the server refused the batch (too many in flight)".into()))
+                } else {
+                    if self.rng.chance(4) {
+                        // A second writer decided one of the batch's commands first: the batch conflicts.
+                        let pick = (self.rng.next_u64() % appends.len() as u64) as usize;
+                        let a = &appends[pick];
+                        if self.log.append(&a.commit, a.expected, epoch).is_ok() {
+                            self.stats.phantom_writes += 1;
+                        }
                     }
+                    let written = self.log.append_batch(&appends, epoch);
+                    match written {
+                        Ok(_) if self.rng.chance(3) => {
+                            self.stats.lost_acks += 1;
+                            Err(StoreError::Unavailable(
+                                "simulated: written, but the batch's acknowledgement was lost".into(),
+                            ))
+                        }
+                        Err(StoreError::Conflict { .. }) => {
+                            self.stats.conflicts += 1;
+                            written
+                        }
+                        Err(StoreError::Deposed { .. }) => {
+                            self.stats.deposed += 1;
+                            written
+                        }
+                        other => other,
+                    }
+                };
+                match &result {
+                    Ok(seqs) => self.stats.commits += seqs.len() as u64,
+                    Err(_) => self.stats.failed_batches += 1,
+                }
+                if self.current(dest) {
+                    let served = self.instances[dest.instance].served.as_mut().expect("current");
+                    let appended = served.group.handle_batch(appends, result);
+                    self.appended(dest.instance, appended);
                 }
             }
             Op::Load { io, key } => {
@@ -698,6 +795,26 @@ impl Sim {
             Op::Kv(_) | Op::View(_) | Op::Probe { .. } => unreachable!("directory operations travel on the wire"),
         }
         true
+    }
+
+    /// Hands an instance's machine what came of its appends (a deposed
+    /// writer stops serving at once, as `serve` does).
+    fn appended(&mut self, instance: usize, appended: Vec<Appended>) {
+        for Appended { io, commit, result } in appended {
+            if self.instances[instance].served.is_none() {
+                return; // stopped by an earlier one: the rest go nowhere
+            }
+            let deposed = matches!(result, Err(StoreError::Deposed { .. }));
+            self.machine(instance).handle_appended(io, commit, result);
+            if deposed {
+                // serve stops the partition at once; the machine hands it back.
+                self.trace(|| format!("instance {instance} deposed"));
+                self.stop_served(instance);
+                let ownership = &mut self.instances[instance].ownership;
+                ownership.handle_deposed(PARTITION);
+                ownership.handle_stopped(PARTITION);
+            }
+        }
     }
 
     /// The instance stops serving the partition: what it had in hand is
@@ -734,8 +851,13 @@ impl Sim {
                 self.retry.push_back(token);
             }
         }
-        self.instances[instance].served =
-            Some(Served { machine, generation: self.next_generation, epoch, draining_since: None });
+        self.instances[instance].served = Some(Served {
+            machine,
+            group: self.group_commit(),
+            generation: self.next_generation,
+            epoch,
+            draining_since: None,
+        });
     }
 
     /// kill -9: the instance's appends on the network land or not, nothing
@@ -749,10 +871,14 @@ impl Sim {
                 kept.push((due, dest, op));
                 continue;
             }
-            if let Op::Append { commit, expected, epoch, .. } = op
-                && self.rng.chance(50)
-            {
-                let _ = self.log.append(&commit, expected, epoch);
+            match op {
+                Op::Append { commit, expected, epoch, .. } if self.rng.chance(50) => {
+                    let _ = self.log.append(&commit, expected, epoch);
+                }
+                Op::Batch { appends, epoch } if self.rng.chance(50) => {
+                    let _ = self.log.append_batch(&appends, epoch);
+                }
+                _ => {}
             }
         }
         self.network = kept;
@@ -958,7 +1084,9 @@ impl Sim {
                     };
                     self.instances[dest.instance].ownership.handle_probed(&instance, alive);
                 }
-                Op::Append { .. } | Op::Load { .. } => unreachable!("machine operations travel on the network"),
+                Op::Append { .. } | Op::Batch { .. } | Op::Load { .. } => {
+                    unreachable!("machine operations travel on the network")
+                }
             }
             self.perform(dest.instance);
             if changed {

@@ -105,7 +105,39 @@ pub struct JetStreamStore {
     /// This writer's hold on its partition's fence: appends carry its epoch
     /// (see [`crate::fence`]); `None`: appends carry the aggregate's expectation.
     fence: Option<std::sync::Arc<Fence>>,
+    /// The server takes atomic batches (2.12+) and the stream allows them.
+    batches: bool,
 }
+
+/// One commit made ready to publish.
+struct Outgoing {
+    subject: async_nats::Subject,
+    payload: Bytes,
+    headers: HeaderMap,
+    /// The aggregate's filter subject (what a conflict names).
+    filter: String,
+}
+
+/// What the server answers a batch's commit message (a `PubAck`, or an error).
+#[derive(serde::Deserialize)]
+struct BatchAck {
+    #[serde(default)]
+    seq: u64,
+    #[serde(default)]
+    count: usize,
+    error: Option<BatchAckError>,
+}
+
+#[derive(serde::Deserialize)]
+struct BatchAckError {
+    #[serde(default)]
+    err_code: u64,
+    #[serde(default)]
+    description: String,
+}
+
+/// JetStream's "wrong last sequence" (an expectation failed) error codes.
+const WRONG_LAST_SEQUENCE_CODES: [u64; 2] = [10071, 10164];
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -126,7 +158,11 @@ impl JetStreamStore {
         let mut js = jetstream::new(client.clone());
         js.set_timeout(Duration::from_millis(config.ack_timeout_ms));
         match js.get_stream(&config.stream).await {
-            Ok(stream) => Ok(Some(Self { client, js, stream, config, fence: None })),
+            Ok(mut stream) => {
+                // Batches only where the stream already allows them (this changes nothing).
+                let batches = stream.info().await.map_err(unavailable)?.config.allow_atomic_publish;
+                Ok(Some(Self { client, js, stream, config, fence: None, batches }))
+            }
             Err(e) => match e.kind() {
                 jetstream::context::GetStreamErrorKind::JetStream(why)
                     if why.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
@@ -150,6 +186,8 @@ impl JetStreamStore {
             format!("{prefix}.*.contacts.>"),
             crate::fence::subject(prefix, 0).replace(".0", ".*"),
         ];
+        let batches =
+            crate::server_version(&client.server_info().version).is_some_and(|v| v >= crate::SERVER_VERSION_BATCHES);
         let mut stream = js
             .get_or_create_stream(Config {
                 name: config.stream.clone(),
@@ -161,20 +199,28 @@ impl JetStreamStore {
                 num_replicas: config.replicas,
                 duplicate_window: Duration::from_secs(120),
                 allow_direct: true,
+                allow_atomic_publish: batches,
                 ..Default::default()
             })
             .await
             .map_err(unavailable)?;
-        // A stream made before contacts existed takes their subjects too.
+        // A stream made before contacts existed takes their subjects too; one
+        // made before group commit, atomic batches.
         let info = stream.info().await.map_err(unavailable)?.config.clone();
-        if let Some(missing) = subjects.iter().find(|s| !info.subjects.contains(s)) {
-            tracing::info!("adding {missing} to stream {}", config.stream);
+        let missing = subjects.iter().find(|s| !info.subjects.contains(s));
+        if missing.is_some() || (batches && !info.allow_atomic_publish) {
+            if let Some(missing) = missing {
+                tracing::info!("adding {missing} to stream {}", config.stream);
+            } else {
+                tracing::info!("allowing atomic batches (group commit) on stream {}", config.stream);
+            }
             let mut updated = info.clone();
             updated.subjects = subjects.clone();
+            updated.allow_atomic_publish |= batches;
             js.update_stream(updated).await.map_err(unavailable)?;
             stream = js.get_stream(&config.stream).await.map_err(unavailable)?;
         }
-        Ok(Self { client, js, stream, config, fence: None })
+        Ok(Self { client, js, stream, config, fence: None, batches })
     }
 
     /// This store, appending as the holder of `fence` (every append carries
@@ -236,6 +282,34 @@ impl JetStreamStore {
         fence.set_epoch(epoch);
         fence.clean();
         Ok(())
+    }
+
+    /// `commit` as it is published: its subject, payload, and headers (the
+    /// schema, the expectation — `epoch` on the fence when fenced, else
+    /// `expected` on the aggregate — the id that makes a repeat a duplicate,
+    /// and the signature).
+    fn outgoing(&self, commit: &Commit, expected: u64, epoch: Option<u64>) -> Result<Outgoing, StoreError> {
+        let payload = Bytes::from(commit.encode().map_err(|e| StoreError::Refused(e.to_string()))?);
+        let prefix = &self.config.prefix;
+        let filter = commit.stream.filter_subject(prefix, &commit.account);
+        let (expected_seq, expected_on) = match (self.fence.as_deref(), epoch) {
+            (Some(fence), Some(epoch)) => (epoch, crate::fence::subject(prefix, fence.partition)),
+            _ => (expected, filter.clone()),
+        };
+        let msg_id = format!("{}/{}/{}", commit.account, commit.stream.path(), commit.first_seq());
+        let subject = async_nats::Subject::from(commit.subject(prefix));
+        let mut headers = HeaderMap::new();
+        for (name, value) in commit.headers() {
+            headers.insert(name, value.as_str());
+        }
+        headers.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, expected_seq.to_string().as_str());
+        headers.insert("Nats-Expected-Last-Subject-Sequence-Subject", expected_on.as_str());
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
+        if let Some(signing) = self.config.signing.as_deref() {
+            let signature = signing.sign(&subject, &convo_wire::SCHEMA_VERSION.to_string(), &payload);
+            headers.insert(SIGNATURE_HEADER, signature.as_str());
+        }
+        Ok(Outgoing { subject, payload, headers, filter })
     }
 
     /// Whether the connection to the server is up now (the client reconnects by itself).
@@ -382,42 +456,18 @@ fn decode_message(prefix: &str, signing: Option<&Signing>, message: &jetstream::
 
 impl EventStore for JetStreamStore {
     async fn append(&self, commit: &Commit, expected: u64) -> Result<u64, StoreError> {
-        let payload = Bytes::from(commit.encode().map_err(|e| StoreError::Refused(e.to_string()))?);
-        let prefix = &self.config.prefix;
-        let filter = commit.stream.filter_subject(prefix, &commit.account);
         // Fenced: the expectation is the owner's epoch on its partition's fence (see crate::fence).
         let fence = self.fence.as_deref();
         let epoch = fence.map(Fence::epoch);
-        let (expected_seq, expected_on) = match (fence, epoch) {
-            (Some(fence), Some(epoch)) => (epoch, crate::fence::subject(prefix, fence.partition)),
-            _ => (expected, filter.clone()),
-        };
-        let msg_id = format!("{}/{}/{}", commit.account, commit.stream.path(), commit.first_seq());
-        let subject = async_nats::Subject::from(commit.subject(prefix));
+        let Outgoing { subject, payload, headers, filter } = self.outgoing(commit, expected, epoch)?;
         let signing = self.config.signing.as_deref();
-        let signature =
-            signing.map(|signing| signing.sign(&subject, &convo_wire::SCHEMA_VERSION.to_string(), &payload));
-        // Made again for each attempt (retries are rare): no copy on the way of the first.
-        let headers = || {
-            let mut headers = HeaderMap::new();
-            for (name, value) in commit.headers() {
-                headers.insert(name, value.as_str());
-            }
-            headers.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, expected_seq.to_string().as_str());
-            headers.insert("Nats-Expected-Last-Subject-Sequence-Subject", expected_on.as_str());
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
-            if let Some(signature) = &signature {
-                headers.insert(SIGNATURE_HEADER, signature.as_str());
-            }
-            headers
-        };
         let mut last_error = String::new();
         for attempt in 0..=self.config.append_retries_max {
             if attempt > 0 {
                 // A cluster electing the stream's leader answers nothing for a moment.
                 tokio::time::sleep(Duration::from_millis(APPEND_BACKOFF_MS << (attempt - 1).min(4))).await;
             }
-            let outcome = match self.js.publish_with_headers(subject.clone(), headers(), payload.clone()).await {
+            let outcome = match self.js.publish_with_headers(subject.clone(), headers.clone(), payload.clone()).await {
                 Ok(ack) => ack.await,
                 Err(e) => Err(e),
             };
@@ -461,6 +511,83 @@ impl EventStore for JetStreamStore {
             "append to {subject} failed {} times: {last_error}",
             self.config.append_retries_max + 1
         )))
+    }
+
+    async fn append_batch(&self, appends: &[(Commit, u64)]) -> Result<Vec<u64>, StoreError> {
+        if appends.len() > crate::BATCH_COMMITS_MAX {
+            return Err(StoreError::Refused(format!(
+                "a batch of {} commits is over the limit of {}",
+                appends.len(),
+                crate::BATCH_COMMITS_MAX
+            )));
+        }
+        if !self.batches {
+            return Err(StoreError::Refused("this server or stream takes no atomic batches".into()));
+        }
+        let fence = self.fence.as_deref();
+        let epoch = fence.map(Fence::epoch);
+        let mut outgoing = Vec::with_capacity(appends.len());
+        for (commit, expected) in appends {
+            outgoing.push(self.outgoing(commit, *expected, epoch)?);
+        }
+        let id = batch_id().map_err(|e| StoreError::Refused(format!("no batch id: {e}")))?;
+        let last = outgoing.len();
+        let mut ack = None;
+        for (n, Outgoing { subject, payload, mut headers, .. }) in outgoing.into_iter().enumerate() {
+            headers.insert(async_nats::header::NATS_BATCH_ID, id.as_str());
+            headers.insert(async_nats::header::NATS_BATCH_SEQUENCE, (n + 1).to_string().as_str());
+            if n + 1 < last {
+                // Only the commit message is answered: the batch is stored whole or not at all.
+                self.client.publish_with_headers(subject, headers, payload).await.map_err(unavailable)?;
+            } else {
+                headers.insert(async_nats::header::NATS_BATCH_COMMIT, "1");
+                let request = self.client.request_with_headers(subject, headers, payload);
+                ack = Some(tokio::time::timeout(Duration::from_millis(self.config.ack_timeout_ms), request));
+            }
+        }
+        let unknown = |why: String| {
+            if let Some(fence) = fence {
+                fence.mark_dirty(); // its outcome is unknown: the fence moves before anything is read back
+            }
+            StoreError::Unavailable(format!("a batch of {last} commits: {why}"))
+        };
+        let reply = match ack.expect("a batch has a last message").await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => return Err(unknown(e.to_string())),
+            Err(_) => return Err(unknown(format!("no acknowledgement within {} ms", self.config.ack_timeout_ms))),
+        };
+        let ack: BatchAck = serde_json::from_slice(&reply.payload)
+            .map_err(|e| unknown(format!("an unreadable acknowledgement ({e})")))?;
+        if let Some(error) = ack.error {
+            // Refused whole: nothing of the batch is stored.
+            let why = format!("a batch of {last} commits was refused: {} ({})", error.description, error.err_code);
+            return Err(if WRONG_LAST_SEQUENCE_CODES.contains(&error.err_code) {
+                let (commit, expected) = &appends[0];
+                StoreError::Conflict {
+                    stream: commit.stream.filter_subject(&self.config.prefix, &commit.account),
+                    expected: *expected,
+                }
+            } else {
+                StoreError::Refused(why)
+            });
+        }
+        if ack.count != last || ack.seq < last as u64 {
+            return Err(unknown(format!("an acknowledgement of {} messages at {}", ack.count, ack.seq)));
+        }
+        let first = ack.seq + 1 - last as u64;
+        let seqs: Vec<u64> = (first..=ack.seq).collect();
+        if let Some(signing) = self.config.signing.as_deref() {
+            for ((commit, _), seq) in appends.iter().zip(&seqs) {
+                if let Err(e) = signing.anchor(commit, *seq) {
+                    eprintln!("convo: could not write the anchors: {e}");
+                }
+            }
+        }
+        Ok(seqs)
+    }
+
+    fn batch_commits_max(&self) -> usize {
+        if self.batches { crate::BATCH_COMMITS_MAX } else { 1 }
     }
 
     /// One aggregate's messages by direct gets ("the next message on this
@@ -569,4 +696,13 @@ impl EventStore for JetStreamStore {
         }
         Ok(last)
     }
+}
+
+/// A batch id no other batch of this process or another has (≤ 64 bytes).
+fn batch_id() -> Result<String, getrandom::Error> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut random = [0u8; 8];
+    getrandom::getrandom(&mut random)?;
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(format!("convo-{:016x}-{n}", u64::from_le_bytes(random)))
 }

@@ -78,6 +78,13 @@ pub use memory::MemoryStore;
 pub const SERVER_VERSION_MIN: (u64, u64) = (2, 11);
 /// How many times an append is retried when the broker is unreachable or slow.
 pub const APPEND_RETRIES_MAX: u32 = 3;
+/// The most commits in one atomic batch (JetStream's own limit).
+pub const BATCH_COMMITS_MAX: usize = 1_000;
+/// The most payload bytes in one atomic batch: a batch larger than this is
+/// cut in two by the caller.
+pub const BATCH_BYTES_MAX: usize = 8 << 20;
+/// The first server with atomic batch publish (ADR-50).
+pub const SERVER_VERSION_BATCHES: (u64, u64) = (2, 12);
 /// The most commits one load returns (an aggregate with more is refused: it
 /// would need a snapshot, which convo does not take yet).
 pub const COMMITS_PER_LOAD_MAX: usize = 100_000;
@@ -134,6 +141,22 @@ pub trait EventStore: Send + Sync {
     /// aggregate has none). Returns the commit's sequence in the log.
     fn append(&self, commit: &Commit, expected: u64) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
+    /// Appends several commits of distinct aggregates at once, all or none
+    /// (group commit: one acknowledgement, one flush to disk): each is
+    /// checked against its `expected` as [`EventStore::append`] checks it.
+    /// `Ok` holds each commit's sequence, in order. An error either means
+    /// nothing was stored (a conflict, a refusal, a deposed writer) or that
+    /// the outcome is unknown ([`StoreError::Unavailable`]); either way the
+    /// caller appends the commits one by one (each carries the id that makes
+    /// a repeat a duplicate, not a second copy).
+    fn append_batch(&self, appends: &[(Commit, u64)]) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send;
+
+    /// The most commits [`EventStore::append_batch`] takes at once (1: the
+    /// store has no batches; append one by one).
+    fn batch_commits_max(&self) -> usize {
+        1
+    }
+
     /// Every message on one aggregate's subjects, in order (at most
     /// [`COMMITS_PER_LOAD_MAX`]); messages that are not readable commits come
     /// as `Err(StoreError::Decode)` items, so the caller still learns their sequence.
@@ -155,14 +178,18 @@ pub trait EventStore: Send + Sync {
     fn last_seq(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
 
-/// Refuses servers older than [`SERVER_VERSION_MIN`].
-pub fn check_server_version(version: &str) -> Result<(), StoreError> {
+/// The (major, minor) of a server's version string.
+pub fn server_version(version: &str) -> Option<(u64, u64)> {
     let core = version.trim_start_matches('v').split(['-', '+']).next().unwrap_or("");
     let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
-    let too_old = || StoreError::ServerTooOld { found: version.to_owned() };
-    match (parts.next().flatten(), parts.next().flatten()) {
-        (Some(major), Some(minor)) if (major, minor) >= SERVER_VERSION_MIN => Ok(()),
-        _ => Err(too_old()),
+    Some((parts.next().flatten()?, parts.next().flatten()?))
+}
+
+/// Refuses servers older than [`SERVER_VERSION_MIN`].
+pub fn check_server_version(version: &str) -> Result<(), StoreError> {
+    match server_version(version) {
+        Some(found) if found >= SERVER_VERSION_MIN => Ok(()),
+        _ => Err(StoreError::ServerTooOld { found: version.to_owned() }),
     }
 }
 

@@ -76,6 +76,49 @@ impl EventStore for MemoryStore {
         Ok(seq)
     }
 
+    async fn append_batch(&self, appends: &[(Commit, u64)]) -> Result<Vec<u64>, StoreError> {
+        let mut encoded = Vec::with_capacity(appends.len());
+        for (commit, _) in appends {
+            encoded.push(commit.encode().map_err(|e| StoreError::Refused(e.to_string()))?);
+        }
+        let seqs = {
+            let mut log = self.log.lock().expect("not poisoned");
+            // Every check before any write: all or none.
+            let mut keys = std::collections::HashSet::new();
+            for (commit, expected) in appends {
+                let key = (commit.account.clone(), commit.stream.clone());
+                let actual = log.last.get(&key).copied().unwrap_or(0);
+                if actual != *expected || !keys.insert(key) {
+                    return Err(StoreError::Conflict {
+                        stream: commit.stream.filter_subject(&self.prefix, &commit.account),
+                        expected: *expected,
+                    });
+                }
+            }
+            if log.entries.len() + appends.len() > MEMORY_COMMITS_MAX {
+                return Err(StoreError::Refused(format!(
+                    "the memory store holds at most {MEMORY_COMMITS_MAX} commits"
+                )));
+            }
+            let mut seqs = Vec::with_capacity(appends.len());
+            for ((commit, _), bytes) in appends.iter().zip(encoded) {
+                log.entries.push((commit.subject(&self.prefix), bytes));
+                let seq = log.entries.len() as u64;
+                log.last.insert((commit.account.clone(), commit.stream.clone()), seq);
+                seqs.push(seq);
+            }
+            seqs
+        };
+        if let Some(last) = seqs.last() {
+            self.appended.send_replace(*last);
+        }
+        Ok(seqs)
+    }
+
+    fn batch_commits_max(&self) -> usize {
+        crate::BATCH_COMMITS_MAX
+    }
+
     async fn load(&self, account: &AccountId, stream: &StreamRef) -> Result<Vec<LogItem>, StoreError> {
         let len = self.log.lock().expect("not poisoned").entries.len() as u64;
         let mut out = Vec::new();

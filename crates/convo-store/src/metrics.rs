@@ -13,7 +13,7 @@ pub const LATENCY_BUCKETS: [f64; 14] =
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Every metric convo exposes, with its type and help.
-pub const CATALOG: [(&str, &str, &str); 14] = [
+pub const CATALOG: [(&str, &str, &str); 17] = [
     (
         "convo_requests_total",
         "counter",
@@ -31,8 +31,19 @@ pub const CATALOG: [(&str, &str, &str); 14] = [
         "Commands answered, by type and outcome (committed, nothing, duplicate, rejected, overloaded, unavailable).",
     ),
     ("convo_rejections_total", "counter", "Commands rejected by a rule, by code."),
-    ("convo_append_seconds", "histogram", "How long an append to the stream took, acknowledgement included."),
+    (
+        "convo_append_seconds",
+        "histogram",
+        "How long a write to the stream took (one append or one atomic batch), acknowledgement included.",
+    ),
     ("convo_conflicts_total", "counter", "Appends refused because another writer got there first, by partition."),
+    ("convo_batches_total", "counter", "Atomic batches group commit wrote to the stream, by partition."),
+    ("convo_batched_commits_total", "counter", "Commits that went to the stream in atomic batches, by partition."),
+    (
+        "convo_batch_fallbacks_total",
+        "counter",
+        "Batches that failed (refused whole, or their outcome unknown) and were appended again one by one, by partition.",
+    ),
     ("convo_partition_queue_depth", "gauge", "Requests waiting for their partition, by partition."),
     ("convo_appends_in_flight", "gauge", "Appends and loads under way, by partition."),
     ("convo_open_conversations", "gauge", "Open conversations held in memory, by partition."),

@@ -221,7 +221,8 @@ async fn a_killed_engine_loses_no_acknowledged_command_and_its_timers_survive() 
 
 /// The embedded default acknowledges a command once its commit is fsynced
 /// (`sync_interval: always` in the server's config); its nats-server killed
-/// with SIGKILL under load loses none of the acknowledged ones.
+/// with SIGKILL under load — enough load that group commit writes atomic
+/// batches — loses none of the acknowledged ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_nats_server_killed_under_load_loses_no_acknowledged_command() {
     let temp = tempfile::tempdir().unwrap();
@@ -230,10 +231,10 @@ async fn the_embedded_nats_server_killed_under_load_loses_no_acknowledged_comman
     let config = std::fs::read_to_string(dir.join("nats/nats-server.conf")).unwrap();
     assert!(config.contains("sync_interval: always"), "{config}");
     super::access::sales_account(&served, super::access::sales_settings(), &[], &[]).await;
-    // Eight clients, each opening conversations as fast as they are answered.
+    // Sixty-four clients, each opening conversations as fast as they are answered.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut clients = Vec::new();
-    for c in 0..8 {
+    for c in 0..64 {
         let (url, operator, stop) = (served.engine_url.clone(), served.operator.clone(), stop.clone());
         clients.push(tokio::spawn(async move {
             let mut acknowledged = Vec::new();
@@ -274,6 +275,14 @@ async fn the_embedded_nats_server_killed_under_load_loses_no_acknowledged_comman
         acknowledged.extend(client.await.unwrap());
     }
     assert!(acknowledged.len() >= 50, "the clients were answered: {}", acknowledged.len());
+    // Group commit was on: commits went to the stream in atomic batches.
+    let (metrics, _) = super::access::raw(&served, "/metrics").await;
+    let batched: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("convo_batched_commits_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(batched > 0.0, "no commit went in a batch:\n{metrics}");
     // Every acknowledged command is in the stream, once.
     let store = JetStreamStore::connect(&served.engine_url, StoreConfig::default()).await.unwrap();
     let last = store.last_seq().await.unwrap();

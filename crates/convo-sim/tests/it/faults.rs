@@ -7,7 +7,7 @@
 use convo_sim::faults::{self, FaultOptions};
 
 fn options(seed: u64) -> FaultOptions {
-    FaultOptions { seed, conversations: 250, break_expectation: false, break_fence: false }
+    FaultOptions { seed, conversations: 250, break_expectation: false, break_fence: false, break_batch_fallback: false }
 }
 
 #[test]
@@ -17,6 +17,7 @@ fn seeded_faults_break_no_invariant() {
             Ok(report) => {
                 let s = report.stats;
                 assert!(s.crashes + s.lost_acks + s.phantom_writes + s.failed_appends > 0, "faults happened: {s}");
+                assert!(s.batches > 0 && s.failed_batches > 0, "group commit batched, and batches failed: {s}");
             }
             Err(failure) => panic!("{failure}"),
         }
@@ -50,6 +51,16 @@ fn the_auditor_catches_a_deposed_owner_when_the_fence_is_broken() {
     let text = caught.expect("a seed in 1..=10 catches it").to_string();
     assert!(text.contains("a deposed owner committed after its successor"), "{text}");
     assert!(text.contains("--break-fence"), "{text}");
+}
+
+#[test]
+fn the_auditor_catches_a_group_commit_that_trusts_a_failed_batch() {
+    // A batch refused whole, or written with its acknowledgement lost, taken as stored:
+    // commands acknowledged at places the log does not hold them.
+    let caught =
+        (1..=10).find_map(|seed| faults::run(FaultOptions { break_batch_fallback: true, ..options(seed) }).err());
+    let text = caught.expect("a seed in 1..=10 catches it").to_string();
+    assert!(text.contains("--break-batch-fallback"), "{text}");
 }
 
 #[test]
