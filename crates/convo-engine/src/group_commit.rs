@@ -53,11 +53,14 @@ pub struct GroupCommitConfig {
 }
 
 impl GroupCommitConfig {
-    /// The service's settings for a store taking batches of `batch_commits_max`.
-    pub fn serve(batch_commits_max: usize) -> Self {
+    /// The service's settings for a store taking batches of
+    /// `batch_commits_max`; `serial`: one write at a time (a replicated
+    /// stream, [`convo_store::EventStore::serial_writes`]), so everything
+    /// waiting goes in it, batched from two commits on.
+    pub fn serve(batch_commits_max: usize, serial: bool) -> Self {
         Self {
-            writes_in_flight_max: WRITES_IN_FLIGHT_MAX,
-            batch_commits_min: BATCH_COMMITS_MIN,
+            writes_in_flight_max: if serial { 1 } else { WRITES_IN_FLIGHT_MAX },
+            batch_commits_min: if serial { 2 } else { BATCH_COMMITS_MIN },
             batch_commits_max: batch_commits_max.max(1),
             break_fallback: false,
         }
@@ -158,13 +161,13 @@ impl GroupCommit {
             let group: Vec<Append> = self.fallback.drain(..).collect();
             return self.singles(group);
         }
-        if self.config.batch_commits_max <= 1 {
+        if self.config.batch_commits_max <= 1 && self.config.writes_in_flight_max > 1 {
             return self.waiting.pop_front().map(Write::Single); // nothing to group: no write slots either
         }
         if self.waiting.is_empty() || self.batches + self.singles.len() >= self.config.writes_in_flight_max {
             return None;
         }
-        let batchable = self.waiting.len() >= self.config.batch_commits_min;
+        let batchable = self.config.batch_commits_max > 1 && self.waiting.len() >= self.config.batch_commits_min;
         if batchable {
             let n = self.waiting.len().min(self.config.batch_commits_max);
             let batch: Vec<Append> = self.waiting.drain(..n).collect();

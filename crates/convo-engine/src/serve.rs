@@ -305,7 +305,7 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
     let mut io: FuturesUnordered<Pending> = FuturesUnordered::new();
     // Appends decided while earlier ones are on their way go together (DESIGN.md, "Durable group commit").
     let batch_max = if config.lazy_fsync { 1 } else { store.batch_commits_max() };
-    let mut group = GroupCommit::new(GroupCommitConfig::serve(batch_max));
+    let mut group = GroupCommit::new(GroupCommitConfig::serve(batch_max, store.serial_writes()));
     // Requests taken and not answered yet (bounded by the machine's limits),
     // with the credential of a key being issued.
     let mut waiting: HashMap<u64, (Request, Option<Credential>, bool)> = HashMap::new();

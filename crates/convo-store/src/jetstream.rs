@@ -590,6 +590,10 @@ impl EventStore for JetStreamStore {
         if self.batches { crate::BATCH_COMMITS_MAX } else { 1 }
     }
 
+    fn serial_writes(&self) -> bool {
+        self.config.replicas > 1
+    }
+
     /// One aggregate's messages by direct gets ("the next message on this
     /// filter after sequence n"), so a load (after every conflict, or to read
     /// an evicted conversation back) creates no consumer on the server.

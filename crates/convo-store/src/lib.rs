@@ -157,6 +157,14 @@ pub trait EventStore: Send + Sync {
         1
     }
 
+    /// Whether one writer's appends must go one write at a time: a
+    /// replicated JetStream stream refuses an expectation on a subject while
+    /// another proposal in flight expects on it (every commit of a fenced
+    /// partition expects on its fence), so concurrent writes would conflict.
+    fn serial_writes(&self) -> bool {
+        false
+    }
+
     /// Every message on one aggregate's subjects, in order (at most
     /// [`COMMITS_PER_LOAD_MAX`]); messages that are not readable commits come
     /// as `Err(StoreError::Decode)` items, so the caller still learns their sequence.
