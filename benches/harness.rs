@@ -1351,6 +1351,10 @@ fn print(figures: &[Figure]) {
     }
 }
 
+/// The same allocator as the `convo` binary, so the in-bench engine compares like with like.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let q = quick();

@@ -124,6 +124,11 @@ fn parse_instant(text: &str) -> Result<Timestamp, String> {
     Timestamp::parse_rfc3339(text).map_err(|e| format!("{text:?} is not an RFC 3339 instant: {e}"))
 }
 
+/// mimalloc: under load glibc's malloc and free were 40% of `convo serve`'s
+/// CPU (BENCHMARKS.md, "Group commit").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // Whatever the umask: every file convo (and its nats-server) writes is its user's alone.
     convo_store::private::restrict_umask();
