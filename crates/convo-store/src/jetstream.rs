@@ -530,50 +530,30 @@ impl EventStore for JetStreamStore {
         for (commit, expected) in appends {
             outgoing.push(self.outgoing(commit, *expected, epoch)?);
         }
-        let id = batch_id().map_err(|e| StoreError::Refused(format!("no batch id: {e}")))?;
         let last = outgoing.len();
-        let mut ack = None;
-        for (n, Outgoing { subject, payload, mut headers, .. }) in outgoing.into_iter().enumerate() {
-            headers.insert(async_nats::header::NATS_BATCH_ID, id.as_str());
-            headers.insert(async_nats::header::NATS_BATCH_SEQUENCE, (n + 1).to_string().as_str());
-            if n + 1 < last {
-                // Only the commit message is answered: the batch is stored whole or not at all.
-                self.client.publish_with_headers(subject, headers, payload).await.map_err(unavailable)?;
-            } else {
-                headers.insert(async_nats::header::NATS_BATCH_COMMIT, "1");
-                let request = self.client.request_with_headers(subject, headers, payload);
-                ack = Some(tokio::time::timeout(Duration::from_millis(self.config.ack_timeout_ms), request));
-            }
-        }
-        let unknown = |why: String| {
-            if let Some(fence) = fence {
-                fence.mark_dirty(); // its outcome is unknown: the fence moves before anything is read back
-            }
-            StoreError::Unavailable(format!("a batch of {last} commits: {why}"))
-        };
-        let reply = match ack.expect("a batch has a last message").await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(e)) => return Err(unknown(e.to_string())),
-            Err(_) => return Err(unknown(format!("no acknowledgement within {} ms", self.config.ack_timeout_ms))),
-        };
-        let ack: BatchAck = serde_json::from_slice(&reply.payload)
-            .map_err(|e| unknown(format!("an unreadable acknowledgement ({e})")))?;
-        if let Some(error) = ack.error {
-            // Refused whole: nothing of the batch is stored.
-            let why = format!("a batch of {last} commits was refused: {} ({})", error.description, error.err_code);
-            return Err(if WRONG_LAST_SEQUENCE_CODES.contains(&error.err_code) {
-                let (commit, expected) = &appends[0];
-                StoreError::Conflict {
-                    stream: commit.stream.filter_subject(&self.config.prefix, &commit.account),
-                    expected: *expected,
+        let messages = outgoing.into_iter().map(|o| (o.subject, o.headers, o.payload)).collect();
+        let timeout = Duration::from_millis(self.config.ack_timeout_ms);
+        let ack = match publish_atomic(&self.client, messages, timeout).await {
+            Ok(ack) => ack,
+            Err(AtomicError::Unknown(why)) => {
+                if let Some(fence) = fence {
+                    fence.mark_dirty(); // its outcome is unknown: the fence moves before anything is read back
                 }
-            } else {
-                StoreError::Refused(why)
-            });
-        }
-        if ack.count != last || ack.seq < last as u64 {
-            return Err(unknown(format!("an acknowledgement of {} messages at {}", ack.count, ack.seq)));
-        }
+                return Err(StoreError::Unavailable(format!("a batch of {last} commits: {why}")));
+            }
+            // Refused whole: nothing of the batch is stored.
+            Err(AtomicError::Refused { code, why }) => {
+                return Err(if WRONG_LAST_SEQUENCE_CODES.contains(&code) {
+                    let (commit, expected) = &appends[0];
+                    StoreError::Conflict {
+                        stream: commit.stream.filter_subject(&self.config.prefix, &commit.account),
+                        expected: *expected,
+                    }
+                } else {
+                    StoreError::Refused(format!("a batch of {last} commits was refused: {why} ({code})"))
+                });
+            }
+        };
         let first = ack.seq + 1 - last as u64;
         let seqs: Vec<u64> = (first..=ack.seq).collect();
         if let Some(signing) = self.config.signing.as_deref() {
@@ -700,6 +680,64 @@ impl EventStore for JetStreamStore {
         }
         Ok(last)
     }
+}
+
+/// Why an atomic batch was not (known to be) stored.
+#[derive(Debug)]
+pub(crate) enum AtomicError {
+    /// The server refused it whole (nothing of it is stored): its error code and why.
+    Refused { code: u64, why: String },
+    /// No acknowledgement, or one that cannot be read: it may be stored or not.
+    Unknown(String),
+}
+
+/// The last message's sequence of an atomic batch the server stored.
+#[derive(Debug)]
+pub(crate) struct AtomicAck {
+    pub seq: u64,
+}
+
+/// Publishes `messages` (≤ [`crate::BATCH_COMMITS_MAX`], at least one) as
+/// one JetStream atomic batch (ADR-50): every message but the last is sent
+/// without a reply, the last commits the batch and is answered with the
+/// batch's acknowledgement — stored whole, with consecutive sequences
+/// ending at the one acknowledged, or not at all.
+pub(crate) async fn publish_atomic(
+    client: &async_nats::Client,
+    messages: Vec<(async_nats::Subject, HeaderMap, Bytes)>,
+    timeout: Duration,
+) -> Result<AtomicAck, AtomicError> {
+    let id = batch_id().map_err(|e| AtomicError::Refused { code: 0, why: format!("no batch id: {e}") })?;
+    let last = messages.len();
+    let mut ack = None;
+    for (n, (subject, mut headers, payload)) in messages.into_iter().enumerate() {
+        headers.insert(async_nats::header::NATS_BATCH_ID, id.as_str());
+        headers.insert(async_nats::header::NATS_BATCH_SEQUENCE, (n + 1).to_string().as_str());
+        if n + 1 < last {
+            // Only the commit message is answered: the batch is stored whole or not at all.
+            if let Err(e) = client.publish_with_headers(subject, headers, payload).await {
+                return Err(AtomicError::Unknown(e.to_string()));
+            }
+        } else {
+            headers.insert(async_nats::header::NATS_BATCH_COMMIT, "1");
+            ack = Some(tokio::time::timeout(timeout, client.request_with_headers(subject, headers, payload)));
+        }
+    }
+    let Some(ack) = ack else { return Err(AtomicError::Refused { code: 0, why: "an empty batch".into() }) };
+    let reply = match ack.await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(e)) => return Err(AtomicError::Unknown(e.to_string())),
+        Err(_) => return Err(AtomicError::Unknown(format!("no acknowledgement within {} ms", timeout.as_millis()))),
+    };
+    let ack: BatchAck = serde_json::from_slice(&reply.payload)
+        .map_err(|e| AtomicError::Unknown(format!("an unreadable acknowledgement ({e})")))?;
+    if let Some(error) = ack.error {
+        return Err(AtomicError::Refused { code: error.err_code, why: error.description });
+    }
+    if ack.count != last || ack.seq < last as u64 {
+        return Err(AtomicError::Unknown(format!("an acknowledgement of {} messages at {}", ack.count, ack.seq)));
+    }
+    Ok(AtomicAck { seq: ack.seq })
 }
 
 /// A batch id no other batch of this process or another has (≤ 64 bytes).

@@ -95,6 +95,28 @@ async fn contract(store: &impl EventStore) {
     let read: Vec<u64> = store.read(2).await.unwrap().map(|i| i.unwrap().stream_seq).collect().await;
     assert_eq!(read, (2..=appended).collect::<Vec<_>>());
     assert_eq!(store.read(appended + 1).await.unwrap().count().await, 0);
+    batches(store, appended).await;
+}
+
+/// Group commit's part of the contract: a batch of commits of distinct
+/// aggregates is stored whole, at consecutive places, or not at all.
+async fn batches(store: &impl EventStore, end: u64) {
+    assert!(store.batch_commits_max() > 1, "this store takes batches");
+    let batch = vec![(commit("b1", 0, 1, "h"), 0), (commit("b2", 0, 2, "i"), 0), (commit("b3", 0, 1, "j"), 0)];
+    let seqs = store.append_batch(&batch).await.unwrap();
+    assert_eq!(seqs, vec![end + 1, end + 2, end + 3]);
+    let loaded = store.load(&account(), &stream("b2")).await.unwrap();
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(loaded[0].as_ref().unwrap().stream_seq, end + 2);
+    // One stale expectation refuses the whole batch: nothing of it is written.
+    let stale = vec![(commit("b4", 0, 1, "k"), 0), (commit("b1", 1, 1, "l"), 0), (commit("b5", 0, 1, "m"), 0)];
+    let refused = store.append_batch(&stale).await;
+    assert!(matches!(refused, Err(StoreError::Conflict { .. } | StoreError::Refused(_))), "{refused:?}");
+    assert_eq!(store.last_seq().await.unwrap(), end + 3);
+    assert!(store.load(&account(), &stream("b4")).await.unwrap().is_empty());
+    // Appended one by one after a failed batch, each learns its own outcome.
+    assert_eq!(store.append(&stale[0].0, 0).await.unwrap(), end + 4);
+    assert!(matches!(store.append(&stale[1].0, 0).await, Err(StoreError::Conflict { .. })));
 }
 
 #[tokio::test]
@@ -302,4 +324,79 @@ async fn a_json_stream_the_server_cannot_reserve_is_refused_with_what_to_change(
     child.wait().unwrap();
     let StoreError::Refused(text) = &error else { panic!("{error:?}") };
     assert!(text.contains("--json-stream-max-bytes") && text.contains("CONVO_JSON"), "{text}");
+}
+
+/// Group commit's fallback on a real server: a batch holding a commit that
+/// is already stored (its acknowledgement was lost) is refused whole, and
+/// appended again one by one that commit is not written twice: its own
+/// expectation no longer holds (a conflict: the machine reads the aggregate
+/// back and finds it there), or — fenced, where the expectation is the
+/// partition's — its message id makes it a duplicate at its place.
+#[tokio::test]
+async fn a_batch_repeating_a_stored_commit_is_refused_and_its_repeat_is_a_duplicate() {
+    let broker = broker_with(true);
+    let store = JetStreamStore::connect(&broker.server.url(), StoreConfig::default()).await.unwrap();
+    let first = commit("d1", 0, 1, "a");
+    let at = store.append(&first, 0).await.unwrap();
+    let batch = vec![(commit("d2", 0, 1, "b"), 0), (first.clone(), 0)];
+    let refused = store.append_batch(&batch).await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(store.last_seq().await.unwrap(), at, "nothing of the refused batch is stored");
+    // One by one: the repeat is never a second copy.
+    let again = store.append(&first, 0).await;
+    assert!(matches!(again, Ok(seq) if seq == at) || matches!(again, Err(StoreError::Conflict { .. })), "{again:?}");
+    assert_eq!(store.append(&batch[0].0, 0).await.unwrap(), at + 1);
+    assert_eq!(store.last_seq().await.unwrap(), at + 1);
+    // Fenced (as `serve` appends): the repeat comes back as a duplicate at its place.
+    let fenced = store.fenced(store.take_fence(0, "test").await.unwrap());
+    let third = commit("d3", 0, 1, "c");
+    let placed = fenced.append(&third, 0).await.unwrap();
+    assert!(fenced.append_batch(&[(commit("d4", 0, 1, "d"), 0), (third.clone(), 0)]).await.is_err());
+    assert_eq!(fenced.append(&third, 0).await.unwrap(), placed);
+    assert_eq!(
+        fenced.append_batch(&[(commit("d4", 0, 1, "d"), 0), (commit("d5", 0, 1, "e"), 0)]).await.unwrap(),
+        vec![placed + 1, placed + 2]
+    );
+}
+
+/// The JSON republisher, run again over what it has already republished
+/// (its checkpoint lost), adds no second copy.
+#[tokio::test]
+async fn the_json_stream_is_republished_once_whatever_the_checkpoint() {
+    let broker = broker_with(true);
+    let store = JetStreamStore::connect(&broker.server.url(), StoreConfig::default()).await.unwrap();
+    for n in 0..40 {
+        store.append(&commit(&format!("j{n}"), 0, 2, &format!("cmd-{n}")), 0).await.unwrap();
+    }
+    let end = store.last_seq().await.unwrap();
+    let config = convo_store::json_stream::JsonStreamConfig { max_bytes: 8 << 20, ..Default::default() };
+    let count = || async {
+        let js = async_nats::jetstream::new(store.client().clone());
+        let mut json = js.get_stream("CONVO_JSON").await.unwrap();
+        json.info().await.unwrap().state.messages
+    };
+    for round in 0..2 {
+        let (js, kv) = convo_store::json_stream::ensure(&store, &config).await.unwrap();
+        drop(js);
+        if round == 1 {
+            kv.delete("republished").await.unwrap(); // as if the checkpoint were lost
+        }
+        let redactions = std::sync::Arc::new(convo_wire::redact::Redactions::default());
+        redactions.mark_ready();
+        let reached = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let task = tokio::spawn({
+            let (store, config, reached) = (store.clone(), config.clone(), reached.clone());
+            async move {
+                let progress = move |at: u64| reached.store(at, std::sync::atomic::Ordering::Relaxed);
+                convo_store::json_stream::republish(&store, redactions, &config, &progress).await
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while reached.load(std::sync::atomic::Ordering::Relaxed) < end {
+            assert!(std::time::Instant::now() < deadline, "the republisher reached {reached:?} of {end}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        task.abort();
+        assert_eq!(count().await, 80, "round {round}: every event once");
+    }
 }
