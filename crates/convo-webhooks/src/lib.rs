@@ -28,8 +28,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use serde_json::{Value, json};
 
 use convo_domain::ConfigEvent;
@@ -361,16 +361,26 @@ pub async fn run(
         let mut fold = true;
         tokio::select! {
             _ = &mut stop => break,
-            Some((key, endpoint, flight)) = in_flight.next(), if !in_flight.is_empty() => {
-                let (key, endpoint, flight): (Vec<u8>, String, Result<Flight, tokio::task::JoinError>) = (key, endpoint, flight);
-                busy.remove(&queue_of(&key));
-                if let Some(n) = per_endpoint.get_mut(&endpoint) { *n = n.saturating_sub(1); }
-                match flight {
-                    Ok(flight) => if let Err(e) = settle(&deliveries.tree, &config, flight) {
-                        tracing::warn!("webhooks: could not record an attempt ({e}); it will be made again");
-                    },
-                    // Nothing recorded: the delivery stays at its queue's head and goes again.
-                    Err(e) => tracing::warn!("webhooks: an attempt stopped ({e}); it will be made again"),
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                // This attempt and every other one finished by now are recorded before
+                // the next look for due deliveries (one scan for all of them).
+                let mut finished = vec![done];
+                while finished.len() < config.in_flight_max
+                    && let Some(Some(done)) = in_flight.next().now_or_never()
+                {
+                    finished.push(done);
+                }
+                for (key, endpoint, flight) in finished {
+                    let (key, endpoint, flight): (Vec<u8>, String, Result<Flight, tokio::task::JoinError>) = (key, endpoint, flight);
+                    busy.remove(&queue_of(&key));
+                    if let Some(n) = per_endpoint.get_mut(&endpoint) { *n = n.saturating_sub(1); }
+                    match flight {
+                        Ok(flight) => if let Err(e) = settle(&deliveries.tree, &config, flight) {
+                            tracing::warn!("webhooks: could not record an attempt ({e}); it will be made again");
+                        },
+                        // Nothing recorded: the delivery stays at its queue's head and goes again.
+                        Err(e) => tracing::warn!("webhooks: an attempt stopped ({e}); it will be made again"),
+                    }
                 }
                 fold = false; // the queue's next delivery goes now, not at the next tick
             }
