@@ -346,6 +346,27 @@ async fn stream_bytes(url: &str, prefix: &str) -> Result<usize> {
     Ok(stream.get_info().await?.state.bytes as usize)
 }
 
+/// The headers of a raw append shaped like one of the engine's commits to
+/// conversation `conversation` of stream `name`: the `Convo-*` headers, the
+/// expectation on the conversation's subjects, a message id.
+fn commit_headers(name: &str, conversation: &str, command: &str, expected: u64, n: usize) -> async_nats::HeaderMap {
+    let mut h = async_nats::HeaderMap::new();
+    for (k, v) in [
+        ("Convo-Kind", "message"),
+        ("Convo-Events", "message_sent,response_recorded"),
+        ("Convo-Schema", "1"),
+        ("Convo-Account", "bench"),
+    ] {
+        h.insert(k, v);
+    }
+    h.insert("Convo-Command", command);
+    h.insert("Convo-Correlation", command);
+    h.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string().as_str());
+    h.insert("Nats-Expected-Last-Subject-Sequence-Subject", format!("{name}.bench.conv.{conversation}.*").as_str());
+    h.insert(async_nats::header::NATS_MESSAGE_ID, format!("bench/{conversation}/{n}").as_str());
+    h
+}
+
 /// The ceiling: raw pipelined appends, one in flight per subject, the same
 /// headers and payload size as the engine's commits.
 async fn raw_appends(
@@ -384,20 +405,7 @@ async fn raw_appends_replicated(
             let mut latencies = Vec::with_capacity(per_subject);
             for i in 0..per_subject {
                 let t = Instant::now();
-                let mut h = async_nats::HeaderMap::new();
-                for (k, v) in [
-                    ("Convo-Kind", "message"),
-                    ("Convo-Events", "message_sent,response_recorded"),
-                    ("Convo-Schema", "1"),
-                ] {
-                    h.insert(k, v);
-                }
-                h.insert("Convo-Command", format!("cmd-{s}-{i}").as_str());
-                h.insert("Convo-Correlation", format!("cmd-{s}-{i}").as_str());
-                h.insert("Convo-Account", "bench");
-                h.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, last.to_string().as_str());
-                h.insert("Nats-Expected-Last-Subject-Sequence-Subject", format!("{name}.bench.conv.k{s}.*").as_str());
-                h.insert(async_nats::header::NATS_MESSAGE_ID, format!("bench/k{s}/{i}").as_str());
+                let h = commit_headers(&name, &format!("k{s}"), &format!("cmd-{s}-{i}"), last, i);
                 let ack =
                     js.publish_with_headers(format!("{name}.bench.conv.k{s}.message"), h, body.clone()).await?.await?;
                 last = ack.sequence;
@@ -437,20 +445,7 @@ async fn raw_batches(url: &str, name: &str, total: usize, batch: usize, width: u
             let id = format!("bench-{name}-{b}");
             for i in 0..batch {
                 let n = b * batch + i;
-                let mut h = async_nats::HeaderMap::new();
-                for (k, v) in [
-                    ("Convo-Kind", "message"),
-                    ("Convo-Events", "message_sent,response_recorded"),
-                    ("Convo-Schema", "1"),
-                    ("Convo-Account", "bench"),
-                ] {
-                    h.insert(k, v);
-                }
-                h.insert("Convo-Command", format!("cmd-{n}").as_str());
-                h.insert("Convo-Correlation", format!("cmd-{n}").as_str());
-                h.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
-                h.insert("Nats-Expected-Last-Subject-Sequence-Subject", format!("{name}.bench.conv.k{n}.*").as_str());
-                h.insert(async_nats::header::NATS_MESSAGE_ID, format!("bench/k{n}/1").as_str());
+                let mut h = commit_headers(&name, &format!("k{n}"), &format!("cmd-{n}"), 0, 1);
                 h.insert(async_nats::header::NATS_BATCH_ID, id.as_str());
                 h.insert(async_nats::header::NATS_BATCH_SEQUENCE, (i + 1).to_string().as_str());
                 let subject = format!("{name}.bench.conv.k{n}.message");

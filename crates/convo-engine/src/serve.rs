@@ -409,8 +409,7 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
                 let started = std::time::Instant::now();
                 let done = match write {
                     Write::Batch(appends) => {
-                        let batch: Vec<(Commit, u64)> =
-                            appends.iter().map(|a| (a.commit.clone(), a.expected)).collect();
+                        let batch: Vec<(&Commit, u64)> = appends.iter().map(|a| (&a.commit, a.expected)).collect();
                         let result = store.append_batch(&batch).await;
                         IoDone::Batch(appends, result)
                     }

@@ -713,21 +713,7 @@ impl Sim {
                         }
                     }
                     let written = self.log.append(&commit, expected, epoch);
-                    match written {
-                        Ok(_) if self.rng.chance(3) => {
-                            self.stats.lost_acks += 1;
-                            Err(StoreError::Unavailable("simulated: written, but the acknowledgement was lost".into()))
-                        }
-                        Err(StoreError::Conflict { .. }) => {
-                            self.stats.conflicts += 1;
-                            written
-                        }
-                        Err(StoreError::Deposed { .. }) => {
-                            self.stats.deposed += 1;
-                            written
-                        }
-                        other => other,
-                    }
+                    self.answered("the acknowledgement", written)
                 };
                 if result.is_ok() {
                     self.stats.commits += 1;
@@ -754,23 +740,7 @@ impl Sim {
                         }
                     }
                     let written = self.log.append_batch(&appends, epoch);
-                    match written {
-                        Ok(_) if self.rng.chance(3) => {
-                            self.stats.lost_acks += 1;
-                            Err(StoreError::Unavailable(
-                                "simulated: written, but the batch's acknowledgement was lost".into(),
-                            ))
-                        }
-                        Err(StoreError::Conflict { .. }) => {
-                            self.stats.conflicts += 1;
-                            written
-                        }
-                        Err(StoreError::Deposed { .. }) => {
-                            self.stats.deposed += 1;
-                            written
-                        }
-                        other => other,
-                    }
+                    self.answered("the batch's acknowledgement", written)
                 };
                 match &result {
                     Ok(seqs) => self.stats.commits += seqs.len() as u64,
@@ -795,6 +765,26 @@ impl Sim {
             Op::Kv(_) | Op::View(_) | Op::Probe { .. } => unreachable!("directory operations travel on the wire"),
         }
         true
+    }
+
+    /// What the writer hears of a write that reached the log: its
+    /// acknowledgement (`ack`) may be lost; conflicts and deposed writes are counted.
+    fn answered<T>(&mut self, ack: &str, written: Result<T, StoreError>) -> Result<T, StoreError> {
+        match written {
+            Ok(_) if self.rng.chance(3) => {
+                self.stats.lost_acks += 1;
+                Err(StoreError::Unavailable(format!("simulated: written, but {ack} was lost")))
+            }
+            Err(StoreError::Conflict { .. }) => {
+                self.stats.conflicts += 1;
+                written
+            }
+            Err(StoreError::Deposed { .. }) => {
+                self.stats.deposed += 1;
+                written
+            }
+            other => other,
+        }
     }
 
     /// Hands an instance's machine what came of its appends (a deposed

@@ -513,7 +513,7 @@ impl EventStore for JetStreamStore {
         )))
     }
 
-    async fn append_batch(&self, appends: &[(Commit, u64)]) -> Result<Vec<u64>, StoreError> {
+    async fn append_batch(&self, appends: &[(&Commit, u64)]) -> Result<Vec<u64>, StoreError> {
         if appends.len() > crate::BATCH_COMMITS_MAX {
             return Err(StoreError::Refused(format!(
                 "a batch of {} commits is over the limit of {}",
@@ -533,8 +533,8 @@ impl EventStore for JetStreamStore {
         let last = outgoing.len();
         let messages = outgoing.into_iter().map(|o| (o.subject, o.headers, o.payload)).collect();
         let timeout = Duration::from_millis(self.config.ack_timeout_ms);
-        let ack = match publish_atomic(&self.client, messages, timeout).await {
-            Ok(ack) => ack,
+        let last_seq = match publish_atomic(&self.client, messages, timeout).await {
+            Ok(seq) => seq,
             Err(AtomicError::Unknown(why)) => {
                 if let Some(fence) = fence {
                     fence.mark_dirty(); // its outcome is unknown: the fence moves before anything is read back
@@ -554,8 +554,8 @@ impl EventStore for JetStreamStore {
                 });
             }
         };
-        let first = ack.seq + 1 - last as u64;
-        let seqs: Vec<u64> = (first..=ack.seq).collect();
+        let first = last_seq + 1 - last as u64;
+        let seqs: Vec<u64> = (first..=last_seq).collect();
         if let Some(signing) = self.config.signing.as_deref() {
             for ((commit, _), seq) in appends.iter().zip(&seqs) {
                 if let Err(e) = signing.anchor(commit, *seq) {
@@ -691,22 +691,16 @@ pub(crate) enum AtomicError {
     Unknown(String),
 }
 
-/// The last message's sequence of an atomic batch the server stored.
-#[derive(Debug)]
-pub(crate) struct AtomicAck {
-    pub seq: u64,
-}
-
 /// Publishes `messages` (≤ [`crate::BATCH_COMMITS_MAX`], at least one) as
 /// one JetStream atomic batch (ADR-50): every message but the last is sent
 /// without a reply, the last commits the batch and is answered with the
 /// batch's acknowledgement — stored whole, with consecutive sequences
-/// ending at the one acknowledged, or not at all.
+/// ending at the one returned, or not at all.
 pub(crate) async fn publish_atomic(
     client: &async_nats::Client,
     messages: Vec<(async_nats::Subject, HeaderMap, Bytes)>,
     timeout: Duration,
-) -> Result<AtomicAck, AtomicError> {
+) -> Result<u64, AtomicError> {
     let id = batch_id().map_err(|e| AtomicError::Refused { code: 0, why: format!("no batch id: {e}") })?;
     let last = messages.len();
     let mut ack = None;
@@ -737,7 +731,7 @@ pub(crate) async fn publish_atomic(
     if ack.count != last || ack.seq < last as u64 {
         return Err(AtomicError::Unknown(format!("an acknowledgement of {} messages at {}", ack.count, ack.seq)));
     }
-    Ok(AtomicAck { seq: ack.seq })
+    Ok(ack.seq)
 }
 
 /// A batch id no other batch of this process or another has (≤ 64 bytes).

@@ -80,9 +80,6 @@ pub const SERVER_VERSION_MIN: (u64, u64) = (2, 11);
 pub const APPEND_RETRIES_MAX: u32 = 3;
 /// The most commits in one atomic batch (JetStream's own limit).
 pub const BATCH_COMMITS_MAX: usize = 1_000;
-/// The most payload bytes in one atomic batch: a batch larger than this is
-/// cut in two by the caller.
-pub const BATCH_BYTES_MAX: usize = 8 << 20;
 /// The first server with atomic batch publish (ADR-50).
 pub const SERVER_VERSION_BATCHES: (u64, u64) = (2, 12);
 /// The most commits one load returns (an aggregate with more is refused: it
@@ -149,7 +146,7 @@ pub trait EventStore: Send + Sync {
     /// the outcome is unknown ([`StoreError::Unavailable`]); either way the
     /// caller appends the commits one by one (each carries the id that makes
     /// a repeat a duplicate, not a second copy).
-    fn append_batch(&self, appends: &[(Commit, u64)]) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send;
+    fn append_batch(&self, appends: &[(&Commit, u64)]) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send;
 
     /// The most commits [`EventStore::append_batch`] takes at once (1: the
     /// store has no batches; append one by one).

@@ -51,32 +51,10 @@ fn entry(prefix: &str, log: &Mutex<Log>, seq: u64) -> Option<LogItem> {
 
 impl EventStore for MemoryStore {
     async fn append(&self, commit: &Commit, expected: u64) -> Result<u64, StoreError> {
-        let bytes = commit.encode().map_err(|e| StoreError::Refused(e.to_string()))?;
-        let seq = {
-            let mut log = self.log.lock().expect("not poisoned");
-            let key = (commit.account.clone(), commit.stream.clone());
-            let actual = log.last.get(&key).copied().unwrap_or(0);
-            if actual != expected {
-                return Err(StoreError::Conflict {
-                    stream: commit.stream.filter_subject(&self.prefix, &commit.account),
-                    expected,
-                });
-            }
-            if log.entries.len() >= MEMORY_COMMITS_MAX {
-                return Err(StoreError::Refused(format!(
-                    "the memory store holds at most {MEMORY_COMMITS_MAX} commits"
-                )));
-            }
-            log.entries.push((commit.subject(&self.prefix), bytes));
-            let seq = log.entries.len() as u64;
-            log.last.insert(key, seq);
-            seq
-        };
-        self.appended.send_replace(seq);
-        Ok(seq)
+        Ok(self.append_batch(&[(commit, expected)]).await?[0])
     }
 
-    async fn append_batch(&self, appends: &[(Commit, u64)]) -> Result<Vec<u64>, StoreError> {
+    async fn append_batch(&self, appends: &[(&Commit, u64)]) -> Result<Vec<u64>, StoreError> {
         let mut encoded = Vec::with_capacity(appends.len());
         for (commit, _) in appends {
             encoded.push(commit.encode().map_err(|e| StoreError::Refused(e.to_string()))?);

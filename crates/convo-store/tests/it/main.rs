@@ -48,6 +48,11 @@ fn closing(conversation: &str, seq: u64) -> Commit {
     Commit::new(&account(), stream(conversation), None, vec![record]).unwrap()
 }
 
+/// A batch as `append_batch` takes it.
+fn refs(batch: &[(Commit, u64)]) -> Vec<(&Commit, u64)> {
+    batch.iter().map(|(c, e)| (c, *e)).collect()
+}
+
 /// The contract every store keeps.
 async fn contract(store: &impl EventStore) {
     assert_eq!(store.last_seq().await.unwrap(), 0);
@@ -103,14 +108,14 @@ async fn contract(store: &impl EventStore) {
 async fn batches(store: &impl EventStore, end: u64) {
     assert!(store.batch_commits_max() > 1, "this store takes batches");
     let batch = vec![(commit("b1", 0, 1, "h"), 0), (commit("b2", 0, 2, "i"), 0), (commit("b3", 0, 1, "j"), 0)];
-    let seqs = store.append_batch(&batch).await.unwrap();
+    let seqs = store.append_batch(&refs(&batch)).await.unwrap();
     assert_eq!(seqs, vec![end + 1, end + 2, end + 3]);
     let loaded = store.load(&account(), &stream("b2")).await.unwrap();
     assert_eq!(loaded.len(), 1);
     assert_eq!(loaded[0].as_ref().unwrap().stream_seq, end + 2);
     // One stale expectation refuses the whole batch: nothing of it is written.
     let stale = vec![(commit("b4", 0, 1, "k"), 0), (commit("b1", 1, 1, "l"), 0), (commit("b5", 0, 1, "m"), 0)];
-    let refused = store.append_batch(&stale).await;
+    let refused = store.append_batch(&refs(&stale)).await;
     assert!(matches!(refused, Err(StoreError::Conflict { .. } | StoreError::Refused(_))), "{refused:?}");
     assert_eq!(store.last_seq().await.unwrap(), end + 3);
     assert!(store.load(&account(), &stream("b4")).await.unwrap().is_empty());
@@ -339,7 +344,7 @@ async fn a_batch_repeating_a_stored_commit_is_refused_and_its_repeat_is_a_duplic
     let first = commit("d1", 0, 1, "a");
     let at = store.append(&first, 0).await.unwrap();
     let batch = vec![(commit("d2", 0, 1, "b"), 0), (first.clone(), 0)];
-    let refused = store.append_batch(&batch).await;
+    let refused = store.append_batch(&refs(&batch)).await;
     assert!(refused.is_err(), "{refused:?}");
     assert_eq!(store.last_seq().await.unwrap(), at, "nothing of the refused batch is stored");
     // One by one: the repeat is never a second copy.
@@ -351,10 +356,10 @@ async fn a_batch_repeating_a_stored_commit_is_refused_and_its_repeat_is_a_duplic
     let fenced = store.fenced(store.take_fence(0, "test").await.unwrap());
     let third = commit("d3", 0, 1, "c");
     let placed = fenced.append(&third, 0).await.unwrap();
-    assert!(fenced.append_batch(&[(commit("d4", 0, 1, "d"), 0), (third.clone(), 0)]).await.is_err());
+    assert!(fenced.append_batch(&[(&commit("d4", 0, 1, "d"), 0), (&third, 0)]).await.is_err());
     assert_eq!(fenced.append(&third, 0).await.unwrap(), placed);
     assert_eq!(
-        fenced.append_batch(&[(commit("d4", 0, 1, "d"), 0), (commit("d5", 0, 1, "e"), 0)]).await.unwrap(),
+        fenced.append_batch(&[(&commit("d4", 0, 1, "d"), 0), (&commit("d5", 0, 1, "e"), 0)]).await.unwrap(),
         vec![placed + 1, placed + 2]
     );
 }
