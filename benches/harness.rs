@@ -1037,6 +1037,8 @@ async fn webhook_figures(conversations: usize, endpoints: usize) -> Result<(usiz
     let allowed = convo_webhooks::Allowed { hosts: vec!["127.0.0.1".into()] };
     let target = format!("http://{addr}/raw");
     let width = convo_webhooks::IN_FLIGHT_MAX.min(endpoints * convo_webhooks::IN_FLIGHT_PER_ENDPOINT);
+    // Kept-alive connections, as the sender keeps them.
+    let connections = convo_webhooks::deliver::Connections::default();
     let started = Instant::now();
     let mut attempts = FuturesUnordered::new();
     let mut sent = 0;
@@ -1048,6 +1050,7 @@ async fn webhook_figures(conversations: usize, endpoints: usize) -> Result<(usiz
                 &signed,
                 &allowed,
                 Duration::from_secs(10),
+                &connections,
             ));
             sent += 1;
         }

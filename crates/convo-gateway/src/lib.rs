@@ -71,6 +71,12 @@ pub const FEED_EVENTS_MAX: usize = 1_000;
 /// The most stream messages one read of the feed looks at (other accounts'
 /// included); the cursor it answers lets the next read go on from there.
 pub const FEED_SCAN_MAX: u64 = 100_000;
+/// The most feed reads kept open between pages: a client paging on from the
+/// `next` a page answered goes on reading where that page stopped (no new
+/// consumer of the stream per page).
+pub const FEED_CURSORS_MAX: usize = 8;
+/// How long a feed read waits for its next page before it is closed.
+pub const FEED_CURSOR_IDLE_MS: u64 = 20_000;
 /// The most event streams (SSE) open at once; more get 429.
 pub const SSE_STREAMS_MAX: usize = 64;
 /// The most event streams one account may hold open.
@@ -112,6 +118,8 @@ pub(crate) struct Shared {
     config: GatewayConfig,
     /// One read at a time opens the read models' database.
     reads: Mutex<()>,
+    /// Feed reads kept open for their next page (at most [`FEED_CURSORS_MAX`]).
+    feed_cursors: std::sync::Mutex<Vec<FeedCursor>>,
     /// The event streams (SSE) open now, at most [`SSE_STREAMS_MAX`].
     streams: Arc<tokio::sync::Semaphore>,
     /// Per account, at most [`SSE_STREAMS_PER_ACCOUNT_MAX`].
@@ -126,6 +134,7 @@ pub fn router(engine: mpsc::Sender<Request>, store: JetStreamStore, config: Gate
         store,
         config,
         reads: Mutex::new(()),
+        feed_cursors: std::sync::Mutex::default(),
         streams,
         streams_per_account: Mutex::default(),
     });
@@ -564,30 +573,47 @@ impl FeedFilter {
         Ok(Self { account: account.to_owned(), conversation: q.conversation.clone(), kind: q.kind.clone() })
     }
 
-    /// The commit's events this feed shows, as CloudEvents (masked with
+    /// The commit's events this feed shows, as CloudEvent JSON (masked with
     /// `rules`), each with its index in the commit.
     fn events(
         &self,
         shared: &Shared,
         rules: &convo_wire::redact::Rules,
         stored: &convo_store::StoredCommit,
-    ) -> Vec<(usize, Value)> {
+    ) -> Vec<(usize, convo_wire::cloud_json::CloudEventJson)> {
         let c = &stored.commit;
         let wanted = c.account.as_str() == self.account
             && self
                 .conversation
                 .as_deref()
                 .is_none_or(|id| matches!(&c.stream, convo_wire::StreamRef::Conversation(x) if x.as_str() == id));
-        if !wanted {
+        if !wanted || self.kind.as_deref().is_some_and(|k| !c.events.iter().any(|e| e.event.type_name() == k)) {
             return Vec::new();
         }
         rules
-            .cloud_events(c, &shared.store.config().prefix, stored.stream_seq)
+            .cloud_events_json(c, &shared.store.config().prefix, stored.stream_seq)
             .into_iter()
             .enumerate()
-            .filter(|(_, e)| self.kind.as_deref().is_none_or(|k| e["data"]["type"] == k))
+            .filter(|(_, e)| self.kind.as_deref().is_none_or(|k| e.event_type == k))
             .collect()
     }
+}
+
+/// A feed page's body, `{"account": …, "events": […], "next": …}`, written
+/// from the events' JSON as they are (no tree built and copied per page).
+fn feed_page(account: &str, events: &[Vec<u8>], next: u64) -> Response {
+    let mut body = Vec::with_capacity(64 + events.iter().map(|e| e.len() + 1).sum::<usize>());
+    body.extend_from_slice(b"{\"account\":");
+    serde_json::to_writer(&mut body, account).expect("a string serializes");
+    body.extend_from_slice(b",\"events\":[");
+    for (i, event) in events.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(event);
+    }
+    body.extend_from_slice(format!("],\"next\":{next}}}").as_bytes());
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// The account's events after a cursor, as CloudEvents, and `next`, the
@@ -611,25 +637,75 @@ async fn events(
     let limit = q.limit.unwrap_or(FEED_EVENTS_MAX).clamp(1, FEED_EVENTS_MAX);
     let _one = shared.reads.lock().await; // one scan of the stream at a time, as for the read models
     let unavailable = |e: &dyn std::fmt::Display| error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e.to_string());
-    let mut log = match convo_store::EventStore::read(&shared.store, after.saturating_add(1)).await {
-        Ok(log) => log,
-        Err(e) => return unavailable(&e),
+    let mut log = match FeedCursor::take(&shared, after) {
+        Some(log) => (log, true),
+        None => match convo_store::EventStore::read(&shared.store, after.saturating_add(1)).await {
+            Ok(log) => (log, false),
+            Err(e) => return unavailable(&e),
+        },
     };
-    let (mut out, mut next) = (Vec::new(), after);
-    while let Some(item) = futures::StreamExt::next(&mut log).await {
+    let (mut out, mut next, mut ended) = (Vec::new(), after, true);
+    while let Some(item) = futures::StreamExt::next(&mut log.0).await {
         match item {
             Ok(stored) => {
                 next = stored.stream_seq;
-                out.extend(filter.events(&shared, &allowed.rules, &stored).into_iter().map(|(_, e)| e));
+                out.extend(filter.events(&shared, &allowed.rules, &stored).into_iter().map(|(_, e)| e.json));
             }
             Err(convo_store::StoreError::Decode { seq, .. }) => next = seq, // not part of the record
+            // A read kept open that failed before its first message: a fresh one.
+            Err(_) if log.1 && next == after => {
+                log = match convo_store::EventStore::read(&shared.store, after.saturating_add(1)).await {
+                    Ok(fresh) => (fresh, false),
+                    Err(e) => return unavailable(&e),
+                };
+                continue;
+            }
             Err(e) => return unavailable(&e),
         }
         if out.len() >= limit || next.saturating_sub(after) >= FEED_SCAN_MAX {
+            ended = false;
             break;
         }
     }
-    reply(StatusCode::OK, json!({"account": account, "events": out, "next": next}))
+    if !ended && next > after {
+        FeedCursor::park(&shared, next, log.0);
+    }
+    feed_page(&account, &out, next)
+}
+
+/// A feed read kept open after a page: the next page asked `after` its
+/// `position` goes on from it. Any account's: the read is of the whole log,
+/// filtered as each page asks.
+struct FeedCursor {
+    position: u64,
+    log: convo_store::CommitStream,
+    parked: std::time::Instant,
+}
+
+impl FeedCursor {
+    /// The open read that stopped at `position`, if one is kept and fresh;
+    /// reads idle for [`FEED_CURSOR_IDLE_MS`] are closed.
+    fn take(shared: &Shared, position: u64) -> Option<convo_store::CommitStream> {
+        let mut cursors = shared.feed_cursors.lock().unwrap_or_else(|e| e.into_inner());
+        let idle = std::time::Duration::from_millis(FEED_CURSOR_IDLE_MS);
+        cursors.retain(|c| c.parked.elapsed() < idle);
+        let at = cursors.iter().position(|c| c.position == position)?;
+        Some(cursors.swap_remove(at).log)
+    }
+
+    /// Keeps `log` for the page after `position`; the oldest goes when
+    /// [`FEED_CURSORS_MAX`] are kept.
+    fn park(shared: &Shared, position: u64, log: convo_store::CommitStream) {
+        let mut cursors = shared.feed_cursors.lock().unwrap_or_else(|e| e.into_inner());
+        cursors.retain(|c| c.position != position);
+        if cursors.len() >= FEED_CURSORS_MAX {
+            let oldest = cursors.iter().enumerate().min_by_key(|(_, c)| c.parked).map(|(i, _)| i);
+            if let Some(i) = oldest {
+                cursors.swap_remove(i);
+            }
+        }
+        cursors.push(FeedCursor { position, log, parked: std::time::Instant::now() });
+    }
 }
 
 /// Where an SSE client resumes: after event `index` of the commit at `seq`
@@ -771,9 +847,9 @@ impl SseStream {
                             if stored.stream_seq == seq && index.is_some_and(|last| i <= last) {
                                 continue;
                             }
-                            let kind = e["data"]["type"].as_str().unwrap_or("event").to_owned();
                             let id = format!("{}.{i}", stored.stream_seq);
-                            self.pending.push_back(Event::default().id(id).event(kind).data(e.to_string()));
+                            let data = String::from_utf8_lossy(&e.json);
+                            self.pending.push_back(Event::default().id(id).event(e.event_type).data(data));
                         }
                     }
                 }

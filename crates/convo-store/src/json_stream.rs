@@ -164,14 +164,13 @@ pub async fn republish(
         };
         let rules = redactions.of(&stored.commit.account);
         let subjects = stored.commit.json_subjects(&prefix);
-        for (event, subject) in rules.cloud_events(&stored.commit, &prefix, stored.stream_seq).into_iter().zip(subjects)
-        {
+        let events = rules.cloud_events_json(&stored.commit, &prefix, stored.stream_seq);
+        for (event, subject) in events.into_iter().zip(subjects) {
             let mut headers = HeaderMap::new();
-            headers.insert("Nats-Msg-Id", event["id"].as_str().unwrap_or_default());
+            headers.insert("Nats-Msg-Id", event.id.as_str());
             headers.insert(STREAM_SEQ_HEADER, stored.stream_seq.to_string().as_str());
             headers.insert("Content-Type", "application/cloudevents+json");
-            let body = Bytes::from(serde_json::to_vec(&event).expect("JSON values serialize"));
-            acks.push(js.publish_with_headers(subject, headers, body).await.map_err(unavailable)?);
+            acks.push(js.publish_with_headers(subject, headers, Bytes::from(event.json)).await.map_err(unavailable)?);
         }
         last = stored.stream_seq;
         if acks.len() >= BATCH_EVENTS_MAX {

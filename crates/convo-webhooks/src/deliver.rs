@@ -1,6 +1,8 @@
 //! One delivery attempt: the URL's address checked against the private
 //! ranges, the body signed per Standard Webhooks, POSTed over HTTP/1.1 (TLS
-//! for `https://`) within a timeout, the answer's status read.
+//! for `https://`) within a timeout, the answer's status read. Connections
+//! are kept alive per receiver ([`Connections`]) for the next deliveries; a
+//! kept connection goes to the address that was checked when it was made.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +17,72 @@ use sha2::Sha256;
 
 /// The most bytes of a receiver's answer read (the rest is dropped).
 pub const RESPONSE_BYTES_MAX: usize = 64 * 1024;
+/// The most idle connections kept for one receiver (scheme, host, port).
+pub const IDLE_PER_RECEIVER_MAX: usize = 8;
+/// The most receivers idle connections are kept for.
+pub const RECEIVERS_MAX: usize = 256;
+/// How long an idle connection is kept for the next delivery.
+pub const IDLE_KEEP: Duration = Duration::from_secs(30);
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// An open connection: its request half, and the task driving it (stopped
+/// when the connection is dropped).
+struct Open {
+    sender: Sender,
+    driver: tokio::task::JoinHandle<()>,
+    since: Instant,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// Connections kept alive between deliveries, per receiver: at most
+/// [`IDLE_PER_RECEIVER_MAX`] each, [`RECEIVERS_MAX`] receivers, none idle
+/// longer than [`IDLE_KEEP`].
+#[derive(Default)]
+pub struct Connections(std::sync::Mutex<std::collections::HashMap<String, Vec<Open>>>);
+
+impl std::fmt::Debug for Connections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Connections")
+    }
+}
+
+impl Connections {
+    fn take(&self, receiver: &str) -> Option<Open> {
+        let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let open = idle.get_mut(receiver)?;
+        while let Some(connection) = open.pop() {
+            if connection.since.elapsed() < IDLE_KEEP && !connection.sender.is_closed() {
+                return Some(connection);
+            }
+        }
+        None
+    }
+
+    fn put(&self, receiver: &str, mut connection: Open) {
+        let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() >= RECEIVERS_MAX && !idle.contains_key(receiver) {
+            idle.retain(|_, open| {
+                open.retain(|c| c.since.elapsed() < IDLE_KEEP);
+                !open.is_empty()
+            });
+            if idle.len() >= RECEIVERS_MAX {
+                return;
+            }
+        }
+        let open = idle.entry(receiver.to_owned()).or_default();
+        open.retain(|c| c.since.elapsed() < IDLE_KEEP && !c.sender.is_closed());
+        if open.len() < IDLE_PER_RECEIVER_MAX {
+            connection.since = Instant::now();
+            open.push(connection);
+        }
+    }
+}
 
 /// Standard Webhooks' signature of `body` for delivery `id` at `timestamp`
 /// (seconds): `v1,` and the base64 HMAC-SHA256 of `id.timestamp.body`.
@@ -54,10 +122,18 @@ pub struct Signed {
     pub signature: String,
 }
 
-/// POSTs `body` to `url` once, within `timeout`.
-pub async fn attempt(url: &str, body: Bytes, signed: &Signed, allowed: &Allowed, timeout: Duration) -> Answer {
+/// POSTs `body` to `url` once, within `timeout`, on a connection kept in
+/// `connections` when there is one.
+pub async fn attempt(
+    url: &str,
+    body: Bytes,
+    signed: &Signed,
+    allowed: &Allowed,
+    timeout: Duration,
+    connections: &Connections,
+) -> Answer {
     let started = Instant::now();
-    let result = tokio::time::timeout(timeout, post(url, body, signed, allowed)).await;
+    let result = tokio::time::timeout(timeout, post(url, body, signed, allowed, connections)).await;
     let latency_ms = started.elapsed().as_millis() as u64;
     let failed = |error: String, refused: bool| Answer { status: None, error: Some(error), latency_ms, refused };
     match result {
@@ -82,10 +158,36 @@ impl From<String> for PostError {
     }
 }
 
-async fn post(url: &str, body: Bytes, signed: &Signed, allowed: &Allowed) -> Result<u16, PostError> {
+async fn post(
+    url: &str,
+    body: Bytes,
+    signed: &Signed,
+    allowed: &Allowed,
+    connections: &Connections,
+) -> Result<u16, PostError> {
     let target = Target::parse(url).map_err(PostError::Refused)?;
-    // Resolve once, check every address, and connect to a checked one (no
-    // second lookup a rebinding DNS could answer differently).
+    let receiver = format!("{}://{}:{}", if target.tls { "https" } else { "http" }, target.host, target.port);
+    // A kept connection first; one the receiver closed meanwhile is replaced.
+    if let Some(mut open) = connections.take(&receiver)
+        && let Ok((status, keep)) = request(&mut open.sender, &target, body.clone(), signed).await
+    {
+        if keep {
+            connections.put(&receiver, open);
+        }
+        return Ok(status);
+    }
+    let mut open = connect(&target, allowed).await?;
+    let (status, keep) = request(&mut open.sender, &target, body, signed).await?;
+    if keep {
+        connections.put(&receiver, open);
+    }
+    Ok(status)
+}
+
+/// A new connection to `target`: resolved once, every address checked, and
+/// connected to a checked one (no second lookup a rebinding DNS could
+/// answer differently).
+async fn connect(target: &Target, allowed: &Allowed) -> Result<Open, PostError> {
     let addresses: Vec<SocketAddr> = tokio::net::lookup_host((target.host.as_str(), target.port))
         .await
         .map_err(|e| format!("cannot resolve {}: {e}", target.host))?
@@ -109,6 +211,7 @@ async fn post(url: &str, body: Bytes, signed: &Signed, allowed: &Allowed) -> Res
     }
     let stream =
         tokio::net::TcpStream::connect(address).await.map_err(|e| format!("cannot connect to {address}: {e}"))?;
+    let _ = stream.set_nodelay(true);
     if target.tls {
         let config = tls_config()?;
         let name = tokio_rustls::rustls::pki_types::ServerName::try_from(target.host.clone())
@@ -117,9 +220,9 @@ async fn post(url: &str, body: Bytes, signed: &Signed, allowed: &Allowed) -> Res
             .connect(name, stream)
             .await
             .map_err(|e| format!("TLS with {}: {e}", target.host))?;
-        Ok(exchange(TokioIo::new(tls), &target, body, signed).await?)
+        Ok(handshake(TokioIo::new(tls)).await?)
     } else {
-        Ok(exchange(TokioIo::new(stream), &target, body, signed).await?)
+        Ok(handshake(TokioIo::new(stream)).await?)
     }
 }
 
@@ -143,13 +246,22 @@ fn tls_config() -> Result<Arc<tokio_rustls::rustls::ClientConfig>, String> {
         .clone()
 }
 
-async fn exchange<IO>(io: TokioIo<IO>, target: &Target, body: Bytes, signed: &Signed) -> Result<u16, String>
+async fn handshake<IO>(io: TokioIo<IO>) -> Result<Open, String>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, connection) =
+    let (sender, connection) =
         hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("HTTP handshake: {e}"))?;
-    let connection = tokio::spawn(connection);
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(Open { sender, driver, since: Instant::now() })
+}
+
+/// One POST on an open connection: the status, and whether the connection
+/// may carry the next one (the answer read whole, no `Connection: close`).
+async fn request(sender: &mut Sender, target: &Target, body: Bytes, signed: &Signed) -> Result<(u16, bool), String> {
+    sender.ready().await.map_err(|e| format!("the connection closed: {e}"))?;
     let default_port = if target.tls { 443 } else { 80 };
     let host = match (target.host.contains(':'), target.port == default_port) {
         (true, true) => format!("[{}]", target.host),
@@ -168,10 +280,14 @@ where
         .map_err(|e| format!("cannot build the request: {e}"))?;
     let response = sender.send_request(request).await.map_err(|e| format!("no answer: {e}"))?;
     let status = response.status().as_u16();
-    // Read (and drop) a bounded answer so the connection ends cleanly.
-    let _ = Limited::new(response.into_body(), RESPONSE_BYTES_MAX).collect().await;
-    connection.abort();
-    Ok(status)
+    let close = response
+        .headers()
+        .get(hyper::header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+    // Read a bounded answer (and drop it); a longer one ends the connection.
+    let whole = Limited::new(response.into_body(), RESPONSE_BYTES_MAX).collect().await.is_ok();
+    Ok((status, whole && !close))
 }
 
 #[cfg(test)]
@@ -187,5 +303,107 @@ mod tests {
             sign(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body),
             "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
         );
+    }
+
+    /// A loopback receiver answering 204 to every POST (`Connection: close`
+    /// when `close`): the connections it accepted and the requests it answered.
+    async fn receiver(
+        close: bool,
+    ) -> (String, Arc<std::sync::atomic::AtomicUsize>, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let (accepted, answered) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (a, b) = (accepted.clone(), answered.clone());
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                let answered = b.clone();
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buffer = [0u8; 4096];
+                    loop {
+                        // A request: its head, then content-length bytes of body.
+                        let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            match socket.read(&mut buffer).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => seen.extend_from_slice(&buffer[..n]),
+                            }
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&seen[..end]).to_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        if seen.len() < end + 4 + length {
+                            match socket.read(&mut buffer).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => seen.extend_from_slice(&buffer[..n]),
+                            }
+                            continue;
+                        }
+                        seen.drain(..end + 4 + length);
+                        answered.fetch_add(1, Ordering::SeqCst);
+                        let answer: &[u8] = if close {
+                            b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n"
+                        } else {
+                            b"HTTP/1.1 204 No Content\r\n\r\n"
+                        };
+                        if socket.write_all(answer).await.is_err() || close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, accepted, answered)
+    }
+
+    #[tokio::test]
+    async fn connections_are_kept_alive_per_receiver_unless_it_closes_them() {
+        use std::sync::atomic::Ordering;
+        let allowed = Allowed { hosts: vec!["127.0.0.1".into()] };
+        let signed = Signed { id: "msg_1".into(), timestamp: 1, signature: "v1,x".into() };
+        for close in [false, true] {
+            let (url, accepted, answered) = receiver(close).await;
+            let connections = Connections::default();
+            for n in 0..5 {
+                let body = Bytes::from(format!("{{\"n\":{n}}}"));
+                let answer = attempt(&url, body, &signed, &allowed, Duration::from_secs(5), &connections).await;
+                assert_eq!(answer.status, Some(204), "{answer:?}");
+            }
+            assert_eq!(answered.load(Ordering::SeqCst), 5);
+            let expected = if close { 5 } else { 1 };
+            assert_eq!(accepted.load(Ordering::SeqCst), expected, "connections made (close: {close})");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_the_receiver_dropped_is_replaced() {
+        use std::sync::atomic::Ordering;
+        let allowed = Allowed { hosts: vec!["127.0.0.1".into()] };
+        let signed = Signed { id: "msg_1".into(), timestamp: 1, signature: "v1,x".into() };
+        let (url, accepted, answered) = receiver(false).await;
+        let connections = Connections::default();
+        let first = attempt(&url, Bytes::from_static(b"{}"), &signed, &allowed, Duration::from_secs(5), &connections);
+        assert_eq!(first.await.status, Some(204));
+        // The kept connection's peer goes away: the next attempt connects again.
+        let key = url.trim_end_matches("/hook").to_owned(); // the receiver: scheme, host, port
+        {
+            let idle = connections.0.lock().unwrap();
+            let kept = idle.get(&key).expect("the connection was kept");
+            assert_eq!(kept.len(), 1);
+        }
+        for open in connections.0.lock().unwrap().values_mut() {
+            for connection in open.iter_mut() {
+                connection.driver.abort();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let second = attempt(&url, Bytes::from_static(b"{}"), &signed, &allowed, Duration::from_secs(5), &connections);
+        assert_eq!(second.await.status, Some(204));
+        assert_eq!((accepted.load(Ordering::SeqCst), answered.load(Ordering::SeqCst)), (2, 2));
     }
 }

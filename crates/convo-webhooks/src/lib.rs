@@ -83,6 +83,8 @@ pub struct WebhookConfig {
     pub tick: Duration,
     /// Where attempts are counted by outcome; `None`: not counted.
     pub metrics: Option<std::sync::Arc<convo_store::metrics::Metrics>>,
+    /// Connections kept alive per receiver between deliveries.
+    pub connections: Arc<deliver::Connections>,
 }
 
 impl Default for WebhookConfig {
@@ -97,6 +99,7 @@ impl Default for WebhookConfig {
             allowed: Allowed::default(),
             tick: Duration::from_millis(100),
             metrics: None,
+            connections: Arc::default(),
         }
     }
 }
@@ -133,6 +136,45 @@ fn endpoint_key(account: &str, webhook: &str) -> String {
     format!("{ENDPOINT}{account}/{webhook}")
 }
 
+/// An endpoint as the database holds it (its secret sealed).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct Endpoint {
+    url: String,
+    events: Vec<String>,
+    secret: String,
+    enabled: bool,
+}
+
+/// A queued (or dead-lettered) delivery as the database holds it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Delivery {
+    event_id: String,
+    event_type: String,
+    stream_seq: u64,
+    queued_at: String,
+    attempts: u64,
+    #[serde(default)]
+    next_at_ms: i64,
+    body: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dead_at: Option<String>,
+}
+
+/// One attempt in the delivery log.
+#[derive(Debug, serde::Serialize)]
+struct Attempt<'a> {
+    event_id: &'a str,
+    event_type: &'a str,
+    attempt: u64,
+    at: String,
+    outcome: &'static str,
+    status: Option<u16>,
+    error: Option<String>,
+    latency_ms: u64,
+}
+
 /// The projection that queues deliveries.
 #[derive(Debug, Clone)]
 pub struct Queue {
@@ -160,12 +202,11 @@ impl Queue {
     }
 
     /// The key an endpoint's deliveries are signed with, from its stored (sealed) secret.
-    fn signing_key(&self, endpoint: &str, settings: &Value) -> Result<Vec<u8>, String> {
+    fn signing_key(&self, endpoint: &str, settings: &Endpoint) -> Result<Vec<u8>, String> {
         let (account, webhook) = endpoint[ENDPOINT.len()..].split_once('/').unwrap_or_default();
-        let sealed = settings["secret"].as_str().unwrap_or_default();
         let opened = self
             .sealer
-            .open(&webhook_secret_context(account, webhook), sealed)
+            .open(&webhook_secret_context(account, webhook), &settings.secret)
             .map_err(|e| format!("the webhook's secret cannot be read: {e}"))?;
         let secret = String::from_utf8(opened).map_err(|_| "the webhook's secret is not text".to_owned())?;
         Ok(convo_domain::config::WebhookSecret::parse(&secret)?.key())
@@ -184,16 +225,19 @@ impl Projection for Queue {
         for event in &commit.events {
             match &event.event {
                 Event::Config(ConfigEvent::WebhookDefined(spec) | ConfigEvent::WebhookUpdated(spec)) => {
-                    let endpoint = json!({"url": spec.url, "events": spec.events,
-                                          "secret": self.sealed_secret(account, spec), "enabled": spec.enabled});
+                    let endpoint = Endpoint {
+                        url: spec.url.clone(),
+                        events: spec.events.clone(),
+                        secret: self.sealed_secret(account, spec),
+                        enabled: spec.enabled,
+                    };
                     staged.insert(endpoint_key(account, spec.id.as_str()).into_bytes(), bytes_of(&endpoint));
                 }
                 Event::Config(ConfigEvent::WebhookRedriven(w)) => {
                     let dead = format!("{DEAD}{account}/{}/", w.webhook);
                     for (key, value) in staged.scan_prefix(dead.as_bytes())? {
-                        let mut delivery: Value = serde_json::from_slice(&value).map_err(|e| e.to_string())?;
-                        delivery["attempts"] = json!(0);
-                        delivery["next_at_ms"] = json!(0);
+                        let mut delivery: Delivery = serde_json::from_slice(&value).map_err(|e| e.to_string())?;
+                        (delivery.attempts, delivery.next_at_ms, delivery.dead_at) = (0, 0, None);
                         let rest = &key[DEAD.len()..];
                         staged.remove(key.clone());
                         staged.insert([QUEUE.as_bytes(), rest].concat(), bytes_of(&delivery));
@@ -205,28 +249,35 @@ impl Projection for Queue {
         // Then the deliveries: an account without enabled endpoints costs one lookup.
         let mut endpoints = Vec::new();
         for (key, value) in staged.scan_prefix(format!("{ENDPOINT}{account}/").as_bytes())? {
-            let endpoint: Value = serde_json::from_slice(&value).map_err(|e| e.to_string())?;
-            if endpoint["enabled"] == true {
+            let endpoint: Endpoint = serde_json::from_slice(&value).map_err(|e| e.to_string())?;
+            if endpoint.enabled {
                 let webhook = String::from_utf8_lossy(&key[ENDPOINT.len() + account.len() + 1..]).into_owned();
-                endpoints.push((webhook, endpoint["events"].as_array().cloned().unwrap_or_default()));
+                endpoints.push((webhook, endpoint.events));
             }
         }
         if endpoints.is_empty() {
             return Ok(());
         }
-        let events = self.redactions.of(&commit.account).cloud_events(commit, &self.prefix, stored.stream_seq);
+        let events = self.redactions.of(&commit.account).cloud_events_json(commit, &self.prefix, stored.stream_seq);
         let stream = commit.stream.token();
-        for (index, (event, cloud)) in commit.events.iter().zip(events).enumerate() {
-            let kind = event.event.type_name();
-            let body = cloud.to_string();
+        for (index, cloud) in events.into_iter().enumerate() {
+            let kind = cloud.event_type;
+            let body = String::from_utf8_lossy(&cloud.json);
             for (webhook, filter) in &endpoints {
                 if !(filter.is_empty() || filter.iter().any(|t| t == kind)) {
                     continue;
                 }
-                let delivery = json!({
-                    "event_id": cloud["id"], "event_type": kind, "stream_seq": stored.stream_seq,
-                    "queued_at": commit.at.to_rfc3339(), "attempts": 0, "next_at_ms": 0, "body": body,
-                });
+                let delivery = Delivery {
+                    event_id: cloud.id.clone(),
+                    event_type: kind.to_owned(),
+                    stream_seq: stored.stream_seq,
+                    queued_at: commit.at.to_rfc3339(),
+                    attempts: 0,
+                    next_at_ms: 0,
+                    body: body.clone().into_owned(),
+                    last_error: None,
+                    dead_at: None,
+                };
                 let key = format!("{QUEUE}{account}/{webhook}/{stream}/{:020}.{index:04}", stored.stream_seq);
                 staged.insert(key.into_bytes(), bytes_of(&delivery));
             }
@@ -235,8 +286,8 @@ impl Projection for Queue {
     }
 }
 
-fn bytes_of(value: &Value) -> Vec<u8> {
-    serde_json::to_vec(value).expect("JSON values serialize")
+fn bytes_of(value: &impl serde::Serialize) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records serialize")
 }
 
 /// The webhooks database: the queue, the dead letters, the delivery log.
@@ -326,7 +377,7 @@ enum Verdict {
 /// One attempt under way.
 struct Flight {
     key: Vec<u8>,
-    delivery: Value,
+    delivery: Delivery,
     verdict: Verdict,
 }
 
@@ -370,17 +421,21 @@ pub async fn run(
                 {
                     finished.push(done);
                 }
+                // Recorded together: one atomic batch and one flush for all of them.
+                let mut flights = Vec::with_capacity(finished.len());
                 for (key, endpoint, flight) in finished {
                     let (key, endpoint, flight): (Vec<u8>, String, Result<Flight, tokio::task::JoinError>) = (key, endpoint, flight);
                     busy.remove(&queue_of(&key));
                     if let Some(n) = per_endpoint.get_mut(&endpoint) { *n = n.saturating_sub(1); }
                     match flight {
-                        Ok(flight) => if let Err(e) = settle(&deliveries.tree, &config, flight) {
-                            tracing::warn!("webhooks: could not record an attempt ({e}); it will be made again");
-                        },
+                        Ok(flight) => flights.push(flight),
                         // Nothing recorded: the delivery stays at its queue's head and goes again.
                         Err(e) => tracing::warn!("webhooks: an attempt stopped ({e}); it will be made again"),
                     }
+                }
+                let count = flights.len();
+                if let Err(e) = settle(&deliveries.tree, &config, flights) {
+                    tracing::warn!("webhooks: could not record {count} attempts ({e}); they will be made again");
                 }
                 fold = false; // the queue's next delivery goes now, not at the next tick
             }
@@ -435,7 +490,7 @@ pub async fn run(
             if heads.is_empty() {
                 continue;
             }
-            let target: Value = serde_json::from_slice(&settings).unwrap_or(Value::Null);
+            let target: Endpoint = serde_json::from_slice(&settings).unwrap_or_default();
             let signing_key = queue.signing_key(&endpoint, &target);
             for (key, delivery) in heads {
                 *count += 1;
@@ -453,25 +508,34 @@ pub async fn run(
 
 async fn send(
     key: Vec<u8>,
-    delivery: Value,
-    target: Value,
+    delivery: Delivery,
+    target: Endpoint,
     signing_key: Result<Vec<u8>, String>,
     config: WebhookConfig,
 ) -> Flight {
-    let body = delivery["body"].as_str().unwrap_or("").to_owned();
-    let verdict = if target["enabled"] != true {
+    let body = delivery.body.clone();
+    let verdict = if !target.enabled {
         Verdict::Held
     } else if body.len() > config.body_bytes_max {
         Verdict::Refused(format!("the body is {} bytes, over the {}-byte limit", body.len(), config.body_bytes_max))
     } else {
         match signing_key {
             Ok(signing_key) => {
-                let id = delivery["event_id"].as_str().unwrap_or("").to_owned();
+                let id = delivery.event_id.clone();
                 let timestamp = now_ms() / 1000;
                 let signature = deliver::sign(&signing_key, &id, timestamp, body.as_bytes());
                 let signed = deliver::Signed { id, timestamp, signature };
-                let url = target["url"].as_str().unwrap_or("");
-                match deliver::attempt(url, Bytes::from(body), &signed, &config.allowed, config.timeout).await {
+                let url = target.url.as_str();
+                match deliver::attempt(
+                    url,
+                    Bytes::from(body),
+                    &signed,
+                    &config.allowed,
+                    config.timeout,
+                    &config.connections,
+                )
+                .await
+                {
                     // An address the policy refuses is refused again at every retry: dead-lettered now.
                     deliver::Answer { refused: true, error, .. } => Verdict::Refused(error.unwrap_or_default()),
                     answer => Verdict::Sent(answer),
@@ -483,23 +547,47 @@ async fn send(
     Flight { key, delivery, verdict }
 }
 
-/// Records an attempt and the delivery's next state in one atomic batch.
-fn settle(tree: &sled::Tree, config: &WebhookConfig, flight: Flight) -> Result<(), String> {
+/// Records attempts and their deliveries' next states in one atomic batch,
+/// flushed once: none of them is recorded, or all are.
+fn settle(tree: &sled::Tree, config: &WebhookConfig, flights: Vec<Flight>) -> Result<(), String> {
+    let mut batch = sled::Batch::default();
+    let mut outcomes = Vec::with_capacity(flights.len());
+    let mut logged = false;
+    for flight in flights {
+        if let Some(outcome) = stage(&mut batch, config, flight) {
+            outcomes.push(outcome);
+            logged = true;
+        }
+    }
+    tree.apply_batch(batch).map_err(|e| e.to_string())?;
+    if logged {
+        tree.flush().map_err(|e| e.to_string())?;
+    }
+    if let Some(metrics) = &config.metrics {
+        for outcome in outcomes {
+            metrics.inc("convo_webhook_attempts_total", &[("outcome", outcome)], 1);
+        }
+    }
+    Ok(())
+}
+
+/// Stages one attempt's record and its delivery's next state in `batch`;
+/// the outcome, or `None` for a held delivery (nothing attempted or logged).
+fn stage(batch: &mut sled::Batch, config: &WebhookConfig, flight: Flight) -> Option<&'static str> {
     let Flight { key, mut delivery, verdict, .. } = flight;
     let now = now_ms();
     let at = |ms: i64| convo_domain::Timestamp::from_millis(ms).to_rfc3339();
-    let mut batch = sled::Batch::default();
     let refused = matches!(verdict, Verdict::Refused(_));
     let answer = match verdict {
         Verdict::Held => {
-            delivery["next_at_ms"] = json!(now + 1000); // looked at again once the webhook is on
+            delivery.next_at_ms = now + 1000; // looked at again once the webhook is on
             batch.insert(key, bytes_of(&delivery));
-            return tree.apply_batch(batch).map_err(|e| e.to_string());
+            return None;
         }
         Verdict::Refused(reason) => deliver::Answer { status: None, error: Some(reason), latency_ms: 0, refused: true },
         Verdict::Sent(answer) => answer,
     };
-    let attempts = delivery["attempts"].as_u64().unwrap_or(0) + 1;
+    let attempts = delivery.attempts + 1;
     let outcome = if answer.accepted() {
         "delivered"
     } else if refused || attempts as usize > config.retry_schedule.len() {
@@ -511,37 +599,35 @@ fn settle(tree: &sled::Tree, config: &WebhookConfig, flight: Flight) -> Result<(
     let rest_text = String::from_utf8_lossy(rest);
     let mut parts = rest_text.splitn(3, '/');
     let (account, webhook) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let log_entry = json!({
-        "event_id": delivery["event_id"], "event_type": delivery["event_type"], "attempt": attempts,
-        "at": at(now), "outcome": outcome,
-        "status": answer.status, "error": answer.error, "latency_ms": answer.latency_ms,
-    });
+    let log_entry = Attempt {
+        event_id: &delivery.event_id,
+        event_type: &delivery.event_type,
+        attempt: attempts,
+        at: at(now),
+        outcome,
+        status: answer.status,
+        error: answer.error.clone(),
+        latency_ms: answer.latency_ms,
+    };
     let log_key = format!("{LOG}{account}/{webhook}/{now:020}/{}", rest_text.replace('/', "|"));
     batch.insert(log_key.into_bytes(), bytes_of(&log_entry));
     let last_error = answer.error.clone().or(answer.status.map(|s| format!("HTTP {s}")));
     match outcome {
         "delivered" => batch.remove(key),
         "dead" => {
-            delivery["attempts"] = json!(attempts);
-            delivery["dead_at"] = json!(at(now));
-            delivery["last_error"] = json!(last_error);
+            (delivery.attempts, delivery.dead_at, delivery.last_error) = (attempts, Some(at(now)), last_error);
             batch.remove(key.clone());
             batch.insert([DEAD.as_bytes(), rest].concat(), bytes_of(&delivery));
         }
         _ => {
             let wait = config.retry_schedule[attempts as usize - 1];
-            delivery["attempts"] = json!(attempts);
-            delivery["next_at_ms"] = json!(now + jittered(wait).as_millis() as i64);
-            delivery["last_error"] = json!(last_error);
+            delivery.attempts = attempts;
+            delivery.next_at_ms = now + jittered(wait).as_millis() as i64;
+            delivery.last_error = last_error;
             batch.insert(key, bytes_of(&delivery));
         }
     }
-    tree.apply_batch(batch).map_err(|e| e.to_string())?;
-    tree.flush().map_err(|e| e.to_string())?;
-    if let Some(metrics) = &config.metrics {
-        metrics.inc("convo_webhook_attempts_total", &[("outcome", outcome)], 1);
-    }
-    Ok(())
+    Some(outcome)
 }
 
 /// `wait` ± 20%, so retries of many deliveries spread out.
@@ -568,7 +654,7 @@ fn due_heads(
     prefix: &[u8],
     cursor: &mut Vec<u8>,
     want: usize,
-) -> Vec<(Vec<u8>, Value)> {
+) -> Vec<(Vec<u8>, Delivery)> {
     /// What deciding whether a head is due reads of it (not its body).
     #[derive(serde::Deserialize)]
     struct Due {
@@ -605,7 +691,7 @@ fn due_heads(
             continue;
         }
         if serde_json::from_slice::<Due>(&value).is_ok_and(|due| due.next_at_ms <= now)
-            && let Ok(delivery) = serde_json::from_slice::<Value>(&value)
+            && let Ok(delivery) = serde_json::from_slice::<Delivery>(&value)
         {
             heads.push((key.to_vec(), delivery));
             if heads.len() >= want {

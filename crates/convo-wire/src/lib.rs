@@ -13,6 +13,7 @@
 //! [`decode`]; the drift check (`tests/it`) fails when the code's shape no
 //! longer matches the committed `schemas/`.
 
+pub mod cloud_json;
 pub mod json_schema;
 pub mod redact;
 pub mod schema;
@@ -446,21 +447,46 @@ impl Commit {
 
     /// The JSON view: one object per event, as `convo simulate` and `convo tail` print it.
     pub fn json_lines(&self) -> Vec<Value> {
-        self.events
-            .iter()
-            .map(|e| {
-                let (key, name) = match (&self.stream, &e.event) {
-                    (StreamRef::Conversation(id), _) => ("conversation", id.to_string()),
-                    (StreamRef::Agent(id), _) => ("agent", id.to_string()),
-                    (StreamRef::Catalog, Event::Config(c)) => ("entity", c.entity()),
-                    (StreamRef::Catalog, _) => ("entity", "config".into()),
-                    (StreamRef::Contacts, Event::Contact(c)) => ("entity", format!("contact/{}", c.contact())),
-                    (StreamRef::Contacts, _) => ("entity", "contacts".into()),
-                };
-                let view = e.event.json_view();
-                event_json(self.at, &self.account, (key, name), e.seq, &self.command, &e.actor, view)
-            })
-            .collect()
+        self.events.iter().map(|e| self.json_line(e)).collect()
+    }
+
+    /// One event's JSON line (see [`Commit::json_lines`]).
+    pub(crate) fn json_line(&self, e: &CommitEvent) -> Value {
+        event_json(
+            self.at,
+            &self.account,
+            self.stream_key(&e.event),
+            e.seq,
+            &self.command,
+            &e.actor,
+            e.event.json_view(),
+        )
+    }
+
+    /// The key that names an event's stream in its JSON line, and the name:
+    /// (`conversation`, id), (`agent`, id) or (`entity`, what the catalog or
+    /// contact book event is about).
+    pub(crate) fn stream_key(&self, event: &Event) -> (&'static str, String) {
+        match (&self.stream, event) {
+            (StreamRef::Conversation(id), _) => ("conversation", id.to_string()),
+            (StreamRef::Agent(id), _) => ("agent", id.to_string()),
+            (StreamRef::Catalog, Event::Config(c)) => ("entity", c.entity()),
+            (StreamRef::Catalog, _) => ("entity", "config".into()),
+            (StreamRef::Contacts, Event::Contact(c)) => ("entity", format!("contact/{}", c.contact())),
+            (StreamRef::Contacts, _) => ("entity", "contacts".into()),
+        }
+    }
+
+    /// An event's CloudEvent `subject`: the conversation, agent or entity.
+    pub(crate) fn cloud_subject(&self, event: &Event) -> String {
+        match (&self.stream, event) {
+            (StreamRef::Conversation(id), _) => id.to_string(),
+            (StreamRef::Agent(id), _) => id.to_string(),
+            (StreamRef::Catalog, Event::Config(c)) => c.entity(),
+            (StreamRef::Catalog, _) => "config".into(),
+            (StreamRef::Contacts, Event::Contact(c)) => c.contact().to_string(),
+            (StreamRef::Contacts, _) => "contacts".into(),
+        }
     }
 }
 
@@ -480,35 +506,27 @@ impl Commit {
     pub fn cloud_events(&self, prefix: &str, stream_seq: u64) -> Vec<Value> {
         let path = self.stream.path();
         let source = format!("/{prefix}/{}/{path}", self.account);
-        self.json_lines()
-            .into_iter()
-            .zip(&self.events)
-            .enumerate()
-            .map(|(index, (data, e))| {
-                let subject = match (&self.stream, &e.event) {
-                    (StreamRef::Conversation(id), _) => id.to_string(),
-                    (StreamRef::Agent(id), _) => id.to_string(),
-                    (StreamRef::Catalog, Event::Config(c)) => c.entity(),
-                    (StreamRef::Catalog, _) => "config".into(),
-                    (StreamRef::Contacts, Event::Contact(c)) => c.contact().to_string(),
-                    (StreamRef::Contacts, _) => "contacts".into(),
-                };
-                let mut map = Map::new();
-                map.insert("specversion".into(), "1.0".into());
-                map.insert("id".into(), EventId::derive(&self.account, &path, e.seq).to_string().into());
-                map.insert("source".into(), source.clone().into());
-                map.insert("type".into(), cloud_event_type(e.event.type_name()).into());
-                map.insert("time".into(), self.at.to_rfc3339().into());
-                map.insert("subject".into(), subject.into());
-                map.insert("datacontenttype".into(), "application/json".into());
-                map.insert("streamseq".into(), stream_seq.into());
-                map.insert("eventindex".into(), index.into());
-                map.insert("commandid".into(), self.command.to_string().into());
-                map.insert("correlationid".into(), self.correlation.to_string().into());
-                map.insert("data".into(), data);
-                Value::Object(map)
-            })
-            .collect()
+        (0..self.events.len()).map(|index| self.cloud_event(&source, &path, stream_seq, index)).collect()
+    }
+
+    /// Event `index` as a CloudEvent (see [`Commit::cloud_events`]);
+    /// `source` and `path` are the commit's.
+    pub(crate) fn cloud_event(&self, source: &str, path: &str, stream_seq: u64, index: usize) -> Value {
+        let e = &self.events[index];
+        let mut map = Map::new();
+        map.insert("specversion".into(), "1.0".into());
+        map.insert("id".into(), EventId::derive(&self.account, path, e.seq).to_string().into());
+        map.insert("source".into(), source.into());
+        map.insert("type".into(), cloud_event_type(e.event.type_name()).into());
+        map.insert("time".into(), self.at.to_rfc3339().into());
+        map.insert("subject".into(), self.cloud_subject(&e.event).into());
+        map.insert("datacontenttype".into(), "application/json".into());
+        map.insert("streamseq".into(), stream_seq.into());
+        map.insert("eventindex".into(), index.into());
+        map.insert("commandid".into(), self.command.to_string().into());
+        map.insert("correlationid".into(), self.correlation.to_string().into());
+        map.insert("data".into(), self.json_line(e));
+        Value::Object(map)
     }
 
     /// The subject of each event on the JSON stream:

@@ -107,6 +107,32 @@ impl Rules {
         }
         events
     }
+
+    /// The commit's events as CloudEvent JSON, masked: the same bytes as
+    /// serializing [`Rules::cloud_events`]. Without rules (most accounts) they
+    /// are written straight from the typed commit
+    /// ([`crate::Commit::cloud_events_json`]).
+    pub fn cloud_events_json(
+        &self,
+        commit: &crate::Commit,
+        prefix: &str,
+        stream_seq: u64,
+    ) -> Vec<crate::cloud_json::CloudEventJson> {
+        if self.is_empty() {
+            return commit.cloud_events_json(prefix, stream_seq);
+        }
+        let events = self.cloud_events(commit, prefix, stream_seq);
+        commit
+            .events
+            .iter()
+            .zip(events)
+            .map(|(e, event)| crate::cloud_json::CloudEventJson {
+                id: event["id"].as_str().unwrap_or_default().to_owned(),
+                event_type: e.event.type_name(),
+                json: serde_json::to_vec(&event).expect("JSON values serialize"),
+            })
+            .collect()
+    }
 }
 
 /// Every account's rules, as the engine last applied its catalog.

@@ -316,6 +316,24 @@ async fn the_feed_and_the_event_stream_serve_cloudevents_redacted_and_resumable(
         page["events"].as_array().unwrap().iter().all(|e| e["source"].as_str().unwrap().starts_with("/convo/acme/"))
     );
 
+    // Paged a commit at a time (each page going on with the read the page
+    // before kept open): the same events, in the same order, as one page.
+    let (_, whole) = get("/v1/accounts/acme/events", &[]).await;
+    let whole = whole["events"].as_array().unwrap().clone();
+    let (mut paged, mut after, mut pages) = (Vec::new(), 0, 0);
+    loop {
+        let (status, page) = get(&format!("/v1/accounts/acme/events?after={after}&limit=1"), &[]).await;
+        assert_eq!(status, 200, "{page}");
+        paged.extend(page["events"].as_array().unwrap().iter().cloned());
+        pages += 1;
+        if page["next"] == after {
+            break;
+        }
+        after = page["next"].as_u64().unwrap();
+    }
+    assert!(pages > 3 && paged.len() >= whole.len(), "{pages} pages, {} events", paged.len());
+    assert_eq!(paged[..whole.len()], whole[..]);
+
     // SSE, resuming from Last-Event-ID, then live.
     let socket = tokio::net::TcpStream::connect(served.http.as_str()).await.unwrap();
     let (mut read, mut write) = socket.into_split();

@@ -119,6 +119,34 @@ fn every_fixture_commit_round_trips_through_postcard_and_keeps_its_json_view() {
     }
 }
 
+/// The CloudEvents the feeds, the JSON stream and webhooks send are written
+/// straight from the typed commit: the same bytes as the `Value` view, for
+/// every event the fixtures and a random day make.
+#[test]
+fn every_events_typed_cloud_event_json_is_the_bytes_of_its_value_view() {
+    let mut commits = fixture_commits();
+    commits.extend(commits_of(&mut convo_sim::workload::RandomDay::new(11, 300)));
+    let mut types = std::collections::BTreeSet::new();
+    for (n, commit) in commits.iter().enumerate() {
+        let typed = commit.cloud_events_json("convo", n as u64 + 1);
+        let values = commit.cloud_events("convo", n as u64 + 1);
+        assert_eq!(typed.len(), values.len());
+        for ((typed, value), e) in typed.iter().zip(&values).zip(&commit.events) {
+            assert_eq!(
+                String::from_utf8_lossy(&typed.json),
+                serde_json::to_string(value).unwrap(),
+                "event {} of {}",
+                e.seq,
+                commit.stream.path()
+            );
+            assert_eq!(typed.id, value["id"].as_str().unwrap());
+            assert_eq!(typed.event_type, e.event.type_name());
+            types.insert(typed.event_type);
+        }
+    }
+    assert!(types.len() >= 25, "most event types are covered: {types:?}");
+}
+
 #[test]
 fn the_json_view_of_a_commit_is_what_convo_simulate_prints() {
     let dir = repo().join("replay-fixtures/sla-worked-example");
