@@ -98,6 +98,9 @@ pub fn parse_request(
     }
     let invalid = |field: &str, message: String| IntakeError::Invalid { field: field.into(), message };
     let account = AccountId::parse_client(account).map_err(|e| invalid("account (subject)", e.to_string()))?;
+    if let Some(parsed) = parse_typed(&account, kind, payload, &actor) {
+        return Ok(parsed);
+    }
     let value: Value = serde_json::from_slice(payload).map_err(|e| IntakeError::MalformedJson(e.to_string()))?;
     let Value::Object(mut map) = value else {
         return Err(invalid("", "a request is a JSON object with id, actor and command".into()));
@@ -132,6 +135,61 @@ pub fn parse_request(
         return Err(IntakeError::SubjectMismatch { subject: kind.to_owned(), body: command.type_name().to_owned() });
     }
     Ok(Parsed { envelope: CommandEnvelope { id, account, actor, command }, reply_events })
+}
+
+/// The usual request parsed straight from its bytes, without a
+/// `serde_json::Value` tree: `None` sends it the long way (which words every
+/// refusal), and so does any request whose strings could break a bound —
+/// longer than [`convo_domain::command::REQUEST_STRING_BYTES_MAX`] in all, or
+/// holding an escape or byte that could be a control character. What it
+/// accepts, the long way accepts the same (a test holds every fixture's
+/// commands to it).
+fn parse_typed(account: &AccountId, kind: &str, payload: &[u8], actor: &Actor) -> Option<Parsed> {
+    use serde_json::value::RawValue;
+    if payload.len() > convo_domain::command::REQUEST_STRING_BYTES_MAX
+        || payload.contains(&0x7f)
+        || payload.windows(2).any(|w| w[0] == b'\\' && matches!(w[1], b'u' | b'b' | b'f'))
+    {
+        return None;
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Wire<'a> {
+        id: String,
+        #[serde(default)]
+        reply_events: bool,
+        #[serde(borrow)]
+        command: &'a RawValue,
+    }
+    let text = std::str::from_utf8(payload).ok()?;
+    let wire: Wire<'_> = serde_json::from_str(text).ok()?;
+    let id = convo_domain::command::parse_client_id(Value::String(wire.id)).ok()?;
+    // `{"type": t, fields…}` as serde's externally tagged `{t: {fields…}}`.
+    let entries = convo_wire::cloud_json::object_entries(wire.command.get())?;
+    let mut types = entries.iter().filter(|(k, _)| *k == "type");
+    let (Some((_, type_)), None) = (types.next(), types.next()) else { return None };
+    let type_: &str = serde_json::from_str(type_.get()).ok()?;
+    if type_ != kind {
+        return None;
+    }
+    let mut tagged = String::with_capacity(wire.command.get().len() + 8);
+    tagged.push_str("{\"");
+    tagged.push_str(type_);
+    tagged.push_str("\":{");
+    for (n, (key, value)) in entries.iter().filter(|(k, _)| *k != "type").enumerate() {
+        if n > 0 {
+            tagged.push(',');
+        }
+        tagged.push_str(&serde_json::to_string(key).ok()?);
+        tagged.push(':');
+        tagged.push_str(value.get());
+    }
+    tagged.push_str("}}");
+    let command: convo_domain::Command = serde_json::from_str(&tagged).ok()?;
+    Some(Parsed {
+        envelope: CommandEnvelope { id, account: account.clone(), actor: actor.clone(), command },
+        reply_events: wire.reply_events,
+    })
 }
 
 /// A request that passed the door.
@@ -364,6 +422,65 @@ mod tests {
 
     fn parse_request(account: &str, kind: &str, payload: &[u8], max: usize) -> Result<CommandEnvelope, IntakeError> {
         super::parse_request(account, kind, payload, max, Actor::system("test")).map(|p| p.envelope)
+    }
+
+    /// The request the long way (through a `Value` tree), as if the typed
+    /// path had declined it.
+    fn parse_by_tree(account: &str, kind: &str, payload: &[u8]) -> Result<Parsed, IntakeError> {
+        let long = [payload, b" ".repeat(convo_domain::command::REQUEST_STRING_BYTES_MAX).as_slice()].concat();
+        super::parse_request(account, kind, &long, usize::MAX, Actor::system("test"))
+    }
+
+    /// Every command of every fixture, as a request: the typed path takes
+    /// it (most) and gives what the long way gives; requests it declines
+    /// (escapes, bad fields) get the long way's answer.
+    #[test]
+    fn the_typed_path_parses_requests_as_the_tree_does() {
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../replay-fixtures");
+        let (mut typed, mut all) = (0, 0);
+        let account = AccountId::parse_client("acme").unwrap();
+        let actor = Actor::system("test");
+        for entry in std::fs::read_dir(fixtures).unwrap() {
+            let Ok(text) = std::fs::read_to_string(entry.unwrap().path().join("input.jsonl")) else { continue };
+            for line in text.lines().filter(|l| l.trim_start().starts_with('{')) {
+                let input: Value = serde_json::from_str(line).unwrap();
+                let Some(command) = input.get("command") else { continue };
+                let kind = command["type"].as_str().unwrap_or_default();
+                for reply_events in [None, Some(true)] {
+                    let mut request = json!({"id": input["id"].as_str().unwrap_or("x1"), "command": command});
+                    if let Some(flag) = reply_events {
+                        request["reply_events"] = json!(flag);
+                    }
+                    let payload = serde_json::to_vec(&request).unwrap();
+                    let long = parse_by_tree("acme", kind, &payload);
+                    all += 1;
+                    if let Some(fast) = parse_typed(&account, kind, &payload, &actor) {
+                        typed += 1;
+                        let long = long.as_ref().expect("what the typed path takes, the long way takes");
+                        assert_eq!(fast.envelope, long.envelope, "{line}");
+                        assert_eq!(fast.reply_events, long.reply_events);
+                    }
+                    let answer = super::parse_request("acme", kind, &payload, COMMAND_BYTES_MAX, actor.clone());
+                    assert_eq!(answer.map(|p| p.envelope).ok(), long.map(|p| p.envelope).ok(), "{line}");
+                }
+            }
+        }
+        assert!(all > 500 && typed * 10 >= all * 9, "{typed} of {all} requests took the typed path");
+        // Refusals are the long way's, word for word.
+        for body in [
+            r#"{"id":"m1","actor":{"kind":"user"},"command":{"type":"tick","conversation":"c1"}}"#,
+            r#"{"id":"m1","command":{"type":"tick","conversation":"c1"},"extra":1}"#,
+            r#"{"id":"m1","command":{"type":"tick","conversation":"c\u0007"}}"#,
+            r#"{"id":"_t1","command":{"type":"tick","conversation":"c1"}}"#,
+            r#"{"id":"m1","reply_events":null,"command":{"type":"tick","conversation":"c1"}}"#,
+            r#"{"id":"m1","command":{"type":"close","conversation":"c1"}}"#,
+        ] {
+            assert!(parse_typed(&account, "tick", body.as_bytes(), &actor).is_none(), "{body}");
+            assert_eq!(
+                super::parse_request("acme", "tick", body.as_bytes(), COMMAND_BYTES_MAX, actor.clone()).unwrap_err(),
+                parse_by_tree("acme", "tick", body.as_bytes()).unwrap_err()
+            );
+        }
     }
 
     #[test]

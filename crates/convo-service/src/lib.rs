@@ -262,8 +262,12 @@ impl Service {
                         _ = stop.cancelled() => break,
                         _ = every.tick() => {}
                     }
-                    if let Err(e) = signing.flush() {
-                        tracing::warn!("could not write the anchors: {e}");
+                    // Off the runtime's threads: the write waits for the disk.
+                    let signing = signing.clone();
+                    match tokio::task::spawn_blocking(move || signing.flush()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::warn!("could not write the anchors: {e}"),
+                        Err(e) => tracing::warn!("could not write the anchors: {e}"),
                     }
                 }
             }

@@ -28,7 +28,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Instant;
 
 use futures::StreamExt;
 use hmac::{Hmac, Mac};
@@ -99,7 +98,7 @@ pub struct Signing {
     stream: String,
     unsigned_through: u64,
     anchors_path: PathBuf,
-    anchors: Option<Mutex<Anchors>>,
+    anchors: Option<Anchors>,
 }
 
 impl std::fmt::Debug for Signing {
@@ -115,9 +114,12 @@ impl std::fmt::Debug for Signing {
 
 #[derive(Debug)]
 struct Anchors {
-    pending: BTreeMap<(String, String), (u64, u64)>,
-    prev: String,
-    written: Instant,
+    /// Where each aggregate appended to since the last write stands:
+    /// (account, aggregate) → (its last event, the stream sequence).
+    pending: Mutex<BTreeMap<(String, String), (u64, u64)>>,
+    /// The chain's last MAC; held by the one writer while it writes, so
+    /// appends noting their place never wait for the file.
+    chain: Mutex<String>,
 }
 
 impl Signing {
@@ -152,11 +154,10 @@ impl Signing {
             std::fs::rename(&temp, &path).map_err(io(&path))?;
         }
         let mut signing = Self::from_file(dir, &path, &file, stream)?.expect("the stream was just recorded");
-        signing.anchors = Some(Mutex::new(Anchors {
-            pending: BTreeMap::new(),
-            prev: last_anchor_mac(&signing.anchors_path)?,
-            written: Instant::now(),
-        }));
+        signing.anchors = Some(Anchors {
+            pending: Mutex::new(BTreeMap::new()),
+            chain: Mutex::new(last_anchor_mac(&signing.anchors_path)?),
+        });
         Ok((signing, made))
     }
 
@@ -251,33 +252,55 @@ impl Signing {
     }
 
     /// Notes where an aggregate stands after an append (the serving engine
-    /// only), and writes the anchors when due.
+    /// only). The anchors are written by [`Signing::flush`], which the
+    /// serving engine calls every [`ANCHOR_EVERY_MS`] off the append path;
+    /// only when [`ANCHOR_PENDING_MAX`] aggregates wait does an append write
+    /// them itself.
     pub fn anchor(&self, commit: &Commit, stream_seq: u64) -> Result<(), SigningError> {
         let Some(anchors) = &self.anchors else { return Ok(()) };
-        let mut anchors = anchors.lock().expect("not poisoned");
-        let key = (commit.account.to_string(), commit.stream.path());
-        let entry = anchors.pending.entry(key).or_insert((0, 0));
-        if commit.last_seq() > entry.0 {
-            *entry = (commit.last_seq(), stream_seq);
-        }
-        let due = anchors.pending.len() >= ANCHOR_PENDING_MAX
-            || anchors.written.elapsed() >= std::time::Duration::from_millis(ANCHOR_EVERY_MS);
-        if due { self.write(&mut anchors) } else { Ok(()) }
+        let full = {
+            let mut pending = anchors.pending.lock().expect("not poisoned");
+            let entry = pending.entry((commit.account.to_string(), commit.stream.path())).or_insert((0, 0));
+            if commit.last_seq() > entry.0 {
+                *entry = (commit.last_seq(), stream_seq);
+            }
+            pending.len() >= ANCHOR_PENDING_MAX
+        };
+        if full { self.flush() } else { Ok(()) }
     }
 
-    /// Writes the anchors noted since the last write (at shutdown, and on a timer).
+    /// Writes the anchors noted since the last write (on the serving
+    /// engine's timer, when too many wait, and at shutdown). The chain moves
+    /// on only once they are on disk; what a failed write held waits for the
+    /// next one.
     pub fn flush(&self) -> Result<(), SigningError> {
         let Some(anchors) = &self.anchors else { return Ok(()) };
-        self.write(&mut anchors.lock().expect("not poisoned"))
-    }
-
-    /// Appends the pending anchors; they (and the chain) move on only once
-    /// written, so a failed write is retried whole the next time.
-    fn write(&self, anchors: &mut Anchors) -> Result<(), SigningError> {
-        anchors.written = Instant::now();
-        if anchors.pending.is_empty() {
+        let mut chain = anchors.chain.lock().expect("not poisoned");
+        let pending = std::mem::take(&mut *anchors.pending.lock().expect("not poisoned"));
+        if pending.is_empty() {
             return Ok(());
         }
+        match self.write(&chain, &pending) {
+            Ok(last) => {
+                *chain = last;
+                Ok(())
+            }
+            Err(e) => {
+                let mut waiting = anchors.pending.lock().expect("not poisoned");
+                for (key, place) in pending {
+                    let entry = waiting.entry(key).or_insert(place);
+                    if place.0 > entry.0 {
+                        *entry = place;
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Appends `pending` as anchor lines chained from `prev`, and syncs
+    /// them; the last line's MAC.
+    fn write(&self, prev: &str, pending: &BTreeMap<(String, String), (u64, u64)>) -> Result<String, SigningError> {
         let path = &self.anchors_path;
         let mut file = std::fs::OpenOptions::new().create(true).append(true).read(true).open(path).map_err(io(path))?;
         // A line cut short by a crash is ended first, so it stays one damaged line.
@@ -291,8 +314,8 @@ impl Signing {
                 out.push('\n');
             }
         }
-        let mut prev = anchors.prev.clone();
-        for ((account, aggregate), (event, seq)) in &anchors.pending {
+        let mut prev = prev.to_owned();
+        for ((account, aggregate), (event, seq)) in pending {
             let body =
                 json!({"stream": self.stream, "account": account, "aggregate": aggregate, "event": event, "seq": seq});
             let mac = self.line_mac(&prev, &body);
@@ -305,9 +328,7 @@ impl Signing {
         file.write_all(out.as_bytes()).map_err(io(path))?;
         // On disk before the chain moves on, as the commits it anchors are (sync_interval: always).
         file.sync_data().map_err(io(path))?;
-        anchors.pending.clear();
-        anchors.prev = prev;
-        Ok(())
+        Ok(prev)
     }
 
     fn line_mac(&self, prev: &str, body: &Value) -> String {

@@ -144,14 +144,9 @@ impl<'a> Tagged<'a> {
             let kind: &str = serde_json::from_str(view).ok()?;
             return Some(Self { kind, fields: Vec::new() });
         }
-        let Entries(outer) = serde_json::from_str(view).ok()?;
+        let outer = object_entries(view)?;
         let [(kind, inner)] = outer.as_slice() else { return None };
-        let fields = if inner.get().starts_with('{') {
-            let Entries(fields) = serde_json::from_str(inner.get()).ok()?;
-            fields
-        } else {
-            vec![("value", *inner)]
-        };
+        let fields = if inner.get().starts_with('{') { object_entries(inner.get())? } else { vec![("value", *inner)] };
         let repeats = |i: usize| fields[..i].iter().any(|(k, _)| *k == fields[i].0);
         if fields.iter().enumerate().any(|(i, (k, _))| reserved.contains(k) || repeats(i)) {
             return None;
@@ -160,7 +155,12 @@ impl<'a> Tagged<'a> {
     }
 }
 
-/// A JSON object's entries in their order, the values unparsed.
+/// A JSON object's entries in their order, the values unparsed (`None`:
+/// not an object, or a key with escapes).
+pub fn object_entries(text: &str) -> Option<Vec<(&str, &RawValue)>> {
+    serde_json::from_str::<Entries<'_>>(text).ok().map(|Entries(entries)| entries)
+}
+
 struct Entries<'a>(Vec<(&'a str, &'a RawValue)>);
 
 impl<'de> Deserialize<'de> for Entries<'de> {
