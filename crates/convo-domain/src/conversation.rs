@@ -412,16 +412,27 @@ pub struct Conversation {
     pub silence: Option<Silence>,
     /// The latest message by a human (contact or agent).
     pub last_human_at: Timestamp,
-    /// Users who wrote at least once (for reply-before-close).
-    pub writers: Vec<UserId>,
-    pub fields: BTreeMap<String, String>,
-    pub labels: BTreeSet<String>,
+    /// Writers, fields and labels, when the conversation has any.
+    extras: Option<Box<Extras>>,
     pub survey: Survey,
     pub messages: u32,
     /// How many times automations ran in this conversation.
     pub automation_runs: u32,
     recent: RecentCommands,
 }
+
+/// What a conversation holds only once people work on it: boxed apart, so
+/// the many that wait in a queue cost a pointer, not three empty collections.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Extras {
+    /// Users who wrote at least once (for reply-before-close).
+    writers: Vec<UserId>,
+    fields: BTreeMap<String, String>,
+    labels: BTreeSet<String>,
+}
+
+static NO_FIELDS: BTreeMap<String, String> = BTreeMap::new();
+static NO_LABELS: BTreeSet<String> = BTreeSet::new();
 
 /// What a command may read besides the conversation: the account's
 /// configuration and the live floor (agent presence and load).
@@ -567,14 +578,30 @@ impl Conversation {
             responses: 0,
             silence: None,
             last_human_at: Timestamp::default(),
-            writers: Vec::new(),
-            fields: BTreeMap::new(),
-            labels: BTreeSet::new(),
+            extras: None,
             survey: Survey::NotSent,
             messages: 0,
             automation_runs: 0,
             recent: RecentCommands::default(),
         }
+    }
+
+    /// Users who wrote at least once (for reply-before-close).
+    pub fn writers(&self) -> &[UserId] {
+        self.extras.as_ref().map_or(&[], |e| &e.writers)
+    }
+
+    /// The dynamic fields set, by name.
+    pub fn fields(&self) -> &BTreeMap<String, String> {
+        self.extras.as_ref().map_or(&NO_FIELDS, |e| &e.fields)
+    }
+
+    pub fn labels(&self) -> &BTreeSet<String> {
+        self.extras.as_ref().map_or(&NO_LABELS, |e| &e.labels)
+    }
+
+    fn extras_mut(&mut self) -> &mut Extras {
+        self.extras.get_or_insert_with(Box::default)
     }
 
     /// A copy to decide ahead on (within one decision): everything but the
@@ -592,9 +619,7 @@ impl Conversation {
             responses: self.responses,
             silence: self.silence,
             last_human_at: self.last_human_at,
-            writers: self.writers.clone(),
-            fields: self.fields.clone(),
-            labels: self.labels.clone(),
+            extras: self.extras.clone(),
             survey: self.survey,
             messages: self.messages,
             automation_runs: self.automation_runs,
@@ -807,7 +832,7 @@ impl Conversation {
                 if c.value.len() > FIELD_VALUE_BYTES_MAX {
                     return Err(Rejection::invalid("value", format!("at most {FIELD_VALUE_BYTES_MAX} bytes")));
                 }
-                if self.fields.get(&c.field) != Some(&c.value) {
+                if self.fields().get(&c.field) != Some(&c.value) {
                     out.emit(ConversationEvent::DynamicFieldSet { field: c.field.clone(), value: c.value.clone() });
                 }
             }
@@ -817,10 +842,10 @@ impl Conversation {
                 if !ctx.catalog.settings.labels.contains(&c.label) {
                     return Err(Rejection::UnknownLabel(c.label.clone()));
                 }
-                let present = self.labels.contains(&c.label);
+                let present = self.labels().contains(&c.label);
                 if matches!(envelope.command, Command::AddLabel(_)) {
                     if !present {
-                        if self.labels.len() >= LABELS_PER_CONVERSATION_MAX {
+                        if self.labels().len() >= LABELS_PER_CONVERSATION_MAX {
                             return Err(Rejection::invalid(
                                 "label",
                                 format!("at most {LABELS_PER_CONVERSATION_MAX} labels on a conversation"),
@@ -855,14 +880,14 @@ impl Conversation {
                 if let Some(missing) = campaign
                     .dynamic_fields
                     .iter()
-                    .find(|f| f.mandatory && self.fields.get(&f.name).is_none_or(|v| v.trim().is_empty()))
+                    .find(|f| f.mandatory && self.fields().get(&f.name).is_none_or(|v| v.trim().is_empty()))
                 {
                     return Err(Rejection::MandatoryFieldMissing(missing.name.clone()));
                 }
                 self.check_contact_attributes(ctx, facts)?;
                 if let Some(user) = closer
                     && !campaign.permissions.allow_close_without_reply
-                    && !self.writers.contains(&user.id)
+                    && !self.writers().contains(&user.id)
                 {
                     return Err(Rejection::ReplyRequired(user.id.clone()));
                 }
@@ -1240,10 +1265,10 @@ impl Conversation {
             Condition::Channel(list) => list.contains(&facts.channel),
             Condition::Campaign(list) => list.contains(&facts.campaign),
             Condition::Team(list) => facts.team.as_ref().is_some_and(|t| list.contains(t)),
-            Condition::HasLabel(label) => self.labels.contains(label),
-            Condition::LacksLabel(label) => !self.labels.contains(label),
+            Condition::HasLabel(label) => self.labels().contains(label),
+            Condition::LacksLabel(label) => !self.labels().contains(label),
             Condition::Label(_) | Condition::TextContains(_) | Condition::TextMatches(_) => true,
-            Condition::Field { field, equals } => self.fields.get(field) == Some(equals),
+            Condition::Field { field, equals } => self.fields().get(field) == Some(equals),
             Condition::ContactNameContains(needle) => {
                 facts.contact_name.as_deref().is_some_and(|n| lower(n).contains(&lower(needle)))
             }
@@ -1607,8 +1632,8 @@ impl Conversation {
                     Author::Agent(user) => {
                         self.last_human_at = at;
                         self.silence = Some(Silence { since: at, warnings: 0 });
-                        if !self.writers.contains(user) {
-                            self.writers.push(user.clone());
+                        if !self.writers().contains(user) {
+                            self.extras_mut().writers.push(user.clone());
                         }
                     }
                     Author::Bot(_) => {
@@ -1666,13 +1691,15 @@ impl Conversation {
                 }
             }
             ConversationEvent::DynamicFieldSet { field, value } => {
-                self.fields.insert(field.clone(), value.clone());
+                self.extras_mut().fields.insert(field.clone(), value.clone());
             }
             ConversationEvent::LabelAdded { label } => {
-                self.labels.insert(label.clone());
+                self.extras_mut().labels.insert(label.clone());
             }
             ConversationEvent::LabelRemoved { label } => {
-                self.labels.remove(label);
+                if let Some(extras) = self.extras.as_mut() {
+                    extras.labels.remove(label);
+                }
             }
             ConversationEvent::ConversationClosed { .. } => {
                 self.status = Status::Closed;

@@ -137,6 +137,21 @@ impl Record {
     }
 }
 
+/// A conversation in memory, and the deadline it has in the timer queue
+/// (so one is never queued twice): kept beside the aggregate, not in a map
+/// of its own keyed by account and conversation.
+#[derive(Debug)]
+struct Held {
+    conversation: Conversation,
+    armed: Option<Timestamp>,
+}
+
+impl Held {
+    fn new(id: &ConversationId) -> Box<Self> {
+        Box::new(Self { conversation: Conversation::new(id.clone()), armed: None })
+    }
+}
+
 #[derive(Debug)]
 struct Account {
     catalog: Catalog,
@@ -144,7 +159,7 @@ struct Account {
     floor: Floor,
     /// Boxed: the map's nodes keep a pointer per conversation, not the
     /// aggregate itself, so the nodes' slack costs bytes, not aggregates.
-    conversations: BTreeMap<ConversationId, Box<Conversation>>,
+    conversations: BTreeMap<ConversationId, Box<Held>>,
     agents: BTreeMap<UserId, AgentPresence>,
     /// The log sequence of each aggregate's last commit.
     last_commit: BTreeMap<StreamRef, u64>,
@@ -169,8 +184,8 @@ pub struct World {
     accounts: BTreeMap<AccountId, Account>,
     /// (deadline, account, conversation); stale entries are skipped when popped.
     timers: BinaryHeap<Reverse<(Timestamp, AccountId, ConversationId)>>,
-    /// The deadline each conversation has in `timers`, so one is never queued twice.
-    armed: HashMap<(AccountId, ConversationId), Timestamp>,
+    /// How many conversations have a deadline in `timers` ([`Held::armed`]).
+    armed: usize,
     /// Closed conversations in memory, by the time of their last commit.
     closed: BTreeSet<(Timestamp, AccountId, ConversationId)>,
     closed_at: HashMap<(AccountId, ConversationId), Timestamp>,
@@ -202,12 +217,16 @@ pub fn stream_of(command: &Command) -> StreamRef {
 
 fn arm(
     timers: &mut BinaryHeap<Reverse<(Timestamp, AccountId, ConversationId)>>,
-    armed: &mut HashMap<(AccountId, ConversationId), Timestamp>,
-    key: &(AccountId, ConversationId),
+    armed: &mut usize,
+    held: &mut Held,
+    key: (&AccountId, &ConversationId),
     deadline: Timestamp,
 ) {
-    if armed.get(key) != Some(&deadline) {
-        armed.insert(key.clone(), deadline);
+    if held.armed != Some(deadline) {
+        if held.armed.is_none() {
+            *armed += 1;
+        }
+        held.armed = Some(deadline);
         timers.push(Reverse((deadline, key.0.clone(), key.1.clone())));
     }
 }
@@ -231,7 +250,7 @@ impl World {
 
     /// A conversation's state, if it exists.
     pub fn conversation(&self, account: &AccountId, id: &ConversationId) -> Option<&Conversation> {
-        self.accounts.get(account)?.conversations.get(id).map(|c| &**c)
+        self.accounts.get(account)?.conversations.get(id).map(|h| &h.conversation)
     }
 
     pub fn floor(&self, account: &AccountId) -> Option<&Floor> {
@@ -250,7 +269,7 @@ impl World {
     /// How many conversations are open across accounts.
     /// The conversation deadlines armed now.
     pub fn armed_timers(&self) -> usize {
-        self.armed.len()
+        self.armed
     }
 
     pub fn open_conversations(&self) -> usize {
@@ -292,7 +311,7 @@ impl World {
             Target::Conversation(id) => {
                 let blank;
                 let conversation = match account.conversations.get(id) {
-                    Some(c) => c,
+                    Some(h) => &h.conversation,
                     None => {
                         blank = Conversation::new(id.clone());
                         &blank
@@ -311,7 +330,7 @@ impl World {
         match stream {
             StreamRef::Catalog => a.catalog.seq,
             StreamRef::Agent(id) => a.agents.get(id).map_or(0, |p| p.seq),
-            StreamRef::Conversation(id) => a.conversations.get(id).map_or(0, |c| c.seq),
+            StreamRef::Conversation(id) => a.conversations.get(id).map_or(0, |h| h.conversation.seq),
             StreamRef::Contacts => a.contacts.seq,
         }
     }
@@ -449,8 +468,8 @@ impl World {
                 }
             }
             StreamRef::Conversation(id) => {
-                let conversation =
-                    account.conversations.entry(id.clone()).or_insert_with(|| Box::new(Conversation::new(id.clone())));
+                let held = &mut **account.conversations.entry(id.clone()).or_insert_with(|| Held::new(id));
+                let conversation = &mut held.conversation;
                 for record in commit.conversation_records() {
                     conversation.evolve(&record);
                     account.floor.apply_conversation(id, &record);
@@ -472,12 +491,13 @@ impl World {
                     }
                 }
                 let deadline = conversation.next_deadline();
-                let key = (commit.account.clone(), id.clone());
+                let closed = conversation.status == Status::Closed;
                 if let Some(deadline) = deadline {
-                    arm(&mut self.timers, &mut self.armed, &key, deadline);
+                    arm(&mut self.timers, &mut self.armed, held, (&commit.account, id), deadline);
                 }
+                let key = (commit.account.clone(), id.clone());
                 self.evicted.remove(&key);
-                if conversation.status == Status::Closed {
+                if closed {
                     if let Some(before) = self.closed_at.insert(key.clone(), commit.at) {
                         self.closed.remove(&(before, key.0.clone(), key.1.clone()));
                     }
@@ -513,7 +533,9 @@ impl World {
             loaded = loaded.saturating_sub(1);
             self.closed_at.remove(&(account.clone(), id.clone()));
             if let Some(a) = self.accounts.get_mut(&account) {
-                a.conversations.remove(&id);
+                if a.conversations.remove(&id).is_some_and(|h| h.armed.is_some()) {
+                    self.armed -= 1;
+                }
                 a.last_commit.remove(&StreamRef::Conversation(id.clone()));
             }
             self.evicted.insert((account, id));
@@ -560,7 +582,8 @@ impl World {
                 }
             }
             for (cid, conversation) in &log.conversations {
-                match live.conversations.get(cid) {
+                let conversation = &conversation.conversation;
+                match live.conversations.get(cid).map(|h| &h.conversation) {
                     Some(c) if c == conversation => {}
                     Some(c) => {
                         return Some(format!(
@@ -584,8 +607,8 @@ impl World {
     pub fn overdue(&self, at: Timestamp) -> Vec<(AccountId, ConversationId, Timestamp)> {
         let mut out = Vec::new();
         for (id, a) in &self.accounts {
-            for (cid, c) in &a.conversations {
-                if let Some(deadline) = c.next_deadline().filter(|d| *d <= at) {
+            for (cid, h) in &a.conversations {
+                if let Some(deadline) = h.conversation.next_deadline().filter(|d| *d <= at) {
                     out.push((id.clone(), cid.clone(), deadline));
                 }
             }
@@ -609,21 +632,25 @@ impl World {
     /// Puts a conversation's next deadline back in the timer queue (after its
     /// tick could not be decided or made durable); a no-op when it is there.
     pub fn rearm(&mut self, account: &AccountId, id: &ConversationId) {
-        if let Some(deadline) = self.conversation(account, id).and_then(Conversation::next_deadline) {
-            arm(&mut self.timers, &mut self.armed, &(account.clone(), id.clone()), deadline);
+        let Some(held) = self.accounts.get_mut(account).and_then(|a| a.conversations.get_mut(id)) else { return };
+        if let Some(deadline) = held.conversation.next_deadline() {
+            arm(&mut self.timers, &mut self.armed, held, (account, id), deadline);
         }
     }
 
     /// The earliest pending timer, skipping stale entries.
     pub fn next_timer(&mut self) -> Option<Timestamp> {
         while let Some(Reverse((at, account, id))) = self.timers.peek() {
-            let live = self.accounts.get(account).and_then(|a| a.conversations.get(id)).and_then(|c| c.next_deadline());
-            let key = (account.clone(), id.clone());
-            if live == Some(*at) && self.armed.get(&key) == Some(at) {
-                return Some(*at);
-            }
-            if self.armed.get(&key) == Some(at) {
-                self.armed.remove(&key);
+            let at = *at;
+            // Live when it is the deadline its conversation has armed, and still its next one.
+            if let Some(held) = self.accounts.get_mut(account).and_then(|a| a.conversations.get_mut(id))
+                && held.armed == Some(at)
+            {
+                if held.conversation.next_deadline() == Some(at) {
+                    return Some(at);
+                }
+                held.armed = None;
+                self.armed -= 1;
             }
             self.timers.pop();
         }
@@ -635,8 +662,10 @@ impl World {
     pub fn pop_due_tick(&mut self, bound: Timestamp) -> Option<(CommandEnvelope, Timestamp)> {
         let at = self.next_timer().filter(|at| *at <= bound)?;
         let Reverse((_, account, id)) = self.timers.pop()?;
-        self.armed.remove(&(account.clone(), id.clone()));
-        let seq = self.accounts[&account].conversations[&id].seq;
+        let held = self.accounts.get_mut(&account)?.conversations.get_mut(&id)?;
+        held.armed = None;
+        self.armed -= 1;
+        let seq = held.conversation.seq;
         let envelope = CommandEnvelope {
             id: engine_command_id("tick", seq + 1),
             account,
@@ -665,7 +694,7 @@ impl World {
     pub fn next_assignment(&self) -> Option<CommandEnvelope> {
         self.accounts.iter().find_map(|(account, a)| {
             let (conversation, agent) = a.floor.next_assignment(&a.catalog)?;
-            let seq = a.conversations.get(&conversation).map_or(0, |c| c.seq);
+            let seq = a.conversations.get(&conversation).map_or(0, |h| h.conversation.seq);
             Some(CommandEnvelope {
                 id: engine_command_id("route", seq + 1),
                 account: account.clone(),
