@@ -39,14 +39,33 @@ pub const PARTITIONS_MAX: usize = 256;
 pub const IDLE_WAKE_MS: u64 = 1_000;
 pub use crate::machine::EVICT_CLOSED_AFTER_SECS;
 
+/// Replies counted in the partition loop and handed to the metrics with the
+/// gauges (every [`GAUGES_EVERY_MS`], and when the partition stops), not one
+/// lock of the registry per reply.
+#[derive(Debug, Default)]
+struct Tally {
+    commands: HashMap<(&'static str, &'static str), u64>,
+    rejections: HashMap<&'static str, u64>,
+}
+
+/// How often a partition hands its gauges and counts to the metrics.
+pub const GAUGES_EVERY_MS: u64 = 250;
+
+impl Tally {
+    fn flush(&mut self, metrics: &convo_store::metrics::Metrics) {
+        for ((kind, outcome), n) in self.commands.drain() {
+            metrics.inc("convo_commands_total", &[("type", kind), ("outcome", outcome)], n);
+        }
+        for (code, n) in self.rejections.drain() {
+            metrics.inc("convo_rejections_total", &[("code", code)], n);
+        }
+    }
+}
+
 /// One log line per command that was not executed as asked (a rejection:
 /// info; an error: warn), with its code, account, command id and type; and
-/// the metrics of every reply.
-fn note_reply(
-    metrics: Option<&convo_store::metrics::Metrics>,
-    envelope: &convo_domain::CommandEnvelope,
-    result: &Result<Outcome, crate::Failure>,
-) {
+/// the count of every reply.
+fn note_reply(tally: &mut Tally, envelope: &convo_domain::CommandEnvelope, result: &Result<Outcome, crate::Failure>) {
     let (account, command, kind) = (&envelope.account, &envelope.id, envelope.command.type_name());
     let (outcome, code) = crate::intake::classify(result);
     match (result, code) {
@@ -57,12 +76,10 @@ fn note_reply(
         (Err(failure), Some(code)) => tracing::warn!(%account, %command, kind, code, "not executed: {failure}"),
         _ => tracing::debug!(%account, %command, kind, outcome, "executed"),
     }
-    if let Some(metrics) = metrics {
-        if let (Ok(_), Some(code)) = (result, code) {
-            metrics.inc("convo_rejections_total", &[("code", code)], 1);
-        }
-        metrics.inc("convo_commands_total", &[("type", kind), ("outcome", outcome)], 1);
+    if let (Ok(_), Some(code)) = (result, code) {
+        *tally.rejections.entry(code).or_default() += 1;
     }
+    *tally.commands.entry((kind, outcome)).or_default() += 1;
 }
 
 /// Tells whoever follows the catalogs (the NATS logins, the redaction rules) of `catalog` as applied now.
@@ -317,6 +334,7 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
     let mut reported = 0;
     let partition_label = partition.to_string();
     let mut gauges_at = std::time::Instant::now() - Duration::from_secs(1);
+    let mut tally = Tally::default();
     loop {
         if *halt.borrow_and_update() || deposed.is_some() {
             // Another instance decides now (or may): stop at once (what is in
@@ -324,8 +342,9 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
             break;
         }
         if let Some(metrics) = &config.metrics
-            && gauges_at.elapsed() >= Duration::from_millis(250)
+            && gauges_at.elapsed() >= Duration::from_millis(GAUGES_EVERY_MS)
         {
+            tally.flush(metrics);
             let p = [("partition", partition_label.as_str())];
             metrics.set("convo_partition_queue_depth", &p, requests.len() as f64);
             metrics.set("convo_appends_in_flight", &p, io.len() as f64);
@@ -364,7 +383,7 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
         let mut forbidden = Vec::new();
         while let Some(output) = machine.poll() {
             if let Output::Reply { envelope, result, .. } = &output {
-                note_reply(config.metrics.as_deref(), envelope, result);
+                note_reply(&mut tally, envelope, result);
             }
             match output {
                 Output::Append { io, commit, expected } => group.push(Append { io, commit, expected }),
@@ -518,6 +537,9 @@ pub async fn run_partition<S: EventStore + Clone + 'static>(
             partition,
             "partition {partition} is served by another instance now (its fence is at {current}); stopped deciding for it"
         );
+    }
+    if let Some(metrics) = &config.metrics {
+        tally.flush(metrics);
     }
     // Every request taken counts, those refused before the machine saw them too.
     let batched = group.stats();

@@ -386,8 +386,17 @@ async fn the_feed_and_the_event_stream_serve_cloudevents_redacted_and_resumable(
         );
         serde_json::from_slice::<Value>(&out.stdout).unwrap()
     };
-    let before = parse(&scrape().await);
+    // Replies are counted by the partition and handed to the registry with its
+    // gauges (within a second): scrape until they are there.
     let committed = r#"convo_commands_total{"outcome": "committed", "type": "define_client"}"#;
+    let mut before = parse(&scrape().await);
+    for _ in 0..100 {
+        if before[committed].as_f64().is_some_and(|n| n >= 3.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        before = parse(&scrape().await);
+    }
     assert!(before[committed].as_f64().unwrap() >= 3.0, "{before}");
     assert!(before["convo_append_seconds_count{}"].as_f64().unwrap() >= 5.0, "{before}");
     assert!(before.as_object().unwrap().keys().any(|k| k.starts_with("convo_open_conversations")), "{before}");
@@ -396,7 +405,15 @@ async fn the_feed_and_the_event_stream_serve_cloudevents_redacted_and_resumable(
     let path = "/v1/accounts/acme/commands/define_client";
     let (status, _) = http(&served, "127.0.0.1", "POST", path, Some(&served.operator), &[], Some(&again)).await;
     assert_eq!(status, 409);
-    let after = parse(&scrape().await);
+    let rejected = r#"convo_rejections_total{"code": "already_defined"}"#;
+    let mut after = parse(&scrape().await);
+    for _ in 0..100 {
+        if after[committed] != before[committed] && after[rejected].is_number() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        after = parse(&scrape().await);
+    }
     assert_eq!(after[committed].as_f64().unwrap(), before[committed].as_f64().unwrap() + 1.0, "/metrics moves");
     assert_eq!(after[r#"convo_rejections_total{"code": "already_defined"}"#], 1.0, "{after}");
     // One JSON log line per rejection, with its code, account and command id.
