@@ -17,10 +17,14 @@ use sha2::Sha256;
 
 /// The most bytes of a receiver's answer read (the rest is dropped).
 pub const RESPONSE_BYTES_MAX: usize = 64 * 1024;
-/// The most idle connections kept for one receiver (scheme, host, port).
-pub const IDLE_PER_RECEIVER_MAX: usize = 8;
+/// The most idle connections kept for one receiver (scheme, host, port):
+/// as many as deliveries in flight in all by default, since several
+/// endpoints may name one receiver.
+pub const IDLE_PER_RECEIVER_MAX: usize = 64;
 /// The most receivers idle connections are kept for.
 pub const RECEIVERS_MAX: usize = 256;
+/// The most idle connections kept in all.
+pub const IDLE_MAX: usize = 256;
 /// How long an idle connection is kept for the next delivery.
 pub const IDLE_KEEP: Duration = Duration::from_secs(30);
 
@@ -41,8 +45,8 @@ impl Drop for Open {
 }
 
 /// Connections kept alive between deliveries, per receiver: at most
-/// [`IDLE_PER_RECEIVER_MAX`] each, [`RECEIVERS_MAX`] receivers, none idle
-/// longer than [`IDLE_KEEP`].
+/// [`IDLE_PER_RECEIVER_MAX`] each, [`RECEIVERS_MAX`] receivers and
+/// [`IDLE_MAX`] in all, none idle longer than [`IDLE_KEEP`].
 #[derive(Default)]
 pub struct Connections(std::sync::Mutex<std::collections::HashMap<String, Vec<Open>>>);
 
@@ -75,9 +79,10 @@ impl Connections {
                 return;
             }
         }
+        let kept: usize = idle.values().map(Vec::len).sum();
         let open = idle.entry(receiver.to_owned()).or_default();
         open.retain(|c| c.since.elapsed() < IDLE_KEEP && !c.sender.is_closed());
-        if open.len() < IDLE_PER_RECEIVER_MAX {
+        if open.len() < IDLE_PER_RECEIVER_MAX && kept < IDLE_MAX {
             connection.since = Instant::now();
             open.push(connection);
         }
