@@ -147,6 +147,7 @@ pub fn parse_request(
 fn parse_typed(account: &AccountId, kind: &str, payload: &[u8], actor: &Actor) -> Option<Parsed> {
     use serde_json::value::RawValue;
     if payload.len() > convo_domain::command::REQUEST_STRING_BYTES_MAX
+        || payload.trim_ascii_start().first() != Some(&b'{')
         || payload.contains(&0x7f)
         || payload.windows(2).any(|w| w[0] == b'\\' && matches!(w[1], b'u' | b'b' | b'f'))
     {
@@ -474,6 +475,7 @@ mod tests {
             r#"{"id":"_t1","command":{"type":"tick","conversation":"c1"}}"#,
             r#"{"id":"m1","reply_events":null,"command":{"type":"tick","conversation":"c1"}}"#,
             r#"{"id":"m1","command":{"type":"close","conversation":"c1"}}"#,
+            r#"["m1",false,{"type":"tick","conversation":"c1"}]"#,
         ] {
             assert!(parse_typed(&account, "tick", body.as_bytes(), &actor).is_none(), "{body}");
             assert_eq!(

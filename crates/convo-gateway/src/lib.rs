@@ -645,22 +645,26 @@ async fn events(
         },
     };
     let (mut out, mut next, mut ended) = (Vec::new(), after, true);
-    while let Some(item) = futures::StreamExt::next(&mut log.0).await {
+    loop {
+        let item = futures::StreamExt::next(&mut log.0).await;
+        // A read kept open that ends or fails before its first message (it
+        // had reached the end when it was kept): a fresh one, which sees what
+        // was appended since.
+        if log.1 && next == after && !matches!(item, Some(Ok(_)) | Some(Err(convo_store::StoreError::Decode { .. }))) {
+            log = match convo_store::EventStore::read(&shared.store, after.saturating_add(1)).await {
+                Ok(fresh) => (fresh, false),
+                Err(e) => return unavailable(&e),
+            };
+            continue;
+        }
         match item {
-            Ok(stored) => {
+            None => break,
+            Some(Ok(stored)) => {
                 next = stored.stream_seq;
                 out.extend(filter.events(&shared, &allowed.rules, &stored).into_iter().map(|(_, e)| e.json));
             }
-            Err(convo_store::StoreError::Decode { seq, .. }) => next = seq, // not part of the record
-            // A read kept open that failed before its first message: a fresh one.
-            Err(_) if log.1 && next == after => {
-                log = match convo_store::EventStore::read(&shared.store, after.saturating_add(1)).await {
-                    Ok(fresh) => (fresh, false),
-                    Err(e) => return unavailable(&e),
-                };
-                continue;
-            }
-            Err(e) => return unavailable(&e),
+            Some(Err(convo_store::StoreError::Decode { seq, .. })) => next = seq, // not part of the record
+            Some(Err(e)) => return unavailable(&e),
         }
         if out.len() >= limit || next.saturating_sub(after) >= FEED_SCAN_MAX {
             ended = false;

@@ -70,18 +70,16 @@ impl Connections {
 
     fn put(&self, receiver: &str, mut connection: Open) {
         let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Every receiver's stale connections go first (closed, or idle too long).
+        idle.retain(|_, open| {
+            open.retain(|c| c.since.elapsed() < IDLE_KEEP && !c.sender.is_closed());
+            !open.is_empty()
+        });
         if idle.len() >= RECEIVERS_MAX && !idle.contains_key(receiver) {
-            idle.retain(|_, open| {
-                open.retain(|c| c.since.elapsed() < IDLE_KEEP);
-                !open.is_empty()
-            });
-            if idle.len() >= RECEIVERS_MAX {
-                return;
-            }
+            return;
         }
         let kept: usize = idle.values().map(Vec::len).sum();
         let open = idle.entry(receiver.to_owned()).or_default();
-        open.retain(|c| c.since.elapsed() < IDLE_KEEP && !c.sender.is_closed());
         if open.len() < IDLE_PER_RECEIVER_MAX && kept < IDLE_MAX {
             connection.since = Instant::now();
             open.push(connection);
@@ -172,17 +170,23 @@ async fn post(
 ) -> Result<u16, PostError> {
     let target = Target::parse(url).map_err(PostError::Refused)?;
     let receiver = format!("{}://{}:{}", if target.tls { "https" } else { "http" }, target.host, target.port);
-    // A kept connection first; one the receiver closed meanwhile is replaced.
-    if let Some(mut open) = connections.take(&receiver)
-        && let Ok((status, keep)) = request(&mut open.sender, &target, body.clone(), signed).await
-    {
-        if keep {
-            connections.put(&receiver, open);
+    // A kept connection first; one the receiver closed before the request
+    // went out is replaced. A request that may have reached the receiver is
+    // not sent again in this attempt (a later attempt retries it).
+    if let Some(mut open) = connections.take(&receiver) {
+        match request(&mut open.sender, &target, body.clone(), signed).await {
+            Ok((status, keep)) => {
+                if keep {
+                    connections.put(&receiver, open);
+                }
+                return Ok(status);
+            }
+            Err(Unsent::No(error)) => return Err(error.into()),
+            Err(Unsent::Yes(_)) => {}
         }
-        return Ok(status);
     }
     let mut open = connect(&target, allowed).await?;
-    let (status, keep) = request(&mut open.sender, &target, body, signed).await?;
+    let (status, keep) = request(&mut open.sender, &target, body, signed).await.map_err(Unsent::into_error)?;
     if keep {
         connections.put(&receiver, open);
     }
@@ -263,10 +267,26 @@ where
     Ok(Open { sender, driver, since: Instant::now() })
 }
 
+/// Why a POST got no answer, and whether it certainly never left.
+enum Unsent {
+    /// The request was not sent (the connection was closed before it).
+    Yes(String),
+    /// It may have reached the receiver.
+    No(String),
+}
+
+impl Unsent {
+    fn into_error(self) -> String {
+        match self {
+            Unsent::Yes(e) | Unsent::No(e) => e,
+        }
+    }
+}
+
 /// One POST on an open connection: the status, and whether the connection
 /// may carry the next one (the answer read whole, no `Connection: close`).
-async fn request(sender: &mut Sender, target: &Target, body: Bytes, signed: &Signed) -> Result<(u16, bool), String> {
-    sender.ready().await.map_err(|e| format!("the connection closed: {e}"))?;
+async fn request(sender: &mut Sender, target: &Target, body: Bytes, signed: &Signed) -> Result<(u16, bool), Unsent> {
+    sender.ready().await.map_err(|e| Unsent::Yes(format!("the connection closed: {e}")))?;
     let default_port = if target.tls { 443 } else { 80 };
     let host = match (target.host.contains(':'), target.port == default_port) {
         (true, true) => format!("[{}]", target.host),
@@ -282,8 +302,11 @@ async fn request(sender: &mut Sender, target: &Target, body: Bytes, signed: &Sig
         .header("webhook-timestamp", signed.timestamp.to_string())
         .header("webhook-signature", signed.signature.as_str())
         .body(Full::new(body))
-        .map_err(|e| format!("cannot build the request: {e}"))?;
-    let response = sender.send_request(request).await.map_err(|e| format!("no answer: {e}"))?;
+        .map_err(|e| Unsent::Yes(format!("cannot build the request: {e}")))?;
+    let response = sender.send_request(request).await.map_err(|e| {
+        let error = format!("no answer: {e}");
+        if e.is_canceled() { Unsent::Yes(error) } else { Unsent::No(error) }
+    })?;
     let status = response.status().as_u16();
     let close = response
         .headers()

@@ -320,7 +320,7 @@ async fn the_feed_and_the_event_stream_serve_cloudevents_redacted_and_resumable(
     // before kept open): the same events, in the same order, as one page.
     let (_, whole) = get("/v1/accounts/acme/events", &[]).await;
     let whole = whole["events"].as_array().unwrap().clone();
-    let (mut paged, mut after, mut pages) = (Vec::new(), 0, 0);
+    let (mut paged, mut after, mut pages, mut starts) = (Vec::new(), 0, 0, Vec::new());
     loop {
         let (status, page) = get(&format!("/v1/accounts/acme/events?after={after}&limit=1"), &[]).await;
         assert_eq!(status, 200, "{page}");
@@ -329,6 +329,7 @@ async fn the_feed_and_the_event_stream_serve_cloudevents_redacted_and_resumable(
         if page["next"] == after {
             break;
         }
+        starts.push(after);
         after = page["next"].as_u64().unwrap();
     }
     assert!(pages > 3 && paged.len() >= whole.len(), "{pages} pages, {} events", paged.len());
@@ -360,6 +361,24 @@ async fn the_feed_and_the_event_stream_serve_cloudevents_redacted_and_resumable(
     read_until(2, &mut text).await;
     assert!(text.contains("\"c3\""), "live: {text}");
     assert!(!text.contains("Other"), "another account's events never show: {text}");
+
+    // A read kept open at the end of the stream sees what is appended after it
+    // (c3 came after the paging above: page to the end again first).
+    let (mut starts, mut after) = (starts, after);
+    loop {
+        let (_, page) = get(&format!("/v1/accounts/acme/events?after={after}&limit=1"), &[]).await;
+        if page["next"] == after {
+            break;
+        }
+        starts.push(after);
+        after = page["next"].as_u64().unwrap();
+    }
+    let last = starts.last().copied().unwrap();
+    let (_, page) = get(&format!("/v1/accounts/acme/events?after={last}&limit=1"), &[]).await;
+    assert_eq!(page["next"], after, "{page}");
+    op(&served, "acme", "c9", client("define_client", "c9", "Omega")).await;
+    let (_, page) = get(&format!("/v1/accounts/acme/events?after={after}&limit=1"), &[]).await;
+    assert_eq!(page["events"][0]["data"]["id"], "c9", "{page}");
 
     // /metrics, parsed by the Prometheus client library's own text-format parser.
     let scrape = async || raw_get(&served.http, "/metrics").await.split_once("\r\n\r\n").unwrap().1.to_owned();
