@@ -150,6 +150,30 @@ impl Held {
     fn new(id: &ConversationId) -> Box<Self> {
         Box::new(Self { conversation: Conversation::new(id.clone()), armed: None })
     }
+
+    /// Queues `deadline` for this conversation unless it is the one queued;
+    /// `armed` counts the conversations with a deadline queued.
+    fn arm(
+        &mut self,
+        timers: &mut BinaryHeap<Reverse<(Timestamp, AccountId, ConversationId)>>,
+        armed: &mut usize,
+        key: (&AccountId, &ConversationId),
+        deadline: Timestamp,
+    ) {
+        if self.armed != Some(deadline) {
+            if self.armed.replace(deadline).is_none() {
+                *armed += 1;
+            }
+            timers.push(Reverse((deadline, key.0.clone(), key.1.clone())));
+        }
+    }
+
+    /// Forgets the deadline queued for this conversation, if any.
+    fn disarm(&mut self, armed: &mut usize) {
+        if self.armed.take().is_some() {
+            *armed -= 1;
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -212,22 +236,6 @@ pub fn stream_of(command: &Command) -> StreamRef {
         Target::Agent(id) => StreamRef::Agent(id.clone()),
         Target::Conversation(id) => StreamRef::Conversation(id.clone()),
         Target::Contacts => StreamRef::Contacts,
-    }
-}
-
-fn arm(
-    timers: &mut BinaryHeap<Reverse<(Timestamp, AccountId, ConversationId)>>,
-    armed: &mut usize,
-    held: &mut Held,
-    key: (&AccountId, &ConversationId),
-    deadline: Timestamp,
-) {
-    if held.armed != Some(deadline) {
-        if held.armed.is_none() {
-            *armed += 1;
-        }
-        held.armed = Some(deadline);
-        timers.push(Reverse((deadline, key.0.clone(), key.1.clone())));
     }
 }
 
@@ -493,7 +501,7 @@ impl World {
                 let deadline = conversation.next_deadline();
                 let closed = conversation.status == Status::Closed;
                 if let Some(deadline) = deadline {
-                    arm(&mut self.timers, &mut self.armed, held, (&commit.account, id), deadline);
+                    held.arm(&mut self.timers, &mut self.armed, (&commit.account, id), deadline);
                 }
                 let key = (commit.account.clone(), id.clone());
                 self.evicted.remove(&key);
@@ -533,8 +541,8 @@ impl World {
             loaded = loaded.saturating_sub(1);
             self.closed_at.remove(&(account.clone(), id.clone()));
             if let Some(a) = self.accounts.get_mut(&account) {
-                if a.conversations.remove(&id).is_some_and(|h| h.armed.is_some()) {
-                    self.armed -= 1;
+                if let Some(mut held) = a.conversations.remove(&id) {
+                    held.disarm(&mut self.armed);
                 }
                 a.last_commit.remove(&StreamRef::Conversation(id.clone()));
             }
@@ -634,7 +642,7 @@ impl World {
     pub fn rearm(&mut self, account: &AccountId, id: &ConversationId) {
         let Some(held) = self.accounts.get_mut(account).and_then(|a| a.conversations.get_mut(id)) else { return };
         if let Some(deadline) = held.conversation.next_deadline() {
-            arm(&mut self.timers, &mut self.armed, held, (account, id), deadline);
+            held.arm(&mut self.timers, &mut self.armed, (account, id), deadline);
         }
     }
 
@@ -649,8 +657,7 @@ impl World {
                 if held.conversation.next_deadline() == Some(at) {
                     return Some(at);
                 }
-                held.armed = None;
-                self.armed -= 1;
+                held.disarm(&mut self.armed);
             }
             self.timers.pop();
         }
@@ -663,8 +670,7 @@ impl World {
         let at = self.next_timer().filter(|at| *at <= bound)?;
         let Reverse((_, account, id)) = self.timers.pop()?;
         let held = self.accounts.get_mut(&account)?.conversations.get_mut(&id)?;
-        held.armed = None;
-        self.armed -= 1;
+        held.disarm(&mut self.armed);
         let seq = held.conversation.seq;
         let envelope = CommandEnvelope {
             id: engine_command_id("tick", seq + 1),

@@ -177,12 +177,14 @@ fn parse_typed(account: &AccountId, kind: &str, payload: &[u8], actor: &Actor) -
     tagged.push_str("{\"");
     tagged.push_str(type_);
     tagged.push_str("\":{");
+    // Keys come borrowed from the text, so they hold no escape: copied as they are.
     for (n, (key, value)) in entries.iter().filter(|(k, _)| *k != "type").enumerate() {
         if n > 0 {
             tagged.push(',');
         }
-        tagged.push_str(&serde_json::to_string(key).ok()?);
-        tagged.push(':');
+        tagged.push('"');
+        tagged.push_str(key);
+        tagged.push_str("\":");
         tagged.push_str(value.get());
     }
     tagged.push_str("}}");

@@ -637,22 +637,24 @@ async fn events(
     let limit = q.limit.unwrap_or(FEED_EVENTS_MAX).clamp(1, FEED_EVENTS_MAX);
     let _one = shared.reads.lock().await; // one scan of the stream at a time, as for the read models
     let unavailable = |e: &dyn std::fmt::Display| error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e.to_string());
-    let mut log = match FeedCursor::take(&shared, after) {
+    // A read kept open by the page before this one, else a new one.
+    let fresh = async || convo_store::EventStore::read(&shared.store, after.saturating_add(1)).await;
+    let (mut log, mut kept) = match FeedCursor::take(&shared, after) {
         Some(log) => (log, true),
-        None => match convo_store::EventStore::read(&shared.store, after.saturating_add(1)).await {
+        None => match fresh().await {
             Ok(log) => (log, false),
             Err(e) => return unavailable(&e),
         },
     };
     let (mut out, mut next, mut ended) = (Vec::new(), after, true);
     loop {
-        let item = futures::StreamExt::next(&mut log.0).await;
-        // A read kept open that ends or fails before its first message (it
-        // had reached the end when it was kept): a fresh one, which sees what
-        // was appended since.
-        if log.1 && next == after && !matches!(item, Some(Ok(_)) | Some(Err(convo_store::StoreError::Decode { .. }))) {
-            log = match convo_store::EventStore::read(&shared.store, after.saturating_add(1)).await {
-                Ok(fresh) => (fresh, false),
+        let item = futures::StreamExt::next(&mut log).await;
+        // A kept read that ends or fails before its first message (it had
+        // reached the end when it was kept): a new one, which sees what was
+        // appended since.
+        if kept && next == after && !matches!(item, Some(Ok(_)) | Some(Err(convo_store::StoreError::Decode { .. }))) {
+            (log, kept) = match fresh().await {
+                Ok(log) => (log, false),
                 Err(e) => return unavailable(&e),
             };
             continue;
@@ -672,7 +674,7 @@ async fn events(
         }
     }
     if !ended && next > after {
-        FeedCursor::park(&shared, next, log.0);
+        FeedCursor::park(&shared, next, log);
     }
     feed_page(&account, &out, next)
 }

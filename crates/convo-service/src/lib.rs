@@ -264,10 +264,9 @@ impl Service {
                     }
                     // Off the runtime's threads: the write waits for the disk.
                     let signing = signing.clone();
-                    match tokio::task::spawn_blocking(move || signing.flush()).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => tracing::warn!("could not write the anchors: {e}"),
-                        Err(e) => tracing::warn!("could not write the anchors: {e}"),
+                    let written = tokio::task::spawn_blocking(move || signing.flush()).await;
+                    if let Err(e) = written.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
+                        tracing::warn!("could not write the anchors: {e}");
                     }
                 }
             }

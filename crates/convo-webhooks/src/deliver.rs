@@ -21,9 +21,7 @@ pub const RESPONSE_BYTES_MAX: usize = 64 * 1024;
 /// as many as deliveries in flight in all by default, since several
 /// endpoints may name one receiver.
 pub const IDLE_PER_RECEIVER_MAX: usize = 64;
-/// The most receivers idle connections are kept for.
-pub const RECEIVERS_MAX: usize = 256;
-/// The most idle connections kept in all.
+/// The most idle connections kept in all (so also the most receivers kept for).
 pub const IDLE_MAX: usize = 256;
 /// How long an idle connection is kept for the next delivery.
 pub const IDLE_KEEP: Duration = Duration::from_secs(30);
@@ -38,6 +36,13 @@ struct Open {
     since: Instant,
 }
 
+impl Open {
+    /// Neither closed by the receiver nor idle longer than [`IDLE_KEEP`].
+    fn usable(&self) -> bool {
+        self.since.elapsed() < IDLE_KEEP && !self.sender.is_closed()
+    }
+}
+
 impl Drop for Open {
     fn drop(&mut self) {
         self.driver.abort();
@@ -45,8 +50,8 @@ impl Drop for Open {
 }
 
 /// Connections kept alive between deliveries, per receiver: at most
-/// [`IDLE_PER_RECEIVER_MAX`] each, [`RECEIVERS_MAX`] receivers and
-/// [`IDLE_MAX`] in all, none idle longer than [`IDLE_KEEP`].
+/// [`IDLE_PER_RECEIVER_MAX`] each and [`IDLE_MAX`] in all, none idle
+/// longer than [`IDLE_KEEP`].
 #[derive(Default)]
 pub struct Connections(std::sync::Mutex<std::collections::HashMap<String, Vec<Open>>>);
 
@@ -61,7 +66,7 @@ impl Connections {
         let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let open = idle.get_mut(receiver)?;
         while let Some(connection) = open.pop() {
-            if connection.since.elapsed() < IDLE_KEEP && !connection.sender.is_closed() {
+            if connection.usable() {
                 return Some(connection);
             }
         }
@@ -72,12 +77,9 @@ impl Connections {
         let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
         // Every receiver's stale connections go first (closed, or idle too long).
         idle.retain(|_, open| {
-            open.retain(|c| c.since.elapsed() < IDLE_KEEP && !c.sender.is_closed());
+            open.retain(Open::usable);
             !open.is_empty()
         });
-        if idle.len() >= RECEIVERS_MAX && !idle.contains_key(receiver) {
-            return;
-        }
         let kept: usize = idle.values().map(Vec::len).sum();
         let open = idle.entry(receiver.to_owned()).or_default();
         if open.len() < IDLE_PER_RECEIVER_MAX && kept < IDLE_MAX {

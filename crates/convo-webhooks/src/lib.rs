@@ -262,7 +262,7 @@ impl Projection for Queue {
         let stream = commit.stream.token();
         for (index, cloud) in events.into_iter().enumerate() {
             let kind = cloud.event_type;
-            let body = String::from_utf8_lossy(&cloud.json);
+            let body = String::from_utf8_lossy(&cloud.json).into_owned();
             for (webhook, filter) in &endpoints {
                 if !(filter.is_empty() || filter.iter().any(|t| t == kind)) {
                     continue;
@@ -274,7 +274,7 @@ impl Projection for Queue {
                     queued_at: commit.at.to_rfc3339(),
                     attempts: 0,
                     next_at_ms: 0,
-                    body: body.clone().into_owned(),
+                    body: body.clone(),
                     last_error: None,
                     dead_at: None,
                 };
@@ -551,16 +551,10 @@ async fn send(
 /// flushed once: none of them is recorded, or all are.
 fn settle(tree: &sled::Tree, config: &WebhookConfig, flights: Vec<Flight>) -> Result<(), String> {
     let mut batch = sled::Batch::default();
-    let mut outcomes = Vec::with_capacity(flights.len());
-    let mut logged = false;
-    for flight in flights {
-        if let Some(outcome) = stage(&mut batch, config, flight) {
-            outcomes.push(outcome);
-            logged = true;
-        }
-    }
+    let outcomes: Vec<&'static str> = flights.into_iter().filter_map(|f| stage(&mut batch, config, f)).collect();
     tree.apply_batch(batch).map_err(|e| e.to_string())?;
-    if logged {
+    // Held deliveries alone log nothing: nothing to make durable.
+    if !outcomes.is_empty() {
         tree.flush().map_err(|e| e.to_string())?;
     }
     if let Some(metrics) = &config.metrics {

@@ -64,7 +64,7 @@ impl Commit {
         }
         .ok()?;
         let (key, name) = self.stream_key(&e.event);
-        let tagged = Tagged::parse(&view, &[HEAD_KEYS.as_slice(), &[key]].concat())?;
+        let tagged = Tagged::parse(&view, key)?;
         let mut out = Vec::with_capacity(512 + view.len());
         out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":");
         string(&mut out, id);
@@ -139,7 +139,9 @@ struct Tagged<'a> {
 }
 
 impl<'a> Tagged<'a> {
-    fn parse(view: &'a str, reserved: &[&str]) -> Option<Self> {
+    /// `None` also when a field would repeat a key of the line's head
+    /// ([`HEAD_KEYS`], or the stream's key `stream_key`).
+    fn parse(view: &'a str, stream_key: &str) -> Option<Self> {
         if view.starts_with('"') {
             let kind: &str = serde_json::from_str(view).ok()?;
             return Some(Self { kind, fields: Vec::new() });
@@ -148,7 +150,7 @@ impl<'a> Tagged<'a> {
         let [(kind, inner)] = outer.as_slice() else { return None };
         let fields = if inner.get().starts_with('{') { object_entries(inner.get())? } else { vec![("value", *inner)] };
         let repeats = |i: usize| fields[..i].iter().any(|(k, _)| *k == fields[i].0);
-        if fields.iter().enumerate().any(|(i, (k, _))| reserved.contains(k) || repeats(i)) {
+        if fields.iter().enumerate().any(|(i, (k, _))| HEAD_KEYS.contains(k) || *k == stream_key || repeats(i)) {
             return None;
         }
         Some(Self { kind, fields })

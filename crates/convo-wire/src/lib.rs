@@ -477,15 +477,12 @@ impl Commit {
         }
     }
 
-    /// An event's CloudEvent `subject`: the conversation, agent or entity.
+    /// An event's CloudEvent `subject`: the name its JSON line gives its
+    /// stream ([`Commit::stream_key`]), a contact by its id alone.
     pub(crate) fn cloud_subject(&self, event: &Event) -> String {
         match (&self.stream, event) {
-            (StreamRef::Conversation(id), _) => id.to_string(),
-            (StreamRef::Agent(id), _) => id.to_string(),
-            (StreamRef::Catalog, Event::Config(c)) => c.entity(),
-            (StreamRef::Catalog, _) => "config".into(),
             (StreamRef::Contacts, Event::Contact(c)) => c.contact().to_string(),
-            (StreamRef::Contacts, _) => "contacts".into(),
+            _ => self.stream_key(event).1,
         }
     }
 }
