@@ -406,11 +406,12 @@ async fn the_feed_and_the_event_stream_serve_cloudevents_redacted_and_resumable(
         serde_json::from_slice::<Value>(&out.stdout).unwrap()
     };
     // Replies are counted by the partition and handed to the registry with its
-    // gauges (within a second): scrape until they are there.
+    // gauges (within a second): scrape until every client defined so far (c1,
+    // c2, c3, c9) is counted, so none is still on its way when `before` is read.
     let committed = r#"convo_commands_total{"outcome": "committed", "type": "define_client"}"#;
     let mut before = parse(&scrape().await);
     for _ in 0..100 {
-        if before[committed].as_f64().is_some_and(|n| n >= 3.0) {
+        if before[committed].as_f64().is_some_and(|n| n >= 4.0) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
