@@ -15,7 +15,7 @@ use crate::config::{
     AccountSettings, ApiKeySpec, CampaignSpec, ChannelSpec, ClientSpec, DeniedAttempt, EntityRef, KeyRef, ProjectSpec,
     ReadRecord, SlaModeSpec, TeamSpec, UserSpec, WebhookRef, WebhookSpec,
 };
-use crate::contact::{ContactAttributeSpec, ContactSpec, SetContactAttribute};
+use crate::contact::{ContactAttributeSpec, ContactSpec, EraseContact, SetContactAttribute};
 use crate::ids::{
     AccountId, CampaignId, ChannelId, CommandId, ContactId, ConversationId, MacroId, TeamId, TypificationId, UserId,
 };
@@ -248,6 +248,8 @@ pub enum Command {
     /// Only the engine records these: a read served with text the account's
     /// rules would mask (the `unredacted` scope), sampled as refusals are.
     RecordRead(ReadRecord),
+    // personal data (appended)
+    EraseContact(EraseContact),
 }
 
 /// Which aggregate decides a command.
@@ -271,7 +273,7 @@ pub struct CommandParseError {
 
 impl Command {
     /// Every command type, as named in the JSON view and in command subjects.
-    pub const TYPE_NAMES: [&'static str; 48] = [
+    pub const TYPE_NAMES: [&'static str; 49] = [
         "configure_account",
         "define_client",
         "update_client",
@@ -320,6 +322,7 @@ impl Command {
         "update_contact",
         "set_contact_attribute",
         "record_read",
+        "erase_contact",
     ];
 
     /// The command's `type` in its JSON view.
@@ -373,6 +376,7 @@ impl Command {
             Self::UpdateContact(_) => "update_contact",
             Self::SetContactAttribute(_) => "set_contact_attribute",
             Self::RecordRead(_) => "record_read",
+            Self::EraseContact(_) => "erase_contact",
         }
     }
 
@@ -391,7 +395,9 @@ impl Command {
             Self::AnswerSurvey(c) => Target::Conversation(&c.conversation),
             Self::Tick(c) => Target::Conversation(&c.conversation),
             Self::RunMacro(c) => Target::Conversation(&c.conversation),
-            Self::DefineContact(_) | Self::UpdateContact(_) | Self::SetContactAttribute(_) => Target::Contacts,
+            Self::DefineContact(_) | Self::UpdateContact(_) | Self::SetContactAttribute(_) | Self::EraseContact(_) => {
+                Target::Contacts
+            }
             _ => Target::Catalog,
         }
     }

@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Decision, Emitter, RecentCommands, Recorded};
 use crate::command::{Command, CommandEnvelope};
-use crate::config::{Catalog, NAME_BYTES_MAX};
+use crate::aggregate::Actor;
+use crate::config::{Catalog, NAME_BYTES_MAX, Role};
 use crate::ids::{AccountId, CampaignId, ChannelId, ContactId, check_id};
 use crate::rejection::Rejection;
 use crate::time::Timestamp;
@@ -94,6 +95,34 @@ pub struct SetContactAttribute {
     pub value: String,
 }
 
+/// The longest reason an erasure may give, in bytes.
+pub const ERASE_REASON_BYTES_MAX: usize = 500;
+
+/// Erases a contact (SPEC §13): every piece of personal data about them and
+/// the content of all their conversations becomes unreadable everywhere the
+/// engine keeps or sent it. Names the contact by id, or by a channel and
+/// handle the book holds. An admin's or the operator's, with a reason
+/// (recorded in clear: it must not itself name the person).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EraseContact {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact: Option<ContactId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<ChannelId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle: Option<String>,
+    pub reason: String,
+}
+
+/// A contact erased: who is recorded by the envelope; no personal data here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContactErased {
+    pub contact: ContactId,
+    pub reason: String,
+}
+
 /// What happened in an account's contact book. Variants are only appended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -101,6 +130,8 @@ pub enum ContactEvent {
     ContactDefined(ContactSpec),
     ContactUpdated(ContactSpec),
     ContactAttributeSet(SetContactAttribute),
+    // appended
+    ContactErased(ContactErased),
 }
 
 impl ContactEvent {
@@ -109,6 +140,7 @@ impl ContactEvent {
             Self::ContactDefined(_) => "contact_defined",
             Self::ContactUpdated(_) => "contact_updated",
             Self::ContactAttributeSet(_) => "contact_attribute_set",
+            Self::ContactErased(_) => "contact_erased",
         }
     }
 
@@ -117,6 +149,7 @@ impl ContactEvent {
         match self {
             Self::ContactDefined(s) | Self::ContactUpdated(s) => &s.id,
             Self::ContactAttributeSet(s) => &s.contact,
+            Self::ContactErased(s) => &s.contact,
         }
     }
 }
@@ -207,12 +240,44 @@ impl ContactBook {
                 }
                 ContactEvent::ContactAttributeSet(s.clone())
             }
+            Command::EraseContact(s) => ContactEvent::ContactErased(self.erasure(catalog, envelope, s)?),
             other => {
                 return Err(Rejection::WrongAggregate { command: other.type_name(), aggregate: "the contact book" });
             }
         };
         out.emit(event);
         Ok(out.finish())
+    }
+
+    /// Checks an erasure: an admin's or the operator's (or a trusted replay's,
+    /// never an integration's), with a reason, naming a contact by id or by
+    /// an identity the book holds.
+    fn erasure(&self, catalog: &Catalog, envelope: &CommandEnvelope, s: &EraseContact) -> Result<ContactErased, Rejection> {
+        let allowed = match &envelope.actor {
+            Actor::Operator { .. } | Actor::System(_) => true,
+            Actor::User { .. } => catalog.check_actor(&envelope.actor)?.is_some_and(|u| u.role == Role::Admin),
+            _ => false,
+        };
+        if !allowed {
+            return Err(Rejection::Forbidden { action: "erasing a contact", needed: "an admin or the operator" });
+        }
+        let reason = s.reason.trim();
+        if reason.is_empty() || s.reason.len() > ERASE_REASON_BYTES_MAX || s.reason.chars().any(char::is_control) {
+            let why = format!("1 to {ERASE_REASON_BYTES_MAX} bytes, no control characters (and no personal data: it is kept in clear)");
+            return Err(Rejection::invalid("reason", why));
+        }
+        let contact = match (&s.contact, &s.channel, &s.handle) {
+            (Some(id), None, None) => id.clone(),
+            (None, Some(channel), Some(handle)) => {
+                let identity = Identity { channel: channel.clone(), handle: handle.clone() };
+                match self.identities.get(&identity) {
+                    Some(id) => id.clone(),
+                    None => return Err(Rejection::Unknown { entity: format!("a contact with that handle on channel {channel}") }),
+                }
+            }
+            _ => return Err(Rejection::invalid("contact", "name the contact by `contact`, or by `channel` and `handle`")),
+        };
+        Ok(ContactErased { contact, reason: s.reason.clone() })
     }
 
     fn check(&self, catalog: &Catalog, s: &ContactSpec) -> Result<(), Rejection> {
@@ -273,6 +338,13 @@ impl ContactBook {
                     self.identities.insert(identity.clone(), s.id.clone());
                 }
                 self.contacts.insert(s.id.clone(), s.clone());
+            }
+            ContactEvent::ContactErased(s) => {
+                if let Some(old) = self.contacts.remove(&s.contact) {
+                    for identity in &old.identities {
+                        self.identities.remove(identity);
+                    }
+                }
             }
             ContactEvent::ContactAttributeSet(s) => {
                 if let Some(contact) = self.contacts.get_mut(&s.contact) {

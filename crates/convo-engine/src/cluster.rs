@@ -192,7 +192,9 @@ pub async fn recover_partition<S: EventStore>(
         } else {
             recovered.snapshot_covered = snapshot.covered;
             recovered.snapshot_commits = snapshot.commits.len();
-            for stored in snapshot.commits {
+            for mut stored in snapshot.commits {
+                // A snapshot keeps what the log holds: personal values sealed.
+                store.open(&mut stored.commit).await?;
                 machine.recover(Ok(stored));
             }
         }

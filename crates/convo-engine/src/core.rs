@@ -465,6 +465,16 @@ impl World {
             StreamRef::Contacts => {
                 for record in commit.contact_records() {
                     account.contacts.evolve(&record);
+                    if let ContactEvent::ContactErased(erased) = &record.event {
+                        // What the log reads for them now (their conversations' sealed names are gone).
+                        for held in account.conversations.values_mut() {
+                            if let Some(facts) = held.conversation.facts.as_mut().filter(|f| f.contact == erased.contact)
+                                && facts.contact_name.is_some()
+                            {
+                                facts.contact_name = Some(convo_wire::personal::ERASED.to_owned());
+                            }
+                        }
+                    }
                 }
                 self.follow_ups.retain(|f| f.id != commit.command);
             }

@@ -93,7 +93,8 @@ impl Builder {
     /// whole from the log; every commit in stream order.
     pub async fn finish(mut self, store: &impl EventStore) -> Result<Snapshot, StoreError> {
         for (account, stream) in std::mem::take(&mut self.reload) {
-            let history: Vec<StoredCommit> = store.load(&account, &stream).await?.into_iter().flatten().collect();
+            let history: Vec<StoredCommit> =
+                store.load_as_logged(&account, &stream).await?.into_iter().flatten().collect();
             if history.last().is_some_and(|last| !closes(last)) {
                 self.aggregates.insert((account, stream), history);
             }
@@ -124,7 +125,8 @@ pub async fn refresh<S: EventStore>(
     let mut builder = Builder::new(previous, partition, count);
     let end = store.last_seq().await?;
     if end > builder.covered() {
-        let mut log = store.read(builder.covered() + 1).await?;
+        // As the log holds them: a snapshot keeps personal values sealed.
+        let mut log = store.read_as_logged(builder.covered() + 1).await?;
         while let Some(item) = log.next().await {
             if let Err(e @ (StoreError::Unavailable(_) | StoreError::Refused(_))) = &item {
                 return Err(e.clone());

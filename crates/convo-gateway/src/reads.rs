@@ -109,6 +109,18 @@ async fn authorized_read(
     Ok((allowed, tree, position))
 }
 
+/// `value` with its sealed personal values opened (an erased one reads
+/// `[erased]`); a key store that cannot answer fails the read (503), never
+/// serves what it could not open as if it were the text.
+pub(crate) async fn opened(shared: &Shared, mut value: Value) -> Result<Value, Response> {
+    if let Some(keys) = shared.store.keys() {
+        keys.open_json(&mut value).await.map_err(|e| {
+            error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &format!("cannot open personal data: {e}"))
+        })?;
+    }
+    Ok(value)
+}
+
 fn invalid(field: &str, message: &str) -> Response {
     reply(StatusCode::BAD_REQUEST, json!({"outcome": "error", "code": "invalid", "field": field, "message": message}))
 }
@@ -174,6 +186,11 @@ pub(crate) async fn audit(
         Ok(mut entries) => {
             let more = entries.len() > limit;
             entries.truncate(limit);
+            let entries = match opened(&shared, Value::Array(entries)).await {
+                Ok(Value::Array(entries)) => entries,
+                Ok(_) => unreachable!("an array opens to an array"),
+                Err(response) => return response,
+            };
             let entries: Vec<Value> = entries.into_iter().map(|e| allowed.masked(e)).collect();
             position.stamp(reply(StatusCode::OK, json!({"account": account, "entries": entries, "truncated": more})))
         }
@@ -205,10 +222,18 @@ pub(crate) async fn audit_export(
         Err(response) => return *response,
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(4);
+    let (keys, runtime) = (shared.store.keys().cloned(), tokio::runtime::Handle::current());
     tokio::task::spawn_blocking(move || {
         let mut chunk = if csv { convo_audit::CSV_COLUMNS.join(",") + "\n" } else { String::new() };
         let mut lines = 0;
-        let sent = convo_audit::each_entry(&tree, &filter, |entry| {
+        let mut unopened = None;
+        let sent = convo_audit::each_entry(&tree, &filter, |mut entry| {
+            if let Some(keys) = &keys
+                && let Err(e) = runtime.block_on(keys.open_json(&mut entry))
+            {
+                unopened = Some(e);
+                return false;
+            }
             let entry = allowed.masked(entry);
             if csv {
                 chunk.push_str(&convo_audit::csv_line(&entry));
@@ -223,6 +248,10 @@ pub(crate) async fn audit_export(
             true
         });
         match sent {
+            Ok(()) if unopened.is_some() => {
+                let why = format!("cannot open personal data: {}", unopened.expect("checked"));
+                let _ = tx.blocking_send(Err(std::io::Error::other(why)));
+            }
             Ok(()) => {
                 let _ = tx.blocking_send(Ok(chunk));
             }
@@ -394,6 +423,11 @@ pub(crate) async fn contact_history(
     let campaigns = allowed.scope.campaigns();
     match convo_contact_history::history(&tree, &account, &contact) {
         Ok(entries) => {
+            let entries = match opened(&shared, Value::Array(entries)).await {
+                Ok(Value::Array(entries)) => entries,
+                Ok(_) => unreachable!("an array opens to an array"),
+                Err(response) => return response,
+            };
             let entries: Vec<Value> = entries
                 .into_iter()
                 .filter(|e| {
@@ -401,7 +435,15 @@ pub(crate) async fn contact_history(
                 })
                 .map(|e| allowed.masked(e))
                 .collect();
-            position.stamp(reply(StatusCode::OK, json!({"account": account, "contact": contact, "history": entries})))
+            let erased = match convo_contact_history::erased(&tree, &account, &contact) {
+                Ok(erased) => erased,
+                Err(e) => return failed(e),
+            };
+            let mut body = json!({"account": account, "contact": contact, "history": entries});
+            if let Some(erased) = erased {
+                body["erased"] = erased;
+            }
+            position.stamp(reply(StatusCode::OK, body))
         }
         Err(e) => failed(e),
     }
@@ -447,7 +489,13 @@ pub(crate) async fn live(
         Err(response) => return *response,
     };
     match convo_live::dashboard(&tree, &account, &view) {
-        Ok(dashboard) => position.stamp(reply(StatusCode::OK, allowed.masked(dashboard))),
+        Ok(dashboard) => match opened(&shared, dashboard).await {
+            Ok(mut dashboard) => {
+                convo_live::cut_previews(&mut dashboard);
+                position.stamp(reply(StatusCode::OK, allowed.masked(dashboard)))
+            }
+            Err(response) => response,
+        },
         Err(e) => failed(e),
     }
 }
@@ -493,7 +541,13 @@ pub(crate) async fn inbox(
         }
     }
     match convo_inbox::inbox(&tree, &account, &agent, &view) {
-        Ok(inbox) => position.stamp(reply(StatusCode::OK, allowed.masked(inbox))),
+        Ok(inbox) => match opened(&shared, inbox).await {
+            Ok(mut inbox) => {
+                convo_live::cut_previews(&mut inbox);
+                position.stamp(reply(StatusCode::OK, allowed.masked(inbox)))
+            }
+            Err(response) => response,
+        },
         Err(e) => failed(e),
     }
 }

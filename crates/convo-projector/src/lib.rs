@@ -411,8 +411,10 @@ pub async fn fold(
         return Ok(stats);
     }
     // A read that ends at the log's current end: deleted messages, the last
-    // one included, are never waited for.
-    let mut follow = store.read(stats.checkpoint + 1).await?;
+    // one included, are never waited for. Read models keep personal values
+    // sealed, as the log holds them: readers open them to show them, and an
+    // erased contact's key gone leaves nothing readable on disk.
+    let mut follow = store.read_as_logged(stats.checkpoint + 1).await?;
     projection.reset();
     let mut staged = Staged::new(tree);
     let mut in_batch = 0;

@@ -51,7 +51,18 @@ impl convo_engine::cluster::Role for Feeds {
                     _ = async { stop.cancelled().await; tokio::time::sleep(WEBHOOKS_STOP_WAIT).await } => {}
                 }
             };
-            tokio::join!(republishing, webhooks);
+            // Erasures: keys destroyed, the JSON stream's copies overwritten.
+            let erasing = async {
+                let Some(keys) = feeds.store.keys().cloned() else { return };
+                let checkpoint = feeds.json_checkpoint.clone();
+                let json_at: Arc<dyn Fn() -> u64 + Send + Sync> = Arc::new(move || checkpoint.load(Ordering::Relaxed));
+                let stopping = stop.clone();
+                convo_store::erasure::run(feeds.store.clone(), keys, feeds.json_stream.clone(), json_at, async move {
+                    stopping.cancelled().await
+                })
+                .await;
+            };
+            tokio::join!(republishing, webhooks, erasing);
         })
     }
 }

@@ -239,7 +239,8 @@ impl Service {
             );
         }
         let signing = Arc::new(signing);
-        let store = store.with_signing(signing.clone());
+        let keys = Arc::new(store.keyring(signing.data_key_master()).await?);
+        let store = store.with_signing(signing.clone()).with_keys(keys);
         access.sealer = Some(signing.sealer());
         access.webhook_allowed = convo_store::egress::Allowed { hosts: config.webhooks.allow.clone() };
 
@@ -308,6 +309,7 @@ impl Service {
                 log_retention: config.webhooks.log_retention,
                 allowed: convo_store::egress::Allowed { hosts: config.webhooks.allow.clone() },
                 metrics: Some(metrics.clone()),
+                keys: store.keys().cloned(),
                 ..Default::default()
             },
         };

@@ -26,6 +26,7 @@ use convo_domain::AccountId;
 use convo_wire::{Commit, StreamRef, headers};
 
 use crate::fence::Fence;
+use crate::keys::Keyring;
 use crate::signing::{SIGNATURE_HEADER, Signing};
 use crate::{
     APPEND_RETRIES_MAX, COMMITS_PER_LOAD_MAX, CommitStream, EventStore, LogItem, Raw, StoreError, check_server_version,
@@ -107,6 +108,9 @@ pub struct JetStreamStore {
     fence: Option<std::sync::Arc<Fence>>,
     /// The server takes atomic batches (2.12+) and the stream allows them.
     batches: bool,
+    /// The data keys personal values are sealed with on append and opened
+    /// with on read (see [`crate::keys`]); `None`: neither (tools, tests).
+    keys: Option<std::sync::Arc<Keyring>>,
 }
 
 /// One commit made ready to publish.
@@ -161,7 +165,7 @@ impl JetStreamStore {
             Ok(mut stream) => {
                 // Batches only where the stream already allows them (this changes nothing).
                 let batches = stream.info().await.map_err(unavailable)?.config.allow_atomic_publish;
-                Ok(Some(Self { client, js, stream, config, fence: None, batches }))
+                Ok(Some(Self { client, js, stream, config, fence: None, batches, keys: None }))
             }
             Err(e) => match e.kind() {
                 jetstream::context::GetStreamErrorKind::JetStream(why)
@@ -220,7 +224,32 @@ impl JetStreamStore {
             js.update_stream(updated).await.map_err(unavailable)?;
             stream = js.get_stream(&config.stream).await.map_err(unavailable)?;
         }
-        Ok(Self { client, js, stream, config, fence: None, batches })
+        Ok(Self { client, js, stream, config, fence: None, batches, keys: None })
+    }
+
+    /// The data keys of this stream (the bucket made with the stream's
+    /// replicas if missing), wrapped by `master`.
+    pub async fn keyring(&self, master: [u8; 32]) -> Result<Keyring, StoreError> {
+        Keyring::connect(&self.js, &self.config.stream, self.config.replicas, master).await
+    }
+
+    /// This store, sealing the personal values of what it appends with
+    /// `keys` and opening them in what it reads.
+    pub fn with_keys(mut self, keys: std::sync::Arc<Keyring>) -> Self {
+        self.keys = Some(keys);
+        self
+    }
+
+    /// The data keys this store seals and opens with, if any.
+    pub fn keys(&self) -> Option<&std::sync::Arc<Keyring>> {
+        self.keys.as_ref()
+    }
+
+    /// `commits` with their personal values sealed (as they are without keys).
+    async fn sealed(&self, commits: &[&Commit]) -> Result<Option<Vec<Commit>>, StoreError> {
+        let Some(keys) = self.keys.as_deref() else { return Ok(None) };
+        let prepared = keys.prepare(commits).await?;
+        Ok(Some(commits.iter().map(|c| Keyring::seal(c, &prepared)).collect()))
     }
 
     /// This store, appending as the holder of `fence` (every append carries
@@ -342,14 +371,23 @@ impl JetStreamStore {
     /// it 30 s after its reader is gone. Only whole-log reads (recovery, tail,
     /// projectors) use one; loads of one aggregate use direct gets.
     async fn ordered(&self, from_seq: u64) -> Result<(u64, jetstream::consumer::pull::Ordered), StoreError> {
+        // Commits only (4 tokens or more): the fences' markers are not part of the record.
+        self.ordered_on(from_seq, vec![format!("{}.*.*.>", self.config.prefix)]).await
+    }
+
+    async fn ordered_on(
+        &self,
+        from_seq: u64,
+        mut filters: Vec<String>,
+    ) -> Result<(u64, jetstream::consumer::pull::Ordered), StoreError> {
+        let (filter_subject, filter_subjects) =
+            if filters.len() == 1 { (filters.remove(0), Vec::new()) } else { (String::new(), filters) };
         let deliver_policy = if from_seq <= 1 {
             DeliverPolicy::All
         } else {
             DeliverPolicy::ByStartSequence { start_sequence: from_seq }
         };
-        // Commits only (4 tokens or more): the fences' markers are not part of the record.
-        let filter_subject = format!("{}.*.*.>", self.config.prefix);
-        let config = OrderedConfig { deliver_policy, filter_subject, ..Default::default() };
+        let config = OrderedConfig { deliver_policy, filter_subject, filter_subjects, ..Default::default() };
         let consumer = self.stream.create_consumer(config).await.map_err(unavailable)?;
         let pending = consumer.cached_info().num_pending;
         let messages = consumer.messages().await.map_err(unavailable)?;
@@ -459,7 +497,9 @@ impl EventStore for JetStreamStore {
         // Fenced: the expectation is the owner's epoch on its partition's fence (see crate::fence).
         let fence = self.fence.as_deref();
         let epoch = fence.map(Fence::epoch);
-        let Outgoing { subject, payload, headers, filter } = self.outgoing(commit, expected, epoch)?;
+        let sealed = self.sealed(&[commit]).await?;
+        let logged = sealed.as_ref().map_or(commit, |s| &s[0]);
+        let Outgoing { subject, payload, headers, filter } = self.outgoing(logged, expected, epoch)?;
         let signing = self.config.signing.as_deref();
         let mut last_error = String::new();
         for attempt in 0..=self.config.append_retries_max {
@@ -526,9 +566,12 @@ impl EventStore for JetStreamStore {
         }
         let fence = self.fence.as_deref();
         let epoch = fence.map(Fence::epoch);
+        let commits: Vec<&Commit> = appends.iter().map(|(c, _)| *c).collect();
+        let sealed = self.sealed(&commits).await?;
         let mut outgoing = Vec::with_capacity(appends.len());
-        for (commit, expected) in appends {
-            outgoing.push(self.outgoing(commit, *expected, epoch)?);
+        for (i, (commit, expected)) in appends.iter().enumerate() {
+            let logged = sealed.as_ref().map_or(*commit, |s| &s[i]);
+            outgoing.push(self.outgoing(logged, *expected, epoch)?);
         }
         let last = outgoing.len();
         let messages = outgoing.into_iter().map(|o| (o.subject, o.headers, o.payload)).collect();
@@ -578,6 +621,56 @@ impl EventStore for JetStreamStore {
     /// filter after sequence n"), so a load (after every conflict, or to read
     /// an evicted conversation back) creates no consumer on the server.
     async fn load(&self, account: &AccountId, stream: &StreamRef) -> Result<Vec<LogItem>, StoreError> {
+        let items = self.load_as_logged(account, stream).await?;
+        let Some(keys) = self.keys.as_deref() else { return Ok(items) };
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            out.push(open_item(keys, item).await);
+        }
+        Ok(out)
+    }
+
+    async fn subscribe(&self, from_seq: u64) -> Result<CommitStream, StoreError> {
+        Ok(opened(self.keys.clone(), self.subscribe_as_logged(from_seq).await?))
+    }
+
+    async fn read(&self, from_seq: u64) -> Result<CommitStream, StoreError> {
+        Ok(opened(self.keys.clone(), self.read_as_logged(from_seq).await?))
+    }
+
+    async fn read_as_logged(&self, from_seq: u64) -> Result<CommitStream, StoreError> {
+        JetStreamStore::read_as_logged(self, from_seq).await
+    }
+
+    async fn load_as_logged(&self, account: &AccountId, stream: &StreamRef) -> Result<Vec<LogItem>, StoreError> {
+        JetStreamStore::load_as_logged(self, account, stream).await
+    }
+
+    async fn open(&self, commit: &mut Commit) -> Result<(), StoreError> {
+        match self.keys.as_deref() {
+            Some(keys) => keys.open(commit).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The last commit's sequence (or a deleted message's): the fences'
+    /// markers after it do not count, so a reader that holds every commit is
+    /// at the end.
+    async fn last_seq(&self) -> Result<u64, StoreError> {
+        let mut last = self.stream.get_info().await.map_err(unavailable)?.state.last_sequence;
+        while last > 0 {
+            match self.stream.direct_get(last).await {
+                Ok(message) if crate::fence::is_fence(&self.config.prefix, &message.subject) => last -= 1,
+                _ => break,
+            }
+        }
+        Ok(last)
+    }
+}
+
+impl JetStreamStore {
+    /// [`EventStore::load`], the commits as the log holds them (personal values sealed).
+    pub async fn load_as_logged(&self, account: &AccountId, stream: &StreamRef) -> Result<Vec<LogItem>, StoreError> {
         if let Some(fence) = self.fence.as_deref().filter(|f| f.dirty()) {
             self.advance(fence).await?;
         }
@@ -609,7 +702,8 @@ impl EventStore for JetStreamStore {
         Ok(out)
     }
 
-    async fn subscribe(&self, from_seq: u64) -> Result<CommitStream, StoreError> {
+    /// [`EventStore::subscribe`], the commits as the log holds them.
+    pub async fn subscribe_as_logged(&self, from_seq: u64) -> Result<CommitStream, StoreError> {
         let (_, messages) = self.ordered(from_seq).await?;
         let prefix = self.config.prefix.clone();
         let signing = self.config.signing.clone();
@@ -627,8 +721,39 @@ impl EventStore for JetStreamStore {
 
     /// Ends after the message the server reports nothing pending behind (or at
     /// once when nothing is pending), so deleted sequences are never awaited.
-    async fn read(&self, from_seq: u64) -> Result<CommitStream, StoreError> {
+    pub async fn read_as_logged(&self, from_seq: u64) -> Result<CommitStream, StoreError> {
         let (pending, messages) = self.ordered(from_seq).await?;
+        self.read_messages(from_seq, pending, messages)
+    }
+
+    /// Every account's contact-book commits from `from_seq` to the log's end
+    /// as of this call, as logged (what erasures follow).
+    pub async fn read_contact_books(&self, from_seq: u64) -> Result<CommitStream, StoreError> {
+        let (pending, messages) = self.ordered_on(from_seq, vec![format!("{}.*.contacts.>", self.config.prefix)]).await?;
+        self.read_messages(from_seq, pending, messages)
+    }
+
+    /// The commits that open an account's conversations (on `….opened`, or
+    /// `….closed` for one opened and closed at once), as logged: whose
+    /// contact each conversation is (an erasure's list of conversations).
+    pub async fn read_openings(&self, account: &AccountId) -> Result<CommitStream, StoreError> {
+        let prefix = &self.config.prefix;
+        let filters = vec![format!("{prefix}.{account}.conv.*.opened"), format!("{prefix}.{account}.conv.*.closed")];
+        let (pending, messages) = self.ordered_on(1, filters).await?;
+        self.read_messages(1, pending, messages)
+    }
+
+    /// The JetStream context (for the feeds that keep streams of their own).
+    pub fn context(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    fn read_messages(
+        &self,
+        from_seq: u64,
+        pending: u64,
+        messages: jetstream::consumer::pull::Ordered,
+    ) -> Result<CommitStream, StoreError> {
         let prefix = self.config.prefix.clone();
         let signing = self.config.signing.clone();
         let timeout = Duration::from_millis(READ_TIMEOUT_MS);
@@ -666,20 +791,25 @@ impl EventStore for JetStreamStore {
             }
         })))
     }
+}
 
-    /// The last commit's sequence (or a deleted message's): the fences'
-    /// markers after it do not count, so a reader that holds every commit is
-    /// at the end.
-    async fn last_seq(&self) -> Result<u64, StoreError> {
-        let mut last = self.stream.get_info().await.map_err(unavailable)?.state.last_sequence;
-        while last > 0 {
-            match self.stream.direct_get(last).await {
-                Ok(message) if crate::fence::is_fence(&self.config.prefix, &message.subject) => last -= 1,
-                _ => break,
-            }
-        }
-        Ok(last)
+/// A read's commits with their personal values opened by `keys` (as they are without).
+fn opened(keys: Option<std::sync::Arc<Keyring>>, stream: CommitStream) -> CommitStream {
+    match keys {
+        None => stream,
+        Some(keys) => Box::pin(stream.then(move |item| {
+            let keys = keys.clone();
+            async move { open_item(&keys, item).await }
+        })),
     }
+}
+
+/// One item of the log with its personal values opened; a key store that
+/// cannot answer makes it an [`StoreError::Unavailable`].
+async fn open_item(keys: &Keyring, item: LogItem) -> LogItem {
+    let mut stored = item?;
+    keys.open(&mut stored.commit).await?;
+    Ok(stored)
 }
 
 /// Why an atomic batch was not (known to be) stored.

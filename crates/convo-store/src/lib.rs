@@ -15,8 +15,10 @@
 pub mod bus;
 pub mod cluster;
 pub mod egress;
+pub mod erasure;
 pub mod fence;
 pub mod jetstream;
+pub mod keys;
 pub mod json_stream;
 pub mod launcher;
 pub mod lease;
@@ -178,6 +180,30 @@ pub trait EventStore: Send + Sync {
     /// ends: deleted messages anywhere, the last one included, cannot make a
     /// reader wait for a sequence that no longer exists.
     fn read(&self, from_seq: u64) -> impl Future<Output = Result<CommitStream, StoreError>> + Send;
+
+    /// [`EventStore::read`] with the commits as the log holds them: personal
+    /// values sealed (see [`keys`]), for readers that keep what they read
+    /// (snapshots, read models) and open it only to show it.
+    fn read_as_logged(&self, from_seq: u64) -> impl Future<Output = Result<CommitStream, StoreError>> + Send {
+        self.read(from_seq)
+    }
+
+    /// [`EventStore::load`] with the commits as the log holds them.
+    fn load_as_logged(
+        &self,
+        account: &AccountId,
+        stream: &StreamRef,
+    ) -> impl Future<Output = Result<Vec<LogItem>, StoreError>> + Send {
+        self.load(account, stream)
+    }
+
+    /// Opens the personal values of a commit read as logged (one whose key
+    /// is gone reads [`convo_wire::personal::ERASED`]); a store that seals
+    /// nothing leaves it as it is.
+    fn open(&self, commit: &mut Commit) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = commit;
+        std::future::ready(Ok(()))
+    }
 
     /// The sequence of the newest commit in the log (0 when empty).
     fn last_seq(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;

@@ -64,9 +64,26 @@ impl Sealer {
 
     /// `plaintext` sealed for `context`.
     pub fn seal(&self, context: &str, plaintext: &[u8]) -> String {
+        let sealed = self.seal_bytes(context, plaintext);
+        format!("{SEALED_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed))
+    }
+
+    /// `plaintext` sealed for `context`, as bytes (the nonce, then the ciphertext).
+    pub fn seal_bytes(&self, context: &str, plaintext: &[u8]) -> Vec<u8> {
+        self.seal_placed(context, "", plaintext)
+    }
+
+    /// `plaintext` sealed for `context` (authenticated with it), with a nonce
+    /// derived from `place` too, so equal plaintexts in two places seal
+    /// differently while [`Sealer::open_bytes`] needs only `context`.
+    pub fn seal_placed(&self, context: &str, place: &str, plaintext: &[u8]) -> Vec<u8> {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.nonces).expect("HMAC takes any key");
         mac.update(&(context.len() as u64).to_be_bytes());
         mac.update(context.as_bytes());
+        if !place.is_empty() {
+            mac.update(&(place.len() as u64).to_be_bytes());
+            mac.update(place.as_bytes());
+        }
         mac.update(plaintext);
         let digest = mac.finalize().into_bytes();
         let nonce = Nonce::from_slice(&digest[..NONCE_BYTES]);
@@ -77,13 +94,18 @@ impl Sealer {
         let mut out = Vec::with_capacity(NONCE_BYTES + sealed.len());
         out.extend_from_slice(nonce);
         out.extend_from_slice(&sealed);
-        format!("{SEALED_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(out))
+        out
     }
 
     /// The plaintext of a value sealed for `context`.
     pub fn open(&self, context: &str, sealed: &str) -> Result<Vec<u8>, SealError> {
         let body = sealed.strip_prefix(SEALED_PREFIX).ok_or(SealError::NotSealed)?;
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(body).map_err(|_| SealError::Mismatch)?;
+        self.open_bytes(context, &bytes)
+    }
+
+    /// The plaintext of bytes sealed for `context` by [`Sealer::seal_bytes`].
+    pub fn open_bytes(&self, context: &str, bytes: &[u8]) -> Result<Vec<u8>, SealError> {
         if bytes.len() < NONCE_BYTES {
             return Err(SealError::Mismatch);
         }

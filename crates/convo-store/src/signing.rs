@@ -200,6 +200,11 @@ impl Signing {
         mac.finalize().into_bytes().into()
     }
 
+    /// The master key that wraps the data keys of personal data (see [`crate::keys`]).
+    pub fn data_key_master(&self) -> [u8; 32] {
+        self.derive_key("personal-data-keys-v1")
+    }
+
     /// The sealer of secrets kept at rest (webhook secrets: in the stream and
     /// in the webhooks database).
     pub fn sealer(&self) -> crate::seal::Sealer {

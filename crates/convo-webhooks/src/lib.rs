@@ -37,7 +37,7 @@ use convo_projector::{Projection, Projector, Staged};
 use convo_store::seal::{Sealer, webhook_secret_context};
 use convo_store::{EventStore, StoredCommit};
 use convo_wire::Event;
-use convo_wire::redact::Redactions;
+use convo_wire::redact::{Redactions, Rules};
 
 pub use deliver::Allowed;
 
@@ -85,6 +85,9 @@ pub struct WebhookConfig {
     pub metrics: Option<std::sync::Arc<convo_store::metrics::Metrics>>,
     /// Connections kept alive per receiver between deliveries.
     pub connections: Arc<deliver::Connections>,
+    /// The data keys that open the personal values a queued body keeps
+    /// sealed (opened when it is sent; an erased one reads `[erased]`).
+    pub keys: Option<Arc<convo_store::keys::Keyring>>,
 }
 
 impl Default for WebhookConfig {
@@ -100,6 +103,7 @@ impl Default for WebhookConfig {
             tick: Duration::from_millis(100),
             metrics: None,
             connections: Arc::default(),
+            keys: None,
         }
     }
 }
@@ -497,8 +501,14 @@ pub async fn run(
                 want -= 1;
                 busy.insert(queue_of(&key), ());
                 // Its own task: the attempt's I/O goes on while this loop records others.
-                let attempt =
-                    tokio::spawn(send(key.clone(), delivery, target.clone(), signing_key.clone(), config.clone()));
+                let rules = convo_domain::AccountId::new(account_of(&endpoint)).map(|a| queue.redactions.of(&a));
+                let attempt = tokio::spawn(send(
+                    key.clone(),
+                    delivery,
+                    target.clone(),
+                    (signing_key.clone(), rules.unwrap_or_default()),
+                    config.clone(),
+                ));
                 let endpoint = endpoint.clone();
                 in_flight.push(async move { (key, endpoint, attempt.await) });
             }
@@ -506,14 +516,42 @@ pub async fn run(
     }
 }
 
+/// The account an endpoint's key (`ep/<account>/<webhook>`) names.
+fn account_of(endpoint: &str) -> &str {
+    endpoint[ENDPOINT.len()..].split('/').next().unwrap_or("")
+}
+
+/// A queued body as it is sent: its sealed personal values opened (queued
+/// sealed, so the webhooks database never holds them in clear) and the
+/// account's redaction rules applied to them.
+async fn shown(body: &str, keys: Option<&convo_store::keys::Keyring>, rules: &Rules) -> Result<String, String> {
+    let Some(keys) = keys.filter(|_| body.contains(convo_wire::personal::SEALED_PERSONAL_PREFIX)) else {
+        return Ok(body.to_owned());
+    };
+    let opened = keys.open_text(body).await.map_err(|e| format!("cannot open the body's personal data: {e}"))?;
+    if rules.is_empty() {
+        return Ok(opened);
+    }
+    let mut value: Value = serde_json::from_str(&opened).map_err(|e| e.to_string())?;
+    rules.apply(&mut value);
+    Ok(value.to_string())
+}
+
 async fn send(
     key: Vec<u8>,
     delivery: Delivery,
     target: Endpoint,
-    signing_key: Result<Vec<u8>, String>,
+    (signing_key, rules): (Result<Vec<u8>, String>, Rules),
     config: WebhookConfig,
 ) -> Flight {
-    let body = delivery.body.clone();
+    let body = match shown(&delivery.body, config.keys.as_deref(), &rules).await {
+        Ok(body) => body,
+        Err(error) => {
+            // The key store did not answer: a failed attempt, tried again later.
+            let answer = deliver::Answer { status: None, error: Some(error), latency_ms: 0, refused: false };
+            return Flight { key, delivery, verdict: Verdict::Sent(answer) };
+        }
+    };
     let verdict = if !target.enabled {
         Verdict::Held
     } else if body.len() > config.body_bytes_max {

@@ -15,6 +15,7 @@
 
 pub mod cloud_json;
 pub mod json_schema;
+pub mod personal;
 pub mod redact;
 pub mod schema;
 

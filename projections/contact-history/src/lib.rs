@@ -11,7 +11,8 @@
 //! entry (JSON); `x/<account>/<conversation>` an open conversation's context;
 //! `k/<account>/client/<id>` and `k/<account>/campaign/<id>` the settings;
 //! `p/<account>/<contact>` the contact book's name of the contact (an entry
-//! names the contact by it when the conversation carried no name).
+//! names the contact by it when the conversation carried no name);
+//! `e/<account>/<contact>` when and why the contact was erased.
 
 use std::collections::BTreeMap;
 
@@ -76,10 +77,19 @@ impl Projection for ContactHistory {
             // The contact book: a contact's name, for conversations that did not carry one.
             StreamRef::Contacts => {
                 for e in &stored.commit.events {
-                    if let Event::Contact(ContactEvent::ContactDefined(c) | ContactEvent::ContactUpdated(c)) = &e.event
-                    {
-                        let key = format!("p/{account}/{}", c.id);
-                        staged.insert(key.into_bytes(), json_bytes(&json!({"name": c.name})));
+                    match &e.event {
+                        Event::Contact(ContactEvent::ContactDefined(c) | ContactEvent::ContactUpdated(c)) => {
+                            let key = format!("p/{account}/{}", c.id);
+                            staged.insert(key.into_bytes(), json_bytes(&json!({"name": c.name})));
+                        }
+                        // Their entries' texts are sealed with keys now gone; the history says so.
+                        Event::Contact(ContactEvent::ContactErased(erased)) => {
+                            staged.remove(format!("p/{account}/{}", erased.contact).into_bytes());
+                            let key = format!("e/{account}/{}", erased.contact);
+                            let mark = json!({"erased_at": at.to_rfc3339(), "by": e.actor, "reason": erased.reason});
+                            staged.insert(key.into_bytes(), json_bytes(&mark));
+                        }
+                        _ => {}
                     }
                 }
                 Ok(())
@@ -194,6 +204,11 @@ pub fn history(tree: &sled::Tree, account: &str, contact: &str) -> Result<Vec<Va
         }
     }
     Ok(entries.into_values().rev().collect())
+}
+
+/// When and why a contact was erased (SPEC §13), if they were.
+pub fn erased(tree: &sled::Tree, account: &str, contact: &str) -> Result<Option<Value>, sled::Error> {
+    Ok(tree.get(format!("e/{account}/{contact}").as_bytes())?.and_then(|v| serde_json::from_slice(&v).ok()))
 }
 
 /// Every contact's history (the export a rebuild is compared with): by

@@ -37,6 +37,26 @@ pub const CONVERSATIONS_SHOWN_MAX: usize = 500;
 /// The characters of the contact's last message a card keeps.
 pub const PREVIEW_CHARS_MAX: usize = 200;
 
+/// A message's preview: its first [`PREVIEW_CHARS_MAX`] characters.
+pub fn preview(text: &str) -> String {
+    text.chars().take(PREVIEW_CHARS_MAX).collect()
+}
+
+/// Cuts every `last_message.text` in a dashboard's or an inbox's JSON to
+/// its preview (for texts kept sealed whole, once opened).
+pub fn cut_previews(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Array(items) => items.iter_mut().for_each(cut_previews),
+        serde_json::Value::Object(map) => {
+            if let Some(serde_json::Value::String(text)) = map.get_mut("last_message").and_then(|m| m.get_mut("text")) {
+                *text = preview(text);
+            }
+            map.values_mut().for_each(cut_previews);
+        }
+        _ => {}
+    }
+}
+
 /// An open conversation as the floor sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Card {
@@ -138,7 +158,9 @@ pub fn fold_card(card: &mut Option<Card>, id: &str, event: &ConversationEvent, a
     match event {
         ConversationEvent::MessageReceived { text, .. } => {
             c.messages += 1;
-            c.last_message = Some(LastMessage { text: text.chars().take(PREVIEW_CHARS_MAX).collect(), at });
+            // A sealed text is kept whole (cut, it would not open): readers cut it once opened ([`preview`]).
+            let text = if convo_wire::personal::is_sealed(text) { text.clone() } else { preview(text) };
+            c.last_message = Some(LastMessage { text, at });
             if c.wait.is_none() {
                 c.wait = Some(Wait { started_at: at.max(c.sla_clock_starts_at), crossed: None });
             }

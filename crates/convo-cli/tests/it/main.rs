@@ -6,6 +6,7 @@ mod cluster;
 mod contract;
 mod crash;
 mod dashboard;
+mod erasure;
 mod fail_closed;
 mod fence;
 mod offline;

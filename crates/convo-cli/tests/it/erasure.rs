@@ -1,0 +1,212 @@
+//! Erasure by crypto-shredding (SPEC §13) against the real binary: a
+//! contact with a unique phone handle, a name and a message marker; a
+//! webhook receiving their events; snapshots; the JSON stream. Once the
+//! contact is erased, within the bound, no file under the data directory
+//! (the JetStream file store included) and no message read raw from any
+//! stream or bucket holds the phone, the name or the marker; the audit
+//! chain still verifies, the SLA report is unchanged, the contact history
+//! says erased — and another contact's data is still there.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::access::{Served, http, log_of, op, sales_account, sales_settings, serve_with};
+
+const PHONE: &str = "+573009871234";
+const NAME: &str = "Zoraida Quintero-Ballesteros";
+const MARKER: &str = "marker-7f3a9c1e-texto";
+/// Another contact's text, which the erasure must leave readable.
+const KEPT: &str = "kept-51b2d0-otra-persona";
+
+/// A receiver that accepts everything and keeps the bodies.
+async fn receiver() -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = got.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    let Ok(n) = socket.read(&mut chunk).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buffer.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buffer).into_owned();
+                    let Some((head, body)) = text.split_once("\r\n\r\n") else { continue };
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                        .unwrap_or(0);
+                    if body.len() < length {
+                        continue;
+                    }
+                    seen.lock().unwrap().push(body[..length].to_owned());
+                    buffer.drain(..head.len() + 4 + length);
+                    let answer = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+                    if socket.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, got)
+}
+
+async fn until(what: &str, dir: &Path, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done().await {
+        assert!(Instant::now() < deadline, "{what}: not within 60 s\n{}", log_of(dir));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every message of every stream on the server (KV buckets and object
+/// stores are streams too), subject, headers and payload as bytes.
+async fn raw_messages(served: &Served) -> Vec<(String, String, Vec<u8>)> {
+    let client = convo_store::connect_options(&served.engine_url).connect(served.engine_url.as_str()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut out = Vec::new();
+    let mut names = js.stream_names();
+    let mut streams = Vec::new();
+    while let Some(name) = names.next().await {
+        streams.push(name.unwrap());
+    }
+    for name in streams {
+        let mut stream = js.get_stream(&name).await.unwrap();
+        let state = stream.info().await.unwrap().state.clone();
+        for seq in state.first_sequence..=state.last_sequence {
+            let Ok(message) = stream.get_raw_message(seq).await else { continue };
+            let headers = format!("{:?}", message.headers);
+            out.push((format!("{name}#{seq} {}", message.subject), headers, message.payload.to_vec()));
+        }
+    }
+    out
+}
+
+/// The files under `dir` whose bytes hold `needle`.
+fn files_holding(dir: &Path, needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap().flatten() {
+                stack.push(entry.path());
+            }
+        } else if meta.is_file() {
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                out.push(path.display().to_string());
+            }
+        }
+    }
+    out
+}
+
+async fn get(served: &Served, path: &str) -> Value {
+    let (status, body) = http(served, "127.0.0.1", "GET", path, Some(&served.operator), &[], None).await;
+    assert_eq!(status, 200, "GET {path}: {body}");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_contact_leaves_nothing_readable_anywhere_and_the_record_still_verifies() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().to_path_buf();
+    let (port, got) = receiver().await;
+    let allow = format!("127.0.0.1:{port}");
+    let served = serve_with(&dir, &["--webhook-allow", &allow, "--snapshot-every-secs", "1"]);
+    sales_account(&served, sales_settings(), &[("ana", "agent")], &["ana"]).await;
+    let url = format!("http://127.0.0.1:{port}/hooks");
+    op(&served, "acme", "hook", json!({"type": "define_webhook", "id": "crm", "url": url, "events": [],
+        "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}))
+    .await;
+    let contact = json!({"type": "define_contact", "id": "k-77", "name": NAME,
+        "identities": [{"channel": "wa", "handle": PHONE}]});
+    op(&served, "acme", "contact", contact).await;
+    op(&served, "acme", "ana-on", json!({"type": "set_agent_state", "agent": "ana", "state": "available"})).await;
+    let message = |conversation: &str, contact: &str, name: &str, text: &str| {
+        json!({"type": "receive_message", "conversation": conversation, "contact": contact, "channel": "wa",
+            "contact_name": name, "text": text})
+    };
+    op(&served, "acme", "m1", message("c-1", "k-77", NAME, &format!("hola, {MARKER}"))).await;
+    op(&served, "acme", "m2", message("c-2", "k-88", "Otra Persona", KEPT)).await;
+    op(&served, "acme", "x1", json!({"type": "close", "conversation": "c-1", "typification": "venta"})).await;
+
+    // Before: in clear where it is shown — the webhook, the JSON stream, the reads.
+    until("the webhook received the message in clear", &dir, async || {
+        got.lock().unwrap().iter().any(|b| b.contains(MARKER))
+    })
+    .await;
+    until("the JSON stream holds the message", &dir, async || {
+        raw_messages(&served).await.iter().any(|(s, _, p)| s.contains("_JSON#") && String::from_utf8_lossy(p).contains(MARKER))
+    })
+    .await;
+    let history = "/v1/accounts/acme/contacts/k-77/history";
+    until("the contact history shows the closed conversation", &dir, async || {
+        get(&served, history).await["history"].as_array().is_some_and(|h| !h.is_empty())
+    })
+    .await;
+    let sla = "/v1/accounts/acme/reports/sla?by=campaign&period=day";
+    let report_before = get(&served, sla).await;
+    let before = raw_messages(&served).await;
+    let main: Vec<_> = before.iter().filter(|(s, _, _)| s.starts_with("CONVO#")).collect();
+    assert!(!main.is_empty());
+    for (subject, headers, payload) in &main {
+        let text = String::from_utf8_lossy(payload);
+        for secret in [PHONE, NAME, MARKER] {
+            assert!(!text.contains(secret) && !headers.contains(secret), "{subject} holds {secret} in clear");
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await; // a snapshot of the partition with the contact in it
+    assert!(!files_holding(&dir, MARKER).is_empty(), "the JSON stream's file store holds it in clear (the grep sees it)");
+
+    // Erase: an admin's or the operator's, with a reason.
+    let reply = op(&served, "acme", "erase-1", json!({"type": "erase_contact", "contact": "k-77", "reason": "GDPR art. 17 request 2026-0042"})).await;
+    assert!(reply["event_ids"].as_array().is_some_and(|ids| ids.len() == 1), "{reply}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let holding: Vec<String> = raw_messages(&served)
+            .await
+            .into_iter()
+            .filter(|(_, headers, payload)| {
+                let text = String::from_utf8_lossy(payload);
+                [PHONE, NAME, MARKER].iter().any(|s| text.contains(s) || headers.contains(s))
+            })
+            .map(|(subject, _, _)| subject)
+            .collect();
+        if holding.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still readable after 60 s in {holding:?}\n{}", log_of(&dir));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await; // snapshots written after it too
+    for secret in [PHONE, NAME, MARKER] {
+        let found = files_holding(&dir, secret);
+        assert!(found.is_empty(), "{secret} is still on disk in {found:?}");
+    }
+    // Another contact's data is untouched.
+    assert!(raw_messages(&served).await.iter().any(|(s, _, p)| s.contains("_JSON#") && String::from_utf8_lossy(p).contains(KEPT)));
+
+    // The record: the chain verifies, the report is the same, the history says erased.
+    let verdict = get(&served, "/v1/audit/verify").await;
+    assert_eq!(verdict["intact"], true, "{verdict}");
+    assert_eq!(get(&served, sla).await, report_before, "counts and SLA facts are unchanged");
+    let after = get(&served, history).await;
+    assert_eq!(after["erased"]["reason"], "GDPR art. 17 request 2026-0042", "{after}");
+    let entries = after["history"].as_array().unwrap();
+    assert!(!entries.is_empty() && !after.to_string().contains(NAME), "{after}");
+}

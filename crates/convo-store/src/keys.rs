@@ -1,0 +1,513 @@
+//! Data keys for personal data (SPEC §13, DESIGN "Sealed personal data"):
+//! crypto-shredding. Every personal value of a commit is sealed before it
+//! is appended ([`convo_wire::personal`] says which and with which key)
+//! and opened when it is read; destroying a key makes every copy sealed
+//! with it unreadable at once — the stream, snapshots, anything that kept
+//! the sealed bytes.
+//!
+//! - A **contact key** per contact (identity: name, handles, attribute
+//!   values), kept wrapped by the master key (derived from the engine's key).
+//! - A **conversation key** per conversation (content), kept wrapped by its
+//!   contact's key: erasing a contact destroys one key and every
+//!   conversation of theirs becomes unreadable with it. Retention destroys
+//!   one conversation's key alone.
+//!
+//! Keys are random (a derived key could be derived again: it could not be
+//! forgotten) and live in the JetStream stream `<STREAM>_KEYS`, one message
+//! per key (subject `convo-keys.<STREAM>.<scope>`), with the event stream's
+//! replicas; destroying one overwrites its message (the server's secure
+//! erase; a KV bucket's stream refuses message erases). Each process
+//! caches keys it used ([`KEYS_CACHED_MAX`], each for at most
+//! [`KEY_CACHE_TTL`], so a key destroyed by another process is forgotten
+//! here within that time).
+//!
+//! Sealing is AES-256-GCM-SIV with the nonce derived from the place (event
+//! and field) and the plaintext: the same commit sealed twice is the same
+//! bytes (a retried append is a duplicate, not a second copy).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::stream::DirectGetErrorKind;
+use async_nats::jetstream::{self};
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use convo_domain::ContactId;
+use convo_wire::Commit;
+use convo_wire::personal::{self, ERASED, KeyScope, SEALED_PERSONAL_PREFIX};
+
+use crate::StoreError;
+use crate::seal::Sealer;
+
+/// The most data keys one process keeps in memory (beyond it the oldest go).
+pub const KEYS_CACHED_MAX: usize = 100_000;
+/// How long a cached key (or the knowledge that it is gone) is trusted.
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(20);
+/// A data key's length in bytes (AES-256).
+const KEY_BYTES: usize = 32;
+
+/// A key as kept in the bucket: sealed by the master key (a contact's) or
+/// by its contact's key (a conversation's).
+#[derive(Serialize, Deserialize)]
+struct StoredKey {
+    /// The contact whose key wraps this one (`None`: the master key does).
+    wrapped_by: Option<ContactId>,
+    sealed: Vec<u8>,
+}
+
+#[derive(Clone)]
+struct Cached {
+    /// `None`: the key is gone (destroyed, or wrapped by a destroyed key).
+    key: Option<Arc<Sealer>>,
+    wrapped_by: Option<ContactId>,
+    at: Instant,
+}
+
+enum Backend {
+    /// A stream of one message per key (not a KV bucket: those refuse the
+    /// message erase that destroying a key needs).
+    Stream { js: jetstream::Context, stream: jetstream::stream::Stream, prefix: String },
+    /// Tests and tools: keys in this process only.
+    Memory(Mutex<HashMap<String, Vec<u8>>>),
+}
+
+/// The data keys of one stream (see the module docs).
+pub struct Keyring {
+    backend: Backend,
+    master: Sealer,
+    cache: Mutex<HashMap<KeyScope, Cached>>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keyring")
+    }
+}
+
+/// The keys a batch of commits is sealed with.
+pub type Prepared = HashMap<KeyScope, Arc<Sealer>>;
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("the data key store: {e}"))
+}
+
+/// What a key is sealed for (the wrapping authenticates which key it is).
+fn key_context(scope: &KeyScope) -> String {
+    format!("data-key/{}", scope.token())
+}
+
+impl Keyring {
+    /// The bucket of `stream`'s data keys (created with `replicas` if missing),
+    /// wrapped by `master` (the engine's key's derived data-key master).
+    pub async fn connect(
+        js: &jetstream::Context,
+        stream: &str,
+        replicas: usize,
+        master: [u8; 32],
+    ) -> Result<Self, StoreError> {
+        let name = Self::bucket_name(stream);
+        let prefix = format!("convo-keys.{stream}");
+        let config = jetstream::stream::Config {
+            name: name.clone(),
+            description: Some(format!("the data keys of stream {stream}'s personal data (wrapped)")),
+            subjects: vec![format!("{prefix}.>")],
+            max_messages_per_subject: 1,
+            num_replicas: replicas,
+            allow_direct: true,
+            deny_delete: false,
+            ..Default::default()
+        };
+        let keys = js.get_or_create_stream(config).await.map_err(unavailable)?;
+        Ok(Self::with_backend(Backend::Stream { js: js.clone(), stream: keys, prefix }, master))
+    }
+
+    /// The key stream's name for `stream`.
+    pub fn bucket_name(stream: &str) -> String {
+        format!("{stream}_KEYS")
+    }
+
+    /// Keys in this process's memory only (tests, tools).
+    pub fn in_memory(master: [u8; 32]) -> Self {
+        Self::with_backend(Backend::Memory(Mutex::new(HashMap::new())), master)
+    }
+
+    fn with_backend(backend: Backend, master: [u8; 32]) -> Self {
+        Self { backend, master: Sealer::new(master), cache: Mutex::new(HashMap::new()) }
+    }
+
+    async fn get(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match &self.backend {
+            Backend::Stream { stream, prefix, .. } => {
+                match stream.direct_get_last_for_subject(format!("{prefix}.{name}")).await {
+                    Ok(message) => Ok(Some(message.payload.to_vec())),
+                    Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(unavailable(e)),
+                }
+            }
+            Backend::Memory(map) => Ok(map.lock().expect("keys lock").get(name).cloned()),
+        }
+    }
+
+    /// Stores a new key; `false` when one is there already (another writer's).
+    async fn create(&self, name: &str, value: Vec<u8>, replace: bool) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Stream { js, prefix, .. } => {
+                let mut headers = async_nats::HeaderMap::new();
+                if !replace {
+                    headers.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
+                }
+                let subject = format!("{prefix}.{name}");
+                let outcome = match js.publish_with_headers(subject, headers, value.into()).await {
+                    Ok(ack) => ack.await,
+                    Err(e) => Err(e),
+                };
+                match outcome {
+                    Ok(_) => Ok(true),
+                    Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(false),
+                    Err(e) => Err(unavailable(e)),
+                }
+            }
+            Backend::Memory(map) => {
+                let mut map = map.lock().expect("keys lock");
+                if !replace && map.contains_key(name) {
+                    return Ok(false);
+                }
+                map.insert(name.to_owned(), value);
+                Ok(true)
+            }
+        }
+    }
+
+    /// Removes a key: its message overwritten (the server's secure erase),
+    /// so nothing of it is left in the stream's files.
+    async fn purge(&self, name: &str) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Stream { stream, prefix, .. } => loop {
+                let seq = match stream.direct_get_last_for_subject(format!("{prefix}.{name}")).await {
+                    Ok(message) => message.sequence,
+                    Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(()),
+                    Err(e) => return Err(unavailable(e)),
+                };
+                match stream.delete_message(seq).await {
+                    Ok(_) => {}
+                    Err(e) if e.to_string().contains("no message found") => {}
+                    Err(e) => return Err(unavailable(e)),
+                }
+            },
+            Backend::Memory(map) => {
+                map.lock().expect("keys lock").remove(name);
+                Ok(())
+            }
+        }
+    }
+
+    fn cached(&self, scope: &KeyScope) -> Option<Cached> {
+        let cache = self.cache.lock().expect("key cache lock");
+        cache.get(scope).filter(|c| c.at.elapsed() < KEY_CACHE_TTL).cloned()
+    }
+
+    fn remember(&self, scope: &KeyScope, key: Option<Arc<Sealer>>, wrapped_by: Option<ContactId>) {
+        let mut cache = self.cache.lock().expect("key cache lock");
+        if cache.len() >= KEYS_CACHED_MAX {
+            // The oldest half go (a full cache is rare: it holds the keys in use).
+            let mut ages: Vec<Instant> = cache.values().map(|c| c.at).collect();
+            ages.sort_unstable();
+            let cut = ages[ages.len() / 2];
+            cache.retain(|_, c| c.at > cut);
+        }
+        cache.insert(scope.clone(), Cached { key, wrapped_by, at: Instant::now() });
+    }
+
+    /// The key of `scope` as the bucket holds it; `None` when it is gone.
+    async fn fetch(&self, scope: &KeyScope) -> Result<Option<Arc<Sealer>>, StoreError> {
+        if let Some(cached) = self.cached(scope) {
+            return Ok(cached.key);
+        }
+        let (key, wrapped_by) = match self.get(&scope.token()).await? {
+            None => (None, None),
+            Some(bytes) => {
+                let stored: StoredKey = postcard::from_bytes(&bytes)
+                    .map_err(|e| StoreError::Refused(format!("data key {} is damaged: {e}", scope.token())))?;
+                let key = match &stored.wrapped_by {
+                    None => self.unwrap_key(&self.master, scope, &stored.sealed),
+                    Some(contact) => {
+                        let contact_scope = KeyScope::Contact(scope.account().clone(), contact.clone());
+                        match Box::pin(self.fetch(&contact_scope)).await? {
+                            Some(wrapper) => self.unwrap_key(&wrapper, scope, &stored.sealed),
+                            None => None,
+                        }
+                    }
+                };
+                (key, stored.wrapped_by)
+            }
+        };
+        self.remember(scope, key.clone(), wrapped_by);
+        Ok(key)
+    }
+
+    fn unwrap_key(&self, wrapper: &Sealer, scope: &KeyScope, sealed: &[u8]) -> Option<Arc<Sealer>> {
+        let bytes = wrapper.open_bytes(&key_context(scope), sealed).ok()?;
+        let key: [u8; KEY_BYTES] = bytes.try_into().ok()?;
+        Some(Arc::new(Sealer::new(key)))
+    }
+
+    /// The key of `scope`, made (and stored) when there is none — or when
+    /// the one there cannot be opened any more (its contact was erased and
+    /// the conversation goes on: what follows gets a new key). A new
+    /// conversation key is wrapped by `contact`'s key.
+    async fn ensure(&self, scope: &KeyScope, contact: Option<&ContactId>) -> Result<Arc<Sealer>, StoreError> {
+        loop {
+            if let Some(key) = self.fetch(scope).await? {
+                return Ok(key);
+            }
+            let replace = self.get(&scope.token()).await?.is_some();
+            let mut raw = [0u8; KEY_BYTES];
+            getrandom::getrandom(&mut raw).map_err(|e| StoreError::Refused(format!("no randomness for a data key: {e}")))?;
+            let (wrapper, wrapped_by) = match (scope, contact) {
+                (KeyScope::Conversation(account, _), Some(contact)) => {
+                    let contact_scope = KeyScope::Contact(account.clone(), contact.clone());
+                    (Box::pin(self.ensure(&contact_scope, None)).await?, Some(contact.clone()))
+                }
+                _ => (Arc::new(self.master.clone()), None),
+            };
+            let stored = StoredKey { wrapped_by: wrapped_by.clone(), sealed: wrapper.seal_bytes(&key_context(scope), &raw) };
+            let bytes = postcard::to_allocvec(&stored).map_err(|e| StoreError::Refused(e.to_string()))?;
+            if self.create(&scope.token(), bytes, replace).await? {
+                let key = Arc::new(Sealer::new(raw));
+                self.remember(scope, Some(key.clone()), wrapped_by);
+                return Ok(key);
+            }
+            // Another writer made it first: read theirs.
+            self.cache.lock().expect("key cache lock").remove(scope);
+        }
+    }
+
+    /// Makes sure every key `commits` are sealed with exists, and returns them.
+    pub async fn prepare(&self, commits: &[&Commit]) -> Result<Prepared, StoreError> {
+        let mut keys = Prepared::new();
+        for commit in commits {
+            for (scope, contact) in personal::scopes(commit) {
+                if !keys.contains_key(&scope) {
+                    let key = self.ensure(&scope, contact.as_ref()).await?;
+                    keys.insert(scope, key);
+                }
+            }
+        }
+        Ok(keys)
+    }
+
+    /// `commit` with every personal value sealed with the keys of `prepared`
+    /// (values already sealed, or a key missing from `prepared`, stay as they are).
+    pub fn seal(commit: &Commit, prepared: &Prepared) -> Commit {
+        let mut sealed = commit.clone();
+        personal::visit_mut(&mut sealed, &mut |scope, place, value| {
+            if personal::is_sealed(value) || value == ERASED {
+                return;
+            }
+            if let Some(key) = prepared.get(scope) {
+                let token = scope.token();
+                let body = key.seal_placed(&token, place, value.as_bytes());
+                *value = format!(
+                    "{SEALED_PERSONAL_PREFIX}{token}:{}",
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(body)
+                );
+            }
+        });
+        sealed
+    }
+
+    /// Opens every sealed personal value of `commit` in place; one whose key
+    /// is gone reads [`ERASED`]. Plaintext (from before sealing) stays.
+    pub async fn open(&self, commit: &mut Commit) -> Result<(), StoreError> {
+        let mut wanted: Vec<KeyScope> = Vec::new();
+        personal::visit_mut(commit, &mut |_, _, value| {
+            if let Some((scope, _)) = personal::split_sealed(value)
+                && !wanted.contains(&scope)
+            {
+                wanted.push(scope);
+            }
+        });
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let keys = self.fetch_all(wanted).await?;
+        personal::visit_mut(commit, &mut |_, _, value| Self::open_value(&keys, value));
+        Ok(())
+    }
+
+    /// Opens every sealed personal value anywhere in `value` (a read
+    /// model's entry, a webhook body) in place, as [`Keyring::open`] does.
+    pub async fn open_json(&self, value: &mut serde_json::Value) -> Result<(), StoreError> {
+        fn walk(value: &mut serde_json::Value, f: &mut dyn FnMut(&mut String)) {
+            match value {
+                serde_json::Value::String(s) => f(s),
+                serde_json::Value::Array(items) => items.iter_mut().for_each(|v| walk(v, f)),
+                serde_json::Value::Object(map) => map.values_mut().for_each(|v| walk(v, f)),
+                _ => {}
+            }
+        }
+        let mut wanted: Vec<KeyScope> = Vec::new();
+        walk(value, &mut |s| {
+            if let Some((scope, _)) = personal::split_sealed(s)
+                && !wanted.contains(&scope)
+            {
+                wanted.push(scope);
+            }
+        });
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let keys = self.fetch_all(wanted).await?;
+        walk(value, &mut |s| Self::open_value(&keys, s));
+        Ok(())
+    }
+
+    /// `text` (JSON: a webhook body, a JSON line) with every sealed personal
+    /// value opened in place and escaped for a JSON string, the rest byte
+    /// for byte as it was.
+    pub async fn open_text(&self, text: &str) -> Result<String, StoreError> {
+        let is_sealed_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':');
+        let mut pieces: Vec<(usize, usize)> = Vec::new();
+        let mut from = 0;
+        while let Some(at) = text[from..].find(SEALED_PERSONAL_PREFIX) {
+            let start = from + at;
+            let end = text[start..].find(|c: char| !is_sealed_char(c)).map_or(text.len(), |n| start + n);
+            pieces.push((start, end));
+            from = end;
+        }
+        if pieces.is_empty() {
+            return Ok(text.to_owned());
+        }
+        let mut wanted: Vec<KeyScope> = Vec::new();
+        for (start, end) in &pieces {
+            if let Some((scope, _)) = personal::split_sealed(&text[*start..*end])
+                && !wanted.contains(&scope)
+            {
+                wanted.push(scope);
+            }
+        }
+        let keys = self.fetch_all(wanted).await?;
+        let mut out = String::with_capacity(text.len());
+        let mut last = 0;
+        for (start, end) in pieces {
+            out.push_str(&text[last..start]);
+            let mut value = text[start..end].to_owned();
+            Self::open_value(&keys, &mut value);
+            let quoted = serde_json::to_string(&value).expect("a string serializes");
+            out.push_str(&quoted[1..quoted.len() - 1]);
+            last = end;
+        }
+        out.push_str(&text[last..]);
+        Ok(out)
+    }
+
+    async fn fetch_all(&self, wanted: Vec<KeyScope>) -> Result<HashMap<KeyScope, Option<Arc<Sealer>>>, StoreError> {
+        let mut keys = HashMap::with_capacity(wanted.len());
+        for scope in wanted {
+            let key = self.fetch(&scope).await?;
+            keys.insert(scope, key);
+        }
+        Ok(keys)
+    }
+
+    /// `value` opened with `keys` if it is sealed ([`ERASED`] when its key is gone).
+    fn open_value(keys: &HashMap<KeyScope, Option<Arc<Sealer>>>, value: &mut String) {
+        let Some((scope, body)) = personal::split_sealed(value) else { return };
+        let opened = keys
+            .get(&scope)
+            .cloned()
+            .flatten()
+            .and_then(|key| {
+                let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(body).ok()?;
+                key.open_bytes(&scope.token(), &bytes).ok()
+            })
+            .and_then(|bytes| String::from_utf8(bytes).ok());
+        *value = opened.unwrap_or_else(|| ERASED.to_owned());
+    }
+
+    /// Destroys the key of `scope` (its history purged from the bucket):
+    /// everything sealed with it — and, for a contact, with the keys of
+    /// their conversations — reads [`ERASED`] from now on (in other
+    /// processes within [`KEY_CACHE_TTL`]).
+    pub async fn destroy(&self, scope: &KeyScope) -> Result<(), StoreError> {
+        self.purge(&scope.token()).await?;
+        let mut cache = self.cache.lock().expect("key cache lock");
+        if let KeyScope::Contact(account, contact) = scope {
+            cache.retain(|s, c| !(s.account() == account && c.wrapped_by.as_ref() == Some(contact)));
+        }
+        cache.insert(scope.clone(), Cached { key: None, wrapped_by: None, at: Instant::now() });
+        Ok(())
+    }
+
+    /// Purges a conversation key's entry whose contact key is gone (the
+    /// scrub after an erasure: nothing is left of it but the purge marker).
+    pub async fn purge_key(&self, scope: &KeyScope) -> Result<(), StoreError> {
+        self.purge(&scope.token()).await?;
+        self.cache.lock().expect("key cache lock").remove(scope);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use convo_domain::conversation::ConversationEvent;
+    use convo_domain::{AccountId, Actor, CommandId, ConversationId, Timestamp};
+    use convo_wire::{CommitEvent, Event, StreamRef};
+
+    fn message(conversation: &str, seq: u64, text: &str) -> Commit {
+        Commit {
+            account: AccountId::new("acme").unwrap(),
+            stream: StreamRef::Conversation(ConversationId::new(conversation).unwrap()),
+            command: CommandId::new(&format!("m{seq}")).unwrap(),
+            correlation: CommandId::new(&format!("m{seq}")).unwrap(),
+            at: Timestamp::from_millis(0),
+            events: vec![CommitEvent {
+                seq,
+                actor: Actor::System("test".into()),
+                event: Event::Conversation(ConversationEvent::MessageReceived {
+                    text: text.into(),
+                    attachments: vec![],
+                }),
+            }],
+        }
+    }
+
+    fn text(commit: &Commit) -> &str {
+        match &commit.events[0].event {
+            Event::Conversation(ConversationEvent::MessageReceived { text, .. }) => text,
+            _ => unreachable!(),
+        }
+    }
+
+    #[tokio::test]
+    async fn sealed_values_open_until_the_key_is_destroyed() {
+        let keys = Keyring::in_memory([3; 32]);
+        let commit = message("c1", 2, "hola, soy Ana");
+        let prepared = keys.prepare(&[&commit]).await.unwrap();
+        let sealed = Keyring::seal(&commit, &prepared);
+        assert!(text(&sealed).starts_with("pd:v1:v.acme.c1:") && !text(&sealed).contains("Ana"));
+        assert_eq!(sealed, Keyring::seal(&commit, &prepared), "the same commit seals to the same bytes");
+        assert_ne!(text(&sealed), text(&Keyring::seal(&message("c1", 3, "hola, soy Ana"), &prepared)));
+        let mut opened = sealed.clone();
+        keys.open(&mut opened).await.unwrap();
+        assert_eq!(opened, commit);
+        let quoted = Keyring::seal(&message("c1", 4, "dijo \"hola\"\n"), &prepared);
+        let body = format!(r#"{{"text":"{}"}}"#, text(&quoted));
+        assert_eq!(keys.open_text(&body).await.unwrap(), r#"{"text":"dijo \"hola\"\n"}"#);
+        keys.destroy(&KeyScope::Conversation(AccountId::new("acme").unwrap(), ConversationId::new("c1").unwrap()))
+            .await
+            .unwrap();
+        let mut opened = sealed.clone();
+        keys.open(&mut opened).await.unwrap();
+        assert_eq!(text(&opened), ERASED);
+        let body = format!(r#"{{"data":{{"text":"{}","n":1}}}}"#, text(&sealed));
+        assert_eq!(keys.open_text(&body).await.unwrap(), r#"{"data":{"text":"[erased]","n":1}}"#);
+        let mut plain = message("c2", 1, "from before sealing");
+        keys.open(&mut plain).await.unwrap();
+        assert_eq!(text(&plain), "from before sealing", "plaintext stays readable");
+    }
+}
