@@ -15,9 +15,9 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::aggregate::Actor;
 use crate::aggregate::{Decision, Emitter, RecentCommands, Recorded};
 use crate::command::{Command, CommandEnvelope};
-use crate::aggregate::Actor;
 use crate::config::{Catalog, NAME_BYTES_MAX, Role};
 use crate::ids::{AccountId, CampaignId, ChannelId, ContactId, check_id};
 use crate::rejection::Rejection;
@@ -252,7 +252,12 @@ impl ContactBook {
     /// Checks an erasure: an admin's or the operator's (or a trusted replay's,
     /// never an integration's), with a reason, naming a contact by id or by
     /// an identity the book holds.
-    fn erasure(&self, catalog: &Catalog, envelope: &CommandEnvelope, s: &EraseContact) -> Result<ContactErased, Rejection> {
+    fn erasure(
+        &self,
+        catalog: &Catalog,
+        envelope: &CommandEnvelope,
+        s: &EraseContact,
+    ) -> Result<ContactErased, Rejection> {
         let allowed = match &envelope.actor {
             Actor::Operator { .. } | Actor::System(_) => true,
             Actor::User { .. } => catalog.check_actor(&envelope.actor)?.is_some_and(|u| u.role == Role::Admin),
@@ -263,7 +268,9 @@ impl ContactBook {
         }
         let reason = s.reason.trim();
         if reason.is_empty() || s.reason.len() > ERASE_REASON_BYTES_MAX || s.reason.chars().any(char::is_control) {
-            let why = format!("1 to {ERASE_REASON_BYTES_MAX} bytes, no control characters (and no personal data: it is kept in clear)");
+            let why = format!(
+                "1 to {ERASE_REASON_BYTES_MAX} bytes, no control characters (and no personal data: it is kept in clear)"
+            );
             return Err(Rejection::invalid("reason", why));
         }
         let contact = match (&s.contact, &s.channel, &s.handle) {
@@ -272,10 +279,19 @@ impl ContactBook {
                 let identity = Identity { channel: channel.clone(), handle: handle.clone() };
                 match self.identities.get(&identity) {
                     Some(id) => id.clone(),
-                    None => return Err(Rejection::Unknown { entity: format!("a contact with that handle on channel {channel}") }),
+                    None => {
+                        return Err(Rejection::Unknown {
+                            entity: format!("a contact with that handle on channel {channel}"),
+                        });
+                    }
                 }
             }
-            _ => return Err(Rejection::invalid("contact", "name the contact by `contact`, or by `channel` and `handle`")),
+            _ => {
+                return Err(Rejection::invalid(
+                    "contact",
+                    "name the contact by `contact`, or by `channel` and `handle`",
+                ));
+            }
         };
         Ok(ContactErased { contact, reason: s.reason.clone() })
     }

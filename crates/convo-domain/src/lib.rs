@@ -42,7 +42,7 @@ pub use time::Timestamp;
 
 /// Every event type, as the JSON view's `type` names it (convo-wire's tests keep
 /// it equal to the types).
-pub const EVENT_TYPES: [&str; 56] = [
+pub const EVENT_TYPES: [&str; 57] = [
     "account_configured",
     "client_defined",
     "client_updated",
@@ -98,6 +98,7 @@ pub const EVENT_TYPES: [&str; 56] = [
     "contact_updated",
     "contact_attribute_set",
     "contact_attribute_requested",
+    "contact_erased",
     "unredacted_read",
 ];
 

@@ -468,7 +468,8 @@ impl World {
                     if let ContactEvent::ContactErased(erased) = &record.event {
                         // What the log reads for them now (their conversations' sealed names are gone).
                         for held in account.conversations.values_mut() {
-                            if let Some(facts) = held.conversation.facts.as_mut().filter(|f| f.contact == erased.contact)
+                            if let Some(facts) =
+                                held.conversation.facts.as_mut().filter(|f| f.contact == erased.contact)
                                 && facts.contact_name.is_some()
                             {
                                 facts.contact_name = Some(convo_wire::personal::ERASED.to_owned());

@@ -151,6 +151,7 @@ pub fn router(engine: mpsc::Sender<Request>, store: JetStreamStore, config: Gate
         .route("/v1/audit/verify", get(reads::audit_verify))
         .route("/v1/accounts/{account}/reports/{kind}", get(reads::report))
         .route("/v1/accounts/{account}/contacts/{contact}/history", get(reads::contact_history))
+        .route("/v1/accounts/{account}/contacts/{contact}/export", get(reads::contact_export))
         .route("/v1/accounts/{account}/live", get(reads::live))
         .route("/v1/accounts/{account}/inbox", get(reads::inbox))
         .route("/v1/accounts/{account}/events", get(events))

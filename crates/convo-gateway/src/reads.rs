@@ -449,6 +449,36 @@ pub(crate) async fn contact_history(
     }
 }
 
+/// `GET …/contacts/{contact}/export`: everything held about a contact
+/// (SPEC §13, subject access) in one JSON document — identity, attributes,
+/// every conversation with its texts. Admins and the operator only.
+pub(crate) async fn contact_export(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((account, contact)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let allowed = match authorize(&shared, &account, CONTACT_EXPORT, &headers, peer.ip()).await {
+        Ok(allowed) => allowed,
+        Err(response) => return response,
+    };
+    if allowed.scope != Scope::Account {
+        return error(StatusCode::FORBIDDEN, "forbidden", "a contact's export is an admin's or the operator's");
+    }
+    let (Ok(account_id), Ok(contact_id)) =
+        (convo_domain::AccountId::new(&account), convo_domain::ContactId::new(&contact))
+    else {
+        return invalid("contact", "the account and the contact are ids (letters, digits, `-`, `_`)");
+    };
+    match convo_store::erasure::export_contact(&shared.store, &account_id, &contact_id).await {
+        Ok(document) => reply(StatusCode::OK, document),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e.to_string()),
+    }
+}
+
+/// What the export is authorized as (no integration holds it: it is no read scope).
+const CONTACT_EXPORT: &str = "contact_export";
+
 #[derive(Debug, Deserialize)]
 pub(crate) struct LiveQuery {
     /// A wait this close to its next threshold is at risk (seconds).

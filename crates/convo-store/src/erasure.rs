@@ -59,8 +59,8 @@ pub struct Erased {
 }
 
 /// Follows the contact books from the checkpoint and carries out every
-/// erasure found, until the read ends (the caller calls again after
-/// [`POLL`]). `json_at` says how far the JSON republisher has come.
+/// erasure found, until the subscription ends or fails (the caller calls
+/// again after [`POLL`]). `json_at` says how far the JSON republisher has come.
 pub async fn follow(
     store: &JetStreamStore,
     keys: &Keyring,
@@ -72,13 +72,28 @@ pub async fn follow(
         Some(value) => std::str::from_utf8(&value).ok().and_then(|v| v.parse().ok()).unwrap_or(0),
         None => 0,
     };
-    let start = done;
+    let mut saved = done;
     let save = |at: u64| checkpoints.put(CHECKPOINT_KEY, Bytes::from(at.to_string()));
-    let mut books = store.read_contact_books(done + 1).await?;
-    while let Some(item) = books.next().await {
+    let mut books = store.follow_contact_books(done + 1).await?;
+    loop {
+        // The checkpoint moves when the books are quiet (or after each erasure).
+        let item = match tokio::time::timeout(POLL, books.next()).await {
+            Ok(Some(item)) => item,
+            Ok(None) => return Ok(done),
+            Err(_) => {
+                if done > saved {
+                    save(done).await.map_err(unavailable)?;
+                    saved = done;
+                }
+                continue;
+            }
+        };
         let stored = match item {
             Ok(stored) => stored,
-            Err(StoreError::Decode { .. }) => continue,
+            Err(StoreError::Decode { seq, .. }) => {
+                done = done.max(seq);
+                continue;
+            }
             Err(e) => return Err(e),
         };
         for e in &stored.commit.events {
@@ -98,14 +113,11 @@ pub async fn follow(
                     "contact erased: keys destroyed, JSON events overwritten"
                 );
                 save(stored.stream_seq).await.map_err(unavailable)?;
+                saved = stored.stream_seq;
             }
         }
         done = stored.stream_seq;
     }
-    if done > start {
-        save(done).await.map_err(unavailable)?;
-    }
-    Ok(done)
 }
 
 /// The conversations of `contact` in `account`, from the log's openings.
@@ -183,6 +195,74 @@ async fn overwrite(
             }
         }
     }
+}
+
+/// Everything held about a contact (SPEC §13, subject access), in one JSON
+/// document: their identity, attributes and labels as the contact book
+/// holds them, whether and when they were erased, and every conversation
+/// of theirs with all its events (texts opened; erased ones read `[erased]`).
+pub async fn export_contact(
+    store: &JetStreamStore,
+    account: &AccountId,
+    contact: &ContactId,
+) -> Result<serde_json::Value, StoreError> {
+    use crate::EventStore;
+    let mut identity = serde_json::Value::Null;
+    let mut erased = serde_json::Value::Null;
+    let mut book_events = Vec::new();
+    let mut books = store.read_contact_books(Some(account), 1).await?;
+    while let Some(item) = books.next().await {
+        let Ok(mut stored) = item else { continue };
+        if !stored.commit.events.iter().any(|e| matches!(&e.event, Event::Contact(c) if c.contact() == contact)) {
+            continue;
+        }
+        store.open(&mut stored.commit).await?;
+        for (line, e) in stored.commit.json_lines().into_iter().zip(&stored.commit.events) {
+            let Event::Contact(event) = &e.event else { continue };
+            if event.contact() != contact {
+                continue;
+            }
+            match event {
+                ContactEvent::ContactDefined(spec) | ContactEvent::ContactUpdated(spec) => {
+                    identity = serde_json::to_value(spec).unwrap_or_default();
+                }
+                ContactEvent::ContactAttributeSet(set) => {
+                    if let Some(attributes) = identity.get_mut("attributes").and_then(|a| a.as_object_mut()) {
+                        if set.value.is_empty() {
+                            attributes.remove(&set.name);
+                        } else {
+                            attributes.insert(set.name.clone(), serde_json::Value::String(set.value.clone()));
+                        }
+                    }
+                }
+                ContactEvent::ContactErased(_) => {
+                    identity = serde_json::Value::Null;
+                    erased = line.clone();
+                }
+            }
+            book_events.push(line);
+        }
+    }
+    let mut conversations = Vec::new();
+    for id in conversations_of(store, account, contact).await? {
+        let mut events = Vec::new();
+        for item in store.load(account, &StreamRef::Conversation(id.clone())).await? {
+            match item {
+                Ok(stored) => events.extend(stored.commit.json_lines()),
+                Err(StoreError::Decode { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        conversations.push(serde_json::json!({"conversation": id.as_str(), "events": events}));
+    }
+    Ok(serde_json::json!({
+        "account": account.as_str(),
+        "contact": contact.as_str(),
+        "identity": identity,
+        "erased": erased,
+        "contact_book": book_events,
+        "conversations": conversations,
+    }))
 }
 
 /// Keeps erasures carried out until `stop` (the feeds role's share).

@@ -705,6 +705,18 @@ impl JetStreamStore {
     /// [`EventStore::subscribe`], the commits as the log holds them.
     pub async fn subscribe_as_logged(&self, from_seq: u64) -> Result<CommitStream, StoreError> {
         let (_, messages) = self.ordered(from_seq).await?;
+        Ok(self.following(from_seq, messages))
+    }
+
+    /// Every account's contact-book commits from `from_seq`, as logged,
+    /// following new ones (one consumer for as long as it is read: what
+    /// erasures follow).
+    pub async fn follow_contact_books(&self, from_seq: u64) -> Result<CommitStream, StoreError> {
+        let (_, messages) = self.ordered_on(from_seq, vec![format!("{}.*.contacts.>", self.config.prefix)]).await?;
+        Ok(self.following(from_seq, messages))
+    }
+
+    fn following(&self, from_seq: u64, messages: jetstream::consumer::pull::Ordered) -> CommitStream {
         let prefix = self.config.prefix.clone();
         let signing = self.config.signing.clone();
         // A consumer reset before its first message starts over from the beginning: nothing below `from_seq` passes.
@@ -712,11 +724,11 @@ impl JetStreamStore {
             let seq = m.as_ref().ok().and_then(|m| m.info().ok()).map(|i| i.stream_sequence);
             std::future::ready(seq.is_none_or(|seq| seq >= from_seq))
         };
-        Ok(Box::pin(
+        Box::pin(
             messages
                 .filter(below)
                 .map(move |m| m.map_err(unavailable).and_then(|m| decode_message(&prefix, signing.as_deref(), &m))),
-        ))
+        )
     }
 
     /// Ends after the message the server reports nothing pending behind (or at
@@ -726,10 +738,16 @@ impl JetStreamStore {
         self.read_messages(from_seq, pending, messages)
     }
 
-    /// Every account's contact-book commits from `from_seq` to the log's end
-    /// as of this call, as logged (what erasures follow).
-    pub async fn read_contact_books(&self, from_seq: u64) -> Result<CommitStream, StoreError> {
-        let (pending, messages) = self.ordered_on(from_seq, vec![format!("{}.*.contacts.>", self.config.prefix)]).await?;
+    /// The contact-book commits of `account` (every account's: `None`) from
+    /// `from_seq` to the log's end as of this call, as logged (what erasures follow).
+    pub async fn read_contact_books(
+        &self,
+        account: Option<&AccountId>,
+        from_seq: u64,
+    ) -> Result<CommitStream, StoreError> {
+        let account = account.map_or_else(|| "*".to_owned(), AccountId::to_string);
+        let filter = format!("{}.{account}.contacts.>", self.config.prefix);
+        let (pending, messages) = self.ordered_on(from_seq, vec![filter]).await?;
         self.read_messages(from_seq, pending, messages)
     }
 

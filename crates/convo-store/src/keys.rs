@@ -69,7 +69,7 @@ struct Cached {
 enum Backend {
     /// A stream of one message per key (not a KV bucket: those refuse the
     /// message erase that destroying a key needs).
-    Stream { js: jetstream::Context, stream: jetstream::stream::Stream, prefix: String },
+    Stream { js: jetstream::Context, stream: Box<jetstream::stream::Stream>, prefix: String },
     /// Tests and tools: keys in this process only.
     Memory(Mutex<HashMap<String, Vec<u8>>>),
 }
@@ -121,7 +121,7 @@ impl Keyring {
             ..Default::default()
         };
         let keys = js.get_or_create_stream(config).await.map_err(unavailable)?;
-        Ok(Self::with_backend(Backend::Stream { js: js.clone(), stream: keys, prefix }, master))
+        Ok(Self::with_backend(Backend::Stream { js: js.clone(), stream: Box::new(keys), prefix }, master))
     }
 
     /// The key stream's name for `stream`.
@@ -265,7 +265,8 @@ impl Keyring {
             }
             let replace = self.get(&scope.token()).await?.is_some();
             let mut raw = [0u8; KEY_BYTES];
-            getrandom::getrandom(&mut raw).map_err(|e| StoreError::Refused(format!("no randomness for a data key: {e}")))?;
+            getrandom::getrandom(&mut raw)
+                .map_err(|e| StoreError::Refused(format!("no randomness for a data key: {e}")))?;
             let (wrapper, wrapped_by) = match (scope, contact) {
                 (KeyScope::Conversation(account, _), Some(contact)) => {
                     let contact_scope = KeyScope::Contact(account.clone(), contact.clone());
@@ -273,7 +274,8 @@ impl Keyring {
                 }
                 _ => (Arc::new(self.master.clone()), None),
             };
-            let stored = StoredKey { wrapped_by: wrapped_by.clone(), sealed: wrapper.seal_bytes(&key_context(scope), &raw) };
+            let stored =
+                StoredKey { wrapped_by: wrapped_by.clone(), sealed: wrapper.seal_bytes(&key_context(scope), &raw) };
             let bytes = postcard::to_allocvec(&stored).map_err(|e| StoreError::Refused(e.to_string()))?;
             if self.create(&scope.token(), bytes, replace).await? {
                 let key = Arc::new(Sealer::new(raw));
@@ -290,9 +292,9 @@ impl Keyring {
         let mut keys = Prepared::new();
         for commit in commits {
             for (scope, contact) in personal::scopes(commit) {
-                if !keys.contains_key(&scope) {
-                    let key = self.ensure(&scope, contact.as_ref()).await?;
-                    keys.insert(scope, key);
+                if let std::collections::hash_map::Entry::Vacant(slot) = keys.entry(scope) {
+                    let key = self.ensure(slot.key(), contact.as_ref()).await?;
+                    slot.insert(key);
                 }
             }
         }

@@ -213,6 +213,18 @@ pub(crate) fn event_views() -> (BTreeMap<String, Value>, Map<String, Value>) {
         }
         all_defs.extend(generated.defs);
     }
+    for (name, fields) in crate::personal::PERSONAL_FIELDS {
+        let Some(properties) = views.get_mut(name).and_then(|v| v.get_mut("properties")) else { continue };
+        for field in fields {
+            if let Some(Value::Object(property)) = properties.get_mut(*field) {
+                let note = match property.get("description").and_then(Value::as_str) {
+                    Some(said) => format!("{said} {}", crate::personal::PERSONAL_NOTE),
+                    None => crate::personal::PERSONAL_NOTE.to_owned(),
+                };
+                property.insert("description".into(), Value::String(note));
+            }
+        }
+    }
     (views, all_defs)
 }
 
@@ -423,4 +435,20 @@ pub fn pretty(value: &Value) -> String {
     let mut text = serde_json::to_string_pretty(value).expect("JSON values serialize");
     text.push('\n');
     text
+}
+
+#[cfg(test)]
+mod personal_tests {
+    use super::*;
+
+    #[test]
+    fn every_personal_field_is_in_its_event_view_and_says_it_may_read_erased() {
+        let (views, _) = event_views();
+        for (name, fields) in crate::personal::PERSONAL_FIELDS {
+            for field in fields {
+                let description = views[name]["properties"][field]["description"].as_str().unwrap_or("");
+                assert!(description.contains("[erased]"), "{name}.{field}: {description:?}");
+            }
+        }
+    }
 }

@@ -29,6 +29,25 @@ pub const SEALED_PERSONAL_PREFIX: &str = "pd:v1:";
 /// What a personal value reads once its key is destroyed (erasure or retention).
 pub const ERASED: &str = "[erased]";
 
+/// The fields of each event type that hold personal data, as its JSON view
+/// names them (the ones [`visit_mut`] seals): what the schemas mark as
+/// possibly reading [`ERASED`].
+pub const PERSONAL_FIELDS: [(&str, &[&str]); 8] = [
+    ("conversation_opened", &["contact_name"]),
+    ("message_received", &["text", "attachments"]),
+    ("message_sent", &["text", "attachments"]),
+    ("dynamic_field_set", &["value"]),
+    ("contact_attribute_requested", &["value"]),
+    ("contact_defined", &["name", "identities", "attributes"]),
+    ("contact_updated", &["name", "identities", "attributes"]),
+    ("contact_attribute_set", &["value"]),
+];
+
+/// How the schemas describe a personal field.
+pub const PERSONAL_NOTE: &str = "Personal data (SPEC §13): sealed in the event stream with a data key; reads \
+    `[erased]` once its contact is erased or its content's retention has passed (in an array or a map: each text \
+    in it — attachments' `url` and `name`, identities' `handle`, attributes' values).";
+
 /// The data key a personal value is sealed with.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum KeyScope {

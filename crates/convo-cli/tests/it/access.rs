@@ -348,8 +348,16 @@ async fn setup(dir: &Path) -> Setup {
     let (sara, sara_nats) = issue("acme", "sara", json!({"holder":{"user":"sara"}})).await;
     let (sam, sam_nats) = issue("acme", "sam", json!({"holder":{"user":"sam"}})).await;
     let (ana, ana_nats) = issue("acme", "ana", json!({"holder":{"user":"ana"}})).await;
-    let everything =
-        json!(["configure_account", "define_user", "assign", "send_message", "close", "transfer", "receive_message"]);
+    let everything = json!([
+        "configure_account",
+        "define_user",
+        "assign",
+        "send_message",
+        "close",
+        "transfer",
+        "receive_message",
+        "erase_contact"
+    ]);
     let (crm, crm_nats) = issue(
         "acme",
         "crm",
@@ -390,7 +398,7 @@ async fn setup(dir: &Path) -> Setup {
     Setup { served, principals }
 }
 
-const ACTIONS: [&str; 12] = [
+const ACTIONS: [&str; 14] = [
     "create_account",
     "configure",
     "define_user",
@@ -403,6 +411,8 @@ const ACTIONS: [&str; 12] = [
     "read_reports",
     "subscribe_events",
     "read_unredacted",
+    "erase_contact",
+    "read_contact_export",
 ];
 
 /// The expected outcome of each cell, by action then principal (in the order of `setup`'s list).
@@ -449,13 +459,17 @@ fn expected(action: &str, nats: bool) -> [Expect; 11] {
         "close" | "transfer" => [Yes, Yes, Yes, Yes, Yes, S, n(T, Server), n(U, Server), n(U, Server), U, S],
         // The read models are read over HTTP: on NATS nothing answers a read
         // (a key's login may not even publish there).
-        "read_audit" | "read_reports" | "read_unredacted" if nats => {
+        // Erasing is an admin's or the operator's, whatever scopes a key holds.
+        "erase_contact" => [Yes, Yes, F, F, F, S, n(T, Server), n(U, Server), n(U, Server), U, S],
+        "read_audit" | "read_reports" | "read_unredacted" | "read_contact_export" if nats => {
             [NotServed, Server, Server, Server, Server, Server, Server, Server, Server, NotServed, Server]
         }
         // Over HTTP, subscribing is reading the feed from a cursor.
         "read_audit" => [Yes, Yes, R, R, Yes, S, T, U, U, U, Yes],
         "subscribe_events" if !nats => [Yes, Yes, R, R, Yes, S, T, U, U, U, S],
         "read_reports" => [Yes, Yes, Yes, R, Yes, S, T, U, U, U, S],
+        // A contact's export (subject access): no read scope grants it.
+        "read_contact_export" => [Yes, Yes, R, R, S, S, T, U, U, U, S],
         // The card number in the audit log: masked for every reader but a key with the `unredacted` scope.
         "read_unredacted" => [Masked, Masked, R, R, Masked, S, T, U, U, U, Clear],
         // Events on NATS: the operator's tools, admins' keys and integrations with the
@@ -511,6 +525,10 @@ async fn prepare(served: &Served, admin: &str, action: &str, cell: &str) -> (Str
             open(Some("ana")).await;
             ("acme".into(), json!({"type":"transfer","conversation": conversation,"to":{"campaign":"soporte"}}))
         }
+        "erase_contact" => {
+            open(None).await;
+            ("acme".into(), json!({"type":"erase_contact","contact": format!("p-{conversation}"),"reason":"ticket 42"}))
+        }
         _ => unreachable!("{action}"),
     }
 }
@@ -536,6 +554,7 @@ async fn cell_http(served: &Served, admin: &str, principal: &Principal, action: 
             }
         }
         "subscribe_events" => read("/v1/accounts/acme/events?limit=1").await,
+        "read_contact_export" => read("/v1/accounts/acme/contacts/p-card/export").await,
         _ => {
             let (account, command) = prepare(served, admin, action, cell).await;
             let kind = command["type"].as_str().unwrap().to_owned();

@@ -46,7 +46,9 @@ async fn receiver() -> (u16, Arc<Mutex<Vec<String>>>) {
                     let Some((head, body)) = text.split_once("\r\n\r\n") else { continue };
                     let length: usize = head
                         .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                        .find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())
+                        })
                         .unwrap_or(0);
                     if body.len() < length {
                         continue;
@@ -130,8 +132,13 @@ async fn an_erased_contact_leaves_nothing_readable_anywhere_and_the_record_still
     let served = serve_with(&dir, &["--webhook-allow", &allow, "--snapshot-every-secs", "1"]);
     sales_account(&served, sales_settings(), &[("ana", "agent")], &["ana"]).await;
     let url = format!("http://127.0.0.1:{port}/hooks");
-    op(&served, "acme", "hook", json!({"type": "define_webhook", "id": "crm", "url": url, "events": [],
-        "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}))
+    op(
+        &served,
+        "acme",
+        "hook",
+        json!({"type": "define_webhook", "id": "crm", "url": url, "events": [],
+        "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}),
+    )
     .await;
     let contact = json!({"type": "define_contact", "id": "k-77", "name": NAME,
         "identities": [{"channel": "wa", "handle": PHONE}]});
@@ -151,7 +158,10 @@ async fn an_erased_contact_leaves_nothing_readable_anywhere_and_the_record_still
     })
     .await;
     until("the JSON stream holds the message", &dir, async || {
-        raw_messages(&served).await.iter().any(|(s, _, p)| s.contains("_JSON#") && String::from_utf8_lossy(p).contains(MARKER))
+        raw_messages(&served)
+            .await
+            .iter()
+            .any(|(s, _, p)| s.contains("_JSON#") && String::from_utf8_lossy(p).contains(MARKER))
     })
     .await;
     let history = "/v1/accounts/acme/contacts/k-77/history";
@@ -171,10 +181,19 @@ async fn an_erased_contact_leaves_nothing_readable_anywhere_and_the_record_still
         }
     }
     tokio::time::sleep(Duration::from_secs(2)).await; // a snapshot of the partition with the contact in it
-    assert!(!files_holding(&dir, MARKER).is_empty(), "the JSON stream's file store holds it in clear (the grep sees it)");
+    assert!(
+        !files_holding(&dir, MARKER).is_empty(),
+        "the JSON stream's file store holds it in clear (the grep sees it)"
+    );
 
     // Erase: an admin's or the operator's, with a reason.
-    let reply = op(&served, "acme", "erase-1", json!({"type": "erase_contact", "contact": "k-77", "reason": "GDPR art. 17 request 2026-0042"})).await;
+    let reply = op(
+        &served,
+        "acme",
+        "erase-1",
+        json!({"type": "erase_contact", "contact": "k-77", "reason": "GDPR art. 17 request 2026-0042"}),
+    )
+    .await;
     assert!(reply["event_ids"].as_array().is_some_and(|ids| ids.len() == 1), "{reply}");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -199,7 +218,12 @@ async fn an_erased_contact_leaves_nothing_readable_anywhere_and_the_record_still
         assert!(found.is_empty(), "{secret} is still on disk in {found:?}");
     }
     // Another contact's data is untouched.
-    assert!(raw_messages(&served).await.iter().any(|(s, _, p)| s.contains("_JSON#") && String::from_utf8_lossy(p).contains(KEPT)));
+    assert!(
+        raw_messages(&served)
+            .await
+            .iter()
+            .any(|(s, _, p)| s.contains("_JSON#") && String::from_utf8_lossy(p).contains(KEPT))
+    );
 
     // The record: the chain verifies, the report is the same, the history says erased.
     let verdict = get(&served, "/v1/audit/verify").await;
