@@ -102,6 +102,15 @@ impl Connection {
         Ok((store, Some(server)))
     }
 
+    /// [`Self::open_store`] with the data keys (derived from the engine's
+    /// key under --data-dir), so personal values read in clear — or
+    /// `[erased]` once their key is destroyed. Without the engine's key the
+    /// store reads them sealed.
+    pub async fn open_store_with_keys(&self) -> Result<(JetStreamStore, Option<NatsServer>)> {
+        let (store, server) = self.open_store().await?;
+        Ok((with_data_keys(store).await?, server))
+    }
+
     fn projector(&self, name: &'static str) -> Result<convo_projector::Projector> {
         let dir = self.data_dir.join("projections");
         convo_projector::Projector::open_at(&dir, name).with_context(|| {
@@ -152,6 +161,13 @@ impl Connection {
         let signing = Signing::open(&self.data_dir, &config.stream)?.map(std::sync::Arc::new);
         Ok(StoreConfig { signing, ..config })
     }
+}
+
+/// `store` with the data keys derived from its engine key (as it is without one).
+async fn with_data_keys(store: JetStreamStore) -> Result<JetStreamStore> {
+    let Some(master) = store.config().signing.as_ref().map(|s| s.data_key_master()) else { return Ok(store) };
+    let keys = std::sync::Arc::new(store.keyring(master).await?);
+    Ok(store.with_keys(keys))
 }
 
 #[derive(Args, Debug)]
@@ -474,10 +490,12 @@ impl KindFilter {
 pub async fn tail(args: TailArgs) -> Result<()> {
     let kind = args.kind.as_deref().map(KindFilter::parse).transpose()?;
     // Reading to the end works with no server running (its nats-server is started for the read).
+    // Personal values read in clear with the engine's key under --data-dir (`[erased]` once erased).
     let (store, _server) = if args.no_follow {
-        args.connection.open_store().await?
+        args.connection.open_store_with_keys().await?
     } else {
-        (JetStreamStore::connect(&args.connection.url()?, args.connection.store_config()?).await?, None)
+        let store = JetStreamStore::connect(&args.connection.url()?, args.connection.store_config()?).await?;
+        (with_data_keys(store).await?, None)
     };
     let mut follow = if args.no_follow { store.read(args.from).await? } else { store.subscribe(args.from).await? };
     let stdout = std::io::stdout();

@@ -138,7 +138,13 @@ pub fn document() -> Value {
     );
     paths.insert(
         "/v1/accounts/{account}/contacts/{contact}/history".into(),
-        json!({"get": {"operationId": "contactHistory", "summary": "A contact's last closed conversations, newest first, the number masked unless the campaign shows it (admins, the operator, `contact_history` integrations; supervisors: their campaigns)",
+        json!({"get": {"operationId": "contactHistory", "summary": "A contact's last closed conversations, newest first, the number masked unless the campaign shows it; once the contact is erased, `erased` names the reason and time and personal values read `[erased]` (admins, the operator, `contact_history` integrations; supervisors: their campaigns)",
+            "parameters": [account_param(), {"name": "contact", "in": "path", "required": true, "schema": {"type": "string"}}],
+            "responses": read_responses.clone()}}),
+    );
+    paths.insert(
+        "/v1/accounts/{account}/contacts/{contact}/export".into(),
+        json!({"get": {"operationId": "contactExport", "summary": "Everything held about a contact in one JSON document (subject access, SPEC §13): `identity` (the contact book's, with attributes), `erased` (the erasure's reason and time, once erased), `contact_book` (its events) and `conversations`, each with its events and texts (admins and the operator only; no read scope grants it). Personal values of an erased contact read `[erased]`.",
             "parameters": [account_param(), {"name": "contact", "in": "path", "required": true, "schema": {"type": "string"}}],
             "responses": read_responses.clone()}}),
     );

@@ -186,6 +186,14 @@ async fn an_erased_contact_leaves_nothing_readable_anywhere_and_the_record_still
         "the JSON stream's file store holds it in clear (the grep sees it)"
     );
 
+    // Subject access first: the export holds everything in clear, over HTTP and from the CLI.
+    let export = get(&served, "/v1/accounts/acme/contacts/k-77/export").await.to_string();
+    for secret in [PHONE, NAME, MARKER] {
+        assert!(export.contains(secret), "the export holds {secret}: {export}");
+    }
+    assert!(!export.contains(KEPT), "another contact's text is not in the export");
+    assert_eq!(export_by_cli(&dir)["conversations"][0]["conversation"], "c-1");
+
     // Erase: an admin's or the operator's, with a reason.
     let reply = op(
         &served,
@@ -233,4 +241,20 @@ async fn an_erased_contact_leaves_nothing_readable_anywhere_and_the_record_still
     assert_eq!(after["erased"]["reason"], "GDPR art. 17 request 2026-0042", "{after}");
     let entries = after["history"].as_array().unwrap();
     assert!(!entries.is_empty() && !after.to_string().contains(NAME), "{after}");
+    let export = export_by_cli(&dir);
+    assert_eq!(export["erased"]["reason"], "GDPR art. 17 request 2026-0042", "{export}");
+    for secret in [PHONE, NAME, MARKER] {
+        assert!(!export.to_string().contains(secret), "the export after the erasure holds {secret}: {export}");
+    }
+}
+
+/// `convo contact k-77 export` (through the running server).
+fn export_by_cli(dir: &Path) -> Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_convo"))
+        .args(["contact", "k-77", "export", "--account", "acme", "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
