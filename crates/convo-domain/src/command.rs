@@ -59,6 +59,9 @@ pub struct Attachment {
 #[serde(deny_unknown_fields)]
 pub struct ReceiveMessage {
     pub conversation: ConversationId,
+    /// The contact's opaque id (the gateway's or the contact book's). Never
+    /// a handle — not a phone number, not an email address: an id is in
+    /// subjects, keys and reports, where erasing the contact cannot reach it.
     pub contact: ContactId,
     pub channel: ChannelId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -74,6 +77,7 @@ pub struct ReceiveMessage {
 #[serde(deny_unknown_fields)]
 pub struct StartOutbound {
     pub conversation: ConversationId,
+    /// The contact's opaque id, never a handle (see `receive_message`).
     pub contact: ContactId,
     pub channel: ChannelId,
     #[serde(default, skip_serializing_if = "Option::is_none")]

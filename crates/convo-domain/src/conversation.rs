@@ -591,6 +591,18 @@ impl Conversation {
         self.extras.as_ref().map_or(&[], |e| &e.writers)
     }
 
+    /// Replaces the personal values this state holds (the contact name it
+    /// opened with, the dynamic fields' values) with `erased`: what the log
+    /// reads for them once their keys are destroyed.
+    pub fn scrub_personal_data(&mut self, erased: &str) {
+        if let Some(name) = self.facts.as_mut().and_then(|f| f.contact_name.as_mut()) {
+            *name = erased.to_owned();
+        }
+        if let Some(extras) = self.extras.as_mut() {
+            extras.fields.values_mut().for_each(|v| *v = erased.to_owned());
+        }
+    }
+
     /// The dynamic fields set, by name.
     pub fn fields(&self) -> &BTreeMap<String, String> {
         self.extras.as_ref().map_or(&NO_FIELDS, |e| &e.fields)

@@ -466,13 +466,10 @@ impl World {
                 for record in commit.contact_records() {
                     account.contacts.evolve(&record);
                     if let ContactEvent::ContactErased(erased) = &record.event {
-                        // What the log reads for them now (their conversations' sealed names are gone).
+                        // What the log reads for them now (their conversations' keys are gone).
                         for held in account.conversations.values_mut() {
-                            if let Some(facts) =
-                                held.conversation.facts.as_mut().filter(|f| f.contact == erased.contact)
-                                && facts.contact_name.is_some()
-                            {
-                                facts.contact_name = Some(convo_wire::personal::ERASED.to_owned());
+                            if held.conversation.facts.as_ref().is_some_and(|f| f.contact == erased.contact) {
+                                held.conversation.scrub_personal_data(convo_wire::personal::ERASED);
                             }
                         }
                     }

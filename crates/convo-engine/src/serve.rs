@@ -72,6 +72,13 @@ fn note_reply(tally: &mut Tally, envelope: &convo_domain::CommandEnvelope, resul
         (Ok(Outcome::Refused(why)), Some("unrecordable")) => {
             tracing::warn!(%account, %command, kind, code = "unrecordable", "not recordable: {why}")
         }
+        // A contact book's rejection may quote a handle or an attribute value
+        // (personal data): the log keeps its code only; the caller has the reason.
+        (Ok(Outcome::Refused(_)), Some(code))
+            if matches!(envelope.command.target(), convo_domain::command::Target::Contacts) =>
+        {
+            tracing::info!(%account, %command, kind, code, "rejected")
+        }
         (Ok(Outcome::Refused(why)), Some(code)) => tracing::info!(%account, %command, kind, code, "rejected: {why}"),
         (Err(failure), Some(code)) => tracing::warn!(%account, %command, kind, code, "not executed: {failure}"),
         _ => tracing::debug!(%account, %command, kind, outcome, "executed"),

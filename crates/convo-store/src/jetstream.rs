@@ -17,7 +17,8 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::OrderedConfig;
 use async_nats::jetstream::context::PublishErrorKind;
-use async_nats::jetstream::stream::{Config, DirectGetErrorKind, StorageType};
+use async_nats::jetstream::message::StreamMessage;
+use async_nats::jetstream::stream::{Config, DirectGetErrorKind, RawMessageErrorKind, StorageType};
 use async_nats::jetstream::{self};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -36,6 +37,11 @@ use crate::{
 /// How long one read of a stored message may take before the store is
 /// declared unavailable.
 pub const READ_TIMEOUT_MS: u64 = 60_000;
+
+/// How many commits a read takes one by one (a get the stream's leader
+/// answers) before it makes a consumer for the rest: a consumer's creation
+/// and deletion go through the cluster's meta leader, a few gets do not.
+pub const DIRECT_READ_MAX: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Storage {
@@ -252,6 +258,24 @@ impl JetStreamStore {
         Ok(Some(commits.iter().map(|c| Keyring::seal(c, &prepared)).collect()))
     }
 
+    /// Destroys at once the keys of the contacts `commits` (appended)
+    /// erase, so this process seals nothing new with them. The eraser
+    /// destroys them too (and does the rest): a failure here is only said.
+    async fn erased_now(&self, commits: &[&Commit]) {
+        let Some(keys) = self.keys.as_deref() else { return };
+        for commit in commits {
+            for e in &commit.events {
+                if let convo_wire::Event::Contact(convo_domain::contact::ContactEvent::ContactErased(erased)) = &e.event
+                {
+                    let scope = convo_wire::personal::KeyScope::Contact(commit.account.clone(), erased.contact.clone());
+                    if let Err(e) = keys.destroy(&scope).await {
+                        tracing::warn!(contact = %erased.contact, "the erased contact's key is left to the eraser: {e}");
+                    }
+                }
+            }
+        }
+    }
+
     /// This store, appending as the holder of `fence` (every append carries
     /// its epoch; see [`crate::fence`]).
     pub fn fenced(&self, fence: std::sync::Arc<Fence>) -> Self {
@@ -370,16 +394,12 @@ impl JetStreamStore {
     /// messages it had pending when created. It is ephemeral: the server drops
     /// it 30 s after its reader is gone. Only whole-log reads (recovery, tail,
     /// projectors) use one; loads of one aggregate use direct gets.
-    async fn ordered(&self, from_seq: u64) -> Result<(u64, jetstream::consumer::pull::Ordered), StoreError> {
+    fn commits_filter(&self) -> String {
         // Commits only (4 tokens or more): the fences' markers are not part of the record.
-        self.ordered_on(from_seq, vec![format!("{}.*.*.>", self.config.prefix)]).await
+        format!("{}.*.*.>", self.config.prefix)
     }
 
-    async fn ordered_on(
-        &self,
-        from_seq: u64,
-        mut filters: Vec<String>,
-    ) -> Result<(u64, jetstream::consumer::pull::Ordered), StoreError> {
+    async fn ordered_on(&self, from_seq: u64, mut filters: Vec<String>) -> Result<Ordered, StoreError> {
         let (filter_subject, filter_subjects) =
             if filters.len() == 1 { (filters.remove(0), Vec::new()) } else { (String::new(), filters) };
         let deliver_policy = if from_seq <= 1 {
@@ -390,8 +410,44 @@ impl JetStreamStore {
         let config = OrderedConfig { deliver_policy, filter_subject, filter_subjects, ..Default::default() };
         let consumer = self.stream.create_consumer(config).await.map_err(unavailable)?;
         let pending = consumer.cached_info().num_pending;
+        let name = consumer.cached_info().name.clone();
         let messages = consumer.messages().await.map_err(unavailable)?;
-        Ok((pending, messages))
+        Ok(Ordered { pending, name, messages })
+    }
+
+    /// The first message on `filter` at `next` or after, by direct get (no
+    /// consumer; a replica may answer, and may lag); `None` past the last.
+    async fn direct_next(&self, filter: &str, next: u64) -> Result<Option<StreamMessage>, StoreError> {
+        let get = self.stream.direct_get_next_for_subject(filter, Some(next));
+        match tokio::time::timeout(Duration::from_millis(READ_TIMEOUT_MS), get).await {
+            Err(_) => Err(StoreError::Unavailable(format!("reading {filter} timed out"))),
+            Ok(Err(e)) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+            Ok(Err(e)) => Err(unavailable(format!("reading {filter}: {e}"))),
+            Ok(Ok(message)) => Ok(Some(message)),
+        }
+    }
+
+    /// [`Self::direct_next`] answered by the stream's leader: `None` means
+    /// nothing after `next` yet, not a replica behind.
+    async fn leader_next(&self, filter: &str, next: u64) -> Result<Option<StreamMessage>, StoreError> {
+        let get = self.stream.raw_message_builder().sequence(next).next_by_subject(filter).send();
+        match tokio::time::timeout(Duration::from_millis(READ_TIMEOUT_MS), get).await {
+            Err(_) => Err(StoreError::Unavailable(format!("reading {filter} timed out"))),
+            Ok(Err(e)) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
+            Ok(Err(e)) => Err(unavailable(format!("reading {filter}: {e}"))),
+            Ok(Ok(message)) => Ok(Some(message)),
+        }
+    }
+
+    fn decode_direct(&self, message: &StreamMessage) -> LogItem {
+        let raw = Raw {
+            seq: message.sequence,
+            subject: message.subject.to_string(),
+            version: message.headers.get(headers::SCHEMA).map(|v| v.as_str()),
+            signature: message.headers.get(SIGNATURE_HEADER).map(|v| v.as_str()),
+            payload: &message.payload,
+        };
+        decode_signed(&self.config.prefix, self.config.signing.as_deref(), raw)
     }
 
     /// How many partitions share the stream's accounts: recorded in the
@@ -518,6 +574,7 @@ impl EventStore for JetStreamStore {
                     {
                         eprintln!("convo: could not write the anchors: {e}");
                     }
+                    self.erased_now(&[commit]).await;
                     return Ok(ack.sequence);
                 }
                 Err(e) => match e.kind() {
@@ -606,6 +663,7 @@ impl EventStore for JetStreamStore {
                 }
             }
         }
+        self.erased_now(&appends.iter().map(|(c, _)| *c).collect::<Vec<_>>()).await;
         Ok(seqs)
     }
 
@@ -625,7 +683,15 @@ impl EventStore for JetStreamStore {
         let Some(keys) = self.keys.as_deref() else { return Ok(items) };
         let mut out = Vec::with_capacity(items.len());
         for item in items {
-            out.push(open_item(keys, item).await);
+            match item {
+                // A commit the key store cannot open now fails the whole load:
+                // an aggregate rebuilt without it would decide on a stale state.
+                Ok(mut stored) => {
+                    keys.open(&mut stored.commit).await?;
+                    out.push(Ok(stored));
+                }
+                Err(e) => out.push(Err(e)),
+            }
         }
         Ok(out)
     }
@@ -678,42 +744,28 @@ impl JetStreamStore {
         let filter = stream.filter_subject(prefix, account);
         let mut out = Vec::new();
         let mut next = 1;
-        loop {
-            let get = self.stream.direct_get_next_for_subject(filter.clone(), Some(next));
-            let message = match tokio::time::timeout(Duration::from_millis(READ_TIMEOUT_MS), get).await {
-                Err(_) => return Err(StoreError::Unavailable(format!("reading {filter} timed out"))),
-                Ok(Err(e)) if e.kind() == DirectGetErrorKind::NotFound => break,
-                Ok(Err(e)) => return Err(unavailable(format!("reading {filter}: {e}"))),
-                Ok(Ok(message)) => message,
-            };
+        while let Some(message) = self.direct_next(&filter, next).await? {
             if out.len() == COMMITS_PER_LOAD_MAX {
                 return Err(StoreError::TooManyCommits { stream: filter });
             }
             next = message.sequence + 1;
-            let raw = Raw {
-                seq: message.sequence,
-                subject: message.subject.to_string(),
-                version: message.headers.get(headers::SCHEMA).map(|v| v.as_str()),
-                signature: message.headers.get(SIGNATURE_HEADER).map(|v| v.as_str()),
-                payload: &message.payload,
-            };
-            out.push(decode_signed(prefix, self.config.signing.as_deref(), raw));
+            out.push(self.decode_direct(&message));
         }
         Ok(out)
     }
 
     /// [`EventStore::subscribe`], the commits as the log holds them.
     pub async fn subscribe_as_logged(&self, from_seq: u64) -> Result<CommitStream, StoreError> {
-        let (_, messages) = self.ordered(from_seq).await?;
-        Ok(self.following(from_seq, messages))
+        let ordered = self.ordered_on(from_seq, vec![self.commits_filter()]).await?;
+        Ok(self.following(from_seq, ordered.messages))
     }
 
     /// Every account's contact-book commits from `from_seq`, as logged,
     /// following new ones (one consumer for as long as it is read: what
     /// erasures follow).
     pub async fn follow_contact_books(&self, from_seq: u64) -> Result<CommitStream, StoreError> {
-        let (_, messages) = self.ordered_on(from_seq, vec![format!("{}.*.contacts.>", self.config.prefix)]).await?;
-        Ok(self.following(from_seq, messages))
+        let ordered = self.ordered_on(from_seq, vec![format!("{}.*.contacts.>", self.config.prefix)]).await?;
+        Ok(self.following(from_seq, ordered.messages))
     }
 
     fn following(&self, from_seq: u64, messages: jetstream::consumer::pull::Ordered) -> CommitStream {
@@ -731,11 +783,24 @@ impl JetStreamStore {
         )
     }
 
-    /// Ends after the message the server reports nothing pending behind (or at
-    /// once when nothing is pending), so deleted sequences are never awaited.
+    /// Reads the first [`DIRECT_READ_MAX`] commits one by one (gets the
+    /// stream's leader answers: nothing is made on the server, so a reader that catches up a few
+    /// commits at a time, as the catalogs' door does on every new end, costs
+    /// the cluster no consumer), then the rest through a consumer. Ends at
+    /// the log's end as the read finds it; deleted sequences are never awaited.
     pub async fn read_as_logged(&self, from_seq: u64) -> Result<CommitStream, StoreError> {
-        let (pending, messages) = self.ordered(from_seq).await?;
-        self.read_messages(from_seq, pending, messages)
+        let filter = self.commits_filter();
+        let mut head = Vec::new();
+        let mut next = from_seq.max(1);
+        while head.len() < DIRECT_READ_MAX {
+            let Some(message) = self.leader_next(&filter, next).await? else {
+                return Ok(Box::pin(futures::stream::iter(head)));
+            };
+            next = message.sequence + 1;
+            head.push(self.decode_direct(&message));
+        }
+        let rest = self.read_messages(next, self.ordered_on(next, vec![filter]).await?);
+        Ok(Box::pin(futures::stream::iter(head).chain(rest)))
     }
 
     /// The contact-book commits of `account` (every account's: `None`) from
@@ -747,8 +812,7 @@ impl JetStreamStore {
     ) -> Result<CommitStream, StoreError> {
         let account = account.map_or_else(|| "*".to_owned(), AccountId::to_string);
         let filter = format!("{}.{account}.contacts.>", self.config.prefix);
-        let (pending, messages) = self.ordered_on(from_seq, vec![filter]).await?;
-        self.read_messages(from_seq, pending, messages)
+        Ok(self.read_messages(from_seq, self.ordered_on(from_seq, vec![filter]).await?))
     }
 
     /// The commits that open an account's conversations (on `….opened`, or
@@ -757,8 +821,7 @@ impl JetStreamStore {
     pub async fn read_openings(&self, account: &AccountId) -> Result<CommitStream, StoreError> {
         let prefix = &self.config.prefix;
         let filters = vec![format!("{prefix}.{account}.conv.*.opened"), format!("{prefix}.{account}.conv.*.closed")];
-        let (pending, messages) = self.ordered_on(1, filters).await?;
-        self.read_messages(1, pending, messages)
+        Ok(self.read_messages(1, self.ordered_on(1, filters).await?))
     }
 
     /// The JetStream context (for the feeds that keep streams of their own).
@@ -766,48 +829,91 @@ impl JetStreamStore {
         &self.js
     }
 
-    fn read_messages(
-        &self,
-        from_seq: u64,
-        pending: u64,
-        messages: jetstream::consumer::pull::Ordered,
-    ) -> Result<CommitStream, StoreError> {
+    /// The consumer's messages up to the one the server reports nothing
+    /// pending behind (none when nothing is pending); the consumer is then
+    /// deleted, not left for the server to reap (a reader that stops early
+    /// leaves it to the inactivity threshold).
+    fn read_messages(&self, from_seq: u64, ordered: Ordered) -> CommitStream {
         let prefix = self.config.prefix.clone();
         let signing = self.config.signing.clone();
         let timeout = Duration::from_millis(READ_TIMEOUT_MS);
-        let state = (messages, pending == 0);
-        Ok(Box::pin(futures::stream::unfold(state, move |(mut messages, done)| {
+        let Ordered { pending, name, messages } = ordered;
+        let reader = Reader { stream: self.stream.clone(), name, messages };
+        if pending == 0 {
+            reader.finish();
+            return Box::pin(futures::stream::empty());
+        }
+        Box::pin(futures::stream::unfold(Some(reader), move |reader| {
             let prefix = prefix.clone();
             let signing = signing.clone();
             async move {
-                if done {
-                    return None;
-                }
+                let mut reader = reader?;
                 loop {
-                    let item = match tokio::time::timeout(timeout, messages.next()).await {
+                    let item = match tokio::time::timeout(timeout, reader.messages.next()).await {
                         Err(_) => {
-                            return Some((
-                                Err(StoreError::Unavailable("reading the log timed out".into())),
-                                (messages, true),
-                            ));
+                            reader.finish();
+                            return Some((Err(StoreError::Unavailable("reading the log timed out".into())), None));
                         }
-                        Ok(None) => return None,
-                        Ok(Some(Err(e))) => return Some((Err(unavailable(e)), (messages, true))),
-                        Ok(Some(Ok(message))) => message,
-                    };
-                    let info = item.info().ok().map(|i| (i.stream_sequence, i.pending == 0));
-                    let (seq, last) = info.unwrap_or((from_seq, true));
-                    // A consumer reset before its first message starts over from the beginning: skip below `from_seq`.
-                    if seq < from_seq {
-                        if last {
+                        Ok(None) => {
+                            reader.finish();
                             return None;
                         }
-                        continue;
+                        Ok(Some(Err(e))) => {
+                            reader.finish();
+                            return Some((Err(unavailable(e)), None));
+                        }
+                        Ok(Some(Ok(message))) => message,
+                    };
+                    let info = item.info().ok().map(|i| (i.stream_sequence, i.pending == 0, i.consumer.to_owned()));
+                    let (seq, last) = match info {
+                        Some((seq, last, consumer)) => {
+                            // A reset consumer has a name of its own.
+                            reader.name = consumer;
+                            (seq, last)
+                        }
+                        None => (from_seq, true),
+                    };
+                    if last {
+                        reader.finish();
                     }
-                    return Some((decode_message(&prefix, signing.as_deref(), &item), (messages, last)));
+                    if seq >= from_seq {
+                        let decoded = decode_message(&prefix, signing.as_deref(), &item);
+                        return Some((decoded, (!last).then_some(reader)));
+                    }
+                    // A consumer reset before its first message starts over from the beginning: skip below `from_seq`.
+                    if last {
+                        return None;
+                    }
                 }
             }
-        })))
+        }))
+    }
+}
+
+/// An ordered consumer just made: what it has pending, its name, its messages.
+struct Ordered {
+    pending: u64,
+    name: String,
+    messages: jetstream::consumer::pull::Ordered,
+}
+
+/// A bounded read's consumer, deleted when the read ends.
+struct Reader {
+    stream: jetstream::stream::Stream,
+    name: String,
+    messages: jetstream::consumer::pull::Ordered,
+}
+
+impl Reader {
+    /// Deletes the consumer in the background (the read does not wait for
+    /// it; a delete that fails leaves the consumer to the server's reaper).
+    fn finish(&self) {
+        let (stream, name) = (self.stream.clone(), self.name.clone());
+        tokio::spawn(async move {
+            if let Err(e) = stream.delete_consumer(&name).await {
+                tracing::debug!("consumer {name} not deleted after a read ({e}); the server reaps it");
+            }
+        });
     }
 }
 

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::context::PublishErrorKind;
-use async_nats::jetstream::stream::DirectGetErrorKind;
+use async_nats::jetstream::stream::{DirectGetErrorKind, LastRawMessageErrorKind};
 use async_nats::jetstream::{self};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -69,10 +69,14 @@ struct Cached {
 enum Backend {
     /// A stream of one message per key (not a KV bucket: those refuse the
     /// message erase that destroying a key needs).
-    Stream { js: jetstream::Context, stream: Box<jetstream::stream::Stream>, prefix: String },
+    /// `replicated`: more than one replica (a replica's direct get may lag).
+    Stream { js: jetstream::Context, stream: Box<jetstream::stream::Stream>, prefix: String, replicated: bool },
     /// Tests and tools: keys in this process only.
-    Memory(Mutex<HashMap<String, Vec<u8>>>),
+    Memory(Mutex<MemoryKeys>),
 }
+
+/// The in-memory backend: the last sequence given, each key's sequence and bytes.
+type MemoryKeys = (u64, HashMap<String, (u64, Vec<u8>)>);
 
 /// The data keys of one stream (see the module docs).
 pub struct Keyring {
@@ -121,7 +125,10 @@ impl Keyring {
             ..Default::default()
         };
         let keys = js.get_or_create_stream(config).await.map_err(unavailable)?;
-        Ok(Self::with_backend(Backend::Stream { js: js.clone(), stream: Box::new(keys), prefix }, master))
+        Ok(Self::with_backend(
+            Backend::Stream { js: js.clone(), stream: Box::new(keys), prefix, replicated: replicas > 1 },
+            master,
+        ))
     }
 
     /// The key stream's name for `stream`.
@@ -131,34 +138,44 @@ impl Keyring {
 
     /// Keys in this process's memory only (tests, tools).
     pub fn in_memory(master: [u8; 32]) -> Self {
-        Self::with_backend(Backend::Memory(Mutex::new(HashMap::new())), master)
+        Self::with_backend(Backend::Memory(Mutex::new((0, HashMap::new()))), master)
     }
 
     fn with_backend(backend: Backend, master: [u8; 32]) -> Self {
         Self { backend, master: Sealer::new(master), cache: Mutex::new(HashMap::new()) }
     }
 
-    async fn get(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    /// The key's message: its sequence and bytes.
+    async fn get(&self, name: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         match &self.backend {
-            Backend::Stream { stream, prefix, .. } => {
-                match stream.direct_get_last_for_subject(format!("{prefix}.{name}")).await {
-                    Ok(message) => Ok(Some(message.payload.to_vec())),
+            Backend::Stream { stream, prefix, replicated, .. } => {
+                let subject = format!("{prefix}.{name}");
+                match stream.direct_get_last_for_subject(&subject).await {
+                    Ok(message) => Ok(Some((message.sequence, message.payload.to_vec()))),
+                    // A replica may answer a direct get before it has a new key:
+                    // "none" is only believed from the stream's leader.
+                    Err(e) if e.kind() == DirectGetErrorKind::NotFound && *replicated => {
+                        match stream.get_last_raw_message_by_subject(&subject).await {
+                            Ok(message) => Ok(Some((message.sequence, message.payload.to_vec()))),
+                            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+                            Err(e) => Err(unavailable(e)),
+                        }
+                    }
                     Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
                     Err(e) => Err(unavailable(e)),
                 }
             }
-            Backend::Memory(map) => Ok(map.lock().expect("keys lock").get(name).cloned()),
+            Backend::Memory(map) => Ok(map.lock().expect("keys lock").1.get(name).cloned()),
         }
     }
 
-    /// Stores a new key; `false` when one is there already (another writer's).
-    async fn create(&self, name: &str, value: Vec<u8>, replace: bool) -> Result<bool, StoreError> {
+    /// Stores a key where the message at `expected` is (0: none); `false`
+    /// when another is there (another writer's), nothing written.
+    async fn create(&self, name: &str, value: Vec<u8>, expected: u64) -> Result<bool, StoreError> {
         match &self.backend {
             Backend::Stream { js, prefix, .. } => {
                 let mut headers = async_nats::HeaderMap::new();
-                if !replace {
-                    headers.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
-                }
+                headers.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string().as_str());
                 let subject = format!("{prefix}.{name}");
                 let outcome = match js.publish_with_headers(subject, headers, value.into()).await {
                     Ok(ack) => ack.await,
@@ -171,24 +188,34 @@ impl Keyring {
                 }
             }
             Backend::Memory(map) => {
-                let mut map = map.lock().expect("keys lock");
-                if !replace && map.contains_key(name) {
+                let (last, map) = &mut *map.lock().expect("keys lock");
+                if map.get(name).map_or(0, |(seq, _)| *seq) != expected {
                     return Ok(false);
                 }
-                map.insert(name.to_owned(), value);
+                *last += 1;
+                map.insert(name.to_owned(), (*last, value));
                 Ok(true)
             }
         }
     }
 
     /// Removes a key: its message overwritten (the server's secure erase),
-    /// so nothing of it is left in the stream's files.
-    async fn purge(&self, name: &str) -> Result<(), StoreError> {
+    /// so nothing of it is left in the stream's files. With `only_wrapped_by`,
+    /// only a key wrapped by that contact's (one made since, for a
+    /// conversation that went on, stays).
+    async fn purge(&self, name: &str, only_wrapped_by: Option<&ContactId>) -> Result<(), StoreError> {
+        let ours = |bytes: &[u8]| {
+            only_wrapped_by.is_none_or(|contact| {
+                postcard::from_bytes::<StoredKey>(bytes).map_or(true, |k| k.wrapped_by.as_ref() == Some(contact))
+            })
+        };
         match &self.backend {
             Backend::Stream { stream, prefix, .. } => loop {
-                let seq = match stream.direct_get_last_for_subject(format!("{prefix}.{name}")).await {
-                    Ok(message) => message.sequence,
-                    Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(()),
+                // Asked of the stream's leader: a lagging replica's "none" would leave the key there.
+                let seq = match stream.get_last_raw_message_by_subject(&format!("{prefix}.{name}")).await {
+                    Ok(message) if ours(&message.payload) => message.sequence,
+                    Ok(_) => return Ok(()),
+                    Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(()),
                     Err(e) => return Err(unavailable(e)),
                 };
                 match stream.delete_message(seq).await {
@@ -198,7 +225,10 @@ impl Keyring {
                 }
             },
             Backend::Memory(map) => {
-                map.lock().expect("keys lock").remove(name);
+                let map = &mut map.lock().expect("keys lock").1;
+                if map.get(name).is_some_and(|(_, bytes)| ours(bytes)) {
+                    map.remove(name);
+                }
                 Ok(())
             }
         }
@@ -223,12 +253,19 @@ impl Keyring {
 
     /// The key of `scope` as the bucket holds it; `None` when it is gone.
     async fn fetch(&self, scope: &KeyScope) -> Result<Option<Arc<Sealer>>, StoreError> {
+        Ok(self.found(scope).await?.0)
+    }
+
+    /// The key of `scope`, and the sequence of its message when the stream
+    /// holds one (0: none; a key that cannot be opened any more is there; a
+    /// cached gone one says 0: a create that finds one there learns it).
+    async fn found(&self, scope: &KeyScope) -> Result<(Option<Arc<Sealer>>, u64), StoreError> {
         if let Some(cached) = self.cached(scope) {
-            return Ok(cached.key);
+            return Ok((cached.key, 0));
         }
-        let (key, wrapped_by) = match self.get(&scope.token()).await? {
-            None => (None, None),
-            Some(bytes) => {
+        let (key, wrapped_by, present) = match self.get(&scope.token()).await? {
+            None => (None, None, 0),
+            Some((seq, bytes)) => {
                 let stored: StoredKey = postcard::from_bytes(&bytes)
                     .map_err(|e| StoreError::Refused(format!("data key {} is damaged: {e}", scope.token())))?;
                 let key = match &stored.wrapped_by {
@@ -241,11 +278,11 @@ impl Keyring {
                         }
                     }
                 };
-                (key, stored.wrapped_by)
+                (key, stored.wrapped_by, seq)
             }
         };
         self.remember(scope, key.clone(), wrapped_by);
-        Ok(key)
+        Ok((key, present))
     }
 
     fn unwrap_key(&self, wrapper: &Sealer, scope: &KeyScope, sealed: &[u8]) -> Option<Arc<Sealer>> {
@@ -257,48 +294,85 @@ impl Keyring {
     /// The key of `scope`, made (and stored) when there is none — or when
     /// the one there cannot be opened any more (its contact was erased and
     /// the conversation goes on: what follows gets a new key). A new
-    /// conversation key is wrapped by `contact`'s key.
-    async fn ensure(&self, scope: &KeyScope, contact: Option<&ContactId>) -> Result<Arc<Sealer>, StoreError> {
+    /// conversation key is wrapped by `contact`'s key. `fresh`: the scope is
+    /// new (a conversation's opening), so the key is made without looking
+    /// first; one found there after all (a retried opening) is read back.
+    async fn ensure(
+        &self,
+        scope: &KeyScope,
+        contact: Option<&ContactId>,
+        mut fresh: bool,
+    ) -> Result<Arc<Sealer>, StoreError> {
         loop {
-            if let Some(key) = self.fetch(scope).await? {
-                return Ok(key);
-            }
-            let replace = self.get(&scope.token()).await?.is_some();
+            let expected = if fresh {
+                0
+            } else {
+                match self.found(scope).await? {
+                    (Some(key), _) => return Ok(key),
+                    (None, present) => present,
+                }
+            };
             let mut raw = [0u8; KEY_BYTES];
             getrandom::getrandom(&mut raw)
                 .map_err(|e| StoreError::Refused(format!("no randomness for a data key: {e}")))?;
             let (wrapper, wrapped_by) = match (scope, contact) {
                 (KeyScope::Conversation(account, _), Some(contact)) => {
                     let contact_scope = KeyScope::Contact(account.clone(), contact.clone());
-                    (Box::pin(self.ensure(&contact_scope, None)).await?, Some(contact.clone()))
+                    (Box::pin(self.ensure(&contact_scope, None, false)).await?, Some(contact.clone()))
                 }
                 _ => (Arc::new(self.master.clone()), None),
             };
             let stored =
                 StoredKey { wrapped_by: wrapped_by.clone(), sealed: wrapper.seal_bytes(&key_context(scope), &raw) };
             let bytes = postcard::to_allocvec(&stored).map_err(|e| StoreError::Refused(e.to_string()))?;
-            if self.create(&scope.token(), bytes, replace).await? {
+            if self.create(&scope.token(), bytes, expected).await? {
                 let key = Arc::new(Sealer::new(raw));
                 self.remember(scope, Some(key.clone()), wrapped_by);
                 return Ok(key);
             }
-            // Another writer made it first: read theirs.
+            // Another writer made it first (or an earlier attempt did): read theirs.
             self.cache.lock().expect("key cache lock").remove(scope);
+            fresh = false;
         }
     }
 
-    /// Makes sure every key `commits` are sealed with exists, and returns them.
+    /// Makes sure every key `commits` are sealed with exists, and returns
+    /// them: the contacts' keys first (those named, and those new
+    /// conversation keys are wrapped by), all at once, then the
+    /// conversations', all at once — two round trips to the keys stream for
+    /// a batch of new conversations, not a few per conversation.
     pub async fn prepare(&self, commits: &[&Commit]) -> Result<Prepared, StoreError> {
-        let mut keys = Prepared::new();
+        let mut wanted: Vec<(KeyScope, Option<ContactId>)> = Vec::new();
         for commit in commits {
             for (scope, contact) in personal::scopes(commit) {
-                if let std::collections::hash_map::Entry::Vacant(slot) = keys.entry(scope) {
-                    let key = self.ensure(slot.key(), contact.as_ref()).await?;
-                    slot.insert(key);
+                if !wanted.iter().any(|(s, _)| *s == scope) {
+                    wanted.push((scope, contact));
                 }
             }
         }
-        Ok(keys)
+        let mut contacts: Vec<KeyScope> = Vec::new();
+        for (scope, contact) in &wanted {
+            let wrapper = match (scope, contact) {
+                (KeyScope::Contact(..), _) => scope.clone(),
+                (KeyScope::Conversation(account, _), Some(contact)) => {
+                    KeyScope::Contact(account.clone(), contact.clone())
+                }
+                (KeyScope::Conversation(..), None) => continue,
+            };
+            if !contacts.contains(&wrapper) {
+                contacts.push(wrapper);
+            }
+        }
+        let keys = futures::future::try_join_all(contacts.iter().map(|s| self.ensure(s, None, false))).await?;
+        let mut prepared: Prepared = contacts.into_iter().zip(keys).collect();
+        let conversations: Vec<(KeyScope, Option<ContactId>)> =
+            wanted.into_iter().filter(|(s, _)| matches!(s, KeyScope::Conversation(..))).collect();
+        let keys = futures::future::try_join_all(
+            conversations.iter().map(|(scope, contact)| self.ensure(scope, contact.as_ref(), contact.is_some())),
+        )
+        .await?;
+        prepared.extend(conversations.into_iter().map(|(scope, _)| scope).zip(keys));
+        Ok(prepared)
     }
 
     /// `commit` with every personal value sealed with the keys of `prepared`
@@ -306,7 +380,9 @@ impl Keyring {
     pub fn seal(commit: &Commit, prepared: &Prepared) -> Commit {
         let mut sealed = commit.clone();
         personal::visit_mut(&mut sealed, &mut |scope, place, value| {
-            if personal::is_sealed(value) || value == ERASED {
+            // Already sealed with this scope's key (a commit sealed before, appended
+            // again) stays; a text that only looks sealed is sealed like any other.
+            if value == ERASED || Self::sealed_with(prepared, scope, value) {
                 return;
             }
             if let Some(key) = prepared.get(scope) {
@@ -415,6 +491,15 @@ impl Keyring {
         Ok(keys)
     }
 
+    /// Whether `value` is sealed with `scope`'s key of `prepared` (it opens with it).
+    fn sealed_with(prepared: &Prepared, scope: &KeyScope, value: &str) -> bool {
+        let Some((sealed_for, body)) = personal::split_sealed(value) else { return false };
+        let Some(key) = prepared.get(scope).filter(|_| sealed_for == *scope) else { return false };
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(body)
+            .is_ok_and(|bytes| key.open_bytes(&scope.token(), &bytes).is_ok())
+    }
+
     /// `value` opened with `keys` if it is sealed ([`ERASED`] when its key is gone).
     fn open_value(keys: &HashMap<KeyScope, Option<Arc<Sealer>>>, value: &mut String) {
         let Some((scope, body)) = personal::split_sealed(value) else { return };
@@ -435,7 +520,7 @@ impl Keyring {
     /// their conversations — reads [`ERASED`] from now on (in other
     /// processes within [`KEY_CACHE_TTL`]).
     pub async fn destroy(&self, scope: &KeyScope) -> Result<(), StoreError> {
-        self.purge(&scope.token()).await?;
+        self.purge(&scope.token(), None).await?;
         let mut cache = self.cache.lock().expect("key cache lock");
         if let KeyScope::Contact(account, contact) = scope {
             cache.retain(|s, c| !(s.account() == account && c.wrapped_by.as_ref() == Some(contact)));
@@ -444,10 +529,11 @@ impl Keyring {
         Ok(())
     }
 
-    /// Purges a conversation key's entry whose contact key is gone (the
-    /// scrub after an erasure: nothing is left of it but the purge marker).
-    pub async fn purge_key(&self, scope: &KeyScope) -> Result<(), StoreError> {
-        self.purge(&scope.token()).await?;
+    /// Purges a conversation key wrapped by `contact`'s, now gone (the
+    /// scrub after an erasure). A key made since (the conversation went on
+    /// after the erasure) stays.
+    pub async fn purge_key(&self, scope: &KeyScope, contact: &ContactId) -> Result<(), StoreError> {
+        self.purge(&scope.token(), Some(contact)).await?;
         self.cache.lock().expect("key cache lock").remove(scope);
         Ok(())
     }
@@ -511,5 +597,25 @@ mod tests {
         let mut plain = message("c2", 1, "from before sealing");
         keys.open(&mut plain).await.unwrap();
         assert_eq!(text(&plain), "from before sealing", "plaintext stays readable");
+    }
+
+    #[tokio::test]
+    async fn a_text_that_only_looks_sealed_is_sealed_and_a_scrub_keeps_keys_made_since() {
+        let keys = Keyring::in_memory([4; 32]);
+        let fake = "pd:v1:v.acme.c1:AAAAAAAAAAAAAAAAAAAAAAAA";
+        let commit = message("c1", 1, fake);
+        let prepared = keys.prepare(&[&commit]).await.unwrap();
+        let sealed = Keyring::seal(&commit, &prepared);
+        assert_ne!(text(&sealed), fake, "a user's text is never kept in clear because of its shape");
+        let mut opened = sealed.clone();
+        keys.open(&mut opened).await.unwrap();
+        assert_eq!(text(&opened), fake);
+        // This conversation's key is not wrapped by contact k-1's: a scrub after k-1's erasure keeps it.
+        let account = AccountId::new("acme").unwrap();
+        let scope = KeyScope::Conversation(account.clone(), ConversationId::new("c1").unwrap());
+        keys.purge_key(&scope, &ContactId::new("k-1").unwrap()).await.unwrap();
+        let mut opened = sealed.clone();
+        keys.open(&mut opened).await.unwrap();
+        assert_eq!(text(&opened), fake);
     }
 }

@@ -372,7 +372,8 @@ impl Deliveries {
 enum Verdict {
     /// It was sent; the receiver answered or not.
     Sent(deliver::Answer),
-    /// Its webhook is off: it waits, nothing is attempted or logged.
+    /// Its webhook is off (or its body cannot be opened now): it waits,
+    /// nothing is attempted or logged.
     Held,
     /// It cannot be sent at all (too large): dead-lettered at once, the reason logged.
     Refused(String),
@@ -547,9 +548,10 @@ async fn send(
     let body = match shown(&delivery.body, config.keys.as_deref(), &rules).await {
         Ok(body) => body,
         Err(error) => {
-            // The key store did not answer: a failed attempt, tried again later.
-            let answer = deliver::Answer { status: None, error: Some(error), latency_ms: 0, refused: false };
-            return Flight { key, delivery, verdict: Verdict::Sent(answer) };
+            // The key store did not answer: nothing was attempted, so no attempt is
+            // spent (an outage must not dead-letter deliveries); it waits, as a held one.
+            tracing::warn!(event = %delivery.event_id, "webhook delivery waits: {error}");
+            return Flight { key, delivery, verdict: Verdict::Held };
         }
     };
     let verdict = if !target.enabled {

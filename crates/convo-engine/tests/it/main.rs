@@ -501,3 +501,40 @@ async fn a_partition_recovers_alike_from_its_snapshot_and_ignores_a_bad_one() {
         assert_eq!(machine.world().difference_from(full), None);
     }
 }
+
+/// An erasure says what it cannot reach: commits written before personal
+/// data was sealed keep it in clear in the main stream. Those written after
+/// are sealed and are not counted.
+#[tokio::test]
+async fn erasing_a_contact_counts_the_commits_from_before_sealing() {
+    let broker = broker();
+    let plain = store(&broker, "erase").await;
+    let fixture = inputs("inactivity-two-attempts");
+    let mut engine = Engine::recover(plain.clone()).await.unwrap();
+    for (envelope, at) in &fixture {
+        engine.execute(envelope, *at).await.unwrap();
+    }
+    drop(engine);
+    let account = AccountId::new("default").unwrap();
+    let contact = convo_domain::ContactId::new("573001112233").unwrap();
+    let keys = std::sync::Arc::new(convo_store::keys::Keyring::in_memory([9; 32]));
+    let sealed = plain.with_keys(keys.clone());
+    let config = convo_store::json_stream::JsonStreamConfig { max_bytes: 8 << 20, ..Default::default() };
+    let (js, _) = convo_store::json_stream::ensure(&sealed, &config).await.unwrap();
+    let before = convo_store::erasure::erase_contact(&sealed, &keys, &js, &account, &contact).await.unwrap();
+    assert!(before.plaintext_commits > 0, "{before:?}");
+
+    // The same contact writes again, now sealed: nothing more in clear.
+    let mut engine = Engine::recover(sealed.clone()).await.unwrap();
+    let (_, at) = fixture.last().unwrap();
+    let (mut envelope, _) =
+        fixture.iter().find(|(e, _)| matches!(e.command, convo_domain::Command::ReceiveMessage(_))).cloned().unwrap();
+    envelope.id = convo_domain::CommandId::new("later-1").unwrap();
+    if let convo_domain::Command::ReceiveMessage(m) = &mut envelope.command {
+        m.conversation = ConversationId::new("c-later").unwrap();
+    }
+    assert!(matches!(engine.execute(&envelope, at.plus_secs(60)).await.unwrap(), Outcome::Committed { .. }));
+    let after = convo_store::erasure::erase_contact(&sealed, &keys, &js, &account, &contact).await.unwrap();
+    assert_eq!(after.conversations, before.conversations + 1, "{after:?}");
+    assert_eq!(after.plaintext_commits, before.plaintext_commits, "{after:?}");
+}
