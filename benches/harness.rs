@@ -209,8 +209,21 @@ struct WriteRun {
     batched_share: f64,
 }
 
-async fn engine_write(url: &str, prefix: &str, conversations: usize, width: usize, lazy: bool) -> Result<WriteRun> {
-    let store = JetStreamStore::connect(url, StoreConfig::for_prefix(prefix)).await?;
+/// The engine's write path; `sealed`: personal data sealed with data keys
+/// kept in the keys stream, as `convo serve` runs it (SPEC §13).
+async fn engine_write(
+    url: &str,
+    prefix: &str,
+    conversations: usize,
+    width: usize,
+    lazy: bool,
+    sealed: bool,
+) -> Result<WriteRun> {
+    let mut store = JetStreamStore::connect(url, StoreConfig::for_prefix(prefix)).await?;
+    if sealed {
+        let keys = Arc::new(store.keyring([7; 32]).await?);
+        store = store.with_keys(keys);
+    }
     let mut engine = Engine::recover(store.clone()).await?;
     let now = Timestamp::parse_rfc3339("2026-03-02T12:00:00Z")?;
     let setup: Vec<_> = setup_envelopes().into_iter().map(|e| (e, now)).collect();
@@ -1377,7 +1390,7 @@ async fn main() -> Result<()> {
         let server = start_server(&dir.path().join(if sync { "sync" } else { "default" }), sync)?;
         let n = if sync { conversations / 4 } else { conversations };
         eprintln!("convo-bench: engine write path, {n} conversations × 9 commands ({tag})");
-        let run = engine_write(&server.url(), "w", n, 256, !sync).await?;
+        let run = engine_write(&server.url(), "w", n, 256, !sync, true).await?;
         eprintln!(
             "  {} commands, {} events, {} refused, {:.1} s; commit ≈ {} bytes; group commit: {:.0}% of commits in batches of {:.1} on average",
             run.commands,
@@ -1464,6 +1477,15 @@ async fn main() -> Result<()> {
             percentile(&raw_latencies, 99),
         );
         figures.push(if sync { p99 } else { p99.at_most(200.0) });
+        // What sealing personal data costs: the same run with it off, on the same server.
+        let plain = engine_write(&server.url(), "wp", n, 256, !sync, false).await?;
+        figures.push(figure(
+            "engine, sealing on: committed commands/s",
+            run.commands as f64 / run.secs,
+            "cmd/s",
+            "the same engine, sealing off, cmd/s",
+            plain.commands as f64 / plain.secs,
+        ));
     }
 
     // The shapes of raw atomic batches (not part of the full run's table:
