@@ -567,6 +567,7 @@ pub async fn tail(args: TailArgs) -> Result<()> {
 Examples:
   convo replay-traffic replay-fixtures/day-of-traffic/input.jsonl --summary
   convo replay-traffic scenario.jsonl --nats-url nats://127.0.0.1:4222 --prefix replay1
+  convo replay-traffic replay-fixtures/content-retention/input.jsonl --until 2026-04-02T14:10:00Z
 
 Runs the scenario through the real engine and NATS, firing timers in virtual
 time, and prints the events as read back from the stream: the same events as
@@ -591,6 +592,10 @@ pub struct ReplayArgs {
     /// Do not print the events.
     #[arg(long)]
     no_events: bool,
+    /// Stop at this instant (RFC 3339), as `convo simulate --until`: inputs
+    /// and timers after it are not run.
+    #[arg(long, value_parser = crate::parse_instant)]
+    until: Option<convo_domain::Timestamp>,
 }
 
 pub async fn replay_traffic(args: ReplayArgs) -> Result<()> {
@@ -634,7 +639,11 @@ pub async fn replay_traffic(args: ReplayArgs) -> Result<()> {
     };
     let mut engine = Engine::recover(store).await?;
     let started = std::time::Instant::now();
-    engine.replay(inputs.into_iter().map(|i| (i.envelope, i.at))).await?;
+    let after = args.until.map_or(0, |until| inputs.iter().filter(|i| i.at > until).count());
+    engine.replay_until(inputs.into_iter().map(|i| (i.envelope, i.at)), args.until).await?;
+    if after > 0 {
+        eprintln!("convo: {after} input(s) after --until were not run");
+    }
     if let Some(signing) = &signing {
         signing.flush()?;
     }

@@ -48,7 +48,7 @@ pub enum Actor {
 /// The system actors the engine itself acts as: its timers, routing and
 /// rules, and the automated messages they send. No client may claim one of
 /// these names (a close "by contact_inactivity" must be the engine's own).
-pub const ENGINE_ACTORS: [&str; 16] = [
+pub const ENGINE_ACTORS: [&str; 17] = [
     "access",
     "timer",
     "routing",
@@ -65,6 +65,7 @@ pub const ENGINE_ACTORS: [&str; 16] = [
     "survey_message",
     "automation",
     "automation_message",
+    "retention",
 ];
 
 impl Actor {
@@ -175,6 +176,11 @@ pub(crate) struct Emitter<E> {
 impl<E> Emitter<E> {
     pub(crate) fn new(seq: u64, at: Timestamp, command: &CommandId, actor: &Actor) -> Self {
         Self { next_seq: seq + 1, at, command: command.clone(), actor: actor.clone(), out: Vec::new() }
+    }
+
+    /// The instant the records are made at.
+    pub(crate) fn at(&self) -> Timestamp {
+        self.at
     }
 
     pub(crate) fn emit(&mut self, event: E) -> &Recorded<E> {

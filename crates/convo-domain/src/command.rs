@@ -254,6 +254,7 @@ pub enum Command {
     RecordRead(ReadRecord),
     // personal data (appended)
     EraseContact(EraseContact),
+    SetRetention(crate::config::RetentionSpec),
 }
 
 /// Which aggregate decides a command.
@@ -277,7 +278,7 @@ pub struct CommandParseError {
 
 impl Command {
     /// Every command type, as named in the JSON view and in command subjects.
-    pub const TYPE_NAMES: [&'static str; 49] = [
+    pub const TYPE_NAMES: [&'static str; 50] = [
         "configure_account",
         "define_client",
         "update_client",
@@ -327,6 +328,7 @@ impl Command {
         "set_contact_attribute",
         "record_read",
         "erase_contact",
+        "set_retention",
     ];
 
     /// The command's `type` in its JSON view.
@@ -381,6 +383,7 @@ impl Command {
             Self::SetContactAttribute(_) => "set_contact_attribute",
             Self::RecordRead(_) => "record_read",
             Self::EraseContact(_) => "erase_contact",
+            Self::SetRetention(_) => "set_retention",
         }
     }
 

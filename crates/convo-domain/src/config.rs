@@ -37,6 +37,8 @@ pub const HISTORY_CONVERSATIONS_MAX: u32 = 1000;
 pub const CONCURRENT_CONVERSATIONS_MAX: u32 = 1000;
 /// The longest `auto_resolve_after_days`.
 pub const AUTO_RESOLVE_DAYS_MAX: u32 = 365;
+/// The longest content retention, in days (ten years).
+pub const RETENTION_DAYS_MAX: u32 = 3650;
 /// Limits on list lengths in a spec.
 pub const CHANNELS_PER_CAMPAIGN_MAX: usize = 64;
 pub const AGENTS_PER_CAMPAIGN_MAX: usize = 5000;
@@ -221,6 +223,23 @@ pub struct SlaModeSpec {
     pub campaign: Option<CampaignId>,
     #[serde(default)]
     pub mode: Option<SlaMode>,
+}
+
+/// How long a closed conversation's content (message texts, the contact name
+/// it carried, field values: SPEC §13) is kept: for the account, or for one
+/// `campaign` overriding it. `content_days` from 1 to [`RETENTION_DAYS_MAX`];
+/// left out (or null) the account keeps content (the default) and a campaign
+/// goes back to the account's. A conversation closing under a period records
+/// when its content expires (`content_retention_scheduled`); at that instant
+/// the engine's timer records `content_expired` and the content's key is
+/// destroyed. Ids, times, SLA facts and typifications stay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSpec {
+    #[serde(default)]
+    pub campaign: Option<CampaignId>,
+    #[serde(default)]
+    pub content_days: Option<u32>,
 }
 
 /// Where agents attend conversations.
@@ -711,6 +730,8 @@ pub enum ConfigEvent {
     ContactAttributeUpdated(ContactAttributeSpec),
     // appended
     UnredactedRead(ReadRecord),
+    // appended
+    RetentionSet(RetentionSpec),
 }
 
 impl ConfigEvent {
@@ -730,6 +751,10 @@ impl ConfigEvent {
             Self::AccessDenied(_) | Self::UnredactedRead(_) => "access".into(),
             Self::WebhookDefined(s) | Self::WebhookUpdated(s) => format!("webhook/{}", s.id),
             Self::WebhookRedriven(w) => format!("webhook/{}", w.webhook),
+            Self::RetentionSet(s) => match &s.campaign {
+                Some(id) => format!("campaign/{id}"),
+                None => "account".into(),
+            },
             Self::SlaModeSet(s) => match (&s.client, &s.campaign) {
                 (Some(id), _) => format!("client/{id}"),
                 (None, Some(id)) => format!("campaign/{id}"),
@@ -798,6 +823,10 @@ pub struct Catalog {
     pub client_sla_modes: BTreeMap<ClientId, SlaMode>,
     /// Campaigns that override their client's SLA mode.
     pub campaign_sla_modes: BTreeMap<CampaignId, SlaMode>,
+    /// How many days the account keeps a closed conversation's content (absent: always).
+    pub retention_days: Option<u32>,
+    /// Campaigns that override the account's retention.
+    pub campaign_retention_days: BTreeMap<CampaignId, u32>,
     pub teams: BTreeMap<TeamId, Entry<TeamSpec>>,
     /// The custom attributes contacts may carry, by name.
     pub contact_attributes: BTreeMap<String, ContactAttributeSpec>,
@@ -931,6 +960,8 @@ impl Catalog {
             webhooks: BTreeMap::new(),
             client_sla_modes: BTreeMap::new(),
             campaign_sla_modes: BTreeMap::new(),
+            retention_days: None,
+            campaign_retention_days: BTreeMap::new(),
             teams: BTreeMap::new(),
             contact_attributes: BTreeMap::new(),
             macros: BTreeMap::new(),
@@ -1018,6 +1049,12 @@ impl Catalog {
             .or_else(|| self.client_sla_modes.get(&campaign.client))
             .copied()
             .unwrap_or_default()
+    }
+
+    /// How many days a conversation of `campaign` keeps its content after
+    /// closing: the campaign's override, else the account's; `None`: always.
+    pub fn retention_days(&self, campaign: &CampaignId) -> Option<u32> {
+        self.campaign_retention_days.get(campaign).copied().or(self.retention_days)
     }
 
     fn typification_known(&self, id: &TypificationId) -> bool {
@@ -1262,6 +1299,20 @@ impl Catalog {
                     _ => return Err(Rejection::invalid("client", "name exactly one of `client` and `campaign`")),
                 }
                 ConfigEvent::SlaModeSet(m.clone())
+            }
+            Command::SetRetention(r) => {
+                if let Some(campaign) = &r.campaign
+                    && !self.campaigns.contains_key(campaign)
+                {
+                    return Err(Rejection::invalid("campaign", format!("no campaign {campaign}")));
+                }
+                if let Some(days) = r.content_days
+                    && !(1..=RETENTION_DAYS_MAX).contains(&days)
+                {
+                    let why = format!("1 to {RETENTION_DAYS_MAX} days (leave it out to keep content)");
+                    return Err(Rejection::invalid("content_days", why));
+                }
+                ConfigEvent::RetentionSet(r.clone())
             }
             Command::RedriveWebhook(w) => {
                 if !self.webhooks.contains_key(&w.webhook) {
@@ -1627,6 +1678,17 @@ impl Catalog {
                 upsert(&mut self.automations, s.id.clone(), s);
                 self.index_automations();
             }
+            ConfigEvent::RetentionSet(r) => match &r.campaign {
+                None => self.retention_days = r.content_days,
+                Some(id) => match r.content_days {
+                    Some(days) => {
+                        self.campaign_retention_days.insert(id.clone(), days);
+                    }
+                    None => {
+                        self.campaign_retention_days.remove(id);
+                    }
+                },
+            },
             ConfigEvent::SlaModeSet(m) => match (&m.client, &m.campaign, m.mode) {
                 (Some(id), _, Some(mode)) => {
                     self.client_sla_modes.insert(id.clone(), mode);

@@ -300,6 +300,22 @@ pub enum ConversationEvent {
         name: String,
         value: String,
     },
+    // appended: personal data (SPEC §13)
+    /// The conversation closed under a content retention period (its
+    /// campaign's, else its account's: `set_retention`): its content
+    /// expires at `expires_at`, `days` after the closure.
+    ContentRetentionScheduled {
+        expires_at: Timestamp,
+        days: u32,
+    },
+    /// The retention period passed (recorded by the engine's timer, actor
+    /// `retention`): the conversation's content is gone. On a running engine
+    /// its key is destroyed, so its texts, the contact name it carried and
+    /// its field values read `[erased]` everywhere; ids, times, SLA facts and
+    /// typifications stay.
+    ContentExpired {
+        expires_at: Timestamp,
+    },
 }
 
 impl ConversationEvent {
@@ -327,6 +343,8 @@ impl ConversationEvent {
             Self::AutomationActionRefused { .. } => "automation_action_refused",
             Self::AutomationsStopped { .. } => "automations_stopped",
             Self::ContactAttributeRequested { .. } => "contact_attribute_requested",
+            Self::ContentRetentionScheduled { .. } => "content_retention_scheduled",
+            Self::ContentExpired { .. } => "content_expired",
         }
     }
 }
@@ -394,6 +412,8 @@ pub enum Timer {
     AgentInactivity,
     ContactInactivity,
     AutoResolve,
+    /// A closed conversation's content retention ends.
+    ContentExpiry,
 }
 
 /// The state of one conversation, rebuilt from its events alone.
@@ -418,6 +438,10 @@ pub struct Conversation {
     pub messages: u32,
     /// How many times automations ran in this conversation.
     pub automation_runs: u32,
+    /// When its content expires (closed under a retention period), until it has.
+    pub content_expires_at: Option<Timestamp>,
+    /// Its content expired (SPEC §13): what it held reads `[erased]`.
+    pub content_expired: bool,
     recent: RecentCommands,
 }
 
@@ -531,6 +555,21 @@ fn check_text(text: &str, attachments: &[Attachment]) -> Result<(), Rejection> {
 /// The system actor automations act as.
 const AUTOMATION: &str = "automation";
 
+/// What personal data reads once its key is gone (SPEC §13).
+pub const ERASED: &str = "[erased]";
+
+fn facts_campaign(facts: &Option<Facts>) -> Option<CampaignId> {
+    facts.as_ref().map(|f| f.campaign.clone())
+}
+
+/// Records when a conversation closing now under `campaign` loses its
+/// content, if its campaign (else its account) has a retention period.
+fn schedule_retention(ctx: Context<'_>, campaign: &Option<CampaignId>, out: &mut Emitter<ConversationEvent>) {
+    let Some(days) = campaign.as_ref().and_then(|c| ctx.catalog.retention_days(c)) else { return };
+    let expires_at = out.at().plus_secs(u64::from(days) * SECS_PER_DAY);
+    out.emit_as(rule("retention"), ConversationEvent::ContentRetentionScheduled { expires_at, days });
+}
+
 /// The event an automation can run on that `event` is.
 fn trigger_of(event: &ConversationEvent) -> Option<On> {
     Some(match event {
@@ -582,6 +621,8 @@ impl Conversation {
             survey: Survey::NotSent,
             messages: 0,
             automation_runs: 0,
+            content_expires_at: None,
+            content_expired: false,
             recent: RecentCommands::default(),
         }
     }
@@ -635,6 +676,8 @@ impl Conversation {
             survey: self.survey,
             messages: self.messages,
             automation_runs: self.automation_runs,
+            content_expires_at: self.content_expires_at,
+            content_expired: self.content_expired,
             recent: RecentCommands::default(),
         }
     }
@@ -657,7 +700,10 @@ impl Conversation {
     /// The earliest deadline and what it is, if any.
     pub fn due_timer(&self) -> Option<(Timestamp, Timer)> {
         if !self.is_open() {
-            return None;
+            return self
+                .content_expires_at
+                .filter(|_| self.status == Status::Closed)
+                .map(|at| (at, Timer::ContentExpiry));
         }
         let policy = self.facts.as_ref()?.policy;
         let mut best: Option<(Timestamp, Timer)> = None;
@@ -1378,6 +1424,7 @@ impl Conversation {
                             segment: 0,
                         },
                     );
+                    schedule_retention(ctx, &Some(campaign.id.clone()), out);
                 }
                 crate::config::OutOfHoursAction::Enqueue => {
                     out.emit(ConversationEvent::ConversationQueued {
@@ -1537,6 +1584,7 @@ impl Conversation {
             Some(actor) => out.emit_as(actor, closed),
             None => out.emit(closed),
         };
+        schedule_retention(ctx, &facts_campaign(&self.facts), out);
     }
 
     /// Fires every timer due at or before `now`, in deadline order.
@@ -1590,6 +1638,11 @@ impl Conversation {
                 }
             }
             Timer::AutoResolve => self.emit_close(ctx, out, CloseReason::AutoResolve, inactivity_typification(), false),
+            Timer::ContentExpiry => {
+                if let Some(expires_at) = self.content_expires_at {
+                    out.emit_as(rule("retention"), ConversationEvent::ContentExpired { expires_at });
+                }
+            }
         }
     }
 
@@ -1719,6 +1772,14 @@ impl Conversation {
                 self.silence = None;
             }
             ConversationEvent::SurveyAnswered { .. } => self.survey = Survey::Answered,
+            ConversationEvent::ContentRetentionScheduled { expires_at, .. } => {
+                self.content_expires_at = Some(*expires_at);
+            }
+            ConversationEvent::ContentExpired { .. } => {
+                self.content_expires_at = None;
+                self.content_expired = true;
+                self.scrub_personal_data(ERASED);
+            }
             ConversationEvent::AutomationTriggered { .. } => self.automation_runs += 1,
             ConversationEvent::MacroApplied { .. }
             | ConversationEvent::AutomationActionRefused { .. }

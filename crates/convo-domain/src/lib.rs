@@ -42,7 +42,7 @@ pub use time::Timestamp;
 
 /// Every event type, as the JSON view's `type` names it (convo-wire's tests keep
 /// it equal to the types).
-pub const EVENT_TYPES: [&str; 57] = [
+pub const EVENT_TYPES: [&str; 60] = [
     "account_configured",
     "client_defined",
     "client_updated",
@@ -100,6 +100,9 @@ pub const EVENT_TYPES: [&str; 57] = [
     "contact_attribute_requested",
     "contact_erased",
     "unredacted_read",
+    "retention_set",
+    "content_retention_scheduled",
+    "content_expired",
 ];
 
 /// The JSON view of a domain enum: `{"type": variant, fields…}`.

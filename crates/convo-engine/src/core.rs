@@ -216,6 +216,10 @@ pub struct World {
     /// Conversations evicted from memory: their history must be read back
     /// from the log before a command is decided for them.
     evicted: HashSet<(AccountId, ConversationId)>,
+    /// Closed conversations whose content awaits its expiry (SPEC §13), in
+    /// memory or not: when, and the conversation's last event sequence (its
+    /// tick's id). An evicted one's timer stays queued on this.
+    expiries: HashMap<(AccountId, ConversationId), (Timestamp, u64)>,
     /// Commands the engine owes another aggregate after a commit (a contact
     /// attribute a conversation's macro or automation asked for), in log
     /// order; one leaves when its aggregate records it or its outcome is known.
@@ -227,6 +231,13 @@ pub struct World {
 /// restart is a repeat).
 fn follow_up_id(event: &convo_domain::EventId) -> CommandId {
     CommandId::new(&format!("{}contact-{event}", convo_domain::command::ENGINE_ID_PREFIX)).expect("a valid id")
+}
+
+/// Whether a conversation's commit records when its content expires.
+fn awaits_expiry(commit: &Commit) -> bool {
+    commit.events.iter().any(|e| {
+        matches!(e.event, convo_wire::Event::Conversation(ConversationEvent::ContentRetentionScheduled { .. }))
+    })
 }
 
 /// The aggregate stream a command goes to.
@@ -367,6 +378,15 @@ impl World {
                 ));
             }
         }
+        if let StreamRef::Conversation(id) = &commit.stream
+            && known == 0
+            && commit.first_seq() != 1
+            && (self.evicted.contains(&(commit.account.clone(), id.clone())) || awaits_expiry(commit))
+        {
+            // Out of memory (a snapshot keeps only the closing commit of a conversation
+            // whose content awaits expiry): its history stays in the log.
+            return Ok(());
+        }
         commit.follows(known)?;
         if let StreamRef::Conversation(id) = &commit.stream {
             let new = self.conversation(&commit.account, id).is_none_or(|c| c.status == Status::New);
@@ -484,6 +504,34 @@ impl World {
                 }
             }
             StreamRef::Conversation(id) => {
+                let key = (commit.account.clone(), id.clone());
+                // A conversation that closed before what recovery read (a snapshot
+                // keeps only the closing commit of one whose content awaits expiry):
+                // its history stays in the log, read back if a command comes for it.
+                let out_of_memory = !account.conversations.contains_key(id) && commit.first_seq() != 1;
+                for record in commit.conversation_records() {
+                    match &record.event {
+                        ConversationEvent::ContentRetentionScheduled { expires_at, .. } => {
+                            self.expiries.insert(key.clone(), (*expires_at, record.seq));
+                            if out_of_memory {
+                                // In memory, the conversation arms it (and the entry outlives an eviction).
+                                self.timers.push(Reverse((*expires_at, key.0.clone(), key.1.clone())));
+                            }
+                        }
+                        ConversationEvent::ContentExpired { .. } => {
+                            self.expiries.remove(&key);
+                        }
+                        _ => {}
+                    }
+                }
+                if out_of_memory {
+                    account.last_commit.remove(&commit.stream);
+                    if let Some((_, seq)) = self.expiries.get_mut(&key) {
+                        *seq = (*seq).max(commit.last_seq());
+                    }
+                    self.evicted.insert(key);
+                    return;
+                }
                 let held = &mut **account.conversations.entry(id.clone()).or_insert_with(|| Held::new(id));
                 let conversation = &mut held.conversation;
                 for record in commit.conversation_records() {
@@ -508,10 +556,12 @@ impl World {
                 }
                 let deadline = conversation.next_deadline();
                 let closed = conversation.status == Status::Closed;
+                if let Some((_, seq)) = self.expiries.get_mut(&key) {
+                    *seq = conversation.seq;
+                }
                 if let Some(deadline) = deadline {
                     held.arm(&mut self.timers, &mut self.armed, (&commit.account, id), deadline);
                 }
-                let key = (commit.account.clone(), id.clone());
                 self.evicted.remove(&key);
                 if closed {
                     if let Some(before) = self.closed_at.insert(key.clone(), commit.at) {
@@ -648,7 +698,14 @@ impl World {
     /// Puts a conversation's next deadline back in the timer queue (after its
     /// tick could not be decided or made durable); a no-op when it is there.
     pub fn rearm(&mut self, account: &AccountId, id: &ConversationId) {
-        let Some(held) = self.accounts.get_mut(account).and_then(|a| a.conversations.get_mut(id)) else { return };
+        let Some(held) = self.accounts.get_mut(account).and_then(|a| a.conversations.get_mut(id)) else {
+            // Out of memory: a content expiry still awaited goes back in the queue.
+            let key = (account.clone(), id.clone());
+            if let Some((at, _)) = self.expiries.get(&key).filter(|_| self.evicted.contains(&key)) {
+                self.timers.push(Reverse((*at, key.0, key.1)));
+            }
+            return;
+        };
         if let Some(deadline) = held.conversation.next_deadline() {
             held.arm(&mut self.timers, &mut self.armed, (account, id), deadline);
         }
@@ -659,13 +716,21 @@ impl World {
         while let Some(Reverse((at, account, id))) = self.timers.peek() {
             let at = *at;
             // Live when it is the deadline its conversation has armed, and still its next one.
-            if let Some(held) = self.accounts.get_mut(account).and_then(|a| a.conversations.get_mut(id))
-                && held.armed == Some(at)
-            {
-                if held.conversation.next_deadline() == Some(at) {
-                    return Some(at);
+            match self.accounts.get_mut(account).and_then(|a| a.conversations.get_mut(id)) {
+                Some(held) if held.armed == Some(at) => {
+                    if held.conversation.next_deadline() == Some(at) {
+                        return Some(at);
+                    }
+                    held.disarm(&mut self.armed);
                 }
-                held.disarm(&mut self.armed);
+                Some(_) => {}
+                // Out of memory: live when it is the content expiry still awaited.
+                None => {
+                    let key = (account.clone(), id.clone());
+                    if self.evicted.contains(&key) && self.expiries.get(&key).is_some_and(|(t, _)| *t == at) {
+                        return Some(at);
+                    }
+                }
             }
             self.timers.pop();
         }
@@ -677,9 +742,14 @@ impl World {
     pub fn pop_due_tick(&mut self, bound: Timestamp) -> Option<(CommandEnvelope, Timestamp)> {
         let at = self.next_timer().filter(|at| *at <= bound)?;
         let Reverse((_, account, id)) = self.timers.pop()?;
-        let held = self.accounts.get_mut(&account)?.conversations.get_mut(&id)?;
-        held.disarm(&mut self.armed);
-        let seq = held.conversation.seq;
+        let seq = match self.accounts.get_mut(&account)?.conversations.get_mut(&id) {
+            Some(held) => {
+                held.disarm(&mut self.armed);
+                held.conversation.seq
+            }
+            // An evicted conversation's content expiry: read back before its tick is decided.
+            None => self.expiries.get(&(account.clone(), id.clone()))?.1,
+        };
         let envelope = CommandEnvelope {
             id: engine_command_id("tick", seq + 1),
             account,

@@ -61,6 +61,11 @@ impl<S: EventStore> Engine<S> {
         Ok(Self { machine: machines.remove(0), store })
     }
 
+    /// Wraps a machine recovered otherwise (a partition's, from its snapshot).
+    pub fn with_machine(machine: Machine, store: S) -> Self {
+        Self { machine, store }
+    }
+
     pub fn machine(&self) -> &Machine {
         &self.machine
     }
@@ -125,6 +130,17 @@ impl<S: EventStore> Engine<S> {
         &mut self,
         inputs: impl IntoIterator<Item = (CommandEnvelope, Timestamp)>,
     ) -> Result<Vec<Outcome>, EngineError> {
+        self.replay_until(inputs, None).await
+    }
+
+    /// [`Self::replay`] up to `until` (as `convo simulate --until`): inputs
+    /// and timers after it are not run.
+    pub async fn replay_until(
+        &mut self,
+        inputs: impl IntoIterator<Item = (CommandEnvelope, Timestamp)>,
+        until: Option<Timestamp>,
+    ) -> Result<Vec<Outcome>, EngineError> {
+        let within = |at: Timestamp| until.is_none_or(|u| at <= u);
         let mut out = Vec::new();
         let mut keep = |replies: Vec<(Origin, Result<Outcome, Failure>)>| -> Result<(), EngineError> {
             for (_, result) in replies {
@@ -133,6 +149,9 @@ impl<S: EventStore> Engine<S> {
             Ok(())
         };
         for (envelope, at) in inputs {
+            if !within(at) {
+                break;
+            }
             while let Some(deadline) = self.machine.poll_timeout().filter(|d| *d < at) {
                 self.machine.handle_timeout(deadline);
                 keep(self.drive().await)?;
@@ -140,7 +159,7 @@ impl<S: EventStore> Engine<S> {
             self.machine.handle_request(0, envelope, at);
             keep(self.drive().await)?;
         }
-        while let Some(deadline) = self.machine.poll_timeout() {
+        while let Some(deadline) = self.machine.poll_timeout().filter(|d| within(*d)) {
             self.machine.handle_timeout(deadline);
             keep(self.drive().await)?;
         }

@@ -3,8 +3,11 @@
 //! recovery needs in memory: every commit of the partition's catalogs and
 //! agents, and of its conversations not closed (a closed conversation is
 //! read back from the log if a command ever comes for it, as after an
-//! eviction). Recovery applies the snapshot's commits as it applies the log,
-//! so the state it rebuilds is the one the engine's own rules make.
+//! eviction), and the closing commit of a closed conversation whose content
+//! awaits its expiry (SPEC §13: recovery queues the expiry from it without
+//! holding the conversation). Recovery applies the snapshot's commits as it
+//! applies the log, so the state it rebuilds is the one the engine's own
+//! rules make.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -29,25 +32,47 @@ pub struct Builder {
     aggregates: BTreeMap<Key, Vec<StoredCommit>>,
     /// Conversations seen again after they closed: read back whole at the end.
     reload: BTreeSet<Key>,
+    /// Closed conversations whose content awaits expiry: their closing commit.
+    retained: BTreeMap<Key, StoredCommit>,
 }
 
+fn has(stored: &StoredCommit, wanted: impl Fn(&ConversationEvent) -> bool) -> bool {
+    stored.commit.events.iter().any(|e| matches!(&e.event, Event::Conversation(event) if wanted(event)))
+}
+
+/// The commit ends what recovery must hold of its conversation: it closes
+/// it, or its content expired.
 fn closes(stored: &StoredCommit) -> bool {
-    stored
-        .commit
-        .events
-        .iter()
-        .any(|e| matches!(e.event, Event::Conversation(ConversationEvent::ConversationClosed { .. })))
+    has(stored, |e| {
+        matches!(e, ConversationEvent::ConversationClosed { .. } | ConversationEvent::ContentExpired { .. })
+    })
+}
+
+/// The commit closes its conversation under a retention period.
+fn schedules_expiry(stored: &StoredCommit) -> bool {
+    has(stored, |e| matches!(e, ConversationEvent::ContentRetentionScheduled { .. }))
 }
 
 impl Builder {
     /// Starts from `previous` (or from nothing).
     pub fn new(previous: Option<Snapshot>, partition: usize, count: usize) -> Self {
-        let mut builder = Self { partition, count, covered: 0, aggregates: BTreeMap::new(), reload: BTreeSet::new() };
+        let mut builder = Self {
+            partition,
+            count,
+            covered: 0,
+            aggregates: BTreeMap::new(),
+            reload: BTreeSet::new(),
+            retained: BTreeMap::new(),
+        };
         if let Some(snapshot) = previous {
             builder.covered = snapshot.covered;
             for stored in snapshot.commits {
                 let key = (stored.commit.account.clone(), stored.commit.stream.clone());
-                builder.aggregates.entry(key).or_default().push(stored);
+                if closes(&stored) {
+                    builder.retained.insert(key, stored);
+                } else {
+                    builder.aggregates.entry(key).or_default().push(stored);
+                }
             }
         }
         builder
@@ -78,6 +103,11 @@ impl Builder {
             if closes(&stored) {
                 self.aggregates.remove(&key);
                 self.reload.remove(&key);
+                if schedules_expiry(&stored) {
+                    self.retained.insert(key, stored);
+                } else {
+                    self.retained.remove(&key);
+                }
                 return;
             }
             let opens = commit.first_seq() == 1;
@@ -100,6 +130,7 @@ impl Builder {
             }
         }
         let mut commits: Vec<StoredCommit> = self.aggregates.into_values().flatten().collect();
+        commits.extend(self.retained.into_values());
         commits.sort_by_key(|c| c.stream_seq);
         commits.dedup_by_key(|c| c.stream_seq);
         commits.retain(|c| c.stream_seq <= self.covered);

@@ -397,6 +397,12 @@ impl RandomDay {
             campaign: Some(id(CAMPAIGNS[1])),
             mode: Some(SlaMode::BusinessHours),
         }));
+        // A day's content retention on one campaign: its conversations' expiries
+        // fall due after the day, when most of them have left memory.
+        commands.push(Command::SetRetention(convo_domain::config::RetentionSpec {
+            campaign: Some(id(CAMPAIGNS[0])),
+            content_days: Some(1),
+        }));
         commands
             .into_iter()
             .enumerate()

@@ -1,5 +1,8 @@
 //! Carrying out erasures (SPEC §13): the feeds role follows the contact
-//! books for `contact_erased` and, for each, without a manual step:
+//! books for `contact_erased`, and the conversations for `content_expired`
+//! (retention: the conversation's key is destroyed, the JSON stream's
+//! events of it that held content are overwritten). For each erasure,
+//! without a manual step:
 //!
 //! 1. destroys the contact's data key ([`crate::keys`]): from that moment
 //!    every copy of their identity and of their conversations' content
@@ -78,7 +81,7 @@ pub async fn follow(
     };
     let mut saved = done;
     let save = |at: u64| checkpoints.put(CHECKPOINT_KEY, Bytes::from(at.to_string()));
-    let mut books = store.follow_contact_books(done + 1).await?;
+    let mut books = store.follow_erasures(done + 1).await?;
     loop {
         // The checkpoint moves when the books are quiet (or after each erasure).
         let item = match tokio::time::timeout(POLL, books.next()).await {
@@ -101,6 +104,30 @@ pub async fn follow(
             Err(e) => return Err(e),
         };
         for e in &stored.commit.events {
+            if let (Event::Conversation(ConversationEvent::ContentExpired { .. }), StreamRef::Conversation(id)) =
+                (&e.event, &stored.commit.stream)
+            {
+                let account = &stored.commit.account;
+                let wait = tokio::time::Instant::now() + JSON_WAIT;
+                keys.destroy(&KeyScope::Conversation(account.clone(), id.clone())).await?;
+                while json_at() < stored.stream_seq && tokio::time::Instant::now() < wait {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let json = js
+                    .get_stream(crate::json_stream::stream_name(&store.config().stream))
+                    .await
+                    .map_err(unavailable)?;
+                let filter = format!("{}.{account}.json.conv.{id}.>", store.config().prefix);
+                let json_messages = overwrite(&json, &filter, holds_content).await?;
+                tracing::info!(
+                    account = %account,
+                    conversation = %id,
+                    json_messages,
+                    "conversation content expired: its key destroyed, JSON events with its content overwritten"
+                );
+                save(stored.stream_seq).await.map_err(unavailable)?;
+                saved = stored.stream_seq;
+            }
             if let Event::Contact(ContactEvent::ContactErased(erased)) = &e.event {
                 let account = &stored.commit.account;
                 let wait = tokio::time::Instant::now() + JSON_WAIT;
@@ -220,6 +247,14 @@ async fn plaintext_commits(
         count += usize::from(about && convo_wire::personal::holds_plaintext(&stored.commit));
     }
     Ok(count)
+}
+
+/// Whether a CloudEvent is of a type with personal fields (what a content
+/// expiry overwrites; its other events, metadata, stay).
+fn holds_content(payload: &[u8]) -> bool {
+    let Ok(event) = serde_json::from_slice::<serde_json::Value>(payload) else { return false };
+    let kind = event["type"].as_str().unwrap_or_default();
+    convo_wire::personal::PERSONAL_FIELDS.iter().any(|(name, _)| kind == convo_wire::cloud_event_type(name))
 }
 
 /// Whether a contact-book CloudEvent is about `contact` (`data.id` or `data.contact`).

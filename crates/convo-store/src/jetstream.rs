@@ -760,11 +760,13 @@ impl JetStreamStore {
         Ok(self.following(from_seq, ordered.messages))
     }
 
-    /// Every account's contact-book commits from `from_seq`, as logged,
-    /// following new ones (one consumer for as long as it is read: what
-    /// erasures follow).
-    pub async fn follow_contact_books(&self, from_seq: u64) -> Result<CommitStream, StoreError> {
-        let ordered = self.ordered_on(from_seq, vec![format!("{}.*.contacts.>", self.config.prefix)]).await?;
+    /// Every account's contact-book commits and content expiries from
+    /// `from_seq`, as logged, following new ones (one consumer for as long as
+    /// it is read: what erasures follow).
+    pub async fn follow_erasures(&self, from_seq: u64) -> Result<CommitStream, StoreError> {
+        let prefix = &self.config.prefix;
+        let filters = vec![format!("{prefix}.*.contacts.>"), format!("{prefix}.*.conv.*.expired")];
+        let ordered = self.ordered_on(from_seq, filters).await?;
         Ok(self.following(from_seq, ordered.messages))
     }
 

@@ -108,6 +108,7 @@ fn config_type_name(event: &ConfigEvent) -> &'static str {
         ConfigEvent::WebhookUpdated(_) => "webhook_updated",
         ConfigEvent::WebhookRedriven(_) => "webhook_redriven",
         ConfigEvent::SlaModeSet(_) => "sla_mode_set",
+        ConfigEvent::RetentionSet(_) => "retention_set",
         ConfigEvent::TeamDefined(_) => "team_defined",
         ConfigEvent::TeamUpdated(_) => "team_updated",
         ConfigEvent::MacroDefined(_) => "macro_defined",
@@ -607,6 +608,8 @@ fn config_kind(event: &ConfigEvent) -> &'static str {
         // Under the entity it is about: no subject kind of its own.
         ConfigEvent::SlaModeSet(m) if m.client.is_some() => "client",
         ConfigEvent::SlaModeSet(_) => "campaign",
+        ConfigEvent::RetentionSet(r) if r.campaign.is_some() => "campaign",
+        ConfigEvent::RetentionSet(_) => "account",
         ConfigEvent::TeamDefined(_) | ConfigEvent::TeamUpdated(_) => "team",
         ConfigEvent::MacroDefined(_) | ConfigEvent::MacroUpdated(_) => "macro",
         ConfigEvent::AutomationDefined(_) | ConfigEvent::AutomationUpdated(_) => "automation",
@@ -617,7 +620,8 @@ fn config_kind(event: &ConfigEvent) -> &'static str {
 fn conversation_kind(event: &ConversationEvent) -> &'static str {
     match event {
         ConversationEvent::ConversationOpened(_) => "opened",
-        ConversationEvent::ConversationClosed { .. } => "closed",
+        ConversationEvent::ConversationClosed { .. } | ConversationEvent::ContentRetentionScheduled { .. } => "closed",
+        ConversationEvent::ContentExpired { .. } => "expired",
         ConversationEvent::ConversationTransferred { .. } => "transferred",
         ConversationEvent::AgentAssigned { .. } | ConversationEvent::ConversationQueued { .. } => "assigned",
         ConversationEvent::MessageReceived { .. }
@@ -642,9 +646,10 @@ fn conversation_kind(event: &ConversationEvent) -> &'static str {
 /// Every commit kind a conversation subject can end with, in headline order:
 /// whatever commit closes a conversation is `closed` (one that opens and
 /// closes it at once, out of hours, included), so every closure reaches the
-/// subscribers of closures.
-pub const CONVERSATION_KINDS: [&str; 9] =
-    ["closed", "opened", "transferred", "assigned", "message", "survey", "field", "label", "timer"];
+/// subscribers of closures; `expired`: a closed conversation's content
+/// reached the end of its retention (SPEC §13).
+pub const CONVERSATION_KINDS: [&str; 10] =
+    ["closed", "opened", "transferred", "assigned", "message", "survey", "field", "label", "timer", "expired"];
 
 /// The headlines of commits outside conversations: an agent's `state`, and
 /// the configuration entity a catalog commit is about.

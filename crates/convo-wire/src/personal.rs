@@ -27,7 +27,7 @@ use crate::{Commit, Event, StreamRef};
 /// The prefix of every sealed personal value.
 pub const SEALED_PERSONAL_PREFIX: &str = "pd:v1:";
 /// What a personal value reads once its key is destroyed (erasure or retention).
-pub const ERASED: &str = "[erased]";
+pub use convo_domain::conversation::ERASED;
 
 /// The fields of each event type that hold personal data, as its JSON view
 /// names them (the ones [`visit_mut`] seals): what the schemas mark as

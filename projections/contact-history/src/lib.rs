@@ -12,7 +12,11 @@
 //! `k/<account>/client/<id>` and `k/<account>/campaign/<id>` the settings;
 //! `p/<account>/<contact>` the contact book's name of the contact (an entry
 //! names the contact by it when the conversation carried no name);
-//! `e/<account>/<contact>` when and why the contact was erased.
+//! `e/<account>/<contact>` when and why the contact was erased;
+//! `r/<account>/<conversation>` the entry of a conversation whose content
+//! awaits its retention's end (SPEC §13): when it comes, the entry's
+//! contact name and field values read `[erased]` (times, agents,
+//! typification and counts stay).
 
 use std::collections::BTreeMap;
 
@@ -126,6 +130,12 @@ impl Projection for ContactHistory {
                         ConversationEvent::ConversationClosed { reason, typification, .. } => {
                             close(staged, account, &mut ctx, at, reason, typification.as_ref().map(|t| t.as_str()))?;
                         }
+                        ConversationEvent::ContentRetentionScheduled { .. } => {
+                            if let Some(entry) = ctx["entry"].as_str() {
+                                staged.insert(format!("r/{account}/{id}").into_bytes(), json_bytes(&json!(entry)));
+                            }
+                        }
+                        ConversationEvent::ContentExpired { .. } => expire(staged, account, id.as_str(), at)?,
                         _ => {}
                     }
                 }
@@ -183,7 +193,8 @@ fn close(
     });
     let prefix = format!("h/{account}/{contact}/");
     let key = format!("{prefix}{:020}/{}", at.millis(), ctx["conversation"].as_str().unwrap_or(""));
-    staged.insert(key.into_bytes(), json_bytes(&entry));
+    staged.insert(key.clone().into_bytes(), json_bytes(&entry));
+    ctx["entry"] = json!(key);
     // Keep only the newest `limit` conversations of the contact.
     let kept = staged.scan_prefix(prefix.as_bytes())?;
     let excess = kept.len().saturating_sub(limit as usize);
@@ -191,6 +202,30 @@ fn close(
         staged.remove(old);
     }
     ctx["closed"] = json!(true);
+    Ok(())
+}
+
+/// A conversation's content expired: its entry (if the history still holds
+/// it) keeps everything but what was personal.
+fn expire(
+    staged: &mut Staged<'_>,
+    account: &str,
+    conversation: &str,
+    at: convo_domain::Timestamp,
+) -> Result<(), String> {
+    let index = format!("r/{account}/{conversation}");
+    let Some(key) = read(staged, &index)?.and_then(|k| k.as_str().map(str::to_owned)) else { return Ok(()) };
+    staged.remove(index.into_bytes());
+    let Some(mut entry) = read(staged, &key)? else { return Ok(()) };
+    let erased = json!(convo_wire::personal::ERASED);
+    if !entry["contact_name"].is_null() {
+        entry["contact_name"] = erased.clone();
+    }
+    if let Some(fields) = entry["fields"].as_object_mut() {
+        fields.values_mut().for_each(|v| *v = erased.clone());
+    }
+    entry["content_expired_at"] = json!(at.to_rfc3339());
+    staged.insert(key.into_bytes(), json_bytes(&entry));
     Ok(())
 }
 

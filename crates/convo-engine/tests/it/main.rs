@@ -502,6 +502,108 @@ async fn a_partition_recovers_alike_from_its_snapshot_and_ignores_a_bad_one() {
     }
 }
 
+/// Retention outlives a restart from a snapshot (SPEC §13): a snapshot keeps
+/// only the closing commit of a closed conversation whose content awaits
+/// expiry; a partition recovered from it holds neither conversation in
+/// memory, yet queues their expiries, reads the conversation back when one
+/// falls due and records its `content_expired` — the same commit an engine
+/// recovered from the whole log records.
+#[tokio::test]
+async fn a_content_expiry_outlives_a_recovery_from_a_snapshot() {
+    use convo_engine::cluster::recover_partition;
+    let broker = broker();
+    let log = store(&broker, "retention").await;
+    let closed_both = Timestamp::parse_rfc3339("2026-03-21T00:00:00Z").unwrap();
+    let mut engine = Engine::recover(log.clone()).await.unwrap();
+    engine.replay_until(inputs("content-retention"), Some(closed_both)).await.unwrap();
+    drop(engine);
+    let snapshots = log.snapshots().await.unwrap();
+    let (snapshot, _) = convo_engine::snapshot::refresh(&log, &snapshots, 0, 1).await.unwrap();
+    let kept: Vec<String> = snapshot
+        .commits
+        .iter()
+        .filter(|c| matches!(c.commit.stream, convo_wire::StreamRef::Conversation(_)))
+        .map(|c| format!("{} {}", c.commit.stream.path(), c.commit.kind()))
+        .collect();
+    assert_eq!(kept, ["conv/c1 closed", "conv/c2 closed"], "only the closing commits");
+
+    let config = convo_engine::MachineConfig::serve();
+    let (machine, used) = recover_partition(&log, Some(&snapshots), 0, 1, config).await.unwrap();
+    assert_eq!(used.snapshot_covered, snapshot.covered);
+    let account = AccountId::new("default").unwrap();
+    let c1 = ConversationId::new("c1").unwrap();
+    assert!(machine.world().conversation(&account, &c1).is_none(), "not held in memory");
+    let mut recovered = Engine::with_machine(machine, log.clone());
+    assert_eq!(recovered.next_timer(), Some(Timestamp::parse_rfc3339("2026-04-01T14:10:00Z").unwrap()));
+    let a_day_later = Timestamp::parse_rfc3339("2026-04-02T14:10:00Z").unwrap();
+    let outcomes = recovered.fire_due(a_day_later).await;
+    let committed: Vec<&convo_wire::Commit> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Ok(Outcome::Committed { commit, .. }) => Some(commit),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(committed.len(), 1, "{outcomes:?}");
+    let lines = committed[0].json_lines();
+    assert_eq!((lines[0]["conversation"].as_str(), lines[0]["type"].as_str()), (Some("c1"), Some("content_expired")));
+    assert_eq!(recovered.next_timer(), Some(Timestamp::parse_rfc3339("2026-04-19T15:10:00Z").unwrap()));
+    let expired = recovered.world().conversation(&account, &c1).expect("read back");
+    assert!(expired.content_expired && expired.facts.as_ref().unwrap().contact_name.as_deref() == Some("[erased]"));
+    drop(recovered);
+
+    // The same commit as from the whole log (the one just appended aside).
+    let other = store(&broker, "retentionfull").await;
+    let mut full = Engine::recover(other).await.unwrap();
+    full.replay_until(inputs("content-retention"), Some(a_day_later)).await.unwrap();
+    let last = |store: JetStreamStore| async move {
+        let end = store.last_seq().await.unwrap();
+        let mut read = store.read(end).await.unwrap();
+        futures::StreamExt::next(&mut read).await.unwrap().unwrap().commit.json_lines()
+    };
+    assert_eq!(last(log).await, last(full.store().clone()).await);
+}
+
+/// A content expiry destroys the conversation's key (SPEC §13): the eraser
+/// follows `content_expired` as it follows erasures, and the expired
+/// conversation's texts then read `[erased]` while a newer one's still read.
+#[tokio::test]
+async fn the_eraser_destroys_an_expired_conversations_key() {
+    let broker = broker();
+    let keys = std::sync::Arc::new(convo_store::keys::Keyring::in_memory([9; 32]));
+    let sealed = store(&broker, "expire").await.with_keys(keys.clone());
+    let until = Timestamp::parse_rfc3339("2026-04-02T14:10:00Z").unwrap();
+    let mut engine = Engine::recover(sealed.clone()).await.unwrap();
+    engine.replay_until(inputs("content-retention"), Some(until)).await.unwrap();
+    drop(engine);
+    let account = AccountId::new("default").unwrap();
+    let texts = |id: &'static str| {
+        let sealed = sealed.clone();
+        let account = account.clone();
+        async move {
+            let stream = convo_wire::StreamRef::Conversation(ConversationId::new(id).unwrap());
+            let mut out = Vec::new();
+            for stored in sealed.load(&account, &stream).await.unwrap() {
+                for line in stored.unwrap().commit.json_lines() {
+                    if line["type"] == "message_received" {
+                        out.push(line["text"].as_str().unwrap().to_owned());
+                    }
+                }
+            }
+            out
+        }
+    };
+    assert_eq!(texts("c1").await, ["Quiero cambiar mi pedido"], "sealed, and open until the expiry is carried out");
+
+    let config = convo_store::json_stream::JsonStreamConfig { max_bytes: 8 << 20, ..Default::default() };
+    let json = convo_store::json_stream::ensure(&sealed, &config).await.unwrap();
+    let passed = || u64::MAX;
+    let follow = convo_store::erasure::follow(&sealed, &keys, &json, &passed);
+    let _ = tokio::time::timeout(convo_store::erasure::POLL * 3, follow).await;
+    assert_eq!(texts("c1").await, ["[erased]"]);
+    assert_eq!(texts("c2").await, ["¿Dónde está mi envío?"]);
+}
+
 /// An erasure says what it cannot reach: commits written before personal
 /// data was sealed keep it in clear in the main stream. Those written after
 /// are sealed and are not counted.

@@ -132,3 +132,57 @@ async fn a_teams_queue_shows_in_its_members_inboxes_only() {
     assert_eq!(queued("beto"), ["c2"]);
     assert!(queued("ana").is_empty(), "not a member of the team");
 }
+
+/// Retention (SPEC §13): in `content-retention`, the account keeps content
+/// 30 days. 31 days after c1 closed, the simulator has recorded its
+/// `content_expired` and not c2's (closed 13 days before); the engine gives
+/// the same events, and the contact history's entry for c1 reads `[erased]`
+/// where it held the contact's name and the field's value, while c2's still
+/// reads them. Counts, times and the typification stay.
+#[tokio::test]
+async fn content_reads_erased_once_its_retention_has_passed_and_not_before() {
+    let until = convo_domain::Timestamp::parse_rfc3339("2026-04-02T14:10:00Z").unwrap();
+    let text = std::fs::read_to_string(fixtures_dir().join("content-retention").join("input.jsonl")).unwrap();
+    let inputs = convo_sim::scenario::parse(&text).unwrap();
+    let mut simulated = Vec::new();
+    convo_sim::run(&mut convo_sim::Scripted::new(inputs.clone()), Some(until), |step| {
+        for record in step.records {
+            use convo_sim::Record;
+            if matches!(
+                record,
+                Record::Config { .. } | Record::Agent { .. } | Record::Conversation { .. } | Record::Contact { .. }
+            ) {
+                simulated.push(convo_sim::output::to_value(record));
+            }
+        }
+    });
+    let expired: Vec<&serde_json::Value> = simulated.iter().filter(|e| e["type"] == "content_expired").collect();
+    assert_eq!(expired.len(), 1, "{expired:?}");
+    assert_eq!(expired[0]["conversation"], "c1");
+    assert_eq!(expired[0]["actor"], serde_json::json!({"system": "retention"}));
+    assert_eq!(expired[0]["at"], "2026-04-01T14:10:00Z", "30 days after c1 closed");
+    let scheduled: Vec<&serde_json::Value> =
+        simulated.iter().filter(|e| e["type"] == "content_retention_scheduled").collect();
+    assert_eq!(scheduled.len(), 2, "{scheduled:?}");
+
+    let mut engine = Engine::recover(MemoryStore::default()).await.unwrap();
+    engine.replay_until(inputs.into_iter().map(|i| (i.envelope, i.at)), Some(until)).await.unwrap();
+    let store = engine.store();
+    let mut logged = Vec::new();
+    let mut log = convo_store::EventStore::read(store, 1).await.unwrap();
+    while let Some(stored) = futures::StreamExt::next(&mut log).await {
+        logged.extend(stored.unwrap().commit.json_lines());
+    }
+    assert_eq!(logged, simulated, "the engine gives the simulator's events");
+
+    let history = fold(store, &mut convo_contact_history::ContactHistory::default()).await;
+    let entries = convo_contact_history::export_all(&history).unwrap();
+    let entry = |id: &str| entries.iter().find(|e| e["conversation"] == id).cloned().expect("an entry");
+    let (c1, c2) = (entry("c1"), entry("c2"));
+    assert_eq!(c1["contact_name"], "[erased]", "{c1}");
+    assert_eq!(c1["fields"]["order_id"], "[erased]", "{c1}");
+    assert_eq!(c1["content_expired_at"], "2026-04-01T14:10:00Z", "{c1}");
+    assert_eq!((c1["typification"].as_str(), c1["messages"].as_u64()), (Some("consulta"), Some(2)), "{c1}");
+    assert_eq!(c2["contact_name"], "Diego Pardo", "{c2}");
+    assert!(c2.get("content_expired_at").is_none(), "{c2}");
+}
