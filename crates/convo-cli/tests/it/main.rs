@@ -43,6 +43,35 @@ fn simulate_reproduces_every_fixture_byte_for_byte() {
     assert!(count >= 15);
 }
 
+/// Retention in virtual time (SPEC §13): `convo simulate --until` and
+/// `convo replay-traffic --until` (the real engine, on a nats-server it
+/// starts) give the same events: 31 days after c1 closed under a 30-day
+/// policy its `content_expired` is recorded, c2's (closed 13 days before)
+/// is not; run to the end, both are.
+#[test]
+fn retention_runs_in_virtual_time_through_simulate_and_replay_traffic() {
+    let input = fixtures().join("content-retention").join("input.jsonl");
+    let input = input.to_str().unwrap();
+    let until = "2026-04-02T14:10:00Z";
+    let events = |out: Output| -> Vec<serde_json::Value> {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+            .filter(|v| v.get("rejected").is_none())
+            .collect()
+    };
+    let expired = |events: &[serde_json::Value]| -> Vec<String> {
+        events.iter().filter(|e| e["type"] == "content_expired").map(|e| e["conversation"].to_string()).collect()
+    };
+    let simulated = events(convo(&["simulate", input, "--until", until]));
+    let replayed = events(convo(&["replay-traffic", input, "--until", until]));
+    assert_eq!(expired(&simulated), ["\"c1\""]);
+    assert_eq!(replayed, simulated, "replay-traffic gives the simulator's events");
+    let to_the_end = events(convo(&["replay-traffic", input]));
+    assert_eq!(expired(&to_the_end), ["\"c1\"", "\"c2\""]);
+}
+
 #[test]
 fn a_malformed_line_names_the_line_and_the_field_and_runs_nothing() {
     let dir = tempdir();
