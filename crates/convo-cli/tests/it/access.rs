@@ -278,21 +278,31 @@ pub(crate) fn sales_settings() -> Value {
     json!({"type":"configure_account","name":"Acme","typifications":[{"id":"venta","name":"Venta"},{"id":"inactividad","name":"I"},{"id":"transferencia","name":"T"}]})
 }
 
+/// Sends a setup command as the operator, as a client does: a 503 (the
+/// partition is still being taken, right after the start) is sent again with
+/// the same id, for up to 30 s.
 pub(crate) async fn op(served: &Served, account: &str, id: &str, command: Value) -> Value {
     let kind = command["type"].as_str().unwrap().to_owned();
     let body = json!({"id": id, "command": command});
-    let (status, reply) = http(
-        served,
-        "127.0.0.1",
-        "POST",
-        &format!("/v1/accounts/{account}/commands/{kind}"),
-        Some(&served.operator),
-        &[],
-        Some(&body),
-    )
-    .await;
-    assert_eq!(status, 200, "setup {id}: {reply}");
-    reply
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, reply) = http(
+            served,
+            "127.0.0.1",
+            "POST",
+            &format!("/v1/accounts/{account}/commands/{kind}"),
+            Some(&served.operator),
+            &[],
+            Some(&body),
+        )
+        .await;
+        if status == 503 && reply["code"] == "unavailable" && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        assert_eq!(status, 200, "setup {id}: {reply}");
+        return reply;
+    }
 }
 
 async fn setup(dir: &Path) -> Setup {
