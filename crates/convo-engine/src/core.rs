@@ -220,6 +220,9 @@ pub struct World {
     /// memory or not: when, and the conversation's last event sequence (its
     /// tick's id). An evicted one's timer stays queued on this.
     expiries: HashMap<(AccountId, ConversationId), (Timestamp, u64)>,
+    /// A conversation is being read back whole ([`World::reload`]): its
+    /// commits are applied as its history, never as a history kept elsewhere.
+    reloading: bool,
     /// Commands the engine owes another aggregate after a commit (a contact
     /// attribute a conversation's macro or automation asked for), in log
     /// order; one leaves when its aggregate records it or its outcome is known.
@@ -379,6 +382,7 @@ impl World {
             }
         }
         if let StreamRef::Conversation(id) = &commit.stream
+            && !self.reloading
             && known == 0
             && commit.first_seq() != 1
             && (self.evicted.contains(&(commit.account.clone(), id.clone())) || awaits_expiry(commit))
@@ -455,6 +459,7 @@ impl World {
         let known = if evicted { 0 } else { self.expected(account, stream) };
         let mut last = 0;
         let mut skipped = Vec::new();
+        self.reloading = true;
         for item in items {
             let seq = match &item {
                 Ok(stored) => stored.stream_seq,
@@ -466,6 +471,7 @@ impl World {
                 skipped.extend(self.apply_item(item).err());
             }
         }
+        self.reloading = false;
         let a = self.accounts.entry(account.clone()).or_insert_with(|| Account::new(account));
         a.last_commit.insert(stream.clone(), last);
         skipped
@@ -508,7 +514,8 @@ impl World {
                 // A conversation that closed before what recovery read (a snapshot
                 // keeps only the closing commit of one whose content awaits expiry):
                 // its history stays in the log, read back if a command comes for it.
-                let out_of_memory = !account.conversations.contains_key(id) && commit.first_seq() != 1;
+                let out_of_memory =
+                    !self.reloading && !account.conversations.contains_key(id) && commit.first_seq() != 1;
                 for record in commit.conversation_records() {
                     match &record.event {
                         ConversationEvent::ContentRetentionScheduled { expires_at, .. } => {
