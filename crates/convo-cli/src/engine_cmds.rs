@@ -571,7 +571,10 @@ Examples:
 
 Runs the scenario through the real engine and NATS, firing timers in virtual
 time, and prints the events as read back from the stream: the same events as
-`convo simulate` (which also prints refusals). Without --nats-url it starts a
+`convo simulate` (which also prints refusals), except that the personal data
+the scenario erased (erase_contact, a content retention that passed) reads
+[erased]: personal values are sealed with data keys, as `convo serve` seals
+them, and the erased ones' keys are destroyed at the end. Without --nats-url it starts a
 fresh embedded server in a temporary directory, or under --data-dir (laid out
 as `convo serve` lays it out, so `convo serve --data-dir D --prefix P` and
 `convo tail` can open the result).")]
@@ -633,9 +636,14 @@ pub async fn replay_traffic(args: ReplayArgs) -> Result<()> {
         }
         None => None,
     };
+    // Sealed as `convo serve` seals: with the data directory's keys, else with keys this run keeps in memory.
     let store = match &signing {
-        Some(signing) => store.with_signing(signing.clone()),
-        None => store,
+        Some(signing) => with_data_keys(store.with_signing(signing.clone())).await?,
+        None => {
+            let mut master = [0u8; 32];
+            getrandom::getrandom(&mut master).map_err(|e| anyhow::anyhow!("no randomness for the data keys: {e}"))?;
+            store.with_keys(std::sync::Arc::new(convo_store::keys::Keyring::in_memory(master)))
+        }
     };
     let mut engine = Engine::recover(store).await?;
     let started = std::time::Instant::now();
@@ -646,6 +654,10 @@ pub async fn replay_traffic(args: ReplayArgs) -> Result<()> {
     }
     if let Some(signing) = &signing {
         signing.flush()?;
+    }
+    // Erasures and content expiries are carried out as the running engine's eraser does: their keys go.
+    if let Some(keys) = engine.store().keys() {
+        convo_store::erasure::destroy_recorded_keys(engine.store(), keys).await?;
     }
     let elapsed = started.elapsed();
     let last = engine.store().last_seq().await?;

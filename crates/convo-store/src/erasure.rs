@@ -160,6 +160,37 @@ pub async fn follow(
     }
 }
 
+/// Destroys the data keys of every erasure and content expiry the log
+/// records (what [`follow`] does first, without the JSON stream): how a
+/// run of a scenario (`convo replay-traffic`) ends as the running engine
+/// would, its erased content reading `[erased]`. Returns how many keys.
+pub async fn destroy_recorded_keys(store: &JetStreamStore, keys: &Keyring) -> Result<usize, StoreError> {
+    let mut count = 0;
+    let mut log = store.read_as_logged(1).await?;
+    while let Some(item) = log.next().await {
+        let stored = match item {
+            Ok(stored) => stored,
+            Err(StoreError::Decode { .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        let account = &stored.commit.account;
+        for e in &stored.commit.events {
+            let scope = match (&e.event, &stored.commit.stream) {
+                (Event::Contact(ContactEvent::ContactErased(erased)), _) => {
+                    KeyScope::Contact(account.clone(), erased.contact.clone())
+                }
+                (Event::Conversation(ConversationEvent::ContentExpired { .. }), StreamRef::Conversation(id)) => {
+                    KeyScope::Conversation(account.clone(), id.clone())
+                }
+                _ => continue,
+            };
+            keys.destroy(&scope).await?;
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
 /// The conversations of `contact` in `account`, from the log's openings.
 pub async fn conversations_of(
     store: &JetStreamStore,

@@ -22,6 +22,33 @@ fn convo(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_convo")).args(args).output().expect("convo runs")
 }
 
+/// Reads one HTTP/1.1 request from `socket` (after what earlier reads left
+/// in `buffer`): its head and its body (by `Content-Length`); `None` once the
+/// peer closes. The test receivers of webhooks use it.
+pub(crate) async fn next_request(socket: &mut tokio::net::TcpStream, buffer: &mut Vec<u8>) -> Option<(String, String)> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                .unwrap_or(0);
+            if buffer.len() >= end + 4 + length {
+                let body = String::from_utf8_lossy(&buffer[end + 4..end + 4 + length]).into_owned();
+                buffer.drain(..end + 4 + length);
+                return Some((head, body));
+            }
+        }
+        let n = socket.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+}
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../replay-fixtures")
 }
@@ -45,9 +72,11 @@ fn simulate_reproduces_every_fixture_byte_for_byte() {
 
 /// Retention in virtual time (SPEC §13): `convo simulate --until` and
 /// `convo replay-traffic --until` (the real engine, on a nats-server it
-/// starts) give the same events: 31 days after c1 closed under a 30-day
-/// policy its `content_expired` is recorded, c2's (closed 13 days before)
-/// is not; run to the end, both are.
+/// starts, sealing personal data) agree: 31 days after c1 closed under a
+/// 30-day policy its `content_expired` is recorded and c2's (closed 13 days
+/// before) is not. Read back from the stream, c1's content reads `[erased]`
+/// (its key is gone) and c2's still reads; every other field is the
+/// simulator's. Run to the end, both have expired.
 #[test]
 fn retention_runs_in_virtual_time_through_simulate_and_replay_traffic() {
     let input = fixtures().join("content-retention").join("input.jsonl");
@@ -67,7 +96,26 @@ fn retention_runs_in_virtual_time_through_simulate_and_replay_traffic() {
     let simulated = events(convo(&["simulate", input, "--until", until]));
     let replayed = events(convo(&["replay-traffic", input, "--until", until]));
     assert_eq!(expired(&simulated), ["\"c1\""]);
-    assert_eq!(replayed, simulated, "replay-traffic gives the simulator's events");
+    assert_eq!(replayed.len(), simulated.len());
+    let mut erased: Vec<(String, String)> = Vec::new();
+    for (mut read, mut decided) in replayed.into_iter().zip(simulated) {
+        let fields = convo_wire::personal::PERSONAL_FIELDS
+            .iter()
+            .find(|(kind, _)| decided["type"] == *kind)
+            .map_or(&[][..], |(_, fields)| *fields);
+        for field in fields {
+            let (was, is) = (decided[*field].take(), read[*field].take());
+            if is != was {
+                assert_eq!(is, "[erased]", "{field} of {decided}");
+                erased.push((decided["conversation"].as_str().unwrap_or_default().to_owned(), (*field).to_owned()));
+            }
+        }
+        assert_eq!(read, decided, "replay-traffic reads the simulator's events");
+    }
+    assert!(erased.iter().all(|(conversation, _)| conversation == "c1"), "{erased:?}");
+    for field in ["text", "contact_name", "value"] {
+        assert!(erased.iter().any(|(_, f)| f == field), "c1's {field} reads [erased]: {erased:?}");
+    }
     let to_the_end = events(convo(&["replay-traffic", input]));
     assert_eq!(expired(&to_the_end), ["\"c1\"", "\"c2\""]);
 }
