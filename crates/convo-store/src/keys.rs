@@ -400,20 +400,7 @@ impl Keyring {
     /// Opens every sealed personal value of `commit` in place; one whose key
     /// is gone reads [`ERASED`]. Plaintext (from before sealing) stays.
     pub async fn open(&self, commit: &mut Commit) -> Result<(), StoreError> {
-        let mut wanted: Vec<KeyScope> = Vec::new();
-        personal::visit_mut(commit, &mut |_, _, value| {
-            if let Some((scope, _)) = personal::split_sealed(value)
-                && !wanted.contains(&scope)
-            {
-                wanted.push(scope);
-            }
-        });
-        if wanted.is_empty() {
-            return Ok(());
-        }
-        let keys = self.fetch_all(wanted).await?;
-        personal::visit_mut(commit, &mut |_, _, value| Self::open_value(&keys, value));
-        Ok(())
+        self.open_each(|f| personal::visit_mut(commit, &mut |_, _, value| f(value))).await
     }
 
     /// Opens every sealed personal value anywhere in `value` (a read
@@ -427,9 +414,15 @@ impl Keyring {
                 _ => {}
             }
         }
+        self.open_each(|f| walk(value, f)).await
+    }
+
+    /// Opens the sealed values `visit` hands to its callback: a first visit
+    /// learns which keys they need (fetched together), a second opens them.
+    async fn open_each(&self, mut visit: impl FnMut(&mut dyn FnMut(&mut String))) -> Result<(), StoreError> {
         let mut wanted: Vec<KeyScope> = Vec::new();
-        walk(value, &mut |s| {
-            if let Some((scope, _)) = personal::split_sealed(s)
+        visit(&mut |value| {
+            if let Some((scope, _)) = personal::split_sealed(value)
                 && !wanted.contains(&scope)
             {
                 wanted.push(scope);
@@ -439,7 +432,7 @@ impl Keyring {
             return Ok(());
         }
         let keys = self.fetch_all(wanted).await?;
-        walk(value, &mut |s| Self::open_value(&keys, s));
+        visit(&mut |value| Self::open_value(&keys, value));
         Ok(())
     }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use super::access::{Served, http, log_of, op, sales_account, sales_settings, serve_with};
 
@@ -35,26 +35,8 @@ async fn receiver() -> (u16, Arc<Mutex<Vec<String>>>) {
             let seen = seen.clone();
             tokio::spawn(async move {
                 let mut buffer = Vec::new();
-                let mut chunk = [0u8; 8192];
-                loop {
-                    let Ok(n) = socket.read(&mut chunk).await else { return };
-                    if n == 0 {
-                        return;
-                    }
-                    buffer.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buffer).into_owned();
-                    let Some((head, body)) = text.split_once("\r\n\r\n") else { continue };
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())
-                        })
-                        .unwrap_or(0);
-                    if body.len() < length {
-                        continue;
-                    }
-                    seen.lock().unwrap().push(body[..length].to_owned());
-                    buffer.drain(..head.len() + 4 + length);
+                while let Some((_, body)) = super::next_request(&mut socket, &mut buffer).await {
+                    seen.lock().unwrap().push(body);
                     let answer = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
                     if socket.write_all(answer.as_bytes()).await.is_err() {
                         return;

@@ -35,29 +35,7 @@ async fn receiver() -> (u16, Arc<Mutex<Vec<Received>>>) {
             let Ok((mut socket, _)) = listener.accept().await else { return };
             let seen = seen.clone();
             tokio::spawn(async move {
-                let mut buffer = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let (head, body) = loop {
-                    let Ok(n) = socket.read(&mut chunk).await else { return };
-                    if n == 0 {
-                        return;
-                    }
-                    buffer.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buffer).into_owned();
-                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                        let length: usize = head
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse().unwrap())
-                            })
-                            .unwrap_or(0);
-                        if body.len() >= length {
-                            break (head.to_owned(), body[..length].to_owned());
-                        }
-                    }
-                };
+                let Some((head, body)) = super::next_request(&mut socket, &mut Vec::new()).await else { return };
                 let headers: BTreeMap<String, String> = head
                     .lines()
                     .skip(1)
