@@ -374,9 +374,14 @@ pub async fn probe(client: &async_nats::Client, subject: String, wait: Duration)
     }
 }
 
+/// How long the probes of [`probe_mapping`] may take to come back, all
+/// together: a server with no mapping never sends them; a busy one (a
+/// cluster forming on a loaded machine) took more than 3 s in a CI run.
+pub const MAPPING_PROBE_WAIT: Duration = Duration::from_secs(10);
+
 /// Publishes a probe command for each of `accounts` and says on which
-/// partition the server's mapping put each (`None`: it did not arrive in 3 s
-/// — the server has no mapping).
+/// partition the server's mapping put each (`None`: it did not arrive within
+/// [`MAPPING_PROBE_WAIT`] — the server has no mapping).
 pub async fn probe_mapping(
     client: &async_nats::Client,
     prefix: &str,
@@ -392,8 +397,9 @@ pub async fn probe_mapping(
     }
     client.flush().await.map_err(|e| unavailable(&e))?;
     let mut arrived: Vec<Option<usize>> = vec![None; accounts.len()];
+    let deadline = tokio::time::Instant::now() + MAPPING_PROBE_WAIT;
     for _ in accounts {
-        let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(3), probes.next()).await else { break };
+        let Ok(Some(message)) = tokio::time::timeout_at(deadline, probes.next()).await else { break };
         let tokens: Vec<&str> = message.subject.split('.').collect();
         let (index, account) = (tokens[tokens.len() - 3], tokens[tokens.len() - 2]);
         if let Some(slot) = accounts.iter().position(|a| a == account) {
