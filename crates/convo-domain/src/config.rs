@@ -232,7 +232,8 @@ pub struct SlaModeSpec {
 /// goes back to the account's. A conversation closing under a period records
 /// when its content expires (`content_retention_scheduled`); at that instant
 /// the engine's timer records `content_expired` and the content's key is
-/// destroyed. Ids, times, SLA facts and typifications stay.
+/// destroyed. Ids, times, SLA facts and typifications stay. Admins, the
+/// operator and the system only: never an integration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionSpec {
@@ -1118,6 +1119,10 @@ impl Catalog {
         if webhooks && matches!(envelope.actor, Actor::Integration { .. }) {
             return Err(Rejection::Forbidden { action: "defining or changing webhooks", needed: "an admin user" });
         }
+        // A retention period destroys content when it passes: a person decides it.
+        if matches!(envelope.command, Command::SetRetention(_)) && matches!(envelope.actor, Actor::Integration { .. }) {
+            return Err(Rejection::Forbidden { action: "setting a content retention", needed: "an admin user" });
+        }
         // An automation acts as the engine on every conversation: an
         // integration could do with one what its scopes do not let it.
         let automations = match &envelope.command {
@@ -1815,6 +1820,54 @@ mod tests {
         assert_eq!(campaign.out_of_hours.action, OutOfHoursAction::Enqueue);
         let hours = catalog.schedule(&campaign.schedule).unwrap();
         assert!(hours.week.days().iter().all(|(_, ranges)| ranges.len() == 1), "open every day");
+    }
+
+    /// Retention: the account's period and a campaign's override, the
+    /// campaign's winning; bounds checked; an integration may not set one
+    /// (a period destroys content when it passes).
+    #[test]
+    fn retention_is_bounded_overridden_by_campaign_and_kept_from_integrations() {
+        let account = AccountId::new("acme").unwrap();
+        let mut catalog = Catalog::new(account.clone());
+        let envelope = |n: usize, actor: Actor, command: serde_json::Value| CommandEnvelope {
+            id: crate::ids::CommandId::new(&format!("r{n}")).unwrap(),
+            account: account.clone(),
+            actor,
+            command: Command::from_json(command).unwrap(),
+        };
+        let setup = [
+            serde_json::json!({"type": "configure_account", "name": "Acme",
+                "typifications": [{"id": "venta", "name": "Venta"}, {"id": "i", "name": "I"}, {"id": "t", "name": "T"}]}),
+            serde_json::json!({"type": "define_client", "id": "acme", "name": "Acme", "code": "1", "sla_optimal_secs": 60,
+                "sla_low_secs": 180, "max_inactivity_secs": 600, "inactivity_attempts": 0}),
+            serde_json::json!({"type": "define_project", "id": "p", "client": "acme", "name": "P"}),
+            serde_json::json!({"type": "define_campaign", "id": "ventas", "client": "acme", "project": "p", "name": "Ventas",
+                "inactivity_typification": "i", "transfer_typification": "t", "closing_typifications": ["venta"]}),
+            serde_json::json!({"type": "set_retention", "content_days": 30}),
+            serde_json::json!({"type": "set_retention", "campaign": "ventas", "content_days": 7}),
+        ];
+        for (n, command) in setup.into_iter().enumerate() {
+            let decided =
+                catalog.decide(&envelope(n, Actor::system("setup"), command), Timestamp::from_millis(0), &Idle);
+            decided.unwrap().events().iter().for_each(|r| catalog.evolve(r));
+        }
+        let ventas = CampaignId::new("ventas").unwrap();
+        assert_eq!(catalog.retention_days(&ventas), Some(7));
+        assert_eq!(catalog.retention_days(&CampaignId::new("other").unwrap()), Some(30));
+        let refused = |n: usize, actor: Actor, command: serde_json::Value| {
+            catalog.decide(&envelope(n, actor, command), Timestamp::from_millis(0), &Idle).unwrap_err().to_string()
+        };
+        let system = || Actor::system("setup");
+        let too_long = refused(10, system(), serde_json::json!({"type": "set_retention", "content_days": 3651}));
+        assert!(too_long.contains("content_days"), "{too_long}");
+        let zero = refused(11, system(), serde_json::json!({"type": "set_retention", "content_days": 0}));
+        assert!(zero.contains("content_days"), "{zero}");
+        let unknown =
+            refused(12, system(), serde_json::json!({"type": "set_retention", "campaign": "nope", "content_days": 5}));
+        assert!(unknown.contains("no campaign nope"), "{unknown}");
+        let integration = Actor::Integration { id: crate::ids::IntegrationId::new("crm").unwrap(), ip: None };
+        let kept = refused(13, integration, serde_json::json!({"type": "set_retention", "content_days": 1}));
+        assert!(kept.contains("setting a content retention"), "{kept}");
     }
 
     /// Webhooks: defined by an admin (or the system), never by an
