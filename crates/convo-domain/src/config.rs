@@ -1792,8 +1792,9 @@ mod tests {
 
     /// A 24/7 campaign names no schedule and no out-of-hours policy: it gets
     /// the built-in `always` schedule and queues (nothing is ever out of hours).
-    #[test]
-    fn a_campaign_without_hours_is_open_around_the_clock() {
+    /// Account `acme` with a client, a project and campaign `ventas` (no
+    /// schedule), then `more`, each decided as the system and applied.
+    fn configured(more: &[serde_json::Value]) -> Catalog {
         let account = AccountId::new("acme").unwrap();
         let mut catalog = Catalog::new(account.clone());
         let commands = [
@@ -1805,16 +1806,22 @@ mod tests {
             serde_json::json!({"type": "define_campaign", "id": "ventas", "client": "acme", "project": "p", "name": "Ventas",
                 "inactivity_typification": "i", "transfer_typification": "t", "closing_typifications": ["venta"]}),
         ];
-        for (n, command) in commands.into_iter().enumerate() {
+        for (n, command) in commands.iter().chain(more).enumerate() {
             let envelope = CommandEnvelope {
                 id: crate::ids::CommandId::new(&format!("c{n}")).unwrap(),
                 account: account.clone(),
                 actor: Actor::system("setup"),
-                command: Command::from_json(command).unwrap(),
+                command: Command::from_json(command.clone()).unwrap(),
             };
             let decided = catalog.decide(&envelope, Timestamp::from_millis(0), &Idle).unwrap();
             decided.events().iter().for_each(|r| catalog.evolve(r));
         }
+        catalog
+    }
+
+    #[test]
+    fn a_campaign_without_hours_is_open_around_the_clock() {
+        let catalog = configured(&[]);
         let campaign = &catalog.campaigns[&CampaignId::new("ventas").unwrap()].spec;
         assert_eq!(campaign.schedule.as_str(), crate::schedule::ALWAYS);
         assert_eq!(campaign.out_of_hours.action, OutOfHoursAction::Enqueue);
@@ -1827,30 +1834,16 @@ mod tests {
     /// (a period destroys content when it passes).
     #[test]
     fn retention_is_bounded_overridden_by_campaign_and_kept_from_integrations() {
-        let account = AccountId::new("acme").unwrap();
-        let mut catalog = Catalog::new(account.clone());
+        let catalog = configured(&[
+            serde_json::json!({"type": "set_retention", "content_days": 30}),
+            serde_json::json!({"type": "set_retention", "campaign": "ventas", "content_days": 7}),
+        ]);
         let envelope = |n: usize, actor: Actor, command: serde_json::Value| CommandEnvelope {
             id: crate::ids::CommandId::new(&format!("r{n}")).unwrap(),
-            account: account.clone(),
+            account: catalog.account.clone(),
             actor,
             command: Command::from_json(command).unwrap(),
         };
-        let setup = [
-            serde_json::json!({"type": "configure_account", "name": "Acme",
-                "typifications": [{"id": "venta", "name": "Venta"}, {"id": "i", "name": "I"}, {"id": "t", "name": "T"}]}),
-            serde_json::json!({"type": "define_client", "id": "acme", "name": "Acme", "code": "1", "sla_optimal_secs": 60,
-                "sla_low_secs": 180, "max_inactivity_secs": 600, "inactivity_attempts": 0}),
-            serde_json::json!({"type": "define_project", "id": "p", "client": "acme", "name": "P"}),
-            serde_json::json!({"type": "define_campaign", "id": "ventas", "client": "acme", "project": "p", "name": "Ventas",
-                "inactivity_typification": "i", "transfer_typification": "t", "closing_typifications": ["venta"]}),
-            serde_json::json!({"type": "set_retention", "content_days": 30}),
-            serde_json::json!({"type": "set_retention", "campaign": "ventas", "content_days": 7}),
-        ];
-        for (n, command) in setup.into_iter().enumerate() {
-            let decided =
-                catalog.decide(&envelope(n, Actor::system("setup"), command), Timestamp::from_millis(0), &Idle);
-            decided.unwrap().events().iter().for_each(|r| catalog.evolve(r));
-        }
         let ventas = CampaignId::new("ventas").unwrap();
         assert_eq!(catalog.retention_days(&ventas), Some(7));
         assert_eq!(catalog.retention_days(&CampaignId::new("other").unwrap()), Some(30));

@@ -558,14 +558,10 @@ const AUTOMATION: &str = "automation";
 /// What personal data reads once its key is gone (SPEC §13).
 pub const ERASED: &str = "[erased]";
 
-fn facts_campaign(facts: &Option<Facts>) -> Option<CampaignId> {
-    facts.as_ref().map(|f| f.campaign.clone())
-}
-
 /// Records when a conversation closing now under `campaign` loses its
 /// content, if its campaign (else its account) has a retention period.
-fn schedule_retention(ctx: Context<'_>, campaign: &Option<CampaignId>, out: &mut Emitter<ConversationEvent>) {
-    let Some(days) = campaign.as_ref().and_then(|c| ctx.catalog.retention_days(c)) else { return };
+fn schedule_retention(ctx: Context<'_>, campaign: Option<&CampaignId>, out: &mut Emitter<ConversationEvent>) {
+    let Some(days) = campaign.and_then(|c| ctx.catalog.retention_days(c)) else { return };
     let expires_at = out.at().plus_secs(u64::from(days) * SECS_PER_DAY);
     out.emit_as(rule("retention"), ConversationEvent::ContentRetentionScheduled { expires_at, days });
 }
@@ -1424,7 +1420,7 @@ impl Conversation {
                             segment: 0,
                         },
                     );
-                    schedule_retention(ctx, &Some(campaign.id.clone()), out);
+                    schedule_retention(ctx, Some(&campaign.id), out);
                 }
                 crate::config::OutOfHoursAction::Enqueue => {
                     out.emit(ConversationEvent::ConversationQueued {
@@ -1584,7 +1580,7 @@ impl Conversation {
             Some(actor) => out.emit_as(actor, closed),
             None => out.emit(closed),
         };
-        schedule_retention(ctx, &facts_campaign(&self.facts), out);
+        schedule_retention(ctx, self.facts.as_ref().map(|f| &f.campaign), out);
     }
 
     /// Fires every timer due at or before `now`, in deadline order.

@@ -236,8 +236,9 @@ fn follow_up_id(event: &convo_domain::EventId) -> CommandId {
     CommandId::new(&format!("{}contact-{event}", convo_domain::command::ENGINE_ID_PREFIX)).expect("a valid id")
 }
 
-/// Whether a conversation's commit records when its content expires.
-fn awaits_expiry(commit: &Commit) -> bool {
+/// Whether a conversation's commit records when its content expires (it
+/// closes the conversation under a retention period).
+pub(crate) fn awaits_expiry(commit: &Commit) -> bool {
     commit.events.iter().any(|e| {
         matches!(e.event, convo_wire::Event::Conversation(ConversationEvent::ContentRetentionScheduled { .. }))
     })

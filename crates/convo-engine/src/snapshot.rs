@@ -48,11 +48,6 @@ fn closes(stored: &StoredCommit) -> bool {
     })
 }
 
-/// The commit closes its conversation under a retention period.
-fn schedules_expiry(stored: &StoredCommit) -> bool {
-    has(stored, |e| matches!(e, ConversationEvent::ContentRetentionScheduled { .. }))
-}
-
 impl Builder {
     /// Starts from `previous` (or from nothing).
     pub fn new(previous: Option<Snapshot>, partition: usize, count: usize) -> Self {
@@ -103,7 +98,7 @@ impl Builder {
             if closes(&stored) {
                 self.aggregates.remove(&key);
                 self.reload.remove(&key);
-                if schedules_expiry(&stored) {
+                if crate::core::awaits_expiry(&stored.commit) {
                     self.retained.insert(key, stored);
                 } else {
                     self.retained.remove(&key);

@@ -103,58 +103,46 @@ pub async fn follow(
             }
             Err(e) => return Err(e),
         };
-        for e in &stored.commit.events {
-            if let (Event::Conversation(ConversationEvent::ContentExpired { .. }), StreamRef::Conversation(id)) =
-                (&e.event, &stored.commit.stream)
-            {
-                let account = &stored.commit.account;
-                let wait = tokio::time::Instant::now() + JSON_WAIT;
-                keys.destroy(&KeyScope::Conversation(account.clone(), id.clone())).await?;
-                while json_at() < stored.stream_seq && tokio::time::Instant::now() < wait {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                let json = js
-                    .get_stream(crate::json_stream::stream_name(&store.config().stream))
-                    .await
-                    .map_err(unavailable)?;
-                let filter = format!("{}.{account}.json.conv.{id}.>", store.config().prefix);
-                let json_messages = overwrite(&json, &filter, holds_content).await?;
-                tracing::info!(
-                    account = %account,
-                    conversation = %id,
-                    json_messages,
-                    "conversation content expired: its key destroyed, JSON events with its content overwritten"
-                );
-                save(stored.stream_seq).await.map_err(unavailable)?;
-                saved = stored.stream_seq;
+        for scope in convo_wire::personal::shredded_by(&stored.commit) {
+            let wait = tokio::time::Instant::now() + JSON_WAIT;
+            keys.destroy(&scope).await?;
+            while json_at() < stored.stream_seq && tokio::time::Instant::now() < wait {
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            if let Event::Contact(ContactEvent::ContactErased(erased)) = &e.event {
-                let account = &stored.commit.account;
-                let wait = tokio::time::Instant::now() + JSON_WAIT;
-                keys.destroy(&KeyScope::Contact(account.clone(), erased.contact.clone())).await?;
-                while json_at() < stored.stream_seq && tokio::time::Instant::now() < wait {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                let report = erase_contact(store, keys, js, account, &erased.contact).await?;
-                if report.plaintext_commits > 0 {
-                    tracing::warn!(
+            match &scope {
+                KeyScope::Contact(account, contact) => {
+                    let report = erase_contact(store, keys, js, account, contact).await?;
+                    if report.plaintext_commits > 0 {
+                        tracing::warn!(
+                            account = %account,
+                            contact = %contact,
+                            plaintext_commits = report.plaintext_commits,
+                            "contact erased, but commits of theirs from before sealing keep personal data in clear \
+                             in the main stream: the erasure cannot reach them (rewriting an old stream sealed is \
+                             not built yet)"
+                        );
+                    }
+                    tracing::info!(
                         account = %account,
-                        contact = %erased.contact,
-                        plaintext_commits = report.plaintext_commits,
-                        "contact erased, but commits of theirs from before sealing keep personal data in clear in \
-                         the main stream: the erasure cannot reach them (rewriting an old stream sealed is not built yet)"
+                        contact = %contact,
+                        conversations = report.conversations,
+                        json_messages = report.json_messages,
+                        "contact erased: keys destroyed, JSON events overwritten"
                     );
                 }
-                tracing::info!(
-                    account = %account,
-                    contact = %erased.contact,
-                    conversations = report.conversations,
-                    json_messages = report.json_messages,
-                    "contact erased: keys destroyed, JSON events overwritten"
-                );
-                save(stored.stream_seq).await.map_err(unavailable)?;
-                saved = stored.stream_seq;
+                KeyScope::Conversation(account, id) => {
+                    let filter = format!("{}.{account}.json.conv.{id}.>", store.config().prefix);
+                    let json_messages = overwrite(&json_stream(store, js).await?, &filter, holds_content).await?;
+                    tracing::info!(
+                        account = %account,
+                        conversation = %id,
+                        json_messages,
+                        "conversation content expired: its key destroyed, JSON events with its content overwritten"
+                    );
+                }
             }
+            save(stored.stream_seq).await.map_err(unavailable)?;
+            saved = stored.stream_seq;
         }
         done = stored.stream_seq;
     }
@@ -173,17 +161,7 @@ pub async fn destroy_recorded_keys(store: &JetStreamStore, keys: &Keyring) -> Re
             Err(StoreError::Decode { .. }) => continue,
             Err(e) => return Err(e),
         };
-        let account = &stored.commit.account;
-        for e in &stored.commit.events {
-            let scope = match (&e.event, &stored.commit.stream) {
-                (Event::Contact(ContactEvent::ContactErased(erased)), _) => {
-                    KeyScope::Contact(account.clone(), erased.contact.clone())
-                }
-                (Event::Conversation(ConversationEvent::ContentExpired { .. }), StreamRef::Conversation(id)) => {
-                    KeyScope::Conversation(account.clone(), id.clone())
-                }
-                _ => continue,
-            };
+        for scope in convo_wire::personal::shredded_by(&stored.commit) {
             keys.destroy(&scope).await?;
             count += 1;
         }
@@ -229,7 +207,7 @@ pub async fn erase_contact(
     contact: &ContactId,
 ) -> Result<Erased, StoreError> {
     let prefix = &store.config().prefix;
-    let json = js.get_stream(crate::json_stream::stream_name(&store.config().stream)).await.map_err(unavailable)?;
+    let json = json_stream(store, js).await?;
     let conversations = conversations_of(store, account, contact).await?;
     let mut report = Erased { conversations: conversations.len(), ..Erased::default() };
     for id in &conversations {
@@ -278,6 +256,11 @@ async fn plaintext_commits(
         count += usize::from(about && convo_wire::personal::holds_plaintext(&stored.commit));
     }
     Ok(count)
+}
+
+/// The store's JSON stream.
+async fn json_stream(store: &JetStreamStore, js: &jetstream::Context) -> Result<jetstream::stream::Stream, StoreError> {
+    js.get_stream(crate::json_stream::stream_name(&store.config().stream)).await.map_err(unavailable)
 }
 
 /// Whether a CloudEvent is of a type with personal fields (what a content

@@ -261,16 +261,16 @@ impl JetStreamStore {
     /// Destroys at once the keys of the contacts `commits` (appended)
     /// erase, so this process seals nothing new with them. The eraser
     /// destroys them too (and does the rest): a failure here is only said.
+    /// (An expired conversation's key is left to the eraser: a closed
+    /// conversation seals nothing new.)
     async fn erased_now(&self, commits: &[&Commit]) {
         let Some(keys) = self.keys.as_deref() else { return };
         for commit in commits {
-            for e in &commit.events {
-                if let convo_wire::Event::Contact(convo_domain::contact::ContactEvent::ContactErased(erased)) = &e.event
+            for scope in convo_wire::personal::shredded_by(commit) {
+                if let convo_wire::personal::KeyScope::Contact(_, contact) = &scope
+                    && let Err(e) = keys.destroy(&scope).await
                 {
-                    let scope = convo_wire::personal::KeyScope::Contact(commit.account.clone(), erased.contact.clone());
-                    if let Err(e) = keys.destroy(&scope).await {
-                        tracing::warn!(contact = %erased.contact, "the erased contact's key is left to the eraser: {e}");
-                    }
+                    tracing::warn!(contact = %contact, "the erased contact's key is left to the eraser: {e}");
                 }
             }
         }
@@ -419,24 +419,14 @@ impl JetStreamStore {
     /// consumer; a replica may answer, and may lag); `None` past the last.
     async fn direct_next(&self, filter: &str, next: u64) -> Result<Option<StreamMessage>, StoreError> {
         let get = self.stream.direct_get_next_for_subject(filter, Some(next));
-        match tokio::time::timeout(Duration::from_millis(READ_TIMEOUT_MS), get).await {
-            Err(_) => Err(StoreError::Unavailable(format!("reading {filter} timed out"))),
-            Ok(Err(e)) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
-            Ok(Err(e)) => Err(unavailable(format!("reading {filter}: {e}"))),
-            Ok(Ok(message)) => Ok(Some(message)),
-        }
+        next_or_none(filter, get, |e| e.kind() == DirectGetErrorKind::NotFound).await
     }
 
     /// [`Self::direct_next`] answered by the stream's leader: `None` means
     /// nothing after `next` yet, not a replica behind.
     async fn leader_next(&self, filter: &str, next: u64) -> Result<Option<StreamMessage>, StoreError> {
         let get = self.stream.raw_message_builder().sequence(next).next_by_subject(filter).send();
-        match tokio::time::timeout(Duration::from_millis(READ_TIMEOUT_MS), get).await {
-            Err(_) => Err(StoreError::Unavailable(format!("reading {filter} timed out"))),
-            Ok(Err(e)) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
-            Ok(Err(e)) => Err(unavailable(format!("reading {filter}: {e}"))),
-            Ok(Ok(message)) => Ok(Some(message)),
-        }
+        next_or_none(filter, get, |e| e.kind() == RawMessageErrorKind::NoMessageFound).await
     }
 
     fn decode_direct(&self, message: &StreamMessage) -> LogItem {
@@ -889,6 +879,20 @@ impl JetStreamStore {
                 }
             }
         }))
+    }
+}
+
+/// A get's message within [`READ_TIMEOUT_MS`]; `None` when `none` says its error means "no such message".
+async fn next_or_none<E: std::fmt::Display>(
+    filter: &str,
+    get: impl std::future::Future<Output = Result<StreamMessage, E>>,
+    none: impl Fn(&E) -> bool,
+) -> Result<Option<StreamMessage>, StoreError> {
+    match tokio::time::timeout(Duration::from_millis(READ_TIMEOUT_MS), get).await {
+        Err(_) => Err(StoreError::Unavailable(format!("reading {filter} timed out"))),
+        Ok(Err(e)) if none(&e) => Ok(None),
+        Ok(Err(e)) => Err(unavailable(format!("reading {filter}: {e}"))),
+        Ok(Ok(message)) => Ok(Some(message)),
     }
 }
 

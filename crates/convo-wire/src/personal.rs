@@ -201,6 +201,26 @@ pub fn scopes(commit: &Commit) -> Vec<(KeyScope, Option<ContactId>)> {
     out
 }
 
+/// The data keys `commit` orders destroyed, in order: an erased contact's
+/// (`contact_erased`), a conversation's whose content expired
+/// (`content_expired`).
+pub fn shredded_by(commit: &Commit) -> Vec<KeyScope> {
+    let account = &commit.account;
+    commit
+        .events
+        .iter()
+        .filter_map(|e| match (&e.event, &commit.stream) {
+            (Event::Contact(ContactEvent::ContactErased(erased)), _) => {
+                Some(KeyScope::Contact(account.clone(), erased.contact.clone()))
+            }
+            (Event::Conversation(ConversationEvent::ContentExpired { .. }), StreamRef::Conversation(id)) => {
+                Some(KeyScope::Conversation(account.clone(), id.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// Whether `commit` holds a personal value in clear (written before sealing,
 /// or by an engine without keys).
 pub fn holds_plaintext(commit: &Commit) -> bool {
