@@ -362,10 +362,16 @@ impl Ownership {
     }
 
     /// The partitions nobody live serves as this instance sees it: those of
-    /// its own share it does not serve yet, and those whose lease no live
-    /// instance holds (readiness names them).
+    /// its own share it does not serve yet (counting itself live from the
+    /// start, so a newcomer is not ready before it has taken its share), and
+    /// those whose lease no live instance holds (readiness names them).
     pub fn unowned_partitions(&self) -> Vec<usize> {
-        let live = self.live();
+        let mut live = self.live();
+        // Before its own heartbeat is in the directory the others do not count
+        // this instance yet: the share it is about to take is changing hands.
+        if !live.contains(&self.config.instance) {
+            live.push(self.config.instance.clone());
+        }
         (0..self.config.partitions)
             .filter(|n| {
                 let resource = Resource::Partition(*n);
