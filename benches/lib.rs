@@ -111,7 +111,7 @@ pub fn states(conversations: usize) -> Vec<Conversation> {
 
 /// Decides and applies every step; returns how many events were recorded.
 pub fn run_mix(catalog: &Catalog, floor: &Floor, states: &mut [Conversation], steps: &[Step]) -> usize {
-    let ctx = Context { catalog, floor, contacts: None };
+    let ctx = Context::bare(catalog, floor);
     let mut events = 0;
     for (c, envelope, now) in steps {
         let state = &mut states[*c];
@@ -135,7 +135,7 @@ mod tests {
         let floor = Floor::default();
         let steps = domain_mix(50);
         let mut states = states(50);
-        let ctx = Context { catalog: &catalog, floor: &floor, contacts: None };
+        let ctx = Context::bare(&catalog, &floor);
         for (c, envelope, now) in &steps {
             let decision = states[*c].decide(ctx, envelope, *now).unwrap_or_else(|r| panic!("{}: {r}", envelope.id));
             for record in decision.events() {

@@ -48,7 +48,7 @@ pub enum Actor {
 /// The system actors the engine itself acts as: its timers, routing and
 /// rules, and the automated messages they send. No client may claim one of
 /// these names (a close "by contact_inactivity" must be the engine's own).
-pub const ENGINE_ACTORS: [&str; 17] = [
+pub const ENGINE_ACTORS: [&str; 18] = [
     "access",
     "timer",
     "routing",
@@ -66,6 +66,7 @@ pub const ENGINE_ACTORS: [&str; 17] = [
     "automation",
     "automation_message",
     "retention",
+    "contacts",
 ];
 
 impl Actor {

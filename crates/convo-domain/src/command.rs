@@ -62,7 +62,17 @@ pub struct ReceiveMessage {
     /// The contact's opaque id (the gateway's or the contact book's). Never
     /// a handle — not a phone number, not an email address: an id is in
     /// subjects, keys and reports, where erasing the contact cannot reach it.
-    pub contact: ContactId,
+    /// Name the contact by `contact` or by `handle`, not both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact: Option<ContactId>,
+    /// The contact's handle on `channel` (a WhatsApp number, an e-mail
+    /// address), for a gateway that knows no id (SPEC §13): the engine finds
+    /// the contact holding that identity in the account's contact book, or
+    /// makes a new one with an opaque id derived from this command
+    /// (`_ct-…`, in the reply's `conversation_opened`) and records it in the
+    /// book. Personal data: sealed in the log, erasable, never an id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle: Option<String>,
     pub channel: ChannelId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contact_name: Option<String>,

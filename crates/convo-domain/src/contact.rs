@@ -179,6 +179,34 @@ pub fn check_value(kind: AttributeKind, value: &str) -> Result<(), String> {
     if ok { Ok(()) } else { Err(format!("{value:?} is not a {kind:?} value").to_lowercase()) }
 }
 
+/// Checks a channel handle: 1 to [`NAME_BYTES_MAX`] bytes, no control characters.
+pub fn check_handle(field: &str, handle: &str) -> Result<(), Rejection> {
+    if handle.trim().is_empty() || handle.len() > NAME_BYTES_MAX || handle.chars().any(char::is_control) {
+        let reason = format!("1 to {NAME_BYTES_MAX} bytes, no control characters");
+        return Err(Rejection::invalid(field, reason));
+    }
+    Ok(())
+}
+
+/// The prefix of the contact ids the engine makes (in its namespace: no
+/// client may define a contact with one).
+pub const MINTED_CONTACT_PREFIX: &str = "_ct-";
+
+/// The id the engine makes for a contact first known by a handle no contact
+/// holds (SPEC §13): derived from the command that brought it — its account,
+/// conversation and command id — so a replay makes the same one, opaque (a
+/// UUID v5: nothing of the handle is in it) and in the engine's namespace.
+pub fn minted_contact_id(
+    account: &AccountId,
+    conversation: &crate::ids::ConversationId,
+    command: &crate::ids::CommandId,
+) -> ContactId {
+    const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x3b1d_52c6_8f0e_4a97_b2d4_7c61_e9a0_58f3);
+    let name = format!("{account}/{conversation}/{command}");
+    let id = uuid::Uuid::new_v5(&NAMESPACE, name.as_bytes()).simple();
+    ContactId::new(&format!("{MINTED_CONTACT_PREFIX}{id}")).expect("a minted contact id is a valid id")
+}
+
 impl ContactBook {
     pub fn new(account: AccountId) -> Self {
         Self {
@@ -192,6 +220,11 @@ impl ContactBook {
 
     pub fn contact(&self, id: &ContactId) -> Option<&ContactSpec> {
         self.contacts.get(id)
+    }
+
+    /// The contact holding an identity, if any.
+    pub fn holder(&self, identity: &Identity) -> Option<&ContactId> {
+        self.identities.get(identity)
     }
 
     /// Decides a contact command.
@@ -211,10 +244,31 @@ impl ContactBook {
         let event = match &envelope.command {
             Command::DefineContact(s) | Command::UpdateContact(s) => {
                 let define = matches!(envelope.command, Command::DefineContact(_));
-                match (self.contacts.contains_key(&s.id), define) {
-                    (true, true) => return Err(Rejection::AlreadyDefined { entity: format!("contact {}", s.id) }),
-                    (false, false) => return Err(Rejection::Unknown { entity: format!("contact {}", s.id) }),
+                match (self.contacts.get(&s.id), define) {
+                    // A contact the engine made for a handle, asked for again by a second
+                    // conversation's opening while the first's was under way: already there.
+                    (Some(held), true)
+                        if envelope.id.as_str().starts_with(crate::command::ENGINE_ID_PREFIX)
+                            && s.id.as_str().starts_with(MINTED_CONTACT_PREFIX)
+                            && s.identities.iter().all(|i| held.identities.contains(i)) =>
+                    {
+                        return Ok(out.finish());
+                    }
+                    (Some(_), true) => {
+                        return Err(Rejection::AlreadyDefined { entity: format!("contact {}", s.id) });
+                    }
+                    (None, false) => return Err(Rejection::Unknown { entity: format!("contact {}", s.id) }),
                     _ => {}
+                }
+                if define
+                    && s.id.as_str().starts_with(crate::ids::RESERVED_PREFIX)
+                    && !envelope.id.as_str().starts_with(crate::command::ENGINE_ID_PREFIX)
+                {
+                    let reason = format!(
+                        "ids starting with {:?} are the engine's (contacts it makes for a new handle)",
+                        crate::ids::RESERVED_PREFIX
+                    );
+                    return Err(Rejection::invalid("id", reason));
                 }
                 if define && self.contacts.len() >= CONTACTS_PER_ACCOUNT_MAX {
                     let reason = format!("an account holds at most {CONTACTS_PER_ACCOUNT_MAX} contacts");
@@ -307,10 +361,7 @@ impl ContactBook {
                 Rejection::invalid(format!("{field}.channel"), format!("no channel {}", identity.channel))
             })?;
             let handle = &identity.handle;
-            if handle.trim().is_empty() || handle.len() > NAME_BYTES_MAX || handle.chars().any(char::is_control) {
-                let reason = format!("1 to {NAME_BYTES_MAX} bytes, no control characters");
-                return Err(Rejection::invalid(format!("{field}.handle"), reason));
-            }
+            check_handle(&format!("{field}.handle"), handle)?;
             if s.identities[..i].contains(identity) {
                 return Err(Rejection::invalid(field, "listed twice"));
             }

@@ -316,6 +316,19 @@ pub enum ConversationEvent {
     ContentExpired {
         expires_at: Timestamp,
     },
+    /// The conversation opened for a handle no contact held (SPEC §13): the
+    /// engine made the contact `contact` for it and then sends
+    /// `define_contact` to the book (the handle as the identity on
+    /// `channel`, the name if the message gave one, else the handle), under
+    /// an id derived from this event (`_contact-<event id>`). `handle` and
+    /// `name` are personal data.
+    ContactRequested {
+        contact: ContactId,
+        channel: ChannelId,
+        handle: String,
+        #[serde(default)]
+        name: Option<String>,
+    },
 }
 
 impl ConversationEvent {
@@ -345,6 +358,7 @@ impl ConversationEvent {
             Self::ContactAttributeRequested { .. } => "contact_attribute_requested",
             Self::ContentRetentionScheduled { .. } => "content_retention_scheduled",
             Self::ContentExpired { .. } => "content_expired",
+            Self::ContactRequested { .. } => "contact_requested",
         }
     }
 }
@@ -464,8 +478,66 @@ static NO_LABELS: BTreeSet<String> = BTreeSet::new();
 pub struct Context<'a> {
     pub catalog: &'a Catalog,
     pub floor: &'a Floor,
-    /// The account's contacts (for attributes a campaign requires at close).
+    /// The account's contacts (for attributes a campaign requires at close,
+    /// and the contact holding an inbound message's handle).
     pub contacts: Option<&'a crate::contact::ContactBook>,
+    /// Contacts the engine made for a new handle whose definition the book
+    /// has not recorded yet (`contact_requested` → `define_contact`), so a
+    /// second message from the same handle names the same contact.
+    pub pending_contacts: Option<&'a BTreeMap<crate::contact::Identity, ContactId>>,
+    /// Contacts made for new handles by decisions whose commits are not
+    /// applied yet (the engine's appends under way or of unknown outcome):
+    /// a message naming such a handle names the same contact and asks for
+    /// it again (the commit that made it may fail; a second request of the
+    /// same contact changes nothing).
+    pub claimed_contacts: Option<&'a BTreeMap<crate::contact::Identity, ContactId>>,
+}
+
+impl<'a> Context<'a> {
+    /// A context with no contact book (tests, tools that decide alone).
+    pub fn bare(catalog: &'a Catalog, floor: &'a Floor) -> Self {
+        Self { catalog, floor, contacts: None, pending_contacts: None, claimed_contacts: None }
+    }
+
+    /// The contact holding an identity: the book's, else one the engine
+    /// made and the book has not recorded yet.
+    pub fn holder(&self, identity: &crate::contact::Identity) -> Option<&'a ContactId> {
+        self.contacts
+            .and_then(|book| book.holder(identity))
+            .or_else(|| self.pending_contacts.and_then(|pending| pending.get(identity)))
+    }
+}
+
+/// Who an inbound message names: its contact id, or the contact holding its
+/// handle, or — for a handle no contact holds — a contact the engine makes
+/// (`new`: the identity to record in the book).
+fn inbound_contact(
+    ctx: &Context<'_>,
+    envelope: &CommandEnvelope,
+    c: &crate::command::ReceiveMessage,
+) -> Result<(ContactId, Option<crate::contact::Identity>), Rejection> {
+    match (&c.contact, &c.handle) {
+        (Some(id), None) => Ok((id.clone(), None)),
+        (None, Some(handle)) => {
+            crate::contact::check_handle("handle", handle)?;
+            let identity = crate::contact::Identity { channel: c.channel.clone(), handle: handle.clone() };
+            if let Some(id) = ctx.holder(&identity) {
+                return Ok((id.clone(), None));
+            }
+            let id = match ctx.claimed_contacts.and_then(|claimed| claimed.get(&identity)) {
+                Some(id) => id.clone(),
+                None => crate::contact::minted_contact_id(&envelope.account, &c.conversation, &envelope.id),
+            };
+            Ok((id, Some(identity)))
+        }
+        (Some(_), Some(_)) => {
+            Err(Rejection::invalid("handle", "name the contact by `contact` or by `handle`, not both"))
+        }
+        (None, None) => Err(Rejection::invalid(
+            "contact",
+            "name the contact by `contact` (an opaque id) or by `handle` (its address on the channel)",
+        )),
+    }
 }
 
 /// The actor of a command as the rules see it.
@@ -768,12 +840,13 @@ impl Conversation {
         let mut out = Emitter::new(self.seq, now, &envelope.id, &envelope.actor);
         match &envelope.command {
             Command::ReceiveMessage(c) => {
+                let (contact, new) = inbound_contact(&ctx, envelope, c)?;
                 if self.status == Status::New {
-                    self.open_inbound(ctx, envelope, c, now, &mut out)?;
+                    self.open_inbound(ctx, envelope, c, (&contact, new), now, &mut out)?;
                 } else {
                     let facts = self.require_open()?;
-                    require_contact(&envelope.actor, &c.contact, "receive_message")?;
-                    if facts.contact != c.contact || facts.channel != c.channel {
+                    require_contact(&envelope.actor, &contact, "receive_message")?;
+                    if facts.contact != contact || facts.channel != c.channel {
                         return Err(Rejection::NotThisConversation {
                             conversation: self.id.clone(),
                             expected: facts.contact.to_string(),
@@ -1379,10 +1452,11 @@ impl Conversation {
         ctx: Context<'_>,
         envelope: &CommandEnvelope,
         c: &crate::command::ReceiveMessage,
+        (contact, new): (&ContactId, Option<crate::contact::Identity>),
         now: Timestamp,
         out: &mut Emitter<ConversationEvent>,
     ) -> Result<(), Rejection> {
-        require_contact(&envelope.actor, &c.contact, "receive_message")?;
+        require_contact(&envelope.actor, contact, "receive_message")?;
         let catalog = ctx.catalog;
         let entrance = Entrance::of(catalog, &c.channel)?;
         let (channel, campaign) = (entrance.channel, entrance.campaign);
@@ -1396,10 +1470,18 @@ impl Conversation {
         let in_hours = schedule.is_open(now);
         let sla_clock_starts_at = if in_hours { now } else { schedule.next_opening(now).unwrap_or(now) };
         let opened =
-            entrance.opened(catalog, &c.contact, &c.contact_name, Direction::Inbound, sla_clock_starts_at, !in_hours);
+            entrance.opened(catalog, contact, &c.contact_name, Direction::Inbound, sla_clock_starts_at, !in_hours);
         // Later events are shaped by the opened state (placeholders).
         let mut scratch = self.scratch();
         scratch.evolve(out.emit(ConversationEvent::ConversationOpened(opened)));
+        if let Some(identity) = new {
+            scratch.evolve(out.emit(ConversationEvent::ContactRequested {
+                contact: contact.clone(),
+                channel: identity.channel,
+                handle: identity.handle,
+                name: c.contact_name.clone(),
+            }));
+        }
         if let Some(clock) = scratch.sla_clock_change(catalog, campaign) {
             scratch.evolve(out.emit(clock));
         }
@@ -1780,7 +1862,8 @@ impl Conversation {
             ConversationEvent::MacroApplied { .. }
             | ConversationEvent::AutomationActionRefused { .. }
             | ConversationEvent::AutomationsStopped { .. }
-            | ConversationEvent::ContactAttributeRequested { .. } => {}
+            | ConversationEvent::ContactAttributeRequested { .. }
+            | ConversationEvent::ContactRequested { .. } => {}
             ConversationEvent::SlaClockSet { schedule, .. } => {
                 if let Some(facts) = self.facts.as_mut() {
                     facts.sla_hours = schedule.clone().map(Arc::new);

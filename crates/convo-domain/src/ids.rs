@@ -195,8 +195,11 @@ id_type!(
     ConversationId
 );
 id_type!(
-    /// The person writing in (a phone number, a page-scoped id…).
-    ContactId
+    /// The person writing in: an opaque id, never a handle (SPEC §13). The
+    /// engine's own (`_ct-…`, made for a contact first known by a handle)
+    /// may be named by clients; only the engine defines one.
+    ContactId,
+    engine_may_use = true
 );
 id_type!(
     /// A user of the platform: agent, supervisor or admin.

@@ -42,7 +42,7 @@ pub use time::Timestamp;
 
 /// Every event type, as the JSON view's `type` names it (convo-wire's tests keep
 /// it equal to the types).
-pub const EVENT_TYPES: [&str; 60] = [
+pub const EVENT_TYPES: [&str; 61] = [
     "account_configured",
     "client_defined",
     "client_updated",
@@ -103,6 +103,7 @@ pub const EVENT_TYPES: [&str; 60] = [
     "retention_set",
     "content_retention_scheduled",
     "content_expired",
+    "contact_requested",
 ];
 
 /// The JSON view of a domain enum: `{"type": variant, fields…}`.

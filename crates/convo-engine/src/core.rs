@@ -13,12 +13,12 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 
 use convo_domain::command::{Assign, Tick, engine_command_id};
-use convo_domain::contact::SetContactAttribute;
+use convo_domain::contact::{ContactSpec, Identity, SetContactAttribute};
 use convo_domain::conversation::Status;
 use convo_domain::{
     AccountId, Actor, AgentEvent, AgentPresence, Catalog, Command, CommandEnvelope, CommandId, ConfigEvent,
-    ContactBook, ContactEvent, Context, Conversation, ConversationEvent, ConversationId, Decision, Floor, Recorded,
-    Rejection, Target, Timestamp, UserId,
+    ContactBook, ContactEvent, ContactId, Context, Conversation, ConversationEvent, ConversationId, Decision, Floor,
+    Recorded, Rejection, Target, Timestamp, UserId,
 };
 use convo_store::{LogItem, StoreError};
 use convo_wire::{Commit, StreamRef, WireError};
@@ -180,6 +180,9 @@ impl Held {
 struct Account {
     catalog: Catalog,
     contacts: ContactBook,
+    /// Contacts made for a new handle whose `define_contact` follow-up the
+    /// book has not recorded yet: the same handle names the same contact.
+    pending_contacts: BTreeMap<Identity, ContactId>,
     floor: Floor,
     /// Boxed: the map's nodes keep a pointer per conversation, not the
     /// aggregate itself, so the nodes' slack costs bytes, not aggregates.
@@ -194,6 +197,7 @@ impl Account {
         Self {
             catalog: Catalog::new(id.clone()),
             contacts: ContactBook::new(id.clone()),
+            pending_contacts: BTreeMap::new(),
             floor: Floor::default(),
             conversations: BTreeMap::new(),
             agents: BTreeMap::new(),
@@ -227,6 +231,32 @@ pub struct World {
     /// attribute a conversation's macro or automation asked for), in log
     /// order; one leaves when its aggregate records it or its outcome is known.
     follow_ups: VecDeque<CommandEnvelope>,
+}
+
+/// The actor of the `define_contact` the engine sends for a contact it made
+/// for a new handle (one of [`convo_domain::ENGINE_ACTORS`]).
+pub const CONTACTS_ACTOR: &str = "contacts";
+
+/// A follow-up's outcome is known: it leaves the queue, and a contact it
+/// defines is no longer pending (the book holds it, or refused it).
+fn settle_follow_up(
+    follow_ups: &mut VecDeque<CommandEnvelope>,
+    accounts: &mut BTreeMap<AccountId, Account>,
+    id: &CommandId,
+) {
+    follow_ups.retain(|f| {
+        if &f.id != id {
+            return true;
+        }
+        if let Command::DefineContact(spec) = &f.command
+            && let Some(account) = accounts.get_mut(&f.account)
+        {
+            for identity in &spec.identities {
+                account.pending_contacts.remove(identity);
+            }
+        }
+        false
+    });
 }
 
 /// The id of the follow-up of the event `event`: in the engine's namespace
@@ -307,6 +337,19 @@ impl World {
 
     /// Decides a command at `now`. Nothing changes until the commit is applied.
     pub fn decide(&self, envelope: &CommandEnvelope, now: Timestamp) -> Result<Decided, Refusal> {
+        self.decide_claimed(envelope, now, None)
+    }
+
+    /// Decides a command at `now`, knowing the contacts that commits not
+    /// applied yet make for new handles (`claimed`: the account's, by the
+    /// machine), so a handle names one contact whatever the order in which
+    /// appends come back.
+    pub fn decide_claimed(
+        &self,
+        envelope: &CommandEnvelope,
+        now: Timestamp,
+        claimed: Option<&BTreeMap<Identity, ContactId>>,
+    ) -> Result<Decided, Refusal> {
         let account_id = &envelope.account;
         let fresh;
         let account = match self.accounts.get(account_id) {
@@ -340,8 +383,13 @@ impl World {
                         &blank
                     }
                 };
-                let ctx =
-                    Context { catalog: &account.catalog, floor: &account.floor, contacts: Some(&account.contacts) };
+                let ctx = Context {
+                    catalog: &account.catalog,
+                    floor: &account.floor,
+                    contacts: Some(&account.contacts),
+                    pending_contacts: Some(&account.pending_contacts),
+                    claimed_contacts: claimed,
+                };
                 decided(account_id, stream, conversation.decide(ctx, envelope, now)?)
             }
         }
@@ -501,7 +549,7 @@ impl World {
                         }
                     }
                 }
-                self.follow_ups.retain(|f| f.id != commit.command);
+                settle_follow_up(&mut self.follow_ups, &mut self.accounts, &commit.command);
             }
             StreamRef::Agent(agent) => {
                 let presence = account.agents.entry(agent.clone()).or_insert_with(|| AgentPresence::new(agent.clone()));
@@ -545,22 +593,37 @@ impl World {
                 for record in commit.conversation_records() {
                     conversation.evolve(&record);
                     account.floor.apply_conversation(id, &record);
-                    if let ConversationEvent::ContactAttributeRequested { name, value } = &record.event
-                        && let Some(facts) = &conversation.facts
-                    {
-                        let event = convo_domain::EventId::derive(&commit.account, &commit.stream.path(), record.seq);
-                        let command = Command::SetContactAttribute(SetContactAttribute {
-                            contact: facts.contact.clone(),
-                            name: name.clone(),
-                            value: value.clone(),
-                        });
-                        self.follow_ups.push_back(CommandEnvelope {
-                            id: follow_up_id(&event),
-                            account: commit.account.clone(),
-                            actor: record.actor.clone(),
-                            command,
-                        });
-                    }
+                    let (command, actor) = match &record.event {
+                        ConversationEvent::ContactAttributeRequested { name, value } => {
+                            let Some(facts) = &conversation.facts else { continue };
+                            let command = Command::SetContactAttribute(SetContactAttribute {
+                                contact: facts.contact.clone(),
+                                name: name.clone(),
+                                value: value.clone(),
+                            });
+                            (command, record.actor.clone())
+                        }
+                        ConversationEvent::ContactRequested { contact, channel, handle, name } => {
+                            let identity = Identity { channel: channel.clone(), handle: handle.clone() };
+                            account.pending_contacts.insert(identity.clone(), contact.clone());
+                            let command = Command::DefineContact(ContactSpec {
+                                id: contact.clone(),
+                                name: name.clone().unwrap_or_else(|| handle.clone()),
+                                identities: vec![identity],
+                                attributes: BTreeMap::new(),
+                                labels: Vec::new(),
+                            });
+                            (command, Actor::system(CONTACTS_ACTOR))
+                        }
+                        _ => continue,
+                    };
+                    let event = convo_domain::EventId::derive(&commit.account, &commit.stream.path(), record.seq);
+                    self.follow_ups.push_back(CommandEnvelope {
+                        id: follow_up_id(&event),
+                        account: commit.account.clone(),
+                        actor,
+                        command,
+                    });
                 }
                 let deadline = conversation.next_deadline();
                 let closed = conversation.status == Status::Closed;
@@ -767,6 +830,11 @@ impl World {
         Some((envelope, at))
     }
 
+    /// An account's contact book, if the account is known.
+    pub fn contact_book(&self, account: &AccountId) -> Option<&ContactBook> {
+        self.accounts.get(account).map(|a| &a.contacts)
+    }
+
     /// The oldest command the engine owes another aggregate, if any.
     pub fn next_follow_up(&self) -> Option<CommandEnvelope> {
         self.follow_ups.front().cloned()
@@ -774,7 +842,7 @@ impl World {
 
     /// A follow-up's outcome is known (recorded, a repeat, or refused).
     pub fn follow_up_done(&mut self, id: &CommandId) {
-        self.follow_ups.retain(|f| &f.id != id);
+        settle_follow_up(&mut self.follow_ups, &mut self.accounts, id);
     }
 
     /// How many follow-ups wait.
@@ -825,6 +893,48 @@ mod tests {
         });
         let sent = sent.expect("the machine sends the follow-up again");
         assert_eq!((&sent.command, &sent.events), (&log[follow_up].command, &log[follow_up].events));
+    }
+
+    /// A handle no contact holds gets a contact the engine makes; until the
+    /// book records it (its follow-up), a second conversation from the same
+    /// handle names the same contact and asks for none; once the follow-up's
+    /// outcome is known and the book holds nothing (refused), it is no
+    /// longer pending.
+    #[test]
+    fn a_pending_contact_names_the_same_handle_until_the_book_decides() {
+        let (_, log) = world_and_log("contact-handles");
+        let opened_c1 = log.iter().position(|c| c.command.as_str() == "wa-0001").expect("c1 opens");
+        let mut world = World::new();
+        for (n, commit) in log.iter().enumerate().take(opened_c1 + 1) {
+            world.apply_logged(commit, n as u64 + 1).unwrap();
+        }
+        let follow_up = world.next_follow_up().expect("the book is owed the new contact");
+        let Command::DefineContact(spec) = &follow_up.command else { panic!("{:?}", follow_up.command) };
+        assert!(spec.id.as_str().starts_with(convo_domain::contact::MINTED_CONTACT_PREFIX));
+        assert!(!spec.id.as_str().contains("573105550101"), "nothing of the handle is in the id");
+        let c2 = |id: &str| CommandEnvelope {
+            id: CommandId::new(id).unwrap(),
+            account: AccountId::new("default").unwrap(),
+            actor: Actor::system("whatsapp-gateway"),
+            command: Command::from_json(serde_json::json!({"type": "receive_message", "conversation": "c2",
+                "handle": "+573105550101", "channel": "wa", "text": "hola"}))
+            .unwrap(),
+        };
+        let opened = |world: &World, id: &str| {
+            let Ok(Decided::Commit(commit)) = world.decide(&c2(id), log[opened_c1].at) else { panic!("c2 opens") };
+            let contact = commit.events.iter().find_map(|e| match &e.event {
+                convo_wire::Event::Conversation(ConversationEvent::ConversationOpened(o)) => Some(o.contact.clone()),
+                _ => None,
+            });
+            let requests = commit.events.iter().any(|e| {
+                matches!(e.event, convo_wire::Event::Conversation(ConversationEvent::ContactRequested { .. }))
+            });
+            (contact.unwrap(), requests)
+        };
+        assert_eq!(opened(&world, "wa-0002"), (spec.id.clone(), false), "the pending contact, asked for once");
+        world.follow_up_done(&follow_up.id);
+        let (other, requests) = opened(&world, "wa-0002");
+        assert!(other != spec.id && requests, "no longer pending: a contact of its own, asked for");
     }
 
     fn world_after(fixture: &str) -> World {

@@ -19,9 +19,10 @@
 //! the simulator (commits at once), and the fault simulator (an in-memory
 //! store that delays, reorders, fails and crashes, seeded).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
-use convo_domain::{AccountId, Command, CommandEnvelope, Timestamp};
+use convo_domain::contact::Identity;
+use convo_domain::{AccountId, Command, CommandEnvelope, ContactId, ConversationEvent, Timestamp};
 use convo_store::{LogItem, StoreError};
 use convo_wire::{Commit, StreamRef};
 
@@ -219,6 +220,15 @@ pub struct Machine {
     in_doubt: HashSet<Key>,
     skipped: Vec<Skipped>,
     stats: MachineStats,
+    /// Contacts made for new handles by decided commits the world has not
+    /// applied (under way, or of unknown outcome), by account: one handle
+    /// is one contact, so another conversation's message naming the handle
+    /// meanwhile names the same contact, and asks for it too (the append
+    /// that made it may yet fail). A claim lasts until its aggregate's
+    /// outcome is known: applied, refused, or read back from the log.
+    claims: BTreeMap<AccountId, BTreeMap<Identity, ContactId>>,
+    /// The claims each aggregate's commit made.
+    claimed_by: HashMap<Key, Vec<Identity>>,
 }
 
 impl Machine {
@@ -246,6 +256,8 @@ impl Machine {
             in_doubt: HashSet::new(),
             skipped: Vec::new(),
             stats: MachineStats::default(),
+            claims: BTreeMap::new(),
+            claimed_by: HashMap::new(),
         }
     }
 
@@ -536,8 +548,9 @@ impl Machine {
             );
             return self.release(&key);
         }
-        match self.world.decide(&work.envelope, work.now) {
+        match self.world.decide_claimed(&work.envelope, work.now, self.claims.get(&key.0)) {
             Ok(Decided::Commit(commit)) => {
+                self.claim(&key, &commit);
                 let expected = self.world.expected(&commit.account, &commit.stream);
                 let io = self.next_io();
                 self.set_state(&key, SlotState::Appending);
@@ -587,6 +600,9 @@ impl Machine {
     /// if it fell due meanwhile, and its mailbox's head waits for room (at
     /// the front of the line when it already waited for a load).
     fn make_ready(&mut self, key: &Key, first: bool) {
+        if !self.in_doubt.contains(key) {
+            self.settle_claims(key);
+        }
         if self.tick_wanted.remove(key)
             && let StreamRef::Conversation(id) = &key.1
         {
@@ -600,6 +616,44 @@ impl Machine {
             self.runnable.push_front(key.clone());
         } else {
             self.runnable.push_back(key.clone());
+        }
+    }
+
+    /// Notes the contacts a decided commit makes for new handles.
+    fn claim(&mut self, key: &Key, commit: &Commit) {
+        for e in &commit.events {
+            if let convo_wire::Event::Conversation(ConversationEvent::ContactRequested {
+                contact,
+                channel,
+                handle,
+                ..
+            }) = &e.event
+            {
+                let identity = Identity { channel: channel.clone(), handle: handle.clone() };
+                let claims = self.claims.entry(key.0.clone()).or_default();
+                claims.entry(identity.clone()).or_insert_with(|| contact.clone());
+                self.claimed_by.entry(key.clone()).or_default().push(identity);
+            }
+        }
+    }
+
+    /// An aggregate's outcome is known (applied, refused, or read back from
+    /// the log): the handles its commit claimed are the world's to answer
+    /// now (the book, a contact made and owed to it, or nobody).
+    fn settle_claims(&mut self, key: &Key) {
+        let Some(identities) = self.claimed_by.remove(key) else { return };
+        let claimed_by = &self.claimed_by;
+        if let Some(claims) = self.claims.get_mut(&key.0) {
+            for identity in identities {
+                // Another commit not applied yet may name the same contact for it.
+                let still = claimed_by.iter().any(|(other, claimed)| other.0 == key.0 && claimed.contains(&identity));
+                if !still {
+                    claims.remove(&identity);
+                }
+            }
+            if claims.is_empty() {
+                self.claims.remove(&key.0);
+            }
         }
     }
 
@@ -744,6 +798,76 @@ mod tests {
             at = t;
         }
         (machine, log, at)
+    }
+
+    /// Two conversations open from the same new handle while neither append
+    /// has come back: both name one contact and both ask for it, so the
+    /// contact is made whichever append fails; the book records it once.
+    #[test]
+    fn a_new_handle_names_one_contact_whatever_becomes_of_the_appends() {
+        let config = MachineConfig { io_in_flight_max: 8, ..MachineConfig::stepwise() };
+        let (mut machine, mut log, at) = configured(config);
+        let by_handle = |n: usize| {
+            let json = serde_json::json!({"type": "receive_message", "conversation": format!("h{n}"),
+                "handle": "+573100000001", "channel": "wa", "text": "Hola"});
+            CommandEnvelope {
+                id: CommandId::new(&format!("h-{n}")).unwrap(),
+                account: AccountId::new("default").unwrap(),
+                actor: Actor::system("wa-gateway"),
+                command: Command::from_json(json).unwrap(),
+            }
+        };
+        machine.handle_request(1, by_handle(1), at);
+        machine.handle_request(2, by_handle(2), at);
+        let appends: Vec<(IoId, Commit)> = std::iter::from_fn(|| machine.poll())
+            .filter_map(|o| match o {
+                Output::Append { io, commit, .. } => Some((io, commit)),
+                _ => None,
+            })
+            .collect();
+        let requested = |commit: &Commit| {
+            commit.events.iter().find_map(|e| match &e.event {
+                convo_wire::Event::Conversation(ConversationEvent::ContactRequested { contact, .. }) => {
+                    Some(contact.clone())
+                }
+                _ => None,
+            })
+        };
+        let made: Vec<Option<ContactId>> = appends.iter().map(|(_, c)| requested(c)).collect();
+        assert_eq!(made.len(), 2, "both decided before either append came back");
+        assert!(made[0].is_some() && made[0] == made[1], "one contact, asked for by both: {made:?}");
+        // The first append never reaches the log (its outcome unknown to the machine); the second does.
+        let mut appends = appends.into_iter();
+        let (io, commit) = appends.next().unwrap();
+        machine.handle_appended(io, commit, Err(StoreError::Unavailable("simulated".into())));
+        let (io, commit) = appends.next().unwrap();
+        log.seq += 1;
+        machine.handle_appended(io, commit, Ok(log.seq));
+        log.settle(&mut machine);
+        let book = machine.world().contact_book(&AccountId::new("default").unwrap()).expect("a book");
+        let identity = convo_domain::contact::Identity {
+            channel: convo_domain::ChannelId::new("wa").unwrap(),
+            handle: "+573100000001".into(),
+        };
+        assert_eq!(book.holder(&identity), made[0].as_ref(), "the book holds the contact the handle made");
+        // The first conversation's message, sent again, names it too (and asks for nothing).
+        machine.handle_request(1, by_handle(1), at.plus_secs(1));
+        let mut again = None;
+        while let Some(output) = machine.poll() {
+            match output {
+                // In doubt: read back first (the log does not hold it).
+                Output::Load { io, .. } => machine.handle_loaded(io, Ok(Vec::new())),
+                Output::Append { commit, .. } => again = Some(commit),
+                Output::Reply { .. } => {}
+            }
+        }
+        let again = again.expect("the first conversation opens");
+        assert_eq!(requested(&again), None);
+        let opened = again.events.iter().find_map(|e| match &e.event {
+            convo_wire::Event::Conversation(ConversationEvent::ConversationOpened(o)) => Some(o.contact.clone()),
+            _ => None,
+        });
+        assert_eq!(opened, made[0]);
     }
 
     #[test]

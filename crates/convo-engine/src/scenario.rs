@@ -8,8 +8,8 @@
 
 use std::fmt;
 
-use convo_domain::command::{RequestError, parse_actor, parse_client_id, parse_command};
-use convo_domain::{AccountId, Actor, Command, CommandEnvelope, CommandId, ContactId, Timestamp};
+use convo_domain::command::{ReceiveMessage, RequestError, parse_actor, parse_client_id, parse_command};
+use convo_domain::{AccountId, Actor, Command, CommandEnvelope, CommandId, Timestamp};
 
 /// The longest scenario line accepted, in bytes.
 pub const LINE_BYTES_MAX: usize = 256 * 1024;
@@ -126,10 +126,12 @@ pub fn parse_line(text: &str, line: usize) -> Result<Input, ScenarioError> {
     Ok(Input { at, envelope: CommandEnvelope { id, account, actor, command }, line: Some(line) })
 }
 
-/// Inbound messages come from their contact; anything else from the system.
+/// Inbound messages naming their contact by id come from that contact;
+/// anything else (a message naming a handle included: the gateway knows no
+/// id) from the system.
 fn default_actor(command: &Command) -> Actor {
     match command {
-        Command::ReceiveMessage(c) => Actor::Contact(ContactId::clone(&c.contact)),
+        Command::ReceiveMessage(ReceiveMessage { contact: Some(contact), .. }) => Actor::Contact(contact.clone()),
         _ => Actor::system(DEFAULT_SYSTEM_ACTOR),
     }
 }

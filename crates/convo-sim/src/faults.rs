@@ -1286,6 +1286,74 @@ fn recover(log: &Log, config: MachineConfig) -> Machine {
 }
 
 /// Runs one seed and audits it.
+/// Handles are never ids (SPEC §13), and one handle is one contact: the
+/// engine made at most one contact per handle, the book recorded each one it
+/// made with its handle, and every conversation a message by handle opened
+/// names that contact — through crashes, lost acknowledgements and
+/// follow-ups sent again. A description of the first breach, if any.
+fn one_contact_per_handle(log: &Log, sent: &[Sent]) -> Option<String> {
+    use convo_domain::contact::Identity;
+    use convo_domain::{Command, ContactEvent, ContactId, ConversationEvent};
+    use convo_wire::Event;
+    let mut made: BTreeMap<(AccountId, Identity), ContactId> = BTreeMap::new();
+    let mut first_made: BTreeMap<(AccountId, Identity), usize> = BTreeMap::new();
+    let mut booked: BTreeMap<(AccountId, Identity), ContactId> = BTreeMap::new();
+    let mut opened: HashMap<(AccountId, convo_domain::ConversationId), ContactId> = HashMap::new();
+    for (index, commit) in log.entries.iter().enumerate() {
+        for e in &commit.events {
+            match (&commit.stream, &e.event) {
+                (StreamRef::Conversation(id), Event::Conversation(ConversationEvent::ConversationOpened(o))) => {
+                    opened.insert((commit.account.clone(), id.clone()), o.contact.clone());
+                }
+                (_, Event::Conversation(ConversationEvent::ContactRequested { contact, channel, handle, .. })) => {
+                    let key = (commit.account.clone(), Identity { channel: channel.clone(), handle: handle.clone() });
+                    let first = *first_made.entry(key.clone()).or_insert(index);
+                    if let Some(before) = made.insert(key, contact.clone())
+                        && before != *contact
+                    {
+                        let at = |i: usize| {
+                            format!("log entry {} ({}, epoch {})", i + 1, log.entries[i].stream.path(), log.epochs[i])
+                        };
+                        return Some(format!(
+                            "the engine made two contacts for one handle: {before} at {}, then {contact} at {}",
+                            at(first),
+                            at(index)
+                        ));
+                    }
+                }
+                (_, Event::Contact(ContactEvent::ContactDefined(spec))) => {
+                    for identity in &spec.identities {
+                        booked.insert((commit.account.clone(), identity.clone()), spec.id.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    for (key, contact) in &made {
+        if booked.get(key) != Some(contact) {
+            return Some(format!("contact {contact}, made for a handle, is not in the book with it"));
+        }
+    }
+    for s in sent {
+        let envelope = &s.input.envelope;
+        let Command::ReceiveMessage(m) = &envelope.command else { continue };
+        let Some(handle) = &m.handle else { continue };
+        let identity = Identity { channel: m.channel.clone(), handle: handle.clone() };
+        let holder = booked.get(&(envelope.account.clone(), identity));
+        let named = opened.get(&(envelope.account.clone(), m.conversation.clone()));
+        if let (Some(named), Some(holder)) = (named, holder)
+            && named != holder
+        {
+            return Some(format!(
+                "conversation {} was opened by a handle for contact {named}, but the book gives the handle to {holder}",
+                m.conversation
+            ));
+        }
+    }
+    None
+}
+
 pub fn run(options: FaultOptions) -> Result<FaultReport, Box<FaultFailure>> {
     let (mut sim, target, recovered) = Sim::new(options).run()?;
     let live = std::mem::take(sim.machine(target).world_mut());
@@ -1354,6 +1422,9 @@ pub fn run(options: FaultOptions) -> Result<FaultReport, Box<FaultFailure>> {
                 envelope.id
             )));
         }
+    }
+    if let Some(why) = one_contact_per_handle(log, &sim.sent) {
+        return Err(fail(why));
     }
     // A fresh recovery equals the live state; no deadline is left behind.
     if let Some(difference) = live.difference_from(&recovered) {

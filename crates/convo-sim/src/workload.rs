@@ -56,6 +56,8 @@ const SALES_TEAM: &str = "key-accounts";
 const DAY_START: &str = "2026-03-02T00:00:00Z";
 const CAMPAIGNS: [&str; 2] = ["sales", "support"];
 const CHANNELS: [&str; 2] = ["wa-sales", SUPPORT_CHANNEL];
+/// The gateway that passes on the messages of contacts it knows by number only.
+const GATEWAY: &str = "wa-gateway";
 const CLOSING: [&str; 3] = ["sale", "info", "complaint"];
 const NAMES: [&str; 12] =
     ["Ana", "Luis", "María", "Jorge", "Sofía", "Diego", "Valentina", "Andrés", "Camila", "Mateo", "Lucía", "Pablo"];
@@ -128,6 +130,10 @@ enum Action {
 struct Conv {
     id: ConversationId,
     contact: ContactId,
+    /// A quarter of the contacts reach the gateway by their number only: its
+    /// messages name them by `handle` (a few numbers write several times a
+    /// day), so the engine makes their contacts (SPEC §13).
+    handle: Option<String>,
     channel: usize,
     name: &'static str,
     exchanges_left: u8,
@@ -197,6 +203,7 @@ impl RandomDay {
             let conv = Conv {
                 id: id(&format!("r{n:07}")),
                 contact: id(&format!("p{:010}", 5_550_000_000u64 + n as u64)),
+                handle: (n % 4 == 3).then(|| format!("+57310{:07}", (n / 4) % (conversations / 16).max(1))),
                 channel: rng.range(0, 1) as usize,
                 name: rng.pick(&NAMES),
                 exchanges_left: rng.range(0, 3) as u8,
@@ -471,13 +478,14 @@ impl RandomDay {
                 let conv = &self.convs[c];
                 let command = Command::ReceiveMessage(ReceiveMessage {
                     conversation: conv.id.clone(),
-                    contact: conv.contact.clone(),
+                    contact: conv.handle.is_none().then(|| conv.contact.clone()),
+                    handle: conv.handle.clone(),
                     channel: id::<ChannelId>(CHANNELS[conv.channel]),
                     contact_name: matches!(action, Action::Arrive(_)).then(|| conv.name.to_owned()),
                     text,
                     attachments: Vec::new(),
                 });
-                self.input(at, format!("w{n}"), Actor::Contact(conv.contact.clone()), command)
+                self.input(at, format!("w{n}"), conv.actor(), command)
             }
             Action::AgentReplies(c, a) => {
                 self.convs[c].reply_pending = false;
@@ -534,8 +542,19 @@ impl RandomDay {
                 let solved = self.rng.chance(80);
                 let conv = &self.convs[c];
                 let command = Command::AnswerSurvey(AnswerSurvey { conversation: conv.id.clone(), rating, solved });
-                self.input(at, format!("w{n}"), Actor::Contact(conv.contact.clone()), command)
+                self.input(at, format!("w{n}"), conv.actor(), command)
             }
+        }
+    }
+}
+
+impl Conv {
+    /// Who passes the contact's commands on: the contact itself (by its
+    /// id), or the gateway that knows only its number.
+    fn actor(&self) -> Actor {
+        match &self.handle {
+            Some(_) => Actor::system(GATEWAY),
+            None => Actor::Contact(self.contact.clone()),
         }
     }
 }

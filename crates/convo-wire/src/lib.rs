@@ -619,7 +619,7 @@ fn config_kind(event: &ConfigEvent) -> &'static str {
 
 fn conversation_kind(event: &ConversationEvent) -> &'static str {
     match event {
-        ConversationEvent::ConversationOpened(_) => "opened",
+        ConversationEvent::ConversationOpened(_) | ConversationEvent::ContactRequested { .. } => "opened",
         ConversationEvent::ConversationClosed { .. } | ConversationEvent::ContentRetentionScheduled { .. } => "closed",
         ConversationEvent::ContentExpired { .. } => "expired",
         ConversationEvent::ConversationTransferred { .. } => "transferred",

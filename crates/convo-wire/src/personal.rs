@@ -32,12 +32,13 @@ pub use convo_domain::conversation::ERASED;
 /// The fields of each event type that hold personal data, as its JSON view
 /// names them (the ones [`visit_mut`] seals): what the schemas mark as
 /// possibly reading [`ERASED`].
-pub const PERSONAL_FIELDS: [(&str, &[&str]); 8] = [
+pub const PERSONAL_FIELDS: [(&str, &[&str]); 9] = [
     ("conversation_opened", &["contact_name"]),
     ("message_received", &["text", "attachments"]),
     ("message_sent", &["text", "attachments"]),
     ("dynamic_field_set", &["value"]),
     ("contact_attribute_requested", &["value"]),
+    ("contact_requested", &["handle", "name"]),
     ("contact_defined", &["name", "identities", "attributes"]),
     ("contact_updated", &["name", "identities", "attributes"]),
     ("contact_attribute_set", &["value"]),
@@ -155,6 +156,13 @@ fn conversation_fields(
         }
         ConversationEvent::DynamicFieldSet { value, .. }
         | ConversationEvent::ContactAttributeRequested { value, .. } => field(scope, "value", value),
+        // Under the conversation's key (wrapped by the contact's): gone with either.
+        ConversationEvent::ContactRequested { handle, name, .. } => {
+            field(scope, "handle", handle);
+            if let Some(name) = name.as_mut() {
+                field(scope, "name", name);
+            }
+        }
         _ => {}
     }
 }

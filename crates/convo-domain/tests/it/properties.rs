@@ -166,7 +166,7 @@ proptest! {
                 Target::Conversation(cid) => {
                     let (state, log) = conversations.entry(cid.clone()).or_insert_with(|| (Conversation::new(cid.clone()), Vec::new()));
                     let before = state.clone();
-                    let result = state.decide(Context { catalog: &catalog, floor: &floor, contacts: None }, &env, now);
+                    let result = state.decide(Context::bare(&catalog, &floor), &env, now);
                     prop_assert_eq!(&before, &*state, "decide does not change the state");
                     if let Ok(decision) = result {
                         if let Decision::Duplicate { last_seq, .. } = decision {
@@ -185,7 +185,7 @@ proptest! {
                         let tick = CommandEnvelope { id: CommandId::new(&format!("t{n}")).unwrap(), account: account.clone(), actor: Actor::system("timer"),
                             command: command(json!({"type":"tick","conversation":cid.as_str()})) };
                         if deadline <= now {
-                            let events = state.decide(Context { catalog: &catalog, floor: &floor, contacts: None }, &tick, now).expect("ticks never fail on a live conversation").into_events();
+                            let events = state.decide(Context::bare(&catalog, &floor), &tick, now).expect("ticks never fail on a live conversation").into_events();
                             check_sequence(&events, state.seq);
                             for r in events { state.evolve(&r); floor.apply_conversation(cid, &r); log.push(r); }
                             prop_assert!(state.next_deadline().is_none_or(|d| d > now), "a tick fires everything due");
