@@ -28,7 +28,7 @@ demo: build nats
     $convo report sla --by campaign --account default --data-dir .data/demo --prefix demo
     $convo audit catch-up --data-dir .data/demo --prefix demo
     $convo audit verify --data-dir .data/demo --prefix demo
-    $convo contact p5550000042 history --account default --data-dir .data/demo --prefix demo
+    $convo contact ct-0000042 history --account default --data-dir .data/demo --prefix demo
     echo
     echo "== the HTTP gateway: every request carries a credential; who acts comes from it =="
     http=$(cat .data/demo/http.url); operator=$(cat .data/demo/operator.key)

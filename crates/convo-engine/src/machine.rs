@@ -753,11 +753,11 @@ mod tests {
 
     fn open(n: usize) -> CommandEnvelope {
         let json = serde_json::json!({"type": "receive_message", "conversation": format!("k{n}"),
-            "contact": format!("57300{n:07}"), "channel": "wa", "text": "Hola"});
+            "contact": format!("ct-{n:07}"), "channel": "wa", "text": "Hola"});
         CommandEnvelope {
             id: CommandId::new(&format!("open-{n}")).unwrap(),
             account: AccountId::new("default").unwrap(),
-            actor: Actor::Contact(convo_domain::ContactId::new(&format!("57300{n:07}")).unwrap()),
+            actor: Actor::Contact(convo_domain::ContactId::new(&format!("ct-{n:07}")).unwrap()),
             command: Command::from_json(json).unwrap(),
         }
     }

@@ -202,7 +202,7 @@ impl RandomDay {
             let at = start.plus_secs(hour.unwrap_or(0) as u64 * 3600 + rng.range(0, 3599));
             let conv = Conv {
                 id: id(&format!("r{n:07}")),
-                contact: id(&format!("p{:010}", 5_550_000_000u64 + n as u64)),
+                contact: id(&format!("ct-{n:07}")),
                 handle: (n % 4 == 3).then(|| format!("+57310{:07}", (n / 4) % (conversations / 16).max(1))),
                 channel: rng.range(0, 1) as usize,
                 name: rng.pick(&NAMES),

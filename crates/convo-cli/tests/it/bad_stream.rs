@@ -41,7 +41,7 @@ fn convo(url: &str, args: &[&str]) -> Output {
 
 async fn request(url: &str, id: &str, conversation: &str) -> Option<Value> {
     let body = json!({"id": id, "command": {"type": "receive_message",
-        "conversation": conversation, "contact": "573009998877", "channel": "wa", "text": "Hola"}});
+        "conversation": conversation, "contact": "ct-0005", "channel": "wa", "text": "Hola"}});
     let client = convo_store::connect(url).await.ok()?;
     let subject = format!("{PREFIX}.default.cmd.receive_message");
     let mut headers = async_nats::HeaderMap::new();

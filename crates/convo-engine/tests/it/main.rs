@@ -257,7 +257,7 @@ async fn intake_answers_bad_requests_with_typed_errors_and_keeps_serving() {
             .await;
     let (url, subject) = (service.url.clone(), service.subject("receive_message"));
     let subject = subject.as_str();
-    let open = br#"{"id":"m-1","actor":{"contact":"573001112233"},"command":{"type":"receive_message","conversation":"c1","contact":"573001112233","channel":"wa","text":"Hola"}}"#;
+    let open = br#"{"id":"m-1","actor":{"contact":"ct-0001"},"command":{"type":"receive_message","conversation":"c1","contact":"ct-0001","channel":"wa","text":"Hola"}}"#;
     let cases: Vec<(Vec<u8>, &str, &str)> = vec![
         (b"{not json".to_vec(), "error", "malformed_json"),
         (br#"{"id":"x","actor":{"system":"crm"},"command":{"type":"launch_rocket"}}"#.to_vec(), "error", "unknown_command"),
@@ -352,7 +352,7 @@ async fn appends_are_pipelined_across_conversations_and_serial_within_one() {
 async fn closed_conversations_leave_memory_and_come_back_from_the_log_when_needed() {
     let mut service = Service::start("evict", convo_engine::serve::ServeConfig::default()).await;
     let ana = r#"{"user":{"id":"ana"}}"#;
-    let open = br#"{"id":"m-1","actor":{"contact":"573001112233"},"command":{"type":"receive_message","conversation":"c1","contact":"573001112233","channel":"wa","text":"Hola"}}"#;
+    let open = br#"{"id":"m-1","actor":{"contact":"ct-0001"},"command":{"type":"receive_message","conversation":"c1","contact":"ct-0001","channel":"wa","text":"Hola"}}"#;
     let answer = format!(
         r#"{{"id":"a-1","actor":{ana},"command":{{"type":"send_message","conversation":"c1","text":"Hola"}}}}"#
     );
@@ -368,7 +368,7 @@ async fn closed_conversations_leave_memory_and_come_back_from_the_log_when_neede
     service.request(b"wake up").await;
     let again = service.request(close.as_bytes()).await;
     assert_eq!(again["outcome"], "duplicate", "a repeated command is still recognised: {again}");
-    let late = br#"{"id":"m-2","actor":{"contact":"573001112233"},"command":{"type":"receive_message","conversation":"c1","contact":"573001112233","channel":"wa","text":"Hola?"}}"#;
+    let late = br#"{"id":"m-2","actor":{"contact":"ct-0001"},"command":{"type":"receive_message","conversation":"c1","contact":"ct-0001","channel":"wa","text":"Hola?"}}"#;
     let refused = service.request(late).await;
     assert_eq!(
         (refused["outcome"].as_str(), refused["code"].as_str()),
@@ -384,7 +384,7 @@ async fn a_client_id_like_the_engines_own_cannot_suppress_a_timer() {
     let mut service = Service::start("ids", convo_engine::serve::ServeConfig::default()).await;
     let message = |id: &str, text: &str| {
         format!(
-            r#"{{"id":"{id}","actor":{{"contact":"573001112233"}},"command":{{"type":"receive_message","conversation":"c1","contact":"573001112233","channel":"wa","text":"{text}"}}}}"#
+            r#"{{"id":"{id}","actor":{{"contact":"ct-0001"}},"command":{{"type":"receive_message","conversation":"c1","contact":"ct-0001","channel":"wa","text":"{text}"}}}}"#
         )
     };
     assert_eq!(service.request(message("m-1", "Hola").as_bytes()).await["outcome"], "committed");
@@ -426,9 +426,9 @@ async fn five_thousand_conflicting_commands_leave_no_consumers_behind() {
     let at = Timestamp::parse_rfc3339("2026-03-02T14:00:00Z").unwrap();
     let message = |k: usize, i: usize| {
         let body = serde_json::json!({"id": format!("m-{k}-{i}"),
-            "command": {"type": "receive_message", "conversation": format!("k{k}"), "contact": format!("57300{k:07}"),
+            "command": {"type": "receive_message", "conversation": format!("k{k}"), "contact": format!("ct-{k:07}"),
             "channel": "wa", "text": format!("mensaje {i}")}});
-        let contact = convo_domain::Actor::Contact(format!("57300{k:07}").parse().unwrap());
+        let contact = convo_domain::Actor::Contact(format!("ct-{k:07}").parse().unwrap());
         convo_engine::intake::parse_request("default", "receive_message", body.to_string().as_bytes(), 4096, contact)
             .unwrap()
             .envelope
@@ -618,7 +618,7 @@ async fn erasing_a_contact_counts_the_commits_from_before_sealing() {
     }
     drop(engine);
     let account = AccountId::new("default").unwrap();
-    let contact = convo_domain::ContactId::new("573001112233").unwrap();
+    let contact = convo_domain::ContactId::new("ct-0001").unwrap();
     let keys = std::sync::Arc::new(convo_store::keys::Keyring::in_memory([9; 32]));
     let sealed = plain.with_keys(keys.clone());
     let config = convo_store::json_stream::JsonStreamConfig { max_bytes: 8 << 20, ..Default::default() };

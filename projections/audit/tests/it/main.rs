@@ -73,7 +73,7 @@ async fn a_rebuild_equals_the_live_log_byte_for_byte() {
         .iter()
         .map(convo_audit::timeline_line)
         .collect();
-    assert!(story[0].contains("contact:p5550000042") && story[0].contains("conversation_opened"), "{}", story[0]);
+    assert!(story[0].contains("contact:ct-0000042") && story[0].contains("conversation_opened"), "{}", story[0]);
     assert!(story.iter().any(|l| l.contains("(from 10.20.0.1)")));
 }
 

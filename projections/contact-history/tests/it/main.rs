@@ -34,7 +34,7 @@ async fn contact_history_keeps_exactly_the_clients_limit_newest_first_masked() {
     inputs.push(line(r#"{"at":"2026-03-02T13:30:00Z","id":"limit","command":{"type":"update_client","id":"acme","name":"Acme","code":"1001","sla_optimal_secs":60,"sla_low_secs":180,"max_history_conversations":2,"max_inactivity_secs":300,"inactivity_attempts":2}}"#));
     for n in 1..=4 {
         let t = |m: u32| format!("2026-03-02T{:02}:{:02}:00Z", 13 + n, m);
-        inputs.push(line(&format!(r#"{{"at":"{}","id":"open-{n}","command":{{"type":"receive_message","conversation":"k{n}","contact":"573001112233","channel":"wa","text":"Hola {n}"}}}}"#, t(0))));
+        inputs.push(line(&format!(r#"{{"at":"{}","id":"open-{n}","command":{{"type":"receive_message","conversation":"k{n}","contact":"ct-0001","channel":"wa","text":"Hola {n}"}}}}"#, t(0))));
         inputs.push(line(&format!(r#"{{"at":"{}","id":"field-{n}","actor":{{"user":{{"id":"ana","ip":"10.0.0.11"}}}},"command":{{"type":"set_field","conversation":"k{n}","field":"order_id","value":"A-{n}"}}}}"#, t(1))));
         inputs.push(line(&format!(r#"{{"at":"{}","id":"close-{n}","actor":{{"user":{{"id":"ana","ip":"10.0.0.11"}}}},"command":{{"type":"close","conversation":"k{n}","typification":"venta"}}}}"#, t(2))));
     }
@@ -49,10 +49,10 @@ async fn contact_history_keeps_exactly_the_clients_limit_newest_first_masked() {
     let db_dir = tempfile::tempdir().unwrap();
     let projector = Projector::open(sled::open(db_dir.path()).unwrap(), convo_contact_history::NAME);
     projector.catch_up(&store, &mut convo_contact_history::ContactHistory::default(), &mut |_, _| {}).await.unwrap();
-    let history = convo_contact_history::history(&projector.tree().unwrap(), "default", "573001112233").unwrap();
+    let history = convo_contact_history::history(&projector.tree().unwrap(), "default", "ct-0001").unwrap();
     let conversations: Vec<&str> = history.iter().map(|e| e["conversation"].as_str().unwrap()).collect();
     assert_eq!(conversations, ["k4", "k3"], "exactly two, newest first");
-    assert_eq!(history[0]["contact"], "********2233", "the campaign does not show numbers");
+    assert_eq!(history[0]["contact"], "***0001", "the campaign does not show numbers: all but the last four masked");
     assert_eq!(history[0]["typification"], "venta");
     assert_eq!(history[0]["fields"]["order_id"], "A-4");
     assert_eq!(history[0]["agents"][0], "ana");
@@ -62,5 +62,5 @@ async fn contact_history_keeps_exactly_the_clients_limit_newest_first_masked() {
     );
     // A rebuild gives the same history.
     projector.rebuild(&store, &mut convo_contact_history::ContactHistory::default(), &mut |_, _| {}).await.unwrap();
-    assert_eq!(convo_contact_history::history(&projector.tree().unwrap(), "default", "573001112233").unwrap(), history);
+    assert_eq!(convo_contact_history::history(&projector.tree().unwrap(), "default", "ct-0001").unwrap(), history);
 }
