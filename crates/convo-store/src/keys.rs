@@ -48,6 +48,10 @@ pub const KEYS_CACHED_MAX: usize = 100_000;
 pub const KEY_CACHE_TTL: Duration = Duration::from_secs(20);
 /// A data key's length in bytes (AES-256).
 const KEY_BYTES: usize = 32;
+/// The keys stream's canary: a known text sealed by the master key
+/// ([`Keyring::check_master`]); its name is no scope's token (`c.…`, `v.…`).
+const CANARY: &str = "canary";
+const CANARY_TEXT: &[u8] = b"convo data keys canary v1";
 
 /// A key as kept in the bucket: sealed by the master key (a contact's) or
 /// by its contact's key (a conversation's).
@@ -125,10 +129,48 @@ impl Keyring {
             ..Default::default()
         };
         let keys = js.get_or_create_stream(config).await.map_err(unavailable)?;
-        Ok(Self::with_backend(
+        let keyring = Self::with_backend(
             Backend::Stream { js: js.clone(), stream: Box::new(keys), prefix, replicated: replicas > 1 },
             master,
-        ))
+        );
+        keyring.check_master().await?;
+        Ok(keyring)
+    }
+
+    /// Fails closed on a master key that is not this stream's: the keys
+    /// stream holds a canary sealed by the master that made it (written by
+    /// the first process to connect). An engine started with another
+    /// `engine.key` would read every personal value as `[erased]` and seal
+    /// new ones with keys no other instance can open, so it stops instead,
+    /// saying so.
+    pub async fn check_master(&self) -> Result<(), StoreError> {
+        const CONTEXT: &str = "data-key/canary";
+        loop {
+            match self.get(CANARY).await? {
+                Some((_, bytes)) => {
+                    let opens = postcard::from_bytes::<StoredKey>(&bytes)
+                        .ok()
+                        .and_then(|stored| self.master.open_bytes(CONTEXT, &stored.sealed).ok())
+                        .is_some_and(|text| text == CANARY_TEXT);
+                    if opens {
+                        return Ok(());
+                    }
+                    return Err(self.not_our_master("its canary"));
+                }
+                None => {
+                    // Keys from before the canary: the first contact key must open.
+                    if self.first_contact_key_opens().await? == Some(false) {
+                        return Err(self.not_our_master("its first contact key"));
+                    }
+                    let stored = StoredKey { wrapped_by: None, sealed: self.master.seal_bytes(CONTEXT, CANARY_TEXT) };
+                    let bytes = postcard::to_allocvec(&stored).map_err(|e| StoreError::Refused(e.to_string()))?;
+                    if self.create(CANARY, bytes, 0).await? {
+                        return Ok(());
+                    }
+                    // Another process wrote it first: check theirs.
+                }
+            }
+        }
     }
 
     /// The key stream's name for `stream`.
@@ -143,6 +185,36 @@ impl Keyring {
 
     fn with_backend(backend: Backend, master: [u8; 32]) -> Self {
         Self { backend, master: Sealer::new(master), cache: Mutex::new(HashMap::new()) }
+    }
+
+    fn not_our_master(&self, what: &str) -> StoreError {
+        let name = match &self.backend {
+            Backend::Stream { stream, .. } => stream.cached_info().config.name.clone(),
+            Backend::Memory(_) => "memory".into(),
+        };
+        StoreError::Refused(format!(
+            "the engine's key does not open this stream's data keys ({what}, in {name}): it is not the \
+             engine.key the stream's personal data was sealed with. Start with that key (copy it from the data \
+             directory that made the stream); with another one every message text, name and handle would read \
+             [erased] and what it sealed no other instance could open"
+        ))
+    }
+
+    /// Whether the master opens the first contact key the stream holds
+    /// (`None`: it holds none).
+    async fn first_contact_key_opens(&self) -> Result<Option<bool>, StoreError> {
+        let Backend::Stream { stream, prefix, .. } = &self.backend else { return Ok(None) };
+        let message = match stream.direct_get_next_for_subject(format!("{prefix}.c.>"), Some(1)).await {
+            Ok(message) => message,
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(unavailable(e)),
+        };
+        let token = message.subject.strip_prefix(prefix.as_str()).and_then(|t| t.strip_prefix('.')).unwrap_or("");
+        let (Some(scope), Ok(stored)) = (KeyScope::parse(token), postcard::from_bytes::<StoredKey>(&message.payload))
+        else {
+            return Ok(Some(false));
+        };
+        Ok(Some(stored.wrapped_by.is_none() && self.unwrap_key(&self.master, &scope, &stored.sealed).is_some()))
     }
 
     /// The key's message: its sequence and bytes.

@@ -151,8 +151,7 @@ async fn recovery_tail_read_models_and_serve_survive_whatever_the_stream_holds()
     assert!(text.contains("out of sequence") && text.contains("belongs on") && text.contains("unknown"), "{text}");
 
     // A restarted engine recovers past all of it and serves.
-    served.kill();
-    let mut served = serve_prefix(&nats, PREFIX);
+    served.restart(&nats, PREFIX);
     let after = request_retrying(&url, "fresh-3", "fresh").await;
     assert_eq!(after["outcome"], "committed", "{after}");
     let repeat = request_retrying(&url, "fresh-2", "fresh").await;

@@ -25,6 +25,13 @@ impl Served {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+
+    /// The engine started again on the same data directory (its
+    /// `engine.key`: the stream's data keys open with no other).
+    pub(crate) fn restart(&mut self, nats: &NatsServer, prefix: &str) {
+        self.kill();
+        self.0 = spawn(nats, prefix, self.1.path());
+    }
 }
 
 impl Drop for Served {
@@ -41,15 +48,19 @@ fn serve(nats: &NatsServer) -> Served {
 pub(crate) fn serve_prefix(nats: &NatsServer, prefix: &str) -> Served {
     let dir = tempfile::tempdir().unwrap();
     convo_store::launcher::write_private(&dir.path().join("operator.key"), OPERATOR.as_bytes()).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_convo"))
+    let child = spawn(nats, prefix, dir.path());
+    Served(child, dir)
+}
+
+fn spawn(nats: &NatsServer, prefix: &str, dir: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_convo"))
         .args(["serve", "--nats-url", &nats.url(), "--nats-monitor-url", &nats.monitor_url()])
         .args(["--prefix", prefix, "--no-http", "--data-dir"])
-        .arg(dir.path())
+        .arg(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("convo serve starts");
-    Served(child, dir)
+        .expect("convo serve starts")
 }
 
 /// Sends a command with `who`'s credential (`{"credential": …}`; the operator's otherwise).
@@ -178,7 +189,7 @@ async fn a_killed_engine_loses_no_acknowledged_command_and_its_timers_survive() 
     }
     assert!(acknowledged.len() >= 20, "the engine answered before it was killed");
     // Restart; resend everything (the acknowledged ones must come back as duplicates).
-    let mut engine = serve(&nats);
+    engine.restart(&nats, PREFIX);
     for n in 0..60 {
         let id = format!("open-{n}");
         let contact = format!("q{n}");

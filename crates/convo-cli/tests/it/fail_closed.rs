@@ -223,6 +223,11 @@ fn an_engine_on_another_server_starts_only_where_acknowledgements_are_durable() 
     }
     let _ = child.kill();
     let _ = child.wait();
+    // Another engine.key on the same stream: refused, naming it (with it every
+    // personal value would read [erased]).
+    let out = engine(&durable, "another-key", &["--nats-monitor-url", &durable.monitor_url()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("engine.key") && stderr.contains("[erased]"), "{stderr}");
     // The operator's explicit opt-out, said in the log.
     let dir = temp.path().join("lazy-accepted");
     std::fs::create_dir_all(&dir).unwrap();

@@ -405,3 +405,45 @@ async fn the_json_stream_is_republished_once_whatever_the_checkpoint() {
         assert_eq!(count().await, 80, "round {round}: every event once");
     }
 }
+
+/// A keys stream opens only with the master key that made it: an engine
+/// started with another `engine.key` stops with a message instead of
+/// reading every personal value as `[erased]` and sealing new ones with
+/// keys no other instance could open. A stream whose keys predate the
+/// canary is checked by its first contact key.
+#[tokio::test]
+async fn the_data_keys_refuse_a_master_key_that_is_not_theirs() {
+    use convo_domain::contact::{ContactEvent, ContactSpec, Identity};
+    let broker = broker();
+    let store = JetStreamStore::connect(&broker.server.url(), StoreConfig::default()).await.unwrap();
+    let keys = store.keyring([1; 32]).await.expect("the first master writes the canary");
+    let spec = ContactSpec {
+        id: convo_domain::ContactId::new("ct-1").unwrap(),
+        name: "Camila".into(),
+        identities: vec![Identity { channel: convo_domain::ChannelId::new("wa").unwrap(), handle: "+57300".into() }],
+        attributes: Default::default(),
+        labels: Vec::new(),
+    };
+    let record = Recorded {
+        seq: 1,
+        at: Timestamp::from_millis(1_000),
+        command: CommandId::new("define-1").unwrap(),
+        actor: Actor::system("test"),
+        event: ContactEvent::ContactDefined(spec),
+    };
+    let defined = Commit::new(&account(), StreamRef::Contacts, None, vec![record]).unwrap();
+    keys.prepare(&[&defined]).await.expect("the contact's key is made");
+    store.keyring([1; 32]).await.expect("the same master opens them again");
+    let refused = |result: Result<convo_store::keys::Keyring, StoreError>| match result {
+        Err(StoreError::Refused(why)) => assert!(why.contains("engine.key"), "{why}"),
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("another master opened the stream's keys"),
+    };
+    refused(store.keyring([2; 32]).await);
+    // Keys from before the canary: the first contact key decides.
+    let keys_stream = store.jetstream().get_stream("CONVO_KEYS").await.unwrap();
+    keys_stream.purge().filter("convo-keys.CONVO.canary").await.unwrap();
+    refused(store.keyring([2; 32]).await);
+    store.keyring([1; 32]).await.expect("the right master writes the canary again");
+    refused(store.keyring([2; 32]).await);
+}
