@@ -1,5 +1,6 @@
 //! Erasure by crypto-shredding (SPEC §13) against the real binary: a
-//! contact with a unique phone handle, a name and a message marker; a
+//! contact arriving by a unique phone handle (the gateway knows no id: the
+//! engine makes the contact), with a name and a message marker; a
 //! webhook receiving their events; snapshots; the JSON stream. Once the
 //! contact is erased, within the bound, no file under the data directory
 //! (the JetStream file store included) and no message read raw from any
@@ -122,16 +123,20 @@ async fn an_erased_contact_leaves_nothing_readable_anywhere_and_the_record_still
         "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}),
     )
     .await;
-    let contact = json!({"type": "define_contact", "id": "k-77", "name": NAME,
-        "identities": [{"channel": "wa", "handle": PHONE}]});
-    op(&served, "acme", "contact", contact).await;
     op(&served, "acme", "ana-on", json!({"type": "set_agent_state", "agent": "ana", "state": "available"})).await;
-    let message = |conversation: &str, contact: &str, name: &str, text: &str| {
-        json!({"type": "receive_message", "conversation": conversation, "contact": contact, "channel": "wa",
-            "contact_name": name, "text": text})
-    };
-    op(&served, "acme", "m1", message("c-1", "k-77", NAME, &format!("hola, {MARKER}"))).await;
-    op(&served, "acme", "m2", message("c-2", "k-88", "Otra Persona", KEPT)).await;
+    // The gateway names the contact by the phone; the engine makes its id from the command.
+    let first = json!({"type": "receive_message", "conversation": "c-1", "handle": PHONE, "channel": "wa",
+        "contact_name": NAME, "text": format!("hola, {MARKER}")});
+    op(&served, "acme", "m1", first).await;
+    let contact = convo_domain::contact::minted_contact_id(
+        &convo_domain::AccountId::new("acme").unwrap(),
+        &convo_domain::ConversationId::new("c-1").unwrap(),
+        &convo_domain::CommandId::new("m1").unwrap(),
+    );
+    let contact = contact.as_str();
+    let other = json!({"type": "receive_message", "conversation": "c-2", "contact": "k-88", "channel": "wa",
+        "contact_name": "Otra Persona", "text": KEPT});
+    op(&served, "acme", "m2", other).await;
     op(&served, "acme", "x1", json!({"type": "close", "conversation": "c-1", "typification": "venta"})).await;
 
     // Before: in clear where it is shown — the webhook, the JSON stream, the reads.
@@ -146,7 +151,12 @@ async fn an_erased_contact_leaves_nothing_readable_anywhere_and_the_record_still
             .any(|(s, _, p)| s.contains("_JSON#") && String::from_utf8_lossy(p).contains(MARKER))
     })
     .await;
-    let history = "/v1/accounts/acme/contacts/k-77/history";
+    let history = &format!("/v1/accounts/acme/contacts/{contact}/history");
+    until("the engine recorded the contact it made in the book, with the phone", &dir, async || {
+        let export = get(&served, &format!("/v1/accounts/acme/contacts/{contact}/export")).await.to_string();
+        export.contains(PHONE)
+    })
+    .await;
     until("the contact history shows the closed conversation", &dir, async || {
         get(&served, history).await["history"].as_array().is_some_and(|h| !h.is_empty())
     })
@@ -169,19 +179,20 @@ async fn an_erased_contact_leaves_nothing_readable_anywhere_and_the_record_still
     );
 
     // Subject access first: the export holds everything in clear, over HTTP and from the CLI.
-    let export = get(&served, "/v1/accounts/acme/contacts/k-77/export").await.to_string();
+    let export = get(&served, &format!("/v1/accounts/acme/contacts/{contact}/export")).await.to_string();
     for secret in [PHONE, NAME, MARKER] {
         assert!(export.contains(secret), "the export holds {secret}: {export}");
     }
     assert!(!export.contains(KEPT), "another contact's text is not in the export");
-    assert_eq!(export_by_cli(&dir)["conversations"][0]["conversation"], "c-1");
+    assert_eq!(export_by_cli(&dir, contact)["conversations"][0]["conversation"], "c-1");
 
-    // Erase: an admin's or the operator's, with a reason.
+    // Erase, naming the contact as the request did (by channel and handle): an
+    // admin's or the operator's, with a reason.
     let reply = op(
         &served,
         "acme",
         "erase-1",
-        json!({"type": "erase_contact", "contact": "k-77", "reason": "GDPR art. 17 request 2026-0042"}),
+        json!({"type": "erase_contact", "channel": "wa", "handle": PHONE, "reason": "GDPR art. 17 request 2026-0042"}),
     )
     .await;
     assert!(reply["event_ids"].as_array().is_some_and(|ids| ids.len() == 1), "{reply}");
@@ -223,17 +234,17 @@ async fn an_erased_contact_leaves_nothing_readable_anywhere_and_the_record_still
     assert_eq!(after["erased"]["reason"], "GDPR art. 17 request 2026-0042", "{after}");
     let entries = after["history"].as_array().unwrap();
     assert!(!entries.is_empty() && !after.to_string().contains(NAME), "{after}");
-    let export = export_by_cli(&dir);
+    let export = export_by_cli(&dir, contact);
     assert_eq!(export["erased"]["reason"], "GDPR art. 17 request 2026-0042", "{export}");
     for secret in [PHONE, NAME, MARKER] {
         assert!(!export.to_string().contains(secret), "the export after the erasure holds {secret}: {export}");
     }
 }
 
-/// `convo contact k-77 export` (through the running server).
-fn export_by_cli(dir: &Path) -> Value {
+/// `convo contact <id> export` (through the running server).
+fn export_by_cli(dir: &Path, contact: &str) -> Value {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_convo"))
-        .args(["contact", "k-77", "export", "--account", "acme", "--data-dir"])
+        .args(["contact", contact, "export", "--account", "acme", "--data-dir"])
         .arg(dir)
         .output()
         .unwrap();
