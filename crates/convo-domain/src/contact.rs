@@ -188,6 +188,12 @@ pub fn check_handle(field: &str, handle: &str) -> Result<(), Rejection> {
     Ok(())
 }
 
+/// The read a contact's export (SPEC §13, subject access) is authorized as:
+/// the engine records every one in the account's audit log
+/// (`unredacted_read`, read `contact_export`), since it is their personal
+/// data in full.
+pub const EXPORT_READ: &str = "contact_export";
+
 /// The prefix of the contact ids the engine makes (in its namespace: no
 /// client may define a contact with one).
 pub const MINTED_CONTACT_PREFIX: &str = "_ct-";

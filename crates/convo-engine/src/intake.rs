@@ -284,7 +284,9 @@ pub fn admit(
         |d: Denied| Refused { reply: d.to_json(), denied: Some(Box::new((d, who(Some(&principal))))), answer: true };
     if request.read {
         let scope = access::authorize_read(&principal, &account, catalog, &request.kind, request.ip).map_err(deny)?;
-        let unredacted = access::reads_unredacted(&principal, catalog);
+        // A contact's export is their personal data in full (SPEC §13): recorded as such a read, always.
+        let unredacted =
+            access::reads_unredacted(&principal, catalog) || request.kind == convo_domain::contact::EXPORT_READ;
         return Ok(Admitted::Read { principal, scope, unredacted });
     }
     if ENGINE_ONLY_COMMANDS.contains(&request.kind.as_str()) {

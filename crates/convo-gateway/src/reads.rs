@@ -476,8 +476,9 @@ pub(crate) async fn contact_export(
     }
 }
 
-/// What the export is authorized as (no integration holds it: it is no read scope).
-const CONTACT_EXPORT: &str = "contact_export";
+/// What the export is authorized as (no integration holds it: it is no read
+/// scope); the engine records every one as an `unredacted_read`.
+const CONTACT_EXPORT: &str = convo_domain::contact::EXPORT_READ;
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct LiveQuery {

@@ -184,6 +184,10 @@ async fn an_erased_contact_leaves_nothing_readable_anywhere_and_the_record_still
         assert!(export.contains(secret), "the export holds {secret}: {export}");
     }
     assert!(!export.contains(KEPT), "another contact's text is not in the export");
+    until("the export is in the account's audit log (who read the contact's data in full)", &dir, async || {
+        get(&served, "/v1/accounts/acme/audit?action=unredacted_read").await.to_string().contains("contact_export")
+    })
+    .await;
     assert_eq!(export_by_cli(&dir, contact)["conversations"][0]["conversation"], "c-1");
 
     // Erase, naming the contact as the request did (by channel and handle): an
