@@ -5,7 +5,9 @@
 //! read back from the log if a command ever comes for it, as after an
 //! eviction), and the closing commit of a closed conversation whose content
 //! awaits its expiry (SPEC §13: recovery queues the expiry from it without
-//! holding the conversation). Recovery applies the snapshot's commits as it
+//! holding the conversation), or that made a contact for a new handle the
+//! book has not recorded yet (recovery then owes the book that contact, as
+//! the engine did). Recovery applies the snapshot's commits as it
 //! applies the log, so the state it rebuilds is the one the engine's own
 //! rules make.
 
@@ -13,8 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use futures::StreamExt;
 
-use convo_domain::AccountId;
 use convo_domain::conversation::ConversationEvent;
+use convo_domain::{AccountId, ContactEvent, ContactId};
 use convo_store::snapshot::{Snapshot, Snapshots};
 use convo_store::{EventStore, LogItem, StoreError, StoredCommit};
 use convo_wire::{Event, StreamRef};
@@ -32,8 +34,22 @@ pub struct Builder {
     aggregates: BTreeMap<Key, Vec<StoredCommit>>,
     /// Conversations seen again after they closed: read back whole at the end.
     reload: BTreeSet<Key>,
-    /// Closed conversations whose content awaits expiry: their closing commit.
+    /// Closed conversations whose content awaits expiry, or whose closing
+    /// commit made a contact the book has not recorded yet: that commit.
     retained: BTreeMap<Key, StoredCommit>,
+    /// Contacts the book has recorded.
+    defined: BTreeSet<(AccountId, ContactId)>,
+    /// Retained closing commits that made a contact, by that contact: kept
+    /// until the book records it.
+    owed: BTreeMap<(AccountId, ContactId), BTreeSet<Key>>,
+}
+
+/// The contacts a commit made for new handles (`contact_requested`).
+fn requested_contacts(stored: &StoredCommit) -> impl Iterator<Item = &ContactId> {
+    stored.commit.events.iter().filter_map(|e| match &e.event {
+        Event::Conversation(ConversationEvent::ContactRequested { contact, .. }) => Some(contact),
+        _ => None,
+    })
 }
 
 fn has(stored: &StoredCommit, wanted: impl Fn(&ConversationEvent) -> bool) -> bool {
@@ -58,10 +74,13 @@ impl Builder {
             aggregates: BTreeMap::new(),
             reload: BTreeSet::new(),
             retained: BTreeMap::new(),
+            defined: BTreeSet::new(),
+            owed: BTreeMap::new(),
         };
         if let Some(snapshot) = previous {
             builder.covered = snapshot.covered;
             for stored in snapshot.commits {
+                builder.note_defined(&stored);
                 let key = (stored.commit.account.clone(), stored.commit.stream.clone());
                 if closes(&stored) {
                     builder.retained.insert(key, stored);
@@ -69,8 +88,43 @@ impl Builder {
                     builder.aggregates.entry(key).or_default().push(stored);
                 }
             }
+            let retained: Vec<(Key, StoredCommit)> =
+                builder.retained.iter().map(|(k, s)| (k.clone(), s.clone())).collect();
+            for (key, stored) in retained {
+                builder.note_owed(&key, &stored);
+            }
         }
         builder
+    }
+
+    /// Notes the contacts a contact-book commit records; a closing commit
+    /// kept only because it made one of them goes.
+    fn note_defined(&mut self, stored: &StoredCommit) {
+        for e in &stored.commit.events {
+            if let Event::Contact(ContactEvent::ContactDefined(spec)) = &e.event {
+                let contact = (stored.commit.account.clone(), spec.id.clone());
+                for key in self.owed.remove(&contact).unwrap_or_default() {
+                    if self.retained.get(&key).is_some_and(|kept| !crate::core::awaits_expiry(&kept.commit)) {
+                        self.retained.remove(&key);
+                    }
+                }
+                self.defined.insert(contact);
+            }
+        }
+    }
+
+    /// Whether a closing commit made a contact the book has not recorded
+    /// yet (noted, so the book's record of it lets the commit go).
+    fn note_owed(&mut self, key: &Key, stored: &StoredCommit) -> bool {
+        let account = &stored.commit.account;
+        let owed: Vec<ContactId> = requested_contacts(stored)
+            .filter(|c| !self.defined.contains(&(account.clone(), (*c).clone())))
+            .cloned()
+            .collect();
+        for contact in &owed {
+            self.owed.entry((account.clone(), contact.clone())).or_default().insert(key.clone());
+        }
+        !owed.is_empty()
     }
 
     /// The last stream sequence folded.
@@ -94,11 +148,13 @@ impl Builder {
             return;
         }
         let key = (commit.account.clone(), commit.stream.clone());
+        self.note_defined(&stored);
         if let StreamRef::Conversation(_) = commit.stream {
             if closes(&stored) {
                 self.aggregates.remove(&key);
                 self.reload.remove(&key);
-                if crate::core::awaits_expiry(&stored.commit) {
+                let owes = self.note_owed(&key, &stored);
+                if crate::core::awaits_expiry(&stored.commit) || owes {
                     self.retained.insert(key, stored);
                 } else {
                     self.retained.remove(&key);
@@ -163,4 +219,82 @@ pub async fn refresh<S: EventStore>(
     let snapshot = builder.finish(store).await?;
     let size = snapshots.put(&snapshot).await?;
     Ok((snapshot, size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use convo_domain::contact::{ContactSpec, Identity};
+    use convo_domain::conversation::CloseReason;
+    use convo_domain::{ChannelId, CommandId, ConversationId, Recorded, Timestamp};
+    use convo_wire::Commit;
+
+    fn stored(seq: u64, commit: Commit) -> StoredCommit {
+        StoredCommit { stream_seq: seq, subject: String::new(), commit }
+    }
+
+    fn account() -> AccountId {
+        AccountId::new("acme").unwrap()
+    }
+
+    /// An opening closed at once (out of hours) by a handle no contact
+    /// held: it made contact `_ct-1`.
+    fn opened_and_closed() -> Commit {
+        let record = |seq: u64, event: ConversationEvent| Recorded {
+            seq,
+            at: Timestamp::from_millis(1_000),
+            command: CommandId::new("m-1").unwrap(),
+            actor: convo_domain::Actor::system("gateway"),
+            event,
+        };
+        let requested = ConversationEvent::ContactRequested {
+            contact: ContactId::new("_ct-1").unwrap(),
+            channel: ChannelId::new("wa").unwrap(),
+            handle: "+57300".into(),
+            name: None,
+        };
+        let closed = ConversationEvent::ConversationClosed {
+            reason: CloseReason::OutOfHours,
+            typification: None,
+            agent: None,
+            segment: 0,
+        };
+        let stream = StreamRef::Conversation(ConversationId::new("c1").unwrap());
+        Commit::new(&account(), stream, None, vec![record(1, requested), record(2, closed)]).unwrap()
+    }
+
+    fn defined() -> Commit {
+        let spec = ContactSpec {
+            id: ContactId::new("_ct-1").unwrap(),
+            name: "+57300".into(),
+            identities: vec![Identity { channel: ChannelId::new("wa").unwrap(), handle: "+57300".into() }],
+            attributes: Default::default(),
+            labels: Vec::new(),
+        };
+        let record = Recorded {
+            seq: 1,
+            at: Timestamp::from_millis(1_001),
+            command: CommandId::new("_contact-1").unwrap(),
+            actor: convo_domain::Actor::system("contacts"),
+            event: ContactEvent::ContactDefined(spec),
+        };
+        Commit::new(&account(), StreamRef::Contacts, None, vec![record]).unwrap()
+    }
+
+    /// A closed conversation whose commit made a contact the book has not
+    /// recorded yet stays in the snapshot (recovery owes the book that
+    /// contact), until the book's record of it, folded later, lets it go.
+    #[tokio::test]
+    async fn a_closing_commit_that_made_a_contact_stays_until_the_book_records_it() {
+        let store = convo_store::MemoryStore::new("convo");
+        let mut builder = Builder::new(None, 0, 1);
+        builder.fold(Ok(stored(1, opened_and_closed())));
+        let snapshot = builder.finish(&store).await.unwrap();
+        assert_eq!(snapshot.commits.len(), 1, "kept: the book does not have the contact yet");
+        let mut builder = Builder::new(Some(snapshot), 0, 1);
+        builder.fold(Ok(stored(2, defined())));
+        let snapshot = builder.finish(&store).await.unwrap();
+        let kept: Vec<&StreamRef> = snapshot.commits.iter().map(|c| &c.commit.stream).collect();
+        assert_eq!(kept, [&StreamRef::Contacts], "the closing commit went once the book recorded the contact");
+    }
 }
