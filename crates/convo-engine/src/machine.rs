@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use convo_domain::contact::Identity;
-use convo_domain::{AccountId, Command, CommandEnvelope, ContactId, ConversationEvent, Timestamp};
+use convo_domain::{AccountId, Command, CommandEnvelope, ContactId, Timestamp};
 use convo_store::{LogItem, StoreError};
 use convo_wire::{Commit, StreamRef};
 
@@ -621,19 +621,10 @@ impl Machine {
 
     /// Notes the contacts a decided commit makes for new handles.
     fn claim(&mut self, key: &Key, commit: &Commit) {
-        for e in &commit.events {
-            if let convo_wire::Event::Conversation(ConversationEvent::ContactRequested {
-                contact,
-                channel,
-                handle,
-                ..
-            }) = &e.event
-            {
-                let identity = Identity { channel: channel.clone(), handle: handle.clone() };
-                let claims = self.claims.entry(key.0.clone()).or_default();
-                claims.entry(identity.clone()).or_insert_with(|| contact.clone());
-                self.claimed_by.entry(key.clone()).or_default().push(identity);
-            }
+        for (contact, identity) in commit.requested_contacts() {
+            let claims = self.claims.entry(key.0.clone()).or_default();
+            claims.entry(identity.clone()).or_insert_with(|| contact.clone());
+            self.claimed_by.entry(key.clone()).or_default().push(identity);
         }
     }
 
@@ -725,7 +716,7 @@ pub fn recover_into(machines: &mut [Machine], item: LogItem) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use convo_domain::{Actor, CommandId};
+    use convo_domain::{Actor, CommandId, ConversationEvent};
 
     /// A fixture's inputs, parsed as the scenario format does (without it:
     /// the simulator depends on this crate).

@@ -44,14 +44,6 @@ pub struct Builder {
     owed: BTreeMap<(AccountId, ContactId), BTreeSet<Key>>,
 }
 
-/// The contacts a commit made for new handles (`contact_requested`).
-fn requested_contacts(stored: &StoredCommit) -> impl Iterator<Item = &ContactId> {
-    stored.commit.events.iter().filter_map(|e| match &e.event {
-        Event::Conversation(ConversationEvent::ContactRequested { contact, .. }) => Some(contact),
-        _ => None,
-    })
-}
-
 fn has(stored: &StoredCommit, wanted: impl Fn(&ConversationEvent) -> bool) -> bool {
     stored.commit.events.iter().any(|e| matches!(&e.event, Event::Conversation(event) if wanted(event)))
 }
@@ -79,19 +71,17 @@ impl Builder {
         };
         if let Some(snapshot) = previous {
             builder.covered = snapshot.covered;
+            // In stream order, as the log was folded: a contact recorded after the
+            // commit that made it is what lets that commit go.
             for stored in snapshot.commits {
                 builder.note_defined(&stored);
                 let key = (stored.commit.account.clone(), stored.commit.stream.clone());
                 if closes(&stored) {
+                    builder.note_owed(&key, &stored);
                     builder.retained.insert(key, stored);
                 } else {
                     builder.aggregates.entry(key).or_default().push(stored);
                 }
-            }
-            let retained: Vec<(Key, StoredCommit)> =
-                builder.retained.iter().map(|(k, s)| (k.clone(), s.clone())).collect();
-            for (key, stored) in retained {
-                builder.note_owed(&key, &stored);
             }
         }
         builder
@@ -100,6 +90,9 @@ impl Builder {
     /// Notes the contacts a contact-book commit records; a closing commit
     /// kept only because it made one of them goes.
     fn note_defined(&mut self, stored: &StoredCommit) {
+        if stored.commit.stream != StreamRef::Contacts {
+            return;
+        }
         for e in &stored.commit.events {
             if let Event::Contact(ContactEvent::ContactDefined(spec)) = &e.event {
                 let contact = (stored.commit.account.clone(), spec.id.clone());
@@ -117,7 +110,8 @@ impl Builder {
     /// yet (noted, so the book's record of it lets the commit go).
     fn note_owed(&mut self, key: &Key, stored: &StoredCommit) -> bool {
         let account = &stored.commit.account;
-        let owed: Vec<ContactId> = requested_contacts(stored)
+        let owed: Vec<ContactId> = (stored.commit.requested_contacts())
+            .map(|(contact, _)| contact)
             .filter(|c| !self.defined.contains(&(account.clone(), (*c).clone())))
             .cloned()
             .collect();

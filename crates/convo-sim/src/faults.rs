@@ -1295,8 +1295,8 @@ fn one_contact_per_handle(log: &Log, sent: &[Sent]) -> Option<String> {
     use convo_domain::contact::Identity;
     use convo_domain::{Command, ContactEvent, ContactId, ConversationEvent};
     use convo_wire::Event;
-    let mut made: BTreeMap<(AccountId, Identity), ContactId> = BTreeMap::new();
-    let mut first_made: BTreeMap<(AccountId, Identity), usize> = BTreeMap::new();
+    // Each handle's contact, and the log entry that first made it.
+    let mut made: BTreeMap<(AccountId, Identity), (ContactId, usize)> = BTreeMap::new();
     let mut booked: BTreeMap<(AccountId, Identity), ContactId> = BTreeMap::new();
     let mut opened: HashMap<(AccountId, convo_domain::ConversationId), ContactId> = HashMap::new();
     for (index, commit) in log.entries.iter().enumerate() {
@@ -1307,10 +1307,8 @@ fn one_contact_per_handle(log: &Log, sent: &[Sent]) -> Option<String> {
                 }
                 (_, Event::Conversation(ConversationEvent::ContactRequested { contact, channel, handle, .. })) => {
                     let key = (commit.account.clone(), Identity { channel: channel.clone(), handle: handle.clone() });
-                    let first = *first_made.entry(key.clone()).or_insert(index);
-                    if let Some(before) = made.insert(key, contact.clone())
-                        && before != *contact
-                    {
+                    let (before, first) = made.entry(key).or_insert_with(|| (contact.clone(), index)).clone();
+                    if before != *contact {
                         let at = |i: usize| {
                             format!("log entry {} ({}, epoch {})", i + 1, log.entries[i].stream.path(), log.epochs[i])
                         };
@@ -1330,7 +1328,7 @@ fn one_contact_per_handle(log: &Log, sent: &[Sent]) -> Option<String> {
             }
         }
     }
-    for (key, contact) in &made {
+    for (key, (contact, _)) in &made {
         if booked.get(key) != Some(contact) {
             return Some(format!("contact {contact}, made for a handle, is not in the book with it"));
         }

@@ -22,6 +22,7 @@ pub mod schema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use convo_domain::contact::Identity;
 use convo_domain::{
     AccountId, Actor, AgentEvent, CommandId, ConfigEvent, ContactEvent, ConversationEvent, ConversationId, EventId,
     Recorded, Timestamp, UserId,
@@ -407,6 +408,17 @@ impl Commit {
     pub fn conversation_records(&self) -> Vec<Recorded<ConversationEvent>> {
         self.records(|e| match e {
             Event::Conversation(c) => Some(c.clone()),
+            _ => None,
+        })
+    }
+
+    /// The contacts this commit made for new handles (`contact_requested`),
+    /// each with the identity it was made for.
+    pub fn requested_contacts(&self) -> impl Iterator<Item = (&convo_domain::ContactId, Identity)> {
+        self.events.iter().filter_map(|e| match &e.event {
+            Event::Conversation(ConversationEvent::ContactRequested { contact, channel, handle, .. }) => {
+                Some((contact, Identity { channel: channel.clone(), handle: handle.clone() }))
+            }
             _ => None,
         })
     }
