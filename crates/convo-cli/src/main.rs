@@ -9,6 +9,7 @@ mod contact_cmds;
 mod doctor_cmds;
 mod engine_cmds;
 mod report_cmds;
+mod seal_cmds;
 mod served;
 mod webhook_cmds;
 
@@ -69,6 +70,8 @@ The scenario format is documented in replay-fixtures/README.md.")]
     Webhooks(webhook_cmds::WebhookArgs),
     /// The engine instances sharing the stream: who owns which partition.
     Cluster(cluster_cmds::ClusterArgs),
+    /// Rewrite a stream whose commits from before sealing hold personal data in clear into a sealed one.
+    SealStream(seal_cmds::SealStreamArgs),
 }
 
 #[derive(Args, Debug)]
@@ -149,6 +152,7 @@ fn main() -> ExitCode {
                     Cmd::NatsConfig(args) => engine_cmds::nats_config(args).await.map(|()| ExitCode::SUCCESS),
                     Cmd::Webhooks(args) => webhook_cmds::webhooks(args).await.map(|()| ExitCode::SUCCESS),
                     Cmd::Cluster(args) => cluster_cmds::cluster(args).await.map(|()| ExitCode::SUCCESS),
+                    Cmd::SealStream(args) => seal_cmds::seal_stream(args).await,
                     Cmd::Simulate(_) => unreachable!("handled above"),
                 }
             })

@@ -51,16 +51,26 @@ pub fn follow(
             });
             Ok(())
         };
-    follow(convo_audit::NAME, Box::new(convo_audit::AuditLog))?;
-    follow(convo_reports::NAME, Box::<convo_reports::Reports>::default())?;
-    follow(convo_contact_history::NAME, Box::<convo_contact_history::ContactHistory>::default())?;
-    follow(convo_live::NAME, Box::new(convo_live::Live))?;
-    follow(convo_inbox::NAME, Box::new(convo_inbox::Inbox))?;
+    for (name, projection) in projections() {
+        follow(name, projection)?;
+    }
     tracing::info!(
         "read models followed from their checkpoints: {}",
         models.positions().iter().map(|(n, at)| format!("{n} at {at}")).collect::<Vec<_>>().join(", ")
     );
     Ok(models)
+}
+
+/// The read models an instance keeps, by name (what `follow` follows and
+/// `convo seal-stream` rebuilds).
+pub fn projections() -> Vec<(&'static str, Box<dyn convo_projector::Projection + Send>)> {
+    vec![
+        (convo_audit::NAME, Box::new(convo_audit::AuditLog)),
+        (convo_reports::NAME, Box::<convo_reports::Reports>::default()),
+        (convo_contact_history::NAME, Box::<convo_contact_history::ContactHistory>::default()),
+        (convo_live::NAME, Box::new(convo_live::Live)),
+        (convo_inbox::NAME, Box::new(convo_inbox::Inbox)),
+    ]
 }
 
 /// Every [`LAGS_EVERY`] until `stop`: the stream's end, and how far behind it

@@ -118,8 +118,9 @@ pub async fn follow(
                             contact = %contact,
                             plaintext_commits = report.plaintext_commits,
                             "contact erased, but commits of theirs from before sealing keep personal data in clear \
-                             in the main stream: the erasure cannot reach them (rewriting an old stream sealed is \
-                             not built yet)"
+                             in the main stream: the erasure cannot reach them until the stream is rewritten \
+                             sealed (`convo seal-stream --rewrite`, with every `convo serve` stopped: it writes \
+                             their values as [erased])"
                         );
                     }
                     tracing::info!(
@@ -296,7 +297,7 @@ async fn overwrite(
         if pick(&message.payload) {
             match stream.delete_message(message.sequence).await {
                 Ok(_) => count += 1,
-                Err(e) if e.to_string().contains("no message found") => {}
+                Err(e) if crate::already_gone(&e) => {}
                 Err(e) => return Err(unavailable(e)),
             }
         }

@@ -497,7 +497,7 @@ impl JetStreamStore {
     pub async fn delete_message(&self, seq: u64) -> Result<bool, StoreError> {
         match self.stream.delete_message(seq).await {
             Ok(deleted) => Ok(deleted),
-            Err(e) if e.to_string().contains("no message found") => Ok(false),
+            Err(e) if crate::already_gone(&e) => Ok(false),
             Err(e) => Err(StoreError::Refused(e.to_string())),
         }
     }

@@ -292,7 +292,7 @@ impl Keyring {
                 };
                 match stream.delete_message(seq).await {
                     Ok(_) => {}
-                    Err(e) if e.to_string().contains("no message found") => {}
+                    Err(e) if crate::already_gone(&e) => {}
                     Err(e) => return Err(unavailable(e)),
                 }
             },
@@ -422,6 +422,14 @@ impl Keyring {
                 }
             }
         }
+        self.prepare_scopes(wanted).await
+    }
+
+    /// [`Keyring::prepare`] for scopes named outright: each once, with, for
+    /// a conversation key, the contact it is made under when it is missing
+    /// (`None`: under the master key, as for a conversation whose opening
+    /// the caller does not know).
+    pub async fn prepare_scopes(&self, wanted: Vec<(KeyScope, Option<ContactId>)>) -> Result<Prepared, StoreError> {
         let mut contacts: Vec<KeyScope> = Vec::new();
         for (scope, contact) in &wanted {
             let wrapper = match (scope, contact) {

@@ -25,6 +25,7 @@ pub mod lease;
 pub mod memory;
 pub mod metrics;
 pub mod private;
+pub mod reseal;
 pub mod seal;
 pub mod signing;
 pub mod snapshot;
@@ -46,6 +47,14 @@ pub async fn connect(url: &str) -> Result<async_nats::Client, StoreError> {
         .connect(strip_userinfo(url))
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))
+}
+
+/// Whether a message delete failed only because the message is gone
+/// already (the server says "no message found", or "sequence … not found"
+/// for one a secure erase or a purge removed).
+pub(crate) fn already_gone(error: &impl std::fmt::Display) -> bool {
+    let text = error.to_string();
+    text.contains("no message found") || (text.contains("sequence") && text.contains("not found"))
 }
 
 /// The reply inboxes of the engine's own connections (and of this

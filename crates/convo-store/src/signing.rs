@@ -40,6 +40,8 @@ use crate::{EventStore, StoreError};
 
 /// The engine's key, in the data directory.
 pub const KEY_FILE: &str = "engine.key";
+/// The record of the stream's rewrites into a sealed one, in the data directory.
+pub const RESEALS_FILE: &str = "reseals.jsonl";
 /// The anchors, in the data directory.
 pub const ANCHORS_FILE: &str = "anchors.jsonl";
 /// The header holding a commit's signature (hex).
@@ -334,6 +336,23 @@ impl Signing {
         // On disk before the chain moves on, as the commits it anchors are (sync_interval: always).
         file.sync_data().map_err(io(path))?;
         Ok(prev)
+    }
+
+    /// Appends `body` (a rewrite of the stream into a sealed one, `convo
+    /// seal-stream`) to [`RESEALS_FILE`] in `dir`, chained to the line
+    /// before it by an HMAC as the anchors are, and synced: the line written.
+    pub fn record_reseal(&self, dir: &Path, mut body: Value) -> Result<Value, SigningError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = dir.join(RESEALS_FILE);
+        let prev = last_anchor_mac(&path)?;
+        body["stream"] = Value::String(self.stream.clone());
+        let mac = self.line_mac(&prev, &body);
+        body["mac"] = Value::String(mac);
+        let mut file =
+            std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path).map_err(io(&path))?;
+        file.write_all(format!("{body}\n").as_bytes()).map_err(io(&path))?;
+        file.sync_data().map_err(io(&path))?;
+        Ok(body)
     }
 
     fn line_mac(&self, prev: &str, body: &Value) -> String {

@@ -154,10 +154,20 @@ pub fn object_name(partition: usize, count: usize) -> String {
     format!("partition-{partition}-of-{count}")
 }
 
+/// The object store bucket of `stream`'s snapshots.
+pub fn bucket_name(stream: &str) -> String {
+    format!("{stream}_SNAPSHOTS")
+}
+
+/// The JetStream stream behind the bucket of `stream`'s snapshots.
+pub fn backing_stream(stream: &str) -> String {
+    format!("OBJ_{}", bucket_name(stream))
+}
+
 impl Snapshots {
     /// The bucket of `stream`'s snapshots, created if absent with `replicas`.
     pub async fn open(js: &async_nats::jetstream::Context, stream: &str, replicas: usize) -> Result<Self, StoreError> {
-        let name = format!("{stream}_SNAPSHOTS");
+        let name = bucket_name(stream);
         let bucket = match js.get_object_store(&name).await {
             Ok(bucket) => bucket,
             Err(_) => js

@@ -193,8 +193,9 @@ pub fn scopes(commit: &Commit) -> Vec<(KeyScope, Option<ContactId>)> {
         _ => None,
     });
     let mut probe = commit.clone();
-    visit_mut(&mut probe, &mut |scope, _, _| {
-        if !out.iter().any(|(s, _)| s == scope) {
+    visit_mut(&mut probe, &mut |scope, _, value| {
+        // A value already erased needs no key.
+        if value != ERASED && !out.iter().any(|(s, _)| s == scope) {
             let contact = matches!(scope, KeyScope::Conversation(..)).then(|| opened_for.clone()).flatten();
             out.push((scope.clone(), contact));
         }
