@@ -165,8 +165,8 @@ impl Connection {
 
 /// `store` with the data keys derived from its engine key (as it is without one).
 async fn with_data_keys(store: JetStreamStore) -> Result<JetStreamStore> {
-    let Some(master) = store.config().signing.as_ref().map(|s| s.data_key_master()) else { return Ok(store) };
-    let keys = std::sync::Arc::new(store.keyring(master).await?);
+    let Some(signing) = store.config().signing.clone() else { return Ok(store) };
+    let keys = std::sync::Arc::new(store.keyring_of(&signing).await?);
     Ok(store.with_keys(keys))
 }
 

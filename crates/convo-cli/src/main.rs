@@ -8,6 +8,7 @@ mod cluster_cmds;
 mod contact_cmds;
 mod doctor_cmds;
 mod engine_cmds;
+mod keys_cmds;
 mod report_cmds;
 mod seal_cmds;
 mod served;
@@ -72,6 +73,8 @@ The scenario format is documented in replay-fixtures/README.md.")]
     Cluster(cluster_cmds::ClusterArgs),
     /// Rewrite a stream whose commits from before sealing hold personal data in clear into a sealed one.
     SealStream(seal_cmds::SealStreamArgs),
+    /// The master key of the personal-data keys: its status, and its rotation.
+    Keys(keys_cmds::KeysArgs),
 }
 
 #[derive(Args, Debug)]
@@ -153,6 +156,7 @@ fn main() -> ExitCode {
                     Cmd::Webhooks(args) => webhook_cmds::webhooks(args).await.map(|()| ExitCode::SUCCESS),
                     Cmd::Cluster(args) => cluster_cmds::cluster(args).await.map(|()| ExitCode::SUCCESS),
                     Cmd::SealStream(args) => seal_cmds::seal_stream(args).await,
+                    Cmd::Keys(args) => keys_cmds::keys(args).await.map(|()| ExitCode::SUCCESS),
                     Cmd::Simulate(_) => unreachable!("handled above"),
                 }
             })

@@ -140,7 +140,7 @@ pub async fn seal_stream(args: SealStreamArgs) -> Result<std::process::ExitCode>
 
 /// Stops the rewrite while an engine instance serves the stream (its
 /// heartbeat is younger than a lease): nothing may append meanwhile.
-async fn refuse_if_served(store: &JetStreamStore) -> Result<()> {
+pub(crate) async fn refuse_if_served(store: &JetStreamStore) -> Result<()> {
     let directory = store.directory().await?;
     let live: Vec<String> = directory
         .members()

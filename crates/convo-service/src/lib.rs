@@ -239,7 +239,7 @@ impl Service {
             );
         }
         let signing = Arc::new(signing);
-        let keys = Arc::new(store.keyring(signing.data_key_master()).await?);
+        let keys = Arc::new(store.keyring_of(&signing).await?);
         let store = store.with_signing(signing.clone()).with_keys(keys);
         access.sealer = Some(signing.sealer());
         access.webhook_allowed = convo_store::egress::Allowed { hosts: config.webhooks.allow.clone() };

@@ -236,7 +236,14 @@ impl JetStreamStore {
     /// The data keys of this stream (the bucket made with the stream's
     /// replicas if missing), wrapped by `master`.
     pub async fn keyring(&self, master: [u8; 32]) -> Result<Keyring, StoreError> {
-        Keyring::connect(&self.js, &self.config.stream, self.config.replicas, master).await
+        Keyring::connect(&self.js, &self.config.stream, self.config.replicas, master, &[]).await
+    }
+
+    /// The data keys of this stream wrapped by `signing`'s master (opened
+    /// also with the older masters of a rotation not yet finished).
+    pub async fn keyring_of(&self, signing: &Signing) -> Result<Keyring, StoreError> {
+        let retired = signing.retired_data_key_masters();
+        Keyring::connect(&self.js, &self.config.stream, self.config.replicas, signing.data_key_master(), &retired).await
     }
 
     /// This store, sealing the personal values of what it appends with

@@ -86,6 +86,8 @@ type MemoryKeys = (u64, HashMap<String, (u64, Vec<u8>)>);
 pub struct Keyring {
     backend: Backend,
     master: Sealer,
+    /// Older masters a rotation not yet finished still opens with (they never wrap).
+    retired: Vec<Sealer>,
     cache: Mutex<HashMap<KeyScope, Cached>>,
 }
 
@@ -94,6 +96,24 @@ impl std::fmt::Debug for Keyring {
         f.write_str("Keyring")
     }
 }
+
+/// What a rotation's [`Keyring::rewrap`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Rewrapped {
+    /// Keys wrapped again by the new master (the canary included).
+    pub rewrapped: u64,
+    /// Keys the new master wrapped already (made since, or by a run cut short).
+    pub already: u64,
+    /// Conversation keys wrapped by their contact's (nothing to do).
+    pub under_contacts: u64,
+    /// Keys a run cut short had staged, put back.
+    pub finished: u64,
+    /// Keys no master opens (damaged, or wrapped by a master long gone): left as they are.
+    pub unopenable: u64,
+}
+
+/// The staging subject's prefix of a key being wrapped again.
+const ROTATING: &str = "rotating.";
 
 /// The keys a batch of commits is sealed with.
 pub type Prepared = HashMap<KeyScope, Arc<Sealer>>;
@@ -109,12 +129,14 @@ fn key_context(scope: &KeyScope) -> String {
 
 impl Keyring {
     /// The bucket of `stream`'s data keys (created with `replicas` if missing),
-    /// wrapped by `master` (the engine's key's derived data-key master).
+    /// wrapped by `master` (the engine's key's data-key master); `retired`:
+    /// the older masters of a rotation not yet finished (they only open).
     pub async fn connect(
         js: &jetstream::Context,
         stream: &str,
         replicas: usize,
         master: [u8; 32],
+        retired: &[[u8; 32]],
     ) -> Result<Self, StoreError> {
         let name = Self::bucket_name(stream);
         let prefix = format!("convo-keys.{stream}");
@@ -129,10 +151,11 @@ impl Keyring {
             ..Default::default()
         };
         let keys = js.get_or_create_stream(config).await.map_err(unavailable)?;
-        let keyring = Self::with_backend(
+        let mut keyring = Self::with_backend(
             Backend::Stream { js: js.clone(), stream: Box::new(keys), prefix, replicated: replicas > 1 },
             master,
         );
+        keyring.retired = retired.iter().map(|m| Sealer::new(*m)).collect();
         keyring.check_master().await?;
         Ok(keyring)
     }
@@ -150,7 +173,7 @@ impl Keyring {
                 Some((_, bytes)) => {
                     let opens = postcard::from_bytes::<StoredKey>(&bytes)
                         .ok()
-                        .and_then(|stored| self.master.open_bytes(CONTEXT, &stored.sealed).ok())
+                        .and_then(|stored| self.masters().find_map(|m| m.open_bytes(CONTEXT, &stored.sealed).ok()))
                         .is_some_and(|text| text == CANARY_TEXT);
                     if opens {
                         return Ok(());
@@ -184,7 +207,7 @@ impl Keyring {
     }
 
     fn with_backend(backend: Backend, master: [u8; 32]) -> Self {
-        Self { backend, master: Sealer::new(master), cache: Mutex::new(HashMap::new()) }
+        Self { backend, master: Sealer::new(master), retired: Vec::new(), cache: Mutex::new(HashMap::new()) }
     }
 
     fn not_our_master(&self, what: &str) -> StoreError {
@@ -214,7 +237,7 @@ impl Keyring {
         else {
             return Ok(Some(false));
         };
-        Ok(Some(stored.wrapped_by.is_none() && self.unwrap_key(&self.master, &scope, &stored.sealed).is_some()))
+        Ok(Some(stored.wrapped_by.is_none() && self.unwrap_by_master(&scope, &stored.sealed).is_some()))
     }
 
     /// The key's message: its sequence and bytes.
@@ -341,7 +364,7 @@ impl Keyring {
                 let stored: StoredKey = postcard::from_bytes(&bytes)
                     .map_err(|e| StoreError::Refused(format!("data key {} is damaged: {e}", scope.token())))?;
                 let key = match &stored.wrapped_by {
-                    None => self.unwrap_key(&self.master, scope, &stored.sealed),
+                    None => self.unwrap_by_master(scope, &stored.sealed),
                     Some(contact) => {
                         let contact_scope = KeyScope::Contact(scope.account().clone(), contact.clone());
                         match Box::pin(self.fetch(&contact_scope)).await? {
@@ -355,6 +378,16 @@ impl Keyring {
         };
         self.remember(scope, key.clone(), wrapped_by);
         Ok((key, present))
+    }
+
+    /// The master, then the retired ones.
+    fn masters(&self) -> impl Iterator<Item = &Sealer> {
+        std::iter::once(&self.master).chain(&self.retired)
+    }
+
+    /// A key the master wrapped (or a retired one, before the rotation wrapped it again).
+    fn unwrap_by_master(&self, scope: &KeyScope, sealed: &[u8]) -> Option<Arc<Sealer>> {
+        self.masters().find_map(|m| self.unwrap_key(m, scope, sealed))
     }
 
     fn unwrap_key(&self, wrapper: &Sealer, scope: &KeyScope, sealed: &[u8]) -> Option<Arc<Sealer>> {
@@ -586,6 +619,101 @@ impl Keyring {
             })
             .and_then(|bytes| String::from_utf8(bytes).ok());
         *value = opened.unwrap_or_else(|| ERASED.to_owned());
+    }
+
+    /// Wraps again with the master every key a retired master wrapped (the
+    /// contacts' keys, a conversation's made without its contact, and the
+    /// canary; a conversation key wrapped by its contact's needs nothing),
+    /// so the retired masters open nothing any more. Each key goes through
+    /// a staging subject so no crash loses it: the key wrapped again is
+    /// written to `rotating.<name>`, the old message removed with the
+    /// server's secure erase (nothing wrapped by the old master is left in
+    /// the files), the new one written in its place, the staging message
+    /// erased. A run cut short (`cut_after` keys: tests) is finished by the
+    /// next. Keys no master opens are left as they are and counted.
+    pub async fn rewrap(&self, cut_after: Option<u64>) -> Result<Rewrapped, StoreError> {
+        let Backend::Stream { js, stream, prefix, .. } = &self.backend else {
+            return Err(StoreError::Refused("a rotation needs the keys stream".into()));
+        };
+        let mut report = Rewrapped::default();
+        let mut names: Vec<(String, u64)> = Vec::new();
+        let mut info = js.get_stream(stream.cached_info().config.name.clone()).await.map_err(unavailable)?;
+        let state = info.info().await.map_err(unavailable)?.state.clone();
+        for seq in state.first_sequence..=state.last_sequence {
+            if state.messages == 0 {
+                break;
+            }
+            match stream.get_raw_message(seq).await {
+                Ok(message) => {
+                    let name = message.subject.strip_prefix(prefix.as_str()).and_then(|t| t.strip_prefix('.'));
+                    names.push((name.unwrap_or_default().to_owned(), seq));
+                }
+                Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {}
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        // A run cut short first: each staged key put back where its key is missing.
+        for (name, seq) in names.iter().filter(|(n, _)| n.starts_with(ROTATING)) {
+            let target = &name[ROTATING.len()..];
+            if self.get(target).await?.is_none() {
+                let message = stream.get_raw_message(*seq).await.map_err(unavailable)?;
+                self.create(target, message.payload.to_vec(), 0).await?;
+                report.finished += 1;
+            }
+            self.erase_message(*seq).await?;
+        }
+        let mut done = 0;
+        for (name, _) in names.iter().filter(|(n, _)| !n.starts_with(ROTATING)) {
+            let Some((seq, bytes)) = self.get(name).await? else { continue };
+            let Ok(stored) = postcard::from_bytes::<StoredKey>(&bytes) else {
+                report.unopenable += 1;
+                continue;
+            };
+            if stored.wrapped_by.is_some() {
+                report.under_contacts += 1;
+                continue;
+            }
+            let context = if name == CANARY { "data-key/canary".to_owned() } else { format!("data-key/{name}") };
+            if self.master.open_bytes(&context, &stored.sealed).is_ok() {
+                report.already += 1;
+                continue;
+            }
+            let Some(raw) = self.retired.iter().find_map(|m| m.open_bytes(&context, &stored.sealed).ok()) else {
+                report.unopenable += 1;
+                continue;
+            };
+            if cut_after == Some(done) {
+                return Err(unavailable(format!("cut short after {done} keys")));
+            }
+            let again = StoredKey { wrapped_by: None, sealed: self.master.seal_bytes(&context, &raw) };
+            let again = postcard::to_allocvec(&again).map_err(|e| StoreError::Refused(e.to_string()))?;
+            let staging = format!("{ROTATING}{name}");
+            if !self.create(&staging, again.clone(), 0).await? {
+                return Err(StoreError::Refused(format!("{staging} is there already: run the rotation again")));
+            }
+            self.erase_message(seq).await?;
+            if !self.create(name, again, 0).await? {
+                return Err(StoreError::Refused(format!(
+                    "data key {name} was written meanwhile: is an engine running?"
+                )));
+            }
+            let (staged, _) = self.get(&staging).await?.ok_or_else(|| unavailable(format!("{staging} is gone")))?;
+            self.erase_message(staged).await?;
+            done += 1;
+            report.rewrapped += 1;
+        }
+        self.cache.lock().expect("key cache lock").clear();
+        Ok(report)
+    }
+
+    /// Removes one message of the keys stream with the server's secure erase.
+    async fn erase_message(&self, seq: u64) -> Result<(), StoreError> {
+        let Backend::Stream { stream, .. } = &self.backend else { return Ok(()) };
+        match stream.delete_message(seq).await {
+            Ok(_) => Ok(()),
+            Err(e) if crate::already_gone(&e) => Ok(()),
+            Err(e) => Err(unavailable(e)),
+        }
     }
 
     /// Destroys the key of `scope` (its history purged from the bucket):

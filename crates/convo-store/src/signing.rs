@@ -97,6 +97,9 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 /// engine) anchors what it appended. Its `Debug` never shows the key.
 pub struct Signing {
     key: [u8; 32],
+    /// The masters of the stream's data keys, oldest first: the last wraps,
+    /// the others (a rotation not yet finished) only open.
+    masters: Vec<[u8; 32]>,
     stream: String,
     unsigned_through: u64,
     anchors_path: PathBuf,
@@ -147,13 +150,7 @@ impl Signing {
         };
         if file["streams"].get(stream).is_none() {
             file["streams"][stream] = json!({"unsigned_through": stream_last_seq});
-            std::fs::create_dir_all(dir).map_err(io(dir))?;
-            // Written beside it, then renamed over it: a crash never leaves half a key.
-            let temp = dir.join(format!("{KEY_FILE}.{}.tmp", std::process::id()));
-            crate::launcher::write_private(&temp, format!("{file:#}\n").as_bytes())
-                .map_err(|e| SigningError::Malformed { path: temp.clone(), reason: e.to_string() })?;
-            std::fs::File::open(&temp).and_then(|f| f.sync_all()).map_err(io(&temp))?;
-            std::fs::rename(&temp, &path).map_err(io(&path))?;
+            write_key_file(dir, &file)?;
         }
         let mut signing = Self::from_file(dir, &path, &file, stream)?.expect("the stream was just recorded");
         signing.anchors = Some(Anchors {
@@ -184,8 +181,27 @@ impl Signing {
         let key: [u8; 32] = key.try_into().map_err(|_| bad("the key is not 32 bytes"))?;
         let unsigned_through =
             entry["unsigned_through"].as_u64().ok_or_else(|| bad("a stream without unsigned_through"))?;
+        let derived = {
+            let mut mac = HmacSha256::new_from_slice(&key).expect("HMAC takes keys of any length");
+            mac.update(b"convo-derive-v1");
+            mac.update(DERIVED_MASTER.as_bytes());
+            <[u8; 32]>::from(mac.finalize().into_bytes())
+        };
+        let masters = match entry.get("data_masters").and_then(Value::as_array) {
+            None => vec![derived],
+            Some(list) if list.is_empty() => return Err(bad("a stream with no data-key master")),
+            Some(list) => list
+                .iter()
+                .map(|m| match (m["derived"].as_bool(), m["key"].as_str().and_then(unhex)) {
+                    (Some(true), _) => Ok(derived),
+                    (_, Some(bytes)) => bytes.try_into().map_err(|_| bad("a data-key master is not 32 bytes")),
+                    _ => Err(bad("a data-key master with neither \"derived\" nor a hex \"key\"")),
+                })
+                .collect::<Result<_, _>>()?,
+        };
         Ok(Some(Self {
             key,
+            masters,
             stream: stream.to_owned(),
             unsigned_through,
             anchors_path: dir.join(ANCHORS_FILE),
@@ -202,9 +218,66 @@ impl Signing {
         mac.finalize().into_bytes().into()
     }
 
-    /// The master key that wraps the data keys of personal data (see [`crate::keys`]).
+    /// The master key that wraps the data keys of personal data (see
+    /// [`crate::keys`]): derived from the engine's key until the first
+    /// rotation, then the key file's newest.
     pub fn data_key_master(&self) -> [u8; 32] {
-        self.derive_key("personal-data-keys-v1")
+        *self.masters.last().expect("a stream has a data-key master")
+    }
+
+    /// The older masters a rotation not yet finished still needs to open
+    /// keys it has not wrapped again (none once it is finished).
+    pub fn retired_data_key_masters(&self) -> Vec<[u8; 32]> {
+        self.masters[..self.masters.len() - 1].to_vec()
+    }
+
+    /// Starts a rotation of the data-key master of this key's stream under
+    /// `dir`: a new random master is added to the key file (the wrapping
+    /// one from now on) beside the older ones, which still open what is not
+    /// wrapped again yet. Returns the key as read back.
+    pub fn begin_master_rotation(&self, dir: &Path) -> Result<Self, SigningError> {
+        let mut file = read_key_file(dir)?;
+        let path = dir.join(KEY_FILE);
+        let mut fresh = [0u8; 32];
+        getrandom::getrandom(&mut fresh).map_err(|e| SigningError::Malformed {
+            path: path.clone(),
+            reason: format!("no randomness for a key: {e}"),
+        })?;
+        let entry = &mut file["streams"][&self.stream];
+        let mut list = entry
+            .get("data_masters")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_else(|| vec![json!({"generation": 0, "derived": true})]);
+        let generation = list.iter().filter_map(|m| m["generation"].as_u64()).max().unwrap_or(0) + 1;
+        list.push(json!({"generation": generation, "key": hex(&fresh)}));
+        entry["data_masters"] = Value::Array(list);
+        write_key_file(dir, &file)?;
+        Self::open(dir, &self.stream)?
+            .ok_or_else(|| SigningError::Malformed { path, reason: "the stream is gone".into() })
+    }
+
+    /// Finishes a rotation: the key file keeps only the newest master (every
+    /// data key is wrapped by it now). Returns the key as read back.
+    pub fn finish_master_rotation(&self, dir: &Path) -> Result<Self, SigningError> {
+        let mut file = read_key_file(dir)?;
+        let path = dir.join(KEY_FILE);
+        let entry = &mut file["streams"][&self.stream];
+        if let Some(newest) = entry.get("data_masters").and_then(Value::as_array).and_then(|l| l.last()).cloned() {
+            entry["data_masters"] = Value::Array(vec![newest]);
+            write_key_file(dir, &file)?;
+        }
+        Self::open(dir, &self.stream)?
+            .ok_or_else(|| SigningError::Malformed { path, reason: "the stream is gone".into() })
+    }
+
+    /// The data-key master's generation (0: derived from the engine's key),
+    /// and how many older ones a rotation not yet finished keeps.
+    pub fn master_generation(dir: &Path, stream: &str) -> Result<(u64, usize), SigningError> {
+        let file = read_key_file(dir)?;
+        let list = file["streams"][stream].get("data_masters").and_then(Value::as_array).cloned().unwrap_or_default();
+        let generation = list.last().and_then(|m| m["generation"].as_u64()).unwrap_or(0);
+        Ok((generation, list.len().saturating_sub(1)))
     }
 
     /// The sealer of secrets kept at rest (webhook secrets: in the stream and
@@ -363,6 +436,31 @@ impl Signing {
         hex(&mac.finalize().into_bytes())
     }
 }
+
+/// Writes the key file under `dir`: beside it, synced, then renamed over
+/// it, so a crash never leaves half a key.
+fn write_key_file(dir: &Path, file: &Value) -> Result<(), SigningError> {
+    let path = dir.join(KEY_FILE);
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let temp = dir.join(format!("{KEY_FILE}.{}.tmp", std::process::id()));
+    crate::launcher::write_private(&temp, format!("{file:#}\n").as_bytes())
+        .map_err(|e| SigningError::Malformed { path: temp.clone(), reason: e.to_string() })?;
+    std::fs::File::open(&temp).and_then(|f| f.sync_all()).map_err(io(&temp))?;
+    std::fs::rename(&temp, &path).map_err(io(&path))?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+/// The key file under `dir`, read (it must exist and be ours alone).
+fn read_key_file(dir: &Path) -> Result<Value, SigningError> {
+    let path = dir.join(KEY_FILE);
+    crate::private::check_private(&path, KEY_WHAT)?;
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    parse_key_file(&path, &text)
+}
+
+/// The data-key master derived from the engine's key (generation 0: every
+/// stream's until its first rotation).
+const DERIVED_MASTER: &str = "personal-data-keys-v1";
 
 fn parse_key_file(path: &Path, text: &str) -> Result<Value, SigningError> {
     let value: Value = serde_json::from_str(text)

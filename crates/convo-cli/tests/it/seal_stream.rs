@@ -298,3 +298,92 @@ async fn a_rewrite_cut_short_anywhere_is_finished_by_the_next_run() {
         check_sealed(dir, &before).await;
     }
 }
+
+/// A stored data key as the keys stream holds it (postcard: the contact
+/// whose key wraps it, none for the master, and the wrapped bytes).
+#[derive(serde::Deserialize)]
+struct StoredKey {
+    wrapped_by: Option<String>,
+    sealed: Vec<u8>,
+}
+
+/// The wrapped bytes of every key the master wraps, as the keys stream holds them now.
+fn master_wrapped(raw: &[(String, String, Vec<u8>)]) -> Vec<Vec<u8>> {
+    raw.iter()
+        .filter(|(at, _, _)| at.starts_with("CONVO_KEYS#"))
+        .filter_map(|(_, _, payload)| postcard::from_bytes::<StoredKey>(payload).ok())
+        .filter(|k| k.wrapped_by.is_none())
+        .map(|k| k.sealed)
+        .collect()
+}
+
+/// The files under `dir` holding `needle` (bytes).
+fn files_holding_bytes(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        if meta.is_dir() {
+            stack.extend(std::fs::read_dir(&path).unwrap().flatten().map(|e| e.path()));
+        } else if meta.is_file() && std::fs::read(&path).unwrap_or_default().windows(needle.len()).any(|w| w == needle)
+        {
+            out.push(path.display().to_string());
+        }
+    }
+    out
+}
+
+/// Rotating the data-key master: every key the old master wrapped is
+/// wrapped again by a new random one (the old wrapped bytes are in no file
+/// afterwards), everything still opens, a copy of the engine's key from
+/// before opens nothing (an engine started with it stops), and a rotation
+/// cut short is finished by the next run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_the_master_leaves_nothing_the_old_one_opens() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path();
+    plaintext_day(dir).await;
+    let before = raw_of(dir).await;
+    ok(&convo(&["seal-stream", "--rewrite"], dir), "seal-stream --rewrite");
+    let said = ok(&convo(&["keys", "status"], dir), "keys status");
+    assert!(said.contains("generation 0 (derived from engine.key)"), "{said}");
+    let old_key = std::fs::read(dir.join("engine.key")).unwrap();
+    let old_wrapped = master_wrapped(&raw_of(dir).await);
+    assert!(old_wrapped.len() > 2, "contact keys and the canary");
+    for wrapped in &old_wrapped {
+        assert!(!files_holding_bytes(dir, wrapped).is_empty(), "the server's files hold each wrapped key");
+    }
+
+    // A rotation cut short after one key: the key file holds both masters, and the status says so.
+    {
+        let server = NatsServer::start(&LaunchOptions { data_dir: dir.join("nats"), ..Default::default() }).unwrap();
+        let config = StoreConfig::for_prefix(convo_wire::DEFAULT_PREFIX);
+        let signing = Signing::open(dir, &config.stream).unwrap().unwrap();
+        let signing = signing.begin_master_rotation(dir).unwrap();
+        let store = JetStreamStore::connect(&server.url(), config).await.unwrap();
+        let keys = store.keyring_of(&signing).await.unwrap();
+        assert!(keys.rewrap(Some(1)).await.is_err());
+    }
+    let said = ok(&convo(&["keys", "status"], dir), "keys status");
+    assert!(said.contains("generation 1") && said.contains("rotation is unfinished"), "{said}");
+    let said = ok(&convo(&["keys", "rotate"], dir), "keys rotate");
+    assert!(said.contains("rotated to generation 1") && said.contains("1 already wrapped by it"), "{said}");
+    let said = ok(&convo(&["keys", "status"], dir), "keys status");
+    assert!(said.contains("generation 1 (random") && !said.contains("unfinished"), "{said}");
+
+    // Nothing the old master wrapped is left in any file; everything opens with the new one.
+    for wrapped in &old_wrapped {
+        assert_eq!(files_holding_bytes(dir, wrapped), Vec::<String>::new());
+    }
+    check_sealed(dir, &before).await;
+    let verdict = ok(&convo(&["audit", "verify"], dir), "audit verify");
+    assert!(verdict.contains("intact"), "{verdict}");
+
+    // The engine's key from before the rotation opens nothing: a tool started with it stops.
+    std::fs::write(dir.join("engine.key"), &old_key).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.join("engine.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = convo(&["contact", "ct-none", "export", "--account", "default"], dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("does not open this stream's data keys"), "{stderr}");
+}
