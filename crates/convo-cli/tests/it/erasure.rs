@@ -12,11 +12,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
 use super::access::{Served, http, log_of, op, sales_account, sales_settings, serve_with};
+use super::{files_holding, raw_messages};
 
 const PHONE: &str = "+573009871234";
 const NAME: &str = "Zoraida Quintero-Ballesteros";
@@ -55,49 +55,6 @@ async fn until(what: &str, dir: &Path, mut done: impl AsyncFnMut() -> bool) {
         assert!(Instant::now() < deadline, "{what}: not within 60 s\n{}", log_of(dir));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// Every message of every stream on the server (KV buckets and object
-/// stores are streams too), subject, headers and payload as bytes.
-async fn raw_messages(served: &Served) -> Vec<(String, String, Vec<u8>)> {
-    let client = convo_store::connect_options(&served.engine_url).connect(served.engine_url.as_str()).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    let mut out = Vec::new();
-    let mut names = js.stream_names();
-    let mut streams = Vec::new();
-    while let Some(name) = names.next().await {
-        streams.push(name.unwrap());
-    }
-    for name in streams {
-        let mut stream = js.get_stream(&name).await.unwrap();
-        let state = stream.info().await.unwrap().state.clone();
-        for seq in state.first_sequence..=state.last_sequence {
-            let Ok(message) = stream.get_raw_message(seq).await else { continue };
-            let headers = format!("{:?}", message.headers);
-            out.push((format!("{name}#{seq} {}", message.subject), headers, message.payload.to_vec()));
-        }
-    }
-    out
-}
-
-/// The files under `dir` whose bytes hold `needle`.
-fn files_holding(dir: &Path, needle: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(path) = stack.pop() {
-        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
-        if meta.is_dir() {
-            for entry in std::fs::read_dir(&path).unwrap().flatten() {
-                stack.push(entry.path());
-            }
-        } else if meta.is_file() {
-            let bytes = std::fs::read(&path).unwrap_or_default();
-            if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
-                out.push(path.display().to_string());
-            }
-        }
-    }
-    out
 }
 
 async fn get(served: &Served, path: &str) -> Value {
@@ -145,7 +102,7 @@ async fn an_erased_contact_leaves_nothing_readable_anywhere_and_the_record_still
     })
     .await;
     until("the JSON stream holds the message", &dir, async || {
-        raw_messages(&served)
+        raw_messages(&served.engine_url)
             .await
             .iter()
             .any(|(s, _, p)| s.contains("_JSON#") && String::from_utf8_lossy(p).contains(MARKER))
@@ -163,7 +120,7 @@ async fn an_erased_contact_leaves_nothing_readable_anywhere_and_the_record_still
     .await;
     let sla = "/v1/accounts/acme/reports/sla?by=campaign&period=day";
     let report_before = get(&served, sla).await;
-    let before = raw_messages(&served).await;
+    let before = raw_messages(&served.engine_url).await;
     let main: Vec<_> = before.iter().filter(|(s, _, _)| s.starts_with("CONVO#")).collect();
     assert!(!main.is_empty());
     for (subject, headers, payload) in &main {
@@ -202,7 +159,7 @@ async fn an_erased_contact_leaves_nothing_readable_anywhere_and_the_record_still
     assert!(reply["event_ids"].as_array().is_some_and(|ids| ids.len() == 1), "{reply}");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let holding: Vec<String> = raw_messages(&served)
+        let holding: Vec<String> = raw_messages(&served.engine_url)
             .await
             .into_iter()
             .filter(|(_, headers, payload)| {
@@ -224,7 +181,7 @@ async fn an_erased_contact_leaves_nothing_readable_anywhere_and_the_record_still
     }
     // Another contact's data is untouched.
     assert!(
-        raw_messages(&served)
+        raw_messages(&served.engine_url)
             .await
             .iter()
             .any(|(s, _, p)| s.contains("_JSON#") && String::from_utf8_lossy(p).contains(KEPT))

@@ -50,6 +50,47 @@ pub(crate) async fn next_request(socket: &mut tokio::net::TcpStream, buffer: &mu
     }
 }
 
+/// Every message of every stream on the server at `url` (KV buckets and
+/// object stores are streams too): `stream#seq subject`, headers, payload.
+pub(crate) async fn raw_messages(url: &str) -> Vec<(String, String, Vec<u8>)> {
+    use futures::StreamExt;
+    let client = convo_store::connect_options(url).connect(url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut names = js.stream_names();
+    let mut streams = Vec::new();
+    while let Some(name) = names.next().await {
+        streams.push(name.unwrap());
+    }
+    let mut out = Vec::new();
+    for name in streams {
+        let mut stream = js.get_stream(&name).await.unwrap();
+        let state = stream.info().await.unwrap().state.clone();
+        for seq in state.first_sequence..=state.last_sequence {
+            let Ok(message) = stream.get_raw_message(seq).await else { continue };
+            let headers = format!("{:?}", message.headers);
+            out.push((format!("{name}#{seq} {}", message.subject), headers, message.payload.to_vec()));
+        }
+    }
+    out
+}
+
+/// The files under `dir` whose bytes hold `needle`.
+pub(crate) fn files_holding(dir: &Path, needle: impl AsRef<[u8]>) -> Vec<String> {
+    let needle = needle.as_ref();
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        if meta.is_dir() {
+            stack.extend(std::fs::read_dir(&path).unwrap().flatten().map(|e| e.path()));
+        } else if meta.is_file() && std::fs::read(&path).unwrap_or_default().windows(needle.len()).any(|w| w == needle)
+        {
+            out.push(path.display().to_string());
+        }
+    }
+    out
+}
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../replay-fixtures")
 }

@@ -19,6 +19,8 @@ use convo_store::launcher::{LaunchOptions, NatsServer};
 use convo_store::signing::Signing;
 use convo_store::{EventStore, JetStreamStore, StoreConfig};
 
+use super::{files_holding, raw_messages};
+
 /// The contact the fixture erases by channel and handle, and what was theirs.
 const ERASED: [&str; 3] = ["+573105550101", "Camila Rojas", "Quiero cambiar mi pedido"];
 /// A contact nobody erased: sealed by the rewrite, readable with its key.
@@ -41,48 +43,8 @@ fn ok(out: &std::process::Output, what: &str) -> String {
     stdout
 }
 
-/// Every message of every stream: `stream#seq subject`, headers and payload.
-async fn raw_messages(url: &str) -> Vec<(String, String, Vec<u8>)> {
-    let client = convo_store::connect_options(url).connect(url).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    let mut names = js.stream_names();
-    let mut streams = Vec::new();
-    while let Some(name) = names.next().await {
-        streams.push(name.unwrap());
-    }
-    let mut out = Vec::new();
-    for name in streams {
-        let mut stream = js.get_stream(&name).await.unwrap();
-        let state = stream.info().await.unwrap().state.clone();
-        for seq in state.first_sequence..=state.last_sequence {
-            let Ok(message) = stream.get_raw_message(seq).await else { continue };
-            out.push((
-                format!("{name}#{seq} {}", message.subject),
-                format!("{:?}", message.headers),
-                message.payload.to_vec(),
-            ));
-        }
-    }
-    out
-}
-
 fn holds(bytes: &[u8], needle: &str) -> bool {
     bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
-}
-
-/// The files under `dir` whose bytes hold `needle`.
-fn files_holding(dir: &Path, needle: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(path) = stack.pop() {
-        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
-        if meta.is_dir() {
-            stack.extend(std::fs::read_dir(&path).unwrap().flatten().map(|e| e.path()));
-        } else if meta.is_file() && holds(&std::fs::read(&path).unwrap_or_default(), needle) {
-            out.push(path.display().to_string());
-        }
-    }
-    out
 }
 
 /// The stream's messages (sequence, subject) as the main stream holds them.
@@ -317,22 +279,6 @@ fn master_wrapped(raw: &[(String, String, Vec<u8>)]) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// The files under `dir` holding `needle` (bytes).
-fn files_holding_bytes(dir: &Path, needle: &[u8]) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(path) = stack.pop() {
-        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
-        if meta.is_dir() {
-            stack.extend(std::fs::read_dir(&path).unwrap().flatten().map(|e| e.path()));
-        } else if meta.is_file() && std::fs::read(&path).unwrap_or_default().windows(needle.len()).any(|w| w == needle)
-        {
-            out.push(path.display().to_string());
-        }
-    }
-    out
-}
-
 /// Rotating the data-key master: every key the old master wrapped is
 /// wrapped again by a new random one (the old wrapped bytes are in no file
 /// afterwards), everything still opens, a copy of the engine's key from
@@ -351,7 +297,7 @@ async fn rotating_the_master_leaves_nothing_the_old_one_opens() {
     let old_wrapped = master_wrapped(&raw_of(dir).await);
     assert!(old_wrapped.len() > 2, "contact keys and the canary");
     for wrapped in &old_wrapped {
-        assert!(!files_holding_bytes(dir, wrapped).is_empty(), "the server's files hold each wrapped key");
+        assert!(!files_holding(dir, wrapped).is_empty(), "the server's files hold each wrapped key");
     }
 
     // A rotation cut short after one key: the key file holds both masters, and the status says so.
@@ -373,7 +319,7 @@ async fn rotating_the_master_leaves_nothing_the_old_one_opens() {
 
     // Nothing the old master wrapped is left in any file; everything opens with the new one.
     for wrapped in &old_wrapped {
-        assert_eq!(files_holding_bytes(dir, wrapped), Vec::<String>::new());
+        assert_eq!(files_holding(dir, wrapped), Vec::<String>::new());
     }
     check_sealed(dir, &before).await;
     let verdict = ok(&convo(&["audit", "verify"], dir), "audit verify");
