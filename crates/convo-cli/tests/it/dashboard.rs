@@ -60,8 +60,33 @@ async fn the_dashboard_shows_the_apis_numbers_and_follows_a_command() {
     let node_modules = repo().join(".tools/node/node_modules");
     assert!(node_modules.join("playwright-core").is_dir(), "run `just validators` (installs playwright-core)");
     let temp = tempfile::tempdir().unwrap();
-    let served = serve_fixture(temp.path(), "sla-breach");
+    // The day of traffic: every hour has more than one SLA class, and 08h all three.
+    let served = serve_fixture(temp.path(), "day-of-traffic");
     until_ready(&served).await;
+    // A conversation after the day, routed to an available agent of its campaign: the
+    // inbox page shows it to them.
+    op(
+        &served,
+        "default",
+        "dash-avail",
+        json!({"type": "set_agent_state", "agent": "agent-0001", "state": "available"}),
+    )
+    .await;
+    let message = json!({"type": "receive_message", "conversation": "dash-1", "contact": "ct-dash-1",
+        "channel": "wa-sales", "contact_name": "Dora Dashboard", "text": "hola"});
+    op(&served, "default", "dash-msg", message).await;
+    let mut busy = None;
+    for n in 0..4 {
+        let agent = format!("agent-{n:04}");
+        let path = format!("/v1/accounts/default/inbox?agent={agent}");
+        let (status, inbox) = http(&served, "127.0.0.1", "GET", &path, Some(&served.operator), &[], None).await;
+        if status == 200 && inbox["assigned"].as_array().is_some_and(|a| !a.is_empty()) {
+            busy = Some(agent);
+            break;
+        }
+    }
+    let busy = busy.expect("the conversation after the day is assigned to an agent of its campaign");
+    let agent_key = key_for(&served, &busy).await;
 
     let screenshot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     let _ = std::fs::remove_file(&screenshot);
@@ -70,7 +95,7 @@ async fn the_dashboard_shows_the_apis_numbers_and_follows_a_command() {
         .arg(format!("http://{}", served.http))
         .args(["default", &served.operator])
         .arg(&screenshot)
-        .arg("ana")
+        .args(["agent-0000", &agent_key, "10.20.0.7"]) // the account lets its users in from 10.20.0.0/16
         .env("NODE_PATH", &node_modules)
         .output()
         .expect("node runs");
@@ -200,14 +225,9 @@ fn exports(trees: &[(&'static str, convo_projector::Tree)]) -> Vec<(&'static str
         .collect()
 }
 
+/// The read models an instance keeps (as `convo serve` follows them).
 fn projections() -> Vec<Box<dyn convo_projector::Projection + Send>> {
-    vec![
-        Box::new(convo_audit::AuditLog),
-        Box::<convo_reports::Reports>::default(),
-        Box::<convo_contact_history::ContactHistory>::default(),
-        Box::new(convo_live::Live),
-        Box::new(convo_inbox::Inbox),
-    ]
+    convo_service::read_models::projections().into_iter().map(|(_, projection)| projection).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
