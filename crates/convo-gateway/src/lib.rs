@@ -154,6 +154,7 @@ pub fn router(engine: mpsc::Sender<Request>, store: JetStreamStore, config: Gate
         .route("/v1/accounts/{account}/contacts/{contact}/export", get(reads::contact_export))
         .route("/v1/accounts/{account}/live", get(reads::live))
         .route("/v1/accounts/{account}/inbox", get(reads::inbox))
+        .route("/v1/accounts/{account}/conversations/{conversation}/timeline", get(reads::timeline))
         .route("/v1/accounts/{account}/events", get(events))
         .route("/v1/accounts/{account}/events/stream", get(event_stream))
         .route("/v1/accounts/{account}/webhooks/deliveries", get(webhook_deliveries))

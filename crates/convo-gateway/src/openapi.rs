@@ -162,6 +162,12 @@ pub fn document() -> Value {
             "responses": read_responses.clone()}}),
     );
     paths.insert(
+        "/v1/accounts/{account}/conversations/{conversation}/timeline".into(),
+        json!({"get": {"operationId": "conversationTimeline", "summary": "One conversation's audit entries in order, as `convo audit replay` prints them (whoever reads `audit`: any conversation; a supervisor: one of their campaigns' conversations; an agent: one in their inbox; 404 for a conversation the reader may not see)",
+            "parameters": [account_param(), {"name": "conversation", "in": "path", "required": true, "description": "The conversation", "schema": {"type": "string"}}],
+            "responses": read_responses.clone()}}),
+    );
+    paths.insert(
         "/dashboard".into(),
         json!({"get": {"operationId": "dashboard", "summary": "The live dashboard page (HTML; it asks for a credential, or takes #account=…&key=… from its URL fragment)", "security": [],
             "responses": {"200": {"description": "The page", "content": {"text/html": {"schema": {"type": "string"}}}}}}}),

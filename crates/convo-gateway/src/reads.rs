@@ -198,6 +198,82 @@ pub(crate) async fn audit(
     }
 }
 
+/// `GET …/conversations/{id}/timeline`: one conversation's audit entries in
+/// order (`convo audit replay` in the browser), at most
+/// [`AUDIT_ENTRIES_MAX`]. Whoever reads the audit log reads any
+/// conversation's; a supervisor, a conversation of their campaigns; an
+/// agent, one in their inbox (assigned to them, or queued in one of their
+/// campaigns) — as the live read model holds it now. A conversation the
+/// reader may not see answers 404, as one that does not exist.
+pub(crate) async fn timeline(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((account, conversation)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let allowed = match crate::authorize(&shared, &account, "audit", &headers, peer.ip()).await {
+        Ok(allowed) => allowed,
+        Err(refused) if refused.status() == StatusCode::FORBIDDEN => {
+            // Not the audit log's reader: the conversation must be on their board or in their inbox.
+            let allowed = match crate::authorize(&shared, &account, "inbox", &headers, peer.ip()).await {
+                Ok(allowed) => allowed,
+                Err(_) => return refused,
+            };
+            let (live, _) = match read_model(&shared, convo_live::NAME).await {
+                Ok(read) => read,
+                Err(response) => return response,
+            };
+            let visible = match convo_live::card(&live, &account, &conversation) {
+                Ok(None) => false,
+                Ok(Some(card)) => match &allowed.scope {
+                    Scope::Account => true,
+                    Scope::Campaigns(theirs) => theirs.contains(&card.campaign),
+                    Scope::Agent(own) => match &card.agent {
+                        Some(agent) => agent == own,
+                        None => convo_live::campaigns(&live, &account)
+                            .map(|c| c.get(&card.campaign).is_some_and(|c| c.agents.contains(own)))
+                            .unwrap_or(false),
+                    },
+                },
+                Err(e) => return failed(e),
+            };
+            if !visible {
+                let message = format!("no conversation {conversation} on your board or in your inbox");
+                return error(StatusCode::NOT_FOUND, "not_found", &message);
+            }
+            allowed
+        }
+        Err(response) => return response,
+    };
+    let (tree, position) = match read_model(&shared, convo_audit::NAME).await {
+        Ok(read) => read,
+        Err(response) => return response,
+    };
+    let filter = convo_audit::Filter {
+        account: Some(account.clone()),
+        conversation: Some(conversation.clone()),
+        ..Default::default()
+    };
+    match convo_audit::entries(&tree, &filter) {
+        Ok(mut entries) => {
+            if entries.is_empty() {
+                return error(StatusCode::NOT_FOUND, "not_found", &format!("no conversation {conversation}"));
+            }
+            let more = entries.len() > AUDIT_ENTRIES_MAX;
+            entries.truncate(AUDIT_ENTRIES_MAX);
+            let entries = match opened(&shared, Value::Array(entries)).await {
+                Ok(Value::Array(entries)) => entries,
+                Ok(_) => unreachable!("an array opens to an array"),
+                Err(response) => return response,
+            };
+            let entries: Vec<Value> = entries.into_iter().map(|e| allowed.masked(e)).collect();
+            let body = json!({"account": account, "conversation": conversation, "entries": entries, "truncated": more});
+            position.stamp(reply(StatusCode::OK, body))
+        }
+        Err(e) => failed(e),
+    }
+}
+
 /// `GET …/audit/export?format=jsonl|csv`: every entry the filters take,
 /// streamed (no limit), JSON lines or CSV.
 pub(crate) async fn audit_export(

@@ -114,6 +114,20 @@ const total = (r) => r.sla_optimal + r.sla_low + r.sla_breached;
       checks++;
     }
     if (!three) fail(`no hour with three SLA classes on ${busiest.bucket}: the stacked check needs one`);
+    // A conversation's timeline opens from the at-risk table: its audit entries, as the API gives them.
+    const risky = await page.getAttribute("#at-risk button[data-open]", "data-open").catch(() => null)
+      || fail("nothing at risk to open (the test serves with a wide risk margin)");
+    await page.click(`#at-risk button[data-open="${risky}"]`);
+    await page.waitForSelector(`dialog#timeline[data-loaded="${risky}"]`, { timeout: 15000 });
+    const timeline = await api(`/conversations/${encodeURIComponent(risky)}/timeline`);
+    const shownActions = await page.$$eval("#timeline-entries li[data-action]", (all) => all.map((e) => e.dataset.action));
+    const apiActions = timeline.entries.map((e) => e.action);
+    if (!apiActions.length || JSON.stringify(shownActions) !== JSON.stringify(apiActions)) {
+      fail(`the timeline of ${risky}: page ${shownActions}, API ${apiActions}`);
+    }
+    await page.screenshot({ path: screenshot.replace(/\.png$/, "-timeline.png") });
+    await page.keyboard.press("Escape");
+    checks++;
     await page.screenshot({ path: screenshot, fullPage: true });
 
     // At 1440 px every table fits its card (none scrolls); at 390 px nothing overflows the
@@ -167,6 +181,13 @@ const total = (r) => r.sla_optimal + r.sla_low + r.sla_breached;
     if (!visible.state.startsWith(inbox.agent)) fail(`the agent's inbox names ${visible.state}, not ${inbox.agent}`);
     if (agentErrors.length) fail(`errors in the agent's page:\n${agentErrors.join("\n")}`);
     await mine.screenshot({ path: screenshot.replace(/\.png$/, "-agent.png"), fullPage: true });
+    checks++;
+    // Their conversation's timeline opens from the inbox too (an agent reads no audit log).
+    await mine.click(`#mine-assigned button[data-open="${expected[0]}"]`);
+    await mine.waitForSelector(`dialog#timeline[data-loaded="${expected[0]}"]`, { timeout: 15000 });
+    const agentActions = await mine.$$eval("#timeline-entries li[data-action]", (all) => all.length);
+    if (!agentActions) fail(`the agent's timeline of ${expected[0]} is empty`);
+    if (agentErrors.length) fail(`errors in the agent's page:\n${agentErrors.join("\n")}`);
     checks++;
     console.log(JSON.stringify({ ok: true, checks, day }));
   } finally {

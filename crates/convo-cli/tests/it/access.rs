@@ -408,7 +408,7 @@ async fn setup(dir: &Path) -> Setup {
     Setup { served, principals }
 }
 
-const ACTIONS: [&str; 14] = [
+const ACTIONS: [&str; 15] = [
     "create_account",
     "configure",
     "define_user",
@@ -423,6 +423,7 @@ const ACTIONS: [&str; 14] = [
     "read_unredacted",
     "erase_contact",
     "read_contact_export",
+    "read_timeline",
 ];
 
 /// The expected outcome of each cell, by action then principal (in the order of `setup`'s list).
@@ -471,7 +472,7 @@ fn expected(action: &str, nats: bool) -> [Expect; 11] {
         // (a key's login may not even publish there).
         // Erasing is an admin's or the operator's, whatever scopes a key holds.
         "erase_contact" => [Yes, Yes, F, F, F, S, n(T, Server), n(U, Server), n(U, Server), U, S],
-        "read_audit" | "read_reports" | "read_unredacted" | "read_contact_export" if nats => {
+        "read_audit" | "read_reports" | "read_unredacted" | "read_contact_export" | "read_timeline" if nats => {
             [NotServed, Server, Server, Server, Server, Server, Server, Server, Server, NotServed, Server]
         }
         // Over HTTP, subscribing is reading the feed from a cursor.
@@ -480,6 +481,9 @@ fn expected(action: &str, nats: bool) -> [Expect; 11] {
         "read_reports" => [Yes, Yes, Yes, R, Yes, S, T, U, U, U, S],
         // A contact's export (subject access): no read scope grants it.
         "read_contact_export" => [Yes, Yes, R, R, S, S, T, U, U, U, S],
+        // A conversation's timeline: whoever reads the audit log; a supervisor of its campaign (sam,
+        // ventas); an agent whose inbox holds it (queued in ventas, ana's campaign).
+        "read_timeline" => [Yes, Yes, Yes, Yes, Yes, S, T, U, U, U, Yes],
         // The card number in the audit log: masked for every reader but a key with the `unredacted` scope.
         "read_unredacted" => [Masked, Masked, R, R, Masked, S, T, U, U, U, Clear],
         // Events on NATS: the operator's tools, admins' keys and integrations with the
@@ -565,6 +569,7 @@ async fn cell_http(served: &Served, admin: &str, principal: &Principal, action: 
         }
         "subscribe_events" => read("/v1/accounts/acme/events?limit=1").await,
         "read_contact_export" => read("/v1/accounts/acme/contacts/p-card/export").await,
+        "read_timeline" => read("/v1/accounts/acme/conversations/c-card/timeline").await,
         _ => {
             let (account, command) = prepare(served, admin, action, cell).await;
             let kind = command["type"].as_str().unwrap().to_owned();

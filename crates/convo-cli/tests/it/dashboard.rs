@@ -60,8 +60,10 @@ async fn the_dashboard_shows_the_apis_numbers_and_follows_a_command() {
     let node_modules = repo().join(".tools/node/node_modules");
     assert!(node_modules.join("playwright-core").is_dir(), "run `just validators` (installs playwright-core)");
     let temp = tempfile::tempdir().unwrap();
-    // The day of traffic: every hour has more than one SLA class, and 08h all three.
-    let served = serve_fixture(temp.path(), "day-of-traffic");
+    // The day of traffic: every hour has more than one SLA class, and 08h all three. A wide
+    // risk margin puts the conversation sent after the day at risk (its timeline opens from there).
+    replay_fixture(temp.path(), "day-of-traffic");
+    let served = serve_with(temp.path(), &["--prefix", "replay", "--risk-margin-secs", "3600"]);
     until_ready(&served).await;
     // A conversation after the day, routed to an available agent of its campaign: the
     // inbox page shows it to them.
@@ -130,6 +132,19 @@ async fn live_reads_are_scoped_by_role() {
     assert_eq!(get(&ana, "/inbox?agent=beto").await.0, 403);
     let (status, denied) = get(&ana, "/live").await;
     assert_eq!(status, 403, "{denied}");
+    // A conversation's timeline: one waiting in her campaign, yes; one closed (on nobody's
+    // board any more), as if it did not exist — the operator reads both.
+    let message = json!({"type": "receive_message", "conversation": "t-1", "contact": "ct-t1", "channel": "wa",
+        "text": "hola"});
+    op(&served, "default", "t-1", message).await;
+    let (status, timeline) = get(&ana, "/conversations/t-1/timeline").await;
+    assert_eq!(status, 200, "{timeline}");
+    assert_eq!(timeline["entries"][0]["action"], "conversation_opened", "{timeline}");
+    let (status, hidden) = get(&ana, "/conversations/c1/timeline").await;
+    assert_eq!((status, hidden["code"].as_str()), (404, Some("not_found")), "{hidden}");
+    let (status, closed) = get(&served.operator, "/conversations/c1/timeline").await;
+    assert_eq!(status, 200, "{closed}");
+    assert_eq!(get(&served.operator, "/conversations/nope/timeline").await.0, 404);
     // A supervisor: the dashboard of their campaigns, their agents' inboxes.
     let (status, live) = get(&sara, "/live").await;
     assert_eq!(status, 200, "{live}");
