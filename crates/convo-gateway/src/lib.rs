@@ -678,7 +678,9 @@ async fn events(
     if !ended && next > after {
         FeedCursor::park(&shared, next, log);
     }
-    feed_page(&account, &out, next)
+    // Where the page stands (its cursor) and where the stream ends, as every read says.
+    let end = convo_store::EventStore::last_seq(&shared.store).await.unwrap_or(next).max(next);
+    reads::Position::new(next, end).stamp(feed_page(&account, &out, next))
 }
 
 /// A feed read kept open after a page: the next page asked `after` its

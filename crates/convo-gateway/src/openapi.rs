@@ -97,11 +97,30 @@ pub fn document() -> Value {
         );
     }
     let mut read_responses = Map::new();
+    // Every read says where it stands: the stream sequence its read model (or the feed's
+    // page) holds, and the stream's end when it answered.
+    let position_headers = json!({
+        "Convo-Read-Position": {"description": "The stream sequence the answer holds the stream as far as", "schema": {"type": "integer", "minimum": 0}},
+        "Convo-Stream-End": {"description": "The stream's last sequence when the read was answered", "schema": {"type": "integer", "minimum": 0}}});
     read_responses.insert(
         "200".into(),
-        json!({"description": "The entries", "content": {"application/json": {"schema": {"type": "object"}}}}),
+        json!({"description": "The entries", "headers": position_headers.clone(), "content": {"application/json": {"schema": {"type": "object"}}}}),
     );
     read_responses.extend(error_responses(&[400, 401, 403, 404, 429, 503]));
+    // Reads of what no read model holds (a contact's export from the stream, the webhook
+    // deliveries' own records) carry no position.
+    let mut unpositioned_responses = read_responses.clone();
+    unpositioned_responses.insert(
+        "200".into(),
+        json!({"description": "The document", "content": {"application/json": {"schema": {"type": "object"}}}}),
+    );
+    let mut report_responses = read_responses.clone();
+    report_responses.insert(
+        "200".into(),
+        json!({"description": "The rows: JSON, or with format=csv a header line and one RFC 4180 line per row (the kind's columns)",
+            "headers": position_headers,
+            "content": {"application/json": {"schema": {"type": "object"}}, "text/csv": {"schema": {"type": "string"}}}}),
+    );
     let query = |name: &str, description: &str| json!({"name": name, "in": "query", "required": false, "description": description, "schema": {"type": "string"}});
     paths.insert(
         "/v1/accounts/{account}/audit".into(),
@@ -146,7 +165,7 @@ pub fn document() -> Value {
         "/v1/accounts/{account}/contacts/{contact}/export".into(),
         json!({"get": {"operationId": "contactExport", "summary": "Everything held about a contact in one JSON document (subject access, SPEC §13): `identity` (the contact book's, with attributes), `erased` (the erasure's reason and time, once erased), `contact_book` (its events) and `conversations`, each with its events and texts (admins and the operator only; no read scope grants it). Personal values of an erased contact read `[erased]`.",
             "parameters": [account_param(), {"name": "contact", "in": "path", "required": true, "schema": {"type": "string"}}],
-            "responses": read_responses.clone()}}),
+            "responses": unpositioned_responses.clone()}}),
     );
     let margin = json!({"name": "margin_secs", "in": "query", "required": false, "description": "A wait this close to its next SLA threshold is at risk (seconds; the server's --risk-margin-secs by default)", "schema": {"type": "integer", "minimum": 0, "maximum": crate::reads::RISK_MARGIN_MAX_SECS}});
     paths.insert(
@@ -181,7 +200,7 @@ pub fn document() -> Value {
                 {"name": "period", "in": "query", "required": false, "schema": {"enum": ["hour", "day"]}},
                 query("from", "a bucket label: 2026-03-02 or 2026-03-02T14"), query("to", "a bucket label"),
                 {"name": "format", "in": "query", "required": false, "description": "json (default) or csv (the columns of the kind)", "schema": {"enum": ["json", "csv"]}}],
-            "responses": read_responses.clone()}}),
+            "responses": report_responses}}),
     );
     paths.insert(
         "/v1/accounts/{account}/events".into(),
@@ -198,7 +217,7 @@ pub fn document() -> Value {
         json!({"get": {"operationId": "webhookDeliveries", "summary": "The account's webhook deliveries: `pending` (queued or retrying), `dead` (dead-lettered: re-drive with the redrive_webhook command) and `attempts`, the newest first (each with outcome, status, error, latency_ms) (admins, the operator, `webhooks` integrations)",
             "parameters": [account_param(), query("webhook", "one webhook's only"),
                 {"name": "limit", "in": "query", "required": false, "description": "At most this many of each", "schema": {"type": "integer", "minimum": 1, "maximum": convo_webhooks::LOG_READ_MAX}}],
-            "responses": read_responses.clone()}}),
+            "responses": unpositioned_responses.clone()}}),
     );
     paths.insert(
         "/v1/accounts/{account}/events/stream".into(),

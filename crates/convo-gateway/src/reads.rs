@@ -68,7 +68,13 @@ pub(crate) struct Position {
 }
 
 impl Position {
-    fn stamp(self, mut response: Response) -> Response {
+    /// A read that holds the stream as far as `at`, which ends at `end`.
+    pub(crate) fn new(at: u64, end: u64) -> Self {
+        Self { at, end }
+    }
+
+    /// `response` with the read's position headers.
+    pub(crate) fn stamp(self, mut response: Response) -> Response {
         let headers = response.headers_mut();
         headers.insert("convo-read-position", HeaderValue::from(self.at));
         headers.insert("convo-stream-end", HeaderValue::from(self.end));

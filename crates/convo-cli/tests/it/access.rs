@@ -110,6 +110,20 @@ pub(crate) async fn http(
     extra: &[(&str, &str)],
     body: Option<&Value>,
 ) -> (u16, Value) {
+    let (status, _, json) = http_with_head(served, source, method, path, credential, extra, body).await;
+    (status, json)
+}
+
+/// [`http`], with the response's head (status line and headers) as sent.
+pub(crate) async fn http_with_head(
+    served: &Served,
+    source: &str,
+    method: &str,
+    path: &str,
+    credential: Option<&str>,
+    extra: &[(&str, &str)],
+    body: Option<&Value>,
+) -> (u16, String, Value) {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
     let mut stream = socket.connect(served.http.parse().unwrap()).await.expect("the gateway accepts");
@@ -144,7 +158,7 @@ pub(crate) async fn http(
     } else {
         rest.to_owned()
     };
-    (status, serde_json::from_str(&json).unwrap_or(Value::Null))
+    (status, head.to_owned(), serde_json::from_str(&json).unwrap_or(Value::Null))
 }
 
 /// How a principal reaches NATS.

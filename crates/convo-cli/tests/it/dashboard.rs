@@ -156,6 +156,24 @@ async fn live_reads_are_scoped_by_role() {
     let (status, live) = get(&served.operator, "/live").await;
     assert_eq!(status, 200);
     assert!(live["agents_by_state"].as_object().is_some_and(|m| !m.is_empty()), "{live}");
+    // Every JSON read says where its read model (or, for the feed, the page) stands and
+    // where the stream ends.
+    for path in [
+        "/live",
+        "/inbox?agent=ana",
+        "/reports/sla?by=campaign",
+        "/audit?limit=1",
+        "/events?limit=1",
+        "/conversations/t-1/timeline",
+        "/contacts/ct-0101/history",
+    ] {
+        let path = format!("/v1/accounts/default{path}");
+        let (status, head, body) =
+            super::access::http_with_head(&served, "127.0.0.1", "GET", &path, Some(&served.operator), &[], None).await;
+        let head = head.to_ascii_lowercase();
+        assert_eq!(status, 200, "{path}: {body}");
+        assert!(head.contains("convo-read-position: ") && head.contains("convo-stream-end: "), "{path}: {head}");
+    }
     // Bad filters name the parameter.
     let (status, bad) = get(&served.operator, "/audit?from=garbage").await;
     assert_eq!((status, bad["field"].as_str()), (400, Some("from")), "{bad}");
