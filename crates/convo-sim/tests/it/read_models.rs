@@ -186,3 +186,33 @@ async fn content_reads_erased_once_its_retention_has_passed_and_not_before() {
     assert_eq!(c2["contact_name"], "Diego Pardo", "{c2}");
     assert!(c2.get("content_expired_at").is_none(), "{c2}");
 }
+
+/// Times are whole seconds rounded up everywhere in the reports: a
+/// conversation opened at 14:00:00.000, answered at 14:00:05.400 (a first
+/// response of 6 s) and closed at 14:00:05.900 was handled for 6 s, not 5 —
+/// a handle time never reads shorter than the same conversation's first
+/// response.
+#[tokio::test]
+async fn handle_time_is_rounded_as_response_time_is() {
+    let fixture = std::fs::read_to_string(fixtures_dir().join("sla-worked-example").join("input.jsonl")).unwrap();
+    let mut text: String =
+        fixture.lines().take_while(|l| !l.contains("receive_message")).map(|l| format!("{l}\n")).collect();
+    text.push_str(concat!(
+        r#"{"at": "2026-03-02T14:00:00.000Z", "command": {"type": "receive_message", "conversation": "c1", "contact": "ct-0001", "channel": "wa", "text": "Hola"}}"#,
+        "\n",
+        r#"{"at": "2026-03-02T14:00:05.400Z", "actor": {"user": {"id": "ana", "ip": "10.0.0.11"}}, "command": {"type": "send_message", "conversation": "c1", "text": "Hola"}}"#,
+        "\n",
+        r#"{"at": "2026-03-02T14:00:05.900Z", "actor": {"user": {"id": "ana", "ip": "10.0.0.11"}}, "command": {"type": "close", "conversation": "c1", "typification": "venta"}}"#,
+        "\n"
+    ));
+    let inputs = convo_sim::scenario::parse(&text).unwrap().into_iter().map(|i| (i.envelope, i.at));
+    let mut engine = Engine::recover(MemoryStore::default()).await.unwrap();
+    engine.replay(inputs).await.unwrap();
+    let reports = fold(engine.store(), &mut convo_reports::Reports::default()).await;
+    let day = convo_reports::export_all(&reports)
+        .unwrap()
+        .into_iter()
+        .find(|r| r["dimension"] == "account" && r["period"] == "day")
+        .expect("the account's day");
+    assert_eq!((day["frt_mean_secs"].as_f64(), day["handle_mean_secs"].as_f64()), (Some(6.0), Some(6.0)), "{day}");
+}
