@@ -537,14 +537,13 @@ pub fn csv(header: &[&str], rows: &[Value]) -> String {
         Value::Object(m) => m.iter().map(|(k, v)| format!("{k}:{v}")).collect::<Vec<_>>().join(" "),
         other => other.to_string(),
     };
-    let quote = |f: String| if f.contains([',', '"', '\n']) { format!("\"{}\"", f.replace('"', "\"\"")) } else { f };
-    let mut out = header.join(",") + "\n";
+    // RFC 4180 quoting by the `csv` crate (a field with a comma, a quote or a line break is quoted).
+    let mut writer = csv::WriterBuilder::new().terminator(csv::Terminator::Any(b'\n')).from_writer(Vec::new());
+    writer.write_record(header).expect("writing to memory");
     for row in rows {
-        let fields: Vec<String> = header.iter().map(|c| quote(cell(&row[*c]))).collect();
-        out.push_str(&fields.join(","));
-        out.push('\n');
+        writer.write_record(header.iter().map(|c| cell(&row[*c]))).expect("writing to memory");
     }
-    out
+    String::from_utf8(writer.into_inner().expect("writing to memory")).expect("fields are UTF-8")
 }
 
 /// Whether `text` is a bucket as reports name them: a day (`2026-03-02`) or

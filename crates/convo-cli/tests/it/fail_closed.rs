@@ -105,20 +105,6 @@ fn exposed(dir: &Path) -> Vec<(String, u32)> {
     out
 }
 
-/// Whether any file under `dir` holds `needle`.
-fn any_file_holds(dir: &Path, needle: &[u8]) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(path) = stack.pop() {
-        if path.is_dir() {
-            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
-        } else if std::fs::read(&path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle)) {
-            out.push(path.display().to_string());
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_under_the_data_directory_is_readable_by_others_and_no_webhook_secret_is_in_clear() {
     let temp = tempfile::tempdir().unwrap();
@@ -176,7 +162,7 @@ async fn nothing_under_the_data_directory_is_readable_by_others_and_no_webhook_s
     assert!(open.is_empty(), "readable by others: {open:?}");
     assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
     // The secret is sealed everywhere the engine keeps it: the stream's files and the webhooks database.
-    let holders = any_file_holds(&dir, &secret.as_bytes()["whsec_".len()..]);
+    let holders = super::files_holding(&dir, &secret.as_bytes()["whsec_".len()..]);
     assert!(holders.is_empty(), "the webhook secret in clear in {holders:?}");
 }
 
