@@ -16,9 +16,13 @@ Examples:
   convo report times --account acme --by agent --period hour --from 2026-03-02T08 --to 2026-03-02T18
   convo report closures --account acme --by campaign --format csv
   convo report overview --account acme --by channel --format json
+  convo report sla --account acme --by account --period hour --tz UTC
 
 Kinds: overview (everything), volume, sla, times, closures, csat.
-Times are UTC buckets: days as 2026-03-02, hours as 2026-03-02T14.")]
+Buckets are days (2026-03-02) and hours (2026-03-02T14) in the account's time
+zone (configure_account's time_zone; UTC before it has one), or --tz's; the
+zone is printed on stderr. Counters are kept per UTC hour, so --tz takes zones
+a whole number of hours from UTC.")]
 pub struct ReportArgs {
     /// Which figures: overview, volume, sla, times, closures, csat.
     #[arg(value_parser = convo_reports::KINDS)]
@@ -38,6 +42,9 @@ pub struct ReportArgs {
     to: Option<String>,
     #[arg(long, default_value = "table", value_parser = ["table", "csv", "json"])]
     format: String,
+    /// The IANA time zone to bucket in (e.g. America/Bogota, UTC); the account's by default.
+    #[arg(long, value_parser = zone)]
+    tz: Option<String>,
     #[command(flatten)]
     connection: Connection,
 }
@@ -51,13 +58,18 @@ fn cell(v: &Value) -> String {
     }
 }
 
-/// A report bucket as the user may write it: a day or an hour (UTC).
+/// A report bucket as the user may write it: a day or an hour (of the report's zone).
 fn bucket(text: &str) -> Result<String, String> {
     if convo_reports::is_bucket(text) {
         Ok(text.to_owned())
     } else {
-        Err(format!("{text:?} is not a day (2026-03-02) or an hour (2026-03-02T14), in UTC"))
+        Err(format!("{text:?} is not a day (2026-03-02) or an hour (2026-03-02T14)"))
     }
+}
+
+/// An IANA time zone.
+fn zone(text: &str) -> Result<String, String> {
+    convo_domain::schedule::Zone::parse(text).map(|_| text.to_owned())
 }
 
 pub async fn report(args: ReportArgs) -> Result<()> {
@@ -69,21 +81,25 @@ pub async fn report(args: ReportArgs) -> Result<()> {
                     ("period", Some(&args.period)),
                     ("from", args.from.as_deref()),
                     ("to", args.to.as_deref()),
+                    ("tz", args.tz.as_deref()),
                 ]);
             let answer = server.get(&path).await?;
             answer.say_position(convo_reports::NAME);
-            answer.json()?["rows"].as_array().cloned().unwrap_or_default()
+            let body = answer.json()?;
+            eprintln!("convo: buckets in {}", body["time_zone"].as_str().unwrap_or("UTC"));
+            body["rows"].as_array().cloned().unwrap_or_default()
         }
         None => {
             let projector = args.connection.caught_up(convo_reports::NAME, &mut Reports::default()).await?;
-            let rows = convo_reports::rows(
-                &projector.tree()?,
-                &args.account,
-                &args.by,
-                &args.period,
-                args.from.as_deref(),
-                args.to.as_deref(),
-            )?;
+            let tree = projector.tree()?;
+            let zone = match args.tz.as_deref() {
+                Some(name) => convo_domain::schedule::Zone::parse(name).map_err(anyhow::Error::msg)?,
+                None => convo_reports::zone(&tree, &args.account)?,
+            };
+            eprintln!("convo: buckets in {}", zone.0.name());
+            let (from, to) = (args.from.as_deref(), args.to.as_deref());
+            let rows = convo_reports::rows_in(&tree, &args.account, &args.by, &args.period, from, to, &zone)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             rows.iter().map(|r| convo_reports::row_json(&args.by, r)).collect()
         }
     };

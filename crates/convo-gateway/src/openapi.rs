@@ -198,8 +198,9 @@ pub fn document() -> Value {
                 {"name": "kind", "in": "path", "required": true, "schema": {"enum": convo_reports::KINDS}},
                 {"name": "by", "in": "query", "required": false, "schema": {"enum": convo_reports::DIMENSIONS}},
                 {"name": "period", "in": "query", "required": false, "schema": {"enum": ["hour", "day"]}},
-                query("from", "a bucket label: 2026-03-02 or 2026-03-02T14"), query("to", "a bucket label"),
-                {"name": "format", "in": "query", "required": false, "description": "json (default) or csv (the columns of the kind)", "schema": {"enum": ["json", "csv"]}}],
+                query("from", "a bucket label, in the report's zone: 2026-03-02 or 2026-03-02T14"), query("to", "a bucket label"),
+                {"name": "format", "in": "query", "required": false, "description": "json (default) or csv (the columns of the kind)", "schema": {"enum": ["json", "csv"]}},
+                query("tz", "the IANA time zone whose hours and days the buckets are (the account's time_zone by default; whole hours from UTC); the answer names it (`time_zone`, or the CSV's Convo-Time-Zone header)")],
             "responses": report_responses}}),
     );
     paths.insert(

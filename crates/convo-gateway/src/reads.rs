@@ -420,6 +420,8 @@ pub(crate) struct ReportQuery {
     to: Option<String>,
     /// `json` (default) or `csv`.
     format: Option<String>,
+    /// The IANA time zone to bucket in (the account's by default).
+    tz: Option<String>,
 }
 
 /// `GET …/reports/{kind}`: rows by a dimension and period, JSON or CSV.
@@ -465,10 +467,20 @@ pub(crate) async fn report(
         let message = "a supervisor reads reports by campaign (of the campaigns they supervise)";
         return error(StatusCode::FORBIDDEN, "forbidden", message);
     }
-    let rows = match convo_reports::rows(&tree, &account, &by, &period, q.from.as_deref(), q.to.as_deref()) {
+    let zone = match q.tz.as_deref().map(convo_domain::schedule::Zone::parse) {
+        Some(Ok(zone)) => zone,
+        Some(Err(why)) => return invalid("tz", &why),
+        None => match convo_reports::zone(&tree, &account) {
+            Ok(zone) => zone,
+            Err(e) => return failed(e),
+        },
+    };
+    let rows = match convo_reports::rows_in(&tree, &account, &by, &period, q.from.as_deref(), q.to.as_deref(), &zone) {
         Ok(rows) => rows,
+        Err(e @ convo_reports::ReadError::NotWholeHours { .. }) => return invalid("tz", &e.to_string()),
         Err(e) => return failed(e),
     };
+    let zone_name = zone.0.name();
     let rows: Vec<Value> = rows
         .iter()
         .filter(|r| campaigns.is_none_or(|list| list.contains(&r.value)))
@@ -478,11 +490,15 @@ pub(crate) async fn report(
         let mut header = vec![by.as_str(), "bucket"];
         header.extend(convo_reports::columns(&kind));
         let body = convo_reports::csv(&header, &rows);
-        return position.stamp(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response());
+        let headers = [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (header::HeaderName::from_static("convo-time-zone"), zone_name),
+        ];
+        return position.stamp((headers, body).into_response());
     }
     position.stamp(reply(
         StatusCode::OK,
-        json!({"account": account, "report": kind, "by": by, "period": period, "rows": rows}),
+        json!({"account": account, "report": kind, "by": by, "period": period, "time_zone": zone_name, "rows": rows}),
     ))
 }
 

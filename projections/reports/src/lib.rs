@@ -1,7 +1,8 @@
 //! # convo-reports
 //!
 //! The reports read model (SPEC §8): for each account, client, campaign,
-//! agent, channel and team, per hour and per day (UTC), counters of conversations
+//! agent, channel and team, per hour and per day (kept in UTC, read in the
+//! account's time zone: [`rows_in`]), counters of conversations
 //! opened and closed, closures by reason and typification, SLA classes,
 //! transfers, out-of-hours arrivals, and sums and histograms of first
 //! response time, response time and handle time, plus CSAT. The histograms
@@ -17,7 +18,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{Value, json};
 
+use convo_domain::config::ConfigEvent;
 use convo_domain::conversation::{CloseReason, Destination, SlaClass};
+use convo_domain::schedule::Zone;
 use convo_domain::{ConversationEvent, Timestamp};
 use convo_projector::{Projection, Staged, json_bytes};
 use convo_store::StoredCommit;
@@ -232,6 +235,16 @@ impl Projection for Reports {
     }
 
     fn apply(&mut self, staged: &mut Staged<'_>, stored: &StoredCommit) -> Result<(), String> {
+        if stored.commit.stream == StreamRef::Catalog {
+            // The account's time zone: the reports' buckets by default.
+            for e in &stored.commit.events {
+                if let Event::Config(ConfigEvent::AccountConfigured(settings)) = &e.event {
+                    let name = settings.time_zone.0.name().as_bytes().to_vec();
+                    staged.insert(zone_key(stored.commit.account.as_str()), name);
+                }
+            }
+            return Ok(());
+        }
         let StreamRef::Conversation(id) = &stored.commit.stream else { return Ok(()) };
         let account = stored.commit.account.as_str();
         let at = stored.commit.at;
@@ -398,6 +411,99 @@ pub fn rows(
         rows.entry((value.to_owned(), bucket.to_owned())).or_default().insert(metric.to_owned(), n);
     }
     Ok(rows.into_iter().map(|((value, bucket), counters)| Row { value, bucket, counters }).collect())
+}
+
+/// The key holding an account's time zone (its settings').
+fn zone_key(account: &str) -> Vec<u8> {
+    format!("z/{account}").into_bytes()
+}
+
+/// The time zone `account`'s reports are bucketed in unless a reader asks
+/// for another: its settings' (`configure_account`'s `time_zone`), UTC
+/// before it has any.
+pub fn zone(tree: &sled::Tree, account: &str) -> Result<Zone, sled::Error> {
+    Ok(tree
+        .get(zone_key(account))?
+        .and_then(|name| Zone::parse(&String::from_utf8_lossy(&name)).ok())
+        .unwrap_or(Zone(chrono_tz::UTC)))
+}
+
+/// Why report rows cannot be read.
+#[derive(Debug)]
+pub enum ReadError {
+    Store(sled::Error),
+    /// Counters are kept per UTC hour: a zone whose offset is not whole hours
+    /// then cannot be bucketed (half its hour would be the next one's).
+    NotWholeHours {
+        zone: String,
+        offset_minutes: i32,
+    },
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Store(e) => write!(f, "{e}"),
+            Self::NotWholeHours { zone, offset_minutes } => write!(
+                f,
+                "{zone} is {offset_minutes} minutes from UTC: reports are kept per UTC hour, so only zones whole hours \
+                 from UTC can be bucketed; ask for UTC or such a zone"
+            ),
+        }
+    }
+}
+
+impl From<sled::Error> for ReadError {
+    fn from(e: sled::Error) -> Self {
+        Self::Store(e)
+    }
+}
+
+/// [`rows`] bucketed in `zone` (labels are the zone's local hours and
+/// days, `from`/`to` too): each UTC hour's counters go to the local hour
+/// it is (daylight saving time followed hour by hour), and a local day sums
+/// its hours — counts and histograms add, so percentiles stay exact.
+pub fn rows_in(
+    tree: &sled::Tree,
+    account: &str,
+    dimension: &str,
+    period: &str,
+    from: Option<&str>,
+    to: Option<&str>,
+    zone: &Zone,
+) -> Result<Vec<Row>, ReadError> {
+    use chrono::{Offset, TimeZone};
+    if zone.0 == chrono_tz::UTC {
+        return Ok(rows(tree, account, dimension, period, from, to)?);
+    }
+    let mut merged: BTreeMap<(String, String), BTreeMap<String, u64>> = BTreeMap::new();
+    for row in rows(tree, account, dimension, "hour", None, None)? {
+        let Ok(utc) = chrono::NaiveDateTime::parse_from_str(&format!("{}:00", row.bucket), "%Y-%m-%dT%H:%M") else {
+            continue;
+        };
+        let offset = zone.0.offset_from_utc_datetime(&utc).fix().local_minus_utc();
+        if offset % 3_600 != 0 {
+            return Err(ReadError::NotWholeHours { zone: zone.0.name().to_owned(), offset_minutes: offset / 60 });
+        }
+        let local = utc + chrono::Duration::seconds(i64::from(offset));
+        let label = local.format(if period == "hour" { "%Y-%m-%dT%H" } else { "%Y-%m-%d" }).to_string();
+        let before = from.is_some_and(|f| {
+            let (b, f) = common_prefix(&label, f);
+            b < f
+        });
+        let after = to.is_some_and(|t| {
+            let (b, t) = common_prefix(&label, t);
+            b > t
+        });
+        if before || after {
+            continue;
+        }
+        let counters = merged.entry((row.value, label)).or_default();
+        for (metric, n) in row.counters {
+            *counters.entry(metric).or_default() += n;
+        }
+    }
+    Ok(merged.into_iter().map(|((value, bucket), counters)| Row { value, bucket, counters }).collect())
 }
 
 /// Two labels cut to their common length (`2026-03-02T14` and `2026-03-02`

@@ -174,6 +174,15 @@ async fn live_reads_are_scoped_by_role() {
         assert_eq!(status, 200, "{path}: {body}");
         assert!(head.contains("convo-read-position: ") && head.contains("convo-stream-end: "), "{path}: {head}");
     }
+    // Reports bucket in the account's zone unless asked for another (whole hours from UTC).
+    let (status, sla) = get(&served.operator, "/reports/sla?by=account&period=hour").await;
+    assert_eq!((status, sla["time_zone"].as_str()), (200, Some("America/Bogota")), "{sla}");
+    let (status, sla) = get(&served.operator, "/reports/sla?by=account&period=hour&tz=UTC").await;
+    assert_eq!((status, sla["time_zone"].as_str()), (200, Some("UTC")), "{sla}");
+    for zone in ["Asia/Kolkata", "Mars/Olympus"] {
+        let (status, bad) = get(&served.operator, &format!("/reports/sla?tz={zone}")).await;
+        assert_eq!((status, bad["field"].as_str()), (400, Some("tz")), "{bad}");
+    }
     // Bad filters name the parameter.
     let (status, bad) = get(&served.operator, "/audit?from=garbage").await;
     assert_eq!((status, bad["field"].as_str()), (400, Some("from")), "{bad}");

@@ -216,3 +216,36 @@ async fn handle_time_is_rounded_as_response_time_is() {
         .expect("the account's day");
     assert_eq!((day["frt_mean_secs"].as_f64(), day["handle_mean_secs"].as_f64()), (Some(6.0), Some(6.0)), "{day}");
 }
+
+/// Reports bucket in the account's time zone by default (sla-worked-example:
+/// America/Bogota, UTC−5): the conversation of 14:00 UTC is in the 09h
+/// bucket; a day sums its local hours; UTC still gives the UTC buckets; a
+/// zone not a whole number of hours from UTC is refused with the reason.
+#[tokio::test]
+async fn reports_bucket_in_the_accounts_time_zone() {
+    let text = std::fs::read_to_string(fixtures_dir().join("sla-worked-example").join("input.jsonl")).unwrap();
+    let inputs = convo_sim::scenario::parse(&text).unwrap().into_iter().map(|i| (i.envelope, i.at));
+    let mut engine = Engine::recover(MemoryStore::default()).await.unwrap();
+    engine.replay(inputs).await.unwrap();
+    let tree = fold(engine.store(), &mut convo_reports::Reports::default()).await;
+    let zone = convo_reports::zone(&tree, "default").unwrap();
+    assert_eq!(zone.0.name(), "America/Bogota");
+    let labels = |zone: &convo_domain::schedule::Zone, period: &str| -> Vec<(String, u64)> {
+        convo_reports::rows_in(&tree, "default", "account", period, None, None, zone)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.bucket, r.counters.get("sla_optimal").copied().unwrap_or(0) + r.counters["sla_low"]))
+            .collect()
+    };
+    assert_eq!(labels(&zone, "hour"), [("2026-03-02T09".to_owned(), 2)]);
+    assert_eq!(labels(&zone, "day"), [("2026-03-02".to_owned(), 2)]);
+    let utc = convo_domain::schedule::Zone::parse("UTC").unwrap();
+    assert_eq!(labels(&utc, "hour"), [("2026-03-02T14".to_owned(), 2)]);
+    // From and to are the zone's labels too.
+    let window =
+        convo_reports::rows_in(&tree, "default", "account", "hour", Some("2026-03-02T10"), None, &zone).unwrap();
+    assert!(window.is_empty(), "{window:?}");
+    let kolkata = convo_domain::schedule::Zone::parse("Asia/Kolkata").unwrap();
+    let refused = convo_reports::rows_in(&tree, "default", "account", "day", None, None, &kolkata).unwrap_err();
+    assert!(refused.to_string().contains("330 minutes from UTC"), "{refused}");
+}
