@@ -59,6 +59,12 @@ pub const DENIED_ACTOR: &str = "access";
 /// [`UNREDACTED`].
 pub const READ_SCOPES: [&str; 8] =
     ["audit", "reports", "contact_history", "events", "webhooks", "live", "inbox", UNREDACTED];
+/// The read of one conversation's timeline (its audit entries; not a scope
+/// of its own): whoever reads the audit log reads any (an integration with
+/// the `audit` scope); a supervisor, scoped to their campaigns, and an
+/// agent, to their own inbox, read those the live read model shows them
+/// (the gateway checks which).
+pub const TIMELINE_READ: &str = "timeline";
 /// The read scope that lets a key read text the account's redaction rules
 /// mask for everyone else (every such read is recorded); the only scope a
 /// user's key may carry.

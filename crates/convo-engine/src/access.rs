@@ -473,9 +473,10 @@ pub enum ReadScope {
 }
 
 /// What a principal may read of `account`'s read model `what` (one of
-/// `READ_SCOPES`): admins and the operator everything; supervisors the
-/// reports, contact history, live dashboard and inboxes of the campaigns
-/// they supervise; agents their own inbox; an integration what its scopes name.
+/// `READ_SCOPES`, or `TIMELINE_READ`): admins and the operator everything;
+/// supervisors the reports, contact history, live dashboard, inboxes and
+/// timelines of the campaigns they supervise; agents their own inbox and its
+/// timelines; an integration what its scopes name.
 pub fn authorize_read(
     principal: &Principal,
     account: &AccountId,
@@ -489,7 +490,9 @@ pub fn authorize_read(
             Err(Denied::forbidden("tenant", format!("this credential reads account {own} only")))
         }
         Principal::Integration { id, scopes, .. } => {
-            if scopes.reads.iter().any(|r| r == what) {
+            // A conversation's timeline is its part of the audit log.
+            let granted = |r: &String| r == what || (what == convo_domain::config::TIMELINE_READ && r == "audit");
+            if scopes.reads.iter().any(granted) {
                 Ok(ReadScope::Account)
             } else {
                 Err(Denied::forbidden("scope", format!("integration {id} may not read `{what}`")))
@@ -502,7 +505,10 @@ pub fn authorize_read(
             }
             match (role, what) {
                 (Role::Admin, _) => Ok(ReadScope::Account),
-                (Role::Supervisor, "reports" | "contact_history" | "live" | "inbox") => Ok(ReadScope::Campaigns(
+                (
+                    Role::Supervisor,
+                    "reports" | "contact_history" | "live" | "inbox" | convo_domain::config::TIMELINE_READ,
+                ) => Ok(ReadScope::Campaigns(
                     catalog
                         .campaigns
                         .values()
@@ -516,7 +522,7 @@ pub fn authorize_read(
                         "a supervisor reads the reports, contact history, live dashboard and inboxes of their campaigns, not `{what}`"
                     ),
                 )),
-                (Role::Agent, "inbox") => Ok(ReadScope::Agent(id.clone())),
+                (Role::Agent, "inbox" | convo_domain::config::TIMELINE_READ) => Ok(ReadScope::Agent(id.clone())),
                 (Role::Agent, _) => Err(Denied::forbidden(
                     "role",
                     format!("an agent reads their own inbox, not the account's `{what}`"),

@@ -140,6 +140,13 @@ async fn live_reads_are_scoped_by_role() {
     let (status, timeline) = get(&ana, "/conversations/t-1/timeline").await;
     assert_eq!(status, 200, "{timeline}");
     assert_eq!(timeline["entries"][0]["action"], "conversation_opened", "{timeline}");
+    // A supervisor's timeline of their campaign's conversation: one question, no denial recorded.
+    let denials =
+        async || get(&served.operator, "/audit?action=access_denied").await.1["entries"].as_array().map_or(0, Vec::len);
+    let before = denials().await;
+    let (status, timeline) = get(&sara, "/conversations/t-1/timeline").await;
+    assert_eq!(status, 200, "{timeline}");
+    assert_eq!(denials().await, before, "reading a timeline records no denial");
     let (status, hidden) = get(&ana, "/conversations/c1/timeline").await;
     assert_eq!((status, hidden["code"].as_str()), (404, Some("not_found")), "{hidden}");
     let (status, closed) = get(&served.operator, "/conversations/c1/timeline").await;
