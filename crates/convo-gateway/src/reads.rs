@@ -188,20 +188,31 @@ pub(crate) async fn audit(
         Err(response) => return *response,
     };
     let limit = q.limit.unwrap_or(AUDIT_ENTRIES_MAX).min(AUDIT_ENTRIES_MAX);
-    match convo_audit::entries(&tree, &filter) {
-        Ok(mut entries) => {
-            let more = entries.len() > limit;
-            entries.truncate(limit);
-            let entries = match opened(&shared, Value::Array(entries)).await {
-                Ok(Value::Array(entries)) => entries,
-                Ok(_) => unreachable!("an array opens to an array"),
-                Err(response) => return response,
-            };
-            let entries: Vec<Value> = entries.into_iter().map(|e| allowed.masked(e)).collect();
+    match shown_entries(&shared, &allowed, &tree, &filter, limit).await {
+        Ok((entries, more)) => {
             position.stamp(reply(StatusCode::OK, json!({"account": account, "entries": entries, "truncated": more})))
         }
-        Err(e) => failed(e),
+        Err(response) => response,
     }
+}
+
+/// The audit entries `filter` takes, at most `limit` (and whether there
+/// were more), their personal values opened and masked as `allowed` reads them.
+async fn shown_entries(
+    shared: &Shared,
+    allowed: &Allowed,
+    tree: &sled::Tree,
+    filter: &convo_audit::Filter,
+    limit: usize,
+) -> Result<(Vec<Value>, bool), Response> {
+    let mut entries = convo_audit::entries(tree, filter).map_err(failed)?;
+    let more = entries.len() > limit;
+    entries.truncate(limit);
+    let entries = match opened(shared, Value::Array(entries)).await? {
+        Value::Array(entries) => entries,
+        _ => unreachable!("an array opens to an array"),
+    };
+    Ok((entries.into_iter().map(|e| allowed.masked(e)).collect(), more))
 }
 
 /// `GET …/conversations/{id}/timeline`: one conversation's audit entries in
@@ -256,23 +267,15 @@ pub(crate) async fn timeline(
         conversation: Some(conversation.clone()),
         ..Default::default()
     };
-    match convo_audit::entries(&tree, &filter) {
-        Ok(mut entries) => {
-            if entries.is_empty() {
-                return error(StatusCode::NOT_FOUND, "not_found", &format!("no conversation {conversation}"));
-            }
-            let more = entries.len() > AUDIT_ENTRIES_MAX;
-            entries.truncate(AUDIT_ENTRIES_MAX);
-            let entries = match opened(&shared, Value::Array(entries)).await {
-                Ok(Value::Array(entries)) => entries,
-                Ok(_) => unreachable!("an array opens to an array"),
-                Err(response) => return response,
-            };
-            let entries: Vec<Value> = entries.into_iter().map(|e| allowed.masked(e)).collect();
+    match shown_entries(&shared, &allowed, &tree, &filter, AUDIT_ENTRIES_MAX).await {
+        Ok((entries, _)) if entries.is_empty() => {
+            error(StatusCode::NOT_FOUND, "not_found", &format!("no conversation {conversation}"))
+        }
+        Ok((entries, more)) => {
             let body = json!({"account": account, "conversation": conversation, "entries": entries, "truncated": more});
             position.stamp(reply(StatusCode::OK, body))
         }
-        Err(e) => failed(e),
+        Err(response) => response,
     }
 }
 

@@ -395,16 +395,7 @@ pub fn rows(
         else {
             continue;
         };
-        // Compared on their common length: an hour's bucket is within a day's bound, and the reverse.
-        let before = from.is_some_and(|f| {
-            let (b, f) = common_prefix(bucket, f);
-            b < f
-        });
-        let after = to.is_some_and(|t| {
-            let (b, t) = common_prefix(bucket, t);
-            b > t
-        });
-        if p != period || before || after {
+        if p != period || !within(bucket, from, to) {
             continue;
         }
         let n = <[u8; 8]>::try_from(v.as_ref()).map_or(0, u64::from_be_bytes);
@@ -487,15 +478,7 @@ pub fn rows_in(
         }
         let local = utc + chrono::Duration::seconds(i64::from(offset));
         let label = local.format(if period == "hour" { "%Y-%m-%dT%H" } else { "%Y-%m-%d" }).to_string();
-        let before = from.is_some_and(|f| {
-            let (b, f) = common_prefix(&label, f);
-            b < f
-        });
-        let after = to.is_some_and(|t| {
-            let (b, t) = common_prefix(&label, t);
-            b > t
-        });
-        if before || after {
+        if !within(&label, from, to) {
             continue;
         }
         let counters = merged.entry((row.value, label)).or_default();
@@ -504,6 +487,20 @@ pub fn rows_in(
         }
     }
     Ok(merged.into_iter().map(|((value, bucket), counters)| Row { value, bucket, counters }).collect())
+}
+
+/// Whether bucket `label` is within [from, to], compared on their common
+/// length: an hour's bucket is within a day's bound, and the reverse.
+fn within(label: &str, from: Option<&str>, to: Option<&str>) -> bool {
+    let before = from.is_some_and(|f| {
+        let (b, f) = common_prefix(label, f);
+        b < f
+    });
+    let after = to.is_some_and(|t| {
+        let (b, t) = common_prefix(label, t);
+        b > t
+    });
+    !before && !after
 }
 
 /// Two labels cut to their common length (`2026-03-02T14` and `2026-03-02`
