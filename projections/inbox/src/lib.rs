@@ -10,6 +10,8 @@
 //! account: `i/<account>/<agent>/<conversation>` for each assigned
 //! conversation, `q/<account>/<campaign>/<conversation>` for each queued one.
 
+use std::collections::BTreeMap;
+
 use serde_json::{Value, json};
 
 use convo_live::{Card, View};
@@ -99,9 +101,13 @@ pub fn inbox(tree: &sled::Tree, account: &str, agent: &str, view: &View) -> Resu
     let truncated = queued.len() > QUEUED_SHOWN_MAX;
     queued.truncate(QUEUED_SHOWN_MAX);
     let queued: Vec<Value> = queued.iter().map(|c| convo_live::card_view(c, &campaigns, view)).collect();
+    // What the campaigns are called, for a page that shows names, not ids.
+    let names: BTreeMap<&String, &String> =
+        theirs.iter().filter_map(|id| campaigns.get(*id).map(|c| (*id, &c.name))).collect();
     Ok(json!({
         "account": account, "agent": agent, "at": view.now, "state": row.state, "since": row.since,
-        "load": row.load, "campaigns": theirs, "assigned": assigned, "queued": queued, "truncated": truncated,
+        "load": row.load, "campaigns": theirs, "campaign_names": names, "assigned": assigned, "queued": queued,
+        "truncated": truncated,
     }))
 }
 
