@@ -150,6 +150,22 @@ impl Connection {
         Ok(projector)
     }
 
+    /// The engine's key for the stream under --data-dir, and the stream's
+    /// name; an error saying so when there is none (`what` needs it).
+    pub fn engine_signing(&self, what: &str) -> Result<(std::sync::Arc<Signing>, String)> {
+        let config = self.store_config()?;
+        let Some(signing) = config.signing.clone() else {
+            bail!(
+                "no engine key for stream {} under {} ({}): {what}; run this with the data directory of the \
+                 engine that serves the stream",
+                config.stream,
+                self.data_dir.display(),
+                convo_store::signing::KEY_FILE
+            );
+        };
+        Ok((signing, config.stream))
+    }
+
     /// The store's settings, with the engine's key under --data-dir when
     /// there is one (reads then refuse what the engine did not sign).
     pub fn store_config(&self) -> Result<StoreConfig> {

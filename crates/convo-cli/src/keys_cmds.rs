@@ -1,7 +1,7 @@
 //! `convo keys`: the master key of the personal-data keys (SPEC §13):
 //! where it stands, and its rotation.
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand};
 
 use convo_store::signing::{KEY_FILE, Signing};
@@ -49,22 +49,8 @@ pub async fn keys(args: KeysArgs) -> Result<()> {
     }
 }
 
-/// The stream's engine key under --data-dir, or why there is none.
-fn signing(c: &Connection) -> Result<(std::sync::Arc<Signing>, String)> {
-    let config = c.store_config()?;
-    let Some(signing) = config.signing.clone() else {
-        bail!(
-            "no engine key for stream {} under {} ({KEY_FILE}): run this with the data directory of the engine \
-             that serves the stream",
-            config.stream,
-            c.data_dir().display()
-        );
-    };
-    Ok((signing, config.stream))
-}
-
 fn status(c: &Connection) -> Result<()> {
-    let (_, stream) = signing(c)?;
+    let (_, stream) = c.engine_signing("the data-key master is kept in it")?;
     let (generation, retired) = Signing::master_generation(c.data_dir(), &stream)?;
     let made = if generation == 0 { "derived from engine.key" } else { "random, kept in engine.key" };
     println!("stream {stream}: data-key master generation {generation} ({made})");
@@ -75,7 +61,7 @@ fn status(c: &Connection) -> Result<()> {
 }
 
 async fn rotate(c: &Connection) -> Result<()> {
-    let (signing, stream) = signing(c)?;
+    let (signing, stream) = c.engine_signing("the data-key master is kept in it")?;
     let dir = c.data_dir();
     let (store, _server) = c.open_store().await?;
     crate::seal_cmds::refuse_if_served(&store).await?;

@@ -39,16 +39,7 @@ pub struct SealStreamArgs {
 pub async fn seal_stream(args: SealStreamArgs) -> Result<std::process::ExitCode> {
     let c = &args.connection;
     let data_dir = c.data_dir().to_path_buf();
-    let config = c.store_config()?;
-    let Some(signing) = config.signing.clone() else {
-        bail!(
-            "no engine key for stream {} under {} ({}): the rewrite seals with the data keys it wraps and signs \
-             with it; run this with the data directory of the engine that serves the stream",
-            config.stream,
-            data_dir.display(),
-            convo_store::signing::KEY_FILE
-        );
-    };
+    let (signing, stream) = c.engine_signing("the rewrite seals with the data keys it wraps and signs with it")?;
     let (store, _server) = c.open_store_with_keys().await?;
     let keys = store.keys().cloned().context("the data keys of the stream")?;
     refuse_if_served(&store).await?;
@@ -66,7 +57,7 @@ pub async fn seal_stream(args: SealStreamArgs) -> Result<std::process::ExitCode>
         bar.finish_and_clear();
         println!(
             "stream {}: {} messages up to sequence {}; {} commit(s) hold personal data in clear{}",
-            config.stream,
+            stream,
             survey.messages,
             survey.last,
             survey.plaintext_commits,
@@ -87,7 +78,7 @@ pub async fn seal_stream(args: SealStreamArgs) -> Result<std::process::ExitCode>
     let report = match reseal::reseal(&store, &keys, &signing, &progress).await? {
         Outcome::AlreadySealed { messages } => {
             bar.finish_and_clear();
-            println!("stream {}: every commit of its {messages} messages is sealed: nothing to rewrite", config.stream);
+            println!("stream {}: every commit of its {messages} messages is sealed: nothing to rewrite", stream);
             return Ok(std::process::ExitCode::SUCCESS);
         }
         Outcome::Rewritten(report) => report,
@@ -114,7 +105,7 @@ pub async fn seal_stream(args: SealStreamArgs) -> Result<std::process::ExitCode>
     println!(
         "stream {}: {} of {} messages rewritten ({} values sealed, {} read [erased]), each at its sequence ({} to \
          {}, {} gap(s) kept){}",
-        config.stream,
+        stream,
         report.rewritten,
         report.messages,
         report.sealed,

@@ -234,29 +234,13 @@ pub(crate) async fn timeline(
         Err(response) => return response,
     };
     // A supervisor or an agent: only a conversation on their board or in their inbox.
-    if !matches!(allowed.scope, Scope::Account) {
-        let (live, _) = match read_model(&shared, convo_live::NAME).await {
-            Ok(read) => read,
-            Err(response) => return response,
-        };
-        let visible = match convo_live::card(&live, &account, &conversation) {
-            Ok(None) => false,
-            Ok(Some(card)) => match &allowed.scope {
-                Scope::Account => true,
-                Scope::Campaigns(theirs) => theirs.contains(&card.campaign),
-                Scope::Agent(own) => match &card.agent {
-                    Some(agent) => agent == own,
-                    None => convo_live::campaigns(&live, &account)
-                        .map(|c| c.get(&card.campaign).is_some_and(|c| c.agents.contains(own)))
-                        .unwrap_or(false),
-                },
-            },
-            Err(e) => return failed(e),
-        };
-        if !visible {
+    match on_board(&shared, &account, &conversation, &allowed.scope).await {
+        Ok(true) => {}
+        Ok(false) => {
             let message = format!("no conversation {conversation} on your board or in your inbox");
             return error(StatusCode::NOT_FOUND, "not_found", &message);
         }
+        Err(response) => return response,
     }
     let (tree, position) = match read_model(&shared, convo_audit::NAME).await {
         Ok(read) => read,
@@ -277,6 +261,29 @@ pub(crate) async fn timeline(
         }
         Err(response) => response,
     }
+}
+
+/// Whether a reader of `scope` sees `conversation` on their board or in
+/// their inbox, as the live read model holds it now: the whole account,
+/// any; a supervisor, one of their campaigns'; an agent, one assigned to
+/// them or waiting in one of their campaigns.
+async fn on_board(shared: &Shared, account: &str, conversation: &str, scope: &Scope) -> Result<bool, Response> {
+    if matches!(scope, Scope::Account) {
+        return Ok(true);
+    }
+    let (live, _) = read_model(shared, convo_live::NAME).await?;
+    let Some(card) = convo_live::card(&live, account, conversation).map_err(failed)? else { return Ok(false) };
+    Ok(match scope {
+        Scope::Account => true,
+        Scope::Campaigns(theirs) => theirs.contains(&card.campaign),
+        Scope::Agent(own) => match &card.agent {
+            Some(agent) => agent == own,
+            None => convo_live::campaigns(&live, account)
+                .map_err(failed)?
+                .get(&card.campaign)
+                .is_some_and(|c| c.agents.contains(own)),
+        },
+    })
 }
 
 /// `GET …/audit/export?format=jsonl|csv`: every entry the filters take,

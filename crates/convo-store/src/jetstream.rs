@@ -153,6 +153,24 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// The stream named `name`, if the server has one (`None`: it has none).
+pub(crate) async fn existing(
+    js: &jetstream::Context,
+    name: &str,
+) -> Result<Option<jetstream::stream::Stream>, StoreError> {
+    match js.get_stream(name).await {
+        Ok(stream) => Ok(Some(stream)),
+        Err(e) => match e.kind() {
+            jetstream::context::GetStreamErrorKind::JetStream(why)
+                if why.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+            {
+                Ok(None)
+            }
+            _ => Err(unavailable(e)),
+        },
+    }
+}
+
 impl JetStreamStore {
     /// Connects, refuses servers older than 2.11, and creates the stream if needed.
     pub async fn connect(url: &str, config: StoreConfig) -> Result<Self, StoreError> {
@@ -167,21 +185,10 @@ impl JetStreamStore {
         check_server_version(&client.server_info().version)?;
         let mut js = jetstream::new(client.clone());
         js.set_timeout(Duration::from_millis(config.ack_timeout_ms));
-        match js.get_stream(&config.stream).await {
-            Ok(mut stream) => {
-                // Batches only where the stream already allows them (this changes nothing).
-                let batches = stream.info().await.map_err(unavailable)?.config.allow_atomic_publish;
-                Ok(Some(Self { client, js, stream, config, fence: None, batches, keys: None }))
-            }
-            Err(e) => match e.kind() {
-                jetstream::context::GetStreamErrorKind::JetStream(why)
-                    if why.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
-                {
-                    Ok(None)
-                }
-                _ => Err(unavailable(e)),
-            },
-        }
+        let Some(mut stream) = existing(&js, &config.stream).await? else { return Ok(None) };
+        // Batches only where the stream already allows them (this changes nothing).
+        let batches = stream.info().await.map_err(unavailable)?.config.allow_atomic_publish;
+        Ok(Some(Self { client, js, stream, config, fence: None, batches, keys: None }))
     }
 
     pub async fn with_client(client: async_nats::Client, config: StoreConfig) -> Result<Self, StoreError> {

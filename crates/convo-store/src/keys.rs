@@ -636,36 +636,35 @@ impl Keyring {
             return Err(StoreError::Refused("a rotation needs the keys stream".into()));
         };
         let mut report = Rewrapped::default();
-        let mut names: Vec<(String, u64)> = Vec::new();
+        // Every key as the stream holds it: name, sequence, bytes (read once).
+        let mut held: Vec<(String, u64, Vec<u8>)> = Vec::new();
         let mut info = js.get_stream(stream.cached_info().config.name.clone()).await.map_err(unavailable)?;
         let state = info.info().await.map_err(unavailable)?.state.clone();
-        for seq in state.first_sequence..=state.last_sequence {
-            if state.messages == 0 {
-                break;
-            }
+        // (an empty stream's range is empty: it may still name a first sequence)
+        let last = if state.messages == 0 { 0 } else { state.last_sequence };
+        let seqs = state.first_sequence.max(1)..=last;
+        for seq in seqs {
             match stream.get_raw_message(seq).await {
                 Ok(message) => {
                     let name = message.subject.strip_prefix(prefix.as_str()).and_then(|t| t.strip_prefix('.'));
-                    names.push((name.unwrap_or_default().to_owned(), seq));
+                    held.push((name.unwrap_or_default().to_owned(), seq, message.payload.to_vec()));
                 }
                 Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {}
                 Err(e) => return Err(unavailable(e)),
             }
         }
         // A run cut short first: each staged key put back where its key is missing.
-        for (name, seq) in names.iter().filter(|(n, _)| n.starts_with(ROTATING)) {
+        for (name, seq, bytes) in held.iter().filter(|(n, ..)| n.starts_with(ROTATING)) {
             let target = &name[ROTATING.len()..];
-            if self.get(target).await?.is_none() {
-                let message = stream.get_raw_message(*seq).await.map_err(unavailable)?;
-                self.create(target, message.payload.to_vec(), 0).await?;
+            if !held.iter().any(|(n, ..)| n == target) {
+                self.create(target, bytes.clone(), 0).await?;
                 report.finished += 1;
             }
             self.erase_message(*seq).await?;
         }
         let mut done = 0;
-        for (name, _) in names.iter().filter(|(n, _)| !n.starts_with(ROTATING)) {
-            let Some((seq, bytes)) = self.get(name).await? else { continue };
-            let Ok(stored) = postcard::from_bytes::<StoredKey>(&bytes) else {
+        for (name, seq, bytes) in held.iter().filter(|(n, ..)| !n.starts_with(ROTATING)) {
+            let Ok(stored) = postcard::from_bytes::<StoredKey>(bytes) else {
                 report.unopenable += 1;
                 continue;
             };
@@ -673,7 +672,8 @@ impl Keyring {
                 report.under_contacts += 1;
                 continue;
             }
-            let context = if name == CANARY { "data-key/canary".to_owned() } else { format!("data-key/{name}") };
+            // A scope's key is sealed for `data-key/<token>`, the canary for `data-key/canary`.
+            let context = format!("data-key/{name}");
             if self.master.open_bytes(&context, &stored.sealed).is_ok() {
                 report.already += 1;
                 continue;
@@ -691,7 +691,7 @@ impl Keyring {
             if !self.create(&staging, again.clone(), 0).await? {
                 return Err(StoreError::Refused(format!("{staging} is there already: run the rotation again")));
             }
-            self.erase_message(seq).await?;
+            self.erase_message(*seq).await?;
             if !self.create(name, again, 0).await? {
                 return Err(StoreError::Refused(format!(
                     "data key {name} was written meanwhile: is an engine running?"

@@ -178,10 +178,10 @@ pub async fn erase_stream(js: &jetstream::Context, name: &str) -> Result<u64, St
     let Some(mut stream) = existing(js, name).await? else { return Ok(0) };
     let state = stream.info().await.map_err(unavailable)?.state.clone();
     let mut erased = 0;
-    for seq in state.first_sequence..=state.last_sequence {
-        if state.messages == 0 {
-            break;
-        }
+    // (an empty stream's range is empty: it may still name a first sequence)
+    let last = if state.messages == 0 { 0 } else { state.last_sequence };
+    let seqs = state.first_sequence.max(1)..=last;
+    for seq in seqs {
         match stream.delete_message(seq).await {
             Ok(_) => erased += 1,
             Err(e) if crate::already_gone(&e) => {}
@@ -288,26 +288,12 @@ pub async fn reseal_until(
     }
     stop(Cut::Filled)?;
     // The snapshots hold commits as the original logged them (the engine writes new ones).
-    done.report.snapshot_messages =
-        erase_stream(js, &crate::snapshot::backing_stream(&name)).await?.max(done.report.snapshot_messages);
+    done.report.snapshot_messages = erase_stream(js, &crate::snapshot::backing_stream(&name)).await?;
     js.delete_stream(&staging).await.map_err(unavailable)?;
     Ok(Outcome::Rewritten(done.report))
 }
 
-/// The stream named `name`, if the server has one.
-async fn existing(js: &jetstream::Context, name: &str) -> Result<Option<jetstream::stream::Stream>, StoreError> {
-    match js.get_stream(name).await {
-        Ok(stream) => Ok(Some(stream)),
-        Err(e) => match e.kind() {
-            jetstream::context::GetStreamErrorKind::JetStream(why)
-                if why.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
-            {
-                Ok(None)
-            }
-            _ => Err(unavailable(e)),
-        },
-    }
-}
+use crate::jetstream::existing;
 
 /// The staging stream's end marker, if it was written.
 async fn read_done(staged: &mut jetstream::stream::Stream, stream: &str) -> Result<Option<Done>, StoreError> {
@@ -525,7 +511,7 @@ async fn stage(
         {
             let mut kept = commit;
             personal::visit_mut(&mut kept, &mut |scope, _, value| {
-                if !personal::is_sealed(value) && value != ERASED && history.forgotten(scope, seq) {
+                if personal::in_clear(value) && history.forgotten(scope, seq) {
                     *value = ERASED.to_owned();
                     report.erased += 1;
                 }
@@ -569,14 +555,7 @@ async fn put_chunk(
     let mut wanted: Vec<(KeyScope, Option<ContactId>)> = Vec::new();
     for staged in chunk.iter() {
         let Some(kept) = &staged.seal else { continue };
-        let mut scopes: Vec<KeyScope> = Vec::new();
-        let mut probe = kept.clone();
-        personal::visit_mut(&mut probe, &mut |scope, _, value| {
-            if !personal::is_sealed(value) && value != ERASED && !scopes.contains(scope) {
-                scopes.push(scope.clone());
-            }
-        });
-        for scope in scopes {
+        for scope in personal::in_clear_scopes(kept).0 {
             if wanted.iter().any(|(s, _)| *s == scope) {
                 continue;
             }
@@ -598,15 +577,8 @@ async fn put_chunk(
         let Staged { seq, subject, mut headers, mut payload, seal } = staged;
         if let Some(kept) = seal {
             let sealed = Keyring::seal(&kept, &prepared);
-            let mut sealed_count = 0;
-            let (mut before, mut after) = (kept.clone(), sealed.clone());
-            let mut values = Vec::new();
-            personal::visit_mut(&mut before, &mut |_, _, value| values.push(value.clone()));
-            let mut i = 0;
-            personal::visit_mut(&mut after, &mut |_, _, value| {
-                sealed_count += u64::from(values.get(i) != Some(value));
-                i += 1;
-            });
+            // Checked below: every value in clear was sealed.
+            let sealed_count = personal::in_clear_scopes(&kept).1;
             let mut reopened = sealed.clone();
             keys.open(&mut reopened).await?;
             if reopened != kept || personal::holds_plaintext(&sealed) {

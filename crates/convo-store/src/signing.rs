@@ -181,12 +181,7 @@ impl Signing {
         let key: [u8; 32] = key.try_into().map_err(|_| bad("the key is not 32 bytes"))?;
         let unsigned_through =
             entry["unsigned_through"].as_u64().ok_or_else(|| bad("a stream without unsigned_through"))?;
-        let derived = {
-            let mut mac = HmacSha256::new_from_slice(&key).expect("HMAC takes keys of any length");
-            mac.update(b"convo-derive-v1");
-            mac.update(DERIVED_MASTER.as_bytes());
-            <[u8; 32]>::from(mac.finalize().into_bytes())
-        };
+        let derived = derive(&key, DERIVED_MASTER);
         let masters = match entry.get("data_masters").and_then(Value::as_array) {
             None => vec![derived],
             Some(list) if list.is_empty() => return Err(bad("a stream with no data-key master")),
@@ -212,10 +207,7 @@ impl Signing {
     /// A key for `purpose` derived from the engine's (HMAC-SHA256), so one
     /// key file serves every use without one use's key opening another's.
     pub fn derive_key(&self, purpose: &str) -> [u8; 32] {
-        let mut mac = self.mac();
-        mac.update(b"convo-derive-v1");
-        mac.update(purpose.as_bytes());
-        mac.finalize().into_bytes().into()
+        derive(&self.key, purpose)
     }
 
     /// The master key that wraps the data keys of personal data (see
@@ -456,6 +448,14 @@ fn read_key_file(dir: &Path) -> Result<Value, SigningError> {
     crate::private::check_private(&path, KEY_WHAT)?;
     let text = std::fs::read_to_string(&path).map_err(io(&path))?;
     parse_key_file(&path, &text)
+}
+
+/// A key for `purpose` derived from `key` (HMAC-SHA256).
+fn derive(key: &[u8; 32], purpose: &str) -> [u8; 32] {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(b"convo-derive-v1");
+    mac.update(purpose.as_bytes());
+    mac.finalize().into_bytes().into()
 }
 
 /// The data-key master derived from the engine's key (generation 0: every

@@ -230,13 +230,31 @@ pub fn shredded_by(commit: &Commit) -> Vec<KeyScope> {
         .collect()
 }
 
+/// Whether a personal value is in clear: neither sealed nor [`ERASED`].
+pub fn in_clear(value: &str) -> bool {
+    !is_sealed(value) && value != ERASED
+}
+
+/// The scopes of `commit`'s values in clear, each once, in order, and how
+/// many values in clear it holds.
+pub fn in_clear_scopes(commit: &Commit) -> (Vec<KeyScope>, u64) {
+    let (mut scopes, mut values) = (Vec::new(), 0);
+    let mut probe = commit.clone();
+    visit_mut(&mut probe, &mut |scope, _, value| {
+        if in_clear(value) {
+            values += 1;
+            if !scopes.contains(scope) {
+                scopes.push(scope.clone());
+            }
+        }
+    });
+    (scopes, values)
+}
+
 /// Whether `commit` holds a personal value in clear (written before sealing,
 /// or by an engine without keys).
 pub fn holds_plaintext(commit: &Commit) -> bool {
-    let mut found = false;
-    let mut probe = commit.clone();
-    visit_mut(&mut probe, &mut |_, _, value| found |= !is_sealed(value) && value != ERASED);
-    found
+    in_clear_scopes(commit).1 > 0
 }
 
 #[cfg(test)]
