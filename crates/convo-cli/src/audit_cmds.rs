@@ -106,7 +106,7 @@ struct ReplayArgs {
     filter: FilterArgs,
 }
 
-fn bar(len: u64, what: &str) -> ProgressBar {
+pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
     let style = ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({eta})")
         .unwrap_or_else(|_| ProgressStyle::default_bar());

@@ -203,6 +203,8 @@ events are published on <prefix>.<account>.conv.<id>.<kind> (see `convo tail`)."
 pub struct ServeArgs {
     #[command(flatten)]
     connection: Connection,
+    #[command(flatten)]
+    postgres: PostgresOptions,
     /// Acknowledge commands before their commits are on disk (JetStream's lazy flush, every
     /// two minutes, instead of `sync_interval: always`): faster, but a power failure or an OS
     /// crash can lose commands already acknowledged. For benchmarks and throwaway data.
@@ -301,7 +303,7 @@ fn init_logs(format: &str) {
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
     init_logs(&args.log_format);
-    let config = args.service_config();
+    let config = args.service_config()?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     tokio::spawn({
         let shutdown = shutdown.clone();
@@ -318,10 +320,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 
 impl ServeArgs {
     /// What the flags say, as the service's settings.
-    fn service_config(&self) -> convo_service::ServiceConfig {
+    fn service_config(&self) -> Result<convo_service::ServiceConfig> {
         let c = &self.connection;
         let hours = |h: u32| std::time::Duration::from_secs(u64::from(h) * 3600);
-        convo_service::ServiceConfig {
+        Ok(convo_service::ServiceConfig {
             prefix: c.prefix.clone(),
             nats_url: c.nats_url.clone(),
             nats_monitor_urls: self.nats_monitor_url.clone(),
@@ -356,8 +358,38 @@ impl ServeArgs {
                 issuer: self.jwt_issuer.clone().unwrap_or_default(),
                 audience: self.jwt_audience.clone().unwrap_or_default(),
             }),
+            postgres: self.postgres.target()?,
             ..convo_service::ServiceConfig::embedded(&c.data_dir)
-        }
+        })
+    }
+}
+
+/// Where the SQL projection goes (`convo serve` and `convo project postgres`).
+#[derive(Args, Debug, Clone)]
+pub struct PostgresOptions {
+    /// Keep the SQL projection in this PostgreSQL database:
+    /// postgres://USER@127.0.0.1:5432/DATABASE (on loopback or a local socket: convo speaks to it
+    /// without TLS; no password in the URL).
+    #[arg(long, env = "CONVO_POSTGRES_URL")]
+    pub postgres: Option<String>,
+    /// A file only you can read (0600) holding the PostgreSQL user's password.
+    #[arg(long, requires = "postgres")]
+    pub postgres_password_file: Option<PathBuf>,
+    /// The schema the SQL projection keeps its tables and views in.
+    #[arg(long, default_value = convo_sql::SCHEMA_DEFAULT)]
+    pub postgres_schema: String,
+    /// Commits the SQL projection writes per transaction while it follows the stream.
+    #[arg(long, default_value_t = convo_sql::BATCH_COMMITS_MAX,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=convo_sql::REBUILD_BATCH_COMMITS_MAX as u64))]
+    pub postgres_batch_commits: usize,
+}
+
+impl PostgresOptions {
+    /// The target, checked (a bad setting is refused, naming the fix), if --postgres names one.
+    pub fn target(&self) -> Result<Option<convo_sql::Target>> {
+        let Some(url) = &self.postgres else { return Ok(None) };
+        let target = convo_sql::Target::new(url, self.postgres_password_file.as_deref(), &self.postgres_schema)?;
+        Ok(Some(target.with_batch_commits(self.postgres_batch_commits)))
     }
 }
 

@@ -9,6 +9,7 @@ mod contact_cmds;
 mod doctor_cmds;
 mod engine_cmds;
 mod keys_cmds;
+mod project_cmds;
 mod report_cmds;
 mod seal_cmds;
 mod served;
@@ -75,6 +76,8 @@ The scenario format is documented in replay-fixtures/README.md.")]
     SealStream(seal_cmds::SealStreamArgs),
     /// The master key of the personal-data keys: its status, and its rotation.
     Keys(keys_cmds::KeysArgs),
+    /// Projections kept outside: the SQL projection in PostgreSQL (catch up, rebuild).
+    Project(project_cmds::ProjectArgs),
 }
 
 #[derive(Args, Debug)]
@@ -157,6 +160,7 @@ fn main() -> ExitCode {
                     Cmd::Cluster(args) => cluster_cmds::cluster(args).await.map(|()| ExitCode::SUCCESS),
                     Cmd::SealStream(args) => seal_cmds::seal_stream(args).await,
                     Cmd::Keys(args) => keys_cmds::keys(args).await.map(|()| ExitCode::SUCCESS),
+                    Cmd::Project(args) => project_cmds::project(args).await.map(|()| ExitCode::SUCCESS),
                     Cmd::Simulate(_) => unreachable!("handled above"),
                 }
             })

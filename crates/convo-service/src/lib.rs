@@ -145,6 +145,8 @@ pub struct ServiceConfig {
     pub json_stream: convo_store::json_stream::JsonStreamConfig,
     pub trusted_proxies: Vec<std::net::IpAddr>,
     pub jwt: Option<JwtSettings>,
+    /// Where the read models' role keeps the SQL projection, if anywhere.
+    pub postgres: Option<convo_sql::Target>,
 }
 
 impl ServiceConfig {
@@ -169,6 +171,7 @@ impl ServiceConfig {
             json_stream: convo_store::json_stream::JsonStreamConfig::default(),
             trusted_proxies: Vec::new(),
             jwt: None,
+            postgres: None,
         }
     }
 
@@ -201,6 +204,7 @@ impl Service {
         }
         let mut access = access_config(&config, &settings::operator_credential(&config.data_dir)?)?;
         settings::private_data_dir(&config.data_dir)?;
+        read_models::check_sql(&config).await?;
         if !config.roles.engine {
             return read_models_only(config, access, shutdown).await;
         }
@@ -330,6 +334,7 @@ impl Service {
         } else {
             None
         };
+        let sql = read_models::follow_sql(&config, &store, &ends, &tasks, &background);
         tasks.spawn(read_models::measure_lags(
             store.clone(),
             metrics.clone(),
@@ -338,7 +343,11 @@ impl Service {
                 let (deliveries, json_checkpoint) = (deliveries.clone(), json_checkpoint.clone());
                 move || {
                     let json = json_checkpoint.load(std::sync::atomic::Ordering::Relaxed);
-                    vec![("json_stream", json), ("webhooks", deliveries.checkpoint())]
+                    let mut at = vec![("json_stream", json), ("webhooks", deliveries.checkpoint())];
+                    at.extend(
+                        sql.as_ref().map(|sql| (convo_sql::NAME, sql.load(std::sync::atomic::Ordering::Relaxed))),
+                    );
+                    at
                 }
             },
             background.clone(),
@@ -480,13 +489,14 @@ async fn read_models_only(
         let _ = end_watcher.await;
     });
     let models = read_models::follow(&config.data_dir, &store, last, &ends, &tasks, &background)?;
+    let sql = read_models::follow_sql(&config, &store, &ends, &tasks, &background);
     let redactions = Arc::new(convo_wire::redact::Redactions::default());
     let metrics = Arc::new(convo_store::metrics::Metrics::default());
     tasks.spawn(read_models::measure_lags(
         store.clone(),
         metrics.clone(),
         Some(models.clone()),
-        Vec::new,
+        move || sql.iter().map(|sql| (convo_sql::NAME, sql.load(std::sync::atomic::Ordering::Relaxed))).collect(),
         background.clone(),
     ));
     let (local_tx, local_rx) = tokio::sync::mpsc::channel(convo_engine::serve::PARTITION_QUEUE_MAX);

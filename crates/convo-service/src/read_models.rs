@@ -61,6 +61,38 @@ pub fn follow(
     Ok(models)
 }
 
+/// `--postgres`: kept by the read models' role, and reachable with its
+/// schema made (or of this layout) before anything starts — a bad setting
+/// stops the server here, naming it.
+pub async fn check_sql(config: &crate::ServiceConfig) -> Result<(), ServiceError> {
+    let Some(target) = &config.postgres else { return Ok(()) };
+    if !config.roles.read_models {
+        return Err(ServiceError::new(
+            "--postgres is kept by the read-models role: add read-models to --roles, or drop --postgres",
+        ));
+    }
+    target.open().await.map_err(|e| ServiceError::new(format!("--postgres: {e}")))?;
+    tracing::info!("the SQL projection goes to {target}");
+    Ok(())
+}
+
+/// With `--postgres`, the SQL projection followed on `tasks` until `stop`;
+/// its checkpoint, for the lag in `/metrics`.
+pub fn follow_sql(
+    config: &crate::ServiceConfig,
+    store: &JetStreamStore,
+    ends: &watch::Receiver<u64>,
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+) -> Option<Arc<std::sync::atomic::AtomicU64>> {
+    let target = config.postgres.clone().filter(|_| config.roles.read_models)?;
+    let (position, task) = convo_sql::follow(target, store.clone(), store.keys().cloned(), ends.clone(), stop.clone());
+    tasks.spawn(async move {
+        let _ = task.await;
+    });
+    Some(position)
+}
+
 /// The read models an instance keeps, by name (what `follow` follows and
 /// `convo seal-stream` rebuilds).
 pub fn projections() -> Vec<(&'static str, Box<dyn convo_projector::Projection + Send>)> {

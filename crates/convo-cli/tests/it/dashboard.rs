@@ -20,7 +20,7 @@ fn serve_fixture(dir: &Path, fixture: &str) -> Served {
 }
 
 /// A fixture replayed into a fresh data directory (prefix `replay`).
-fn replay_fixture(dir: &Path, fixture: &str) {
+pub(crate) fn replay_fixture(dir: &Path, fixture: &str) {
     let input = repo().join("replay-fixtures").join(fixture).join("input.jsonl");
     let out = Command::new(env!("CARGO_BIN_EXE_convo"))
         .arg("replay-traffic")
@@ -32,7 +32,7 @@ fn replay_fixture(dir: &Path, fixture: &str) {
     assert!(out.status.success(), "replay-traffic: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-async fn until_ready(served: &Served) {
+pub(crate) async fn until_ready(served: &Served) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (status, body) = http(served, "127.0.0.1", "GET", "/health/ready", None, &[], None).await;

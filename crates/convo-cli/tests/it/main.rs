@@ -10,6 +10,7 @@ mod erasure;
 mod fail_closed;
 mod fence;
 mod offline;
+mod postgres;
 mod readme;
 mod seal_stream;
 mod supervise;

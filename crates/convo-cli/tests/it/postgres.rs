@@ -1,0 +1,385 @@
+//! The SQL projection against a real PostgreSQL the harness starts on a free
+//! loopback port: the day of traffic projected by `convo serve --postgres`,
+//! killed with SIGKILL mid catch-up and restarted, compared by SQL with the
+//! HTTP reports, then rebuilt by `convo project postgres --rebuild`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::access::{Served, http, http_with_head, serve_with};
+use super::dashboard::{replay_fixture, until_ready};
+
+const PASSWORD: &str = "convo-test-password-7f3a";
+
+/// A PostgreSQL server of the test's own, in a temporary directory: its
+/// superuser `convo` logs in with a password (scram-sha-256).
+pub(crate) struct Postgres {
+    port: u16,
+    child: Child,
+    /// The password, in a file only the test's user reads (0600).
+    pub(crate) password_file: PathBuf,
+    dir: tempfile::TempDir,
+    _secrets: tempfile::TempDir,
+}
+
+/// One of PostgreSQL's programs: Debian keeps the server's out of PATH.
+fn pg_bin(name: &str) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .collect();
+    dirs.sort();
+    dirs.reverse();
+    dirs.extend(std::env::var_os("PATH").iter().flat_map(std::env::split_paths));
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.exists()).unwrap_or_else(|| {
+        panic!("the SQL projection's test needs PostgreSQL's {name}: run `just postgres` (apt install postgresql)")
+    })
+}
+
+/// PostgreSQL refuses to run as root: as root, its programs run as the
+/// `postgres` user Debian's package makes.
+fn as_server_user(program: &Path) -> Command {
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if root {
+        let mut command = Command::new("setpriv");
+        command.args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Postgres {
+    pub(crate) fn start() -> Self {
+        let dir = tempfile::Builder::new().prefix("convo-pg").tempdir().unwrap();
+        let secrets = tempfile::tempdir().unwrap();
+        let password_file = secrets.path().join("pg.pass");
+        convo_store::launcher::write_private(&password_file, PASSWORD.as_bytes()).unwrap();
+        std::fs::write(dir.path().join("initdb.pass"), PASSWORD).unwrap();
+        let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        if root {
+            let chown = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status().unwrap();
+            assert!(chown.success(), "chown of the test's PostgreSQL directory");
+        }
+        let data = dir.path().join("data");
+        let out = as_server_user(&pg_bin("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "convo", "--auth=scram-sha-256", "-E", "UTF8", "--no-locale", "--no-instructions"])
+            .arg(format!("--pwfile={}", dir.path().join("initdb.pass").display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("postgres.log")).unwrap();
+        let child = as_server_user(&pg_bin("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+            .arg("-c")
+            .arg(format!("unix_socket_directories={}", dir.path().display()))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("postgres starts");
+        Self { port, child, password_file, dir, _secrets: secrets }
+    }
+
+    /// The projection's URL (no password: it is in [`Self::password_file`]).
+    pub(crate) fn url(&self) -> String {
+        format!("postgres://convo@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// A client, once the server answers (within 30 s).
+    pub(crate) async fn client(&self) -> tokio_postgres::Client {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = format!("postgres://convo:{PASSWORD}@127.0.0.1:{}/postgres", self.port);
+        loop {
+            match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                Ok((client, connection)) => {
+                    tokio::spawn(connection);
+                    return client;
+                }
+                Err(e) => {
+                    let log = std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default();
+                    assert!(Instant::now() < deadline, "PostgreSQL never answered: {e}\n{log}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // SIGINT: a fast shutdown.
+        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every row of every table of the projection, as JSON text, sorted.
+async fn dump(db: &tokio_postgres::Client) -> Vec<(String, Vec<String>)> {
+    let tables = [
+        "checkpoint",
+        "accounts",
+        "conversations",
+        "responses",
+        "sla_crossings",
+        "segments",
+        "transfers",
+        "closures",
+        "agent_states",
+        "csat",
+        "labels",
+        "contact_attributes",
+        "contacts_erased",
+        "heads",
+        "dead_letters",
+    ];
+    let mut out = Vec::new();
+    for table in tables {
+        let rows =
+            db.query(&format!("SELECT row_to_json(t)::text FROM convo.{table} t ORDER BY 1"), &[]).await.unwrap();
+        out.push((table.to_owned(), rows.iter().map(|r| r.get::<_, String>(0)).collect()));
+    }
+    out
+}
+
+async fn checkpoint(db: &tokio_postgres::Client) -> Option<i64> {
+    db.query_opt("SELECT seq FROM convo.checkpoint", &[]).await.ok().flatten().map(|r| r.get(0))
+}
+
+/// The stream's end as a read tells it (`Convo-Stream-End`).
+async fn stream_end(served: &Served) -> i64 {
+    let (status, head, _) = http_with_head(
+        served,
+        "127.0.0.1",
+        "GET",
+        "/v1/accounts/default/reports/sla",
+        Some(&served.operator),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{head}");
+    head.lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("convo-stream-end:").map(|v| v.trim().parse().unwrap()))
+        .expect("every read says where the stream ends")
+}
+
+async fn report(served: &Served, path: &str) -> Vec<Value> {
+    let (status, body) = http(
+        served,
+        "127.0.0.1",
+        "GET",
+        &format!("/v1/accounts/default/reports/{path}"),
+        Some(&served.operator),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["rows"].as_array().unwrap().clone()
+}
+
+fn n(v: &Value) -> i64 {
+    v.as_i64().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sql_projection_equals_the_http_reports_through_a_kill_and_a_rebuild() {
+    let pg = Postgres::start();
+    let db = pg.client().await;
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path();
+    replay_fixture(dir, "day-of-traffic");
+    let url = pg.url();
+    let password = pg.password_file.to_str().unwrap().to_owned();
+    let postgres = ["--postgres", &url, "--postgres-password-file", &password];
+
+    // Small transactions, so SIGKILL lands in the middle of the catch-up.
+    let mut args = vec!["--prefix", "replay", "--postgres-batch-commits", "20"];
+    args.extend(postgres);
+    let mut served = serve_with(dir, &args);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let at_kill = loop {
+        if let Some(seq) = checkpoint(&db).await.filter(|seq| *seq > 0) {
+            served.child.kill().unwrap();
+            served.child.wait().unwrap();
+            break checkpoint(&db).await.unwrap().max(seq);
+        }
+        assert!(Instant::now() < deadline, "the projection never wrote a batch");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    drop(served);
+    std::fs::remove_file(dir.join("http.url")).unwrap(); // the killed server's, stale
+
+    // Restarted: it goes on from its checkpoint.
+    let mut args = vec!["--prefix", "replay"];
+    args.extend(postgres);
+    let mut served = serve_with(dir, &args);
+    until_ready(&served).await;
+    let end = stream_end(&served).await;
+    assert!(at_kill < end, "killed mid catch-up: at {at_kill} of {end}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while checkpoint(&db).await.unwrap_or(0) < end {
+        assert!(Instant::now() < deadline, "the projection never caught up: {:?} of {end}", checkpoint(&db).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // SLA per campaign per hour and per day, by SQL, equal the HTTP reports.
+    for (period, view, label) in [("hour", "sla_by_campaign_hour", "hour"), ("day", "sla_by_campaign_day", "day")] {
+        let http: Vec<(String, String, i64, i64, i64)> = report(&served, &format!("sla?by=campaign&period={period}"))
+            .await
+            .iter()
+            .map(|r| {
+                let c = |k: &str| n(&r[k]);
+                (
+                    r["campaign"].as_str().unwrap().to_owned(),
+                    r["bucket"].as_str().unwrap().to_owned(),
+                    c("sla_optimal"),
+                    c("sla_low"),
+                    c("sla_breached"),
+                )
+            })
+            .filter(|(_, _, o, l, b)| o + l + b > 0)
+            .collect();
+        let sql: Vec<(String, String, i64, i64, i64)> = db
+            .query(
+                &format!(
+                    "SELECT campaign, {label}, sla_optimal, sla_low, sla_breached FROM convo.{view} \
+                     WHERE account = 'default' ORDER BY 1, 2"
+                ),
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+            .collect();
+        assert!(http.len() >= if period == "hour" { 20 } else { 3 }, "{period}: the day has SLA figures: {http:?}");
+        assert_eq!(sql, http, "SLA by campaign and {period}");
+    }
+    // First response: count and p50/p90 per campaign and hour (the HTTP
+    // percentiles are exact below 1000 s, three significant digits above).
+    let http: Vec<(String, String, i64, i64, i64)> = report(&served, "times?by=campaign&period=hour")
+        .await
+        .iter()
+        .filter(|r| n(&r["frt_count"]) > 0)
+        .map(|r| {
+            let c = |k: &str| n(&r[k]);
+            (
+                r["campaign"].as_str().unwrap().to_owned(),
+                r["bucket"].as_str().unwrap().to_owned(),
+                c("frt_count"),
+                c("frt_p50_secs"),
+                c("frt_p90_secs"),
+            )
+        })
+        .collect();
+    let sql: Vec<(String, String, i64, i64, i64)> = db
+        .query(
+            "SELECT campaign, hour, frt_count, frt_p50_secs, frt_p90_secs FROM convo.first_response_by_campaign_hour \
+             WHERE account = 'default' ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let bucket = |v: i64| convo_reports::value_bucket(v as u64) as i64;
+            (r.get(0), r.get(1), r.get(2), bucket(r.get(3)), bucket(r.get(4)))
+        })
+        .collect();
+    assert!(!http.is_empty());
+    assert_eq!(sql, http, "first response by campaign and hour");
+    // No row twice: as many responses and closures as the reports count.
+    let totals = &report(&served, "overview?by=account&period=day").await;
+    let (rt, closed): (i64, i64) =
+        totals.iter().fold((0, 0), |(rt, c), r| (rt + n(&r["rt_count"]), c + n(&r["closed"])));
+    let count = |table: &'static str| {
+        let db = &db;
+        async move { db.query_one(&format!("SELECT count(*) FROM convo.{table}"), &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(count("responses").await, rt);
+    assert_eq!(count("closures").await, closed);
+    assert!(count("segments").await > 0 && count("agent_states").await > 0 && count("transfers").await > 0);
+    assert_eq!(count("dead_letters").await, 0);
+
+    let pid = served.child.id().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    served.child.wait().unwrap();
+    drop(served);
+    let followed = dump(&db).await;
+
+    // A rebuild into a fresh schema, swapped in: the same rows.
+    let out = Command::new(env!("CARGO_BIN_EXE_convo"))
+        .args(["project", "postgres", "--prefix", "replay", "--rebuild"])
+        .args(postgres)
+        .arg("--data-dir")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "project postgres --rebuild: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rebuilt and swapped in"));
+    let rebuilt = dump(&db).await;
+    for ((table, a), (_, b)) in followed.iter().zip(&rebuilt) {
+        assert_eq!(a.len(), b.len(), "{table}: as many rows after the rebuild");
+        assert_eq!(a, b, "{table}: the same rows after the rebuild");
+    }
+    let schemas: i64 =
+        db.query_one("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'convo%'", &[]).await.unwrap().get(0);
+    assert_eq!(schemas, 1, "the old schema is gone, the fresh one renamed");
+}
+
+/// A setting that would open a door stops `convo serve` with a message:
+/// a password in the URL, a server off this machine, a wrong password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_postgres_setting_stops_the_server_naming_it() {
+    let pg = Postgres::start();
+    let _db = pg.client().await;
+    let temp = tempfile::tempdir().unwrap();
+    let wrong = temp.path().join("wrong.pass");
+    convo_store::launcher::write_private(&wrong, b"not-the-password").unwrap();
+    let in_url = pg.url().replace("convo@", &format!("convo:{PASSWORD}@"));
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["--postgres".into(), in_url], "--postgres-password-file"),
+        (vec!["--postgres".into(), "postgres://convo@db.example.com/postgres".into()], "without TLS"),
+        (
+            vec!["--postgres".into(), pg.url(), "--postgres-password-file".into(), wrong.display().to_string()],
+            "password authentication failed",
+        ),
+    ];
+    for (i, (args, says)) in cases.into_iter().enumerate() {
+        let dir = temp.path().join(format!("d{i}"));
+        let out = Command::new(env!("CARGO_BIN_EXE_convo"))
+            .arg("serve")
+            .args(&args)
+            .arg("--data-dir")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} refused");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(!stderr.contains(PASSWORD), "the password is never printed: {stderr}");
+    }
+}
