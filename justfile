@@ -77,7 +77,7 @@ nats:
     .tools/nats/bin/nats-server --version
 
 # Formatting, lints and every test (what CI runs).
-test: nats validators browser
+test: nats validators browser postgres
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
     cargo test --workspace
@@ -129,6 +129,17 @@ browser:
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium >/dev/null
     /usr/bin/chromium --version
+
+# Debian's PostgreSQL for the SQL projection's tests (apt; sudo when not root), unless it is there.
+postgres:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then exit 0; fi
+    echo "installing Debian's postgresql for the SQL projection's tests (apt; the tests start their own server)"
+    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+    ls /usr/lib/postgresql/*/bin/initdb
 
 # Benchmarks (not part of `just test`): every figure beside its raw ceiling, in one run (see BENCHMARKS.md).
 bench: nats

@@ -383,3 +383,78 @@ async fn a_bad_postgres_setting_stops_the_server_naming_it() {
         assert!(!stderr.contains(PASSWORD), "the password is never printed: {stderr}");
     }
 }
+
+async fn attributes(db: &tokio_postgres::Client) -> Vec<(String, String, String)> {
+    let rows = db.query("SELECT contact, name, value FROM convo.contact_attributes ORDER BY 1, 2", &[]).await.unwrap();
+    rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect()
+}
+
+/// Contact attributes reach SQL opened and masked by the account's
+/// redaction rules, and go when the contact is erased; no name or handle
+/// is written anywhere. The README's example queries run as written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contact_attributes_are_masked_and_erased_in_sql() {
+    use serde_json::json;
+
+    use super::access::op;
+    let pg = Postgres::start();
+    let db = pg.client().await;
+    let temp = tempfile::tempdir().unwrap();
+    let password = pg.password_file.to_str().unwrap().to_owned();
+    let url = pg.url();
+    let served = serve_with(temp.path(), &["--postgres", &url, "--postgres-password-file", &password]);
+    until_ready(&served).await;
+    let rules = json!([{"name": "document", "pattern": "\\d{6,}", "redact": true}]);
+    op(&served, "acme", "a1", json!({"type": "configure_account", "name": "Acme", "regex_rules": rules})).await;
+    let channel = json!({"type": "define_channel", "id": "wa", "kind": "whatsapp", "external_id": "+573001234567"});
+    op(&served, "acme", "a4", channel).await;
+    for (id, name) in [("a2", "segment"), ("a3", "document")] {
+        op(&served, "acme", id, json!({"type": "define_contact_attribute", "name": name, "kind": "text"})).await;
+    }
+    let contact = json!({
+        "type": "define_contact", "id": "ct-1", "name": "Camila Rojas",
+        "identities": [{"channel": "wa", "handle": "+573001112233"}],
+        "attributes": {"segment": "gold", "document": "CC 1020304050"},
+    });
+    op(&served, "acme", "c1", contact).await;
+    let kept = json!({"type": "define_contact", "id": "ct-2", "name": "Kept", "attributes": {"segment": "silver"}});
+    op(&served, "acme", "c2", kept).await;
+    let wanted = vec![
+        ("ct-1".to_owned(), "document".to_owned(), "CC [redacted:document]".to_owned()),
+        ("ct-1".to_owned(), "segment".to_owned(), "gold".to_owned()),
+        ("ct-2".to_owned(), "segment".to_owned(), "silver".to_owned()),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while attributes(&db).await != wanted {
+        assert!(Instant::now() < deadline, "attributes in SQL: {:?}", attributes(&db).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let erase = json!({"type": "erase_contact", "contact": "ct-1", "reason": "the holder asked"});
+    op(&served, "acme", "e1", erase).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let erased = db.query("SELECT contact FROM convo.contacts_erased", &[]).await.unwrap();
+        if erased.len() == 1 {
+            assert_eq!(erased[0].get::<_, String>(0), "ct-1");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the erasure never reached SQL");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(attributes(&db).await, wanted[2..].to_vec(), "the erased contact's attributes are gone");
+    let everything: String = dump(&db).await.iter().flat_map(|(_, rows)| rows.iter().cloned()).collect();
+    for personal in ["Camila", "3001112233", "1020304050", "Kept", "the holder asked"] {
+        assert!(!everything.contains(personal), "{personal} is nowhere in SQL");
+    }
+
+    // The README's example queries run as written.
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
+    let block = readme.split("```sql\n").nth(1).and_then(|b| b.split("```").next()).expect("the README's SQL");
+    let queries: Vec<&str> =
+        block.split(';').map(str::trim).filter(|q| q.lines().any(|l| !l.starts_with("--"))).collect();
+    assert_eq!(queries.len(), 3, "three example queries");
+    for query in queries {
+        db.query(query, &[]).await.unwrap_or_else(|e| panic!("{query}: {e}"));
+    }
+}
