@@ -102,9 +102,20 @@ pub struct GatewayConfig {
     pub unowned: Option<UnownedCheck>,
 }
 
-/// Asked on each readiness request: the partitions nobody serves now.
+/// What the cluster says on a readiness request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterReadiness {
+    /// Whether this instance's own heartbeat is in the directory: until
+    /// then the others (and `convo cluster status`) do not see it.
+    pub joined: bool,
+    /// The partitions nobody serves now.
+    pub unowned: Vec<usize>,
+}
+
+/// Asked on each readiness request: whether this instance has joined, and
+/// the partitions nobody serves now.
 #[derive(Clone)]
-pub struct UnownedCheck(pub Arc<dyn Fn() -> futures::future::BoxFuture<'static, Vec<usize>> + Send + Sync>);
+pub struct UnownedCheck(pub Arc<dyn Fn() -> futures::future::BoxFuture<'static, ClusterReadiness> + Send + Sync>);
 
 impl std::fmt::Debug for UnownedCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -276,15 +287,21 @@ async fn ready(State(shared): State<Arc<Shared>>) -> Response {
         .flat_map(reads::ReadModels::positions)
         .map(|(name, at)| (name.to_owned(), json!(at)))
         .collect();
-    let unowned: Vec<usize> = match &shared.config.unowned {
+    let ClusterReadiness { joined, unowned } = match &shared.config.unowned {
         Some(check) => (check.0)().await,
-        None => Vec::new(),
+        None => ClusterReadiness { joined: true, unowned: Vec::new() },
     };
     if !shared.config.redactions.is_ready() {
         let message = "the engine is recovering from the stream";
         reply(
             StatusCode::SERVICE_UNAVAILABLE,
             json!({"status": "recovering", "message": message, "read_models": positions}),
+        )
+    } else if !joined {
+        let message = "this instance's heartbeat is not in the cluster's directory yet";
+        reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "joining", "message": message, "read_models": positions}),
         )
     } else if !unowned.is_empty() {
         // A command for one of them would find nobody: a load balancer should send traffic elsewhere.

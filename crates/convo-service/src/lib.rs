@@ -354,11 +354,15 @@ impl Service {
         ));
         let (status_tx, status_rx) = tokio::sync::watch::channel(convo_engine::cluster::ClusterStatus::default());
         let unowned: convo_gateway::UnownedCheck = {
-            let (client, prefix) = (store.client().clone(), config.prefix.clone());
+            let (client, prefix, me) = (store.client().clone(), config.prefix.clone(), instance.clone());
             convo_gateway::UnownedCheck(Arc::new(move || {
                 let status = status_rx.borrow().clone();
                 let (client, prefix) = (client.clone(), prefix.clone());
-                Box::pin(async move { convo_engine::cluster::unowned_now(&client, &prefix, partitions, &status).await })
+                let joined = status.live.contains(&me);
+                Box::pin(async move {
+                    let unowned = convo_engine::cluster::unowned_now(&client, &prefix, partitions, &status).await;
+                    convo_gateway::ClusterReadiness { joined, unowned }
+                })
             }))
         };
         let (local_tx, local_rx) = tokio::sync::mpsc::channel(convo_engine::serve::PARTITION_QUEUE_MAX);

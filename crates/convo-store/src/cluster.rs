@@ -102,13 +102,46 @@ impl Directory {
         while let Some(key) = keys.next().await {
             let key = key.map_err(unavailable)?;
             let Some(name) = key.strip_prefix(prefix) else { continue };
-            if let Some(entry) = self.kv.entry(&key).await.map_err(unavailable)?
+            // A direct get may be answered by a replica that has not yet seen a
+            // key the listing (from the leader) holds: read that one from the leader.
+            let entry = match self.kv.entry(&key).await.map_err(unavailable)? {
+                Some(entry) => Some(entry),
+                None => self.leader_entry(&key).await?,
+            };
+            if let Some(entry) = entry
                 && entry.operation == kv::Operation::Put
             {
                 out.push((name.to_owned(), entry));
             }
         }
         Ok(out)
+    }
+
+    /// A key's last entry as the bucket's leader holds it (`None`: no such key).
+    async fn leader_entry(&self, key: &str) -> Result<Option<kv::Entry>, StoreError> {
+        let subject = format!("{}{key}", self.kv.prefix);
+        let message = match self.kv.stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(message) => message,
+            Err(e) if e.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                return Ok(None);
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
+        let operation = match message.headers.get("KV-Operation").map(|v| v.as_str()) {
+            Some("DEL") => kv::Operation::Delete,
+            Some("PURGE") => kv::Operation::Purge,
+            _ => kv::Operation::Put,
+        };
+        Ok(Some(kv::Entry {
+            bucket: self.kv.name.clone(),
+            key: key.to_owned(),
+            value: message.payload,
+            revision: message.sequence,
+            delta: 0,
+            created: message.time,
+            operation,
+            seen_current: true,
+        }))
     }
 
     /// The instances alive now (their heartbeat not expired), by id.

@@ -20,23 +20,32 @@ const CARD: &str = "4111 1111 1111 1111";
 
 /// `convo serve` that is expected to stop at once: its output.
 fn serve_refused(dir: &Path, extra: &[&str]) -> Output {
+    // Its output goes to files beside the data directory, not to pipes nobody
+    // reads while it runs (a full pipe would stop it mid-sentence), and a run
+    // that does not stop says what it printed.
+    let (out_file, err_file) = (dir.with_extension("stdout"), dir.with_extension("stderr"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_convo"))
         .args(["serve", "--no-http", "--data-dir"])
         .arg(dir)
         .args(extra)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stdout(std::fs::File::create(&out_file).unwrap())
+        .stderr(std::fs::File::create(&err_file).unwrap())
         .spawn()
         .expect("convo runs");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("convo serve {extra:?} did not stop");
+            let _ = child.wait();
+            let printed = std::fs::read_to_string(&err_file).unwrap_or_default();
+            panic!("convo serve {extra:?} did not stop within 30 s; it printed:\n{printed}");
         }
         std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
+    };
+    Output { status, stdout: std::fs::read(&out_file).unwrap(), stderr: std::fs::read(&err_file).unwrap() }
 }
 
 fn write_mode(path: &Path, bytes: &[u8], mode: u32) {
