@@ -42,6 +42,7 @@
 
 pub mod openapi;
 pub mod reads;
+pub mod shapes;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -44,11 +44,13 @@ fn account_param() -> Value {
 
 /// The document.
 pub fn document() -> Value {
+    let (mut schemas, shapes) = crate::shapes::components();
+    let shape = |name: &str| shapes[name].clone();
     let mut paths = Map::new();
     paths.insert(
         "/v1/health".into(),
         json!({"get": {"operationId": "health", "summary": "Whether the gateway is up (no credential needed)", "security": [],
-            "responses": {"200": {"description": "Up", "content": {"application/json": {"schema": {"type": "object"}}}}}}}),
+            "responses": {"200": {"description": "Up", "content": {"application/json": {"schema": shape("health")}}}}}}),
     );
     paths.insert(
         "/metrics".into(),
@@ -58,18 +60,18 @@ pub fn document() -> Value {
     paths.insert(
         "/health/live".into(),
         json!({"get": {"operationId": "live", "summary": "The process is up (no credential needed)", "security": [],
-            "responses": {"200": {"description": "Up", "content": {"application/json": {"schema": {"type": "object"}}}}}}}),
+            "responses": {"200": {"description": "Up", "content": {"application/json": {"schema": shape("health")}}}}}}),
     );
     paths.insert(
         "/health/ready".into(),
         json!({"get": {"operationId": "ready", "summary": "Whether the engine has recovered from the stream and serves (no credential needed)", "security": [],
-            "responses": {"200": {"description": "Ready", "content": {"application/json": {"schema": {"type": "object"}}}},
-                          "503": {"description": "Still recovering", "content": {"application/json": {"schema": {"type": "object"}}}}}}}),
+            "responses": {"200": {"description": "Ready", "content": {"application/json": {"schema": shape("ready")}}},
+                          "503": {"description": "Not ready: recovering, joining the cluster, partitions unowned or read models catching up (`status` says which)", "content": {"application/json": {"schema": shape("ready")}}}}}}),
     );
     paths.insert(
         "/v1/openapi.json".into(),
         json!({"get": {"operationId": "openapi", "summary": "This document", "security": [],
-            "responses": {"200": {"description": "The OpenAPI document", "content": {"application/json": {"schema": {"type": "object"}}}}}}}),
+            "responses": {"200": {"description": "The OpenAPI document", "content": {"application/json": {"schema": shape("openapi")}}}}}}),
     );
     for kind in client_commands() {
         let mut responses = Map::new();
@@ -96,30 +98,38 @@ pub fn document() -> Value {
             }}),
         );
     }
-    let mut read_responses = Map::new();
     // Every read says where it stands: the stream sequence its read model (or the feed's
     // page) holds, and the stream's end when it answered.
     let position_headers = json!({
         "Convo-Read-Position": {"description": "The stream sequence the answer holds the stream as far as", "schema": {"type": "integer", "minimum": 0}},
         "Convo-Stream-End": {"description": "The stream's last sequence when the read was answered", "schema": {"type": "integer", "minimum": 0}}});
-    read_responses.insert(
-        "200".into(),
-        json!({"description": "The entries", "headers": position_headers.clone(), "content": {"application/json": {"schema": {"type": "object"}}}}),
-    );
-    read_responses.extend(error_responses(&[400, 401, 403, 404, 429, 503]));
+    let errors = error_responses(&[400, 401, 403, 404, 429, 503]);
+    let read_responses = |name: &str| {
+        let mut responses = Map::new();
+        responses.insert(
+            "200".into(),
+            json!({"description": "The entries", "headers": position_headers.clone(), "content": {"application/json": {"schema": shape(name)}}}),
+        );
+        responses.extend(errors.clone());
+        responses
+    };
     // Reads of what no read model holds (a contact's export from the stream, the webhook
     // deliveries' own records) carry no position.
-    let mut unpositioned_responses = read_responses.clone();
-    unpositioned_responses.insert(
-        "200".into(),
-        json!({"description": "The document", "content": {"application/json": {"schema": {"type": "object"}}}}),
-    );
-    let mut report_responses = read_responses.clone();
+    let unpositioned_responses = |name: &str| {
+        let mut responses = Map::new();
+        responses.insert(
+            "200".into(),
+            json!({"description": "The document", "content": {"application/json": {"schema": shape(name)}}}),
+        );
+        responses.extend(errors.clone());
+        responses
+    };
+    let mut report_responses = read_responses("report");
     report_responses.insert(
         "200".into(),
         json!({"description": "The rows: JSON, or with format=csv a header line and one RFC 4180 line per row (the kind's columns)",
             "headers": position_headers,
-            "content": {"application/json": {"schema": {"type": "object"}}, "text/csv": {"schema": {"type": "string"}}}}),
+            "content": {"application/json": {"schema": shape("report")}, "text/csv": {"schema": {"type": "string"}}}}),
     );
     let query = |name: &str, description: &str| json!({"name": name, "in": "query", "required": false, "description": description, "schema": {"type": "string"}});
     paths.insert(
@@ -129,7 +139,7 @@ pub fn document() -> Value {
                 query("actor", "user:ana, ana, integration:crm…"), query("action", "an event type"), query("conversation", "a conversation id"),
                 query("ip", "the address an action came from"),
                 {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": crate::AUDIT_ENTRIES_MAX}}],
-            "responses": read_responses.clone()}}),
+            "responses": read_responses("audit")}}),
     );
     let stream_responses = || {
         let mut responses = Map::new();
@@ -153,38 +163,38 @@ pub fn document() -> Value {
     paths.insert(
         "/v1/audit/verify".into(),
         json!({"get": {"operationId": "auditVerify", "summary": "The operator's verification of the whole audit log against a refold of the stream, and of the engine's anchors: `intact`, `entries`, `checkpoint`, `behind`, `first_divergence`, `not_in_record`, `anchors`",
-            "responses": read_responses.clone()}}),
+            "responses": read_responses("verify")}}),
     );
     paths.insert(
         "/v1/accounts/{account}/contacts/{contact}/history".into(),
         json!({"get": {"operationId": "contactHistory", "summary": "A contact's last closed conversations, newest first, the number masked unless the campaign shows it; once the contact is erased, `erased` names the reason and time and personal values read `[erased]` (admins, the operator, `contact_history` integrations; supervisors: their campaigns)",
             "parameters": [account_param(), {"name": "contact", "in": "path", "required": true, "schema": {"type": "string"}}],
-            "responses": read_responses.clone()}}),
+            "responses": read_responses("history")}}),
     );
     paths.insert(
         "/v1/accounts/{account}/contacts/{contact}/export".into(),
         json!({"get": {"operationId": "contactExport", "summary": "Everything held about a contact in one JSON document (subject access, SPEC §13): `identity` (the contact book's, with attributes), `erased` (the erasure's reason and time, once erased), `contact_book` (its events) and `conversations`, each with its events and texts (admins and the operator only; no read scope grants it). Personal values of an erased contact read `[erased]`.",
             "parameters": [account_param(), {"name": "contact", "in": "path", "required": true, "schema": {"type": "string"}}],
-            "responses": unpositioned_responses.clone()}}),
+            "responses": unpositioned_responses("export")}}),
     );
     let margin = json!({"name": "margin_secs", "in": "query", "required": false, "description": "A wait this close to its next SLA threshold is at risk (seconds; the server's --risk-margin-secs by default)", "schema": {"type": "integer", "minimum": 0, "maximum": crate::reads::RISK_MARGIN_MAX_SECS}});
     paths.insert(
         "/v1/accounts/{account}/live".into(),
         json!({"get": {"operationId": "liveDashboard", "summary": "The live dashboard now: per campaign the open, queued and assigned conversations, the longest queue wait, those at SLA risk and breached; agents with state, time in state and load; the conversations at risk; the conversations, longest wait first (admins, the operator, `live` integrations; supervisors: their campaigns)",
             "parameters": [account_param(), margin.clone()],
-            "responses": read_responses.clone()}}),
+            "responses": read_responses("live")}}),
     );
     paths.insert(
         "/v1/accounts/{account}/inbox".into(),
         json!({"get": {"operationId": "inbox", "summary": "An agent's inbox: their state and load, the conversations assigned to them and those queued in their campaigns, each with the contact's last message and SLA state (an agent: their own; supervisors: their campaigns' agents; admins, the operator, `inbox` integrations: anyone's)",
             "parameters": [account_param(), query("agent", "whose inbox (an agent's own without it)"), margin],
-            "responses": read_responses.clone()}}),
+            "responses": read_responses("inbox")}}),
     );
     paths.insert(
         "/v1/accounts/{account}/conversations/{conversation}/timeline".into(),
         json!({"get": {"operationId": "conversationTimeline", "summary": "One conversation's audit entries in order, as `convo audit replay` prints them (whoever reads `audit`: any conversation; a supervisor: one of their campaigns' conversations; an agent: one in their inbox; 404 for a conversation the reader may not see)",
             "parameters": [account_param(), {"name": "conversation", "in": "path", "required": true, "description": "The conversation", "schema": {"type": "string"}}],
-            "responses": read_responses.clone()}}),
+            "responses": read_responses("timeline")}}),
     );
     paths.insert(
         "/dashboard".into(),
@@ -211,14 +221,14 @@ pub fn document() -> Value {
                 {"name": "limit", "in": "query", "required": false, "description": "At most this many events (whole commits)", "schema": {"type": "integer", "minimum": 1, "maximum": crate::FEED_EVENTS_MAX}},
                 query("conversation", "a conversation id"),
                 {"name": "type", "in": "query", "required": false, "description": "only events of this type", "schema": {"enum": convo_wire::EVENT_TYPES.as_slice()}}],
-            "responses": read_responses.clone()}}),
+            "responses": read_responses("events")}}),
     );
     paths.insert(
         "/v1/accounts/{account}/webhooks/deliveries".into(),
         json!({"get": {"operationId": "webhookDeliveries", "summary": "The account's webhook deliveries: `pending` (queued or retrying), `dead` (dead-lettered: re-drive with the redrive_webhook command) and `attempts`, the newest first (each with outcome, status, error, latency_ms) (admins, the operator, `webhooks` integrations)",
             "parameters": [account_param(), query("webhook", "one webhook's only"),
                 {"name": "limit", "in": "query", "required": false, "description": "At most this many of each", "schema": {"type": "integer", "minimum": 1, "maximum": convo_webhooks::LOG_READ_MAX}}],
-            "responses": unpositioned_responses.clone()}}),
+            "responses": unpositioned_responses("deliveries")}}),
     );
     paths.insert(
         "/v1/accounts/{account}/events/stream".into(),
@@ -231,7 +241,7 @@ pub fn document() -> Value {
             "responses": {"200": {"description": "The event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
                 "429": {"description": "Too many event streams are open", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}}),
     );
-    json!({
+    let mut document = json!({
         "openapi": "3.1.0",
         "info": {"title": "convo gateway", "version": env!("CARGO_PKG_VERSION"),
             "description": "Commands and reads of the convo engine over HTTP. Every request but health carries `Authorization: Bearer <credential>`: an account's API key, the platform operator's credential, or a JWT from the configured identity provider. Who acts comes from the credential and the connection, never from the body."},
@@ -256,7 +266,12 @@ pub fn document() -> Value {
                     "message": {"type": "string"}, "reason": {"type": "string"}}}
             }
         }
-    })
+    });
+    // The reads' answers, generated from their types (crate::shapes).
+    if let Some(components) = document["components"]["schemas"].as_object_mut() {
+        components.append(&mut schemas);
+    }
+    document
 }
 
 #[cfg(test)]

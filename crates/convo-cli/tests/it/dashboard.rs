@@ -14,7 +14,7 @@ fn repo() -> PathBuf {
 }
 
 /// A fixture replayed into a fresh data directory, then served.
-fn serve_fixture(dir: &Path, fixture: &str) -> Served {
+pub(crate) fn serve_fixture(dir: &Path, fixture: &str) -> Served {
     replay_fixture(dir, fixture);
     serve_with(dir, &["--prefix", "replay"]) // replay-traffic's default prefix
 }
@@ -45,7 +45,7 @@ pub(crate) async fn until_ready(served: &Served) {
 }
 
 /// An API key for `user`, its token.
-async fn key_for(served: &Served, user: &str) -> String {
+pub(crate) async fn key_for(served: &Served, user: &str) -> String {
     let command = json!({"type": "issue_api_key", "key": format!("{user}-key"), "holder": {"user": user}});
     let reply = op(served, "default", &format!("key-{user}"), command).await;
     reply["credential"]["token"].as_str().expect("the token, once").to_owned()

@@ -11,6 +11,7 @@ mod fail_closed;
 mod fence;
 mod offline;
 mod postgres;
+mod read_contract;
 mod readme;
 mod seal_stream;
 mod supervise;
