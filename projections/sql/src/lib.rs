@@ -27,6 +27,8 @@
 //! and swaps it in by renaming, in one transaction: readers see the old
 //! schema until then.
 
+pub mod launcher;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::str::FromStr;

@@ -3,8 +3,8 @@
 //! killed with SIGKILL mid catch-up and restarted, compared by SQL with the
 //! HTTP reports, then rebuilt by `convo project postgres --rebuild`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -12,127 +12,11 @@ use serde_json::Value;
 use super::access::{Served, http, http_with_head, serve_with};
 use super::dashboard::{replay_fixture, until_ready};
 
-const PASSWORD: &str = "convo-test-password-7f3a";
-
-/// A PostgreSQL server of the test's own, in a temporary directory: its
-/// superuser `convo` logs in with a password (scram-sha-256).
-pub(crate) struct Postgres {
-    port: u16,
-    child: Child,
-    /// The password, in a file only the test's user reads (0600).
-    pub(crate) password_file: PathBuf,
-    dir: tempfile::TempDir,
-    _secrets: tempfile::TempDir,
-}
-
-/// One of PostgreSQL's programs: Debian keeps the server's out of PATH.
-fn pg_bin(name: &str) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path().join("bin"))
-        .collect();
-    dirs.sort();
-    dirs.reverse();
-    dirs.extend(std::env::var_os("PATH").iter().flat_map(std::env::split_paths));
-    dirs.into_iter().map(|d| d.join(name)).find(|p| p.exists()).unwrap_or_else(|| {
-        panic!("the SQL projection's test needs PostgreSQL's {name}: run `just postgres` (apt install postgresql)")
-    })
-}
-
-/// PostgreSQL refuses to run as root: as root, its programs run as the
-/// `postgres` user Debian's package makes.
-fn as_server_user(program: &Path) -> Command {
-    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-    if root {
-        let mut command = Command::new("setpriv");
-        command.args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--"]).arg(program);
-        command
-    } else {
-        Command::new(program)
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-impl Postgres {
-    pub(crate) fn start() -> Self {
-        let dir = tempfile::Builder::new().prefix("convo-pg").tempdir().unwrap();
-        let secrets = tempfile::tempdir().unwrap();
-        let password_file = secrets.path().join("pg.pass");
-        convo_store::launcher::write_private(&password_file, PASSWORD.as_bytes()).unwrap();
-        std::fs::write(dir.path().join("initdb.pass"), PASSWORD).unwrap();
-        let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-        if root {
-            let chown = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status().unwrap();
-            assert!(chown.success(), "chown of the test's PostgreSQL directory");
-        }
-        let data = dir.path().join("data");
-        let out = as_server_user(&pg_bin("initdb"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", "convo", "--auth=scram-sha-256", "-E", "UTF8", "--no-locale", "--no-instructions"])
-            .arg(format!("--pwfile={}", dir.path().join("initdb.pass").display()))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
-        let port = free_port();
-        let log = std::fs::File::create(dir.path().join("postgres.log")).unwrap();
-        let child = as_server_user(&pg_bin("postgres"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
-            .arg("-c")
-            .arg(format!("unix_socket_directories={}", dir.path().display()))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("postgres starts");
-        Self { port, child, password_file, dir, _secrets: secrets }
-    }
-
-    /// The projection's URL (no password: it is in [`Self::password_file`]).
-    pub(crate) fn url(&self) -> String {
-        format!("postgres://convo@127.0.0.1:{}/postgres", self.port)
-    }
-
-    /// A client, once the server answers (within 30 s).
-    pub(crate) async fn client(&self) -> tokio_postgres::Client {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let url = format!("postgres://convo:{PASSWORD}@127.0.0.1:{}/postgres", self.port);
-        loop {
-            match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
-                Ok((client, connection)) => {
-                    tokio::spawn(connection);
-                    return client;
-                }
-                Err(e) => {
-                    let log = std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default();
-                    assert!(Instant::now() < deadline, "PostgreSQL never answered: {e}\n{log}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        // SIGINT: a fast shutdown.
-        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The test's own PostgreSQL (started, and answering).
+async fn postgres() -> (convo_sql::launcher::PgServer, tokio_postgres::Client) {
+    let pg = convo_sql::launcher::PgServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let client = pg.client().await.unwrap_or_else(|e| panic!("{e}"));
+    (pg, client)
 }
 
 /// Every row of every table of the projection, as JSON text, sorted.
@@ -206,8 +90,7 @@ fn n(v: &Value) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sql_projection_equals_the_http_reports_through_a_kill_and_a_rebuild() {
-    let pg = Postgres::start();
-    let db = pg.client().await;
+    let (pg, db) = postgres().await;
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path();
     replay_fixture(dir, "day-of-traffic");
@@ -354,12 +237,12 @@ async fn the_sql_projection_equals_the_http_reports_through_a_kill_and_a_rebuild
 /// a password in the URL, a server off this machine, a wrong password.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_postgres_setting_stops_the_server_naming_it() {
-    let pg = Postgres::start();
-    let _db = pg.client().await;
+    let (pg, _db) = postgres().await;
     let temp = tempfile::tempdir().unwrap();
     let wrong = temp.path().join("wrong.pass");
     convo_store::launcher::write_private(&wrong, b"not-the-password").unwrap();
-    let in_url = pg.url().replace("convo@", &format!("convo:{PASSWORD}@"));
+    let password = std::fs::read_to_string(&pg.password_file).unwrap();
+    let in_url = pg.url().replace("convo@", &format!("convo:{password}@"));
     let cases: Vec<(Vec<String>, &str)> = vec![
         (vec!["--postgres".into(), in_url], "--postgres-password-file"),
         (vec!["--postgres".into(), "postgres://convo@db.example.com/postgres".into()], "without TLS"),
@@ -380,7 +263,7 @@ async fn a_bad_postgres_setting_stops_the_server_naming_it() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} refused");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
-        assert!(!stderr.contains(PASSWORD), "the password is never printed: {stderr}");
+        assert!(!stderr.contains(&password), "the password is never printed: {stderr}");
     }
 }
 
@@ -397,8 +280,7 @@ async fn contact_attributes_are_masked_and_erased_in_sql() {
     use serde_json::json;
 
     use super::access::op;
-    let pg = Postgres::start();
-    let db = pg.client().await;
+    let (pg, db) = postgres().await;
     let temp = tempfile::tempdir().unwrap();
     let password = pg.password_file.to_str().unwrap().to_owned();
     let url = pg.url();
