@@ -680,6 +680,25 @@ const TABLES: [&Table; 14] = [
     &DEAD_LETTERS,
 ];
 
+/// Every table of the projection, by name (the checkpoint first).
+pub const TABLE_NAMES: [&str; 15] = [
+    "checkpoint",
+    "accounts",
+    "conversations",
+    "responses",
+    "sla_crossings",
+    "segments",
+    "transfers",
+    "closures",
+    "agent_states",
+    "csat",
+    "labels",
+    "contact_attributes",
+    "contacts_erased",
+    "heads",
+    "dead_letters",
+];
+
 /// A table's rows in a batch, by key (a later row for the same key merges
 /// into the earlier one as the table's [`OnConflict`] says).
 #[derive(Debug, Default)]

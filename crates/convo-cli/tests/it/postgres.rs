@@ -21,25 +21,8 @@ async fn postgres() -> (convo_sql::launcher::PgServer, tokio_postgres::Client) {
 
 /// Every row of every table of the projection, as JSON text, sorted.
 async fn dump(db: &tokio_postgres::Client) -> Vec<(String, Vec<String>)> {
-    let tables = [
-        "checkpoint",
-        "accounts",
-        "conversations",
-        "responses",
-        "sla_crossings",
-        "segments",
-        "transfers",
-        "closures",
-        "agent_states",
-        "csat",
-        "labels",
-        "contact_attributes",
-        "contacts_erased",
-        "heads",
-        "dead_letters",
-    ];
     let mut out = Vec::new();
-    for table in tables {
+    for table in convo_sql::TABLE_NAMES {
         let rows =
             db.query(&format!("SELECT row_to_json(t)::text FROM convo.{table} t ORDER BY 1"), &[]).await.unwrap();
         out.push((table.to_owned(), rows.iter().map(|r| r.get::<_, String>(0)).collect()));
