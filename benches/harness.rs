@@ -1561,8 +1561,13 @@ async fn main() -> Result<()> {
             eprintln!("convo-bench: rebuilding {name}");
             let (secs, _) = rebuild(&store, &db, projection.as_mut()).await?;
             let rate = events as f64 / secs;
-            let figure =
-                Figure::new(format!("rebuild {name}: events/s"), rate, "events/s", "raw ordered read, events/s", read_rate);
+            let figure = Figure::new(
+                format!("rebuild {name}: events/s"),
+                rate,
+                "events/s",
+                "raw ordered read, events/s",
+                read_rate,
+            );
             // Issue 28's goals: reports and contact history at least half a raw ordered read.
             figures.push(if matches!(name, "reports" | "contact history") { figure.at_least(50.0) } else { figure });
             if name == "audit" {
@@ -1622,7 +1627,10 @@ async fn main() -> Result<()> {
                 let stats = convo_sql::rebuild(&target, &store, None, &mut |_, _| {}).await?;
                 let secs = started.elapsed().as_secs_f64();
                 let (rows, copy_secs) = raw_copy(&db, "convo", "raw_copy").await?;
-                eprintln!("  {} commits folded into {rows} rows in {secs:.1} s; COPY of those rows: {copy_secs:.2} s", stats.commits);
+                eprintln!(
+                    "  {} commits folded into {rows} rows in {secs:.1} s; COPY of those rows: {copy_secs:.2} s",
+                    stats.commits
+                );
                 figures.push(
                     Figure::new(
                         "SQL projection catch-up: rows/s",

@@ -51,6 +51,8 @@ where
     S: EventStore + Send + Sync + 'static,
     P: Projection + Send + 'static,
 {
+    // A tree of another layout is set aside first: the position is then the new tree's.
+    projector.ensure_layout(projection.layout())?;
     let (position_tx, position) = watch::channel(projector.checkpoint()?);
     let followed = Followed { projector: projector.clone(), position };
     let task = tokio::spawn(async move {

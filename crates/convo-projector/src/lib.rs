@@ -16,7 +16,7 @@
 
 pub mod follow;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use futures::StreamExt;
 
@@ -37,17 +37,56 @@ const DEAD_PREFIX: &[u8] = b"\x00dead/";
 /// Per aggregate, the sequence of the last event folded.
 const SEQ_PREFIX: &[u8] = b"\x00seq/";
 
-/// Whether a commit follows its aggregate's last folded event (as the engine
-/// applies it): a republished copy, a forgery at a used sequence or a commit
-/// after a gap is not part of the record, and goes to the dead letters.
-fn follows_its_aggregate(staged: &mut Staged<'_>, stored: &StoredCommit) -> Result<(), String> {
-    let commit = &stored.commit;
-    let mut key = SEQ_PREFIX.to_vec();
-    key.extend_from_slice(format!("{}/{}", commit.account, commit.stream.path()).as_bytes());
-    let last = staged.get(&key)?.and_then(|v| v.try_into().ok()).map_or(0, u64::from_be_bytes);
-    commit.follows(last).map_err(|why| format!("{why} (a copy or a forgery: the engine does not apply it)"))?;
-    staged.insert(key, commit.last_seq().to_be_bytes().to_vec());
-    Ok(())
+/// Aggregates whose last folded event a fold keeps in memory before it forgets them
+/// (they are in the tree: the next look reads them back).
+pub const HEADS_CACHED_MAX: usize = 1_000_000;
+
+/// Per aggregate, the sequence of its last event folded (`\x00seq/<account>/<stream>`):
+/// kept in memory during a fold, staged once per batch for those that moved.
+#[derive(Debug, Default)]
+struct Heads {
+    last: HashMap<Vec<u8>, u64>,
+    moved: Vec<Vec<u8>>,
+}
+
+impl Heads {
+    /// Whether a commit follows its aggregate's last folded event (as the
+    /// engine applies it): a republished copy, a forgery at a used sequence
+    /// or a commit after a gap is not part of the record, and goes to the
+    /// dead letters. The aggregate's key and new head, for [`Heads::advance`].
+    fn follows(&mut self, staged: &Staged<'_>, stored: &StoredCommit) -> Result<(Vec<u8>, u64), String> {
+        let commit = &stored.commit;
+        let mut key = SEQ_PREFIX.to_vec();
+        key.extend_from_slice(commit.account.as_str().as_bytes());
+        key.push(b'/');
+        key.extend_from_slice(commit.stream.path().as_bytes());
+        let last = match self.last.get(&key) {
+            Some(last) => *last,
+            None => staged.get(&key)?.and_then(|v| v.try_into().ok()).map_or(0, u64::from_be_bytes),
+        };
+        commit.follows(last).map_err(|why| format!("{why} (a copy or a forgery: the engine does not apply it)"))?;
+        Ok((key, commit.last_seq()))
+    }
+
+    /// The commit was taken: its aggregate's head moves.
+    fn advance(&mut self, (key, seq): (Vec<u8>, u64)) {
+        if self.last.insert(key.clone(), seq).is_none_or(|old| old != seq) {
+            self.moved.push(key);
+        }
+    }
+
+    /// Stages the heads that moved in this batch (written with it).
+    fn stage(&mut self, staged: &mut Staged<'_>) {
+        for key in self.moved.drain(..) {
+            if let Some(seq) = self.last.get(&key) {
+                staged.insert(key, seq.to_be_bytes().to_vec());
+            }
+        }
+        staged.keep();
+        if self.last.len() > HEADS_CACHED_MAX {
+            self.last.clear();
+        }
+    }
 }
 
 /// A read model: how one commit changes it.
@@ -71,6 +110,12 @@ pub trait Projection {
     /// Forgets what it keeps in memory and has not flushed: a fold starts
     /// (after a failed one, nothing of its unwritten batch may count).
     fn reset(&mut self) {}
+
+    /// The layout of the projection's tree: a tree written in another one is
+    /// set aside and the stream folded again from the start ([`Projector::catch_up`]).
+    fn layout(&self) -> u32 {
+        1
+    }
 }
 
 impl<P: Projection + ?Sized> Projection for Box<P> {
@@ -88,6 +133,10 @@ impl<P: Projection + ?Sized> Projection for Box<P> {
 
     fn reset(&mut self) {
         (**self).reset()
+    }
+
+    fn layout(&self) -> u32 {
+        (**self).layout()
     }
 }
 
@@ -239,7 +288,46 @@ impl Projector {
         projection: &mut (dyn Projection + Send),
         on_progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<RunStats, ProjectorError> {
+        self.ensure_layout(projection.layout())?;
         fold(store, &self.tree()?, projection, BATCH_COMMITS_MAX, None, on_progress).await
+    }
+
+    fn layout_key(&self) -> Vec<u8> {
+        format!("layout/{}", self.name).into_bytes()
+    }
+
+    /// The layout the live tree is written in (1 for a tree from before layouts were recorded).
+    pub fn layout(&self) -> Result<u32, ProjectorError> {
+        Ok(self
+            .db
+            .get(self.layout_key())?
+            .and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok())
+            .map_or(1, u32::from_be_bytes))
+    }
+
+    /// A live tree of another layout than `layout` is replaced by an empty
+    /// one (the next fold starts from the stream's beginning; until it is
+    /// caught up the read model says it is behind); a new tree takes it.
+    pub fn ensure_layout(&self, layout: u32) -> Result<(), ProjectorError> {
+        let tree = self.tree()?;
+        if tree.is_empty() {
+            self.db.insert(self.layout_key(), &layout.to_be_bytes())?;
+            return Ok(());
+        }
+        if self.layout()? == layout {
+            return Ok(());
+        }
+        let old_name = tree.name().to_vec();
+        let generation =
+            String::from_utf8_lossy(&old_name).rsplit('#').next().and_then(|g| g.parse::<u64>().ok()).unwrap_or(1);
+        let fresh_name = format!("{}#{}", self.name, generation + 1);
+        self.db.drop_tree(fresh_name.as_bytes())?;
+        self.db.open_tree(fresh_name.as_bytes())?;
+        self.db.insert(self.active_key(), fresh_name.as_bytes())?;
+        self.db.insert(self.layout_key(), &layout.to_be_bytes())?;
+        self.db.flush()?;
+        self.db.drop_tree(old_name)?;
+        Ok(())
     }
 
     /// Folds the whole stream into a fresh tree, then makes it the live one.
@@ -259,6 +347,7 @@ impl Projector {
         let fresh = self.db.open_tree(fresh_name.as_bytes())?;
         let stats = fold(store, &fresh, projection, REBUILD_BATCH_COMMITS_MAX, None, on_progress).await?;
         self.db.insert(self.active_key(), fresh_name.as_bytes())?;
+        self.db.insert(self.layout_key(), &projection.layout().to_be_bytes())?;
         self.db.flush_async().await?;
         self.db.drop_tree(old_name)?;
         Ok(stats)
@@ -405,6 +494,8 @@ pub async fn fold(
     on_progress: &mut (dyn FnMut(u64, u64) + Send),
 ) -> Result<RunStats, ProjectorError> {
     let mut stats = RunStats { checkpoint: checkpoint_of(tree)?, ..RunStats::default() };
+    // Rebuild-sized batches go into a fresh tree nobody reads yet: written in chunks.
+    let atomic = batch_max <= BATCH_COMMITS_MAX;
     let end = store.last_seq().await?;
     let last = until.map_or(end, |u| u.min(end));
     if stats.checkpoint >= last {
@@ -417,23 +508,28 @@ pub async fn fold(
     let mut follow = store.read_as_logged(stats.checkpoint + 1).await?;
     projection.reset();
     let mut staged = Staged::new(tree);
+    let mut heads = Heads::default();
     let mut in_batch = 0;
     while stats.checkpoint < last {
         let Some(item) = follow.next().await else { break };
-        let (seq, outcome) = match item {
-            Ok(stored) => {
-                let outcome =
-                    follows_its_aggregate(&mut staged, &stored).and_then(|()| projection.apply(&mut staged, &stored));
-                (stored.stream_seq, outcome)
-            }
-            Err(StoreError::Decode { seq, subject, error }) => (seq, Err(format!("cannot apply {subject}: {error}"))),
-            Err(e) => return Err(e.into()),
+        let seq = match &item {
+            Ok(stored) => stored.stream_seq,
+            Err(StoreError::Decode { seq, .. }) => *seq,
+            Err(_) => 0,
         };
         if seq > last {
-            break; // appended after this fold began: the next one takes it
+            break; // appended after this fold began: the next one takes it (nothing of it applied)
         }
+        let outcome = match item {
+            Ok(stored) => {
+                heads.follows(&staged, &stored).and_then(|head| projection.apply(&mut staged, &stored).map(|()| head))
+            }
+            Err(StoreError::Decode { subject, error, .. }) => Err(format!("cannot apply {subject}: {error}")),
+            Err(e) => return Err(e.into()),
+        };
         match outcome {
-            Ok(()) => {
+            Ok(head) => {
+                heads.advance(head);
                 staged.keep();
                 stats.commits += 1;
             }
@@ -449,7 +545,8 @@ pub async fn fold(
         stats.checkpoint = seq;
         in_batch += 1;
         if in_batch >= batch_max || staged.batch_bytes >= BATCH_BYTES_MAX || stats.checkpoint >= last {
-            write(tree, &mut staged, projection, stats.checkpoint).await?;
+            heads.stage(&mut staged);
+            write(tree, &mut staged, projection, stats.checkpoint, atomic).await?;
             stats.batches += 1;
             in_batch = 0;
             on_progress(stats.checkpoint, last);
@@ -461,19 +558,29 @@ pub async fn fold(
         in_batch += 1;
     }
     if in_batch > 0 {
-        write(tree, &mut staged, projection, stats.checkpoint).await?;
+        heads.stage(&mut staged);
+        write(tree, &mut staged, projection, stats.checkpoint, atomic).await?;
         stats.batches += 1;
     }
     Ok(stats)
 }
 
+/// Entries per sled batch when a fold into a fresh tree writes its (large)
+/// batch: sled applies a batch of a hundred thousand inserts at a third of
+/// the speed of the same inserts in batches of a few thousand (BENCHMARKS.md).
+pub const FRESH_WRITE_CHUNK_ENTRIES: usize = 4_096;
+
 /// Writes the staged changes (with what the projection holds for the batch)
-/// and the checkpoint in one atomic batch, durably.
+/// and the checkpoint, durably: in one atomic batch, or — folding into a
+/// fresh tree no query reads before its swap (`atomic` false) — in chunks
+/// of [`FRESH_WRITE_CHUNK_ENTRIES`], the checkpoint in the last (a fold
+/// stopped between them is started over by the next rebuild).
 async fn write(
     tree: &sled::Tree,
     staged: &mut Staged<'_>,
     projection: &mut (dyn Projection + Send),
     checkpoint: u64,
+    atomic: bool,
 ) -> Result<(), ProjectorError> {
     if let Err(e) = projection.flush(staged) {
         projection.reset();
@@ -481,11 +588,17 @@ async fn write(
     }
     staged.keep();
     let mut batch = sled::Batch::default();
+    let mut in_batch = 0;
     staged.batch_bytes = 0;
     for (k, v) in std::mem::take(&mut staged.batch) {
         match v {
             Some(v) => batch.insert(k, v),
             None => batch.remove(k),
+        }
+        in_batch += 1;
+        if !atomic && in_batch == FRESH_WRITE_CHUNK_ENTRIES {
+            tree.apply_batch(std::mem::take(&mut batch))?;
+            in_batch = 0;
         }
     }
     batch.insert(CHECKPOINT_KEY, &checkpoint.to_be_bytes());

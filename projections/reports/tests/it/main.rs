@@ -147,3 +147,26 @@ async fn a_projector_killed_mid_batch_double_counts_nothing_and_a_rebuild_equals
     let days = convo_reports::rows(&tree, "default", "account", "day", Some("2026-03-02T13"), Some("2026-03-02T13"));
     assert_eq!(days.unwrap().len(), 1, "the day an hour is in");
 }
+
+/// A reports tree of the previous layout (one key per counter, no layout
+/// recorded) is set aside and the stream folded again: the same reports as
+/// a fresh fold, none of the old keys left, the layout recorded.
+#[tokio::test]
+async fn a_tree_of_the_previous_layout_is_folded_again() {
+    let setup = stream_of("day-of-traffic").await;
+    let (wanted, _w) = fresh();
+    wanted.catch_up(&setup.store, &mut Reports::default(), &mut |_, _| {}).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path()).unwrap();
+    let old = db.open_tree("reports#1").unwrap();
+    old.insert("c/default/campaign/sales/day/2026-03-02/opened", &7u64.to_be_bytes()).unwrap();
+    old.insert("\x00checkpoint", &999_999u64.to_be_bytes()).unwrap();
+    let projector = Projector::open(db, convo_reports::NAME);
+    assert_eq!(projector.layout().unwrap(), 1);
+    projector.catch_up(&setup.store, &mut Reports::default(), &mut |_, _| {}).await.unwrap();
+    assert_eq!(projector.layout().unwrap(), convo_reports::LAYOUT);
+    let tree = projector.tree().unwrap();
+    assert!(tree.scan_prefix(b"c/").next().is_none(), "the old layout's keys are gone");
+    assert_eq!(export(&projector), export(&wanted));
+    assert!(!export(&wanted).is_empty());
+}
