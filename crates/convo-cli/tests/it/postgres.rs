@@ -71,6 +71,15 @@ fn n(v: &Value) -> i64 {
     v.as_i64().unwrap_or(0)
 }
 
+/// A campaign's bucket and three of its figures.
+type Figures = (String, String, i64, i64, i64);
+
+/// Report rows (by campaign) as [`Figures`] of the three named columns.
+fn figures(rows: &[Value], [a, b, c]: [&str; 3]) -> Vec<Figures> {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    rows.iter().map(|r| (text(&r["campaign"]), text(&r["bucket"]), n(&r[a]), n(&r[b]), n(&r[c]))).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sql_projection_equals_the_http_reports_through_a_kill_and_a_rebuild() {
     let (pg, db) = postgres().await;
@@ -113,22 +122,14 @@ async fn the_sql_projection_equals_the_http_reports_through_a_kill_and_a_rebuild
 
     // SLA per campaign per hour and per day, by SQL, equal the HTTP reports.
     for (period, view, label) in [("hour", "sla_by_campaign_hour", "hour"), ("day", "sla_by_campaign_day", "day")] {
-        let http: Vec<(String, String, i64, i64, i64)> = report(&served, &format!("sla?by=campaign&period={period}"))
-            .await
-            .iter()
-            .map(|r| {
-                let c = |k: &str| n(&r[k]);
-                (
-                    r["campaign"].as_str().unwrap().to_owned(),
-                    r["bucket"].as_str().unwrap().to_owned(),
-                    c("sla_optimal"),
-                    c("sla_low"),
-                    c("sla_breached"),
-                )
-            })
-            .filter(|(_, _, o, l, b)| o + l + b > 0)
-            .collect();
-        let sql: Vec<(String, String, i64, i64, i64)> = db
+        let http: Vec<Figures> = figures(
+            &report(&served, &format!("sla?by=campaign&period={period}")).await,
+            ["sla_optimal", "sla_low", "sla_breached"],
+        )
+        .into_iter()
+        .filter(|(_, _, o, l, b)| o + l + b > 0)
+        .collect();
+        let sql: Vec<Figures> = db
             .query(
                 &format!(
                     "SELECT campaign, {label}, sla_optimal, sla_low, sla_breached FROM convo.{view} \
@@ -146,22 +147,12 @@ async fn the_sql_projection_equals_the_http_reports_through_a_kill_and_a_rebuild
     }
     // First response: count and p50/p90 per campaign and hour (the HTTP
     // percentiles are exact below 1000 s, three significant digits above).
-    let http: Vec<(String, String, i64, i64, i64)> = report(&served, "times?by=campaign&period=hour")
-        .await
-        .iter()
-        .filter(|r| n(&r["frt_count"]) > 0)
-        .map(|r| {
-            let c = |k: &str| n(&r[k]);
-            (
-                r["campaign"].as_str().unwrap().to_owned(),
-                r["bucket"].as_str().unwrap().to_owned(),
-                c("frt_count"),
-                c("frt_p50_secs"),
-                c("frt_p90_secs"),
-            )
-        })
-        .collect();
-    let sql: Vec<(String, String, i64, i64, i64)> = db
+    let http: Vec<Figures> =
+        figures(&report(&served, "times?by=campaign&period=hour").await, ["frt_count", "frt_p50_secs", "frt_p90_secs"])
+            .into_iter()
+            .filter(|(_, _, count, _, _)| *count > 0)
+            .collect();
+    let sql: Vec<Figures> = db
         .query(
             "SELECT campaign, hour, frt_count, frt_p50_secs, frt_p90_secs FROM convo.first_response_by_campaign_hour \
              WHERE account = 'default' ORDER BY 1, 2",
