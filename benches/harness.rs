@@ -1255,7 +1255,7 @@ async fn raw_read(url: &str, prefix: &str, commits: usize) -> Result<f64> {
 async fn raw_copy(db: &tokio_postgres::Client, from: &str, to: &str) -> Result<(u64, f64)> {
     use futures::{SinkExt, TryStreamExt};
     let mut dumps = Vec::new();
-    for table in convo_sql::TABLE_NAMES {
+    for table in convo_sql::table_names() {
         let out = db.copy_out(&format!("COPY {from}.{table} TO STDOUT (FORMAT binary)")).await?;
         let chunks: Vec<bytes::Bytes> = std::pin::pin!(out).try_collect().await?;
         dumps.push((table, chunks));

@@ -49,6 +49,13 @@ impl Timestamp {
         (self.0.saturating_sub(earlier.0).max(0) / MS_PER_SEC) as u64
     }
 
+    /// Seconds from `earlier` to `self` rounded up to the whole second, 0 if
+    /// `earlier` is later (how reports count handle times, as response times
+    /// are counted: a handle time never reads shorter than its first response).
+    pub fn secs_since_rounded_up(self, earlier: Timestamp) -> u64 {
+        self.millis_since(earlier).div_ceil(MS_PER_SEC as u64)
+    }
+
     /// Milliseconds from `earlier` to `self`, 0 if `earlier` is later.
     pub fn millis_since(self, earlier: Timestamp) -> u64 {
         self.0.saturating_sub(earlier.0).max(0) as u64

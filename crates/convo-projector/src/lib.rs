@@ -317,16 +317,27 @@ impl Projector {
         if self.layout()? == layout {
             return Ok(());
         }
-        let old_name = tree.name().to_vec();
+        let fresh = self.fresh_tree(&tree)?;
+        self.make_live(&fresh, layout)?;
+        self.db.flush()?;
+        self.db.drop_tree(tree.name())?;
+        Ok(())
+    }
+
+    /// The next generation's tree after `live` (`<name>#<n+1>`), empty.
+    fn fresh_tree(&self, live: &sled::Tree) -> Result<sled::Tree, ProjectorError> {
         let generation =
-            String::from_utf8_lossy(&old_name).rsplit('#').next().and_then(|g| g.parse::<u64>().ok()).unwrap_or(1);
+            String::from_utf8_lossy(&live.name()).rsplit('#').next().and_then(|g| g.parse::<u64>().ok()).unwrap_or(1);
         let fresh_name = format!("{}#{}", self.name, generation + 1);
         self.db.drop_tree(fresh_name.as_bytes())?;
-        self.db.open_tree(fresh_name.as_bytes())?;
-        self.db.insert(self.active_key(), fresh_name.as_bytes())?;
+        Ok(self.db.open_tree(fresh_name.as_bytes())?)
+    }
+
+    /// Makes `fresh` (written in `layout`) the tree queries read; the caller
+    /// flushes, then drops the old one.
+    fn make_live(&self, fresh: &sled::Tree, layout: u32) -> Result<(), ProjectorError> {
+        self.db.insert(self.active_key(), &*fresh.name())?;
         self.db.insert(self.layout_key(), &layout.to_be_bytes())?;
-        self.db.flush()?;
-        self.db.drop_tree(old_name)?;
         Ok(())
     }
 
@@ -339,17 +350,12 @@ impl Projector {
         on_progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<RunStats, ProjectorError> {
         let old = self.tree()?;
-        let old_name = old.name().to_vec();
-        let generation =
-            String::from_utf8_lossy(&old_name).rsplit('#').next().and_then(|g| g.parse::<u64>().ok()).unwrap_or(1);
-        let fresh_name = format!("{}#{}", self.name, generation + 1);
-        self.db.drop_tree(fresh_name.as_bytes())?;
-        let fresh = self.db.open_tree(fresh_name.as_bytes())?;
-        let stats = fold(store, &fresh, projection, REBUILD_BATCH_COMMITS_MAX, None, on_progress).await?;
-        self.db.insert(self.active_key(), fresh_name.as_bytes())?;
-        self.db.insert(self.layout_key(), &projection.layout().to_be_bytes())?;
+        let fresh = self.fresh_tree(&old)?;
+        // Nobody reads the fresh tree before the swap: its large batches are written in chunks.
+        let stats = fold_into(store, &fresh, projection, REBUILD_BATCH_COMMITS_MAX, None, false, on_progress).await?;
+        self.make_live(&fresh, projection.layout())?;
         self.db.flush_async().await?;
-        self.db.drop_tree(old_name)?;
+        self.db.drop_tree(old.name())?;
         Ok(stats)
     }
 
@@ -493,9 +499,21 @@ pub async fn fold(
     until: Option<u64>,
     on_progress: &mut (dyn FnMut(u64, u64) + Send),
 ) -> Result<RunStats, ProjectorError> {
+    fold_into(store, tree, projection, batch_max, until, true, on_progress).await
+}
+
+/// [`fold`], each batch written atomically with its checkpoint (`atomic`),
+/// or — into a fresh tree nobody reads before its swap — in chunks ([`write`]).
+async fn fold_into(
+    store: &impl EventStore,
+    tree: &sled::Tree,
+    projection: &mut (dyn Projection + Send),
+    batch_max: usize,
+    until: Option<u64>,
+    atomic: bool,
+    on_progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> Result<RunStats, ProjectorError> {
     let mut stats = RunStats { checkpoint: checkpoint_of(tree)?, ..RunStats::default() };
-    // Rebuild-sized batches go into a fresh tree nobody reads yet: written in chunks.
-    let atomic = batch_max <= BATCH_COMMITS_MAX;
     let end = store.last_seq().await?;
     let last = until.map_or(end, |u| u.min(end));
     if stats.checkpoint >= last {

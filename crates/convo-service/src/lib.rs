@@ -204,9 +204,9 @@ impl Service {
         }
         let mut access = access_config(&config, &settings::operator_credential(&config.data_dir)?)?;
         settings::private_data_dir(&config.data_dir)?;
-        read_models::check_sql(&config).await?;
+        let sql = read_models::check_sql(&config).await?;
         if !config.roles.engine {
-            return read_models_only(config, access, shutdown).await;
+            return read_models_only(config, access, sql, shutdown).await;
         }
         let asked = config.partitions;
         let launch = LaunchOptions {
@@ -334,7 +334,7 @@ impl Service {
         } else {
             None
         };
-        let sql = read_models::follow_sql(&config, &store, &ends, &tasks, &background);
+        let sql = read_models::follow_sql(&config, sql, &store, &ends, &tasks, &background);
         tasks.spawn(read_models::measure_lags(
             store.clone(),
             metrics.clone(),
@@ -344,9 +344,7 @@ impl Service {
                 move || {
                     let json = json_checkpoint.load(std::sync::atomic::Ordering::Relaxed);
                     let mut at = vec![("json_stream", json), ("webhooks", deliveries.checkpoint())];
-                    at.extend(
-                        sql.as_ref().map(|sql| (convo_sql::NAME, sql.load(std::sync::atomic::Ordering::Relaxed))),
-                    );
+                    at.extend(sql.iter().map(read_models::SqlFollower::position));
                     at
                 }
             },
@@ -459,6 +457,7 @@ fn access_config(config: &ServiceConfig, operator: &str) -> Result<convo_engine:
 async fn read_models_only(
     config: ServiceConfig,
     access: convo_engine::access::AccessConfig,
+    sql: Option<convo_sql::Sql>,
     shutdown: CancellationToken,
 ) -> Result<ServiceReport, ServiceError> {
     let Some(url) = config.nats_url.clone() else {
@@ -493,14 +492,14 @@ async fn read_models_only(
         let _ = end_watcher.await;
     });
     let models = read_models::follow(&config.data_dir, &store, last, &ends, &tasks, &background)?;
-    let sql = read_models::follow_sql(&config, &store, &ends, &tasks, &background);
+    let sql = read_models::follow_sql(&config, sql, &store, &ends, &tasks, &background);
     let redactions = Arc::new(convo_wire::redact::Redactions::default());
     let metrics = Arc::new(convo_store::metrics::Metrics::default());
     tasks.spawn(read_models::measure_lags(
         store.clone(),
         metrics.clone(),
         Some(models.clone()),
-        move || sql.iter().map(|sql| (convo_sql::NAME, sql.load(std::sync::atomic::Ordering::Relaxed))).collect(),
+        move || sql.iter().map(read_models::SqlFollower::position).collect(),
         background.clone(),
     ));
     let (local_tx, local_rx) = tokio::sync::mpsc::channel(convo_engine::serve::PARTITION_QUEUE_MAX);

@@ -63,34 +63,47 @@ pub fn follow(
 
 /// `--postgres`: kept by the read models' role, and reachable with its
 /// schema made (or of this layout) before anything starts — a bad setting
-/// stops the server here, naming it.
-pub async fn check_sql(config: &crate::ServiceConfig) -> Result<(), ServiceError> {
-    let Some(target) = &config.postgres else { return Ok(()) };
+/// stops the server here, naming it. The connection, for [`follow_sql`].
+pub async fn check_sql(config: &crate::ServiceConfig) -> Result<Option<convo_sql::Sql>, ServiceError> {
+    let Some(target) = &config.postgres else { return Ok(None) };
     if !config.roles.read_models {
         return Err(ServiceError::new(
             "--postgres is kept by the read-models role: add read-models to --roles, or drop --postgres",
         ));
     }
-    target.open().await.map_err(|e| ServiceError::new(format!("--postgres: {e}")))?;
+    let sql = target.open().await.map_err(|e| ServiceError::new(format!("--postgres: {e}")))?;
     tracing::info!("the SQL projection goes to {target}");
-    Ok(())
+    Ok(Some(sql))
 }
 
-/// With `--postgres`, the SQL projection followed on `tasks` until `stop`;
-/// its checkpoint, for the lag in `/metrics`.
+/// The SQL projection's follower: its checkpoint, for the lag in `/metrics`.
+#[derive(Debug, Clone)]
+pub struct SqlFollower(Arc<std::sync::atomic::AtomicU64>);
+
+impl SqlFollower {
+    /// (the projection's name, its checkpoint), as `measure_lags` takes them.
+    pub fn position(&self) -> (&'static str, u64) {
+        (convo_sql::NAME, self.0.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+/// With `--postgres` (`checked`: what [`check_sql`] opened), the SQL
+/// projection followed on `tasks` until `stop`.
 pub fn follow_sql(
     config: &crate::ServiceConfig,
+    checked: Option<convo_sql::Sql>,
     store: &JetStreamStore,
     ends: &watch::Receiver<u64>,
     tasks: &TaskTracker,
     stop: &CancellationToken,
-) -> Option<Arc<std::sync::atomic::AtomicU64>> {
-    let target = config.postgres.clone().filter(|_| config.roles.read_models)?;
-    let (position, task) = convo_sql::follow(target, store.clone(), store.keys().cloned(), ends.clone(), stop.clone());
+) -> Option<SqlFollower> {
+    let target = config.postgres.clone()?;
+    let (position, task) =
+        convo_sql::follow(target, checked, store.clone(), store.keys().cloned(), ends.clone(), stop.clone());
     tasks.spawn(async move {
         let _ = task.await;
     });
-    Some(position)
+    Some(SqlFollower(position))
 }
 
 /// The read models an instance keeps, by name (what `follow` follows and

@@ -405,9 +405,7 @@ impl Projection for Reports {
                     if let Some(t) = typification {
                         counts.count(&dims, Metric::Typification(names.id(t.as_str())), 1);
                     }
-                    // Whole seconds rounded up, as response times are: a handle time
-                    // never reads shorter than the same conversation's first response.
-                    let handled = at.millis_since(Timestamp::from_millis(ctx.opened_at)).div_ceil(1_000);
+                    let handled = at.secs_since_rounded_up(Timestamp::from_millis(ctx.opened_at));
                     counts.time(&dims, HT, handled);
                 }
                 ConversationEvent::SlaClockSet { mode, .. } => {

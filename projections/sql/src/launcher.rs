@@ -56,8 +56,8 @@ fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
-fn as_server_user(program: &Path) -> Command {
-    if is_root() {
+fn as_server_user(program: &Path, root: bool) -> Command {
+    if root {
         let mut command = Command::new("setpriv");
         command.args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--"]).arg(program);
         command
@@ -80,14 +80,15 @@ impl PgServer {
             .map_err(|e| failed("the password file", e))?;
         let initdb_password = dir.path().join("initdb.pass");
         std::fs::write(&initdb_password, &password).map_err(|e| failed("initdb's password file", e))?;
-        if is_root() {
+        let root = is_root();
+        if root {
             let chown = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status();
             if !chown.is_ok_and(|s| s.success()) {
                 return Err(failed("chown to the postgres user", "it failed (is Debian's postgresql installed?)"));
             }
         }
         let data = dir.path().join("data");
-        let out = as_server_user(&initdb)
+        let out = as_server_user(&initdb, root)
             .arg("-D")
             .arg(&data)
             .args(["-U", "convo", "--auth=scram-sha-256", "-E", "UTF8", "--no-locale", "--no-instructions"])
@@ -103,7 +104,7 @@ impl PgServer {
             .map_err(|e| failed("a free port", e))?
             .port();
         let log = std::fs::File::create(dir.path().join("postgres.log")).map_err(|e| failed("the log", e))?;
-        let child = as_server_user(&postgres)
+        let child = as_server_user(&postgres, root)
             .arg("-D")
             .arg(&data)
             .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
@@ -132,8 +133,7 @@ impl PgServer {
                     tokio::spawn(connection);
                     return Ok(client);
                 }
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
+                Err(_) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(e) => {

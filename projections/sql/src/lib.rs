@@ -426,11 +426,7 @@ fn int(v: i64) -> Cell {
 }
 
 fn time(t: Timestamp) -> Cell {
-    Cell::Time(Some(utc(t)))
-}
-
-fn utc(t: Timestamp) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(t.millis()).unwrap_or_default()
+    Cell::Time(Some(t.to_datetime()))
 }
 
 /// How a batch's rows meet rows already there.
@@ -681,23 +677,9 @@ const TABLES: [&Table; 14] = [
 ];
 
 /// Every table of the projection, by name (the checkpoint first).
-pub const TABLE_NAMES: [&str; 15] = [
-    "checkpoint",
-    "accounts",
-    "conversations",
-    "responses",
-    "sla_crossings",
-    "segments",
-    "transfers",
-    "closures",
-    "agent_states",
-    "csat",
-    "labels",
-    "contact_attributes",
-    "contacts_erased",
-    "heads",
-    "dead_letters",
-];
+pub fn table_names() -> impl Iterator<Item = &'static str> {
+    std::iter::once("checkpoint").chain(TABLES.iter().map(|t| t.name))
+}
 
 /// A table's rows in a batch, by key (a later row for the same key merges
 /// into the earlier one as the table's [`OnConflict`] says).
@@ -835,12 +817,6 @@ fn delete_sql(schema: &str, table: &Table) -> String {
     )
 }
 
-/// An account as the projection keeps it: its zone and its redaction rules.
-#[derive(Debug, Clone, Default)]
-struct Account {
-    rules: Rules,
-}
-
 /// The projection over one connection and schema.
 #[derive(Debug)]
 pub struct Sql {
@@ -850,7 +826,8 @@ pub struct Sql {
     contexts: HashMap<(String, String), Conv>,
     /// Each aggregate's last event folded, by (account, stream path).
     heads: HashMap<(String, String), u64>,
-    accounts: HashMap<String, Account>,
+    /// Each account's redaction rules (from its settings).
+    accounts: HashMap<String, Rules>,
     /// Each agent's open state interval: its event's sequence.
     open_states: HashMap<(String, String), i64>,
     loaded: bool,
@@ -911,7 +888,7 @@ impl Sql {
         let s = &self.schema;
         for row in self.client.query(&format!("SELECT account, redact_rules FROM {s}.accounts"), &[]).await? {
             let rules: Vec<RegexRule> = serde_json::from_str(row.get(1)).unwrap_or_default();
-            self.accounts.insert(row.get(0), Account { rules: Rules::from_catalog(&rules) });
+            self.accounts.insert(row.get(0), Rules::from_catalog(&rules));
         }
         let open = format!("SELECT account, agent, event_seq FROM {s}.agent_states WHERE ended_at IS NULL");
         for row in self.client.query(&open, &[]).await? {
@@ -1187,8 +1164,7 @@ impl Sql {
                             &ACCOUNTS,
                             vec![text(account.clone()), text(settings.time_zone.0.name()), text(rules)],
                         );
-                        self.accounts
-                            .insert(account.clone(), Account { rules: Rules::from_catalog(&settings.regex_rules) });
+                        self.accounts.insert(account.clone(), Rules::from_catalog(&settings.regex_rules));
                     }
                 }
             }
@@ -1257,7 +1233,7 @@ impl Sql {
                 let mut conv = self.contexts.remove(&key).unwrap_or_default();
                 for e in &commit.events {
                     let Event::Conversation(event) = &e.event else { continue };
-                    self.conversation_event(batch, &account, &id, &mut conv, e.seq as i64, at, event);
+                    conversation_event(batch, &account, &id, &mut conv, e.seq as i64, at, event);
                 }
                 batch.touched.insert(key.clone());
                 self.contexts.insert(key, conv);
@@ -1274,172 +1250,171 @@ impl Sql {
             None => value.to_owned(),
         };
         let mut holder = serde_json::json!({ "value": opened });
-        if let Some(rules) = self.accounts.get(account).map(|a| &a.rules) {
+        if let Some(rules) = self.accounts.get(account) {
             rules.apply(&mut holder);
         }
         Ok(holder["value"].as_str().unwrap_or_default().to_owned())
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
-    fn conversation_event(
-        &mut self,
-        batch: &mut Batch,
-        account: &str,
-        id: &str,
-        conv: &mut Conv,
-        seq: i64,
-        at: Timestamp,
-        event: &ConversationEvent,
-    ) {
-        let head = |seq: i64| vec![text(account), text(id), int(seq), time(at)];
-        match event {
-            ConversationEvent::ConversationOpened(o) => {
-                *conv = Conv {
-                    contact: Some(o.contact.to_string()),
-                    channel: Some(o.channel.to_string()),
-                    client: Some(o.client.to_string()),
-                    campaign: Some(o.campaign.to_string()),
-                    project: Some(o.project.to_string()),
-                    direction: Some(name_of(&o.direction)),
-                    opened_at: Some(utc(at)),
-                    out_of_hours: Some(o.out_of_hours),
-                    ..Conv::default()
-                };
-            }
-            ConversationEvent::AgentAssigned { agent, segment } => {
-                conv.agent = Some(agent.to_string());
-                conv.segment = Some(i64::from(*segment));
-                let row = vec![
-                    text(account),
-                    text(id),
-                    int(i64::from(*segment)),
-                    text(agent.to_string()),
-                    opt(conv.campaign.as_deref()),
-                    time(at),
-                    Cell::Time(None),
-                    Cell::Text(None),
-                ];
-                batch.put(&SEGMENTS, row);
-            }
-            ConversationEvent::ConversationTransferred { from_agent, segment, typification, to } => {
-                end_segment(batch, account, id, conv, at, "transfer");
-                let (kind, value) = match to {
-                    Destination::Agent(agent) => ("agent", agent.to_string()),
-                    Destination::Campaign(change) => ("campaign", change.campaign.to_string()),
-                    Destination::Team(team) => ("team", team.to_string()),
-                };
-                let mut row = head(seq);
-                row.extend([
-                    opt(from_agent.as_ref().map(|a| a.as_str())),
-                    int(i64::from(*segment)),
-                    text(typification.to_string()),
-                    text(kind),
-                    text(value),
-                    opt(conv.campaign.as_deref()),
-                    opt(conv.client.as_deref()),
-                ]);
-                batch.put(&TRANSFERS, row);
-                conv.transfers += 1;
-                conv.agent = None;
-                match to {
-                    Destination::Campaign(change) => {
-                        conv.campaign = Some(change.campaign.to_string());
-                        conv.client = Some(change.client.to_string());
-                        conv.project = Some(change.project.to_string());
-                        conv.team = None;
-                    }
-                    Destination::Team(team) => conv.team = Some(team.to_string()),
-                    Destination::Agent(_) => {}
-                }
-            }
-            ConversationEvent::SlaThresholdCrossed { threshold, wait_started_at } => {
-                let mut row = head(seq);
-                row.extend([
-                    text(name_of(threshold)),
-                    time(*wait_started_at),
-                    opt(conv.agent.as_deref()),
-                    opt(conv.client.as_deref()),
-                    opt(conv.campaign.as_deref()),
-                    opt(conv.channel.as_deref()),
-                    opt(conv.team.as_deref()),
-                ]);
-                batch.put(&SLA_CROSSINGS, row);
-            }
-            ConversationEvent::ResponseRecorded { agent, wait_started_at, response_secs, class, first } => {
-                let secs = i64::try_from(*response_secs).unwrap_or(i64::MAX);
-                let mut row = head(seq);
-                row.extend([
-                    time(*wait_started_at),
-                    int(secs),
-                    Cell::Bool(Some(*first)),
-                    text(name_of(class)),
-                    Cell::Bool(Some(conv.business_hours)),
-                    text(agent.to_string()),
-                    opt(conv.client.as_deref()),
-                    opt(conv.campaign.as_deref()),
-                    opt(conv.channel.as_deref()),
-                    opt(conv.team.as_deref()),
-                ]);
-                batch.put(&RESPONSES, row);
-                conv.responses += 1;
-                if *first {
-                    conv.first_response_secs = Some(secs);
-                }
-            }
-            ConversationEvent::ConversationClosed { reason, typification, agent, .. } => {
-                end_segment(batch, account, id, conv, at, "closure");
-                // Whole seconds rounded up, as the reports count them.
-                let opened = conv.opened_at.map_or(at.millis(), |t| t.timestamp_millis());
-                let handled = (at.millis() - opened).max(0).div_euclid(1_000)
-                    + i64::from((at.millis() - opened).max(0) % 1_000 != 0);
-                let agent = agent.as_ref().map(ToString::to_string).or_else(|| conv.agent.clone());
-                let mut row = head(seq);
-                row.extend([
-                    text(name_of(reason)),
-                    opt(typification.as_ref().map(|t| t.as_str())),
-                    opt(agent.as_deref()),
-                    opt(conv.client.as_deref()),
-                    opt(conv.campaign.as_deref()),
-                    opt(conv.channel.as_deref()),
-                    opt(conv.team.as_deref()),
-                    int(handled),
-                ]);
-                batch.put(&CLOSURES, row);
-                conv.closed_at = Some(utc(at));
-                conv.close_reason = Some(name_of(reason));
-                conv.typification = typification.as_ref().map(ToString::to_string);
-                conv.handle_secs = Some(handled);
-            }
-            ConversationEvent::SlaClockSet { mode, .. } => {
-                conv.business_hours = *mode == convo_domain::config::SlaMode::BusinessHours;
-            }
-            ConversationEvent::SurveyAnswered { rating, solved } => {
-                let mut row = head(seq);
-                row.extend([
-                    int(i64::from(*rating)),
-                    Cell::Bool(Some(*solved)),
-                    opt(conv.agent.as_deref()),
-                    opt(conv.client.as_deref()),
-                    opt(conv.campaign.as_deref()),
-                    opt(conv.channel.as_deref()),
-                ]);
-                batch.put(&CSAT, row);
-                conv.survey_rating = Some(i64::from(*rating));
-                conv.survey_solved = Some(*solved);
-            }
-            ConversationEvent::LabelAdded { label } => {
-                batch.put(&LABELS, vec![text(account), text(id), text(label.clone()), time(at)]);
-            }
-            ConversationEvent::LabelRemoved { label } => {
-                batch.delete(&LABELS, vec![text(account), text(id), text(label.clone())]);
-            }
-            _ => {}
+/// Folds one conversation event into the batch and the conversation's row.
+#[allow(clippy::too_many_arguments)]
+fn conversation_event(
+    batch: &mut Batch,
+    account: &str,
+    id: &str,
+    conv: &mut Conv,
+    seq: i64,
+    at: Timestamp,
+    event: &ConversationEvent,
+) {
+    let head = |seq: i64| vec![text(account), text(id), int(seq), time(at)];
+    match event {
+        ConversationEvent::ConversationOpened(o) => {
+            *conv = Conv {
+                contact: Some(o.contact.to_string()),
+                channel: Some(o.channel.to_string()),
+                client: Some(o.client.to_string()),
+                campaign: Some(o.campaign.to_string()),
+                project: Some(o.project.to_string()),
+                direction: Some(name_of(&o.direction)),
+                opened_at: Some(at.to_datetime()),
+                out_of_hours: Some(o.out_of_hours),
+                ..Conv::default()
+            };
         }
+        ConversationEvent::AgentAssigned { agent, segment } => {
+            conv.agent = Some(agent.to_string());
+            conv.segment = Some(i64::from(*segment));
+            let row = vec![
+                text(account),
+                text(id),
+                int(i64::from(*segment)),
+                text(agent.to_string()),
+                opt(conv.campaign.as_deref()),
+                time(at),
+                Cell::Time(None),
+                Cell::Text(None),
+            ];
+            batch.put(&SEGMENTS, row);
+        }
+        ConversationEvent::ConversationTransferred { from_agent, segment, typification, to } => {
+            end_segment(batch, account, id, conv, at, "transfer");
+            let (kind, value) = match to {
+                Destination::Agent(agent) => ("agent", agent.to_string()),
+                Destination::Campaign(change) => ("campaign", change.campaign.to_string()),
+                Destination::Team(team) => ("team", team.to_string()),
+            };
+            let mut row = head(seq);
+            row.extend([
+                opt(from_agent.as_ref().map(|a| a.as_str())),
+                int(i64::from(*segment)),
+                text(typification.to_string()),
+                text(kind),
+                text(value),
+                opt(conv.campaign.as_deref()),
+                opt(conv.client.as_deref()),
+            ]);
+            batch.put(&TRANSFERS, row);
+            conv.transfers += 1;
+            conv.agent = None;
+            match to {
+                Destination::Campaign(change) => {
+                    conv.campaign = Some(change.campaign.to_string());
+                    conv.client = Some(change.client.to_string());
+                    conv.project = Some(change.project.to_string());
+                    conv.team = None;
+                }
+                Destination::Team(team) => conv.team = Some(team.to_string()),
+                Destination::Agent(_) => {}
+            }
+        }
+        ConversationEvent::SlaThresholdCrossed { threshold, wait_started_at } => {
+            let mut row = head(seq);
+            row.extend([
+                text(name_of(threshold)),
+                time(*wait_started_at),
+                opt(conv.agent.as_deref()),
+                opt(conv.client.as_deref()),
+                opt(conv.campaign.as_deref()),
+                opt(conv.channel.as_deref()),
+                opt(conv.team.as_deref()),
+            ]);
+            batch.put(&SLA_CROSSINGS, row);
+        }
+        ConversationEvent::ResponseRecorded { agent, wait_started_at, response_secs, class, first } => {
+            let secs = i64::try_from(*response_secs).unwrap_or(i64::MAX);
+            let mut row = head(seq);
+            row.extend([
+                time(*wait_started_at),
+                int(secs),
+                Cell::Bool(Some(*first)),
+                text(name_of(class)),
+                Cell::Bool(Some(conv.business_hours)),
+                text(agent.to_string()),
+                opt(conv.client.as_deref()),
+                opt(conv.campaign.as_deref()),
+                opt(conv.channel.as_deref()),
+                opt(conv.team.as_deref()),
+            ]);
+            batch.put(&RESPONSES, row);
+            conv.responses += 1;
+            if *first {
+                conv.first_response_secs = Some(secs);
+            }
+        }
+        ConversationEvent::ConversationClosed { reason, typification, agent, .. } => {
+            end_segment(batch, account, id, conv, at, "closure");
+            // Whole seconds rounded up, as the reports count them.
+            let opened = conv.opened_at.map_or(at, |t| Timestamp::from_datetime(&t));
+            let handled = i64::try_from(at.secs_since_rounded_up(opened)).unwrap_or(i64::MAX);
+            let agent = agent.as_ref().map(ToString::to_string).or_else(|| conv.agent.clone());
+            let mut row = head(seq);
+            row.extend([
+                text(name_of(reason)),
+                opt(typification.as_ref().map(|t| t.as_str())),
+                opt(agent.as_deref()),
+                opt(conv.client.as_deref()),
+                opt(conv.campaign.as_deref()),
+                opt(conv.channel.as_deref()),
+                opt(conv.team.as_deref()),
+                int(handled),
+            ]);
+            batch.put(&CLOSURES, row);
+            conv.closed_at = Some(at.to_datetime());
+            conv.close_reason = Some(name_of(reason));
+            conv.typification = typification.as_ref().map(ToString::to_string);
+            conv.handle_secs = Some(handled);
+        }
+        ConversationEvent::SlaClockSet { mode, .. } => {
+            conv.business_hours = *mode == convo_domain::config::SlaMode::BusinessHours;
+        }
+        ConversationEvent::SurveyAnswered { rating, solved } => {
+            let mut row = head(seq);
+            row.extend([
+                int(i64::from(*rating)),
+                Cell::Bool(Some(*solved)),
+                opt(conv.agent.as_deref()),
+                opt(conv.client.as_deref()),
+                opt(conv.campaign.as_deref()),
+                opt(conv.channel.as_deref()),
+            ]);
+            batch.put(&CSAT, row);
+            conv.survey_rating = Some(i64::from(*rating));
+            conv.survey_solved = Some(*solved);
+        }
+        ConversationEvent::LabelAdded { label } => {
+            batch.put(&LABELS, vec![text(account), text(id), text(label.clone()), time(at)]);
+        }
+        ConversationEvent::LabelRemoved { label } => {
+            batch.delete(&LABELS, vec![text(account), text(id), text(label.clone())]);
+        }
+        _ => {}
     }
 }
 
 /// The agent's segment (if one is open) ends.
-fn end_segment(batch: &mut Batch, account: &str, id: &str, conv: &mut Conv, at: Timestamp, by: &str) {
+fn end_segment(batch: &mut Batch, account: &str, id: &str, conv: &Conv, at: Timestamp, by: &str) {
     if let (Some(segment), Some(_)) = (conv.segment, conv.agent.as_ref()) {
         let row = vec![
             text(account),
@@ -1527,12 +1502,14 @@ pub async fn rebuild<S: EventStore>(
     Ok(stats)
 }
 
-/// Keeps the projection current inside `convo serve`: folds whenever `ends`
+/// Keeps the projection current inside `convo serve` (on `opened`, the
+/// connection the settings were checked with, if given): folds whenever `ends`
 /// (the stream's last sequence) moves past the checkpoint, until `stop`;
 /// connects again after a failure (saying so, every [`RETRY_AFTER`]). The
 /// returned position is the checkpoint, for `/metrics`.
 pub fn follow<S>(
     target: Target,
+    opened: Option<Sql>,
     store: S,
     keys: Option<Arc<Keyring>>,
     mut ends: watch::Receiver<u64>,
@@ -1545,9 +1522,14 @@ where
     let at = position.clone();
     let task = tokio::spawn(async move {
         let mut failing = false;
+        // The connection `serve` opened to check the settings serves first; after a failure, a new one.
+        let mut opened = opened;
         loop {
             let ran = async {
-                let mut sql = target.open().await?;
+                let mut sql = match opened.take() {
+                    Some(sql) => sql,
+                    None => target.open().await?,
+                };
                 at.store(sql.checkpoint().await?, Ordering::Relaxed);
                 loop {
                     let now = at.load(Ordering::Relaxed);

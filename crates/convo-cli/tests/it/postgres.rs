@@ -22,7 +22,7 @@ async fn postgres() -> (convo_sql::launcher::PgServer, tokio_postgres::Client) {
 /// Every row of every table of the projection, as JSON text, sorted.
 async fn dump(db: &tokio_postgres::Client) -> Vec<(String, Vec<String>)> {
     let mut out = Vec::new();
-    for table in convo_sql::TABLE_NAMES {
+    for table in convo_sql::table_names() {
         let rows =
             db.query(&format!("SELECT row_to_json(t)::text FROM convo.{table} t ORDER BY 1"), &[]).await.unwrap();
         out.push((table.to_owned(), rows.iter().map(|r| r.get::<_, String>(0)).collect()));
