@@ -79,7 +79,9 @@ impl PgServer {
         convo_store::launcher::write_private(&password_file, password.as_bytes())
             .map_err(|e| failed("the password file", e))?;
         let initdb_password = dir.path().join("initdb.pass");
-        std::fs::write(&initdb_password, &password).map_err(|e| failed("initdb's password file", e))?;
+        // 0600, then given to the postgres user with the directory (chown below).
+        convo_store::launcher::write_private(&initdb_password, password.as_bytes())
+            .map_err(|e| failed("initdb's password file", e))?;
         let root = is_root();
         if root {
             let chown = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status();
